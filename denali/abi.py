@@ -1,0 +1,274 @@
+"""The guest/kernel ABI of denali, defined once.
+
+Everything a guest can observe of the virtual architecture is defined here: the ABI
+version, the guest memory layout, the virtual-register page, the hypercall numbers and
+their argument structures, the result codes and the interrupt bits.
+``tools/gen_abi.py`` turns this module into ``guestos/include/denali/abi.h``; a test
+fails when that header is stale. ``docs/virtual-architecture.md`` is the prose contract.
+
+Rule: any change to a number, an offset or a structure here MUST increment
+``ABI_VERSION``. Adding a new hypercall at an unused number also increments it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Final
+
+ABI_VERSION: Final = 1
+"""Version of this ABI; the kernel writes it into the virtual-register page."""
+
+PAGE_SIZE: Final = 4096
+HYPERCALL_VECTOR: Final = 0x80
+"""A hypercall is ``int $0x80`` with EAX = number, EBX = guest address of its struct."""
+
+
+class Layout(IntEnum):
+    """Fixed guest addresses (guest-physical == guest-virtual, no paging)."""
+
+    GUARD = 0x0000_0000
+    """Page 0: never mapped; any access faults (catches NULL pointers)."""
+    VREGS = 0x0000_1000
+    """The virtual-register page (see ``VREGS_FIELDS``)."""
+    KERNEL_PAGE = 0x0000_2000
+    """Descriptor table and kernel trampoline: guest may read and execute, never write."""
+    IMAGE_BASE = 0x0001_0000
+    """Lowest address an image segment may occupy."""
+    KERNEL_SPACE = 0xC000_0000
+    """From here up the address space belongs to the kernel; guest access faults."""
+
+
+STACK_SIZE: Final = 64 * 1024
+"""Size of the boot stack at the top of guest memory; a guard page sits below it."""
+MIN_MEMORY: Final = 256 * 1024
+MAX_MEMORY: Final = 1024 * 1024 * 1024
+DEFAULT_MEMORY: Final = 16 * 1024 * 1024
+CMDLINE_OFFSET: Final = 0x800
+"""Offset of the NUL-terminated command line inside the virtual-register page."""
+CMDLINE_MAX: Final = PAGE_SIZE - CMDLINE_OFFSET - 1
+"""Longest command line in bytes, without its NUL."""
+VREGS_MAGIC: Final = 0x494C_4E44  # "DNLI" little-endian
+
+
+class Result(IntEnum):
+    """Result codes a hypercall returns to the guest in EAX."""
+
+    OK = 0
+    AGAIN = 1
+    """Nothing to do now (receive queue empty); try after the matching interrupt."""
+    INVAL = 2
+    """An argument is out of range (a length, a count, a deadline, a flag)."""
+    FAULT = 3
+    """A guest pointer or pointer+length is outside the guest's memory."""
+    NOSYS = 4
+    """No hypercall has that number."""
+    NODEV = 5
+    """The VM has no such device (no NIC, no disk of that name)."""
+    FULL = 6
+    """A bounded queue is full; what was not accepted is counted as dropped."""
+    IO = 7
+    """The host failed to complete the operation."""
+
+
+class Irq(IntFlag):
+    """Virtual interrupt bits, one per source, batched in the pending mask."""
+
+    TIMER = 1 << 0
+    """The one-shot timer set by ``TIMER_SET`` expired."""
+    NET_RX = 1 << 1
+    """Frames wait in the NIC receive queue."""
+    DISK = 1 << 2
+    """A disk request completed."""
+    CONSOLE = 1 << 3
+    """Console input is available."""
+    HOST = 1 << 4
+    """The host poked the VM (``Vm.interrupt()``), e.g. to ask it to shut down."""
+
+
+IRQ_ALL: Final = int(Irq.TIMER | Irq.NET_RX | Irq.DISK | Irq.CONSOLE | Irq.HOST)
+
+# Field types: (struct code, C type, size). "u8[N]" arrays are written ("u8", N).
+_CTYPES: Final = {"u8": ("B", "uint8_t", 1), "u16": ("H", "uint16_t", 2),
+                  "u32": ("I", "uint32_t", 4), "u64": ("Q", "uint64_t", 8)}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an ABI structure.
+
+    ``direction`` is "in" (guest to kernel), "out" (kernel to guest), "inout", or
+    "pad". ``count`` > 1 makes it an array of ``ctype``.
+    """
+
+    name: str
+    ctype: str
+    direction: str
+    doc: str
+    count: int = 1
+
+    @property
+    def size(self) -> int:
+        return _CTYPES[self.ctype][2] * self.count
+
+
+@dataclass(frozen=True)
+class Struct:
+    """An ABI structure laid out in order with natural alignment and no implicit padding.
+
+    Every field must already sit at a multiple of its own size and the total size must
+    be a multiple of 8, so the i386 C layout equals this one (checked at import).
+    """
+
+    name: str
+    doc: str
+    fields: tuple[Field, ...]
+
+    def offsets(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        pos = 0
+        for f in self.fields:
+            align = _CTYPES[f.ctype][2]
+            if pos % align:
+                raise ValueError(f"{self.name}.{f.name} at {pos} is not {align}-aligned")
+            out[f.name] = pos
+            pos += f.size
+        if pos % 8:
+            raise ValueError(f"{self.name} size {pos} is not a multiple of 8")
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.fields)
+
+    def codec(self) -> struct.Struct:
+        """A little-endian ``struct.Struct`` for the whole structure (arrays as bytes)."""
+        fmt = "<"
+        for f in self.fields:
+            code = _CTYPES[f.ctype][0]
+            fmt += f"{f.count}s" if f.count > 1 else code
+        return struct.Struct(fmt)
+
+
+def _f(name: str, ctype: str, direction: str, doc: str, count: int = 1) -> Field:
+    return Field(name, ctype, direction, doc, count)
+
+
+VREGS = Struct(
+    "denali_vregs",
+    "The virtual-register page at Layout.VREGS. The kernel refreshes the 'out' fields "
+    "before every slice; the guest may write only the 'inout' fields.",
+    (
+        _f("magic", "u32", "out", "VREGS_MAGIC"),
+        _f("abi_version", "u32", "out", "ABI_VERSION of the kernel"),
+        _f("vm_id", "u32", "out", "this VM's id, unique within its kernel"),
+        _f("mem_size", "u32", "out", "bytes of guest memory, from address 0"),
+        _f("time_ns", "u64", "out", "kernel monotonic clock in ns as of this slice's start"),
+        _f("cpu_khz", "u32", "out", "nominal CPU speed in kHz"),
+        _f("pending", "u32", "out", "pending-interrupt mask (Irq bits) not yet delivered"),
+        _f("irq_enable", "u32", "inout", "1: deliver interrupts to the handler; 0: mask"),
+        _f("heap_start", "u32", "out", "first free byte after the image (page aligned)"),
+        _f("heap_end", "u32", "out", "end of the free area: the stack guard page"),
+        _f("cmdline_len", "u32", "out", "length of the command line at CMDLINE_OFFSET"),
+        _f("mac", "u8", "out", "MAC address of the NIC (all zero: no NIC)", 6),
+        _f("_pad0", "u16", "pad", "reserved"),
+        _f("slice_ns", "u32", "out", "length of a time slice in ns"),
+        _f("_pad1", "u32", "pad", "reserved"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Hypercall:
+    """A hypercall: its number, argument structure and contract."""
+
+    nr: int
+    name: str
+    doc: str
+    args: Struct
+
+
+class Hc(IntEnum):
+    """Hypercall numbers (EAX at ``int $0x80``)."""
+
+    TERMINATE = 1
+    IDLE = 2
+    CONSOLE_WRITE = 3
+    CLOCK = 4
+    SET_HANDLER = 5
+    TIMER_SET = 6
+    NET_INFO = 7
+    NET_SEND = 8
+    NET_RECV = 9
+
+
+IOVEC = Struct(
+    "denali_iovec",
+    "One guest buffer: address and length.",
+    (_f("addr", "u32", "in", "guest address"), _f("len", "u32", "in", "length in bytes")),
+)
+
+
+def _hc(nr: Hc, doc: str, *fields: Field) -> Hypercall:
+    return Hypercall(int(nr), nr.name.lower(), doc, Struct(f"denali_hc_{nr.name.lower()}", doc, fields))
+
+
+HYPERCALLS: Final = (
+    _hc(Hc.TERMINATE, "Stop this VM for good with an exit status; never returns.",
+        _f("status", "u32", "in", "exit status reported to the host"),
+        _f("_pad", "u32", "pad", "reserved")),
+    _hc(Hc.IDLE, "Idle-with-timeout: sleep until deadline_ns passes or an interrupt is "
+        "pending. Returns at once if one is pending. The pending mask is returned and "
+        "cleared (delivery by return value, whatever irq_enable says).",
+        _f("deadline_ns", "u64", "in", "absolute kernel time; 0 = no deadline"),
+        _f("now_ns", "u64", "out", "kernel time at wake-up"),
+        _f("pending", "u32", "out", "interrupt bits delivered by this call"),
+        _f("_pad", "u32", "pad", "reserved")),
+    _hc(Hc.CONSOLE_WRITE, "Write bytes to the VM's console; returns INVAL past 64 KiB.",
+        _f("buf", "u32", "in", "guest address of the bytes"),
+        _f("len", "u32", "in", "number of bytes, at most 65536")),
+    _hc(Hc.CLOCK, "Read the kernel monotonic clock exactly (the vregs copy is per slice).",
+        _f("now_ns", "u64", "out", "kernel time in ns")),
+    _hc(Hc.SET_HANDLER, "Register the interrupt entry point (0 removes it). When the VM "
+        "resumes with irq_enable = 1 and bits pending, the kernel pushes the old EIP, "
+        "then EFLAGS, then the mask, clears irq_enable and the delivered bits, and "
+        "jumps to entry.",
+        _f("entry", "u32", "in", "guest code address of the entry stub, or 0"),
+        _f("_pad", "u32", "pad", "reserved")),
+    _hc(Hc.TIMER_SET, "Arm the one-shot timer: Irq.TIMER becomes pending at deadline_ns "
+        "(0 disarms it; a past deadline fires at once).",
+        _f("deadline_ns", "u64", "in", "absolute kernel time, or 0")),
+    _hc(Hc.NET_INFO, "Describe the NIC; NODEV when the VM has none.",
+        _f("mac", "u8", "out", "MAC address", 6),
+        _f("_pad", "u16", "pad", "reserved"),
+        _f("mtu", "u32", "out", "largest frame in bytes without FCS (1514)"),
+        _f("rx_queue", "u32", "out", "capacity of the receive queue in frames")),
+    _hc(Hc.NET_SEND, "Send a batch of Ethernet frames (60..1514 bytes each, no FCS). "
+        "Stops at the first bad frame (INVAL or FAULT) or when the transmit queue is "
+        "full (FULL); 'sent' says how many were accepted.",
+        _f("frames", "u32", "in", "guest address of an array of denali_iovec"),
+        _f("count", "u32", "in", "number of frames, at most 64"),
+        _f("sent", "u32", "out", "frames accepted"),
+        _f("_pad", "u32", "pad", "reserved")),
+    _hc(Hc.NET_RECV, "Receive up to 'count' frames into consecutive slots of slot_size "
+        "bytes starting at 'bufs'; frame i's length goes to lens[i]. AGAIN when none "
+        "wait. slot_size must be at least 1514.",
+        _f("bufs", "u32", "in", "guest address of count * slot_size bytes"),
+        _f("slot_size", "u32", "in", "bytes per slot, >= 1514"),
+        _f("count", "u32", "in", "number of slots, at most 64"),
+        _f("lens", "u32", "in", "guest address of count uint32 lengths"),
+        _f("received", "u32", "out", "frames written"),
+        _f("_pad", "u32", "pad", "reserved")),
+)
+
+NET_MTU: Final = 1514
+NET_MIN_FRAME: Final = 60
+NET_MAX_BATCH: Final = 64
+CONSOLE_MAX_WRITE: Final = 65536
+
+HYPERCALL_BY_NR: Final = {h.nr: h for h in HYPERCALLS}
+
+for _s in (VREGS, IOVEC, *(h.args for h in HYPERCALLS)):
+    _s.offsets()  # validates alignment at import
+assert VREGS.size <= CMDLINE_OFFSET

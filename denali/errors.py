@@ -1,0 +1,51 @@
+"""Every exception the denali library raises to its host program.
+
+The guest never sees these: it sees result codes (``denali.abi.Result``). Only the CLI
+turns them into messages and exit statuses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from denali.fault import FaultReport
+
+
+class DenaliError(Exception):
+    """Raised for any failure denali reports; the base of all its exceptions."""
+
+
+class ConfigError(DenaliError, ValueError):
+    """Raised when a configuration, an option, or an image given by the host is invalid."""
+
+
+class ImageError(ConfigError):
+    """Raised when a guest image cannot be loaded (bad ELF, wrong machine, too large)."""
+
+
+class GuestFault(DenaliError):
+    """Raised (from ``Vm.wait()``) when a guest faulted and its VM was stopped.
+
+    ``report`` carries the reason, address, EIP, registers and disassembly.
+    """
+
+    def __init__(self, report: FaultReport) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+class KernelClosedError(DenaliError, RuntimeError):
+    """Raised when a kernel that is closed or closing is asked to do something."""
+
+
+class ResourceError(DenaliError):
+    """Raised when the host lacks what a VM needs (memory maps, engine memory, a device)."""
+
+
+class WouldBlock(DenaliError):
+    """Raised by a ``*_nowait`` call when its bounded queue is full or empty."""
+
+
+class NetError(DenaliError):
+    """Raised when a network port cannot be opened or used (TAP, VXLAN, pcap)."""
