@@ -49,3 +49,11 @@ class WouldBlock(DenaliError):
 
 class NetError(DenaliError):
     """Raised when a network port cannot be opened or used (TAP, VXLAN, pcap)."""
+
+
+class VmKilledError(DenaliError):
+    """Raised by ``Vm.wait()`` when the host stopped the VM before the guest terminated."""
+
+
+class KernelInternalError(DenaliError):
+    """Raised by ``Vm.wait()`` when a kernel bug stopped that VM; ``__cause__`` says which."""

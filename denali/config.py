@@ -1,0 +1,59 @@
+"""Configuration values: frozen dataclasses, validated at construction."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from denali import abi
+from denali.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*$")
+_MULT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from "16M", "512K", "1G", "65536" (binary units); ``ConfigError`` if malformed."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"invalid size {text!r} (examples: 16M, 512K, 1G)")
+    return int(m.group(1)) * _MULT[m.group(2).lower()]
+
+
+def check_memory(size: int) -> int:
+    """Validate a guest memory size; returns it."""
+    if size % abi.PAGE_SIZE:
+        raise ConfigError(f"memory size {size} is not a multiple of {abi.PAGE_SIZE}")
+    if not abi.MIN_MEMORY <= size <= abi.MAX_MEMORY:
+        raise ConfigError(f"memory size {size} is outside [{abi.MIN_MEMORY}, {abi.MAX_MEMORY}]")
+    return size
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """How a ``Kernel`` runs.
+
+    slice_us: the longest a VM runs before it is preempted (the event loop is never
+        blocked longer than one slice).
+    tcg_buffer: bytes of translated-code cache reserved per engine (committed as used).
+    disable_thp: turn transparent huge pages off for this *process* (prctl), which keeps
+        each engine's resident memory small; it affects the whole host program.
+    max_vms: refuse spawns beyond this many live VMs.
+    cpu_khz: the CPU-speed virtual register (0: read the host's).
+    """
+
+    slice_us: int = 2000
+    tcg_buffer: int = 16 << 20
+    disable_thp: bool = True
+    max_vms: int = 100_000
+    cpu_khz: int = 0
+
+    def __post_init__(self) -> None:
+        if not 50 <= self.slice_us <= 1_000_000:
+            raise ConfigError(f"slice_us {self.slice_us} is outside [50, 1000000]")
+        if not 1 << 20 <= self.tcg_buffer <= 1 << 30:
+            raise ConfigError("tcg_buffer must be between 1 MiB and 1 GiB")
+        if self.max_vms < 1:
+            raise ConfigError("max_vms must be >= 1")

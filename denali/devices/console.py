@@ -1,0 +1,92 @@
+"""The console device: what a guest writes, as an async byte stream for the host.
+
+Bounded like every queue in denali: unread output beyond ``limit`` bytes is dropped
+(oldest first) and counted in ``dropped``. A ``sink`` callback, when given, receives
+every chunk as it is written (the CLI prints through one) and nothing is queued.
+The last ``history`` bytes are also kept for ``text()`` (diagnostics and tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+ConsoleSink = Callable[[bytes], None]
+
+
+class Console:
+    """A VM's console output stream. ``read()`` returns b"" once the VM has ended."""
+
+    __slots__ = ("_chunks", "_queued", "_limit", "_history", "_hist_limit", "_hist_len",
+                 "_event", "_closed", "sink", "dropped", "written")
+
+    def __init__(self, sink: ConsoleSink | None = None, limit: int = 1 << 20,
+                 history: int = 64 << 10) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._limit = limit
+        self._history: deque[bytes] = deque()
+        self._hist_len = 0
+        self._hist_limit = history
+        self._event: asyncio.Event | None = None
+        self._closed = False
+        self.sink = sink
+        self.dropped = 0
+        self.written = 0
+
+    def feed(self, data: bytes) -> None:
+        """Called by the kernel with bytes the guest wrote."""
+        self.written += len(data)
+        self._history.append(data)
+        self._hist_len += len(data)
+        while self._hist_len > self._hist_limit and len(self._history) > 1:
+            self._hist_len -= len(self._history.popleft())
+        if self.sink is not None:
+            self.sink(data)
+            return
+        self._chunks.append(data)
+        self._queued += len(data)
+        while self._queued > self._limit and self._chunks:
+            old = self._chunks.popleft()
+            self._queued -= len(old)
+            self.dropped += len(old)
+        if self._event is not None:
+            self._event.set()
+
+    def close(self) -> None:
+        """The VM ended: readers get what is left, then b""."""
+        self._closed = True
+        if self._event is not None:
+            self._event.set()
+
+    async def read(self) -> bytes:
+        """The next chunk of output, waiting for one; b"" at end of stream."""
+        while not self._chunks:
+            if self._closed:
+                return b""
+            if self._event is None:
+                self._event = asyncio.Event()
+            self._event.clear()
+            await self._event.wait()
+        data = self._chunks.popleft()
+        self._queued -= len(data)
+        return data
+
+    async def read_all(self) -> bytes:
+        """Everything until the end of the stream."""
+        parts = []
+        while data := await self.read():
+            parts.append(data)
+        return b"".join(parts)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        while data := await self.read():
+            yield data
+
+    def text(self) -> str:
+        """The last ``history`` bytes written, decoded leniently."""
+        return b"".join(self._history).decode("utf-8", "replace")

@@ -1,0 +1,218 @@
+"""The isolation kernel: spawns VMs, shares the CPU among them, owns every task it starts.
+
+Embedding::
+
+    async with Kernel() as k:
+        vm = await k.spawn("hello", memory="16M", cmdline="")
+        status = await vm.wait()
+
+The caller owns the event loop: the kernel never calls ``asyncio.run`` and never installs
+uvloop (the CLI does both). Closing the kernel (leaving the ``async with``) kills every
+VM still running and stops the preemption thread.
+
+Lifecycle: ``created -> running (after start/__aenter__) -> closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from denali import abi
+from denali.config import KernelConfig, check_memory, parse_size
+from denali.devices.console import ConsoleSink
+from denali.errors import ConfigError, KernelClosedError
+from denali.hypercalls import HypercallTable, core_table
+from denali.images import resolve
+from denali.loader import Image
+from denali.preempt import Preemptor
+from denali.scheduler import Scheduler
+from denali.vm import Vm
+
+
+class CpuArbiter:
+    """Hands the (single) emulation CPU to one VM coroutine at a time.
+
+    ``acquire`` returns when the caller owns the CPU; ``release`` hands it directly to
+    the VM the ``Scheduler`` picks (so ownership never lapses while VMs wait).
+    """
+
+    __slots__ = ("_loop", "policy", "_busy", "_waiters", "switches")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, policy: Scheduler) -> None:
+        self._loop = loop
+        self.policy = policy
+        self._busy = False
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self.switches = 0
+
+    async def acquire(self, vm_id: int, idled: bool) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        fut = self._loop.create_future()
+        self._waiters[vm_id] = fut
+        self.policy.enqueue(vm_id, idled)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # it was handed to us: pass it on
+            else:
+                self.policy.remove(vm_id)
+                self._waiters.pop(vm_id, None)
+            raise
+
+    def release(self) -> None:
+        while True:
+            nxt = self.policy.pick()
+            if nxt is None:
+                self._busy = False
+                return
+            fut = self._waiters.pop(nxt, None)
+            if fut is not None and not fut.done():
+                self.switches += 1
+                fut.set_result(None)
+                return
+
+
+def _host_cpu_khz() -> int:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return 1_000_000
+
+
+def _disable_thp() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
+    except (OSError, AttributeError):
+        pass
+
+
+class Kernel:
+    """An isolation kernel living in the running event loop. See the module docstring."""
+
+    def __init__(self, config: KernelConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = KernelConfig(**overrides)
+        elif overrides:
+            raise ConfigError("pass either a KernelConfig or keyword options, not both")
+        self.config = config
+        self.cpu_khz = config.cpu_khz or _host_cpu_khz()
+        self.hypercalls: HypercallTable = core_table()
+        self._exit_handlers: dict[int, Callable[[Vm, int], Any]] = {}
+        self.vms: dict[int, Vm] = {}
+        self._ids = itertools.count(1)
+        self._epoch = time.monotonic_ns()
+        self._state = "created"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
+        self.lane = self.preemptor.new_lane()
+        self._arbiter: CpuArbiter | None = None
+        if config.disable_thp:
+            _disable_thp()
+
+    # ---- lifecycle ----
+    async def __aenter__(self) -> Kernel:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Bind to the running loop and start the preemption thread."""
+        if self._state == "closed":
+            raise KernelClosedError("kernel is closed")
+        if self._state == "running":
+            return
+        self._loop = asyncio.get_running_loop()
+        self._arbiter = CpuArbiter(self._loop, Scheduler())
+        self.preemptor.start()
+        self._state = "running"
+
+    async def close(self) -> None:
+        """Kill every VM, wait for them to end, stop the preemption thread; idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closing"
+        vms = list(self.vms.values())
+        for vm in vms:
+            vm.kill()
+        for vm in vms:
+            await asyncio.shield(vm._done)
+        self.preemptor.close()
+        self._state = "closed"
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise KernelClosedError("kernel is not started (use 'async with Kernel()')")
+        return self._loop
+
+    @property
+    def arbiter(self) -> CpuArbiter:
+        assert self._arbiter is not None
+        return self._arbiter
+
+    # ---- time ----
+    def now_ns(self) -> int:
+        """The kernel's monotonic clock: ns since the kernel was created."""
+        return time.monotonic_ns() - self._epoch
+
+    def call_at_ns(self, deadline_ns: int, cb: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
+        """Run ``cb(*args)`` on the loop when the kernel clock reaches ``deadline_ns``."""
+        loop = self.loop
+        delay = (deadline_ns - self.now_ns()) / 1e9
+        return loop.call_at(loop.time() + delay, cb, *args)
+
+    # ---- VMs ----
+    async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
+                    cmdline: str = "", console: ConsoleSink | None = None) -> Vm:
+        """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
+
+        ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
+        given, receives every chunk the guest writes (otherwise read ``vm.console``).
+        Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
+        host cannot hold another VM, ``KernelClosedError`` after close.
+        """
+        if self._state != "running":
+            if self._state == "created":
+                self.start()
+            else:
+                raise KernelClosedError("kernel is closed")
+        img = image if isinstance(image, Image) else resolve(image)
+        size = check_memory(parse_size(memory))
+        img.check_fits(size)
+        cmd = cmdline.encode()
+        if len(cmd) > abi.CMDLINE_MAX or b"\0" in cmd:
+            raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
+        if len(self.vms) >= self.config.max_vms:
+            raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
+        vm_id = next(self._ids)
+        vm = Vm(self, vm_id, img, size, cmdline, console)
+        self.vms[vm_id] = vm
+        vm.start()
+        return vm
+
+    def vm_ended(self, vm: Vm) -> None:
+        """Called by a VM as it ends."""
+        self.vms.pop(vm.id, None)
+
+    async def complete_hypercall(self, vm: Vm, nr: int, arg: int) -> None:
+        """Finish an exiting device hypercall (none of the core devices needs one yet)."""
+        handler = self._exit_handlers.get(nr)
+        if handler is None:
+            raise RuntimeError(f"hypercall {nr} exited without a completion handler")
+        await handler(vm, arg)

@@ -1,0 +1,145 @@
+"""Parse and validate ELF32 i386 guest images (pyelftools), once per image file.
+
+An ``Image`` is immutable and shared by every VM booted from it: its segments are read
+once, and each spawn only copies them into fresh guest memory. Every problem is an
+``ImageError`` that names the file and the problem; nothing here trusts the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Final
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.constants import P_FLAGS
+from elftools.elf.elffile import ELFFile
+
+from denali import abi
+from denali.errors import ImageError
+from denali.memory import PROT_R, PROT_W, PROT_X
+
+MAX_IMAGE_FILE: Final = 64 * 1024 * 1024
+"""Largest image file accepted, in bytes."""
+_EM_386: Final = "EM_386"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A loadable segment: ``data`` goes at ``vaddr``; the rest up to ``memsz`` is zero."""
+
+    vaddr: int
+    memsz: int
+    data: bytes
+    prot: int
+
+    @property
+    def page_start(self) -> int:
+        return self.vaddr & ~(abi.PAGE_SIZE - 1)
+
+    @property
+    def page_end(self) -> int:
+        return (self.vaddr + self.memsz + abi.PAGE_SIZE - 1) & ~(abi.PAGE_SIZE - 1)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A validated guest image."""
+
+    name: str
+    path: str
+    entry: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def end(self) -> int:
+        """First page-aligned address after every segment."""
+        return max(s.page_end for s in self.segments)
+
+    def min_memory(self) -> int:
+        """Smallest guest memory this image fits in (image, one heap page, guard, stack)."""
+        return self.end + abi.PAGE_SIZE + abi.PAGE_SIZE + abi.STACK_SIZE
+
+    def check_fits(self, mem_size: int) -> None:
+        """Raise ``ImageError`` unless the image fits a VM of ``mem_size`` bytes."""
+        if self.min_memory() > mem_size:
+            raise ImageError(f"{self.path}: image needs at least {self.min_memory()} bytes "
+                             f"of guest memory, the VM has {mem_size}")
+
+
+def _prot(flags: int) -> int:
+    prot = PROT_R
+    if flags & P_FLAGS.PF_W:
+        prot |= PROT_W
+    if flags & P_FLAGS.PF_X:
+        prot |= PROT_X
+    return prot
+
+
+def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
+    """Validate ELF bytes and return the ``Image``; raises ``ImageError``."""
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    if len(data) < 52 or data[:4] != b"\x7fELF":
+        raise ImageError(f"{path}: not an ELF file")
+    if data[4] != 1:
+        raise ImageError(f"{path}: ELF class {data[4]} is not ELFCLASS32 (a 32-bit image is required)")
+    if data[5] != 1:
+        raise ImageError(f"{path}: not little-endian")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        machine = elf["e_machine"]
+        etype = elf["e_type"]
+        entry = int(elf["e_entry"])
+        segments = []
+        for ph in elf.iter_segments():
+            if ph["p_type"] != "PT_LOAD" or ph["p_memsz"] == 0:
+                continue
+            off, filesz, memsz = int(ph["p_offset"]), int(ph["p_filesz"]), int(ph["p_memsz"])
+            vaddr, flags = int(ph["p_vaddr"]), int(ph["p_flags"])
+            if off + filesz > len(data):
+                raise ImageError(f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
+                                 f"up to {off + filesz}, file has {len(data)}")
+            if filesz > memsz:
+                raise ImageError(f"{path}: segment at 0x{vaddr:x} has filesz > memsz")
+            segments.append(Segment(vaddr, memsz, data[off:off + filesz], _prot(flags)))
+    except ImageError:
+        raise
+    except (ELFError, ValueError, KeyError, IndexError, OSError, AssertionError) as exc:
+        raise ImageError(f"{path}: malformed or truncated ELF: {exc}") from None
+    except Exception as exc:  # pyelftools raises construct errors on truncated headers
+        raise ImageError(f"{path}: malformed or truncated ELF: {type(exc).__name__}: {exc}") from None
+    if machine != _EM_386:
+        raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
+    if etype != "ET_EXEC":
+        raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable)")
+    if not segments:
+        raise ImageError(f"{path}: no loadable segments")
+    segments.sort(key=lambda s: s.vaddr)
+    prev_end = abi.Layout.IMAGE_BASE
+    for s in segments:
+        if s.prot & PROT_W and s.prot & PROT_X:
+            raise ImageError(f"{path}: segment at 0x{s.vaddr:x} is writable and executable")
+        if s.vaddr < abi.Layout.IMAGE_BASE or s.vaddr + s.memsz > abi.MAX_MEMORY:
+            raise ImageError(f"{path}: segment 0x{s.vaddr:x}+0x{s.memsz:x} is outside the "
+                             f"guest image area [0x{abi.Layout.IMAGE_BASE:x}, 0x{abi.MAX_MEMORY:x})")
+        if s.page_start < prev_end:
+            raise ImageError(f"{path}: segment at 0x{s.vaddr:x} shares a page with the previous "
+                             "one (each segment must start on its own page)")
+        prev_end = s.page_end
+    if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
+        raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")
+    return Image(name, path, entry, tuple(segments))
+
+
+def load_image(path: str, name: str | None = None) -> Image:
+    """Read and validate the image file at ``path``; raises ``ImageError``."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_IMAGE_FILE:
+            raise ImageError(f"{path}: image file is {size} bytes, larger than {MAX_IMAGE_FILE}")
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_FILE + 1)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image: {exc.strerror or exc}") from None
+    return parse_image(data, path, name)

@@ -1,0 +1,121 @@
+"""Slice preemption: one watchdog thread per kernel stops slices that outlive their bound.
+
+Why a thread: Unicorn's ``count=`` costs ~10x guest speed and ``timeout=`` starts a
+polling thread per slice (ARCHITECTURE.md). Instead the CPU that runs a slice records
+(engine, deadline) in its ``Lane`` and runs the guest with no bound at all; this thread
+sleeps until the earliest deadline and calls ``uc_emu_stop`` on every lane still running
+past it. Stops can be lost inside Unicorn, so it keeps stopping (every ``retry_ns``)
+until the slice ends. With no slice starting for ``dormant_after_ns`` it sleeps on an
+event, so an idle kernel costs no CPU.
+
+Safety: ``stop`` is only ever called with the lane lock held and while the lane says its
+engine is running; ``end()`` takes the same lock, so an engine is never stopped after
+its slice ended (and may then be closed safely).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Final
+
+from denali import _uc
+
+_RETRY_NS: Final = 100_000
+_DORMANT_AFTER_NS: Final = 50_000_000
+
+
+class Lane:
+    """One CPU that runs slices; owned by the thread that runs them."""
+
+    __slots__ = ("_owner", "handle", "deadline", "starts", "stops")
+
+    def __init__(self, owner: Preemptor) -> None:
+        self._owner = owner
+        self.handle = 0
+        self.deadline = 0
+        self.starts = 0
+        self.stops = 0
+        """How many stops the watchdog issued on this lane (a measure of preemptions)."""
+
+    def begin(self, handle: int, deadline_ns: int) -> None:
+        """A slice on engine ``handle`` starts now and must end by ``deadline_ns``."""
+        owner = self._owner
+        with owner.lock:
+            self.handle = handle
+            self.deadline = deadline_ns
+            self.starts += 1
+        if owner.dormant:
+            owner.kick.set()
+
+    def end(self) -> None:
+        """The slice has returned; its engine will not be stopped any more."""
+        with self._owner.lock:
+            self.handle = 0
+
+
+class Preemptor:
+    """The watchdog thread and its lanes. ``start()`` it, ``close()`` it."""
+
+    def __init__(self, poll_ns: int = 500_000) -> None:
+        """``poll_ns``: how often an active watchdog looks for a newly started slice;
+        keep it at most half the slice so a slice is seen before its deadline."""
+        self.poll = poll_ns / 1e9
+        self.lock = threading.Lock()
+        self.kick = threading.Event()
+        self.dormant = False
+        self.lanes: list[Lane] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def new_lane(self) -> Lane:
+        lane = Lane(self)
+        self.lanes.append(lane)
+        return lane
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="denali-preempt", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and wait for it; idempotent."""
+        self._closed = True
+        self.kick.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        mono = time.monotonic_ns
+        last_starts = -1
+        last_activity = mono()
+        while not self._closed:
+            now = mono()
+            wake = 0
+            starts = 0
+            with self.lock:
+                for lane in self.lanes:
+                    starts += lane.starts
+                    if lane.handle:
+                        if now >= lane.deadline:
+                            _uc.stop_handle(lane.handle)
+                            lane.stops += 1
+                            due = now + _RETRY_NS
+                        else:
+                            due = lane.deadline
+                        wake = due if not wake else min(wake, due)
+            if starts != last_starts:
+                last_starts = starts
+                last_activity = now
+            if wake:
+                time.sleep(max(0, wake - mono()) / 1e9)
+            elif now - last_activity > _DORMANT_AFTER_NS:
+                self.dormant = True
+                if not any(lane.handle for lane in self.lanes):
+                    self.kick.wait()
+                self.kick.clear()
+                self.dormant = False
+                last_activity = mono()
+            else:
+                time.sleep(self.poll)

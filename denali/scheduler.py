@@ -1,0 +1,73 @@
+"""The CPU scheduling policy: round-robin, with priority for VMs that idled (Denali).
+
+Pure policy: no asyncio, no clocks, no VMs, only ids, so it is tested on its own. The
+kernel's CPU arbiter asks ``pick()`` who runs next whenever a CPU frees up.
+
+Rules:
+- A VM becomes runnable with ``enqueue(vm_id, idled)``. ``idled=True`` means it is
+  coming back from idle-with-timeout (or another wait); it goes to the priority queue,
+  because a VM that gave up the CPU early deserves to run soon (Denali's rule that keeps
+  latency low for I/O-bound VMs). Preempted VMs go to the back of the normal queue.
+- ``pick()`` takes from the priority queue first, then the normal queue, FIFO in each.
+- To keep the priority queue from starving the normal one, after ``burst`` priority
+  picks in a row one normal VM is picked (if any waits).
+- A VM is in at most one queue once; ``remove(vm_id)`` takes it out (VM stopped).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class Scheduler:
+    """Round-robin run queues with an idle-priority queue."""
+
+    __slots__ = ("_prio", "_normal", "_queued", "_burst", "_streak")
+
+    def __init__(self, burst: int = 8) -> None:
+        if burst < 1:
+            raise ValueError("burst must be >= 1")
+        self._prio: deque[int] = deque()
+        self._normal: deque[int] = deque()
+        self._queued: set[int] = set()
+        self._burst = burst
+        self._streak = 0
+
+    def enqueue(self, vm_id: int, idled: bool = False) -> None:
+        """Make ``vm_id`` runnable; a VM already queued keeps its place."""
+        if vm_id in self._queued:
+            return
+        self._queued.add(vm_id)
+        (self._prio if idled else self._normal).append(vm_id)
+
+    def pick(self) -> int | None:
+        """Remove and return the VM to run next, or None when none is runnable."""
+        if self._prio and (self._streak < self._burst or not self._normal):
+            vm_id = self._prio.popleft()
+            self._streak += 1
+        elif self._normal:
+            vm_id = self._normal.popleft()
+            self._streak = 0
+        else:
+            return None
+        self._queued.discard(vm_id)
+        return vm_id
+
+    def remove(self, vm_id: int) -> bool:
+        """Take ``vm_id`` out of whichever queue holds it; False if it was not queued."""
+        if vm_id not in self._queued:
+            return False
+        self._queued.discard(vm_id)
+        for q in (self._prio, self._normal):
+            try:
+                q.remove(vm_id)
+                return True
+            except ValueError:
+                pass
+        return True  # unreachable: _queued mirrors the queues
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def __contains__(self, vm_id: object) -> bool:
+        return vm_id in self._queued

@@ -1,0 +1,281 @@
+"""A virtual machine: guest memory, a virtual CPU, devices, and the coroutine that runs it.
+
+State machine (``Vm.state``)::
+
+    CREATED -> RUNNABLE <-> RUNNING -> (EXITED | FAULTED | FAILED)
+                   ^           |
+                   +-- IDLE <--+          any state but the final ones -> KILLED
+
+RUNNABLE: waiting for the CPU. RUNNING: inside a slice. IDLE: in idle-with-timeout
+(an event-loop timer and a future; no CPU at all). EXITED: the guest called terminate.
+FAULTED: the guest faulted (``Vm.fault`` has the report). FAILED: a kernel bug hit this
+VM only. KILLED: the host stopped it (``kill()`` or kernel close).
+
+Batched virtual interrupts: devices and timers OR bits into ``pending`` from the event
+loop; nothing runs until the VM's next slice, where the whole set is delivered at once:
+either as the return value of the IDLE hypercall, or, when the guest registered an
+entry point and its ``irq_enable`` register is 1, through that entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from enum import Enum
+from typing import TYPE_CHECKING, Final
+
+from denali import abi
+from denali.abi import Hc, Irq, Result
+from denali.cpu import Exit, VCpu, layout_regions
+from denali.devices.console import Console, ConsoleSink
+from denali.errors import GuestFault, KernelInternalError, VmKilledError
+from denali.fault import FaultReport
+from denali.hypercalls import IDLE_DEADLINE, IDLE_NOW, IDLE_PENDING
+from denali.memory import GuestMemory
+
+if TYPE_CHECKING:
+    from denali.kernel import Kernel
+    from denali.loader import Image
+
+_V: Final = abi.VREGS.offsets()
+_VREGS: Final = int(abi.Layout.VREGS)
+_OFF_TIME: Final = _VREGS + _V["time_ns"]
+_OFF_PENDING: Final = _VREGS + _V["pending"]
+_OFF_IE: Final = _VREGS + _V["irq_enable"]
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+
+
+class VmState(Enum):
+    """Where a VM is in its life; see the module docstring."""
+
+    CREATED = "created"
+    RUNNABLE = "runnable"
+    RUNNING = "running"
+    IDLE = "idle"
+    EXITED = "exited"
+    FAULTED = "faulted"
+    FAILED = "failed"
+    KILLED = "killed"
+
+    @property
+    def final(self) -> bool:
+        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED)
+
+
+class Vm:
+    """One VM. Created by ``Kernel.spawn``; never construct directly."""
+
+    def __init__(self, kernel: Kernel, vm_id: int, image: Image, mem_size: int, cmdline: str,
+                 console: ConsoleSink | None, mac: bytes | None = None) -> None:
+        self.kernel = kernel
+        self.id = vm_id
+        self.image = image
+        self.cmdline = cmdline
+        self.state = VmState.CREATED
+        self.pending = 0
+        self.irq_entry = 0
+        self.exit_request: int | None = None
+        self.exit_status: int | None = None
+        self.fault: FaultReport | None = None
+        self.error: BaseException | None = None
+        self.console = Console(console)
+        self.nic: object | None = None
+        self.stats = {"slices": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
+                      "irq_batches": 0, "irq_bits_delivered": 0}
+        self._waker: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[None] = kernel.loop.create_future()
+        self.memory = GuestMemory(mem_size)
+        try:
+            regions, heap_start, heap_end = layout_regions(image, mem_size)
+            self.memory.set_regions(regions)
+            for seg in image.segments:
+                self.memory.write(seg.vaddr, seg.data)
+            self._init_vregs(heap_start, heap_end, mac or bytes(6))
+            self.cpu = VCpu(vm_id, image, self.memory, kernel.hypercalls, self, kernel.config.tcg_buffer)
+        except BaseException:
+            self.memory.close()
+            raise
+
+    def _init_vregs(self, heap_start: int, heap_end: int, mac: bytes) -> None:
+        k = self.kernel
+        cmd = self.cmdline.encode()
+        fields = {"magic": abi.VREGS_MAGIC, "abi_version": abi.ABI_VERSION, "vm_id": self.id,
+                  "mem_size": self.memory.size, "time_ns": k.now_ns(), "cpu_khz": k.cpu_khz,
+                  "pending": 0, "irq_enable": 0, "heap_start": heap_start, "heap_end": heap_end,
+                  "cmdline_len": len(cmd), "mac": mac, "_pad0": 0,
+                  "slice_ns": k.config.slice_us * 1000, "_pad1": 0}
+        abi.VREGS.codec().pack_into(self.memory.buf, _VREGS,
+                                    *(fields[f.name] for f in abi.VREGS.fields))
+        start = _VREGS + abi.CMDLINE_OFFSET
+        self.memory.write(start, cmd + b"\0")
+
+    # ---- host API ----
+    def interrupt(self, bits: int = Irq.HOST) -> None:
+        """Raise virtual interrupt bits (batched; delivered when the VM next runs)."""
+        if self.state.final:
+            return
+        bits &= abi.IRQ_ALL
+        if not bits:
+            return
+        self.pending |= bits
+        self.stats["irqs_raised"] += 1
+        w = self._waker
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def kill(self) -> None:
+        """Stop the VM now (it ends in state KILLED); no-op once it has ended."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def wait(self) -> int:
+        """Wait for the VM to end; return the guest's exit status.
+
+        Raises ``GuestFault`` if it faulted, ``VmKilledError`` if the host stopped it,
+        ``KernelInternalError`` if a kernel bug stopped it.
+        """
+        await asyncio.shield(self._done)
+        if self.state is VmState.EXITED:
+            assert self.exit_status is not None
+            return self.exit_status
+        if self.state is VmState.FAULTED:
+            assert self.fault is not None
+            raise GuestFault(self.fault)
+        if self.state is VmState.FAILED:
+            raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
+        raise VmKilledError(f"VM {self.id} was stopped by the host")
+
+    @property
+    def done(self) -> bool:
+        return self._done.done()
+
+    # ---- kernel side ----
+    def start(self) -> None:
+        self._task = self.kernel.loop.create_task(self._main(), name=f"denali-vm-{self.id}")
+
+    def set_timer(self, deadline_ns: int) -> None:
+        """Arm (or with 0 disarm) the one-shot timer that raises Irq.TIMER."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline_ns:
+            self._timer = self.kernel.call_at_ns(deadline_ns, self.interrupt, Irq.TIMER)
+
+    def _before_slice(self) -> bool:
+        """Refresh the virtual registers and deliver pending interrupts; False on fault."""
+        buf = self.memory.buf
+        _U64.pack_into(buf, _OFF_TIME, self.kernel.now_ns())
+        pending = self.pending
+        _U32.pack_into(buf, _OFF_PENDING, pending)
+        if pending and self.irq_entry and _U32.unpack_from(buf, _OFF_IE)[0] == 1:
+            self.pending = 0
+            _U32.pack_into(buf, _OFF_PENDING, 0)
+            _U32.pack_into(buf, _OFF_IE, 0)
+            self.stats["irq_batches"] += 1
+            self.stats["irq_bits_delivered"] += bin(pending).count("1")
+            if not self.cpu.deliver_irq(self.irq_entry, pending):
+                return False
+        return True
+
+    async def _idle(self, arg: int) -> None:
+        """Complete an IDLE hypercall whose struct is at ``arg`` (checked at dispatch)."""
+        k = self.kernel
+        buf = self.memory.buf
+        deadline = _U64.unpack_from(buf, arg + IDLE_DEADLINE)[0]
+        if not self.pending and (deadline == 0 or deadline > k.now_ns()):
+            self.state = VmState.IDLE
+            self.stats["idles"] += 1
+            fut: asyncio.Future[None] = k.loop.create_future()
+            self._waker = fut
+            handle = k.call_at_ns(deadline, _wake, fut) if deadline else None
+            try:
+                await fut
+            finally:
+                self._waker = None
+                if handle is not None:
+                    handle.cancel()
+            waited = True
+        else:
+            waited = False
+        mask = self.pending
+        self.pending = 0
+        if mask:
+            self.stats["irq_batches"] += 1
+            self.stats["irq_bits_delivered"] += bin(mask).count("1")
+        _U64.pack_into(buf, arg + IDLE_NOW, k.now_ns())
+        _U32.pack_into(buf, arg + IDLE_PENDING, mask)
+        self.cpu.set_result(Result.OK)
+        self._idled = waited
+
+    async def _main(self) -> None:
+        k = self.kernel
+        arb = k.arbiter
+        lane = k.lane
+        cpu = self.cpu
+        slice_ns = k.config.slice_us * 1000
+        stats = self.stats
+        idled = False
+        final = VmState.KILLED
+        try:
+            while True:
+                self.state = VmState.RUNNABLE
+                await arb.acquire(self.id, idled)
+                try:
+                    self.state = VmState.RUNNING
+                    if not self._before_slice():
+                        self.fault = cpu.fault
+                        final = VmState.FAULTED
+                        return
+                    stats["slices"] += 1
+                    reason = cpu.run(lane, k.now_ns() + slice_ns)
+                finally:
+                    arb.release()
+                idled = False
+                if reason is Exit.PREEMPTED:
+                    stats["preemptions"] += 1
+                    await asyncio.sleep(0)
+                elif reason is Exit.HYPERCALL:
+                    if cpu.hcall_nr == Hc.TERMINATE:
+                        self.exit_status = self.exit_request
+                        final = VmState.EXITED
+                        return
+                    if cpu.hcall_nr == Hc.IDLE:
+                        await self._idle(cpu.hcall_arg)
+                        idled = self._idled
+                    else:  # a device's exiting hypercall
+                        await k.complete_hypercall(self, cpu.hcall_nr, cpu.hcall_arg)
+                elif reason is Exit.FAULT:
+                    self.fault = cpu.fault
+                    final = VmState.FAULTED
+                    return
+                else:
+                    self.error = cpu.error
+                    final = VmState.FAILED
+                    return
+        except asyncio.CancelledError:
+            final = VmState.KILLED
+        except Exception as exc:  # a kernel bug: fail this VM, keep the others
+            self.error = exc
+            final = VmState.FAILED
+        finally:
+            self._finish(final)
+
+    def _finish(self, final: VmState) -> None:
+        self.state = final
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.console.close()
+        self.cpu.close()
+        self.memory.close()
+        self.kernel.vm_ended(self)
+        if not self._done.done():
+            self._done.set_result(None)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
