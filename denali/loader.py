@@ -80,8 +80,10 @@ def _prot(flags: int) -> int:
 def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
     """Validate ELF bytes and return the ``Image``; raises ``ImageError``."""
     name = name or os.path.splitext(os.path.basename(path))[0]
-    if len(data) < 52 or data[:4] != b"\x7fELF":
+    if data[:4] != b"\x7fELF":
         raise ImageError(f"{path}: not an ELF file")
+    if len(data) < 52:
+        raise ImageError(f"{path}: truncated ELF header ({len(data)} bytes)")
     if data[4] != 1:
         raise ImageError(f"{path}: ELF class {data[4]} is not ELFCLASS32 (a 32-bit image is required)")
     if data[5] != 1:

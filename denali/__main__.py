@@ -1,0 +1,7 @@
+"""``python -m denali``: the same as the ``denali`` command."""
+
+import sys
+
+from denali.cli import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""The ``denali`` command line: a thin shell over the library (the only place that prints).
+
+Exit statuses of ``denali boot``: with one VM, the guest's terminate status (mod 256);
+with several, 0 if every guest exited 0, else 1. A guest fault or kernel error: 125.
+Ctrl-C: 130 after a clean shutdown. Usage and configuration errors: 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from denali import abi
+from denali.config import KernelConfig
+from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
+from denali.images import builtin_images
+from denali.kernel import Kernel
+
+EXIT_FAULT = 125
+EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="denali", description="Denali isolation kernel on Unicorn.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles")
+    b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
+    b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
+    b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
+    b.add_argument("--slice-us", type=int, default=KernelConfig.slice_us,
+                   help=f"time slice in microseconds (default {KernelConfig.slice_us})")
+    b.add_argument("--cmdline", "-c", default="",
+                   help="guest command line; {i} becomes the VM's index (1..N)")
+    sub.add_parser("images", help="list the built-in guest images")
+    return p
+
+
+def _cmdline_for(template: str, index: int) -> str:
+    return template.replace("{i}", str(index))
+
+
+async def _boot(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise DenaliError("--count must be at least 1")
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    out = sys.stdout.buffer
+    multi = args.count > 1
+
+    def sink_for(index: int) -> object:
+        if not multi:
+            def write(data: bytes) -> None:
+                out.write(data)
+                out.flush()
+            return write
+        partial = bytearray()
+
+        def write_prefixed(data: bytes) -> None:
+            partial.extend(data)
+            *lines, rest = partial.split(b"\n")
+            for line in lines:
+                out.write(b"[vm%d] %s\n" % (index, line))
+            partial[:] = rest
+            out.flush()
+        return write_prefixed
+
+    async with Kernel(KernelConfig(slice_us=args.slice_us)) as k:
+        vms = []
+        for i in range(1, args.count + 1):
+            vms.append(await k.spawn(args.image, memory=args.memory,
+                                     cmdline=_cmdline_for(args.cmdline, i),
+                                     console=sink_for(i)))  # type: ignore[arg-type]
+        waiter = asyncio.ensure_future(asyncio.gather(*(_outcome(vm) for vm in vms)))
+        stopper = asyncio.ensure_future(interrupted.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            await k.close()
+            await waiter
+            stopper.cancel()
+            return EXIT_INTERRUPTED
+        stopper.cancel()
+        codes = waiter.result()
+    if not multi:
+        return codes[0]
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+async def _outcome(vm: object) -> int:
+    from denali.vm import Vm
+    assert isinstance(vm, Vm)
+    try:
+        return await vm.wait() & 0xFF
+    except GuestFault as exc:
+        print(f"denali: {exc.report.details()}", file=sys.stderr)
+        return EXIT_FAULT
+    except KernelInternalError as exc:
+        print(f"denali: {exc}", file=sys.stderr)
+        return EXIT_FAULT
+    except VmKilledError:
+        return EXIT_INTERRUPTED
+
+
+def _images() -> int:
+    imgs = builtin_images()
+    if not imgs:
+        print("denali: no built-in images (reinstall: pip install .)", file=sys.stderr)
+        return 1
+    for name, path in imgs.items():
+        print(f"{name:24} {path.stat().st_size:8d} bytes")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``denali`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "images":
+        return _images()
+    try:
+        import uvloop
+        return uvloop.run(_boot(args))
+    except DenaliError as exc:
+        print(f"denali: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

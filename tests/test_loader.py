@@ -1,0 +1,104 @@
+"""The ELF loader accepts well-formed i386 images and refuses every malformed one clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from denali import abi
+from denali.errors import ImageError
+from denali.loader import load_image, parse_image
+from denali.memory import PROT_R, PROT_RW, PROT_RX
+from tests.elfmaker import PF_R, PF_W, PF_X, Elf, Seg
+
+
+def test_valid_image_segments_and_permissions() -> None:
+    elf = Elf(segments=[Seg(0x10000, b"\x90" * 10, PF_R | PF_X), Seg(0x11000, b"ro", PF_R),
+                        Seg(0x12000, b"rw", PF_R | PF_W, memsz=0x3000)])
+    img = parse_image(elf.build(), "t.elf")
+    assert img.entry == 0x10000
+    assert [s.prot for s in img.segments] == [PROT_RX, PROT_R, PROT_RW]
+    assert img.end == 0x15000
+    img.check_fits(abi.DEFAULT_MEMORY)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b"", "not an ELF"),
+        (lambda b: b"MZ" + b[2:], "not an ELF"),
+        (lambda b: b[:4] + b"\x02" + b[5:], "ELFCLASS32"),
+        (lambda b: b[:5] + b"\x02" + b[6:], "little-endian"),
+        (lambda b: b[:40], "truncated"),
+        (lambda b: b[:0x1004], "truncated"),
+    ],
+)
+def test_malformed_files(mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ImageError, match=message):
+        parse_image(mutate(Elf().build()), "bad.elf")
+
+
+def test_wrong_machine() -> None:
+    with pytest.raises(ImageError, match="EM_386"):
+        parse_image(Elf(machine=62).build(), "x86_64.elf")
+
+
+def test_not_executable_type() -> None:
+    with pytest.raises(ImageError, match="ET_EXEC"):
+        parse_image(Elf(etype=3).build(), "pie.elf")
+
+
+def test_writable_and_executable_segment_refused() -> None:
+    elf = Elf(segments=[Seg(0x10000, b"\x90", PF_R | PF_W | PF_X)])
+    with pytest.raises(ImageError, match="writable and executable"):
+        parse_image(elf.build(), "wx.elf")
+
+
+@pytest.mark.parametrize("vaddr", [0x0, 0x1000, 0x2000, 0xC000_0000, 0xFFFF_F000])
+def test_segment_outside_image_area(vaddr: int) -> None:
+    elf = Elf(entry=vaddr, segments=[Seg(vaddr, b"\x90", PF_R | PF_X)])
+    with pytest.raises(ImageError, match="outside the guest image area"):
+        parse_image(elf.build(), "low.elf")
+
+
+def test_segments_sharing_a_page_refused() -> None:
+    elf = Elf(segments=[Seg(0x10000, b"\x90" * 8, PF_R | PF_X), Seg(0x10800, b"d", PF_R | PF_W)])
+    with pytest.raises(ImageError, match="shares a page"):
+        parse_image(elf.build(), "mixed.elf")
+
+
+def test_entry_must_be_executable() -> None:
+    elf = Elf(entry=0x11000, segments=[Seg(0x10000, b"\x90", PF_R | PF_X), Seg(0x11000, b"d", PF_R)])
+    with pytest.raises(ImageError, match="entry point"):
+        parse_image(elf.build(), "entry.elf")
+
+
+def test_image_too_large_for_memory() -> None:
+    elf = Elf(segments=[Seg(0x10000, b"\x90", PF_R | PF_X), Seg(0x11000, b"", PF_R | PF_W, memsz=8 << 20)])
+    img = parse_image(elf.build(), "big.elf")
+    with pytest.raises(ImageError, match="needs at least"):
+        img.check_fits(4 << 20)
+
+
+def test_filesz_larger_than_memsz() -> None:
+    elf = Elf(segments=[Seg(0x10000, b"\x90" * 64, PF_R | PF_X, memsz=16)])
+    with pytest.raises(ImageError, match="filesz > memsz"):
+        parse_image(elf.build(), "sz.elf")
+
+
+def test_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ImageError, match="cannot read"):
+        load_image(str(tmp_path / "nope.elf"))
+
+
+def test_random_garbage_never_crashes() -> None:
+    import random
+    rng = random.Random(7)
+    good = Elf().build()
+    for _ in range(300):
+        b = bytearray(good)
+        for _ in range(rng.randint(1, 12)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        try:
+            parse_image(bytes(b), "fuzz.elf")
+        except ImageError:
+            pass

@@ -1,0 +1,244 @@
+"""VM runtime with real guests from guestos/: boot, exit, faults, preemption, idle, irqs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from denali import abi
+from denali.abi import Irq
+from denali.errors import ConfigError, GuestFault, ImageError, KernelClosedError, VmKilledError
+from denali.fault import FaultKind
+from denali.kernel import Kernel
+from denali.vm import VmState
+from tests.conftest import boot, need_image
+
+
+async def test_hello(kernel: Kernel) -> None:
+    out = await boot(kernel, "hello")
+    assert out.status == 0
+    assert re.search(r"Hello from denali! I am VM \d+, with 16384 KiB of memory\.", out.console)
+
+
+@pytest.mark.parametrize("status", [0, 1, 42, 255])
+async def test_terminate_status(kernel: Kernel, status: int) -> None:
+    out = await boot(kernel, "test-exit", f"status={status}")
+    assert out.status == status
+    assert f"exiting with {status}" in out.console
+
+
+async def test_return_from_main_is_exit_status(kernel: Kernel) -> None:
+    assert (await boot(kernel, "test-exit", "status=9 via=return")).status == 9
+
+
+FAULTS = {
+    "null-read": (FaultKind.NULL_POINTER, "read"),
+    "null-write": (FaultKind.NULL_POINTER, "write"),
+    "kernel-read": (FaultKind.KERNEL_SPACE, "read"),
+    "kernel-write": (FaultKind.KERNEL_SPACE, "write"),
+    "outside-write": (FaultKind.OUTSIDE_MEMORY, "write"),
+    "code-write": (FaultKind.PROTECTION, "write"),
+    "kernel-page-write": (FaultKind.PROTECTION, "write"),
+    "exec-data": (FaultKind.PROTECTION, "execute"),
+    "exec-stack": (FaultKind.PROTECTION, "execute"),
+    "stack-overflow": (FaultKind.STACK_OVERFLOW, "write"),
+    "ud2": (FaultKind.INVALID_INSN, None),
+    "priv-cli": (FaultKind.PRIVILEGED, None),
+    "priv-hlt": (FaultKind.PRIVILEGED, None),
+    "priv-out": (FaultKind.PRIVILEGED, None),
+    "div0": (FaultKind.DIVIDE, None),
+    "int3": (FaultKind.BREAKPOINT, None),
+    "int-other": (FaultKind.BAD_INTERRUPT, None),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAULTS))
+async def test_fault_stops_only_that_vm(kernel: Kernel, kind: str) -> None:
+    need_image("test-fault")
+    need_image("test-idle")
+    survivor = await kernel.spawn("test-idle", cmdline="ms=100")
+    vm = await kernel.spawn("test-fault", cmdline=f"kind={kind}")
+    with pytest.raises(GuestFault) as info:
+        await vm.wait()
+    report = info.value.report
+    want_kind, want_access = FAULTS[kind]
+    assert report.kind is want_kind, report.details()
+    if want_access is not None:
+        assert report.access == want_access, report.details()
+    assert report.vm_id == vm.id and report.image == "test-fault"
+    assert report.registers["eip"] == report.eip
+    assert report.disassembly, "the faulting instruction is disassembled"
+    assert vm.state is VmState.FAULTED
+    assert f"about to fault: {kind}" in vm.console.text()
+    assert "FAIL" not in vm.console.text()
+    assert await survivor.wait() == 0
+    assert "slept_us=" in survivor.console.text()
+
+
+async def test_fault_addresses(kernel: Kernel) -> None:
+    need_image("test-fault")
+    vm = await kernel.spawn("test-fault", cmdline="kind=kernel-write")
+    with pytest.raises(GuestFault) as info:
+        await vm.wait()
+    assert info.value.report.address == abi.Layout.KERNEL_SPACE
+    assert "0xc0000000" in str(info.value)
+
+
+async def test_spinning_guest_is_preempted(kernel: Kernel) -> None:
+    need_image("test-spin")
+    spinner = await kernel.spawn("test-spin")
+    out = await boot(kernel, "hello")
+    assert out.status == 0
+    assert spinner.state in (VmState.RUNNABLE, VmState.RUNNING)
+    assert spinner.stats["preemptions"] >= 1
+    spinner.kill()
+    with pytest.raises(VmKilledError):
+        await spinner.wait()
+    assert spinner.state is VmState.KILLED
+
+
+async def test_two_spinners_share_the_cpu(kernel: Kernel) -> None:
+    need_image("test-spin")
+    a = await kernel.spawn("test-spin")
+    b = await kernel.spawn("test-spin")
+    await asyncio.sleep(0.3)
+    assert a.stats["slices"] >= 10 and b.stats["slices"] >= 10
+    assert 0.5 < a.stats["slices"] / b.stats["slices"] < 2.0
+    a.kill()
+    b.kill()
+
+
+async def test_idle_wakes_on_deadline(kernel: Kernel) -> None:
+    t0 = time.monotonic()
+    out = await boot(kernel, "test-idle", "ms=60")
+    elapsed = time.monotonic() - t0
+    m = re.search(r"idle: slept_us=(\d+) pending=0x([0-9a-f]+)", out.console)
+    assert m, out.console
+    assert int(m.group(1)) >= 60_000
+    assert int(m.group(2), 16) == 0
+    assert elapsed >= 0.06
+
+
+async def test_idle_wakes_early_on_interrupt(kernel: Kernel) -> None:
+    need_image("test-idle")
+    vm = await kernel.spawn("test-idle", cmdline="ms=10000 wait=host")
+    await asyncio.sleep(0.05)
+    assert vm.state is VmState.IDLE
+    t0 = time.monotonic()
+    vm.interrupt(Irq.HOST)
+    assert await vm.wait() == 0
+    assert time.monotonic() - t0 < 2.0
+    m = re.search(r"slept_us=(\d+) pending=0x([0-9a-f]+)", vm.console.text())
+    assert m and int(m.group(1)) < 5_000_000 and int(m.group(2), 16) & Irq.HOST
+
+
+async def test_idle_vm_uses_no_slices(kernel: Kernel) -> None:
+    need_image("test-idle")
+    vm = await kernel.spawn("test-idle", cmdline="ms=10000 wait=host")
+    await asyncio.sleep(0.05)
+    before = vm.stats["slices"]
+    await asyncio.sleep(0.3)
+    assert vm.stats["slices"] == before
+    vm.interrupt(Irq.HOST)
+    assert await vm.wait() == 0
+
+
+async def test_hostile_hypercalls(kernel: Kernel) -> None:
+    out = await boot(kernel, "test-hostile")
+    assert "FAIL" not in out.console, out.console
+    assert "SUCCESS" in out.console
+    assert out.status == 0
+
+
+async def test_threads_locks_condvars(kernel: Kernel) -> None:
+    out = await boot(kernel, "test-threads")
+    assert "SUCCESS" in out.console and "FAIL" not in out.console, out.console
+    assert out.status == 0
+
+
+async def test_libc(kernel: Kernel) -> None:
+    out = await boot(kernel, "test-libc")
+    assert "SUCCESS" in out.console and "FAIL" not in out.console, out.console
+    assert out.status == 0
+
+
+async def test_cmdline(kernel: Kernel) -> None:
+    out = await boot(kernel, "test-cmdline", "one two key=v4lue")
+    assert "argc=3" in out.console
+    assert "argv[1]=two" in out.console
+    assert "key=v4lue" in out.console
+
+
+@pytest.mark.parametrize("mode", ["timer", "masked"])
+async def test_interrupt_handler(kernel: Kernel, mode: str) -> None:
+    out = await boot(kernel, "test-irq", f"mode={mode}")
+    assert "SUCCESS" in out.console and "FAIL" not in out.console, out.console
+    assert out.status == 0
+
+
+async def test_interrupt_handler_host_bit(kernel: Kernel) -> None:
+    need_image("test-irq")
+    vm = await kernel.spawn("test-irq", cmdline="mode=host")
+    for _ in range(200):
+        if "ready" in vm.console.text():
+            break
+        await asyncio.sleep(0.01)
+    vm.interrupt(Irq.HOST)
+    assert await vm.wait() == 0
+    assert "SUCCESS got=0x10" in vm.console.text()
+    assert vm.stats["irq_batches"] >= 1
+
+
+async def test_memory_sizes(kernel: Kernel) -> None:
+    out = await boot(kernel, "hello", memory="1M")
+    assert "with 1024 KiB of memory" in out.console
+    with pytest.raises(ConfigError):
+        await kernel.spawn("hello", memory="100K")
+    with pytest.raises(ConfigError):
+        await kernel.spawn("hello", memory="2G")
+    with pytest.raises(ConfigError):
+        await kernel.spawn("hello", memory="lots")
+    with pytest.raises(ConfigError):
+        await kernel.spawn("hello", cmdline="x" * 5000)
+
+
+async def test_unknown_image(kernel: Kernel) -> None:
+    with pytest.raises(ImageError, match="unknown image"):
+        await kernel.spawn("no-such-image")
+
+
+async def test_console_stream(kernel: Kernel) -> None:
+    need_image("hello")
+    vm = await kernel.spawn("hello")
+    data = await vm.console.read_all()
+    assert b"Hello from denali!" in data
+    assert await vm.wait() == 0
+
+
+async def test_close_kills_running_vms() -> None:
+    need_image("test-spin")
+    k = Kernel()
+    async with k:
+        vm = await k.spawn("test-spin")
+        idle = await k.spawn("test-idle", cmdline="ms=100000 wait=host")
+        await asyncio.sleep(0.05)
+    for v in (vm, idle):
+        assert v.state is VmState.KILLED
+        with pytest.raises(VmKilledError):
+            await v.wait()
+    assert not k.vms
+    with pytest.raises(KernelClosedError):
+        await k.spawn("hello")
+
+
+async def test_many_vms_with_a_faulting_one(kernel: Kernel) -> None:
+    need_image("test-fault")
+    vms = [await kernel.spawn("test-exit", cmdline=f"status={i}") for i in range(20)]
+    bad = await kernel.spawn("test-fault", cmdline="kind=null-write")
+    results = await asyncio.gather(*(v.wait() for v in vms))
+    assert results == list(range(20))
+    with pytest.raises(GuestFault):
+        await bad.wait()
