@@ -52,3 +52,16 @@ def test_stale_header_detected(tmp_path: Path, monkeypatch) -> None:  # type: ig
     monkeypatch.setattr(gen_abi, "HEADER", fake)
     monkeypatch.setattr(gen_abi, "ROOT", tmp_path)
     assert gen_abi.main(["--check"]) == 1
+
+
+def test_contract_document_covers_the_abi() -> None:
+    doc = (ROOT / "docs" / "virtual-architecture.md").read_text()
+    assert f"ABI version {abi.ABI_VERSION}" in doc
+    for h in abi.HYPERCALLS:
+        assert f"`{h.name.upper()}`" in doc and h.args.name in doc
+    for r in abi.Result:
+        assert f"`{r.name}`" in doc
+    for i in abi.Irq:
+        assert f"`{i.name}`" in doc
+    for f in abi.VREGS.fields:
+        assert f"`{f.name}`" in doc
