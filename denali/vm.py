@@ -83,6 +83,9 @@ class Vm:
         self.nic: object | None = None
         self.stats = {"slices": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
                       "irq_batches": 0, "irq_bits_delivered": 0}
+        self.created_ns = kernel.now_ns()
+        self.first_slice_ns: int | None = None
+        self._idled = False
         self._waker: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -229,6 +232,8 @@ class Vm:
                         self.fault = cpu.fault
                         final = VmState.FAULTED
                         return
+                    if self.first_slice_ns is None:
+                        self.first_slice_ns = k.now_ns()
                     stats["slices"] += 1
                     reason = cpu.run(lane, k.now_ns() + slice_ns)
                 finally:
