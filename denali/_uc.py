@@ -125,14 +125,11 @@ _OWNERS: dict[int, EngineOwner] = {}
 _next_key = 1
 
 
-@_INTR_CB
-def _intr_hook(_uc: int, intno: int, key: int) -> None:
+def _intr(_uc: int, intno: int, key: int) -> None:
     _OWNERS[key].on_interrupt(intno)
 
 
-@_TLB_CB
-def _tlb_hook(_uc: int, vaddr: int, access: int, result: ctypes._Pointer[_TlbEntry],
-              key: int) -> bool:
+def _tlb(_uc: int, vaddr: int, access: int, result: ctypes._Pointer[_TlbEntry], key: int) -> bool:
     perms = _OWNERS[key].on_tlb_fill(vaddr, access)
     if not perms:
         return False
@@ -142,10 +139,15 @@ def _tlb_hook(_uc: int, vaddr: int, access: int, result: ctypes._Pointer[_TlbEnt
     return True
 
 
-@_INSN_CB
-def _insn_hook(_uc: int, key: int) -> bool:
+def _insn(_uc: int, key: int) -> bool:
     _OWNERS[key].on_invalid_insn()
     return False
+
+
+# The C function pointers live as long as the module: Unicorn keeps calling them.
+_intr_hook = _INTR_CB(_intr)
+_tlb_hook = _TLB_CB(_tlb)
+_insn_hook = _INSN_CB(_insn)
 
 
 def strerror(code: int) -> str:
@@ -178,7 +180,7 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_h", "_key", "_hooks", "_u32", "_batch_vals", "_batch_ids", "closed")
+    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "closed")
 
     def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
                  tcg_buffer: int) -> None:

@@ -12,8 +12,8 @@ import asyncio
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from denali import abi
 from denali.config import KernelConfig
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
 from denali.images import builtin_images
@@ -78,7 +78,8 @@ async def _boot(args: argparse.Namespace) -> int:
                                      console=sink_for(i)))  # type: ignore[arg-type]
         waiter = asyncio.ensure_future(asyncio.gather(*(_outcome(vm) for vm in vms)))
         stopper = asyncio.ensure_future(interrupted.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        pending: set[asyncio.Future[Any]] = {waiter, stopper}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if not waiter.done():
             await k.close()
             await waiter

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from denali.hypercalls import HypercallTable
     from denali.loader import Image
     from denali.preempt import Lane
+    from denali.vm import Vm
 
 _TRAMPOLINE: Final = abi.Layout.KERNEL_PAGE + 0x100
 _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
@@ -69,12 +70,28 @@ def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]
 class VCpu:
     """The CPU of one VM. Not thread-safe: one slice at a time."""
 
-    __slots__ = ("vm_id", "image", "memory", "table", "vm", "engine", "eip", "exit",
-                 "hcall_nr", "hcall_arg", "fault", "error", "_last_fill", "_vector",
-                 "_invalid", "hypercalls", "slices")
+    __slots__ = (
+        "_invalid",
+        "_last_fill",
+        "_vector",
+        "eip",
+        "engine",
+        "error",
+        "exit",
+        "fault",
+        "hcall_arg",
+        "hcall_nr",
+        "hypercalls",
+        "image",
+        "memory",
+        "slices",
+        "table",
+        "vm",
+        "vm_id",
+    )
 
     def __init__(self, vm_id: int, image: Image, memory: GuestMemory, table: HypercallTable,
-                 vm: object, tcg_buffer: int) -> None:
+                 vm: Vm, tcg_buffer: int) -> None:
         self.vm_id = vm_id
         self.image = image
         self.memory = memory

@@ -118,7 +118,7 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
     if not segments:
         raise ImageError(f"{path}: no loadable segments")
     segments.sort(key=lambda s: s.vaddr)
-    prev_end = abi.Layout.IMAGE_BASE
+    prev_end = int(abi.Layout.IMAGE_BASE)
     for s in segments:
         if s.prot & PROT_W and s.prot & PROT_X:
             raise ImageError(f"{path}: segment at 0x{s.vaddr:x} is writable and executable")

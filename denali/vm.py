@@ -87,6 +87,7 @@ class Vm:
         self.first_slice_ns: int | None = None
         self._idled = False
         self._waker: asyncio.Future[None] | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] = kernel.loop.create_future()
@@ -151,6 +152,21 @@ class Vm:
             raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
         raise VmKilledError(f"VM {self.id} was stopped by the host")
 
+    async def until_idle(self) -> None:
+        """Wait until the VM next enters idle-with-timeout (returns at once if it is idle).
+
+        Raises like ``wait()`` if the VM ends first.
+        """
+        if self.state is VmState.IDLE:
+            return
+        fut: asyncio.Future[None] = self.kernel.loop.create_future()
+        self._idle_waiters.append(fut)
+        await asyncio.wait({fut, self._done}, return_when=asyncio.FIRST_COMPLETED)
+        if not fut.done():
+            fut.cancel()
+            await self.wait()
+            raise VmKilledError(f"VM {self.id} ended without idling")
+
     @property
     def done(self) -> bool:
         return self._done.done()
@@ -191,6 +207,11 @@ class Vm:
         if not self.pending and (deadline == 0 or deadline > k.now_ns()):
             self.state = VmState.IDLE
             self.stats["idles"] += 1
+            if self._idle_waiters:
+                for w in self._idle_waiters:
+                    if not w.done():
+                        w.set_result(None)
+                self._idle_waiters.clear()
             fut: asyncio.Future[None] = k.loop.create_future()
             self._waker = fut
             handle = k.call_at_ns(deadline, _wake, fut) if deadline else None

@@ -30,7 +30,7 @@ def _struct(s: abi.Struct) -> list[str]:
         lines.append(f"_Static_assert(__builtin_offsetof(struct {s.name}, {name}) == {off}, "
                      f"\"{s.name}.{name}\");")
     lines.append(f"_Static_assert(sizeof(struct {s.name}) == {s.size}, \"{s.name} size\");")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def render() -> str:

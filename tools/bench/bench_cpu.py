@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import shutil
 import subprocess
 import tempfile
@@ -86,7 +85,6 @@ def main() -> None:
     args = ap.parse_args()
     scale = 0.2 if args.quick else 1.0
     loops = {k: max(2000, int(v * scale)) for k, v in LOOPS.items()}
-    del ctypes
 
     rows = [("loop", "instructions", "bare MIPS", "kernel MIPS", "kernel/bare")]
     for image, n in loops.items():

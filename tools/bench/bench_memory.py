@@ -31,12 +31,11 @@ async def child(vms: int, kib: int, thp_off: bool) -> dict[str, float]:
     from denali.kernel import Kernel
     async with Kernel(disable_thp=thp_off) as k:
         warm = await k.spawn("test-touch", cmdline=f"kib={kib}")
-        while warm.stats["idles"] == 0:
-            await asyncio.sleep(0.01)
+        await warm.until_idle()
         base = rss_kib()
         batch = [await k.spawn("test-touch", cmdline=f"kib={kib}") for _ in range(vms)]
-        while any(vm.stats["idles"] == 0 for vm in batch):
-            await asyncio.sleep(0.05)
+        for vm in batch:
+            await vm.until_idle()
         after = rss_kib()
         for vm in [warm, *batch]:
             vm.interrupt(Irq.HOST)

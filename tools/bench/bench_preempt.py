@@ -58,7 +58,8 @@ def main() -> None:
     for slice_us, count in ((args.slice_us, args.slices), (2000, max(1000, args.slices // 10))):
         d, lag = asyncio.run(measure(count, slice_us))
         d.sort()
-        rows.append((f"{slice_us} us", str(len(d)), f"{d[len(d) // 2]:.0f} us", f"{d[int(len(d) * .99)]:.0f} us",
+        rows.append((f"{slice_us} us", str(len(d)), f"{d[len(d) // 2]:.0f} us",
+                     f"{d[int(len(d) * .99)]:.0f} us",
                      f"{d[int(len(d) * .9999)]:.0f} us", f"{d[-1]:.0f} us", f"{d[-1] / slice_us:.2f}x",
                      f"{lag * 1e6:.0f} us"))
     table("Slice lengths of spinning guests (watchdog preemption)", rows)

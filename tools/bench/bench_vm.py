@@ -57,8 +57,8 @@ async def spawn_latency(count: int) -> list[float]:
 async def idle_cpu(count: int, seconds: float) -> tuple[float, float]:
     async with Kernel() as k:
         vms = [await k.spawn("test-idle", cmdline="ms=1000000 wait=host", memory="1M") for _ in range(count)]
-        while any(vm.stats["idles"] == 0 for vm in vms):
-            await asyncio.sleep(0.05)
+        for vm in vms:
+            await vm.until_idle()
         await asyncio.sleep(0.5)
         c0, w0 = time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)

@@ -57,13 +57,14 @@ class BareGuest:
         self.mem.write(abi.Layout.VREGS + abi.CMDLINE_OFFSET, cmd)
         v = abi.VREGS.offsets()
         import struct
-        struct.pack_into("<IIII", self.mem.buf, abi.Layout.VREGS, abi.VREGS_MAGIC, abi.ABI_VERSION, 1, mem_size)
+        struct.pack_into("<IIII", self.mem.buf, abi.Layout.VREGS, abi.VREGS_MAGIC, abi.ABI_VERSION, 1,
+                         mem_size)
         struct.pack_into("<II", self.mem.buf, abi.Layout.VREGS + v["heap_start"], hs, he)
         struct.pack_into("<I", self.mem.buf, abi.Layout.VREGS + v["cmdline_len"], len(cmd) - 1)
         self.terminated = False
 
         class _Table(HypercallTable):
-            def dispatch(inner, vm: object, nr: int, arg: int) -> int:  # noqa: N805
+            def dispatch(inner, vm: object, nr: int, arg: int) -> int:
                 if nr == abi.Hc.TERMINATE:
                     self.terminated = True
                     return -1
