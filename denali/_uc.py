@@ -31,6 +31,7 @@ _lib: Final = ctypes.CDLL(_LIB_PATH)
 UC_ARCH_X86: Final = 4
 UC_MODE_32: Final = 1 << 2
 UC_HOOK_INTR: Final = 1 << 0
+UC_HOOK_INSN: Final = 1 << 1
 UC_HOOK_INSN_INVALID: Final = 1 << 14
 UC_HOOK_TLB_FILL: Final = 1 << 17
 UC_TLB_VIRTUAL: Final = 1
@@ -86,6 +87,12 @@ _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_voi
 _TLB_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                            ctypes.POINTER(_TlbEntry), ctypes.c_void_p)
 _INSN_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
+_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                           ctypes.c_void_p)
+_SYS_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+_FORBIDDEN_INSNS: Final = ((_x86.UC_X86_INS_IN, "in"), (_x86.UC_X86_INS_OUT, "out"),
+                           (_x86.UC_X86_INS_SYSCALL, "syscall"), (_x86.UC_X86_INS_SYSENTER, "sysenter"))
 
 _lib.uc_open.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
 _lib.uc_close.argtypes = [ctypes.c_void_p]
@@ -120,6 +127,9 @@ class EngineOwner(Protocol):
     def on_invalid_insn(self) -> None:
         """The CPU met an instruction it cannot decode."""
 
+    def on_forbidden_insn(self, name: str) -> None:
+        """The guest executed an instruction denali does not support (in, out, syscall...)."""
+
 
 _OWNERS: dict[int, EngineOwner] = {}
 _next_key = 1
@@ -144,7 +154,26 @@ def _insn(_uc: int, key: int) -> bool:
     return False
 
 
+def _in(_uc: int, _port: int, _size: int, key: int) -> int:
+    _OWNERS[key].on_forbidden_insn("in")
+    return 0
+
+
+def _out(_uc: int, _port: int, _size: int, _value: int, key: int) -> None:
+    _OWNERS[key].on_forbidden_insn("out")
+
+
+def _syscall(_uc: int, key: int) -> None:
+    _OWNERS[key].on_forbidden_insn("syscall")
+
+
+def _sysenter(_uc: int, key: int) -> None:
+    _OWNERS[key].on_forbidden_insn("sysenter")
+
+
 # The C function pointers live as long as the module: Unicorn keeps calling them.
+_insn_hooks: Final = {"in": _IN_CB(_in), "out": _OUT_CB(_out), "syscall": _SYS_CB(_syscall),
+                      "sysenter": _SYS_CB(_sysenter)}
 _intr_hook = _INTR_CB(_intr)
 _tlb_hook = _TLB_CB(_tlb)
 _insn_hook = _INSN_CB(_insn)
@@ -242,6 +271,13 @@ class Engine:
                                    ctypes.c_void_p(self._key), ctypes.c_uint64(begin),
                                    ctypes.c_uint64(end))
             self._check(err, "hook")
+            self._hooks.append(hh)
+        for insn, name in _FORBIDDEN_INSNS:
+            hh = ctypes.c_size_t()
+            err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(UC_HOOK_INSN),
+                                   _insn_hooks[name], ctypes.c_void_p(self._key), ctypes.c_uint64(1),
+                                   ctypes.c_uint64(0), ctypes.c_int(insn))
+            self._check(err, f"{name} hook")
             self._hooks.append(hh)
 
     @staticmethod

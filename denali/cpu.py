@@ -71,6 +71,7 @@ class VCpu:
     """The CPU of one VM. Not thread-safe: one slice at a time."""
 
     __slots__ = (
+        "_forbidden",
         "_invalid",
         "_last_fill",
         "_vector",
@@ -105,6 +106,7 @@ class VCpu:
         self._last_fill = (0, 0, 0)
         self._vector: int | None = None
         self._invalid = False
+        self._forbidden: tuple[str, int] | None = None
         self.hypercalls = 0
         self.slices = 0
         mem = memory.buf
@@ -156,6 +158,13 @@ class VCpu:
     def on_invalid_insn(self) -> None:
         self._invalid = True
 
+    def on_forbidden_insn(self, name: str) -> None:
+        # A stop from an instruction hook lands at the end of the block, so the
+        # faulting EIP is taken now.
+        self._forbidden = (name, self.engine.reg_read(_uc.REG_EIP))
+        self.exit = Exit.FAULT
+        self.engine.stop()
+
     # ---- slices ----
     def run(self, lane: Lane, deadline_ns: int) -> Exit:
         """Run one slice until a hypercall exit, a fault, or the deadline (preemption)."""
@@ -199,11 +208,14 @@ class VCpu:
 
     # ---- fault reports ----
     def _classify(self, err: int) -> FaultReport:
+        if self._forbidden is not None:
+            name, eip = self._forbidden
+            return self._report(FaultKind.PRIVILEGED, access=name, eip=eip)
         if self._vector is not None:
             kind = _VECTOR_KIND.get(self._vector, FaultKind.CPU_EXCEPTION)
             if self._vector not in _VECTOR_KIND and self._vector >= 32:
                 kind = FaultKind.BAD_INTERRUPT
-            return self._report(kind, vector=self._vector)
+            return self._report(kind, vector=self._vector, eip=self._trap_origin(self._vector))
         if self._invalid or err == _uc.UC_ERR_INSN_INVALID:
             return self._report(FaultKind.INVALID_INSN)
         vaddr, access, prot = self._last_fill
@@ -212,6 +224,17 @@ class VCpu:
             return self._report(self._page_kind(vaddr, prot), address=vaddr,
                                 access=_ACCESS.get(access))
         return self._report(FaultKind.CPU_EXCEPTION, access=_uc.strerror(err))
+
+    def _trap_origin(self, vector: int) -> int | None:
+        """EIP of the ``int3``/``int n`` that trapped (traps leave EIP after it), else None."""
+        eip = self.engine.reg_read(_uc.REG_EIP)
+        mem = self.memory
+        if vector == 3 and eip >= 1 and mem.check(eip - 1, 1, PROT_R) and mem.buf[eip - 1] == 0xCC:
+            return eip - 1
+        if (vector >= 32 or vector == 3) and eip >= 2 and mem.check(eip - 2, 2, PROT_R) \
+                and mem.buf[eip - 2] == 0xCD and mem.buf[eip - 1] == vector:
+            return eip - 2
+        return None
 
     def _page_kind(self, vaddr: int, prot: int) -> FaultKind:
         if prot:
@@ -228,9 +251,10 @@ class VCpu:
         return FaultKind.UNMAPPED
 
     def _report(self, kind: FaultKind, address: int | None = None, access: str | None = None,
-                vector: int | None = None) -> FaultReport:
+                vector: int | None = None, eip: int | None = None) -> FaultReport:
         regs = self.engine.read_gprs()
-        eip = regs["eip"]
+        if eip is None:
+            eip = regs["eip"]
         code = b""
         if self.memory.check(eip, 1, PROT_RX) or self.memory.check(eip, 1, PROT_R):
             r = self.memory.region_at(eip)

@@ -18,7 +18,7 @@ class FaultKind(Enum):
     UNMAPPED = "access to an unmapped guest page"
     PROTECTION = "access forbidden by page permissions"
     INVALID_INSN = "invalid instruction"
-    PRIVILEGED = "privileged or unsupported instruction (general protection)"
+    PRIVILEGED = "privileged or unsupported instruction"
     DIVIDE = "divide error"
     BREAKPOINT = "breakpoint (int3)"
     BAD_INTERRUPT = "interrupt to a vector that is not the hypercall vector"
@@ -43,10 +43,10 @@ class FaultReport:
     def summary(self) -> str:
         """One line for logs and the CLI."""
         where = f" at 0x{self.address:08x}" if self.address is not None else ""
-        what = f"{self.access} " if self.access else ""
-        vec = f" (vector {self.vector})" if self.vector is not None else ""
-        insn = f": {self.disassembly[0]}" if self.disassembly else ""
-        return (f"VM {self.vm_id} ({self.image}) faulted: {what}{self.kind.value}{where}{vec}, "
+        notes = [n for n in (self.access, f"vector {self.vector}" if self.vector is not None else None) if n]
+        note = f" ({', '.join(notes)})" if notes else ""
+        insn = f": {self.disassembly[0].split(': ', 1)[-1]}" if self.disassembly else ""
+        return (f"VM {self.vm_id} ({self.image}) faulted: {self.kind.value}{where}{note}, "
                 f"eip=0x{self.eip:08x}{insn}")
 
     def details(self) -> str:
