@@ -209,7 +209,7 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "closed")
+    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "_u32ref", "closed")
 
     def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
                  tcg_buffer: int) -> None:
@@ -222,6 +222,7 @@ class Engine:
         self.closed = False
         self._hooks: list[ctypes.c_size_t] = []
         self._u32 = ctypes.c_uint32()
+        self._u32ref = ctypes.byref(self._u32)
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -299,9 +300,8 @@ class Engine:
         _emu_stop(self._h)
 
     def reg_read(self, reg: int) -> int:
-        v = self._u32
-        _reg_read(self._h, reg, ctypes.byref(v))
-        return v.value
+        _reg_read(self._h, reg, self._u32ref)
+        return self._u32.value
 
     def reg_write(self, reg: int, value: int) -> None:
         v = ctypes.c_uint32(value & 0xFFFFFFFF)

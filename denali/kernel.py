@@ -42,7 +42,7 @@ class CpuArbiter:
     the VM the ``Scheduler`` picks (so ownership never lapses while VMs wait).
     """
 
-    __slots__ = ("_loop", "policy", "_busy", "_waiters", "switches")
+    __slots__ = ("_busy", "_loop", "_waiters", "policy", "switches")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, policy: Scheduler) -> None:
         self._loop = loop
@@ -51,10 +51,11 @@ class CpuArbiter:
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self.switches = 0
 
-    async def acquire(self, vm_id: int, idled: bool) -> None:
+    async def acquire(self, vm_id: int, idled: bool) -> bool:
+        """Wait for the CPU; True if the caller had to wait (it was suspended)."""
         if not self._busy:
             self._busy = True
-            return
+            return False
         fut = self._loop.create_future()
         self._waiters[vm_id] = fut
         self.policy.enqueue(vm_id, idled)
@@ -67,6 +68,7 @@ class CpuArbiter:
                 self.policy.remove(vm_id)
                 self._waiters.pop(vm_id, None)
             raise
+        return True
 
     def release(self) -> None:
         while True:

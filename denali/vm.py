@@ -243,10 +243,15 @@ class Vm:
         stats = self.stats
         idled = False
         final = VmState.KILLED
+        # The loop must get control at least once per slice even when this VM never
+        # has to wait (an uncontended CPU, yields that return at once): ``suspended``
+        # is when it last did.
+        suspended = k.now_ns()
         try:
             while True:
                 self.state = VmState.RUNNABLE
-                await arb.acquire(self.id, idled)
+                if await arb.acquire(self.id, idled):
+                    suspended = k.now_ns()
                 try:
                     self.state = VmState.RUNNING
                     if not self._before_slice():
@@ -263,6 +268,7 @@ class Vm:
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1
                     await asyncio.sleep(0)
+                    suspended = k.now_ns()
                 elif reason is Exit.HYPERCALL:
                     if cpu.hcall_nr == Hc.TERMINATE:
                         self.exit_status = self.exit_request
@@ -271,8 +277,17 @@ class Vm:
                     if cpu.hcall_nr == Hc.IDLE:
                         await self._idle(cpu.hcall_arg)
                         idled = self._idled
+                        if not idled:  # a yield: let every other runnable VM queue up first
+                            await asyncio.sleep(0)
+                            suspended = k.now_ns()
                     else:  # a device's exiting hypercall
                         await k.complete_hypercall(self, cpu.hcall_nr, cpu.hcall_arg)
+                    now = k.now_ns()
+                    if idled:
+                        suspended = now
+                    elif now - suspended >= slice_ns:
+                        await asyncio.sleep(0)
+                        suspended = k.now_ns()
                 elif reason is Exit.FAULT:
                     self.fault = cpu.fault
                     final = VmState.FAULTED
