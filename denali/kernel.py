@@ -25,6 +25,7 @@ from typing import Any
 
 from denali import abi
 from denali.config import KernelConfig, check_memory, parse_size
+from denali.devices import netdev
 from denali.devices.console import ConsoleSink
 from denali.errors import ConfigError, KernelClosedError
 from denali.hypercalls import HypercallTable, core_table
@@ -113,6 +114,7 @@ class Kernel:
         self.config = config
         self.cpu_khz = config.cpu_khz or _host_cpu_khz()
         self.hypercalls: HypercallTable = core_table()
+        netdev.register(self.hypercalls)
         self._exit_handlers: dict[int, Callable[[Vm, int], Any]] = {}
         self.vms: dict[int, Vm] = {}
         self._ids = itertools.count(1)

@@ -36,6 +36,7 @@ from denali.memory import GuestMemory
 if TYPE_CHECKING:
     from denali.kernel import Kernel
     from denali.loader import Image
+    from denali.net.nic import NicPort
 
 _V: Final = abi.VREGS.offsets()
 _VREGS: Final = int(abi.Layout.VREGS)
@@ -80,7 +81,7 @@ class Vm:
         self.fault: FaultReport | None = None
         self.error: BaseException | None = None
         self.console = Console(console)
-        self.nic: object | None = None
+        self.nic: NicPort | None = None
         self.stats = {"slices": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
                       "irq_batches": 0, "irq_bits_delivered": 0}
         self.created_ns = kernel.now_ns()
