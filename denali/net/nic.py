@@ -1,0 +1,200 @@
+"""A VM's virtual NIC as the host sees it: a switch port with a fixed MAC and a receive queue.
+
+Transmit (guest ``NET_SEND``): ``send_nowait`` / ``send_batch_nowait`` check each
+frame's length (``NET_MIN_FRAME``..``NET_MTU``, no FCS) and hand it to the switch. They
+return a ``TxStatus``; ``TxStatus.result`` is the guest result code for it.
+
+Receive: the switch calls ``deliver``. A non-promiscuous NIC takes only frames for its
+own MAC and group (broadcast/multicast) frames; unicast for others, which the switch
+floods while the destination is unknown, is dropped and counted in ``drop_filtered`` —
+so it raises no interrupt. Taken frames wait in a bounded receive queue (full: dropped,
+counted in ``drop_egress_full``) until the guest drains them with ``NET_RECV``
+(``receive_nowait``) during its own slice.
+
+Receive interrupt, edge-triggered: ``on_rx()`` is called when the receive queue goes from
+empty to non-empty, not for every frame (the kernel ORs ``Irq.NET_RX`` into the VM's
+pending mask; a second call before the VM runs would add nothing). So a guest MUST keep
+receiving until ``NET_RECV`` answers AGAIN before it waits for the next NET_RX; the
+kernel may also re-raise NET_RX itself when ``rx_pending`` is non-zero after a receive.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from itertools import islice
+from typing import Final
+
+from denali.abi import NET_MAX_BATCH, NET_MIN_FRAME, NET_MTU, Result
+from denali.errors import ConfigError
+from denali.net.ethernet import as_mac, mac_for_vm
+from denali.net.port import DEFAULT_INGRESS_CAPACITY, Port
+
+DEFAULT_RX_CAPACITY: Final = 256
+"""Frames a NIC's receive queue holds by default (reported to the guest by NET_INFO)."""
+
+RxCallback = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    """Configuration of a virtual NIC; ``ConfigError`` on out-of-range values."""
+
+    rx_capacity: int = DEFAULT_RX_CAPACITY
+    """Bound of the receive queue, in frames."""
+    tx_capacity: int = DEFAULT_INGRESS_CAPACITY
+    """Bound of the transmit queue (the port's ingress queue in the switch), in frames."""
+    promiscuous: bool = False
+    """Take every frame delivered, not only those for this MAC and group frames."""
+
+    def __post_init__(self) -> None:
+        if self.rx_capacity < 1:
+            raise ConfigError(f"rx_capacity must be at least 1, not {self.rx_capacity}")
+        if self.tx_capacity < 1:
+            raise ConfigError(f"tx_capacity must be at least 1, not {self.tx_capacity}")
+
+
+class TxStatus(Enum):
+    """Outcome of handing a frame to the NIC; ``result`` is the guest's result code."""
+
+    OK = "ok"
+    """Queued in the switch."""
+    INVALID = "invalid"
+    """Length outside 60..1514: refused and counted as malformed (guest: INVAL)."""
+    FULL = "full"
+    """Transmit queue full: dropped and counted (guest: FULL)."""
+    NO_LINK = "no_link"
+    """NIC not attached to a switch: dropped and counted, like a NIC with no cable (guest: OK)."""
+
+    @property
+    def result(self) -> Result:
+        """The ``abi.Result`` the kernel returns to the guest for this outcome."""
+        return _RESULTS[self]
+
+
+_RESULTS: Final = {TxStatus.OK: Result.OK, TxStatus.INVALID: Result.INVAL,
+                   TxStatus.FULL: Result.FULL, TxStatus.NO_LINK: Result.OK}
+
+
+class NicPort(Port):
+    """A VM's NIC: fixed MAC, bounded receive queue, edge-triggered ``on_rx``.
+
+    ``on_rx`` may be set or replaced at any time (attribute). Use ``for_vm`` for the
+    standard name (``vm<ID>``) and MAC (``mac_for_vm``).
+    """
+
+    __slots__ = ("_own", "_promiscuous", "_rx", "_rx_capacity", "on_rx")
+
+    def __init__(self, name: str, mac: bytes | str, *, config: NicConfig | None = None,
+                 on_rx: RxCallback | None = None) -> None:
+        cfg = config if config is not None else NicConfig()
+        own = as_mac(mac)
+        super().__init__(name, mac=own, ingress_capacity=cfg.tx_capacity)
+        self._own = own
+        self._rx: deque[bytes] = deque()
+        self._rx_capacity = cfg.rx_capacity
+        self._promiscuous = cfg.promiscuous
+        self.on_rx: RxCallback | None = on_rx
+
+    @classmethod
+    def for_vm(cls, vm_id: int, *, config: NicConfig | None = None,
+               on_rx: RxCallback | None = None) -> NicPort:
+        """The NIC of VM ``vm_id``: named ``vm<vm_id>``, MAC ``mac_for_vm(vm_id)``."""
+        return cls(f"vm{vm_id}", mac_for_vm(vm_id), config=config, on_rx=on_rx)
+
+    @property
+    def fixed_mac(self) -> bytes:
+        """This NIC's MAC (never None, unlike ``Port.mac`` in general)."""
+        return self._own
+
+    @property
+    def rx_capacity(self) -> int:
+        return self._rx_capacity
+
+    @property
+    def rx_pending(self) -> int:
+        """Frames waiting in the receive queue."""
+        return len(self._rx)
+
+    # ---- switch -> NIC ----
+    def deliver(self, frame: bytes) -> None:
+        """Queue a frame for the guest (see the module docstring for filtering and ``on_rx``)."""
+        st = self.stats
+        if not (frame[0] & 1 or self._promiscuous or frame.startswith(self._own)):
+            st.drop_filtered += 1
+            return
+        q = self._rx
+        n = len(q)
+        if n >= self._rx_capacity:
+            st.drop_egress_full += 1
+            return
+        q.append(frame)
+        st.rx_frames += 1
+        st.rx_bytes += len(frame)
+        if n == 0:
+            cb = self.on_rx
+            if cb is not None:
+                cb()
+
+    # ---- guest side ----
+    def receive_nowait(self, max_frames: int = NET_MAX_BATCH) -> list[bytes]:
+        """Take up to ``max_frames`` frames, oldest first; ``[]`` when none wait (or max < 1)."""
+        q = self._rx
+        n = len(q)
+        if not n or max_frames < 1:
+            return []
+        if n <= max_frames:
+            out = list(q)
+            q.clear()
+            return out
+        popleft = q.popleft
+        return [popleft() for _ in range(max_frames)]
+
+    def clear_rx(self) -> int:
+        """Drop every waiting frame (e.g. the VM ended); counted in ``drop_link_down``."""
+        n = len(self._rx)
+        self._rx.clear()
+        self.stats.drop_link_down += n
+        return n
+
+    def send_nowait(self, frame: bytes) -> TxStatus:
+        """Check one frame and hand it to the switch; never blocks, never raises."""
+        size = len(frame)
+        if size < NET_MIN_FRAME or size > NET_MTU:
+            self.stats.drop_malformed += 1
+            return TxStatus.INVALID
+        if self._att is None:
+            self.stats.drop_link_down += 1
+            return TxStatus.NO_LINK
+        return TxStatus.OK if self.submit(frame) else TxStatus.FULL
+
+    def send_batch_nowait(self, frames: Sequence[bytes]) -> tuple[int, TxStatus]:
+        """Send frames in order; return (frames consumed, status that ended the batch).
+
+        Frames are consumed up to the first invalid one (INVALID) or until the transmit
+        queue is full (FULL: every valid frame after that point is dropped and
+        counted); status OK when all were queued, NO_LINK when the NIC is not attached
+        (the valid frames are consumed and counted as dropped). Frames after an invalid
+        one are not looked at and not counted.
+        """
+        valid = 0
+        for f in frames:
+            size = len(f)
+            if size < NET_MIN_FRAME or size > NET_MTU:
+                break
+            valid += 1
+        st = self.stats
+        if self._att is None:
+            st.drop_link_down += valid
+            status = TxStatus.NO_LINK
+            accepted = valid
+        else:
+            part = frames if valid == len(frames) else list(islice(frames, valid))
+            accepted = self.submit_many(part) if valid else 0
+            status = TxStatus.OK if accepted == valid else TxStatus.FULL
+        if valid < len(frames) and status is not TxStatus.FULL:
+            st.drop_malformed += 1
+            return accepted, TxStatus.INVALID
+        return accepted, status

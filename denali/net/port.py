@@ -1,0 +1,236 @@
+"""The port interface: what every endpoint of the virtual switch (VM NIC, TAP, VXLAN) implements.
+
+A port has two directions, named from the port's side:
+
+- **tx** (port -> switch): the port calls ``submit(frame)`` (or ``submit_many``). The
+  frame goes into the port's bounded *ingress queue* in the switch and the call returns
+  at once: ``True`` when queued, ``False`` when the queue is full or the port is not
+  attached (the frame is dropped and counted). The switch drains ingress queues
+  round-robin from its own task; ``submit`` never forwards inline.
+- **rx** (switch -> port): the switch calls ``deliver(frame)``, which the port
+  implements. It must never block, never raise, and count whatever it cannot take.
+
+A port may declare a fixed source MAC (``mac``): the switch then pins that address to the
+port (frames to it go straight there, it never ages) and drops, counting them as
+spoofed, frames from this port with any other source address, and frames from any other
+port carrying this one as source. A port without a fixed MAC (TAP, VXLAN) may carry many
+source addresses; the switch learns them.
+
+Every method here runs on the event loop's thread; none is thread-safe. Frames are
+``bytes`` (immutable; the switch and ports keep references, never copies).
+
+Attachment: ``Switch.attach(port)`` / ``Switch.detach(port)``. A port belongs to at most
+one switch at a time; ``port.switch`` says which. Detaching discards what still waits in
+the ingress queue (counted in ``drop_link_down``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from itertools import islice
+from typing import TYPE_CHECKING, Final
+
+from denali.errors import ConfigError
+from denali.net.ethernet import as_mac, is_multicast
+
+if TYPE_CHECKING:
+    from denali.net.switch import Switch
+
+DEFAULT_INGRESS_CAPACITY: Final = 256
+"""Frames a port may have waiting in the switch before ``submit`` drops."""
+
+
+@dataclass(slots=True)
+class PortStats:
+    """Counters of one port; mutated in place on the packet path (copy with ``snapshot``).
+
+    tx = frames the port handed to the switch and the switch queued; rx = frames the
+    switch handed to the port and the port accepted. Every frame that is lost is counted
+    in exactly one ``drop_*`` field, attributed to the port where it was lost.
+    """
+
+    tx_frames: int = 0
+    tx_bytes: int = 0
+    rx_frames: int = 0
+    rx_bytes: int = 0
+    drop_ingress_full: int = 0
+    """``submit`` refused: the port's ingress queue in the switch was full."""
+    drop_egress_full: int = 0
+    """``deliver`` refused: the port's own queue (e.g. the NIC receive queue) was full."""
+    drop_spoofed: int = 0
+    """Source MAC not allowed on this port (not its fixed MAC, or another port's)."""
+    drop_malformed: int = 0
+    """Shorter than an Ethernet header, multicast source, or (NIC) length not 60..1514."""
+    drop_loopback: int = 0
+    """Destination is on the ingress port itself; a switch never sends a frame back."""
+    drop_filtered: int = 0
+    """``deliver``: unicast for another address reached a non-promiscuous NIC (flooding)."""
+    drop_link_down: int = 0
+    """Sent while not attached, or still queued when the port was detached or the switch closed."""
+
+    @property
+    def drops(self) -> int:
+        """All drops, whatever the cause."""
+        return (self.drop_ingress_full + self.drop_egress_full + self.drop_spoofed + self.drop_malformed
+                + self.drop_loopback + self.drop_filtered + self.drop_link_down)
+
+    def snapshot(self) -> PortStats:
+        """An independent copy (the live object keeps changing)."""
+        return PortStats(*(getattr(self, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (``drops`` included)."""
+        out = {f.name: int(getattr(self, f.name)) for f in fields(self)}
+        out["drops"] = self.drops
+        return out
+
+
+class Attachment:
+    """A port's membership in one switch: its ingress queue and forwarding state.
+
+    Created by ``Switch.attach``, killed (``alive = False``) by ``Switch.detach``; a
+    port re-attached gets a new one. Internal to ``denali.net``: ports use it only
+    through ``Port.submit``.
+    """
+
+    __slots__ = ("alive", "capacity", "deliver", "errors", "learned", "mac", "port", "queue",
+                 "ready", "stats", "switch")
+
+    def __init__(self, switch: Switch, port: Port) -> None:
+        self.switch = switch
+        self.port = port
+        self.queue: deque[bytes] = deque()
+        self.capacity = port.ingress_capacity
+        self.mac = port.mac
+        self.deliver: Callable[[bytes], None] = port.deliver
+        self.stats = port.stats
+        self.ready = False
+        """INVARIANT: True while this attachment is in the switch's ready queue or being drained."""
+        self.alive = True
+        self.learned = 0
+        """Learned (non-pinned) MACs in the switch table that point to this port."""
+        self.errors = 0
+
+
+class Port(abc.ABC):
+    """Base class of every switch port; subclasses implement ``deliver``.
+
+    ``name`` must be unique within a switch (it keys the statistics). ``mac``, when
+    given, is the port's fixed source address (unicast; ``ConfigError`` otherwise).
+    ``ingress_capacity`` bounds the frames waiting in the switch for this port.
+    """
+
+    __slots__ = ("_att", "_ingress_capacity", "_mac", "_name", "stats")
+
+    def __init__(self, name: str, *, mac: bytes | str | None = None,
+                 ingress_capacity: int = DEFAULT_INGRESS_CAPACITY) -> None:
+        if not name or not isinstance(name, str):
+            raise ConfigError("a port needs a non-empty name")
+        if ingress_capacity < 1:
+            raise ConfigError(f"ingress_capacity must be at least 1, not {ingress_capacity}")
+        fixed = None if mac is None else as_mac(mac)
+        if fixed is not None and is_multicast(fixed):
+            raise ConfigError(f"a port's fixed MAC must be unicast, not {fixed.hex(':')}")
+        self._name = name
+        self._mac = fixed
+        self._ingress_capacity = ingress_capacity
+        self._att: Attachment | None = None
+        self.stats = PortStats()
+
+    def __repr__(self) -> str:
+        mac = self._mac.hex(":") if self._mac is not None else "any"
+        return f"<{type(self).__name__} {self._name} mac={mac} attached={self._att is not None}>"
+
+    @property
+    def name(self) -> str:
+        """The port's name, unique within its switch."""
+        return self._name
+
+    @property
+    def mac(self) -> bytes | None:
+        """The fixed source MAC, or None when the port may carry any source address."""
+        return self._mac
+
+    @property
+    def ingress_capacity(self) -> int:
+        """Bound of the port's ingress queue in the switch, in frames."""
+        return self._ingress_capacity
+
+    @property
+    def switch(self) -> Switch | None:
+        """The switch this port is attached to, or None."""
+        att = self._att
+        return att.switch if att is not None else None
+
+    @property
+    def ingress_pending(self) -> int:
+        """Frames this port submitted that the switch has not forwarded yet."""
+        att = self._att
+        return len(att.queue) if att is not None else 0
+
+    @abc.abstractmethod
+    def deliver(self, frame: bytes) -> None:
+        """Take a frame from the switch (egress). MUST NOT block or raise.
+
+        Count the frame in ``stats.rx_*`` when taken, or in one ``stats.drop_*`` field
+        when it cannot be taken (``drop_egress_full`` for a full queue).
+        """
+
+    def submit(self, frame: bytes) -> bool:
+        """Hand a frame to the switch without blocking.
+
+        True: queued in this port's ingress queue. False: dropped and counted
+        (``drop_ingress_full`` when the queue is full, ``drop_link_down`` when the port
+        is not attached, e.g. after the switch closed). The switch checks the frame
+        (length, source MAC) when it forwards it, not here.
+        """
+        att = self._att
+        st = self.stats
+        if att is None:
+            st.drop_link_down += 1
+            return False
+        q = att.queue
+        if len(q) >= att.capacity:
+            st.drop_ingress_full += 1
+            return False
+        q.append(frame)
+        st.tx_frames += 1
+        st.tx_bytes += len(frame)
+        if not att.ready:
+            att.ready = True
+            att.switch._wake(att)
+        return True
+
+    def submit_many(self, frames: Sequence[bytes]) -> int:
+        """Hand several frames to the switch without blocking; return how many were queued.
+
+        Queues the longest prefix of ``frames`` that fits; every frame after it is
+        dropped and counted as ``submit`` would count it.
+        """
+        total = len(frames)
+        att = self._att
+        st = self.stats
+        if att is None:
+            st.drop_link_down += total
+            return 0
+        q = att.queue
+        take = min(total, att.capacity - len(q))
+        if take <= 0:
+            st.drop_ingress_full += total
+            return 0
+        if take == total:
+            q.extend(frames)
+            st.tx_bytes += sum(map(len, frames))
+        else:
+            part = list(islice(frames, take))
+            q.extend(part)
+            st.tx_bytes += sum(map(len, part))
+            st.drop_ingress_full += total - take
+        st.tx_frames += take
+        if not att.ready:
+            att.ready = True
+            att.switch._wake(att)
+        return take
