@@ -17,7 +17,9 @@ port carrying this one as source. A port without a fixed MAC (TAP, VXLAN) may ca
 source addresses; the switch learns them.
 
 Every method here runs on the event loop's thread; none is thread-safe. Frames are
-``bytes`` (immutable; the switch and ports keep references, never copies).
+``bytes`` (immutable; the switch and ports keep references, never copies); ``submit``
+copies any other buffer (bytearray, memoryview) into ``bytes`` once, so a sender can
+never change a frame after handing it over.
 
 Attachment: ``Switch.attach(port)`` / ``Switch.detach(port)``. A port belongs to at most
 one switch at a time; ``port.switch`` says which. Detaching discards what still waits in
@@ -196,6 +198,8 @@ class Port(abc.ABC):
         if len(q) >= att.capacity:
             st.drop_ingress_full += 1
             return False
+        if frame.__class__ is not bytes:  # a bytearray/memoryview: freeze a copy (keys, sharing)
+            frame = bytes(frame)
         q.append(frame)
         st.tx_frames += 1
         st.tx_bytes += len(frame)
@@ -216,6 +220,10 @@ class Port(abc.ABC):
         if att is None:
             st.drop_link_down += total
             return 0
+        for f in frames:
+            if f.__class__ is not bytes:
+                frames = [bytes(x) for x in frames]
+                break
         q = att.queue
         take = min(total, att.capacity - len(q))
         if take <= 0:

@@ -472,14 +472,14 @@ class Switch:
         pinned = self._pinned
         fdb = self._fdb
         cap = self._capture
-        unicast = flooded = unknown = deliveries = 0
-        taken = 0
-        for _ in range(n):
+        unicast = flooded = unknown = flood_deliveries = 0
+        taken = n
+        for i in range(n):
             try:
                 frame = popleft()
             except IndexError:  # the port was detached by a callback during this batch
+                taken = i
                 break
-            taken += 1
             if len(frame) < HEADER_LEN:
                 pst.drop_malformed += 1
                 self._c.drop_malformed += 1
@@ -504,14 +504,13 @@ class Switch:
                         unknown += 1
             if out is None:
                 flooded += 1
-                deliveries += self._flood(att, frame)
+                flood_deliveries += self._flood(att, frame)
             elif out is att:
                 pst.drop_loopback += 1
                 self._c.drop_loopback += 1
                 continue
             else:
                 unicast += 1
-                deliveries += 1
                 try:
                     out.deliver(frame)
                 except Exception as exc:
@@ -523,7 +522,7 @@ class Switch:
         c.unicast += unicast
         c.flooded += flooded
         c.unknown += unknown
-        c.deliveries += deliveries
+        c.deliveries += unicast + flood_deliveries
         return taken
 
     def _flood(self, att: Attachment, frame: bytes) -> int:

@@ -454,3 +454,17 @@ async def test_many_ports_unicast_is_o1_per_frame() -> None:
 
 def _nic_cfg(*, tx: int = 256, rx: int = 256) -> NicConfig:
     return NicConfig(rx_capacity=rx, tx_capacity=tx)
+
+
+@pytest.mark.asyncio
+async def test_mutable_buffers_are_frozen_on_submit(switch: Switch) -> None:
+    a, b, _c = three(switch)
+    buf = bytearray(bcast(1, tag=1))
+    assert a.submit(buf)  # type: ignore[arg-type]
+    second = bytearray(bcast(1, tag=2))
+    assert a.submit_many([second, memoryview(bcast(1, tag=3))]) == 2  # type: ignore[list-item]
+    buf[14:18] = b"\xff" * 4  # the sender scribbles after sending
+    second[14:18] = b"\xff" * 4
+    await switch.join()
+    assert [tag_of(f) for f in b.frames] == [1, 2, 3]
+    assert all(type(f) is bytes for f in b.frames)
