@@ -264,27 +264,30 @@ class Switch:
             return
         self._state = SwitchState.CLOSED
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-        for att in self._links:
-            self._unlink(att)
-        self._links = ()
-        self._ready.clear()
-        self._idle.set()
+        try:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if me is not None and me.cancelling():
+                        raise
+        finally:
+            for att in self._links:
+                self._unlink(att)
+            self._links = ()
+            self._ready.clear()
+            self._idle.set()
         await self.stop_capture()
         if self._failure is not None:
             raise NetError(f"switch {self.name} failed") from self._failure
 
     async def join(self) -> None:
-        """Wait until every ingress queue is empty and forwarded (the switch must be running).
+        """Wait until every ingress queue is empty and its frames forwarded.
 
-        Raises ``NetError`` if the drain task failed; returns at once on a closed switch.
+        A created switch with frames queued is waited on until it is started. Returns at
+        once on a closed switch; raises ``NetError`` if the drain task failed.
         """
         while not self._idle.is_set():
             await self._idle.wait()
@@ -454,13 +457,10 @@ class Switch:
                 self._c.passes += 1
                 # Yield to the loop between rounds: VMs and other tasks run before the next.
                 await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
+        except Exception as exc:  # a switch bug: stop forwarding, tell join() and aclose()
             self._failure = exc
             self._idle.set()
-            log.exception("switch %s: drain task failed", self.name)
-            raise
+            log.exception("switch %s: drain task failed; frames now wait until dropped", self.name)
 
     def _forward(self, att: Attachment, now: float) -> int:
         """Forward up to ``batch`` frames from ``att``; return how many were taken."""
