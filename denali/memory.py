@@ -41,7 +41,7 @@ class GuestMemory:
     Anonymous memory: pages the guest never touches cost no host RAM.
     """
 
-    __slots__ = ("size", "buf", "view", "address", "_starts", "_regions", "_anchor")
+    __slots__ = ("_anchor", "_regions", "_starts", "address", "buf", "size", "view")
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -28,7 +28,7 @@ _DORMANT_AFTER_NS: Final = 50_000_000
 class Lane:
     """One CPU that runs slices; owned by the thread that runs them."""
 
-    __slots__ = ("_owner", "handle", "deadline", "starts", "stops")
+    __slots__ = ("_owner", "deadline", "handle", "starts", "stops")
 
     def __init__(self, owner: Preemptor) -> None:
         self._owner = owner

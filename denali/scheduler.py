@@ -22,7 +22,7 @@ from collections import deque
 class Scheduler:
     """Round-robin run queues with an idle-priority queue."""
 
-    __slots__ = ("_prio", "_normal", "_queued", "_burst", "_streak")
+    __slots__ = ("_burst", "_normal", "_prio", "_queued", "_streak")
 
     def __init__(self, burst: int = 8) -> None:
         if burst < 1:

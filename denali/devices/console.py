@@ -18,8 +18,19 @@ ConsoleSink = Callable[[bytes], None]
 class Console:
     """A VM's console output stream. ``read()`` returns b"" once the VM has ended."""
 
-    __slots__ = ("_chunks", "_queued", "_limit", "_history", "_hist_limit", "_hist_len",
-                 "_event", "_closed", "sink", "dropped", "written")
+    __slots__ = (
+        "_chunks",
+        "_closed",
+        "_event",
+        "_hist_len",
+        "_hist_limit",
+        "_history",
+        "_limit",
+        "_queued",
+        "dropped",
+        "sink",
+        "written",
+    )
 
     def __init__(self, sink: ConsoleSink | None = None, limit: int = 1 << 20,
                  history: int = 64 << 10) -> None:
