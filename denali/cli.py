@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"time slice in microseconds (default {KernelConfig.slice_us})")
     b.add_argument("--cmdline", "-c", default="",
                    help="guest command line; {i} becomes the VM's index (1..N)")
+    b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     sub.add_parser("images", help="list the built-in guest images")
     return p
 
@@ -71,6 +72,8 @@ async def _boot(args: argparse.Namespace) -> int:
         return write_prefixed
 
     async with Kernel(KernelConfig(slice_us=args.slice_us)) as k:
+        if args.pcap:
+            await k.switch.capture(args.pcap)
         vms = []
         for i in range(1, args.count + 1):
             vms.append(await k.spawn(args.image, memory=args.memory,

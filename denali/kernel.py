@@ -31,6 +31,8 @@ from denali.errors import ConfigError, KernelClosedError
 from denali.hypercalls import HypercallTable, core_table
 from denali.images import resolve
 from denali.loader import Image
+from denali.net.nic import NicConfig, NicPort
+from denali.net.switch import Switch
 from denali.preempt import Preemptor
 from denali.scheduler import Scheduler
 from denali.vm import Vm
@@ -124,12 +126,15 @@ class Kernel:
         self.preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
         self.lane = self.preemptor.new_lane()
         self._arbiter: CpuArbiter | None = None
+        self.switch = Switch(name="lan0")
+        """The virtual LAN every VM's NIC is attached to."""
         if config.disable_thp:
             _disable_thp()
 
     # ---- lifecycle ----
     async def __aenter__(self) -> Kernel:
         self.start()
+        await self.switch.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -156,6 +161,7 @@ class Kernel:
             vm.kill()
         for vm in vms:
             await asyncio.shield(vm._done)
+        await self.switch.aclose()
         self.preemptor.close()
         self._state = "closed"
 
@@ -183,11 +189,14 @@ class Kernel:
 
     # ---- VMs ----
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
-                    cmdline: str = "", console: ConsoleSink | None = None) -> Vm:
+                    cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
+                    nic_config: NicConfig | None = None) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
+        ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
+        ``02:de:`` + the VM id; ``nic_config`` sets its queue bounds.
         Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
         host cannot hold another VM, ``KernelClosedError`` after close.
         """
@@ -204,8 +213,14 @@ class Kernel:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if len(self.vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
+        await self.switch.start()
         vm_id = next(self._ids)
-        vm = Vm(self, vm_id, img, size, cmdline, console)
+        port = NicPort.for_vm(vm_id, config=nic_config) if nic else None
+        vm = Vm(self, vm_id, img, size, cmdline, console, port.fixed_mac if port else None)
+        if port is not None:
+            port.on_rx = vm.raise_net_rx
+            vm.nic = port
+            self.switch.attach(port)
         self.vms[vm_id] = vm
         vm.start()
         return vm
@@ -213,6 +228,10 @@ class Kernel:
     def vm_ended(self, vm: Vm) -> None:
         """Called by a VM as it ends."""
         self.vms.pop(vm.id, None)
+        if vm.nic is not None:
+            vm.nic.clear_rx()
+            if vm.nic.switch is not None:
+                self.switch.detach(vm.nic)
 
     async def complete_hypercall(self, vm: Vm, nr: int, arg: int) -> None:
         """Finish an exiting device hypercall (none of the core devices needs one yet)."""

@@ -131,6 +131,10 @@ class Vm:
         if w is not None and not w.done():
             w.set_result(None)
 
+    def raise_net_rx(self) -> None:
+        """The NIC's receive callback: frames wait."""
+        self.interrupt(Irq.NET_RX)
+
     def kill(self) -> None:
         """Stop the VM now (it ends in state KILLED); no-op once it has ended."""
         if self._task is not None and not self._task.done():
