@@ -118,6 +118,7 @@ class Kernel:
         self.hypercalls: HypercallTable = core_table()
         netdev.register(self.hypercalls)
         self._exit_handlers: dict[int, Callable[[Vm, int], Any]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.vms: dict[int, Vm] = {}
         self._ids = itertools.count(1)
         self._epoch = time.monotonic_ns()
@@ -161,6 +162,9 @@ class Kernel:
             vm.kill()
         for vm in vms:
             await asyncio.shield(vm._done)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.switch.aclose()
         self.preemptor.close()
         self._state = "closed"
@@ -228,10 +232,25 @@ class Kernel:
     def vm_ended(self, vm: Vm) -> None:
         """Called by a VM as it ends."""
         self.vms.pop(vm.id, None)
-        if vm.nic is not None:
-            vm.nic.clear_rx()
-            if vm.nic.switch is not None:
-                self.switch.detach(vm.nic)
+        nic = vm.nic
+        if nic is not None:
+            nic.clear_rx()
+            nic.on_rx = None
+            if nic.switch is not None:
+                if nic.ingress_pending and self._state == "running":
+                    # frames the guest sent before it ended still go out
+                    task = self.loop.create_task(self._detach_later(nic))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                else:
+                    self.switch.detach(nic)
+
+    async def _detach_later(self, nic: NicPort) -> None:
+        try:
+            await self.switch.join()
+        finally:
+            if nic.switch is not None:
+                self.switch.detach(nic)
 
     async def complete_hypercall(self, vm: Vm, nr: int, arg: int) -> None:
         """Finish an exiting device hypercall (none of the core devices needs one yet)."""
