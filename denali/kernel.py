@@ -180,6 +180,30 @@ class Kernel:
         assert self._arbiter is not None
         return self._arbiter
 
+    # ---- observation ----
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the kernel's counters as plain data (safe to JSON-encode)."""
+        states: dict[str, int] = {}
+        for vm in self.vms.values():
+            states[vm.state.value] = states.get(vm.state.value, 0) + 1
+        lane = self.lane
+        return {
+            "state": self._state,
+            "vms": len(self.vms),
+            "vm_states": states,
+            "cpu_switches": self._arbiter.switches if self._arbiter else 0,
+            "slices_started": lane.starts,
+            "preempt_stops": lane.stops,
+            "switch": self.switch.stats().as_dict(),
+        }
+
+    def vm_stats(self, vm: Vm) -> dict[str, Any]:
+        """One VM's counters as plain data."""
+        return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
+                "pending": vm.pending, "hypercalls": vm.cpu.hypercalls,
+                **vm.stats, "console_bytes": vm.console.written,
+                "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
+
     # ---- time ----
     def now_ns(self) -> int:
         """The kernel's monotonic clock: ns since the kernel was created."""
