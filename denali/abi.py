@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
-ABI_VERSION: Final = 1
+ABI_VERSION: Final = 2
 """Version of this ABI; the kernel writes it into the virtual-register page."""
 
 PAGE_SIZE: Final = 4096
@@ -201,6 +201,10 @@ class Hc(IntEnum):
     NET_INFO = 7
     NET_SEND = 8
     NET_RECV = 9
+    DISK_INFO = 10
+    DISK_READ = 11
+    DISK_WRITE = 12
+    DISK_FLUSH = 13
 
 
 IOVEC = Struct(
@@ -260,12 +264,62 @@ HYPERCALLS: Final = (
         _f("lens", "u32", "in", "guest address of count uint32 lengths"),
         _f("received", "u32", "out", "frames written"),
         _f("_pad", "u32", "pad", "reserved")),
+    _hc(Hc.DISK_INFO, "Look a disk up by name and describe it; NODEV when the VM has no disk of "
+        "that name. An empty name selects the index-th disk instead (NODEV past the last) and "
+        "its name is written back, so a guest can list its disks. INVAL when the name has no "
+        "NUL in its 32 bytes.",
+        _f("name", "u8", "inout", "NUL-terminated name (at most 31 bytes), or empty", 32),
+        _f("index", "u32", "in", "which disk when name is empty (0 = first)"),
+        _f("handle", "u32", "out", "the disk's handle for DISK_READ/WRITE/FLUSH"),
+        _f("blocks", "u64", "out", "size of the disk in blocks of DISK_BLOCK_SIZE bytes"),
+        _f("block_size", "u32", "out", "DISK_BLOCK_SIZE (4096)"),
+        _f("flags", "u32", "out", "DISK_F_READONLY when writes are refused"),
+        _f("max_blocks", "u32", "out", "most blocks one request may carry (DISK_MAX_BLOCKS)"),
+        _f("queue", "u32", "out", "requests the disk accepts before FULL (DISK_QUEUE)")),
+    _hc(Hc.DISK_READ, "Submit a read of 'count' blocks from 'block' into 'buf' (count * 4096 "
+        "bytes the guest may write). Returns at once: OK when accepted, with 'status' set to "
+        "DISK_PENDING; later 'status' becomes OK or IO and Irq.DISK is raised. The structure "
+        "and the buffer belong to the kernel until then. Refused at once (and 'status' set to "
+        "the same code) with NODEV (bad handle), INVAL (count 0 or above max_blocks, a range "
+        "past the end), FAULT (buf), FULL (the disk's queue holds DISK_QUEUE requests).",
+        _f("handle", "u32", "in", "from DISK_INFO"),
+        _f("count", "u32", "in", "number of blocks, 1..DISK_MAX_BLOCKS"),
+        _f("block", "u64", "in", "first block"),
+        _f("buf", "u32", "in", "guest address of count * DISK_BLOCK_SIZE bytes"),
+        _f("status", "u32", "out", "DISK_PENDING, then the request's result code")),
+    _hc(Hc.DISK_WRITE, "Submit a write of 'count' blocks from 'buf' to 'block'; like DISK_READ "
+        "(buf must be readable; INVAL on a read-only disk). A request sees every request on "
+        "the same disk submitted before it: the kernel completes a disk's requests in order.",
+        _f("handle", "u32", "in", "from DISK_INFO"),
+        _f("count", "u32", "in", "number of blocks, 1..DISK_MAX_BLOCKS"),
+        _f("block", "u64", "in", "first block"),
+        _f("buf", "u32", "in", "guest address of count * DISK_BLOCK_SIZE bytes"),
+        _f("status", "u32", "out", "DISK_PENDING, then the request's result code")),
+    _hc(Hc.DISK_FLUSH, "Submit a flush: its 'status' becomes OK only once every write submitted "
+        "to this disk before it is durable on the host (fsync), or IO. Completes like "
+        "DISK_READ, with Irq.DISK.",
+        _f("handle", "u32", "in", "from DISK_INFO"),
+        _f("status", "u32", "out", "DISK_PENDING, then the request's result code")),
 )
 
 NET_MTU: Final = 1514
 NET_MIN_FRAME: Final = 60
 NET_MAX_BATCH: Final = 64
 CONSOLE_MAX_WRITE: Final = 65536
+DISK_BLOCK_SIZE: Final = 4096
+"""Disks are read and written in whole blocks of this many bytes."""
+DISK_MAX_BLOCKS: Final = 256
+"""Most blocks one DISK_READ or DISK_WRITE may carry (1 MiB)."""
+DISK_QUEUE: Final = 32
+"""Requests a disk holds (submitted, not yet completed) before it answers FULL."""
+DISK_NAME_MAX: Final = 31
+"""Longest disk name in bytes (the DISK_INFO name field holds it and a NUL)."""
+DISK_MAX_DISKS: Final = 16
+"""Most disks one VM may have."""
+DISK_PENDING: Final = 0xFFFF_FFFF
+"""A request's 'status' while the kernel still owns it."""
+DISK_F_READONLY: Final = 1
+"""DISK_INFO flag: the disk refuses writes (INVAL)."""
 
 HYPERCALL_BY_NR: Final = {h.nr: h for h in HYPERCALLS}
 

@@ -24,6 +24,15 @@ class ImageError(ConfigError):
     """Raised when a guest image cannot be loaded (bad ELF, wrong machine, too large)."""
 
 
+class DiskError(ConfigError):
+    """Raised when a disk image or overlay is missing, in use, truncated, corrupt, or does not
+    match its base image; never repaired silently. ``path`` names the offending file."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class GuestFault(DenaliError):
     """Raised (from ``Vm.wait()``) when a guest faulted and its VM was stopped.
 

@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-#define DENALI_ABI_VERSION 1
+#define DENALI_ABI_VERSION 2
 #define DENALI_PAGE_SIZE 4096
 #define DENALI_HYPERCALL_VECTOR 0x80
 #define DENALI_STACK_SIZE 65536
@@ -51,6 +51,10 @@
 #define DENALI_HC_NET_INFO 7
 #define DENALI_HC_NET_SEND 8
 #define DENALI_HC_NET_RECV 9
+#define DENALI_HC_DISK_INFO 10
+#define DENALI_HC_DISK_READ 11
+#define DENALI_HC_DISK_WRITE 12
+#define DENALI_HC_DISK_FLUSH 13
 
 /* The virtual-register page at Layout.VREGS. The kernel refreshes the 'out' fields before every slice; the guest may write only the 'inout' fields. */
 struct denali_vregs {
@@ -193,6 +197,66 @@ _Static_assert(__builtin_offsetof(struct denali_hc_net_recv, received) == 16, "d
 _Static_assert(__builtin_offsetof(struct denali_hc_net_recv, _pad) == 20, "denali_hc_net_recv._pad");
 _Static_assert(sizeof(struct denali_hc_net_recv) == 24, "denali_hc_net_recv size");
 
+/* Look a disk up by name and describe it; NODEV when the VM has no disk of that name. An empty name selects the index-th disk instead (NODEV past the last) and its name is written back, so a guest can list its disks. INVAL when the name has no NUL in its 32 bytes. */
+struct denali_hc_disk_info {
+    uint8_t name[32]; /* INOUT: NUL-terminated name (at most 31 bytes), or empty */
+    uint32_t index; /* IN: which disk when name is empty (0 = first) */
+    uint32_t handle; /* OUT: the disk's handle for DISK_READ/WRITE/FLUSH */
+    uint64_t blocks; /* OUT: size of the disk in blocks of DISK_BLOCK_SIZE bytes */
+    uint32_t block_size; /* OUT: DISK_BLOCK_SIZE (4096) */
+    uint32_t flags; /* OUT: DISK_F_READONLY when writes are refused */
+    uint32_t max_blocks; /* OUT: most blocks one request may carry (DISK_MAX_BLOCKS) */
+    uint32_t queue; /* OUT: requests the disk accepts before FULL (DISK_QUEUE) */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, name) == 0, "denali_hc_disk_info.name");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, index) == 32, "denali_hc_disk_info.index");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, handle) == 36, "denali_hc_disk_info.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, blocks) == 40, "denali_hc_disk_info.blocks");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, block_size) == 48, "denali_hc_disk_info.block_size");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, flags) == 52, "denali_hc_disk_info.flags");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, max_blocks) == 56, "denali_hc_disk_info.max_blocks");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_info, queue) == 60, "denali_hc_disk_info.queue");
+_Static_assert(sizeof(struct denali_hc_disk_info) == 64, "denali_hc_disk_info size");
+
+/* Submit a read of 'count' blocks from 'block' into 'buf' (count * 4096 bytes the guest may write). Returns at once: OK when accepted, with 'status' set to DISK_PENDING; later 'status' becomes OK or IO and Irq.DISK is raised. The structure and the buffer belong to the kernel until then. Refused at once (and 'status' set to the same code) with NODEV (bad handle), INVAL (count 0 or above max_blocks, a range past the end), FAULT (buf), FULL (the disk's queue holds DISK_QUEUE requests). */
+struct denali_hc_disk_read {
+    uint32_t handle; /* IN: from DISK_INFO */
+    uint32_t count; /* IN: number of blocks, 1..DISK_MAX_BLOCKS */
+    uint64_t block; /* IN: first block */
+    uint32_t buf; /* IN: guest address of count * DISK_BLOCK_SIZE bytes */
+    uint32_t status; /* OUT: DISK_PENDING, then the request's result code */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_read, handle) == 0, "denali_hc_disk_read.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_read, count) == 4, "denali_hc_disk_read.count");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_read, block) == 8, "denali_hc_disk_read.block");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_read, buf) == 16, "denali_hc_disk_read.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_read, status) == 20, "denali_hc_disk_read.status");
+_Static_assert(sizeof(struct denali_hc_disk_read) == 24, "denali_hc_disk_read size");
+
+/* Submit a write of 'count' blocks from 'buf' to 'block'; like DISK_READ (buf must be readable; INVAL on a read-only disk). A request sees every request on the same disk submitted before it: the kernel completes a disk's requests in order. */
+struct denali_hc_disk_write {
+    uint32_t handle; /* IN: from DISK_INFO */
+    uint32_t count; /* IN: number of blocks, 1..DISK_MAX_BLOCKS */
+    uint64_t block; /* IN: first block */
+    uint32_t buf; /* IN: guest address of count * DISK_BLOCK_SIZE bytes */
+    uint32_t status; /* OUT: DISK_PENDING, then the request's result code */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_write, handle) == 0, "denali_hc_disk_write.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_write, count) == 4, "denali_hc_disk_write.count");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_write, block) == 8, "denali_hc_disk_write.block");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_write, buf) == 16, "denali_hc_disk_write.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_write, status) == 20, "denali_hc_disk_write.status");
+_Static_assert(sizeof(struct denali_hc_disk_write) == 24, "denali_hc_disk_write size");
+
+/* Submit a flush: its 'status' becomes OK only once every write submitted to this disk before it is durable on the host (fsync), or IO. Completes like DISK_READ, with Irq.DISK. */
+struct denali_hc_disk_flush {
+    uint32_t handle; /* IN: from DISK_INFO */
+    uint32_t status; /* OUT: DISK_PENDING, then the request's result code */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_flush, handle) == 0, "denali_hc_disk_flush.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_disk_flush, status) == 4, "denali_hc_disk_flush.status");
+_Static_assert(sizeof(struct denali_hc_disk_flush) == 8, "denali_hc_disk_flush size");
+
 /* The virtual-register page, readable without a trap. */
 #define DENALI_VREGS ((volatile struct denali_vregs *)DENALI_ADDR_VREGS)
 #define DENALI_CMDLINE ((const char *)(DENALI_ADDR_VREGS + DENALI_CMDLINE_OFFSET))
@@ -219,5 +283,9 @@ DENALI_HYPERCALL_STUB(timer_set, DENALI_HC_TIMER_SET)
 DENALI_HYPERCALL_STUB(net_info, DENALI_HC_NET_INFO)
 DENALI_HYPERCALL_STUB(net_send, DENALI_HC_NET_SEND)
 DENALI_HYPERCALL_STUB(net_recv, DENALI_HC_NET_RECV)
+DENALI_HYPERCALL_STUB(disk_info, DENALI_HC_DISK_INFO)
+DENALI_HYPERCALL_STUB(disk_read, DENALI_HC_DISK_READ)
+DENALI_HYPERCALL_STUB(disk_write, DENALI_HC_DISK_WRITE)
+DENALI_HYPERCALL_STUB(disk_flush, DENALI_HC_DISK_FLUSH)
 
 #endif /* DENALI_ABI_H */

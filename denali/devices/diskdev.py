@@ -1,0 +1,368 @@
+"""The virtual disk device: DISK_INFO/READ/WRITE/FLUSH and each VM's disks (``vm.disks``).
+
+A VM has up to 16 disks, each a fixed number of 4 KiB blocks, found by name
+(``DISK_INFO``) and addressed by handle (its index). The host storage of a disk is a
+``denali.disk.backend.Backend`` (a shared read-only base, an exclusive image, or a base
+plus a copy-on-write overlay), opened from ``DiskSpec`` s by ``VmDisks.open``.
+
+Life of a request (the completion protocol, from the guest's side: submit, then poll a
+status word or wait for ``Irq.DISK``)::
+
+    guest: int $0x80 (DISK_READ/WRITE/FLUSH)
+      -> handler, inside the CPU's interrupt hook: checks handle, count, range, buffer,
+         queue room; writes status = DISK_PENDING and queues the request (at most
+         DISK_QUEUE per disk: FULL beyond); returns OK at once. Any refusal returns
+         its code and also writes it to status.
+      -> the disk's worker task (on the event loop, one request at a time, in order):
+         copies the data out of guest memory (writes), runs the backend's job in the
+         executor (aiofiles), never blocking the loop
+      -> completion, on the loop between slices: copies the data into guest memory
+         (reads), writes status = OK or IO, raises Irq.DISK (batched like every irq).
+
+Why submit-and-complete rather than a hypercall that exits and blocks the VM: the guest
+OS has threads, and a VM blocked in a hypercall could not run its other threads (its
+TCP stack, say) while the host reads the disk; with a status word in the request itself
+the guest needs no extra hypercall to learn what completed, and waiting is just
+``irq_wait(DENALI_IRQ_DISK)`` until the word changes. The kernel writes guest memory
+only between slices, so the guest never sees a half-written status or buffer.
+
+Isolation: every guest pointer is checked with ``GuestMemory.check`` at submit and again
+at completion; a VM that ended is never written to (its queued requests are dropped and
+counted); host errors (a file truncated or removed under the VM, EIO) become ``IO`` for
+that request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol
+
+from denali import abi
+from denali.abi import Hc, Irq, Result
+from denali.disk.backend import Backend, open_backend
+from denali.disk.spec import DiskSpec
+from denali.errors import ConfigError, DiskError
+from denali.memory import PROT_R, PROT_RW, GuestMemory
+
+if TYPE_CHECKING:
+    from denali.hypercalls import HypercallTable
+    from denali.vm import Vm
+
+_INFO: Final = abi.HYPERCALL_BY_NR[Hc.DISK_INFO].args.offsets()
+_READ: Final = abi.HYPERCALL_BY_NR[Hc.DISK_READ].args.offsets()
+_WRITE: Final = abi.HYPERCALL_BY_NR[Hc.DISK_WRITE].args.offsets()
+_FLUSH: Final = abi.HYPERCALL_BY_NR[Hc.DISK_FLUSH].args.offsets()
+assert _READ == _WRITE
+_U32: Final = struct.Struct("<I")
+_U64: Final = struct.Struct("<Q")
+_RW: Final = struct.Struct("<IIQI")  # handle, count, block, buf
+assert (_READ["handle"], _READ["count"], _READ["block"], _READ["buf"]) == (0, 4, 8, 16)
+_BLOCK: Final = abi.DISK_BLOCK_SIZE
+_NAME_LEN: Final = abi.DISK_NAME_MAX + 1
+
+READ: Final = 0
+WRITE: Final = 1
+FLUSH: Final = 2
+
+
+class DiskVm(Protocol):
+    """What the disk device needs of a VM (``denali.vm.Vm`` has it; tests use fakes)."""
+
+    @property
+    def memory(self) -> GuestMemory: ...
+
+    def interrupt(self, bits: int = ...) -> None: ...
+
+
+@dataclass(slots=True)
+class _Request:
+    vm: DiskVm
+    kind: int
+    block: int
+    count: int
+    buf: int
+    status_at: int
+
+
+class Disk:
+    """One disk of one VM: its backend, its bounded request queue and its worker task."""
+
+    __slots__ = ("_op", "_queue", "_worker", "backend", "blocks", "handle", "last_error",
+                 "last_io_error", "name", "outstanding", "readonly", "stats")
+
+    def __init__(self, handle: int, name: str, backend: Backend) -> None:
+        self.handle = handle
+        self.name = name
+        self.backend = backend
+        self.blocks = backend.blocks
+        self.readonly = backend.readonly
+        self.outstanding = 0
+        """Requests accepted and not yet completed (at most ``DISK_QUEUE``)."""
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=abi.DISK_QUEUE)
+        self._worker: asyncio.Task[None] | None = None
+        self._op: asyncio.Future[tuple[int, bytes | None]] | None = None
+        self.last_error: BaseException | None = None
+        """The last unexpected exception a request met (a kernel bug); None normally."""
+        self.last_io_error: OSError | None = None
+        """The last host I/O error (what a guest saw as IO), for diagnostics."""
+        self.stats = {"reads": 0, "writes": 0, "flushes": 0, "blocks_read": 0,
+                      "blocks_written": 0, "io_errors": 0, "full": 0, "dropped": 0,
+                      "internal_errors": 0}
+
+    # ---- submission (inside the CPU hook, on the loop thread) ----
+    def submit(self, req: _Request) -> int:
+        """Queue ``req`` (already checked); FULL when DISK_QUEUE requests are outstanding."""
+        if self.outstanding >= abi.DISK_QUEUE:
+            self.stats["full"] += 1
+            return Result.FULL
+        self._queue.put_nowait(req)  # cannot overflow: outstanding >= queued
+        self.outstanding += 1
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(), name=f"denali-disk-{self.name}")
+        return Result.OK
+
+    # ---- the worker ----
+    async def _run(self) -> None:
+        while True:
+            req = await self._queue.get()
+            op = asyncio.ensure_future(self._execute(req))
+            self._op = op
+            # shielded: if this worker is cancelled (the VM ended) the job still runs to
+            # its end, and aclose() waits for it before closing any descriptor
+            status, data = await asyncio.shield(op)
+            self._op = None
+            self._complete(req, status, data)
+
+    async def _execute(self, req: _Request) -> tuple[int, bytes | None]:
+        try:
+            if req.kind == READ:
+                data = await self.backend.read(req.block, req.count)
+                self.stats["reads"] += 1
+                self.stats["blocks_read"] += req.count
+                return Result.OK, data
+            if req.kind == WRITE:
+                mem = req.vm.memory
+                length = req.count * _BLOCK
+                if mem.buf.closed:
+                    return Result.IO, None
+                if not mem.check(req.buf, length, PROT_R):
+                    return Result.FAULT, None
+                await self.backend.write(req.block, mem.read(req.buf, length))
+                self.stats["writes"] += 1
+                self.stats["blocks_written"] += req.count
+                return Result.OK, None
+            await self.backend.flush()
+            self.stats["flushes"] += 1
+            return Result.OK, None
+        except OSError as exc:
+            self.stats["io_errors"] += 1
+            self.last_io_error = exc
+            return Result.IO, None
+        except Exception as exc:  # a bug: fail this request only, and keep the evidence
+            self.stats["internal_errors"] += 1
+            self.last_error = exc
+            return Result.IO, None
+
+    def _complete(self, req: _Request, status: int, data: bytes | None) -> None:
+        self.outstanding -= 1
+        vm = req.vm
+        mem = vm.memory
+        if mem.buf.closed:  # the VM ended: nothing to tell it
+            return
+        if data is not None:
+            if mem.check(req.buf, len(data), PROT_RW):
+                mem.write(req.buf, data)
+            else:
+                status = Result.FAULT
+        if mem.check(req.status_at, 4, PROT_RW):
+            _U32.pack_into(mem.buf, req.status_at, status)
+        vm.interrupt(Irq.DISK)
+
+    async def _stop(self) -> None:
+        """Stop the worker, let a running job finish, drop what is queued (counted)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+        op, self._op = self._op, None
+        if op is not None:
+            await asyncio.gather(op, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self.stats["dropped"] += 1
+        self.outstanding = 0
+
+
+class VmDisks:
+    """The disks of one VM, by handle (their order in the specs) and by name.
+
+    Lifecycle: ``await VmDisks.open(specs)`` -> attached as ``vm.disks`` -> the guest's
+    requests -> ``await aclose()`` once the VM has ended (idempotent; also safe while a
+    request runs: it waits for that one job, drops the queued ones, then writes kept
+    overlays' bitmaps and closes every file). ``aclose`` finishes its cleanup even if the
+    task awaiting it is cancelled, so no descriptor is closed under a running job and no
+    file stays open.
+    """
+
+    __slots__ = ("_closer", "disks")
+
+    def __init__(self, disks: Sequence[Disk]) -> None:
+        self.disks: tuple[Disk, ...] = tuple(disks)
+        self._closer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, specs: Sequence[DiskSpec]) -> VmDisks:
+        """Open the storage of every spec; ``ConfigError``/``DiskError`` if any is unusable
+        (then nothing stays open)."""
+        if len(specs) > abi.DISK_MAX_DISKS:
+            raise ConfigError(f"{len(specs)} disks: a VM has at most {abi.DISK_MAX_DISKS}")
+        names = [s.disk_name for s in specs]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"two disks are named {name!r}: give them names (NAME=PATH)")
+        backends: list[Backend] = []
+        try:
+            for spec in specs:
+                backends.append(await open_backend(spec))
+        except BaseException:
+            for b in backends:
+                await b.close()
+            raise
+        return cls([Disk(i, n, b) for i, (n, b) in enumerate(zip(names, backends, strict=True))])
+
+    def find(self, name: str) -> Disk | None:
+        for d in self.disks:
+            if d.name == name:
+                return d
+        return None
+
+    def __len__(self) -> int:
+        return len(self.disks)
+
+    async def aclose(self) -> None:
+        if self._closer is None:
+            self._closer = asyncio.ensure_future(self._close_all())
+        closer = self._closer
+        try:
+            await asyncio.shield(closer)
+        except asyncio.CancelledError:
+            if not closer.done():
+                await asyncio.gather(closer, return_exceptions=True)
+            raise
+
+    async def _close_all(self) -> None:
+        errors: list[BaseException] = []
+        for d in self.disks:
+            await d._stop()
+        for d in self.disks:
+            try:
+                await d.backend.close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise DiskError(f"closing disks: {'; '.join(str(e) for e in errors)}") from errors[0]
+
+
+def _disks_of(vm: Vm) -> VmDisks | None:
+    # ``vm.disks`` is attached by the kernel; a VM object without it has no disks.
+    disks = getattr(vm, "disks", None)
+    return disks if isinstance(disks, VmDisks) else None
+
+
+def _disk_info(vm: Vm, arg: int) -> int:
+    buf = vm.memory.buf
+    disks = _disks_of(vm)
+    if disks is None:
+        return Result.NODEV
+    name_at = arg + _INFO["name"]
+    raw = bytes(buf[name_at:name_at + _NAME_LEN])
+    if raw[0] == 0:
+        index = _U32.unpack_from(buf, arg + _INFO["index"])[0]
+        if index >= len(disks.disks):
+            return Result.NODEV
+        disk = disks.disks[index]
+        buf[name_at:name_at + _NAME_LEN] = disk.name.encode().ljust(_NAME_LEN, b"\0")
+    else:
+        nul = raw.find(b"\0")
+        if nul < 0:
+            return Result.INVAL
+        found = disks.find(raw[:nul].decode("latin-1"))
+        if found is None:
+            return Result.NODEV
+        disk = found
+    _U32.pack_into(buf, arg + _INFO["handle"], disk.handle)
+    _U64.pack_into(buf, arg + _INFO["blocks"], disk.blocks)
+    _U32.pack_into(buf, arg + _INFO["block_size"], _BLOCK)
+    _U32.pack_into(buf, arg + _INFO["flags"], abi.DISK_F_READONLY if disk.readonly else 0)
+    _U32.pack_into(buf, arg + _INFO["max_blocks"], abi.DISK_MAX_BLOCKS)
+    _U32.pack_into(buf, arg + _INFO["queue"], abi.DISK_QUEUE)
+    return Result.OK
+
+
+def _check_rw(vm: Vm, handle: int, count: int, block: int, addr: int, write: bool) -> Disk | int:
+    disks = _disks_of(vm)
+    if disks is None or handle >= len(disks.disks):
+        return Result.NODEV
+    disk = disks.disks[handle]
+    if write and disk.readonly:
+        return Result.INVAL
+    if count == 0 or count > abi.DISK_MAX_BLOCKS:
+        return Result.INVAL
+    if block >= disk.blocks or count > disk.blocks - block:
+        return Result.INVAL
+    if not vm.memory.check(addr, count * _BLOCK, PROT_R if write else PROT_RW):
+        return Result.FAULT
+    return disk
+
+
+def _rw(vm: Vm, arg: int, kind: int) -> int:
+    buf = vm.memory.buf
+    handle, count, block, addr = _RW.unpack_from(buf, arg)
+    status_at = arg + _READ["status"]
+    disk = _check_rw(vm, handle, count, block, addr, kind == WRITE)
+    if isinstance(disk, Disk):
+        res = disk.submit(_Request(vm, kind, block, count, addr, status_at))
+    else:
+        res = disk
+    _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
+    return res
+
+
+def _disk_read(vm: Vm, arg: int) -> int:
+    return _rw(vm, arg, READ)
+
+
+def _disk_write(vm: Vm, arg: int) -> int:
+    return _rw(vm, arg, WRITE)
+
+
+def _disk_flush(vm: Vm, arg: int) -> int:
+    buf = vm.memory.buf
+    handle = _U32.unpack_from(buf, arg + _FLUSH["handle"])[0]
+    status_at = arg + _FLUSH["status"]
+    disks = _disks_of(vm)
+    if disks is None or handle >= len(disks.disks):
+        res = int(Result.NODEV)
+    else:
+        res = disks.disks[handle].submit(_Request(vm, FLUSH, 0, 0, 0, status_at))
+    _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
+    return res
+
+
+def register(table: HypercallTable) -> None:
+    """Add the disk hypercalls to a kernel's table."""
+    table.register(Hc.DISK_INFO, _disk_info)
+    table.register(Hc.DISK_READ, _disk_read)
+    table.register(Hc.DISK_WRITE, _disk_write)
+    table.register(Hc.DISK_FLUSH, _disk_flush)
+
+
+async def open_disks(specs: Sequence[DiskSpec]) -> VmDisks | None:
+    """``VmDisks.open(specs)``, or None when there are none (what ``vm.disks`` holds)."""
+    if not specs:
+        return None
+    return await VmDisks.open(specs)

@@ -1,0 +1,81 @@
+"""``denali disk``: create, pack and list disk images (the logic behind the subcommand).
+
+    denali disk create IMAGE --size 64M [--force]
+    denali disk pack DIR IMAGE [--size SIZE] [--label TEXT] [--force]
+    denali disk ls IMAGE [--verify]
+
+``run(argv)`` returns the exit status: 0 on success, 1 when an image is missing,
+truncated, corrupt or cannot be written (the message goes to stderr), 2 for a usage
+error. It owns its event loop (``asyncio.run``): call it only from a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Final
+
+from denali.config import parse_size
+from denali.disk import tools
+from denali.errors import ConfigError, DiskError
+
+EXIT_IMAGE: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="denali disk", description="Create, pack and list disk images "
+                                "(fixed size, 4 KiB blocks).")
+    sub = p.add_subparsers(dest="action", required=True)
+    c = sub.add_parser("create", help="create a blank (sparse, all-zero) disk image")
+    c.add_argument("image")
+    c.add_argument("--size", "-s", required=True, help="size, a multiple of 4K (e.g. 64M, 1G)")
+    c.add_argument("--force", "-f", action="store_true", help="replace an existing file")
+    k = sub.add_parser("pack", help="pack a directory into a DNLFS image the guest can read")
+    k.add_argument("directory")
+    k.add_argument("image")
+    k.add_argument("--size", "-s", help="image size (default: just large enough)")
+    k.add_argument("--label", default="", help="file-system label (at most 31 bytes)")
+    k.add_argument("--force", "-f", action="store_true", help="replace an existing file")
+    ls = sub.add_parser("ls", help="check an image and list its files (or describe an overlay)")
+    ls.add_argument("image")
+    ls.add_argument("--verify", action="store_true", help="also check every file's CRC-32")
+    return p
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        await tools.create_image(args.image, parse_size(args.size), force=args.force)
+        print(f"{args.image}: created, {parse_size(args.size)} bytes")
+        return 0
+    if args.action == "pack":
+        size = parse_size(args.size) if args.size else None
+        entries = await tools.pack_directory(args.directory, args.image, size, args.label, args.force)
+        print(f"{args.image}: packed {len(entries)} files from {args.directory}")
+        return 0
+    listing = await tools.list_image(args.image, verify=args.verify)
+    for line in tools.format_listing(args.image, listing):
+        print(line)
+    return 0
+
+
+def run(argv: Sequence[str]) -> int:
+    """Run one ``denali disk`` command; see the module docstring for exit statuses."""
+    try:
+        args = _parser().parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return asyncio.run(_main(args))
+    except DiskError as exc:
+        print(f"denali disk: {exc}", file=sys.stderr)
+        return EXIT_IMAGE
+    except ConfigError as exc:
+        print(f"denali disk: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
