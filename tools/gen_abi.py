@@ -39,8 +39,7 @@ def render() -> str:
         "#ifndef DENALI_ABI_H",
         "#define DENALI_ABI_H",
         "",
-        "#include <stdint.h>",
-        "",
+        "/* Numbers usable from assembly too. */",
         f"#define DENALI_ABI_VERSION {abi.ABI_VERSION}",
         f"#define DENALI_PAGE_SIZE {abi.PAGE_SIZE}",
         f"#define DENALI_HYPERCALL_VECTOR 0x{abi.HYPERCALL_VECTOR:x}",
@@ -55,14 +54,17 @@ def render() -> str:
         "",
         "/* Guest memory layout */",
     ]
-    out += [f"#define DENALI_ADDR_{m.name} 0x{m.value:08x}u" for m in abi.Layout]
+    out += [f"#define DENALI_ADDR_{m.name} 0x{m.value:08x}" for m in abi.Layout]
+    out += ["", "/* Offsets of the virtual registers in their page */"]
+    out += [f"#define DENALI_VREG_{name.upper()} {off}" for name, off in abi.VREGS.offsets().items()
+            if not name.startswith("_")]
     out += ["", "/* Result codes (EAX after a hypercall) */"]
     out += [f"#define DENALI_{r.name} {r.value}" for r in abi.Result]
     out += ["", "/* Interrupt bits */"]
     out += [f"#define DENALI_IRQ_{i.name} 0x{i.value:x}u" for i in abi.Irq]
     out += [f"#define DENALI_IRQ_ALL 0x{abi.IRQ_ALL:x}u", "", "/* Hypercall numbers */"]
     out += [f"#define DENALI_HC_{h.name.upper()} {h.nr}" for h in abi.HYPERCALLS]
-    out.append("")
+    out += ["", "#ifndef __ASSEMBLER__", "#include <stdint.h>", ""]
     out += _struct(abi.VREGS)
     out += _struct(abi.IOVEC)
     for h in abi.HYPERCALLS:
@@ -87,7 +89,7 @@ def render() -> str:
         "",
     ]
     out += [f"DENALI_HYPERCALL_STUB({h.name}, DENALI_HC_{h.name.upper()})" for h in abi.HYPERCALLS]
-    out += ["", "#endif /* DENALI_ABI_H */", ""]
+    out += ["", "#endif /* __ASSEMBLER__ */", "#endif /* DENALI_ABI_H */", ""]
     return "\n".join(out)
 
 

@@ -2,8 +2,7 @@
 #ifndef DENALI_ABI_H
 #define DENALI_ABI_H
 
-#include <stdint.h>
-
+/* Numbers usable from assembly too. */
 #define DENALI_ABI_VERSION 2
 #define DENALI_PAGE_SIZE 4096
 #define DENALI_HYPERCALL_VECTOR 0x80
@@ -17,11 +16,26 @@
 #define DENALI_CONSOLE_MAX_WRITE 65536
 
 /* Guest memory layout */
-#define DENALI_ADDR_GUARD 0x00000000u
-#define DENALI_ADDR_VREGS 0x00001000u
-#define DENALI_ADDR_KERNEL_PAGE 0x00002000u
-#define DENALI_ADDR_IMAGE_BASE 0x00010000u
-#define DENALI_ADDR_KERNEL_SPACE 0xc0000000u
+#define DENALI_ADDR_GUARD 0x00000000
+#define DENALI_ADDR_VREGS 0x00001000
+#define DENALI_ADDR_KERNEL_PAGE 0x00002000
+#define DENALI_ADDR_IMAGE_BASE 0x00010000
+#define DENALI_ADDR_KERNEL_SPACE 0xc0000000
+
+/* Offsets of the virtual registers in their page */
+#define DENALI_VREG_MAGIC 0
+#define DENALI_VREG_ABI_VERSION 4
+#define DENALI_VREG_VM_ID 8
+#define DENALI_VREG_MEM_SIZE 12
+#define DENALI_VREG_TIME_NS 16
+#define DENALI_VREG_CPU_KHZ 24
+#define DENALI_VREG_PENDING 28
+#define DENALI_VREG_IRQ_ENABLE 32
+#define DENALI_VREG_HEAP_START 36
+#define DENALI_VREG_HEAP_END 40
+#define DENALI_VREG_CMDLINE_LEN 44
+#define DENALI_VREG_MAC 48
+#define DENALI_VREG_SLICE_NS 56
 
 /* Result codes (EAX after a hypercall) */
 #define DENALI_OK 0
@@ -55,6 +69,9 @@
 #define DENALI_HC_DISK_READ 11
 #define DENALI_HC_DISK_WRITE 12
 #define DENALI_HC_DISK_FLUSH 13
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
 
 /* The virtual-register page at Layout.VREGS. The kernel refreshes the 'out' fields before every slice; the guest may write only the 'inout' fields. */
 struct denali_vregs {
@@ -288,4 +305,5 @@ DENALI_HYPERCALL_STUB(disk_read, DENALI_HC_DISK_READ)
 DENALI_HYPERCALL_STUB(disk_write, DENALI_HC_DISK_WRITE)
 DENALI_HYPERCALL_STUB(disk_flush, DENALI_HC_DISK_FLUSH)
 
+#endif /* __ASSEMBLER__ */
 #endif /* DENALI_ABI_H */

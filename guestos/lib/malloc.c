@@ -1,0 +1,130 @@
+/* malloc.c: the heap allocator over [vregs.heap_start, vregs.heap_end).
+ * Blocks are laid end to end, each with a 16-byte header (size including the header,
+ * used flag), so every payload is 16-byte aligned. First fit from
+ * the bottom; adjacent free blocks are merged lazily while searching and when freeing. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <denali/abi.h>
+#include "internal.h"
+
+struct block {
+    uint32_t size;  /* bytes, header included, multiple of 16 */
+    uint32_t used;
+    uint32_t magic;
+    uint32_t _pad;
+};
+
+#define HDR sizeof(struct block)
+#define MAGIC 0x4d414c4cu
+#define ALIGN16(x) (((x) + 15u) & ~15u)
+
+static uint8_t *heap_lo, *heap_hi;
+static int heap_ok;
+
+void __heap_init(void)
+{
+    heap_lo = (uint8_t *)ALIGN16(DENALI_VREGS->heap_start);
+    heap_hi = (uint8_t *)(DENALI_VREGS->heap_end & ~15u);
+    if (heap_hi <= heap_lo + HDR) {
+        heap_hi = heap_lo;
+        return;
+    }
+    struct block *b = (struct block *)heap_lo;
+    b->size = (uint32_t)(heap_hi - heap_lo);
+    b->used = 0;
+    b->magic = MAGIC;
+    heap_ok = 1;
+}
+
+static struct block *next_of(struct block *b)
+{
+    uint8_t *n = (uint8_t *)b + b->size;
+    return n < heap_hi ? (struct block *)n : 0;
+}
+
+static void merge_following(struct block *b)
+{
+    struct block *n;
+    while ((n = next_of(b)) && !n->used)
+        b->size += n->size;
+}
+
+void *malloc(size_t n)
+{
+    if (!heap_ok || n == 0 || n > (size_t)(heap_hi - heap_lo))
+        return 0;
+    uint32_t need = ALIGN16((uint32_t)n) + HDR;
+    for (struct block *b = (struct block *)heap_lo; b; b = next_of(b)) {
+        if (b->used)
+            continue;
+        merge_following(b);
+        if (b->size < need)
+            continue;
+        if (b->size - need >= HDR + 16) {
+            struct block *rest = (struct block *)((uint8_t *)b + need);
+            rest->size = b->size - need;
+            rest->used = 0;
+            rest->magic = MAGIC;
+            b->size = need;
+        }
+        b->used = 1;
+        return (uint8_t *)b + HDR;
+    }
+    return 0;
+}
+
+void free(void *p)
+{
+    if (!p)
+        return;
+    struct block *b = (struct block *)((uint8_t *)p - HDR);
+    if ((uint8_t *)b < heap_lo || (uint8_t *)b >= heap_hi || b->magic != MAGIC || !b->used) {
+        printf("free: bad pointer %p\n", p);
+        abort();
+    }
+    b->used = 0;
+    merge_following(b);
+}
+
+void *calloc(size_t count, size_t size)
+{
+    if (size && count > (size_t)-1 / size)
+        return 0;
+    void *p = malloc(count * size);
+    if (p)
+        memset(p, 0, count * size);
+    return p;
+}
+
+void *realloc(void *p, size_t n)
+{
+    if (!p)
+        return malloc(n);
+    if (n == 0) {
+        free(p);
+        return 0;
+    }
+    struct block *b = (struct block *)((uint8_t *)p - HDR);
+    size_t have = b->size - HDR;
+    if (have >= n)
+        return p;
+    void *q = malloc(n);
+    if (!q)
+        return 0;
+    memcpy(q, p, have);
+    free(p);
+    return q;
+}
+
+size_t heap_free_bytes(void)
+{
+    size_t total = 0;
+    for (struct block *b = heap_ok ? (struct block *)heap_lo : 0; b; b = next_of(b)) {
+        if (!b->used) {
+            merge_following(b);
+            total += b->size - HDR;
+        }
+    }
+    return total;
+}

@@ -1,0 +1,139 @@
+/* string.c: memory and string functions (string.h). */
+#include <stdint.h>
+#include <string.h>
+
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    char *d = dst;
+    const char *s = src;
+    if ((((uintptr_t)d | (uintptr_t)s) & 3) == 0) {
+        while (n >= 4) {
+            *(uint32_t *)d = *(const uint32_t *)s;
+            d += 4;
+            s += 4;
+            n -= 4;
+        }
+    }
+    while (n--)
+        *d++ = *s++;
+    return dst;
+}
+
+void *memmove(void *dst, const void *src, size_t n)
+{
+    char *d = dst;
+    const char *s = src;
+    if (d == s || n == 0)
+        return dst;
+    if (d < s || d >= s + n)
+        return memcpy(dst, src, n);
+    while (n--)
+        d[n] = s[n];
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n)
+{
+    unsigned char *d = dst;
+    uint32_t v = (unsigned char)c;
+    v |= v << 8;
+    v |= v << 16;
+    while (n && ((uintptr_t)d & 3)) {
+        *d++ = (unsigned char)c;
+        n--;
+    }
+    while (n >= 4) {
+        *(uint32_t *)d = v;
+        d += 4;
+        n -= 4;
+    }
+    while (n--)
+        *d++ = (unsigned char)c;
+    return dst;
+}
+
+int memcmp(const void *a, const void *b, size_t n)
+{
+    const unsigned char *x = a, *y = b;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != y[i])
+            return x[i] - y[i];
+    return 0;
+}
+
+size_t strlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+size_t strnlen(const char *s, size_t max)
+{
+    size_t n = 0;
+    while (n < max && s[n])
+        n++;
+    return n;
+}
+
+int strcmp(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return (unsigned char)*a - (unsigned char)*b;
+}
+
+int strncmp(const char *a, const char *b, size_t n)
+{
+    for (; n; n--, a++, b++) {
+        if (*a != *b || !*a)
+            return (unsigned char)*a - (unsigned char)*b;
+    }
+    return 0;
+}
+
+char *strchr(const char *s, int c)
+{
+    for (;; s++) {
+        if (*s == (char)c)
+            return (char *)s;
+        if (!*s)
+            return 0;
+    }
+}
+
+char *strrchr(const char *s, int c)
+{
+    const char *last = 0;
+    for (;; s++) {
+        if (*s == (char)c)
+            last = s;
+        if (!*s)
+            return (char *)last;
+    }
+}
+
+char *strstr(const char *h, const char *n)
+{
+    size_t ln = strlen(n);
+    if (!ln)
+        return (char *)h;
+    for (; *h; h++)
+        if (*h == *n && !strncmp(h, n, ln))
+            return (char *)h;
+    return 0;
+}
+
+size_t strlcpy(char *dst, const char *src, size_t n)
+{
+    size_t len = strlen(src);
+    if (n) {
+        size_t c = len < n - 1 ? len : n - 1;
+        memcpy(dst, src, c);
+        dst[c] = 0;
+    }
+    return len;
+}
