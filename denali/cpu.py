@@ -106,7 +106,7 @@ class VCpu:
         self._last_fill = (0, 0, 0)
         self._vector: int | None = None
         self._invalid = False
-        self._forbidden: tuple[str, int] | None = None
+        self._forbidden: tuple[str, dict[str, int]] | None = None
         self.hypercalls = 0
         self.slices = 0
         mem = memory.buf
@@ -126,6 +126,9 @@ class VCpu:
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
+        if self.exit is Exit.FAULT:  # already faulted (a stop lands at block end)
+            self.engine.stop()
+            return
         if intno != abi.HYPERCALL_VECTOR:
             self._vector = intno
             self.exit = Exit.FAULT
@@ -161,7 +164,7 @@ class VCpu:
     def on_forbidden_insn(self, name: str) -> None:
         # A stop from an instruction hook lands at the end of the block, so the
         # faulting EIP is taken now.
-        self._forbidden = (name, self.engine.reg_read(_uc.REG_EIP))
+        self._forbidden = (name, self.engine.read_gprs())
         self.exit = Exit.FAULT
         self.engine.stop()
 
@@ -209,8 +212,8 @@ class VCpu:
     # ---- fault reports ----
     def _classify(self, err: int) -> FaultReport:
         if self._forbidden is not None:
-            name, eip = self._forbidden
-            return self._report(FaultKind.PRIVILEGED, access=name, eip=eip)
+            name, regs = self._forbidden
+            return self._report(FaultKind.PRIVILEGED, access=name, regs=regs)
         if self._vector is not None:
             kind = _VECTOR_KIND.get(self._vector, FaultKind.CPU_EXCEPTION)
             if self._vector not in _VECTOR_KIND and self._vector >= 32:
@@ -251,8 +254,10 @@ class VCpu:
         return FaultKind.UNMAPPED
 
     def _report(self, kind: FaultKind, address: int | None = None, access: str | None = None,
-                vector: int | None = None, eip: int | None = None) -> FaultReport:
-        regs = self.engine.read_gprs()
+                vector: int | None = None, eip: int | None = None,
+                regs: dict[str, int] | None = None) -> FaultReport:
+        if regs is None:
+            regs = self.engine.read_gprs()
         if eip is None:
             eip = regs["eip"]
         code = b""
