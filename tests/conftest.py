@@ -29,8 +29,8 @@ async def kernel() -> AsyncIterator[Kernel]:
         yield k
 
 
-async def boot(k: Kernel, image: str, cmdline: str = "", memory: str = "16M") -> Outcome:
+async def boot(k: Kernel, image: str, cmdline: str = "", memory: str = "16M", nic: bool = True) -> Outcome:
     need_image(image)
-    vm = await k.spawn(image, cmdline=cmdline, memory=memory)
+    vm = await k.spawn(image, cmdline=cmdline, memory=memory, nic=nic)
     status = await vm.wait()
     return Outcome(status, vm.console.text())

@@ -48,7 +48,10 @@ def test_stale_header_detected(tmp_path: Path, monkeypatch) -> None:  # type: ig
     finally:
         sys.path.pop(0)
     fake = tmp_path / "abi.h"
-    fake.write_text(gen_abi.render().replace("DENALI_ABI_VERSION 1", "DENALI_ABI_VERSION 0"))
+    good = gen_abi.render()
+    stale = good.replace(f"DENALI_ABI_VERSION {abi.ABI_VERSION}", f"DENALI_ABI_VERSION {abi.ABI_VERSION - 1}")
+    assert stale != good
+    fake.write_text(stale)
     monkeypatch.setattr(gen_abi, "HEADER", fake)
     monkeypatch.setattr(gen_abi, "ROOT", tmp_path)
     assert gen_abi.main(["--check"]) == 1

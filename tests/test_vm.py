@@ -151,7 +151,7 @@ async def test_idle_vm_uses_no_slices(kernel: Kernel) -> None:
 
 
 async def test_hostile_hypercalls(kernel: Kernel) -> None:
-    out = await boot(kernel, "test-hostile")
+    out = await boot(kernel, "test-hostile", nic=False)
     assert "FAIL" not in out.console, out.console
     assert "SUCCESS" in out.console
     assert out.status == 0

@@ -16,3 +16,4 @@ __irq_entry:
     popfl
     movl $1, DENALI_ADDR_VREGS + DENALI_VREG_IRQ_ENABLE
     ret
+    .section .note.GNU-stack, "", @progbits

@@ -6,3 +6,4 @@ _start:
     xorl %ebp, %ebp
     call __ilwaco_start
 1:  jmp 1b
+    .section .note.GNU-stack, "", @progbits

@@ -24,3 +24,4 @@ __thread_switch:
 __thread_boot:
     call __thread_main
 1:  jmp 1b
+    .section .note.GNU-stack, "", @progbits
