@@ -205,14 +205,18 @@ class VmDisks:
     request runs: it waits for that one job, drops the queued ones, then writes kept
     overlays' bitmaps and closes every file). ``aclose`` finishes its cleanup even if the
     task awaiting it is cancelled, so no descriptor is closed under a running job and no
-    file stays open.
+    file stays open. It never raises for host I/O trouble: a kept overlay whose bitmap
+    could not be saved (its file was truncated or removed) is closed anyway and the
+    ``DiskError`` is appended to ``close_errors`` (the writes since the guest's last
+    flush are lost, as in a crash); the kernel may log them.
     """
 
-    __slots__ = ("_closer", "disks")
+    __slots__ = ("_closer", "close_errors", "disks")
 
     def __init__(self, disks: Sequence[Disk]) -> None:
         self.disks: tuple[Disk, ...] = tuple(disks)
         self._closer: asyncio.Task[None] | None = None
+        self.close_errors: list[DiskError] = []
 
     @classmethod
     async def open(cls, specs: Sequence[DiskSpec]) -> VmDisks:
@@ -255,16 +259,15 @@ class VmDisks:
             raise
 
     async def _close_all(self) -> None:
-        errors: list[BaseException] = []
         for d in self.disks:
             await d._stop()
         for d in self.disks:
             try:
                 await d.backend.close()
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise DiskError(f"closing disks: {'; '.join(str(e) for e in errors)}") from errors[0]
+            except DiskError as exc:
+                self.close_errors.append(exc)
+            except OSError as exc:
+                self.close_errors.append(DiskError(f"disk {d.name}: closing: {exc}"))
 
 
 def _disks_of(vm: Vm) -> VmDisks | None:

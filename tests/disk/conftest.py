@@ -62,8 +62,8 @@ class FakeVm:
         self.irqs += 1
         self._event.set()
 
-    async def wait_irq(self, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_irq(self, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
             await self._event.wait()
         self._event.clear()
 
@@ -117,7 +117,8 @@ class Guest:
                for f in ("handle", "blocks", "block_size", "flags", "max_blocks", "queue")}
         return res, out
 
-    def submit(self, nr: Hc, handle: int, block: int = 0, count: int = 1, buf: int | None = None) -> tuple[int, int]:
+    def submit(self, nr: Hc, handle: int, block: int = 0, count: int = 1,
+               buf: int | None = None) -> tuple[int, int]:
         """Submit a read/write (or a flush); (result, struct address)."""
         arg = self.alloc(24)
         if nr == Hc.DISK_FLUSH:
@@ -131,11 +132,11 @@ class Guest:
     def status(self, nr: Hc, arg: int) -> int:
         return self.get(nr, arg, "status")
 
-    async def wait(self, nr: Hc, arg: int, timeout: float = 10.0) -> int:
+    async def wait(self, nr: Hc, arg: int, within: float = 10.0) -> int:
         """Wait until the request at ``arg`` completes; its status."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while (st := self.status(nr, arg)) == abi.DISK_PENDING:
-                await self.vm.wait_irq(timeout)
+                await self.vm.wait_irq(within)
         return st
 
     async def io(self, nr: Hc, handle: int, block: int = 0, count: int = 1, buf: int | None = None) -> int:
@@ -171,3 +172,26 @@ def overlay_dir(tmp_path: Path) -> Path:
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+# Blocking file helpers for the tests (small local files; kept out of the async tests).
+def names_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path

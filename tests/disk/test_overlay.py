@@ -15,7 +15,7 @@ from denali.disk import DiskSpec, aio
 from denali.disk import overlay as O
 from denali.disk.backend import Backend, OverlayBackend, open_backend
 from denali.errors import DiskError
-from tests.disk.conftest import BLOCK, fd_count, make_image, pattern
+from tests.disk.conftest import BLOCK, fd_count, make_image, names_in, pattern, read_at, sparse_file, write_at
 
 N = 40  # blocks in the test base: bitmap fits in one block
 
@@ -43,7 +43,7 @@ async def test_overlays_isolate_vms_and_never_touch_the_base(tmp_path: Path, ove
         await a.close()
         await b.close()
     assert base.read_bytes() == before
-    assert list(overlay_dir.iterdir()) == []  # the throwaway overlay was unlinked at once
+    assert names_in(overlay_dir) == []  # the throwaway overlay was unlinked at once
 
 
 async def test_kept_overlay_persists_and_discarded_vanishes(tmp_path: Path, overlay_dir: Path) -> None:
@@ -68,11 +68,12 @@ async def test_kept_overlay_persists_and_discarded_vanishes(tmp_path: Path, over
         assert await be.read(N - 1, 1) == bytes(BLOCK)
     finally:
         await be.close()
-    assert list(overlay_dir.iterdir()) == []
+    assert names_in(overlay_dir) == []
     assert base.read_bytes() == bytes(N * BLOCK)
 
 
-async def test_flush_is_durable_without_a_clean_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_flush_is_durable_without_a_clean_close(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     base = make_image(tmp_path / "base.img", N, seed=1)
     ovl = tmp_path / "vm.ovl"
     synced: list[int] = []
@@ -102,7 +103,8 @@ async def test_flush_is_durable_without_a_clean_close(tmp_path: Path, monkeypatc
         await crashed.close()
 
 
-async def test_rw_disk_writes_the_image_and_flush_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_rw_disk_writes_the_image_and_flush_fsyncs(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     img = make_image(tmp_path / "rw.img", N)
     synced: list[int] = []
     real = os.fsync
@@ -117,9 +119,7 @@ async def test_rw_disk_writes_the_image_and_flush_fsyncs(tmp_path: Path, monkeyp
         await be.write(1, pattern(5, 2))
         await be.flush()
         assert synced
-        with open(img, "rb") as f:  # a separate open sees it
-            f.seek(BLOCK)
-            assert f.read(2 * BLOCK) == pattern(5, 2)
+        assert read_at(img, BLOCK, 2 * BLOCK) == pattern(5, 2)  # a separate open sees it
     finally:
         await be.close()
 
@@ -187,7 +187,7 @@ async def test_bad_base_images(tmp_path: Path, bad: str) -> None:
         p.mkdir()
     for mode in ("ro", "rw", "overlay-discard", "overlay-keep"):
         with pytest.raises(DiskError, match=str(p)):
-            await opened(DiskSpec(str(p), mode=mode))  # type: ignore[arg-type]
+            await opened(DiskSpec(str(p), mode=mode))
     assert not (tmp_path / "bad.img.overlay").exists()
 
 
@@ -210,9 +210,7 @@ async def test_mismatched_overlay_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DiskError, match=f"base image of {N * BLOCK} bytes"):
         await opened(DiskSpec(str(bigger), mode="overlay-keep", overlay=str(ovl)))
     # the base edited in place after the overlay was made
-    with open(base, "r+b") as f:
-        f.seek(7 * BLOCK)
-        f.write(b"edited")
+    write_at(base, 7 * BLOCK, b"edited")
     with pytest.raises(DiskError, match="made for another base image"):
         await opened(DiskSpec(str(base), mode="overlay-keep", overlay=str(ovl)))
     assert ovl.read_bytes() == kept  # never "repaired"
@@ -267,9 +265,7 @@ async def test_overlay_of_itself_and_unwritable_places(tmp_path: Path) -> None:
 
 async def test_big_base_bitmap_spans_blocks(tmp_path: Path) -> None:
     n = 32768 * 2 + 5  # three bitmap blocks
-    base = tmp_path / "big.img"
-    with open(base, "wb") as f:
-        f.truncate(n * BLOCK)
+    base = sparse_file(tmp_path / "big.img", n * BLOCK)
     ovl = tmp_path / "big.ovl"
     be = await opened(DiskSpec(str(base), mode="overlay-keep", overlay=str(ovl)))
     await be.write(n - 1, pattern(1, 1))

@@ -13,7 +13,7 @@ from denali.disk import create_image, list_image, pack_directory
 from denali.disk import fsformat as F
 from denali.disk.cli import run
 from denali.errors import DiskError
-from tests.disk.conftest import BLOCK
+from tests.disk.conftest import BLOCK, names_in
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -116,7 +116,7 @@ async def test_pack_refuses_what_it_cannot_store(tmp_path: Path) -> None:
     with pytest.raises(DiskError, match="not a directory"):
         await pack_directory(str(tmp_path / "nope"), str(tmp_path / "o.img"))
     assert not (tmp_path / "o.img").exists()
-    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert [n for n in names_in(tmp_path) if ".tmp-" in n] == []
 
 
 async def packed(tmp_path: Path) -> tuple[Path, bytearray]:
