@@ -9,6 +9,8 @@
  *     flush     flush disk
  *     async     submit reads of those blocks one block per request, as many at once
  *               as the queue holds, then wait for them all and compare with the pattern
+ *     threads   threads=N threads at once, thread i writes and verifies count blocks
+ *               from start + i*count (more requests than the queue holds: FULL retries)
  *     file      mount the DNLFS disk fs=NAME, read path=PATH in odd-sized pieces and
  *               print "file PATH size N crc32 XXXXXXXX" (checked against crc=X if given
  *               and against the directory's CRC-32)
@@ -183,6 +185,69 @@ static void op_async(void)
     free(reqs);
     free(buf);
     printf("async %u requests\n", n);
+}
+
+struct job {
+    const disk_t *d;
+    uint32_t first;
+    int err;
+};
+
+static void thread_job(void *arg)
+{
+    struct job *j = arg;
+    uint32_t *buf = malloc((size_t)count * BLOCK);
+    if (!buf) {
+        j->err = -100;
+        return;
+    }
+    for (uint32_t b = 0; b < count; b++)
+        fill_pattern(j->first + b, buf + b * (BLOCK / 4));
+    j->err = disk_write(j->d, j->first, count, buf);
+    if (!j->err) {
+        memset(buf, 0, (size_t)count * BLOCK);
+        j->err = disk_read(j->d, j->first, count, buf);
+    }
+    for (uint32_t b = 0; !j->err && b < count; b++)
+        if (!check_pattern(j->first + b, buf + b * (BLOCK / 4)))
+            j->err = -101;
+    free(buf);
+}
+
+static void op_threads(void)
+{
+    disk_t d;
+    if (!open_disk(&d))
+        return;
+    uint32_t n = arg_u32("threads", 8);
+    if (n == 0 || n > 64) {
+        fail("threads must be 1..64", (int)n);
+        return;
+    }
+    struct job *jobs = calloc(n, sizeof *jobs);
+    thread_t **ts = calloc(n, sizeof *ts);
+    if (!jobs || !ts) {
+        fail("malloc", 0);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        jobs[i].d = &d;
+        jobs[i].first = start + i * count;
+        ts[i] = thread_create(thread_job, &jobs[i], 0);
+        if (!ts[i]) {
+            fail("thread_create", (int)i);
+            n = i;
+            break;
+        }
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        thread_join(ts[i]);
+        if (jobs[i].err)
+            fail("thread's write/read/verify", jobs[i].err);
+    }
+    free(jobs);
+    free(ts);
+    printf("threads %u x %u blocks\n", n, count);
 }
 
 static void op_file(void)
@@ -431,6 +496,7 @@ int main(int argc, char **argv)
         else if (!strcmp(op, "zeros")) op_verify(1);
         else if (!strcmp(op, "flush")) op_flush();
         else if (!strcmp(op, "async")) op_async();
+        else if (!strcmp(op, "threads")) op_threads();
         else if (!strcmp(op, "file")) op_file();
         else if (!strcmp(op, "ls")) op_ls();
         else if (!strcmp(op, "list")) op_list();

@@ -1,9 +1,4 @@
-"""Booting disk-test guests: build guestos/tests/disk.c, give a VM disks, run it to the end.
-
-The guest is the built-in ``test-disk`` image when the install step built it; until
-guestos's Makefile builds it, the tests compile the same sources (guestos/fs/*.c and
-guestos/tests/disk.c) against a stand-in runtime (tests/disk/shim/) with the flags of
-the guest build.
+"""Booting the test-disk guest (guestos/tests/disk.c) with disks, and running it to its end.
 
 ``spawn_with_disks`` uses ``Kernel.spawn(..., disks=...)`` when the kernel has it, and
 otherwise wires ``vm.disks`` itself (before the VM's first slice: ``spawn`` returns
@@ -14,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import shutil
 import struct
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,43 +25,14 @@ from denali.kernel import Kernel
 from denali.vm import Vm
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [ROOT / "guestos/fs/disk.c", ROOT / "guestos/fs/fs.c", ROOT / "guestos/tests/disk.c",
-           ROOT / "tests/disk/shim/shim.c"]
-CFLAGS = ["-m32", "-march=i686", "-O2", "-ffreestanding", "-fno-pic", "-fno-pie",
-          "-fno-stack-protector", "-fno-builtin", "-nostdlib", "-nostdinc",
-          "-Wall", "-Wextra", "-Werror", "-I", str(ROOT / "guestos/include")]
 
 
-def build_shim_guest(out_dir: Path) -> Path:
-    """Compile and link the stand-in test-disk guest; its ELF path."""
-    if shutil.which("gcc") is None or shutil.which("ld") is None:
-        pytest.fail("gcc and GNU ld are needed to build guests")
-    inc = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    objs = []
-    for src in SOURCES:
-        obj = out_dir / f"{src.parent.name}-{src.stem}.o"
-        r = subprocess.run(["gcc", *CFLAGS, "-isystem", inc, "-c", str(src), "-o", str(obj)],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        objs.append(str(obj))
-    elf = out_dir / "test-disk.elf"
-    r = subprocess.run(["ld", "-m", "elf_i386", "-T", str(ROOT / "tests/disk/shim/guest.ld"),
-                        "-nostdlib", "-static", "-z", "noexecstack", "--build-id=none",
-                        *objs, "-o", str(elf)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return elf
-
-
-def builtin_test_disk() -> Path:
-    """The built-in test-disk image; skipped only while guestos does not build it at all."""
+def disk_test_image() -> Path:
+    """The built-in test-disk image (built from guestos/tests/disk.c by the install step)."""
     img = builtin_images().get("test-disk")
-    if img is not None:
-        return img
-    makefile = ROOT / "guestos" / "Makefile"
-    if makefile.exists() and "tests/" in makefile.read_text():
+    if img is None:
         pytest.fail("guest image 'test-disk' is not built; run: pip install -e '.[dev]'")
-    pytest.skip("guestos/Makefile does not build test-disk yet (guestos/fs not linked into apps)")
+    return img
 
 
 def word(seed: int, block: int, i: int) -> int:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ from denali.kernel import Kernel
 from tests.disk.conftest import names_in
 from tests.disk.guest import (
     ConsoleWatch,
-    build_shim_guest,
-    builtin_test_disk,
+    disk_test_image,
     finish,
     guest_pattern,
     run_guest,
@@ -29,12 +27,9 @@ from tests.disk.guest import (
 BLOCK = abi.DISK_BLOCK_SIZE
 
 
-@pytest.fixture(scope="session", params=["shim", "builtin"])
-def guest_elf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if request.param == "builtin":
-        yield builtin_test_disk()
-    else:
-        yield build_shim_guest(tmp_path_factory.mktemp("guest"))
+@pytest.fixture
+def guest_elf() -> Path:
+    return disk_test_image()
 
 
 @pytest.fixture
@@ -194,6 +189,18 @@ async def test_guest_refuses_a_corrupt_file_system(kernel: Kernel, guest_elf: Pa
     out = await run_guest(kernel, guest_elf, [DiskSpec(str(images["data"]), name="root", mode="ro")],
                           "ops=ls")
     assert out.status == 1 and "mount: not a DNLFS image" in out.console
+
+
+@pytest.mark.parametrize(("threads", "count"), [(40, 1), (6, 300)])
+async def test_guest_threads_share_a_disk(kernel: Kernel, guest_elf: Path, tmp_path: Path,
+                                          threads: int, count: int) -> None:
+    """More blocked writers than the queue holds (FULL, retried), and requests split in two."""
+    big = tmp_path / "big.img"
+    await create_image(str(big), 8 << 20)
+    out = await run_guest(kernel, guest_elf, [DiskSpec(str(big), name="data", overlay_dir=str(tmp_path))],
+                          f"ops=threads,threads,verify threads={threads} count={count} start=5 seed=21")
+    assert out.status == 0, out.console
+    assert f"threads {threads} x {count} blocks" in out.console
 
 
 async def test_vm_without_disks(kernel: Kernel, guest_elf: Path) -> None:
