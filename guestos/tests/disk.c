@@ -101,7 +101,8 @@ static void op_write(void)
             break;
         }
     free(buf);
-    printf("wrote %u blocks at %u\n", count, start);
+    if (!failed)
+        printf("wrote %u blocks at %u\n", count, start);
 }
 
 static void op_verify(int zeros)
@@ -133,7 +134,8 @@ static void op_verify(int zeros)
         }
     }
     free(buf);
-    printf("%s %u blocks at %u\n", zeros ? "zeros" : "verified", count, start);
+    if (!failed)
+        printf("%s %u blocks at %u\n", zeros ? "zeros" : "verified", count, start);
 }
 
 static void op_flush(void)
