@@ -244,9 +244,6 @@ class VmDisks:
                 return d
         return None
 
-    def __len__(self) -> int:
-        return len(self.disks)
-
     async def aclose(self) -> None:
         if self._closer is None:
             self._closer = asyncio.ensure_future(self._close_all())
