@@ -170,7 +170,8 @@ class VCpu:
 
     # ---- slices ----
     def run(self, lane: Lane, deadline_ns: int) -> Exit:
-        """Run one slice until a hypercall exit, a fault, or the deadline (preemption)."""
+        """Run one slice until a hypercall exit, a fault, or ``deadline_ns``
+        (``time.monotonic_ns()``), when the watchdog preempts it."""
         self.exit = Exit.PREEMPTED
         self._vector = None
         eng = self.engine

@@ -39,7 +39,8 @@ class Lane:
         """How many stops the watchdog issued on this lane (a measure of preemptions)."""
 
     def begin(self, handle: int, deadline_ns: int) -> None:
-        """A slice on engine ``handle`` starts now and must end by ``deadline_ns``."""
+        """A slice on engine ``handle`` starts now and must end by ``deadline_ns``
+        (``time.monotonic_ns()`` clock, not the kernel's)."""
         owner = self._owner
         with owner.lock:
             self.handle = handle

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from enum import Enum
 from typing import TYPE_CHECKING, Final
 
@@ -86,6 +87,7 @@ class Vm:
                       "irq_batches": 0, "irq_bits_delivered": 0}
         self.created_ns = kernel.now_ns()
         self.first_slice_ns: int | None = None
+        self.ended_ns: int | None = None
         self._idled = False
         self._waker: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -266,7 +268,7 @@ class Vm:
                     if self.first_slice_ns is None:
                         self.first_slice_ns = k.now_ns()
                     stats["slices"] += 1
-                    reason = cpu.run(lane, k.now_ns() + slice_ns)
+                    reason = cpu.run(lane, time.monotonic_ns() + slice_ns)
                 finally:
                     arb.release()
                 idled = False
@@ -310,6 +312,7 @@ class Vm:
             self._finish(final)
 
     def _finish(self, final: VmState) -> None:
+        self.ended_ns = self.kernel.now_ns()
         self.state = final
         if self._timer is not None:
             self._timer.cancel()
