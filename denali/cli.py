@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from denali.config import KernelConfig
+from denali.disk import cli as disk_cli
+from denali.disk import parse_disk_arg
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
 from denali.images import builtin_images
 from denali.kernel import Kernel
@@ -36,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cmdline", "-c", default="",
                    help="guest command line; {i} becomes the VM's index (1..N)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
+    b.add_argument("--disk", action="append", default=[],
+                   metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
+                   help="give every VM this disk (repeatable); {i} becomes the VM's index")
     sub.add_parser("images", help="list the built-in guest images")
+    sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)", add_help=False)
     return p
 
 
@@ -78,6 +84,7 @@ async def _boot(args: argparse.Namespace) -> int:
         for i in range(1, args.count + 1):
             vms.append(await k.spawn(args.image, memory=args.memory,
                                      cmdline=_cmdline_for(args.cmdline, i),
+                                     disks=[parse_disk_arg(d, index=i) for d in args.disk],
                                      console=sink_for(i)))  # type: ignore[arg-type]
         waiter = asyncio.ensure_future(asyncio.gather(*(_outcome(vm) for vm in vms)))
         stopper = asyncio.ensure_future(interrupted.wait())
@@ -122,6 +129,9 @@ def _images() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``denali`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["disk"]:
+        return disk_cli.run(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "images":
         return _images()

@@ -20,13 +20,14 @@ import ctypes
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from denali import abi
 from denali.config import KernelConfig, check_memory, parse_size
-from denali.devices import netdev
+from denali.devices import diskdev, netdev
 from denali.devices.console import ConsoleSink
+from denali.disk.spec import DiskSpec
 from denali.errors import ConfigError, KernelClosedError
 from denali.hypercalls import HypercallTable, core_table
 from denali.images import resolve
@@ -117,6 +118,7 @@ class Kernel:
         self.cpu_khz = config.cpu_khz or _host_cpu_khz()
         self.hypercalls: HypercallTable = core_table()
         netdev.register(self.hypercalls)
+        diskdev.register(self.hypercalls)
         self._exit_handlers: dict[int, Callable[[Vm, int], Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.vms: dict[int, Vm] = {}
@@ -218,13 +220,14 @@ class Kernel:
     # ---- VMs ----
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
                     cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
-                    nic_config: NicConfig | None = None) -> Vm:
+                    nic_config: NicConfig | None = None, disks: Sequence[DiskSpec] = ()) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
-        ``02:de:`` + the VM id; ``nic_config`` sets its queue bounds.
+        ``02:de:`` + the VM id; ``nic_config`` sets its queue bounds. ``disks``: the VM's
+        virtual disks (``denali.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
         Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
         host cannot hold another VM, ``KernelClosedError`` after close.
         """
@@ -244,7 +247,14 @@ class Kernel:
         await self.switch.start()
         vm_id = next(self._ids)
         port = NicPort.for_vm(vm_id, config=nic_config) if nic else None
-        vm = Vm(self, vm_id, img, size, cmdline, console, port.fixed_mac if port else None)
+        vdisks = await diskdev.open_disks(disks)
+        try:
+            vm = Vm(self, vm_id, img, size, cmdline, console, port.fixed_mac if port else None)
+        except BaseException:
+            if vdisks is not None:
+                await vdisks.aclose()
+            raise
+        vm.disks = vdisks
         if port is not None:
             port.on_rx = vm.raise_net_rx
             vm.nic = port
@@ -256,6 +266,8 @@ class Kernel:
     def vm_ended(self, vm: Vm) -> None:
         """Called by a VM as it ends."""
         self.vms.pop(vm.id, None)
+        if vm.disks is not None:
+            self._own(self.loop.create_task(vm.disks.aclose(), name=f"denali-disks-{vm.id}"))
         nic = vm.nic
         if nic is not None:
             nic.clear_rx()
@@ -263,11 +275,14 @@ class Kernel:
             if nic.switch is not None:
                 if nic.ingress_pending and self._state == "running":
                     # frames the guest sent before it ended still go out
-                    task = self.loop.create_task(self._detach_later(nic))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._own(self.loop.create_task(self._detach_later(nic)))
                 else:
                     self.switch.detach(nic)
+
+    def _own(self, task: asyncio.Task[None]) -> None:
+        """Keep a kernel-owned background task until it ends (close() cancels it)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _detach_later(self, nic: NicPort) -> None:
         try:

@@ -35,6 +35,7 @@ from denali.hypercalls import IDLE_DEADLINE, IDLE_NOW, IDLE_PENDING
 from denali.memory import GuestMemory
 
 if TYPE_CHECKING:
+    from denali.devices.diskdev import VmDisks
     from denali.kernel import Kernel
     from denali.loader import Image
     from denali.net.nic import NicPort
@@ -83,6 +84,7 @@ class Vm:
         self.error: BaseException | None = None
         self.console = Console(console)
         self.nic: NicPort | None = None
+        self.disks: VmDisks | None = None
         self.stats = {"slices": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
                       "irq_batches": 0, "irq_bits_delivered": 0}
         self.created_ns = kernel.now_ns()

@@ -51,6 +51,13 @@ def render() -> str:
         f"#define DENALI_NET_MIN_FRAME {abi.NET_MIN_FRAME}",
         f"#define DENALI_NET_MAX_BATCH {abi.NET_MAX_BATCH}",
         f"#define DENALI_CONSOLE_MAX_WRITE {abi.CONSOLE_MAX_WRITE}",
+        f"#define DENALI_DISK_BLOCK_SIZE {abi.DISK_BLOCK_SIZE}",
+        f"#define DENALI_DISK_MAX_BLOCKS {abi.DISK_MAX_BLOCKS}",
+        f"#define DENALI_DISK_QUEUE {abi.DISK_QUEUE}",
+        f"#define DENALI_DISK_NAME_MAX {abi.DISK_NAME_MAX}",
+        f"#define DENALI_DISK_MAX_DISKS {abi.DISK_MAX_DISKS}",
+        f"#define DENALI_DISK_PENDING 0x{abi.DISK_PENDING:08x}u",
+        f"#define DENALI_DISK_F_READONLY {abi.DISK_F_READONLY}u",
         "",
         "/* Guest memory layout */",
     ]
@@ -64,6 +71,7 @@ def render() -> str:
     out += [f"#define DENALI_IRQ_{i.name} 0x{i.value:x}u" for i in abi.Irq]
     out += [f"#define DENALI_IRQ_ALL 0x{abi.IRQ_ALL:x}u", "", "/* Hypercall numbers */"]
     out += [f"#define DENALI_HC_{h.name.upper()} {h.nr}" for h in abi.HYPERCALLS]
+    out.append(f"#define DENALI_HC_LAST {max(h.nr for h in abi.HYPERCALLS)}")
     out += ["", "#ifndef __ASSEMBLER__", "#include <stdint.h>", ""]
     out += _struct(abi.VREGS)
     out += _struct(abi.IOVEC)

@@ -22,16 +22,7 @@
 #include <stdint.h>
 #include <denali/abi.h>
 
-/* Constants of the disk device, from denali/abi.py (a test checks these values). */
-#ifndef DENALI_DISK_BLOCK_SIZE
-#define DENALI_DISK_BLOCK_SIZE 4096
-#define DENALI_DISK_MAX_BLOCKS 256
-#define DENALI_DISK_QUEUE 32
-#define DENALI_DISK_NAME_MAX 31
-#define DENALI_DISK_MAX_DISKS 16
-#define DENALI_DISK_PENDING 0xffffffffu
-#define DENALI_DISK_F_READONLY 1u
-#endif
+/* The disk device constants (DENALI_DISK_*) come from the generated abi.h. */
 
 typedef struct disk {
     uint32_t handle;      /* for the hypercalls */
