@@ -246,3 +246,12 @@ async def test_many_vms_with_a_faulting_one(kernel: Kernel) -> None:
     assert results == list(range(20))
     with pytest.raises(GuestFault):
         await bad.wait()
+
+
+async def test_virtual_registers(kernel: Kernel) -> None:
+    need_image("test-vregs")
+    vm = await kernel.spawn("test-vregs", memory="4M", cmdline="abc def")
+    assert await vm.wait() == 0, vm.console.text()
+    assert f"SUCCESS vm={vm.id} mem={4 << 20}" in vm.console.text()
+    assert f"mac=02:de:{vm.id >> 24:02x}:{(vm.id >> 16) & 255:02x}:" in vm.console.text()
+

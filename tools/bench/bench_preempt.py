@@ -36,8 +36,9 @@ async def measure(slices: int, slice_us: int) -> tuple[list[float], float]:
         async with Kernel(slice_us=slice_us) as k:
             vms = [await k.spawn("test-spin", memory="1M") for _ in range(2)]
             loop = asyncio.get_running_loop()
-            while len(durations) < 10:  # both VMs started: lag is measured from here
-                await asyncio.sleep(0.001)
+            for vm in vms:  # both VMs have run: lag is measured from here
+                while vm.first_slice_ns is None:  # noqa: ASYNC110 (no event for "has run")
+                    await asyncio.sleep(0.001)
             last = loop.time()
             while len(durations) < slices:
                 await asyncio.sleep(0.001)

@@ -1,0 +1,75 @@
+"""The denali command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import need_image
+
+CMD = [sys.executable, "-m", "denali"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_boot_hello_prints_greeting_and_exits_zero() -> None:
+    need_image("hello")
+    r = run("boot", "hello")
+    assert r.returncode == 0, r.stderr
+    assert "Hello from denali!" in r.stdout
+
+
+def test_exit_status_is_the_guests() -> None:
+    need_image("test-exit")
+    assert run("boot", "test-exit", "--cmdline", "status=7").returncode == 7
+
+
+def test_many_vms_prefixed_and_indexed() -> None:
+    need_image("test-cmdline")
+    r = run("boot", "test-cmdline", "--count", "3", "--cmdline", "key=vm{i}")
+    assert r.returncode == 0, r.stderr
+    for i in (1, 2, 3):
+        assert f"[vm{i}] key=vm{i}" in r.stdout
+
+
+def test_fault_report_and_status() -> None:
+    need_image("test-fault")
+    r = run("boot", "test-fault", "--cmdline", "kind=null-write")
+    assert r.returncode == 125
+    assert "access to page 0" in r.stderr and "registers:" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_user_errors_are_one_line() -> None:
+    for args in (("boot", "no-such-image"), ("boot", "hello", "--memory", "12Q"),
+                 ("boot", "hello", "--count", "0"), ("boot", "/etc/passwd")):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("denali: "), r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_images_lists_builtins() -> None:
+    r = run("images")
+    assert r.returncode == 0
+    assert "hello" in r.stdout and "test-fault" in r.stdout
+
+
+def test_ctrl_c_shuts_down_cleanly() -> None:
+    need_image("test-spin")
+    p = subprocess.Popen([*CMD, "boot", "test-spin", "--count", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert p.stdout is not None
+    deadline = time.monotonic() + 30
+    seen = ""
+    while "spinning" not in seen and time.monotonic() < deadline:
+        seen += p.stdout.readline()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
