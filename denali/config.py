@@ -41,6 +41,9 @@ class KernelConfig:
     disable_thp: turn transparent huge pages off for this *process* (prctl), which keeps
         each engine's resident memory small; it affects the whole host program.
     max_vms: refuse spawns beyond this many live VMs.
+    workers: 0 runs every slice on the event loop's thread; N >= 1 runs slices on N
+        worker threads, so N VMs emulate at once on N cores (hypercalls then all exit
+        emulation and are handled on the loop, which costs more per call).
     cpu_khz: the CPU-speed virtual register (0: read the host's).
     """
 
@@ -49,11 +52,14 @@ class KernelConfig:
     disable_thp: bool = True
     max_vms: int = 100_000
     cpu_khz: int = 0
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if not 50 <= self.slice_us <= 1_000_000:
             raise ConfigError(f"slice_us {self.slice_us} is outside [50, 1000000]")
         if not 1 << 20 <= self.tcg_buffer <= 1 << 30:
             raise ConfigError("tcg_buffer must be between 1 MiB and 1 GiB")
+        if not 0 <= self.workers <= 64:
+            raise ConfigError(f"workers {self.workers} is outside [0, 64]")
         if self.max_vms < 1:
             raise ConfigError("max_vms must be >= 1")

@@ -75,6 +75,8 @@ class VCpu:
         "_invalid",
         "_last_fill",
         "_vector",
+        "defer_hypercalls",
+        "deferred",
         "eip",
         "engine",
         "error",
@@ -109,6 +111,9 @@ class VCpu:
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self.hypercalls = 0
         self.slices = 0
+        self.defer_hypercalls = False
+        """Set when slices run on worker threads: every hypercall exits emulation."""
+        self.deferred = False
         mem = memory.buf
         kp = abi.Layout.KERNEL_PAGE
         mem[kp:kp + len(_uc.GDT)] = _uc.GDT
@@ -135,6 +140,14 @@ class VCpu:
             self.engine.stop()
             return
         eng = self.engine
+        if self.defer_hypercalls:  # on a worker thread: the loop handles it
+            self.hcall_nr = eng.reg_read(_uc.REG_EAX)
+            self.hcall_arg = eng.reg_read(_uc.REG_EBX)
+            self.hypercalls += 1
+            self.deferred = True
+            self.exit = Exit.HYPERCALL
+            eng.stop()
+            return
         try:
             nr = eng.reg_read(_uc.REG_EAX)
             arg = eng.reg_read(_uc.REG_EBX)
@@ -173,6 +186,7 @@ class VCpu:
         """Run one slice until a hypercall exit, a fault, or ``deadline_ns``
         (``time.monotonic_ns()``), when the watchdog preempts it."""
         self.exit = Exit.PREEMPTED
+        self.deferred = False
         self._vector = None
         eng = self.engine
         self.slices += 1

@@ -21,9 +21,11 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from denali import abi
+from denali.arbiter import CpuArbiter
 from denali.config import KernelConfig, check_memory, parse_size
 from denali.devices import diskdev, netdev
 from denali.devices.console import ConsoleSink
@@ -37,54 +39,6 @@ from denali.net.switch import Switch
 from denali.preempt import Preemptor
 from denali.scheduler import Scheduler
 from denali.vm import Vm
-
-
-class CpuArbiter:
-    """Hands the (single) emulation CPU to one VM coroutine at a time.
-
-    ``acquire`` returns when the caller owns the CPU; ``release`` hands it directly to
-    the VM the ``Scheduler`` picks (so ownership never lapses while VMs wait).
-    """
-
-    __slots__ = ("_busy", "_loop", "_waiters", "policy", "switches")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, policy: Scheduler) -> None:
-        self._loop = loop
-        self.policy = policy
-        self._busy = False
-        self._waiters: dict[int, asyncio.Future[None]] = {}
-        self.switches = 0
-
-    async def acquire(self, vm_id: int, idled: bool) -> bool:
-        """Wait for the CPU; True if the caller had to wait (it was suspended)."""
-        if not self._busy:
-            self._busy = True
-            return False
-        fut = self._loop.create_future()
-        self._waiters[vm_id] = fut
-        self.policy.enqueue(vm_id, idled)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # it was handed to us: pass it on
-            else:
-                self.policy.remove(vm_id)
-                self._waiters.pop(vm_id, None)
-            raise
-        return True
-
-    def release(self) -> None:
-        while True:
-            nxt = self.policy.pick()
-            if nxt is None:
-                self._busy = False
-                return
-            fut = self._waiters.pop(nxt, None)
-            if fut is not None and not fut.done():
-                self.switches += 1
-                fut.set_result(None)
-                return
 
 
 def _host_cpu_khz() -> int:
@@ -127,7 +81,8 @@ class Kernel:
         self._state = "created"
         self._loop: asyncio.AbstractEventLoop | None = None
         self.preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
-        self.lane = self.preemptor.new_lane()
+        self.lanes = [self.preemptor.new_lane() for _ in range(max(1, config.workers))]
+        self._pool: ThreadPoolExecutor | None = None
         self._arbiter: CpuArbiter | None = None
         self.switch = Switch(name="lan0")
         """The virtual LAN every VM's NIC is attached to."""
@@ -150,7 +105,9 @@ class Kernel:
         if self._state == "running":
             return
         self._loop = asyncio.get_running_loop()
-        self._arbiter = CpuArbiter(self._loop, Scheduler())
+        self._arbiter = CpuArbiter(self._loop, Scheduler(), self.lanes)
+        if self.config.workers:
+            self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="denali-cpu")
         self.preemptor.start()
         self._state = "running"
 
@@ -169,6 +126,8 @@ class Kernel:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.switch.aclose()
         self.preemptor.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._state = "closed"
 
     @property
@@ -188,14 +147,13 @@ class Kernel:
         states: dict[str, int] = {}
         for vm in self.vms.values():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
-        lane = self.lane
         return {
             "state": self._state,
             "vms": len(self.vms),
             "vm_states": states,
             "cpu_switches": self._arbiter.switches if self._arbiter else 0,
-            "slices_started": lane.starts,
-            "preempt_stops": lane.stops,
+            "slices_started": sum(lane.starts for lane in self.lanes),
+            "preempt_stops": sum(lane.stops for lane in self.lanes),
             "switch": self.switch.stats().as_dict(),
         }
 
@@ -207,6 +165,11 @@ class Kernel:
                 "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
 
     # ---- time ----
+    @property
+    def pool(self) -> ThreadPoolExecutor | None:
+        """Worker threads that run slices (None: slices run on the loop's thread)."""
+        return self._pool
+
     def now_ns(self) -> int:
         """The kernel's monotonic clock: ns since the kernel was created."""
         return time.monotonic_ns() - self._epoch

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from concurrent.futures import Executor
 from enum import Enum
 from typing import TYPE_CHECKING, Final
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
-from denali.cpu import Exit, VCpu, layout_regions
+from denali.cpu import EXIT, Exit, VCpu, layout_regions
 from denali.devices.console import Console, ConsoleSink
 from denali.errors import GuestFault, KernelInternalError, VmKilledError
 from denali.fault import FaultReport
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from denali.kernel import Kernel
     from denali.loader import Image
     from denali.net.nic import NicPort
+    from denali.preempt import Lane
 
 _V: Final = abi.VREGS.offsets()
 _VREGS: Final = int(abi.Layout.VREGS)
@@ -246,8 +248,9 @@ class Vm:
     async def _main(self) -> None:
         k = self.kernel
         arb = k.arbiter
-        lane = k.lane
+        pool = k.pool
         cpu = self.cpu
+        cpu.defer_hypercalls = pool is not None
         slice_ns = k.config.slice_us * 1000
         stats = self.stats
         idled = False
@@ -259,7 +262,8 @@ class Vm:
         try:
             while True:
                 self.state = VmState.RUNNABLE
-                if await arb.acquire(self.id, idled):
+                lane, waited = await arb.acquire(self.id, idled)
+                if waited:
                     suspended = k.now_ns()
                 try:
                     self.state = VmState.RUNNING
@@ -270,15 +274,21 @@ class Vm:
                     if self.first_slice_ns is None:
                         self.first_slice_ns = k.now_ns()
                     stats["slices"] += 1
-                    reason = cpu.run(lane, time.monotonic_ns() + slice_ns)
+                    deadline = time.monotonic_ns() + slice_ns
+                    if pool is None:
+                        reason = cpu.run(lane, deadline)
+                    else:
+                        reason = await self._run_on_worker(pool, lane, deadline)
                 finally:
-                    arb.release()
+                    arb.release(lane)
                 idled = False
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1
                     await asyncio.sleep(0)
                     suspended = k.now_ns()
                 elif reason is Exit.HYPERCALL:
+                    if cpu.deferred and not self._dispatch_deferred():
+                        continue
                     if cpu.hcall_nr == Hc.TERMINATE:
                         self.exit_status = self.exit_request
                         final = VmState.EXITED
@@ -312,6 +322,31 @@ class Vm:
             final = VmState.FAILED
         finally:
             self._finish(final)
+
+    async def _run_on_worker(self, pool: Executor, lane: Lane, deadline: int) -> Exit:
+        """One slice on a worker thread. If the VM is killed meanwhile, the slice is
+        stopped and waited for: the engine must not be freed while it runs."""
+        fut = self.kernel.loop.run_in_executor(pool, self.cpu.run, lane, deadline)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            while not fut.done():
+                self.cpu.engine.stop()
+                await asyncio.wait({fut}, timeout=0.001)
+            raise
+
+    def _dispatch_deferred(self) -> bool:
+        """Handle, on the loop, a hypercall the CPU deferred (worker-thread slices).
+
+        Returns True when the hypercall must still be completed by the coroutine
+        (its handler said EXIT), False when it is done.
+        """
+        cpu = self.cpu
+        res = self.kernel.hypercalls.dispatch(self, cpu.hcall_nr, cpu.hcall_arg)
+        if res == EXIT:
+            return True
+        cpu.set_result(res)
+        return False
 
     def _finish(self, final: VmState) -> None:
         self.ended_ns = self.kernel.now_ns()
