@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"time slice in microseconds (default {KernelConfig.slice_us})")
     b.add_argument("--cmdline", "-c", default="",
                    help="guest command line; {i} becomes the VM's index (1..N)")
+    b.add_argument("--workers", type=int, default=0,
+                   help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     b.add_argument("--disk", action="append", default=[],
                    metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
@@ -77,7 +79,7 @@ async def _boot(args: argparse.Namespace) -> int:
             out.flush()
         return write_prefixed
 
-    async with Kernel(KernelConfig(slice_us=args.slice_us)) as k:
+    async with Kernel(KernelConfig(slice_us=args.slice_us, workers=args.workers)) as k:
         if args.pcap:
             await k.switch.capture(args.pcap)
         vms = []
