@@ -45,6 +45,10 @@ class KernelConfig:
         worker threads, so N VMs emulate at once on N cores (hypercalls then all exit
         emulation and are handled on the loop, which costs more per call).
     cpu_khz: the CPU-speed virtual register (0: read the host's).
+    memory_budget: bytes of guest memory (touched pages + ~1 MiB per engine) the
+        resident VMs may use; beyond it idle VMs are swapped out and runnable ones wait
+        for admission in FIFO order. None: no swapping.
+    swap_dir: where swap files go (default: a private temporary directory).
     """
 
     slice_us: int = 2000
@@ -53,6 +57,8 @@ class KernelConfig:
     max_vms: int = 100_000
     cpu_khz: int = 0
     workers: int = 0
+    memory_budget: int | None = None
+    swap_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 50 <= self.slice_us <= 1_000_000:
@@ -61,5 +67,7 @@ class KernelConfig:
             raise ConfigError("tcg_buffer must be between 1 MiB and 1 GiB")
         if not 0 <= self.workers <= 64:
             raise ConfigError(f"workers {self.workers} is outside [0, 64]")
+        if self.memory_budget is not None and self.memory_budget < 2 << 20:
+            raise ConfigError("memory_budget must be at least 2 MiB")
         if self.max_vms < 1:
             raise ConfigError("max_vms must be >= 1")

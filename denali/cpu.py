@@ -42,6 +42,11 @@ _ACCESS: Final = {_uc.MEM_READ: "read", _uc.MEM_WRITE: "write", _uc.MEM_FETCH: "
 _NEEDS: Final = {_uc.MEM_READ: PROT_R, _uc.MEM_WRITE: PROT_W, _uc.MEM_FETCH: PROT_X}
 
 
+_RESUME_REGS: Final = ((_uc.REG_EAX, "eax"), (_uc.REG_EBX, "ebx"), (_uc.REG_ECX, "ecx"),
+                       (_uc.REG_EDX, "edx"), (_uc.REG_ESI, "esi"), (_uc.REG_EDI, "edi"),
+                       (_uc.REG_EBP, "ebp"))
+
+
 class Exit(IntEnum):
     """Why a slice ended."""
 
@@ -94,7 +99,9 @@ class VCpu:
     )
 
     def __init__(self, vm_id: int, image: Image, memory: GuestMemory, table: HypercallTable,
-                 vm: Vm, tcg_buffer: int) -> None:
+                 vm: Vm, tcg_buffer: int, resume: dict[str, int] | None = None) -> None:
+        """``resume``: registers saved by ``saved_registers()`` (a VM coming back from
+        swap); otherwise the CPU starts at the image's entry point."""
         self.vm_id = vm_id
         self.image = image
         self.memory = memory
@@ -118,11 +125,18 @@ class VCpu:
         kp = abi.Layout.KERNEL_PAGE
         mem[kp:kp + len(_uc.GDT)] = _uc.GDT
         mem[_TRAMPOLINE] = 0xCF  # iret
-        frame = _IRET_FRAME.pack(image.entry, _uc.USER_CS, _BOOT_EFLAGS, memory.size, _uc.USER_DS)
+        if resume is None:
+            frame = _IRET_FRAME.pack(image.entry, _uc.USER_CS, _BOOT_EFLAGS, memory.size, _uc.USER_DS)
+        else:
+            frame = _IRET_FRAME.pack(resume["eip"], _uc.USER_CS, resume["eflags"], resume["esp"],
+                                     _uc.USER_DS)
         mem[_KSTACK - len(frame):_KSTACK] = frame
         self.engine = _uc.Engine(self, memory.address, memory.size, tcg_buffer)
         try:
             self.engine.enter_user_mode(kp, _KSTACK - len(frame), image.entry, memory.size)
+            if resume is not None:
+                for reg, name in _RESUME_REGS:
+                    self.engine.reg_write(reg, resume[name])
             self.engine.install_hooks()
         except BaseException:
             self.engine.close()
@@ -201,6 +215,13 @@ class VCpu:
         if self.exit == Exit.FAULT:
             self.fault = self._classify(err)
         return self.exit
+
+    def saved_registers(self) -> dict[str, int]:
+        """The user-mode registers to resume from (between slices). x87/SSE state is not
+        included: guestos is built without floating point."""
+        regs = self.engine.read_gprs()
+        regs["eip"] = self.eip
+        return regs
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""

@@ -38,6 +38,7 @@ from denali.net.nic import NicConfig, NicPort
 from denali.net.switch import Switch
 from denali.preempt import Preemptor
 from denali.scheduler import Scheduler
+from denali.swap import Swapper
 from denali.vm import Vm
 
 
@@ -84,6 +85,8 @@ class Kernel:
         self.lanes = [self.preemptor.new_lane() for _ in range(max(1, config.workers))]
         self._pool: ThreadPoolExecutor | None = None
         self._arbiter: CpuArbiter | None = None
+        self.swapper = Swapper(config.memory_budget, config.swap_dir)
+        """Swap area and gatekeeper (inactive without a memory budget)."""
         self.switch = Switch(name="lan0")
         """The virtual LAN every VM's NIC is attached to."""
         if config.disable_thp:
@@ -125,6 +128,7 @@ class Kernel:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.switch.aclose()
+        await self.swapper.aclose()
         self.preemptor.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -155,12 +159,14 @@ class Kernel:
             "slices_started": sum(lane.starts for lane in self.lanes),
             "preempt_stops": sum(lane.stops for lane in self.lanes),
             "switch": self.switch.stats().as_dict(),
+            "swap": {**self.swapper.stats, "used": self.swapper.used, "budget": self.swapper.budget},
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
         """One VM's counters as plain data."""
         return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
-                "pending": vm.pending, "hypercalls": vm.cpu.hypercalls,
+                "pending": vm.pending, "swapped": vm.swapped is not None,
+                "hypercalls": vm.cpu.hypercalls if hasattr(vm, "cpu") else 0,
                 **vm.stats, "console_bytes": vm.console.written,
                 "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
 
@@ -222,6 +228,7 @@ class Kernel:
             port.on_rx = vm.raise_net_rx
             vm.nic = port
             self.switch.attach(port)
+        self.swapper.create_area(vm_id, size)
         self.vms[vm_id] = vm
         vm.start()
         return vm

@@ -34,6 +34,7 @@ from denali.errors import GuestFault, KernelInternalError, VmKilledError
 from denali.fault import FaultReport
 from denali.hypercalls import IDLE_DEADLINE, IDLE_NOW, IDLE_PENDING
 from denali.memory import GuestMemory
+from denali.swap import ENGINE_COST, SwapImage
 
 if TYPE_CHECKING:
     from denali.devices.diskdev import VmDisks
@@ -98,17 +99,90 @@ class Vm:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] = kernel.loop.create_future()
-        self.memory = GuestMemory(mem_size)
+        self.mem_size = mem_size
+        self.mac = mac or bytes(6)
+        self.swapped: SwapImage | None = None
+        """Registers and page bitmap while the VM is swapped out; None when resident."""
+        self._resident = False
+        self._swap_out_task: asyncio.Future[None] | None = None
+        self._swapping_in = False
+        self.memory: GuestMemory
+        self.cpu: VCpu
+        # Memory and CPU are made by the coroutine before the first slice, after the
+        # gatekeeper (if any) admitted the VM.
+
+    async def _materialize(self, resume: SwapImage | None) -> None:
+        """Create guest memory and the CPU: from the image, or from swap for ``resume``
+        (pages first: the CPU then writes its kernel page over whatever was stored)."""
+        k = self.kernel
+        mem = GuestMemory(self.mem_size)
         try:
-            regions, heap_start, heap_end = layout_regions(image, mem_size)
-            self.memory.set_regions(regions)
-            for seg in image.segments:
-                self.memory.write(seg.vaddr, seg.data)
-            self._init_vregs(heap_start, heap_end, mac or bytes(6))
-            self.cpu = VCpu(vm_id, image, self.memory, kernel.hypercalls, self, kernel.config.tcg_buffer)
+            regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
+            mem.set_regions(regions)
+            self.memory = mem
+            if resume is not None:
+                await k.swapper.read_in(self, resume, mem.buf)
+            else:
+                for seg in self.image.segments:
+                    mem.write(seg.vaddr, seg.data)
+                self._init_vregs(heap_start, heap_end, self.mac)
+            cpu = VCpu(self.id, self.image, mem, k.hypercalls, self, k.config.tcg_buffer,
+                       resume.regs if resume is not None else None)
+            cpu.defer_hypercalls = k.pool is not None
+            if resume is not None:
+                cpu.hypercalls, cpu.slices = self.cpu.hypercalls, self.cpu.slices
+            self.cpu = cpu
         except BaseException:
-            self.memory.close()
+            mem.close()
             raise
+        self._resident = True
+
+    def _image_cost(self) -> int:
+        return sum(s.page_end - s.page_start for s in self.image.segments) + 4 * abi.PAGE_SIZE + ENGINE_COST
+
+    # ---- swap ----
+    def evictable(self) -> bool:
+        """True while the VM may be swapped out: idle, resident, no disk I/O in flight."""
+        if (self.state is not VmState.IDLE or not self._resident or self._swapping_in
+                or self._swap_out_task is not None):
+            return False
+        return self.disks is None or not any(d.outstanding for d in self.disks.disks)
+
+    async def swap_out(self) -> None:
+        """Write the VM's touched pages and registers out and free its engine and memory."""
+        if not self.evictable():
+            return
+        loop = self.kernel.loop
+        self._swap_out_task = loop.create_future()
+        try:
+            image = await self.kernel.swapper.write_out(self)
+            self.swapped = image
+            self._resident = False
+            self.cpu.close()
+            self.memory.close()
+            self.kernel.swapper.release(self.id)
+        finally:
+            done, self._swap_out_task = self._swap_out_task, None
+            done.set_result(None)
+            if self.state.final:  # ended while writing: _finish left the closing to us
+                self.cpu.close()
+                self.memory.close()
+
+    async def _ensure_resident(self) -> None:
+        """Bring a swapped VM back (waiting for the gatekeeper); no-op when resident."""
+        if self._swap_out_task is not None:
+            await asyncio.shield(self._swap_out_task)
+        image = self.swapped
+        if image is None:
+            return
+        sw = self.kernel.swapper
+        await sw.admit(self, image.stored * abi.PAGE_SIZE + ENGINE_COST)
+        self._swapping_in = True
+        try:
+            await self._materialize(image)
+        finally:
+            self._swapping_in = False
+        self.swapped = None
 
     def _init_vregs(self, heap_start: int, heap_end: int, mac: bytes) -> None:
         k = self.kernel
@@ -226,12 +300,16 @@ class Vm:
             fut: asyncio.Future[None] = k.loop.create_future()
             self._waker = fut
             handle = k.call_at_ns(deadline, _wake, fut) if deadline else None
+            k.swapper.vm_idle(self)
             try:
                 await fut
             finally:
                 self._waker = None
+                k.swapper.vm_busy(self)
                 if handle is not None:
                     handle.cancel()
+            await self._ensure_resident()
+            buf = self.memory.buf
             waited = True
         else:
             waited = False
@@ -249,8 +327,6 @@ class Vm:
         k = self.kernel
         arb = k.arbiter
         pool = k.pool
-        cpu = self.cpu
-        cpu.defer_hypercalls = pool is not None
         slice_ns = k.config.slice_us * 1000
         stats = self.stats
         idled = False
@@ -260,7 +336,11 @@ class Vm:
         # is when it last did.
         suspended = k.now_ns()
         try:
+            if not self._resident:  # the gatekeeper admits fresh VMs in FIFO order
+                await k.swapper.admit(self, self._image_cost())
+                await self._materialize(None)
             while True:
+                cpu = self.cpu  # a new one after a swap-in
                 self.state = VmState.RUNNABLE
                 lane, waited = await arb.acquire(self.id, idled)
                 if waited:
@@ -355,8 +435,10 @@ class Vm:
             self._timer.cancel()
             self._timer = None
         self.console.close()
-        self.cpu.close()
-        self.memory.close()
+        if self._swap_out_task is None and self._resident:
+            self.cpu.close()
+            self.memory.close()
+        self.kernel.swapper.remove_area(self.id)
         self.kernel.vm_ended(self)
         if not self._done.done():
             self._done.set_result(None)

@@ -1,0 +1,266 @@
+"""Swap: idle VMs leave RAM; a gatekeeper admits VMs in FIFO order under a memory budget.
+
+Each VM gets a swap file when it is created: a sparse file as large as its address
+space in the kernel's swap directory (Denali: a swap region per VM, allocated at
+creation). Swapping a VM out writes only the pages it touched (those resident in its
+anonymous mapping, found with ``mincore``; never-touched pages are zero and cost no
+I/O), then frees its Unicorn engine and its memory. What stays in the kernel for a
+swapped VM is the ``SwapImage``: its registers and a bitmap of the pages written.
+
+The gatekeeper (``Swapper``) charges each resident VM an estimate of what it costs
+(touched pages + ``ENGINE_COST``) against ``budget`` bytes. A VM that must become
+resident (a fresh VM's first slice, or a swapped VM that an interrupt or its idle
+deadline woke) asks ``admit``; requests are served in FIFO order while the budget
+allows, and room is made by swapping out idle resident VMs, least recently idle first.
+A VM is evictable only while it waits in idle-with-timeout with no disk request in
+flight. Swap I/O goes through aiofiles, so the event loop never waits on the disk.
+
+State of a VM with respect to swap::
+
+    (new) -admit-> RESIDENT -swap_out-> SWAPPED -admit, swap_in-> RESIDENT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import mmap
+import os
+import tempfile
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import aiofiles
+
+from denali import abi
+from denali.errors import ResourceError
+
+if TYPE_CHECKING:
+    from denali.vm import Vm
+
+ENGINE_COST: Final = 1 << 20
+"""Bytes charged for a resident VM's engine (translation cache, Unicorn state)."""
+PAGE: Final = abi.PAGE_SIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(slots=True)
+class SwapImage:
+    """What the kernel keeps of a swapped-out VM: registers and which pages were written."""
+
+    regs: dict[str, int]
+    pages: bytes
+    """Bitmap, one bit per guest page; set = stored in the swap file."""
+    stored: int
+
+
+def resident_pages(address: int, size: int) -> bytes:
+    """One byte per page of [address, address+size): bit 0 set when resident."""
+    n = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * n)()
+    if _libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
+        raise ResourceError(f"mincore failed: {os.strerror(ctypes.get_errno())}")
+    return bytes(vec)
+
+
+class Swapper:
+    """A kernel's swap area and gatekeeper. ``budget=None`` disables both."""
+
+    def __init__(self, budget: int | None, directory: str | None = None) -> None:
+        self.budget = budget
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None and budget is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="denali-swap-")
+            directory = self._tmp.name
+        self.directory = directory
+        self.used = 0
+        self._charge: dict[int, int] = {}
+        self._idle: OrderedDict[int, Vm] = OrderedDict()
+        """Resident VMs waiting in idle, least recently idle first: eviction order."""
+        self._queue: deque[tuple[Vm, int, asyncio.Future[None]]] = deque()
+        self._evicting: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
+                      "bytes_out": 0, "bytes_in": 0, "admission_waits": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget is not None
+
+    def path_for(self, vm_id: int) -> str:
+        assert self.directory is not None
+        return os.path.join(self.directory, f"vm{vm_id}.swap")
+
+    def create_area(self, vm_id: int, size: int) -> None:
+        """Make the VM's swap file (sparse, ``size`` bytes) at creation."""
+        if not self.enabled:
+            return
+        fd = os.open(self.path_for(vm_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def remove_area(self, vm_id: int) -> None:
+        if not self.enabled:
+            return
+        self._forget(vm_id)
+        try:
+            os.unlink(self.path_for(vm_id))
+        except OSError:
+            pass
+
+    # ---- the gatekeeper ----
+    async def admit(self, vm: Vm, cost: int) -> None:
+        """Return when ``vm`` may be resident, charged ``cost`` bytes (FIFO)."""
+        if not self.enabled:
+            return
+        if not self._queue and self.used + cost <= self._budget():
+            self._charge_vm(vm.id, cost)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((vm, cost, fut))
+        self.stats["admission_waits"] += 1
+        self._make_room()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(vm.id)
+            else:
+                self._queue = deque(e for e in self._queue if e[2] is not fut)
+            raise
+
+    def _budget(self) -> int:
+        assert self.budget is not None
+        return self.budget
+
+    def _charge_vm(self, vm_id: int, cost: int) -> None:
+        self.used += cost - self._charge.get(vm_id, 0)
+        self._charge[vm_id] = cost
+
+    def release(self, vm_id: int) -> None:
+        """The VM left RAM (swapped out or ended): give back its charge."""
+        self.used -= self._charge.pop(vm_id, 0)
+        if self._queue:
+            self._make_room()
+
+    def _forget(self, vm_id: int) -> None:
+        self._idle.pop(vm_id, None)
+        self.release(vm_id)
+
+    def vm_idle(self, vm: Vm) -> None:
+        """``vm`` entered idle-with-timeout: it may be evicted now."""
+        if not self.enabled:
+            return
+        self._charge_vm(vm.id, self._measure(vm))
+        self._idle[vm.id] = vm
+        self._idle.move_to_end(vm.id)
+        if self._queue or self.used > self._budget():
+            self._make_room()
+
+    def vm_busy(self, vm: Vm) -> None:
+        """``vm`` left idle (woken): it is no longer evictable."""
+        self._idle.pop(vm.id, None)
+
+    def _measure(self, vm: Vm) -> int:
+        mem = vm.memory
+        return resident_pages(mem.address, mem.size).count(1) * PAGE + ENGINE_COST
+
+    def _make_room(self) -> None:
+        budget = self._budget()
+        while self._queue:
+            vm, cost, fut = self._queue[0]
+            if fut.done():
+                self._queue.popleft()
+                continue
+            if self.used + cost <= budget:
+                self._queue.popleft()
+                self._charge_vm(vm.id, cost)
+                fut.set_result(None)
+                continue
+            if not self._evict_one():
+                return
+        while self.used > budget and self._evict_one():
+            pass
+
+    def _evict_one(self) -> bool:
+        """Start swapping out the least recently idle evictable VM; False if none."""
+        for vm_id, vm in self._idle.items():
+            if vm_id in self._evicting or not vm.evictable():
+                continue
+            del self._idle[vm_id]
+            self._evicting.add(vm_id)
+            task = asyncio.get_running_loop().create_task(self._evict(vm), name=f"denali-swap-out-{vm_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        return False
+
+    async def _evict(self, vm: Vm) -> None:
+        try:
+            await vm.swap_out()
+        finally:
+            self._evicting.discard(vm.id)
+
+    # ---- I/O ----
+    async def write_out(self, vm: Vm) -> SwapImage:
+        """Write ``vm``'s touched pages to its swap file; return what to keep."""
+        mem = vm.memory
+        present = bytearray(resident_pages(mem.address, mem.size))
+        present[abi.Layout.KERNEL_PAGE // PAGE] = 0  # kernel-owned: rebuilt on swap-in
+        npages = len(present)
+        bitmap = bytearray((npages + 7) // 8)
+        stored = 0
+        async with aiofiles.open(self.path_for(vm.id), "r+b") as f:
+            i = 0
+            while i < npages:
+                if not present[i] & 1:
+                    i += 1
+                    continue
+                j = i
+                while j < npages and present[j] & 1:
+                    bitmap[j >> 3] |= 1 << (j & 7)
+                    j += 1
+                await f.seek(i * PAGE)
+                await f.write(mem.buf[i * PAGE:j * PAGE])
+                stored += j - i
+                i = j
+        self.stats["swap_outs"] += 1
+        self.stats["pages_out"] += stored
+        self.stats["bytes_out"] += stored * PAGE
+        return SwapImage(vm.cpu.saved_registers(), bytes(bitmap), stored)
+
+    async def read_in(self, vm: Vm, image: SwapImage, into: mmap.mmap) -> None:
+        """Read the stored pages of ``vm`` back into ``into``."""
+        bits = image.pages
+        npages = len(bits) * 8
+        async with aiofiles.open(self.path_for(vm.id), "rb") as f:
+            i = 0
+            while i < npages:
+                if not bits[i >> 3] & (1 << (i & 7)):
+                    i += 1
+                    continue
+                j = i
+                while j < npages and bits[j >> 3] & (1 << (j & 7)):
+                    j += 1
+                await f.seek(i * PAGE)
+                data = await f.read((j - i) * PAGE)
+                into[i * PAGE:i * PAGE + len(data)] = data
+                i = j
+        self.stats["swap_ins"] += 1
+        self.stats["pages_in"] += image.stored
+        self.stats["bytes_in"] += image.stored * PAGE
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for _, _, fut in self._queue:
+            if not fut.done():
+                fut.cancel()
+        self._queue.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

@@ -1,0 +1,76 @@
+"""Swap: idle VMs leave RAM and come back transparently; the budget holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import aiofiles.os
+
+from denali.abi import Irq
+from denali.kernel import Kernel
+from denali.vm import VmState
+from tests.conftest import need_image
+
+
+async def _checksum(k: Kernel, force: bool) -> tuple[str, int]:
+    vm = await k.spawn("test-swapsum", cmdline="kib=256 rounds=40", memory="2M")
+    outs = 0
+    while not vm.done:
+        await asyncio.sleep(0)
+        if force and vm.evictable():
+            await vm.swap_out()
+            outs += 1
+    assert await vm.wait() == 0, vm.console.text()
+    return vm.console.text().strip(), outs
+
+
+async def test_forced_swap_outs_do_not_change_the_result() -> None:
+    need_image("test-swapsum")
+    async with Kernel() as plain:
+        want, _ = await _checksum(plain, force=False)
+    async with Kernel(memory_budget=64 << 20) as k:
+        got, outs = await _checksum(k, force=True)
+        assert k.swapper.stats["swap_ins"] >= outs - 1
+    assert outs >= 24, f"only {outs} swap-outs"
+    assert got == want
+
+
+async def test_only_touched_pages_are_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    need_image("test-touch")
+    async with Kernel(memory_budget=64 << 20, swap_dir=str(tmp_path)) as k:
+        vm = await k.spawn("test-touch", cmdline="kib=200")
+        await vm.until_idle()
+        path = k.swapper.path_for(vm.id)
+        assert os.stat(path).st_size == 16 << 20  # the whole address space, sparse
+        await vm.swap_out()
+        assert vm.swapped is not None
+        written = k.swapper.stats["bytes_out"]
+        assert 200 << 10 <= written < 1 << 20, written  # ~200 KiB + image + stack, not 16 MiB
+        assert os.stat(path).st_blocks * 512 < 2 << 20  # sparse on the host too
+        vm.interrupt(Irq.HOST)
+        assert await vm.wait() == 0
+        assert k.swapper.stats["swap_ins"] == 1
+    assert not await aiofiles.os.path.exists(path)
+
+
+async def test_budget_holds_with_ten_times_more_vms() -> None:
+    need_image("test-idle")
+    budget = 8 << 20  # about 6 VMs of ~1.3 MiB each
+    async with Kernel(memory_budget=budget) as k:
+        vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(60)]
+        peak = 0
+        for _ in range(400):
+            peak = max(peak, k.swapper.used)
+            if all(vm.state is VmState.IDLE and vm.first_slice_ns for vm in vms):
+                break
+            await asyncio.sleep(0.01)
+        assert all(vm.first_slice_ns for vm in vms), "every VM was admitted in turn"
+        resident = sum(1 for vm in vms if vm.swapped is None)
+        assert resident <= 8 and k.swapper.used <= budget and peak <= budget
+        for vm in vms:
+            vm.interrupt(Irq.HOST)
+        results = await asyncio.gather(*(vm.wait() for vm in vms))
+        assert results == [0] * 60
+        assert k.swapper.stats["swap_ins"] >= 50
+        assert k.swapper.used <= budget
