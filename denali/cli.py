@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from denali.config import KernelConfig
+from denali.config import KernelConfig, parse_size
 from denali.disk import cli as disk_cli
 from denali.disk import parse_disk_arg
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"time slice in microseconds (default {KernelConfig.slice_us})")
     b.add_argument("--cmdline", "-c", default="",
                    help="guest command line; {i} becomes the VM's index (1..N)")
+    b.add_argument("--memory-budget", metavar="SIZE",
+                   help="resident guest memory allowed (e.g. 2G); idle VMs beyond it are swapped out")
+    b.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
     b.add_argument("--workers", type=int, default=0,
                    help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
@@ -79,7 +82,10 @@ async def _boot(args: argparse.Namespace) -> int:
             out.flush()
         return write_prefixed
 
-    async with Kernel(KernelConfig(slice_us=args.slice_us, workers=args.workers)) as k:
+    budget = parse_size(args.memory_budget) if args.memory_budget else None
+    config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
+                          swap_dir=args.swap_dir)
+    async with Kernel(config) as k:
         if args.pcap:
             await k.switch.capture(args.pcap)
         vms = []

@@ -26,6 +26,7 @@ import asyncio
 import ctypes
 import mmap
 import os
+import struct
 import tempfile
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 import aiofiles
 
 from denali import abi
+from denali._uc import GPR_NAMES
 from denali.errors import ResourceError
 
 if TYPE_CHECKING:
@@ -45,14 +47,22 @@ PAGE: Final = abi.PAGE_SIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+_REGS: Final = struct.Struct("<10I")
+
+
 @dataclass(slots=True)
 class SwapImage:
     """What the kernel keeps of a swapped-out VM: registers and which pages were written."""
 
-    regs: dict[str, int]
+    regs: bytes
+    """The user-mode registers, packed (``registers()`` unpacks them)."""
     pages: bytes
     """Bitmap, one bit per guest page; set = stored in the swap file."""
     stored: int
+    hypercalls: int
+
+    def registers(self) -> dict[str, int]:
+        return dict(zip(GPR_NAMES, _REGS.unpack(self.regs), strict=True))
 
 
 def resident_pages(address: int, size: int) -> bytes:
@@ -230,7 +240,9 @@ class Swapper:
         self.stats["swap_outs"] += 1
         self.stats["pages_out"] += stored
         self.stats["bytes_out"] += stored * PAGE
-        return SwapImage(vm.cpu.saved_registers(), bytes(bitmap), stored)
+        regs = vm.cpu.saved_registers()
+        return SwapImage(_REGS.pack(*(regs[n] for n in GPR_NAMES)), bytes(bitmap), stored,
+                         vm.cpu.hypercalls)
 
     async def read_in(self, vm: Vm, image: SwapImage, into: mmap.mmap) -> None:
         """Read the stored pages of ``vm`` back into ``into``."""

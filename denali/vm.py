@@ -72,6 +72,12 @@ class VmState(Enum):
 class Vm:
     """One VM. Created by ``Kernel.spawn``; never construct directly."""
 
+    __slots__ = ("__weakref__", "_done", "_idle_waiters", "_idled", "_resident", "_swap_out_task",
+                 "_swapping_in", "_task", "_timer", "_waker", "cmdline", "console", "cpu", "created_ns",
+                 "disks", "ended_ns", "error", "exit_request", "exit_status", "fault", "first_slice_ns",
+                 "id", "image", "irq_entry", "kernel", "mac", "mem_size", "memory", "nic", "pending",
+                 "state", "stats", "swapped")
+
     def __init__(self, kernel: Kernel, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: ConsoleSink | None, mac: bytes | None = None) -> None:
         self.kernel = kernel
@@ -127,10 +133,10 @@ class Vm:
                     mem.write(seg.vaddr, seg.data)
                 self._init_vregs(heap_start, heap_end, self.mac)
             cpu = VCpu(self.id, self.image, mem, k.hypercalls, self, k.config.tcg_buffer,
-                       resume.regs if resume is not None else None)
+                       resume.registers() if resume is not None else None)
             cpu.defer_hypercalls = k.pool is not None
             if resume is not None:
-                cpu.hypercalls, cpu.slices = self.cpu.hypercalls, self.cpu.slices
+                cpu.hypercalls = resume.hypercalls
             self.cpu = cpu
         except BaseException:
             mem.close()
@@ -156,15 +162,19 @@ class Vm:
         self._swap_out_task = loop.create_future()
         try:
             image = await self.kernel.swapper.write_out(self)
+            if self.state.final:
+                return
             self.swapped = image
             self._resident = False
             self.cpu.close()
             self.memory.close()
+            del self.cpu, self.memory  # what stays of a swapped VM is small (SwapImage)
             self.kernel.swapper.release(self.id)
         finally:
             done, self._swap_out_task = self._swap_out_task, None
             done.set_result(None)
-            if self.state.final:  # ended while writing: _finish left the closing to us
+            if self.state.final and self._resident:  # ended while writing: we close
+                self._resident = False
                 self.cpu.close()
                 self.memory.close()
 
@@ -340,7 +350,6 @@ class Vm:
                 await k.swapper.admit(self, self._image_cost())
                 await self._materialize(None)
             while True:
-                cpu = self.cpu  # a new one after a swap-in
                 self.state = VmState.RUNNABLE
                 lane, waited = await arb.acquire(self.id, idled)
                 if waited:
@@ -348,7 +357,7 @@ class Vm:
                 try:
                     self.state = VmState.RUNNING
                     if not self._before_slice():
-                        self.fault = cpu.fault
+                        self.fault = self.cpu.fault
                         final = VmState.FAULTED
                         return
                     if self.first_slice_ns is None:
@@ -356,7 +365,7 @@ class Vm:
                     stats["slices"] += 1
                     deadline = time.monotonic_ns() + slice_ns
                     if pool is None:
-                        reason = cpu.run(lane, deadline)
+                        reason = self.cpu.run(lane, deadline)
                     else:
                         reason = await self._run_on_worker(pool, lane, deadline)
                 finally:
@@ -367,20 +376,20 @@ class Vm:
                     await asyncio.sleep(0)
                     suspended = k.now_ns()
                 elif reason is Exit.HYPERCALL:
-                    if cpu.deferred and not self._dispatch_deferred():
+                    if self.cpu.deferred and not self._dispatch_deferred():
                         continue
-                    if cpu.hcall_nr == Hc.TERMINATE:
+                    if self.cpu.hcall_nr == Hc.TERMINATE:
                         self.exit_status = self.exit_request
                         final = VmState.EXITED
                         return
-                    if cpu.hcall_nr == Hc.IDLE:
-                        await self._idle(cpu.hcall_arg)
+                    if self.cpu.hcall_nr == Hc.IDLE:
+                        await self._idle(self.cpu.hcall_arg)
                         idled = self._idled
                         if not idled:  # a yield: let every other runnable VM queue up first
                             await asyncio.sleep(0)
                             suspended = k.now_ns()
                     else:  # a device's exiting hypercall
-                        await k.complete_hypercall(self, cpu.hcall_nr, cpu.hcall_arg)
+                        await k.complete_hypercall(self, self.cpu.hcall_nr, self.cpu.hcall_arg)
                     now = k.now_ns()
                     if idled:
                         suspended = now
@@ -388,11 +397,11 @@ class Vm:
                         await asyncio.sleep(0)
                         suspended = k.now_ns()
                 elif reason is Exit.FAULT:
-                    self.fault = cpu.fault
+                    self.fault = self.cpu.fault
                     final = VmState.FAULTED
                     return
                 else:
-                    self.error = cpu.error
+                    self.error = self.cpu.error
                     final = VmState.FAILED
                     return
         except asyncio.CancelledError:

@@ -22,7 +22,6 @@ class Console:
         "_chunks",
         "_closed",
         "_event",
-        "_hist_len",
         "_hist_limit",
         "_history",
         "_limit",
@@ -34,11 +33,11 @@ class Console:
 
     def __init__(self, sink: ConsoleSink | None = None, limit: int = 1 << 20,
                  history: int = 64 << 10) -> None:
-        self._chunks: deque[bytes] = deque()
+        # Created on first use: most VMs of a large kernel print little or nothing.
+        self._chunks: deque[bytes] | None = None
         self._queued = 0
         self._limit = limit
-        self._history: deque[bytes] = deque()
-        self._hist_len = 0
+        self._history = bytearray()
         self._hist_limit = history
         self._event: asyncio.Event | None = None
         self._closed = False
@@ -49,13 +48,15 @@ class Console:
     def feed(self, data: bytes) -> None:
         """Called by the kernel with bytes the guest wrote."""
         self.written += len(data)
-        self._history.append(data)
-        self._hist_len += len(data)
-        while self._hist_len > self._hist_limit and len(self._history) > 1:
-            self._hist_len -= len(self._history.popleft())
+        hist = self._history
+        hist += data
+        if len(hist) > self._hist_limit:
+            del hist[:len(hist) - self._hist_limit]
         if self.sink is not None:
             self.sink(data)
             return
+        if self._chunks is None:
+            self._chunks = deque()
         self._chunks.append(data)
         self._queued += len(data)
         while self._queued > self._limit and self._chunks:
@@ -80,6 +81,7 @@ class Console:
                 self._event = asyncio.Event()
             self._event.clear()
             await self._event.wait()
+        assert self._chunks is not None
         data = self._chunks.popleft()
         self._queued -= len(data)
         return data
@@ -100,4 +102,4 @@ class Console:
 
     def text(self) -> str:
         """The last ``history`` bytes written, decoded leniently."""
-        return b"".join(self._history).decode("utf-8", "replace")
+        return self._history.decode("utf-8", "replace")
