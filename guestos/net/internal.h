@@ -59,4 +59,8 @@ int eth_send_to(uint32_t next_hop, const uint8_t *frame, size_t len);
 void icmp_input(uint32_t src, const uint8_t *pkt, size_t len);
 void udp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len);
 
+/* tcp.c */
+void tcp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len);
+uint64_t tcp_timers(uint64_t now);
+
 #endif

@@ -52,6 +52,8 @@ void ip_input(const uint8_t *p, size_t len)
         icmp_input(src, payload, plen);
     else if (p[9] == 17)
         udp_input(src, dst, payload, plen);
+    else if (p[9] == 6)
+        tcp_input(src, dst, payload, plen);
 }
 
 int eth_send_to(uint32_t next_hop, const uint8_t *frame, size_t len)

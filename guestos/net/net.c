@@ -36,7 +36,10 @@ static void net_thread(void *arg)
         while (netif_poll() > 0)
             netif_flush();
         netif_flush();
-        uint64_t next = arp_timers(now_ns());
+        uint64_t now = now_ns();
+        uint64_t next = arp_timers(now), t = tcp_timers(now);
+        if (t && (!next || t < next))
+            next = t;
         netif_flush();
         irq_wait(DENALI_IRQ_NET_RX, next);
     }

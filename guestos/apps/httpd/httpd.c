@@ -1,0 +1,97 @@
+/* httpd: HTTP/1.1 server on port 80 (GET, keep-alive). "/bytes/N" answers exactly N
+ * bytes where byte i is 'a' + i % 26; "/" a short page; anything else 404.
+ * cmdline: ip=A.B.C.D/N [gw=...]. One thread per connection. */
+#include <ilwaco.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <net/net.h>
+#include <net/tcp.h>
+
+static int send_all(int c, const char *s, size_t n)
+{
+    return tcp_send(c, s, n, clock_ns() + 10000000000ull) == (int)n;
+}
+
+static int reply(int c, const char *status, unsigned long long len, int keep)
+{
+    char h[160];
+    int n = snprintf(h, sizeof h, "HTTP/1.1 %s\r\nContent-Length: %llu\r\nContent-Type: text/plain\r\n%s\r\n",
+                     status, len, keep ? "" : "Connection: close\r\n");
+    return send_all(c, h, (size_t)n);
+}
+
+static void serve(void *arg)
+{
+    int c = (int)(long)arg;
+    char req[1024];
+    size_t have = 0;
+    for (;;) {
+        char *end = 0;
+        while (!(end = strstr(req, "\r\n\r\n"))) {
+            if (have >= sizeof req - 1)
+                goto out;
+            int n = tcp_recv(c, req + have, sizeof req - 1 - have, clock_ns() + 30000000000ull);
+            if (n <= 0)
+                goto out;
+            have += (size_t)n;
+            req[have] = 0;
+        }
+        size_t used = (size_t)(end + 4 - req);
+        int keep = strstr(req, "HTTP/1.1") && !strstr(req, "Connection: close");
+        if (strncmp(req, "GET ", 4)) {
+            reply(c, "405 Method Not Allowed", 0, 0);
+            goto out;
+        }
+        char *path = req + 4, *sp = strchr(path, ' ');
+        if (sp)
+            *sp = 0;
+        int ok;
+        if (!strncmp(path, "/bytes/", 7)) {
+            unsigned long long n = strtoul(path + 7, 0, 10);
+            ok = reply(c, "200 OK", n, keep);
+            static const char abc[] = "abcdefghijklmnopqrstuvwxyz";
+            char chunk[1300];
+            for (unsigned long long i = 0; ok && i < n;) {
+                size_t k = n - i < sizeof chunk ? (size_t)(n - i) : sizeof chunk;
+                for (size_t j = 0; j < k; j++)
+                    chunk[j] = abc[(i + j) % 26];
+                ok = send_all(c, chunk, k);
+                i += k;
+            }
+        } else if (!strcmp(path, "/")) {
+            static const char page[] = "Hello from a denali VM.\n";
+            ok = reply(c, "200 OK", sizeof page - 1, keep) && send_all(c, page, sizeof page - 1);
+        } else {
+            static const char nf[] = "not found\n";
+            ok = reply(c, "404 Not Found", sizeof nf - 1, keep) && send_all(c, nf, sizeof nf - 1);
+        }
+        if (!ok || !keep)
+            break;
+        memmove(req, req + used, have - used);
+        have -= used;
+        req[have] = 0;
+    }
+out:
+    tcp_close(c);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    if (net_start() != NET_OK) {
+        printf("httpd: no network (need a NIC and ip=A.B.C.D/N)\n");
+        return 1;
+    }
+    int l = tcp_listen(80);
+    uint32_t ip = net_ip();
+    printf("httpd: listening on %u.%u.%u.%u:80\n", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
+    for (;;) {
+        int c = tcp_accept(l, 0);
+        if (c < 0)
+            continue;
+        if (!thread_create(serve, (void *)(long)c, 8192))
+            tcp_close(c);
+    }
+}

@@ -1,0 +1,131 @@
+/* httpget: HTTP client and load generator.
+ * cmdline: ip=... url=http://A.B.C.D[:P]/path [count=N] [conc=C]
+ * Fetches the URL count times over conc keep-alive connections, checks the length (and
+ * the /bytes/ pattern), prints "httpget: ok=.. fail=.. bytes=.. ms=..", exits 0 iff all
+ * were ok. With ping=A.B.C.D instead: "ping: r/N replies". */
+#include <ilwaco.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <net/net.h>
+#include <net/tcp.h>
+
+static uint32_t dst;
+static uint16_t port = 80;
+static char path[256];
+static int per_conn, ok_count, fail_count;
+static unsigned long long total_bytes;
+
+static int fetch_one(int c, char *buf, size_t cap)
+{
+    char req[320];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: denali\r\n\r\n", path);
+    uint64_t dl = clock_ns() + 20000000000ull;
+    if (tcp_send(c, req, (size_t)n, dl) != n)
+        return 0;
+    size_t have = 0;
+    char *end;
+    buf[0] = 0;
+    while (!(end = strstr(buf, "\r\n\r\n"))) {
+        if (have >= cap - 1)
+            return 0;
+        int r = tcp_recv(c, buf + have, cap - 1 - have, dl);
+        if (r <= 0)
+            return 0;
+        have += (size_t)r;
+        buf[have] = 0;
+    }
+    char *cl = strstr(buf, "Content-Length: ");
+    if (!cl || strncmp(buf, "HTTP/1.1 200", 12))
+        return 0;
+    unsigned long long want = strtoul(cl + 16, 0, 10), got = 0;
+    size_t body = have - (size_t)(end + 4 - buf);
+    int pattern = !strncmp(path, "/bytes/", 7);
+    unsigned long long pos = 0;
+    const char *p = end + 4;
+    for (;;) {
+        for (size_t i = 0; i < body; i++, pos++)
+            if (pattern && p[i] != 'a' + (char)(pos % 26))
+                return 0;
+        got += body;
+        if (got >= want)
+            break;
+        int r = tcp_recv(c, buf, cap, dl);
+        if (r <= 0)
+            return 0;
+        p = buf;
+        body = (size_t)r;
+    }
+    total_bytes += got;
+    return got == want;
+}
+
+static void worker(void *arg)
+{
+    (void)arg;
+    static char bufs[64][4096];
+    static int next;
+    char *buf = bufs[next++ % 64];
+    int c = tcp_connect(dst, port, clock_ns() + 5000000000ull);
+    for (int i = 0; i < per_conn; i++) {
+        if (c < 0 || !fetch_one(c, buf, 4096)) {
+            fail_count++;
+            if (c >= 0)
+                tcp_close(c);
+            c = tcp_connect(dst, port, clock_ns() + 5000000000ull);
+        } else {
+            ok_count++;
+        }
+    }
+    if (c >= 0)
+        tcp_close(c);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    char v[300];
+    if (net_start() != NET_OK) {
+        printf("httpget: no network (need a NIC and ip=A.B.C.D/N)\n");
+        return 2;
+    }
+    int count = cmdline_get("count", v, sizeof v) >= 0 ? atoi(v) : 1;
+    if (cmdline_get("ping", v, sizeof v) >= 0) {
+        uint32_t to = net_parse_ip(v);
+        int replies = 0;
+        for (int i = 0; i < count; i++)
+            replies += net_ping(to, (uint16_t)i, 1000000000ull) == NET_OK;
+        printf("ping: %d/%d replies\n", replies, count);
+        return replies == count ? 0 : 1;
+    }
+    if (cmdline_get("url", v, sizeof v) < 0 || strncmp(v, "http://", 7)) {
+        printf("httpget: need url=http://A.B.C.D/path\n");
+        return 2;
+    }
+    char *host = v + 7, *slash = strchr(host, '/');
+    strlcpy(path, slash ? slash : "/", sizeof path);
+    if (slash)
+        *slash = 0;
+    char *colon = strchr(host, ':');
+    if (colon) {
+        *colon = 0;
+        port = (uint16_t)atoi(colon + 1);
+    }
+    dst = net_parse_ip(host);
+    int conc = cmdline_get("conc", v, sizeof v) >= 0 ? atoi(v) : 1;
+    if (conc < 1 || conc > 64 || count < conc) {
+        printf("httpget: need 1 <= conc <= 64 and conc <= count\n");
+        return 2;
+    }
+    per_conn = count / conc;
+    uint64_t t0 = clock_ns();
+    thread_t *t[64];
+    for (int i = 0; i < conc; i++)
+        t[i] = thread_create(worker, 0, 16384);
+    for (int i = 0; i < conc; i++)
+        thread_join(t[i]);
+    unsigned ms = (unsigned)((clock_ns() - t0) / 1000000);
+    printf("httpget: ok=%d fail=%d bytes=%llu ms=%u\n", ok_count, fail_count, total_bytes, ms);
+    return fail_count == 0 && ok_count == per_conn * conc ? 0 : 1;
+}
