@@ -1,0 +1,72 @@
+"""TCP and HTTP between VMs on the virtual LAN: the paper's document sizes, concurrency,
+recovery from drops."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from denali.kernel import Kernel
+from denali.net.nic import NicConfig
+from tests.conftest import need_image
+
+
+async def _get(k: Kernel, url: str, count: int, conc: int, ip: str = "10.0.0.2",
+               nic_config: NicConfig | None = None) -> tuple[int, str]:
+    vm = await k.spawn("httpget", cmdline=f"ip={ip}/24 url={url} count={count} conc={conc}",
+                       nic_config=nic_config)
+    status = await asyncio.wait_for(vm.wait(), 60)
+    return status, vm.console.text()
+
+
+@pytest.mark.parametrize("size", [0, 2258, 134007])
+async def test_http_get_paper_sizes_byte_exact(size: int) -> None:
+    need_image("httpd")
+    need_image("httpget")
+    async with Kernel() as k:
+        await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
+        status, out = await _get(k, f"http://10.0.0.1/bytes/{size}", 3, 1)
+    assert status == 0, out
+    assert f"httpget: ok=3 fail=0 bytes={3 * size} " in out  # length and pattern checked by the guest
+
+
+async def test_http_404_and_root() -> None:
+    async with Kernel() as k:
+        await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
+        status, out = await _get(k, "http://10.0.0.1/", 2, 1)
+        assert status == 0 and "bytes=48 " in out, out
+        status, out = await _get(k, "http://10.0.0.1/missing", 1, 1, ip="10.0.0.3")
+        assert status == 1 and "fail=1" in out
+
+
+async def test_fifty_concurrent_connections() -> None:
+    async with Kernel() as k:
+        await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
+        status, out = await _get(k, "http://10.0.0.1/bytes/2258", 100, 50)
+    assert status == 0, out
+    assert "ok=100 fail=0" in out
+
+
+async def test_tcp_recovers_from_drops_of_a_tiny_receive_queue() -> None:
+    async with Kernel() as k:
+        srv = await k.spawn("httpd", cmdline="ip=10.0.0.1/24", nic_config=NicConfig(rx_capacity=4))
+        status, out = await _get(k, "http://10.0.0.1/bytes/134007", 6, 3, nic_config=NicConfig(rx_capacity=3))
+        assert status == 0, out
+        assert "ok=6 fail=0 bytes=804042" in out
+        drops = sum(vm.nic.stats.drop_egress_full for vm in k.vms.values() if vm.nic is not None)
+        assert srv.nic is not None
+    assert drops > 0, "the tiny queues must actually have dropped frames"
+
+
+async def test_many_servers_and_clients() -> None:
+    async with Kernel() as k:
+        for i in range(1, 6):
+            await k.spawn("httpd", cmdline=f"ip=10.0.1.{i}/16")
+        clients = [await k.spawn("httpget", cmdline=f"ip=10.0.2.{i}/16 url=http://10.0.1.{i}/bytes/2258 "
+                                 "count=10 conc=2") for i in range(1, 6)]
+        results = await asyncio.wait_for(asyncio.gather(*(c.wait() for c in clients)), 60)
+    assert results == [0] * 5
+    for c in clients:
+        assert re.search(r"ok=10 fail=0 bytes=22580 ", c.console.text())
