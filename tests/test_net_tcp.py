@@ -52,8 +52,8 @@ async def test_fifty_concurrent_connections() -> None:
 async def test_tcp_recovers_from_drops_of_a_tiny_receive_queue() -> None:
     async with Kernel() as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24", nic_config=NicConfig(rx_capacity=4))
-        cli = await k.spawn("httpget", cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/134007 count=6 conc=3",
-                            nic_config=NicConfig(rx_capacity=2))
+        cli = await k.spawn("httpget", nic_config=NicConfig(rx_capacity=2),
+                            cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/134007 count=6 conc=3")
         status = await asyncio.wait_for(cli.wait(), 60)
         out = cli.console.text()
         assert status == 0, out
