@@ -1,4 +1,5 @@
 /* netif.c: the virtual NIC driver: batched receive into fixed slots, batched transmit. */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
@@ -11,6 +12,7 @@ static uint32_t rx_lens[RX_SLOTS];
 static uint8_t tx_slots[TX_SLOTS][SLOT];
 static struct denali_iovec tx_iov[TX_SLOTS];
 static int tx_count;
+static int batch = RX_SLOTS; /* frames per NET_RECV / NET_SEND ("netbatch=N" on the cmdline) */
 uint8_t net_mac[6];
 
 int netif_open(void)
@@ -19,12 +21,20 @@ int netif_open(void)
     if (denali_hc_net_info(&info) != DENALI_OK)
         return NET_ERR_NODEV;
     memcpy(net_mac, info.mac, 6);
+    char v[8];
+    if (cmdline_get("netbatch", v, sizeof v) >= 0) {
+        batch = atoi(v);
+        if (batch < 1)
+            batch = 1;
+        if (batch > RX_SLOTS)
+            batch = RX_SLOTS;
+    }
     return NET_OK;
 }
 
 uint8_t *netif_tx_buffer(void)
 {
-    if (tx_count == TX_SLOTS)
+    if (tx_count >= batch)
         netif_flush();
     return tx_count < TX_SLOTS ? tx_slots[tx_count] : 0;
 }
@@ -54,7 +64,7 @@ void netif_flush(void)
 
 int netif_poll(void)
 {
-    struct denali_hc_net_recv r = {(uint32_t)rx_slots, SLOT, RX_SLOTS, (uint32_t)rx_lens, 0, 0};
+    struct denali_hc_net_recv r = {(uint32_t)rx_slots, SLOT, (uint32_t)batch, (uint32_t)rx_lens, 0, 0};
     if (denali_hc_net_recv(&r) != DENALI_OK)
         return 0;
     for (uint32_t i = 0; i < r.received; i++) {
