@@ -190,13 +190,15 @@ class Kernel:
     # ---- VMs ----
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
                     cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
-                    nic_config: NicConfig | None = None, disks: Sequence[DiskSpec] = ()) -> Vm:
+                    nic_config: NicConfig | None = None, mac: bytes | str | None = None,
+                    disks: Sequence[DiskSpec] = ()) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
-        ``02:de:`` + the VM id; ``nic_config`` sets its queue bounds. ``disks``: the VM's
+        ``02:de:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets its queue
+        bounds. ``disks``: the VM's
         virtual disks (``denali.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
         Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
         host cannot hold another VM, ``KernelClosedError`` after close.
@@ -216,20 +218,26 @@ class Kernel:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
         vm_id = next(self._ids)
-        port = NicPort.for_vm(vm_id, config=nic_config) if nic else None
-        vdisks = await diskdev.open_disks(disks)
+        port = None
+        if nic:
+            port = (NicPort(f"vm{vm_id}", mac, config=nic_config) if mac is not None
+                    else NicPort.for_vm(vm_id, config=nic_config))
+            self.switch.attach(port)  # NetError/ConfigError (a MAC in use) before anything else
+        vdisks = None
         try:
+            vdisks = await diskdev.open_disks(disks)
             vm = Vm(self, vm_id, img, size, cmdline, console, port.fixed_mac if port else None)
+            self.swapper.create_area(vm_id, size)
         except BaseException:
             if vdisks is not None:
                 await vdisks.aclose()
+            if port is not None and port.switch is not None:
+                self.switch.detach(port)
             raise
         vm.disks = vdisks
         if port is not None:
             port.on_rx = vm.raise_net_rx
             vm.nic = port
-            self.switch.attach(port)
-        self.swapper.create_area(vm_id, size)
         self.vms[vm_id] = vm
         vm.start()
         return vm

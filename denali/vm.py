@@ -269,6 +269,8 @@ class Vm:
     # ---- kernel side ----
     def start(self) -> None:
         self._task = self.kernel.loop.create_task(self._main(), name=f"denali-vm-{self.id}")
+        # A task cancelled before its first step never runs _main's cleanup: do it here.
+        self._task.add_done_callback(lambda _t: self._finish(VmState.KILLED))
 
     def set_timer(self, deadline_ns: int) -> None:
         """Arm (or with 0 disarm) the one-shot timer that raises Irq.TIMER."""
@@ -438,6 +440,8 @@ class Vm:
         return False
 
     def _finish(self, final: VmState) -> None:
+        if self._done.done():
+            return
         self.ended_ns = self.kernel.now_ns()
         self.state = final
         if self._timer is not None:

@@ -65,3 +65,16 @@ async def test_vm_without_address_config_says_so() -> None:
         assert "need a NIC" in vm.console.text()
         nonic = await k.spawn("udpecho", cmdline="ip=10.0.0.9/24", nic=False)
         assert await nonic.wait() == 1
+
+
+async def test_given_mac_is_used_and_duplicate_refused() -> None:
+    import pytest
+
+    from denali.errors import DenaliError
+    async with Kernel() as k:
+        vm = await k.spawn("test-vregs", mac="02:aa:bb:cc:dd:ee")
+        assert await vm.wait() == 0
+        assert "mac=02:aa:bb:cc:dd:ee" in vm.console.text()
+        await k.spawn("udpecho", cmdline="ip=10.0.0.1/24", mac="02:00:00:00:00:01")
+        with pytest.raises(DenaliError):
+            await k.spawn("udpecho", cmdline="ip=10.0.0.2/24", mac="02:00:00:00:00:01")
