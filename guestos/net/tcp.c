@@ -233,6 +233,7 @@ static void on_ack(struct tcb *t, uint32_t ack, uint16_t wnd)
 static struct tcb *find(uint32_t src, uint16_t sport, uint16_t dport, int *listener)
 {
     *listener = -1;
+    struct tcb *found = 0;
     for (int i = 0; i < TCP_CONNS; i++) {
         struct tcb *t = &tcbs[i];
         if (t->state <= T_CLOSED)
@@ -242,10 +243,10 @@ static struct tcb *find(uint32_t src, uint16_t sport, uint16_t dport, int *liste
                 *listener = i;
             continue;
         }
-        if (t->lport == dport && t->rport == sport && t->rip == src)
-            return t;
+        if (t->lport == dport && t->rport == sport && t->rip == src && !found)
+            found = t;
     }
-    return 0;
+    return found;
 }
 
 void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
@@ -282,6 +283,15 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
     }
     int li;
     struct tcb *t = find(src, sport, dport, &li);
+    if (t && (flags & (F_SYN | F_ACK)) == F_SYN && li >= 0 &&
+        (t->state == T_TIME_WAIT || t->state == T_LAST_ACK || t->state == T_CLOSING)) {
+        /* a new connection reusing the 4-tuple of one that is ending: end the old one */
+        t->rto_deadline = 0;
+        t->state = T_CLOSED;
+        if (t->app_closed)
+            t->state = T_FREE;
+        t = 0;
+    }
     if (!t) {
         if (li >= 0 && (flags & (F_SYN | F_ACK | F_RST)) == F_SYN) {
             t = alloc_tcb();
@@ -482,7 +492,9 @@ int tcp_accept(int listener, uint64_t deadline_ns)
 
 int tcp_connect(uint32_t ip, uint16_t port, uint64_t deadline_ns)
 {
-    static uint16_t next_port = 40000;
+    static uint16_t next_port;
+    if (!next_port) /* spread VMs (and reboots) over the ephemeral range */
+        next_port = (uint16_t)(40000 + (DENALI_VREGS->vm_id * 7919u + (uint32_t)clock_ns()) % 20000);
     struct tcb *t = alloc_tcb();
     if (!t)
         return NET_ERR_NOBUFS;

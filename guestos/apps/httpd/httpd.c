@@ -1,13 +1,20 @@
 /* httpd: HTTP/1.1 server on port 80 (GET, keep-alive). "/bytes/N" answers exactly N
  * bytes where byte i is 'a' + i % 26; "/" a short page; anything else 404.
- * cmdline: ip=A.B.C.D/N [gw=...]. One thread per connection. */
+ * With a DNLFS disk (denali disk pack) named "site" (or disk=NAME), its files are served
+ * first ("/" is index.html). cmdline: ip=A.B.C.D/N [gw=...] [disk=NAME]. One thread per
+ * connection. */
 #include <ilwaco.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <net/net.h>
 #include <net/tcp.h>
+#include <fs/fs.h>
 
+static fs_t *site; /* the file system on the disk named by disk= (default "site"), if any */
+
+/* Serves a file from the site disk: 1 if it was found (and sent, ok in *ok), else 0. */
+static int serve_file(int c, const char *path, int keep, int *ok);
 static int send_all(int c, const char *s, size_t n)
 {
     return tcp_send(c, s, n, clock_ns() + 10000000000ull) == (int)n;
@@ -47,7 +54,9 @@ static void serve(void *arg)
         if (sp)
             *sp = 0;
         int ok;
-        if (!strncmp(path, "/bytes/", 7)) {
+        if (site && serve_file(c, strcmp(path, "/") ? path : "/index.html", keep, &ok)) {
+            /* served from the disk */
+        } else if (!strncmp(path, "/bytes/", 7)) {
             unsigned long long n = strtoul(path + 7, 0, 10);
             ok = reply(c, "200 OK", n, keep);
             static const char abc[] = "abcdefghijklmnopqrstuvwxyz";
@@ -76,6 +85,25 @@ out:
     tcp_close(c);
 }
 
+static int serve_file(int c, const char *path, int keep, int *ok)
+{
+    fs_file_t f;
+    if (fs_open(site, path, &f) != FS_OK)
+        return 0;
+    *ok = reply(c, "200 OK", fs_size(&f), keep);
+    char chunk[2048];
+    for (uint64_t off = 0; *ok && off < fs_size(&f);) {
+        int64_t n = fs_read(&f, off, chunk, sizeof chunk);
+        if (n <= 0) {
+            *ok = 0; /* the disk failed mid-file: drop the connection */
+            break;
+        }
+        *ok = send_all(c, chunk, (size_t)n);
+        off += (uint64_t)n;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -84,6 +112,13 @@ int main(int argc, char **argv)
         printf("httpd: no network (need a NIC and ip=A.B.C.D/N)\n");
         return 1;
     }
+    char dn[32] = "site";
+    cmdline_get("disk", dn, sizeof dn);
+    int fr = fs_mount(dn, &site);
+    if (fr == FS_OK)
+        printf("httpd: serving %u files from disk %s\n", fs_count(site), dn);
+    else if (fr != FS_ENODEV)
+        printf("httpd: disk %s: %s\n", dn, fs_strerror(fr));
     int l = tcp_listen(80);
     uint32_t ip = net_ip();
     printf("httpd: listening on %u.%u.%u.%u:80\n", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
@@ -91,7 +126,7 @@ int main(int argc, char **argv)
         int c = tcp_accept(l, 0);
         if (c < 0)
             continue;
-        if (!thread_create(serve, (void *)(long)c, 8192))
+        if (!thread_create(serve, (void *)(long)c, 16384))
             tcp_close(c);
     }
 }
