@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import zlib
 from pathlib import Path
 
 from denali.disk import DiskSpec
@@ -35,6 +36,7 @@ async def test_httpd_serves_packed_files(tmp_path: Path) -> None:
                            ("/docs/a.txt", "docs/a.txt")):
             cli = await k.spawn("httpget", cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1{path} count=2 conc=1")
             assert await asyncio.wait_for(cli.wait(), 60) == 0, cli.console.text()
-            m = re.search(r"bytes=(\d+)", cli.console.text())
+            m = re.search(r"bytes=(\d+) .*crc=([0-9a-f]{8})", cli.console.text())
             assert m and int(m.group(1)) == 2 * len(files[name])
+            assert int(m.group(2), 16) == zlib.crc32(files[name])  # the bytes themselves
         assert "serving 3 files from disk site" in srv.console.text()

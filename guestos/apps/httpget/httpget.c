@@ -9,12 +9,14 @@
 #include <string.h>
 #include <net/net.h>
 #include <net/tcp.h>
+#include <fs/fs.h>
 
 static uint32_t dst;
 static uint16_t port = 80;
 static char path[256];
 static int per_conn, ok_count, fail_count;
 static unsigned long long total_bytes;
+static uint32_t last_crc; /* CRC-32 of the last body received, printed at the end */
 
 static int fetch_one(int c, char *buf, size_t cap)
 {
@@ -43,7 +45,9 @@ static int fetch_one(int c, char *buf, size_t cap)
     int pattern = !strncmp(path, "/bytes/", 7);
     unsigned long long pos = 0;
     const char *p = end + 4;
+    uint32_t crc = 0;
     for (;;) {
+        crc = fs_crc32(crc, p, body);
         for (size_t i = 0; i < body; i++, pos++)
             if (pattern && p[i] != 'a' + (char)(pos % 26))
                 return 0;
@@ -57,6 +61,7 @@ static int fetch_one(int c, char *buf, size_t cap)
         body = (size_t)r;
     }
     total_bytes += got;
+    last_crc = crc;
     return got == want;
 }
 
@@ -126,6 +131,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < conc; i++)
         thread_join(t[i]);
     unsigned ms = (unsigned)((clock_ns() - t0) / 1000000);
-    printf("httpget: ok=%d fail=%d bytes=%llu ms=%u\n", ok_count, fail_count, total_bytes, ms);
+    printf("httpget: ok=%d fail=%d bytes=%llu ms=%u crc=%08x\n", ok_count, fail_count, total_bytes, ms,
+           last_crc);
     return fail_count == 0 && ok_count == per_conn * conc ? 0 : 1;
 }
