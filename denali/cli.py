@@ -20,6 +20,7 @@ from denali.disk import parse_disk_arg
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
 from denali.images import builtin_images
 from denali.kernel import Kernel
+from denali.net.tap import TapPort
 
 EXIT_FAULT = 125
 EXIT_INTERRUPTED = 130
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
     b.add_argument("--workers", type=int, default=0,
                    help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
+    b.add_argument("--net", action="append", default=[], metavar="tap:NAME",
+                   help="join the virtual LAN to a Linux TAP device (created if absent)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     b.add_argument("--disk", action="append", default=[],
                    metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
@@ -88,6 +91,15 @@ async def _boot(args: argparse.Namespace) -> int:
     async with Kernel(config) as k:
         if args.pcap:
             await k.switch.capture(args.pcap)
+        taps = []
+        for spec in args.net:
+            kind, _, name = spec.partition(":")
+            if kind != "tap" or not name:
+                raise DenaliError(f"--net {spec!r}: expected tap:NAME")
+            tap = TapPort(name)
+            tap.open()
+            taps.append(tap)
+            k.switch.attach(tap)
         vms = []
         for i in range(1, args.count + 1):
             vms.append(await k.spawn(args.image, memory=args.memory,
@@ -105,6 +117,8 @@ async def _boot(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         stopper.cancel()
         codes = waiter.result()
+        for tap in taps:
+            tap.close()
     if not multi:
         return codes[0]
     return 0 if all(c == 0 for c in codes) else 1
