@@ -29,10 +29,10 @@ def _need(tool: str) -> None:
         pytest.fail(f"{tool} is not installed; run tools/install-test-deps.sh")
 
 
-async def _run(*cmd: str, timeout: float = 20) -> tuple[int, bytes]:
+async def _run(*cmd: str) -> tuple[int, bytes]:
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode is not None
     return proc.returncode, out
 
