@@ -421,9 +421,14 @@ class Vm:
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
+            # INVARIANT: the engine is not freed while a worker runs it, even if this
+            # task is cancelled again while it waits.
             while not fut.done():
                 self.cpu.engine.stop()
-                await asyncio.wait({fut}, timeout=0.001)
+                try:
+                    await asyncio.wait({fut}, timeout=0.001)
+                except asyncio.CancelledError:
+                    pass
             raise
 
     def _dispatch_deferred(self) -> bool:
