@@ -21,6 +21,7 @@ from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilled
 from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.net.tap import TapPort
+from denali.net.vxlan import VxlanPort
 
 EXIT_FAULT = 125
 EXIT_INTERRUPTED = 130
@@ -43,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
     b.add_argument("--workers", type=int, default=0,
                    help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
-    b.add_argument("--net", action="append", default=[], metavar="tap:NAME",
-                   help="join the virtual LAN to a Linux TAP device (created if absent)")
+    b.add_argument("--net", action="append", default=[],
+                   metavar="tap:NAME | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
+                   help="join the virtual LAN to a Linux TAP device (created if absent) or to "
+                        "other kernels / Linux vxlan devices over VXLAN (UDP 4789 by default)")
+    b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     b.add_argument("--disk", action="append", default=[],
                    metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
@@ -87,19 +91,25 @@ async def _boot(args: argparse.Namespace) -> int:
 
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
-                          swap_dir=args.swap_dir)
+                          swap_dir=args.swap_dir, mac_tag=args.mac_tag)
     async with Kernel(config) as k:
         if args.pcap:
             await k.switch.capture(args.pcap)
-        taps = []
+        taps: list[TapPort | VxlanPort] = []
         for spec in args.net:
-            kind, _, name = spec.partition(":")
-            if kind != "tap" or not name:
-                raise DenaliError(f"--net {spec!r}: expected tap:NAME")
-            tap = TapPort(name)
-            tap.open()
-            taps.append(tap)
-            k.switch.attach(tap)
+            kind, _, rest = spec.partition(":")
+            if kind == "tap" and rest:
+                tp = TapPort(rest)
+                tp.open()
+                taps.append(tp)
+                k.switch.attach(tp)
+            elif kind == "vxlan" and rest:
+                vx = VxlanPort.parse(rest)
+                await vx.open()
+                taps.append(vx)
+                k.switch.attach(vx)
+            else:
+                raise DenaliError(f"--net {spec!r}: expected tap:NAME or vxlan:VNI@REMOTE[:PORT]")
         vms = []
         for i in range(1, args.count + 1):
             vms.append(await k.spawn(args.image, memory=args.memory,
@@ -117,8 +127,8 @@ async def _boot(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         stopper.cancel()
         codes = waiter.result()
-        for tap in taps:
-            tap.close()
+        for port in taps:
+            port.close()
     if not multi:
         return codes[0]
     return 0 if all(c == 0 for c in codes) else 1

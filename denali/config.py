@@ -49,6 +49,8 @@ class KernelConfig:
         resident VMs may use; beyond it idle VMs are swapped out and runnable ones wait
         for admission in FIFO order. None: no swapping.
     swap_dir: where swap files go (default: a private temporary directory).
+    mac_tag: second byte of the VMs' MAC addresses (02:TAG:<vm id>); default random, so
+        that kernels joined into one LAN do not collide.
     """
 
     slice_us: int = 2000
@@ -58,6 +60,7 @@ class KernelConfig:
     cpu_khz: int = 0
     workers: int = 0
     memory_budget: int | None = None
+    mac_tag: int | None = None
     swap_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -69,5 +72,7 @@ class KernelConfig:
             raise ConfigError(f"workers {self.workers} is outside [0, 64]")
         if self.memory_budget is not None and self.memory_budget < 2 << 20:
             raise ConfigError("memory_budget must be at least 2 MiB")
+        if self.mac_tag is not None and not 0 <= self.mac_tag <= 255:
+            raise ConfigError("mac_tag must be a byte")
         if self.max_vms < 1:
             raise ConfigError("max_vms must be >= 1")

@@ -87,6 +87,9 @@ class Kernel:
         self._arbiter: CpuArbiter | None = None
         self.swapper = Swapper(config.memory_budget, config.swap_dir)
         """Swap area and gatekeeper (inactive without a memory budget)."""
+        self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
+        """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
+        do not hand out the same addresses."""
         self.switch = Switch(name="lan0")
         """The virtual LAN every VM's NIC is attached to."""
         if config.disable_thp:
@@ -197,7 +200,7 @@ class Kernel:
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
-        ``02:de:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets its queue
+        ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets its queue
         bounds. ``disks``: the VM's
         virtual disks (``denali.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
         Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
@@ -220,8 +223,9 @@ class Kernel:
         vm_id = next(self._ids)
         port = None
         if nic:
-            port = (NicPort(f"vm{vm_id}", mac, config=nic_config) if mac is not None
-                    else NicPort.for_vm(vm_id, config=nic_config))
+            if mac is None:  # locally administered: 02, this kernel's tag, the VM id
+                mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
+            port = NicPort(f"vm{vm_id}", mac, config=nic_config)
             self.switch.attach(port)  # NetError/ConfigError (a MAC in use) before anything else
         vdisks = None
         try:

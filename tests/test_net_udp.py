@@ -8,7 +8,6 @@ from pathlib import Path
 import dpkt
 
 from denali.kernel import Kernel
-from denali.net.ethernet import mac_for_vm
 from tests.conftest import need_image
 
 
@@ -25,7 +24,8 @@ async def test_ping_and_udp_echo_between_vms(tmp_path: Path) -> None:
         assert "udp: 8/8 echoed" in cli.console.text()
         assert "listening on 10.0.0.1:7" in srv.console.text()
         await k.switch.stop_capture()
-        srv_mac, cli_mac = mac_for_vm(srv.id), mac_for_vm(cli.id)
+        assert srv.nic is not None and cli.nic is not None
+        srv_mac, cli_mac = srv.nic.fixed_mac, cli.nic.fixed_mac
     kinds = set()
     with pcap.open("rb") as f:
         for _, buf in dpkt.pcap.Reader(f):

@@ -253,5 +253,6 @@ async def test_virtual_registers(kernel: Kernel) -> None:
     vm = await kernel.spawn("test-vregs", memory="4M", cmdline="abc def")
     assert await vm.wait() == 0, vm.console.text()
     assert f"SUCCESS vm={vm.id} mem={4 << 20}" in vm.console.text()
-    assert f"mac=02:de:{vm.id >> 24:02x}:{(vm.id >> 16) & 255:02x}:" in vm.console.text()
+    assert vm.nic is not None and vm.nic.fixed_mac[:2] == bytes((2, kernel.mac_tag))
+    assert "mac=" + vm.nic.fixed_mac.hex(":") in vm.console.text()
 

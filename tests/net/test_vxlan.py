@@ -1,0 +1,118 @@
+"""VXLAN: two denali processes joined into one LAN, and a Linux vxlan device reaching a
+guest. Underlay traffic stays on 127.0.0.1 or on a veth pair between two namespaces the
+test creates; overlay addresses (10.88.0.0/24) exist only on those LANs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+
+import pytest
+
+from denali.errors import ConfigError
+from denali.kernel import Kernel
+from denali.net.vxlan import VxlanPort
+from tests.conftest import need_image
+
+pytestmark = pytest.mark.net
+
+
+async def _run(*cmd: str) -> tuple[int, bytes]:
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out
+
+
+async def _wait_line(stream: asyncio.StreamReader, text: bytes) -> None:
+    async def find() -> None:
+        while text not in await stream.readline():
+            pass
+    await asyncio.wait_for(find(), 30)
+
+
+def test_parse_syntax() -> None:
+    p = VxlanPort.parse("42@127.0.0.1:5000+127.0.0.2,local=127.0.0.1:6000")
+    assert p.vni == 42 and p.remotes == [("127.0.0.1", 5000), ("127.0.0.2", 4789)]
+    assert p.local == ("127.0.0.1", 6000)
+    for bad in ("42", "x@1.2.3.4", "42@nohost", "42@1.2.3.4:99999", "16777216@1.2.3.4", "1@1.2.3.4,foo=1"):
+        with pytest.raises(ConfigError):
+            VxlanPort.parse(bad)
+
+
+async def test_two_denali_processes_one_lan() -> None:
+    need_image("httpd")
+    need_image("httpget")
+    base = 20000 + os.getpid() % 20000
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "denali", "boot", "httpd", "--cmdline", "ip=10.88.0.1/24", "--mac-tag", "1",
+        "--net", f"vxlan:77@127.0.0.1:{base + 1},local=127.0.0.1:{base}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        await _wait_line(server.stdout, b"listening")
+        async with Kernel(mac_tag=2) as k:
+            vx = VxlanPort.parse(f"77@127.0.0.1:{base},local=127.0.0.1:{base + 1}")
+            await vx.open()
+            k.switch.attach(vx)
+            cli = await k.spawn("httpget",
+                                cmdline="ip=10.88.0.2/24 url=http://10.88.0.1/bytes/134007 count=3")
+            assert await asyncio.wait_for(cli.wait(), 60) == 0, cli.console.text()
+            assert "ok=3 fail=0 bytes=402021" in cli.console.text()
+            assert vx.stats.tx_frames > 0 and vx.stats.rx_frames > 0
+            vx.close()
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+async def test_linux_vxlan_device_reaches_a_guest() -> None:
+    for tool in ("ip", "ping", "curl", "ethtool"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed; run tools/install-test-deps.sh")
+    need_image("httpd")
+    tag = os.getpid() % 100000
+    ns_host, ns_linux = f"dvh{tag}", f"dvl{tag}"
+    cleanup = [("ip", "netns", "del", ns_host), ("ip", "netns", "del", ns_linux)]
+    server = None
+    try:
+        for cmd in (("ip", "netns", "add", ns_host), ("ip", "netns", "add", ns_linux),
+                    ("ip", "link", "add", f"dva{tag}", "netns", ns_host, "type", "veth", "peer", "name",
+                     f"dvb{tag}", "netns", ns_linux),
+                    ("ip", "-n", ns_host, "addr", "add", "10.99.0.1/30", "dev", f"dva{tag}"),
+                    ("ip", "-n", ns_linux, "addr", "add", "10.99.0.2/30", "dev", f"dvb{tag}"),
+                    ("ip", "-n", ns_host, "link", "set", f"dva{tag}", "up"),
+                    ("ip", "-n", ns_linux, "link", "set", f"dvb{tag}", "up"),
+                    ("ip", "-n", ns_linux, "link", "add", "vx0", "type", "vxlan", "id", "77", "remote",
+                     "10.99.0.1", "local", "10.99.0.2", "dstport", "4789"),
+                    ("ip", "-n", ns_linux, "addr", "add", "10.88.0.100/24", "dev", "vx0"),
+                    ("ip", "-n", ns_linux, "link", "set", "vx0", "up"),
+                    # Linux leaves inner checksums to offload hardware a veth does not have
+                    ("ip", "netns", "exec", ns_linux, "ethtool", "-K", "vx0", "tx", "off"),
+                    ("ip", "netns", "exec", ns_linux, "ethtool", "-K", f"dvb{tag}", "tx", "off")):
+            rc, out = await _run(*cmd)
+            assert rc == 0, (cmd, out)
+        # the denali kernel runs inside the other namespace, as a real process
+        server = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", ns_host, sys.executable, "-m", "denali", "boot", "httpd",
+            "--cmdline", "ip=10.88.0.1/24", "--net", "vxlan:77@10.99.0.2,local=10.99.0.1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert server.stdout is not None
+        await _wait_line(server.stdout, b"listening")
+        rc, out = await _run("ip", "netns", "exec", ns_linux, "ping", "-c", "3", "-W", "2", "10.88.0.1")
+        assert rc == 0 and b"3 received" in out, out
+        rc, body = await _run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
+                              "http://10.88.0.1/bytes/100")
+        assert rc == 0 and body == bytes(ord("a") + i % 26 for i in range(100)), (rc, body[:80])
+        rc, body = await _run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
+                              "http://10.88.0.1/bytes/2258")
+        assert rc == 0 and body == bytes(ord("a") + i % 26 for i in range(2258))
+    finally:
+        if server is not None and server.returncode is None:
+            server.terminate()
+            await server.wait()
+        for cmd in cleanup:
+            await _run(*cmd)
