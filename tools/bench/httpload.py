@@ -12,7 +12,7 @@ import time
 async def client(host: str, path: str, until: float, counts: list[int]) -> None:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 80), 5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         counts[1] += 1
         return
     req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
@@ -23,7 +23,7 @@ async def client(host: str, path: str, until: float, counts: list[int]) -> None:
             length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
             await asyncio.wait_for(reader.readexactly(length), 5)
             counts[0] += 1
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, IndexError, ValueError):
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, IndexError, ValueError):
         counts[1] += 1
     finally:
         writer.close()
