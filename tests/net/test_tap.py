@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,34 +19,25 @@ from denali.kernel import Kernel
 from denali.net.ethernet import format_mac
 from denali.net.tap import TapPort
 from tests.conftest import need_image
+from tests.net.netns import need_tools, run
 
 pytestmark = pytest.mark.net
 
 
-def _need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        pytest.fail(f"{tool} is not installed; run tools/install-test-deps.sh")
 
 
-async def _run(*cmd: str) -> tuple[int, bytes]:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode is not None
-    return proc.returncode, out
 
 
 @pytest.fixture
 async def netns() -> AsyncIterator[str]:
-    for tool in ("ip", "ping", "curl"):
-        _need(tool)
+    need_tools("ip", "ping", "curl")
     name = f"dnl{os.getpid()}"
-    rc, out = await _run("ip", "netns", "add", name)
+    rc, out = await run("ip", "netns", "add", name)
     assert rc == 0, out
     try:
         yield name
     finally:
-        await _run("ip", "netns", "del", name)
+        await run("ip", "netns", "del", name)
 
 
 async def test_ping_curl_and_arp_from_a_namespace(netns: str) -> None:
@@ -61,19 +51,19 @@ async def test_ping_curl_and_arp_from_a_namespace(netns: str) -> None:
             for cmd in (("ip", "link", "set", dev, "netns", netns),
                         ("ip", "-n", netns, "addr", "add", "10.77.0.100/24", "dev", dev),
                         ("ip", "-n", netns, "link", "set", dev, "up")):
-                rc, out = await _run(*cmd)
+                rc, out = await run(*cmd)
                 assert rc == 0, (cmd, out)
             srv = await k.spawn("httpd", cmdline="ip=10.77.0.1/24")
             while "listening" not in srv.console.text():  # noqa: ASYNC110 (console has no line event)
                 await asyncio.sleep(0.01)
-            rc, out = await _run("ip", "netns", "exec", netns, "ping", "-c", "3", "-W", "2", "10.77.0.1")
+            rc, out = await run("ip", "netns", "exec", netns, "ping", "-c", "3", "-W", "2", "10.77.0.1")
             assert rc == 0, out
             assert b"3 received" in out
-            rc, body = await _run("ip", "netns", "exec", netns, "curl", "-s", "-m", "10",
+            rc, body = await run("ip", "netns", "exec", netns, "curl", "-s", "-m", "10",
                                   "http://10.77.0.1/bytes/2258")
             assert rc == 0
             assert body == bytes(ord("a") + i % 26 for i in range(2258))
-            rc, neigh = await _run("ip", "-n", netns, "neigh", "show", "10.77.0.1")
+            rc, neigh = await run("ip", "-n", netns, "neigh", "show", "10.77.0.1")
             assert srv.nic is not None
             assert format_mac(srv.nic.fixed_mac).encode() in neigh.lower()
             assert tap.stats.tx_frames > 0 and tap.stats.rx_frames > 0
@@ -88,7 +78,7 @@ async def test_missing_tun_device_is_one_clear_error() -> None:
 
 
 def test_missing_cap_net_admin_is_one_clear_error() -> None:
-    _need("setpriv")
+    need_tools("setpriv")
     code = ("import asyncio\nfrom denali.net.tap import TapPort\n"
             "async def m():\n    TapPort('dtapcap').open()\nasyncio.run(m())\n")
     r = subprocess.run(["setpriv", "--bounding-set=-net_admin", sys.executable, "-c", code],

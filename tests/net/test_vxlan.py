@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 
 import pytest
@@ -15,16 +14,11 @@ from denali.errors import ConfigError
 from denali.kernel import Kernel
 from denali.net.vxlan import VxlanPort
 from tests.conftest import need_image
+from tests.net.netns import need_tools, run
 
 pytestmark = pytest.mark.net
 
 
-async def _run(*cmd: str) -> tuple[int, bytes]:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out
 
 
 async def _wait_line(stream: asyncio.StreamReader, text: bytes) -> None:
@@ -70,9 +64,7 @@ async def test_two_denali_processes_one_lan() -> None:
 
 
 async def test_linux_vxlan_device_reaches_a_guest() -> None:
-    for tool in ("ip", "ping", "curl", "ethtool"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed; run tools/install-test-deps.sh")
+    need_tools("ip", "ping", "curl", "ethtool")
     need_image("httpd")
     tag = os.getpid() % 100000
     ns_host, ns_linux = f"dvh{tag}", f"dvl{tag}"
@@ -93,7 +85,7 @@ async def test_linux_vxlan_device_reaches_a_guest() -> None:
                     # Linux leaves inner checksums to offload hardware a veth does not have
                     ("ip", "netns", "exec", ns_linux, "ethtool", "-K", "vx0", "tx", "off"),
                     ("ip", "netns", "exec", ns_linux, "ethtool", "-K", f"dvb{tag}", "tx", "off")):
-            rc, out = await _run(*cmd)
+            rc, out = await run(*cmd)
             assert rc == 0, (cmd, out)
         # the denali kernel runs inside the other namespace, as a real process
         server = await asyncio.create_subprocess_exec(
@@ -102,12 +94,12 @@ async def test_linux_vxlan_device_reaches_a_guest() -> None:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         assert server.stdout is not None
         await _wait_line(server.stdout, b"listening")
-        rc, out = await _run("ip", "netns", "exec", ns_linux, "ping", "-c", "3", "-W", "2", "10.88.0.1")
+        rc, out = await run("ip", "netns", "exec", ns_linux, "ping", "-c", "3", "-W", "2", "10.88.0.1")
         assert rc == 0 and b"3 received" in out, out
-        rc, body = await _run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
+        rc, body = await run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
                               "http://10.88.0.1/bytes/100")
         assert rc == 0 and body == bytes(ord("a") + i % 26 for i in range(100)), (rc, body[:80])
-        rc, body = await _run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
+        rc, body = await run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
                               "http://10.88.0.1/bytes/2258")
         assert rc == 0 and body == bytes(ord("a") + i % 26 for i in range(2258))
     finally:
@@ -115,4 +107,4 @@ async def test_linux_vxlan_device_reaches_a_guest() -> None:
             server.terminate()
             await server.wait()
         for cmd in cleanup:
-            await _run(*cmd)
+            await run(*cmd)
