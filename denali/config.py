@@ -49,6 +49,10 @@ class KernelConfig:
         resident VMs may use; beyond it idle VMs are swapped out and runnable ones wait
         for admission in FIFO order. None: no swapping.
     swap_dir: where swap files go (default: a private temporary directory).
+    max_engines: most VMs resident at once without swap (each live Unicorn engine holds
+        ~5 kernel memory maps, and the process dies if maps run out): 0 means
+        vm.max_map_count / 8. Without a memory budget a spawn beyond it raises
+        ResourceError; with one, the gatekeeper keeps the rest swapped out.
     mac_tag: second byte of the VMs' MAC addresses (02:TAG:<vm id>); default random, so
         that kernels joined into one LAN do not collide.
     """
@@ -61,6 +65,7 @@ class KernelConfig:
     workers: int = 0
     memory_budget: int | None = None
     mac_tag: int | None = None
+    max_engines: int = 0
     swap_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -72,6 +77,8 @@ class KernelConfig:
             raise ConfigError(f"workers {self.workers} is outside [0, 64]")
         if self.memory_budget is not None and self.memory_budget < 2 << 20:
             raise ConfigError("memory_budget must be at least 2 MiB")
+        if self.max_engines < 0:
+            raise ConfigError("max_engines must be >= 0")
         if self.mac_tag is not None and not 0 <= self.mac_tag <= 255:
             raise ConfigError("mac_tag must be a byte")
         if self.max_vms < 1:

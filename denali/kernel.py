@@ -30,7 +30,7 @@ from denali.config import KernelConfig, check_memory, parse_size
 from denali.devices import diskdev, netdev
 from denali.devices.console import ConsoleSink
 from denali.disk.spec import DiskSpec
-from denali.errors import ConfigError, KernelClosedError
+from denali.errors import ConfigError, KernelClosedError, ResourceError
 from denali.hypercalls import HypercallTable, core_table
 from denali.images import resolve
 from denali.loader import Image
@@ -51,6 +51,14 @@ def _host_cpu_khz() -> int:
     except (OSError, ValueError):
         pass
     return 1_000_000
+
+
+def _map_count() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65530
 
 
 def _disable_thp() -> None:
@@ -87,6 +95,9 @@ class Kernel:
         self._arbiter: CpuArbiter | None = None
         self.swapper = Swapper(config.memory_budget, config.swap_dir)
         """Swap area and gatekeeper (inactive without a memory budget)."""
+        self.max_engines = config.max_engines or _map_count() // 8
+        """VMs that may be resident at once (see KernelConfig.max_engines)."""
+        self.swapper.max_resident = self.max_engines
         self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
         """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
         do not hand out the same addresses."""
@@ -217,6 +228,10 @@ class Kernel:
         cmd = cmdline.encode()
         if len(cmd) > abi.CMDLINE_MAX or b"\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
+        if not self.swapper.enabled and len(self.vms) >= self.max_engines:
+            raise ResourceError(f"{len(self.vms)} VMs are resident, the most this process can hold "
+                                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
+                                "or set a memory budget so idle VMs swap out")
         if len(self.vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()

@@ -85,6 +85,8 @@ class Swapper:
             directory = self._tmp.name
         self.directory = directory
         self.used = 0
+        self.max_resident = 1 << 30
+        """At most this many VMs resident at once (the kernel's engine limit)."""
         self._charge: dict[int, int] = {}
         self._idle: OrderedDict[int, Vm] = OrderedDict()
         """Resident VMs waiting in idle, least recently idle first: eviction order."""
@@ -126,7 +128,7 @@ class Swapper:
         """Return when ``vm`` may be resident, charged ``cost`` bytes (FIFO)."""
         if not self.enabled:
             return
-        if not self._queue and self.used + cost <= self._budget():
+        if not self._queue and self._fits(cost):
             self._charge_vm(vm.id, cost)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -141,6 +143,9 @@ class Swapper:
             else:
                 self._queue = deque(e for e in self._queue if e[2] is not fut)
             raise
+
+    def _fits(self, cost: int) -> bool:
+        return self.used + cost <= self._budget() and len(self._charge) < self.max_resident
 
     def _budget(self) -> int:
         assert self.budget is not None
@@ -185,7 +190,7 @@ class Swapper:
             if fut.done():
                 self._queue.popleft()
                 continue
-            if self.used + cost <= budget:
+            if self._fits(cost):
                 self._queue.popleft()
                 self._charge_vm(vm.id, cost)
                 fut.set_result(None)

@@ -256,3 +256,24 @@ async def test_virtual_registers(kernel: Kernel) -> None:
     assert vm.nic is not None and vm.nic.fixed_mac[:2] == bytes((2, kernel.mac_tag))
     assert "mac=" + vm.nic.fixed_mac.hex(":") in vm.console.text()
 
+
+
+async def test_engine_limit_refuses_instead_of_dying() -> None:
+    from denali.errors import ResourceError
+    async with Kernel(max_engines=3) as k:
+        vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(3)]
+        with pytest.raises(ResourceError, match="max_map_count"):
+            await k.spawn("hello")
+        for vm in vms:
+            vm.interrupt(Irq.HOST)
+            assert await vm.wait() == 0
+        assert await (await k.spawn("hello", memory="1M")).wait() == 0
+    async with Kernel(max_engines=3, memory_budget=4 << 20) as k:  # with swap: admitted in turn
+        vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(6)]
+        for vm in vms:
+            await vm.until_idle()
+        assert sum(1 for vm in vms if vm.swapped is None) <= 3  # the others wait swapped out
+        assert k.swapper.stats["swap_outs"] >= 3
+        for vm in vms:
+            vm.interrupt(Irq.HOST)
+        assert await asyncio.gather(*(vm.wait() for vm in vms)) == [0] * 6
