@@ -29,20 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import table  # noqa: E402
+
 from denali.abi import NET_MAX_BATCH  # noqa: E402
 from denali.net import BROADCAST, NicConfig, NicPort, Switch, build_frame, mac_for_vm  # noqa: E402
 
 BURSTS_PER_DRAIN = 4
 """Bursts each sender queues before the senders wait for the switch (256 = queue size)."""
-
-
-def table(title: str, rows: list[tuple[str, ...]]) -> None:
-    print(f"\n## {title}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
-        if j == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
 async def run(pairs: int, extra: int, frames_per_sender: int, batched: bool,
