@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from denali import metrics, top
 from denali.config import KernelConfig, parse_size
 from denali.disk import cli as disk_cli
 from denali.disk import parse_disk_arg
@@ -53,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--disk", action="append", default=[],
                    metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
                    help="give every VM this disk (repeatable); {i} becomes the VM's index")
+    b.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
     sub.add_parser("images", help="list the built-in guest images")
+    t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics")
+    t.add_argument("address", metavar="HOST:PORT")
+    t.add_argument("--interval", type=float, default=1.0)
     sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)", add_help=False)
     return p
 
@@ -95,6 +101,13 @@ async def _boot(args: argparse.Namespace) -> int:
     async with Kernel(config) as k:
         if args.pcap:
             await k.switch.capture(args.pcap)
+        metrics_server = None
+        if args.metrics:
+            host, _, port = args.metrics.rpartition(":")
+            try:
+                metrics_server = await metrics.serve(k, host or "127.0.0.1", int(port))
+            except (OSError, ValueError) as exc:
+                raise DenaliError(f"--metrics {args.metrics}: {exc}") from None
         taps: list[TapPort | VxlanPort] = []
         for spec in args.net:
             kind, _, rest = spec.partition(":")
@@ -129,6 +142,8 @@ async def _boot(args: argparse.Namespace) -> int:
         codes = waiter.result()
         for port in taps:
             port.close()
+        if metrics_server is not None:
+            metrics_server.close()
     if not multi:
         return codes[0]
     return 0 if all(c == 0 for c in codes) else 1
@@ -167,6 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "images":
         return _images()
+    if args.command == "top":
+        host, _, port = args.address.rpartition(":")
+        try:
+            asyncio.run(top.run(host or "127.0.0.1", int(port), args.interval))
+        except KeyboardInterrupt:
+            return 0
+        except (OSError, ValueError, TimeoutError) as exc:
+            print(f"denali: top {args.address}: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         import uvloop
         return uvloop.run(_boot(args))
