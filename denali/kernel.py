@@ -82,7 +82,6 @@ class Kernel:
         self.hypercalls: HypercallTable = core_table()
         netdev.register(self.hypercalls)
         diskdev.register(self.hypercalls)
-        self._exit_handlers: dict[int, Callable[[Vm, int], Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.vms: dict[int, Vm] = {}
         self._ids = itertools.count(1)
@@ -288,10 +287,3 @@ class Kernel:
         finally:
             if nic.switch is not None:
                 self.switch.detach(nic)
-
-    async def complete_hypercall(self, vm: Vm, nr: int, arg: int) -> None:
-        """Finish an exiting device hypercall (none of the core devices needs one yet)."""
-        handler = self._exit_handlers.get(nr)
-        if handler is None:
-            raise RuntimeError(f"hypercall {nr} exited without a completion handler")
-        await handler(vm, arg)

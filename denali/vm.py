@@ -72,7 +72,7 @@ class VmState(Enum):
 class Vm:
     """One VM. Created by ``Kernel.spawn``; never construct directly."""
 
-    __slots__ = ("__weakref__", "_done", "_idle_waiters", "_idled", "_resident", "_swap_out_task",
+    __slots__ = ("__weakref__", "_done", "_idle_waiters", "_resident", "_swap_out_task",
                  "_swapping_in", "_task", "_timer", "_waker", "cmdline", "console", "cpu", "created_ns",
                  "disks", "ended_ns", "error", "exit_request", "exit_status", "fault", "first_slice_ns",
                  "id", "image", "irq_entry", "kernel", "mac", "mem_size", "memory", "nic", "pending",
@@ -99,7 +99,6 @@ class Vm:
         self.created_ns = kernel.now_ns()
         self.first_slice_ns: int | None = None
         self.ended_ns: int | None = None
-        self._idled = False
         self._waker: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -296,7 +295,7 @@ class Vm:
                 return False
         return True
 
-    async def _idle(self, arg: int) -> None:
+    async def _idle(self, arg: int) -> bool:
         """Complete an IDLE hypercall whose struct is at ``arg`` (checked at dispatch)."""
         k = self.kernel
         buf = self.memory.buf
@@ -333,7 +332,7 @@ class Vm:
         _U64.pack_into(buf, arg + IDLE_NOW, k.now_ns())
         _U32.pack_into(buf, arg + IDLE_PENDING, mask)
         self.cpu.set_result(Result.OK)
-        self._idled = waited
+        return waited
 
     async def _main(self) -> None:
         k = self.kernel
@@ -343,19 +342,16 @@ class Vm:
         stats = self.stats
         idled = False
         final = VmState.KILLED
-        # The loop must get control at least once per slice even when this VM never
-        # has to wait (an uncontended CPU, yields that return at once): ``suspended``
-        # is when it last did.
-        suspended = k.now_ns()
+        # INVARIANT: every slice ends in a suspension (a preempted VM and a yield sleep(0),
+        # an idle VM waits), so the loop gets control at least once per slice even when
+        # the CPU is uncontended.
         try:
             if not self._resident:  # the gatekeeper admits fresh VMs in FIFO order
                 await k.swapper.admit(self, self._image_cost())
                 await self._materialize(None)
             while True:
                 self.state = VmState.RUNNABLE
-                lane, waited = await arb.acquire(self.id, idled)
-                if waited:
-                    suspended = k.now_ns()
+                lane, _ = await arb.acquire(self.id, idled)
                 try:
                     self.state = VmState.RUNNING
                     if not self._before_slice():
@@ -376,7 +372,6 @@ class Vm:
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1
                     await asyncio.sleep(0)
-                    suspended = k.now_ns()
                 elif reason is Exit.HYPERCALL:
                     if self.cpu.deferred and not self._dispatch_deferred():
                         continue
@@ -384,20 +379,10 @@ class Vm:
                         self.exit_status = self.exit_request
                         final = VmState.EXITED
                         return
-                    if self.cpu.hcall_nr == Hc.IDLE:
-                        await self._idle(self.cpu.hcall_arg)
-                        idled = self._idled
-                        if not idled:  # a yield: let every other runnable VM queue up first
-                            await asyncio.sleep(0)
-                            suspended = k.now_ns()
-                    else:  # a device's exiting hypercall
-                        await k.complete_hypercall(self, self.cpu.hcall_nr, self.cpu.hcall_arg)
-                    now = k.now_ns()
-                    if idled:
-                        suspended = now
-                    elif now - suspended >= slice_ns:
+                    # INVARIANT: only TERMINATE and IDLE handlers return EXIT.
+                    idled = await self._idle(self.cpu.hcall_arg)
+                    if not idled:  # a yield: let every other runnable VM queue up first
                         await asyncio.sleep(0)
-                        suspended = k.now_ns()
                 elif reason is Exit.FAULT:
                     self.fault = self.cpu.fault
                     final = VmState.FAULTED
