@@ -246,7 +246,7 @@ class Engine:
         if err:
             raise ResourceError(f"uc_ctl({ctl}) failed: {strerror(err)}")
 
-    def enter_user_mode(self, kernel_page: int, stack: int, entry: int, user_sp: int) -> None:
+    def enter_user_mode(self, kernel_page: int, stack: int) -> None:
         """Prepare the first ``start()``: GDT at ``kernel_page``, kernel SS:ESP at ``stack``.
 
         The caller has written ``GDT`` at kernel_page and an ``iret`` frame (entry,
@@ -260,7 +260,6 @@ class Engine:
                          (REG_FS, KERNEL_DS), (REG_GS, KERNEL_DS), (REG_CS, KERNEL_CS),
                          (REG_ESP, stack)):
             self.reg_write(reg, val)
-        del entry, user_sp  # carried by the iret frame the caller wrote
 
     def install_hooks(self) -> None:
         """Register the process-wide callbacks for this engine."""

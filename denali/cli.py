@@ -23,6 +23,7 @@ from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
+from denali.vm import Vm
 
 EXIT_FAULT = 125
 EXIT_INTERRUPTED = 130
@@ -149,9 +150,7 @@ async def _boot(args: argparse.Namespace) -> int:
     return 0 if all(c == 0 for c in codes) else 1
 
 
-async def _outcome(vm: object) -> int:
-    from denali.vm import Vm
-    assert isinstance(vm, Vm)
+async def _outcome(vm: Vm) -> int:
     try:
         return await vm.wait() & 0xFF
     except GuestFault as exc:

@@ -133,7 +133,7 @@ class VCpu:
         mem[_KSTACK - len(frame):_KSTACK] = frame
         self.engine = _uc.Engine(self, memory.address, memory.size, tcg_buffer)
         try:
-            self.engine.enter_user_mode(kp, _KSTACK - len(frame), image.entry, memory.size)
+            self.engine.enter_user_mode(kp, _KSTACK - len(frame))
             if resume is not None:
                 for reg, name in _RESUME_REGS:
                     self.engine.reg_write(reg, resume[name])

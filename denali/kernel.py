@@ -179,8 +179,7 @@ class Kernel:
         """One VM's counters as plain data."""
         return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
                 "pending": vm.pending, "swapped": vm.swapped is not None,
-                "hypercalls": vm.swapped.hypercalls if vm.swapped else getattr(vm, "cpu", None)
-                and vm.cpu.hypercalls,
+                "hypercalls": vm.hypercalls,
                 **vm.stats, "console_bytes": vm.console.written,
                 "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
 

@@ -246,6 +246,13 @@ class Vm:
             raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
         raise VmKilledError(f"VM {self.id} was stopped by the host")
 
+    @property
+    def hypercalls(self) -> int:
+        """Hypercalls this VM has made (kept across swap-outs)."""
+        if self.swapped is not None:
+            return self.swapped.hypercalls
+        return self.cpu.hypercalls if self._resident else 0
+
     async def until_idle(self) -> None:
         """Wait until the VM next enters idle-with-timeout (returns at once if it is idle).
 
