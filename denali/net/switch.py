@@ -11,6 +11,19 @@ What it does with each frame taken from a port's ingress queue, in order:
    unicast whose port is the ingress port is dropped (loopback);
 4. a capture, when running, gets a copy of the frame (see ``denali.net.pcap``).
 
+ARP suppression (``SwitchConfig.arp_suppress``, on by default; Linux bridges call it
+``neigh_suppress``): the switch keeps IPv4-to-MAC bindings learned from the sender
+fields of ARP frames (only when the sender hardware address is the frame's checked
+source). The first port to claim an address keeps it while it stays attached; a claim
+by another port is forwarded as usual but not learned (counted as ``arp_conflicts``).
+An ARP request for a bound address of another port is answered by the switch itself,
+from the bound MAC, to the asking port only; an announcement (a request whose sender
+and target address are the same) is learned and not flooded, unless the address was
+last bound to another MAC (a VM reusing a departed VM's address): then it is flooded,
+so that stale caches elsewhere are updated. Only requests for unknown addresses are
+flooded. Without this, every ARP broadcast on a LAN of 10,000
+VMs would wake (and swap in) 10,000 VMs.
+
 Address table: fixed MACs are pinned when their port attaches (they never age, never
 move, never get evicted). Other source addresses are learned with ageing: an address
 not seen for ``ageing_s`` is forgotten, so frames to it are flooded again. The learned
@@ -64,6 +77,12 @@ from denali.net.port import Attachment, Port, PortStats
 log = logging.getLogger("denali.net")
 
 _SRC_END: Final = SRC_OFFSET + MAC_LEN
+_ETH_ARP: Final = b"\x08\x06"
+_ARP_ETH_IPV4: Final = b"\x00\x01\x08\x00\x06\x04"
+"""Start of an Ethernet/IPv4 ARP header: htype, ptype, hlen, plen."""
+_ARP_END: Final = HEADER_LEN + 28
+_NO_IP: Final = bytes(4)
+_MIN_FRAME: Final = 60
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,8 @@ class SwitchConfig:
     """Frames taken from one port per turn of the round-robin."""
     frames_per_yield: int = 512
     """Frames forwarded before the drain task yields to the event loop."""
+    arp_suppress: bool = True
+    """Answer ARP requests for known addresses in the switch (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if not (self.ageing_s > 0 and math.isfinite(self.ageing_s)):
@@ -129,6 +150,14 @@ class SwitchStats:
     fdb_evictions: int
     capture_written: int
     capture_dropped: int
+    arp_bindings: int
+    """IPv4 addresses the switch knows the MAC of (ARP suppression)."""
+    arp_answered: int
+    """ARP requests the switch answered itself instead of flooding them."""
+    arp_announcements: int
+    """Announcements (gratuitous ARP) learned and not flooded."""
+    arp_conflicts: int
+    """Claims of an address bound to another port (forwarded, not learned)."""
     drain_passes: int
     """Times the drain task ran between two yields to the loop (0 growth while idle)."""
     port_stats: dict[str, PortStats]
@@ -151,7 +180,8 @@ class _Learned:
 
 
 class _Counters:
-    __slots__ = ("deliveries", "drop_link_down", "drop_loopback", "drop_malformed", "drop_spoofed",
+    __slots__ = ("arp_announced", "arp_answered", "arp_conflicts", "deliveries",
+                 "drop_link_down", "drop_loopback", "drop_malformed", "drop_spoofed",
                  "evictions", "expired", "flooded", "frames", "moves", "passes", "port_errors", "unicast",
                  "unknown")
 
@@ -159,6 +189,9 @@ class _Counters:
         for name in self.__slots__:
             setattr(self, name, 0)
 
+    arp_announced: int
+    arp_answered: int
+    arp_conflicts: int
     frames: int
     unicast: int
     flooded: int
@@ -211,7 +244,13 @@ class Switch:
         self._clock = clock
         self._state = SwitchState.CREATED
         self._names: dict[str, Attachment] = {}
-        self._links: tuple[Attachment, ...] = ()
+        self._links: dict[Attachment, None] = {}
+        """Attached ports in attach order (a dict: O(1) attach and detach)."""
+        self._flood_to: tuple[Attachment, ...] | None = ()
+        """``_links`` as a tuple for flooding; None when it must be rebuilt."""
+        self._arp: dict[bytes, tuple[bytes, Attachment | None]] = {}
+        """ARP suppression: IPv4 address -> (MAC, port that claimed it; None once it left)."""
+        self._arp_owned: dict[Attachment, list[bytes]] = {}
         self._pinned: dict[bytes, Attachment] = {}
         self._fdb: dict[bytes, _Learned] = {}
         """INVARIANT: ordered by ``seen``, oldest first (refreshing moves an entry to the end)."""
@@ -274,9 +313,10 @@ class Switch:
                     if me is not None and me.cancelling():
                         raise
         finally:
-            for att in self._links:
+            for att in list(self._links):
                 self._unlink(att)
-            self._links = ()
+            self._links.clear()
+            self._flood_to = ()
             self._ready.clear()
             self._idle.set()
         await self.stop_capture()
@@ -318,7 +358,8 @@ class Switch:
                 stale.att.learned -= 1
             self._pinned[mac] = att
         self._names[port.name] = att
-        self._links = (*self._links, att)
+        self._links[att] = None
+        self._flood_to = None
         port._att = att
 
     def detach(self, port: Port) -> None:
@@ -330,7 +371,8 @@ class Switch:
         if att is None or att.switch is not self:
             raise NetError(f"port {port.name} is not attached to switch {self.name}")
         self._unlink(att)
-        self._links = tuple(a for a in self._links if a is not att)
+        del self._links[att]
+        self._flood_to = None
 
     def _unlink(self, att: Attachment) -> None:
         att.alive = False
@@ -345,6 +387,11 @@ class Switch:
         self._names.pop(port.name, None)
         if att.mac is not None:
             self._pinned.pop(att.mac, None)
+        arp = self._arp
+        for ip in self._arp_owned.pop(att, ()):
+            bound = arp.get(ip)
+            if bound is not None and bound[1] is att:
+                arp[ip] = (bound[0], None)  # remembered: a new owner's announcement is flooded
         if att.learned:
             fdb = self._fdb
             for mac in [m for m, e in fdb.items() if e.att is att]:
@@ -418,7 +465,9 @@ class Switch:
             drop_link_down=c.drop_link_down, port_errors=c.port_errors, fdb_pinned=len(self._pinned),
             fdb_learned=len(self._fdb), fdb_moves=c.moves, fdb_expired=c.expired,
             fdb_evictions=c.evictions, capture_written=cap.written if cap is not None else 0,
-            capture_dropped=cap.dropped if cap is not None else 0, drain_passes=c.passes,
+            capture_dropped=cap.dropped if cap is not None else 0, arp_bindings=len(self._arp),
+            arp_answered=c.arp_answered, arp_announcements=c.arp_announced,
+            arp_conflicts=c.arp_conflicts, drain_passes=c.passes,
             port_stats={a.port.name: a.stats.snapshot() for a in self._links},
         )
 
@@ -472,6 +521,7 @@ class Switch:
         pinned = self._pinned
         fdb = self._fdb
         cap = self._capture
+        suppress = self.config.arp_suppress
         unicast = flooded = unknown = flood_deliveries = 0
         taken = n
         for i in range(n):
@@ -492,6 +542,8 @@ class Switch:
             elif not self._learn(att, frame, now):
                 continue
             if frame[0] & 1:
+                if suppress and frame[12:14] == _ETH_ARP and self._arp_request(att, frame):
+                    continue  # answered or swallowed (the capture has it)
                 out = None
             else:
                 dst = frame[:MAC_LEN]
@@ -527,7 +579,10 @@ class Switch:
 
     def _flood(self, att: Attachment, frame: bytes) -> int:
         n = 0
-        for other in self._links:
+        targets = self._flood_to
+        if targets is None:
+            targets = self._flood_to = tuple(self._links)
+        for other in targets:
             if other is not att:
                 n += 1
                 try:
@@ -535,6 +590,68 @@ class Switch:
                 except Exception as exc:
                     self._port_failed(other, exc)
         return n
+
+    def _arp_request(self, att: Attachment, frame: bytes) -> bool:
+        """ARP suppression for a broadcast ARP frame from ``att``: learn its sender
+        binding; answer it or swallow it (True) or let it be flooded (False)."""
+        if len(frame) < _ARP_END or frame[14:20] != _ARP_ETH_IPV4 or frame[20] != 0:
+            return False
+        sha = frame[22:28]
+        spa = frame[28:32]
+        tpa = frame[38:42]
+        if sha != frame[SRC_OFFSET:_SRC_END]:
+            return False
+        c = self._c
+        cap = self._capture
+        learned = moved = False
+        if spa != _NO_IP:
+            arp = self._arp
+            bound = arp.get(spa)
+            if bound is None and len(arp) >= self.config.max_macs:
+                self._arp = arp = {ip: b for ip, b in arp.items() if b[1] is not None and b[1].alive}
+            prev = bound[1] if bound is not None else None
+            if bound is None and len(arp) >= self.config.max_macs:
+                c.arp_conflicts += 1  # table full of live bindings: not learned
+            elif prev is None or not prev.alive or prev is att:
+                if prev is not att:
+                    self._arp_owned.setdefault(att, []).append(spa)
+                moved = bound is not None and bound[0] != sha
+                arp[spa] = (sha, att)
+                learned = True
+            else:
+                c.arp_conflicts += 1
+        if frame[21] != 1:  # not a request
+            return False
+        if tpa == spa:
+            if learned and not moved:
+                c.arp_announced += 1
+                if cap is not None:
+                    cap.offer(frame)
+                return True
+            return False
+        bound = self._arp.get(tpa)
+        if bound is None or tpa == _NO_IP:
+            return False
+        mac, owner = bound
+        if owner is None or owner is att or not owner.alive:
+            return False
+        if owner.mac is None:  # learned from a port without a fixed MAC: still there?
+            e = self._fdb.get(mac)
+            if e is None or e.att is not owner:
+                return False
+        reply = b"".join((sha, mac, _ETH_ARP, _ARP_ETH_IPV4, b"\x00\x02", mac, tpa, sha, spa,
+                          bytes(_MIN_FRAME - _ARP_END)))
+        c.arp_answered += 1
+        c.deliveries += 1
+        if cap is not None:
+            cap.offer(frame)
+        try:
+            att.deliver(reply)
+        except Exception as exc:
+            self._port_failed(att, exc)
+        if cap is not None:
+            cap.offer(reply)
+        return True
 
     def _learn(self, att: Attachment, frame: bytes, now: float) -> bool:
         """Check and learn the source of a frame from a port without a fixed MAC."""

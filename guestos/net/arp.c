@@ -89,14 +89,28 @@ void arp_input(const uint8_t *p, size_t len)
     }
     uint16_t op = get16(p + 6);
     uint32_t spa = get32(p + 14), tpa = get32(p + 24);
-    if (tpa != net_addr || !net_addr)
+    if (tpa != net_addr || !net_addr) {
+        /* RFC 826 merge: refresh an entry we hold (an announcement by a host that
+         * took over an address updates us); never add one for a stranger. */
+        struct arp_entry *e = spa ? find(spa) : 0;
+        if (e && e->state == VALID)
+            learn(spa, p + 8);
         return;
+    }
     if (spa)
         learn(spa, p + 8);
     if (op == 1) {
         net_stats.arp_replies++;
         arp_send(2, p + 8, spa, p + 8);
     }
+}
+
+void arp_announce(void)
+{
+    /* RFC 5227 announcement: a request for our own address. The switch learns the
+     * binding from it and answers later requests for us without waking every VM. */
+    arp_send(1, (const uint8_t *)"\0\0\0\0\0\0", net_addr, broadcast);
+    netif_flush();
 }
 
 int arp_resolve(uint32_t ip, uint8_t mac[6], const uint8_t *frame, size_t len)

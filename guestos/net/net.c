@@ -65,6 +65,7 @@ int net_start(void)
     int r = netif_open();
     if (r != NET_OK)
         return r;
+    arp_announce();
     if (!thread_create(net_thread, 0, 0))
         return NET_ERR_NOBUFS;
     return NET_OK;
