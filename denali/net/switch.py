@@ -546,6 +546,8 @@ class Switch:
                     continue  # answered or swallowed (the capture has it)
                 out = None
             else:
+                if suppress and frame[12] == 8 and frame[13] == 6:  # ARP (replies teach us too)
+                    self._arp_request(att, frame)
                 dst = frame[:MAC_LEN]
                 out = pinned.get(dst)
                 if out is None:
@@ -592,8 +594,9 @@ class Switch:
         return n
 
     def _arp_request(self, att: Attachment, frame: bytes) -> bool:
-        """ARP suppression for a broadcast ARP frame from ``att``: learn its sender
-        binding; answer it or swallow it (True) or let it be flooded (False)."""
+        """ARP suppression for an ARP frame from ``att``: learn its sender binding; for
+        a broadcast request, answer or swallow it (True) or let it be flooded (False).
+        A unicast frame is never consumed (the caller forwards it whatever we return)."""
         if len(frame) < _ARP_END or frame[14:20] != _ARP_ETH_IPV4 or frame[20] != 0:
             return False
         sha = frame[22:28]
@@ -620,7 +623,7 @@ class Switch:
                 learned = True
             else:
                 c.arp_conflicts += 1
-        if frame[21] != 1:  # not a request
+        if frame[21] != 1 or not frame[0] & 1:  # not a broadcast request
             return False
         if tpa == spa:
             if learned and not moved:

@@ -117,3 +117,14 @@ async def test_suppression_can_be_turned_off() -> None:
         await sw.join()
         assert len(c.frames) == 2 and len(a.frames) == 1
         assert sw.stats().arp_bindings == 0
+
+
+async def test_unicast_reply_teaches_the_switch(switch: Switch) -> None:
+    a, b, c = vm_ports(switch, 3)
+    a.submit(arp(1, mac(1), ip(1), ip(1)))
+    b.submit(arp(2, mac(2), ip(2), ip(1), dst=mac(1), tha=mac(1)))  # unicast reply to a
+    await switch.join()
+    assert len(a.frames) == 1 and c.frames == []  # forwarded as usual, to a only
+    c.submit(arp(1, mac(3), ip(3), ip(2)))
+    await switch.join()
+    assert c.frames[-1][6:12] == mac(2) and b.frames == []
