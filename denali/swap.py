@@ -26,13 +26,16 @@ import asyncio
 import ctypes
 import mmap
 import os
+import re
 import struct
 import tempfile
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiofiles
+import aiofiles.os
 
 from denali import abi
 from denali._uc import GPR_NAMES
@@ -57,12 +60,46 @@ class SwapImage:
     regs: bytes
     """The user-mode registers, packed (``registers()`` unpacks them)."""
     pages: bytes
-    """Bitmap, one bit per guest page; set = stored in the swap file."""
+    """The stored pages: (first page, page count) runs, packed as native uint32 pairs."""
     stored: int
     hypercalls: int
 
     def registers(self) -> dict[str, int]:
         return dict(zip(GPR_NAMES, _REGS.unpack(self.regs), strict=True))
+
+
+_BIT0: Final = bytes(i & 1 for i in range(256))
+_RUN: Final = re.compile(b"\x01+")
+
+
+@aiofiles.os.wrap
+def _write_runs(path: str, buf: mmap.mmap, runs: array[int]) -> None:
+    """Write the page runs of ``buf`` at their offsets in ``path`` (one worker-thread hop)."""
+    view = memoryview(buf)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for k in range(0, len(runs), 2):
+            lo, hi = runs[k] * PAGE, (runs[k] + runs[k + 1]) * PAGE
+            if os.pwrite(fd, view[lo:hi], lo) != hi - lo:
+                raise ResourceError(f"short write to swap file {path}")
+    finally:
+        view.release()
+        os.close(fd)
+
+
+@aiofiles.os.wrap
+def _read_runs(path: str, buf: mmap.mmap, runs: array[int]) -> None:
+    """Read the page runs stored in ``path`` back into ``buf`` (one worker-thread hop)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for k in range(0, len(runs), 2):
+            lo, n = runs[k] * PAGE, runs[k + 1] * PAGE
+            data = os.pread(fd, n, lo)
+            if len(data) != n:
+                raise ResourceError(f"swap file {path} is truncated")
+            buf[lo:lo + n] = data
+    finally:
+        os.close(fd)
 
 
 def resident_pages(address: int, size: int) -> bytes:
@@ -225,47 +262,23 @@ class Swapper:
         mem = vm.memory
         present = bytearray(resident_pages(mem.address, mem.size))
         present[abi.Layout.KERNEL_PAGE // PAGE] = 0  # kernel-owned: rebuilt on swap-in
-        npages = len(present)
-        bitmap = bytearray((npages + 7) // 8)
-        stored = 0
-        async with aiofiles.open(self.path_for(vm.id), "r+b") as f:
-            i = 0
-            while i < npages:
-                if not present[i] & 1:
-                    i += 1
-                    continue
-                j = i
-                while j < npages and present[j] & 1:
-                    bitmap[j >> 3] |= 1 << (j & 7)
-                    j += 1
-                await f.seek(i * PAGE)
-                await f.write(mem.buf[i * PAGE:j * PAGE])
-                stored += j - i
-                i = j
+        runs = array("I")
+        for m in _RUN.finditer(present.translate(_BIT0)):
+            runs.extend((m.start(), m.end() - m.start()))
+        stored = sum(runs[1::2])
+        await _write_runs(self.path_for(vm.id), mem.buf, runs)
         self.stats["swap_outs"] += 1
         self.stats["pages_out"] += stored
         self.stats["bytes_out"] += stored * PAGE
         regs = vm.cpu.saved_registers()
-        return SwapImage(_REGS.pack(*(regs[n] for n in GPR_NAMES)), bytes(bitmap), stored,
+        return SwapImage(_REGS.pack(*(regs[n] for n in GPR_NAMES)), runs.tobytes(), stored,
                          vm.cpu.hypercalls)
 
     async def read_in(self, vm: Vm, image: SwapImage, into: mmap.mmap) -> None:
         """Read the stored pages of ``vm`` back into ``into``."""
-        bits = image.pages
-        npages = len(bits) * 8
-        async with aiofiles.open(self.path_for(vm.id), "rb") as f:
-            i = 0
-            while i < npages:
-                if not bits[i >> 3] & (1 << (i & 7)):
-                    i += 1
-                    continue
-                j = i
-                while j < npages and bits[j >> 3] & (1 << (j & 7)):
-                    j += 1
-                await f.seek(i * PAGE)
-                data = await f.read((j - i) * PAGE)
-                into[i * PAGE:i * PAGE + len(data)] = data
-                i = j
+        runs = array("I")
+        runs.frombytes(image.pages)
+        await _read_runs(self.path_for(vm.id), into, runs)
         self.stats["swap_ins"] += 1
         self.stats["pages_in"] += image.stored
         self.stats["bytes_in"] += image.stored * PAGE
