@@ -68,9 +68,8 @@ def main() -> None:
                f"switches (slices started) over {runs} windows of {window} s (median), after every VM ran "
                "3 slices. One switch includes the guest's loop iteration, the IDLE exit and re-entry, and "
                f"the hand-over; a yield that re-enters the same VM (N = 1) costs {one:.2f} us.",
-               "Paper (Denali, OSDI 2002): 1.4 us per switch with few VMs, up to ~9 us once the VMs' "
-               f"state no longer fits in the caches; ours: {us[0]:.2f} us at N={ns[0]} to {us[-1]:.2f} us "
-               f"at N={ns[-1]:,}."])
+               "Paper (Denali, OSDI 2002, as cited in docs/performance.md): 1.4-9 us per VM switch; "
+               f"ours: {us[0]:.2f} us at N={ns[0]} to {us[-1]:.2f} us at N={ns[-1]:,}."])
     write_figure(fig)
 
 
