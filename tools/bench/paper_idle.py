@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import statistics
 
 from figures import Figure, Series, write_figure
 
@@ -76,15 +77,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     ns = [1, 10, 50] if args.quick else [1, 10, 50, 100, 200]
-    window = 0.6 if args.quick else 2.5
-    solo, _ = asyncio.run(point("poll", 0, 600_000_000))
+    window, runs = (0.6, 1) if args.quick else (1.5, 3)
+    solo = statistics.median(asyncio.run(point("poll", 0, 600_000_000))[0] for _ in range(runs))
     print(f"worker alone: {solo / 1e6:,.0f} M iterations/s")
     idle: list[float | None] = []
     poll: list[float | None] = []
     wakes: list[float] = []
     for n in ns:
-        r, w = asyncio.run(point("idle", n, min(int(solo * window), 4_000_000_000)))
-        p, _ = asyncio.run(point("poll", n, int(solo * window / (n + 1))))
+        ri: list[float] = []
+        rp: list[float] = []
+        rw: list[float] = []
+        for _ in range(runs):  # alternate, so drift in machine speed hits both modes alike
+            r, w = asyncio.run(point("idle", n, min(int(solo * window), 4_000_000_000)))
+            ri.append(r)
+            rw.append(w)
+            rp.append(asyncio.run(point("poll", n, int(solo * window / (n + 1))))[0])
+        r, p, w = statistics.median(ri), statistics.median(rp), statistics.median(rw)
         idle.append(r / 1e6)
         poll.append(p / 1e6)
         wakes.append(w)
@@ -95,9 +103,9 @@ def main() -> None:
         xlabel="server VMs (N)", ylabel="worker M iterations/s (ratio: x)", x=ns, logy=True,
         series=[Series("idle-with-timeout (M iter/s)", idle), Series("busy polling (M iter/s)", poll, "s-"),
                 Series("ratio idle / poll (x)", ratio, "^:")],
-        notes=[f"Measured: the throughput of one bench-alu VM (alone: {solo / 1e6:,.0f} M iterations/s) "
-               "next to N server VMs that wait for a timer, either in the IDLE hypercall (udpecho, "
-               "woken by a TIMER interrupt every 10 ms: "
+        notes=[f"Measured (medians of {runs} runs): the throughput of one bench-alu VM (alone: "
+               f"{solo / 1e6:,.0f} M iterations/s) next to N server VMs that wait for a timer, either in "
+               "the IDLE hypercall (udpecho, woken by a TIMER interrupt every 10 ms: "
                + ", ".join(f"{w:,.0f}" for w in wakes) + " wake-ups/s) or busy polling (test-spin, "
                "equivalent to polling the time virtual register, which only changes at slice starts).",
                "Paper (Denali, OSDI 2002): idle-with-timeout gives more than 2x over busy waiting; "
