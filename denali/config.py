@@ -45,9 +45,10 @@ class KernelConfig:
         worker threads, so N VMs emulate at once on N cores (hypercalls then all exit
         emulation and are handled on the loop, which costs more per call).
     cpu_khz: the CPU-speed virtual register (0: read the host's).
-    memory_budget: bytes of guest memory (touched pages + ~1 MiB per engine) the
-        resident VMs may use; beyond it idle VMs are swapped out and runnable ones wait
-        for admission in FIFO order. None: no swapping.
+    memory_budget: bytes of memory the resident VMs may use (charged as touched pages
+        + ~1 MiB per engine, scaled up by what the process's resident memory really
+        grew by); beyond it idle VMs are swapped out and runnable ones wait for
+        admission in FIFO order. None: no swapping.
     swap_dir: where swap files go (default: a private temporary directory).
     max_engines: most VMs resident at once without swap (each live Unicorn engine holds
         ~5 kernel memory maps, and the process dies if maps run out): 0 means

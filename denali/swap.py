@@ -29,6 +29,7 @@ import os
 import re
 import struct
 import tempfile
+import time
 from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -102,6 +103,15 @@ def _read_runs(path: str, buf: mmap.mmap, runs: array[int]) -> None:
         os.close(fd)
 
 
+def process_rss() -> int:
+    """This process's resident memory in bytes (0 if /proc cannot tell)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def resident_pages(address: int, size: int) -> bytes:
     """One byte per page of [address, address+size): bit 0 set when resident."""
     n = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
@@ -128,7 +138,18 @@ class Swapper:
         self._idle: OrderedDict[int, Vm] = OrderedDict()
         """Resident VMs waiting in idle, least recently idle first: eviction order."""
         self._queue: deque[tuple[Vm, int, asyncio.Future[None]]] = deque()
-        self._evicting: set[int] = set()
+        self._evicting: dict[int, int] = {}
+        """VMs being swapped out -> the charge they will give back."""
+        self._freeing = 0
+        """Sum of ``_evicting``: counted as free already, so one admission does not
+        start more evictions than it needs."""
+        self.scale = 1.0
+        """Measured process memory growth / estimated charges (>= 1): the estimate of
+        what a resident VM costs misses some of what its engine allocates, so charges
+        are scaled by what the process really uses (see ``_calibrate``)."""
+        self._base_rss = process_rss() if budget is not None else 0
+        """The process's memory before any VM: not charged to VMs."""
+        self._calibrated_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
                       "bytes_out": 0, "bytes_in": 0, "admission_waits": 0}
@@ -181,8 +202,23 @@ class Swapper:
                 self._queue = deque(e for e in self._queue if e[2] is not fut)
             raise
 
-    def _fits(self, cost: int) -> bool:
-        return self.used + cost <= self._budget() and len(self._charge) < self.max_resident
+    def _fits(self, cost: int, freeing: int = 0, evicting: int = 0) -> bool:
+        """Would ``cost`` more fit (once ``freeing`` bytes of ``evicting`` VMs are out)?"""
+        return ((self.used - freeing + cost) * self.scale <= self._budget()
+                and len(self._charge) - evicting < self.max_resident)
+
+    def _over(self) -> bool:
+        return (self.used - self._freeing) * self.scale > self._budget()
+
+    def _calibrate(self) -> None:
+        """At most twice a second: scale = (RSS - RSS before the first VM) / charges."""
+        now = time.monotonic()
+        if now - self._calibrated_at < 0.5:
+            return
+        self._calibrated_at = now
+        held = self.used - self._freeing
+        if held >= 32 << 20:
+            self.scale = min(4.0, max(1.0, (process_rss() - self._base_rss) / held))
 
     def _budget(self) -> int:
         assert self.budget is not None
@@ -209,7 +245,8 @@ class Swapper:
         self._charge_vm(vm.id, self._measure(vm))
         self._idle[vm.id] = vm
         self._idle.move_to_end(vm.id)
-        if self._queue or self.used > self._budget():
+        self._calibrate()
+        if self._queue or self._over():
             self._make_room()
 
     def vm_busy(self, vm: Vm) -> None:
@@ -221,7 +258,6 @@ class Swapper:
         return resident_pages(mem.address, mem.size).count(1) * PAGE + ENGINE_COST
 
     def _make_room(self) -> None:
-        budget = self._budget()
         while self._queue:
             vm, cost, fut = self._queue[0]
             if fut.done():
@@ -232,9 +268,11 @@ class Swapper:
                 self._charge_vm(vm.id, cost)
                 fut.set_result(None)
                 continue
+            if self._fits(cost, self._freeing, len(self._evicting)):
+                return  # the swap-outs under way make room; release() comes back here
             if not self._evict_one():
                 return
-        while self.used > budget and self._evict_one():
+        while self._over() and self._evict_one():
             pass
 
     def _evict_one(self) -> bool:
@@ -243,7 +281,9 @@ class Swapper:
             if vm_id in self._evicting or not vm.evictable():
                 continue
             del self._idle[vm_id]
-            self._evicting.add(vm_id)
+            charge = self._charge.get(vm_id, 0)
+            self._evicting[vm_id] = charge
+            self._freeing += charge
             task = asyncio.get_running_loop().create_task(self._evict(vm), name=f"denali-swap-out-{vm_id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -254,7 +294,7 @@ class Swapper:
         try:
             await vm.swap_out()
         finally:
-            self._evicting.discard(vm.id)
+            self._freeing -= self._evicting.pop(vm.id, 0)
 
     # ---- I/O ----
     async def write_out(self, vm: Vm) -> SwapImage:

@@ -68,9 +68,30 @@ async def test_budget_holds_with_ten_times_more_vms() -> None:
         assert all(vm.first_slice_ns for vm in vms), "every VM was admitted in turn"
         resident = sum(1 for vm in vms if vm.swapped is None)
         assert resident <= 8 and k.swapper.used <= budget and peak <= budget
+        # each VM left RAM at most once while the others booted (no over-eviction:
+        # an admission starts only the swap-outs it needs)
+        assert k.swapper.stats["swap_outs"] <= 60 - resident + 2, k.swapper.stats
         for vm in vms:
             vm.interrupt(Irq.HOST)
         results = await asyncio.gather(*(vm.wait() for vm in vms))
         assert results == [0] * 60
         assert k.swapper.stats["swap_ins"] >= 50
         assert k.swapper.used <= budget
+
+
+async def test_eviction_frees_only_what_is_needed() -> None:
+    need_image("test-idle")
+    async with Kernel(memory_budget=12 << 20) as k:
+        vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(6)]
+        for vm in vms:
+            await vm.until_idle()
+        assert k.swapper.stats["swap_outs"] == 0
+        room = k.swapper.budget - k.swapper.used  # type: ignore[operator]
+        big = await k.spawn("test-touch", cmdline=f"kib={(room >> 10) + 512}", memory="16M")
+        await big.until_idle()
+        await asyncio.sleep(0.05)
+        outs = k.swapper.stats["swap_outs"]
+        assert 1 <= outs <= 3, f"{outs} VMs swapped out to make room for one VM's growth"
+        for vm in [*vms, big]:
+            vm.interrupt(Irq.HOST)
+        assert await asyncio.gather(*(vm.wait() for vm in [*vms, big])) == [0] * 7
