@@ -30,8 +30,8 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Image:
         if not path.exists():
             raise ImageError(f"{text}: no such image file")
     else:
-        path = builtin_images().get(text)
-        if path is None:
+        path = IMAGE_DIR / f"{text}.elf"
+        if not path.is_file():
             names = ", ".join(builtin_images()) or "none (the guest images are not built)"
             raise ImageError(f"unknown image {text!r}; built-in images: {names}")
     try:
