@@ -42,6 +42,8 @@ class Figure:
     fmt: str = "{:,.1f}"
     """How y values are written in the table."""
     ylim_zero: bool = True
+    marks: list[tuple[float, str]] = field(default_factory=list)
+    """Vertical lines at x, labelled (e.g. where the working set leaves memory)."""
 
 
 def _cell(fmt: str, v: float | None) -> str:
@@ -73,6 +75,10 @@ def write_figure(fig: Figure, directory: Path = FIGURES) -> tuple[Path, Path]:
         pts = [(x, y) for x, y in zip(fig.x, s.y, strict=True) if y is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], s.style, label=s.label)
+    for x, label in fig.marks:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(label, (x, 0.97), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=7, color="dimgrey")
     ax.set_title(fig.title, fontsize=10)
     ax.set_xlabel(fig.xlabel)
     ax.set_ylabel(fig.ylabel)
