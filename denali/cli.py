@@ -23,6 +23,7 @@ from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
+from denali.progress import BootProgress
 from denali.vm import Vm
 
 EXIT_FAULT = 125
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--disk", action="append", default=[],
                    metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
                    help="give every VM this disk (repeatable); {i} becomes the VM's index")
+    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
     b.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
     sub.add_parser("images", help="list the built-in guest images")
@@ -124,16 +127,32 @@ async def _boot(args: argparse.Namespace) -> int:
                 k.switch.attach(vx)
             else:
                 raise DenaliError(f"--net {spec!r}: expected tap:NAME or vxlan:VNI@REMOTE[:PORT]")
+        show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
+        progress = BootProgress(args.count, sys.stderr) if show else None
+        shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms = []
-        for i in range(1, args.count + 1):
-            vms.append(await k.spawn(args.image, memory=args.memory,
-                                     cmdline=_cmdline_for(args.cmdline, i),
-                                     disks=[parse_disk_arg(d, index=i) for d in args.disk],
-                                     console=sink_for(i)))  # type: ignore[arg-type]
+        try:
+            for i in range(1, args.count + 1):
+                if interrupted.is_set():
+                    await k.close()
+                    return EXIT_INTERRUPTED
+                vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
+                                   disks=[parse_disk_arg(d, index=i) for d in args.disk],
+                                   console=sink_for(i))  # type: ignore[arg-type]
+                vms.append(vm)
+                if progress is not None:
+                    progress.add(vm)
+                await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
+        finally:
+            if progress is not None and len(vms) < args.count:
+                progress.close()
         waiter = asyncio.ensure_future(asyncio.gather(*(_outcome(vm) for vm in vms)))
         stopper = asyncio.ensure_future(interrupted.wait())
         pending: set[asyncio.Future[Any]] = {waiter, stopper}
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if progress is not None and shown is not None:
+            progress.close()
+            await shown
         if not waiter.done():
             await k.close()
             await waiter

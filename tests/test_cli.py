@@ -73,3 +73,14 @@ def test_ctrl_c_shuts_down_cleanly() -> None:
     _, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_progress_of_a_long_boot_goes_to_stderr() -> None:
+    need_image("test-idle")
+    r = run("boot", "test-idle", "--count", "150", "--progress", "--cmdline", "ms=1")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("denali: spawned")]
+    assert lines and "spawned 150/150, started 150/150" in lines[-1], r.stderr
+    assert "spawned" not in r.stdout  # consoles stay clean
+    quiet = run("boot", "test-idle", "--count", "150", "--cmdline", "ms=1")  # not a terminal
+    assert quiet.returncode == 0 and "spawned" not in quiet.stderr
