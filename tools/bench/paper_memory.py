@@ -66,7 +66,7 @@ async def child(n: int, budget: int) -> dict[str, object]:
         try:
             vms = await boot(k, n, budget > 0)
         except ResourceError as e:
-            return {"error": str(e), "vms": len(k.vms) - 4}
+            return {"error": type(e).__name__, "vms": len(k.vms) - 4, "max_engines": k.max_engines}
         secs = time.perf_counter() - t
         for _ in range(100):  # swap-outs started by the gatekeeper finish in the background
             if not budget or all(vm.swapped is not None for vm in vms):
@@ -105,21 +105,26 @@ def main() -> None:
         else:
             r = run_child(n, 0)
             if "error" in r:
-                stopped = f"N={n:,}: spawn raised ResourceError after {r['vms']:,} VMs ({r['error']})"
+                stopped = (f"at N={n:,}, spawn raised {r['error']} after {r['vms']:,} VMs (+ 4 warm-up VMs "
+                           f"= max_engines = {r['max_engines']:,})")
             resident.append(None if stopped else float(str(r["per_vm"])) / 1024)
         s = run_child(n, BUDGET)
         swapped.append(float(str(s["per_vm"])) / 1024)
     last = swapped[-1] or 0.0
+    grown = [(y or 0.0) * n for y, n in zip(swapped, ns, strict=True)]  # KB in all
+    marginal = (grown[-1] - grown[-2]) / (ns[-1] - ns[-2])
     notes = [f"Measured: growth of the process's RSS (VmRSS) while N test-idle VMs (16 MiB address space, "
              "no NIC) wait in idle-with-timeout, divided by N; each point in a fresh process. Resident: no "
              f"budget, every VM keeps its engine and memory; swapped: a {BUDGET >> 20} MiB budget and "
              "every VM swapped out once idle.",
              f"Paper (Denali, OSDI 2002): 8.5 KB (8,472 bytes) of kernel memory per VM; ours for a swapped "
-             f"VM: {last:.1f} KB ({last * 1024:,.0f} bytes) at N={ns[-1]:,}; resident VMs cost "
+             f"VM: {last:.1f} KB ({last * 1024:,.0f} bytes) at N={ns[-1]:,}, and {marginal:.1f} KB "
+             f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,} (the average "
+             "also carries a fixed part: allocator arenas, swap I/O threads); resident VMs cost "
              f"{(resident[0] or 0) / 1024:.2f} MB each."]
     if stopped:
         notes.append(f"The resident series stops at the engine limit (KernelConfig.max_engines = "
-                     f"vm.max_map_count / 8): {stopped}.")
+                     f"vm.max_map_count / 8): {stopped}; a budget lifts it.")
     write_figure(Figure(
         name="paper_memory", title="Kernel memory per VM vs number of VMs",
         xlabel="VMs (N)", ylabel="KB per VM (RSS growth / N)", x=ns, logx=True, logy=True, fmt="{:,.1f}",
