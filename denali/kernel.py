@@ -160,7 +160,8 @@ class Kernel:
 
     # ---- observation ----
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the kernel's counters as plain data (safe to JSON-encode)."""
+        """A snapshot of the kernel's counters as plain data (safe to JSON-encode); the
+        switch's per-port counters are left out (``vm_stats`` has each VM's NIC)."""
         states: dict[str, int] = {}
         for vm in self.vms.values():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
@@ -171,7 +172,7 @@ class Kernel:
             "cpu_switches": self._arbiter.switches if self._arbiter else 0,
             "slices_started": sum(lane.starts for lane in self.lanes),
             "preempt_stops": sum(lane.stops for lane in self.lanes),
-            "switch": self.switch.stats().as_dict(),
+            "switch": {k: v for k, v in self.switch.stats().as_dict().items() if k != "port_stats"},
             "swap": {**self.swapper.stats, "used": self.swapper.used, "budget": self.swapper.budget},
         }
 

@@ -2,28 +2,62 @@
 
 ``snapshot(kernel)`` is the data (kernel counters plus one row per VM);
 ``prometheus(kernel)`` the same as Prometheus text exposition; ``serve(kernel, host,
-port)`` answers ``GET /metrics`` (Prometheus) and ``GET /vms.json`` (the snapshot) on a
-small asyncio server the caller owns (close it with ``server.close()``). The server
-only reads counters; it never changes kernel state.
+port)`` answers ``GET /metrics`` (Prometheus) and ``GET /vms.json`` (the snapshot;
+``/vms.json?top=N``: only the N VMs that used the most CPU since the previous request,
+which is what ``denali top`` asks for, so a kernel of 10,000 VMs is not serialized
+every second) on a small asyncio server the caller owns (close it with
+``server.close()``). The server only reads counters; it never changes kernel state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
+import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from denali.kernel import Kernel
 
 
-def snapshot(kernel: Kernel) -> dict[str, Any]:
-    """Kernel counters and one dict per live VM (see ``Kernel.vm_stats``)."""
-    return {"kernel": kernel.stats(), "vms": [kernel.vm_stats(vm) for vm in list(kernel.vms.values())]}
+class CpuSampler:
+    """CPU share of each VM between two calls of ``sample``: the time its slices took
+    over the wall time between the calls, in percent of one core."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self._last: dict[int, int] = {}
+        self._t = time.monotonic_ns()
+
+    def sample(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """``Kernel.vm_stats`` rows plus ``cpu_pct``, busiest first (``limit`` of them)."""
+        now = time.monotonic_ns()
+        wall = max(1, now - self._t)
+        self._t = now
+        last = self._last
+        cur: dict[int, int] = {}
+        scored = []
+        for vm in list(self.kernel.vms.values()):
+            c = vm.stats["cpu_ns"]
+            cur[vm.id] = c
+            scored.append((c - last.get(vm.id, 0), vm.id, vm))
+        self._last = cur
+        best = heapq.nlargest(limit, scored) if limit is not None else sorted(scored, reverse=True)
+        return [{**self.kernel.vm_stats(vm), "cpu_pct": round(100 * d / wall, 2)} for d, _, vm in best]
 
 
-_VM_COUNTERS = ("slices", "preemptions", "idles", "irqs_raised", "irq_batches", "irq_bits_delivered",
-                "console_bytes")
+def snapshot(kernel: Kernel, sampler: CpuSampler | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Kernel counters and one dict per live VM (see ``Kernel.vm_stats``); with a
+    ``sampler``, rows carry ``cpu_pct`` and come busiest first, ``limit`` of them."""
+    vms = (sampler.sample(limit) if sampler is not None
+           else [kernel.vm_stats(vm) for vm in list(kernel.vms.values())][:limit])
+    return {"kernel": kernel.stats(), "vms": vms}
+
+
+_VM_COUNTERS = ("slices", "cpu_ns", "preemptions", "idles", "irqs_raised", "irq_batches",
+                "irq_bits_delivered", "console_bytes")
 
 
 def prometheus(kernel: Kernel) -> str:
@@ -54,14 +88,22 @@ def prometheus(kernel: Kernel) -> str:
 async def serve(kernel: Kernel, host: str, port: int) -> asyncio.Server:
     """Start the metrics endpoint on host:port; the caller closes the returned server."""
 
+    sampler = CpuSampler(kernel)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
-            if path == b"/metrics":
+            target = request.split(b" ", 2)[1].decode("latin-1") if request.count(b" ") >= 2 else "/"
+            url = urlsplit(target)
+            query = parse_qs(url.query)
+            top = query.get("top", [""])[0]
+            if url.path == "/metrics":
                 body, ctype, status = prometheus(kernel).encode(), "text/plain; version=0.0.4", "200 OK"
-            elif path == b"/vms.json":
-                body, ctype, status = json.dumps(snapshot(kernel)).encode(), "application/json", "200 OK"
+            elif url.path == "/vms.json" and (not top or top.isdigit()):
+                snap = snapshot(kernel, sampler, int(top) if top else None)
+                body, ctype, status = json.dumps(snap).encode(), "application/json", "200 OK"
+            elif url.path == "/vms.json":
+                body, ctype, status = b"top must be a number\n", "text/plain", "400 Bad Request"
             else:
                 body, ctype, status = b"not found\n", "text/plain", "404 Not Found"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

@@ -29,16 +29,24 @@ async def test_metrics_endpoint_and_top_table() -> None:
             assert "denali_vms 2" in text
             assert f'denali_vm_slices{{vm="{spin.id}",image="test-spin"}}' in text
             assert 'denali_vms_by_state{state="idle"} 1' in text
-            first = await top.fetch("127.0.0.1", port)
+            await top.fetch("127.0.0.1", port, 1)  # starts a sampling interval
             await asyncio.sleep(0.1)
-            snap = await top.fetch("127.0.0.1", port)
+            snap = await top.fetch("127.0.0.1", port, 1)
+            full = await top.fetch("127.0.0.1", port)
+            try:
+                await top.fetch("127.0.0.1", port, -1)
+                raise AssertionError("a bad top= must be refused")
+            except OSError as exc:
+                assert "400" in str(exc)
         finally:
             server.close()
-    assert {vm["id"] for vm in snap["vms"]} == {spin.id, idle.id}
-    table = top.render(snap, {vm["id"]: vm["slices"] for vm in first["vms"]})
-    console = Console(record=True, width=200)
-    console.print(table)
+    assert {vm["id"] for vm in full["vms"]} == {spin.id, idle.id}
+    [busiest] = snap["vms"]  # top=1: only the spinner, which had nearly all the CPU
+    assert busiest["id"] == spin.id and busiest["cpu_pct"] > 30, busiest
+    assert snap["kernel"]["vms"] == 2 and "port_stats" not in snap["kernel"]["switch"]
+    console = Console(record=True, width=220)
+    console.print(top.render(full))
     out = console.export_text()
     assert "test-spin" in out and "test-idle" in out and "idle" in out
-    spin_row = next(line for line in out.splitlines() if "test-spin" in line)
-    assert " 100 " in spin_row  # the spinner had every slice of the interval
+    rows = [line for line in out.splitlines() if "test-" in line]
+    assert "test-spin" in rows[0] and "test-idle" in rows[1]  # busiest first
