@@ -54,6 +54,11 @@ class KernelConfig:
         ~5 kernel memory maps, and the process dies if maps run out): 0 means
         vm.max_map_count / 8. Without a memory budget a spawn beyond it raises
         ResourceError; with one, the gatekeeper keeps the rest swapped out.
+    batch_interrupts: True (Denali): interrupts queue while a VM waits for the CPU and
+        are delivered together when it next runs; the LAN forwards frames in bursts
+        and the VMs they woke then run. False (synchronous delivery, for comparison):
+        the LAN forwards one frame at a time and the VM it woke runs before the next
+        frame moves, so every frame costs its receiver a wake-up of its own.
     mac_tag: second byte of the VMs' MAC addresses (02:TAG:<vm id>); default random, so
         that kernels joined into one LAN do not collide.
     """
@@ -68,6 +73,7 @@ class KernelConfig:
     mac_tag: int | None = None
     max_engines: int = 0
     swap_dir: str | None = None
+    batch_interrupts: bool = True
 
     def __post_init__(self) -> None:
         if not 50 <= self.slice_us <= 1_000_000:

@@ -35,7 +35,7 @@ from denali.hypercalls import HypercallTable, core_table
 from denali.images import resolve
 from denali.loader import Image
 from denali.net.nic import NicConfig, NicPort
-from denali.net.switch import Switch
+from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.scheduler import Scheduler
 from denali.swap import Swapper
@@ -100,7 +100,8 @@ class Kernel:
         self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
         """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
         do not hand out the same addresses."""
-        self.switch = Switch(name="lan0")
+        self.switch = Switch(SwitchConfig() if config.batch_interrupts
+                             else SwitchConfig(batch=1, frames_per_yield=1), name="lan0")
         """The virtual LAN every VM's NIC is attached to."""
         if config.disable_thp:
             _disable_thp()
