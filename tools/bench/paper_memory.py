@@ -7,7 +7,9 @@ VMs (100 under a budget; so lazy imports, the LAN switch, allocator pools and th
 budget's worth of resident VMs exist), reads VmRSS from
 /proc/self/status, boots N test-idle VMs (16 MiB address space, no NIC, waiting in
 idle-with-timeout for a host interrupt) and reads VmRSS again once all are idle;
-the figure is (RSS after - RSS before) / N.
+the figure is (RSS after - RSS before) / N. Both readings follow gc.collect() and
+glibc's malloc_trim(0), so heap that engines freed as they came and went (under a
+budget) is not counted as the swapped VMs' memory.
 
 - resident: no memory budget, every VM keeps its Unicorn engine and guest memory.
   A kernel holds at most KernelConfig.max_engines (vm.max_map_count / 8) resident VMs;
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
 import subprocess
@@ -40,6 +43,9 @@ come and go) is at its high-water mark before the first RSS reading."""
 
 
 def rss_bytes() -> int:
+    """VmRSS after gc and malloc_trim(0): freed heap (engines come and go) goes back first."""
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -61,7 +67,6 @@ async def boot(k: Kernel, n: int, swap: bool) -> list[Vm]:
 async def child(n: int, budget: int) -> dict[str, object]:
     async with Kernel(memory_budget=budget or None) as k:
         await boot(k, WARM if budget else 4, budget > 0)
-        gc.collect()
         before, t = rss_bytes(), time.perf_counter()
         try:
             vms = await boot(k, n, budget > 0)
@@ -72,7 +77,6 @@ async def child(n: int, budget: int) -> dict[str, object]:
             if not budget or all(vm.swapped is not None for vm in vms):
                 break
             await asyncio.sleep(0.05)
-        gc.collect()
         grown = rss_bytes() - before
         swapped = sum(1 for vm in vms if vm.swapped is not None)
         return {"per_vm": grown / n, "swapped": swapped, "secs": secs}
@@ -113,14 +117,13 @@ def main() -> None:
     last = swapped[-1] or 0.0
     grown = [(y or 0.0) * n for y, n in zip(swapped, ns, strict=True)]  # KB in all
     marginal = (grown[-1] - grown[-2]) / (ns[-1] - ns[-2])
-    notes = [f"Measured: growth of the process's RSS (VmRSS) while N test-idle VMs (16 MiB address space, "
+    notes = [f"Measured: growth of the process's RSS (VmRSS, after malloc_trim) while N test-idle VMs (16 MiB address space, "
              "no NIC) wait in idle-with-timeout, divided by N; each point in a fresh process. Resident: no "
              f"budget, every VM keeps its engine and memory; swapped: a {BUDGET >> 20} MiB budget and "
              "every VM swapped out once idle.",
              f"Paper (Denali, OSDI 2002): 8.5 KB (8,472 bytes) of kernel memory per VM; ours for a swapped "
              f"VM: {last:.1f} KB ({last * 1024:,.0f} bytes) at N={ns[-1]:,}, and {marginal:.1f} KB "
-             f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,} (the average "
-             "also carries a fixed part: allocator arenas, swap I/O threads); resident VMs cost "
+             f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,}; resident VMs cost "
              f"{(resident[0] or 0) / 1024:.2f} MB each."]
     if stopped:
         notes.append(f"The resident series stops at the engine limit (KernelConfig.max_engines = "
