@@ -117,14 +117,14 @@ def main() -> None:
     last = swapped[-1] or 0.0
     grown = [(y or 0.0) * n for y, n in zip(swapped, ns, strict=True)]  # KB in all
     marginal = (grown[-1] - grown[-2]) / (ns[-1] - ns[-2])
-    notes = [f"Measured: growth of the process's RSS (VmRSS, after malloc_trim) while N test-idle VMs (16 MiB address space, "
-             "no NIC) wait in idle-with-timeout, divided by N; each point in a fresh process. Resident: no "
-             f"budget, every VM keeps its engine and memory; swapped: a {BUDGET >> 20} MiB budget and "
-             "every VM swapped out once idle.",
+    notes = ["Measured: growth of the process's RSS (VmRSS, after malloc_trim) while N test-idle VMs "
+             "(16 MiB address space, no NIC) wait in idle-with-timeout, divided by N; each point in a "
+             "fresh process. Resident: no budget, every VM keeps its engine and memory; swapped: a "
+             f"{BUDGET >> 20} MiB budget and every VM swapped out once idle.",
              f"Paper (Denali, OSDI 2002): 8.5 KB (8,472 bytes) of kernel memory per VM; ours for a swapped "
              f"VM: {last:.1f} KB ({last * 1024:,.0f} bytes) at N={ns[-1]:,}, and {marginal:.1f} KB "
-             f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,}; resident VMs cost "
-             f"{(resident[0] or 0) / 1024:.2f} MB each."]
+             f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,}; resident VMs "
+             f"cost {(resident[0] or 0) / 1024:.2f} MB each."]
     if stopped:
         notes.append(f"The resident series stops at the engine limit (KernelConfig.max_engines = "
                      f"vm.max_map_count / 8): {stopped}; a budget lifts it.")
