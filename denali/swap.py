@@ -103,6 +103,13 @@ def _read_runs(path: str, buf: mmap.mmap, runs: array[int]) -> None:
         os.close(fd)
 
 
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; else nothing)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def process_rss() -> int:
     """This process's resident memory in bytes (0 if /proc cannot tell)."""
     try:
@@ -150,9 +157,10 @@ class Swapper:
         self._base_rss = process_rss() if budget is not None else 0
         """The process's memory before any VM: not charged to VMs."""
         self._calibrated_at = 0.0
+        self._trimmed_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
-                      "bytes_out": 0, "bytes_in": 0, "admission_waits": 0}
+                      "bytes_out": 0, "bytes_in": 0, "admission_waits": 0, "heap_trims": 0}
 
     @property
     def enabled(self) -> bool:
@@ -211,14 +219,25 @@ class Swapper:
         return (self.used - self._freeing) * self.scale > self._budget()
 
     def _calibrate(self) -> None:
-        """At most twice a second: scale = (RSS - RSS before the first VM) / charges."""
+        """At most twice a second: scale = (RSS - RSS before the first VM) / charges.
+
+        Engines freed by swap-outs leave free holes in the C heap that malloc keeps
+        (and RSS counts); when the measured scale exceeds 1.1, the heap's free pages
+        are given back (``malloc_trim``, at most every 2 s) and RSS measured again."""
         now = time.monotonic()
         if now - self._calibrated_at < 0.5:
             return
         self._calibrated_at = now
         held = self.used - self._freeing
-        if held >= 32 << 20:
-            self.scale = min(4.0, max(1.0, (process_rss() - self._base_rss) / held))
+        if held < 32 << 20:
+            return
+        scale = (process_rss() - self._base_rss) / held
+        if scale > 1.1 and now - self._trimmed_at >= 2.0:
+            self._trimmed_at = now
+            self.stats["heap_trims"] += 1
+            trim_heap()
+            scale = (process_rss() - self._base_rss) / held
+        self.scale = min(4.0, max(1.0, scale))
 
     def _budget(self) -> int:
         assert self.budget is not None
