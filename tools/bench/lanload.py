@@ -68,7 +68,9 @@ class Pinger:
             if kind == 0 and ident == self.ident and fut is not None and not fut.done():
                 fut.set_result(None)
 
-    async def ping(self, host: str, tries: int = 3, wait_s: float = 3.0) -> bool:
+    async def ping(self, host: str, tries: int = 3, wait_s: float = 10.0) -> bool:
+        """An echo answered within ``wait_s`` (a swapped-out VM waits its turn to come
+        back in: seconds, when hundreds are asked at once), ``tries`` times at most."""
         loop = asyncio.get_running_loop()
         for _ in range(tries):
             self.seq = (self.seq + 1) & 0xFFFF
