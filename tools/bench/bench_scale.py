@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import sys
 import time
 
 from common import table
+from lan import rss_mib
 
 from denali.abi import Irq
 from denali.config import parse_size
@@ -22,9 +24,16 @@ from denali.kernel import Kernel
 
 
 async def run(n: int, budget: int) -> list[tuple[str, str]]:
-    async with Kernel(memory_budget=budget) as k:
+    async with Kernel(memory_budget=budget, max_vms=max(n, 100_000)) as k:
         t = time.perf_counter()
-        vms = [await k.spawn("test-idle", cmdline="ms=100000000 wait=host") for _ in range(n)]
+        vms = []
+        for i in range(1, n + 1):
+            vms.append(await k.spawn("test-idle", cmdline="ms=100000000 wait=host"))
+            if i % 100 == 0:
+                await asyncio.sleep(0)  # let the spawned ones boot meanwhile
+            if i % 10_000 == 0:
+                print(f"  spawned {i:,}/{n:,} in {time.perf_counter() - t:.0f} s, RSS {rss_mib():,.0f} MiB",
+                      file=sys.stderr, flush=True)
         for vm in vms:
             await vm.until_idle()
         boot = time.perf_counter() - t
