@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -41,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--slice-us", type=int, default=KernelConfig.slice_us,
                    help=f"time slice in microseconds (default {KernelConfig.slice_us})")
     b.add_argument("--cmdline", "-c", default="",
-                   help="guest command line; {i} becomes the VM's index (1..N)")
+                   help="guest command line; {i} becomes the VM's index (1..N), "
+                        "{ip:BASE} the IPv4 address BASE + index")
     b.add_argument("--memory-budget", metavar="SIZE",
                    help="resident guest memory allowed (e.g. 2G); idle VMs beyond it are swapped out")
     b.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
@@ -68,8 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_IP_FIELD = re.compile(r"\{ip:([0-9.]+)\}")
+
+
 def _cmdline_for(template: str, index: int) -> str:
-    return template.replace("{i}", str(index))
+    """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index."""
+    def ip(m: re.Match[str]) -> str:
+        try:
+            return str(ipaddress.IPv4Address(m.group(1)) + index)
+        except ValueError:
+            raise DenaliError(f"--cmdline: {m.group(0)} is not a base address with room for "
+                              f"VM {index}") from None
+    return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
 async def _boot(args: argparse.Namespace) -> int:

@@ -84,3 +84,13 @@ def test_progress_of_a_long_boot_goes_to_stderr() -> None:
     assert "spawned" not in r.stdout  # consoles stay clean
     quiet = run("boot", "test-idle", "--count", "150", "--cmdline", "ms=1")  # not a terminal
     assert quiet.returncode == 0 and "spawned" not in quiet.stderr
+
+
+def test_cmdline_ip_field_counts_from_a_base_address() -> None:
+    need_image("test-cmdline")
+    r = run("boot", "test-cmdline", "--count", "3", "--cmdline", "key={ip:10.64.0.254}")
+    assert r.returncode == 0, r.stderr
+    for i, addr in ((1, "10.64.0.255"), (2, "10.64.1.0"), (3, "10.64.1.1")):
+        assert f"[vm{i}] key={addr}" in r.stdout
+    bad = run("boot", "test-cmdline", "--cmdline", "key={ip:255.255.255.255}")
+    assert bad.returncode == 2 and "not a base address" in bad.stderr
