@@ -5,7 +5,8 @@ Usage: python tools/bench/paper_batch.py [--vms 1,10,100,300,1000] [--seconds 10
 
 N httpd VMs in one kernel (all resident, slices on one core) behind a TAP device;
 lanload.py in a Linux namespace sends GETs for 2,258-byte documents to VMs drawn
-uniformly, over keep-alive connections. Each N runs twice, side by side in one run:
+uniformly, over keep-alive connections, after every VM served one request (so the
+engines have translated the guest's code). Each N runs twice, side by side in one run:
 with Denali's batched interrupts (``KernelConfig(batch_interrupts=True)``: frames
 forwarded in bursts, a VM woken once for all the frames that reached it) and with
 synchronous delivery (``batch_interrupts=False``: one frame forwarded at a time, the
@@ -28,6 +29,11 @@ async def point(n: int, batched: bool, seconds: float, conc: int) -> tuple[float
     async with Kernel(batch_interrupts=batched) as k, LinuxHost(k) as host:
         vms = await boot_httpd(k, n, progress=False)
         await host.neighbours(vms)
+        # every VM serves once first: its engine translates the guest's TCP/HTTP code
+        # (per engine, ~5 ms) before the measurement, which then sees the steady state
+        warm = await host.load("sweep", vm_ip(1), str(n), "--conc", "64")
+        if warm["http_ok"] != n:
+            raise RuntimeError(f"warm-up: only {warm['http_ok']} of {n} VMs answered")
         idles0 = sum(vm.stats["idles"] for vm in vms)
         res = await host.load("zipf", vm_ip(1), str(n), "--alpha", "0", "--seconds", str(seconds),
                               "--conc", str(conc), "--report", str(seconds))
