@@ -55,6 +55,7 @@ async def run(n: int, budget: int, conc: int) -> list[tuple[str, str]]:
         ]
         if res["ping_failed"] or res["http_failed"]:
             rows.append(("first failures", f"ping {res['ping_failed'][:5]} http {res['http_failed'][:5]}"))
+            rows.append(("why HTTP failed", ", ".join(f"{k} x{v}" for k, v in res["reasons"].items())))
         return rows
 
 

@@ -26,6 +26,8 @@ import time
 from collections import OrderedDict
 
 DOC = 2258
+PER_HOST = 16
+"""Idle keep-alive connections kept per host at most."""
 TIMEOUT = 20.0
 
 
@@ -100,16 +102,27 @@ async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: 
         raise ValueError(f"{len(body)} bytes")
 
 
+REASONS: dict[str, int] = {}
+"""Why requests failed: 'connect:' or 'get:' and the exception's type, counted."""
+
+
+def failed(stage: str, exc: BaseException) -> None:
+    key = f"{stage}:{type(exc).__name__}"
+    REASONS[key] = REASONS.get(key, 0) + 1
+
+
 async def http_once(host: str) -> bool:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, 80), TIMEOUT)
-    except (TimeoutError, OSError):
+    except (TimeoutError, OSError) as exc:
+        failed("connect", exc)
         return False
     try:
         await asyncio.wait_for(get(reader, writer, host), TIMEOUT)
         return True
     except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            IndexError, ValueError):
+            IndexError, ValueError) as exc:
+        failed("get", exc)
         return False
     finally:
         writer.close()
@@ -139,7 +152,7 @@ async def sweep(addrs: list[str], conc: int) -> dict[str, object]:
     return {"hosts": len(addrs), "ping_ok": len(addrs) - len(ping_failed),
             "http_ok": len(addrs) - len(http_failed), "ping_failed": ping_failed[:20],
             "http_failed": http_failed[:20], "seconds": round(time.monotonic() - t, 3),
-            "ping_ms": percentiles(ping_ms), "http_ms": percentiles(http_ms)}
+            "ping_ms": percentiles(ping_ms), "http_ms": percentiles(http_ms), "reasons": REASONS}
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -169,6 +182,9 @@ class Pool:
 
     def give(self, host: str, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         n = self.count.get(host, 0)
+        if n >= PER_HOST:  # a guest serves at most 72 connections: keep well below
+            conn[1].close()
+            return
         self.idle[(host, n)] = conn
         self.count[host] = n + 1
         while len(self.idle) > self.size:
@@ -199,16 +215,21 @@ async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alph
             host = addrs[min(bisect.bisect_left(cdf, rng.random() * acc), len(addrs) - 1)]
             conn = pool.take(host)
             t = time.monotonic()
+            stage = "connect"
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(asyncio.open_connection(host, 80), TIMEOUT)
                     pool.opened += 1
+                stage = "get"
                 await asyncio.wait_for(get(*conn, host), TIMEOUT)
                 pool.give(host, conn)
                 window["ok"] += 1
                 lat.append(time.monotonic() - t)
             except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    IndexError, ValueError):
+                    IndexError, ValueError) as exc:
+                if time.monotonic() >= until:
+                    break  # cut off by the end of the run, not failed
+                failed(stage, exc)
                 window["err"] += 1
                 if conn is not None:
                     conn[1].close()
@@ -237,7 +258,7 @@ async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alph
     total["err"] += window["err"]
     wall = time.monotonic() - t0
     return {"summary": True, "requests": total["ok"], "errors": total["err"], "seconds": round(wall, 3),
-            "req_s": round(total["ok"] / wall, 1), "connections_opened": pool.opened}
+            "req_s": round(total["ok"] / wall, 1), "connections_opened": pool.opened, "reasons": REASONS}
 
 
 def main() -> None:
