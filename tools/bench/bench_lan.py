@@ -2,7 +2,7 @@
 HTTP from a Linux host on the LAN (a namespace behind a TAP device), with swap keeping
 the idle ones out of RAM.
 
-Usage: python tools/bench/bench_lan.py [--vms 10000] [--budget 3G] [--conc 256]
+Usage: python tools/bench/bench_lan.py [--vms 10000] [--budget 3G] [--conc 256] [--sample K]
 (root; ip from iproute2)
 
 Boots N httpd VMs (each under the gatekeeper, idle ones swapped out to stay under the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 
 from common import table
@@ -24,24 +25,28 @@ from denali.config import parse_size
 from denali.kernel import Kernel
 
 
-async def run(n: int, budget: int, conc: int) -> list[tuple[str, str]]:
-    async with Kernel(memory_budget=budget) as k, LinuxHost(k) as host:
+async def run(n: int, budget: int, conc: int, sample: int) -> list[tuple[str, str]]:
+    async with Kernel(memory_budget=budget, max_vms=max(n, 100_000)) as k, LinuxHost(k) as host:
         t = time.perf_counter()
         vms = await boot_httpd(k, n)
         boot = time.perf_counter() - t
         await host.neighbours(vms)
         before = dict(k.swapper.stats)
-        res = await host.load("sweep", vm_ip(1), str(n), "--conc", str(conc))
+        res = await host.load("sweep", vm_ip(1), str(n), "--conc", str(conc), "--sample", str(sample))
+        asked = res["hosts"]
         sw = k.swapper.stats
         alive = sum(1 for vm in vms if not vm.state.final)
+        swap_dir = k.swapper.directory
+        on_disk = sum(e.stat().st_blocks * 512 for e in os.scandir(swap_dir)) if swap_dir else 0
         st = k.switch.stats()
         rows = [
             ("httpd VMs (16 MiB address space each)", f"{n:,}"),
             ("booted, listening and idle", f"{boot:.1f} s ({n / boot:,.0f} VMs/s)"),
-            ("answered ping", f"{res['ping_ok']:,} of {n:,}"),
-            ("served GET /bytes/2258 (length checked)", f"{res['http_ok']:,} of {n:,}"),
+            ("VMs asked (all, or a random sample)", f"{asked:,}"),
+            ("answered ping", f"{res['ping_ok']:,} of {asked:,}"),
+            ("served GET /bytes/2258 (length checked)", f"{res['http_ok']:,} of {asked:,}"),
             (f"sweep time (ping + HTTP, {conc} at a time)",
-             f"{res['seconds']:.1f} s ({n / res['seconds']:,.0f} VMs/s)"),
+             f"{res['seconds']:.1f} s ({asked / res['seconds']:,.0f} VMs/s)"),
             ("ping round trip p50 / p99 (swap-in queue included)",
              f"{res['ping_ms']['p50']:,.0f} / {res['ping_ms']['p99']:,.0f} ms"),
             ("HTTP connect+GET+close p50 / p99",
@@ -50,6 +55,7 @@ async def run(n: int, budget: int, conc: int) -> list[tuple[str, str]]:
              f"{sw['swap_ins'] - before['swap_ins']:,} / {sw['swap_outs'] - before['swap_outs']:,}"),
             ("resident VMs at the end", f"{sum(1 for vm in vms if vm.swapped is None):,}"),
             ("process RSS at the end (budget)", f"{rss_mib():,.0f} MiB ({budget >> 20:,} MiB)"),
+            ("swap files on disk (touched pages of the swapped VMs)", f"{on_disk / 2**20:,.0f} MiB"),
             ("switch: ARP answered / flooded frames", f"{st.arp_answered:,} / {st.flooded:,}"),
             ("VMs still running at the end", f"{alive:,} of {n:,}"),
         ]
@@ -64,8 +70,9 @@ def main() -> None:
     ap.add_argument("--vms", type=int, default=10_000)
     ap.add_argument("--budget", default="3G")
     ap.add_argument("--conc", type=int, default=256)
+    ap.add_argument("--sample", type=int, default=0, help="ask only this many VMs, drawn at random")
     args = ap.parse_args()
-    rows = asyncio.run(run(args.vms, parse_size(args.budget), args.conc))
+    rows = asyncio.run(run(args.vms, parse_size(args.budget), args.conc, args.sample))
     table("Every VM answers on the LAN", [("what", "figure"), *rows])
 
 

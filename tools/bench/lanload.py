@@ -1,9 +1,9 @@
 """Load from a Linux host onto the VMs' LAN: run inside the network namespace that
 holds the TAP device (bench_lan.py and bench_zipf.py start it). Prints JSON lines.
 
-    python lanload.py sweep FIRST COUNT [--conc 256]
-        every host FIRST..FIRST+COUNT-1 must answer an ICMP echo and serve
-        GET /bytes/2258 (byte count checked); one summary line.
+    python lanload.py sweep FIRST COUNT [--conc 256] [--sample K]
+        every host FIRST..FIRST+COUNT-1 (or K of them drawn at random) must answer
+        an ICMP echo and serve GET /bytes/2258 (byte count checked); one summary line.
     python lanload.py zipf FIRST COUNT --seconds S [--conc 64] [--pool 512] [--alpha 1.0]
         requests for 2,258-byte documents, each to a host drawn from a Zipf
         distribution over the hosts (host FIRST is the most popular), keep-alive
@@ -108,6 +108,8 @@ REASONS: dict[str, int] = {}
 
 def failed(stage: str, exc: BaseException) -> None:
     key = f"{stage}:{type(exc).__name__}"
+    if isinstance(exc, ValueError):
+        key += f"({str(exc)[:60]})"
     REASONS[key] = REASONS.get(key, 0) + 1
 
 
@@ -271,8 +273,12 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=512)
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--report", type=float, default=5.0)
+    ap.add_argument("--sample", type=int, default=0, help="sweep: only this many hosts, drawn at random")
     args = ap.parse_args()
     addrs = hosts(args.first, args.count)
+    if args.sample:
+        addrs = sorted(random.Random(7).sample(addrs, min(args.sample, len(addrs))),
+                       key=lambda a: int(ipaddress.IPv4Address(a)))
     if args.mode == "sweep":
         out = asyncio.run(sweep(addrs, args.conc or 256))
     else:
