@@ -133,7 +133,7 @@ async def soak(n: int, budget: int, seconds: float, conc: int, every: float) -> 
         f"every VM answers at the end (ping {last['ping_ok']:,}, HTTP {last['http_ok']:,} of {n:,})":
             last["ping_ok"] == n and last["http_ok"] == n,
     }
-    xs = [s["t"] / 60 for s in samples]
+    xs = [round(s["t"] / 60, 2) for s in samples]
     write_figure(Figure(
         name="soak", title=f"Soak: {n:,} VMs under Zipf load for {seconds / 60:.0f} minutes",
         xlabel="minutes", ylabel="requests/s  |  RSS (MiB)", x=xs, fmt="{:,.0f}",
