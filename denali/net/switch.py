@@ -99,6 +99,9 @@ class SwitchConfig:
     """Frames forwarded before the drain task yields to the event loop."""
     arp_suppress: bool = True
     """Answer ARP requests for known addresses in the switch (see the module docstring)."""
+    arp_per_vm: int = 16
+    """Addresses one port with a fixed MAC (a VM) may have bound at once; further claims
+    are forwarded but not learned, so one guest cannot fill the table for everyone."""
 
     def __post_init__(self) -> None:
         if not (self.ageing_s > 0 and math.isfinite(self.ageing_s)):
@@ -109,6 +112,8 @@ class SwitchConfig:
             raise ConfigError(f"batch must be at least 1, not {self.batch}")
         if self.frames_per_yield < 1:
             raise ConfigError(f"frames_per_yield must be at least 1, not {self.frames_per_yield}")
+        if self.arp_per_vm < 1:
+            raise ConfigError(f"arp_per_vm must be at least 1, not {self.arp_per_vm}")
 
 
 class SwitchState(Enum):
@@ -617,7 +622,13 @@ class Switch:
                 c.arp_conflicts += 1  # table full of live bindings: not learned
             elif prev is None or not prev.alive or prev is att:
                 if prev is not att:
-                    self._arp_owned.setdefault(att, []).append(spa)
+                    owned = self._arp_owned.setdefault(att, [])
+                    if att.mac is not None and len(owned) >= self.config.arp_per_vm:
+                        owned[:] = [ip for ip in owned if arp.get(ip, (b"", None))[1] is att]
+                        if len(owned) >= self.config.arp_per_vm:
+                            c.arp_conflicts += 1
+                            return False
+                    owned.append(spa)
                 moved = bound is not None and bound[0] != sha
                 arp[spa] = (sha, att)
                 learned = True

@@ -128,3 +128,17 @@ async def test_unicast_reply_teaches_the_switch(switch: Switch) -> None:
     c.submit(arp(1, mac(3), ip(3), ip(2)))
     await switch.join()
     assert c.frames[-1][6:12] == mac(2) and b.frames == []
+
+
+async def test_one_vm_cannot_fill_the_table() -> None:
+    async with Switch(SwitchConfig(arp_per_vm=4)) as sw:
+        hostile, other = vm_ports(sw, 2)
+        for n in range(10, 30):  # claims 20 addresses
+            hostile.submit(arp(1, mac(1), ip(n), ip(n)))
+        other.submit(arp(1, mac(2), ip(2), ip(2)))
+        await sw.join()
+        st = sw.stats()
+        assert st.arp_bindings == 5 and st.arp_conflicts == 16  # 4 for the hostile VM, 1 for the other
+        other.submit(arp(1, mac(2), ip(2), ip(10)))  # a learned one is still answered
+        await sw.join()
+        assert other.frames[-1][6:12] == mac(1)
