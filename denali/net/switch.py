@@ -615,10 +615,13 @@ class Switch:
         if spa != _NO_IP:
             arp = self._arp
             bound = arp.get(spa)
-            if bound is None and len(arp) >= self.config.max_macs:
+            # VMs hold at most arp_per_vm bindings each; the rest of the table (bridged
+            # hosts) is bounded by max_macs, as the MAC table is
+            room = self.config.max_macs + self.config.arp_per_vm * len(self._pinned)
+            if bound is None and len(arp) >= room:
                 self._arp = arp = {ip: b for ip, b in arp.items() if b[1] is not None and b[1].alive}
             prev = bound[1] if bound is not None else None
-            if bound is None and len(arp) >= self.config.max_macs:
+            if bound is None and len(arp) >= room:
                 c.arp_conflicts += 1  # table full of live bindings: not learned
             elif prev is None or not prev.alive or prev is att:
                 if prev is not att:

@@ -142,3 +142,14 @@ async def test_one_vm_cannot_fill_the_table() -> None:
         other.submit(arp(1, mac(2), ip(2), ip(10)))  # a learned one is still answered
         await sw.join()
         assert other.frames[-1][6:12] == mac(1)
+
+
+async def test_every_vm_is_learned_past_max_macs() -> None:
+    """The bridged-host bound (max_macs) does not cap the VMs: 40 VMs with max_macs=8."""
+    async with Switch(SwitchConfig(max_macs=8)) as sw:
+        vms = vm_ports(sw, 40)
+        for n, p in enumerate(vms, start=1):
+            p.submit(arp(1, mac(n), ip(n), ip(n)))
+        await sw.join()
+        st = sw.stats()
+        assert st.arp_bindings == 40 and st.arp_announcements == 40 and st.flooded == 0
