@@ -118,8 +118,10 @@ async def boot_httpd(k: Kernel, n: int, progress: bool = True) -> list[Vm]:
         vms.append(await k.spawn("httpd", cmdline=f"ip={vm_ip(i)}/{PREFIX}"))
         if progress and i % 1000 == 0:
             print(f"  spawned {i:,}/{n:,}", file=sys.stderr, flush=True)
-    for vm in vms:
+    for i, vm in enumerate(vms, start=1):
         await vm.until_idle()
+        if progress and i % 10_000 == 0:
+            print(f"  listening {i:,}/{n:,}, RSS {rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
     return vms
 
 
