@@ -103,6 +103,13 @@ def _read_runs(path: str, buf: mmap.mmap, runs: array[int]) -> None:
         os.close(fd)
 
 
+async def _remove(path: str) -> None:
+    try:
+        await aiofiles.os.remove(path)
+    except OSError:
+        pass
+
+
 def trim_heap() -> None:
     """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; else nothing)."""
     trim = getattr(_libc, "malloc_trim", None)
@@ -159,6 +166,7 @@ class Swapper:
         self._calibrated_at = 0.0
         self._trimmed_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._removals: set[asyncio.Task[None]] = set()
         self.stats = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
                       "bytes_out": 0, "bytes_in": 0, "admission_waits": 0, "heap_trims": 0}
 
@@ -181,13 +189,14 @@ class Swapper:
             os.close(fd)
 
     def remove_area(self, vm_id: int) -> None:
+        """The VM ended: forget it and delete its swap file. The unlink runs on a worker
+        thread (freeing a file's blocks can take milliseconds); ``aclose`` waits for it."""
         if not self.enabled:
             return
         self._forget(vm_id)
-        try:
-            os.unlink(self.path_for(vm_id))
-        except OSError:
-            pass
+        task = asyncio.get_running_loop().create_task(_remove(self.path_for(vm_id)))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     # ---- the gatekeeper ----
     async def admit(self, vm: Vm, cost: int) -> None:
@@ -346,6 +355,7 @@ class Swapper:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._removals, return_exceptions=True)
         for _, _, fut in self._queue:
             if not fut.done():
                 fut.cancel()
