@@ -18,8 +18,8 @@ import asyncio
 import os
 import time
 
-from common import table
-from lan import LinuxHost, boot_httpd, rss_mib, vm_ip
+from common import rss_mib, table
+from lan import LinuxHost, boot_httpd, vm_ip
 
 from denali.config import parse_size
 from denali.kernel import Kernel

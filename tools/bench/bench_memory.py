@@ -15,15 +15,11 @@ import json
 import subprocess
 import sys
 
-from common import ROOT, table
+from common import ROOT, rss_mib, table
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+def rss_kib() -> float:
+    return rss_mib() * 1024
 
 
 async def child(vms: int, kib: int, thp_off: bool) -> dict[str, float]:

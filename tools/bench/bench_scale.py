@@ -15,8 +15,7 @@ import resource
 import sys
 import time
 
-from common import table
-from lan import rss_mib
+from common import rss_mib, table
 
 from denali.abi import Irq
 from denali.config import parse_size

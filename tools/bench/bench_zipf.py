@@ -28,8 +28,9 @@ import asyncio
 import time
 from typing import Any
 
+from common import rss_mib
 from figures import Figure, Series, write_figure
-from lan import LinuxHost, boot_httpd, rss_mib, vm_ip
+from lan import LinuxHost, boot_httpd, vm_ip
 
 from denali.config import parse_size
 from denali.kernel import Kernel

@@ -18,6 +18,12 @@ from denali.cpu import layout_regions  # noqa: E402
 from denali.images import resolve  # noqa: E402
 from denali.loader import Image  # noqa: E402
 from denali.memory import GuestMemory  # noqa: E402
+from denali.swap import process_rss  # noqa: E402
+
+
+def rss_mib() -> float:
+    """This process's resident memory in MiB (the kernel's own reading of it)."""
+    return process_rss() / 2**20
 
 
 def median_of(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import rss_mib
+
 from denali.kernel import Kernel
 from denali.net.tap import TapPort
 from denali.vm import Vm
@@ -124,10 +126,3 @@ async def boot_httpd(k: Kernel, n: int, progress: bool = True) -> list[Vm]:
             print(f"  listening {i:,}/{n:,}, RSS {rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
     return vms
 
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")

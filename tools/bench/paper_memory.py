@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import json
 import subprocess
@@ -34,6 +33,7 @@ from figures import Figure, Series, write_figure
 
 from denali.errors import ResourceError
 from denali.kernel import Kernel
+from denali.swap import process_rss, trim_heap
 from denali.vm import Vm
 
 BUDGET = 32 << 20
@@ -43,14 +43,10 @@ come and go) is at its high-water mark before the first RSS reading."""
 
 
 def rss_bytes() -> int:
-    """VmRSS after gc and malloc_trim(0): freed heap (engines come and go) goes back first."""
+    """RSS after gc and malloc_trim(0): freed heap (engines come and go) goes back first."""
     gc.collect()
-    ctypes.CDLL(None).malloc_trim(0)
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    trim_heap()
+    return process_rss()
 
 
 async def boot(k: Kernel, n: int, swap: bool) -> list[Vm]:
