@@ -173,7 +173,8 @@ class Kernel:
             "cpu_switches": self._arbiter.switches if self._arbiter else 0,
             "slices_started": sum(lane.starts for lane in self.lanes),
             "preempt_stops": sum(lane.stops for lane in self.lanes),
-            "switch": {k: v for k, v in self.switch.stats().as_dict().items() if k != "port_stats"},
+            "switch": {k: v for k, v in self.switch.stats(per_port=False).as_dict().items()
+                       if k != "port_stats"},
             "swap": {**self.swapper.stats, "used": self.swapper.used, "budget": self.swapper.budget},
         }
 

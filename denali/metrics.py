@@ -52,7 +52,7 @@ def snapshot(kernel: Kernel, sampler: CpuSampler | None = None, limit: int | Non
     """Kernel counters and one dict per live VM (see ``Kernel.vm_stats``); with a
     ``sampler``, rows carry ``cpu_pct`` and come busiest first, ``limit`` of them."""
     vms = (sampler.sample(limit) if sampler is not None
-           else [kernel.vm_stats(vm) for vm in list(kernel.vms.values())][:limit])
+           else [kernel.vm_stats(vm) for vm in list(kernel.vms.values())[:limit]])
     return {"kernel": kernel.stats(), "vms": vms}
 
 

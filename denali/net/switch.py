@@ -459,8 +459,9 @@ class Switch:
         return writer
 
     # ---- statistics ----
-    def stats(self) -> SwitchStats:
-        """A snapshot of all counters (switch-wide and per port)."""
+    def stats(self, per_port: bool = True) -> SwitchStats:
+        """A snapshot of all counters: switch-wide, and per port unless ``per_port`` is
+        False (then ``port_stats`` is empty: a switch of 10,000 ports need not copy them)."""
         c = self._c
         cap = self._capture
         return SwitchStats(
@@ -473,7 +474,7 @@ class Switch:
             capture_dropped=cap.dropped if cap is not None else 0, arp_bindings=len(self._arp),
             arp_answered=c.arp_answered, arp_announcements=c.arp_announced,
             arp_conflicts=c.arp_conflicts, drain_passes=c.passes,
-            port_stats={a.port.name: a.stats.snapshot() for a in self._links},
+            port_stats={a.port.name: a.stats.snapshot() for a in self._links} if per_port else {},
         )
 
     # ---- the packet path ----

@@ -41,9 +41,9 @@ uint8_t *eth_header(uint8_t *buf, const uint8_t dst[6], uint16_t type);
 
 /* arp.c */
 void arp_input(const uint8_t *pkt, size_t len);
+void arp_announce(void);                    /* gratuitous ARP: tell the LAN our address */
 /* The MAC for a next-hop IP: 1 and *mac filled, or 0: a request went out and this frame
  * (if not NULL) waits, replacing an older waiting one. */
-void arp_announce(void);                    /* gratuitous ARP: tell the LAN our address */
 int arp_resolve(uint32_t ip, uint8_t mac[6], const uint8_t *frame, size_t len);
 uint64_t arp_timers(uint64_t now);
 

@@ -412,6 +412,8 @@ async def test_stats_snapshot_is_plain_data_and_frozen(switch: Switch) -> None:
     assert data["port_stats"]["a"]["tx_frames"] == 1 and data["port_stats"]["b"]["drops"] == 0
     with pytest.raises(AttributeError):
         now.frames = 0  # type: ignore[misc]
+    totals = switch.stats(per_port=False)
+    assert totals.frames == 2 and totals.port_stats == {}
 
 
 @pytest.mark.asyncio
