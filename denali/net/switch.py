@@ -547,13 +547,11 @@ class Switch:
                     continue
             elif not self._learn(att, frame, now):
                 continue
+            if suppress and frame[12] == 8 and frame[13] == 6 and self._on_arp(att, frame):
+                continue  # a request answered or an announcement swallowed (the capture has it)
             if frame[0] & 1:
-                if suppress and frame[12:14] == _ETH_ARP and self._arp_request(att, frame):
-                    continue  # answered or swallowed (the capture has it)
                 out = None
             else:
-                if suppress and frame[12] == 8 and frame[13] == 6:  # ARP (replies teach us too)
-                    self._arp_request(att, frame)
                 dst = frame[:MAC_LEN]
                 out = pinned.get(dst)
                 if out is None:
@@ -599,54 +597,27 @@ class Switch:
                     self._port_failed(other, exc)
         return n
 
-    def _arp_request(self, att: Attachment, frame: bytes) -> bool:
-        """ARP suppression for an ARP frame from ``att``: learn its sender binding; for
-        a broadcast request, answer or swallow it (True) or let it be flooded (False).
-        A unicast frame is never consumed (the caller forwards it whatever we return)."""
+    def _on_arp(self, att: Attachment, frame: bytes) -> bool:
+        """ARP suppression for an ARP frame from ``att``: learn its sender's binding.
+        True when it was a broadcast request the switch answered or swallowed (it goes
+        no further); False when it is forwarded as usual."""
         if len(frame) < _ARP_END or frame[14:20] != _ARP_ETH_IPV4 or frame[20] != 0:
             return False
-        sha = frame[22:28]
-        spa = frame[28:32]
-        tpa = frame[38:42]
+        sha, spa, tpa = frame[22:28], frame[28:32], frame[38:42]
         if sha != frame[SRC_OFFSET:_SRC_END]:
+            return False
+        learned, moved = self._arp_learn(att, sha, spa) if spa != _NO_IP else (False, False)
+        if frame[21] != 1 or not frame[0] & 1:  # not a broadcast request
             return False
         c = self._c
         cap = self._capture
-        learned = moved = False
-        if spa != _NO_IP:
-            arp = self._arp
-            bound = arp.get(spa)
-            # VMs hold at most arp_per_vm bindings each; the rest of the table (bridged
-            # hosts) is bounded by max_macs, as the MAC table is
-            room = self.config.max_macs + self.config.arp_per_vm * len(self._pinned)
-            if bound is None and len(arp) >= room:
-                self._arp = arp = {ip: b for ip, b in arp.items() if b[1] is not None and b[1].alive}
-            prev = bound[1] if bound is not None else None
-            if bound is None and len(arp) >= room:
-                c.arp_conflicts += 1  # table full of live bindings: not learned
-            elif prev is None or not prev.alive or prev is att:
-                if prev is not att:
-                    owned = self._arp_owned.setdefault(att, [])
-                    if att.mac is not None and len(owned) >= self.config.arp_per_vm:
-                        owned[:] = [ip for ip in owned if arp.get(ip, (b"", None))[1] is att]
-                        if len(owned) >= self.config.arp_per_vm:
-                            c.arp_conflicts += 1
-                            return False
-                    owned.append(spa)
-                moved = bound is not None and bound[0] != sha
-                arp[spa] = (sha, att)
-                learned = True
-            else:
-                c.arp_conflicts += 1
-        if frame[21] != 1 or not frame[0] & 1:  # not a broadcast request
-            return False
-        if tpa == spa:
-            if learned and not moved:
-                c.arp_announced += 1
-                if cap is not None:
-                    cap.offer(frame)
-                return True
-            return False
+        if tpa == spa:  # an announcement: swallowed once learned, unless the address moved
+            if not learned or moved:
+                return False
+            c.arp_announced += 1
+            if cap is not None:
+                cap.offer(frame)
+            return True
         bound = self._arp.get(tpa)
         if bound is None or tpa == _NO_IP:
             return False
@@ -669,6 +640,41 @@ class Switch:
             self._port_failed(att, exc)
         if cap is not None:
             cap.offer(reply)
+        return True
+
+    def _arp_learn(self, att: Attachment, sha: bytes, spa: bytes) -> tuple[bool, bool]:
+        """Bind ``spa`` to ``sha`` on ``att`` unless another live port holds it, the port
+        has its share of bindings, or the table is full. Returns (learned, moved: the
+        address was last bound to another MAC)."""
+        arp = self._arp
+        bound = arp.get(spa)
+        if bound is None:
+            # VMs hold at most arp_per_vm bindings each; the rest of the table (bridged
+            # hosts) is bounded by max_macs, as the MAC table is
+            room = self.config.max_macs + self.config.arp_per_vm * len(self._pinned)
+            if len(arp) >= room:
+                self._arp = arp = {ip: b for ip, b in arp.items() if b[1] is not None and b[1].alive}
+                if len(arp) >= room:
+                    self._c.arp_conflicts += 1  # full of live bindings: not learned
+                    return False, False
+        prev = bound[1] if bound is not None else None
+        if prev is not None and prev.alive and prev is not att:
+            self._c.arp_conflicts += 1
+            return False, False
+        if prev is not att and not self._arp_claim(att, spa):
+            return False, False
+        arp[spa] = (sha, att)
+        return True, bound is not None and bound[0] != sha
+
+    def _arp_claim(self, att: Attachment, spa: bytes) -> bool:
+        """Record that ``att`` owns ``spa``; False (counted) when a VM has its share."""
+        owned = self._arp_owned.setdefault(att, [])
+        if att.mac is not None and len(owned) >= self.config.arp_per_vm:
+            owned[:] = [ip for ip in owned if self._arp.get(ip, (b"", None))[1] is att]
+            if len(owned) >= self.config.arp_per_vm:
+                self._c.arp_conflicts += 1
+                return False
+        owned.append(spa)
         return True
 
     def _learn(self, att: Attachment, frame: bytes, now: float) -> bool:
