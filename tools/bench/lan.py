@@ -9,7 +9,6 @@ import asyncio
 import ipaddress
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,11 +32,7 @@ def vm_ip(i: int) -> str:
     return str(ipaddress.IPv4Address(BASE + i))
 
 
-def sh(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-async def ash(*cmd: str, check: bool = True) -> None:
+async def sh(*cmd: str, check: bool = True) -> None:
     """Run a command without blocking the loop (the kernel must keep answering)."""
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
@@ -56,20 +51,20 @@ class LinuxHost:
         self.tap: TapPort | None = None
 
     async def __aenter__(self) -> LinuxHost:
-        sh("ip", "netns", "add", self.ns)
+        await sh("ip", "netns", "add", self.ns)
         try:
             tap = TapPort(self.dev)
             tap.open()
             self.tap = tap
             self.kernel.switch.attach(tap)
-            sh("ip", "link", "set", self.dev, "netns", self.ns)
+            await sh("ip", "link", "set", self.dev, "netns", self.ns)
             # no IPv6 on the link: its router and multicast-listener chatter is flooded
             # to every VM (and would swap in every swapped-out one)
-            sh("ip", "netns", "exec", self.ns, "sysctl", "-q", "-w",
-               f"net.ipv6.conf.{self.dev}.disable_ipv6=1")
-            sh("ip", "-n", self.ns, "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", self.dev)
-            sh("ip", "-n", self.ns, "link", "set", self.dev, "up")
-            sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+            await sh("ip", "netns", "exec", self.ns, "sysctl", "-q", "-w",
+                      f"net.ipv6.conf.{self.dev}.disable_ipv6=1")
+            await sh("ip", "-n", self.ns, "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", self.dev)
+            await sh("ip", "-n", self.ns, "link", "set", self.dev, "up")
+            await sh("ip", "-n", self.ns, "link", "set", "lo", "up")
         except BaseException:
             await self.__aexit__()
             raise
@@ -78,7 +73,7 @@ class LinuxHost:
     async def __aexit__(self, *exc: object) -> None:
         if self.tap is not None:
             self.tap.close()
-        await ash("ip", "netns", "del", self.ns, check=False)
+        await sh("ip", "netns", "del", self.ns, check=False)
 
     async def neighbours(self, vms: Sequence[Vm], first: int = 1) -> None:
         """Permanent neighbour entries for ``vms`` (VM k is vm_ip(first + k)): Linux's
@@ -87,13 +82,13 @@ class LinuxHost:
         First one ping by ordinary ARP, so that the switch learns the Linux host's
         address from its request (answered by the switch): the VMs' own requests for
         the host are then answered by the switch instead of flooding all the VMs."""
-        await ash("ip", "netns", "exec", self.ns, "ping", "-c", "1", "-W", "5", vm_ip(first))
+        await sh("ip", "netns", "exec", self.ns, "ping", "-c", "1", "-W", "5", vm_ip(first))
         with tempfile.NamedTemporaryFile("w", suffix=".neigh") as f:
             for k, vm in enumerate(vms):
                 f.write(f"neigh replace {vm_ip(first + k)} lladdr {vm.mac.hex(':')} dev {self.dev} "
                         "nud permanent\n")
             f.flush()
-            await ash("ip", "-n", self.ns, "-batch", f.name)
+            await sh("ip", "-n", self.ns, "-batch", f.name)
 
     async def load(self, *args: str, on_line: Callable[[dict[str, Any]], None] | None = None
                    ) -> dict[str, Any]:
