@@ -39,7 +39,7 @@ def hosts(first: str, count: int) -> list[str]:
 def _checksum(data: bytes) -> int:
     if len(data) & 1:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s >> 16) + (s & 0xFFFF)
     s += s >> 16
     return ~s & 0xFFFF
@@ -162,38 +162,43 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     return {f"p{p}": round(ms[min(len(ms) - 1, len(ms) * p // 100)], 2) for p in (50, 90, 99, 100)}
 
 
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class Pool:
-    """Keep-alive connections by host, least recently used closed first."""
+    """Idle keep-alive connections by host (at most PER_HOST each); beyond ``size`` in
+    all, the least recently used host's oldest connection is closed."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.idle: OrderedDict[tuple[str, int], tuple[asyncio.StreamReader, asyncio.StreamWriter]] = \
-            OrderedDict()
-        self.count: dict[str, int] = {}
+        self.idle: OrderedDict[str, list[Conn]] = OrderedDict()
+        self.total = 0
         self.opened = 0
 
-    def take(self, host: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        n = self.count.get(host, 0)
-        while n:
-            n -= 1
-            conn = self.idle.pop((host, n), None)
-            self.count[host] = n
-            if conn is not None:
-                return conn
-        return None
+    def take(self, host: str) -> Conn | None:
+        conns = self.idle.get(host)
+        if not conns:
+            return None
+        self.total -= 1
+        conn = conns.pop()
+        if not conns:
+            del self.idle[host]
+        return conn
 
-    def give(self, host: str, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-        n = self.count.get(host, 0)
-        if n >= PER_HOST:  # a guest serves at most 72 connections: keep well below
+    def give(self, host: str, conn: Conn) -> None:
+        conns = self.idle.setdefault(host, [])
+        self.idle.move_to_end(host)
+        if len(conns) >= PER_HOST:  # a guest serves at most 72 connections: keep well below
             conn[1].close()
             return
-        self.idle[(host, n)] = conn
-        self.count[host] = n + 1
-        while len(self.idle) > self.size:
-            (h, k), (_, w) = self.idle.popitem(last=False)
-            w.close()
-            if self.count.get(h, 0) == k + 1:
-                self.count[h] = k
+        conns.append(conn)
+        self.total += 1
+        while self.total > self.size:
+            oldest_host, oldest = next(iter(self.idle.items()))
+            oldest.pop(0)[1].close()
+            self.total -= 1
+            if not oldest:
+                del self.idle[oldest_host]
 
 
 async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alpha: float,
@@ -246,7 +251,7 @@ async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alph
                    for p in (50, 99)}
             print(json.dumps({"t": round(now - t0, 2), "req_s": round(window["ok"] / (now - last), 1),
                               "ok": window["ok"], "err": window["err"], **pct,
-                              "open": len(pool.idle)}), flush=True)
+                              "open": pool.total}), flush=True)
             total["ok"] += window["ok"]
             total["err"] += window["err"]
             window["ok"] = window["err"] = 0
