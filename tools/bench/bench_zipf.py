@@ -62,7 +62,7 @@ async def point(n: int, budget: int, seconds: float, warmup: float, conc: int) -
         resident = sum(1 for vm in vms if vm.swapped is None)
         lost = sum(1 for vm in vms if vm.state.final)
         return {"n": n, "req_s": ok / span, "swap_in_s": (end["swap_ins"] - start["swap_ins"]) / span,
-                "errors": summary["errors"], "resident": resident, "lost": lost, "scale": k.swapper.scale}
+                "errors": summary["errors"], "reasons": summary.get("reasons", {}), "resident": resident, "lost": lost, "scale": k.swapper.scale}
 
 
 def experiment(args: argparse.Namespace) -> None:
@@ -72,7 +72,7 @@ def experiment(args: argparse.Namespace) -> None:
     for n in counts:
         r = asyncio.run(point(n, budget, args.seconds, args.warmup, args.conc))
         print(f"  N={n:,}: {r['req_s']:,.0f} req/s, {r['swap_in_s']:,.1f} swap-ins/s, "
-              f"{r['errors']} errors, {r['resident']:,} resident", flush=True)
+              f"{r['errors']} errors {r['reasons'] or ''}, {r['resident']:,} resident", flush=True)
         res.append(r)
     fit = max(r["resident"] for r in res)
     write_figure(Figure(
