@@ -62,7 +62,8 @@ async def point(n: int, budget: int, seconds: float, warmup: float, conc: int) -
         resident = sum(1 for vm in vms if vm.swapped is None)
         lost = sum(1 for vm in vms if vm.state.final)
         return {"n": n, "req_s": ok / span, "swap_in_s": (end["swap_ins"] - start["swap_ins"]) / span,
-                "errors": summary["errors"], "reasons": summary.get("reasons", {}), "resident": resident, "lost": lost, "scale": k.swapper.scale}
+                "errors": summary["errors"], "reasons": summary.get("reasons", {}),
+                "resident": resident, "lost": lost, "scale": k.swapper.scale}
 
 
 def experiment(args: argparse.Namespace) -> None:
