@@ -27,14 +27,15 @@ from typing import Any
 from denali import abi
 from denali.arbiter import CpuArbiter
 from denali.config import KernelConfig, check_memory, parse_size
-from denali.devices import diskdev, netdev
+from denali.devices import nic as netdev
 from denali.devices.console import ConsoleSink
-from denali.disk.spec import DiskSpec
+from denali.devices.disk import device as diskdev
+from denali.devices.disk.spec import DiskSpec
+from denali.devices.nic import NicConfig, NicPort
 from denali.errors import ConfigError, KernelClosedError, ResourceError
 from denali.hypercalls import HypercallTable, core_table
 from denali.images import resolve
 from denali.loader import Image
-from denali.net.nic import NicConfig, NicPort
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.scheduler import Scheduler
@@ -214,7 +215,7 @@ class Kernel:
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
         ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets its queue
         bounds. ``disks``: the VM's
-        virtual disks (``denali.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
+        virtual disks (``denali.devices.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
         Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
         host cannot hold another VM, ``KernelClosedError`` after close.
         """

@@ -37,10 +37,10 @@ from denali.memory import GuestMemory
 from denali.swap import ENGINE_COST, SwapImage
 
 if TYPE_CHECKING:
-    from denali.devices.diskdev import VmDisks
+    from denali.devices.disk.device import VmDisks
+    from denali.devices.nic import NicPort
     from denali.kernel import Kernel
     from denali.loader import Image
-    from denali.net.nic import NicPort
     from denali.preempt import Lane
 
 _V: Final = abi.VREGS.offsets()

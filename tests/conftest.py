@@ -9,6 +9,8 @@ import pytest
 
 from denali.images import builtin_images
 from denali.kernel import Kernel
+from denali.net import Switch, SwitchConfig
+from tests.net.helpers import FakeClock
 
 
 @dataclass
@@ -34,3 +36,16 @@ async def boot(k: Kernel, image: str, cmdline: str = "", memory: str = "16M", ni
     vm = await k.spawn(image, cmdline=cmdline, memory=memory, nic=nic)
     status = await vm.wait()
     return Outcome(status, vm.console.text())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand (the switch's ageing reads it)."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def switch(clock: FakeClock) -> AsyncIterator[Switch]:
+    """A running switch with long ageing, always closed."""
+    async with Switch(SwitchConfig(ageing_s=300.0), clock=clock) as sw:
+        yield sw

@@ -8,8 +8,8 @@ import re
 import zlib
 from pathlib import Path
 
-from denali.disk import DiskSpec
-from denali.disk.tools import pack_directory
+from denali.devices.disk import DiskSpec
+from denali.devices.disk.tools import pack_directory
 from denali.kernel import Kernel
 from tests.conftest import need_image
 

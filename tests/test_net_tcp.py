@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from denali.devices.nic import NicConfig
 from denali.kernel import Kernel
-from denali.net.nic import NicConfig
 from tests.conftest import need_image
 
 

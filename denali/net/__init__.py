@@ -1,4 +1,4 @@
-"""The virtual switched Ethernet LAN: switch, ports, VM NICs, MAC helpers and pcap capture.
+"""The virtual switched Ethernet LAN: switch, ports, TAP, VXLAN, MAC helpers and pcap capture.
 
 Only re-exports; see each module for contracts.
 """
@@ -20,7 +20,6 @@ from denali.net.ethernet import (
     payload,
     src_mac,
 )
-from denali.net.nic import NicConfig, NicPort, TxStatus
 from denali.net.pcap import PcapWriter
 from denali.net.port import Port, PortStats
 from denali.net.switch import Switch, SwitchConfig, SwitchState, SwitchStats
@@ -30,8 +29,6 @@ __all__ = (
     "HEADER_LEN",
     "MAC_LEN",
     "EtherType",
-    "NicConfig",
-    "NicPort",
     "PcapWriter",
     "Port",
     "PortStats",
@@ -39,7 +36,6 @@ __all__ = (
     "SwitchConfig",
     "SwitchState",
     "SwitchStats",
-    "TxStatus",
     "build_frame",
     "dst_mac",
     "ethertype",

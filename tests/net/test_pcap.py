@@ -8,8 +8,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
+from denali.devices.nic import NicPort
 from denali.errors import ConfigError, NetError
-from denali.net import NicPort, PcapWriter, Switch
+from denali.net import PcapWriter, Switch
 from denali.net.pcap import LINKTYPE_ETHERNET
 from tests.net.helpers import Recorder, bcast, frame
 

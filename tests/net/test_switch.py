@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from denali.devices.nic import NicConfig, NicPort
 from denali.errors import ConfigError, NetError
-from denali.net import NicConfig, NicPort, Switch, SwitchConfig, SwitchState
+from denali.net import Switch, SwitchConfig, SwitchState
 from denali.net.ethernet import BROADCAST, parse_mac
 from tests.net.helpers import FakeClock, Recorder, bcast, frame, mac, tag_of
 

@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
 from common import table  # noqa: E402
 
 from denali.abi import NET_MAX_BATCH  # noqa: E402
-from denali.net import BROADCAST, NicConfig, NicPort, Switch, build_frame, mac_for_vm  # noqa: E402
+from denali.devices.nic import NicConfig, NicPort  # noqa: E402
+from denali.net import BROADCAST, Switch, build_frame, mac_for_vm  # noqa: E402
 
 BURSTS_PER_DRAIN = 4
 """Bursts each sender queues before the senders wait for the switch (256 = queue size)."""

@@ -15,10 +15,10 @@ import pytest
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
-from denali.devices.diskdev import VmDisks, open_disks
-from denali.disk import DiskSpec
+from denali.devices.disk import DiskSpec
+from denali.devices.disk.device import VmDisks, open_disks
 from denali.errors import ConfigError, DiskError
-from tests.disk.conftest import (
+from tests.devices.disk.conftest import (
     BLOCK,
     CODE,
     HEAP,

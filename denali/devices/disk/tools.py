@@ -1,6 +1,6 @@
 """Disk image tools: create a blank image, pack a directory into a DNLFS image, list one.
 
-Coroutines doing all their file I/O through ``aiofiles``; ``denali.disk.cli`` runs them.
+Coroutines doing all their file I/O through ``aiofiles``; ``denali.cli.disk`` runs them.
 Outputs are built under a temporary name and renamed into place, so a failed or
 interrupted run never leaves a half-written image behind. Every malformed input raises
 ``DiskError`` with the file and the problem; nothing is repaired.
@@ -19,9 +19,9 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncBufferedIOBase, AsyncBufferedReader
 
-from denali.disk import fsformat, overlay
-from denali.disk.base import BLOCK, MAX_DISK_BYTES, check_disk_size
-from denali.disk.fsformat import Entry, Superblock
+from denali.devices.disk import fsformat, overlay
+from denali.devices.disk.base import BLOCK, MAX_DISK_BYTES, check_disk_size
+from denali.devices.disk.fsformat import Entry, Superblock
 from denali.errors import DiskError
 
 _CHUNK: Final = 1 << 20

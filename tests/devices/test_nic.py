@@ -8,10 +8,10 @@ import pytest
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
-from denali.devices import netdev
+from denali.devices import nic as netdev
+from denali.devices.nic import NicConfig, NicPort
 from denali.hypercalls import HypercallTable
 from denali.memory import PROT_R, PROT_RW, PROT_RX, GuestMemory, Region
-from denali.net.nic import NicConfig, NicPort
 from denali.net.switch import Switch
 
 MEM = 1 << 20

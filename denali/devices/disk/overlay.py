@@ -30,8 +30,8 @@ import uuid
 import zlib
 from typing import Final
 
-from denali.disk import aio
-from denali.disk.base import BLOCK, BaseImage
+from denali.devices.disk import aio
+from denali.devices.disk.base import BLOCK, BaseImage
 from denali.errors import DiskError
 
 MAGIC: Final = b"DENALIOV"
@@ -90,7 +90,7 @@ class Overlay:
     """An open overlay: which blocks it holds and where. Use ``open_kept``/``create_temporary``.
 
     All methods that touch the bitmap run on the event loop; file I/O goes through
-    ``denali.disk.aio``. ``close()`` must only be called when no I/O on ``fd`` is in
+    ``denali.devices.disk.aio``. ``close()`` must only be called when no I/O on ``fd`` is in
     flight (the disk's worker guarantees it).
     """
 

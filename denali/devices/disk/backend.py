@@ -15,7 +15,7 @@ Contract for every backend: ``read``/``write``/``flush`` are coroutines that eit
 complete or raise ``OSError`` (the caller turns it into ``Result.IO``); each runs its
 file I/O as one job in the executor and checks afterwards that no file it used was
 truncated or removed (so a disk file cut under a running VM fails that VM's I/O and
-nothing else). Ranges are checked by the caller (``denali.devices.diskdev``). One
+nothing else). Ranges are checked by the caller (``denali.devices.disk.device``). One
 request at a time per backend (the disk's worker serialises them), and ``close()`` is
 called once, after the last request finished: no descriptor is closed under a running
 job.
@@ -26,10 +26,10 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from denali.disk import aio
-from denali.disk.base import BLOCK, BaseImage, acquire_base, check_disk_size, open_checked
-from denali.disk.overlay import Overlay, create_temporary, open_kept
-from denali.disk.spec import DiskSpec
+from denali.devices.disk import aio
+from denali.devices.disk.base import BLOCK, BaseImage, acquire_base, check_disk_size, open_checked
+from denali.devices.disk.overlay import Overlay, create_temporary, open_kept
+from denali.devices.disk.spec import DiskSpec
 from denali.errors import DiskError
 
 

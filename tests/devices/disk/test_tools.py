@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from denali.disk import create_image, list_image, pack_directory
-from denali.disk import fsformat as F
-from denali.disk.cli import run
+from denali.cli.disk import run
+from denali.devices.disk import create_image, list_image, pack_directory
+from denali.devices.disk import fsformat as F
 from denali.errors import DiskError
-from tests.disk.conftest import BLOCK, names_in
+from tests.devices.disk.conftest import BLOCK, names_in
 
 
 def tree(root: Path) -> dict[str, bytes]:

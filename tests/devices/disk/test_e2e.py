@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from denali import abi
-from denali.disk import DiskSpec, create_image, pack_directory
-from denali.disk.backend import open_backend
+from denali.devices.disk import DiskSpec, create_image, pack_directory
+from denali.devices.disk.backend import open_backend
 from denali.kernel import Kernel
-from tests.disk.conftest import fd_count, names_in
-from tests.disk.guest import (
+from tests.devices.disk.conftest import fd_count, names_in
+from tests.devices.disk.guest import (
     ConsoleWatch,
     disk_test_image,
     finish,

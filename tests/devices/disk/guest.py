@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from denali.abi import Hc
-from denali.devices import diskdev
-from denali.disk import DiskSpec
+from denali.devices.disk import DiskSpec
+from denali.devices.disk import device as diskdev
 from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.vm import Vm
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def disk_test_image() -> Path:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import Final
 
 from denali import abi
-from denali.disk import aio
+from denali.devices.disk import aio
 from denali.errors import DiskError
 
 BLOCK: Final = abi.DISK_BLOCK_SIZE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from denali.disk import DiskSpec, parse_disk_arg
+from denali.devices.disk import DiskSpec, parse_disk_arg
 from denali.errors import ConfigError
 
 

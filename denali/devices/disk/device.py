@@ -2,7 +2,7 @@
 
 A VM has up to 16 disks, each a fixed number of 4 KiB blocks, found by name
 (``DISK_INFO``) and addressed by handle (its index). The host storage of a disk is a
-``denali.disk.backend.Backend`` (a shared read-only base, an exclusive image, or a base
+``denali.devices.disk.backend.Backend`` (a shared read-only base, an exclusive image, or a base
 plus a copy-on-write overlay), opened from ``DiskSpec`` s by ``VmDisks.open``.
 
 Life of a request (the completion protocol, from the guest's side: submit, then poll a
@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
-from denali.disk.backend import Backend, open_backend
-from denali.disk.spec import DiskSpec
+from denali.devices.disk.backend import Backend, open_backend
+from denali.devices.disk.spec import DiskSpec
 from denali.errors import ConfigError, DiskError
 from denali.memory import PROT_R, PROT_RW, GuestMemory
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from denali.config import parse_size
-from denali.disk import tools
+from denali.devices.disk import tools
 from denali.errors import ConfigError, DiskError
 
 EXIT_IMAGE: Final = 1

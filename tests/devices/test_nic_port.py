@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 
 from denali.abi import NET_MIN_FRAME, NET_MTU, Result
+from denali.devices.nic import NicConfig, NicPort, TxStatus
 from denali.errors import ConfigError
-from denali.net import NicConfig, NicPort, Switch, TxStatus, mac_for_vm
+from denali.net import Switch, mac_for_vm
 from tests.net.helpers import Recorder, bcast, frame, mac, tag_of
 
 

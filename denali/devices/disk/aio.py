@@ -9,7 +9,7 @@ that reads it, and positional calls on one descriptor are safe from several thre
 such call that does all its reads, writes and checks in one trip to the executor.
 
 Invariant: a descriptor is closed only when no call using it is in flight (the callers
-keep track; see ``denali.disk.backend``), so a descriptor number is never reused under
+keep track; see ``denali.devices.disk.backend``), so a descriptor number is never reused under
 a running ``pread``/``pwrite``.
 """
 

@@ -1,4 +1,9 @@
-"""A VM's virtual NIC as the host sees it: a switch port with a fixed MAC and a receive queue.
+"""The virtual NIC device: its switch port (``NicPort``) and its hypercalls (NET_INFO/SEND/RECV).
+
+The host side is ``NicPort``, a port of the virtual switch with a fixed MAC and a receive
+queue; the hypercall handlers at the end of this module move frames between guest
+memory and that port, checking every guest pointer and length first. A VM without a
+NIC gets ``NODEV`` from all three.
 
 Transmit (guest ``NET_SEND``): ``send_nowait`` / ``send_batch_nowait`` check each
 frame's length (``NET_MIN_FRAME``..``NET_MTU``, no FCS) and hand it to the switch. They
@@ -20,17 +25,24 @@ kernel may also re-raise NET_RX itself when ``rx_pending`` is non-zero after a r
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from denali.abi import NET_MAX_BATCH, NET_MIN_FRAME, NET_MTU, Result
+from denali import abi
+from denali.abi import NET_MAX_BATCH, NET_MIN_FRAME, NET_MTU, Hc, Irq, Result
 from denali.errors import ConfigError
+from denali.memory import PROT_R, PROT_RW
 from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.port import DEFAULT_INGRESS_CAPACITY, Port
+
+if TYPE_CHECKING:
+    from denali.hypercalls import HypercallTable
+    from denali.vm import Vm
 
 DEFAULT_RX_CAPACITY: Final = 256
 """Frames a NIC's receive queue holds by default (reported to the guest by NET_INFO)."""
@@ -198,3 +210,87 @@ class NicPort(Port):
             st.drop_malformed += 1
             return accepted, TxStatus.INVALID
         return accepted, status
+
+
+# ---- hypercalls ----
+_INFO: Final = abi.HYPERCALL_BY_NR[Hc.NET_INFO].args.offsets()
+_SEND: Final = abi.HYPERCALL_BY_NR[Hc.NET_SEND].args.offsets()
+_RECV: Final = abi.HYPERCALL_BY_NR[Hc.NET_RECV].args.offsets()
+_U32: Final = struct.Struct("<I")
+_PAIR: Final = struct.Struct("<II")
+_MTU: Final = abi.NET_MTU
+_MIN: Final = abi.NET_MIN_FRAME
+_BATCH: Final = abi.NET_MAX_BATCH
+
+
+def _net_info(vm: Vm, arg: int) -> int:
+    nic = vm.nic
+    if nic is None:
+        return Result.NODEV
+    buf = vm.memory.buf
+    buf[arg + _INFO["mac"]:arg + _INFO["mac"] + 6] = nic.fixed_mac
+    _U32.pack_into(buf, arg + _INFO["mtu"], _MTU)
+    _U32.pack_into(buf, arg + _INFO["rx_queue"], nic.rx_capacity)
+    return Result.OK
+
+
+def _net_send(vm: Vm, arg: int) -> int:
+    nic = vm.nic
+    if nic is None:
+        return Result.NODEV
+    mem = vm.memory
+    buf = mem.buf
+    frames_at, count = _PAIR.unpack_from(buf, arg + _SEND["frames"])
+    _U32.pack_into(buf, arg + _SEND["sent"], 0)
+    if count > _BATCH:
+        return Result.INVAL
+    if not mem.check(frames_at, count * 8, PROT_R):
+        return Result.FAULT
+    frames = []
+    stop = Result.OK
+    for i in range(count):
+        addr, length = _PAIR.unpack_from(buf, frames_at + 8 * i)
+        if length < _MIN or length > _MTU:
+            stop = Result.INVAL
+            break
+        if not mem.check(addr, length, PROT_R):
+            stop = Result.FAULT
+            break
+        frames.append(buf[addr:addr + length])
+    accepted, status = nic.send_batch_nowait(frames) if frames else (0, None)
+    _U32.pack_into(buf, arg + _SEND["sent"], accepted)
+    if status is not None and status.result != Result.OK:
+        return int(status.result)
+    return stop
+
+
+def _net_recv(vm: Vm, arg: int) -> int:
+    nic = vm.nic
+    if nic is None:
+        return Result.NODEV
+    mem = vm.memory
+    buf = mem.buf
+    bufs, slot, count, lens = struct.unpack_from("<IIII", buf, arg + _RECV["bufs"])
+    _U32.pack_into(buf, arg + _RECV["received"], 0)
+    if slot < _MTU or count < 1 or count > _BATCH or slot > 1 << 20:
+        return Result.INVAL
+    if not mem.check(bufs, slot * count, PROT_RW) or not mem.check(lens, 4 * count, PROT_RW):
+        return Result.FAULT
+    frames = nic.receive_nowait(count)
+    if not frames:
+        return Result.AGAIN
+    for i, frame in enumerate(frames):
+        at = bufs + i * slot
+        buf[at:at + len(frame)] = frame
+        _U32.pack_into(buf, lens + 4 * i, len(frame))
+    _U32.pack_into(buf, arg + _RECV["received"], len(frames))
+    if nic.rx_pending:
+        vm.pending |= Irq.NET_RX  # more wait: keep the (edge-triggered) bit set
+    return Result.OK
+
+
+def register(table: HypercallTable) -> None:
+    """Add the NIC hypercalls to a kernel's table."""
+    table.register(Hc.NET_INFO, _net_info)
+    table.register(Hc.NET_SEND, _net_send)
+    table.register(Hc.NET_RECV, _net_recv)

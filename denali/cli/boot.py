@@ -1,8 +1,8 @@
-"""The ``denali`` command line: a thin shell over the library (the only place that prints).
+"""``denali boot``: boot one or more VMs from an image and stream their consoles.
 
-Exit statuses of ``denali boot``: with one VM, the guest's terminate status (mod 256);
-with several, 0 if every guest exited 0, else 1. A guest fault or kernel error: 125.
-Ctrl-C: 130 after a clean shutdown. Usage and configuration errors: 2.
+Exit statuses: with one VM, the guest's terminate status (mod 256); with several, 0 if
+every guest exited 0, else 1. A guest fault or kernel error: 125. Ctrl-C: 130 after a
+clean shutdown. Usage and configuration errors: 2.
 """
 
 from __future__ import annotations
@@ -13,29 +13,22 @@ import ipaddress
 import re
 import signal
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-from denali import metrics, top
+from denali import metrics
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
 from denali.config import KernelConfig, parse_size
-from denali.disk import cli as disk_cli
-from denali.disk import parse_disk_arg
+from denali.devices.disk import parse_disk_arg
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
-from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
 from denali.progress import BootProgress
 from denali.vm import Vm
 
-EXIT_FAULT = 125
-EXIT_INTERRUPTED = 130
-EXIT_USAGE = 2
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="denali", description="Denali isolation kernel on Unicorn.")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_parser(sub: Any) -> None:
+    """Add the ``boot`` subcommand to the top-level subparsers."""
     b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles")
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
@@ -63,12 +56,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
     b.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
-    sub.add_parser("images", help="list the built-in guest images")
-    t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics")
-    t.add_argument("address", metavar="HOST:PORT")
-    t.add_argument("--interval", type=float, default=1.0)
-    sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)", add_help=False)
-    return p
 
 
 _IP_FIELD = re.compile(r"\{ip:([0-9.]+)\}")
@@ -195,34 +182,8 @@ async def _outcome(vm: Vm) -> int:
         return EXIT_INTERRUPTED
 
 
-def _images() -> int:
-    imgs = builtin_images()
-    if not imgs:
-        print("denali: no built-in images (reinstall: pip install .)", file=sys.stderr)
-        return 1
-    for name, path in imgs.items():
-        print(f"{name:24} {path.stat().st_size:8d} bytes")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``denali`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["disk"]:
-        return disk_cli.run(argv[1:])
-    args = _parser().parse_args(argv)
-    if args.command == "images":
-        return _images()
-    if args.command == "top":
-        host, _, port = args.address.rpartition(":")
-        try:
-            asyncio.run(top.run(host or "127.0.0.1", int(port), args.interval))
-        except KeyboardInterrupt:
-            return 0
-        except (OSError, ValueError, TimeoutError) as exc:
-            print(f"denali: top {args.address}: {exc}", file=sys.stderr)
-            return 1
-        return 0
+def run(args: argparse.Namespace) -> int:
+    """Run ``denali boot`` (owns the event loop: uvloop)."""
     try:
         import uvloop
         return uvloop.run(_boot(args))
@@ -231,7 +192,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from denali import abi
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HEADER = ROOT / "guestos/include/denali/abi.h"
 
 

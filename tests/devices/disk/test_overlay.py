@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from denali.disk import DiskSpec, aio
-from denali.disk import overlay as O
-from denali.disk.backend import Backend, OverlayBackend, open_backend
+from denali.devices.disk import DiskSpec, aio
+from denali.devices.disk import overlay as O
+from denali.devices.disk.backend import Backend, OverlayBackend, open_backend
 from denali.errors import DiskError
-from tests.disk.conftest import BLOCK, fd_count, make_image, names_in, pattern, read_at, sparse_file, write_at
+from tests.devices.disk.conftest import (
+    BLOCK,
+    fd_count,
+    make_image,
+    names_in,
+    pattern,
+    read_at,
+    sparse_file,
+    write_at,
+)
 
 N = 40  # blocks in the test base: bitmap fits in one block
 
@@ -319,7 +328,7 @@ async def test_files_cut_under_a_running_disk_fail_its_io(tmp_path: Path) -> Non
 
 
 async def test_inspect_and_ls_describe_a_kept_overlay(tmp_path: Path) -> None:
-    from denali.disk import list_image
+    from denali.devices.disk import list_image
     base = make_image(tmp_path / "base.img", N, seed=1)
     ovl = await _kept(tmp_path, base)
     listing = await list_image(str(ovl))

@@ -13,7 +13,7 @@ without empty, '.' or '..' components, at most ``PATH_MAX`` bytes. An empty file
 first_block 0. Checksums are CRC-32 (IEEE, as ``zlib.crc32``): of the superblock, of the
 directory, and of each file's contents.
 
-This module only encodes and decodes bytes; ``denali.disk.tools`` does the file I/O.
+This module only encodes and decodes bytes; ``denali.devices.disk.tools`` does the file I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
-from denali.disk.base import BLOCK
+from denali.devices.disk.base import BLOCK
 from denali.errors import DiskError
 
 MAGIC: Final = b"DENALIFS"

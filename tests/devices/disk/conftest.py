@@ -13,9 +13,9 @@ import pytest
 
 from denali import abi
 from denali.abi import Hc
-from denali.devices import diskdev
-from denali.devices.diskdev import VmDisks
-from denali.disk import base as disk_base
+from denali.devices.disk import base as disk_base
+from denali.devices.disk import device as diskdev
+from denali.devices.disk.device import VmDisks
 from denali.hypercalls import HypercallTable
 from denali.memory import PROT_R, PROT_RW, PROT_RX, GuestMemory, Region
 from denali.vm import Vm
