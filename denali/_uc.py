@@ -2,7 +2,7 @@
 
 Why direct calls: the Python binding's wrappers cost about 3x more per call on the hot
 path (``emu_start``, register access) and every engine with a Python hook sits in a
-reference cycle (ARCHITECTURE.md). Here there are exactly three C callbacks for the
+reference cycle (docs/architecture.md, "The CPU"). Here there are exactly three C callbacks for the
 whole process (interrupt, TLB fill, invalid instruction); each engine registers them with
 a small integer key as ``user_data`` and the callbacks find the engine's owner in
 ``_OWNERS``. Nothing here knows about VMs: an owner is any object implementing
@@ -15,41 +15,45 @@ any thread may call while ``start()`` runs (that is how slices are preempted).
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Final, Protocol
 
-import unicorn
+from unicorn import unicorn_const as _c
 from unicorn import x86_const as _x86
+from unicorn.unicorn_py3.unicorn import uclib as _binding_lib
 
 from denali.errors import ResourceError
 
-_LIB_PATH: Final = os.path.join(os.path.dirname(unicorn.__file__), "lib", "libunicorn.so.2")
-# CDLL releases the GIL for the duration of every call (emu_start runs guest code
-# without it); callbacks re-take it.
-_lib: Final = ctypes.CDLL(_LIB_PATH)
+TESTED_VERSION: Final = "2.1"
+"""The libunicorn major.minor this layer is written and tested against (the structure
+layouts and control codes below are those of 2.1.x)."""
 
-UC_ARCH_X86: Final = 4
-UC_MODE_32: Final = 1 << 2
-UC_HOOK_INTR: Final = 1 << 0
-UC_HOOK_INSN: Final = 1 << 1
-UC_HOOK_INSN_INVALID: Final = 1 << 14
-UC_HOOK_TLB_FILL: Final = 1 << 17
-UC_TLB_VIRTUAL: Final = 1
-UC_PROT_ALL: Final = 7
-_CTL_TLB_TYPE: Final = 12
-_CTL_TCG_BUFFER_SIZE: Final = 13
-_CTL_TB_FLUSH: Final = 10
-_CTL_IO_WRITE: Final = 1
+# Our own handle on the library the installed unicorn package loaded (its path, not a
+# guess), so the argument types set here never touch the binding's. CDLL releases the
+# GIL for the duration of every call (emu_start runs guest code without it); callbacks
+# re-take it.
+_lib: Final = ctypes.CDLL(_binding_lib._name)
+
+UC_ARCH_X86: Final = _c.UC_ARCH_X86
+UC_MODE_32: Final = _c.UC_MODE_32
+UC_HOOK_INTR: Final = _c.UC_HOOK_INTR
+UC_HOOK_INSN: Final = _c.UC_HOOK_INSN
+UC_HOOK_INSN_INVALID: Final = _c.UC_HOOK_INSN_INVALID
+UC_HOOK_TLB_FILL: Final = _c.UC_HOOK_TLB_FILL
+UC_TLB_VIRTUAL: Final = _c.UC_TLB_VIRTUAL
+UC_PROT_ALL: Final = _c.UC_PROT_ALL
+_CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
+_CTL_TCG_BUFFER_SIZE: Final = _c.UC_CTL_TCG_BUFFER_SIZE
+_CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
 
 # uc_mem_type values seen by the TLB-fill hook
-MEM_READ: Final = 16
-MEM_WRITE: Final = 17
-MEM_FETCH: Final = 18
+MEM_READ: Final = _c.UC_MEM_READ
+MEM_WRITE: Final = _c.UC_MEM_WRITE
+MEM_FETCH: Final = _c.UC_MEM_FETCH
 
-UC_ERR_OK: Final = 0
-UC_ERR_NOMEM: Final = 1
-UC_ERR_INSN_INVALID: Final = 10
-UC_ERR_EXCEPTION: Final = 21
+UC_ERR_OK: Final = _c.UC_ERR_OK
+UC_ERR_NOMEM: Final = _c.UC_ERR_NOMEM
+UC_ERR_INSN_INVALID: Final = _c.UC_ERR_INSN_INVALID
+UC_ERR_EXCEPTION: Final = _c.UC_ERR_EXCEPTION
 
 REG_EAX: Final = _x86.UC_X86_REG_EAX
 REG_EBX: Final = _x86.UC_X86_REG_EBX
@@ -69,9 +73,23 @@ REG_FS: Final = _x86.UC_X86_REG_FS
 REG_GS: Final = _x86.UC_X86_REG_GS
 REG_GDTR: Final = _x86.UC_X86_REG_GDTR
 
+REG_FS_BASE: Final = _x86.UC_X86_REG_FS_BASE
+REG_GS_BASE: Final = _x86.UC_X86_REG_GS_BASE
+
 GPR_NAMES: Final = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")
 _GPR_IDS: Final = (REG_EAX, REG_EBX, REG_ECX, REG_EDX, REG_ESI, REG_EDI, REG_EBP, REG_ESP,
                    REG_EIP, REG_EFLAGS)
+
+
+_FPU_REGS: Final = (
+    (_x86.UC_X86_REG_FPCW, 2), (_x86.UC_X86_REG_FPSW, 2), (_x86.UC_X86_REG_FPTAG, 2),
+    *((getattr(_x86, f"UC_X86_REG_FP{i}"), 10) for i in range(8)),
+    (_x86.UC_X86_REG_MXCSR, 4),
+    *((getattr(_x86, f"UC_X86_REG_XMM{i}"), 16) for i in range(8)),
+)
+FPU_STATE_SIZE: Final = sum(n for _, n in _FPU_REGS)
+"""Bytes of ``Engine.read_fpu()``: x87 control/status/tag words, ST0-7 (80 bits each),
+MXCSR and XMM0-7, each little-endian, in that order."""
 
 
 class _TlbEntry(ctypes.Structure):
@@ -191,9 +209,15 @@ def _desc(base: int, limit: int, access: int) -> bytes:
                   (base >> 16) & 0xFF, access, 0xC0 | ((limit >> 16) & 0xF), (base >> 24) & 0xFF))
 
 
+TLS_ENTRIES: Final = (6, 7, 8)
+"""GDT entries kept for thread-local-storage descriptors (Linux's numbers). They are
+part of the CPU state (saved and restored with it); all zero (not present) by default."""
+TLS_SIZE: Final = 8 * len(TLS_ENTRIES)
 GDT: Final = (bytes(8) + _desc(0, 0xFFFFF, 0x9A) + _desc(0, 0xFFFFF, 0x92)
-              + _desc(0, 0xFFFFF, 0xFA) + _desc(0, 0xFFFFF, 0xF2))
-"""Null, kernel code/data (DPL 0), user code/data (DPL 3): flat 4 GiB segments."""
+              + _desc(0, 0xFFFFF, 0xFA) + _desc(0, 0xFFFFF, 0xF2) + bytes(8))
+"""Null, kernel code/data (DPL 0), user code/data (DPL 3), a null entry; the TLS
+entries follow (``GDT_SIZE`` bytes in all)."""
+GDT_SIZE: Final = len(GDT) + TLS_SIZE
 KERNEL_CS: Final = 0x08
 KERNEL_DS: Final = 0x10
 USER_CS: Final = 0x18 | 3
@@ -209,7 +233,7 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "_u32ref", "closed")
+    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "_u32ref", "_wide", "closed")
 
     def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
                  tcg_buffer: int) -> None:
@@ -223,6 +247,7 @@ class Engine:
         self._hooks: list[ctypes.c_size_t] = []
         self._u32 = ctypes.c_uint32()
         self._u32ref = ctypes.byref(self._u32)
+        self._wide = ctypes.create_string_buffer(64)
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -246,18 +271,20 @@ class Engine:
         if err:
             raise ResourceError(f"uc_ctl({ctl}) failed: {strerror(err)}")
 
-    def enter_user_mode(self, kernel_page: int, stack: int) -> None:
+    def enter_user_mode(self, kernel_page: int, stack: int, fs: int = KERNEL_DS,
+                        gs: int = KERNEL_DS) -> None:
         """Prepare the first ``start()``: GDT at ``kernel_page``, kernel SS:ESP at ``stack``.
 
-        The caller has written ``GDT`` at kernel_page and an ``iret`` frame (entry,
-        USER_CS, eflags, user_sp, USER_DS) at ``stack``; starting at the trampoline's
-        ``iret`` drops to CPL 3. Must run before ``install_hooks`` (segment loads with
-        the TLB hook installed crash Unicorn outside emulation).
+        The caller has written ``GDT`` (and the TLS entries) at kernel_page and an
+        ``iret`` frame (entry, USER_CS, eflags, user_sp, USER_DS) at ``stack``; starting
+        at the trampoline's ``iret`` drops to CPL 3. ``fs``/``gs``: selectors to load (a
+        VM resuming with TLS). Must run before ``install_hooks`` (segment loads with the
+        TLB hook installed crash Unicorn outside emulation).
         """
-        gdtr = _Mmr(0, kernel_page, len(GDT) - 1, 0)
+        gdtr = _Mmr(0, kernel_page, GDT_SIZE - 1, 0)
         self._check(_reg_write(self._h, REG_GDTR, ctypes.byref(gdtr)), "GDTR")
         for reg, val in ((REG_SS, KERNEL_DS), (REG_DS, KERNEL_DS), (REG_ES, KERNEL_DS),
-                         (REG_FS, KERNEL_DS), (REG_GS, KERNEL_DS), (REG_CS, KERNEL_CS),
+                         (REG_FS, fs), (REG_GS, gs), (REG_CS, KERNEL_CS),
                          (REG_ESP, stack)):
             self.reg_write(reg, val)
 
@@ -312,9 +339,26 @@ class Engine:
         _reg_read_batch(self._h, self._batch_ids, ptrs, len(vals))
         return {name: v.value for name, v in zip(GPR_NAMES, vals, strict=True)}
 
-    def flush_tb(self) -> None:
-        """Drop all translated code (after the host rewrote guest code)."""
-        self._ctl(_CTL_TB_FLUSH)
+    def read_fpu(self) -> bytes:
+        """The x87 and SSE state (``FPU_STATE_SIZE`` bytes; layout at ``FPU_STATE_SIZE``)."""
+        out = bytearray()
+        buf = self._wide
+        for reg, size in _FPU_REGS:
+            self._check(_reg_read(self._h, reg, buf), "reg_read")
+            out += bytes(buf)[:size]
+        return bytes(out)
+
+    def write_fpu(self, state: bytes) -> None:
+        """Restore what ``read_fpu`` returned."""
+        if len(state) != FPU_STATE_SIZE:
+            raise ValueError(f"FPU state is {len(state)} bytes, not {FPU_STATE_SIZE}")
+        buf = self._wide
+        at = 0
+        for reg, size in _FPU_REGS:
+            ctypes.memset(buf, 0, len(buf))
+            ctypes.memmove(buf, state[at:at + size], size)
+            self._check(_reg_write(self._h, reg, buf), "reg_write")
+            at += size
 
     def close(self) -> None:
         """Free the engine; idempotent. Never call while ``start()`` runs."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypedDict
 
 from denali import abi
 from denali.errors import ConfigError
@@ -90,3 +91,19 @@ class KernelConfig:
             raise ConfigError("mac_tag must be a byte")
         if self.max_vms < 1:
             raise ConfigError("max_vms must be >= 1")
+
+
+class KernelOptions(TypedDict, total=False):
+    """The fields of ``KernelConfig`` as keyword options of ``Kernel(...)`` (typed)."""
+
+    slice_us: int
+    tcg_buffer: int
+    disable_thp: bool
+    max_vms: int
+    cpu_khz: int
+    workers: int
+    memory_budget: int | None
+    mac_tag: int | None
+    max_engines: int
+    swap_dir: str | None
+    batch_interrupts: bool

@@ -1,9 +1,15 @@
-"""A VM's virtual CPU: boots the image at CPL 3, runs slices, catches hypercalls and faults.
+"""A VM's virtual CPU: boots or resumes at CPL 3, runs slices, catches hypercalls and faults.
 
-One ``VCpu`` owns one Unicorn engine and is the engine's callback owner. During a slice:
-- ``int $0x80`` calls ``on_interrupt``: the hypercall is dispatched right there (no exit
-  from emulation) unless its handler returns ``EXIT``, in which case the slice stops
-  right after the ``int`` and the VM coroutine completes the call;
+One ``VCpu`` owns one Unicorn engine and is the engine's callback owner. It knows guest
+memory (``GuestMemory``) and one callable, ``dispatch(nr, arg) -> result``, through which
+every hypercall leaves it; nothing here knows of VMs, devices or the kernel
+(docs/architecture.md, "The CPU"). During a slice:
+
+- ``int $0x80`` calls ``on_interrupt``: ``dispatch`` answers the hypercall right there
+  (no exit from emulation) unless it returns ``EXIT``, in which case the slice stops
+  right after the ``int`` and the caller of ``run`` completes the call
+  (``hcall_nr``/``hcall_arg``, then ``set_result``). With ``defer_hypercalls`` (slices on
+  worker threads) every hypercall exits that way and ``deferred`` is set;
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -12,39 +18,42 @@ One ``VCpu`` owns one Unicorn engine and is the engine's callback owner. During 
 
 Nothing here raises into Unicorn: exceptions inside callbacks are caught and turned into
 an ``INTERNAL`` exit so the kernel can fail this VM alone.
+
+State: ``save()`` returns a ``CpuState`` (general registers, EIP, EFLAGS, x87/SSE, FS/GS
+and the TLS descriptors) between slices; a ``VCpu`` built with ``state=`` resumes from
+it. ``CpuState.pack``/``unpack`` give its stable byte form (swap, snapshots).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from denali import _uc, abi
-from denali.fault import FaultKind, FaultReport, disassemble
+from denali.errors import ConfigError
+from denali.fault import FaultKind, FaultReport, disassemble, fault_address
 from denali.memory import PROT_R, PROT_RW, PROT_RX, PROT_W, PROT_X, GuestMemory, Region
 
 if TYPE_CHECKING:
-    from denali.hypercalls import HypercallTable
     from denali.loader import Image
     from denali.preempt import Lane
-    from denali.vm import Vm
 
 _TRAMPOLINE: Final = abi.Layout.KERNEL_PAGE + 0x100
 _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
 EXIT: Final = -1
-"""Handler result: stop the slice; the VM coroutine completes this hypercall."""
+"""Dispatch result: stop the slice; the caller of ``run`` completes this hypercall."""
+Dispatch = Callable[[int, int], int]
+"""``dispatch(nr, arg)``: a hypercall's result code (EAX), or ``EXIT``."""
 _VECTOR_KIND: Final = {0: FaultKind.DIVIDE, 3: FaultKind.BREAKPOINT, 6: FaultKind.INVALID_INSN,
                        13: FaultKind.PRIVILEGED}
 _ACCESS: Final = {_uc.MEM_READ: "read", _uc.MEM_WRITE: "write", _uc.MEM_FETCH: "execute"}
 _NEEDS: Final = {_uc.MEM_READ: PROT_R, _uc.MEM_WRITE: PROT_W, _uc.MEM_FETCH: PROT_X}
-
-
-_RESUME_REGS: Final = ((_uc.REG_EAX, "eax"), (_uc.REG_EBX, "ebx"), (_uc.REG_ECX, "ecx"),
-                       (_uc.REG_EDX, "edx"), (_uc.REG_ESI, "esi"), (_uc.REG_EDI, "edi"),
-                       (_uc.REG_EBP, "ebp"))
+_GPRS: Final = tuple(getattr(_uc, f"REG_{n.upper()}") for n in _uc.GPR_NAMES)
 
 
 class Exit(IntEnum):
@@ -54,6 +63,58 @@ class Exit(IntEnum):
     HYPERCALL = 1
     FAULT = 2
     INTERNAL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CpuState:
+    """Everything of a CPU a guest can observe between slices.
+
+    ``regs`` are the general registers, EIP and EFLAGS in ``_uc.GPR_NAMES`` order;
+    ``fpu`` the x87/SSE state (``_uc.FPU_STATE_SIZE`` bytes); ``fs``/``gs`` the segment
+    selectors and ``tls`` the GDT's TLS descriptors (``_uc.TLS_SIZE`` bytes).
+    """
+
+    regs: tuple[int, ...]
+    fpu: bytes
+    fs: int = _uc.KERNEL_DS
+    gs: int = _uc.KERNEL_DS
+    tls: bytes = bytes(_uc.TLS_SIZE)
+
+    VERSION: ClassVar[int] = 1
+    _HEAD: ClassVar[struct.Struct] = struct.Struct("<II10IHH")
+
+    @classmethod
+    def boot(cls, entry: int, stack_top: int) -> CpuState:
+        """The state a fresh VM starts in: EIP at the entry point, ESP at the top of memory."""
+        regs = dict.fromkeys(_uc.GPR_NAMES, 0)
+        regs.update(eip=entry, esp=stack_top, eflags=_BOOT_EFLAGS)
+        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), bytes(_uc.FPU_STATE_SIZE))
+
+    def registers(self) -> dict[str, int]:
+        """The general registers, EIP and EFLAGS by name."""
+        return dict(zip(_uc.GPR_NAMES, self.regs, strict=True))
+
+    def pack(self) -> bytes:
+        """The stable byte form (version, size, registers, selectors, TLS, FPU)."""
+        body = self._HEAD.pack(self.VERSION, self.size(), *self.regs, self.fs, self.gs)
+        return body + self.tls + self.fpu
+
+    @classmethod
+    def size(cls) -> int:
+        return cls._HEAD.size + _uc.TLS_SIZE + _uc.FPU_STATE_SIZE
+
+    @classmethod
+    def unpack(cls, data: bytes) -> CpuState:
+        """Inverse of ``pack``; ``ConfigError`` for another version or a wrong size."""
+        if len(data) != cls.size():
+            raise ConfigError(f"CPU state is {len(data)} bytes, expected {cls.size()}")
+        version, size, *rest = cls._HEAD.unpack_from(data)
+        if version != cls.VERSION or size != cls.size():
+            raise ConfigError(f"CPU state version {version} (this kernel reads {cls.VERSION})")
+        regs, fs, gs = tuple(rest[:10]), rest[10], rest[11]
+        at = cls._HEAD.size
+        tls = data[at:at + _uc.TLS_SIZE]
+        return cls(regs, data[at + _uc.TLS_SIZE:], fs, gs, tls)
 
 
 def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]:
@@ -73,7 +134,7 @@ def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]
 
 
 class VCpu:
-    """The CPU of one VM. Not thread-safe: one slice at a time."""
+    """The CPU of one VM. Not thread-safe: one slice at a time (see the module docstring)."""
 
     __slots__ = (
         "_forbidden",
@@ -82,6 +143,7 @@ class VCpu:
         "_vector",
         "defer_hypercalls",
         "deferred",
+        "dispatch",
         "eip",
         "engine",
         "error",
@@ -90,23 +152,20 @@ class VCpu:
         "hcall_arg",
         "hcall_nr",
         "hypercalls",
-        "image",
+        "image_name",
         "memory",
-        "slices",
-        "table",
-        "vm",
         "vm_id",
     )
 
-    def __init__(self, vm_id: int, image: Image, memory: GuestMemory, table: HypercallTable,
-                 vm: Vm, tcg_buffer: int, resume: dict[str, int] | None = None) -> None:
-        """``resume``: registers saved by ``saved_registers()`` (a VM coming back from
-        swap); otherwise the CPU starts at the image's entry point."""
+    def __init__(self, vm_id: int, image_name: str, memory: GuestMemory, dispatch: Dispatch,
+                 tcg_buffer: int, state: CpuState) -> None:
+        """Build the engine over ``memory`` and load ``state`` (``CpuState.boot`` for a
+        fresh VM). Writes the kernel page (GDT, TLS entries, trampoline, iret frame).
+        ``ResourceError`` when Unicorn cannot create the engine."""
         self.vm_id = vm_id
-        self.image = image
+        self.image_name = image_name
         self.memory = memory
-        self.table = table
-        self.vm = vm
+        self.dispatch = dispatch
         self.exit = Exit.PREEMPTED
         self.hcall_nr = 0
         self.hcall_arg = 0
@@ -117,26 +176,23 @@ class VCpu:
         self._invalid = False
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self.hypercalls = 0
-        self.slices = 0
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
         mem = memory.buf
         kp = abi.Layout.KERNEL_PAGE
-        mem[kp:kp + len(_uc.GDT)] = _uc.GDT
+        gdt = _uc.GDT + state.tls
+        mem[kp:kp + len(gdt)] = gdt
         mem[_TRAMPOLINE] = 0xCF  # iret
-        if resume is None:
-            frame = _IRET_FRAME.pack(image.entry, _uc.USER_CS, _BOOT_EFLAGS, memory.size, _uc.USER_DS)
-        else:
-            frame = _IRET_FRAME.pack(resume["eip"], _uc.USER_CS, resume["eflags"], resume["esp"],
-                                     _uc.USER_DS)
+        regs = state.registers()
+        frame = _IRET_FRAME.pack(regs["eip"], _uc.USER_CS, regs["eflags"], regs["esp"], _uc.USER_DS)
         mem[_KSTACK - len(frame):_KSTACK] = frame
         self.engine = _uc.Engine(self, memory.address, memory.size, tcg_buffer)
         try:
-            self.engine.enter_user_mode(kp, _KSTACK - len(frame))
-            if resume is not None:
-                for reg, name in _RESUME_REGS:
-                    self.engine.reg_write(reg, resume[name])
+            self.engine.enter_user_mode(kp, _KSTACK - len(frame), state.fs, state.gs)
+            for reg, name in zip(_GPRS[:7], _uc.GPR_NAMES[:7], strict=True):  # eax..ebp
+                self.engine.reg_write(reg, regs[name])
+            self.engine.write_fpu(state.fpu)
             self.engine.install_hooks()
         except BaseException:
             self.engine.close()
@@ -154,19 +210,18 @@ class VCpu:
             self.engine.stop()
             return
         eng = self.engine
+        nr = eng.reg_read(_uc.REG_EAX)
+        arg = eng.reg_read(_uc.REG_EBX)
+        self.hypercalls += 1
         if self.defer_hypercalls:  # on a worker thread: the loop handles it
-            self.hcall_nr = eng.reg_read(_uc.REG_EAX)
-            self.hcall_arg = eng.reg_read(_uc.REG_EBX)
-            self.hypercalls += 1
+            self.hcall_nr = nr
+            self.hcall_arg = arg
             self.deferred = True
             self.exit = Exit.HYPERCALL
             eng.stop()
             return
         try:
-            nr = eng.reg_read(_uc.REG_EAX)
-            arg = eng.reg_read(_uc.REG_EBX)
-            self.hypercalls += 1
-            res = self.table.dispatch(self.vm, nr, arg)
+            res = self.dispatch(nr, arg)
         except Exception as exc:  # a kernel bug must fail this VM only
             self.error = exc
             self.exit = Exit.INTERNAL
@@ -203,7 +258,6 @@ class VCpu:
         self.deferred = False
         self._vector = None
         eng = self.engine
-        self.slices += 1
         lane.begin(eng.handle, deadline_ns)
         try:
             err = eng.start(self.eip)
@@ -216,12 +270,15 @@ class VCpu:
             self.fault = self._classify(err)
         return self.exit
 
-    def saved_registers(self) -> dict[str, int]:
-        """The user-mode registers to resume from (between slices). x87/SSE state is not
-        included: guestos is built without floating point."""
-        regs = self.engine.read_gprs()
+    def save(self) -> CpuState:
+        """The CPU's state (between slices only)."""
+        eng = self.engine
+        regs = eng.read_gprs()
         regs["eip"] = self.eip
-        return regs
+        kp = abi.Layout.KERNEL_PAGE + len(_uc.GDT)
+        return CpuState(tuple(regs[n] for n in _uc.GPR_NAMES), eng.read_fpu(),
+                        eng.reg_read(_uc.REG_FS), eng.reg_read(_uc.REG_GS),
+                        bytes(self.memory.buf[kp:kp + _uc.TLS_SIZE]))
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""
@@ -257,11 +314,14 @@ class VCpu:
             return self._report(kind, vector=self._vector, eip=self._trap_origin(self._vector))
         if self._invalid or err == _uc.UC_ERR_INSN_INVALID:
             return self._report(FaultKind.INVALID_INSN)
-        vaddr, access, prot = self._last_fill
+        page, access, prot = self._last_fill
         needs = _NEEDS.get(access, PROT_R)
         if prot & needs != needs:
-            return self._report(self._page_kind(vaddr, prot), address=vaddr,
-                                access=_ACCESS.get(access))
+            regs = self.engine.read_gprs()
+            addr = fault_address(self._code_at(regs["eip"]), regs["eip"], regs, page,
+                                 access == _uc.MEM_FETCH)
+            return self._report(self._page_kind(addr, prot), address=addr,
+                                access=_ACCESS.get(access), regs=regs)
         return self._report(FaultKind.CPU_EXCEPTION, access=_uc.strerror(err))
 
     def _trap_origin(self, vector: int) -> int | None:
@@ -289,6 +349,15 @@ class VCpu:
             return FaultKind.STACK_OVERFLOW
         return FaultKind.UNMAPPED
 
+    def _code_at(self, eip: int) -> bytes:
+        """Up to 32 bytes of readable code at ``eip`` (empty when it is not readable)."""
+        mem = self.memory
+        if not mem.check(eip, 1, PROT_R):
+            return b""
+        r = mem.region_at(eip)
+        end = min(eip + 32, r.end if r else eip)
+        return mem.read(eip, end - eip)
+
     def _report(self, kind: FaultKind, address: int | None = None, access: str | None = None,
                 vector: int | None = None, eip: int | None = None,
                 regs: dict[str, int] | None = None) -> FaultReport:
@@ -296,12 +365,8 @@ class VCpu:
             regs = self.engine.read_gprs()
         if eip is None:
             eip = regs["eip"]
-        code = b""
-        if self.memory.check(eip, 1, PROT_RX) or self.memory.check(eip, 1, PROT_R):
-            r = self.memory.region_at(eip)
-            end = min(eip + 32, r.end if r else eip)
-            code = self.memory.read(eip, end - eip)
-        return FaultReport(self.vm_id, self.image.name, kind, eip, regs, address, access, vector,
+        code = self._code_at(eip)
+        return FaultReport(self.vm_id, self.image_name, kind, eip, regs, address, access, vector,
                            disassemble(code, eip) if code else ())
 
     def close(self) -> None:

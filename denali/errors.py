@@ -52,8 +52,9 @@ class ResourceError(DenaliError):
     """Raised when the host lacks what a VM needs (memory maps, engine memory, a device)."""
 
 
-class WouldBlock(DenaliError):
-    """Raised by a ``*_nowait`` call when its bounded queue is full or empty."""
+class SwapError(ResourceError):
+    """Raised when a swap file cannot be written (a swap-out fails; the VM stays resident)
+    or read back intact; from ``Vm.wait()`` when the VM it failed was stopped."""
 
 
 class NetError(DenaliError):

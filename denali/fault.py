@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from enum import Enum
 
 import capstone
+from capstone import x86 as _x86
 
 
 class FaultKind(Enum):
@@ -57,16 +59,84 @@ class FaultReport:
         return "\n".join(lines)
 
 
-_cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+_local = threading.local()
+
+
+def _decoder() -> capstone.Cs:
+    """This thread's capstone decoder (a Cs handle must not be shared between threads:
+    fault reports are made on whichever thread ran the slice)."""
+    cs: capstone.Cs | None = getattr(_local, "cs", None)
+    if cs is None:
+        cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+        cs.detail = True
+        _local.cs = cs
+    return cs
 
 
 def disassemble(code: bytes, address: int, count: int = 3) -> tuple[str, ...]:
     """Up to ``count`` instructions of ``code`` at ``address`` as "0xADDR: mnemonic ops"."""
     out = []
-    for insn in _cs.disasm(code, address):
+    for insn in _decoder().disasm(code, address):
         out.append(f"0x{insn.address:08x}: {insn.mnemonic} {insn.op_str}".rstrip())
         if len(out) >= count:
             break
     if not out and code:
         out.append(f"0x{address:08x}: (undecodable: {code[:8].hex()})")
     return tuple(out)
+
+
+_STACK: dict[str, tuple[int, int]] = {
+    # mnemonic: (offset from ESP, bytes) of its implicit stack access
+    "push": (-4, 4), "pushfd": (-4, 4), "call": (-4, 4), "enter": (-4, 4), "pushal": (-32, 32),
+    "pop": (0, 4), "popfd": (0, 4), "ret": (0, 4), "retf": (0, 8), "iretd": (0, 12), "popal": (0, 32),
+}
+_STRING = frozenset(("movs", "stos", "lods", "cmps", "scas", "ins", "outs"))
+
+
+def _accesses(code: bytes, eip: int, regs: dict[str, int]) -> list[tuple[int, int]]:
+    """(address, size) of every memory access the instruction at ``eip`` may make, as
+    far as its operands tell: explicit memory operands, then the implicit stack and
+    string accesses. Segment bases are taken as 0 (flat segments)."""
+    insns = list(_decoder().disasm(code, eip, 1))
+    if not insns:
+        return []
+    insn = insns[0]
+    out: list[tuple[int, int]] = []
+    for op in insn.operands:
+        if op.type != _x86.X86_OP_MEM:
+            continue
+        m = op.mem
+        ea = m.disp
+        if m.base:
+            ea += regs.get(insn.reg_name(m.base), 0)
+        if m.index:
+            ea += regs.get(insn.reg_name(m.index), 0) * m.scale
+        out.append((ea & 0xFFFFFFFF, max(1, op.size)))
+    name = insn.mnemonic.split()[-1]  # "rep movsd" -> "movsd"
+    stack = _STACK.get(name)
+    if stack is not None:
+        out.append(((regs.get("esp", 0) + stack[0]) & 0xFFFFFFFF, stack[1]))
+    elif name == "leave":
+        out.append((regs.get("ebp", 0), 4))
+    elif name[:4] in _STRING:
+        out += [(regs.get("edi", 0), 4), (regs.get("esi", 0), 4)]
+    return out
+
+
+def fault_address(code: bytes, eip: int, regs: dict[str, int], page: int, fetch: bool) -> int:
+    """The exact address of a refused access, from the page the CPU refused.
+
+    The CPU reports only the page; the byte is found by decoding the faulting
+    instruction (``code`` at ``eip``) and taking the access that falls in ``page``: its
+    address, or ``page`` itself when the access starts below it and runs into it (as the
+    x86 reports the first refused byte). A fetch fault is at ``eip`` when ``eip`` is in
+    the page. Falls back to ``page``.
+    """
+    if fetch:
+        return eip if eip & ~0xFFF == page else page
+    for addr, size in _accesses(code, eip, regs):
+        if addr & ~0xFFF == page:
+            return addr
+        if addr < page < addr + size:
+            return page
+    return page

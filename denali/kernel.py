@@ -8,9 +8,10 @@ Embedding::
 
 The caller owns the event loop: the kernel never calls ``asyncio.run`` and never installs
 uvloop (the CLI does both). Closing the kernel (leaving the ``async with``) kills every
-VM still running and stops the preemption thread.
+VM still running, waits for their devices to close and stops the preemption thread.
 
-Lifecycle: ``created -> running (after start/__aenter__) -> closed``.
+Lifecycle: ``created -> running (after start/__aenter__) -> closing -> closed``.
+The parts and how they meet: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -18,29 +19,38 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import itertools
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Unpack
 
 from denali import abi
 from denali.arbiter import CpuArbiter
-from denali.config import KernelConfig, check_memory, parse_size
-from denali.devices import nic as netdev
-from denali.devices.console import ConsoleSink
-from denali.devices.disk import device as diskdev
+from denali.builder import VmSpec, build_vm
+from denali.config import KernelConfig, KernelOptions, check_memory, parse_size
+from denali.devices.clock import Clock
+from denali.devices.console import Console, ConsoleSink
+from denali.devices.disk.device import Disks
 from denali.devices.disk.spec import DiskSpec
-from denali.devices.nic import NicConfig, NicPort
+from denali.devices.nic import Nic, NicConfig, NicPort
 from denali.errors import ConfigError, KernelClosedError, ResourceError
-from denali.hypercalls import HypercallTable, core_table
+from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image
+from denali.net.ethernet import as_mac
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
+from denali.runtime import Runtime
 from denali.scheduler import Scheduler
-from denali.swap import Swapper
+from denali.swap import Gatekeeper, SwapStore
+from denali.tasks import TaskOwner
+from denali.timers import Timers
 from denali.vm import Vm
+
+log = logging.getLogger(__name__)
 
 
 def _host_cpu_khz() -> int:
@@ -63,41 +73,54 @@ def _map_count() -> int:
 
 
 def _disable_thp() -> None:
+    """Turn transparent huge pages off for this process (prctl); logged when refused."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE
-    except (OSError, AttributeError):
-        pass
+        if libc.prctl(41, 1, 0, 0, 0) != 0:  # PR_SET_THP_DISABLE
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:
+        log.warning("transparent huge pages stay on for this process (%s): each VM's engine "
+                    "will use more resident memory", exc)
+
+
+DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks)
+"""Everything that answers hypercalls, one per device slot."""
 
 
 class Kernel:
-    """An isolation kernel living in the running event loop. See the module docstring."""
+    """An isolation kernel living in the running event loop. See the module docstring.
 
-    def __init__(self, config: KernelConfig | None = None, **overrides: Any) -> None:
+    ``Kernel(config)`` or ``Kernel(slice_us=..., workers=..., ...)`` with the fields of
+    ``KernelConfig`` as keywords (not both). Raises ``ConfigError`` for bad settings
+    (including a swap directory that is not a writable directory).
+    """
+
+    def __init__(self, config: KernelConfig | None = None, **options: Unpack[KernelOptions]) -> None:
         if config is None:
-            config = KernelConfig(**overrides)
-        elif overrides:
+            config = KernelConfig(**options)
+        elif options:
             raise ConfigError("pass either a KernelConfig or keyword options, not both")
         self.config = config
         self.cpu_khz = config.cpu_khz or _host_cpu_khz()
-        self.hypercalls: HypercallTable = core_table()
-        netdev.register(self.hypercalls)
-        diskdev.register(self.hypercalls)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.vms: dict[int, Vm] = {}
+        self._table = HypercallTable.build(DEVICE_CLASSES)
+        self._owner = TaskOwner("kernel")
+        self._finishers = TaskOwner("kernel-cleanup")
+        """Tasks that must finish, not be cancelled, at close (swap-file unlinks)."""
+        self._vms: dict[int, Vm] = {}
         self._ids = itertools.count(1)
-        self._epoch = time.monotonic_ns()
         self._state = "created"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
-        self.lanes = [self.preemptor.new_lane() for _ in range(max(1, config.workers))]
+        self._rt: Runtime | None = None
+        self._preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
+        self._lanes = [self._preemptor.new_lane() for _ in range(max(1, config.workers))]
         self._pool: ThreadPoolExecutor | None = None
-        self._arbiter: CpuArbiter | None = None
-        self.swapper = Swapper(config.memory_budget, config.swap_dir)
-        """Swap area and gatekeeper (inactive without a memory budget)."""
+        self._store = (SwapStore(config.swap_dir, self._finishers)
+                       if config.memory_budget is not None else None)
+        self._gate = (Gatekeeper(config.memory_budget, self._owner)
+                      if config.memory_budget is not None else None)
         self.max_engines = config.max_engines or _map_count() // 8
         """VMs that may be resident at once (see KernelConfig.max_engines)."""
-        self.swapper.max_resident = self.max_engines
+        if self._gate is not None:
+            self._gate.max_resident = self.max_engines
         self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
         """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
         do not hand out the same addresses."""
@@ -118,90 +141,107 @@ class Kernel:
 
     def start(self) -> None:
         """Bind to the running loop and start the preemption thread."""
-        if self._state == "closed":
+        if self._state in ("closing", "closed"):
             raise KernelClosedError("kernel is closed")
         if self._state == "running":
             return
-        self._loop = asyncio.get_running_loop()
-        self._arbiter = CpuArbiter(self._loop, Scheduler(), self.lanes)
+        loop = asyncio.get_running_loop()
+        epoch = time.monotonic_ns()
         if self.config.workers:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="denali-cpu")
-        self.preemptor.start()
+        self._rt = Runtime(
+            loop=loop, epoch_ns=epoch,
+            timers=Timers(loop, lambda: time.monotonic_ns() - epoch),
+            arbiter=CpuArbiter(loop, Scheduler(), self._lanes), pool=self._pool, table=self._table,
+            store=self._store, gate=self._gate, owner=self._owner,
+            slice_ns=self.config.slice_us * 1000, cpu_khz=self.cpu_khz,
+            tcg_buffer=self.config.tcg_buffer)
+        self._preemptor.start()
         self._state = "running"
 
     async def close(self) -> None:
-        """Kill every VM, wait for them to end, stop the preemption thread; idempotent."""
+        """Kill every VM, wait for them and their devices, stop the preemption thread;
+        idempotent. Disk errors at close are logged (``Vm.wait()`` raises them)."""
         if self._state == "closed":
             return
         self._state = "closing"
-        vms = list(self.vms.values())
+        vms = list(self._vms.values())
         for vm in vms:
             vm.kill()
         for vm in vms:
             await asyncio.shield(vm._done)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._gate is not None:
+            self._gate.cancel_waiters()
+        await self._owner.aclose()
         await self.switch.aclose()
-        await self.swapper.aclose()
-        self.preemptor.close()
+        await self._finishers.aclose(cancel=False)
+        if self._store is not None:
+            self._store.close()
+        if self._rt is not None:
+            self._rt.timers.close()
+        self._preemptor.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._state = "closed"
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise KernelClosedError("kernel is not started (use 'async with Kernel()')")
-        return self._loop
+    def state(self) -> str:
+        """"created", "running", "closing" or "closed"."""
+        return self._state
 
     @property
-    def arbiter(self) -> CpuArbiter:
-        assert self._arbiter is not None
-        return self._arbiter
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._runtime().loop
+
+    def _runtime(self) -> Runtime:
+        if self._rt is None:
+            raise KernelClosedError("kernel is not started (use 'async with Kernel()')")
+        return self._rt
+
+    @property
+    def vms(self) -> Mapping[int, Vm]:
+        """The live VMs by id (a read-only view)."""
+        return types.MappingProxyType(self._vms)
 
     # ---- observation ----
     def stats(self) -> dict[str, Any]:
         """A snapshot of the kernel's counters as plain data (safe to JSON-encode); the
         switch's per-port counters are left out (``vm_stats`` has each VM's NIC)."""
         states: dict[str, int] = {}
-        for vm in self.vms.values():
+        for vm in self._vms.values():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
+        swap: dict[str, Any] = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
+                                "bytes_out": 0, "bytes_in": 0, "used": 0, "budget": None}
+        if self._gate is not None and self._store is not None:
+            swap.update(self._store.stats)
+            swap.update(self._gate.stats, used=self._gate.used, budget=self._gate.budget)
+        rt = self._rt
         return {
             "state": self._state,
-            "vms": len(self.vms),
+            "vms": len(self._vms),
             "vm_states": states,
-            "cpu_switches": self._arbiter.switches if self._arbiter else 0,
-            "slices_started": sum(lane.starts for lane in self.lanes),
-            "preempt_stops": sum(lane.stops for lane in self.lanes),
+            "cpu_switches": rt.arbiter.switches if rt else 0,
+            "slices_started": sum(lane.starts for lane in self._lanes),
+            "preempt_stops": sum(lane.stops for lane in self._lanes),
+            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired,
+                       "early": rt.timers.early} if rt else {},
             "switch": {k: v for k, v in self.switch.stats(per_port=False).as_dict().items()
                        if k != "port_stats"},
-            "swap": {**self.swapper.stats, "used": self.swapper.used, "budget": self.swapper.budget},
+            "swap": swap,
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
         """One VM's counters as plain data."""
         return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
-                "pending": vm.pending, "swapped": vm.swapped is not None,
+                "pending": vm.pending, "swapped": vm.swapped,
                 "hypercalls": vm.hypercalls,
                 **vm.stats, "console_bytes": vm.console.written,
                 "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
 
     # ---- time ----
-    @property
-    def pool(self) -> ThreadPoolExecutor | None:
-        """Worker threads that run slices (None: slices run on the loop's thread)."""
-        return self._pool
-
     def now_ns(self) -> int:
-        """The kernel's monotonic clock: ns since the kernel was created."""
-        return time.monotonic_ns() - self._epoch
-
-    def call_at_ns(self, deadline_ns: int, cb: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
-        """Run ``cb(*args)`` on the loop when the kernel clock reaches ``deadline_ns``."""
-        loop = self.loop
-        delay = (deadline_ns - self.now_ns()) / 1e9
-        return loop.call_at(loop.time() + delay, cb, *args)
+        """The kernel's monotonic clock: ns since the kernel started."""
+        return self._runtime().now_ns()
 
     # ---- VMs ----
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
@@ -213,11 +253,11 @@ class Kernel:
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
-        ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets its queue
-        bounds. ``disks``: the VM's
-        virtual disks (``denali.devices.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
-        Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
-        host cannot hold another VM, ``KernelClosedError`` after close.
+        ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets
+        its queue bounds. ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
+        when one cannot be opened). Raises ``ImageError``/``ConfigError`` for bad input,
+        ``ResourceError`` when the host cannot hold another VM, ``KernelClosedError``
+        after close.
         """
         if self._state != "running":
             if self._state == "created":
@@ -230,59 +270,35 @@ class Kernel:
         cmd = cmdline.encode()
         if len(cmd) > abi.CMDLINE_MAX or b"\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
-        if not self.swapper.enabled and len(self.vms) >= self.max_engines:
-            raise ResourceError(f"{len(self.vms)} VMs are resident, the most this process can hold "
+        if self._gate is None and len(self._vms) >= self.max_engines:
+            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
                                 f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
                                 "or set a memory budget so idle VMs swap out")
-        if len(self.vms) >= self.config.max_vms:
+        if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
         vm_id = next(self._ids)
-        port = None
-        if nic:
-            if mac is None:  # locally administered: 02, this kernel's tag, the VM id
-                mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
-            port = NicPort(f"vm{vm_id}", mac, config=nic_config)
-            self.switch.attach(port)  # NetError/ConfigError (a MAC in use) before anything else
-        vdisks = None
-        try:
-            vdisks = await diskdev.open_disks(disks)
-            vm = Vm(self, vm_id, img, size, cmdline, console, port.fixed_mac if port else None)
-            self.swapper.create_area(vm_id, size)
-        except BaseException:
-            if vdisks is not None:
-                await vdisks.aclose()
-            if port is not None and port.switch is not None:
-                self.switch.detach(port)
-            raise
-        vm.disks = vdisks
-        if port is not None:
-            port.on_rx = vm.raise_net_rx
-            vm.nic = port
-        self.vms[vm_id] = vm
+        spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
+                      nic_config, tuple(disks))
+        default_mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
+        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.start()
+        if self._state != "running":  # closed while the disks opened: end it at once
+            vm.kill()
+            raise KernelClosedError("kernel is closed")
+        self._vms[vm_id] = vm
         return vm
 
-    def vm_ended(self, vm: Vm) -> None:
-        """Called by a VM as it ends."""
-        self.vms.pop(vm.id, None)
-        if vm.disks is not None:
-            self._own(self.loop.create_task(vm.disks.aclose(), name=f"denali-disks-{vm.id}"))
+    def _vm_ended(self, vm: Vm) -> None:
+        """Called by a VM as it ends: unpublish it and let its NIC's last frames go out."""
+        self._vms.pop(vm.id, None)
         nic = vm.nic
-        if nic is not None:
-            nic.clear_rx()
-            nic.on_rx = None
-            if nic.switch is not None:
-                if nic.ingress_pending and self._state == "running":
-                    # frames the guest sent before it ended still go out
-                    self._own(self.loop.create_task(self._detach_later(nic)))
-                else:
-                    self.switch.detach(nic)
-
-    def _own(self, task: asyncio.Task[None]) -> None:
-        """Keep a kernel-owned background task until it ends (close() cancels it)."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if nic is not None and nic.switch is not None:
+            if nic.ingress_pending and self._state == "running":
+                # frames the guest sent before it ended still go out
+                self._owner.spawn(self._detach_later(nic), name=f"denali-detach-{vm.id}")
+            else:
+                self.switch.detach(nic)
 
     async def _detach_later(self, nic: NicPort) -> None:
         try:

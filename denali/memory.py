@@ -3,8 +3,11 @@
 The permission map is the single source of truth for what the guest may touch: the
 TLB-fill hook gives the CPU these permissions, and every hypercall pointer is checked
 against the same map (``check``), so the kernel never reads or writes where the guest
-itself could not. Regions are few (guard, vregs, kernel page, image segments, heap,
-stack guard, stack), so lookups are a bisect over a short list.
+itself could not. One range more is closed to writes by the kernel on the guest's
+behalf: the kernel fields of the virtual-register page (``check`` with PROT_W refuses
+them), so no hypercall output can overwrite what the kernel publishes there. Regions
+are few (guard, vregs, kernel page, image segments, heap, stack guard, stack), so
+lookups are a bisect over a short list.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
-import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -23,6 +25,8 @@ PROT_W: Final = 2
 PROT_X: Final = 4
 PROT_RW: Final = PROT_R | PROT_W
 PROT_RX: Final = PROT_R | PROT_X
+_VREGS: Final = int(abi.Layout.VREGS)
+_KERNEL_FIELDS_END: Final = _VREGS + abi.VREGS.size
 
 
 @dataclass(frozen=True)
@@ -41,14 +45,13 @@ class GuestMemory:
     Anonymous memory: pages the guest never touches cost no host RAM.
     """
 
-    __slots__ = ("_anchor", "_regions", "_starts", "address", "buf", "size", "view")
+    __slots__ = ("_anchor", "_regions", "_starts", "address", "buf", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._anchor = ctypes.c_char.from_buffer(self.buf)
         self.address = ctypes.addressof(self._anchor)
-        self.view = memoryview(self.buf)
         self._regions: list[Region] = []
         self._starts: list[int] = []
 
@@ -87,13 +90,16 @@ class GuestMemory:
         """True iff every byte of [addr, addr+length) is mapped with all of ``prot``.
 
         Safe for hostile values: negative, wrapping or huge lengths are refused.
-        A zero length is accepted at any address.
+        A zero length is accepted at any address. With PROT_W, a range touching the
+        kernel fields of the virtual-register page is refused too.
         """
         if length == 0:
             return True
         if addr < 0 or length < 0 or addr + length > self.size:
             return False
         end = addr + length
+        if prot & PROT_W and addr < _KERNEL_FIELDS_END and end > _VREGS:
+            return False
         while addr < end:
             r = self.region_at(addr)
             if r is None or (r.prot & prot) != prot:
@@ -109,22 +115,9 @@ class GuestMemory:
         """Copy bytes in (caller has checked the range)."""
         self.buf[addr:addr + len(data)] = data
 
-    def u32(self, addr: int) -> int:
-        return int(struct.unpack_from("<I", self.buf, addr)[0])
-
-    def resident_pages(self) -> int:
-        """Pages of this mapping currently resident in host RAM (mincore)."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        npages = (self.size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        vec = (ctypes.c_ubyte * npages)()
-        if libc.mincore(ctypes.c_void_p(self.address), ctypes.c_size_t(self.size), vec) != 0:
-            return -1
-        return sum(b & 1 for b in vec)
-
     def close(self) -> None:
         """Release the mapping; idempotent. The engine using it must be closed first."""
         if self.buf.closed:
             return
-        self.view.release()
         del self._anchor
         self.buf.close()

@@ -7,6 +7,7 @@ import os
 
 import aiofiles.os
 
+from denali import lowlevel
 from denali.abi import Irq
 from denali.kernel import Kernel
 from denali.vm import VmState
@@ -19,7 +20,7 @@ async def _checksum(k: Kernel, force: bool) -> tuple[str, int]:
     while not vm.done:
         await asyncio.sleep(0)
         if force and vm.evictable():
-            await vm.swap_out()
+            await lowlevel.swap_out(vm)
             outs += 1
     assert await vm.wait() == 0, vm.console.text()
     return vm.console.text().strip(), outs
@@ -31,7 +32,7 @@ async def test_forced_swap_outs_do_not_change_the_result() -> None:
         want, _ = await _checksum(plain, force=False)
     async with Kernel(memory_budget=64 << 20) as k:
         got, outs = await _checksum(k, force=True)
-        assert k.swapper.stats["swap_ins"] >= outs - 1
+        assert k.stats()["swap"]["swap_ins"] >= outs - 1
     assert outs >= 24, f"only {outs} swap-outs"
     assert got == want
 
@@ -41,16 +42,16 @@ async def test_only_touched_pages_are_written(tmp_path) -> None:  # type: ignore
     async with Kernel(memory_budget=64 << 20, swap_dir=str(tmp_path)) as k:
         vm = await k.spawn("test-touch", cmdline="kib=200")
         await vm.until_idle()
-        path = k.swapper.path_for(vm.id)
+        path = lowlevel.swap_path(k, vm)
         assert os.stat(path).st_size == 16 << 20  # the whole address space, sparse
-        await vm.swap_out()
-        assert vm.swapped is not None
-        written = k.swapper.stats["bytes_out"]
+        await lowlevel.swap_out(vm)
+        assert vm.swapped
+        written = k.stats()["swap"]["bytes_out"]
         assert 200 << 10 <= written < 1 << 20, written  # ~200 KiB + image + stack, not 16 MiB
         assert os.stat(path).st_blocks * 512 < 2 << 20  # sparse on the host too
         vm.interrupt(Irq.HOST)
         assert await vm.wait() == 0
-        assert k.swapper.stats["swap_ins"] == 1
+        assert k.stats()["swap"]["swap_ins"] == 1
     assert not await aiofiles.os.path.exists(path)
 
 
@@ -61,22 +62,22 @@ async def test_budget_holds_with_ten_times_more_vms() -> None:
         vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(60)]
         peak = 0
         for _ in range(400):
-            peak = max(peak, k.swapper.used)
+            peak = max(peak, k.stats()["swap"]["used"])
             if all(vm.state is VmState.IDLE and vm.first_slice_ns for vm in vms):
                 break
             await asyncio.sleep(0.01)
         assert all(vm.first_slice_ns for vm in vms), "every VM was admitted in turn"
-        resident = sum(1 for vm in vms if vm.swapped is None)
-        assert resident <= 8 and k.swapper.used <= budget and peak <= budget
+        resident = sum(1 for vm in vms if not vm.swapped)
+        assert resident <= 8 and k.stats()["swap"]["used"] <= budget and peak <= budget
         # each VM left RAM at most once while the others booted (no over-eviction:
         # an admission starts only the swap-outs it needs)
-        assert k.swapper.stats["swap_outs"] <= 60 - resident + 2, k.swapper.stats
+        assert k.stats()["swap"]["swap_outs"] <= 60 - resident + 2, k.swapper.stats
         for vm in vms:
             vm.interrupt(Irq.HOST)
         results = await asyncio.gather(*(vm.wait() for vm in vms))
         assert results == [0] * 60
-        assert k.swapper.stats["swap_ins"] >= 50
-        assert k.swapper.used <= budget
+        assert k.stats()["swap"]["swap_ins"] >= 50
+        assert k.stats()["swap"]["used"] <= budget
 
 
 async def test_eviction_frees_only_what_is_needed() -> None:
@@ -85,12 +86,12 @@ async def test_eviction_frees_only_what_is_needed() -> None:
         vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(6)]
         for vm in vms:
             await vm.until_idle()
-        assert k.swapper.stats["swap_outs"] == 0
-        room = k.swapper.budget - k.swapper.used  # type: ignore[operator]
+        assert k.stats()["swap"]["swap_outs"] == 0
+        room = k.stats()["swap"]["budget"] - k.stats()["swap"]["used"]  # type: ignore[operator]
         big = await k.spawn("test-touch", cmdline=f"kib={(room >> 10) + 512}", memory="16M")
         await big.until_idle()
         await asyncio.sleep(0.05)
-        outs = k.swapper.stats["swap_outs"]
+        outs = k.stats()["swap"]["swap_outs"]
         assert 1 <= outs <= 3, f"{outs} VMs swapped out to make room for one VM's growth"
         for vm in [*vms, big]:
             vm.interrupt(Irq.HOST)

@@ -1,4 +1,4 @@
-"""The console device: what a guest writes, as an async byte stream for the host.
+"""The console device: CONSOLE_WRITE, and what the guest wrote as an async byte stream.
 
 Bounded like every queue in denali: unread output beyond ``limit`` bytes is dropped
 (oldest first) and counted in ``dropped``. A ``sink`` callback, when given, receives
@@ -9,15 +9,32 @@ The last ``history`` bytes are also kept for ``text()`` (diagnostics and tests).
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from denali import abi
+from denali.abi import Hc, Result
+from denali.devices.base import SLOT_CONSOLE, Device
+from denali.memory import PROT_R
+
+if TYPE_CHECKING:
+    from denali.memory import GuestMemory
 
 ConsoleSink = Callable[[bytes], None]
+_WRITE: Final = struct.Struct("<II")
+_WRITE_AT: Final = abi.HYPERCALL_BY_NR[Hc.CONSOLE_WRITE].args.offsets()["buf"]
 
 
-class Console:
-    """A VM's console output stream. ``read()`` returns b"" once the VM has ended."""
+class Console(Device):
+    """A VM's console: the CONSOLE_WRITE hypercall and the output stream the host reads.
 
+    ``read()`` returns b"" once the VM has ended.
+    """
+
+    SLOT: ClassVar[int] = SLOT_CONSOLE
+    HYPERCALLS: ClassVar = {Hc.CONSOLE_WRITE: "hc_write"}
     __slots__ = (
         "_chunks",
         "_closed",
@@ -44,6 +61,16 @@ class Console:
         self.sink = sink
         self.dropped = 0
         self.written = 0
+
+    def hc_write(self, mem: GuestMemory, arg: int) -> int:
+        buf, length = _WRITE.unpack_from(mem.buf, arg + _WRITE_AT)
+        if length > abi.CONSOLE_MAX_WRITE:
+            return Result.INVAL
+        if not mem.check(buf, length, PROT_R):
+            return Result.FAULT
+        if length:
+            self.feed(mem.read(buf, length))
+        return Result.OK
 
     def feed(self, data: bytes) -> None:
         """Called by the kernel with bytes the guest wrote."""

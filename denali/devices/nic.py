@@ -1,7 +1,7 @@
 """The virtual NIC device: its switch port (``NicPort``) and its hypercalls (NET_INFO/SEND/RECV).
 
 The host side is ``NicPort``, a port of the virtual switch with a fixed MAC and a receive
-queue; the hypercall handlers at the end of this module move frames between guest
+queue; ``Nic``, the device, has the hypercall handlers: they move frames between guest
 memory and that port, checking every guest pointer and length first. A VM without a
 NIC gets ``NODEV`` from all three.
 
@@ -31,18 +31,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from denali import abi
 from denali.abi import NET_MAX_BATCH, NET_MIN_FRAME, NET_MTU, Hc, Irq, Result
+from denali.devices.base import SLOT_NIC, Device, DeviceHost, State
 from denali.errors import ConfigError
 from denali.memory import PROT_R, PROT_RW
 from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.port import DEFAULT_INGRESS_CAPACITY, Port
 
 if TYPE_CHECKING:
-    from denali.hypercalls import HypercallTable
-    from denali.vm import Vm
+    from denali.memory import GuestMemory
 
 DEFAULT_RX_CAPACITY: Final = 256
 """Frames a NIC's receive queue holds by default (reported to the guest by NET_INFO)."""
@@ -164,6 +164,18 @@ class NicPort(Port):
         popleft = q.popleft
         return [popleft() for _ in range(max_frames)]
 
+    def pending_frames(self) -> tuple[bytes, ...]:
+        """The frames waiting in the receive queue, oldest first (left in place)."""
+        return tuple(self._rx)
+
+    def refill(self, frames: Sequence[bytes]) -> None:
+        """Put saved frames back into an empty receive queue (a restored NIC), up to its
+        capacity; raises the receive callback if any were put back."""
+        for f in frames[:self._rx_capacity - len(self._rx)]:
+            self._rx.append(bytes(f))
+        if self._rx and self.on_rx is not None:
+            self.on_rx()
+
     def clear_rx(self) -> int:
         """Drop every waiting frame (e.g. the VM ended); counted in ``drop_link_down``."""
         n = len(self._rx)
@@ -212,85 +224,100 @@ class NicPort(Port):
         return accepted, status
 
 
-# ---- hypercalls ----
+# ---- the device ----
 _INFO: Final = abi.HYPERCALL_BY_NR[Hc.NET_INFO].args.offsets()
 _SEND: Final = abi.HYPERCALL_BY_NR[Hc.NET_SEND].args.offsets()
 _RECV: Final = abi.HYPERCALL_BY_NR[Hc.NET_RECV].args.offsets()
 _U32: Final = struct.Struct("<I")
 _PAIR: Final = struct.Struct("<II")
+_QUAD: Final = struct.Struct("<IIII")
 _MTU: Final = abi.NET_MTU
 _MIN: Final = abi.NET_MIN_FRAME
 _BATCH: Final = abi.NET_MAX_BATCH
 
 
-def _net_info(vm: Vm, arg: int) -> int:
-    nic = vm.nic
-    if nic is None:
-        return Result.NODEV
-    buf = vm.memory.buf
-    buf[arg + _INFO["mac"]:arg + _INFO["mac"] + 6] = nic.fixed_mac
-    _U32.pack_into(buf, arg + _INFO["mtu"], _MTU)
-    _U32.pack_into(buf, arg + _INFO["rx_queue"], nic.rx_capacity)
-    return Result.OK
+class Nic(Device):
+    """A VM's NIC device: the NET_* hypercalls over its switch port ``port``.
 
+    The port's receive callback raises ``Irq.NET_RX`` on the VM. State: the MAC and the
+    frames waiting in the receive queue (the port's switch attachment belongs to the
+    kernel that restores it).
+    """
 
-def _net_send(vm: Vm, arg: int) -> int:
-    nic = vm.nic
-    if nic is None:
-        return Result.NODEV
-    mem = vm.memory
-    buf = mem.buf
-    frames_at, count = _PAIR.unpack_from(buf, arg + _SEND["frames"])
-    _U32.pack_into(buf, arg + _SEND["sent"], 0)
-    if count > _BATCH:
-        return Result.INVAL
-    if not mem.check(frames_at, count * 8, PROT_R):
-        return Result.FAULT
-    frames = []
-    stop = Result.OK
-    for i in range(count):
-        addr, length = _PAIR.unpack_from(buf, frames_at + 8 * i)
-        if length < _MIN or length > _MTU:
-            stop = Result.INVAL
-            break
-        if not mem.check(addr, length, PROT_R):
-            stop = Result.FAULT
-            break
-        frames.append(buf[addr:addr + length])
-    accepted, status = nic.send_batch_nowait(frames) if frames else (0, None)
-    _U32.pack_into(buf, arg + _SEND["sent"], accepted)
-    if status is not None and status.result != Result.OK:
-        return int(status.result)
-    return stop
+    SLOT: ClassVar[int] = SLOT_NIC
+    HYPERCALLS: ClassVar = {Hc.NET_INFO: "hc_info", Hc.NET_SEND: "hc_send", Hc.NET_RECV: "hc_recv"}
+    __slots__ = ("port",)
 
+    def __init__(self, port: NicPort) -> None:
+        self.port = port
 
-def _net_recv(vm: Vm, arg: int) -> int:
-    nic = vm.nic
-    if nic is None:
-        return Result.NODEV
-    mem = vm.memory
-    buf = mem.buf
-    bufs, slot, count, lens = struct.unpack_from("<IIII", buf, arg + _RECV["bufs"])
-    _U32.pack_into(buf, arg + _RECV["received"], 0)
-    if slot < _MTU or count < 1 or count > _BATCH or slot > 1 << 20:
-        return Result.INVAL
-    if not mem.check(bufs, slot * count, PROT_RW) or not mem.check(lens, 4 * count, PROT_RW):
-        return Result.FAULT
-    frames = nic.receive_nowait(count)
-    if not frames:
-        return Result.AGAIN
-    for i, frame in enumerate(frames):
-        at = bufs + i * slot
-        buf[at:at + len(frame)] = frame
-        _U32.pack_into(buf, lens + 4 * i, len(frame))
-    _U32.pack_into(buf, arg + _RECV["received"], len(frames))
-    if nic.rx_pending:
-        vm.pending |= Irq.NET_RX  # more wait: keep the (edge-triggered) bit set
-    return Result.OK
+    def attach(self, host: DeviceHost) -> None:
+        super().attach(host)
+        self.port.on_rx = self._on_rx
 
+    def _on_rx(self) -> None:
+        self._host.raise_irq(Irq.NET_RX)
 
-def register(table: HypercallTable) -> None:
-    """Add the NIC hypercalls to a kernel's table."""
-    table.register(Hc.NET_INFO, _net_info)
-    table.register(Hc.NET_SEND, _net_send)
-    table.register(Hc.NET_RECV, _net_recv)
+    def hc_info(self, mem: GuestMemory, arg: int) -> int:
+        buf = mem.buf
+        nic = self.port
+        buf[arg + _INFO["mac"]:arg + _INFO["mac"] + 6] = nic.fixed_mac
+        _U32.pack_into(buf, arg + _INFO["mtu"], _MTU)
+        _U32.pack_into(buf, arg + _INFO["rx_queue"], nic.rx_capacity)
+        return Result.OK
+
+    def hc_send(self, mem: GuestMemory, arg: int) -> int:
+        buf = mem.buf
+        frames_at, count = _PAIR.unpack_from(buf, arg + _SEND["frames"])
+        _U32.pack_into(buf, arg + _SEND["sent"], 0)
+        if count > _BATCH:
+            return Result.INVAL
+        if not mem.check(frames_at, count * 8, PROT_R):
+            return Result.FAULT
+        frames = []
+        stop = Result.OK
+        for i in range(count):
+            addr, length = _PAIR.unpack_from(buf, frames_at + 8 * i)
+            if length < _MIN or length > _MTU:
+                stop = Result.INVAL
+                break
+            if not mem.check(addr, length, PROT_R):
+                stop = Result.FAULT
+                break
+            frames.append(buf[addr:addr + length])
+        accepted, status = self.port.send_batch_nowait(frames) if frames else (0, None)
+        _U32.pack_into(buf, arg + _SEND["sent"], accepted)
+        if status is not None and status.result != Result.OK:
+            return int(status.result)
+        return stop
+
+    def hc_recv(self, mem: GuestMemory, arg: int) -> int:
+        buf = mem.buf
+        bufs, slot, count, lens = _QUAD.unpack_from(buf, arg + _RECV["bufs"])
+        _U32.pack_into(buf, arg + _RECV["received"], 0)
+        if slot < _MTU or count < 1 or count > _BATCH or slot > 1 << 20:
+            return Result.INVAL
+        if not mem.check(bufs, slot * count, PROT_RW) or not mem.check(lens, 4 * count, PROT_RW):
+            return Result.FAULT
+        nic = self.port
+        frames = nic.receive_nowait(count)
+        if not frames:
+            return Result.AGAIN
+        for i, frame in enumerate(frames):
+            at = bufs + i * slot
+            buf[at:at + len(frame)] = frame
+            _U32.pack_into(buf, lens + 4 * i, len(frame))
+        _U32.pack_into(buf, arg + _RECV["received"], len(frames))
+        if nic.rx_pending:
+            self._host.raise_irq(Irq.NET_RX)  # more wait: keep the (edge-triggered) bit set
+        return Result.OK
+
+    def save(self) -> State:
+        return {"mac": self.port.fixed_mac, "rx": list(self.port.pending_frames())}
+
+    def restore(self, state: State) -> None:
+        self.port.refill(state.get("rx", ()))
+
+    async def aclose(self) -> None:
+        self.port.clear_rx()
+        self.port.on_rx = None

@@ -33,13 +33,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from denali.errors import ConfigError
 from denali.net.ethernet import as_mac, is_multicast
-
-if TYPE_CHECKING:
-    from denali.net.switch import Switch
 
 DEFAULT_INGRESS_CAPACITY: Final = 256
 """Frames a port may have waiting in the switch before ``submit`` drops."""
@@ -90,19 +87,30 @@ class PortStats:
         return out
 
 
+class Hub(Protocol):
+    """What a port knows of the switch it is attached to (``denali.net.switch.Switch``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def detach(self, port: Port) -> None: ...
+
+
 class Attachment:
     """A port's membership in one switch: its ingress queue and forwarding state.
 
-    Created by ``Switch.attach``, killed (``alive = False``) by ``Switch.detach``; a
-    port re-attached gets a new one. Internal to ``denali.net``: ports use it only
-    through ``Port.submit``.
+    Created by the switch (``Switch.attach`` -> ``Port._bind``), killed (``alive =
+    False``) by ``Switch.detach`` (-> ``Port._unbind``); a port re-attached gets a new
+    one. ``wake(att)`` tells the switch that a queue went from empty to non-empty.
+    Internal to ``denali.net``: ports use it only through ``Port.submit``.
     """
 
     __slots__ = ("alive", "capacity", "deliver", "errors", "learned", "mac", "port", "queue",
-                 "ready", "stats", "switch")
+                 "ready", "stats", "switch", "wake")
 
-    def __init__(self, switch: Switch, port: Port) -> None:
+    def __init__(self, switch: Hub, port: Port, wake: Callable[[Attachment], None]) -> None:
         self.switch = switch
+        self.wake = wake
         self.port = port
         self.queue: deque[bytes] = deque()
         self.capacity = port.ingress_capacity
@@ -161,8 +169,16 @@ class Port(abc.ABC):
         """Bound of the port's ingress queue in the switch, in frames."""
         return self._ingress_capacity
 
+    def _bind(self, att: Attachment) -> None:
+        """Called by the switch as it attaches this port."""
+        self._att = att
+
+    def _unbind(self) -> None:
+        """Called by the switch as it detaches this port."""
+        self._att = None
+
     @property
-    def switch(self) -> Switch | None:
+    def switch(self) -> Hub | None:
         """The switch this port is attached to, or None."""
         att = self._att
         return att.switch if att is not None else None
@@ -205,7 +221,7 @@ class Port(abc.ABC):
         st.tx_bytes += len(frame)
         if not att.ready:
             att.ready = True
-            att.switch._wake(att)
+            att.wake(att)
         return True
 
     def submit_many(self, frames: Sequence[bytes]) -> int:
@@ -240,5 +256,5 @@ class Port(abc.ABC):
         st.tx_frames += take
         if not att.ready:
             att.ready = True
-            att.switch._wake(att)
+            att.wake(att)
         return take

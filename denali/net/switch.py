@@ -356,7 +356,7 @@ class Switch:
         if mac is not None and mac in self._pinned:
             raise ConfigError(f"MAC {mac.hex(':')} of port {port.name} is the fixed MAC of port "
                               f"{self._pinned[mac].port.name}")
-        att = Attachment(self, port)
+        att = Attachment(self, port, self._wake)
         if mac is not None:
             stale = self._fdb.pop(mac, None)
             if stale is not None:
@@ -365,7 +365,7 @@ class Switch:
         self._names[port.name] = att
         self._links[att] = None
         self._flood_to = None
-        port._att = att
+        port._bind(att)
 
     def detach(self, port: Port) -> None:
         """Disconnect ``port``: drop its queued frames (counted), its pinned and learned MACs.
@@ -383,7 +383,7 @@ class Switch:
         att.alive = False
         att.ready = False
         port = att.port
-        port._att = None
+        port._unbind()
         lost = len(att.queue)
         if lost:
             att.stats.drop_link_down += lost

@@ -21,6 +21,7 @@ import time
 from common import rss_mib, table
 from lan import LinuxHost, boot_httpd, vm_ip
 
+from denali import lowlevel
 from denali.config import parse_size
 from denali.kernel import Kernel
 
@@ -31,12 +32,12 @@ async def run(n: int, budget: int, conc: int, sample: int) -> list[tuple[str, st
         vms = await boot_httpd(k, n)
         boot = time.perf_counter() - t
         await host.neighbours(vms)
-        before = dict(k.swapper.stats)
+        before = dict(k.stats()["swap"])
         res = await host.load("sweep", vm_ip(1), str(n), "--conc", str(conc), "--sample", str(sample))
         asked = res["hosts"]
-        sw = k.swapper.stats
+        sw = k.stats()["swap"]
         alive = sum(1 for vm in vms if not vm.state.final)
-        swap_dir = k.swapper.directory
+        swap_dir = lowlevel.runtime(k).store.directory  # type: ignore[union-attr]
         on_disk = sum(e.stat().st_blocks * 512 for e in os.scandir(swap_dir)) if swap_dir else 0
         st = k.switch.stats()
         rows = [

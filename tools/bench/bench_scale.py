@@ -37,7 +37,7 @@ async def run(n: int, budget: int) -> list[tuple[str, str]]:
             await vm.until_idle()
         boot = time.perf_counter() - t
         resident = sum(1 for vm in vms if vm.swapped is None)
-        outs = k.swapper.stats["swap_outs"]
+        outs = k.stats()["swap"]["swap_outs"]
         t = time.perf_counter()
         for vm in vms:
             vm.interrupt(Irq.HOST)

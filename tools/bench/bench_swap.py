@@ -52,11 +52,11 @@ async def swap_times(kib: int, runs: int) -> tuple[float, float, int]:
         for _ in range(runs):
             vm = await k.spawn("test-touch", cmdline=f"kib={kib}", memory="16M")
             await vm.until_idle()
-            before = k.swapper.stats["bytes_out"]
+            before = k.stats()["swap"]["bytes_out"]
             t = time.perf_counter()
             await vm.swap_out()
             outs.append(time.perf_counter() - t)
-            written = k.swapper.stats["bytes_out"] - before
+            written = k.stats()["swap"]["bytes_out"] - before
             t = time.perf_counter()
             await vm._ensure_resident()
             ins.append(time.perf_counter() - t)

@@ -32,9 +32,15 @@ from common import rss_mib
 from figures import Figure, Series, write_figure
 from lan import LinuxHost, boot_httpd, vm_ip
 
+from denali import lowlevel
 from denali.config import parse_size
 from denali.kernel import Kernel
 
+
+def _scale(k: Kernel) -> float:
+    """The gatekeeper's measured memory scale (see denali.swap.Gatekeeper.scale)."""
+    gate = lowlevel.runtime(k).gate
+    return gate.scale if gate is not None else 1.0
 
 def zipf_args(n: int, seconds: float, conc: int, report: float) -> list[str]:
     return ["zipf", vm_ip(1), str(n), "--seconds", str(seconds), "--conc", str(conc),
@@ -51,10 +57,10 @@ async def point(n: int, budget: int, seconds: float, warmup: float, conc: int) -
         def on_line(line: dict[str, Any]) -> None:
             lines.append(line)
             if "t" in line and line["t"] >= warmup and "start" not in marks:
-                marks["start"] = dict(k.swapper.stats)
+                marks["start"] = dict(k.stats()["swap"])
 
         summary = await host.load(*zipf_args(n, warmup + seconds, conc, 1.0), on_line=on_line)
-        end = dict(k.swapper.stats)
+        end = dict(k.stats()["swap"])
         measured = [ln for ln in lines if "t" in ln and ln["t"] > warmup]
         ok = sum(ln["ok"] for ln in measured)
         span = measured[-1]["t"] - warmup if measured else 1.0
@@ -63,7 +69,7 @@ async def point(n: int, budget: int, seconds: float, warmup: float, conc: int) -
         lost = sum(1 for vm in vms if vm.state.final)
         return {"n": n, "req_s": ok / span, "swap_in_s": (end["swap_ins"] - start["swap_ins"]) / span,
                 "errors": summary["errors"], "reasons": summary.get("reasons", {}),
-                "resident": resident, "lost": lost, "scale": k.swapper.scale}
+                "resident": resident, "lost": lost, "scale": _scale(k)}
 
 
 def experiment(args: argparse.Namespace) -> None:
@@ -111,7 +117,7 @@ async def soak(n: int, budget: int, seconds: float, conc: int, every: float) -> 
             if "t" not in line:
                 return
             rates.append(line["req_s"])
-            sw = k.swapper.stats
+            sw = k.stats()["swap"]
             samples.append({"t": line["t"], "req_s": line["req_s"], "err": line["err"],
                             "rss": rss_mib(), "alive": sum(1 for vm in vms if not vm.state.final),
                             "resident": sum(1 for vm in vms if vm.swapped is None),

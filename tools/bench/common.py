@@ -51,8 +51,7 @@ class BareGuest:
     """
 
     def __init__(self, image: str | Image, cmdline: str, mem_size: int = abi.DEFAULT_MEMORY) -> None:
-        from denali.cpu import VCpu
-        from denali.hypercalls import HypercallTable
+        from denali.cpu import CpuState, VCpu
         self.image = resolve(image) if isinstance(image, str) else image
         self.mem = GuestMemory(mem_size)
         regions, hs, he = layout_regions(self.image, mem_size)
@@ -69,14 +68,14 @@ class BareGuest:
         struct.pack_into("<I", self.mem.buf, abi.Layout.VREGS + v["cmdline_len"], len(cmd) - 1)
         self.terminated = False
 
-        class _Table(HypercallTable):
-            def dispatch(inner, vm: object, nr: int, arg: int) -> int:
-                if nr == abi.Hc.TERMINATE:
-                    self.terminated = True
-                    return -1
-                return 0
+        def dispatch(nr: int, arg: int) -> int:
+            if nr == abi.Hc.TERMINATE:
+                self.terminated = True
+                return -1
+            return 0
 
-        self.cpu = VCpu(1, self.image, self.mem, _Table(), None, 16 << 20)
+        self.cpu = VCpu(1, self.image.name, self.mem, dispatch, 16 << 20,
+                        CpuState.boot(self.image.entry, mem_size))
 
     def run(self) -> float:
         """Run to TERMINATE in one emu_start; returns seconds."""

@@ -1,4 +1,4 @@
-"""The virtual disk device: DISK_INFO/READ/WRITE/FLUSH and each VM's disks (``vm.disks``).
+"""The virtual disk device: DISK_INFO/READ/WRITE/FLUSH over a VM's disks (``Disks``).
 
 A VM has up to 16 disks, each a fixed number of 4 KiB blocks, found by name
 (``DISK_INFO``) and addressed by handle (its index). The host storage of a disk is a
@@ -14,16 +14,18 @@ status word or wait for ``Irq.DISK``)::
          DISK_QUEUE per disk: FULL beyond); returns OK at once. Any refusal returns
          its code and also writes it to status.
       -> the disk's worker task (on the event loop, one request at a time, in order):
-         copies the data out of guest memory (writes), runs the backend's job in the
-         executor (aiofiles), never blocking the loop
-      -> completion, on the loop between slices: copies the data into guest memory
-         (reads), writes status = OK or IO, raises Irq.DISK (batched like every irq).
+         copies the data out of guest memory (writes; a posted completion, so between
+         slices), runs the backend's job in the executor (aiofiles), never blocking the
+         loop
+      -> completion, posted to the VM (``DeviceHost.post``: between slices, whatever
+         thread runs them): copies the data into guest memory (reads), writes status =
+         OK or IO, raises Irq.DISK (batched like every irq).
 
 Why submit-and-complete rather than a hypercall that exits and blocks the VM: the guest
 OS has threads, and a VM blocked in a hypercall could not run its other threads (its
 TCP stack, say) while the host reads the disk; with a status word in the request itself
 the guest needs no extra hypercall to learn what completed, and waiting is just
-``irq_wait(DENALI_IRQ_DISK)`` until the word changes. The kernel writes guest memory
+``irq_wait(DENALI_IRQ_DISK)`` until the word changes. The kernel touches guest memory
 only between slices, so the guest never sees a half-written status or buffer.
 
 Isolation: every guest pointer is checked with ``GuestMemory.check`` at submit and again
@@ -35,21 +37,22 @@ that request only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import ClassVar, Final
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
+from denali.devices.base import SLOT_DISK, Device, DeviceHost, State
 from denali.devices.disk.backend import Backend, open_backend
 from denali.devices.disk.spec import DiskSpec
 from denali.errors import ConfigError, DiskError
 from denali.memory import PROT_R, PROT_RW, GuestMemory
 
-if TYPE_CHECKING:
-    from denali.hypercalls import HypercallTable
-    from denali.vm import Vm
+log = logging.getLogger(__name__)
 
 _INFO: Final = abi.HYPERCALL_BY_NR[Hc.DISK_INFO].args.offsets()
 _READ: Final = abi.HYPERCALL_BY_NR[Hc.DISK_READ].args.offsets()
@@ -68,18 +71,8 @@ WRITE: Final = 1
 FLUSH: Final = 2
 
 
-class DiskVm(Protocol):
-    """What the disk device needs of a VM (``denali.vm.Vm`` has it; tests use fakes)."""
-
-    @property
-    def memory(self) -> GuestMemory: ...
-
-    def interrupt(self, bits: int = ...) -> None: ...
-
-
 @dataclass(slots=True)
 class _Request:
-    vm: DiskVm
     kind: int
     block: int
     count: int
@@ -90,10 +83,12 @@ class _Request:
 class Disk:
     """One disk of one VM: its backend, its bounded request queue and its worker task."""
 
-    __slots__ = ("_op", "_queue", "_worker", "backend", "blocks", "handle", "last_error",
+    __slots__ = ("_op", "_queue", "_worker", "backend", "blocks", "handle", "host", "last_error",
                  "last_io_error", "name", "outstanding", "readonly", "stats")
 
     def __init__(self, handle: int, name: str, backend: Backend) -> None:
+        self.host: DeviceHost | None = None
+        """The VM's interface (set when the device is attached)."""
         self.handle = handle
         self.name = name
         self.backend = backend
@@ -145,13 +140,10 @@ class Disk:
                 self.stats["blocks_read"] += req.count
                 return Result.OK, data
             if req.kind == WRITE:
-                mem = req.vm.memory
-                length = req.count * _BLOCK
-                if mem.buf.closed:
-                    return Result.IO, None
-                if not mem.check(req.buf, length, PROT_R):
+                out = await self._copy_out(req.buf, req.count * _BLOCK)
+                if out is None:
                     return Result.FAULT, None
-                await self.backend.write(req.block, mem.read(req.buf, length))
+                await self.backend.write(req.block, out)
                 self.stats["writes"] += 1
                 self.stats["blocks_written"] += req.count
                 return Result.OK, None
@@ -161,26 +153,46 @@ class Disk:
         except OSError as exc:
             self.stats["io_errors"] += 1
             self.last_io_error = exc
+            log.warning("disk %s: host I/O error, the guest sees IO: %s", self.name, exc)
             return Result.IO, None
         except Exception as exc:  # a bug: fail this request only, and keep the evidence
             self.stats["internal_errors"] += 1
             self.last_error = exc
+            log.error("disk %s: internal error in a request (the guest sees IO)", self.name,
+                      exc_info=exc)
             return Result.IO, None
+
+    async def _copy_out(self, addr: int, length: int) -> bytes | None:
+        """The guest's bytes at [addr, addr+length), read between slices; None when the
+        range is not readable (or the VM ended)."""
+        assert self.host is not None
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+        def copy(mem: GuestMemory | None) -> None:
+            if not fut.done():
+                fut.set_result(mem.read(addr, length) if mem is not None
+                               and mem.check(addr, length, PROT_R) else None)
+        self.host.post(copy)
+        return await fut
 
     def _complete(self, req: _Request, status: int, data: bytes | None) -> None:
         self.outstanding -= 1
-        vm = req.vm
-        mem = vm.memory
-        if mem.buf.closed:  # the VM ended: nothing to tell it
-            return
-        if data is not None:
-            if mem.check(req.buf, len(data), PROT_RW):
-                mem.write(req.buf, data)
-            else:
-                status = Result.FAULT
-        if mem.check(req.status_at, 4, PROT_RW):
-            _U32.pack_into(mem.buf, req.status_at, status)
-        vm.interrupt(Irq.DISK)
+        host = self.host
+        assert host is not None
+
+        def apply(mem: GuestMemory | None) -> None:
+            if mem is None:  # the VM ended: nothing to tell it
+                return
+            st = status
+            if data is not None:
+                if mem.check(req.buf, len(data), PROT_RW):
+                    mem.write(req.buf, data)
+                else:
+                    st = Result.FAULT
+            if mem.check(req.status_at, 4, PROT_RW):
+                _U32.pack_into(mem.buf, req.status_at, st)
+        host.post(apply)
+        host.raise_irq(Irq.DISK)
 
     async def _stop(self) -> None:
         """Stop the worker, let a running job finish, drop what is queued (counted)."""
@@ -197,29 +209,47 @@ class Disk:
         self.outstanding = 0
 
 
-class VmDisks:
-    """The disks of one VM, by handle (their order in the specs) and by name.
+class Disks(Device):
+    """The disk device of one VM: its disks by handle (their order in the specs) and name.
 
-    Lifecycle: ``await VmDisks.open(specs)`` -> attached as ``vm.disks`` -> the guest's
-    requests -> ``await aclose()`` once the VM has ended (idempotent; also safe while a
-    request runs: it waits for that one job, drops the queued ones, then writes kept
-    overlays' bitmaps and closes every file). ``aclose`` finishes its cleanup even if the
-    task awaiting it is cancelled, so no descriptor is closed under a running job and no
-    file stays open. It never raises for host I/O trouble: a kept overlay whose bitmap
-    could not be saved (its file was truncated or removed) is closed anyway and the
-    ``DiskError`` is appended to ``close_errors`` (the writes since the guest's last
-    flush are lost, as in a crash); the kernel may log them.
+    Lifecycle: ``await Disks.open(specs)`` -> attached to the VM by its builder -> the
+    guest's requests -> ``await aclose()`` once the VM has ended (idempotent; also safe
+    while a request runs: it waits for that one job, drops the queued ones, then writes
+    kept overlays' bitmaps and closes every file). ``aclose`` finishes its cleanup even
+    if the task awaiting it is cancelled, so no descriptor is closed under a running job
+    and no file stays open. It never raises for host I/O trouble: a kept overlay whose
+    bitmap could not be saved (its file was truncated or removed) is closed anyway, the
+    ``DiskError`` is appended to ``close_errors`` and logged (the writes since the guest's
+    last flush are lost, as in a crash); ``Vm.wait()`` raises it to the host.
+
+    State: the specs the disks were opened from (the files hold the data; the device
+    must be idle, ``busy()`` False, when it is saved).
     """
 
-    __slots__ = ("_closer", "close_errors", "disks")
+    SLOT: ClassVar[int] = SLOT_DISK
+    HYPERCALLS: ClassVar = {Hc.DISK_INFO: "hc_info", Hc.DISK_READ: "hc_read",
+                            Hc.DISK_WRITE: "hc_write", Hc.DISK_FLUSH: "hc_flush"}
+    __slots__ = ("_closer", "close_errors", "disks", "specs")
 
-    def __init__(self, disks: Sequence[Disk]) -> None:
+    def __init__(self, disks: Sequence[Disk], specs: Sequence[DiskSpec] = ()) -> None:
         self.disks: tuple[Disk, ...] = tuple(disks)
+        self.specs: tuple[DiskSpec, ...] = tuple(specs)
         self._closer: asyncio.Task[None] | None = None
         self.close_errors: list[DiskError] = []
 
+    def attach(self, host: DeviceHost) -> None:
+        super().attach(host)
+        for d in self.disks:
+            d.host = host
+
+    def busy(self) -> bool:
+        return any(d.outstanding for d in self.disks)
+
+    def save(self) -> State:
+        return {"specs": [dataclasses.asdict(s) for s in self.specs]}
+
     @classmethod
-    async def open(cls, specs: Sequence[DiskSpec]) -> VmDisks:
+    async def open(cls, specs: Sequence[DiskSpec]) -> Disks:
         """Open the storage of every spec; ``ConfigError``/``DiskError`` if any is unusable
         (then nothing stays open)."""
         if len(specs) > abi.DISK_MAX_DISKS:
@@ -236,7 +266,7 @@ class VmDisks:
             for b in backends:
                 await b.close()
             raise
-        return cls([Disk(i, n, b) for i, (n, b) in enumerate(zip(names, backends, strict=True))])
+        return cls([Disk(i, n, b) for i, (n, b) in enumerate(zip(names, backends, strict=True))], specs)
 
     def find(self, name: str) -> Disk | None:
         for d in self.disks:
@@ -265,104 +295,85 @@ class VmDisks:
                 self.close_errors.append(exc)
             except OSError as exc:
                 self.close_errors.append(DiskError(f"disk {d.name}: closing: {exc}"))
+        for err in self.close_errors:
+            log.error("%s (writes since the guest's last flush are lost)", err)
 
 
-def _disks_of(vm: Vm) -> VmDisks | None:
-    # ``vm.disks`` is attached by the kernel; a VM object without it has no disks.
-    disks = getattr(vm, "disks", None)
-    return disks if isinstance(disks, VmDisks) else None
+    # ---- hypercalls ----
+    def hc_info(self, mem: GuestMemory, arg: int) -> int:
+        buf = mem.buf
+        name_at = arg + _INFO["name"]
+        raw = bytes(buf[name_at:name_at + _NAME_LEN])
+        if raw[0] == 0:
+            index = _U32.unpack_from(buf, arg + _INFO["index"])[0]
+            if index >= len(self.disks):
+                return Result.NODEV
+            disk = self.disks[index]
+            buf[name_at:name_at + _NAME_LEN] = disk.name.encode().ljust(_NAME_LEN, b"\0")
+        else:
+            nul = raw.find(b"\0")
+            if nul < 0:
+                return Result.INVAL
+            found = self.find(raw[:nul].decode("latin-1"))
+            if found is None:
+                return Result.NODEV
+            disk = found
+        _U32.pack_into(buf, arg + _INFO["handle"], disk.handle)
+        _U64.pack_into(buf, arg + _INFO["blocks"], disk.blocks)
+        _U32.pack_into(buf, arg + _INFO["block_size"], _BLOCK)
+        _U32.pack_into(buf, arg + _INFO["flags"], abi.DISK_F_READONLY if disk.readonly else 0)
+        _U32.pack_into(buf, arg + _INFO["max_blocks"], abi.DISK_MAX_BLOCKS)
+        _U32.pack_into(buf, arg + _INFO["queue"], abi.DISK_QUEUE)
+        return Result.OK
 
-
-def _disk_info(vm: Vm, arg: int) -> int:
-    buf = vm.memory.buf
-    disks = _disks_of(vm)
-    if disks is None:
-        return Result.NODEV
-    name_at = arg + _INFO["name"]
-    raw = bytes(buf[name_at:name_at + _NAME_LEN])
-    if raw[0] == 0:
-        index = _U32.unpack_from(buf, arg + _INFO["index"])[0]
-        if index >= len(disks.disks):
+    def _check_rw(self, mem: GuestMemory, handle: int, count: int, block: int, addr: int,
+                  write: bool) -> Disk | int:
+        if handle >= len(self.disks):
             return Result.NODEV
-        disk = disks.disks[index]
-        buf[name_at:name_at + _NAME_LEN] = disk.name.encode().ljust(_NAME_LEN, b"\0")
-    else:
-        nul = raw.find(b"\0")
-        if nul < 0:
+        disk = self.disks[handle]
+        if write and disk.readonly:
             return Result.INVAL
-        found = disks.find(raw[:nul].decode("latin-1"))
-        if found is None:
-            return Result.NODEV
-        disk = found
-    _U32.pack_into(buf, arg + _INFO["handle"], disk.handle)
-    _U64.pack_into(buf, arg + _INFO["blocks"], disk.blocks)
-    _U32.pack_into(buf, arg + _INFO["block_size"], _BLOCK)
-    _U32.pack_into(buf, arg + _INFO["flags"], abi.DISK_F_READONLY if disk.readonly else 0)
-    _U32.pack_into(buf, arg + _INFO["max_blocks"], abi.DISK_MAX_BLOCKS)
-    _U32.pack_into(buf, arg + _INFO["queue"], abi.DISK_QUEUE)
-    return Result.OK
+        if count == 0 or count > abi.DISK_MAX_BLOCKS:
+            return Result.INVAL
+        if block >= disk.blocks or count > disk.blocks - block:
+            return Result.INVAL
+        if not mem.check(addr, count * _BLOCK, PROT_R if write else PROT_RW):
+            return Result.FAULT
+        return disk
+
+    def _rw(self, mem: GuestMemory, arg: int, kind: int) -> int:
+        buf = mem.buf
+        handle, count, block, addr = _RW.unpack_from(buf, arg)
+        status_at = arg + _READ["status"]
+        disk = self._check_rw(mem, handle, count, block, addr, kind == WRITE)
+        if isinstance(disk, Disk):
+            res = disk.submit(_Request(kind, block, count, addr, status_at))
+        else:
+            res = disk
+        _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
+        return res
+
+    def hc_read(self, mem: GuestMemory, arg: int) -> int:
+        return self._rw(mem, arg, READ)
+
+    def hc_write(self, mem: GuestMemory, arg: int) -> int:
+        return self._rw(mem, arg, WRITE)
+
+    def hc_flush(self, mem: GuestMemory, arg: int) -> int:
+        buf = mem.buf
+        handle = _U32.unpack_from(buf, arg + _FLUSH["handle"])[0]
+        status_at = arg + _FLUSH["status"]
+        if handle >= len(self.disks):
+            res = int(Result.NODEV)
+        else:
+            res = self.disks[handle].submit(_Request(FLUSH, 0, 0, 0, status_at))
+        _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
+        return res
 
 
-def _check_rw(vm: Vm, handle: int, count: int, block: int, addr: int, write: bool) -> Disk | int:
-    disks = _disks_of(vm)
-    if disks is None or handle >= len(disks.disks):
-        return Result.NODEV
-    disk = disks.disks[handle]
-    if write and disk.readonly:
-        return Result.INVAL
-    if count == 0 or count > abi.DISK_MAX_BLOCKS:
-        return Result.INVAL
-    if block >= disk.blocks or count > disk.blocks - block:
-        return Result.INVAL
-    if not vm.memory.check(addr, count * _BLOCK, PROT_R if write else PROT_RW):
-        return Result.FAULT
-    return disk
-
-
-def _rw(vm: Vm, arg: int, kind: int) -> int:
-    buf = vm.memory.buf
-    handle, count, block, addr = _RW.unpack_from(buf, arg)
-    status_at = arg + _READ["status"]
-    disk = _check_rw(vm, handle, count, block, addr, kind == WRITE)
-    if isinstance(disk, Disk):
-        res = disk.submit(_Request(vm, kind, block, count, addr, status_at))
-    else:
-        res = disk
-    _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
-    return res
-
-
-def _disk_read(vm: Vm, arg: int) -> int:
-    return _rw(vm, arg, READ)
-
-
-def _disk_write(vm: Vm, arg: int) -> int:
-    return _rw(vm, arg, WRITE)
-
-
-def _disk_flush(vm: Vm, arg: int) -> int:
-    buf = vm.memory.buf
-    handle = _U32.unpack_from(buf, arg + _FLUSH["handle"])[0]
-    status_at = arg + _FLUSH["status"]
-    disks = _disks_of(vm)
-    if disks is None or handle >= len(disks.disks):
-        res = int(Result.NODEV)
-    else:
-        res = disks.disks[handle].submit(_Request(vm, FLUSH, 0, 0, 0, status_at))
-    _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
-    return res
-
-
-def register(table: HypercallTable) -> None:
-    """Add the disk hypercalls to a kernel's table."""
-    table.register(Hc.DISK_INFO, _disk_info)
-    table.register(Hc.DISK_READ, _disk_read)
-    table.register(Hc.DISK_WRITE, _disk_write)
-    table.register(Hc.DISK_FLUSH, _disk_flush)
-
-
-async def open_disks(specs: Sequence[DiskSpec]) -> VmDisks | None:
-    """``VmDisks.open(specs)``, or None when there are none (what ``vm.disks`` holds)."""
+async def open_disks(specs: Sequence[DiskSpec]) -> Disks:
+    """``Disks.open(specs)``; with no specs, a device without disks (every request is
+    then refused with NODEV, written to its status word as for a bad handle)."""
     if not specs:
-        return None
-    return await VmDisks.open(specs)
+        return Disks(())
+    return await Disks.open(specs)

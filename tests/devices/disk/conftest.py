@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 import pytest
 
 from denali import abi
 from denali.abi import Hc
+from denali.devices.base import SLOT_DISK, SLOTS, Completion
 from denali.devices.disk import base as disk_base
-from denali.devices.disk import device as diskdev
-from denali.devices.disk.device import VmDisks
+from denali.devices.disk.device import Disks
 from denali.hypercalls import HypercallTable
 from denali.memory import PROT_R, PROT_RW, PROT_RX, GuestMemory, Region
-from denali.vm import Vm
+from denali.timers import Timer, Timers
 
 BLOCK = abi.DISK_BLOCK_SIZE
 CODE = 0x10000
@@ -43,7 +44,7 @@ def make_image(path: Path, nblocks: int, seed: int | None = None) -> Path:
 
 
 class FakeVm:
-    """Just enough of a ``Vm`` for the disk handlers: memory, disks, interrupts."""
+    """A ``DeviceHost`` with memory for the disk device: what a VM gives its devices."""
 
     def __init__(self) -> None:
         self.memory = GuestMemory(MEM)
@@ -52,15 +53,43 @@ class FakeVm:
             Region(RODATA, RODATA + 0x1000, PROT_R, "rodata"),
             Region(HEAP, MEM, PROT_RW, "heap"),
         ])
-        self.disks: VmDisks | None = None
+        self._disks: Disks | None = None
         self.pending = 0
         self.irqs = 0
+        self.ended = False
         self._event = asyncio.Event()
+        self._timers: Timers | None = None
 
-    def interrupt(self, bits: int = abi.Irq.HOST) -> None:
+    @property
+    def disks(self) -> Disks | None:
+        return self._disks
+
+    @disks.setter
+    def disks(self, disks: Disks | None) -> None:
+        self._disks = disks
+        if disks is not None:
+            disks.attach(self)
+
+    # ---- DeviceHost ----
+    @property
+    def vm_id(self) -> int:
+        return 1
+
+    def raise_irq(self, bits: int) -> None:
         self.pending |= bits
         self.irqs += 1
         self._event.set()
+
+    def post(self, completion: Completion) -> None:
+        completion(None if self.ended else self.memory)
+
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+    def call_at(self, deadline_ns: int, callback: Callable[..., Any], *args: Any) -> Timer:
+        if self._timers is None:
+            self._timers = Timers(asyncio.get_running_loop(), time.monotonic_ns)
+        return self._timers.add(deadline_ns, callback, *args)
 
     async def wait_irq(self, within: float = 10.0) -> None:
         async with asyncio.timeout(within):
@@ -76,8 +105,7 @@ class Guest:
 
     def __init__(self, vm: FakeVm) -> None:
         self.vm = vm
-        self.table = HypercallTable()
-        diskdev.register(self.table)
+        self.table = HypercallTable.build([Disks])
         self._next = HEAP
 
     def alloc(self, size: int, align: int = 8) -> int:
@@ -88,7 +116,9 @@ class Guest:
         return addr
 
     def call(self, nr: Hc, arg: int) -> int:
-        return self.table.dispatch(cast(Vm, self.vm), int(nr), arg)
+        devices: list[object | None] = [None] * SLOTS
+        devices[SLOT_DISK] = self.vm.disks
+        return self.table.dispatcher(devices, self.vm.memory)(int(nr), arg)
 
     def put(self, nr: Hc, arg: int, **fields: int | bytes) -> None:
         """Write fields of hypercall ``nr``'s struct at ``arg`` (others zero)."""

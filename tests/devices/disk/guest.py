@@ -8,7 +8,6 @@ before the VM task first runs).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from denali.abi import Hc
+from denali.devices.console import ConsoleSink
 from denali.devices.disk import DiskSpec
-from denali.devices.disk import device as diskdev
+from denali.errors import DiskError
 from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.vm import Vm
@@ -49,35 +48,24 @@ def guest_pattern(seed: int, block: int) -> bytes:
 class Outcome:
     status: int
     console: str
+    close_error: DiskError | None = None
 
 
 async def spawn_with_disks(k: Kernel, elf: Path, specs: Sequence[DiskSpec], cmdline: str = "",
-                           console: object = None) -> Vm:
-    if "disks" in inspect.signature(k.spawn).parameters:
-        return await k.spawn(str(elf), cmdline=cmdline, nic=False, disks=specs,  # type: ignore[call-arg]
-                             console=console)  # type: ignore[arg-type]
-    if int(Hc.DISK_INFO) not in k.hypercalls.numbers():
-        diskdev.register(k.hypercalls)
-    disks = await diskdev.open_disks(specs)
-    try:
-        vm = await k.spawn(str(elf), cmdline=cmdline, nic=False, console=console)  # type: ignore[arg-type]
-    except BaseException:
-        if disks is not None:
-            await disks.aclose()
-        raise
-    vm.disks = disks  # type: ignore[attr-defined]
-    return vm
+                           console: ConsoleSink | None = None) -> Vm:
+    return await k.spawn(str(elf), cmdline=cmdline, nic=False, disks=specs, console=console)
 
 
 async def finish(vm: Vm) -> Outcome:
-    """Wait for the VM, then for its disks to be closed (so files can be inspected)."""
+    """Wait for the VM and for its disks to close (so files can be inspected). A disk
+    error at close (``Vm.wait`` raises it) is kept in ``Outcome.close_error``."""
     try:
         status = await vm.wait()
-    finally:
-        disks = getattr(vm, "disks", None)
-        if disks is not None:
-            await disks.aclose()
-    return Outcome(status, vm.console.text())
+        error = None
+    except DiskError as exc:
+        assert vm.exit_status is not None
+        status, error = vm.exit_status, exc
+    return Outcome(status, vm.console.text(), error)
 
 
 async def run_guest(k: Kernel, elf: Path, specs: Sequence[DiskSpec], cmdline: str) -> Outcome:

@@ -16,7 +16,7 @@ import pytest
 from denali import abi
 from denali.abi import Hc, Irq, Result
 from denali.devices.disk import DiskSpec
-from denali.devices.disk.device import VmDisks, open_disks
+from denali.devices.disk.device import Disks, open_disks
 from denali.errors import ConfigError, DiskError
 from tests.devices.disk.conftest import (
     BLOCK,
@@ -41,7 +41,7 @@ async def guest(fake_vm: FakeVm, tmp_path: Path, overlay_dir: Path) -> AsyncIter
     """A VM with disks: 'base' (overlay-discard over a patterned image), 'ro', 'data' (rw)."""
     base = make_image(tmp_path / "base.img", N, seed=1)
     data = make_image(tmp_path / "data.img", 8)
-    fake_vm.disks = await VmDisks.open([
+    fake_vm.disks = await Disks.open([
         DiskSpec(str(base), overlay_dir=str(overlay_dir)),
         DiskSpec(str(base), name="ro", mode="ro"),
         DiskSpec(str(data), mode="rw"),
@@ -194,24 +194,25 @@ async def test_queue_bound_gives_full(guest: Guest) -> None:
 
 
 async def test_vm_without_disks(fake_vm: FakeVm) -> None:
+    fake_vm.disks = await open_disks([])
+    assert fake_vm.disks.disks == ()
     g = Guest(fake_vm)
     assert g.info("base")[0] == Result.NODEV
     res, arg = g.submit(R, 0)
     assert res == Result.NODEV and g.status(R, arg) == Result.NODEV
     assert g.submit(F, 0)[0] == Result.NODEV
-    assert await open_disks([]) is None
 
 
 async def test_vm_ending_with_requests_in_flight(fake_vm: FakeVm, tmp_path: Path, overlay_dir: Path) -> None:
     base = make_image(tmp_path / "b.img", N, seed=2)
     opened_fds = fd_count()
-    fake_vm.disks = await VmDisks.open([DiskSpec(str(base), overlay_dir=str(overlay_dir))])
+    fake_vm.disks = await Disks.open([DiskSpec(str(base), overlay_dir=str(overlay_dir))])
     g = Guest(fake_vm)
     buf = g.alloc(8 * BLOCK)
     for i in range(abi.DISK_QUEUE):
         assert g.submit(R if i % 2 else W, 0, i, 8, buf)[0] == Result.OK
     await asyncio.sleep(0.001)
-    fake_vm.memory.close()  # the VM ended: its memory is gone
+    fake_vm.ended = True  # the VM ended: its completions are told so (no memory)
     await fake_vm.disks.aclose()
     await fake_vm.disks.aclose()  # idempotent
     st = fake_vm.disks.disks[0].stats
@@ -224,7 +225,7 @@ async def test_vm_ending_with_requests_in_flight(fake_vm: FakeVm, tmp_path: Path
 async def test_aclose_finishes_even_when_cancelled(fake_vm: FakeVm, tmp_path: Path) -> None:
     base = make_image(tmp_path / "b.img", N, seed=2)
     opened_fds = fd_count()
-    fake_vm.disks = await VmDisks.open([DiskSpec(str(base), mode="overlay-keep",
+    fake_vm.disks = await Disks.open([DiskSpec(str(base), mode="overlay-keep",
                                                  overlay=str(tmp_path / "k.ovl"))])
     g = Guest(fake_vm)
     buf = g.alloc(BLOCK)
@@ -239,7 +240,7 @@ async def test_aclose_finishes_even_when_cancelled(fake_vm: FakeVm, tmp_path: Pa
     with pytest.raises(asyncio.CancelledError):
         await closer
     assert fd_count() == opened_fds
-    again = await VmDisks.open([DiskSpec(str(base), mode="overlay-keep", overlay=str(tmp_path / "k.ovl"))])
+    again = await Disks.open([DiskSpec(str(base), mode="overlay-keep", overlay=str(tmp_path / "k.ovl"))])
     try:
         assert await again.disks[0].backend.read(9, 1) == pattern(4, 1)
     finally:
@@ -249,7 +250,7 @@ async def test_aclose_finishes_even_when_cancelled(fake_vm: FakeVm, tmp_path: Pa
 async def test_truncated_and_removed_files_fail_only_that_io(fake_vm: FakeVm, tmp_path: Path) -> None:
     base = make_image(tmp_path / "b.img", N, seed=3)
     rw = make_image(tmp_path / "rw.img", 8)
-    fake_vm.disks = await VmDisks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(rw), mode="rw")])
+    fake_vm.disks = await Disks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(rw), mode="rw")])
     g = Guest(fake_vm)
     buf = g.alloc(BLOCK)
     try:
@@ -272,12 +273,12 @@ async def test_open_errors_leave_nothing_open(tmp_path: Path) -> None:
     base = make_image(tmp_path / "b.img", N)
     before = fd_count()
     with pytest.raises(DiskError):
-        await VmDisks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(tmp_path / "missing.img"))])
+        await Disks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(tmp_path / "missing.img"))])
     with pytest.raises(ConfigError, match="two disks are named"):
-        await VmDisks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(base))])
+        await Disks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(base))])
     with pytest.raises(ConfigError, match="at most 16"):
-        await VmDisks.open([DiskSpec(str(base), name=f"d{i}", mode="ro") for i in range(17)])
+        await Disks.open([DiskSpec(str(base), name=f"d{i}", mode="ro") for i in range(17)])
     assert fd_count() == before
-    many = await VmDisks.open([DiskSpec(str(base), name=f"d{i}", mode="ro") for i in range(16)])
+    many = await Disks.open([DiskSpec(str(base), name=f"d{i}", mode="ro") for i in range(16)])
     assert fd_count() == before + 1  # one shared descriptor for all of them
     await many.aclose()

@@ -1,0 +1,72 @@
+"""The clock and timer device: CLOCK reads the VM's clock, TIMER_SET arms its one-shot timer.
+
+The VM's clock is the kernel's monotonic clock plus the VM's offset (0 unless the VM was
+restored from a snapshot, whose clock continues where it stopped). The timer raises
+``Irq.TIMER`` once the clock reads its deadline, never before (``denali.timers``); a
+new TIMER_SET replaces the armed deadline, 0 disarms it, a past deadline fires at once.
+
+State: the armed deadline (0: none), on the VM's clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from denali import abi
+from denali.abi import Hc, Irq, Result
+from denali.devices.base import SLOT_CLOCK, Device, State
+
+if TYPE_CHECKING:
+    from denali.memory import GuestMemory
+    from denali.timers import Timer
+
+_U64: Final = struct.Struct("<Q")
+_NOW: Final = abi.HYPERCALL_BY_NR[Hc.CLOCK].args.offsets()["now_ns"]
+_DEADLINE: Final = abi.HYPERCALL_BY_NR[Hc.TIMER_SET].args.offsets()["deadline_ns"]
+
+
+class Clock(Device):
+    """One VM's clock and one-shot timer."""
+
+    SLOT: ClassVar[int] = SLOT_CLOCK
+    HYPERCALLS: ClassVar = {Hc.CLOCK: "hc_clock", Hc.TIMER_SET: "hc_timer_set"}
+    __slots__ = ("_timer", "deadline")
+
+    def __init__(self) -> None:
+        self._timer: Timer | None = None
+        self.deadline = 0
+        """The armed deadline on the VM's clock, 0 when none is armed."""
+
+    # ---- hypercalls ----
+    def hc_clock(self, mem: GuestMemory, arg: int) -> int:
+        _U64.pack_into(mem.buf, arg + _NOW, self._host.now_ns())
+        return Result.OK
+
+    def hc_timer_set(self, mem: GuestMemory, arg: int) -> int:
+        self.arm(_U64.unpack_from(mem.buf, arg + _DEADLINE)[0])
+        return Result.OK
+
+    # ---- host side ----
+    def arm(self, deadline_ns: int) -> None:
+        """Arm the timer for ``deadline_ns`` (VM clock), replacing any; 0 disarms it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.deadline = deadline_ns
+        if deadline_ns:
+            self._timer = self._host.call_at(deadline_ns, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.deadline = 0
+        self._host.raise_irq(Irq.TIMER)
+
+    def save(self) -> State:
+        return {"deadline": self.deadline}
+
+    def restore(self, state: State) -> None:
+        self.arm(int(state.get("deadline", 0)))
+
+    async def aclose(self) -> None:
+        self.arm(0)

@@ -1,0 +1,130 @@
+"""Deadlines on the kernel clock, many of them on one event-loop timer.
+
+Every VM's one-shot timer (``TIMER_SET``) and idle deadline (``IDLE``) is a ``Timer`` in
+one kernel-wide heap; the loop holds a single timer handle, for the earliest deadline.
+Adding, cancelling and firing cost a heap operation each, whatever the number of VMs.
+
+Contract: a timer's callback never runs before the kernel clock has reached its
+deadline. Event loops round timers (uvloop to whole milliseconds, against a loop time
+cached at the start of an iteration), so a loop timer can go off early; when it does,
+nothing is fired and the loop timer is armed again for what remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+Clock = Callable[[], int]
+
+
+class Timer:
+    """One deadline; ``cancel()`` it to forget it (idempotent, also after it fired)."""
+
+    __slots__ = ("_owner", "args", "callback", "cancelled", "deadline", "seq")
+
+    def __init__(self, owner: Timers, deadline: int, seq: int, callback: Callable[..., Any],
+                 args: tuple[Any, ...]) -> None:
+        self._owner = owner
+        self.deadline = deadline
+        self.seq = seq
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._owner._cancelled_one()
+
+
+class Timers:
+    """The kernel's timer heap on ``loop``, reading deadlines on ``clock`` (ns)."""
+
+    __slots__ = ("_armed", "_coarse", "_dead", "_handle", "_heap", "_loop", "_seq", "clock", "early",
+                 "fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
+        self._loop = loop
+        self.clock = clock
+        self._heap: list[Timer] = []
+        self._dead = 0
+        """Cancelled timers still in the heap: past half of it, the heap is rebuilt, so
+        a guest re-arming a far deadline forever cannot grow it."""
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0
+        """Deadline the loop timer is armed for (0: none)."""
+        self._coarse = type(loop).__module__.startswith("uvloop")
+        """The loop keeps timers in whole milliseconds: round delays up, not to nearest."""
+        self.fired = 0
+        self.early = 0
+        """Loop timers that went off before their deadline (and were armed again)."""
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, deadline_ns: int, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` on the loop once the clock reads ``deadline_ns`` or later."""
+        t = Timer(self, deadline_ns, next(self._seq), callback, args)
+        heapq.heappush(self._heap, t)
+        if not self._armed or deadline_ns < self._armed:
+            self._arm(deadline_ns)
+        return t
+
+    def _arm(self, deadline: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        remaining = max(0, deadline - self.clock())
+        delay = math.ceil(remaining / 1e6) / 1e3 if self._coarse else remaining / 1e9
+        self._handle = self._loop.call_later(delay, self._run)
+        self._armed = deadline
+
+    def _run(self) -> None:
+        self._handle = None
+        self._armed = 0
+        now = self.clock()
+        due = False
+        # self._heap is read afresh each time: a callback may cancel timers, which can
+        # rebuild the heap
+        while self._heap and (self._heap[0].cancelled or self._heap[0].deadline <= now):
+            t = heapq.heappop(self._heap)
+            if t.cancelled:
+                self._dead -= 1
+                continue
+            due = True
+            t.cancelled = True
+            self.fired += 1
+            t.callback(*t.args)
+        while self._heap and self._heap[0].cancelled:
+            heapq.heappop(self._heap)
+            self._dead -= 1
+        if self._heap:
+            if not due and self._heap[0].deadline > now:
+                self.early += 1
+            if not self._armed:
+                self._arm(self._heap[0].deadline)
+
+    def _cancelled_one(self) -> None:
+        self._dead += 1
+        heap = self._heap
+        if self._dead > 64 and self._dead * 2 > len(heap):
+            self._heap = [t for t in heap if not t.cancelled]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def close(self) -> None:
+        """Forget every timer and the loop timer."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._armed = 0
+        self._heap.clear()
+        self._dead = 0
