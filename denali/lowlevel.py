@@ -40,10 +40,10 @@ def vcpu(vm: Vm) -> VCpu:
     return cpu
 
 
-async def swap_out(vm: Vm) -> None:
-    """Swap the VM out now if it is evictable (idle, no I/O in flight); needs a memory
-    budget. ``SwapError`` when its swap file cannot be written."""
-    await vm.evict()
+async def swap_out(vm: Vm) -> bool:
+    """Swap the VM out now if it is evictable (idle, no I/O in flight; needs a memory
+    budget); True if it was. ``SwapError`` when its swap file cannot be written."""
+    return await vm.evict()
 
 
 def runtime(kernel: Kernel) -> Runtime:

@@ -75,17 +75,19 @@ _RUN: Final = re.compile(b"\x01+")
 def _write_runs(path: str, buf: mmap.mmap, runs: array[int]) -> int:
     """Write the page runs of ``buf`` at their offsets in ``path`` (one worker-thread
     hop); returns their CRC-32."""
-    view = memoryview(buf)
     crc = 0
     fd = os.open(path, os.O_WRONLY)
+    # INVARIANT: no view of the guest's memory outlives this call (even through a
+    # traceback), or the memory could not be closed when its VM ends.
+    view = memoryview(buf)
     try:
         for k in range(0, len(runs), 2):
             lo, hi = runs[k] * PAGE, (runs[k] + runs[k + 1]) * PAGE
-            part = view[lo:hi]
-            crc = zlib.crc32(part, crc)
-            if os.pwrite(fd, part, lo) != hi - lo:
+            with view[lo:hi] as part:
+                crc = zlib.crc32(part, crc)
+                written = os.pwrite(fd, part, lo)
+            if written != hi - lo:
                 raise OSError(f"short write to swap file {path}")
-            part.release()
     finally:
         view.release()
         os.close(fd)
@@ -260,8 +262,9 @@ class Evictable(Protocol):
         """True while it may be swapped out now."""
         ...
 
-    async def evict(self) -> None:
-        """Swap it out (``SwapError`` if it could not be: it stays resident)."""
+    async def evict(self) -> bool:
+        """Swap it out; False if it was no longer evictable (``SwapError`` if it could
+        not be written: it stays resident)."""
         ...
 
     def touched_bytes(self) -> int:
@@ -410,8 +413,8 @@ class Gatekeeper:
 
     async def _evict(self, vm: Evictable) -> None:
         try:
-            await vm.evict()
-            self.stats["evictions"] += 1
+            if await vm.evict():
+                self.stats["evictions"] += 1
         except SwapError as exc:
             self.stats["eviction_failures"] += 1
             now = time.monotonic()

@@ -369,12 +369,13 @@ class Vm:
         mem = self._memory
         return touched_bytes(mem.address, mem.size) if mem is not None else 0
 
-    async def evict(self) -> None:
-        """Write the VM's touched pages out and free its engine and memory (``SwapError``
-        if the swap file cannot be written: the VM then stays resident, unchanged)."""
+    async def evict(self) -> bool:
+        """Write the VM's touched pages out and free its engine and memory; False when it
+        is not evictable (or ended meanwhile). ``SwapError`` if the swap file cannot be
+        written: the VM then stays resident, unchanged."""
         rt = self._rt
         if not self.evictable() or rt.store is None or rt.gate is None:
-            return
+            return False
         assert self._cpu is not None and self._memory is not None
         self._evicting = rt.loop.create_future()
         try:
@@ -383,11 +384,12 @@ class Vm:
             image = await rt.store.write(self.id, mem.buf, mem.address,
                                          abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE)
             if self.state.final:
-                return
+                return False
             self._cpu_state = state
             self._swapped = image
             self._drop_resident()  # what stays of a swapped VM is small (CpuState, SwapImage)
             rt.gate.release(self.id)
+            return True
         finally:
             done, self._evicting = self._evicting, None
             done.set_result(None)
@@ -601,18 +603,20 @@ class Vm:
         rt = self._rt
         self.ended_ns = rt.now_ns()
         self.state = final
-        self.console.close()
-        posted, self._posted = self._posted, deque()
-        for completion in posted:
-            completion(None)
-        if self._evicting is None:
-            self._drop_resident()
-        if rt.gate is not None:
-            rt.gate.forget(self.id)
-        if rt.store is not None:
-            rt.store.remove_area(self.id)
-        self._on_end(self)
-        rt.owner.spawn(self._close_devices(), name=f"denali-vm-{self.id}-close")
+        try:
+            self.console.close()
+            posted, self._posted = self._posted, deque()
+            for completion in posted:
+                completion(None)
+            if self._evicting is None:
+                self._drop_resident()
+        finally:  # whatever failed above, the VM is unpublished and its devices closed
+            if rt.gate is not None:
+                rt.gate.forget(self.id)
+            if rt.store is not None:
+                rt.store.remove_area(self.id)
+            self._on_end(self)
+            rt.owner.spawn(self._close_devices(), name=f"denali-vm-{self.id}-close")
 
     async def _close_devices(self) -> None:
         """Close every device (disks write their overlays' bitmaps), then mark the VM done."""

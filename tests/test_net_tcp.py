@@ -12,6 +12,9 @@ from denali.devices.nic import NicConfig
 from denali.kernel import Kernel
 from tests.conftest import need_image
 
+WORKERS = pytest.mark.parametrize("workers", [0, 2], ids=["loop", "workers2"])
+"""The NIC suite runs with slices on the loop and on two worker threads."""
+
 
 async def _get(k: Kernel, url: str, count: int, conc: int, ip: str = "10.0.0.2",
                nic_config: NicConfig | None = None) -> tuple[int, str]:
@@ -21,19 +24,21 @@ async def _get(k: Kernel, url: str, count: int, conc: int, ip: str = "10.0.0.2",
     return status, vm.console.text()
 
 
+@WORKERS
 @pytest.mark.parametrize("size", [0, 2258, 134007])
-async def test_http_get_paper_sizes_byte_exact(size: int) -> None:
+async def test_http_get_paper_sizes_byte_exact(size: int, workers: int) -> None:
     need_image("httpd")
     need_image("httpget")
-    async with Kernel() as k:
+    async with Kernel(workers=workers) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
         status, out = await _get(k, f"http://10.0.0.1/bytes/{size}", 3, 1)
     assert status == 0, out
     assert f"httpget: ok=3 fail=0 bytes={3 * size} " in out  # length and pattern checked by the guest
 
 
-async def test_http_404_and_root() -> None:
-    async with Kernel() as k:
+@WORKERS
+async def test_http_404_and_root(workers: int) -> None:
+    async with Kernel(workers=workers) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
         status, out = await _get(k, "http://10.0.0.1/", 2, 1)
         assert status == 0 and "bytes=48 " in out, out
@@ -41,16 +46,18 @@ async def test_http_404_and_root() -> None:
         assert status == 1 and "fail=1" in out
 
 
-async def test_fifty_concurrent_connections() -> None:
-    async with Kernel() as k:
+@WORKERS
+async def test_fifty_concurrent_connections(workers: int) -> None:
+    async with Kernel(workers=workers) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
         status, out = await _get(k, "http://10.0.0.1/bytes/2258", 100, 50)
     assert status == 0, out
     assert "ok=100 fail=0" in out
 
 
-async def test_tcp_recovers_from_drops_of_a_tiny_receive_queue() -> None:
-    async with Kernel() as k:
+@WORKERS
+async def test_tcp_recovers_from_drops_of_a_tiny_receive_queue(workers: int) -> None:
+    async with Kernel(workers=workers) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24", nic_config=NicConfig(rx_capacity=4))
         cli = await k.spawn("httpget", nic_config=NicConfig(rx_capacity=2),
                             cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/134007 count=6 conc=3")
@@ -63,8 +70,9 @@ async def test_tcp_recovers_from_drops_of_a_tiny_receive_queue() -> None:
     assert cli.nic.stats.drop_egress_full > 0
 
 
-async def test_many_servers_and_clients() -> None:
-    async with Kernel() as k:
+@WORKERS
+async def test_many_servers_and_clients(workers: int) -> None:
+    async with Kernel(workers=workers) as k:
         for i in range(1, 6):
             await k.spawn("httpd", cmdline=f"ip=10.0.1.{i}/16")
         clients = [await k.spawn("httpget", cmdline=f"ip=10.0.2.{i}/16 url=http://10.0.1.{i}/bytes/2258 "
@@ -83,7 +91,7 @@ async def test_synchronous_interrupts_wake_a_vm_per_frame() -> None:
     need_image("httpget")
     per_wake = {}
     for batched in (True, False):
-        async with Kernel(batch_interrupts=batched) as k:
+        async with Kernel(batch_interrupts=batched) as k:  # one lane: the LAN and the VMs take turns
             srv = await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
             status, out = await _get(k, "http://10.0.0.1/bytes/20000", 10, 10)
             assert status == 0 and "ok=10 fail=0" in out, out

@@ -6,16 +6,19 @@ import asyncio
 from pathlib import Path
 
 import dpkt
+import pytest
 
 from denali.kernel import Kernel
 from tests.conftest import need_image
 
+pytestmark = pytest.mark.parametrize("workers", [0, 2], ids=["loop", "workers2"])
 
-async def test_ping_and_udp_echo_between_vms(tmp_path: Path) -> None:
+
+async def test_ping_and_udp_echo_between_vms(tmp_path: Path, workers: int) -> None:
     need_image("udpecho")
     need_image("test-netudp")
     pcap = tmp_path / "lan.pcap"
-    async with Kernel() as k:
+    async with Kernel(workers=workers) as k:
         await k.switch.capture(pcap)
         srv = await k.spawn("udpecho", cmdline="ip=10.0.0.1/24")
         cli = await k.spawn("test-netudp", cmdline="ip=10.0.0.2/24 dst=10.0.0.1 count=8 ping=1")
@@ -43,9 +46,9 @@ async def test_ping_and_udp_echo_between_vms(tmp_path: Path) -> None:
     assert {("arp", 1), ("arp", 2), ("icmp", 8), ("icmp", 0), ("udp", 7), ("udp", 5000)} <= kinds
 
 
-async def test_unicast_is_not_seen_by_a_third_vm() -> None:
+async def test_unicast_is_not_seen_by_a_third_vm(workers: int) -> None:
     need_image("udpecho")
-    async with Kernel() as k:
+    async with Kernel(workers=workers) as k:
         srv = await k.spawn("udpecho", cmdline="ip=10.0.0.1/24")
         third = await k.spawn("udpecho", cmdline="ip=10.0.0.3/24")
         cli = await k.spawn("test-netudp", cmdline="ip=10.0.0.2/24 dst=10.0.0.1 count=4")
@@ -57,9 +60,9 @@ async def test_unicast_is_not_seen_by_a_third_vm() -> None:
         assert third.nic.stats.drop_filtered == 0
 
 
-async def test_vm_without_address_config_says_so() -> None:
+async def test_vm_without_address_config_says_so(workers: int) -> None:
     need_image("udpecho")
-    async with Kernel() as k:
+    async with Kernel(workers=workers) as k:
         vm = await k.spawn("udpecho", cmdline="")
         assert await vm.wait() == 1
         assert "need a NIC" in vm.console.text()
@@ -67,11 +70,11 @@ async def test_vm_without_address_config_says_so() -> None:
         assert await nonic.wait() == 1
 
 
-async def test_given_mac_is_used_and_duplicate_refused() -> None:
+async def test_given_mac_is_used_and_duplicate_refused(workers: int) -> None:
     import pytest
 
     from denali.errors import DenaliError
-    async with Kernel() as k:
+    async with Kernel(workers=workers) as k:
         vm = await k.spawn("test-vregs", mac="02:aa:bb:cc:dd:ee")
         assert await vm.wait() == 0
         assert "mac=02:aa:bb:cc:dd:ee" in vm.console.text()

@@ -6,12 +6,15 @@ import asyncio
 import os
 
 import aiofiles.os
+import pytest
 
 from denali import lowlevel
 from denali.abi import Irq
 from denali.kernel import Kernel
 from denali.vm import VmState
 from tests.conftest import need_image
+
+pytestmark = pytest.mark.parametrize("workers", [0, 2], ids=["loop", "workers2"])
 
 
 async def _checksum(k: Kernel, force: bool) -> tuple[str, int]:
@@ -26,20 +29,20 @@ async def _checksum(k: Kernel, force: bool) -> tuple[str, int]:
     return vm.console.text().strip(), outs
 
 
-async def test_forced_swap_outs_do_not_change_the_result() -> None:
+async def test_forced_swap_outs_do_not_change_the_result(workers: int) -> None:
     need_image("test-swapsum")
-    async with Kernel() as plain:
+    async with Kernel(workers=workers) as plain:
         want, _ = await _checksum(plain, force=False)
-    async with Kernel(memory_budget=64 << 20) as k:
+    async with Kernel(workers=workers, memory_budget=64 << 20) as k:
         got, outs = await _checksum(k, force=True)
         assert k.stats()["swap"]["swap_ins"] >= outs - 1
     assert outs >= 24, f"only {outs} swap-outs"
     assert got == want
 
 
-async def test_only_touched_pages_are_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_only_touched_pages_are_written(tmp_path, workers: int) -> None:  # type: ignore[no-untyped-def]
     need_image("test-touch")
-    async with Kernel(memory_budget=64 << 20, swap_dir=str(tmp_path)) as k:
+    async with Kernel(workers=workers, memory_budget=64 << 20, swap_dir=str(tmp_path)) as k:
         vm = await k.spawn("test-touch", cmdline="kib=200")
         await vm.until_idle()
         path = lowlevel.swap_path(k, vm)
@@ -55,10 +58,10 @@ async def test_only_touched_pages_are_written(tmp_path) -> None:  # type: ignore
     assert not await aiofiles.os.path.exists(path)
 
 
-async def test_budget_holds_with_ten_times_more_vms() -> None:
+async def test_budget_holds_with_ten_times_more_vms(workers: int) -> None:
     need_image("test-idle")
     budget = 8 << 20  # about 6 VMs of ~1.3 MiB each
-    async with Kernel(memory_budget=budget) as k:
+    async with Kernel(workers=workers, memory_budget=budget) as k:
         vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(60)]
         peak = 0
         for _ in range(400):
@@ -80,9 +83,9 @@ async def test_budget_holds_with_ten_times_more_vms() -> None:
         assert k.stats()["swap"]["used"] <= budget
 
 
-async def test_eviction_frees_only_what_is_needed() -> None:
+async def test_eviction_frees_only_what_is_needed(workers: int) -> None:
     need_image("test-idle")
-    async with Kernel(memory_budget=12 << 20) as k:
+    async with Kernel(workers=workers, memory_budget=12 << 20) as k:
         vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(6)]
         for vm in vms:
             await vm.until_idle()

@@ -39,6 +39,14 @@ int main(int argc, char **argv)
         *(volatile int *)(DENALI_VREGS->mem_size + 0x10000) = 1;
     else if (!strcmp(kind, "code-write"))
         *(volatile char *)(void *)main = 1;
+    else if (!strcmp(kind, "unmapped-write")) /* the report must say 0x3abc, not its page */
+        *(volatile int *)0x3abcu = 1;
+    else if (!strcmp(kind, "unmapped-string")) { /* rep movsb reading from 0x5123 */
+        char buf[8];
+        __asm__ volatile("rep movsb" ::"S"(0x5123u), "D"(buf), "c"(8) : "memory");
+    } else if (!strcmp(kind, "unmapped-push")) /* a push into an unmapped page at 0x7ff0 */
+        __asm__ volatile("movl %%esp, %%ebx\n movl $0x7ff4, %%esp\n pushl $1\n movl %%ebx, %%esp"
+                         ::: "ebx", "memory");
     else if (!strcmp(kind, "kernel-page-write"))
         *(volatile int *)DENALI_ADDR_KERNEL_PAGE = 1;
     else if (!strcmp(kind, "exec-data")) {

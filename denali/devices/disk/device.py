@@ -109,7 +109,8 @@ class Disk:
 
     # ---- submission (inside the CPU hook, on the loop thread) ----
     def submit(self, req: _Request) -> int:
-        """Queue ``req`` (already checked); FULL when DISK_QUEUE requests are outstanding."""
+        """Queue ``req`` (already checked); FULL when DISK_QUEUE requests are outstanding
+        (accepted, and not yet completed as far as the guest can see)."""
         if self.outstanding >= abi.DISK_QUEUE:
             self.stats["full"] += 1
             return Result.FULL
@@ -176,11 +177,14 @@ class Disk:
         return await fut
 
     def _complete(self, req: _Request, status: int, data: bytes | None) -> None:
-        self.outstanding -= 1
         host = self.host
         assert host is not None
 
         def apply(mem: GuestMemory | None) -> None:
+            # INVARIANT: a request counts as outstanding (against DISK_QUEUE, and as
+            # work in flight that keeps the VM resident) until the guest can see its
+            # status word change.
+            self.outstanding -= 1
             if mem is None:  # the VM ended: nothing to tell it
                 return
             st = status

@@ -6,7 +6,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from denali.devices.base import SLOT_DISK, SLOTS, Completion
 from denali.devices.disk import base as disk_base
 from denali.devices.disk.device import Disks
 from denali.hypercalls import HypercallTable
+from denali.kernel import Kernel
 from denali.memory import PROT_R, PROT_RW, PROT_RX, GuestMemory, Region
 from denali.timers import Timer, Timers
 
@@ -176,6 +177,14 @@ class Guest:
             assert self.status(nr, arg) == res
             return res
         return await self.wait(nr, arg)
+
+
+@pytest.fixture(params=[0, 2], ids=["loop", "workers2"])
+async def kernel(request: pytest.FixtureRequest) -> AsyncIterator[Kernel]:
+    """The disk suite runs with slices on the loop and on two worker threads (device
+    completions must land between slices whatever thread runs them)."""
+    async with Kernel(slice_us=2000, workers=request.param) as k:
+        yield k
 
 
 @pytest.fixture

@@ -34,12 +34,6 @@ def guest_elf() -> Path:
 
 
 @pytest.fixture
-async def kernel() -> Kernel:  # type: ignore[misc]
-    async with Kernel(slice_us=2000) as k:
-        yield k
-
-
-@pytest.fixture
 async def images(tmp_path: Path) -> dict[str, Path]:
     src = tmp_path / "src"
     (src / "docs").mkdir(parents=True)
