@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from denali import top
 from denali.cli import boot
 from denali.cli import disk as disk_cli
+from denali.cli import sdk as sdk_cli
 from denali.images import builtin_images
 
 
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("address", metavar="HOST:PORT")
     t.add_argument("--interval", type=float, default=1.0)
     sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)", add_help=False)
+    sdk_cli.add_parser(sub)
     return p
 
 
@@ -44,9 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["disk"]:
         return disk_cli.run(argv[1:])
+    if argv[:1] == ["cc"]:
+        return sdk_cli.run_cc(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "images":
         return _images()
+    if args.command == "new":
+        return sdk_cli.run(args)
     if args.command == "top":
         host, _, port = args.address.rpartition(":")
         try:
