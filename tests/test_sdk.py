@@ -9,6 +9,7 @@ and boots a guest with nothing but that install.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -172,9 +173,7 @@ def _copy_sources(dst: Path) -> None:
 @pytest.mark.slow
 def test_wheel_install_builds_a_guest(tmp_path: Path) -> None:
     """pip wheel, pip install into a venv, then denali new + make + denali boot elsewhere."""
-    try:
-        import wheel  # noqa: F401  (pip's --no-build-isolation build needs it)
-    except ImportError:
+    if importlib.util.find_spec("wheel") is None:  # pip's --no-build-isolation build needs it
         pytest.fail("the wheel package is not installed; pip install -e '.[dev]'")
     src, dist, env_dir, work = (tmp_path / d for d in ("src", "dist", "venv", "work"))
     for d in (src, work):
