@@ -1,7 +1,9 @@
-"""Build step: compile the guest images from guestos/ into the package (denali/images/).
+"""Build step: compile the guest images and the guest SDK from guestos/ into the package.
 
-``pip install .`` builds them into the wheel; ``pip install -e .`` builds them into the
-source tree's denali/images/ (ignored by git). Needs gcc and GNU ld (i386 output).
+The images go to denali/images/, the SDK (headers, the guestos libraries built for i386,
+crt0.o, the linker script: what ``denali cc`` uses) to denali/sdk/include/ and
+denali/sdk/lib/. ``pip install .`` builds them into the wheel; ``pip install -e .``
+builds them into the source tree (ignored by git). Needs gcc and GNU ld (i386 output).
 """
 
 import subprocess
@@ -14,16 +16,18 @@ ROOT = Path(__file__).resolve().parent
 
 
 class BuildPyWithGuests(build_py):
-    """build_py that also runs ``make -C guestos`` into the package's images/ folder."""
+    """build_py that also runs ``make -C guestos`` into the package's images/ and sdk/ folders."""
 
     def run(self) -> None:
         super().run()
         if getattr(self, "editable_mode", False):
-            out = ROOT / "denali" / "images"
+            pkg = ROOT / "denali"
         else:
-            out = Path(self.build_lib).resolve() / "denali" / "images"
+            pkg = Path(self.build_lib).resolve() / "denali"
+        out = pkg / "images"
         out.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["make", "-C", str(ROOT / "guestos"), "-j2", f"OUT={out}"], check=True)
+        subprocess.run(["make", "-C", str(ROOT / "guestos"), "-j2", f"OUT={out}", f"SDK_OUT={pkg / 'sdk'}"],
+                       check=True)
 
 
 setup(cmdclass={"build_py": BuildPyWithGuests})

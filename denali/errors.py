@@ -67,3 +67,8 @@ class VmKilledError(DenaliError):
 
 class KernelInternalError(DenaliError):
     """Raised by ``Vm.wait()`` when a kernel bug stopped that VM; ``__cause__`` says which."""
+
+
+class SdkError(DenaliError):
+    """Raised when the guest SDK cannot build a guest: the SDK was not built into the package,
+    the machine's compiler is missing, or a new project cannot be written."""

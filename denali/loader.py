@@ -62,10 +62,29 @@ class Image:
         return self.end + abi.PAGE_SIZE + abi.PAGE_SIZE + abi.STACK_SIZE
 
     def check_fits(self, mem_size: int) -> None:
-        """Raise ``ImageError`` unless the image fits a VM of ``mem_size`` bytes."""
-        if self.min_memory() > mem_size:
-            raise ImageError(f"{self.path}: image needs at least {self.min_memory()} bytes "
-                             f"of guest memory, the VM has {mem_size}")
+        """Raise ``ImageError`` unless the image fits a VM of ``mem_size`` bytes. When the
+        image would fit but for where it is linked (gcc's default for Linux programs is
+        0x08048000), the message says so and how to link a guest."""
+        need = self.min_memory()
+        if need <= mem_size:
+            return
+        base = int(abi.Layout.IMAGE_BASE)
+        low = min(s.page_start for s in self.segments)
+        if low - base > self.end - low:  # the gap below the image costs more than the image
+            what = " (gcc's default for Linux programs)" if low == _LINUX_BASE else ""
+            raise ImageError(f"{self.path}: linked at 0x{low:08x}{what}, so it needs {_mib(need)} of "
+                             f"guest memory, the VM has {_mib(mem_size)}: link guests at 0x{base:x} "
+                             "with 'denali cc' or the guest SDK's denali.ld (docs/sdk.md)")
+        raise ImageError(f"{self.path}: image needs at least {need} bytes ({_mib(need)}) "
+                         f"of guest memory, the VM has {mem_size} ({_mib(mem_size)})")
+
+
+_LINUX_BASE: Final = 0x08048000
+"""Where GNU ld links an i386 Linux executable by default."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n % (1 << 20) else f"{n >> 20} MiB"
 
 
 def _prot(flags: int) -> int:
@@ -114,7 +133,9 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
     if machine != _EM_386:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
     if etype != "ET_EXEC":
-        raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable)")
+        hint = ("; it is position-independent: build guests with 'denali cc' (docs/sdk.md)"
+                if etype == "ET_DYN" else "")
+        raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable){hint}")
     if not segments:
         raise ImageError(f"{path}: no loadable segments")
     segments.sort(key=lambda s: s.vaddr)

@@ -79,6 +79,18 @@ def test_image_too_large_for_memory() -> None:
         img.check_fits(4 << 20)
 
 
+def test_linked_at_the_linux_default_says_how_to_link() -> None:
+    elf = Elf(entry=0x08049000,
+              segments=[Seg(0x08048000, b"hdr", PF_R), Seg(0x08049000, b"\x90", PF_R | PF_X)])
+    img = parse_image(elf.build(), "linux.elf")
+    with pytest.raises(ImageError) as info:
+        img.check_fits(abi.DEFAULT_MEMORY)
+    msg = str(info.value)
+    assert "linked at 0x08048000 (gcc's default for Linux programs)" in msg and "\n" not in msg
+    assert "the VM has 16 MiB: link guests at 0x10000 with 'denali cc'" in msg
+    img.check_fits(256 << 20)  # valid where it fits: only the memory it wastes is the problem
+
+
 def test_filesz_larger_than_memsz() -> None:
     elf = Elf(segments=[Seg(0x10000, b"\x90" * 64, PF_R | PF_X, memsz=16)])
     with pytest.raises(ImageError, match="filesz > memsz"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from rich.console import Console
-
 from denali import metrics, top
 from denali.kernel import Kernel
 from tests.conftest import need_image
@@ -44,9 +42,7 @@ async def test_metrics_endpoint_and_top_table() -> None:
     [busiest] = snap["vms"]  # top=1: only the spinner, which had nearly all the CPU
     assert busiest["id"] == spin.id and busiest["cpu_pct"] > 30, busiest
     assert snap["kernel"]["vms"] == 2 and "port_stats" not in snap["kernel"]["switch"]
-    console = Console(record=True, width=220)
-    console.print(top.render(full))
-    out = console.export_text()
+    out = "\n".join(top.render(full, 220).lines)
     assert "test-spin" in out and "test-idle" in out and "idle" in out
     rows = [line for line in out.splitlines() if "test-" in line]
     assert "test-spin" in rows[0] and "test-idle" in rows[1]  # busiest first

@@ -7,13 +7,13 @@ and dispatches. Exit statuses are in ``denali.cli.common``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
-from denali import top
 from denali.cli import boot
 from denali.cli import disk as disk_cli
+from denali.cli import sdk as sdk_cli
+from denali.cli import top as top_cli
 from denali.images import builtin_images
 
 
@@ -22,10 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     boot.add_parser(sub)
     sub.add_parser("images", help="list the built-in guest images")
-    t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics")
-    t.add_argument("address", metavar="HOST:PORT")
-    t.add_argument("--interval", type=float, default=1.0)
+    top_cli.add_parser(sub)
     sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)", add_help=False)
+    sdk_cli.add_parser(sub)
     return p
 
 
@@ -44,19 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["disk"]:
         return disk_cli.run(argv[1:])
+    if argv[:1] == ["cc"]:
+        return sdk_cli.run_cc(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "images":
         return _images()
+    if args.command == "new":
+        return sdk_cli.run(args)
     if args.command == "top":
-        host, _, port = args.address.rpartition(":")
-        try:
-            asyncio.run(top.run(host or "127.0.0.1", int(port), args.interval))
-        except KeyboardInterrupt:
-            return 0
-        except (OSError, ValueError, TimeoutError) as exc:
-            print(f"denali: top {args.address}: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return top_cli.run(args)
     return boot.run(args)
 
 

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from denali import metrics
+from denali.cli import lan
 from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
 from denali.config import KernelConfig, parse_size
 from denali.devices.disk import parse_disk_arg
@@ -44,9 +45,10 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--workers", type=int, default=0,
                    help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
     b.add_argument("--net", action="append", default=[],
-                   metavar="tap:NAME | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
-                   help="join the virtual LAN to a Linux TAP device (created if absent) or to "
-                        "other kernels / Linux vxlan devices over VXLAN (UDP 4789 by default)")
+                   metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
+                   help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
+                        "the host side that address and brings it up) or to other kernels / Linux "
+                        "vxlan devices over VXLAN (UDP 4789 by default)")
     b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     b.add_argument("--disk", action="append", default=[],
@@ -116,7 +118,7 @@ async def _boot(args: argparse.Namespace) -> int:
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
-                tp = TapPort(rest)
+                tp = TapPort.parse(rest)
                 tp.open()
                 taps.append(tp)
                 k.switch.attach(tp)
@@ -126,7 +128,8 @@ async def _boot(args: argparse.Namespace) -> int:
                 taps.append(vx)
                 k.switch.attach(vx)
             else:
-                raise DenaliError(f"--net {spec!r}: expected tap:NAME or vxlan:VNI@REMOTE[:PORT]")
+                raise DenaliError(f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or "
+                                  "vxlan:VNI@REMOTE[:PORT]")
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
@@ -140,6 +143,9 @@ async def _boot(args: argparse.Namespace) -> int:
                                    disks=[parse_disk_arg(d, index=i) for d in args.disk],
                                    console=sink_for(i))  # type: ignore[arg-type]
                 vms.append(vm)
+                if i == 1:  # where the VMs are and how to reach them, before they print
+                    lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
+                               taps, sys.stderr)
                 if progress is not None:
                     progress.add(vm)
                 await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show

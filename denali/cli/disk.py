@@ -1,8 +1,11 @@
 """``denali disk``: create, pack and list disk images (the logic behind the subcommand).
 
     denali disk create IMAGE --size 64M [--force]
-    denali disk pack DIR IMAGE [--size SIZE] [--label TEXT] [--force]
-    denali disk ls IMAGE [--verify]
+    denali disk pack DIR IMAGE [--size SIZE] [--label TEXT] [--force] [--[no-]progress]
+    denali disk ls IMAGE [--verify] [--[no-]progress]
+
+``pack`` and ``ls --verify`` show progress on stderr once they have taken a second: a
+bar on a terminal; with ``--progress`` also plain lines elsewhere (``denali.progress``).
 
 ``run(argv)`` returns the exit status: 0 on success, 1 when an image is missing,
 truncated, corrupt or cannot be written (the message goes to stderr), 2 for a usage
@@ -20,6 +23,7 @@ from typing import Final
 from denali.config import parse_size
 from denali.devices.disk import tools
 from denali.errors import ConfigError, DiskError
+from denali.progress import JobProgress
 
 EXIT_IMAGE: Final = 1
 EXIT_USAGE: Final = 2
@@ -39,10 +43,24 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--size", "-s", help="image size (default: just large enough)")
     k.add_argument("--label", default="", help="file-system label (at most 31 bytes)")
     k.add_argument("--force", "-f", action="store_true", help="replace an existing file")
+    _progress_option(k)
     ls = sub.add_parser("ls", help="check an image and list its files (or describe an overlay)")
     ls.add_argument("image")
     ls.add_argument("--verify", action="store_true", help="also check every file's CRC-32")
+    _progress_option(ls)
     return p
+
+
+def _progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress on stderr after a second (default: on a terminal)")
+
+
+def _progress(args: argparse.Namespace, what: str) -> JobProgress | None:
+    """A progress display for this command, or None when it must stay quiet."""
+    if args.progress is False or (args.progress is None and not sys.stderr.isatty()):
+        return None
+    return JobProgress(what, 0, sys.stderr)
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -52,10 +70,22 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     if args.action == "pack":
         size = parse_size(args.size) if args.size else None
-        entries = await tools.pack_directory(args.directory, args.image, size, args.label, args.force)
+        shown = _progress(args, f"packing {args.image}")
+        try:
+            entries = await tools.pack_directory(args.directory, args.image, size, args.label, args.force,
+                                                 progress=shown.update if shown else None)
+        finally:
+            if shown is not None:
+                shown.close()
         print(f"{args.image}: packed {len(entries)} files from {args.directory}")
         return 0
-    listing = await tools.list_image(args.image, verify=args.verify)
+    shown = _progress(args, f"verifying {args.image}") if args.verify else None
+    try:
+        listing = await tools.list_image(args.image, verify=args.verify,
+                                         progress=shown.update if shown else None)
+    finally:
+        if shown is not None:
+            shown.close()
     for line in tools.format_listing(args.image, listing):
         print(line)
     return 0

@@ -28,7 +28,7 @@ import asyncio
 import time
 from typing import Any
 
-from common import rss_mib
+from common import progress, rss_mib
 from figures import Figure, Series, write_figure
 from lan import LinuxHost, boot_httpd, vm_ip
 
@@ -76,11 +76,13 @@ def experiment(args: argparse.Namespace) -> None:
     budget = parse_size(args.budget)
     counts = [int(x) for x in args.vms.split(",")]
     res = []
-    for n in counts:
-        r = asyncio.run(point(n, budget, args.seconds, args.warmup, args.conc))
-        print(f"  N={n:,}: {r['req_s']:,.0f} req/s, {r['swap_in_s']:,.1f} swap-ins/s, "
-              f"{r['errors']} errors {r['reasons'] or ''}, {r['resident']:,} resident", flush=True)
-        res.append(r)
+    with progress("bench_zipf", len(counts)) as shown:
+        for n in counts:
+            r = asyncio.run(point(n, budget, args.seconds, args.warmup, args.conc))
+            print(f"  N={n:,}: {r['req_s']:,.0f} req/s, {r['swap_in_s']:,.1f} swap-ins/s, "
+                  f"{r['errors']} errors {r['reasons'] or ''}, {r['resident']:,} resident", flush=True)
+            res.append(r)
+            shown.advance()
     fit = max(r["resident"] for r in res)
     write_figure(Figure(
         name="zipf", title="HTTP throughput vs number of VMs (Zipf popularity, 2,258-byte documents)",

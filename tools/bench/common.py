@@ -18,12 +18,19 @@ from denali.cpu import layout_regions  # noqa: E402
 from denali.images import resolve  # noqa: E402
 from denali.loader import Image  # noqa: E402
 from denali.memory import GuestMemory  # noqa: E402
+from denali.progress import JobProgress  # noqa: E402
 from denali.swap import process_rss  # noqa: E402
 
 
 def rss_mib() -> float:
     """This process's resident memory in MiB (the kernel's own reading of it)."""
     return process_rss() / 2**20
+
+
+def progress(what: str, total: int, unit: str = "points") -> JobProgress:
+    """Progress of a long benchmark run on stderr (a bar on a terminal, plain lines in a
+    log); ``advance()`` it after each measured point, ``close()`` it (or use ``with``)."""
+    return JobProgress(what, total, sys.stderr, unit=unit)
 
 
 def median_of(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import statistics
 
+from common import progress
 from figures import Figure, Series, write_figure
 
 from denali.abi import Irq
@@ -83,6 +84,7 @@ def main() -> None:
     idle: list[float | None] = []
     poll: list[float | None] = []
     wakes: list[float] = []
+    shown = progress("paper_idle", len(ns) * runs)
     for n in ns:
         ri: list[float] = []
         rp: list[float] = []
@@ -92,11 +94,13 @@ def main() -> None:
             ri.append(r)
             rw.append(w)
             rp.append(asyncio.run(point("poll", n, int(solo * window / (n + 1))))[0])
+            shown.advance()
         r, p, w = statistics.median(ri), statistics.median(rp), statistics.median(rw)
         idle.append(r / 1e6)
         poll.append(p / 1e6)
         wakes.append(w)
         print(f"N={n}: idle {r / 1e6:,.1f} M/s ({w:,.0f} wakes/s), poll {p / 1e6:,.1f} M/s")
+    shown.close()
     ratio: list[float | None] = [i / p for i, p in zip(idle, poll, strict=True) if i and p]
     fig = Figure(
         name="paper_idle", title="Idle-with-timeout vs busy polling: CPU-bound VM's throughput",

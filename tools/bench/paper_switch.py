@@ -23,6 +23,7 @@ import asyncio
 import statistics
 import time
 
+from common import progress
 from figures import Figure, Series, write_figure
 
 from denali.kernel import Kernel
@@ -53,10 +54,11 @@ def main() -> None:
     ns = [2, 10, 100, 1000] if args.quick else [2, 10, 100, 1000, 5000]
     window, runs, rounds = (0.3, 3, 1) if args.quick else (0.5, 3, 3)
     got: dict[int, list[float]] = {n: [] for n in [1, *ns]}
-    for r in range(rounds):  # rounds of every N in turn, so drift in machine speed hits all alike
-        for n in got:
-            if n <= 1000 or r == 0:  # 5,000 VMs take ~20 s to boot: one kernel only
-                got[n] += asyncio.run(point(n, window, runs))
+    plan = [n for r in range(rounds) for n in got if n <= 1000 or r == 0]  # 5,000 VMs: one kernel only
+    with progress("paper_switch", len(plan)) as shown:
+        for n in plan:  # rounds of every N in turn, so drift in machine speed hits all alike
+            got[n] += asyncio.run(point(n, window, runs))
+            shown.advance()
     med = {n: statistics.median(v) * 1e6 for n, v in got.items()}
     for n, u in med.items():
         print(f"N={n}: {u:.2f} us/switch ({1e6 / u:,.0f} switches/s; {len(got[n])} windows)")

@@ -12,6 +12,7 @@ import os
 import stat
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +26,9 @@ from denali.devices.disk.fsformat import Entry, Superblock
 from denali.errors import DiskError
 
 _CHUNK: Final = 1 << 20
+
+ProgressFn = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` (bytes) after every chunk a long operation moves."""
 
 
 def _tmp_name(path: str) -> str:
@@ -97,11 +101,12 @@ async def _collect(root: str, rel: str, out: list[_Source]) -> None:
 
 
 async def pack_directory(directory: str, image: str, size: int | None = None, label: str = "",
-                         force: bool = False) -> list[Entry]:
+                         force: bool = False, progress: ProgressFn | None = None) -> list[Entry]:
     """Pack every regular file under ``directory`` into a new DNLFS image at ``image``.
 
     ``size`` (bytes) defaults to the smallest image that holds the files; a larger one
-    leaves free blocks at the end. Returns the directory entries written.
+    leaves free blocks at the end. ``progress(done, total)`` is called with the file
+    bytes copied so far after every chunk. Returns the directory entries written.
     """
     if not await aiofiles.os.path.isdir(directory):
         raise DiskError(f"{directory}: not a directory", directory)
@@ -122,6 +127,13 @@ async def pack_directory(directory: str, image: str, size: int | None = None, la
     await _refuse_existing(image, force)
     tmp = _tmp_name(image)
     entries: list[Entry] = []
+    total = sum(s.size for s in sources)
+    moved = [0]
+
+    def copied(n: int) -> None:
+        moved[0] += n
+        if progress is not None:
+            progress(moved[0], total)
     try:
         async with aiofiles.open(tmp, "xb") as out:
             await out.truncate(size)
@@ -130,7 +142,7 @@ async def pack_directory(directory: str, image: str, size: int | None = None, la
                 crc = 0
                 if sz:
                     await out.seek(first * BLOCK)
-                    crc = await _copy(src, out)
+                    crc = await _copy(src, out, copied)
                 entries.append(Entry(path, first, sz, crc, src.mode, src.mtime))
             directory_raw = fsformat.encode_directory(entries)
             sb = fsformat.encode_superblock(size // BLOCK, entries, directory_raw, label, uuid.uuid4().bytes)
@@ -148,7 +160,7 @@ async def pack_directory(directory: str, image: str, size: int | None = None, la
     return entries
 
 
-async def _copy(src: _Source, out: AsyncBufferedIOBase) -> int:
+async def _copy(src: _Source, out: AsyncBufferedIOBase, copied: Callable[[int], None]) -> int:
     crc = 0
     got = 0
     async with aiofiles.open(src.host, "rb") as f:
@@ -161,6 +173,7 @@ async def _copy(src: _Source, out: AsyncBufferedIOBase) -> int:
                 break
             crc = zlib.crc32(chunk, crc)
             await out.write(chunk)
+            copied(len(chunk))
     if got != src.size:
         raise DiskError(f"{src.host}: file changed size while being packed", src.host)
     return crc
@@ -180,8 +193,9 @@ class Listing:
     overlay_blocks_held: int = 0
 
 
-async def list_image(image: str, verify: bool = False) -> Listing:
-    """Read and validate ``image``; with ``verify`` also check every file's CRC-32.
+async def list_image(image: str, verify: bool = False, progress: ProgressFn | None = None) -> Listing:
+    """Read and validate ``image``; with ``verify`` also check every file's CRC-32
+    (``progress(done, total)``: file bytes checked so far, after every chunk).
 
     A blank (all-zero block 0) image is reported as such; a kept overlay is recognised
     and described. Raises ``DiskError`` for anything truncated or corrupt.
@@ -201,14 +215,21 @@ async def list_image(image: str, verify: bool = False) -> Listing:
             raw = await f.read(sb.dir_blocks * BLOCK)
             entries = fsformat.decode_directory(image, sb, raw)
             if verify:
+                total = sum(e.size for e in entries)
+                done = [0]
+
+                def checked(n: int) -> None:
+                    done[0] += n
+                    if progress is not None:
+                        progress(done[0], total)
                 for e in entries:
-                    await _verify(image, f, e)
+                    await _verify(image, f, e, checked)
             return Listing("dnlfs", st.st_size, sb, tuple(entries))
     except OSError as exc:
         raise DiskError(f"{image}: cannot read: {exc.strerror or exc}", image) from None
 
 
-async def _verify(image: str, f: AsyncBufferedReader, e: Entry) -> None:
+async def _verify(image: str, f: AsyncBufferedReader, e: Entry, checked: Callable[[int], None]) -> None:
     await f.seek(e.first_block * BLOCK)
     left = e.size
     crc = 0
@@ -218,6 +239,7 @@ async def _verify(image: str, f: AsyncBufferedReader, e: Entry) -> None:
             raise DiskError(f"{image}: {e.path} is truncated", image)
         crc = zlib.crc32(chunk, crc)
         left -= len(chunk)
+        checked(len(chunk))
     if crc != e.crc32:
         raise DiskError(f"{image}: {e.path} is corrupt (CRC-32 {crc:08x}, directory says "
                         f"{e.crc32:08x})", image)

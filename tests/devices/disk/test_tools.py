@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -207,3 +208,39 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["create", img, "--size", "12Q", "--force"]) == 2
     assert run(["frobnicate"]) == 2
     assert run(["ls", str(tmp_path / "missing.img")]) == 1
+
+
+async def test_pack_and_verify_report_progress(tmp_path: Path) -> None:
+    files = tree(tmp_path / "src")
+    total = sum(len(d) for d in files.values())
+    seen: list[tuple[int, int]] = []
+    img = str(tmp_path / "p.img")
+    await pack_directory(str(tmp_path / "src"), img, progress=lambda done, tot: seen.append((done, tot)))
+    assert seen and seen[-1] == (total, total)
+    assert all(a[0] < b[0] for a, b in itertools.pairwise(seen)) and {t for _, t in seen} == {total}
+    checked: list[tuple[int, int]] = []
+    await list_image(img, verify=True, progress=lambda done, tot: checked.append((done, tot)))
+    assert checked[-1] == (total, total)
+
+
+def test_cli_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+
+    from denali.cli import disk as disk_cli
+    from denali.progress import JobProgress
+    files = tree(tmp_path / "src")
+    total = sum(len(d) for d in files.values())
+    img = str(tmp_path / "fs.img")
+    assert run(["pack", str(tmp_path / "src"), img]) == 0  # not a terminal, not asked: quiet
+    assert capsys.readouterr().err == ""
+    # a job that takes "more than a second": no delay, a line per update
+    monkeypatch.setattr(disk_cli, "JobProgress", functools.partial(JobProgress, delay=0.0, interval=0.0))
+    assert run(["pack", str(tmp_path / "src"), img, "--force", "--progress"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(ln.startswith(f"denali: packing {img}: ") for ln in lines)
+    assert f"/{total / 1024:,.1f} KiB (100%)" in lines[-1]
+    assert run(["ls", img, "--verify", "--progress"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"denali: verifying {img}: ")
+    assert run(["pack", str(tmp_path / "src"), img, "--force", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
