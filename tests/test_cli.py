@@ -45,6 +45,16 @@ def test_fault_report_and_status() -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_one_faulting_vm_of_several_makes_the_status_125() -> None:
+    need_image("test-fault")
+    r = run("boot", "test-fault", "--count", "3", "--cmdline", "kind=ud2 at=2 vm={i}")
+    assert r.returncode == 125, r.stderr
+    assert "[vm1] no fault here" in r.stdout and "[vm3] no fault here" in r.stdout
+    assert r.stderr.count("faulted: invalid instruction") == 1, r.stderr
+    others = run("boot", "test-exit", "--count", "2", "--cmdline", "status={i}")  # no fault: 1
+    assert others.returncode == 1, others.stderr
+
+
 def test_user_errors_are_one_line() -> None:
     for args in (("boot", "no-such-image"), ("boot", "hello", "--memory", "12Q"),
                  ("boot", "hello", "--count", "0"), ("boot", "/etc/passwd")):

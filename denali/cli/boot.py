@@ -1,8 +1,9 @@
 """``denali boot``: boot one or more VMs from an image and stream their consoles.
 
-Exit statuses: with one VM, the guest's terminate status (mod 256); with several, 0 if
-every guest exited 0, else 1. A guest fault or kernel error: 125. Ctrl-C: 130 after a
-clean shutdown. Usage and configuration errors: 2.
+Exit statuses: 125 if any VM faulted (or a kernel error stopped it), whatever the others
+did; otherwise, with one VM, the guest's terminate status (mod 256), and with several,
+0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown.
+Usage and configuration errors: 2.
 """
 
 from __future__ import annotations
@@ -164,20 +165,29 @@ async def _boot(args: argparse.Namespace) -> int:
             port.close()
         if metrics_server is not None:
             metrics_server.close()
-    if not multi:
-        return codes[0]
-    return 0 if all(c == 0 for c in codes) else 1
+    return _status(codes)
 
 
-async def _outcome(vm: Vm) -> int:
+def _status(outcomes: list[int | None]) -> int:
+    """The exit status of a boot from each VM's outcome (None: it faulted or failed)."""
+    if any(c is None for c in outcomes):
+        return EXIT_FAULT
+    if len(outcomes) == 1:
+        return outcomes[0] or 0
+    return 0 if all(c == 0 for c in outcomes) else 1
+
+
+async def _outcome(vm: Vm) -> int | None:
+    """The guest's exit status (mod 256); None when it faulted or a kernel error stopped it
+    (reported on stderr); 130 when the host stopped it."""
     try:
         return await vm.wait() & 0xFF
     except GuestFault as exc:
         print(f"denali: {exc.report.details()}", file=sys.stderr)
-        return EXIT_FAULT
+        return None
     except KernelInternalError as exc:
         print(f"denali: {exc}", file=sys.stderr)
-        return EXIT_FAULT
+        return None
     except VmKilledError:
         return EXIT_INTERRUPTED
 
