@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import need_image
 
@@ -62,6 +63,20 @@ def test_user_errors_are_one_line() -> None:
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("denali: "), r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_a_disk_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    need_image("hello")
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    try:
+        r = run("boot", "hello", "--disk", f"{fifo}:ro", timeout=20)
+    finally:
+        os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))  # lets a stuck open return
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == f"denali: {fifo}: a FIFO, not a regular file: a disk image must be a " \
+                       "regular file (see docs/disk-format.md)\n"
+    assert "Hello" not in r.stdout
 
 
 def test_images_lists_builtins() -> None:

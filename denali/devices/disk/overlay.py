@@ -31,7 +31,7 @@ import zlib
 from typing import Final
 
 from denali.devices.disk import aio
-from denali.devices.disk.base import BLOCK, BaseImage
+from denali.devices.disk.base import BLOCK, BaseImage, open_checked
 from denali.errors import DiskError
 
 MAGIC: Final = b"DENALIOV"
@@ -210,13 +210,10 @@ async def open_kept(path: str, base: BaseImage) -> Overlay:
     """
     digest = await base.digest()
     try:
-        fd = await aio.open_fd(path, os.O_RDWR)
+        fd, st = await open_checked(path, os.O_RDWR, "overlay", missing_ok=True)
     except FileNotFoundError:
         return await _create_kept(path, base, digest)
-    except OSError as exc:
-        raise DiskError(f"{path}: cannot open overlay: {exc.strerror}", path) from None
     try:
-        st = await aio.fstat(fd)
         if (st.st_dev, st.st_ino) == base.key:
             raise DiskError(f"{path}: the overlay is the base image itself", path)
         if not await aio.try_lock(fd, exclusive=True):
@@ -298,10 +295,7 @@ async def inspect(path: str) -> tuple[int, int, bytes, int]:
 
     Raises ``DiskError`` if it is not a valid overlay.
     """
-    try:
-        fd = await aio.open_fd(path, os.O_RDONLY)
-    except OSError as exc:
-        raise DiskError(f"{path}: cannot open overlay: {exc.strerror}", path) from None
+    fd, _st = await open_checked(path, os.O_RDONLY, "overlay")
     try:
         block0 = await aio.pread(fd, BLOCK, 0)
         if len(block0) >= HEADER.size:
