@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
+from denali.cli.signals import SHUTDOWN_GRACE_S
 from tests.conftest import need_image
 
 CMD = [sys.executable, "-m", "denali"]
@@ -98,6 +103,113 @@ def test_ctrl_c_shuts_down_cleanly() -> None:
     _, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert "Traceback" not in err
+
+
+FIFO_OPEN = ("fifo_open", "wait_for_partner")
+"""Kernel functions a thread opening a FIFO with no partner sleeps in (by kernel version)."""
+PIPE_WRITE = ("pipe_write", "anon_pipe_write", "pipe_wait_writable")
+"""... and a thread writing to a full pipe."""
+
+
+@contextlib.contextmanager
+def denali(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``denali ARGS`` as a process with stdout and stderr piped; killed if the test leaves early."""
+    p = subprocess.Popen([*CMD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
+
+
+def blocked_in(pid: int, *functions: str) -> bool:
+    """True when a thread of process ``pid`` sleeps in one of these kernel functions."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/wchan") as f:
+                if f.read().strip() in functions:
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def wait_until(cond: Callable[[], bool], p: subprocess.Popen[str], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert p.poll() is None, f"denali ended before {what}: {p.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def stopped_by(p: subprocess.Popen[str], sig: int, within: float) -> tuple[int, str, float]:
+    """Send ``sig``; (status, stderr, seconds until it ended). Kills it if it does not end."""
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    try:
+        _, err = p.communicate(timeout=within)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError(f"denali did not stop within {within} s of signal {sig}") from None
+    return p.returncode, err, time.monotonic() - t0
+
+
+def test_sigterm_shuts_down_cleanly() -> None:
+    need_image("test-spin")
+    with denali("boot", "test-spin", "--count", "2") as p:
+        assert p.stdout is not None
+        assert "spinning" in p.stdout.readline()
+        status, err, _ = stopped_by(p, signal.SIGTERM, 30)
+    assert status == 130 and err == "", err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_boot_stuck_opening_a_capture_fifo(tmp_path: Path, sig: int) -> None:
+    """The pcap file is a FIFO nobody reads: opening it blocks a thread for ever."""
+    need_image("hello")
+    fifo = tmp_path / "lan.pcap"
+    os.mkfifo(fifo)
+    with denali("boot", "hello", "--pcap", str(fifo)) as p:
+        wait_until(lambda: blocked_in(p.pid, *FIFO_OPEN), p, "the capture's open to block")
+        status, err, took = stopped_by(p, sig, 10)
+    assert status == 130, err
+    assert "Traceback" not in err and took < 3, (took, err)
+
+
+@contextlib.contextmanager
+def capture_nobody_reads(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Three VMs ping on a LAN captured to a FIFO whose reader never reads: once the pipe
+    is full the capture's writes block, and so would a clean shutdown (it flushes them)."""
+    need_image("test-netudp")
+    fifo = tmp_path / "lan.pcap"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with denali("boot", "test-netudp", "--count", "3", "--pcap", str(fifo), "--cmdline",
+                    "ip=10.0.0.{i}/24 dst=10.0.0.1 ping=1 count=100000") as p:
+            wait_until(lambda: blocked_in(p.pid, *PIPE_WRITE), p, "the capture's writes to block")
+            yield p
+    finally:
+        os.close(reader)
+
+
+def test_a_shutdown_that_cannot_finish_ends_after_the_grace_period(tmp_path: Path) -> None:
+    with capture_nobody_reads(tmp_path) as p:
+        status, err, took = stopped_by(p, signal.SIGINT, SHUTDOWN_GRACE_S + 10)
+    assert status == 130, err
+    assert err.endswith(f"denali: shutdown did not finish within {SHUTDOWN_GRACE_S:g} s; "
+                        "stopped without it\n"), err
+    assert "Traceback" not in err and SHUTDOWN_GRACE_S - 0.5 < took < SHUTDOWN_GRACE_S + 5, took
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    with capture_nobody_reads(tmp_path) as p:
+        p.send_signal(signal.SIGINT)  # starts a shutdown that cannot finish
+        status, err, took = stopped_by(p, signal.SIGTERM, 5)
+    assert status == 130 and took < 2, (took, err)
+    assert err.endswith("denali: stopped at once (second signal)\n"), err
 
 
 def test_progress_of_a_long_boot_goes_to_stderr() -> None:

@@ -2,7 +2,9 @@
 
 Exit statuses: 125 if any VM faulted (or a kernel error stopped it), whatever the others
 did; otherwise, with one VM, the guest's terminate status (mod 256), and with several,
-0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown.
+0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown,
+whatever the boot was waiting on (a second signal, or a shutdown unfinished after
+``SHUTDOWN_GRACE_S``, ends the process at once: see ``denali.cli.signals``).
 Usage and configuration errors: 2.
 """
 
@@ -12,13 +14,15 @@ import argparse
 import asyncio
 import ipaddress
 import re
-import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from denali import metrics
 from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
+from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
+from denali.devices.console import ConsoleSink
 from denali.devices.disk import parse_disk_arg
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
 from denali.kernel import Kernel
@@ -73,17 +77,12 @@ def _cmdline_for(template: str, index: int) -> str:
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
-async def _boot(args: argparse.Namespace) -> int:
-    if args.count < 1:
-        raise DenaliError("--count must be at least 1")
-    loop = asyncio.get_running_loop()
-    interrupted = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupted.set)
+def _sinks(multi: bool) -> Callable[[int], ConsoleSink]:
+    """The console sink of VM ``index``: its bytes to stdout, ``[vmN]``-prefixed lines
+    when ``multi``."""
     out = sys.stdout.buffer
-    multi = args.count > 1
 
-    def sink_for(index: int) -> object:
+    def sink_for(index: int) -> ConsoleSink:
         if not multi:
             def write(data: bytes) -> None:
                 out.write(data)
@@ -99,32 +98,60 @@ async def _boot(args: argparse.Namespace) -> int:
             partial[:] = rest
             out.flush()
         return write_prefixed
+    return sink_for
 
+
+async def _boot(args: argparse.Namespace, stop: StopSignals) -> int:
+    """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
+    if args.count < 1:
+        raise DenaliError("--count must be at least 1")
+    stopping = asyncio.Event()
+    stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
                           swap_dir=args.swap_dir, mac_tag=args.mac_tag)
     async with Kernel(config) as k:
-        if args.pcap:
-            await k.switch.capture(args.pcap)
-        metrics_server = None
+        # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
+        # a capture file being opened, the VMs); the kernel then closes every VM.
+        body = asyncio.ensure_future(_run(k, args, _sinks(args.count > 1)))
+        stopper = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({body, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if body.done():
+            return body.result()
+        body.cancel()
+        await asyncio.gather(body, return_exceptions=True)
+    return EXIT_INTERRUPTED
+
+
+async def _run(k: Kernel, args: argparse.Namespace, sink_for: Callable[[int], ConsoleSink]) -> int:
+    """Set up the LAN's extras, spawn the VMs, wait for them; the exit status."""
+    if args.pcap:
+        await k.switch.capture(args.pcap)
+    ports: list[TapPort | VxlanPort] = []
+    metrics_server = None
+    progress = None
+    shown = None
+    try:
         if args.metrics:
             host, _, port = args.metrics.rpartition(":")
             try:
                 metrics_server = await metrics.serve(k, host or "127.0.0.1", int(port))
             except (OSError, ValueError) as exc:
                 raise DenaliError(f"--metrics {args.metrics}: {exc}") from None
-        taps: list[TapPort | VxlanPort] = []
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
                 tp = TapPort(rest)
                 tp.open()
-                taps.append(tp)
+                ports.append(tp)
                 k.switch.attach(tp)
             elif kind == "vxlan" and rest:
                 vx = VxlanPort.parse(rest)
                 await vx.open()
-                taps.append(vx)
+                ports.append(vx)
                 k.switch.attach(vx)
             else:
                 raise DenaliError(f"--net {spec!r}: expected tap:NAME or vxlan:VNI@REMOTE[:PORT]")
@@ -132,37 +159,21 @@ async def _boot(args: argparse.Namespace) -> int:
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms = []
-        try:
-            for i in range(1, args.count + 1):
-                if interrupted.is_set():
-                    await k.close()
-                    return EXIT_INTERRUPTED
-                vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
-                                   disks=[parse_disk_arg(d, index=i) for d in args.disk],
-                                   console=sink_for(i))  # type: ignore[arg-type]
-                vms.append(vm)
-                if progress is not None:
-                    progress.add(vm)
-                await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
-        finally:
-            if progress is not None and len(vms) < args.count:
-                progress.close()
-        waiter = asyncio.ensure_future(asyncio.gather(*(_outcome(vm) for vm in vms)))
-        stopper = asyncio.ensure_future(interrupted.wait())
-        pending: set[asyncio.Future[Any]] = {waiter, stopper}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for i in range(1, args.count + 1):
+            vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
+                               disks=[parse_disk_arg(d, index=i) for d in args.disk],
+                               console=sink_for(i))
+            vms.append(vm)
+            if progress is not None:
+                progress.add(vm)
+            await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
+        codes = await asyncio.gather(*(_outcome(vm) for vm in vms))
+    finally:
         if progress is not None and shown is not None:
             progress.close()
-            await shown
-        if not waiter.done():
-            await k.close()
-            await waiter
-            stopper.cancel()
-            return EXIT_INTERRUPTED
-        stopper.cancel()
-        codes = waiter.result()
-        for port in taps:
-            port.close()
+            await asyncio.gather(shown, return_exceptions=True)
+        for p in ports:
+            p.close()
         if metrics_server is not None:
             metrics_server.close()
     return _status(codes)
@@ -193,12 +204,17 @@ async def _outcome(vm: Vm) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``denali boot`` (owns the event loop: uvloop)."""
-    try:
-        import uvloop
-        return uvloop.run(_boot(args))
-    except DenaliError as exc:
-        print(f"denali: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    """Run ``denali boot`` (owns the event loop: uvloop, and the stop signals)."""
+    import uvloop
+    with StopSignals() as stop:
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                status = runner.run(_boot(args, stop))
+                if stop.requested:  # shut down cleanly: threads still stuck are not waited for
+                    stop.exit_now(status)
+        except DenaliError as exc:
+            print(f"denali: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+        if stop.requested:
+            stop.exit_now(EXIT_INTERRUPTED)
+    return status
