@@ -3,6 +3,7 @@
 Only re-exports live here; see the modules for contracts.
 """
 
+from denali._version import __version__
 from denali.abi import ABI_VERSION, Irq, Result
 from denali.config import KernelConfig, parse_size
 from denali.errors import (
@@ -22,8 +23,6 @@ from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.loader import Image, load_image
 from denali.vm import Vm, VmState
-
-__version__ = "0.1.0"
 
 __all__ = (
     "ABI_VERSION",

@@ -51,6 +51,71 @@ def test_fault_report_and_status() -> None:
     assert "Traceback" not in r.stderr
 
 
+BAD_VALUES = [
+    ("boot", "hello", "--count", "x"),
+    ("boot", "hello", "--slice-us", "fast"),
+    ("boot", "hello", "--workers", "1.5"),
+    ("boot", "hello", "--metrics", "127.0.0.1:99999"),
+    ("boot", "hello", "--metrics", "127.0.0.1:http"),
+    ("boot", "hello", "--metrics", "127.0.0.1"),
+    ("boot", "hello", "--cmdline", "{ip:notanip}"),
+    ("boot", "hello", "--cmdline", "ip={ip:10.0.0}"),
+    ("boot", "hello", "--count", "99999999999"),
+    ("boot", "hello", "--count", "100001"),
+    ("boot", "hello", "--mac-tag", "256"),
+    ("boot", "hello", "--nonsense"),
+    ("boot",),
+    (),
+    ("frobnicate",),
+    ("top", "127.0.0.1:99999"),
+    ("top", "127.0.0.1"),
+    ("top", "127.0.0.1:9100", "--interval", "0"),
+    ("top", "127.0.0.1:9100", "--interval", "soon"),
+    ("disk",),
+    ("disk", "frobnicate"),
+    ("disk", "create", "{tmp}/x.img"),
+    ("disk", "create", "{tmp}/x.img", "--size", "12Q"),
+    ("disk", "create", "{tmp}/x.img", "--size", "1000"),
+    ("disk", "create", "{tmp}/no-such-dir/x.img", "--size", "1M"),
+    ("disk", "ls", "{tmp}/missing.img"),
+    ("disk", "ls", "/etc/hostname"),
+    ("disk", "ls", "{tmp}"),
+    ("disk", "pack", "{tmp}/missing-dir", "{tmp}/x.img"),
+    ("disk", "pack", "{tmp}", "{tmp}/x.img", "--label", "L" * 40),
+]
+
+
+@pytest.mark.parametrize("args", BAD_VALUES, ids=" ".join)
+def test_every_bad_value_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    r = run(*(a.replace("{tmp}", str(tmp_path)) for a in args), timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("denali: "), r.stderr
+    assert r.stdout == ""
+
+
+def test_help_and_version() -> None:
+    import denali
+    for args in (("-h",), ("boot", "-h"), ("disk", "-h"), ("disk", "create", "-h"), ("top", "--help")):
+        r = run(*args)
+        assert r.returncode == 0 and r.stdout.startswith("usage: denali"), (args, r.stdout, r.stderr)
+    v = run("--version")
+    assert (v.returncode, v.stdout, v.stderr) == (0, f"denali {denali.__version__}\n", "")
+
+
+@pytest.mark.parametrize("args", [("images",), ("disk", "ls", "{img}")])
+def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path, args: tuple[str, ...]) -> None:
+    img = tmp_path / "big.img"
+    assert run("disk", "create", str(img), "--size", "1M").returncode == 0
+    p = subprocess.Popen([*CMD, *(a.replace("{img}", str(img)) for a in args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # no reader left before it writes a byte: every write fails (EPIPE)
+    err = p.stderr.read()
+    p.wait(timeout=30)
+    p.stderr.close()
+    assert err == "", err
+
+
 def test_one_faulting_vm_of_several_makes_the_status_125() -> None:
     need_image("test-fault")
     r = run("boot", "test-fault", "--count", "3", "--cmdline", "kind=ud2 at=2 vm={i}")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from denali import metrics
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
 from denali.devices.console import ConsoleSink
@@ -59,22 +59,43 @@ def add_parser(sub: Any) -> None:
                    help="give every VM this disk (repeatable); {i} becomes the VM's index")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
-    b.add_argument("--metrics", metavar="HOST:PORT",
+    b.add_argument("--metrics", metavar="HOST:PORT", type=host_port,
                    help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
 
 
-_IP_FIELD = re.compile(r"\{ip:([0-9.]+)\}")
+_IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
 
 
 def _cmdline_for(template: str, index: int) -> str:
-    """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index."""
+    """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index
+    (``DenaliError`` when BASE is not an IPv4 address or BASE + index is past the last)."""
     def ip(m: re.Match[str]) -> str:
         try:
-            return str(ipaddress.IPv4Address(m.group(1)) + index)
+            base = ipaddress.IPv4Address(m.group(1))
+        except ValueError:
+            raise DenaliError(f"--cmdline: in {m.group(0)}, {m.group(1)!r} is not an IPv4 address") from None
+        try:
+            return str(base + index)
         except ValueError:
             raise DenaliError(f"--cmdline: {m.group(0)} is not a base address with room for "
                               f"VM {index}") from None
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
+
+
+def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> None:
+    """Refuse bad values before anything boots (``DenaliError``): the count, the command
+    line of the first and the last VM, the disk specs."""
+    if args.count < 1:
+        raise DenaliError("--count must be at least 1")
+    if args.count > config.max_vms:
+        raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
+    if config.memory_budget is None and args.count > max_engines:
+        raise DenaliError(f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
+                          "without swapping (vm.max_map_count); give a --memory-budget")
+    for index in sorted({1, args.count}):
+        _cmdline_for(args.cmdline, index)
+        for d in args.disk:
+            parse_disk_arg(d, index=index)
 
 
 def _sinks(multi: bool) -> Callable[[int], ConsoleSink]:
@@ -103,14 +124,14 @@ def _sinks(multi: bool) -> Callable[[int], ConsoleSink]:
 
 async def _boot(args: argparse.Namespace, stop: StopSignals) -> int:
     """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
-    if args.count < 1:
-        raise DenaliError("--count must be at least 1")
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
                           swap_dir=args.swap_dir, mac_tag=args.mac_tag)
-    async with Kernel(config) as k:
+    kernel = Kernel(config)
+    _check(args, config, kernel.max_engines)
+    async with kernel as k:
         # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
         # a capture file being opened, the VMs); the kernel then closes every VM.
         body = asyncio.ensure_future(_run(k, args, _sinks(args.count > 1)))
@@ -136,11 +157,11 @@ async def _run(k: Kernel, args: argparse.Namespace, sink_for: Callable[[int], Co
     shown = None
     try:
         if args.metrics:
-            host, _, port = args.metrics.rpartition(":")
+            host, port = args.metrics
             try:
-                metrics_server = await metrics.serve(k, host or "127.0.0.1", int(port))
+                metrics_server = await metrics.serve(k, host, port)
             except (OSError, ValueError) as exc:
-                raise DenaliError(f"--metrics {args.metrics}: {exc}") from None
+                raise DenaliError(f"--metrics {host}:{port}: {exc}") from None
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:

@@ -4,9 +4,13 @@
     denali disk pack DIR IMAGE [--size SIZE] [--label TEXT] [--force]
     denali disk ls IMAGE [--verify]
 
-``run(argv)`` returns the exit status: 0 on success, 1 when an image is missing,
-truncated, corrupt or cannot be written (the message goes to stderr), 2 for a usage
-error. It owns its event loop (``asyncio.run``): call it only from a command line.
+``run(argv)`` returns the exit status: 0 on success; 2 for a bad value, one line on
+stderr: a bad option, or a file named that is missing, of the wrong kind, already there
+(without ``--force``), truncated, corrupt (``ls --verify``: a file's CRC-32 is wrong), or
+that cannot be written (every ``DiskError``, as in ``denali boot --disk``); 1 when the
+host fails otherwise (an I/O error the disk code did not expect); 130 after Ctrl-C (a
+half-written image is removed). It owns its event loop (``asyncio.run``): call it only
+from a command line.
 """
 
 from __future__ import annotations
@@ -15,18 +19,15 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Final
 
+from denali.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser
 from denali.config import parse_size
 from denali.devices.disk import tools
-from denali.errors import ConfigError, DiskError
-
-EXIT_IMAGE: Final = 1
-EXIT_USAGE: Final = 2
+from denali.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="denali disk", description="Create, pack and list disk images "
+    p = ArgumentParser(prog="denali disk", description="Create, pack and list disk images "
                                 "(fixed size, 4 KiB blocks).")
     sub = p.add_subparsers(dest="action", required=True)
     c = sub.add_parser("create", help="create a blank (sparse, all-zero) disk image")
@@ -65,16 +66,18 @@ def run(argv: Sequence[str]) -> int:
     """Run one ``denali disk`` command; see the module docstring for exit statuses."""
     try:
         args = _parser().parse_args(list(argv))
-    except SystemExit as exc:
+    except SystemExit as exc:  # -h (0) or a usage error (2, already said)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return asyncio.run(_main(args))
-    except DiskError as exc:
-        print(f"denali disk: {exc}", file=sys.stderr)
-        return EXIT_IMAGE
-    except ConfigError as exc:
-        print(f"denali disk: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # DiskError is one
+        print(f"denali: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"denali: disk {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

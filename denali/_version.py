@@ -1,0 +1,3 @@
+"""The version of denali: the single place it is written (pyproject.toml reads it)."""
+
+__version__ = "0.1.0"
