@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -275,6 +279,49 @@ def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
         status, err, took = stopped_by(p, signal.SIGTERM, 5)
     assert status == 130 and took < 2, (took, err)
     assert err.endswith("denali: stopped at once (second signal)\n"), err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def console_bytes(port: int) -> int:
+    """Console bytes the guests wrote, from the kernel's metrics endpoint (5 s at most)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/vms.json", timeout=5) as r:
+        return sum(vm["console_bytes"] for vm in json.load(r)["vms"])
+
+
+def test_a_boot_whose_stdout_nobody_reads_keeps_running() -> None:
+    """Two VMs flood a stdout pipe that is never read: the loop keeps serving metrics, the
+    guests keep printing and end, the output beyond the bound is dropped and counted."""
+    need_image("test-print")
+    port = free_port()
+    with denali("boot", "test-print", "--count", "2", "--cmdline", "lines=100000",
+                "--metrics", f"127.0.0.1:{port}") as p:
+        wait_until(lambda: blocked_in(p.pid, *PIPE_WRITE), p, "stdout to fill up")
+        first = console_bytes(port)
+        wait_until(lambda: console_bytes(port) > first, p, "the guests to print more")
+        assert p.stderr is not None
+        err = p.stderr.read()  # to its end: denali exits without anyone reading stdout
+        assert p.wait(timeout=60) == 0, err
+    assert re.fullmatch(r"denali: [\d,]+ bytes of console output dropped "
+                        r"\(stdout was not read fast enough\)\n", err), err
+
+
+def test_a_boot_whose_stdout_is_closed_runs_to_its_end() -> None:
+    need_image("test-print")
+    p = subprocess.Popen([*CMD, "boot", "test-print", "--cmdline", "lines=20000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # like "| head -0": every write fails (EPIPE)
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 0, err
+    p.stderr.close()
+    every_byte = 20000 * len(f"line {1:10d} of the flood {'.' * 37}\n") + len("printed 20000 lines\n")
+    assert err == f"denali: {every_byte:,} bytes of console output dropped (stdout was closed)\n", err
 
 
 def test_progress_of_a_long_boot_goes_to_stderr() -> None:

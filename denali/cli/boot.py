@@ -6,6 +6,9 @@ did; otherwise, with one VM, the guest's terminate status (mod 256), and with se
 whatever the boot was waiting on (a second signal, or a shutdown unfinished after
 ``SHUTDOWN_GRACE_S``, ends the process at once: see ``denali.cli.signals``).
 Usage and configuration errors: 2.
+
+Console output goes to stdout through ``denali.cli.output``: the VMs never wait for it;
+what a slow or closed stdout cannot take is dropped and counted on stderr at the end.
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import asyncio
 import ipaddress
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from denali import metrics
 from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port
+from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
-from denali.devices.console import ConsoleSink
 from denali.devices.disk import parse_disk_arg
 from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
 from denali.kernel import Kernel
@@ -98,43 +100,18 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
             parse_disk_arg(d, index=index)
 
 
-def _sinks(multi: bool) -> Callable[[int], ConsoleSink]:
-    """The console sink of VM ``index``: its bytes to stdout, ``[vmN]``-prefixed lines
-    when ``multi``."""
-    out = sys.stdout.buffer
-
-    def sink_for(index: int) -> ConsoleSink:
-        if not multi:
-            def write(data: bytes) -> None:
-                out.write(data)
-                out.flush()
-            return write
-        partial = bytearray()
-
-        def write_prefixed(data: bytes) -> None:
-            partial.extend(data)
-            *lines, rest = partial.split(b"\n")
-            for line in lines:
-                out.write(b"[vm%d] %s\n" % (index, line))
-            partial[:] = rest
-            out.flush()
-        return write_prefixed
-    return sink_for
-
-
-async def _boot(args: argparse.Namespace, stop: StopSignals) -> int:
+async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput) -> int:
     """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
                           swap_dir=args.swap_dir, mac_tag=args.mac_tag)
-    kernel = Kernel(config)
-    _check(args, config, kernel.max_engines)
-    async with kernel as k:
+    async with Kernel(config) as k:
+        _check(args, config, k.max_engines)
         # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
         # a capture file being opened, the VMs); the kernel then closes every VM.
-        body = asyncio.ensure_future(_run(k, args, _sinks(args.count > 1)))
+        body = asyncio.ensure_future(_run(k, args, out))
         stopper = asyncio.ensure_future(stopping.wait())
         try:
             await asyncio.wait({body, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,7 +124,7 @@ async def _boot(args: argparse.Namespace, stop: StopSignals) -> int:
     return EXIT_INTERRUPTED
 
 
-async def _run(k: Kernel, args: argparse.Namespace, sink_for: Callable[[int], ConsoleSink]) -> int:
+async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
     """Set up the LAN's extras, spawn the VMs, wait for them; the exit status."""
     if args.pcap:
         await k.switch.capture(args.pcap)
@@ -179,16 +156,16 @@ async def _run(k: Kernel, args: argparse.Namespace, sink_for: Callable[[int], Co
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
-        vms = []
+        vms: list[tuple[Vm, PrefixedSink]] = []
         for i in range(1, args.count + 1):
+            sink = out.sink_for(i if args.count > 1 else None)
             vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
-                               disks=[parse_disk_arg(d, index=i) for d in args.disk],
-                               console=sink_for(i))
-            vms.append(vm)
+                               disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink)
+            vms.append((vm, sink))
             if progress is not None:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
-        codes = await asyncio.gather(*(_outcome(vm) for vm in vms))
+        codes = await asyncio.gather(*(_outcome(vm, sink) for vm, sink in vms))
     finally:
         if progress is not None and shown is not None:
             progress.close()
@@ -209,11 +186,16 @@ def _status(outcomes: list[int | None]) -> int:
     return 0 if all(c == 0 for c in outcomes) else 1
 
 
-async def _outcome(vm: Vm) -> int | None:
+async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
     """The guest's exit status (mod 256); None when it faulted or a kernel error stopped it
-    (reported on stderr); 130 when the host stopped it."""
+    (reported on stderr); 130 when the host stopped it. Its last console line is written
+    out first, even without a newline."""
     try:
-        return await vm.wait() & 0xFF
+        try:
+            status = await vm.wait()
+        finally:
+            sink.finish()
+        return status & 0xFF
     except GuestFault as exc:
         print(f"denali: {exc.report.details()}", file=sys.stderr)
         return None
@@ -225,17 +207,27 @@ async def _outcome(vm: Vm) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``denali boot`` (owns the event loop: uvloop, and the stop signals)."""
+    """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
     with StopSignals() as stop:
+        out = ConsoleOutput(sys.stdout.fileno())
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                status = runner.run(_boot(args, stop))
+                status = runner.run(_boot(args, stop, out))
                 if stop.requested:  # shut down cleanly: threads still stuck are not waited for
+                    _finish_output(out, stop)
                     stop.exit_now(status)
         except DenaliError as exc:
             print(f"denali: {exc}", file=sys.stderr)
             status = EXIT_USAGE
+        _finish_output(out, stop)
         if stop.requested:
             stop.exit_now(EXIT_INTERRUPTED)
     return status
+
+
+def _finish_output(out: ConsoleOutput, stop: StopSignals) -> None:
+    out.close(stopped=lambda: stop.requested)
+    line = out.report()
+    if line is not None:
+        print(line, file=sys.stderr)
