@@ -11,8 +11,9 @@ stdout and never learn about either.
 ``close()`` lets the thread write what is still buffered for as long as the reader
 takes it (so ``| less`` gets everything), but gives up when nothing could be written
 for ``idle_s`` (a reader that stopped reading), or at once after a stop signal; what is
-left is then counted as dropped. ``report()`` is the line for stderr, if anything was
-dropped.
+left is then counted as dropped (including the one 4 KiB write still blocked, which a
+reader waking up before the process ends may yet receive). ``report()`` is the line for
+stderr, if anything was dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from typing import Final
 
 DEFAULT_LIMIT: Final = 1 << 20
 """Bytes of console output buffered for a slow stdout before more is dropped."""
+_WRITE: Final = 4096
+"""Bytes per write (PIPE_BUF: a pipe takes all of them or none), so that what ``close``
+counts as dropped is exact but for the one write that may still be blocked in flight."""
 IDLE_S: Final = 2.0
 """How long ``close()`` waits for a stdout that takes nothing more."""
 
@@ -108,7 +112,7 @@ class ConsoleOutput:
             view = memoryview(data)
             try:
                 while view:
-                    n = os.write(self.fd, view)
+                    n = os.write(self.fd, view[:_WRITE])
                     view = view[n:]
                     with cond:
                         self._busy = len(view)
