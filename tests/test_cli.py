@@ -68,6 +68,8 @@ BAD_VALUES = [
     ("boot", "hello", "--count", "100001"),
     ("boot", "hello", "--mac-tag", "256"),
     ("boot", "hello", "--nonsense"),
+    ("boot", "hello", "--log-level", "loud"),
+    ("--log-level", "loud", "images"),
     ("boot",),
     (),
     ("frobnicate",),
@@ -118,6 +120,27 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path, args: tuple[s
     p.wait(timeout=30)
     p.stderr.close()
     assert err == "", err
+
+
+def test_logging_options() -> None:
+    need_image("hello")
+    assert run("boot", "hello").stderr == ""  # warning and above only, and there is none
+    for args in (("-vv", "boot", "hello"), ("boot", "hello", "--log-level", "DEBUG")):
+        r = run(*args)
+        assert r.returncode == 0, r.stderr
+        assert re.search(r"^denali: debug: denali\.loader: .*hello\.elf: entry 0x", r.stderr, re.M), r.stderr
+    port = free_port()
+    r = run("boot", "hello", "-v", "--metrics", f"127.0.0.1:{port}")
+    assert f"denali: info: denali.metrics: serving metrics at http://127.0.0.1:{port}/metrics" in r.stderr
+    assert "debug" not in r.stderr
+    warned = run("boot", "hello", "--pcap", "/dev/full")  # every write fails
+    assert "denali: warning: denali.net.pcap: capture to /dev/full failed" in warned.stderr
+    quiet = run("-q", "boot", "hello", "--pcap", "/dev/full")
+    assert quiet.returncode == 2
+    assert quiet.stderr == "denali: writing pcap file /dev/full failed: [Errno 28] No space left on device\n"
+    for args in (("-v", "disk", "ls", "/dev/null"), ("disk", "ls", "/dev/null", "-v"), ("images", "-q")):
+        r = run(*args)
+        assert r.returncode in (0, 2) and "unrecognized" not in r.stderr, (args, r.stderr)
 
 
 def test_one_faulting_vm_of_several_makes_the_status_125() -> None:

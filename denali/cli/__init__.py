@@ -10,7 +10,9 @@ running and drops their console output instead (see ``denali.cli.boot``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,20 +21,32 @@ from denali import top
 from denali._version import __version__
 from denali.cli import boot
 from denali.cli import disk as disk_cli
-from denali.cli.common import EXIT_FAILED, ArgumentParser, host_port, positive_float
+from denali.cli.common import (
+    EXIT_FAILED,
+    ArgumentParser,
+    configure_logging,
+    host_port,
+    log_options,
+    positive_float,
+)
 from denali.images import builtin_images
+
+log = logging.getLogger(__name__)
 
 
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="denali", description="Denali isolation kernel on Unicorn.")
+    p = ArgumentParser(prog="denali", description="Denali isolation kernel on Unicorn.",
+                       parents=[log_options(top=True)])
     p.add_argument("--version", action="version", version=f"denali {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    logs = log_options(top=False)
     boot.add_parser(sub)
-    sub.add_parser("images", help="list the built-in guest images")
-    t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics")
+    sub.add_parser("images", help="list the built-in guest images", parents=[logs])
+    t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics",
+                       parents=[logs])
     t.add_argument("address", metavar="HOST:PORT", type=host_port)
     t.add_argument("--interval", type=positive_float, default=1.0, help="seconds between refreshes")
-    sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)", add_help=False)
+    disk_cli.add_parser(sub)
     return p
 
 
@@ -48,14 +62,22 @@ def _images() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``denali`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] != ["boot"]:  # a reader that goes away ends a listing quietly
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(args)
+    if args.command != "boot":  # a reader that goes away ends a listing quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if argv[:1] == ["disk"]:
-        return disk_cli.run(argv[1:])
-    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except Exception as exc:  # a bug: one line; the traceback is in the log at debug level
+        log.error("internal error: %r (run with -vv for the traceback)", exc, exc_info=exc)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "images":
         return _images()
+    if args.command == "disk":
+        return disk_cli.execute(args)
     if args.command == "top":
         host, port = args.address
         try:

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from denali import metrics
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, log_options
 from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
@@ -36,7 +36,8 @@ from denali.vm import Vm
 
 def add_parser(sub: Any) -> None:
     """Add the ``boot`` subcommand to the top-level subparsers."""
-    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles")
+    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles",
+                       parents=[log_options(top=False)])
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")

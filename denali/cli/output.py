@@ -48,6 +48,7 @@ class ConsoleOutput:
         self._queued = 0
         self._busy = 0  # bytes taken by the thread and not yet written
         self._closing = False
+        self._abandoned = False
         self._last_progress = time.monotonic()
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="denali-stdout", daemon=True)
@@ -84,6 +85,7 @@ class ConsoleOutput:
             self.dropped += self._queued + self._busy
             self._chunks.clear()
             self._queued = self._busy = 0
+            self._abandoned = True
         # A thread stuck in write() (a reader that never reads) is a daemon: left behind.
         self._thread.join(timeout=0.1)
 
@@ -112,14 +114,19 @@ class ConsoleOutput:
             view = memoryview(data)
             try:
                 while view:
+                    if self._abandoned:  # close() gave up and counted the rest as dropped
+                        return
                     n = os.write(self.fd, view[:_WRITE])
                     view = view[n:]
                     with cond:
-                        self._busy = len(view)
+                        if not self._abandoned:
+                            self._busy = len(view)
                         self._last_progress = time.monotonic()
                         cond.notify_all()
             except OSError:  # EPIPE (the reader went away), EIO, ...: drop from now on
                 with cond:
+                    if self._abandoned:  # close() counted it all already
+                        return
                     self.broken = True
                     self.dropped += len(view) + self._queued
                     self._busy = 0

@@ -20,6 +20,7 @@ stuck in a system call (the interpreter joins executor threads at exit, for ever
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import signal
@@ -36,6 +37,8 @@ SHUTDOWN_GRACE_S: Final = 5.0
 """How long a clean shutdown may take after the first signal before the process ends anyway."""
 
 _SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+
+log = logging.getLogger(__name__)
 
 
 def _say(line: str) -> None:
@@ -99,9 +102,10 @@ class StopSignals:
 
     # ---- the signal thread ----
     def _watch(self) -> None:
-        signal.sigwait(_SIGNALS)
+        first = signal.sigwait(_SIGNALS)
         if self._closing:
             return
+        log.info("%s: stopping cleanly (a second signal stops at once)", signal.Signals(first).name)
         with self._lock:
             self.requested = True
             loop, on_stop = self._loop, self._on_stop

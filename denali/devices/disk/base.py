@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import stat
 from collections import OrderedDict
@@ -29,6 +30,8 @@ MAX_DISK_BYTES: Final = 1 << 40
 """Largest disk accepted (1 TiB): an overlay's bitmap is 1/32768 of it, kept in memory."""
 _HASH_CHUNK: Final = 4 << 20
 _DIGEST_CACHE_MAX: Final = 256
+
+log = logging.getLogger(__name__)
 
 _open_bases: dict[tuple[int, int], BaseImage] = {}
 _digests: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
@@ -163,6 +166,8 @@ class BaseImage:
         return await asyncio.shield(job)
 
     async def _hash(self, size: int) -> bytes:
+        log.debug("%s: computing the SHA-256 of %d bytes (the identity its overlays record)",
+                  self.path, size)
         h = hashlib.sha256()
         try:
             for off in range(0, size, _HASH_CHUNK):
@@ -205,6 +210,7 @@ async def acquire_base(path: str) -> BaseImage:
             if shared is None:
                 image = BaseImage(path, fd, st)
                 _open_bases[key] = image
+                log.debug("%s: opened as a shared base image (%d blocks)", path, image.blocks)
                 return image
     except BaseException:
         await aio.close_fd(fd)

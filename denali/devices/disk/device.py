@@ -35,6 +35,7 @@ that request only.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ _NAME_LEN: Final = abi.DISK_NAME_MAX + 1
 READ: Final = 0
 WRITE: Final = 1
 FLUSH: Final = 2
+_KIND: Final = ("read", "write", "flush")
+
+log = logging.getLogger(__name__)
 
 
 class DiskVm(Protocol):
@@ -161,10 +165,17 @@ class Disk:
         except OSError as exc:
             self.stats["io_errors"] += 1
             self.last_io_error = exc
+            # the first one is news; a guest retrying in a loop must not flood the log
+            log.log(logging.WARNING if self.stats["io_errors"] == 1 else logging.DEBUG,
+                    "disk %s (%s): host I/O error in a %s request (the guest gets IO): %s",
+                    self.name, self.backend.where, _KIND[req.kind], exc)
             return Result.IO, None
         except Exception as exc:  # a bug: fail this request only, and keep the evidence
             self.stats["internal_errors"] += 1
             self.last_error = exc
+            log.log(logging.ERROR if self.stats["internal_errors"] == 1 else logging.DEBUG,
+                    "disk %s (%s): internal error in a %s request (the guest gets IO): %r",
+                    self.name, self.backend.where, _KIND[req.kind], exc, exc_info=exc)
             return Result.IO, None
 
     def _complete(self, req: _Request, status: int, data: bytes | None) -> None:

@@ -23,6 +23,7 @@ its file is unlinked the moment it is created and its bitmap lives only in memor
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import tempfile
@@ -41,6 +42,8 @@ HEADER: Final = struct.Struct("<8sIIQQII32s")
 _CRC: Final = struct.Struct("<I")
 HEADER_USED: Final = HEADER.size + _CRC.size
 _BITS_PER_BLOCK: Final = BLOCK * 8
+
+log = logging.getLogger(__name__)
 
 
 def header_blocks_for(base_blocks: int) -> int:
@@ -190,6 +193,8 @@ class Overlay:
         try:
             await self.write_bitmap()
         except OSError as exc:
+            log.warning("%s: overlay bitmap not saved at close, the writes since the last "
+                        "flush are lost: %s", self.path, exc)
             raise DiskError(f"{self.path}: overlay bitmap not saved: {exc}", self.path) from None
         finally:
             self.fd = -1
@@ -256,6 +261,7 @@ async def _create_kept(path: str, base: BaseImage, digest: bytes) -> Overlay:
         except FileExistsError:
             raise DiskError(f"{path}: overlay is in use by another VM (created concurrently)",
                             path) from None
+        log.info("%s: created a kept overlay over %s", path, base.path)
         return ov
     except BaseException as exc:
         await aio.close_fd(fd)
