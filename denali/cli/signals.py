@@ -9,7 +9,9 @@ its own. So a signal is seen whatever the event loop or any other thread is bloc
   subcommand then shuts down cleanly) and arms a deadline: if the process is still
   there ``grace_s`` later, it says so on stderr and ends at once (``os._exit(130)``);
   the work that was stuck (a write to a pipe nobody reads, say) is lost, as in a crash;
-- a second signal (either one) ends it at once the same way.
+- a second signal ends it at once the same way (but the same signal again within half
+  a second is taken for the first one delivered twice, as ``timeout`` does when it
+  signals the process and then its process group).
 
 Enter it before any other thread is started (the kernel's, the executor's): a thread
 started earlier would take the signals itself. ``exit_now(status)`` is how a
@@ -37,6 +39,8 @@ SHUTDOWN_GRACE_S: Final = 5.0
 """How long a clean shutdown may take after the first signal before the process ends anyway."""
 
 _SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
+_ECHO_S: Final = 0.5
+"""The same signal again within this many seconds is the first one delivered twice."""
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +118,15 @@ class StopSignals:
                 loop.call_soon_threadsafe(on_stop)
             except RuntimeError:  # the loop is closed: the subcommand is ending anyway
                 pass
-        deadline = time.monotonic() + self.grace_s
+        first_at = time.monotonic()
+        deadline = first_at + self.grace_s
         while True:
             left = deadline - time.monotonic()
             got = signal.sigtimedwait(_SIGNALS, max(left, 0)) if left > 0 else None
             if self._closing:
                 return
+            if got is not None and got.si_signo == first and time.monotonic() - first_at < _ECHO_S:
+                continue  # the same request delivered twice (timeout(1) signals process and group)
             if got is not None:
                 _say("denali: stopped at once (second signal)\n")
                 os._exit(EXIT_INTERRUPTED)
