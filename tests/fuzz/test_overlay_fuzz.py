@@ -41,7 +41,11 @@ async def make_overlay(base: Path, ov: Path) -> bytes:
         await b.flush()
     finally:
         await b.close()
-    return ov.read_bytes()
+    return contents(ov)
+
+
+def contents(path: Path) -> bytes:
+    return path.read_bytes()  # small local files: blocking is fine, outside the coroutine
 
 
 def resign(raw: bytearray) -> None:
