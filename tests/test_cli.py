@@ -338,6 +338,21 @@ def test_a_boot_whose_stdout_nobody_reads_keeps_running() -> None:
                         r"\(stdout was not read fast enough\)\n", err), err
 
 
+def test_a_signal_stops_a_boot_whose_stdout_is_full() -> None:
+    need_image("test-print")
+    with denali("boot", "test-print", "--cmdline", "lines=100000000") as p:
+        wait_until(lambda: blocked_in(p.pid, *PIPE_WRITE), p, "stdout to fill up")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        status = p.wait(timeout=10)  # stdout still unread
+        took = time.monotonic() - t0
+        assert p.stderr is not None
+        err = p.stderr.read()
+    assert status == 130 and took < 3, (took, err)
+    assert re.fullmatch(r"denali: [\d,]+ bytes of console output dropped "
+                        r"\(stdout was not read fast enough\)\n", err), err
+
+
 def test_a_boot_whose_stdout_is_closed_runs_to_its_end() -> None:
     need_image("test-print")
     p = subprocess.Popen([*CMD, "boot", "test-print", "--cmdline", "lines=20000"],

@@ -228,7 +228,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _finish_output(out: ConsoleOutput, stop: StopSignals) -> None:
-    out.close(stopped=lambda: stop.requested)
+    """Write out what stdout still holds (briefly after a stop signal; a signal while
+    waiting ends the wait), then say what was dropped."""
+    if stop.requested:
+        out.close(idle_s=0.5)
+    else:
+        out.close(stopped=lambda: stop.requested)
     line = out.report()
     if line is not None:
         print(line, file=sys.stderr)
