@@ -1,3 +1,3 @@
-"""The version of denali: its one source (pyproject.toml reads it from here)."""
+"""The version of denali: the single place it is written (pyproject.toml reads it)."""
 
 __version__ = "0.2.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,8 @@ IMAGE_DIR = Path(__file__).resolve().parent / "images"
 """Where the install step puts the images built from guestos/."""
 
 _cache: dict[tuple[str, int, int], Image] = {}
+
+log = logging.getLogger(__name__)
 
 
 def builtin_images() -> dict[str, Path]:
@@ -43,4 +46,5 @@ def resolve(name_or_path: str | os.PathLike[str]) -> Image:
     if img is None:
         img = load_image(str(path), path.stem)
         _cache[key] = img
+        log.debug("image %s: loaded from %s", text, path)
     return img

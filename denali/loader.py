@@ -8,7 +8,9 @@ once, and each spawn only copies them into fresh guest memory. Every problem is 
 from __future__ import annotations
 
 import io
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Final
 
@@ -23,6 +25,8 @@ from denali.memory import PROT_R, PROT_W, PROT_X
 MAX_IMAGE_FILE: Final = 64 * 1024 * 1024
 """Largest image file accepted, in bytes."""
 _EM_386: Final = "EM_386"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
     except (ELFError, ValueError, KeyError, IndexError, OSError, AssertionError) as exc:
         raise ImageError(f"{path}: malformed or truncated ELF: {exc}") from None
     except Exception as exc:  # pyelftools raises construct errors on truncated headers
+        log.debug("%s: ELF parser raised %r", path, exc, exc_info=exc)
         raise ImageError(f"{path}: malformed or truncated ELF: {type(exc).__name__}: {exc}") from None
     if machine != _EM_386:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
@@ -152,16 +157,27 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
         prev_end = s.page_end
     if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
         raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")
+    log.debug("%s: entry 0x%x, %d segments", path, entry, len(segments))
     return Image(name, path, entry, tuple(segments))
 
 
 def load_image(path: str, name: str | None = None) -> Image:
-    """Read and validate the image file at ``path``; raises ``ImageError``."""
+    """Read and validate the image file at ``path``; raises ``ImageError``.
+
+    Anything but a regular file (a FIFO, a device, a directory) is refused before it is
+    opened: opening a FIFO would wait for a writer for ever.
+    """
     try:
-        size = os.path.getsize(path)
-        if size > MAX_IMAGE_FILE:
-            raise ImageError(f"{path}: image file is {size} bytes, larger than {MAX_IMAGE_FILE}")
-        with open(path, "rb") as f:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{path}: not a regular file (an image must be an ELF file)")
+        if st.st_size > MAX_IMAGE_FILE:
+            raise ImageError(f"{path}: image file is {st.st_size} bytes, larger than {MAX_IMAGE_FILE}")
+        # O_NONBLOCK: a path swapped for a FIFO after the check still cannot block
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError(f"{path}: not a regular file (an image must be an ELF file)")
             data = f.read(MAX_IMAGE_FILE + 1)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read image: {exc.strerror or exc}") from None

@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
     from denali.kernel import Kernel
+
+log = logging.getLogger(__name__)
 
 
 class CpuSampler:
@@ -109,9 +112,13 @@ async def serve(kernel: Kernel, host: str, port: int) -> asyncio.Server:
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                          "Connection: close\r\n\r\n".encode() + body)
             await writer.drain()
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            log.debug("metrics request not answered: %r", exc)  # the client's trouble, not ours
+        except Exception as exc:  # a bug here must not go unseen, nor stop the server
+            log.error("metrics request failed: %r", exc, exc_info=exc)
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port)
+    server = await asyncio.start_server(handle, host, port)
+    log.info("serving metrics at http://%s:%d/metrics and /vms.json", host, port)
+    return server

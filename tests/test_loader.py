@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
+from pathlib import Path
+
 import pytest
 
 from denali import abi
@@ -114,3 +119,31 @@ def test_random_garbage_never_crashes() -> None:
             parse_image(bytes(b), "fuzz.elf")
         except ImageError:
             pass
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char-device", "directory"])
+def test_an_image_that_is_not_a_regular_file_is_refused_before_it_is_opened(
+        tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.elf"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "char-device":
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero
+    else:
+        path.mkdir()
+    result: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_image(str(path))
+        except BaseException as exc:
+            result.append(exc)
+    t = threading.Thread(target=load)
+    t.start()
+    t.join(timeout=5)
+    if t.is_alive():  # stuck opening the FIFO: give it a writer so the thread ends
+        os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+        t.join()
+        pytest.fail("load_image blocked on a FIFO")
+    assert len(result) == 1 and isinstance(result[0], ImageError), result
+    assert str(result[0]) == f"{path}: not a regular file (an image must be an ELF file)"

@@ -1,8 +1,14 @@
 """``denali boot``: boot one or more VMs from an image and stream their consoles.
 
-Exit statuses: with one VM, the guest's terminate status (mod 256); with several, 0 if
-every guest exited 0, else 1. A guest fault or kernel error: 125. Ctrl-C: 130 after a
-clean shutdown. Usage and configuration errors: 2.
+Exit statuses: 125 if any VM faulted (or a kernel error stopped it), whatever the others
+did; otherwise, with one VM, the guest's terminate status (mod 256), and with several,
+0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown,
+whatever the boot was waiting on (a second signal, or a shutdown unfinished after
+``SHUTDOWN_GRACE_S``, ends the process at once: see ``denali.cli.signals``).
+Usage and configuration errors: 2.
+
+Console output goes to stdout through ``denali.cli.output``: the VMs never wait for it;
+what a slow or closed stdout cannot take is dropped and counted on stderr at the end.
 """
 
 from __future__ import annotations
@@ -11,16 +17,17 @@ import argparse
 import asyncio
 import ipaddress
 import re
-import signal
 import sys
 from typing import Any
 
 from denali import metrics
 from denali.cli import lan
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, log_options
+from denali.cli.output import ConsoleOutput, PrefixedSink
+from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
 from denali.devices.disk import parse_disk_arg
-from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
+from denali.errors import DenaliError, DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError
 from denali.kernel import Kernel
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
@@ -30,7 +37,8 @@ from denali.vm import Vm
 
 def add_parser(sub: Any) -> None:
     """Add the ``boot`` subcommand to the top-level subparsers."""
-    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles")
+    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles",
+                       parents=[log_options(top=False)])
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
@@ -56,76 +64,95 @@ def add_parser(sub: Any) -> None:
                    help="give every VM this disk (repeatable); {i} becomes the VM's index")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
-    b.add_argument("--metrics", metavar="HOST:PORT",
+    b.add_argument("--metrics", metavar="HOST:PORT", type=host_port,
                    help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
 
 
-_IP_FIELD = re.compile(r"\{ip:([0-9.]+)\}")
+_IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
 
 
 def _cmdline_for(template: str, index: int) -> str:
-    """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index."""
+    """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index
+    (``DenaliError`` when BASE is not an IPv4 address or BASE + index is past the last)."""
     def ip(m: re.Match[str]) -> str:
         try:
-            return str(ipaddress.IPv4Address(m.group(1)) + index)
+            base = ipaddress.IPv4Address(m.group(1))
+        except ValueError:
+            raise DenaliError(f"--cmdline: in {m.group(0)}, {m.group(1)!r} is not an IPv4 address") from None
+        try:
+            return str(base + index)
         except ValueError:
             raise DenaliError(f"--cmdline: {m.group(0)} is not a base address with room for "
                               f"VM {index}") from None
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
-async def _boot(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> None:
+    """Refuse bad values before anything boots (``DenaliError``): the count, the command
+    line of the first and the last VM, the disk specs."""
     if args.count < 1:
         raise DenaliError("--count must be at least 1")
-    loop = asyncio.get_running_loop()
-    interrupted = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupted.set)
-    out = sys.stdout.buffer
-    multi = args.count > 1
+    if args.count > config.max_vms:
+        raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
+    if config.memory_budget is None and args.count > max_engines:
+        raise DenaliError(f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
+                          "without swapping (vm.max_map_count); give a --memory-budget")
+    for index in sorted({1, args.count}):
+        _cmdline_for(args.cmdline, index)
+        for d in args.disk:
+            parse_disk_arg(d, index=index)
 
-    def sink_for(index: int) -> object:
-        if not multi:
-            def write(data: bytes) -> None:
-                out.write(data)
-                out.flush()
-            return write
-        partial = bytearray()
 
-        def write_prefixed(data: bytes) -> None:
-            partial.extend(data)
-            *lines, rest = partial.split(b"\n")
-            for line in lines:
-                out.write(b"[vm%d] %s\n" % (index, line))
-            partial[:] = rest
-            out.flush()
-        return write_prefixed
-
+async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput) -> int:
+    """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
+    stopping = asyncio.Event()
+    stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
                           swap_dir=args.swap_dir, mac_tag=args.mac_tag)
     async with Kernel(config) as k:
-        if args.pcap:
-            await k.switch.capture(args.pcap)
-        metrics_server = None
+        _check(args, config, k.max_engines)
+        # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
+        # a capture file being opened, the VMs); the kernel then closes every VM.
+        body = asyncio.ensure_future(_run(k, args, out))
+        stopper = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({body, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if body.done():
+            return body.result()
+        body.cancel()
+        await asyncio.gather(body, return_exceptions=True)
+    return EXIT_INTERRUPTED
+
+
+async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
+    """Set up the LAN's extras, spawn the VMs, wait for them; the exit status."""
+    if args.pcap:
+        await k.switch.capture(args.pcap)
+    ports: list[TapPort | VxlanPort] = []
+    metrics_server = None
+    progress = None
+    shown = None
+    try:
         if args.metrics:
-            host, _, port = args.metrics.rpartition(":")
+            host, port = args.metrics
             try:
-                metrics_server = await metrics.serve(k, host or "127.0.0.1", int(port))
+                metrics_server = await metrics.serve(k, host, port)
             except (OSError, ValueError) as exc:
-                raise DenaliError(f"--metrics {args.metrics}: {exc}") from None
-        taps: list[TapPort | VxlanPort] = []
+                raise DenaliError(f"--metrics {host}:{port}: {exc}") from None
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
                 tp = TapPort.parse(rest)
                 tp.open()
-                taps.append(tp)
+                ports.append(tp)
                 k.switch.attach(tp)
             elif kind == "vxlan" and rest:
                 vx = VxlanPort.parse(rest)
                 await vx.open()
-                taps.append(vx)
+                ports.append(vx)
                 k.switch.attach(vx)
             else:
                 raise DenaliError(f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or "
@@ -133,68 +160,89 @@ async def _boot(args: argparse.Namespace) -> int:
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
-        vms = []
-        try:
-            for i in range(1, args.count + 1):
-                if interrupted.is_set():
-                    await k.close()
-                    return EXIT_INTERRUPTED
-                vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
-                                   disks=[parse_disk_arg(d, index=i) for d in args.disk],
-                                   console=sink_for(i))  # type: ignore[arg-type]
-                vms.append(vm)
-                if i == 1:  # where the VMs are and how to reach them, before they print
-                    lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
-                               taps, sys.stderr)
-                if progress is not None:
-                    progress.add(vm)
-                await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
-        finally:
-            if progress is not None and len(vms) < args.count:
-                progress.close()
-        waiter = asyncio.ensure_future(asyncio.gather(*(_outcome(vm) for vm in vms)))
-        stopper = asyncio.ensure_future(interrupted.wait())
-        pending: set[asyncio.Future[Any]] = {waiter, stopper}
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        vms: list[tuple[Vm, PrefixedSink]] = []
+        for i in range(1, args.count + 1):
+            sink = out.sink_for(i if args.count > 1 else None)
+            vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
+                               disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink)
+            vms.append((vm, sink))
+            if i == 1:  # where the VMs are and how to reach them, before they print
+                lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
+                           ports, sys.stderr)
+            if progress is not None:
+                progress.add(vm)
+            await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
+        codes = await asyncio.gather(*(_outcome(vm, sink) for vm, sink in vms))
+    finally:
         if progress is not None and shown is not None:
             progress.close()
-            await shown
-        if not waiter.done():
-            await k.close()
-            await waiter
-            stopper.cancel()
-            return EXIT_INTERRUPTED
-        stopper.cancel()
-        codes = waiter.result()
-        for port in taps:
-            port.close()
+            await asyncio.gather(shown, return_exceptions=True)
+        for p in ports:
+            p.close()
         if metrics_server is not None:
             metrics_server.close()
-    if not multi:
-        return codes[0]
-    return 0 if all(c == 0 for c in codes) else 1
+    return _status(codes)
 
 
-async def _outcome(vm: Vm) -> int:
+def _status(outcomes: list[int | None]) -> int:
+    """The exit status of a boot from each VM's outcome (None: it faulted or failed)."""
+    if any(c is None for c in outcomes):
+        return EXIT_FAULT
+    if len(outcomes) == 1:
+        return outcomes[0] or 0
+    return 0 if all(c == 0 for c in outcomes) else 1
+
+
+async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
+    """The guest's exit status (mod 256); None when it faulted or a kernel error stopped it
+    (reported on stderr); 130 when the host stopped it. Its last console line is written
+    out first, even without a newline."""
     try:
-        return await vm.wait() & 0xFF
+        try:
+            status = await vm.wait()
+        finally:
+            sink.finish()
+        return status & 0xFF
     except GuestFault as exc:
         print(f"denali: {exc.report.details()}", file=sys.stderr)
-        return EXIT_FAULT
-    except KernelInternalError as exc:
+        return None
+    except (KernelInternalError, SwapError) as exc:
         print(f"denali: {exc}", file=sys.stderr)
-        return EXIT_FAULT
+        return None
+    except DiskError as exc:  # the guest ended, but a kept overlay could not be saved
+        print(f"denali: {exc}", file=sys.stderr)
+        return 1
     except VmKilledError:
         return EXIT_INTERRUPTED
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``denali boot`` (owns the event loop: uvloop)."""
-    try:
-        import uvloop
-        return uvloop.run(_boot(args))
-    except DenaliError as exc:
-        print(f"denali: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
+    import uvloop
+    with StopSignals() as stop:
+        out = ConsoleOutput(sys.stdout.fileno())
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                status = runner.run(_boot(args, stop, out))
+                if stop.requested:  # shut down cleanly: threads still stuck are not waited for
+                    _finish_output(out, stop)
+                    stop.exit_now(status)
+        except DenaliError as exc:
+            print(f"denali: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+        _finish_output(out, stop)
+        if stop.requested:
+            stop.exit_now(EXIT_INTERRUPTED)
+    return status
+
+
+def _finish_output(out: ConsoleOutput, stop: StopSignals) -> None:
+    """Write out what stdout still holds (briefly after a stop signal; a signal while
+    waiting ends the wait), then say what was dropped."""
+    if stop.requested:
+        out.close(idle_s=0.5)
+    else:
+        out.close(stopped=lambda: stop.requested)
+    line = out.report()
+    if line is not None:
+        print(line, file=sys.stderr)

@@ -7,48 +7,75 @@
 ``pack`` and ``ls --verify`` show progress on stderr once they have taken a second: a
 bar on a terminal; with ``--progress`` also plain lines elsewhere (``denali.progress``).
 
-``run(argv)`` returns the exit status: 0 on success, 1 when an image is missing,
-truncated, corrupt or cannot be written (the message goes to stderr), 2 for a usage
-error. It owns its event loop (``asyncio.run``): call it only from a command line.
+``run(argv)`` returns the exit status: 0 on success; 2 for a bad value, one line on
+stderr: a bad option, or a file named that is missing, of the wrong kind, already there
+(without ``--force``), truncated, corrupt (``ls --verify``: a file's CRC-32 is wrong), or
+that cannot be written (every ``DiskError``, as in ``denali boot --disk``); 1 when the
+host fails otherwise (an I/O error the disk code did not expect); 130 after Ctrl-C (a
+half-written image is removed). It owns its event loop (``asyncio.run``): call it only
+from a command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Any
 
+from denali.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ArgumentParser,
+    configure_logging,
+    log_options,
+)
 from denali.config import parse_size
 from denali.devices.disk import tools
-from denali.errors import ConfigError, DiskError
+from denali.errors import ConfigError
 from denali.progress import JobProgress
 
-EXIT_IMAGE: Final = 1
-EXIT_USAGE: Final = 2
+log = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="denali disk", description="Create, pack and list disk images "
-                                "(fixed size, 4 KiB blocks).")
-    sub = p.add_subparsers(dest="action", required=True)
-    c = sub.add_parser("create", help="create a blank (sparse, all-zero) disk image")
+def add_parser(sub: Any) -> None:
+    """Add the ``disk`` subcommand to the top-level subparsers."""
+    d = sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)",
+                       description=_DESCRIPTION, parents=[log_options(top=False)])
+    _add_actions(d)
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="denali disk", description=_DESCRIPTION, parents=[log_options(top=True)])
+    _add_actions(p)
+    return p
+
+
+_DESCRIPTION = "Create, pack and list disk images (fixed size, 4 KiB blocks)."
+
+
+def _add_actions(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    logs = log_options(top=False)
+    c = sub.add_parser("create", help="create a blank (sparse, all-zero) disk image", parents=[logs])
     c.add_argument("image")
     c.add_argument("--size", "-s", required=True, help="size, a multiple of 4K (e.g. 64M, 1G)")
     c.add_argument("--force", "-f", action="store_true", help="replace an existing file")
-    k = sub.add_parser("pack", help="pack a directory into a DNLFS image the guest can read")
+    k = sub.add_parser("pack", help="pack a directory into a DNLFS image the guest can read", parents=[logs])
     k.add_argument("directory")
     k.add_argument("image")
     k.add_argument("--size", "-s", help="image size (default: just large enough)")
     k.add_argument("--label", default="", help="file-system label (at most 31 bytes)")
     k.add_argument("--force", "-f", action="store_true", help="replace an existing file")
     _progress_option(k)
-    ls = sub.add_parser("ls", help="check an image and list its files (or describe an overlay)")
+    ls = sub.add_parser("ls", help="check an image and list its files (or describe an overlay)",
+                        parents=[logs])
     ls.add_argument("image")
     ls.add_argument("--verify", action="store_true", help="also check every file's CRC-32")
     _progress_option(ls)
-    return p
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
@@ -92,19 +119,29 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def run(argv: Sequence[str]) -> int:
-    """Run one ``denali disk`` command; see the module docstring for exit statuses."""
+    """Parse ``argv`` (what follows ``denali disk``) and ``execute`` it; see the module
+    docstring for exit statuses. Configures logging, like ``denali``."""
     try:
         args = _parser().parse_args(list(argv))
-    except SystemExit as exc:
+    except SystemExit as exc:  # -h (0) or a usage error (2, already said)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    configure_logging(args)
+    return execute(args)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run one parsed ``denali disk`` command; its exit status."""
     try:
         return asyncio.run(_main(args))
-    except DiskError as exc:
-        print(f"denali disk: {exc}", file=sys.stderr)
-        return EXIT_IMAGE
-    except ConfigError as exc:
-        print(f"denali disk: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # DiskError is one
+        print(f"denali: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        log.debug("disk %s failed", args.action, exc_info=exc)
+        print(f"denali: disk {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,17 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from denali import top
-from denali.cli.common import EXIT_USAGE
+from denali.cli.common import host_port, positive_float
 
 _SORTS = sorted({c.key for c in top.COLUMNS if c.sort is not None})
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Add the ``top`` subcommand to the top-level subparsers."""
     t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics",
+                       parents=list(parents),
                        description="Columns: VM id, NAME (image), STATE, CPU% (share of one core "
                                    "over the last interval), TIME (CPU time), SLICES, HCALLS "
                                    "(hypercalls), IRQS (interrupts raised), RX/TX (frames), CONS "
@@ -30,28 +32,31 @@ def add_parser(sub: Any) -> None:
                                    "Keys: P CPU%, T CPU time, N VM id, S slices, H hypercalls, "
                                    "< and > move the sort column, R reverses it, h hides the key "
                                    "line, q quits.")
-    t.add_argument("address", metavar="HOST:PORT", help="the kernel's --metrics address")
-    t.add_argument("--interval", "-d", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    t.add_argument("address", metavar="HOST:PORT", type=host_port, help="the kernel's --metrics address")
+    t.add_argument("--interval", "-d", type=positive_float, default=1.0,
+                   help="seconds between refreshes (default 1)")
     t.add_argument("--sort", "-o", default="cpu", choices=_SORTS, metavar="KEY",
                    help=f"sort column: {', '.join(_SORTS)} (default cpu)")
     t.add_argument("--reverse", action="store_true", help="reverse the sort order")
     t.add_argument("--once", action="store_true",
                    help="print one frame as plain text and exit (without a terminal, frames repeat)")
-    t.add_argument("--width", "-w", type=int, help="columns to fit (default: the terminal's)")
+    t.add_argument("--width", "-w", type=_width, help="columns to fit (default: the terminal's, at least 20)")
+
+
+def _width(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 20:
+        raise argparse.ArgumentTypeError(f"expected a width of at least 20 columns, not {text!r}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``denali top``."""
-    host, _, port_text = args.address.rpartition(":")
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not 0 < port < 65536 or args.interval <= 0 or (args.width is not None and args.width < 20):
-        print(f"denali top: expected HOST:PORT with a port 1-65535, --interval > 0 and --width >= 20 "
-              f"(got {args.address}, {args.interval}, {args.width})", file=sys.stderr)
-        return EXIT_USAGE
-    source = top.MetricsEndpoint(host or "127.0.0.1", port)
+    host, port = args.address
+    source = top.MetricsEndpoint(host, port)
     view = top.View(sort=args.sort, reverse=args.reverse)
     try:
         asyncio.run(top.run(source, args.interval, view, once=args.once, width=args.width))

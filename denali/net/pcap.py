@@ -22,6 +22,7 @@ refuses further frames, writes everything queued, flushes and closes; it is idem
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 import time
@@ -45,6 +46,8 @@ _WRITE_CHUNK: Final = 1024
 """Frames joined into one write call at most."""
 _HEADER: Final = struct.Struct("=IHHiIII")
 _RECORD: Final = struct.Struct("=IIII")
+
+log = logging.getLogger(__name__)
 
 
 def pcap_header(snaplen: int = DEFAULT_SNAPLEN) -> bytes:
@@ -108,6 +111,9 @@ class PcapWriter:
         """Queue a frame for the file; never blocks. False (and counted) when it is not captured."""
         q = self._queue
         if self._state != "running" or len(q) >= self.queue_frames:
+            if not self.dropped and self._state == "running":
+                log.warning("capture to %s: queue full (%d frames); frames beyond it are dropped "
+                            "from the capture and counted", self.path, self.queue_frames)
             self.dropped += 1
             return False
         q.append((self._clock(), frame))
@@ -166,6 +172,7 @@ class PcapWriter:
             await f.flush()
         except OSError as exc:
             self._error = exc
+            log.warning("capture to %s failed, frames are no longer captured: %s", self.path, exc)
         finally:
             self._state = "stopped"
             self.dropped += len(q) + inflight

@@ -74,7 +74,7 @@ from denali.net.ethernet import HEADER_LEN, MAC_LEN, SRC_OFFSET, as_mac
 from denali.net.pcap import DEFAULT_QUEUE_FRAMES, PcapWriter
 from denali.net.port import Attachment, Port, PortStats
 
-log = logging.getLogger("denali.net")
+log = logging.getLogger(__name__)
 
 _SRC_END: Final = SRC_OFFSET + MAC_LEN
 _ETH_ARP: Final = b"\x08\x06"

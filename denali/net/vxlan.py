@@ -15,12 +15,15 @@ with UDP port 4789 by default on both ends.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from typing import Final
 
 from denali.errors import ConfigError, NetError
 from denali.net.port import Port
+
+log = logging.getLogger(__name__)
 
 VXLAN_PORT: Final = 4789
 _HDR: Final = struct.Struct("!II")
@@ -56,6 +59,14 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
         self.local = local
         self._transport: asyncio.DatagramTransport | None = None
         self._header = _HDR.pack(_FLAG_I, vni << 8)
+        self._warned: set[str] = set()
+
+    def _warn_once(self, what: str, message: str, *args: object) -> None:
+        """Log the first drop of each kind as a warning; the counters have the rest."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        log.warning("%s: " + message + " (later ones are only counted)", self.name, *args)
 
     @classmethod
     def parse(cls, spec: str) -> VxlanPort:
@@ -100,6 +111,7 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
             return
         if addr[0] not in {r[0] for r in self.remotes}:
             st.drop_spoofed += 1
+            self._warn_once("spoofed", "a datagram from %s:%s, which is not a remote, dropped", *addr)
             return
         frame = data[8:]
         if len(frame) < 60:
@@ -108,6 +120,7 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors from a remote: count
         self.stats.drop_link_down += 1
+        self._warn_once("error", "the underlay reports an error: %s", exc)
 
     def deliver(self, frame: bytes) -> None:
         t = self._transport

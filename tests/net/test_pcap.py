@@ -68,7 +68,8 @@ async def test_capture_as_async_context(switch: Switch, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_capture_queue_is_bounded_and_drops_are_counted(switch: Switch, tmp_path: Path) -> None:
+async def test_capture_queue_is_bounded_and_drops_are_counted(switch: Switch, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     a, b = Recorder("a", ingress_capacity=1000), Recorder("b")
     switch.attach(a)
     switch.attach(b)
@@ -79,6 +80,9 @@ async def test_capture_queue_is_bounded_and_drops_are_counted(switch: Switch, tm
     dropped = switch.stats().capture_dropped
     await switch.stop_capture()
     assert dropped > 0 and writer.dropped == dropped
+    warned = [r.getMessage() for r in caplog.records if r.name == "denali.net.pcap"]
+    assert warned == [f"capture to {path}: queue full (8 frames); frames beyond it are dropped "
+                      "from the capture and counted"], warned  # once, not once per frame
     assert writer.written + writer.dropped == 200
     got = read_pcap(path)[0]
     assert len(got) == writer.written
@@ -96,6 +100,26 @@ async def test_capture_errors(tmp_path: Path) -> None:
         await sw.capture(tmp_path / "x.pcap")
     with pytest.raises(ConfigError):
         PcapWriter(tmp_path / "y.pcap", queue_frames=0)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_is_logged_when_it_happens(switch: Switch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    a, b = Recorder("a", ingress_capacity=1000), Recorder("b")
+    switch.attach(a)
+    switch.attach(b)
+    writer = await switch.capture("/dev/full")  # every write fails: ENOSPC
+    deadline = asyncio.get_running_loop().time() + 10
+    while writer.state != "stopped":  # the writer ends at its first failed write
+        assert asyncio.get_running_loop().time() < deadline
+        a.submit_many([bcast(1, tag=i) for i in range(100)])
+        await switch.join()
+        await asyncio.sleep(0.01)
+    warned = [r for r in caplog.records if r.name == "denali.net.pcap"]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING", warned
+    assert warned[0].getMessage().startswith("capture to /dev/full failed, frames are no longer captured:")
+    with pytest.raises(NetError):
+        await switch.stop_capture()
 
 
 @pytest.mark.asyncio

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import sys
 
 import pytest
@@ -35,6 +36,21 @@ def test_parse_syntax() -> None:
     for bad in ("42", "x@1.2.3.4", "42@nohost", "42@1.2.3.4:99999", "16777216@1.2.3.4", "1@1.2.3.4,foo=1"):
         with pytest.raises(ConfigError):
             VxlanPort.parse(bad)
+
+
+def test_datagrams_from_strangers_are_dropped_counted_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    p = VxlanPort(42, [("127.0.0.2", 4789)])
+    good = struct.pack("!II", 0x08000000, 42 << 8) + bytes(60)
+    for _ in range(3):
+        p.datagram_received(good, ("127.0.0.9", 4789))  # not a remote: spoofed
+        p.error_received(ConnectionRefusedError(111, "Connection refused"))
+    assert p.stats.drop_spoofed == 3 and p.stats.drop_link_down == 3
+    warned = [r.getMessage() for r in caplog.records if r.name == "denali.net.vxlan"]
+    assert warned == ["vxlan:42: a datagram from 127.0.0.9:4789, which is not a remote, dropped "
+                      "(later ones are only counted)",
+                      "vxlan:42: the underlay reports an error: [Errno 111] Connection refused "
+                      "(later ones are only counted)"], warned
 
 
 async def test_two_denali_processes_one_lan() -> None:

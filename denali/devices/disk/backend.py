@@ -42,6 +42,11 @@ class Backend(Protocol):
     @property
     def readonly(self) -> bool: ...
 
+    @property
+    def where(self) -> str:
+        """The files behind it, for messages."""
+        ...
+
     async def read(self, block: int, count: int) -> bytes: ...
 
     async def write(self, block: int, data: bytes) -> None: ...
@@ -74,8 +79,16 @@ class ImageBackend:
         if st.st_size < self._size:
             raise OSError(f"{self._path}: disk image was truncated to {st.st_size} bytes")
 
+    @property
+    def where(self) -> str:
+        return self._path
+
     def _read_job(self, block: int, count: int) -> bytes:
-        data = aio.pread_exact(self._fd, count * BLOCK, block * BLOCK)
+        try:
+            data = aio.pread_exact(self._fd, count * BLOCK, block * BLOCK)
+        except OSError:
+            self._check()  # a short read: say that the file was cut, if it was
+            raise
         self._check()
         return data
 
@@ -121,14 +134,24 @@ class OverlayBackend:
         self.blocks = base.blocks
         self.readonly = False
 
+    @property
+    def where(self) -> str:
+        ov = self.overlay
+        return f"{self._base.path} with overlay {ov.path if ov.kept else '(throwaway)'}"
+
     def _read_job(self, runs: list[tuple[bool, int, int]]) -> bytes:
         ov, base = self.overlay, self._base
         parts = []
-        for in_overlay, first, n in runs:
-            if in_overlay:
-                parts.append(aio.pread_exact(ov.fd, n * BLOCK, ov.data_offset(first)))
-            else:
-                parts.append(aio.pread_exact(base.fd, n * BLOCK, first * BLOCK))
+        try:
+            for in_overlay, first, n in runs:
+                if in_overlay:
+                    parts.append(aio.pread_exact(ov.fd, n * BLOCK, ov.data_offset(first)))
+                else:
+                    parts.append(aio.pread_exact(base.fd, n * BLOCK, first * BLOCK))
+        except OSError:
+            base.check_intact()  # a short read: say which file was cut, if one was
+            ov.check_intact()
+            raise
         base.check_intact()
         ov.check_intact()
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import stat
 from collections import OrderedDict
@@ -29,6 +30,8 @@ MAX_DISK_BYTES: Final = 1 << 40
 """Largest disk accepted (1 TiB): an overlay's bitmap is 1/32768 of it, kept in memory."""
 _HASH_CHUNK: Final = 4 << 20
 _DIGEST_CACHE_MAX: Final = 256
+
+log = logging.getLogger(__name__)
 
 _open_bases: dict[tuple[int, int], BaseImage] = {}
 _digests: OrderedDict[tuple[int, ...], bytes] = OrderedDict()
@@ -47,20 +50,61 @@ def check_disk_size(path: str, size: int) -> int:
     return size // BLOCK
 
 
-async def open_checked(path: str, flags: int) -> tuple[int, os.stat_result]:
-    """Open a disk image file; (fd, stat). ``DiskError`` if missing or not a regular file."""
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a FIFO", "a regular file", ...)."""
+    for test, words in ((stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"),
+                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return words
+    return "not a file"
+
+
+class _NotRegular(Exception):
+    def __init__(self, mode: int) -> None:
+        super().__init__(file_kind(mode))
+
+
+def _open_regular(path: str, flags: int) -> tuple[int, os.stat_result]:
+    # Executor job. The path is looked at before it is opened: opening a FIFO blocks
+    # until a writer comes (for ever, and no signal can end the wait), opening a device
+    # or a socket does what that device does. O_NONBLOCK covers a path replaced by a
+    # FIFO between the stat and the open (regular files ignore it; it is cleared after).
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotRegular(st.st_mode)
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        fd = await aio.open_fd(path, flags)
-    except OSError as exc:
-        raise DiskError(f"{path}: cannot open disk image: {exc.strerror}", path) from None
-    try:
-        st = await aio.fstat(fd)
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise DiskError(f"{path}: not a regular file", path)
+            raise _NotRegular(st.st_mode)
+        os.set_blocking(fd, True)
     except BaseException:
-        await aio.close_fd(fd)
+        os.close(fd)
         raise
     return fd, st
+
+
+async def open_checked(path: str, flags: int, what: str = "disk image",
+                       missing_ok: bool = False) -> tuple[int, os.stat_result]:
+    """Open an existing disk image (or overlay: ``what``) file; (fd, stat).
+
+    Anything but a regular file (after symbolic links: a FIFO, socket, character or
+    block device, directory) is refused with ``DiskError`` before it is opened; so is a
+    file that cannot be opened, or a missing one (``missing_ok``: ``FileNotFoundError``
+    is raised as is, for the caller to create the file).
+    """
+    try:
+        return await aio.run(_open_regular, path, flags)
+    except _NotRegular as exc:
+        raise DiskError(f"{path}: {exc}, not a regular file: a {what} must be a regular file "
+                        "(see docs/disk-format.md)", path) from None
+    except FileNotFoundError as exc:
+        if missing_ok:
+            raise
+        raise DiskError(f"{path}: cannot open {what}: {exc.strerror}", path) from None
+    except OSError as exc:
+        raise DiskError(f"{path}: cannot open {what}: {exc.strerror or exc}", path) from None
 
 
 class BaseImage:
@@ -122,6 +166,8 @@ class BaseImage:
         return await asyncio.shield(job)
 
     async def _hash(self, size: int) -> bytes:
+        log.debug("%s: computing the SHA-256 of %d bytes (the identity its overlays record)",
+                  self.path, size)
         h = hashlib.sha256()
         try:
             for off in range(0, size, _HASH_CHUNK):
@@ -164,6 +210,7 @@ async def acquire_base(path: str) -> BaseImage:
             if shared is None:
                 image = BaseImage(path, fd, st)
                 _open_bases[key] = image
+                log.debug("%s: opened as a shared base image (%d blocks)", path, image.blocks)
                 return image
     except BaseException:
         await aio.close_fd(fd)

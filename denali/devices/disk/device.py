@@ -52,8 +52,6 @@ from denali.devices.disk.spec import DiskSpec
 from denali.errors import ConfigError, DiskError
 from denali.memory import PROT_R, PROT_RW, GuestMemory
 
-log = logging.getLogger(__name__)
-
 _INFO: Final = abi.HYPERCALL_BY_NR[Hc.DISK_INFO].args.offsets()
 _READ: Final = abi.HYPERCALL_BY_NR[Hc.DISK_READ].args.offsets()
 _WRITE: Final = abi.HYPERCALL_BY_NR[Hc.DISK_WRITE].args.offsets()
@@ -69,6 +67,9 @@ _NAME_LEN: Final = abi.DISK_NAME_MAX + 1
 READ: Final = 0
 WRITE: Final = 1
 FLUSH: Final = 2
+_KIND: Final = ("read", "write", "flush")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -154,13 +155,17 @@ class Disk:
         except OSError as exc:
             self.stats["io_errors"] += 1
             self.last_io_error = exc
-            log.warning("disk %s: host I/O error, the guest sees IO: %s", self.name, exc)
+            # the first one is news; a guest retrying in a loop must not flood the log
+            log.log(logging.WARNING if self.stats["io_errors"] == 1 else logging.DEBUG,
+                    "disk %s (%s): host I/O error in a %s request (the guest gets IO): %s",
+                    self.name, self.backend.where, _KIND[req.kind], exc)
             return Result.IO, None
         except Exception as exc:  # a bug: fail this request only, and keep the evidence
             self.stats["internal_errors"] += 1
             self.last_error = exc
-            log.error("disk %s: internal error in a request (the guest sees IO)", self.name,
-                      exc_info=exc)
+            log.log(logging.ERROR if self.stats["internal_errors"] == 1 else logging.DEBUG,
+                    "disk %s (%s): internal error in a %s request (the guest gets IO): %r",
+                    self.name, self.backend.where, _KIND[req.kind], exc, exc_info=exc)
             return Result.IO, None
 
     async def _copy_out(self, addr: int, length: int) -> bytes | None:

@@ -23,6 +23,7 @@ its file is unlinked the moment it is created and its bitmap lives only in memor
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import tempfile
@@ -31,7 +32,7 @@ import zlib
 from typing import Final
 
 from denali.devices.disk import aio
-from denali.devices.disk.base import BLOCK, BaseImage
+from denali.devices.disk.base import BLOCK, BaseImage, open_checked
 from denali.errors import DiskError
 
 MAGIC: Final = b"DENALIOV"
@@ -41,6 +42,8 @@ HEADER: Final = struct.Struct("<8sIIQQII32s")
 _CRC: Final = struct.Struct("<I")
 HEADER_USED: Final = HEADER.size + _CRC.size
 _BITS_PER_BLOCK: Final = BLOCK * 8
+
+log = logging.getLogger(__name__)
 
 
 def header_blocks_for(base_blocks: int) -> int:
@@ -190,6 +193,8 @@ class Overlay:
         try:
             await self.write_bitmap()
         except OSError as exc:
+            log.warning("%s: overlay bitmap not saved at close, the writes since the last "
+                        "flush are lost: %s", self.path, exc)
             raise DiskError(f"{self.path}: overlay bitmap not saved: {exc}", self.path) from None
         finally:
             self.fd = -1
@@ -210,13 +215,10 @@ async def open_kept(path: str, base: BaseImage) -> Overlay:
     """
     digest = await base.digest()
     try:
-        fd = await aio.open_fd(path, os.O_RDWR)
+        fd, st = await open_checked(path, os.O_RDWR, "overlay", missing_ok=True)
     except FileNotFoundError:
         return await _create_kept(path, base, digest)
-    except OSError as exc:
-        raise DiskError(f"{path}: cannot open overlay: {exc.strerror}", path) from None
     try:
-        st = await aio.fstat(fd)
         if (st.st_dev, st.st_ino) == base.key:
             raise DiskError(f"{path}: the overlay is the base image itself", path)
         if not await aio.try_lock(fd, exclusive=True):
@@ -259,6 +261,7 @@ async def _create_kept(path: str, base: BaseImage, digest: bytes) -> Overlay:
         except FileExistsError:
             raise DiskError(f"{path}: overlay is in use by another VM (created concurrently)",
                             path) from None
+        log.info("%s: created a kept overlay over %s", path, base.path)
         return ov
     except BaseException as exc:
         await aio.close_fd(fd)
@@ -298,10 +301,7 @@ async def inspect(path: str) -> tuple[int, int, bytes, int]:
 
     Raises ``DiskError`` if it is not a valid overlay.
     """
-    try:
-        fd = await aio.open_fd(path, os.O_RDONLY)
-    except OSError as exc:
-        raise DiskError(f"{path}: cannot open overlay: {exc.strerror}", path) from None
+    fd, _st = await open_checked(path, os.O_RDONLY, "overlay")
     try:
         block0 = await aio.pread(fd, BLOCK, 0)
         if len(block0) >= HEADER.size:

@@ -44,6 +44,10 @@ def check_disk_name(name: str) -> str:
 class DiskSpec:
     """One disk for a VM: the image at ``path``, seen by the guest as ``name``.
 
+    ``path`` (and ``overlay``) must be regular files: anything else (a FIFO, a device,
+    a socket, a directory) is refused with ``DiskError`` when the disk is opened, before
+    the file is (see ``denali.devices.disk.base.open_checked``).
+
     ``name`` defaults to the image file's name without its extension. ``overlay`` is the
     overlay file of an ``overlay-keep`` disk (default ``path + ".overlay"``); it is
     created on first use and checked against the image on every later one.

@@ -21,7 +21,7 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncBufferedIOBase, AsyncBufferedReader
 
 from denali.devices.disk import fsformat, overlay
-from denali.devices.disk.base import BLOCK, MAX_DISK_BYTES, check_disk_size
+from denali.devices.disk.base import BLOCK, MAX_DISK_BYTES, check_disk_size, open_checked
 from denali.devices.disk.fsformat import Entry, Superblock
 from denali.errors import DiskError
 
@@ -200,9 +200,9 @@ async def list_image(image: str, verify: bool = False, progress: ProgressFn | No
     A blank (all-zero block 0) image is reported as such; a kept overlay is recognised
     and described. Raises ``DiskError`` for anything truncated or corrupt.
     """
+    fd, st = await open_checked(image, os.O_RDONLY)
     try:
-        async with aiofiles.open(image, "rb") as f:
-            st = await aiofiles.os.stat(image)
+        async with aiofiles.open(fd, "rb") as f:
             block0 = await f.read(BLOCK)
             if block0[:len(overlay.MAGIC)] == overlay.MAGIC:
                 base_size, _h, digest, held = await overlay.inspect(image)

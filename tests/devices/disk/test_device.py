@@ -7,6 +7,7 @@ exception, never a write outside what the guest may write, never another VM's da
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from denali import abi
 from denali.abi import Hc, Irq, Result
 from denali.devices.disk import DiskSpec
+from denali.devices.disk.backend import ImageBackend
 from denali.devices.disk.device import Disks, open_disks
 from denali.errors import ConfigError, DiskError
 from tests.devices.disk.conftest import (
@@ -247,7 +249,9 @@ async def test_aclose_finishes_even_when_cancelled(fake_vm: FakeVm, tmp_path: Pa
         await again.aclose()
 
 
-async def test_truncated_and_removed_files_fail_only_that_io(fake_vm: FakeVm, tmp_path: Path) -> None:
+async def test_truncated_and_removed_files_fail_only_that_io(fake_vm: FakeVm, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="denali.devices.disk")
     base = make_image(tmp_path / "b.img", N, seed=3)
     rw = make_image(tmp_path / "rw.img", 8)
     fake_vm.disks = await Disks.open([DiskSpec(str(base), mode="ro"), DiskSpec(str(rw), mode="rw")])
@@ -267,6 +271,36 @@ async def test_truncated_and_removed_files_fail_only_that_io(fake_vm: FakeVm, tm
         assert fake_vm.disks.disks[1].last_error is None  # host errors, not bugs
     finally:
         await fake_vm.disks.aclose()
+    # each disk's first host I/O error is a warning naming the disk and the file; later
+    # ones are debug lines (a guest retrying in a loop must not flood the log)
+    disk_logs = [r for r in caplog.records if r.name == "denali.devices.disk.device"]
+    warnings = [r.getMessage() for r in disk_logs if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"disk b ({base}): ") and "truncated" in warnings[0]
+    assert warnings[1].startswith(f"disk rw ({rw}): ") and "removed" in warnings[1]
+    assert sum(r.levelno == logging.DEBUG and "I/O error" in r.getMessage() for r in disk_logs) == 3
+
+
+async def test_a_kernel_bug_in_a_request_is_logged_with_its_traceback(
+        fake_vm: FakeVm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    base = make_image(tmp_path / "b.img", N, seed=3)
+    fake_vm.disks = await Disks.open([DiskSpec(str(base), mode="ro")])
+    disk = fake_vm.disks.disks[0]
+
+    async def buggy_read(self: ImageBackend, block: int, count: int) -> bytes:
+        raise ZeroDivisionError("a bug in a backend")
+    monkeypatch.setattr(ImageBackend, "read", buggy_read)
+    g = Guest(fake_vm)
+    buf = g.alloc(BLOCK)
+    try:
+        assert await g.io(R, 0, 0, 1, buf) == Result.IO
+        assert isinstance(disk.last_error, ZeroDivisionError)
+    finally:
+        await fake_vm.disks.aclose()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].getMessage().startswith(f"disk b ({base}): internal error")
+    assert errors[0].exc_info is not None and errors[0].exc_info[1] is disk.last_error
 
 
 async def test_open_errors_leave_nothing_open(tmp_path: Path) -> None:

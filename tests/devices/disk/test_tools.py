@@ -200,14 +200,14 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     hello_crc = zlib.crc32(b"hello\n")
     assert "label 'L'" in out and "sub/deeper/exact.blk" in out and f"{hello_crc:08x}" in out
-    assert run(["pack", str(tmp_path / "src"), fs]) == 1
+    assert run(["pack", str(tmp_path / "src"), fs]) == 2
     assert "already exists" in capsys.readouterr().err
     Path(fs).write_bytes(Path(fs).read_bytes()[:5000])
-    assert run(["ls", fs]) == 1
+    assert run(["ls", fs]) == 2
     assert "not a multiple of 4096" in capsys.readouterr().err
     assert run(["create", img, "--size", "12Q", "--force"]) == 2
     assert run(["frobnicate"]) == 2
-    assert run(["ls", str(tmp_path / "missing.img")]) == 1
+    assert run(["ls", str(tmp_path / "missing.img")]) == 2
 
 
 async def test_pack_and_verify_report_progress(tmp_path: Path) -> None:
