@@ -1,7 +1,7 @@
 """Slice preemption: one watchdog thread per kernel stops slices that outlive their bound.
 
 Why a thread: Unicorn's ``count=`` costs ~10x guest speed and ``timeout=`` starts a
-polling thread per slice (ARCHITECTURE.md). Instead the CPU that runs a slice records
+polling thread per slice (docs/performance.md, "The slice loop"). Instead the CPU that runs a slice records
 (engine, deadline) in its ``Lane`` and runs the guest with no bound at all; this thread
 sleeps until the earliest deadline and calls ``uc_emu_stop`` on every lane still running
 past it. Stops can be lost inside Unicorn, so it keeps stopping (every ``retry_ns``)
