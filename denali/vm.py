@@ -82,6 +82,10 @@ _TERM_STATUS: Final = abi.HYPERCALL_BY_NR[Hc.TERMINATE].args.offsets()["status"]
 _HANDLER_ENTRY: Final = abi.HYPERCALL_BY_NR[Hc.SET_HANDLER].args.offsets()["entry"]
 
 
+INTERPOSABLE: Final = frozenset(("hypercall", "interrupt", "fault", "frame_out", "frame_in", "disk"))
+"""The kinds of VM event a monitor may interpose on (see ``Vm.interposed``)."""
+
+
 class VmState(Enum):
     """Where a VM is in its life; see the module docstring."""
 
@@ -111,7 +115,7 @@ class Vm:
                  "_irq_entry", "_memory", "_on_end", "_pending", "_posted", "_rt", "_swapped", "_swapping_in",
                  "_task", "_vregs_head", "_vregs_tail", "_waker", "clock", "close_errors", "cmdline",
                  "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
-                 "first_slice_ns", "id", "image", "mem_size", "nic_device", "state", "stats")
+                 "first_slice_ns", "id", "image", "interposed", "mem_size", "nic_device", "state", "stats")
 
     def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
@@ -130,6 +134,11 @@ class Vm:
         self.nic_device = nic
         self.disks = disks
         self._devices: list[object | None] = [self, clock, console, nic, disks]
+        self.interposed: frozenset[str] = frozenset()
+        """The event kinds (``INTERPOSABLE``) some monitor interposes on. Empty: every
+        event takes the kernel's direct path, at its direct cost (and the native fast
+        path, where there is one); a kind in the set takes the path that calls the
+        monitors. Changed only by the monitor layer."""
         self._pending = 0
         self._irq_entry = 0
         self._exit_request: int | None = None
