@@ -48,7 +48,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from denali import abi
 from denali.abi import Result
@@ -198,7 +198,7 @@ class Monitor:
     ``stack`` is set while it is attached.
     """
 
-    kinds: ClassVar[frozenset[str]] = frozenset()
+    kinds: frozenset[str] = frozenset()
     hypercalls: frozenset[int] | None = None
     stack: MonitorStack | None = None
 
