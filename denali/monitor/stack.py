@@ -212,9 +212,14 @@ class MonitorStack:
     async def hold(self, owner: object) -> None:
         """Hold the VM before its next instruction; return once it is held (or idle, or
         ended). Idle VMs stay idle: their IDLE returns only after every release."""
+        self.hold_nowait(owner)
+        await self.until_held()
+
+    def hold_nowait(self, owner: object) -> None:
+        """Ask for the VM to be held (``until_held`` says when it is); before the VM
+        starts, this holds it before its first instruction."""
         self._holders.add(owner)
         self.gating = True
-        await self.until_held()
 
     async def until_held(self) -> None:
         """Return once the VM is held (or idle and pinned, or ended)."""
@@ -222,7 +227,7 @@ class MonitorStack:
         while self._holders and not vm.done and not vm.state.final:
             if self._at_gate or self._pinned:
                 return
-            if vm.state is VmState.IDLE and vm._waker is not None and not vm.swapped:
+            if vm.state is VmState.IDLE and vm._waker is not None:
                 self._pin()
                 return
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -241,6 +246,7 @@ class MonitorStack:
         self._holders.discard(owner)
         if not self._holders:
             self.gating = False
+            self._at_gate = False
             self._unpin()
             self._release.set()
 
@@ -248,6 +254,7 @@ class MonitorStack:
         """Let a held VM run one instruction, then hold it again (``until_held``)."""
         if owner in self._holders:
             self._steps = 1
+            self._at_gate = False
             self._unpin()
             self._release.set()
 
@@ -264,7 +271,7 @@ class MonitorStack:
         self._pinned = False
         vm = self.vm
         gate = vm._rt.gate
-        if gate is not None and vm.state is VmState.IDLE and vm._waker is not None:
+        if gate is not None and vm.state is VmState.IDLE and vm._waker is not None and not vm.swapped:
             gate.vm_idle(vm)
 
     def _notify_held(self) -> None:
@@ -275,10 +282,10 @@ class MonitorStack:
 
     async def gate(self) -> None:
         """The VM waits here while a monitor holds it (see ``denali.interpose``)."""
-        self._at_gate = True
         try:
             while self._holders and not self._steps:
                 self._release.clear()
+                self._at_gate = True
                 self._notify_held()
                 await self._release.wait()
         finally:
@@ -297,11 +304,23 @@ class MonitorStack:
         return cpu.save() if cpu is not None else self.vm._cpu_state
 
     def set_registers(self, regs: dict[str, int]) -> bool:
-        """Write general registers/EIP/EFLAGS of a held, resident VM (``VCpu.set_registers``)."""
+        """Write general registers/EIP/EFLAGS of a resident VM between its slices (held, or
+        from a fault hook; ``VCpu.set_registers``)."""
         cpu = self.vm._cpu
-        if cpu is None or not self.held:
+        if cpu is None or self.vm._in_slice:
             return False
         cpu.set_registers(regs)
+        return True
+
+    def set_fpu(self, fpu: bytes) -> bool:
+        """Write the x87/SSE state of a resident VM (``_uc.Engine.write_fpu`` layout)."""
+        cpu = self.vm._cpu
+        if cpu is None or self.vm._in_slice:
+            return False
+        try:
+            cpu.engine.write_fpu(fpu)
+        except ValueError:
+            return False
         return True
 
     def read_memory(self, addr: int, length: int) -> bytes | None:
