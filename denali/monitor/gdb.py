@@ -53,6 +53,7 @@ SIGSEGV: Final = 11
 _FAULT_SIGNALS: Final = {FaultKind.BREAKPOINT: SIGTRAP, FaultKind.DIVIDE: SIGFPE,
                          FaultKind.INVALID_INSN: SIGILL}
 _INT3: Final = b"\xcc"
+CLOSE_GRACE_S: Final = 2.0
 
 # gdb's i386 register numbers: name, size in bytes
 _GPR_ORDER: Final = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")
@@ -137,6 +138,8 @@ class GdbStub(Monitor):
         self._stop_note = ""
         self._pass_signal = False
         self._pending_read: asyncio.Task[bytes | None] | None = None
+        self._session_task: asyncio.Future[None] | None = None
+        self._closing = False
         self.sessions = 0
         """Debugger connections served."""
 
@@ -151,10 +154,15 @@ class GdbStub(Monitor):
         return self.port
 
     async def aclose(self) -> None:
-        """Stop listening and drop the debugger's connection; idempotent."""
+        """Stop listening and drop the debugger's connection; idempotent. A debugger told
+        of its VM's end gets up to ``CLOSE_GRACE_S`` to hang up first."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._closing = True
+        session = self._session_task
+        if session is not None and not session.done():
+            await asyncio.wait({session}, timeout=CLOSE_GRACE_S)
         conn = self._conn
         if conn is not None:
             conn.close()
@@ -183,13 +191,16 @@ class GdbStub(Monitor):
         conn = RspConnection(reader, writer)
         self._conn = conn
         self.sessions += 1
+        self._session_task = asyncio.current_task()
         try:
             await self._attached.wait()
             await self._session(conn)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception as exc:  # a bug in the stub: drop the debugger, keep the VM
-            log.error("gdb stub: internal error (%r); the debugger is disconnected", exc, exc_info=exc)
+            if not self._closing:  # (a write racing our own close is not one)
+                log.error("gdb stub: internal error (%r); the debugger is disconnected", exc,
+                          exc_info=exc)
         finally:
             if self._pending_read is not None:
                 self._pending_read.cancel()
@@ -322,7 +333,8 @@ class GdbStub(Monitor):
         out = bytearray()
         for n in _GPR_ORDER:
             out += struct.pack("<I", regs[n])
-        out += struct.pack("<IIIIII", _uc.USER_CS, _uc.USER_DS, _uc.USER_DS, _uc.USER_DS, st.fs, st.gs)
+        out += struct.pack("<IIIIII", _uc.USER_CS, _uc.USER_DS, _uc.USER_DS, _uc.USER_DS,
+                           st.fs & 0xFFFF, st.gs & 0xFFFF)
         fpu = st.fpu
         cw, sw, tag = struct.unpack_from("<HHH", fpu, 0)
         out += fpu[6:86]  # st0..st7, 10 bytes each
