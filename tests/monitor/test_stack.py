@@ -4,13 +4,16 @@ stops, interrupts, faults, frames, disk requests, push/pop on a running VM, stat
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
+from denali.cpu import VCpu
 from denali.devices.disk import DiskSpec, create_image
 from denali.devices.disk.device import DiskRequest
 from denali.errors import ConfigError, GuestFault, VmKilledError
@@ -484,3 +487,53 @@ async def test_monitors_work_with_worker_threads() -> None:
         vm = await k.spawn("test-exit", cmdline="status=9", monitors=[Recorder("w", log)])
         assert await vm.wait() == 9
     assert ("w", "after", Hc.CONSOLE_WRITE) in log and ("w", "before", Hc.TERMINATE) in log
+
+
+async def python_calls_per_hypercall(monitors: type[Monitor] | None) -> float:
+    """Python-level calls (profiler 'call' and 'c_call' events) made inside the CPU's
+    interrupt hook per CLOCK hypercall of bench-hcall: the difference between n=3000
+    and n=1000, over 2000."""
+    need_image("bench-hcall")
+    hook = VCpu.on_interrupt.__code__
+    counts = []
+    for n in (1000, 3000):
+        async with Kernel(slice_us=2000) as k:
+            count = depth = 0
+
+            def prof(frame: FrameType, event: str, arg: object) -> None:
+                nonlocal count, depth
+                if event == "call" and frame.f_code is hook:
+                    depth += 1
+                elif event == "return" and frame.f_code is hook:
+                    depth -= 1
+                elif depth and event in ("call", "c_call"):
+                    count += 1
+
+            ms = [monitors(), monitors(), monitors()] if monitors is not None else []
+            vm = await k.spawn("bench-hcall", cmdline=f"n={n}", monitors=ms)
+            sys.setprofile(prof)
+            try:
+                await vm.wait()
+            finally:
+                sys.setprofile(None)
+            counts.append(count)
+    return (counts[1] - counts[0]) / 2000
+
+
+async def test_kinds_nobody_interposes_on_keep_the_direct_path() -> None:
+    """The same work per hypercall, call for call, with three monitors that interpose
+    on faults only as with none (speed: tools/bench/bench_monitor.py)."""
+
+    class Faults(Monitor):
+        async def fault(self, event: FaultEvent) -> FaultVerdict:
+            return None
+
+    class Everything(Recorder):
+        def __init__(self) -> None:
+            super().__init__("x", [])
+
+    plain = await python_calls_per_hypercall(None)
+    faults = await python_calls_per_hypercall(Faults)
+    everything = await python_calls_per_hypercall(Everything)
+    assert faults == plain, (plain, faults)
+    assert everything > plain + 5, (plain, everything)
