@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from denali import metrics
 from denali.abi import Hc, Result
 from denali.devices.disk import DiskSpec, create_image
 from denali.errors import ConfigError, VmKilledError
@@ -77,6 +78,7 @@ async def test_refused_hypercalls_are_counted_and_logged(kernel: Kernel,
     stats = kernel.vm_stats(vm)["monitors"]
     assert stats["policy_violations"] >= 1 and stats["stack"] == ["Policy"]
     assert kernel.stats()["monitors"]["policy_violations"] == stats["policy_violations"]
+    assert f"denali_monitor_policy_violations {stats['policy_violations']}" in metrics.prometheus(kernel)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "console_write" in warnings[0].getMessage()
 
