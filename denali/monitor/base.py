@@ -112,14 +112,21 @@ class HypercallEvent:
     per-call notes between ``hypercall`` and ``hypercall_done``.
     """
 
-    __slots__ = ("arg", "data", "memory", "nr", "vm_id")
+    __slots__ = ("_data", "arg", "memory", "nr", "vm_id")
 
     def __init__(self, vm_id: int, memory: GuestMemory, nr: int, arg: int) -> None:
         self.vm_id = vm_id
         self.memory = memory
         self.nr = nr
         self.arg = arg
-        self.data: dict[str, Any] = {}
+        self._data: dict[str, Any] | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Notes monitors keep for this call between ``hypercall`` and ``hypercall_done``."""
+        if self._data is None:
+            self._data = {}
+        return self._data
 
     @property
     def name(self) -> str | None:

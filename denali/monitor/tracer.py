@@ -27,17 +27,19 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import aiofiles
 
 from denali import abi
 from denali._version import __version__
-from denali.abi import Irq
+from denali.abi import Irq, Result
 from denali.errors import ConfigError
-from denali.monitor.base import FaultEvent, FaultVerdict, HypercallEvent, Monitor, Verdict, result_name
+from denali.memory import PROT_R
+from denali.monitor.base import FaultEvent, FaultVerdict, HypercallEvent, Monitor, Verdict
 
 if TYPE_CHECKING:
     import asyncio
@@ -52,11 +54,49 @@ SCHEMA: Final = 1
 TRACE_KINDS: Final = ("hypercall", "interrupt", "fault", "disk", "frame_out", "frame_in")
 DEFAULT_KINDS: Final = frozenset(("hypercall", "interrupt", "fault", "disk"))
 """What a tracer records unless told otherwise (frames are optional)."""
-_INS: Final = {h.nr: tuple(f.name for f in h.args.fields if f.direction in ("in", "inout"))
-               for h in abi.HYPERCALLS}
-_OUTS: Final = {h.nr: tuple(f.name for f in h.args.fields if f.direction in ("out", "inout"))
-                for h in abi.HYPERCALLS}
+FLUSH_BYTES: Final = 64 << 10
+"""The writer task writes once this much is buffered, or every ``FLUSH_S``."""
+FLUSH_S: Final = 0.05
 _IRQ_NAMES: Final = tuple((int(b), b.name or "") for b in Irq)
+_Render = Callable[[tuple[Any, ...]], str]
+
+
+def _renderer(h: abi.Hypercall, directions: tuple[str, ...]) -> _Render:
+    """A function from the unpacked structure to the JSON object of its fields in
+    ``directions`` (precomputed: one %-format per hypercall, byte arrays as hex)."""
+    fields = [(i, f) for i, f in enumerate(h.args.fields) if f.direction in directions]
+    fmt = "{" + ",".join(f'"{f.name}":"%s"' if f.count > 1 else f'"{f.name}":%d' for _, f in fields) + "}"
+    idx = tuple(i for i, _ in fields)
+    if any(f.count > 1 for _, f in fields):
+        hexed = frozenset(i for i, f in fields if f.count > 1)
+        return lambda vals: fmt % tuple(vals[i].hex() if i in hexed else vals[i] for i in idx)
+    if not idx:
+        return lambda vals: "{}"
+    if len(idx) == 1:
+        only = idx[0]
+        return lambda vals: fmt % vals[only]
+    pick = operator.itemgetter(*idx)
+    return lambda vals: fmt % pick(vals)
+
+
+_SPECS: Final = {h.nr: (h.args.size, h.args.codec(), _renderer(h, ("in", "inout")),
+                        _renderer(h, ("out", "inout"))) for h in abi.HYPERCALLS}
+_NAMES: Final = {h.nr: f'"{h.name}"' for h in abi.HYPERCALLS}
+_CODES: Final = {int(r): f'"{r.name}"' for r in Result}
+_HcRecord = tuple[int, int, int, "tuple[Any, ...] | None", "int | None", "tuple[Any, ...] | None"]
+"""(t, vm, nr, the structure before, result or None, the structure after)."""
+_HC_LINE_ESTIMATE: Final = 160
+"""Bytes a hypercall line is counted as against the buffer's capacity before it is formatted."""
+
+
+def _format_hc(rec: _HcRecord) -> str:
+    t, vm, nr, before, result, after = rec
+    spec = _SPECS.get(nr)
+    args = spec[2](before) if spec is not None and before is not None else "null"
+    out = spec[3](after) if spec is not None and after is not None else ("{}" if result is None else "null")
+    res, code = ("null", "null") if result is None else (str(result), _CODES.get(result, "null"))
+    return (f'{{"kind":"hypercall","t":{t},"vm":{vm},"nr":{nr},"name":{_NAMES.get(nr, "null")},'
+            f'"args":{args},"result":{res},"code":{code},"out":{out}}}\n')
 
 
 def parse_kinds(text: str) -> frozenset[str]:
@@ -100,7 +140,8 @@ class TraceWriter:
         self.dropped = 0
         """Lines dropped: the buffer was full, or the file failed."""
         self.error: OSError | None = None
-        self._buf: list[str] = []
+        self._buf: list[str | _HcRecord] = []
+        """Lines, and hypercall records formatted only when written out (in batches)."""
         self._size = 0
         self._file: AsyncTextIOWrapper | None = None
         self._task: asyncio.Task[None] | None = None
@@ -135,21 +176,37 @@ class TraceWriter:
         self._emit_line(record)
 
     def _emit_line(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":")) + "\n"
-        if self.error is not None or self._size + len(line) > self.capacity:
+        self.emit_text(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def emit_text(self, line: str) -> None:
+        """Buffer one line already encoded as JSON (ending in a newline)."""
+        self._add(line, len(line))
+
+    def emit_hypercall(self, record: _HcRecord) -> None:
+        """Buffer one hypercall record (``_HcRecord``); formatted as it is written out."""
+        self._add(record, _HC_LINE_ESTIMATE)
+
+    def _add(self, item: str | _HcRecord, length: int) -> None:
+        size = self._size + length
+        if size > self.capacity or self.error is not None or self._closing:
             self.dropped += 1
             return
-        self._buf.append(line)
-        self._size += len(line)
+        self._buf.append(item)
+        self._size = size
         self.records += 1
-        ready = self._ready
-        if ready is not None and not ready.is_set():
-            ready.set()
+        if size >= FLUSH_BYTES:
+            ready = self._ready
+            if ready is not None and not ready.is_set():
+                ready.set()
 
     async def _run(self) -> None:
+        import asyncio
         assert self._ready is not None
         while True:
-            await self._ready.wait()
+            try:  # a write per FLUSH_BYTES, or at least every FLUSH_S: few trips to the executor
+                await asyncio.wait_for(self._ready.wait(), FLUSH_S)
+            except TimeoutError:
+                pass
             self._ready.clear()
             await self._flush()
             if self._closing:
@@ -158,7 +215,8 @@ class TraceWriter:
     async def _flush(self) -> None:
         f = self._file
         while self._buf and f is not None:
-            chunk, n = "".join(self._buf), len(self._buf)
+            n = len(self._buf)
+            chunk = "".join([x if isinstance(x, str) else _format_hc(x) for x in self._buf])
             self._buf.clear()
             self._size = 0
             if self.error is not None:
@@ -175,10 +233,10 @@ class TraceWriter:
         """Write out what the buffer holds and the trailer line, close the file; idempotent."""
         if self._file is None or self._closing:
             return
-        self._closing = True
         assert self._ready is not None
         self._buf.append(json.dumps({"kind": "end", "records": self.records, "dropped": self.dropped},
                                     separators=(",", ":")) + "\n")
+        self._closing = True
         self._ready.set()
         if self._task is not None:
             await self._task
@@ -192,10 +250,12 @@ class TraceWriter:
                 log.error("trace file %s: closing: %s", self.path, exc)
 
 
-def _plain(fields: dict[str, int | bytes] | None, names: tuple[str, ...]) -> dict[str, int | str] | None:
-    if fields is None:
+def _values(call: HypercallEvent) -> tuple[Any, ...] | None:
+    """A call's structure unpacked, or None (unknown number, not readable)."""
+    spec = _SPECS.get(call.nr)
+    if spec is None or not call.memory.check(call.arg, spec[0], PROT_R):
         return None
-    return {n: (v.hex() if isinstance(v, bytes) else v) for n in names if (v := fields[n]) is not None}
+    return spec[1].unpack_from(call.memory.buf, call.arg)
 
 
 def _mac(b: bytes) -> str:
@@ -214,7 +274,8 @@ class Tracer(Monitor):
             raise ConfigError(f"tracer: unknown kinds {sorted(unknown)}")
         self.kinds = chosen
         self.frame_bytes = max(0, frame_bytes)
-        self._args: dict[str, int | str] | None = None
+        self._before: tuple[Any, ...] | None = None
+        self._where: tuple[int, int] | None = None
 
     def _now(self) -> int:
         return self.stack.vm.now_ns() if self.stack is not None else 0
@@ -223,19 +284,25 @@ class Tracer(Monitor):
         return self.stack.vm.id if self.stack is not None else 0
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
-        nr = call.nr
-        args = _plain(call.args(), _INS.get(nr, ()))
-        if nr == abi.Hc.TERMINATE:  # never returns: recorded now
-            self.writer.emit({"kind": "hypercall", "t": self._now(), "vm": self._vm(), "nr": nr,
-                              "name": call.name, "args": args, "result": None, "code": None, "out": {}})
-        self._args = args
+        vals = _values(call)
+        if call.nr == abi.Hc.TERMINATE:  # never returns: recorded now
+            vm = self.stack.vm if self.stack is not None else None
+            self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, call.nr, vals, None,
+                                        None))
+        self._before = vals
+        self._where = (call.nr, call.arg) if vals is not None else None
         return None
 
     def hypercall_done(self, call: HypercallEvent, result: int) -> int:
         nr = call.nr
-        self.writer.emit({"kind": "hypercall", "t": self._now(), "vm": self._vm(), "nr": nr,
-                          "name": call.name, "args": self._args, "result": result,
-                          "code": result_name(result), "out": _plain(call.args(), _OUTS.get(nr, ()))})
+        after: tuple[Any, ...] | None
+        if self._where == (nr, call.arg):  # read before: still readable guest memory
+            after = _SPECS[nr][1].unpack_from(call.memory.buf, call.arg)
+        else:
+            after = _values(call)
+        vm = self.stack.vm if self.stack is not None else None
+        self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, self._before, result,
+                                    after))
         return result
 
     def interrupt(self, bits: int) -> int:
