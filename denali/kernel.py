@@ -40,7 +40,7 @@ from denali.errors import ConfigError, KernelClosedError, ResourceError
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image
-from denali.net.ethernet import as_mac
+from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.runtime import Runtime
@@ -280,7 +280,7 @@ class Kernel:
         vm_id = next(self._ids)
         spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
                       nic_config, tuple(disks))
-        default_mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
+        default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
