@@ -72,13 +72,20 @@ def _map_count() -> int:
         return 65530
 
 
+_thp_logged = False
+
+
 def _disable_thp() -> None:
-    """Turn transparent huge pages off for this process (prctl); logged when refused."""
+    """Turn transparent huge pages off for this process (prctl); logged once when refused."""
+    global _thp_logged
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(41, 1, 0, 0, 0) != 0:  # PR_SET_THP_DISABLE
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except (OSError, AttributeError) as exc:
+        if _thp_logged:
+            return
+        _thp_logged = True
         log.warning("transparent huge pages stay on for this process (%s): each VM's engine "
                     "will use more resident memory", exc)
 

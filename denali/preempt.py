@@ -15,12 +15,15 @@ its slice ended (and may then be closed safely).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from typing import Final
 
 from denali import _uc
+
+log = logging.getLogger(__name__)
 
 _RETRY_NS: Final = 100_000
 _DORMANT_AFTER_NS: Final = 50_000_000
@@ -56,13 +59,21 @@ class Lane:
             self.handle = 0
 
 
+_fallback_logged = False
+
+
 def _realtime_priority() -> None:
     """Ask for SCHED_FIFO for this thread so it wakes on time even when every core is
-    busy; without the privilege (EPERM) it stays a normal thread, only less punctual."""
+    busy; without the privilege (EPERM) it stays a normal thread, only less punctual
+    (logged once per process)."""
+    global _fallback_logged
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except (OSError, AttributeError):
-        pass
+    except (OSError, AttributeError) as exc:
+        if not _fallback_logged:
+            _fallback_logged = True
+            log.warning("the preemption thread runs without real-time priority (%s): slices "
+                        "may overrun their length when every core is busy", exc)
 
 
 class Preemptor:
