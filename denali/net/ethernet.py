@@ -32,6 +32,8 @@ PAYLOAD_OFFSET: Final = 14
 HEADER_LEN: Final = 14
 """Length of an Ethernet II header; a shorter frame is malformed."""
 
+MAX_FRAME: Final = 1518
+"""Longest frame the LAN carries: 1514 bytes of Ethernet (no FCS) plus a VLAN tag."""
 BROADCAST: Final = b"\xff" * MAC_LEN
 """The broadcast address ff:ff:ff:ff:ff:ff."""
 
