@@ -1,15 +1,18 @@
 """Slice preemption: one watchdog thread per kernel stops slices that outlive their bound.
 
 Why a thread: Unicorn's ``count=`` costs ~10x guest speed and ``timeout=`` starts a
-polling thread per slice (docs/performance.md, "The slice loop"). Instead the CPU that runs a slice records
-(engine, deadline) in its ``Lane`` and runs the guest with no bound at all; this thread
-sleeps until the earliest deadline and calls ``uc_emu_stop`` on every lane still running
-past it. Stops can be lost inside Unicorn, so it keeps stopping (every ``retry_ns``)
-until the slice ends. With no slice starting for ``dormant_after_ns`` it sleeps on an
-event, so an idle kernel costs no CPU.
+polling thread per slice (docs/performance.md, "The slice loop"). Instead the CPU that
+runs a slice records (engine stop cell, deadline) in its ``Lane`` and runs the guest with
+no bound at all; this thread sleeps until the earliest deadline and sets the stop flag
+of every lane still running past it; the engine's block hook (``_preempt.c``) then stops
+it at the next block start. It never calls ``uc_emu_stop`` itself: from another thread
+that can land just after a guest memory access and make the engine repeat an
+instruction. It sets the flag again every ``retry_ns`` until the slice ends. With no
+slice starting for ``dormant_after_ns`` it sleeps on an event, so an idle kernel costs
+no CPU.
 
-Safety: ``stop`` is only ever called with the lane lock held and while the lane says its
-engine is running; ``end()`` takes the same lock, so an engine is never stopped after
+Safety: a flag is only ever set with the lane lock held and while the lane says its
+engine is running; ``end()`` takes the same lock, so an engine is never touched after
 its slice ended (and may then be closed safely).
 """
 
@@ -43,8 +46,8 @@ class Lane:
         """How many stops the watchdog issued on this lane (a measure of preemptions)."""
 
     def begin(self, handle: int, deadline_ns: int) -> None:
-        """A slice on engine ``handle`` starts now and must end by ``deadline_ns``
-        (``time.monotonic_ns()`` clock, not the kernel's)."""
+        """A slice starts now on the engine whose ``stop_cell`` is at ``handle`` and must
+        end by ``deadline_ns`` (``time.monotonic_ns()`` clock, not the kernel's)."""
         owner = self._owner
         with owner.lock:
             self.handle = handle
@@ -122,7 +125,7 @@ class Preemptor:
                     starts += lane.starts
                     if lane.handle:
                         if now >= lane.deadline:
-                            _uc.stop_handle(lane.handle)
+                            _uc.request_stop_at(lane.handle)
                             lane.stops += 1
                             due = now + _RETRY_NS
                         else:

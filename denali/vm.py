@@ -593,7 +593,7 @@ class Vm:
             # INVARIANT: the engine is not freed while a worker runs it, even if this
             # task is cancelled again while it waits.
             while not fut.done():
-                cpu.engine.stop()
+                cpu.engine.request_stop()
                 try:
                     await asyncio.wait({fut}, timeout=0.001)
                 except asyncio.CancelledError:
