@@ -45,7 +45,7 @@ def expected_hash(reps: int) -> str:
                 st[0] = st[3]
                 st[3] = st[2]
                 st[2] = (st[1] - x) & _M
-    return "hash %08x %08x %08x %08x" % tuple(st)
+    return "hash " + " ".join(f"{v:08x}" for v in st)
 
 
 async def _run(reps: int, slice_us: int, workers: int, count: int) -> list[tuple[str, int]]:
