@@ -267,7 +267,8 @@ class VCpu:
         self._invalid = False
         eng = self.engine
         count, self.count = self.count, 0
-        lane.begin(eng.handle, deadline_ns)
+        eng.clear_stop()
+        lane.begin(eng.stop_cell, deadline_ns)
         try:
             err = eng.start(self.eip, count)
         finally:
