@@ -36,6 +36,7 @@ from denali.errors import ConfigError, KernelClosedError, ResourceError
 from denali.hypercalls import HypercallTable, core_table
 from denali.images import resolve
 from denali.loader import Image
+from denali.net.impair import LinkSpec
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.scheduler import Scheduler
@@ -207,14 +208,14 @@ class Kernel:
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
                     cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
                     nic_config: NicConfig | None = None, mac: bytes | str | None = None,
-                    disks: Sequence[DiskSpec] = ()) -> Vm:
+                    disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
         ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets its queue
-        bounds. ``disks``: the VM's
+        bounds; ``link`` impairs its cable (``denali.net.impair.LinkSpec``). ``disks``: the VM's
         virtual disks (``denali.devices.disk.DiskSpec``; ``DiskError`` when one cannot be opened).
         Raises ``ImageError``/``ConfigError`` for bad input, ``ResourceError`` when the
         host cannot hold another VM, ``KernelClosedError`` after close.
@@ -243,6 +244,8 @@ class Kernel:
             if mac is None:  # locally administered: 02, this kernel's tag, the VM id
                 mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
             port = NicPort(f"vm{vm_id}", mac, config=nic_config)
+            if link is not None:
+                port.set_link(link)
             self.switch.attach(port)  # NetError/ConfigError (a MAC in use) before anything else
         vdisks = None
         try:

@@ -19,8 +19,9 @@ from denali import metrics
 from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
 from denali.config import KernelConfig, parse_size
 from denali.devices.disk import parse_disk_arg
-from denali.errors import DenaliError, GuestFault, KernelInternalError, VmKilledError
+from denali.errors import ConfigError, DenaliError, GuestFault, KernelInternalError, VmKilledError
 from denali.kernel import Kernel
+from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
 from denali.progress import BootProgress
@@ -47,6 +48,10 @@ def add_parser(sub: Any) -> None:
                    metavar="tap:NAME | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
                    help="join the virtual LAN to a Linux TAP device (created if absent) or to "
                         "other kernels / Linux vxlan devices over VXLAN (UDP 4789 by default)")
+    b.add_argument("--link", action="append", default=[], metavar="[vms:|lan:|net:]SPEC",
+                   help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
+                        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
+                        "(see docs/networking.md)")
     b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     b.add_argument("--disk", action="append", default=[],
@@ -112,6 +117,9 @@ async def _boot(args: argparse.Namespace) -> int:
                 metrics_server = await metrics.serve(k, host or "127.0.0.1", int(port))
             except (OSError, ValueError) as exc:
                 raise DenaliError(f"--metrics {args.metrics}: {exc}") from None
+        links = _parse_links(args.link)
+        if "lan" in links:
+            k.switch.set_link(links["lan"])
         taps: list[TapPort | VxlanPort] = []
         for spec in args.net:
             kind, _, rest = spec.partition(":")
@@ -127,6 +135,8 @@ async def _boot(args: argparse.Namespace) -> int:
                 k.switch.attach(vx)
             else:
                 raise DenaliError(f"--net {spec!r}: expected tap:NAME or vxlan:VNI@REMOTE[:PORT]")
+            if "net" in links:
+                taps[-1].set_link(links["net"])
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
@@ -138,7 +148,7 @@ async def _boot(args: argparse.Namespace) -> int:
                     return EXIT_INTERRUPTED
                 vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
                                    disks=[parse_disk_arg(d, index=i) for d in args.disk],
-                                   console=sink_for(i))  # type: ignore[arg-type]
+                                   console=sink_for(i), link=links.get("vms"))  # type: ignore[arg-type]
                 vms.append(vm)
                 if progress is not None:
                     progress.add(vm)
@@ -192,3 +202,18 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _parse_links(specs: list[str]) -> dict[str, LinkSpec]:
+    """``--link`` values by target (vms, net, lan); ``ConfigError`` on a bad spec."""
+    out: dict[str, LinkSpec] = {}
+    for text in specs:
+        target, sep, rest = text.partition(":")
+        if sep and target in ("vms", "net", "lan"):
+            body = rest
+        else:
+            target, body = "vms", text
+        if target in out:
+            raise ConfigError(f"--link {target}: given twice")
+        out[target] = LinkSpec.parse(body)
+    return out
