@@ -1,7 +1,8 @@
 /* malloc.c: the heap allocator over [vregs.heap_start, vregs.heap_end).
  * Blocks are laid end to end, each with a 16-byte header (size including the header,
- * used flag), so every payload is 16-byte aligned. First fit from
- * the bottom; adjacent free blocks are merged lazily while searching and when freeing. */
+ * used flag), so every payload is 16-byte aligned. First fit from the bottom (the search
+ * starts at a rover below which every block is in use); adjacent free blocks are merged
+ * lazily while searching and when freeing. Bytes in use are counted as they change. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,8 @@ struct block {
 
 static uint8_t *heap_lo, *heap_hi;
 static int heap_ok;
+static struct block *rover; /* INVARIANT: every block below it is in use */
+static size_t used_bytes;
 
 void __heap_init(void)
 {
@@ -34,6 +37,7 @@ void __heap_init(void)
     b->size = (uint32_t)(heap_hi - heap_lo);
     b->used = 0;
     b->magic = MAGIC;
+    rover = b;
     heap_ok = 1;
 }
 
@@ -55,9 +59,14 @@ void *malloc(size_t n)
     if (!heap_ok || n == 0 || n > (size_t)(heap_hi - heap_lo))
         return 0;
     uint32_t need = ALIGN16((uint32_t)n) + HDR;
-    for (struct block *b = (struct block *)heap_lo; b; b = next_of(b)) {
-        if (b->used)
+    int below_all_used = 1;
+    for (struct block *b = rover; b; b = next_of(b)) {
+        if (b->used) {
+            if (below_all_used)
+                rover = next_of(b) ? next_of(b) : rover;
             continue;
+        }
+        below_all_used = 0;
         merge_following(b);
         if (b->size < need)
             continue;
@@ -69,6 +78,9 @@ void *malloc(size_t n)
             b->size = need;
         }
         b->used = 1;
+        used_bytes += b->size;
+        if (b == rover && next_of(b))
+            rover = next_of(b);
         return (uint8_t *)b + HDR;
     }
     return 0;
@@ -84,7 +96,10 @@ void free(void *p)
         abort();
     }
     b->used = 0;
+    used_bytes -= b->size;
     merge_following(b);
+    if (b < rover)
+        rover = b;
 }
 
 void *calloc(size_t count, size_t size)
@@ -115,6 +130,11 @@ void *realloc(void *p, size_t n)
     memcpy(q, p, have);
     free(p);
     return q;
+}
+
+size_t heap_used_bytes(void)
+{
+    return used_bytes;
 }
 
 size_t heap_free_bytes(void)

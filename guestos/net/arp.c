@@ -42,9 +42,12 @@ static void arp_send(uint16_t op, const uint8_t *tha, uint32_t tpa, const uint8_
 
 static struct arp_entry *find(uint32_t ip)
 {
+    static struct arp_entry *last; /* most lookups are for the peer of the last one */
+    if (last && last->state != FREE && last->ip == ip)
+        return last;
     for (int i = 0; i < ARP_ENTRIES; i++)
         if (cache[i].state != FREE && cache[i].ip == ip)
-            return &cache[i];
+            return last = &cache[i];
     return 0;
 }
 
@@ -161,4 +164,13 @@ uint64_t arp_timers(uint64_t now)
             next = e->expires;
     }
     return next;
+}
+
+int arp_lookup(uint32_t ip, uint8_t mac[6])
+{
+    struct arp_entry *e = find(ip);
+    if (!e || e->state != VALID || e->expires <= now_ns())
+        return 0;
+    memcpy(mac, e->mac, 6);
+    return 1;
 }
