@@ -67,6 +67,7 @@ struct tcb {
     uint8_t state, app_closed, fin_queued, fin_sent, fin_acked, reset, accepted, rtt_timing;
     uint8_t in_timers, ack_pending, in_recovery, sack_ok, dupacks, fin_rcvd, hashed, queued;
     uint8_t lclosed;                   /* a listener the app closed, kept for its children */
+    uint8_t corked;                    /* tcp_cork: hold a partial last segment */
     int handle;
     uint32_t rip;
     uint16_t lport, rport, mss;
@@ -592,6 +593,8 @@ static void send_new(struct tcb *t, uint32_t limit)
          * is what limits it and something is still in flight */
         if (n < mss && n < data_end - t->snd_nxt && t->snd_max != t->snd_una)
             break;
+        if (t->corked && n < mss && t->snd_nxt + n == data_end)
+            break; /* corked: the tail waits for more data or tcp_cork(c, 0) */
         send_data(t, t->snd_nxt, n);
         if (!t->rtt_timing && SEQ_GE(t->snd_nxt, t->snd_max)) {
             t->rtt_timing = 1;
@@ -1602,6 +1605,18 @@ int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns)
     }
     mutex_unlock(&tcp_mutex);
     return (int)n;
+}
+
+void tcp_cork(int c, int on)
+{
+    struct tcb *t = conn(c);
+    if (!t)
+        return;
+    t->corked = (uint8_t)(on != 0);
+    if (!on) {
+        output(t);
+        netif_flush();
+    }
 }
 
 void tcp_abort(int c)

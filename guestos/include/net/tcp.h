@@ -25,6 +25,9 @@ int tcp_send(int c, const void *buf, size_t len, uint64_t deadline_ns);
 int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns);
 /* Closes our side (FIN after queued data); the handle must not be used afterwards. */
 void tcp_close(int c);
+/* While corked (on != 0), a partial last segment is held back so that what the app
+ * sends next fills it; tcp_cork(c, 0) sends it (Linux's TCP_CORK). */
+void tcp_cork(int c, int on);
 /* Aborts: RST to the peer, everything queued dropped; the handle is gone. */
 void tcp_abort(int c);
 
