@@ -21,7 +21,9 @@ Per frame, in this order (like Linux netem):
 6. ``reorder``: with this probability a frame skips the delay (it leaves at once,
    ahead of delayed frames): this needs a delay to have an effect.
 
-Every decision comes from a ``random.Random`` seeded from ``seed``, the port's name and
+A link can also drop exactly the frames a program chooses (``drop_in``/``drop_out``
+predicates of ``Port.set_link``; counted as ``chosen``), for tests that lose one given
+segment. Every random decision comes from a ``random.Random`` seeded from ``seed``, the port's name and
 the direction, so a run with the same seed and the same traffic impairs the same
 frames. Delayed frames wait in a heap ordered by departure time, released by one event
 loop timer; an impairment without delay or rate handles a frame inline.
@@ -183,6 +185,8 @@ class LinkStats:
 
     frames: int = 0
     """Frames offered to the link."""
+    chosen: int = 0
+    """Dropped by the link's drop predicate."""
     lost: int = 0
     """Dropped by ``loss``."""
     overlimit: int = 0
@@ -205,10 +209,13 @@ class Impairment:
     cancels the timer and drops waiting frames (they count as neither lost nor delivered).
     """
 
-    __slots__ = ("_busy_until", "_heap", "_loop", "_out", "_rng", "_seq", "_timer", "spec", "stats")
+    __slots__ = ("_busy_until", "_heap", "_loop", "_out", "_rng", "_seq", "_timer", "drop", "spec", "stats")
 
-    def __init__(self, spec: LinkSpec, out: Deliver, stream: str) -> None:
+    def __init__(self, spec: LinkSpec, out: Deliver, stream: str,
+                 drop: Callable[[bytes], bool] | None = None) -> None:
         self.spec = spec
+        self.drop = drop
+        """Frames for which this returns True are dropped (before any random decision)."""
         self._out = out
         self._rng = random.Random(f"{spec.seed}:{stream}")
         self._heap: list[tuple[float, int, bytes]] = []
@@ -228,6 +235,9 @@ class Impairment:
         spec = self.spec
         st = self.stats
         st.frames += 1
+        if self.drop is not None and self.drop(frame):
+            st.chosen += 1
+            return False
         rnd = self._rng.random
         if spec.loss and rnd() < spec.loss:
             st.lost += 1
@@ -314,12 +324,14 @@ class PortLink:
 
     __slots__ = ("from_port", "spec", "to_port")
 
-    def __init__(self, spec: LinkSpec, port_name: str, deliver: Deliver, enqueue: Deliver) -> None:
+    def __init__(self, spec: LinkSpec, port_name: str, deliver: Deliver, enqueue: Deliver, *,
+                 drop_in: Callable[[bytes], bool] | None = None,
+                 drop_out: Callable[[bytes], bool] | None = None) -> None:
         self.spec = spec
-        self.to_port = (Impairment(spec, deliver, f"{port_name}:in")
-                        if spec.direction in ("both", "in") else None)
-        self.from_port = (Impairment(spec, enqueue, f"{port_name}:out")
-                          if spec.direction in ("both", "out") else None)
+        self.to_port = (Impairment(spec, deliver, f"{port_name}:in", drop_in)
+                        if spec.direction in ("both", "in") or drop_in is not None else None)
+        self.from_port = (Impairment(spec, enqueue, f"{port_name}:out", drop_out)
+                          if spec.direction in ("both", "out") or drop_out is not None else None)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per direction (``in``: switch -> port, ``out``: port -> switch)."""

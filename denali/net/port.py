@@ -197,14 +197,23 @@ class Port(abc.ABC):
         """The impaired link between this port and the switch, or None (a clean cable)."""
         return self._link
 
-    def set_link(self, spec: LinkSpec | None) -> None:
-        """Impair this port's link as ``spec`` says (None: a clean cable again)."""
+    def set_link(self, spec: LinkSpec | None, *, drop_in: Callable[[bytes], bool] | None = None,
+                 drop_out: Callable[[bytes], bool] | None = None) -> None:
+        """Impair this port's link as ``spec`` says (None: a clean cable again).
+
+        ``drop_in`` / ``drop_out``: frames to the port / from the port for which the
+        predicate returns True are lost (before ``spec`` applies; a clean spec is
+        assumed when only predicates are given).
+        """
         old = self._link
         if old is not None:
             old.close()
         self._link = None
+        if spec is None and (drop_in is not None or drop_out is not None):
+            spec = LinkSpec(direction="in" if drop_out is None else "out" if drop_in is None else "both")
         if spec is not None:
-            self._link = PortLink(spec, self._name, self.deliver, self._enqueue)
+            self._link = PortLink(spec, self._name, self.deliver, self._enqueue, drop_in=drop_in,
+                                  drop_out=drop_out)
         att = self._att
         if att is not None:
             att.deliver = self._egress()

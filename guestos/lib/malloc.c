@@ -2,7 +2,11 @@
  * Blocks are laid end to end, each with a 16-byte header (size including the header,
  * used flag), so every payload is 16-byte aligned. First fit from the bottom (the search
  * starts at a rover below which every block is in use); adjacent free blocks are merged
- * lazily while searching and when freeing. Bytes in use are counted as they change. */
+ * lazily while searching and when freeing. Bytes in use are counted as they change.
+ * Freed blocks of up to QUICK_MAX bytes go on a free list of their exact size instead
+ * (LIFO, not merged), so a server that allocates and frees the same sizes per request
+ * (thread stacks, connection state) gets them back in O(1), the memory still warm; when a
+ * first-fit search fails, every listed block is returned to the heap and merged first. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +15,9 @@
 
 struct block {
     uint32_t size;  /* bytes, header included, multiple of 16 */
-    uint32_t used;
+    uint32_t used;  /* 0 free, 1 in use, 2 on a quick list (free, not merged) */
     uint32_t magic;
-    uint32_t _pad;
+    uint32_t next;  /* quick list link */
 };
 
 #define HDR sizeof(struct block)
@@ -24,6 +28,9 @@ static uint8_t *heap_lo, *heap_hi;
 static int heap_ok;
 static struct block *rover; /* INVARIANT: every block below it is in use */
 static size_t used_bytes;
+#define QUICK_MAX 16400
+static struct block *quick[QUICK_MAX / 16 + 1];
+static int quick_count;
 
 void __heap_init(void)
 {
@@ -54,11 +61,48 @@ static void merge_following(struct block *b)
         b->size += n->size;
 }
 
+static void quick_flush(void)
+{
+    for (size_t i = 0; i <= QUICK_MAX / 16; i++) {
+        while (quick[i]) {
+            struct block *b = quick[i];
+            quick[i] = (struct block *)b->next;
+            b->used = 0;
+            if (b < rover)
+                rover = b;
+        }
+    }
+    quick_count = 0;
+    for (struct block *b = rover; b; b = next_of(b))
+        if (!b->used)
+            merge_following(b);
+}
+
+static void *first_fit(uint32_t need);
+
 void *malloc(size_t n)
 {
     if (!heap_ok || n == 0 || n > (size_t)(heap_hi - heap_lo))
         return 0;
     uint32_t need = ALIGN16((uint32_t)n) + HDR;
+    if (need <= QUICK_MAX && quick[need / 16]) {
+        struct block *b = quick[need / 16];
+        quick[need / 16] = (struct block *)b->next;
+        quick_count--;
+        b->used = 1;
+        used_bytes += b->size;
+        return (uint8_t *)b + HDR;
+    }
+    void *p = first_fit(need);
+    if (!p && quick_count) {
+        quick_flush();
+        p = first_fit(need);
+    }
+    return p;
+}
+
+static void *first_fit(uint32_t need)
+{
     int below_all_used = 1;
     for (struct block *b = rover; b; b = next_of(b)) {
         if (b->used) {
@@ -91,12 +135,19 @@ void free(void *p)
     if (!p)
         return;
     struct block *b = (struct block *)((uint8_t *)p - HDR);
-    if ((uint8_t *)b < heap_lo || (uint8_t *)b >= heap_hi || b->magic != MAGIC || !b->used) {
+    if ((uint8_t *)b < heap_lo || (uint8_t *)b >= heap_hi || b->magic != MAGIC || b->used != 1) {
         printf("free: bad pointer %p\n", p);
         abort();
     }
-    b->used = 0;
     used_bytes -= b->size;
+    if (b->size <= QUICK_MAX) {
+        b->used = 2;
+        b->next = (uint32_t)quick[b->size / 16];
+        quick[b->size / 16] = b;
+        quick_count++;
+        return;
+    }
+    b->used = 0;
     merge_following(b);
     if (b < rover)
         rover = b;
@@ -143,6 +194,8 @@ size_t heap_free_bytes(void)
     for (struct block *b = heap_ok ? (struct block *)heap_lo : 0; b; b = next_of(b)) {
         if (!b->used) {
             merge_following(b);
+            total += b->size - HDR;
+        } else if (b->used == 2) {
             total += b->size - HDR;
         }
     }

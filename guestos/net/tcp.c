@@ -29,7 +29,8 @@
  *
  * Timers: each connection has one deadline (retransmission, probe, TIME-WAIT or orphan
  * timeout) and sits on a timer list while it has one; whenever the earliest deadline moves
- * earlier, the network thread is woken (net_timer_changed) to wait on the new one. */
+ * earlier, the network thread is woken (net_timer_changed) to wait on the new one.
+ * Times come from the virtual registers (now_ns: no trap), as of the current slice. */
 #include <stdlib.h>
 #include <string.h>
 #include <net/tcp.h>
@@ -153,7 +154,7 @@ static uint32_t hash(uint32_t rip, uint16_t rport, uint16_t lport)
 static uint32_t new_iss(uint32_t rip, uint16_t rport, uint16_t lport)
 {
     uint32_t h = (rip ^ iss_secret) * 2654435761u + ((uint32_t)rport << 16 | lport) * 40503u;
-    return (uint32_t)(clock_ns() >> 12) + (h ^ h >> 16);
+    return (uint32_t)(now_ns() >> 12) + (h ^ h >> 16);
 }
 
 /* ---- rings indexed by sequence number ---- */
@@ -198,6 +199,12 @@ static void ring_move(uint8_t *dst, uint32_t dsize, const uint8_t *src, uint32_t
     }
 }
 
+/* The sequence number of the first unread byte (the peer's FIN, once in, took one). */
+static uint32_t rd_seq(const struct tcb *t)
+{
+    return t->rcv_nxt - t->fin_rcvd - t->rlen;
+}
+
 static uint32_t roundup_pow2(uint32_t n)
 {
     uint32_t p = BUF_MIN;
@@ -237,7 +244,7 @@ static int rbuf_grow(struct tcb *t, uint32_t size)
     if (!b)
         return 0;
     if (t->rbuf) {
-        uint32_t start = t->rcv_nxt - t->rlen, n = t->rlen;
+        uint32_t start = rd_seq(t), n = t->rlen;
         if (t->nooo)
             n = t->ooo[t->nooo - 1][1] - start;
         ring_move(b, size, t->rbuf, t->rsize, start - t->irs - 1, n);
@@ -441,7 +448,7 @@ static uint32_t rcv_window(struct tcb *t)
 {
     /* the right edge moves right only (never shrinks), in steps of at least an MSS or half
      * the buffer (receiver silly-window avoidance, RFC 9293 3.8.6.2.2) */
-    uint32_t edge = t->rcv_nxt - t->rlen + umin(t->rsize, 65535);
+    uint32_t edge = rd_seq(t) + umin(t->rsize, 65535);
     uint32_t step = umin(t->rsize / 2, MSS);
     if (SEQ_GT(edge, t->rcv_adv) && (edge - t->rcv_adv >= step || t->rlen == 0))
         t->rcv_adv = edge;
@@ -599,7 +606,7 @@ static void send_new(struct tcb *t, uint32_t limit)
         if (!t->rtt_timing && SEQ_GE(t->snd_nxt, t->snd_max)) {
             t->rtt_timing = 1;
             t->rtt_seq = t->snd_nxt + n;
-            t->rtt_start = clock_ns();
+            t->rtt_start = now_ns();
         }
         t->snd_nxt += n;
         if (SEQ_GT(t->snd_nxt, t->snd_max))
@@ -749,7 +756,7 @@ static void update_rtt(struct tcb *t, uint32_t ack)
     if (!t->rtt_timing || SEQ_LT(ack, t->rtt_seq))
         return;
     t->rtt_timing = 0;
-    uint64_t r = clock_ns() - t->rtt_start;
+    uint64_t r = now_ns() - t->rtt_start;
     if (!t->srtt) {
         t->srtt = r;
         t->rttvar = r / 2;
@@ -933,13 +940,13 @@ static int store(struct tcb *t, uint32_t seq, const uint8_t *data, uint32_t len)
         data += dup;
         len -= dup;
     }
-    uint32_t right = t->rcv_nxt - t->rlen + TCP_BUF_MAX;
+    uint32_t right = rd_seq(t) + TCP_BUF_MAX;
     if (SEQ_GT(seq + len, right)) {
         if (SEQ_GE(seq, right))
             return 0;
         len = right - seq;
     }
-    uint32_t need = (seq + len) - (t->rcv_nxt - t->rlen);
+    uint32_t need = (seq + len) - rd_seq(t);
     if (!t->rbuf || need > t->rsize) {
         uint32_t size = roundup_pow2(need);
         if (t->rbuf && size < 2 * t->rsize && t->rsize < TCP_BUF_MAX)
@@ -947,7 +954,7 @@ static int store(struct tcb *t, uint32_t seq, const uint8_t *data, uint32_t len)
         if (!rbuf_grow(t, size > TCP_BUF_MAX ? TCP_BUF_MAX : size))
             return 0;
         if (need > t->rsize)
-            len = t->rsize - ((seq) - (t->rcv_nxt - t->rlen));
+            len = t->rsize - ((seq) - rd_seq(t));
     }
     ring_write(t->rbuf, t->rsize, seq - t->irs - 1, data, len);
     if (seq == t->rcv_nxt) {
@@ -1064,6 +1071,9 @@ static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t
     rehash(t);
     send_seg(t, F_SYN | F_ACK, t->iss, 0);
     t->snd_nxt = t->snd_max = t->iss + 1;
+    t->rtt_timing = 1; /* the handshake gives the first RTT sample */
+    t->rtt_seq = t->snd_nxt;
+    t->rtt_start = now_ns();
     arm_rto(t);
 }
 
@@ -1225,7 +1235,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
                       (SEQ_LT(seq, t->rcv_nxt) && SEQ_GT(seq + seg_len, t->rcv_nxt)));
     if (!ok && seg_len && SEQ_LE(seq, t->rcv_nxt) && SEQ_GT(seq + seg_len, t->rcv_nxt))
         ok = 1; /* overlaps rcv_nxt: its new part is usable */
-    if (!ok && SEQ_GE(seq, t->rcv_nxt) && SEQ_LT(seq, t->rcv_nxt - t->rlen + TCP_BUF_MAX) && dlen)
+    if (!ok && SEQ_GE(seq, t->rcv_nxt) && SEQ_LT(seq, rd_seq(t) + TCP_BUF_MAX) && dlen)
         ok = 1; /* beyond the advertised edge but within what the ring can hold */
     if (!ok) {
         if (!(flags & F_RST)) {
@@ -1263,6 +1273,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         t->snd_wl2 = ack;
         t->state = T_ESTAB;
         t->retries = 0;
+        update_rtt(t, ack);
         disarm_rto(t);
         struct tcb *pl = t->parent;
         if (pl && pl->lclosed) {
@@ -1492,7 +1503,7 @@ int tcp_connect(uint32_t ip, uint16_t port, uint64_t deadline_ns)
     static uint16_t next_port;
     tcp_init();
     if (!next_port) /* spread VMs (and reboots) over the ephemeral range */
-        next_port = (uint16_t)(40000 + (DENALI_VREGS->vm_id * 7919u + (uint32_t)clock_ns()) % 20000);
+        next_port = (uint16_t)(40000 + (DENALI_VREGS->vm_id * 7919u + (uint32_t)now_ns()) % 20000);
     struct tcb *l;
     for (int tries = 0; tries < 20000; tries++) { /* a local port no connection to ip:port uses */
         if (!find(ip, port, next_port, &l))
@@ -1517,7 +1528,7 @@ int tcp_connect(uint32_t ip, uint16_t port, uint64_t deadline_ns)
     t->snd_nxt = t->snd_max = t->iss + 1;
     t->rtt_timing = 1;
     t->rtt_seq = t->snd_nxt;
-    t->rtt_start = clock_ns();
+    t->rtt_start = now_ns();
     arm_rto(t);
     netif_flush();
     mutex_lock(&tcp_mutex);
@@ -1549,11 +1560,11 @@ int tcp_send(int c, const void *buf, size_t len, uint64_t deadline_ns)
         uint32_t want = (uint32_t)umin((uint32_t)(len - done), TCP_BUF_MAX);
         if (!sbuf_reserve(t, want) || t->ssize == t->slen) {
             /* full, or no memory yet for a buffer: wait for ACKs (or memory: poll) */
-            uint64_t until = t->sbuf ? deadline_ns : clock_ns() + 10000000ull;
+            uint64_t until = t->sbuf ? deadline_ns : now_ns() + 10000000ull;
             if (deadline_ns && until > deadline_ns)
                 until = deadline_ns;
             if (cond_timedwait(&t->cond, &tcp_mutex, until) == ETIMEDOUT && deadline_ns &&
-                clock_ns() >= deadline_ns) {
+                now_ns() >= deadline_ns) {
                 mutex_unlock(&tcp_mutex);
                 return NET_ERR_TIMEOUT;
             }
@@ -1592,7 +1603,7 @@ int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns)
     }
     uint32_t n = umin(t->rlen, (uint32_t)cap);
     uint32_t before = t->rcv_adv - t->rcv_nxt;
-    ring_read(t->rbuf, t->rsize, t->rcv_nxt - t->rlen - t->irs - 1, buf, n);
+    ring_read(t->rbuf, t->rsize, rd_seq(t) - t->irs - 1, buf, n);
     t->rlen -= n;
     /* the window reopened by at least two segments or half the buffer: say so */
     uint32_t could = t->rsize - t->rlen;

@@ -25,7 +25,7 @@ static char pattern[PATTERN_RUN + 32];
 static int serve_file(int c, const char *path, int keep, int *ok);
 static int send_all(int c, const char *s, size_t n)
 {
-    return tcp_send(c, s, n, clock_ns() + 10000000000ull) == (int)n;
+    return tcp_send(c, s, n, now_ns() + 10000000000ull) == (int)n;
 }
 
 static int reply(int c, const char *status, unsigned long long len, int keep)
@@ -59,12 +59,13 @@ static void serve(void *arg)
     int c = (int)(long)arg;
     char req[1024];
     size_t have = 0;
+    req[0] = 0; /* the stack may hold an old request */
     for (;;) {
         char *end = 0;
         while (!(end = strstr(req, "\r\n\r\n"))) {
             if (have >= sizeof req - 1)
                 goto out;
-            int n = tcp_recv(c, req + have, sizeof req - 1 - have, clock_ns() + idle_ns);
+            int n = tcp_recv(c, req + have, sizeof req - 1 - have, now_ns() + idle_ns);
             if (n <= 0)
                 goto out;
             have += (size_t)n;

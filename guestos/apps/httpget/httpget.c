@@ -1,8 +1,10 @@
 /* httpget: HTTP client and load generator.
- * cmdline: ip=... url=http://A.B.C.D[:P]/path [count=N] [conc=C]
- * Fetches the URL count times over conc keep-alive connections, checks the length (and
- * the /bytes/ pattern), prints "httpget: ok=.. fail=.. bytes=.. ms=..", exits 0 iff all
- * were ok. With ping=A.B.C.D instead: "ping: r/N replies". */
+ * cmdline: ip=... url=http://A.B.C.D[:P]/path [count=N] [conc=C] [close=1] [print=1]
+ * Fetches the URL count times over conc keep-alive connections (close=1: a new
+ * connection per request, "Connection: close", read to the server's FIN), checks the
+ * length (and the /bytes/ pattern), prints "httpget: ok=.. fail=.. bytes=.. ms=..",
+ * exits 0 iff all were ok; print=1 also prints the last body. With ping=A.B.C.D
+ * instead: "ping: r/N replies". */
 #include <ilwaco.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +16,8 @@
 static uint32_t dst;
 static uint16_t port = 80;
 static char path[256];
-static int per_conn, ok_count, fail_count;
+static int per_conn, ok_count, fail_count, close_each, print_body;
+static char last_body[2048];
 static unsigned long long total_bytes;
 static uint32_t last_crc; /* CRC-32 of the last body received (not /bytes/), printed at the end */
 #define PATTERN_RUN 4096
@@ -23,8 +26,9 @@ static char abc[PATTERN_RUN + 32]; /* 'a' + i % 26 */
 static int fetch_one(int c, char *buf, size_t cap)
 {
     char req[320];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: denali\r\n\r\n", path);
-    uint64_t dl = clock_ns() + 20000000000ull;
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: denali\r\n%s\r\n", path,
+                     close_each ? "Connection: close\r\n" : "");
+    uint64_t dl = now_ns() + 20000000000ull;
     if (tcp_send(c, req, (size_t)n, dl) != n)
         return 0;
     size_t have = 0;
@@ -59,6 +63,10 @@ static int fetch_one(int c, char *buf, size_t cap)
             pos += body;
         } else {
             crc = fs_crc32(crc, p, body); /* other documents: their CRC is printed */
+            if (print_body && got + body < sizeof last_body) {
+                memcpy(last_body + got, p, body);
+                last_body[got + body] = 0;
+            }
         }
         got += body;
         if (got >= want)
@@ -71,7 +79,14 @@ static int fetch_one(int c, char *buf, size_t cap)
     }
     total_bytes += got;
     last_crc = crc;
-    return got == want;
+    if (got != want)
+        return 0;
+    if (close_each) { /* the server closes: its FIN must arrive */
+        int r = tcp_recv(c, buf, cap, dl);
+        if (r != 0)
+            return 0;
+    }
+    return 1;
 }
 
 static void worker(void *arg)
@@ -80,13 +95,25 @@ static void worker(void *arg)
     static char bufs[64][4096];
     static int next;
     char *buf = bufs[next++ % 64];
-    int c = tcp_connect(dst, port, clock_ns() + 5000000000ull);
+    if (close_each) {
+        for (int i = 0; i < per_conn; i++) {
+            int c = tcp_connect(dst, port, now_ns() + 5000000000ull);
+            if (c >= 0 && fetch_one(c, buf, 4096))
+                ok_count++;
+            else
+                fail_count++;
+            if (c >= 0)
+                tcp_close(c);
+        }
+        return;
+    }
+    int c = tcp_connect(dst, port, now_ns() + 5000000000ull);
     for (int i = 0; i < per_conn; i++) {
         if (c < 0 || !fetch_one(c, buf, 4096)) {
             fail_count++;
             if (c >= 0)
                 tcp_close(c);
-            c = tcp_connect(dst, port, clock_ns() + 5000000000ull);
+            c = tcp_connect(dst, port, now_ns() + 5000000000ull);
         } else {
             ok_count++;
         }
@@ -133,6 +160,8 @@ int main(int argc, char **argv)
         return 2;
     }
     per_conn = count / conc;
+    close_each = cmdline_get("close", v, sizeof v) >= 0 && atoi(v);
+    print_body = cmdline_get("print", v, sizeof v) >= 0 && atoi(v);
     for (size_t i = 0; i < sizeof abc; i++)
         abc[i] = (char)('a' + i % 26);
     uint64_t t0 = clock_ns();
@@ -142,7 +171,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < conc; i++)
         thread_join(t[i]);
     unsigned ms = (unsigned)((clock_ns() - t0) / 1000000);
+    /* linger (up to 2 s) until our closes are acknowledged, so servers are not left
+     * retransmitting FINs to a VM that is gone */
+    for (uint64_t until = now_ns() + 2000000000ull; tcp_get_stats()->conns && clock_ns() < until;)
+        thread_sleep_ns(5000000);
     printf("httpget: ok=%d fail=%d bytes=%llu ms=%u crc=%08x\n", ok_count, fail_count, total_bytes, ms,
            last_crc);
+    if (print_body)
+        printf("%s", last_body);
     return fail_count == 0 && ok_count == per_conn * conc ? 0 : 1;
 }
