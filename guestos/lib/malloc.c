@@ -191,6 +191,8 @@ size_t heap_used_bytes(void)
 size_t heap_free_bytes(void)
 {
     size_t total = 0;
+    if (quick_count)
+        quick_flush(); /* so the answer is the merged heap's, as before the lists */
     for (struct block *b = heap_ok ? (struct block *)heap_lo : 0; b; b = next_of(b)) {
         if (!b->used) {
             merge_following(b);

@@ -53,8 +53,9 @@ static struct thread *run_head, *run_tail;
 static struct thread *all_threads = &boot_thread;
 static struct thread *irq_list;            /* threads blocked in irq_wait */
 static struct thread *zombies;             /* detached threads that ended, not yet freed */
-static struct thread **dheap;              /* min-heap of blocked threads by deadline */
-static int dheap_n, dheap_cap;
+static struct thread *dheap_boot[64];
+static struct thread **dheap = dheap_boot; /* min-heap of blocked threads by deadline */
+static int dheap_n, dheap_cap = 64;
 static int live_threads = 1;
 static uint32_t irq_stash;                 /* arrived, not yet claimed by a waiter */
 static volatile uint32_t irq_from_handler; /* recorded by the interrupt handler */
@@ -340,10 +341,13 @@ thread_t *thread_create(void (*fn)(void *), void *arg, size_t stack_size)
     if (zombies)
         reap();
     if (live_threads + 1 > dheap_cap) {
-        int cap = dheap_cap ? dheap_cap * 2 : 64;
-        struct thread **h = realloc(dheap, (size_t)cap * sizeof *h);
+        int cap = dheap_cap * 2;
+        struct thread **h = malloc((size_t)cap * sizeof *h);
         if (!h)
             return 0;
+        memcpy(h, dheap, (size_t)dheap_n * sizeof *h);
+        if (dheap != dheap_boot)
+            free(dheap);
         dheap = h;
         dheap_cap = cap;
     }
