@@ -51,7 +51,7 @@ uint32_t csum_pseudo(uint32_t src, uint32_t dst, uint8_t proto, size_t len);
 void arp_input(const uint8_t *pkt, size_t len);
 void arp_announce(void);                    /* gratuitous ARP: tell the LAN our address */
 /* The MAC for a next-hop IP: 1 and *mac filled, or 0: a request went out and this frame
- * (if not NULL) waits, replacing an older waiting one. */
+ * (if not NULL) waits with the others for that address (up to ARP_HOLD). */
 int arp_resolve(uint32_t ip, uint8_t mac[6], const uint8_t *frame, size_t len);
 /* The MAC for a next-hop IP if it is cached and fresh: 1 and *mac filled; 0 otherwise
  * (nothing sent). */
@@ -61,8 +61,7 @@ uint64_t arp_timers(uint64_t now);
 /* ipv4.c */
 void ip_input(const uint8_t *pkt, size_t len);
 /* Sends an IPv4 packet with this payload (up to NET_IP_MAX bytes; more than fits in one
- * frame is fragmented); an unresolved next hop keeps one frame pending in ARP (so a
- * fragmented datagram to an unresolved host loses all but its last fragment). */
+ * frame is fragmented); frames to an unresolved next hop wait in ARP. */
 int ip_output(uint32_t dst, uint8_t proto, const void *payload, size_t len);
 /* Zero-copy output: where an L4 payload (up to IP_PAYLOAD_MAX bytes) for dst goes in a
  * transmit slot, or NULL when the next hop's MAC is not cached or no slot is free (use
@@ -73,6 +72,7 @@ void ip_tx_commit(uint8_t *l4, uint8_t proto, size_t len);
 /* The Internet checksum of data; initial is a sum of 16-bit words in network order. */
 uint16_t ip_checksum(const void *data, size_t len, uint32_t initial);
 uint64_t ip_timers(uint64_t now);
+extern uint64_t net_reasm_timeout_ns;
 /* Sends an ICMP error (RFC 792: destination unreachable 3, time exceeded 11) about the
  * datagram at ip (its header first); never about ICMP errors, broadcasts or
  * non-first fragments (RFC 1122 3.2.2), and at most ICMP_ERRORS_PER_S a second. */

@@ -6,7 +6,7 @@
  * and never more than net_reasm_budget bytes over all datagrams, an eighth of the heap)
  * with a bitmap of the 8-byte blocks received. A datagram not complete REASM_TIMEOUT
  * after its first fragment is discarded (RFC 1122 3.3.2: 60 to 120 s suggested; a LAN
- * needs less) and, if its first fragment came, answered with ICMP time exceeded (code 1).
+ * needs less; "ipfrag_ms=N" sets it) and, if its first fragment came, answered with ICMP time exceeded (code 1).
  * When every slot is busy the oldest datagram is given up for a new one. Overlapping
  * fragments overwrite: the datagram is checked end to end by its transport checksum. */
 #include <stdlib.h>
@@ -16,6 +16,7 @@
 #define REASM_SLOTS 8
 #define REASM_TIMEOUT_NS 15000000000ull
 
+uint64_t net_reasm_timeout_ns = REASM_TIMEOUT_NS; /* "ipfrag_ms=N" on the command line */
 uint32_t net_addr, net_mask, net_gw;
 static uint16_t ip_id;
 static uint8_t scratch[FRAME_MAX];
@@ -138,7 +139,7 @@ static void reassemble(const uint8_t *p, size_t hlen, size_t total, uint32_t src
         r->dst = dst;
         r->id = id;
         r->proto = p[9];
-        r->expires = now_ns() + REASM_TIMEOUT_NS;
+        r->expires = now_ns() + net_reasm_timeout_ns;
     }
     if (!reasm_grow(r, off + len) || (!more && r->total && r->total != off + len)) {
         net_stats.ip_reasm_dropped++;

@@ -85,6 +85,8 @@ int net_start(void)
     net_mask = prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix);
     if (cmdline_get("gw", v, sizeof v) >= 0)
         net_gw = net_parse_ip(v);
+    if (cmdline_get("ipfrag_ms", v, sizeof v) >= 0 && atoi(v) > 0)
+        net_reasm_timeout_ns = (uint64_t)atoi(v) * 1000000ull;
     int r = netif_open();
     if (r != NET_OK)
         return r;

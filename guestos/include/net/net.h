@@ -1,6 +1,7 @@
 /* net/net.h: the guest network stack (Ethernet, ARP, IPv4, ICMP, UDP).
  *
- * net_start() reads "ip=A.B.C.D/N gw=A.B.C.D" from the command line, opens the NIC and
+ * net_start() reads "ip=A.B.C.D/N [gw=A.B.C.D] [ipfrag_ms=N] [netbatch=N]" from the command
+ * line (ipfrag_ms: how long a partly reassembled datagram waits), opens the NIC and
  * starts the network thread, which receives frames in batches, answers ARP and ICMP
  * echo, queues UDP datagrams for their sockets, and runs timers; when nothing waits it
  * blocks in irq_wait(NET_RX, earliest timer) so the VM idles. Addresses are in host
