@@ -47,7 +47,7 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 #define F_URG 0x20
 #define MSS 1460
 #define RTO_INIT 200000000ull
-#define RTO_MIN 60000000ull
+#define RTO_MIN 15000000ull
 #define RTO_MAX 8000000000ull
 #define MAX_RETRIES 12
 #define SYN_RETRIES 6
@@ -69,6 +69,7 @@ struct tcb {
     uint8_t in_timers, ack_pending, in_recovery, sack_ok, dupacks, fin_rcvd, hashed, queued;
     uint8_t lclosed;                   /* a listener the app closed, kept for its children */
     uint8_t corked;                    /* tcp_cork: hold a partial last segment */
+    uint8_t rxt_mark;                  /* dupacks when the holes were last (re)sent */
     int handle;
     uint32_t rip;
     uint16_t lport, rport, mss;
@@ -335,6 +336,7 @@ static void tw_remove(struct tcb *t)
     struct tcb **pp = &tw_head, *prev = 0;
     for (; *pp; prev = *pp, pp = &(*pp)->anext) {
         if (*pp == t) {
+            st.time_wait--;
             *pp = t->anext;
             if (tw_tail == t)
                 tw_tail = prev;
@@ -748,6 +750,7 @@ static void enter_time_wait(struct tcb *t)
     else
         tw_head = t;
     tw_tail = t;
+    st.time_wait++;
     wake(t);
 }
 
@@ -813,6 +816,17 @@ static void sack_trim(struct tcb *t)
         k++;
     }
     t->nsacked = k;
+}
+
+/* Duplicate ACKs that start fast retransmit: 3, or fewer when fewer than four segments
+ * are out and no new data can follow (early retransmit, RFC 5827). */
+static int dup_thresh(const struct tcb *t)
+{
+    uint32_t out = (t->snd_max - t->snd_una + t->mss - 1) / t->mss;
+    int unsent = SEQ_LT(t->snd_nxt, t->snd_una + t->slen) && SEQ_LT(t->snd_nxt, t->snd_una + t->snd_wnd);
+    if (out >= 4 || unsent)
+        return 3;
+    return out > 2 ? (int)out - 1 : 1;
 }
 
 static void enter_recovery(struct tcb *t)
@@ -882,12 +896,17 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint16_t wnd, uint3
             t->fin_acked = 1;
         t->retries = 0;
         update_rtt(t, ack);
+        if (t->srtt) { /* progress: undo the timeout backoff (RFC 6298 5.7 allows it) */
+            t->rto = t->srtt + 4 * t->rttvar;
+            t->rto = t->rto < RTO_MIN ? RTO_MIN : t->rto > RTO_MAX ? RTO_MAX : t->rto;
+        }
         sack_trim(t);
         t->dupacks = 0;
+        t->rxt_mark = 0;
         if (t->in_recovery) {
             if (SEQ_GE(ack, t->recover)) { /* full acknowledgment: recovery ends */
                 t->in_recovery = 0;
-                t->cwnd = umin(t->ssthresh, (t->snd_max - t->snd_una) + t->mss);
+                t->cwnd = t->ssthresh; /* RFC 6582 3.2 step 3, option 2 (bursts are paced by ACKs) */
             } else if (!t->sack_ok || !t->nsacked) { /* NewReno partial ACK */
                 uint32_t n = umin(t->mss, t->slen);
                 if (n)
@@ -912,15 +931,28 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint16_t wnd, uint3
         return 0;
     }
     /* a duplicate ACK (RFC 5681 2): nothing new acknowledged, no data, same window,
-     * something outstanding */
-    if (ack == t->snd_una && !dlen && !(flags & (F_SYN | F_FIN)) && wnd == old_wnd &&
+     * something outstanding; with SACK, any such ACK carrying SACK blocks (RFC 6675 2:
+     * the receiver's window may move as its buffer grows) */
+    if (ack == t->snd_una && !dlen && !(flags & (F_SYN | F_FIN)) && (wnd == old_wnd || (t->sack_ok && nsack)) &&
         t->snd_max != t->snd_una) {
         if (t->dupacks < 255)
             t->dupacks++;
         if (t->in_recovery) {
-            if (!t->sack_ok || !t->nsacked)
+            if (!t->sack_ok || !t->nsacked) {
                 t->cwnd += t->mss; /* NewReno inflation */
-        } else if ((t->dupacks >= 3 || (t->sack_ok && sacked_bytes(t) >= 3 * t->mss)) &&
+            } else if ((uint32_t)(t->dupacks - t->rxt_mark) > t->cwnd / t->mss + 3) {
+                /* a window's worth of ACKs and the first hole is still there: its
+                 * retransmission was lost too; resend it rather than wait for the RTO
+                 * (what RFC 6675 leaves to it) */
+                uint32_t n = umin(t->mss, t->slen);
+                int b = sack_at_or_after(t, t->snd_una);
+                if (b >= 0 && SEQ_GT(t->sacked[b][0], t->snd_una))
+                    n = umin(n, t->sacked[b][0] - t->snd_una);
+                if (n)
+                    send_data(t, t->snd_una, n);
+                t->rxt_mark = t->dupacks;
+            }
+        } else if ((t->dupacks >= dup_thresh(t) || (t->sack_ok && sacked_bytes(t) >= 3 * t->mss)) &&
                    SEQ_GT(ack, t->recover)) {
             enter_recovery(t); /* RFC 6582 3.2: not again for losses of the same window */
         }

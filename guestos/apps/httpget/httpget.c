@@ -1,5 +1,6 @@
 /* httpget: HTTP client and load generator.
  * cmdline: ip=... url=http://A.B.C.D[:P]/path [count=N] [conc=C] [close=1] [print=1]
+ *          [timeout=SECONDS per request, default 20]
  * Fetches the URL count times over conc keep-alive connections (close=1: a new
  * connection per request, "Connection: close", read to the server's FIN), checks the
  * length (and the /bytes/ pattern), prints "httpget: ok=.. fail=.. bytes=.. ms=..",
@@ -17,6 +18,7 @@ static uint32_t dst;
 static uint16_t port = 80;
 static char path[256];
 static int per_conn, ok_count, fail_count, close_each, print_body;
+static uint64_t timeout_ns = 20000000000ull; /* per request: timeout=SECONDS */
 static char last_body[2048];
 static unsigned long long total_bytes;
 static uint32_t last_crc; /* CRC-32 of the last body received (not /bytes/), printed at the end */
@@ -28,7 +30,7 @@ static int fetch_one(int c, char *buf, size_t cap)
     char req[320];
     int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: denali\r\n%s\r\n", path,
                      close_each ? "Connection: close\r\n" : "");
-    uint64_t dl = now_ns() + 20000000000ull;
+    uint64_t dl = now_ns() + timeout_ns;
     if (tcp_send(c, req, (size_t)n, dl) != n)
         return 0;
     size_t have = 0;
@@ -161,6 +163,8 @@ int main(int argc, char **argv)
     }
     per_conn = count / conc;
     close_each = cmdline_get("close", v, sizeof v) >= 0 && atoi(v);
+    if (cmdline_get("timeout", v, sizeof v) >= 0 && atoi(v) > 0)
+        timeout_ns = (uint64_t)atoi(v) * 1000000000ull;
     print_body = cmdline_get("print", v, sizeof v) >= 0 && atoi(v);
     for (size_t i = 0; i < sizeof abc; i++)
         abc[i] = (char)('a' + i % 26);
@@ -173,7 +177,7 @@ int main(int argc, char **argv)
     unsigned ms = (unsigned)((clock_ns() - t0) / 1000000);
     /* linger (up to 2 s) until our closes are acknowledged, so servers are not left
      * retransmitting FINs to a VM that is gone */
-    for (uint64_t until = now_ns() + 2000000000ull; tcp_get_stats()->conns && clock_ns() < until;)
+    for (uint64_t until = now_ns() + 2000000000ull; tcp_get_stats()->conns > tcp_get_stats()->time_wait && clock_ns() < until;)
         thread_sleep_ns(5000000);
     printf("httpget: ok=%d fail=%d bytes=%llu ms=%u crc=%08x\n", ok_count, fail_count, total_bytes, ms,
            last_crc);

@@ -32,7 +32,7 @@ void tcp_cork(int c, int on);
 void tcp_abort(int c);
 
 struct tcp_stats {
-    uint32_t max_conns, conns, conns_peak, active_opens, passive_opens;
+    uint32_t max_conns, conns, conns_peak, time_wait, active_opens, passive_opens;
     uint32_t refused;          /* SYNs answered with RST: table or backlog full */
     uint32_t retransmits, fast_retransmits, timeouts, sack_recoveries;
     uint32_t ooo_segments, bad_segments, challenge_acks, listen_dropped;
