@@ -961,7 +961,8 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint16_t wnd, uint3
 }
 
 /* Stores in-window data at seq (in order or not) and advances rcv_nxt over what became
- * contiguous. Returns 1 if anything new was stored. */
+ * contiguous. Returns 1 if anything new was stored, 0 if not, -1 when there is no
+ * receive buffer and no memory for one. */
 static int store(struct tcb *t, uint32_t seq, const uint8_t *data, uint32_t len)
 {
     if (SEQ_LT(seq, t->rcv_nxt)) { /* trim what we have */
@@ -983,8 +984,12 @@ static int store(struct tcb *t, uint32_t seq, const uint8_t *data, uint32_t len)
         uint32_t size = roundup_pow2(need);
         if (t->rbuf && size < 2 * t->rsize && t->rsize < TCP_BUF_MAX)
             size = 2 * t->rsize;
-        if (!rbuf_grow(t, size > TCP_BUF_MAX ? TCP_BUF_MAX : size))
-            return 0;
+        if (!rbuf_grow(t, size > TCP_BUF_MAX ? TCP_BUF_MAX : size)) {
+            if (!t->rbuf)
+                return -1; /* no memory for any receive buffer */
+            if (need > t->rsize && SEQ_GE(seq, rd_seq(t) + t->rsize))
+                return 0;
+        }
         if (need > t->rsize)
             len = t->rsize - ((seq) - rd_seq(t));
     }
@@ -1350,8 +1355,12 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         if (stored && in_order) {
             t->rcv_nxt += dlen;
             t->rlen += dlen;
-        } else {
-            store(t, seq, data, dlen);
+        } else if (store(t, seq, data, dlen) < 0) {
+            /* the heap is exhausted: a defined end (RST) rather than a peer left waiting */
+            st.refused++;
+            send_rst(t->rip, t->lport, t->rport, t->snd_nxt, 0, 0);
+            finish(t, 1);
+            return;
         }
         if (in_order && !had_ooo) {
             ack_later(t);
@@ -1583,6 +1592,7 @@ int tcp_send(int c, const void *buf, size_t len, uint64_t deadline_ns)
         return NET_ERR_INVAL;
     const uint8_t *p = buf;
     size_t done = 0;
+    uint64_t nomem_since = 0;
     mutex_lock(&tcp_mutex);
     while (done < len) {
         if ((t->state != T_ESTAB && t->state != T_CLOSE_WAIT) || t->fin_queued) {
@@ -1591,7 +1601,13 @@ int tcp_send(int c, const void *buf, size_t len, uint64_t deadline_ns)
         }
         uint32_t want = (uint32_t)umin((uint32_t)(len - done), TCP_BUF_MAX);
         if (!sbuf_reserve(t, want) || t->ssize == t->slen) {
-            /* full, or no memory yet for a buffer: wait for ACKs (or memory: poll) */
+            /* full: wait for ACKs; no memory for any buffer: give up after 100 ms */
+            if (!t->sbuf && nomem_since && now_ns() - nomem_since > 100000000ull) {
+                mutex_unlock(&tcp_mutex);
+                return NET_ERR_NOBUFS;
+            }
+            if (!t->sbuf && !nomem_since)
+                nomem_since = now_ns();
             uint64_t until = t->sbuf ? deadline_ns : now_ns() + 10000000ull;
             if (deadline_ns && until > deadline_ns)
                 until = deadline_ns;

@@ -105,7 +105,11 @@ static void serve(void *arg)
             ok = reply(c, "404 Not Found", sizeof nf - 1, keep) && send_all(c, nf, sizeof nf - 1);
         }
         tcp_cork(c, 0);
-        if (!ok || !keep)
+        if (!ok) { /* a reply cut short (no memory, a timeout): the client must know */
+            tcp_abort(c);
+            return;
+        }
+        if (!keep)
             break;
         memmove(req, req + used, have - used);
         have -= used;
