@@ -62,7 +62,7 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 struct tcb {
     struct tcb *hnext;                 /* hash chain (or the listener list) */
     struct tcb *tmnext, *tmprev;       /* timer list */
-    struct tcb *anext;                 /* accept queue / TIME-WAIT FIFO */
+    struct tcb *anext, *twprev;        /* accept queue / TIME-WAIT FIFO (doubly linked) */
     struct tcb *acknext;               /* owes an ACK at the end of this batch */
     struct tcb *parent;                /* the listener that made it (until accepted) */
     uint8_t state, app_closed, fin_queued, fin_sent, fin_acked, reset, accepted, rtt_timing;
@@ -273,6 +273,13 @@ static void timer_update(struct tcb *t)
     if (t->misc_deadline && (!d || t->misc_deadline < d))
         d = t->misc_deadline;
     t->deadline = d;
+    if (t->state == T_TIME_WAIT) { /* the TIME-WAIT FIFO keeps its time */
+        if (d && (!tcp_next || d < tcp_next)) {
+            tcp_next = d;
+            net_timer_changed(d);
+        }
+        d = 0;
+    }
     if (d && !t->in_timers) {
         t->tmprev = 0;
         t->tmnext = timers;
@@ -331,19 +338,34 @@ static void rehash(struct tcb *t)
     t->hashed = 1;
 }
 
+/* TIME-WAIT connections sit in a FIFO ordered by expiry (they all wait TIME_WAIT_NS),
+ * not on the timer list: a busy server has thousands, and only the oldest can expire. */
 static void tw_remove(struct tcb *t)
 {
-    struct tcb **pp = &tw_head, *prev = 0;
-    for (; *pp; prev = *pp, pp = &(*pp)->anext) {
-        if (*pp == t) {
-            st.time_wait--;
-            *pp = t->anext;
-            if (tw_tail == t)
-                tw_tail = prev;
-            t->anext = 0;
-            return;
-        }
-    }
+    if (t->twprev)
+        t->twprev->anext = t->anext;
+    else if (tw_head == t)
+        tw_head = t->anext;
+    else
+        return; /* not listed */
+    if (t->anext)
+        t->anext->twprev = t->twprev;
+    else
+        tw_tail = t->twprev;
+    t->anext = t->twprev = 0;
+    st.time_wait--;
+}
+
+static void tw_append(struct tcb *t)
+{
+    t->anext = 0;
+    t->twprev = tw_tail;
+    if (tw_tail)
+        tw_tail->anext = t;
+    else
+        tw_head = t;
+    tw_tail = t;
+    st.time_wait++;
 }
 
 static void queue_remove(struct tcb *l, struct tcb *t)
@@ -744,13 +766,7 @@ static void enter_time_wait(struct tcb *t)
     t->misc_deadline = now_ns() + TIME_WAIT_NS;
     timer_update(t);
     free_buffers(t); /* nothing more to send or deliver (the app saw the FIN) */
-    t->anext = 0;
-    if (tw_tail)
-        tw_tail->anext = t;
-    else
-        tw_head = t;
-    tw_tail = t;
-    st.time_wait++;
+    tw_append(t);
     wake(t);
 }
 
@@ -1392,6 +1408,8 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         } else if (t->state == T_TIME_WAIT) {
             send_ack(t); /* a retransmitted FIN: ACK it again, restart the wait */
             t->misc_deadline = now_ns() + TIME_WAIT_NS;
+            tw_remove(t);
+            tw_append(t);
             timer_update(t);
             return;
         } else {
@@ -1473,7 +1491,9 @@ uint64_t tcp_timers(uint64_t now)
     if (!tcp_next || now < tcp_next)
         return tcp_next;
     tcp_next = 0;
-    uint64_t next = 0;
+    while (tw_head && tw_head->misc_deadline <= now)
+        finish(tw_head, 0); /* TIME-WAIT over */
+    uint64_t next = tw_head ? tw_head->misc_deadline : 0;
     for (struct tcb *t = timers, *n; t; t = n) {
         n = t->tmnext;
         if (t->deadline <= now) {

@@ -123,8 +123,8 @@ async def test_hundred_thousand_connections_heap_flat(lan: Lan, tmp_path) -> Non
     os.chmod(tmp_path, 0o755)
 
     async def wrk(n: int) -> tuple[int, int, int]:
-        rc, out = await lan.sh("env", f"WRK_LIMIT={n}", "wrk", "-t1", "-c8", "-d120s", "-s", str(script),
-                               "-H", "Connection: close", f"http://{GUEST}/", timeout=180)
+        rc, out = await lan.sh("env", f"WRK_LIMIT={n}", "wrk", "-t1", "-c8", "-d300s", "-s", str(script),
+                               "-H", "Connection: close", f"http://{GUEST}/", timeout=400)
         assert rc == 0, out
         return _wrk_summary(out)
 
