@@ -58,9 +58,9 @@ async def _handshake(peer: RawPeer, mac: bytes, sport: int, isn: int = 1000) -> 
                                         (SYN | FIN, "SYN+FIN")])
 async def test_listen_drops_fin_null_xmas(lan: tuple[Kernel, RawPeer], flags: int, name: str) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     peer.send_tcp(mac, GUEST, 5000, 80, 1, 0, flags)
-    assert await peer.wait_tcp(5000, timeout=0.4) is None, f"{name} to a listener was answered"
+    assert await peer.wait_tcp(5000, within=0.4) is None, f"{name} to a listener was answered"
     # the listener is fine: a SYN still gets its SYN-ACK, an ACK gets a RST (3.10.7.2)
     peer.send_tcp(mac, GUEST, 5001, 80, 1, 0, SYN)
     s = await peer.wait_tcp(5001)
@@ -72,7 +72,7 @@ async def test_listen_drops_fin_null_xmas(lan: tuple[Kernel, RawPeer], flags: in
 
 async def test_closed_port_answers_rst(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     peer.send_tcp(mac, GUEST, 5003, 81, 100, 0, FIN)
     r = await peer.wait_tcp(5003)
     assert r is not None and r.flags == RST | ACK and r.ack == 101
@@ -80,7 +80,7 @@ async def test_closed_port_answers_rst(lan: tuple[Kernel, RawPeer]) -> None:
 
 async def test_rfc5961_in_window_rst_and_syn_get_challenge_acks(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     gseq = await _handshake(peer, mac, 6000)
     await asyncio.sleep(0.05)
     # an in-window RST that is not exactly rcv_nxt: challenge ACK, connection lives
@@ -107,7 +107,7 @@ async def test_rfc5961_in_window_rst_and_syn_get_challenge_acks(lan: tuple[Kerne
     peer.frames.clear()
     # an out-of-window RST is ignored silently; the exact one resets
     peer.send_tcp(mac, GUEST, 6000, 80, 1001 + len(req) + 10_000_000, 0, RST)
-    assert await peer.wait_tcp(6000, timeout=0.3) is None
+    assert await peer.wait_tcp(6000, within=0.3) is None
     peer.send_tcp(mac, GUEST, 6000, 80, 1001 + len(req), 0, RST)
     await asyncio.sleep(0.1)
     peer.frames.clear()
@@ -118,7 +118,7 @@ async def test_rfc5961_in_window_rst_and_syn_get_challenge_acks(lan: tuple[Kerne
 
 async def test_unacceptable_ack_is_answered_not_taken(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     gseq = await _handshake(peer, mac, 6100)
     peer.send_tcp(mac, GUEST, 6100, 80, 1001, gseq + 100000, ACK)  # acks data never sent
     c = await peer.wait_tcp(6100)
@@ -127,7 +127,7 @@ async def test_unacceptable_ack_is_answered_not_taken(lan: tuple[Kernel, RawPeer
 
 async def test_reassembled_ping_gets_a_fragmented_reply(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     for size in (1473, 4000, 20000):
         data = os.urandom(size)
         # out of order, to exercise the bitmap
@@ -137,7 +137,7 @@ async def test_reassembled_ping_gets_a_fragmented_reply(lan: tuple[Kernel, RawPe
         parts: dict[int, bytes] = {}
         more = True
         while more or len(b"".join(parts[o] for o in sorted(parts))) < len(pkt):
-            f = await peer.wait_for(lambda fr: fr[23] == 1, timeout=2)
+            f = await peer.wait_for(lambda fr: fr[23] == 1, within=2)
             assert f is not None, f"no reply to a {size}-byte ping"
             ip = RawPeer.parse_ip(f)
             parts[(ip.frag & 0x1FFF) * 8] = ip.payload
@@ -159,7 +159,7 @@ async def test_udp_large_datagram_echoed_and_closed_port_unreachable(lan: tuple[
     peer.send_fragmented(mac, GUEST, 17, peer.udp_packet(GUEST, 4444, 7, data), ident=9)
     parts: dict[int, bytes] = {}
     while True:
-        f = await peer.wait_for(lambda fr: fr[23] == 17, timeout=2)
+        f = await peer.wait_for(lambda fr: fr[23] == 17, within=2)
         assert f is not None
         ip = RawPeer.parse_ip(f)
         parts[(ip.frag & 0x1FFF) * 8] = ip.payload
@@ -168,7 +168,7 @@ async def test_udp_large_datagram_echoed_and_closed_port_unreachable(lan: tuple[
             break
     assert whole[8:] == data
     peer.send_ip(mac, GUEST, 17, peer.udp_packet(GUEST, 4445, 9999, b"anyone?"))
-    f = await peer.wait_for(lambda fr: fr[23] == 1, timeout=2)
+    f = await peer.wait_for(lambda fr: fr[23] == 1, within=2)
     assert f is not None
     icmp = RawPeer.parse_ip(f).payload
     assert icmp[0] == 3 and icmp[1] == 3  # destination unreachable: port
@@ -177,33 +177,33 @@ async def test_udp_large_datagram_echoed_and_closed_port_unreachable(lan: tuple[
 
 async def test_broadcast_ping_is_not_answered(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     peer.send_ip(b"\xff" * 6, "10.9.0.255", 1, RawPeer.icmp_echo(1, 1, b"x" * 32))
     peer.send_ip(b"\xff" * 6, "255.255.255.255", 1, RawPeer.icmp_echo(1, 2, b"x" * 32))
-    assert await peer.wait_for(lambda fr: fr[23] == 1, timeout=0.4) is None
+    assert await peer.wait_for(lambda fr: fr[23] == 1, within=0.4) is None
     peer.send_ip(mac, GUEST, 1, RawPeer.icmp_echo(1, 3, b"x" * 32))
-    assert await peer.wait_for(lambda fr: fr[23] == 1, timeout=2) is not None  # unicast is
+    assert await peer.wait_for(lambda fr: fr[23] == 1, within=2) is not None  # unicast is
 
 
 async def test_incomplete_datagram_times_out_with_time_exceeded(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k, "ipfrag_ms=300")
+    _vm, mac = await _httpd(k, "ipfrag_ms=300")
     pkt = RawPeer.icmp_echo(7, 7, os.urandom(3000))
     peer.send_ip(mac, GUEST, 1, pkt[:1480], ident=55, frag=0x2000)  # the first of three only
-    f = await peer.wait_for(lambda fr: fr[23] == 1, timeout=3)
+    f = await peer.wait_for(lambda fr: fr[23] == 1, within=3)
     assert f is not None
     icmp = RawPeer.parse_ip(f).payload
     assert icmp[0] == 11 and icmp[1] == 1  # time exceeded in reassembly
     # the rest arriving now does not complete anything: the first part is gone
     peer.send_ip(mac, GUEST, 1, pkt[1480:2960], ident=55, frag=0x2000 | 185)
     peer.send_ip(mac, GUEST, 1, pkt[2960:], ident=55, frag=370)
-    assert await peer.wait_for(lambda fr: fr[23] == 1, timeout=0.5) is None
+    assert await peer.wait_for(lambda fr: fr[23] == 1, within=0.5) is None
 
 
 async def test_fragment_past_the_ipv4_limit_is_dropped(lan: tuple[Kernel, RawPeer]) -> None:
     k, peer = lan
-    vm, mac = await _httpd(k)
+    _vm, mac = await _httpd(k)
     peer.send_ip(mac, GUEST, 1, b"\0" * 1480, ident=66, frag=0x2000 | 8190)  # ends past 65,535
     peer.send_ip(mac, GUEST, 1, RawPeer.icmp_echo(2, 2, b"ok"))
-    f = await peer.wait_for(lambda fr: fr[23] == 1, timeout=2)
+    f = await peer.wait_for(lambda fr: fr[23] == 1, within=2)
     assert f is not None and RawPeer.parse_ip(f).payload[8:] == b"ok"

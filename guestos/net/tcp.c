@@ -30,7 +30,8 @@
  * Timers: each connection has one deadline (retransmission, probe, TIME-WAIT or orphan
  * timeout) and sits on a timer list while it has one; whenever the earliest deadline moves
  * earlier, the network thread is woken (net_timer_changed) to wait on the new one.
- * Times come from the virtual registers (now_ns: no trap), as of the current slice. */
+ * Coarse times come from the virtual registers (now_ns: no trap, as of the slice's start);
+ * the retransmission timer and RTT samples from the exact clock. */
 #include <stdlib.h>
 #include <string.h>
 #include <net/tcp.h>
@@ -302,9 +303,11 @@ static void timer_update(struct tcb *t)
     }
 }
 
+/* The retransmission timer and RTT samples read the exact clock (a trap): the vregs time
+ * is as of the slice's start, and a busy VM's slice may be older than a short RTO. */
 static void arm_rto(struct tcb *t)
 {
-    t->rto_deadline = now_ns() + t->rto;
+    t->rto_deadline = clock_ns() + t->rto;
     timer_update(t);
 }
 
@@ -630,7 +633,7 @@ static void send_new(struct tcb *t, uint32_t limit)
         if (!t->rtt_timing && SEQ_GE(t->snd_nxt, t->snd_max)) {
             t->rtt_timing = 1;
             t->rtt_seq = t->snd_nxt + n;
-            t->rtt_start = now_ns();
+            t->rtt_start = clock_ns();
         }
         t->snd_nxt += n;
         if (SEQ_GT(t->snd_nxt, t->snd_max))
@@ -775,7 +778,7 @@ static void update_rtt(struct tcb *t, uint32_t ack)
     if (!t->rtt_timing || SEQ_LT(ack, t->rtt_seq))
         return;
     t->rtt_timing = 0;
-    uint64_t r = now_ns() - t->rtt_start;
+    uint64_t r = clock_ns() - t->rtt_start;
     if (!t->srtt) {
         t->srtt = r;
         t->rttvar = r / 2;
@@ -1126,7 +1129,7 @@ static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t
     t->snd_nxt = t->snd_max = t->iss + 1;
     t->rtt_timing = 1; /* the handshake gives the first RTT sample */
     t->rtt_seq = t->snd_nxt;
-    t->rtt_start = now_ns();
+    t->rtt_start = clock_ns();
     arm_rto(t);
 }
 
@@ -1589,7 +1592,7 @@ int tcp_connect(uint32_t ip, uint16_t port, uint64_t deadline_ns)
     t->snd_nxt = t->snd_max = t->iss + 1;
     t->rtt_timing = 1;
     t->rtt_seq = t->snd_nxt;
-    t->rtt_start = now_ns();
+    t->rtt_start = clock_ns();
     arm_rto(t);
     netif_flush();
     mutex_lock(&tcp_mutex);

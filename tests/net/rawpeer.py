@@ -144,11 +144,11 @@ class RawPeer(Port):
         hl = (off >> 4) * 4
         return Tcp(ip.src, sport, dport, seq, ack, flags, window, p[hl:], p[20:hl])
 
-    async def wait_for(self, match, timeout: float = 2.0):  # type: ignore[no-untyped-def]
+    async def wait_for(self, match, within: float = 2.0):  # type: ignore[no-untyped-def]
         """The first kept frame (oldest first) for which ``match(frame)`` is truthy, removed
-        from ``frames``; None after ``timeout`` seconds."""
+        from ``frames``; None after ``within`` seconds."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
+        end = loop.time() + within
         while True:
             for i, f in enumerate(self.frames):
                 if match(f):
@@ -163,7 +163,7 @@ class RawPeer(Port):
             except TimeoutError:
                 return None
 
-    async def wait_tcp(self, dport: int, timeout: float = 2.0) -> Tcp | None:
+    async def wait_tcp(self, dport: int, within: float = 2.0) -> Tcp | None:
         f = await self.wait_for(lambda fr: fr[23] == 6 and (s := self.parse_tcp(fr)) is not None
-                                and s.dport == dport, timeout)
+                                and s.dport == dport, within)
         return self.parse_tcp(f) if f is not None else None

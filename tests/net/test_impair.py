@@ -4,7 +4,6 @@ on real frames through a running switch."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 
 import pytest
@@ -123,8 +122,9 @@ async def test_rate_limit_paces_frames() -> None:
     # 60-byte frames at 48 kbit/s: 10 ms each; 20 frames take ~200 ms.
     b, times, _ = await _through_switch(LinkSpec(rate_bps=48000), 20)
     assert len(b.frames) == 20
-    assert times[-1] >= 0.19
-    assert all(t2 - t1 >= 0.008 for t1, t2 in itertools.pairwise(times))
+    # never early: frame i leaves no sooner than i + 1 serialization times after the start
+    # (a busy event loop may release late ones together)
+    assert all(t >= (i + 1) * 0.01 - 0.002 for i, t in enumerate(times)), times
 
 
 async def test_limit_drops_beyond_the_queue_and_counts() -> None:
