@@ -6,7 +6,7 @@
  * beyond the table or the backlog is answered with RST, never silence.
  *
  * Sending: a ring per connection indexed by sequence number (grows from 4 KiB to
- * TCP_BUF_MAX). Segments are built straight in the NIC's transmit slots, the payload
+ * TCP_BUF_MAX; windows are scaled, RFC 7323, when the peer offers it). Segments are built straight in the NIC's transmit slots, the payload
  * copied from the ring with the checksum folded into the copy. Congestion control per
  * RFC 5681 (initial window of 10 segments, RFC 6928; slow start, congestion avoidance),
  * limited transmit (RFC 3042), fast retransmit and NewReno fast recovery (RFC 6582), and,
@@ -59,6 +59,7 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 #define SB_MAX 8
 #define CHALLENGE_PER_S 1000
 #define IW_SEGS 10
+#define WS_SHIFT 2 /* our window scale (RFC 7323): 64 KiB << 2 = TCP_BUF_MAX */
 
 struct tcb {
     struct tcb *hnext;                 /* hash chain (or the listener list) */
@@ -71,6 +72,9 @@ struct tcb {
     uint8_t lclosed;                   /* a listener the app closed, kept for its children */
     uint8_t corked;                    /* tcp_cork: hold a partial last segment */
     uint8_t rxt_mark;                  /* dupacks when the holes were last (re)sent */
+    uint8_t snd_shift, rcv_shift, ws_ok; /* window scaling, when both SYNs offered it */
+    uint8_t tlp_armed, tlp_sent;       /* tail loss probe (RFC 8985 7) */
+    uint64_t una_rxt_at;               /* when the segment at snd_una was last resent */
     int handle;
     uint32_t rip;
     uint16_t lport, rport, mss;
@@ -201,6 +205,12 @@ static void ring_move(uint8_t *dst, uint32_t dsize, const uint8_t *src, uint32_t
     }
 }
 
+/* The largest receive ring: 64 KiB, or TCP_BUF_MAX when our window is scaled. */
+static uint32_t rcv_max(const struct tcb *t)
+{
+    return t->rcv_shift ? TCP_BUF_MAX : 65536;
+}
+
 /* The sequence number of the first unread byte (the peer's FIN, once in, took one). */
 static uint32_t rd_seq(const struct tcb *t)
 {
@@ -307,7 +317,20 @@ static void timer_update(struct tcb *t)
  * is as of the slice's start, and a busy VM's slice may be older than a short RTO. */
 static void arm_rto(struct tcb *t)
 {
-    t->rto_deadline = clock_ns() + t->rto;
+    /* a tail loss probe first (RFC 8985 7.2: PTO = 2 SRTT, more when one segment is out,
+     * for a delayed ACK), when the RTT is known and no recovery or probe is under way */
+    uint64_t wait = t->rto;
+    t->tlp_armed = 0;
+    if (t->srtt && !t->in_recovery && !t->tlp_sent && t->state >= T_ESTAB && t->state != T_TIME_WAIT) {
+        uint64_t pto = 2 * t->srtt + (t->snd_max - t->snd_una <= t->mss ? 10000000ull : 0);
+        if (pto < 2000000ull)
+            pto = 2000000ull;
+        if (pto < wait) {
+            wait = pto;
+            t->tlp_armed = 1;
+        }
+    }
+    t->rto_deadline = clock_ns() + wait;
     timer_update(t);
 }
 
@@ -475,13 +498,14 @@ static uint32_t rcv_window(struct tcb *t)
 {
     /* the right edge moves right only (never shrinks), in steps of at least an MSS or half
      * the buffer (receiver silly-window avoidance, RFC 9293 3.8.6.2.2) */
-    uint32_t edge = rd_seq(t) + umin(t->rsize, 65535);
+    uint32_t wmax = 65535u << t->rcv_shift;
+    uint32_t edge = rd_seq(t) + umin(t->rsize, wmax);
     uint32_t step = umin(t->rsize / 2, MSS);
     if (SEQ_GT(edge, t->rcv_adv) && (edge - t->rcv_adv >= step || t->rlen == 0))
         t->rcv_adv = edge;
     if (SEQ_LT(t->rcv_adv, t->rcv_nxt))
         t->rcv_adv = t->rcv_nxt;
-    return umin(t->rcv_adv - t->rcv_nxt, 65535);
+    return umin(t->rcv_adv - t->rcv_nxt, wmax);
 }
 
 /* Builds the header in p; returns its length. SYNs carry MSS and SACK-permitted; ACKs
@@ -494,7 +518,8 @@ static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t se
     put32(p + 4, seq);
     put32(p + 8, (flags & F_ACK) ? t->rcv_nxt : 0);
     p[13] = flags;
-    put16(p + 14, (uint16_t)rcv_window(t));
+    uint32_t w = rcv_window(t);
+    put16(p + 14, (uint16_t)((flags & F_SYN) ? umin(w, 65535) : w >> t->rcv_shift));
     put16(p + 16, 0);
     put16(p + 18, 0);
     if (flags & F_SYN) {
@@ -506,6 +531,13 @@ static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t se
         p[26] = 4; /* SACK permitted */
         p[27] = 2;
         hlen = 28;
+        if (!(flags & F_ACK) || t->ws_ok) { /* window scale: in a SYN-ACK only if offered */
+            p[28] = 1;
+            p[29] = 3;
+            p[30] = 3;
+            p[31] = WS_SHIFT;
+            hlen = 32;
+        }
     } else if (t->sack_ok && t->nooo && (flags & F_ACK)) {
         uint8_t *o = p + 20;
         int n = t->nooo < 4 ? t->nooo : 4;
@@ -604,8 +636,11 @@ static void send_data(struct tcb *t, uint32_t seq, uint32_t n)
 {
     uint32_t end = seq + n;
     send_seg(t, F_ACK | (end == t->snd_una + t->slen ? F_PSH : 0), seq, n);
-    if (SEQ_LT(seq, t->snd_max))
+    if (SEQ_LT(seq, t->snd_max)) {
         st.retransmits++;
+        if (seq == t->snd_una)
+            t->una_rxt_at = clock_ns();
+    }
 }
 
 /* Sends data from snd_nxt (skipping what the peer SACKed) up to the sequence limit, then
@@ -728,6 +763,17 @@ static void output(struct tcb *t)
             if (t->snd_nxt == before)
                 break;
         }
+        /* if the resent first hole is not acknowledged within about an RTT while the
+         * ACKs stop, resend it again then (RACK's reordering window, RFC 8985 6.2),
+         * before the RTO would collapse the window */
+        if (t->una_rxt_at && t->srtt) {
+            uint64_t when = t->una_rxt_at + t->srtt + t->srtt / 4 + 2000000;
+            if (!t->rto_deadline || when < t->rto_deadline) {
+                t->rto_deadline = when;
+                t->tlp_armed = 2;
+                timer_update(t);
+            }
+        }
         return;
     }
     uint32_t cw = t->cwnd;
@@ -837,6 +883,17 @@ static void sack_trim(struct tcb *t)
     t->nsacked = k;
 }
 
+/* Resends the segment at snd_una (up to the next SACKed range). */
+static void resend_una(struct tcb *t)
+{
+    uint32_t n = umin(t->mss, t->slen);
+    int b = sack_at_or_after(t, t->snd_una);
+    if (b >= 0 && SEQ_GT(t->sacked[b][0], t->snd_una))
+        n = umin(n, t->sacked[b][0] - t->snd_una);
+    if (n)
+        send_data(t, t->snd_una, n);
+}
+
 /* Duplicate ACKs that start fast retransmit: 3, or fewer when fewer than four segments
  * are out and no new data can follow (early retransmit, RFC 5827). */
 static int dup_thresh(const struct tcb *t)
@@ -851,7 +908,7 @@ static int dup_thresh(const struct tcb *t)
 static void enter_recovery(struct tcb *t)
 {
     uint32_t flight = t->snd_max - t->snd_una;
-    t->ssthresh = umax(flight / 2, 2 * t->mss);
+    t->ssthresh = umax(flight / 10 * 7, 2 * t->mss); /* beta 0.7 (RFC 9438 4.6) */
     t->recover = t->snd_max;
     t->in_recovery = 1;
     st.fast_retransmits++;
@@ -881,7 +938,7 @@ static void enter_recovery(struct tcb *t)
 
 /* Processes the ACK field (RFC 9293 3.10.7.4 fifth check, RFC 5681/6582/6675); 0 to go
  * on with the segment, -1 when it was dropped. */
-static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint16_t wnd, uint32_t dlen, uint8_t flags,
+static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint32_t dlen, uint8_t flags,
                   const uint8_t *sack, int nsack)
 {
     if (SEQ_GT(ack, t->snd_max)) { /* acknowledges what we never sent */
@@ -922,6 +979,8 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint16_t wnd, uint3
         sack_trim(t);
         t->dupacks = 0;
         t->rxt_mark = 0;
+        t->tlp_sent = 0;
+        t->una_rxt_at = 0;
         if (t->in_recovery) {
             if (SEQ_GE(ack, t->recover)) { /* full acknowledgment: recovery ends */
                 t->in_recovery = 0;
@@ -959,19 +1018,17 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint16_t wnd, uint3
         if (t->in_recovery) {
             if (!t->sack_ok || !t->nsacked) {
                 t->cwnd += t->mss; /* NewReno inflation */
-            } else if ((uint32_t)(t->dupacks - t->rxt_mark) > t->cwnd / t->mss + 3) {
-                /* a window's worth of ACKs and the first hole is still there: its
-                 * retransmission was lost too; resend it rather than wait for the RTO
-                 * (what RFC 6675 leaves to it) */
-                uint32_t n = umin(t->mss, t->slen);
-                int b = sack_at_or_after(t, t->snd_una);
-                if (b >= 0 && SEQ_GT(t->sacked[b][0], t->snd_una))
-                    n = umin(n, t->sacked[b][0] - t->snd_una);
-                if (n)
-                    send_data(t, t->snd_una, n);
+            } else if ((uint32_t)(t->dupacks - t->rxt_mark) > t->cwnd / t->mss + 3 ||
+                       (t->una_rxt_at && t->srtt && clock_ns() - t->una_rxt_at > t->srtt + t->srtt / 4 + 2000000)) {
+                /* a window's worth of ACKs, or more than an RTT, and the first hole is
+                 * still there while later data is SACKed: its retransmission was lost
+                 * too; resend it rather than wait for the RTO (which RFC 6675 leaves
+                 * this to; RFC 8985's RACK detects it by time, as here) */
+                resend_una(t);
                 t->rxt_mark = t->dupacks;
             }
-        } else if ((t->dupacks >= dup_thresh(t) || (t->sack_ok && sacked_bytes(t) >= 3 * t->mss)) &&
+        } else if ((t->dupacks >= dup_thresh(t) || (t->sack_ok && sacked_bytes(t) >= 3 * t->mss) ||
+                    (t->tlp_sent && t->sack_ok && t->nsacked)) &&
                    SEQ_GT(ack, t->recover)) {
             enter_recovery(t); /* RFC 6582 3.2: not again for losses of the same window */
         }
@@ -992,7 +1049,7 @@ static int store(struct tcb *t, uint32_t seq, const uint8_t *data, uint32_t len)
         data += dup;
         len -= dup;
     }
-    uint32_t right = rd_seq(t) + TCP_BUF_MAX;
+    uint32_t right = rd_seq(t) + rcv_max(t);
     if (SEQ_GT(seq + len, right)) {
         if (SEQ_GE(seq, right))
             return 0;
@@ -1001,9 +1058,9 @@ static int store(struct tcb *t, uint32_t seq, const uint8_t *data, uint32_t len)
     uint32_t need = (seq + len) - rd_seq(t);
     if (!t->rbuf || need > t->rsize) {
         uint32_t size = roundup_pow2(need);
-        if (t->rbuf && size < 2 * t->rsize && t->rsize < TCP_BUF_MAX)
+        if (t->rbuf && size < 2 * t->rsize && t->rsize < rcv_max(t))
             size = 2 * t->rsize;
-        if (!rbuf_grow(t, size > TCP_BUF_MAX ? TCP_BUF_MAX : size)) {
+        if (!rbuf_grow(t, size > rcv_max(t) ? rcv_max(t) : size)) {
             if (!t->rbuf)
                 return -1; /* no memory for any receive buffer */
             if (need > t->rsize && SEQ_GE(seq, rd_seq(t) + t->rsize))
@@ -1097,7 +1154,7 @@ static void on_fin(struct tcb *t)
 }
 
 static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t dport, uint32_t seq,
-                           uint16_t wnd, uint16_t mss, int sack_ok, uint32_t min_iss)
+                           uint16_t wnd, uint16_t mss, int sack_ok, int ws, uint32_t min_iss)
 {
     struct tcb *t = l->pending < l->backlog ? alloc_tcb() : 0;
     if (!t) {
@@ -1114,6 +1171,11 @@ static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t
     t->rport = sport;
     t->mss = mss < MSS ? mss : MSS;
     t->sack_ok = (uint8_t)sack_ok;
+    if (ws >= 0) { /* RFC 7323 2.2: both sides offered window scaling */
+        t->ws_ok = 1;
+        t->snd_shift = (uint8_t)(ws > 14 ? 14 : ws);
+        t->rcv_shift = WS_SHIFT;
+    }
     t->irs = seq;
     t->rcv_nxt = seq + 1;
     t->rcv_adv = t->rcv_nxt;
@@ -1177,7 +1239,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
     uint32_t ack = get32(p + 8);
     uint8_t flags = p[13];
     uint16_t mss = 536;
-    int sack_ok = 0, nsack = 0;
+    int sack_ok = 0, nsack = 0, ws = -1;
     const uint8_t *sack = 0;
     for (size_t o = 20; o < hlen;) {
         uint8_t kind = p[o];
@@ -1196,6 +1258,8 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             mss = get16(p + o + 2);
         else if (kind == 4 && olen == 2)
             sack_ok = 1;
+        else if (kind == 3 && olen == 3)
+            ws = p[o + 2];
         else if (kind == 5 && olen >= 10 && (olen - 2) % 8 == 0) {
             sack = p + o + 2;
             nsack = (olen - 2) / 8;
@@ -1212,7 +1276,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             uint32_t min_iss = t->snd_max + 128000;
             st.time_wait_reused++;
             free_tcb(t);
-            new_connection(l, src, sport, dport, seq, wnd, mss, sack_ok, min_iss);
+            new_connection(l, src, sport, dport, seq, wnd, mss, sack_ok, ws, min_iss);
         } else {
             send_ack(t); /* an old duplicate: TIME-WAIT answers it with an ACK */
         }
@@ -1227,7 +1291,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
                 return;
             }
             if ((flags & (F_SYN | F_FIN)) == F_SYN) {
-                new_connection(l, src, sport, dport, seq, wnd, mss, sack_ok, 0);
+                new_connection(l, src, sport, dport, seq, wnd, mss, sack_ok, ws, 0);
                 return;
             }
             st.listen_dropped++; /* FIN, NULL, Xmas, SYN+FIN: dropped */
@@ -1259,11 +1323,16 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             t->rcv_nxt = seq + 1;
             t->rcv_adv = t->rcv_nxt;
             t->snd_una = ack;
-            t->snd_wnd = t->max_wnd = wnd;
+            t->snd_wnd = t->max_wnd = wnd; /* a SYN's window is never scaled */
             t->snd_wl1 = seq;
             t->snd_wl2 = ack;
             t->mss = mss < MSS ? mss : MSS;
             t->sack_ok = (uint8_t)sack_ok;
+            if (ws >= 0) {
+                t->ws_ok = 1;
+                t->snd_shift = (uint8_t)(ws > 14 ? 14 : ws);
+                t->rcv_shift = WS_SHIFT;
+            }
             t->retries = 0;
             update_rtt(t, ack);
             disarm_rto(t);
@@ -1291,7 +1360,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
                       (SEQ_LT(seq, t->rcv_nxt) && SEQ_GT(seq + seg_len, t->rcv_nxt)));
     if (!ok && seg_len && SEQ_LE(seq, t->rcv_nxt) && SEQ_GT(seq + seg_len, t->rcv_nxt))
         ok = 1; /* overlaps rcv_nxt: its new part is usable */
-    if (!ok && SEQ_GE(seq, t->rcv_nxt) && SEQ_LT(seq, rd_seq(t) + TCP_BUF_MAX) && dlen)
+    if (!ok && SEQ_GE(seq, t->rcv_nxt) && SEQ_LT(seq, rd_seq(t) + rcv_max(t)) && dlen)
         ok = 1; /* beyond the advertised edge but within what the ring can hold */
     if (!ok) {
         if (!(flags & F_RST)) {
@@ -1324,7 +1393,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             return;
         }
         t->snd_una = ack;
-        t->snd_wnd = t->max_wnd = wnd;
+        t->snd_wnd = t->max_wnd = (uint32_t)wnd << t->snd_shift;
         t->snd_wl1 = seq;
         t->snd_wl2 = ack;
         t->state = T_ESTAB;
@@ -1348,7 +1417,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             wake(pl);
         }
     }
-    if (on_ack(t, seq, ack, wnd, dlen, flags, sack, nsack) < 0)
+    if (on_ack(t, seq, ack, (uint32_t)wnd << t->snd_shift, dlen, flags, sack, nsack) < 0)
         return;
     if (t->state == T_FIN_WAIT_1 && t->fin_acked)
         t->state = T_FIN_WAIT_2;
@@ -1387,7 +1456,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             send_ack(t); /* out of order, or a hole filled: ACK at once (RFC 5681 4.2) */
         }
         /* the app lags: let the window grow */
-        if (t->rlen > t->rsize / 2 && t->rsize < TCP_BUF_MAX)
+        if (t->rlen > t->rsize / 2 && t->rsize < rcv_max(t))
             rbuf_grow(t, t->rsize * 2);
         wake(t);
     } else if (dlen) {
@@ -1439,6 +1508,35 @@ static void on_timeout(struct tcb *t, uint64_t now)
     }
     if (!t->rto_deadline || t->rto_deadline > now)
         return;
+    if (t->tlp_armed == 2) { /* in recovery: the resent first hole is overdue */
+        t->tlp_armed = 0;
+        if (t->in_recovery && t->snd_una != t->snd_max)
+            resend_una(t);
+        t->rto_deadline = clock_ns() + t->rto;
+        timer_update(t);
+        return;
+    }
+    if (t->tlp_armed) { /* the probe: new data if the window allows, else the last segment */
+        t->tlp_armed = 0;
+        t->tlp_sent = 1;
+        st.loss_probes++;
+        uint32_t data_end = t->snd_una + t->slen, before = t->snd_max;
+        if (SEQ_LT(t->snd_nxt, data_end) && SEQ_LT(t->snd_nxt, t->snd_una + t->snd_wnd))
+            send_new(t, t->snd_nxt + t->mss);
+        if (t->snd_max == before) {
+            if (t->fin_sent && t->snd_max == t->fin_seq + 1 && !t->fin_acked) {
+                send_seg(t, F_FIN | F_ACK, t->fin_seq, 0);
+            } else {
+                uint32_t end = t->fin_sent ? t->fin_seq : t->snd_max;
+                uint32_t n = umin(t->mss, end - t->snd_una);
+                if (n)
+                    send_data(t, end - n, n);
+            }
+        }
+        t->rto_deadline = clock_ns() + t->rto;
+        timer_update(t);
+        return;
+    }
     int limit = t->state <= T_SYN_RCVD ? SYN_RETRIES : MAX_RETRIES;
     if (++t->retries > limit) {
         if (t->state != T_SYN_SENT)
@@ -1678,8 +1776,8 @@ int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns)
     t->rlen -= n;
     /* the window reopened by at least two segments or half the buffer: say so */
     uint32_t could = t->rsize - t->rlen;
-    if (could > 65535)
-        could = 65535;
+    if (could > (65535u << t->rcv_shift))
+        could = 65535u << t->rcv_shift;
     if (t->state >= T_ESTAB && t->state <= T_FIN_WAIT_2 && could > before &&
         (could - before >= 2 * MSS || could - before >= t->rsize / 2)) {
         send_ack(t);

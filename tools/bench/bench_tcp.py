@@ -60,7 +60,7 @@ def sh(*cmd: str, check: bool = True) -> str:
 def build_old(rev: str, into: Path) -> Path:
     """Builds the guest images of ``rev`` into ``into``/images; returns that directory."""
     src = into / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "guestos"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
@@ -144,7 +144,7 @@ def wrk_rate(out: str) -> float:
 
 async def client_load(ns: Namespace, host: str, seconds: float) -> dict[str, float]:
     """The three loads of part 2 against host; figures by name."""
-    d = f"{seconds}s"
+    d = f"{max(1, round(seconds))}s"
     conn = wrk_rate(await ns.run("wrk", "-t1", "-c8", f"-d{d}", "-H", "Connection: close", f"http://{host}/"))
     keep = wrk_rate(await ns.run("wrk", "-t1", "-c16", f"-d{d}", f"http://{host}/bytes/{DOC}"))
     out = await ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",

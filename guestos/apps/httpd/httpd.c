@@ -43,13 +43,13 @@ static int stats_page(char *out, size_t cap)
     return snprintf(out, cap,
                     "heap_used %u\nthreads %d\nrequests %llu\nconnections %llu\ntcp_conns %u\n"
                     "tcp_max_conns %u\ntcp_conns_peak %u\ntcp_refused %u\ntcp_retransmits %u\n"
-                    "tcp_fast_retransmits %u\ntcp_timeouts %u\ntcp_sack_recoveries %u\n"
+                    "tcp_fast_retransmits %u\ntcp_timeouts %u\ntcp_sack_recoveries %u\ntcp_loss_probes %u\n"
                     "tcp_ooo_segments %u\ntcp_challenge_acks %u\ntcp_listen_dropped %u\n"
                     "tcp_time_wait_reused %u\ntcp_time_wait_reclaimed %u\nip_reassembled %u\n"
                     "rx_frames %u\ntx_frames %u\n",
                     (unsigned)heap_used_bytes(), thread_count(), served, connections, t->conns, t->max_conns,
                     t->conns_peak, t->refused, t->retransmits, t->fast_retransmits, t->timeouts,
-                    t->sack_recoveries, t->ooo_segments, t->challenge_acks, t->listen_dropped,
+                    t->sack_recoveries, t->loss_probes, t->ooo_segments, t->challenge_acks, t->listen_dropped,
                     t->time_wait_reused, t->time_wait_reclaimed, n->ip_reassembled, n->rx_frames,
                     n->tx_frames);
 }

@@ -6,13 +6,14 @@
  * buffers are allocated as needed and freed when done. A SYN that finds the table (or
  * its listener's backlog) full is answered with a RST; when the table is full the oldest
  * TIME-WAIT connection is reclaimed first. Send and receive buffers start at 4 KiB and
- * grow to TCP_BUF_MAX while a connection moves data. */
+ * grow to TCP_BUF_MAX (256 KiB; 64 KiB for the receive side of a peer without window
+ * scaling) while a connection moves data. */
 #ifndef GUESTOS_NET_TCP_H
 #define GUESTOS_NET_TCP_H
 #include <stddef.h>
 #include <stdint.h>
 
-#define TCP_BUF_MAX 65536
+#define TCP_BUF_MAX 262144
 #define NET_ERR_RESET (-6)
 #define NET_ERR_CLOSED (-7)
 
@@ -34,7 +35,7 @@ void tcp_abort(int c);
 struct tcp_stats {
     uint32_t max_conns, conns, conns_peak, time_wait, active_opens, passive_opens;
     uint32_t refused;          /* SYNs answered with RST: table or backlog full */
-    uint32_t retransmits, fast_retransmits, timeouts, sack_recoveries;
+    uint32_t retransmits, fast_retransmits, timeouts, sack_recoveries, loss_probes;
     uint32_t ooo_segments, bad_segments, challenge_acks, listen_dropped;
     uint32_t time_wait_reused, time_wait_reclaimed, orphans_timed_out;
 };
