@@ -25,6 +25,18 @@ static uint32_t last_crc; /* CRC-32 of the last body received (not /bytes/), pri
 #define PATTERN_RUN 4096
 static char abc[PATTERN_RUN + 32]; /* 'a' + i % 26 */
 
+static const char *last_why;
+static int last_code;
+static int r_last;
+
+/* Remembers why the last request failed (printed at the end); returns 0. */
+static int fail_why(const char *why, int code)
+{
+    last_why = why;
+    last_code = code;
+    return 0;
+}
+
 static int fetch_one(int c, char *buf, size_t cap)
 {
     char req[320];
@@ -32,22 +44,22 @@ static int fetch_one(int c, char *buf, size_t cap)
                      close_each ? "Connection: close\r\n" : "");
     uint64_t dl = now_ns() + timeout_ns;
     if (tcp_send(c, req, (size_t)n, dl) != n)
-        return 0;
+        return fail_why("send", r_last);
     size_t have = 0;
     char *end;
     buf[0] = 0;
     while (!(end = strstr(buf, "\r\n\r\n"))) {
         if (have >= cap - 1)
-            return 0;
-        int r = tcp_recv(c, buf + have, cap - 1 - have, dl);
+            return fail_why("header too long", r_last);
+        int r = r_last = tcp_recv(c, buf + have, cap - 1 - have, dl);
         if (r <= 0)
-            return 0;
+            return fail_why("recv header", r_last);
         have += (size_t)r;
         buf[have] = 0;
     }
     char *cl = strstr(buf, "Content-Length: ");
     if (!cl || strncmp(buf, "HTTP/1.1 200", 12))
-        return 0;
+        return fail_why("bad status", r_last);
     unsigned long long want = strtoul(cl + 16, 0, 10), got = 0;
     size_t body = have - (size_t)(end + 4 - buf);
     int pattern = !strncmp(path, "/bytes/", 7);
@@ -59,7 +71,7 @@ static int fetch_one(int c, char *buf, size_t cap)
             for (size_t i = 0; i < body;) {
                 size_t k = body - i < PATTERN_RUN ? body - i : PATTERN_RUN;
                 if (memcmp(p + i, abc + (pos + i) % 26, k))
-                    return 0;
+                    return fail_why("pattern", r_last);
                 i += k;
             }
             pos += body;
@@ -73,20 +85,20 @@ static int fetch_one(int c, char *buf, size_t cap)
         got += body;
         if (got >= want)
             break;
-        int r = tcp_recv(c, buf, cap, dl);
+        int r = r_last = tcp_recv(c, buf, cap, dl);
         if (r <= 0)
-            return 0;
+            return fail_why("recv body", r_last);
         p = buf;
         body = (size_t)r;
     }
     total_bytes += got;
     last_crc = crc;
     if (got != want)
-        return 0;
+        return fail_why("length", r_last);
     if (close_each) { /* the server closes: its FIN must arrive */
-        int r = tcp_recv(c, buf, cap, dl);
+        int r = r_last = tcp_recv(c, buf, cap, dl);
         if (r != 0)
-            return 0;
+            return fail_why("no FIN", r_last);
     }
     return 1;
 }
@@ -100,6 +112,8 @@ static void worker(void *arg)
     if (close_each) {
         for (int i = 0; i < per_conn; i++) {
             int c = tcp_connect(dst, port, now_ns() + 5000000000ull);
+            if (c < 0)
+                fail_why("connect", c);
             if (c >= 0 && fetch_one(c, buf, 4096))
                 ok_count++;
             else
@@ -181,6 +195,8 @@ int main(int argc, char **argv)
         thread_sleep_ns(5000000);
     printf("httpget: ok=%d fail=%d bytes=%llu ms=%u crc=%08x\n", ok_count, fail_count, total_bytes, ms,
            last_crc);
+    if (fail_count)
+        printf("httpget: last failure: %s (%d)\n", last_why ? last_why : "?", last_code);
     if (print_body)
         printf("%s", last_body);
     const struct tcp_stats *ts = tcp_get_stats();
