@@ -146,3 +146,19 @@ async def test_both_directions_and_lan_wide_links() -> None:
         a.submit(frame(2, 1))
         await sw.join()
         assert len(b.frames) == 1
+
+
+def test_cli_link_option() -> None:
+    """``denali boot --link``: a good spec boots, a bad one is one clear line."""
+    import subprocess
+    import sys
+    ok = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "loss=1%,delay=1ms,seed=3",
+                         "--link", "lan:jitter=1ms"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "net:loss=150%"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == ["denali: link loss must be between 0 and 100%, not 150%"]
+    twice = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "delay=1ms",
+                            "--link", "vms:delay=2ms"], capture_output=True, text=True, timeout=60)
+    assert twice.returncode != 0 and "given twice" in twice.stderr
