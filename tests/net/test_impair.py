@@ -152,8 +152,9 @@ def test_cli_link_option() -> None:
     """``denali boot --link``: a good spec boots, a bad one is one clear line."""
     import subprocess
     import sys
-    ok = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "loss=1%,delay=1ms,seed=3",
-                         "--link", "lan:jitter=1ms"], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link",
+                         "loss=1%,delay=1ms,seed=3", "--link", "lan:jitter=1ms"],
+                        capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "net:loss=150%"],
                          capture_output=True, text=True, timeout=60)
