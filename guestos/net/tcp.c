@@ -6,13 +6,16 @@
  * beyond the table or the backlog is answered with RST, never silence.
  *
  * Sending: a ring per connection indexed by sequence number (grows from 4 KiB to
- * TCP_BUF_MAX; windows are scaled, RFC 7323, when the peer offers it). Segments are built straight in the NIC's transmit slots, the payload
+ * TCP_BUF_MAX). Segments are built straight in the NIC's transmit slots, the payload
  * copied from the ring with the checksum folded into the copy. Congestion control per
  * RFC 5681 (initial window of 10 segments, RFC 6928; slow start, congestion avoidance),
  * limited transmit (RFC 3042), fast retransmit and NewReno fast recovery (RFC 6582), and,
  * when the peer offers it, SACK (RFC 2018) driving loss recovery as RFC 6675 does (a
  * scoreboard of SACKed ranges, a pipe estimate, holes retransmitted in order).
- * Retransmission timeout per RFC 6298 (Karn's algorithm, exponential backoff).
+ * Retransmission timeout per RFC 6298 (Karn's algorithm, exponential backoff undone on
+ * progress), tail loss probes and a time-based resend of a lost retransmission of the
+ * first hole (after RFC 8985), early retransmit for small flights (RFC 5827), window
+ * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323).
  *
  * Receiving: a ring indexed by sequence number, growing while the application lags;
  * out-of-order segments are kept in place (up to OOO_MAX ranges) and reported in SACK
@@ -27,8 +30,8 @@
  * 9293 3.6.1, RFC 6191's rule without timestamps), zero-window probes, timeouts for
  * orphaned FIN-WAIT-2 connections.
  *
- * Timers: each connection has one deadline (retransmission, probe, TIME-WAIT or orphan
- * timeout) and sits on a timer list while it has one; whenever the earliest deadline moves
+ * Timers: each connection has one deadline (retransmission, probe or orphan timeout) and
+ * sits on a timer list while it has one (TIME-WAIT connections wait in a FIFO instead); whenever the earliest deadline moves
  * earlier, the network thread is woken (net_timer_changed) to wait on the new one.
  * Coarse times come from the virtual registers (now_ns: no trap, as of the slice's start);
  * the retransmission timer and RTT samples from the exact clock. */
