@@ -396,6 +396,8 @@ class Switch:
         att.ready = False
         port = att.port
         port._att = None
+        if port._link is not None:
+            port._link.close()  # frames still on the cable are gone with it
         lost = len(att.queue)
         if lost:
             att.stats.drop_link_down += lost

@@ -148,6 +148,21 @@ async def test_both_directions_and_lan_wide_links() -> None:
         assert len(b.frames) == 1
 
 
+async def test_detaching_a_port_drops_what_its_link_holds() -> None:
+    async with Switch() as sw:
+        a, b = Recorder("a", mac=mac(1)), Recorder("b", mac=mac(2))
+        sw.attach(a)
+        sw.attach(b)
+        b.set_link(LinkSpec(delay_s=0.05))
+        a.submit(frame(2, 1))
+        await sw.join()
+        assert b.link is not None and b.link.to_port is not None and b.link.to_port.waiting == 1
+        sw.detach(b)
+        assert b.link.to_port.waiting == 0
+        await asyncio.sleep(0.08)
+        assert b.frames == []
+
+
 def test_cli_link_option() -> None:
     """``denali boot --link``: a good spec boots, a bad one is one clear line."""
     import subprocess
