@@ -80,7 +80,7 @@ class PortStats:
     drop_link_down: int = 0
     """Sent while not attached, or still queued when the port was detached or the switch closed."""
     drop_impaired: int = 0
-    """Dropped by the port's link impairment (loss, or its queue limit), either direction."""
+    """Dropped by the port's link impairment (loss, its queue limit, a drop predicate), either direction."""
 
     @property
     def drops(self) -> int:

@@ -1808,6 +1808,7 @@ void tcp_abort(int c)
     if (!t)
         return;
     t->app_closed = 1;
+    st.aborts++;
     if (t->state >= T_SYN_RCVD && t->state != T_TIME_WAIT)
         send_rst(t->rip, t->lport, t->rport, t->snd_nxt, 0, 0);
     netif_flush();

@@ -16,7 +16,7 @@
 
 static fs_t *site; /* the file system on the disk named by disk= (default "site"), if any */
 static uint64_t idle_ns = 30000000000ull;
-static unsigned long long served, connections;
+static unsigned long long served, connections, thread_failures;
 /* the /bytes/ pattern, long enough that any 16 KiB run of it starts at any phase */
 #define PATTERN_RUN 16384
 static char pattern[PATTERN_RUN + 32];
@@ -46,11 +46,11 @@ static int stats_page(char *out, size_t cap)
                     "tcp_fast_retransmits %u\ntcp_timeouts %u\ntcp_sack_recoveries %u\ntcp_loss_probes %u\n"
                     "tcp_ooo_segments %u\ntcp_challenge_acks %u\ntcp_listen_dropped %u\n"
                     "tcp_time_wait_reused %u\ntcp_time_wait_reclaimed %u\nip_reassembled %u\n"
-                    "rx_frames %u\ntx_frames %u\n",
+                    "tcp_aborts %u\nthread_failures %llu\nrx_frames %u\ntx_frames %u\n",
                     (unsigned)heap_used_bytes(), thread_count(), served, connections, t->conns, t->max_conns,
                     t->conns_peak, t->refused, t->retransmits, t->fast_retransmits, t->timeouts,
                     t->sack_recoveries, t->loss_probes, t->ooo_segments, t->challenge_acks, t->listen_dropped,
-                    t->time_wait_reused, t->time_wait_reclaimed, n->ip_reassembled, n->rx_frames,
+                    t->time_wait_reused, t->time_wait_reclaimed, n->ip_reassembled, t->aborts, thread_failures, n->rx_frames,
                     n->tx_frames);
 }
 
@@ -168,7 +168,9 @@ int main(int argc, char **argv)
         thread_t *t = thread_create(serve, (void *)(long)c, 8192);
         if (t)
             thread_detach(t);
-        else
+        else {
+            thread_failures++;
             tcp_abort(c); /* no memory for a thread: a RST, not a hang */
+        }
     }
 }

@@ -37,7 +37,7 @@ struct tcp_stats {
     uint32_t refused;          /* SYNs answered with RST: table or backlog full */
     uint32_t retransmits, fast_retransmits, timeouts, sack_recoveries, loss_probes;
     uint32_t ooo_segments, bad_segments, challenge_acks, listen_dropped;
-    uint32_t time_wait_reused, time_wait_reclaimed, orphans_timed_out;
+    uint32_t time_wait_reused, time_wait_reclaimed, orphans_timed_out, aborts;
 };
 const struct tcp_stats *tcp_get_stats(void);
 int tcp_max_conns(void);
