@@ -513,7 +513,7 @@ static uint32_t rcv_window(struct tcb *t)
 
 /* Builds the header in p; returns its length. SYNs carry MSS and SACK-permitted; ACKs
  * carry SACK blocks while out-of-order data is held. */
-static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t seq)
+static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t seq, uint32_t len)
 {
     size_t hlen = 20;
     put16(p, t->lport);
@@ -541,9 +541,12 @@ static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t se
             p[31] = WS_SHIFT;
             hlen = 32;
         }
-    } else if (t->sack_ok && t->nooo && (flags & F_ACK)) {
+    } else if (t->sack_ok && t->nooo && (flags & F_ACK) && len + 20 + 12 <= MSS + 20) {
+        /* SACK blocks ride only where they fit beside the data (at least one block) */
         uint8_t *o = p + 20;
         int n = t->nooo < 4 ? t->nooo : 4;
+        while (n > 1 && len + 20 + 4 + 8 * (uint32_t)n > MSS + 20)
+            n--;
         o[0] = 1;
         o[1] = 1;
         o[2] = 5;
@@ -575,7 +578,7 @@ static void send_seg(struct tcb *t, uint8_t flags, uint32_t seq, uint32_t len)
     int direct = p != 0;
     if (!direct)
         p = seg;
-    size_t hlen = build_header(t, p, flags, seq);
+    size_t hlen = build_header(t, p, flags, seq, len);
     uint32_t sum = 0;
     if (len)
         sum = csum_shift(ring_csum_read(t->sbuf, t->ssize, seq - t->iss - 1, p + hlen, len), hlen);

@@ -37,6 +37,21 @@ static int fail_why(const char *why, int code)
     return 0;
 }
 
+static char bad_head[160]; /* the start of the last malformed response, printable */
+
+static void snapshot(const char *p, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 5 < sizeof bad_head; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch >= 32 && ch < 127 && ch != '\\')
+            bad_head[o++] = (char)ch;
+        else
+            o += (size_t)snprintf(bad_head + o, sizeof bad_head - o, "\\x%02x", ch);
+    }
+    bad_head[o] = 0;
+}
+
 static int fetch_one(int c, char *buf, size_t cap)
 {
     char req[320];
@@ -58,8 +73,10 @@ static int fetch_one(int c, char *buf, size_t cap)
         buf[have] = 0;
     }
     char *cl = strstr(buf, "Content-Length: ");
-    if (!cl || strncmp(buf, "HTTP/1.1 200", 12))
+    if (!cl || strncmp(buf, "HTTP/1.1 200", 12)) {
+        snapshot(buf, have);
         return fail_why("bad status", r_last);
+    }
     unsigned long long want = strtoul(cl + 16, 0, 10), got = 0;
     size_t body = have - (size_t)(end + 4 - buf);
     int pattern = !strncmp(path, "/bytes/", 7);
@@ -93,8 +110,10 @@ static int fetch_one(int c, char *buf, size_t cap)
     }
     total_bytes += got;
     last_crc = crc;
-    if (got != want)
+    if (got != want) {
+        snapshot(buf, have);
         return fail_why("length", r_last);
+    }
     if (close_each) { /* the server closes: its FIN must arrive */
         int r = r_last = tcp_recv(c, buf, cap, dl);
         if (r != 0)
@@ -196,7 +215,7 @@ int main(int argc, char **argv)
     printf("httpget: ok=%d fail=%d bytes=%llu ms=%u crc=%08x\n", ok_count, fail_count, total_bytes, ms,
            last_crc);
     if (fail_count)
-        printf("httpget: last failure: %s (%d)\n", last_why ? last_why : "?", last_code);
+        printf("httpget: last failure: %s (%d) %s\n", last_why ? last_why : "?", last_code, bad_head);
     if (print_body)
         printf("%s", last_body);
     const struct tcp_stats *ts = tcp_get_stats();
