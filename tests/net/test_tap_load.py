@@ -204,7 +204,8 @@ async def test_wrk_keep_alive_and_new_connections(lan: Lan) -> None:
     need_tools("wrk")
     await _httpd(lan)
     for extra in ((), ("-H", "Connection: close")):
-        rc, out = await lan.sh("wrk", "-t1", "-c16", "-d2s", *extra, f"http://{GUEST}/bytes/2258")
+        rc, out = await lan.sh("wrk", "-t1", "-c16", "-d2s", "--timeout", "10s", *extra,
+                               f"http://{GUEST}/bytes/2258")
         assert rc == 0, out
         reqs, errs, bad = _wrk_summary(out)
         assert reqs > 100 and errs == 0 and bad == 0, out
