@@ -120,6 +120,7 @@ async def test_reordering_fills_the_out_of_order_queue() -> None:
     assert ooo > 20, out  # kept, not dropped
 
 
+@pytest.mark.timeout(600)
 async def test_ten_megabytes_under_twenty_percent_loss() -> None:
     async with Kernel() as k:
         await _server(k, link=LinkSpec(loss=0.2, seed=3))  # both directions: data and ACKs

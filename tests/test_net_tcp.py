@@ -103,6 +103,7 @@ async def _stats(k: Kernel, ip: str) -> dict[str, int]:
     return {key: int(v) for key, v in re.findall(r"^(\w+) (\d+)$", out, re.M)}
 
 
+@pytest.mark.timeout(900)
 async def test_hundred_thousand_connections_heap_flat() -> None:
     """100,000 connections, each closed by the server after its reply (HTTP/1.0 style,
     so every one leaves a TIME-WAIT behind), to one 16 MiB httpd: no failure, and the
