@@ -118,11 +118,9 @@ async def test_hundred_thousand_connections_heap_flat() -> None:
     heap the guest reports at /stats flat from one quarter to the next."""
     need_image("httpd")
     need_image("httpget")
-    # 50 ms slices: with the default 2 ms slices about one connection in 100,000 goes
-    # wrong in a way no guest code explains (a loop body that ran twice, a counter bumped
-    # twice: see the report on the slice-preemption path); longer slices are preempted
-    # far less and the run is clean, which isolates the guest stack this test is about.
-    async with Kernel(slice_us=50_000) as k:
+    # Default slices: this test found the preemption bug (an instruction run twice after
+    # a stop; tests/test_preempt.py), so it runs preempted as often as any guest.
+    async with Kernel() as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24", memory="16M")
         heap = []
         for quarter in range(4):
