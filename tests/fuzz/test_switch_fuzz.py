@@ -21,7 +21,7 @@ import pytest
 
 from denali.kernel import Kernel
 from denali.net import Switch, SwitchConfig
-from denali.net.ethernet import BROADCAST
+from denali.net.ethernet import BROADCAST, MAX_FRAME
 from tests.conftest import need_image
 from tests.net.helpers import Recorder, frame, mac
 
@@ -74,7 +74,7 @@ class Attack:
 
     def verdict(self, f: bytes) -> str:
         """What the switch must do with ``f`` from this port (see denali.net.switch)."""
-        if len(f) < 14:
+        if not 14 <= len(f) <= MAX_FRAME:
             return "malformed"
         if self.own is not None:
             return "spoofed" if f[6:12] != self.own else "passed"
