@@ -6,7 +6,9 @@
  * magic and vm_id, read with CHILD_MEMORY) and that the hostile calls it can make are
  * refused (an unknown handle, a quota beyond its grant, a child address outside the
  * child, a buffer outside itself). mem=BYTES (default 2 MiB) per child, quota=BYTES
- * the whole grant it gives its child (mem for the child, the rest for its subtree). Prints "nest: depth=N ... ok" or "nest: FAIL ...". */
+ * the whole grant it gives its child (mem for the child, the rest for its subtree).
+ * sleep=1: the leaf sleeps for ever (to destroy a tree); fault=1: the leaf writes to page 0;
+ * its parent, told of the fault, lets it stand and exits 50 (the levels above, 51, 52...). Prints "nest: depth=N ... ok" or "nest: FAIL ...". */
 #include <denali/child.h>
 #include <ilwaco.h>
 #include <stdio.h>
@@ -31,8 +33,15 @@ int main(int argc, char **argv)
     (void)argv;
     int depth = (int)num("depth", 0);
     uint32_t mem = num("mem", 2u << 20), quota = num("quota", 0);
+    char v[8];
+    int sleep = cmdline_get("sleep", v, sizeof v) > 0, crash = cmdline_get("fault", v, sizeof v) > 0;
     if (depth <= 0) {
         printf("nest: depth=0 leaf vm=%u ok\n", (unsigned)DENALI_VREGS->vm_id);
+        if (sleep)
+            for (;;)
+                thread_sleep_ns(3600000000000ull);
+        if (crash)
+            *(volatile uint32_t *)num("fault", 4) = 1; /* page 0: the leaf faults */
         return 1;
     }
     void *image;
@@ -48,7 +57,8 @@ int main(int argc, char **argv)
         return fail(depth, "start of an unknown handle", r);
     char cmd[96];
     uint32_t sub = quota > mem ? quota - mem : 0;
-    snprintf(cmd, sizeof cmd, "depth=%d mem=%u quota=%u", depth - 1, (unsigned)mem, (unsigned)sub);
+    snprintf(cmd, sizeof cmd, "depth=%d mem=%u quota=%u%s%s", depth - 1, (unsigned)mem, (unsigned)sub,
+             sleep ? " sleep=1" : "", crash ? " fault=4" : "");
     r = child_create(image, len, mem, sub, cmd, 1, DENALI_CHILD_F_DISK_RO, &h);
     if (r != DENALI_OK)
         return fail(depth, "child_create", r);
@@ -81,9 +91,15 @@ int main(int argc, char **argv)
                 checked = 1;
             }
             child_reply(h, ev.seq, DENALI_CHILD_PASS, 0);
-        } else if (ev.kind == DENALI_CHILD_EV_FAULT) {
-            return fail(depth, "child faulted", (int)ev.eip);
+        } else if (ev.kind == DENALI_CHILD_EV_FAULT) { /* reported; let it stand */
+            printf("nest: depth=%d child fault eip=0x%x address=0x%x vector=%u\n", depth,
+                   (unsigned)ev.eip, (unsigned)ev.address, (unsigned)ev.vector);
+            child_reply(h, ev.seq, DENALI_CHILD_PASS, 0);
         } else if (ev.kind == DENALI_CHILD_EV_EXIT) {
+            if (ev.nr == DENALI_CHILD_END_FAULTED) {
+                printf("nest: depth=%d child faulted at eip=0x%x\n", depth, (unsigned)ev.eip);
+                return 50;
+            }
             if (ev.nr != DENALI_CHILD_END_EXITED)
                 return fail(depth, "child end", (int)ev.nr);
             printf("nest: depth=%d child vm ended status=%u console_writes=%d ok\n", depth,
