@@ -242,6 +242,9 @@ class Children(Device):
             return Result.INVAL
         if not mem.check(image, image_len, PROT_R) or (cmd_len and not mem.check(cmd, cmd_len, PROT_R)):
             return Result.FAULT
+        cmdline = mem.read(cmd, cmd_len) if cmd_len else b""
+        if b"\0" in cmdline:
+            return Result.INVAL
         if disks >> self.disk_count:
             return Result.NODEV
         cost = mem_size + quota
@@ -251,9 +254,6 @@ class Children(Device):
             handle = self._slots.index(None)
         except ValueError:
             return Result.FULL
-        cmdline = mem.read(cmd, cmd_len) if cmd_len else b""
-        if b"\0" in cmdline:
-            return Result.INVAL
         if self._factory is None:
             return Result.NODEV
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,20 @@ async def test_the_debugging_monitor_traces_every_hypercall_of_its_child(tmp_pat
     assert f"dbgmon: child exited 0 after {child.hypercalls} hypercalls" in text
     assert "dbgmon: nr=12 count=1" in text  # the one DISK_WRITE
     assert data.read_bytes() != content  # passed through: the write happened
+
+
+def test_denali_boot_runs_a_monitor_with_its_child_image_on_a_disk(tmp_path: Path) -> None:
+    need_image("dbgmon")
+    need_image("test-disk")
+    child = disk_of("test-disk", tmp_path / "child.img")
+    data = tmp_path / "data.img"
+    data.write_bytes(bytes(4096 * 4))
+    r = subprocess.run([sys.executable, "-m", "denali", "boot", "dbgmon", "--child-memory", "8M",
+                        "--disk", f"child={child}:ro", "--disk", f"data={data}",
+                        "-c", "quiet=1 -- ops=write count=1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "SUCCESS" in r.stdout and "dbgmon: nr=12 count=1" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "denali", "boot", "dbgmon", "--disk", f"child={child}:ro"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 125 and "dbgmon: child_create: code 6" in r.stdout  # no grant: FULL
