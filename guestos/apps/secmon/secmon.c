@@ -3,7 +3,7 @@
  * makes: DISK_WRITE is answered INVAL (in EAX and in the request's status word) without
  * reaching the kernel; everything else goes straight to the kernel. cmdline=... is the
  * child's command line (the rest of this VM's command line after "--"), mem=BYTES its
- * memory (4 MiB). Prints "secmon: denied N disk writes; child exited S" and exits with
+ * memory (4 MiB), quota=BYTES what it may grant its own children (0). Prints "secmon: denied N disk writes; child exited S" and exits with
  * the child's status (125 when it did not exit). */
 #include <denali/child.h>
 #include <fs/disk.h>
@@ -20,6 +20,7 @@ int main(int argc, char **argv)
     char name[32] = "child", v[24];
     cmdline_get("image", name, sizeof name);
     uint32_t mem = cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 4u << 20;
+    uint32_t quota = cmdline_get("quota", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0;
     const char *rest = strstr(DENALI_CMDLINE, "-- ");
     const char *cmd = rest ? rest + 3 : "";
     void *image;
@@ -31,7 +32,7 @@ int main(int argc, char **argv)
     }
     for (disk_t d; disk_open_index(ndisks, &d) == DENALI_OK;)
         ndisks++;
-    r = child_create(image, len, mem, 0, cmd, (1u << ndisks) - 1, 0, &h);
+    r = child_create(image, len, mem, quota, cmd, (1u << ndisks) - 1, 0, &h);
     if (r != DENALI_OK) {
         printf("secmon: child_create: code %d\n", r);
         return 125;
