@@ -88,7 +88,7 @@ class CpuState:
         """The state a fresh VM starts in: EIP at the entry point, ESP at the top of memory."""
         regs = dict.fromkeys(_uc.GPR_NAMES, 0)
         regs.update(eip=entry, esp=stack_top, eflags=_BOOT_EFLAGS)
-        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), bytes(_uc.FPU_STATE_SIZE))
+        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), _uc.reset_fpu())
 
     def registers(self) -> dict[str, int]:
         """The general registers, EIP and EFLAGS by name."""
@@ -192,7 +192,8 @@ class VCpu:
             self.engine.enter_user_mode(kp, _KSTACK - len(frame), state.fs, state.gs)
             for reg, name in zip(_GPRS[:7], _uc.GPR_NAMES[:7], strict=True):  # eax..ebp
                 self.engine.reg_write(reg, regs[name])
-            self.engine.write_fpu(state.fpu)
+            if state.fpu != _uc.reset_fpu():  # a fresh engine already holds that state
+                self.engine.write_fpu(state.fpu)
             self.engine.install_hooks()
         except BaseException:
             self.engine.close()

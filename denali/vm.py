@@ -634,14 +634,18 @@ class Vm:
             if rt.store is not None:
                 rt.store.remove_area(self.id)
             self._on_end(self)
-            rt.owner.spawn(self._close_devices(), name=f"denali-vm-{self.id}-close")
+            waiting = [d for d in self._devices[1:] if isinstance(d, Device) and not d.close_now()]
+            if waiting:
+                rt.owner.spawn(self._close_devices(waiting), name=f"denali-vm-{self.id}-close")
+            elif not self._done.done():
+                self._done.set_result(None)
 
-    async def _close_devices(self) -> None:
-        """Close every device (disks write their overlays' bitmaps), then mark the VM done."""
+    async def _close_devices(self, waiting: list[Device]) -> None:
+        """Close the devices that must wait (disks write their overlays' bitmaps), then mark
+        the VM done."""
         try:
-            for dev in self._devices[1:]:
-                if isinstance(dev, Device):
-                    await dev.aclose()
+            for dev in waiting:
+                await dev.aclose()
             if self.disks is not None:
                 self.close_errors.extend(self.disks.close_errors)
         finally:
