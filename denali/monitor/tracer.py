@@ -225,15 +225,18 @@ class TraceWriter:
                 return
 
     async def _flush(self) -> None:
+        """Write out what is buffered now, once: lines added while that write is in the
+        executor wait for the next trigger (FLUSH_BYTES or FLUSH_S), so a busy VM costs a
+        trip to the executor per 64 KiB, not one per few lines. ``aclose`` drains."""
         f = self._file
-        while self._buf and f is not None:
+        if self._buf and f is not None:
             n = len(self._buf)
             chunk = "".join([x if isinstance(x, str) else _format_hc(x) for x in self._buf])
             self._buf.clear()
             self._size = 0
             if self.error is not None:
                 self.dropped += n
-                continue
+                return
             try:
                 await f.write(chunk)
             except OSError as exc:
@@ -252,7 +255,8 @@ class TraceWriter:
         self._ready.set()
         if self._task is not None:
             await self._task
-        await self._flush()
+        while self._buf and self._file is not None:
+            await self._flush()
         f, self._file = self._file, None
         try:
             await f.close()
