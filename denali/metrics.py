@@ -79,6 +79,12 @@ def prometheus(kernel: Kernel) -> str:
         lines.append(f"# TYPE denali_vm_{key} counter")
         for vm in snap["vms"]:
             lines.append(f'denali_vm_{key}{{vm="{vm["id"]}",image="{vm["image"]}"}} {vm[key]}')
+    for key, n in sorted(k.get("monitors", {}).items()):  # monitor counters (policy violations, ...)
+        lines += [f"# TYPE denali_monitor_{key} counter", f"denali_monitor_{key} {n}"]
+        for vm in snap["vms"]:
+            mon = vm.get("monitors")
+            if mon is not None and key in mon:
+                lines.append(f'denali_vm_monitor_{key}{{vm="{vm["id"]}"}} {mon[key]}')
     for vm in snap["vms"]:
         nic = vm["nic"]
         if nic is not None:
