@@ -276,8 +276,9 @@ class VCpu:
         regs = eng.read_gprs()
         regs["eip"] = self.eip
         kp = abi.Layout.KERNEL_PAGE + len(_uc.GDT)
+        # Segment selectors are 16 bits (Unicorn writes only those of the 32-bit buffer).
         return CpuState(tuple(regs[n] for n in _uc.GPR_NAMES), eng.read_fpu(),
-                        eng.reg_read(_uc.REG_FS), eng.reg_read(_uc.REG_GS),
+                        eng.reg_read(_uc.REG_FS) & 0xFFFF, eng.reg_read(_uc.REG_GS) & 0xFFFF,
                         bytes(self.memory.buf[kp:kp + _uc.TLS_SIZE]))
 
     def set_result(self, result: int) -> None:
