@@ -29,6 +29,8 @@ const struct net_stats *net_get_stats(void)
     return &net_stats;
 }
 
+static void net_reidentify(void);
+
 static void net_thread(void *arg)
 {
     (void)arg;
@@ -41,11 +43,13 @@ static void net_thread(void *arg)
         if (t && (!next || t < next))
             next = t;
         netif_flush();
-        irq_wait(DENALI_IRQ_NET_RX, next);
+        if (irq_wait(DENALI_IRQ_NET_RX | DENALI_IRQ_CLONE, next) & DENALI_IRQ_CLONE)
+            net_reidentify();
     }
 }
 
-int net_start(void)
+/* ip=A.B.C.D[/N] and gw= from the command line into net_addr, net_mask, net_gw. */
+static int net_read_address(void)
 {
     char v[40];
     if (cmdline_get("ip", v, sizeof v) < 0)
@@ -56,12 +60,30 @@ int net_start(void)
         *slash = 0;
         prefix = atoi(slash + 1);
     }
-    net_addr = net_parse_ip(v);
-    if (!net_addr || prefix < 1 || prefix > 32)
+    uint32_t addr = net_parse_ip(v);
+    if (!addr || prefix < 1 || prefix > 32)
         return NET_ERR_CONFIG;
+    net_addr = addr;
     net_mask = prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix);
     if (cmdline_get("gw", v, sizeof v) >= 0)
         net_gw = net_parse_ip(v);
+    return NET_OK;
+}
+
+/* This VM was restored as a clone of a snapshot (DENALI_IRQ_CLONE): its MAC and command
+ * line are new. Take the address from the command line again (a clone given none keeps
+ * the old one), the MAC from the NIC, and announce them with a gratuitous ARP. */
+static void net_reidentify(void)
+{
+    net_read_address();
+    netif_open();
+    arp_announce();
+}
+
+int net_start(void)
+{
+    if (net_read_address() != NET_OK)
+        return NET_ERR_CONFIG;
     int r = netif_open();
     if (r != NET_OK)
         return r;
