@@ -137,6 +137,7 @@ class VCpu:
     """The CPU of one VM. Not thread-safe: one slice at a time (see the module docstring)."""
 
     __slots__ = (
+        "_entry_state",
         "_forbidden",
         "_invalid",
         "_last_fill",
@@ -198,6 +199,8 @@ class VCpu:
             self.engine.close()
             raise
         self.eip = _TRAMPOLINE
+        self._entry_state = state
+        """What the CPU enters user mode with: its state until the first slice runs."""
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
@@ -272,6 +275,8 @@ class VCpu:
 
     def save(self) -> CpuState:
         """The CPU's state (between slices only)."""
+        if self.eip == _TRAMPOLINE:  # not in user mode yet: what it will enter it with
+            return self._entry_state
         eng = self.engine
         regs = eng.read_gprs()
         regs["eip"] = self.eip

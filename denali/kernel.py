@@ -451,6 +451,8 @@ class Kernel:
 async def _image_bytes(vm: Vm) -> bytes:
     """The ELF file ``vm`` was booted from, for its snapshot; ``VmStateError`` when it is
     gone or changed since the VM booted."""
+    if vm.origin is not None:  # restored or cloned: the image came with its snapshot
+        return vm.origin.image
     path = vm.image.path
     try:
         async with aiofiles.open(path, "rb") as f:

@@ -701,12 +701,17 @@ class Vm:
         if self._pause is None:
             self._pause = _Pause(self._rt.loop)
         pause = self._pause
-        if self.state is VmState.IDLE:
-            self._paused_now(VmState.IDLE)
+        if self.state is VmState.IDLE and self._waker is not None and not self._waker.done():
+            self._paused_now(VmState.IDLE)  # waiting in IDLE: paused as it is
             return
         await asyncio.wait({pause.reached, self._done}, return_when=asyncio.FIRST_COMPLETED)
         if not self.paused:
             raise VmStateError(f"VM {self.id} ended ({self.state.value}) before it paused")
+
+    @property
+    def origin(self) -> SnapshotFile | None:
+        """The snapshot this VM was restored or cloned from (its memory maps it), or None."""
+        return self._origin
 
     @property
     def paused(self) -> bool:
