@@ -216,11 +216,13 @@ class Kernel:
         return types.MappingProxyType(self._vms)
 
     # ---- observation ----
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, vm_states: bool = True) -> dict[str, Any]:
         """A snapshot of the kernel's counters as plain data (safe to JSON-encode); the
-        switch's per-port counters are left out (``vm_stats`` has each VM's NIC)."""
+        switch's per-port counters are left out (``vm_stats`` has each VM's NIC).
+        ``vm_states=False``: no count of VMs by state (it visits every VM; observers of
+        large kernels count them in steps, see ``denali.metrics``)."""
         states: dict[str, int] = {}
-        for vm in self._vms.values():
+        for vm in self._vms.values() if vm_states else ():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
         swap: dict[str, Any] = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
                                 "bytes_out": 0, "bytes_in": 0, "used": 0, "budget": None}

@@ -58,7 +58,7 @@ async def fetch(host: str, port: int, top: int | None = None) -> dict[str, Any]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
     try:
         query = f"?top={top}" if top is not None else ""
-        writer.write(f"GET /vms.json{query} HTTP/1.1\r\nHost: denali\r\n\r\n".encode())
+        writer.write(f"GET /vms.json{query} HTTP/1.1\r\nHost: denali\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 10)
     finally:

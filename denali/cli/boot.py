@@ -180,7 +180,7 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         for p in ports:
             p.close()
         if metrics_server is not None:
-            metrics_server.close()
+            await metrics_server.close()
     return _status(codes)
 
 
