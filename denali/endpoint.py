@@ -245,7 +245,8 @@ class Endpoint:
         self._start_sweeper()
 
     def _start_sweeper(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=f"denali-{self.name}-sweep")
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep(), name=f"denali-{self.name}-sweep")
 
     async def _sweep(self) -> None:
         lim = self.limits

@@ -208,21 +208,21 @@ async def collect(kernel: Kernel, top_vms: int = TOP_VMS) -> list[Metric]:
         out.append(c)
     out.append(GaugeMetricFamily("denali_vm_series", "VMs exported with per-VM series (the busiest "
                                  "by CPU time)", value=len(busiest)))
-    for key, doc in (("cpu_switches", "Times the CPU passed from one VM to another"),
-                     ("slices_started", "Time slices started on the preemption lanes"),
-                     ("preempt_stops", "Slices the watchdog stopped at their deadline")):
-        out.append(CounterMetricFamily(f"denali_{key}", doc, value=k[key]))
+    for kkey, doc in (("cpu_switches", "Times the CPU passed from one VM to another"),
+                      ("slices_started", "Time slices started on the preemption lanes"),
+                      ("preempt_stops", "Slices the watchdog stopped at their deadline")):
+        out.append(CounterMetricFamily(f"denali_{kkey}", doc, value=k[kkey]))
     timers = k["timers"]
     if timers:
         out.append(GaugeMetricFamily("denali_timers_armed", "Deadlines armed on the timer heap",
                                      value=timers["armed"]))
         out.append(CounterMetricFamily("denali_timers_fired", "Deadlines that fired", value=timers["fired"]))
     sw = k["swap"]
-    for key, name, doc in (("swap_outs", "swap_outs", "VMs written out to their swap files"),
-                           ("swap_ins", "swap_ins", "VMs read back from their swap files"),
-                           ("bytes_out", "swap_written_bytes", "Bytes written to swap files"),
-                           ("bytes_in", "swap_read_bytes", "Bytes read from swap files")):
-        out.append(CounterMetricFamily(f"denali_{name}", doc, value=sw[key]))
+    for skey, name, doc in (("swap_outs", "swap_outs", "VMs written out to their swap files"),
+                            ("swap_ins", "swap_ins", "VMs read back from their swap files"),
+                            ("bytes_out", "swap_written_bytes", "Bytes written to swap files"),
+                            ("bytes_in", "swap_read_bytes", "Bytes read from swap files")):
+        out.append(CounterMetricFamily(f"denali_{name}", doc, value=sw[skey]))
     out.append(GaugeMetricFamily("denali_memory_charged_bytes", "Memory charged to resident VMs "
                                  "against the budget", value=sw["used"]))
     if sw["budget"] is not None:
