@@ -38,7 +38,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 
@@ -80,8 +80,7 @@ class _Guard(asyncio.Protocol):
         self.busy = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.endpoint._guards[transport] = self
         self.inner.connection_made(transport)
 
@@ -132,9 +131,9 @@ class _Refuse(asyncio.Protocol):
     """A connection beyond the limit while every other has a request in flight."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_answer(503, "Service Unavailable", "too many connections"))
-        transport.close()
+        t = cast(asyncio.Transport, transport)
+        t.write(_answer(503, "Service Unavailable", "too many connections"))
+        t.close()
 
 
 def _answer(status: int, reason: str, text: str) -> bytes:
@@ -144,6 +143,16 @@ def _answer(status: int, reason: str, text: str) -> bytes:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _ClientTrouble(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's per-request logger: a malformed request is the client's trouble, logged
+    at debug level (at error level, any client could fill the host's logs)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            kwargs.setdefault("stacklevel", 2)
+            self.logger.log(logging.DEBUG, msg, *args, **kwargs)
 
 
 class Endpoint:
@@ -156,11 +165,13 @@ class Endpoint:
         self.name = name
         self.app = web.Application(client_max_size=self.limits.max_body, middlewares=[self._track])
         self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, keepalive_timeout=self.limits.idle_timeout,
+            self.app, handle_signals=False, access_log=None, logger=_ClientTrouble(log, {}),
+            keepalive_timeout=self.limits.idle_timeout + self.limits.head_timeout + 5,  # ours act first
             max_line_size=self.limits.max_line, max_field_size=self.limits.max_line,
             max_headers=self.limits.max_headers, lingering_time=1.0)
         self._server: asyncio.Server | None = None
-        self._guards: dict[asyncio.Transport, _Guard] = {}
+        self._guards: dict[object, _Guard] = {}
+        """Open connections by transport."""
         self._sweeper: asyncio.Task[None] | None = None
         self._unix_path: str | None = None
         self.address = ""
@@ -180,8 +191,7 @@ class Endpoint:
 
     @web.middleware
     async def _track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        transport = request.transport
-        guard = self._guards.get(transport) if isinstance(transport, asyncio.Transport) else None
+        guard = self._guards.get(request.transport)
         if guard is None:
             return await handler(request)
         guard.busy += 1
