@@ -172,7 +172,8 @@ def test_ctl_and_top_on_a_booted_kernel(tmp_path: Path) -> None:
     need_image("test-swapsum")
     sock = str(tmp_path / "k.sock")
     boot = subprocess.Popen([sys.executable, "-m", "denali", "boot", "test-idle", "--count", "0",
-                             "--api", sock], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--api", sock], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         _wait_for(sock, boot)
         r = _denali("ctl", sock, "spawn", "test-swapsum", "-m", "4M", "-c", "kib=2048 rounds=100000")
