@@ -25,6 +25,7 @@ import time
 import types
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Unpack
 
 import aiofiles
@@ -354,7 +355,7 @@ class Kernel:
             if vm_id in self._vms:
                 raise ConfigError(f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
                                   "still runs?); clone the snapshot for a VM with a new identity")
-            return await self._spawn_from(snap, vm_id, None, None, console, clone=False)
+            return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False)
         finally:
             snap.close()
 
@@ -377,9 +378,10 @@ class Kernel:
                 if spec.get("mode") in ("overlay-keep", "rw"):
                     raise ConfigError(f"{snap.path}: disk {spec.get('path')} ({spec.get('mode')}) "
                                       "cannot be shared by clones")
+            prepared = self._prepare(snap)
             for i in range(count):
                 cmd = cmdlines[i] if cmdlines is not None else None
-                vms.append(await self._spawn_from(snap, self._new_id(), cmd, b"", console, clone=True))
+                vms.append(await self._spawn_from(prepared, self._new_id(), cmd, b"", console, clone=True))
         except BaseException:
             for vm in vms:
                 vm.kill()
@@ -388,15 +390,8 @@ class Kernel:
             snap.close()
         return vms
 
-    async def _spawn_from(self, snap: SnapshotFile, vm_id: int, cmdline: str | None, mac: bytes | None,
-                          console: ConsoleSink | None, clone: bool) -> Vm:
-        """Build, restore, publish and start one VM from ``snap`` (``mac`` b"": the
-        kernel's default for ``vm_id``; None: the snapshot's)."""
-        if self._state != "running":
-            if self._state == "created":
-                self.start()
-            else:
-                raise KernelClosedError("kernel is closed")
+    def _prepare(self, snap: SnapshotFile) -> _Restorable:
+        """What every VM restored from ``snap`` is built from (parsed once per snapshot)."""
         meta = snap.meta
         try:
             saved = meta["vm"]
@@ -405,13 +400,26 @@ class Kernel:
             cpu = CpuState.unpack(snap.cpu)
             nic = "nic" in meta["devices"]
             disks = tuple(DiskSpec(**d) for d in meta["devices"].get("disks", {}).get("specs", []))
-            cmd = str(saved["cmdline"]) if cmdline is None else cmdline
-            own_mac = bytes(saved["mac"]) if mac is None else None
+            cmdline = str(saved["cmdline"])
+            mac = bytes(saved["mac"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotFormatError(f"{snap.path}: snapshot meta section is not valid ({exc!r})",
                                       snap.path) from None
         if size != snap.mem_size:
             raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
+        return _Restorable(snap, img, size, cpu, nic, disks, cmdline, mac)
+
+    async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
+                          console: ConsoleSink | None, clone: bool) -> Vm:
+        """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
+        default for ``vm_id``; None: the snapshot's)."""
+        if self._state != "running":
+            if self._state == "created":
+                self.start()
+            else:
+                raise KernelClosedError("kernel is closed")
+        cmd = r.cmdline if cmdline is None else cmdline
+        own_mac = r.mac if mac is None else None
         if len(cmd.encode()) > abi.CMDLINE_MAX or "\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if self._gate is None and len(self._vms) >= self.max_engines:
@@ -420,10 +428,10 @@ class Kernel:
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
-        spec = VmSpec(img, size, cmd, console, nic, own_mac, None, disks)
+        spec = VmSpec(r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks)
         default_mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
-        vm.restore_state(meta, cpu, snap, clone)
+        vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
         vm.start()
         if self._state != "running":
             vm.kill()
@@ -448,6 +456,20 @@ class Kernel:
         finally:
             if nic.switch is not None:
                 self.switch.detach(nic)
+
+
+@dataclass(frozen=True, slots=True)
+class _Restorable:
+    """A snapshot's VM, parsed once: what ``Kernel._spawn_from`` builds VMs from."""
+
+    snap: SnapshotFile
+    image: Image
+    memory: int
+    cpu: CpuState
+    nic: bool
+    disks: tuple[DiskSpec, ...]
+    cmdline: str
+    mac: bytes
 
 
 async def _image_bytes(vm: Vm) -> bytes:
