@@ -91,7 +91,8 @@ async def clones(n: int, rounds: int) -> None:
         ("A: clones published by Kernel.clone", f"{n / med(x['published'] for x in a):,.0f} VMs/s "
                                                 f"(median {med(x['published'] for x in a):.2f} s)"),
         ("A: every clone re-addressed (Irq.CLONE handled, idle again)",
-         f"{n / med(x['identified'] for x in a):,.0f} VMs/s (median {med(x['identified'] for x in a):.2f} s)"),
+         f"{n / med(x['identified'] for x in a):,.0f} VMs/s "
+         f"(median {med(x['identified'] for x in a):.2f} s)"),
         ("A: clones answering GET /bytes/2258 at their new address",
          f"{min(int(x['http_ok']) for x in a):,} of {n:,} in every round "
          f"(sweep {med(x['sweep'] for x in a):.1f} s)"),
