@@ -805,7 +805,7 @@ class Vm:
 
     def restore_state(self, meta: dict[str, Any], cpu: CpuState, origin: SnapshotFile,
                       clone: bool) -> None:
-        """Take over a snapshot's state before ``start()`` (the builder calls this on a VM
+        """Take over a snapshot's state before ``start()`` (the kernel calls this on a VM
         it made from the snapshot's meta). The VM's memory maps ``origin`` copy-on-write
         when it is first admitted. ``clone``: the VM is a new member of the snapshot's
         lineage (its own id, MAC and command line, given at build): its ``generation``

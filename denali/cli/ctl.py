@@ -5,7 +5,8 @@
               | clone FILE [-n N] [-c CMDLINE] | kernel        [--json]
 
 Output is one line per VM (``--json``: the API's JSON as it came). Snapshot, restore and
-clone show progress on stderr when they take more than a second (``JobProgress``).
+clone show progress on stderr when they take more than a second (``JobProgress``;
+``--progress`` from the start, ``--no-progress`` never).
 Exit statuses: 0 done; 1 the API refused or failed (one line: ``denali ctl: MESSAGE
 (HTTP STATUS)``) or cannot be reached; 2 a usage error.
 """
@@ -35,6 +36,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -
                        parents=parents or [])
     c.add_argument("socket", metavar="PATH", help="the kernel's --api socket")
     c.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress of snapshot, restore and clone on stderr (default: once one "
+                        "has taken a second)")
     ops = c.add_subparsers(dest="op", required=True, metavar="OPERATION")
     ops.add_parser("ls", help="list the VMs")
     ops.add_parser("kernel", help="the kernel's counters")
@@ -152,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     method, path, body, long = _request(args)
     what = f"{args.op} {getattr(args, 'file', '')}".strip()
-    progress = JobProgress(what, 0, sys.stderr) if long else None
+    show = long and args.progress is not False
+    progress = JobProgress(what, 0, sys.stderr, delay=0.0 if args.progress else 1.0) if show else None
     try:
         data = asyncio.run(call(args.socket, method, path, body, progress=progress))
     except CtlError as exc:
