@@ -226,7 +226,8 @@ def test_ctl_shows_progress_of_snapshot_and_restore(tmp_path: Path) -> None:
         big = str(tmp_path / "big.snap")
         r = _denali("ctl", "--progress", sock, "snapshot", "1", big, timeout=120)
         assert r.returncode == 0, r.stderr
-        assert re.search(r"denali: snapshot .*big.snap: [\d.,]+ [KMG]?i?B/[\d.,]+ [KMG]?i?B", r.stderr), r.stderr
+        amount = r"[\d.,]+ [KMG]?i?B/[\d.,]+ [KMG]?i?B"
+        assert re.search(r"denali: snapshot .*big.snap: " + amount, r.stderr), r.stderr
         assert _denali("ctl", sock, "kill", "1").returncode == 0
         r = _denali("ctl", "--progress", sock, "restore", big, timeout=120)
         assert r.returncode == 0 and "denali: restore " in r.stderr, r.stderr
