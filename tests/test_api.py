@@ -393,3 +393,14 @@ async def test_scrapes_answered_while_1000_idle_and_slow_connections_are_held(tm
     err = err_b.decode()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Task was destroyed" not in err and "Error" not in err, err
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (("boot", "test-idle", "--count", "0"), "--count must be at least 1 (0 only with --api)"),
+    (("boot", "test-idle", "--api", "/tmp/x.sock", "--api-mode", "999"), "is not a file mode in octal"),
+    (("ctl", "/tmp/x.sock", "spawn", "hello", "-n", "0"), "--count must be at least 1"),
+    (("ctl", "/tmp/x.sock", "frobnicate"), "invalid choice"),
+])
+def test_cli_usage_errors_are_one_line(args: tuple[str, ...], text: str) -> None:
+    r = _denali(*args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr

@@ -364,3 +364,27 @@ async def test_snapshot_to_a_full_disk_fails_cleanly(small_dir: Path) -> None:
         assert vm.state is VmState.PAUSED
         vm.resume()
         assert await vm.wait() == 0 and _last_line(vm) == _last_line(ref)
+
+
+async def test_clones_swap_out_and_back_in_intact(tmp_path: Path) -> None:
+    """Clones under a memory budget are swapped out and back in (their memory mapped from
+    the snapshot again, their own pages read over it) and still compute the original's
+    result."""
+    need_image("test-swapsum")
+    cmd = "kib=1536 rounds=60"
+    async with Kernel() as k:
+        ref = await k.spawn("test-swapsum", cmdline=cmd, memory="4M")
+        assert await ref.wait() == 0
+        expected = _last_line(ref)
+        vm = await k.spawn("test-swapsum", cmdline=cmd, memory="4M")
+        await asyncio.sleep(0.05)
+        await vm.pause()
+        await k.snapshot(vm, tmp_path / "mid.snap")
+        vm.kill()
+    async with Kernel(memory_budget=8 << 20) as k:
+        clones = await k.clone(tmp_path / "mid.snap", 6)
+        results = await asyncio.gather(*(c.wait() for c in clones))
+        swap = k.stats()["swap"]
+    assert results == [0] * 6
+    assert all(_last_line(c) == expected for c in clones)
+    assert swap["swap_outs"] >= 3 and swap["swap_ins"] >= 3, swap
