@@ -127,8 +127,9 @@ class Vm:
                             Hc.SET_HANDLER: "hc_set_handler"}
 
     __slots__ = ("__weakref__", "_clock_offset", "_cpu", "_cpu_state", "_devices", "_dispatch",
-                 "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg", "_idle_waiters",
-                 "_in_slice", "_irq_entry", "_memory", "_on_end", "_origin", "_pause", "_pending",
+                 "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg", "_idle_deadline",
+                 "_idle_waiters", "_in_slice", "_irq_entry", "_memory", "_on_end", "_on_wake", "_origin",
+                 "_pause", "_pending",
                  "_posted", "_rt", "_swapped", "_swapping_in", "_task", "_vregs_head", "_vregs_tail",
                  "_waker", "clock", "close_errors", "cmdline", "console", "created_ns", "disks",
                  "ended_ns", "error", "exit_status", "fault", "first_slice_ns", "generation", "id",
@@ -194,6 +195,10 @@ class Vm:
         self._pause: _Pause | None = None
         self._idle_arg: int | None = None
         """While in IDLE (or restored into it): the guest address of its argument struct."""
+        self._idle_deadline = 0
+        """That IDLE's deadline (kept so a restored VM can wait without its memory)."""
+        self._on_wake = 0
+        """Interrupt bits raised once the VM is next resident (a clone's Irq.CLONE)."""
         self._origin: SnapshotFile | None = None
         """The snapshot a restored VM's memory maps copy-on-write (None: booted)."""
         self.generation = 0
@@ -364,6 +369,8 @@ class Vm:
         self._memory = mem
         self._cpu = cpu
         self._dispatch = cpu.dispatch
+        self._pending |= self._on_wake
+        self._on_wake = 0
         self._write_vregs()
         self._apply_posted()
 
@@ -440,9 +447,13 @@ class Vm:
         if self._evicting is not None:
             await asyncio.shield(self._evicting)
         image = self._swapped
-        if image is None:
-            return
         rt = self._rt
+        if image is None:
+            if self._memory is None:  # restored into IDLE and woken for the first time
+                if rt.gate is not None:
+                    await rt.gate.admit(self.id, self._image_cost())
+                await self._materialize()
+            return
         assert rt.gate is not None
         await rt.gate.admit(self.id, image.stored * abi.PAGE_SIZE + ENGINE_COST)
         self._swapping_in = True
@@ -487,10 +498,13 @@ class Vm:
         """Complete an IDLE hypercall whose struct is at ``arg`` (checked at dispatch);
         True if the VM waited."""
         rt = self._rt
-        assert self._memory is not None
-        deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        if self._memory is not None:
+            deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        else:  # restored, not resident yet: it waits without memory or an engine
+            deadline = self._idle_deadline
         waited = False
         self._idle_arg = arg
+        self._idle_deadline = deadline
         if not self._pending and (deadline == 0 or deadline > self.now_ns()):
             self.state = VmState.IDLE
             if self._pause is not None:
@@ -504,7 +518,7 @@ class Vm:
             fut: asyncio.Future[None] = rt.loop.create_future()
             self._waker = fut
             timer = self.call_at(deadline, _wake, fut) if deadline else None
-            if rt.gate is not None:
+            if rt.gate is not None and self._memory is not None:
                 rt.gate.vm_idle(self)
             try:
                 await fut
@@ -520,6 +534,7 @@ class Vm:
             waited = True
         elif self._pause is not None:
             await self._hold(VmState.IDLE)
+        await self._ensure_resident()
         self._idle_arg = None
         self._apply_posted()
         mem = self._memory
@@ -547,7 +562,9 @@ class Vm:
         # an idle VM waits), so the loop gets control at least once per slice even when
         # the CPU is uncontended.
         try:
-            if self._memory is None:  # the gatekeeper admits fresh VMs in FIFO order
+            # the gatekeeper admits fresh VMs in FIFO order; a VM restored into IDLE waits
+            # there first, without memory or an engine, until something wakes it
+            if self._memory is None and not (self._origin is not None and self._idle_arg is not None):
                 if rt.gate is not None:
                     await rt.gate.admit(self.id, self._image_cost())
                 await self._materialize()
@@ -767,7 +784,8 @@ class Vm:
             "vm": {"id": self.id, "image": self.image.name, "mem_size": self.mem_size,
                    "cmdline": self.cmdline, "mac": self.mac, "generation": self.generation,
                    "clock_ns": self.now_ns(), "pending": self._pending, "irq_entry": self._irq_entry,
-                   "idle_arg": self._idle_arg, "stats": dict(self.stats), "hypercalls": self.hypercalls},
+                   "idle_arg": self._idle_arg, "idle_deadline": self._idle_deadline,
+                   "on_wake": self._on_wake, "stats": dict(self.stats), "hypercalls": self.hypercalls},
             "devices": devices,
             "monitors": {},
         }
@@ -784,6 +802,11 @@ class Vm:
             n = len(page_map)
             page_map = bytearray((int.from_bytes(page_map, "little")
                                   | int.from_bytes(present, "little")).to_bytes(n, "little"))
+        elif self._swapped is None:  # restored and never woken: its memory is its snapshot's
+            assert self._origin is not None
+            scratch = GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
+            return VmImage(meta, self._cpu_state, scratch.buf, page_runs(page_map), scratch)
         else:  # swapped out: its pages come back from its swap file (checked), not into RAM
             assert self._swapped is not None and self._rt.store is not None
             cpu = self._cpu_state
@@ -818,6 +841,8 @@ class Vm:
         self._pending = int(vm["pending"]) & abi.IRQ_ALL
         self._irq_entry = int(vm["irq_entry"])
         self._idle_arg = None if vm["idle_arg"] is None else int(vm["idle_arg"])
+        self._idle_deadline = int(vm.get("idle_deadline", 0))
+        self._on_wake = int(vm.get("on_wake", 0)) & abi.IRQ_ALL
         self._hypercalls = int(vm["hypercalls"])
         self.generation = int(vm["generation"])
         if not clone:
@@ -830,9 +855,9 @@ class Vm:
             if clone and isinstance(state, dict) and "rx" in state:
                 state = {**state, "rx": []}
             dev.restore(state)
-        if clone:
+        if clone:  # told when it next runs: an idle clone sleeps on until something wakes it
             self.generation += 1
-            self._pending |= Irq.CLONE
+            self._on_wake |= Irq.CLONE
 
     def devices(self) -> Sequence[Device]:
         """The VM's devices (clock, console, then NIC and disks when it has them)."""
