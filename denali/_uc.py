@@ -8,13 +8,20 @@ a small integer key as ``user_data`` and the callbacks find the engine's owner i
 ``_OWNERS``. Nothing here knows about VMs: an owner is any object implementing
 ``EngineOwner``.
 
-Contract: an ``Engine`` must be used from one thread at a time, except ``stop()``, which
-any thread may call while ``start()`` runs (that is how slices are preempted).
+Contract: an ``Engine`` must be used from one thread at a time, except ``request_stop()``,
+which any thread may call while ``start()`` runs (that is how slices are preempted: a
+block hook in C, ``_preempt.c``, stops the engine at the next block start; calling
+``uc_emu_stop`` from another thread can corrupt the guest, see that file).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
+import subprocess
+import sysconfig
+from pathlib import Path
 from typing import Final, Protocol
 
 from unicorn import unicorn_const as _c
@@ -39,6 +46,7 @@ UC_HOOK_INTR: Final = _c.UC_HOOK_INTR
 UC_HOOK_INSN: Final = _c.UC_HOOK_INSN
 UC_HOOK_INSN_INVALID: Final = _c.UC_HOOK_INSN_INVALID
 UC_HOOK_TLB_FILL: Final = _c.UC_HOOK_TLB_FILL
+UC_HOOK_BLOCK: Final = _c.UC_HOOK_BLOCK
 UC_TLB_VIRTUAL: Final = _c.UC_TLB_VIRTUAL
 UC_PROT_ALL: Final = _c.UC_PROT_ALL
 _CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
@@ -125,6 +133,42 @@ _lib.uc_mem_map_ptr.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_
 _lib.uc_strerror.argtypes = [ctypes.c_int]
 _lib.uc_strerror.restype = ctypes.c_char_p
 # uc_hook_add and uc_ctl are variadic: their arguments are passed with explicit types.
+
+log = logging.getLogger(__name__)
+
+
+def _load_preempt() -> ctypes.CDLL:
+    """The block hook that stops a slice at a block start (``_preempt.c``: why it must
+    exist). The install step builds it next to this module; a source tree without it
+    (or with a stale one) gets it built here with the machine's C compiler."""
+    src = Path(__file__).with_name("_preempt.c")
+    lib = Path(__file__).with_name("_preempt" + (sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"))
+    if not lib.exists() or (src.exists() and src.stat().st_mtime > lib.stat().st_mtime):
+        if not src.exists():
+            raise ResourceError(f"{lib} is missing: reinstall denali (pip install .)")
+        cc = os.environ.get("CC", "cc")
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(tmp, lib)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ResourceError(f"cannot build {lib.name} with {cc} ({exc}): install a C compiler "
+                                "and reinstall denali") from None
+        log.info("built %s", lib)
+    return ctypes.CDLL(str(lib))
+
+
+_preempt_lib: Final = _load_preempt()
+_BLOCK_HOOK: Final = ctypes.cast(_preempt_lib.denali_block_hook, ctypes.c_void_p)
+_EMU_STOP_ADDR: Final = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
+
+
+class StopCell(ctypes.Structure):
+    """Shared with the block hook: ``flag`` set means stop at the next block start."""
+
+    _fields_ = [("flag", ctypes.c_int32), ("reserved", ctypes.c_int32), ("emu_stop", ctypes.c_void_p)]
+
 
 _emu_start = _lib.uc_emu_start
 _emu_stop = _lib.uc_emu_stop
@@ -233,7 +277,8 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "_u32ref", "_wide", "closed")
+    __slots__ = ("_batch_ids", "_batch_vals", "_cell", "_h", "_hooks", "_key", "_u32", "_u32ref", "_wide",
+                 "closed", "stop_cell")
 
     def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
                  tcg_buffer: int) -> None:
@@ -248,6 +293,9 @@ class Engine:
         self._u32 = ctypes.c_uint32()
         self._u32ref = ctypes.byref(self._u32)
         self._wide = ctypes.create_string_buffer(64)
+        self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
+        self.stop_cell = ctypes.addressof(self._cell)
+        """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -289,7 +337,13 @@ class Engine:
             self.reg_write(reg, val)
 
     def install_hooks(self) -> None:
-        """Register the process-wide callbacks for this engine."""
+        """Register the process-wide callbacks for this engine, and the block hook that
+        ends slices (``request_stop``)."""
+        hh = ctypes.c_size_t()
+        err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(UC_HOOK_BLOCK), _BLOCK_HOOK,
+                               ctypes.c_void_p(self.stop_cell), ctypes.c_uint64(1), ctypes.c_uint64(0))
+        self._check(err, "block hook")
+        self._hooks.append(hh)
         for kind, cb, begin, end in ((UC_HOOK_INTR, _intr_hook, 1, 0),
                                      (UC_HOOK_TLB_FILL, _tlb_hook, 1, 0),
                                      (UC_HOOK_INSN_INVALID, _insn_hook, 1, 0)):
@@ -314,15 +368,24 @@ class Engine:
 
     @property
     def handle(self) -> int:
-        """The raw ``uc_engine*`` (for ``stop_handle`` from another thread)."""
+        """The raw ``uc_engine*``."""
         return self._h.value or 0
+
+    def request_stop(self) -> None:
+        """Ask a running ``start()`` to return at the next block start (any thread)."""
+        self._cell.flag = 1
+
+    def clear_stop(self) -> None:
+        """Forget a stop request (before a slice starts)."""
+        self._cell.flag = 0
 
     def start(self, begin: int) -> int:
         """Run guest code from ``begin`` until stopped; returns the uc_err code."""
         return int(_emu_start(self._h, begin, 0, 0, 0))
 
     def stop(self) -> None:
-        """Ask a running ``start()`` to return (any thread)."""
+        """Stop a running ``start()`` from one of this engine's callbacks (its own thread
+        only: from another thread use ``request_stop``, see ``_preempt.c``)."""
         _emu_stop(self._h)
 
     def reg_read(self, reg: int) -> int:
@@ -369,9 +432,10 @@ class Engine:
         _OWNERS.pop(getattr(self, "_key", 0), None)
 
 
-def stop_handle(handle: int) -> None:
-    """``uc_emu_stop`` on a raw handle; the caller guarantees the engine is alive."""
-    _emu_stop(ctypes.c_void_p(handle))
+def request_stop_at(cell: int) -> None:
+    """``request_stop`` through a ``stop_cell`` address; the caller guarantees the engine
+    is alive (the watchdog thread, under its lane lock)."""
+    ctypes.c_int32.from_address(cell).value = 1
 
 
 def version() -> str:

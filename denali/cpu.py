@@ -261,7 +261,8 @@ class VCpu:
         self.deferred = False
         self._vector = None
         eng = self.engine
-        lane.begin(eng.handle, deadline_ns)
+        eng.clear_stop()
+        lane.begin(eng.stop_cell, deadline_ns)
         try:
             err = eng.start(self.eip)
         finally:

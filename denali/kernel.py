@@ -51,7 +51,7 @@ from denali.errors import (
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image, parse_image
-from denali.net.ethernet import as_mac
+from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.runtime import Runtime
@@ -85,13 +85,20 @@ def _map_count() -> int:
         return 65530
 
 
+_thp_logged = False
+
+
 def _disable_thp() -> None:
-    """Turn transparent huge pages off for this process (prctl); logged when refused."""
+    """Turn transparent huge pages off for this process (prctl); logged once when refused."""
+    global _thp_logged
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(41, 1, 0, 0, 0) != 0:  # PR_SET_THP_DISABLE
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     except (OSError, AttributeError) as exc:
+        if _thp_logged:
+            return
+        _thp_logged = True
         log.warning("transparent huge pages stay on for this process (%s): each VM's engine "
                     "will use more resident memory", exc)
 
@@ -295,7 +302,7 @@ class Kernel:
         vm_id = self._new_id()
         spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
                       nic_config, tuple(disks))
-        default_mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
+        default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
@@ -429,7 +436,7 @@ class Kernel:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
         spec = VmSpec(r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks)
-        default_mac = bytes((0x02, self.mac_tag)) + vm_id.to_bytes(4, "big")
+        default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
         vm.start()

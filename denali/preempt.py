@@ -1,26 +1,32 @@
 """Slice preemption: one watchdog thread per kernel stops slices that outlive their bound.
 
 Why a thread: Unicorn's ``count=`` costs ~10x guest speed and ``timeout=`` starts a
-polling thread per slice (docs/performance.md, "The slice loop"). Instead the CPU that runs a slice records
-(engine, deadline) in its ``Lane`` and runs the guest with no bound at all; this thread
-sleeps until the earliest deadline and calls ``uc_emu_stop`` on every lane still running
-past it. Stops can be lost inside Unicorn, so it keeps stopping (every ``retry_ns``)
-until the slice ends. With no slice starting for ``dormant_after_ns`` it sleeps on an
-event, so an idle kernel costs no CPU.
+polling thread per slice (docs/performance.md, "The slice loop"). Instead the CPU that
+runs a slice records (engine stop cell, deadline) in its ``Lane`` and runs the guest with
+no bound at all; this thread sleeps until the earliest deadline and sets the stop flag
+of every lane still running past it; the engine's block hook (``_preempt.c``) then stops
+it at the next block start. It never calls ``uc_emu_stop`` itself: from another thread
+that can land just after a guest memory access and make the engine repeat an
+instruction. It sets the flag again every ``retry_ns`` until the slice ends. With no
+slice starting for ``dormant_after_ns`` it sleeps on an event, so an idle kernel costs
+no CPU.
 
-Safety: ``stop`` is only ever called with the lane lock held and while the lane says its
-engine is running; ``end()`` takes the same lock, so an engine is never stopped after
+Safety: a flag is only ever set with the lane lock held and while the lane says its
+engine is running; ``end()`` takes the same lock, so an engine is never touched after
 its slice ended (and may then be closed safely).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from typing import Final
 
 from denali import _uc
+
+log = logging.getLogger(__name__)
 
 _RETRY_NS: Final = 100_000
 _DORMANT_AFTER_NS: Final = 50_000_000
@@ -40,8 +46,8 @@ class Lane:
         """How many stops the watchdog issued on this lane (a measure of preemptions)."""
 
     def begin(self, handle: int, deadline_ns: int) -> None:
-        """A slice on engine ``handle`` starts now and must end by ``deadline_ns``
-        (``time.monotonic_ns()`` clock, not the kernel's)."""
+        """A slice starts now on the engine whose ``stop_cell`` is at ``handle`` and must
+        end by ``deadline_ns`` (``time.monotonic_ns()`` clock, not the kernel's)."""
         owner = self._owner
         with owner.lock:
             self.handle = handle
@@ -56,13 +62,21 @@ class Lane:
             self.handle = 0
 
 
+_fallback_logged = False
+
+
 def _realtime_priority() -> None:
     """Ask for SCHED_FIFO for this thread so it wakes on time even when every core is
-    busy; without the privilege (EPERM) it stays a normal thread, only less punctual."""
+    busy; without the privilege (EPERM) it stays a normal thread, only less punctual
+    (logged once per process)."""
+    global _fallback_logged
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except (OSError, AttributeError):
-        pass
+    except (OSError, AttributeError) as exc:
+        if not _fallback_logged:
+            _fallback_logged = True
+            log.warning("the preemption thread runs without real-time priority (%s): slices "
+                        "may overrun their length when every core is busy", exc)
 
 
 class Preemptor:
@@ -111,7 +125,7 @@ class Preemptor:
                     starts += lane.starts
                     if lane.handle:
                         if now >= lane.deadline:
-                            _uc.stop_handle(lane.handle)
+                            _uc.request_stop_at(lane.handle)
                             lane.stops += 1
                             due = now + _RETRY_NS
                         else:

@@ -126,14 +126,14 @@ class Vm:
     HYPERCALLS: ClassVar = {Hc.TERMINATE: "hc_terminate", Hc.IDLE: "hc_idle",
                             Hc.SET_HANDLER: "hc_set_handler"}
 
-    __slots__ = ("__weakref__", "_clock_offset", "_cpu", "_cpu_state", "_devices", "_dispatch",
-                 "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg", "_idle_deadline",
-                 "_idle_waiters", "_in_slice", "_irq_entry", "_memory", "_on_end", "_on_wake", "_origin",
-                 "_pause", "_pending",
-                 "_posted", "_rt", "_swapped", "_swapping_in", "_task", "_vregs_head", "_vregs_tail",
-                 "_waker", "clock", "close_errors", "cmdline", "console", "created_ns", "disks",
-                 "ended_ns", "error", "exit_status", "fault", "first_slice_ns", "generation", "id",
-                 "image", "interposed", "mem_size", "nic_device", "state", "stats")
+    __slots__ = ("__weakref__", "_clock_offset", "_clock_zero", "_cpu", "_cpu_state", "_devices",
+                 "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg",
+                 "_idle_deadline", "_idle_waiters", "_in_slice", "_irq_entry", "_memory", "_on_end",
+                 "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped", "_swapping_in",
+                 "_task", "_vregs_head", "_vregs_tail", "_waker", "clock", "close_errors", "cmdline",
+                 "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
+                 "first_slice_ns", "generation", "id", "image", "interposed", "mem_size", "nic_device",
+                 "state", "stats")
 
     def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
@@ -174,6 +174,9 @@ class Vm:
         self.first_slice_ns: int | None = None
         self.ended_ns: int | None = None
         self._clock_offset = 0
+        """VM clock - kernel clock (0 unless restored from a snapshot)."""
+        self._clock_zero = rt.epoch_ns
+        """``time.monotonic_ns()`` when the VM's clock read 0 (epoch - offset)."""
         self._waker: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -303,7 +306,12 @@ class Vm:
 
     def now_ns(self) -> int:
         """The VM's clock: the kernel's plus this VM's offset."""
-        return self._rt.now_ns() + self._clock_offset
+        return time.monotonic_ns() - self._clock_zero
+
+    def _set_clock_offset(self, offset_ns: int) -> None:
+        """Make the VM's clock read the kernel's + ``offset_ns`` (a restored VM)."""
+        self._clock_offset = offset_ns
+        self._clock_zero = self._rt.epoch_ns - offset_ns
 
     def call_at(self, deadline_ns: int, callback: Callable[..., Any], *args: Any) -> Timer:
         return self._rt.timers.add(deadline_ns - self._clock_offset, callback, *args)
@@ -478,7 +486,8 @@ class Vm:
     def _before_slice(self) -> bool:
         """Apply posted completions, refresh the virtual registers, deliver pending
         interrupts; False on fault."""
-        self._apply_posted()
+        if self._posted:
+            self._apply_posted()
         self._write_vregs()
         pending = self._pending
         if pending and self._irq_entry:
@@ -645,7 +654,7 @@ class Vm:
             # INVARIANT: the engine is not freed while a worker runs it, even if this
             # task is cancelled again while it waits.
             while not fut.done():
-                cpu.engine.stop()
+                cpu.engine.request_stop()
                 try:
                     await asyncio.wait({fut}, timeout=0.001)
                 except asyncio.CancelledError:
@@ -837,7 +846,7 @@ class Vm:
         vm = meta["vm"]
         self._origin = origin.share()
         self._cpu_state = cpu
-        self._clock_offset = int(vm["clock_ns"]) - self._rt.now_ns()
+        self._set_clock_offset(int(vm["clock_ns"]) - self._rt.now_ns())
         self._pending = int(vm["pending"]) & abi.IRQ_ALL
         self._irq_entry = int(vm["irq_entry"])
         self._idle_arg = None if vm["idle_arg"] is None else int(vm["idle_arg"])

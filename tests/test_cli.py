@@ -176,10 +176,17 @@ def test_a_disk_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) ->
     assert "Hello" not in r.stdout
 
 
-def test_images_lists_builtins() -> None:
+def test_images_lists_what_users_boot_and_marks_the_rest() -> None:
     r = run("images")
     assert r.returncode == 0
-    assert "hello" in r.stdout and "test-fault" in r.stdout
+    assert "hello" in r.stdout and "httpd" in r.stdout
+    assert "test-fault" not in r.stdout and "denali images --all" in r.stdout
+    r = run("images", "--all")
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("hello") or lines[0].split()[0] in ("hello", "httpd", "httpget", "udpecho")
+    fault = next(line for line in lines if line.startswith("test-fault"))
+    assert fault.endswith("(test guest)")
+    assert any(line.startswith("bench-alu") and line.endswith("(benchmark guest)") for line in lines)
 
 
 def test_ctrl_c_shuts_down_cleanly() -> None:

@@ -36,7 +36,8 @@ def _parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     logs = log_options(top=False)
     boot.add_parser(sub)
-    sub.add_parser("images", help="list the built-in guest images", parents=[logs])
+    im = sub.add_parser("images", help="list the built-in guest images", parents=[logs])
+    im.add_argument("--all", "-a", action="store_true", help="also the test and benchmark guests")
     top_cli.add_parser(sub, parents=[logs])
     ctl_cli.add_parser(sub, parents=[logs])
     disk_cli.add_parser(sub)
@@ -44,13 +45,23 @@ def _parser() -> ArgumentParser:
     return p
 
 
-def _images() -> int:
+def _images(everything: bool) -> int:
+    """Guests users boot first; the test suite's (``test-*``) and the benchmarks'
+    (``bench-*``) after them, marked, or only with ``--all``."""
     imgs = builtin_images()
     if not imgs:
         print("denali: no built-in images (reinstall: pip install .)", file=sys.stderr)
         return 1
-    for name, path in imgs.items():
-        print(f"{name:24} {path.stat().st_size:8d} bytes")
+    kinds = {name: "test" if name.startswith("test-") else "benchmark" if name.startswith("bench-")
+             else "guest" for name in imgs}
+    shown = sorted(imgs, key=lambda n: (kinds[n] != "guest", kinds[n], n))
+    for name in shown:
+        if kinds[name] == "guest" or everything:
+            note = "" if kinds[name] == "guest" else f"  ({kinds[name]} guest)"
+            print(f"{name:24} {imgs[name].stat().st_size:8d} bytes{note}")
+    hidden = sum(1 for n in imgs if kinds[n] != "guest")
+    if hidden and not everything:
+        print(f"(and {hidden} test and benchmark guests: denali images --all)")
     return 0
 
 
@@ -72,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "images":
-        return _images()
+        return _images(args.all)
     if args.command == "disk":
         return disk_cli.execute(args)
     if args.command == "top":

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
-from denali.devices.base import SLOT_CLOCK, Device, State
+from denali.devices.base import SLOT_CLOCK, Device, DeviceHost, State
 
 if TYPE_CHECKING:
     from denali.memory import GuestMemory
@@ -31,16 +31,20 @@ class Clock(Device):
 
     SLOT: ClassVar[int] = SLOT_CLOCK
     HYPERCALLS: ClassVar = {Hc.CLOCK: "hc_clock", Hc.TIMER_SET: "hc_timer_set"}
-    __slots__ = ("_timer", "deadline")
+    __slots__ = ("_now", "_timer", "deadline")
 
     def __init__(self) -> None:
         self._timer: Timer | None = None
         self.deadline = 0
         """The armed deadline on the VM's clock, 0 when none is armed."""
 
+    def attach(self, host: DeviceHost) -> None:
+        super().attach(host)
+        self._now = host.now_ns
+
     # ---- hypercalls ----
     def hc_clock(self, mem: GuestMemory, arg: int) -> int:
-        _U64.pack_into(mem.buf, arg + _NOW, self._host.now_ns())
+        _U64.pack_into(mem.buf, arg + _NOW, self._now())
         return Result.OK
 
     def hc_timer_set(self, mem: GuestMemory, arg: int) -> int:

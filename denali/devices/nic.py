@@ -134,6 +134,9 @@ class NicPort(Port):
     def deliver(self, frame: bytes) -> None:
         """Queue a frame for the guest (see the module docstring for filtering and ``on_rx``)."""
         st = self.stats
+        if len(frame) > NET_MTU:  # more than a receive slot holds (the switch allows a VLAN tag)
+            st.drop_malformed += 1
+            return
         if not (frame[0] & 1 or self._promiscuous or frame.startswith(self._own)):
             st.drop_filtered += 1
             return

@@ -32,13 +32,10 @@ PAYLOAD_OFFSET: Final = 14
 HEADER_LEN: Final = 14
 """Length of an Ethernet II header; a shorter frame is malformed."""
 
+MAX_FRAME: Final = 1518
+"""Longest frame the LAN carries: 1514 bytes of Ethernet (no FCS) plus a VLAN tag."""
 BROADCAST: Final = b"\xff" * MAC_LEN
 """The broadcast address ff:ff:ff:ff:ff:ff."""
-ZERO_MAC: Final = bytes(MAC_LEN)
-"""00:00:00:00:00:00, which ``abi.VREGS.mac`` uses for "no NIC"."""
-
-VM_MAC_PREFIX: Final = b"\x02\xde"
-"""First two bytes of every VM's MAC: locally administered (bit 1), unicast (bit 0 clear)."""
 
 _ETHERTYPE: Final = struct.Struct("!H")
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
@@ -100,15 +97,18 @@ def is_local(mac: bytes) -> bool:
     return bool(mac[0] & 0x02)
 
 
-def mac_for_vm(vm_id: int) -> bytes:
-    """The MAC of VM ``vm_id``: ``02:de`` then ``vm_id`` as 4 bytes big-endian.
+def mac_for_vm(vm_id: int, tag: int = 0xDE) -> bytes:
+    """The MAC of VM ``vm_id``: ``02``, the kernel's ``tag`` byte, then ``vm_id`` as 4
+    bytes big-endian (the one scheme: every kernel's VMs get theirs this way).
 
     Locally administered and unicast, so it never collides with a vendor's address.
-    Raises ``ConfigError`` unless ``0 <= vm_id < 2**32``.
+    Raises ``ConfigError`` unless ``0 <= vm_id < 2**32`` and ``0 <= tag < 256``.
     """
     if not 0 <= vm_id <= 0xFFFF_FFFF:
         raise ConfigError(f"VM id {vm_id} does not fit in 32 bits")
-    return VM_MAC_PREFIX + vm_id.to_bytes(4, "big")
+    if not 0 <= tag <= 0xFF:
+        raise ConfigError(f"MAC tag {tag} is not a byte")
+    return bytes((0x02, tag)) + vm_id.to_bytes(4, "big")
 
 
 # ---- frames ----

@@ -70,7 +70,7 @@ from typing import Any, Final
 
 from denali.abi import NET_MAX_BATCH
 from denali.errors import ConfigError, NetError
-from denali.net.ethernet import HEADER_LEN, MAC_LEN, SRC_OFFSET, as_mac
+from denali.net.ethernet import HEADER_LEN, MAC_LEN, MAX_FRAME, SRC_OFFSET, as_mac
 from denali.net.pcap import DEFAULT_QUEUE_FRAMES, PcapWriter
 from denali.net.port import Attachment, Port, PortStats
 
@@ -536,7 +536,7 @@ class Switch:
             except IndexError:  # the port was detached by a callback during this batch
                 taken = i
                 break
-            if len(frame) < HEADER_LEN:
+            if not HEADER_LEN <= len(frame) <= MAX_FRAME:
                 pst.drop_malformed += 1
                 self._c.drop_malformed += 1
                 continue

@@ -4,8 +4,16 @@
 or to Linux ``vxlan`` devices with the same VNI: every frame the switch delivers is
 sent, with an 8-byte VXLAN header (flags 0x08, 24-bit VNI), to each remote; every
 datagram received on the local address with that VNI is handed to the switch. Packets
-that are too short, lack the I flag, carry another VNI or come from an address that is
-not a remote are dropped and counted (``drop_malformed`` / ``drop_spoofed``). Sending
+that are too short or too long, lack the I flag, carry another VNI or come from an
+address that is not a remote are dropped and counted (``drop_malformed`` /
+``drop_spoofed``; the first of each kind is logged); the inner frame then meets the
+switch's own checks.
+
+Trust: VXLAN has no authentication. Anyone who can send UDP to the local address can
+forge a remote's source address and inject frames into the LAN, and anyone on the path
+reads every frame. Join kernels over a trusted underlay (a private network of your own)
+or an encrypted one (WireGuard or IPsec between the hosts); the checks here stop
+mistakes and strangers, not a forger on the path. Sending
 never blocks (the datagram transport buffers; a full buffer drops, counted).
 
 Syntax for the CLI (``parse``): ``vxlan:VNI@REMOTE[:PORT][+REMOTE[:PORT]...][,local=ADDR[:PORT]]``
@@ -28,6 +36,9 @@ log = logging.getLogger(__name__)
 VXLAN_PORT: Final = 4789
 _HDR: Final = struct.Struct("!II")
 _FLAG_I: Final = 0x08000000
+MAX_INNER_FRAME: Final = 1518
+"""Largest inner frame taken (1514 bytes of Ethernet without FCS, plus a VLAN tag);
+a larger one is dropped as malformed here, before the switch sees it."""
 
 
 def _addr(text: str, default_port: int) -> tuple[str, int]:
@@ -59,6 +70,7 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
         self.local = local
         self._transport: asyncio.DatagramTransport | None = None
         self._header = _HDR.pack(_FLAG_I, vni << 8)
+        self._remote_hosts = frozenset(r[0] for r in self.remotes)
         self._warned: set[str] = set()
 
     def _warn_once(self, what: str, message: str, *args: object) -> None:
@@ -102,14 +114,18 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         st = self.stats
-        if len(data) < 8 + 14:
+        if len(data) < 8 + 14 or len(data) > 8 + MAX_INNER_FRAME:
             st.drop_malformed += 1
+            self._warn_once("malformed", "a datagram of %d bytes from %s:%s (not a VXLAN frame) "
+                            "dropped", len(data), *addr)
             return
         flags, vni = _HDR.unpack_from(data)
         if not flags & _FLAG_I or vni >> 8 != self.vni:
             st.drop_malformed += 1
+            self._warn_once("vni", "a datagram from %s:%s without the I flag or for VNI %d dropped",
+                            *addr, vni >> 8)
             return
-        if addr[0] not in {r[0] for r in self.remotes}:
+        if addr[0] not in self._remote_hosts:
             st.drop_spoofed += 1
             self._warn_once("spoofed", "a datagram from %s:%s, which is not a remote, dropped", *addr)
             return
