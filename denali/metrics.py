@@ -111,6 +111,7 @@ class CpuSampler:
         self._last = cur
         self.states = states
         best = sorted(scored, key=lambda e: e[:2], reverse=True)
+        await asyncio.sleep(0)
         rows = await _rows(self.kernel, [vm for _, _, vm in best])
         wall_pct = 100 / wall
         for (d, _, _), row in zip(best, rows, strict=True):
@@ -139,6 +140,7 @@ async def top(kernel: Kernel, sampler: CpuSampler, limit: int | None) -> dict[st
     """``snapshot`` data for the ``limit`` busiest VMs since the sampler's last call,
     busiest first, each with ``cpu_pct``."""
     rows = await sampler.sample(limit)
+    await asyncio.sleep(0)
     return {"kernel": _kernel_stats(kernel, sampler.states), "vms": rows}
 
 
@@ -187,6 +189,7 @@ async def collect(kernel: Kernel, top_vms: int = TOP_VMS) -> list[Metric]:
         if i % CHUNK == CHUNK - 1:
             await asyncio.sleep(0)
     sums.update(hypercalls=hypercalls, console_bytes=console, rx_frames=rx, tx_frames=tx)
+    await asyncio.sleep(0)
     busiest = [vm for _, _, vm in sorted(heap, key=lambda e: e[:2], reverse=True)]
     k = kernel.stats(vm_states=False)
     out: list[Metric] = []
@@ -250,7 +253,9 @@ def exposition(families: Iterable[Metric]) -> bytes:
 
 async def prometheus(kernel: Kernel, top_vms: int = TOP_VMS) -> str:
     """The text a scrape of ``kernel`` returns."""
-    return exposition(await collect(kernel, top_vms)).decode()
+    families = await collect(kernel, top_vms)
+    await asyncio.sleep(0)
+    return exposition(families).decode()
 
 
 # ---------------------------------------------------------------- the endpoint
@@ -260,7 +265,9 @@ def routes(endpoint: Endpoint, kernel: Kernel, top_vms: int = TOP_VMS) -> None:
     sampler = CpuSampler(kernel)
 
     async def metrics_page(request: web.Request) -> web.Response:
-        body = exposition(await collect(kernel, top_vms))
+        families = await collect(kernel, top_vms)
+        await asyncio.sleep(0)
+        body = exposition(families)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
     async def vms_json(request: web.Request) -> web.Response:

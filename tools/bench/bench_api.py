@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import tempfile
@@ -138,9 +139,27 @@ async def scrape(n: int, budget: int) -> None:
                 top_s.append(time.perf_counter() - t0)
             assert f'denali_vms{{state="idle"}} {n}.0' in text, text[:400]
 
-        job = asyncio.ensure_future(load())
-        busy_gap = await _longest_stretch(0, job)
-        await job
+        gc_pauses: list[float] = []
+        started: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started.append(time.thread_time())
+            elif started:
+                gc_pauses.append(time.thread_time() - started.pop())
+
+        gc.callbacks.append(on_gc)
+        try:
+            job = asyncio.ensure_future(load())
+            busy_gap = await _longest_stretch(0, job)
+            await job
+            gc.disable()
+            job = asyncio.ensure_future(load())
+            nogc_gap = await _longest_stretch(0, job)
+            await job
+        finally:
+            gc.enable()
+            gc.callbacks.remove(on_gc)
         swapped = sum(1 for vm in vms if vm.swapped)
         series = len([ln for ln in text_lines(await metrics.prometheus(k)) if not ln.startswith("#")])
     med = statistics.median
@@ -148,6 +167,8 @@ async def scrape(n: int, budget: int) -> None:
         ("VMs booted and idle", f"{n:,} in {boot:.0f} s"),
         ("longest stretch without a loop turn, idle kernel", f"{idle_gap * 1e3:.2f} ms (CPU time)"),
         ("longest stretch without a loop turn, 10 scrapes + 10 top", f"{busy_gap * 1e3:.2f} ms (CPU time)"),
+        ("longest garbage-collector pause meanwhile", f"{max(gc_pauses, default=0) * 1e3:.2f} ms"),
+        ("the same, the collector held off", f"{nogc_gap * 1e3:.2f} ms (CPU time)"),
         ("slice length", "2.00 ms"),
         ("/metrics scrape latency median / max", f"{med(scrape_s) * 1e3:.0f} / {max(scrape_s) * 1e3:.0f} ms"),
         ("top (50 busiest) latency median / max", f"{med(top_s) * 1e3:.0f} / {max(top_s) * 1e3:.0f} ms"),
