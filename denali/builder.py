@@ -24,6 +24,7 @@ from denali.devices.disk.device import Disks, open_disks
 from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
 from denali.loader import Image
+from denali.net.impair import LinkSpec
 from denali.net.switch import Switch
 from denali.runtime import Runtime
 from denali.vm import Vm
@@ -41,6 +42,8 @@ class VmSpec:
     mac: bytes | None = None
     nic_config: NicConfig | None = None
     disks: Sequence[DiskSpec] = field(default=())
+    link: LinkSpec | None = None
+    """Impairment of the NIC's cable (loss, delay, ...), or None."""
 
 
 async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes,
@@ -57,6 +60,8 @@ async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: b
         nic = None
         if spec.nic:
             port = NicPort(f"vm{vm_id}", spec.mac or mac, config=spec.nic_config)
+            if spec.link is not None:
+                port.set_link(spec.link)
             switch.attach(port)  # NetError/ConfigError (a MAC in use) before anything else
             nic = Nic(port)
         disks = await open_disks(spec.disks)

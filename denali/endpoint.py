@@ -13,6 +13,10 @@ Both endpoints face whoever can reach them, so every connection is bounded:
 - **slow requests**: a request head (request line and headers) must arrive whole within
   ``head_timeout`` seconds of its first byte, or the connection is answered ``408`` and
   closed (slow loris).
+- **slow readers**: a connection whose answers the client does not read (its transport
+  has paused writing, the buffer above its high-water mark) for ``idle_timeout`` seconds
+  is closed, even with a request in flight (requests pipelined by a client that never
+  reads would otherwise keep their handlers waiting for ever).
 - **malformed or oversized requests**: aiohttp's parser answers ``400`` (a bad request
   line or header, a request line or header longer than ``max_line``, more than
   ``max_headers`` headers) and ``413`` (a body above ``max_body`` bytes).
@@ -23,7 +27,8 @@ socket file nobody listens on is replaced; anything else at the path is refused.
 
 ``close()`` stops listening, closes every connection and waits for the request
 handlers to end, so a kernel stopped with connections open leaves no task behind.
-Counters are in ``stats`` (accepted, refused, evicted, idle_closed, head_timeouts).
+Counters are in ``stats`` (accepted, refused, evicted, idle_closed, head_timeouts,
+write_stalls).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ class Limits:
 class _Guard(asyncio.Protocol):
     """One connection: forwards to aiohttp's protocol and watches its activity."""
 
-    __slots__ = ("busy", "endpoint", "head_since", "inner", "last_rx", "tail", "transport")
+    __slots__ = ("busy", "endpoint", "head_since", "inner", "last_rx", "stalled_since", "tail", "transport")
 
     def __init__(self, endpoint: Endpoint, inner: asyncio.Protocol) -> None:
         self.endpoint = endpoint
@@ -78,6 +83,8 @@ class _Guard(asyncio.Protocol):
         self.head_since: float | None = None
         self.tail = b""
         self.busy = 0
+        self.stalled_since: float | None = None
+        """When the transport paused writing (the client is not reading), if it has."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -107,9 +114,11 @@ class _Guard(asyncio.Protocol):
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
+        self.stalled_since = time.monotonic()
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.stalled_since = None
         self.inner.resume_writing()
 
     def request_done(self) -> None:
@@ -125,6 +134,11 @@ class _Guard(asyncio.Protocol):
                 with contextlib.suppress(Exception):
                     t.write(answer)
             t.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered (a client that does not read)."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class _Refuse(asyncio.Protocol):
@@ -175,7 +189,8 @@ class Endpoint:
         self._sweeper: asyncio.Task[None] | None = None
         self._unix_path: str | None = None
         self.address = ""
-        self.stats = {"accepted": 0, "refused": 0, "evicted": 0, "idle_closed": 0, "head_timeouts": 0}
+        self.stats = {"accepted": 0, "refused": 0, "evicted": 0, "idle_closed": 0, "head_timeouts": 0,
+                      "write_stalls": 0}
 
     @property
     def port(self) -> int:
@@ -266,6 +281,10 @@ class Endpoint:
             await asyncio.sleep(period)
             now = time.monotonic()
             for g in list(self._guards.values()):
+                if g.stalled_since is not None and now - g.stalled_since > lim.idle_timeout:
+                    self.stats["write_stalls"] += 1
+                    g.abort()
+                    continue
                 if g.busy:
                     continue
                 if g.head_since is not None and now - g.head_since > lim.head_timeout:

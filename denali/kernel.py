@@ -52,6 +52,7 @@ from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image, parse_image
 from denali.net.ethernet import as_mac, mac_for_vm
+from denali.net.impair import LinkSpec
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.runtime import Runtime
@@ -269,14 +270,15 @@ class Kernel:
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
                     cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
                     nic_config: NicConfig | None = None, mac: bytes | str | None = None,
-                    disks: Sequence[DiskSpec] = ()) -> Vm:
+                    disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
         ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets
-        its queue bounds. ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
+        its queue bounds; ``link`` impairs its cable (``denali.net.impair.LinkSpec``).
+        ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
         when one cannot be opened). Raises ``ImageError``/``ConfigError`` for bad input,
         ``ResourceError`` when the host cannot hold another VM, ``KernelClosedError``
         after close.
@@ -301,7 +303,7 @@ class Kernel:
         await self.switch.start()
         vm_id = self._new_id()
         spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
-                      nic_config, tuple(disks))
+                      nic_config, tuple(disks), link)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.start()

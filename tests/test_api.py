@@ -312,6 +312,33 @@ async def test_endpoint_limits_connections_idle_time_and_slow_heads() -> None:
             await ep.close()
 
 
+async def test_endpoint_closes_a_client_that_does_not_read_its_answers() -> None:
+    """Pipelined scrapes from a client that never reads (a small receive buffer): once
+    the answers back up, the connection is aborted after the idle timeout although a
+    request is in flight; other scrapes are answered meanwhile and after."""
+    limits = Limits(max_connections=50, idle_timeout=0.5, head_timeout=0.5)
+    async with Kernel() as k:
+        ep = await metrics.serve(k, "127.0.0.1", 0, limits=limits)
+        try:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", ep.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+            for _ in range(100):
+                if ep.stats["write_stalls"]:
+                    break
+                await _scrape(ep.port)
+                await asyncio.sleep(0.05)
+            assert ep.stats["write_stalls"] == 1, ep.stats
+            await asyncio.sleep(0.1)
+            assert ep.connections == 0
+            await _scrape(ep.port)
+            s.close()
+        finally:
+            await ep.close()
+
+
 def _listening_inet(pid: int) -> set[str]:
     """The TCP addresses process ``pid`` listens on, as HOST:PORT."""
     inodes = set()

@@ -175,6 +175,16 @@ async def _http_ok(k: Kernel, ip: str, src: str) -> str:
     return out
 
 
+async def _until_timers_done(vm: Vm) -> None:
+    """Wait until ``vm`` idles with no deadline (its TCP and ARP timers have all run), so
+    its clones are restored asleep until something wakes them."""
+    for _ in range(1000):
+        if vm.state is VmState.IDLE and vm._idle_deadline == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"VM {vm.id} still has a timer: {vm._idle_deadline}")
+
+
 async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path: Path) -> None:
     need_image("httpd")
     need_image("httpget")
@@ -183,6 +193,7 @@ async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path:
         origin = await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
         await origin.until_idle()
         await _http_ok(k, "10.0.0.1", "10.0.0.200")
+        await _until_timers_done(origin)
         await origin.pause()
         await k.snapshot(origin, path)
         origin.kill()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Linux tools the network tests drive (ip, ping, curl, setpriv) when
+# Installs the Linux tools the network tests drive (ip, ping, curl, wrk, setpriv) when
 # they are missing. Idempotent and quiet; needs root (apt-get) only when something is
 # missing.
 set -euo pipefail
@@ -11,6 +11,7 @@ command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -27,8 +27,17 @@ from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
 from denali.devices.disk import parse_disk_arg
-from denali.errors import DenaliError, DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError
+from denali.errors import (
+    ConfigError,
+    DenaliError,
+    DiskError,
+    GuestFault,
+    KernelInternalError,
+    SwapError,
+    VmKilledError,
+)
 from denali.kernel import Kernel
+from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
 from denali.progress import BootProgress
@@ -57,6 +66,10 @@ def add_parser(sub: Any) -> None:
                    help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
                         "the host side that address and brings it up) or to other kernels / Linux "
                         "vxlan devices over VXLAN (UDP 4789 by default)")
+    b.add_argument("--link", action="append", default=[], metavar="[vms:|lan:|net:]SPEC",
+                   help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
+                        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
+                        "(see docs/networking.md)")
     b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
     b.add_argument("--disk", action="append", default=[],
@@ -159,6 +172,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 metrics_server = await metrics.serve(k, host, port)
             except (OSError, ValueError) as exc:
                 raise DenaliError(f"--metrics {host}:{port}: {exc}") from None
+        links = _parse_links(args.link)
+        if "lan" in links:
+            k.switch.set_link(links["lan"])
         if args.api:
             api_server = await api.serve(k, args.api, mode=args.api_mode)
         for spec in args.net:
@@ -176,6 +192,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
             else:
                 raise DenaliError(f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or "
                                   "vxlan:VNI@REMOTE[:PORT]")
+            if "net" in links:
+                ports[-1].set_link(links["net"])
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
@@ -183,7 +201,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         for i in range(1, args.count + 1):
             sink = out.sink_for(i if args.count > 1 else None)
             vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
-                               disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink)
+                               disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink,
+                               link=links.get("vms"))
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
                 lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
@@ -269,3 +288,18 @@ def _finish_output(out: ConsoleOutput, stop: StopSignals) -> None:
     line = out.report()
     if line is not None:
         print(line, file=sys.stderr)
+
+
+def _parse_links(specs: list[str]) -> dict[str, LinkSpec]:
+    """``--link`` values by target (vms, net, lan); ``ConfigError`` on a bad spec."""
+    out: dict[str, LinkSpec] = {}
+    for text in specs:
+        target, sep, rest = text.partition(":")
+        if sep and target in ("vms", "net", "lan"):
+            body = rest
+        else:
+            target, body = "vms", text
+        if target in out:
+            raise ConfigError(f"--link {target}: given twice")
+        out[target] = LinkSpec.parse(body)
+    return out
