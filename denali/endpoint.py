@@ -38,6 +38,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import socket
 import stat
 import time
@@ -58,7 +59,7 @@ _HEAD_END: Final = b"\r\n\r\n"
 class Limits:
     """Bounds on an endpoint's connections (see the module docstring)."""
 
-    max_connections: int = 512
+    max_connections: int = 1024
     idle_timeout: float = 30.0
     head_timeout: float = 10.0
     max_line: int = 8190
@@ -230,6 +231,7 @@ class Endpoint:
         return _Guard(self, server())
 
     async def _setup(self) -> None:
+        _check_fd_room(self.limits.max_connections, self.name)
         await self._runner.setup()
 
     async def start_tcp(self, host: str, port: int) -> None:
@@ -313,6 +315,30 @@ class Endpoint:
         if self._unix_path is not None:
             _unlink(self._unix_path)
             self._unix_path = None
+
+
+_FD_SPARE: Final = 256
+"""Descriptors kept for everything else (swap files, disks, TAP devices, the loop)."""
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files toward ``wanted`` (at most the hard
+    limit); the soft limit now. For a program's main (``denali boot``), not a library."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def _check_fd_room(max_connections: int, name: str) -> None:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < max_connections + _FD_SPARE:
+        log.warning("%s: the open-file limit (%d) is below its %d connections and %d spare; "
+                    "connections beyond the limit are refused by the host (raise ulimit -n)",
+                    name, soft, max_connections, _FD_SPARE)
 
 
 def _unlink(path: str) -> None:

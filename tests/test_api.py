@@ -361,6 +361,15 @@ def _listening_inet(pid: int) -> set[str]:
     return found
 
 
+def _established(pid: int, port: int) -> int:
+    """TCP connections process ``pid`` holds established on its local ``port``."""
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    with open(f"/proc/{pid}/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for p in rows if p[3] == "01" and p[9] in inodes and int(p[1].split(":")[1], 16) == port)
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -405,6 +414,8 @@ async def test_scrapes_answered_while_1000_idle_and_slow_connections_are_held(tm
             _, w = await asyncio.open_unix_connection(sock)
             w.write(b"POST /v1/vms HTTP/1.1\r\n")
             held.append(w)
+        await asyncio.sleep(0.2)
+        assert _established(proc.pid, port) >= 1000  # the server holds every one of them
         latencies = [await _scrape(port) for _ in range(20)]
         st, data = await _call(sock, "GET", "/v1/kernel")
         assert st == 200 and data["kernel"]["vms"] == 20

@@ -175,6 +175,26 @@ async def _http_ok(k: Kernel, ip: str, src: str) -> str:
     return out
 
 
+def _guest_symbol(image: str, name: str) -> int:
+    """The address of the static ``name`` in a built-in guest image (its symbol table)."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    from denali.images import builtin_images
+    with open(builtin_images()[image], "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if isinstance(sec, SymbolTableSection):
+                for sym in sec.get_symbol_by_name(name) or ():
+                    return int(sym["st_value"])
+    raise AssertionError(f"{image} has no symbol {name}")
+
+
+def _u32_at(vm: Vm, addr: int) -> int:
+    mem = vm._memory
+    assert mem is not None, f"VM {vm.id} is not resident"
+    return int(struct.unpack_from("<I", mem.buf, addr)[0])
+
+
 async def _until_timers_done(vm: Vm) -> None:
     """Wait until ``vm`` idles with no deadline (its TCP and ARP timers have all run), so
     its clones are restored asleep until something wakes them."""
@@ -196,6 +216,8 @@ async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path:
         await _until_timers_done(origin)
         await origin.pause()
         await k.snapshot(origin, path)
+        secret = _guest_symbol("httpd", "iss_secret")
+        origin_secret = _u32_at(origin, secret)
         origin.kill()
         clones = await k.clone(path, 4, cmdlines=[f"ip=10.0.0.{10 + i}/24" for i in range(4)])
         assert len({c.id for c in clones}) == 4 and origin.id not in {c.id for c in clones}
@@ -211,6 +233,9 @@ async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path:
             assert c.state is VmState.IDLE
         # the clones' memories are private mappings of the one snapshot file
         assert _mapped(path) == 4
+        # each re-keyed its TCP (Irq.CLONE): an ISN secret of its own, not the snapshot's
+        secrets = {_u32_at(c, secret) for c in clones}
+        assert len(secrets) == 4 and origin_secret not in secrets
         # a clone of a clone: generation 2
         await clones[0].pause()
         await k.snapshot(clones[0], tmp_path / "gen1.snap")

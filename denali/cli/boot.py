@@ -261,6 +261,10 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
+
+    from denali.endpoint import Limits, raise_fd_limit
+    if args.metrics or args.api:  # room for both endpoints' connections
+        raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         try:

@@ -98,11 +98,13 @@ static int net_read_address(void)
 
 /* This VM was restored as a clone of a snapshot (DENALI_IRQ_CLONE): its MAC and command
  * line are new. Take the address from the command line again (a clone given none keeps
- * the old one), the MAC from the NIC, and announce them with a gratuitous ARP. */
+ * the old one), the MAC from the NIC, re-key TCP (a new ISN secret and ephemeral port
+ * start, not the ones every sibling shares) and announce them with a gratuitous ARP. */
 static void net_reidentify(void)
 {
     net_read_address();
     netif_open();
+    tcp_rekey();
     arp_announce();
 }
 

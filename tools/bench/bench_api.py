@@ -49,6 +49,7 @@ from lan import PREFIX, LinuxHost, boot_httpd, vm_ip
 
 from denali import metrics
 from denali.config import parse_size
+from denali.endpoint import Limits
 from denali.kernel import Kernel
 
 
@@ -328,7 +329,7 @@ async def endpoint(conns: int, rounds: int, n_vms: int) -> None:
          f"{med(x['loaded'] for x in rows) * 1e3:.1f} ms; {max(x['loaded_max'] for x in rows) * 1e3:.0f} ms"),
         ("B / A, median of per-round ratios", f"{med(x['loaded'] / x['quiet'] for x in rows):.2f}x"),
         ("connections the server held open (TCP on the metrics port, min over rounds)",
-         f"{min(x['tcp'] for x in rows):,} of {conns:,} (limit 512: the quietest idle ones evicted)"),
+         f"{min(x['tcp'] for x in rows):,} of {conns:,} (the limit: {Limits().max_connections:,})"),
         ("Unix connections the server held open (API socket, min over rounds)",
          f"{min(x['unix'] for x in rows):,} of 200"),
         ("server RSS: at start / before holding / while held / after release (medians)",
