@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -158,6 +159,44 @@ async def test_snapshot_of_a_swapped_out_vm_and_its_clock(tmp_path: Path) -> Non
         assert await restored.wait() == 0
         slept_us = int(_last_line(restored).split("slept_us=")[1].split()[0])
         assert 600_000 <= slept_us < 1_000_000, _last_line(restored)
+
+
+async def test_frames_queued_in_a_paused_nic_are_delivered_after_restore(tmp_path: Path) -> None:
+    """Datagrams that reached a paused udpecho's NIC travel in its snapshot: restored in
+    another kernel with nobody else on its LAN, it answers them (its ARP request for the
+    sender, who it never heard from before, is the proof)."""
+    need_image("udpecho")
+    need_image("test-netudp")
+    from tests.net.helpers import Recorder
+    path = tmp_path / "echo.snap"
+    async with Kernel() as k:
+        srv = await k.spawn("udpecho", cmdline="ip=10.0.0.1/24")
+        await srv.until_idle()
+        await asyncio.sleep(0.05)
+        await srv.pause()
+        cli = await k.spawn("test-netudp", cmdline="ip=10.0.0.2/24 dst=10.0.0.1 count=1")
+        assert srv.nic is not None
+        for _ in range(500):
+            if srv.nic.rx_pending:
+                break
+            await asyncio.sleep(0.01)
+        queued = srv.nic.rx_pending
+        assert queued >= 1
+        await k.snapshot(srv, path)
+        srv.kill()
+        cli.kill()
+    async with Kernel() as k2:
+        peer = Recorder("peer")
+        k2.switch.attach(peer)
+        restored = await k2.restore(path)
+        wanted = socket.inet_aton("10.0.0.2")
+        for _ in range(500):
+            if any(f[12:14] == b"\x08\x06" and f[38:42] == wanted for f in peer.frames):
+                break
+            await asyncio.sleep(0.01)
+        arps = [f for f in peer.frames if f[12:14] == b"\x08\x06" and f[38:42] == wanted]
+        assert arps, [f.hex() for f in peer.frames]
+        assert restored.nic is not None and restored.nic.rx_pending == 0
 
 
 # ---------------------------------------------------------------- clones
