@@ -52,6 +52,8 @@ UC_PROT_ALL: Final = _c.UC_PROT_ALL
 _CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
 _CTL_TCG_BUFFER_SIZE: Final = _c.UC_CTL_TCG_BUFFER_SIZE
 _CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
+_CTL_TB_REMOVE_CACHE: Final = _c.UC_CTL_TB_REMOVE_CACHE
+_CTL_TB_FLUSH: Final = _c.UC_CTL_TB_FLUSH
 
 # uc_mem_type values seen by the TLB-fill hook
 MEM_READ: Final = _c.UC_MEM_READ
@@ -379,9 +381,19 @@ class Engine:
         """Forget a stop request (before a slice starts)."""
         self._cell.flag = 0
 
-    def start(self, begin: int) -> int:
-        """Run guest code from ``begin`` until stopped; returns the uc_err code."""
-        return int(_emu_start(self._h, begin, 0, 0, 0))
+    def start(self, begin: int, count: int = 0) -> int:
+        """Run guest code from ``begin`` until stopped (or, with ``count``, until that many
+        instructions ran: a debugger's single step); returns the uc_err code."""
+        return int(_emu_start(self._h, begin, 0, 0, count))
+
+    def invalidate_code(self, begin: int, end: int) -> None:
+        """Drop the translations of guest code in [begin, end) (after the host patched
+        code bytes, e.g. a debugger's breakpoint; Unicorn does not see host writes)."""
+        self._ctl(_CTL_TB_REMOVE_CACHE, ctypes.c_uint64(begin), ctypes.c_uint64(end))
+
+    def flush_code(self) -> None:
+        """Drop every translation (the next slice translates the guest's code again)."""
+        self._ctl(_CTL_TB_FLUSH)
 
     def stop(self) -> None:
         """Stop a running ``start()`` from one of this engine's callbacks (its own thread

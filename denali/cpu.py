@@ -45,6 +45,8 @@ _TRAMPOLINE: Final = abi.Layout.KERNEL_PAGE + 0x100
 _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
+USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
+"""EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
 EXIT: Final = -1
 """Dispatch result: stop the slice; the caller of ``run`` completes this hypercall."""
 Dispatch = Callable[[int, int], int]
@@ -142,6 +144,7 @@ class VCpu:
         "_invalid",
         "_last_fill",
         "_vector",
+        "count",
         "defer_hypercalls",
         "deferred",
         "dispatch",
@@ -180,6 +183,9 @@ class VCpu:
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
+        self.count = 0
+        """Instructions the next slice may run (0: no bound); a debugger's single step
+        sets 1 (denali.monitor.gdb). Reset when the slice ends."""
         mem = memory.buf
         kp = abi.Layout.KERNEL_PAGE
         gdt = _uc.GDT + state.tls
@@ -260,11 +266,14 @@ class VCpu:
         self.exit = Exit.PREEMPTED
         self.deferred = False
         self._vector = None
+        self._forbidden = None  # a monitor may have resumed the VM after a fault
+        self._invalid = False
         eng = self.engine
+        count, self.count = self.count, 0
         eng.clear_stop()
         lane.begin(eng.stop_cell, deadline_ns)
         try:
-            err = eng.start(self.eip)
+            err = eng.start(self.eip, count)
         finally:
             lane.end()
         self.eip = eng.reg_read(_uc.REG_EIP)
@@ -286,6 +295,24 @@ class VCpu:
         return CpuState(tuple(regs[n] for n in _uc.GPR_NAMES), eng.read_fpu(),
                         eng.reg_read(_uc.REG_FS) & 0xFFFF, eng.reg_read(_uc.REG_GS) & 0xFFFF,
                         bytes(self.memory.buf[kp:kp + _uc.TLS_SIZE]))
+
+    def set_registers(self, regs: dict[str, int]) -> None:
+        """Write general registers, EIP and EFLAGS by name (between slices only; names
+        not in ``_uc.GPR_NAMES`` are ignored). A debugger's register writes. EFLAGS
+        takes only the bits a CPL-3 program may change itself (``USER_EFLAGS``); IOPL,
+        IF and the rest keep their value, so a write never gives the guest privilege."""
+        eng = self.engine
+        for reg, name in zip(_GPRS, _uc.GPR_NAMES, strict=True):
+            if name not in regs:
+                continue
+            value = regs[name] & 0xFFFFFFFF
+            if name == "eip":
+                self.eip = value
+            elif name == "eflags":
+                old = eng.reg_read(reg)
+                eng.reg_write(reg, (old & ~USER_EFLAGS) | (value & USER_EFLAGS))
+            else:
+                eng.reg_write(reg, value)
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""

@@ -51,6 +51,8 @@ from denali.errors import (
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image, parse_image
+from denali.monitor.base import Monitor
+from denali.monitor.stack import MonitorStack
 from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.impair import LinkSpec
 from denali.net.switch import Switch, SwitchConfig
@@ -128,6 +130,8 @@ class Kernel:
         self._finishers = TaskOwner("kernel-cleanup")
         """Tasks that must finish, not be cancelled, at close (swap-file unlinks)."""
         self._vms: dict[int, Vm] = {}
+        self._monitor_totals: dict[str, int] = {}
+        """Counters of every VM's monitors, kept after the VMs end (``stats()["monitors"]``)."""
         self._ids = itertools.count(1)
         self._state = "created"
         self._rt: Runtime | None = None
@@ -251,6 +255,7 @@ class Kernel:
             "switch": {k: v for k, v in self.switch.stats(per_port=False).as_dict().items()
                        if k != "port_stats"},
             "swap": swap,
+            "monitors": dict(self._monitor_totals),
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
@@ -259,7 +264,8 @@ class Kernel:
                 "pending": vm.pending, "swapped": vm.swapped,
                 "hypercalls": vm.hypercalls,
                 **vm.stats, "console_bytes": vm.console.written,
-                "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
+                "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,
+                "monitors": vm._interposer.stats() if isinstance(vm._interposer, MonitorStack) else None}
 
     # ---- time ----
     def now_ns(self) -> int:
@@ -270,7 +276,8 @@ class Kernel:
     async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
                     cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
                     nic_config: NicConfig | None = None, mac: bytes | str | None = None,
-                    disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None) -> Vm:
+                    disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None,
+                    monitors: Sequence[Monitor] = ()) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
@@ -279,7 +286,9 @@ class Kernel:
         ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets
         its queue bounds; ``link`` impairs its cable (``denali.net.impair.LinkSpec``).
         ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
-        when one cannot be opened). Raises ``ImageError``/``ConfigError`` for bad input,
+        when one cannot be opened). ``monitors``: stacked on the VM before its first
+        instruction, nearest the VM first (``denali.monitor``; ``monitors_of(vm)`` pushes
+        and pops later). Raises ``ImageError``/``ConfigError`` for bad input,
         ``ResourceError`` when the host cannot hold another VM, ``KernelClosedError``
         after close.
         """
@@ -306,12 +315,25 @@ class Kernel:
                       nic_config, tuple(disks), link)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
+        if monitors:
+            try:
+                stack = self.monitors_of(vm)
+                for m in reversed(monitors):
+                    stack.push(m)
+            except BaseException:
+                vm.start()  # ended at once: its devices close through the usual path
+                vm.kill()
+                raise
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
             vm.kill()
             raise KernelClosedError("kernel is closed")
         self._vms[vm_id] = vm
         return vm
+
+    def monitors_of(self, vm: Vm) -> MonitorStack:
+        """The monitor stack of ``vm`` (made empty if it has none): push and pop on it."""
+        return MonitorStack.of(vm, self._monitor_totals)
 
     def _new_id(self) -> int:
         """The next VM id no live VM has (restored VMs keep theirs)."""

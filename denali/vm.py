@@ -64,6 +64,7 @@ from denali.devices.clock import Clock
 from denali.devices.console import Console
 from denali.errors import DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError, VmStateError
 from denali.fault import FaultReport
+from denali.interpose import Interposer, Outcome
 from denali.memory import PROT_R, PROT_X, GuestMemory
 from denali.swap import ENGINE_COST, SwapImage, resident_pages, touched_bytes
 from denali.timers import Timer
@@ -128,12 +129,12 @@ class Vm:
 
     __slots__ = ("__weakref__", "_clock_offset", "_clock_zero", "_cpu", "_cpu_state", "_devices",
                  "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg",
-                 "_idle_deadline", "_idle_waiters", "_in_slice", "_irq_entry", "_memory", "_on_end",
-                 "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped", "_swapping_in",
-                 "_task", "_vregs_head", "_vregs_tail", "_waker", "clock", "close_errors", "cmdline",
-                 "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
+                 "_idle_deadline", "_idle_waiters", "_in_slice", "_interposer", "_irq_entry", "_memory",
+                 "_on_end", "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped",
+                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "clock", "close_errors",
+                 "cmdline", "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
                  "first_slice_ns", "generation", "id", "image", "interposed", "mem_size", "nic_device",
-                 "state", "stats")
+                 "state", "stats", "stopped_by")
 
     def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
@@ -157,6 +158,10 @@ class Vm:
         event takes the kernel's direct path, at its direct cost (and the native fast
         path, where there is one); a kind in the set takes the path that calls the
         monitors. Changed only by the monitor layer."""
+        self._interposer: Interposer | None = None
+        """The monitor stack's side of the seam (``denali.interpose``); None: no monitor."""
+        self.stopped_by: str | None = None
+        """Who stopped the VM when a monitor did (``wait()`` says so)."""
         self._pending = 0
         self._irq_entry = 0
         self._exit_request: int | None = None
@@ -279,7 +284,7 @@ class Vm:
             if isinstance(self.error, SwapError):
                 raise self.error
             raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
-        raise VmKilledError(f"VM {self.id} was stopped by the host")
+        raise VmKilledError(f"VM {self.id} was stopped by {self.stopped_by or 'the host'}")
 
     async def until_idle(self) -> None:
         """Wait until the VM next enters idle-with-timeout (returns at once if it is idle).
@@ -368,8 +373,8 @@ class Vm:
                 cmd = self.cmdline.encode()
                 mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
             self._vregs_head, self._vregs_tail = self._vregs_fields(heap_start, heap_end)
-            cpu = VCpu(self.id, self.image.name, mem, rt.table.dispatcher(self._devices, mem),
-                       rt.tcg_buffer, self._cpu_state)
+            cpu = VCpu(self.id, self.image.name, mem, self._dispatcher(mem), rt.tcg_buffer,
+                       self._cpu_state)
         except BaseException:
             mem.close()
             raise
@@ -381,6 +386,51 @@ class Vm:
         self._on_wake = 0
         self._write_vregs()
         self._apply_posted()
+
+    def _dispatcher(self, mem: GuestMemory) -> Callable[[int, int], int]:
+        dispatch = self._rt.table.dispatcher(self._devices, mem)
+        ip = self._interposer
+        return ip.wrap(dispatch, mem) if ip is not None else dispatch
+
+    # ---- monitors (the seam of denali.interpose; denali.monitor is the only caller) ----
+    def set_interposer(self, interposer: Interposer | None) -> None:
+        """Install the monitor stack's interposer (None: no monitor) and rewire."""
+        self._interposer = interposer
+        self.rewire()
+
+    def rewire(self) -> None:
+        """Give a resident CPU the dispatch function for the current interposition (the
+        monitor layer calls this whenever ``interposed`` changes)."""
+        cpu, mem = self._cpu, self._memory
+        if cpu is not None and mem is not None:
+            cpu.dispatch = self._dispatch = self._dispatcher(mem)
+
+    async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
+        """The monitors' verdict on a fault: None to resume, else the final state."""
+        ip = self._interposer
+        if ip is not None and "fault" in self.interposed:
+            outcome = await ip.fault(cpu)
+            if outcome is Outcome.RESUME:
+                return None
+            if outcome is Outcome.STOP:
+                return VmState.KILLED
+        self.fault = cpu.fault
+        return VmState.FAULTED
+
+    async def _complete_interposed(self, cpu: VCpu) -> VmState | None:
+        """Finish a hypercall the monitors took out of the slice: None to go on, else
+        the final state."""
+        ip = self._interposer
+        assert ip is not None
+        outcome = await ip.complete(cpu)
+        if outcome is Outcome.RESUME:
+            if not ip.idled:  # every slice ends in a suspension (see _main)
+                await asyncio.sleep(0)
+            return None
+        if outcome is Outcome.TERMINATE:
+            self.exit_status = ip.exit_status
+            return VmState.EXITED
+        return VmState.KILLED
 
     def _vregs_fields(self, heap_start: int, heap_end: int) -> tuple[bytes, bytes]:
         """The constant kernel fields of the register page, before and after the
@@ -496,6 +546,11 @@ class Vm:
             if _U32.unpack_from(buf, _OFF_IE)[0] == 1:
                 self._pending = 0
                 _U32.pack_into(buf, _OFF_PENDING, 0)
+                ip = self._interposer
+                if ip is not None and "interrupt" in self.interposed:
+                    pending = ip.irq(pending)  # the monitors see the batch (and may drop bits)
+                    if not pending:
+                        return True
                 _U32.pack_into(buf, _OFF_IE, 0)
                 self.stats["irq_batches"] += 1
                 self.stats["irq_bits_delivered"] += pending.bit_count()
@@ -545,12 +600,17 @@ class Vm:
             await self._hold(VmState.IDLE)
         await self._ensure_resident()
         self._idle_arg = None
+        ip = self._interposer
+        if ip is not None and ip.gating:  # a monitor holds the VM before IDLE returns
+            await ip.gate()
         self._apply_posted()
         mem = self._memory
         cpu = self._cpu
         assert mem is not None and cpu is not None
         mask = self._pending
         self._pending = 0
+        if mask and ip is not None and "interrupt" in self.interposed:
+            mask = ip.irq(mask)
         if mask:
             self.stats["irq_batches"] += 1
             self.stats["irq_bits_delivered"] += mask.bit_count()
@@ -583,25 +643,27 @@ class Vm:
                 if self._pause is not None:  # a slice boundary: pause here if asked
                     await self._hold(VmState.RUNNABLE)
                 self.state = VmState.RUNNABLE
+                ip = self._interposer
+                if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
+                    await ip.gate()
                 lane, _ = await arb.acquire(self.id, idled)
                 try:
                     self.state = VmState.RUNNING
                     cpu = self._cpu
                     assert cpu is not None
-                    if not self._before_slice():
-                        self.fault = cpu.fault
-                        final = VmState.FAULTED
-                        return
-                    if self.first_slice_ns is None:
-                        self.first_slice_ns = rt.now_ns()
-                    stats["slices"] += 1
-                    began = time.monotonic_ns()
-                    deadline = began + slice_ns
-                    if pool is None:
-                        reason = cpu.run(lane, deadline)
+                    if not self._before_slice():  # the interrupt frame did not fit: a fault
+                        reason = Exit.FAULT
                     else:
-                        reason = await self._run_on_worker(pool, cpu, lane, deadline)
-                    stats["cpu_ns"] += time.monotonic_ns() - began
+                        if self.first_slice_ns is None:
+                            self.first_slice_ns = rt.now_ns()
+                        stats["slices"] += 1
+                        began = time.monotonic_ns()
+                        deadline = began + slice_ns
+                        if pool is None:
+                            reason = cpu.run(lane, deadline)
+                        else:
+                            reason = await self._run_on_worker(pool, cpu, lane, deadline)
+                        stats["cpu_ns"] += time.monotonic_ns() - began
                 finally:
                     arb.release(lane)
                 idled = False
@@ -611,6 +673,12 @@ class Vm:
                 elif reason is Exit.HYPERCALL:
                     if cpu.deferred and not self._dispatch_deferred(cpu):
                         continue
+                    if self._interposer is not None and self._interposer.exited:
+                        ended = await self._complete_interposed(cpu)
+                        if ended is None:
+                            continue
+                        final = ended
+                        return
                     if cpu.hcall_nr == Hc.TERMINATE:
                         self.exit_status = self._exit_request
                         final = VmState.EXITED
@@ -620,8 +688,10 @@ class Vm:
                     if not idled:  # a yield: let every other runnable VM queue up first
                         await asyncio.sleep(0)
                 elif reason is Exit.FAULT:
-                    self.fault = cpu.fault
-                    final = VmState.FAULTED
+                    ended = await self._interposed_fault(cpu)
+                    if ended is None:
+                        continue
+                    final = ended
                     return
                 else:
                     self.error = cpu.error

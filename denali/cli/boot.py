@@ -1,6 +1,7 @@
 """``denali boot``: boot one or more VMs from an image and stream their consoles.
 
-Exit statuses: 125 if any VM faulted (or a kernel error stopped it), whatever the others
+Exit statuses: 125 if any VM faulted (or a kernel error or a monitor, such as a
+``--policy`` or a debugger's kill, stopped it), whatever the others
 did; otherwise, with one VM, the guest's terminate status (mod 256), and with several,
 0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown,
 whatever the boot was waiting on (a second signal, or a shutdown unfinished after
@@ -22,7 +23,7 @@ from typing import Any
 
 from denali import api, metrics
 from denali.cli import lan
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, log_options
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, host_port_any, log_options
 from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
@@ -37,6 +38,10 @@ from denali.errors import (
     VmKilledError,
 )
 from denali.kernel import Kernel
+from denali.monitor.base import Monitor
+from denali.monitor.gdb import GdbStub
+from denali.monitor.policy import Policy, PolicySpec, load_policy
+from denali.monitor.tracer import Tracer, TraceWriter, parse_kinds
 from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
@@ -86,6 +91,25 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--api-mode", metavar="OCTAL", type=_octal_mode, default=0o600,
                    help="permissions of the API socket (default 600: its owner only)")
 
+    # ---- monitors (docs/monitors.md) ----
+    m = b.add_argument_group("monitors (docs/monitors.md)")
+    m.add_argument("--trace", metavar="FILE",
+                   help="write every hypercall, interrupt, fault and disk request of every VM to FILE "
+                        "as JSON lines (the schema is in docs/monitors.md)")
+    m.add_argument("--trace-filter", metavar="KINDS", default="hypercall,interrupt,fault,disk",
+                   help="what --trace records: a comma list of hypercall, interrupt, fault, disk, "
+                        "frame_out, frame_in, frame (both), all (default: hypercall,interrupt,fault,disk)")
+    m.add_argument("--trace-frame-bytes", metavar="N", type=int, default=64,
+                   help="bytes of each traced frame recorded as hex (default 64)")
+    m.add_argument("--policy", metavar="FILE",
+                   help="enforce a policy on every VM: allowed hypercalls, NIC and disk limits "
+                        "(TOML, or JSON when FILE ends in .json)")
+    m.add_argument("--gdb", metavar="HOST:PORT", type=host_port_any,
+                   help="serve the GDB remote protocol: VM i (1..N) on PORT+i-1 (port 0: any free "
+                        "ports, printed on stderr)")
+    m.add_argument("--gdb-wait", action="store_true",
+                   help="with --gdb: hold each VM at its entry point until gdb continues it")
+
 
 def _octal_mode(text: str) -> int:
     try:
@@ -126,6 +150,13 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
     if config.memory_budget is None and args.count > max_engines:
         raise DenaliError(f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
                           "without swapping (vm.max_map_count); give a --memory-budget")
+    if args.gdb_wait and not args.gdb:
+        raise DenaliError("--gdb-wait needs --gdb HOST:PORT")
+    if args.gdb and args.gdb[1] and args.gdb[1] + args.count - 1 > 65535:
+        raise DenaliError(f"--gdb: ports {args.gdb[1]}..{args.gdb[1] + args.count - 1} go past 65535")
+    if args.trace_frame_bytes < 0:
+        raise DenaliError("--trace-frame-bytes must be 0 or more")
+    parse_kinds(args.trace_filter)
     for index in sorted({1, max(1, args.count)}):
         _cmdline_for(args.cmdline, index)
         for d in args.disk:
@@ -161,6 +192,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
     if args.pcap:
         await k.switch.capture(args.pcap)
     ports: list[TapPort | VxlanPort] = []
+    policy: PolicySpec | None = load_policy(args.policy) if args.policy else None
+    trace: TraceWriter | None = None
+    stubs: list[GdbStub] = []
     metrics_server = None
     api_server = None
     progress = None
@@ -194,15 +228,19 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                                   "vxlan:VNI@REMOTE[:PORT]")
             if "net" in links:
                 ports[-1].set_link(links["net"])
+        if args.trace:
+            trace = TraceWriter(args.trace, parse_kinds(args.trace_filter))
+            await trace.open()
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms: list[tuple[Vm, PrefixedSink]] = []
         for i in range(1, args.count + 1):
             sink = out.sink_for(i if args.count > 1 else None)
+            monitors = await _monitors_for(i, args, trace, policy, stubs)
             vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
                                disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink,
-                               link=links.get("vms"))
+                               link=links.get("vms"), monitors=monitors)
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
                 lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
@@ -223,7 +261,35 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
             await metrics_server.close()
         if api_server is not None:
             await api_server.close()
+        for stub in stubs:
+            await stub.aclose()
+        if trace is not None:
+            await trace.aclose()
+            if trace.dropped or trace.error:
+                why = f" ({trace.error.strerror or trace.error})" if trace.error else ""
+                print(f"denali: trace {trace.path}: {trace.records:,} records, "
+                      f"{trace.dropped:,} dropped{why}", file=sys.stderr)
     return _status(codes)
+
+
+async def _monitors_for(index: int, args: argparse.Namespace, trace: TraceWriter | None,
+                        policy: PolicySpec | None, stubs: list[GdbStub]) -> list[Monitor]:
+    """VM ``index``'s monitor stack, nearest the VM first: the gdb stub (it sees the
+    guest's own faults), the tracer (it records what the guest asked and what it got),
+    the policy (nearest the kernel)."""
+    monitors: list[Monitor] = []
+    if args.gdb:
+        host, port = args.gdb
+        stub = GdbStub(host, port + index - 1 if port else 0, wait=args.gdb_wait)
+        await stub.start()
+        stubs.append(stub)
+        print(f"denali: gdb: VM {index} listening on {host}:{stub.port}", file=sys.stderr, flush=True)
+        monitors.append(stub)
+    if trace is not None:
+        monitors.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+    if policy is not None:
+        monitors.append(Policy(policy))
+    return monitors
 
 
 def _status(outcomes: list[int | None]) -> int:
@@ -254,7 +320,10 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
     except DiskError as exc:  # the guest ended, but a kept overlay could not be saved
         print(f"denali: {exc}", file=sys.stderr)
         return 1
-    except VmKilledError:
+    except VmKilledError as exc:
+        if vm.stopped_by is not None:  # a monitor stopped it (a policy, a debugger's kill)
+            print(f"denali: {exc}", file=sys.stderr)
+            return None
         return EXIT_INTERRUPTED
 
 
