@@ -21,7 +21,7 @@ import re
 import sys
 from typing import Any
 
-from denali import metrics
+from denali import api, metrics
 from denali.cli import lan
 from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, host_port_any, log_options
 from denali.cli.output import ConsoleOutput, PrefixedSink
@@ -84,6 +84,13 @@ def add_parser(sub: Any) -> None:
                    help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
     b.add_argument("--metrics", metavar="HOST:PORT", type=host_port,
                    help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
+    # the control API (docs/api-http.md)
+    b.add_argument("--api", metavar="PATH",
+                   help="serve the control API (HTTP + JSON) on the Unix socket PATH, for denali ctl "
+                        "and denali top; the kernel then runs until stopped, and --count may be 0")
+    b.add_argument("--api-mode", metavar="OCTAL", type=_octal_mode, default=0o600,
+                   help="permissions of the API socket (default 600: its owner only)")
+
     # ---- monitors (docs/monitors.md) ----
     m = b.add_argument_group("monitors (docs/monitors.md)")
     m.add_argument("--trace", metavar="FILE",
@@ -102,6 +109,16 @@ def add_parser(sub: Any) -> None:
                         "ports, printed on stderr)")
     m.add_argument("--gdb-wait", action="store_true",
                    help="with --gdb: hold each VM at its entry point until gdb continues it")
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode in octal (e.g. 600)")
+    return mode
 
 
 _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
@@ -126,8 +143,8 @@ def _cmdline_for(template: str, index: int) -> str:
 def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> None:
     """Refuse bad values before anything boots (``DenaliError``): the count, the command
     line of the first and the last VM, the disk specs."""
-    if args.count < 1:
-        raise DenaliError("--count must be at least 1")
+    if args.count < (0 if args.api else 1):
+        raise DenaliError("--count must be at least 1 (0 only with --api)")
     if args.count > config.max_vms:
         raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
     if config.memory_budget is None and args.count > max_engines:
@@ -140,7 +157,7 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
     if args.trace_frame_bytes < 0:
         raise DenaliError("--trace-frame-bytes must be 0 or more")
     parse_kinds(args.trace_filter)
-    for index in sorted({1, args.count}):
+    for index in sorted({1, max(1, args.count)}):
         _cmdline_for(args.cmdline, index)
         for d in args.disk:
             parse_disk_arg(d, index=index)
@@ -179,6 +196,7 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
     trace: TraceWriter | None = None
     stubs: list[GdbStub] = []
     metrics_server = None
+    api_server = None
     progress = None
     shown = None
     try:
@@ -191,6 +209,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         links = _parse_links(args.link)
         if "lan" in links:
             k.switch.set_link(links["lan"])
+        if args.api:
+            api_server = await api.serve(k, args.api, mode=args.api_mode)
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
@@ -229,6 +249,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
         codes = await asyncio.gather(*(_outcome(vm, sink) for vm, sink in vms))
+        if api_server is not None:  # VMs come and go through the API until a stop signal
+            await asyncio.Event().wait()
     finally:
         if progress is not None and shown is not None:
             progress.close()
@@ -236,7 +258,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         for p in ports:
             p.close()
         if metrics_server is not None:
-            metrics_server.close()
+            await metrics_server.close()
+        if api_server is not None:
+            await api_server.close()
         for stub in stubs:
             await stub.aclose()
         if trace is not None:
@@ -306,6 +330,10 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
+
+    from denali.endpoint import Limits, raise_fd_limit
+    if args.metrics or args.api:  # room for both endpoints' connections
+        raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         try:

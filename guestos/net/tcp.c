@@ -147,7 +147,18 @@ void tcp_init(void)
         free_handles[i] = tcp_max - 1 - i;
     nfree_handles = tcp_max;
     st.max_conns = (uint32_t)tcp_max;
-    iss_secret = (uint32_t)clock_ns() * 2654435761u ^ DENALI_VREGS->vm_id * 40503u;
+    tcp_rekey();
+}
+
+static uint16_t next_port; /* the next ephemeral port tried; 0 = not chosen yet */
+
+void tcp_rekey(void)
+{
+    /* At start, and again in a clone (Irq.CLONE): a clone's ISN secret and first
+     * ephemeral port must not be its snapshot's, which all its siblings share. */
+    iss_secret = ((uint32_t)clock_ns() * 2654435761u ^ DENALI_VREGS->vm_id * 40503u)
+                 + DENALI_VREGS->generation * 2246822519u;
+    next_port = 0;
 }
 
 static uint32_t hash(uint32_t rip, uint16_t rport, uint16_t lport)
@@ -1668,7 +1679,6 @@ int tcp_accept(int listener, uint64_t deadline_ns)
 
 int tcp_connect(uint32_t ip, uint16_t port, uint64_t deadline_ns)
 {
-    static uint16_t next_port;
     tcp_init();
     if (!next_port) /* spread VMs (and reboots) over the ephemeral range */
         next_port = (uint16_t)(40000 + (DENALI_VREGS->vm_id * 7919u + (uint32_t)now_ns()) % 20000);
