@@ -896,8 +896,11 @@ static void resend_una(struct tcb *t)
     int b = sack_at_or_after(t, t->snd_una);
     if (b >= 0 && SEQ_GT(t->sacked[b][0], t->snd_una))
         n = umin(n, t->sacked[b][0] - t->snd_una);
-    if (n)
+    if (n) {
         send_data(t, t->snd_una, n);
+        if (SEQ_LT(t->high_rxt, t->snd_una + n))
+            t->high_rxt = t->snd_una + n; /* not again from next_hole in the same pass */
+    }
 }
 
 /* Duplicate ACKs that start fast retransmit: 3, or fewer when fewer than four segments
@@ -1035,8 +1038,12 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
             }
         } else if ((t->dupacks >= dup_thresh(t) || (t->sack_ok && sacked_bytes(t) >= 3 * t->mss) ||
                     (t->tlp_sent && t->sack_ok && t->nsacked)) &&
-                   SEQ_GT(ack, t->recover)) {
-            enter_recovery(t); /* RFC 6582 3.2: not again for losses of the same window */
+                   (SEQ_GT(ack, t->recover) || (t->sack_ok && t->nsacked && ack == t->recover))) {
+            /* RFC 6582 3.2: not again for losses of the same window. With SACK the
+             * scoreboard tells the windows apart (RFC 6675 5): an ACK at the recovery
+             * point with later data SACKed reports the loss of the first segment sent
+             * after recovery began, a new congestion event */
+            enter_recovery(t);
         }
     }
     return 0;
