@@ -69,10 +69,12 @@ struct tcb {
     struct tcb *tmnext, *tmprev;       /* timer list */
     struct tcb *anext, *twprev;        /* accept queue / TIME-WAIT FIFO (doubly linked) */
     struct tcb *acknext;               /* owes an ACK at the end of this batch */
+    struct tcb *synnext, *synprev;     /* the SYN-RECEIVED FIFO (oldest first) */
     struct tcb *parent;                /* the listener that made it (until accepted) */
     uint8_t state, app_closed, fin_queued, fin_sent, fin_acked, reset, accepted, rtt_timing;
     uint8_t in_timers, ack_pending, in_recovery, sack_ok, dupacks, fin_rcvd, hashed, queued;
     uint8_t lclosed;                   /* a listener the app closed, kept for its children */
+    uint8_t in_syn;                    /* on the SYN-RECEIVED FIFO */
     uint8_t corked;                    /* tcp_cork: hold a partial last segment */
     uint8_t rxt_mark;                  /* dupacks when the holes were last (re)sent */
     uint8_t snd_shift, rcv_shift, ws_ok; /* window scaling, when both SYNs offered it */
@@ -104,7 +106,7 @@ struct tcb {
 static struct tcb **htab, **handles;
 static uint32_t hmask;
 static int tcp_max, *free_handles, nfree_handles;
-static struct tcb *listeners, *timers, *ack_list, *tw_head, *tw_tail;
+static struct tcb *listeners, *timers, *ack_list, *tw_head, *tw_tail, *syn_head, *syn_tail;
 static uint64_t tcp_next;
 static mutex_t tcp_mutex = MUTEX_INIT;
 static uint8_t seg[IP_PAYLOAD_MAX];
@@ -397,6 +399,37 @@ static void tw_append(struct tcb *t)
     st.time_wait++;
 }
 
+/* Half-open connections, oldest first: when a SYN finds the table or its listener's
+ * backlog full, the oldest half-open connection makes room (RFC 4987 4.4's "drop
+ * oldest" SYN cache rule), so a SYN flood cannot lock real clients out. */
+static void syn_append(struct tcb *t)
+{
+    t->synnext = 0;
+    t->synprev = syn_tail;
+    if (syn_tail)
+        syn_tail->synnext = t;
+    else
+        syn_head = t;
+    syn_tail = t;
+    t->in_syn = 1;
+}
+
+static void syn_remove(struct tcb *t)
+{
+    if (!t->in_syn)
+        return;
+    if (t->synprev)
+        t->synprev->synnext = t->synnext;
+    else
+        syn_head = t->synnext;
+    if (t->synnext)
+        t->synnext->synprev = t->synprev;
+    else
+        syn_tail = t->synprev;
+    t->synnext = t->synprev = 0;
+    t->in_syn = 0;
+}
+
 static void queue_remove(struct tcb *l, struct tcb *t)
 {
     struct tcb **pp = &l->aq_head, *prev = 0;
@@ -430,6 +463,7 @@ static void free_tcb(struct tcb *t)
     }
     if (t->state == T_TIME_WAIT)
         tw_remove(t);
+    syn_remove(t);
     struct tcb *l = t->parent;
     if (l) {
         if (t->queued)
@@ -804,6 +838,7 @@ static void finish(struct tcb *t, int reset)
     timer_update(t);
     if (t->state == T_TIME_WAIT)
         tw_remove(t);
+    syn_remove(t);
     t->state = T_CLOSED;
     unhash(t);
     free(t->sbuf);
@@ -1169,6 +1204,15 @@ static void on_fin(struct tcb *t)
 static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t dport, uint32_t seq,
                            uint16_t wnd, uint16_t mss, int sack_ok, int ws, uint32_t min_iss)
 {
+    if (l->pending >= l->backlog || (!nfree_handles && !tw_head)) {
+        struct tcb *old = syn_head; /* the oldest half-open connection (of l, when l is full) */
+        while (old && l->pending >= l->backlog && old->parent != l)
+            old = old->synnext;
+        if (old) {
+            st.syn_evicted++;
+            free_tcb(old);
+        }
+    }
     struct tcb *t = l->pending < l->backlog ? alloc_tcb() : 0;
     if (!t) {
         st.refused++;
@@ -1177,6 +1221,7 @@ static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t
     }
     st.passive_opens++;
     t->state = T_SYN_RCVD;
+    syn_append(t);
     t->parent = l;
     l->pending++;
     t->rip = src;
@@ -1410,6 +1455,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         t->snd_wl1 = seq;
         t->snd_wl2 = ack;
         t->state = T_ESTAB;
+        syn_remove(t);
         t->retries = 0;
         update_rtt(t, ack);
         disarm_rto(t);
