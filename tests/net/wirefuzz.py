@@ -41,6 +41,7 @@ Classes (``CLASSES``), chosen at random per frame with the seeded generator:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import select
@@ -49,6 +50,12 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from denali.kernel import Kernel
+from denali.net.ethernet import format_mac
+from denali.net.tap import TapPort
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
@@ -56,6 +63,7 @@ BROADCAST = b"\xff" * 6
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 CLASSES = ("eth", "arp", "ip", "frag", "icmp", "udp", "tcp", "conn", "synflood", "rststorm")
 PROBE_ID = 0xD15A
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def aton(s: str) -> bytes:
@@ -635,3 +643,91 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- the test bed: a namespace, a TAP device, an httpd VM and a udpecho VM ----
+
+class Bed:
+    """``async with Bed(kernel, tag) as bed``: namespace ``dwf<tag>`` holding TAP device
+    ``dwf<tag>`` (10.78.0.100/24, MTU 9,000) on the kernel's LAN, an httpd VM at
+    10.78.0.1 and a udpecho VM at 10.78.0.2; all removed on exit."""
+
+    def __init__(self, kernel: Kernel, tag: int, *, httpd_cmdline: str = "") -> None:
+        self.kernel = kernel
+        self.ns = f"dwf{tag}"
+        self.dev = f"dwf{tag % 1000000}"
+        self.httpd_cmdline = httpd_cmdline
+        self.tap: TapPort | None = None
+
+    async def __aenter__(self) -> Bed:
+        rc, out = await self.host("ip", "netns", "add", self.ns)
+        if rc:
+            raise RuntimeError(out.decode())
+        try:
+            self.tap = TapPort(self.dev)
+            self.tap.open()
+            self.kernel.switch.attach(self.tap)
+            for cmd in (("ip", "link", "set", self.dev, "netns", self.ns),
+                        ("ip", "-n", self.ns, "addr", "add", "10.78.0.100/24", "dev", self.dev),
+                        ("ip", "-n", self.ns, "link", "set", self.dev, "mtu", "9000", "up")):
+                rc, out = await self.host(*cmd)
+                if rc:
+                    raise RuntimeError(f"{' '.join(cmd)}: {out.decode()}")
+            self.httpd = await self.kernel.spawn("httpd", cmdline=f"ip=10.78.0.1/24 {self.httpd_cmdline}")
+            self.udpecho = await self.kernel.spawn("udpecho", cmdline="ip=10.78.0.2/24")
+            for _ in range(1000):
+                if all("listening" in vm.console.text() for vm in (self.httpd, self.udpecho)):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise RuntimeError("the VMs did not start listening")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.tap is not None:
+            self.tap.close()
+        await self.host("ip", "netns", "del", self.ns)
+
+    @staticmethod
+    async def host(*cmd: str, limit: float = 30) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
+        assert proc.returncode is not None
+        return proc.returncode, out
+
+    async def in_ns(self, *cmd: str, limit: float = 30) -> tuple[int, bytes]:
+        """Runs a command in the namespace: (exit status, stdout + stderr)."""
+        return await self.host("ip", "netns", "exec", self.ns, *cmd, limit=limit)
+
+    async def curl(self, path: str, limit: float = 10) -> tuple[int, bytes]:
+        return await self.in_ns("curl", "-s", "-m", str(limit), f"http://10.78.0.1{path}", limit=limit + 5)
+
+    async def figures(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(httpd's /stats, udpecho's port-8 figures), fetched from the namespace; {} for
+        one that does not answer."""
+        rc, page = await self.curl("/stats")
+        http = ({k: int(v) for k, v in (ln.split() for ln in page.decode().splitlines() if ln.strip())}
+                if rc == 0 else {})
+        rc, udp = await self.in_ns(sys.executable, "-m", "tests.net.wirefuzz", "--udp-stats", "10.78.0.2")
+        return http, (json.loads(udp) if rc == 0 else {})
+
+    def command(self, count: int, seed: int) -> list[str]:
+        assert self.httpd.nic is not None and self.udpecho.nic is not None
+        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "tests.net.wirefuzz", "--dev", self.dev,
+                "--seed", str(seed), "--count", str(count),
+                "--target", f"10.78.0.1,{format_mac(self.httpd.nic.fixed_mac)},80",
+                "--target", f"10.78.0.2,{format_mac(self.udpecho.nic.fixed_mac)}"]
+
+    async def fuzz(self, count: int, seed: int, limit: float) -> dict[str, Any]:
+        """Runs the generator in the namespace; its summary."""
+        proc = await asyncio.create_subprocess_exec(*self.command(count, seed), cwd=ROOT,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+        if proc.returncode:
+            raise RuntimeError(f"wirefuzz failed: {err.decode()[-2000:]}")
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
