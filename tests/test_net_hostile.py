@@ -65,8 +65,8 @@ async def test_syn_flood_beyond_the_table_does_not_lock_clients_out(lan: tuple[K
     await _up(vm, "listening")
     assert vm.nic is not None
     mac = vm.nic.fixed_mac
-    stats = dict(line.split() for line in (await _get(peer, mac, 4000, "/stats")).decode().split("\r\n\r\n", 1)[1]
-                 .splitlines())
+    page = await _get(peer, mac, 4000, "/stats")
+    stats = dict(line.split() for line in page.decode().split("\r\n\r\n", 1)[1].splitlines())
     table = int(stats["tcp_max_conns"])
     sent = 0
     while sent < table + 1000:  # never answered: every one stays half-open

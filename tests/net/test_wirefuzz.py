@@ -39,7 +39,8 @@ async def test_fifty_thousand_hostile_frames_through_tap() -> None:
         assert res["established"] > 0 and res["arp_answered"] > 0
         for vm in (bed.httpd, bed.udpecho):
             assert vm.fault is None, vm.fault
-            assert vm.state not in (VmState.FAULTED, VmState.FAILED, VmState.EXITED), (vm.state, vm.console.text())
+            assert vm.state not in (VmState.FAULTED, VmState.FAILED, VmState.EXITED), \
+                (vm.state, vm.console.text())
         # both answered the probes the generator paced itself with, the last one too
         assert res["probes_lost"] <= res["probes"] // 100, res
         rc, body = await bed.curl("/bytes/2258")

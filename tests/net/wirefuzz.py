@@ -94,7 +94,8 @@ def l4sum(src: bytes, dst: bytes, proto: int, seg: bytes) -> int:
 
 
 def tcp_seg(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, *,
-            wnd: int = 65535, options: bytes = b"", data: bytes = b"", urg: int = 0, offset: int | None = None,
+            wnd: int = 65535, options: bytes = b"", data: bytes = b"", urg: int = 0,
+            offset: int | None = None,
             good_sum: bool = True) -> bytes:
     """A TCP segment; ``offset`` overrides the data offset field (in words), and the
     12 flag bits (NS, CWR, ECE, URG, ACK, PSH, RST, SYN, FIN) come from ``flags``."""
@@ -196,7 +197,8 @@ class Fuzzer:
         return dst + src + struct.pack("!H", etype) + payload
 
     def ip_frame(self, t: Target, src: bytes, packet: bytes) -> bytes:
-        return self.eth(t.mac, self.hosts.get(src, self.rng.choice(list(self.hosts.values()))), 0x0800, packet)
+        mac = self.hosts.get(src) or self.rng.choice(list(self.hosts.values()))
+        return self.eth(t.mac, mac, 0x0800, packet)
 
     def me(self) -> tuple[bytes, bytes]:
         ip = self.rng.choice(self.host_ips)
@@ -310,7 +312,7 @@ class Fuzzer:
         if etype == 0x8100:
             head += struct.pack("!HH", r.randrange(0x10000), r.choice((0x0800, 0x0806, 0x8100)))
         body = r.randbytes(max(0, n - len(head)))
-        if r.random() < 0.5 and etype == 0x0800 and len(body) >= 20:  # a plausible IP header in a wrong-sized frame
+        if r.random() < 0.5 and etype == 0x0800 and len(body) >= 20:  # an IP header, wrong frame size
             ip, _ = self.me()
             pkt = ipv4(ip, t.ip, r.choice((1, 6, 17)), r.randbytes(40))
             body = pkt[:len(body)] + body[len(pkt):]
@@ -330,7 +332,8 @@ class Fuzzer:
         tpa = r.choice((t.ip, t.ip, self.subnet_bcast, r.randbytes(4)))
         body = struct.pack("!HHBBH", htype, ptype, hlen, plen, op)
         body += (sha + r.randbytes(max(0, hlen - 6)))[:hlen] + (spa + r.randbytes(max(0, plen - 4)))[:plen]
-        body += (r.randbytes(6) + r.randbytes(max(0, hlen - 6)))[:hlen] + (tpa + r.randbytes(max(0, plen - 4)))[:plen]
+        body += (r.randbytes(6) + r.randbytes(max(0, hlen - 6)))[:hlen]
+        body += (tpa + r.randbytes(max(0, plen - 4)))[:plen]
         cut = r.choice((len(body), len(body), 0, 4, 7, 8, 20, 27, r.randrange(len(body) + 1)))
         dst = r.choice((BROADCAST, t.mac))
         self.send(self.eth(dst, mac, 0x0806, body[:cut]), "arp")
@@ -338,7 +341,7 @@ class Fuzzer:
     def gen_ip(self) -> None:
         r = self.rng
         t = r.choice(self.targets)
-        ip, mac = self.me()
+        ip, _ = self.me()
         proto = r.choice((1, 6, 17, 0, 2, 4, 41, 47, 50, 255, r.randrange(256)))
         payload = r.randbytes(r.choice((0, 1, 7, 8, 19, 20, 40, 100, 1000, 1480)))
         if proto == 1 and r.random() < 0.5:
@@ -362,7 +365,8 @@ class Fuzzer:
         elif mode == 1:
             pkt[0] = 0x40 | r.randrange(16)  # IHL
         elif mode == 2:
-            struct.pack_into("!H", pkt, 2, r.choice((0, 1, 19, 20, 21, len(pkt) - 1, len(pkt) + 1, 1500, 65535)))
+            total = r.choice((0, 1, 19, 20, 21, len(pkt) - 1, len(pkt) + 1, 1500, 65535))
+            struct.pack_into("!H", pkt, 2, total)
         elif mode == 3:
             struct.pack_into("!H", pkt, 10, r.randrange(0x10000))  # checksum
         elif mode == 4:
@@ -470,7 +474,8 @@ class Fuzzer:
             elif k == 5:
                 base = r.choice(self.conns).rcv_nxt if self.conns else r.getrandbits(32)
                 val = b"".join(struct.pack("!II", (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF,
-                                            (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF) for _ in range(4))
+                                           (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF)
+                               for _ in range(4))
             else:
                 val = r.randbytes(40)
             out += bytes((k, ln & 255)) + val[:max(0, min(ln, 40) - 2)]
@@ -480,8 +485,8 @@ class Fuzzer:
         r = self.rng
         t = r.choice(self.targets)
         ip, _ = self.me()
-        flags = r.randrange(1 << 12) if r.random() < 0.6 else r.choice((SYN, SYN | ACK, FIN, 0, 0x3F, FIN | PSH | URG,
-                                                                        SYN | FIN, SYN | RST, RST, ACK))
+        flags = (r.randrange(1 << 12) if r.random() < 0.6 else
+                 r.choice((SYN, SYN | ACK, FIN, 0, 0x3F, FIN | PSH | URG, SYN | FIN, SYN | RST, RST, ACK)))
         opts = self.tcp_options() if r.random() < 0.6 else b""
         data = r.randbytes(r.choice((0, 0, 1, 10, 100, 1000, 1460)))
         off = None if r.random() < 0.6 else r.randrange(16)
@@ -503,8 +508,8 @@ class Fuzzer:
         ip, mac = self.me()
         sport = r.randrange(20000, 60000)
         iss = r.getrandbits(32)
-        opts = r.choice((b"", struct.pack("!BBH", 2, 4, r.choice((536, 1460, 88))) + b"\x04\x02\x01\x03\x03\x07",
-                         self.tcp_options()))
+        normal = struct.pack("!BBH", 2, 4, r.choice((536, 1460, 88))) + b"\x04\x02\x01\x03\x03\x07"
+        opts = r.choice((b"", normal, self.tcp_options()))
         seg = tcp_seg(ip, t.ip, sport, t.tcp_port, iss, 0, SYN, wnd=r.choice((65535, 1024, 0)), options=opts)
         self.send(self.ip_frame(t, ip, ipv4(ip, t.ip, 6, seg)), cls)
         if cls == "conn" and len(self.pending) < 2048:
@@ -614,7 +619,8 @@ def udp_stats(ip: str, timeout: float = 2.0) -> dict[str, int]:
 def parse_target(s: str) -> Target:
     """``IP,MAC[,PORT]``."""
     parts = s.split(",")
-    return Target(aton(parts[0]), bytes.fromhex(parts[1].replace(":", "")), int(parts[2]) if len(parts) > 2 else 0)
+    port = int(parts[2]) if len(parts) > 2 else 0
+    return Target(aton(parts[0]), bytes.fromhex(parts[1].replace(":", "")), port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -725,7 +731,8 @@ class Bed:
     async def fuzz(self, count: int, seed: int, limit: float) -> dict[str, Any]:
         """Runs the generator in the namespace; its summary."""
         proc = await asyncio.create_subprocess_exec(*self.command(count, seed), cwd=ROOT,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), limit)
         if proc.returncode:
             raise RuntimeError(f"wirefuzz failed: {err.decode()[-2000:]}")

@@ -75,7 +75,8 @@ def main() -> None:
                  f"{res['sent']:,} ({res['send_errors']:,})"))
     rows.append(("per class", ", ".join(f"{c} {res['per_class'][c]:,}" for c in CLASSES)))
     rows.append(("seconds, frames/s", f"{r['seconds']:.0f}, {res['sent'] / r['seconds']:,.0f}"))
-    rows.append(("pacing probes (pings) answered / lost", f"{res['probes_answered']:,} / {res['probes_lost']:,}"))
+    rows.append(("pacing probes (pings) answered / lost",
+                 f"{res['probes_answered']:,} / {res['probes_lost']:,}"))
     rows.append(("connections the generator established / SYN-ACKs / RSTs seen",
                  f"{res['established']:,} / {res['synacks']:,} / {res['rsts_seen']:,}"))
     rows.append(("guest faults; VM states after", f"{len(r['faults'])}; {', '.join(r['states'])}"))
