@@ -159,6 +159,8 @@ class Counts:
     synacks: int = 0
     rsts_seen: int = 0
     established: int = 0
+    tcp_flag_combinations: int = 0  # distinct 12-bit flag combinations sent
+    icmp_types: int = 0  # distinct ICMP types sent
 
 
 class Fuzzer:
@@ -182,6 +184,8 @@ class Fuzzer:
         self.pending: dict[tuple[bytes, int], Conn] = {}
         self.probe_seq = 0
         self.awaiting: set[tuple[bytes, int]] = set()
+        self.flag_combo = 0  # the next of the 4,096 TCP flag combinations (all, in turn)
+        self.icmp_type = 0  # the next of the 256 ICMP types (all, in turn)
 
     # ---- sending ----
     def send(self, frame: bytes, cls: str | None = None) -> None:
@@ -422,7 +426,12 @@ class Fuzzer:
         r = self.rng
         t = r.choice(self.targets)
         ip, _ = self.me()
-        typ = r.randrange(256) if r.random() < 0.7 else r.choice((0, 3, 4, 5, 8, 11, 12, 13, 14, 17, 18))
+        if r.random() < 0.7:
+            typ = self.icmp_type & 255
+            self.icmp_type += 1
+            self.c.icmp_types = min(self.icmp_type, 256)
+        else:
+            typ = r.choice((0, 3, 4, 5, 8, 11, 12, 13, 14, 17, 18))
         code = r.choice((0, 1, 2, 3, 4, 13, 255, r.randrange(256)))
         body = r.randbytes(r.choice((0, 1, 3, 4, 8, 27, 28, 64, 548, 1472)))
         if typ in (3, 4, 5, 11, 12) and r.random() < 0.6:  # an error quoting a datagram of ours
@@ -485,8 +494,12 @@ class Fuzzer:
         r = self.rng
         t = r.choice(self.targets)
         ip, _ = self.me()
-        flags = (r.randrange(1 << 12) if r.random() < 0.6 else
-                 r.choice((SYN, SYN | ACK, FIN, 0, 0x3F, FIN | PSH | URG, SYN | FIN, SYN | RST, RST, ACK)))
+        if r.random() < 0.6:  # every combination of the 12 flag bits in turn, the classic 8 first
+            flags = self.flag_combo & 0xFFF
+            self.flag_combo += 1
+            self.c.tcp_flag_combinations = min(self.flag_combo, 4096)
+        else:
+            flags = r.choice((SYN, SYN | ACK, FIN, 0, 0x3F, FIN | PSH | URG, SYN | FIN, SYN | RST, RST, ACK))
         opts = self.tcp_options() if r.random() < 0.6 else b""
         data = r.randbytes(r.choice((0, 0, 1, 10, 100, 1000, 1460)))
         off = None if r.random() < 0.6 else r.randrange(16)

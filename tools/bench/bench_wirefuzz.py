@@ -44,7 +44,7 @@ async def flood(count: int, seed: int, every: float, drain: float) -> dict[str, 
             peak["udpecho"] = max(peak["udpecho"], udp.get("heap_used", 0))
             peak["tcp_conns"] = max(peak["tcp_conns"], http.get("tcp_conns", 0))
             peak["threads"] = max(peak["threads"], http.get("threads", 0))
-            print(f"  {time.monotonic() - t0:6.0f} s: httpd heap {http.get('heap_used', '-')}, "
+            print(f"  {time.monotonic() - t0:6.0f} s: httpd rx_frames {http.get('rx_frames', '-')}, heap {http.get('heap_used', '-')}, "
                   f"tcp_conns {http.get('tcp_conns', '-')}, threads {http.get('threads', '-')}; "
                   f"udpecho heap {udp.get('heap_used', '-')}", flush=True)
         res = task.result()
@@ -74,6 +74,8 @@ def main() -> None:
     rows.append(("frames sent (send errors: too long or short for Linux to send)",
                  f"{res['sent']:,} ({res['send_errors']:,})"))
     rows.append(("per class", ", ".join(f"{c} {res['per_class'][c]:,}" for c in CLASSES)))
+    rows.append(("TCP flag combinations (of 4,096), ICMP types (of 256) sent",
+                 f"{res['tcp_flag_combinations']:,}, {res['icmp_types']}"))
     rows.append(("seconds, frames/s", f"{r['seconds']:.0f}, {res['sent'] / r['seconds']:,.0f}"))
     rows.append(("pacing probes (pings) answered / lost",
                  f"{res['probes_answered']:,} / {res['probes_lost']:,}"))
