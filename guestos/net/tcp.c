@@ -63,6 +63,7 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 #define CHALLENGE_PER_S 1000
 #define IW_SEGS 10
 #define WS_SHIFT 2 /* our window scale (RFC 7323): 64 KiB << 2 = TCP_BUF_MAX */
+#define BW_ROUNDS 10 /* the model's bandwidth filter: the highest of this many rounds */
 
 struct tcb {
     struct tcb *hnext;                 /* hash chain (or the listener list) */
@@ -79,6 +80,11 @@ struct tcb {
     uint8_t rxt_mark;                  /* dupacks when the holes were last (re)sent */
     uint8_t snd_shift, rcv_shift, ws_ok; /* window scaling, when both SYNs offered it */
     uint8_t tlp_armed, tlp_sent;       /* tail loss probe (RFC 8985 7) */
+    /* the model-based congestion control (tcp_cc=model): delivery rate per round trip */
+    uint8_t bw_i, pipe_full, full_rounds;
+    uint32_t bw[BW_ROUNDS];            /* bytes delivered per ms, one per round */
+    uint32_t full_bw, round_end, round_delivered;
+    uint64_t round_start, min_rtt;
     uint64_t una_rxt_at;               /* when the segment at snd_una was last resent */
     int handle;
     uint32_t rip;
@@ -111,6 +117,7 @@ static uint64_t tcp_next;
 static mutex_t tcp_mutex = MUTEX_INIT;
 static uint8_t seg[IP_PAYLOAD_MAX];
 static uint32_t iss_secret;
+static int cc_model; /* tcp_cc=model on the command line: see model_on_ack */
 static struct tcp_stats st;
 
 #define SEQ_LT(a, b) ((int32_t)((a) - (b)) < 0)
@@ -149,6 +156,8 @@ void tcp_init(void)
         free_handles[i] = tcp_max - 1 - i;
     nfree_handles = tcp_max;
     st.max_conns = (uint32_t)tcp_max;
+    char v[16];
+    cc_model = cmdline_get("tcp_cc", v, sizeof v) >= 0 && !strcmp(v, "model");
     iss_secret = (uint32_t)clock_ns() * 2654435761u ^ DENALI_VREGS->vm_id * 40503u;
 }
 
@@ -866,6 +875,8 @@ static void update_rtt(struct tcb *t, uint32_t ack)
         return;
     t->rtt_timing = 0;
     uint64_t r = clock_ns() - t->rtt_start;
+    if (!t->min_rtt || r < t->min_rtt)
+        t->min_rtt = r;
     if (!t->srtt) {
         t->srtt = r;
         t->rttvar = r / 2;
@@ -949,6 +960,74 @@ static int dup_thresh(const struct tcb *t)
     return out > 2 ? (int)out - 1 : 1;
 }
 
+/* The model-based congestion control (tcp_cc=model; connections with SACK): the window
+ * follows a model of the path, not the losses, as BBR does (draft-ietf-ccwg-bbr): the
+ * bandwidth is the highest delivery rate of the last BW_ROUNDS round trips, the
+ * round-trip time the lowest sample; the window starts like slow start, leaves it
+ * when three rounds in a row deliver less than 25% more than the best before, and is
+ * then twice the bandwidth-delay product. A loss is repaired (SACK recovery, RACK-style
+ * resends, the RTO as ever) but does not shrink the window: random loss on a long path
+ * costs the retransmissions only. Without pacing, and without BBR's probing cycles: the
+ * window is what bounds the sender. The default (loss-based: RFC 5681 with RFC 9438's
+ * 0.7 decrease) competes fairly with other loss-based flows; this one does not back off
+ * for another flow's losses, so it is a choice for links one owns. */
+static int use_model(const struct tcb *t)
+{
+    return cc_model && t->sack_ok;
+}
+
+static uint32_t delivered(const struct tcb *t)
+{
+    return t->snd_una - t->iss + sacked_bytes(t);
+}
+
+static uint32_t model_bw(const struct tcb *t)
+{
+    uint32_t m = 0;
+    for (int i = 0; i < BW_ROUNDS; i++)
+        m = umax(m, t->bw[i]);
+    return m;
+}
+
+/* After an ACK that delivered ``newly`` bytes (acknowledged or SACKed). */
+static void model_on_ack(struct tcb *t, uint32_t newly)
+{
+    uint64_t now = clock_ns();
+    uint32_t d = delivered(t);
+    uint32_t high = t->nsacked && SEQ_GT(t->sacked[t->nsacked - 1][1], t->snd_una) ? t->sacked[t->nsacked - 1][1]
+                                                                                     : t->snd_una;
+    if (!t->round_start) {
+        t->round_start = now;
+        t->round_delivered = d;
+        t->round_end = t->snd_max;
+    } else if (SEQ_GE(high, t->round_end) && now - t->round_start >= 1000000ull) {
+        /* a round trip is over: what it delivered, per ms */
+        uint64_t rate = (uint64_t)(d - t->round_delivered) * 1000000ull / (now - t->round_start);
+        t->bw[t->bw_i] = rate > 0xffffffffu ? 0xffffffffu : (uint32_t)rate;
+        t->bw_i = (uint8_t)((t->bw_i + 1) % BW_ROUNDS);
+        if (!t->pipe_full) {
+            uint32_t best = model_bw(t);
+            if (best >= t->full_bw + t->full_bw / 4) {
+                t->full_bw = best;
+                t->full_rounds = 0;
+            } else if (++t->full_rounds >= 3) {
+                t->pipe_full = 1;
+            }
+        }
+        t->round_start = now;
+        t->round_delivered = d;
+        t->round_end = t->snd_max;
+    }
+    uint64_t rtt = t->min_rtt ? t->min_rtt : t->srtt;
+    uint64_t target = 2 * (uint64_t)model_bw(t) * rtt / 1000000ull;
+    uint64_t cw = (uint64_t)t->cwnd + newly;
+    if (t->pipe_full && cw > target)
+        cw = target;
+    if (cw < 4ull * t->mss)
+        cw = 4ull * t->mss;
+    t->cwnd = cw > 4ull * TCP_BUF_MAX ? 4 * TCP_BUF_MAX : (uint32_t)cw;
+}
+
 static void enter_recovery(struct tcb *t)
 {
     uint32_t flight = t->snd_max - t->snd_una;
@@ -958,7 +1037,8 @@ static void enter_recovery(struct tcb *t)
     st.fast_retransmits++;
     if (t->sack_ok && t->nsacked) {
         st.sack_recoveries++;
-        t->cwnd = t->ssthresh;
+        if (!use_model(t))
+            t->cwnd = t->ssthresh;
         t->high_rxt = t->snd_una;
         uint32_t n = umin(t->mss, t->slen);
         int b = sack_at_or_after(t, t->snd_una);
@@ -993,6 +1073,7 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
         challenge_ack(t);
         return -1;
     }
+    uint32_t delivered_before = delivered(t);
     for (int i = 0; i < nsack; i++)
         sack_add(t, get32(sack + 8 * i), get32(sack + 8 * i + 4));
     uint32_t old_wnd = t->snd_wnd;
@@ -1025,7 +1106,11 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
         t->rxt_mark = 0;
         t->tlp_sent = 0;
         t->una_rxt_at = 0;
-        if (t->in_recovery) {
+        if (use_model(t)) {
+            if (t->in_recovery && SEQ_GE(ack, t->recover))
+                t->in_recovery = 0; /* the window is the model's */
+            model_on_ack(t, delivered(t) - delivered_before);
+        } else if (t->in_recovery) {
             if (SEQ_GE(ack, t->recover)) { /* full acknowledgment: recovery ends */
                 t->in_recovery = 0;
                 t->cwnd = t->ssthresh; /* RFC 6582 3.2 step 3, option 2 (bursts are paced by ACKs) */
@@ -1059,6 +1144,8 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
         t->snd_max != t->snd_una) {
         if (t->dupacks < 255)
             t->dupacks++;
+        if (use_model(t))
+            model_on_ack(t, delivered(t) - delivered_before);
         if (t->in_recovery) {
             if (!t->sack_ok || !t->nsacked) {
                 t->cwnd += t->mss; /* NewReno inflation */
