@@ -20,7 +20,8 @@ Measured, per round, each contender in turn:
 3. the 1 MB transfer time through a link with 5% loss and 20 ms delay (each direction;
    seeded, the TAP port's impairment); native: nginx in a second namespace behind a
    second TAP port of the same switch, the client's port impaired the same way.
-   ``--loss-only`` runs just this transfer, for the new stack, native Linux with its
+   ``--loss-only`` runs just this transfer, for the new stack (its default loss-based
+   congestion control, and ``tcp_cc=model``), native Linux with its
    default congestion control (``net.ipv4.tcp_congestion_control``, BBR on this machine)
    and native Linux with Reno set in the server's namespace (loss-based like the guest's;
    Linux's Reno still has SACK, RACK-TLP and PRR), alternating, ``--rounds`` rounds.
@@ -181,7 +182,8 @@ def _attach_tap(k: Kernel, dev: str, ns: Namespace, addr: str) -> TapPort:
 async def tap_round(kind: str, images: Path, site: Path, seconds: float, seed: int, *,
                     loss_only: bool = False) -> dict[str, float]:
     """One contender's part-2 loads (unless ``loss_only``) and its lossy transfer. ``kind``:
-    ``old``/``new`` (guest images), ``native`` (nginx, Linux's default congestion
+    ``old``/``new`` (guest images), ``new-model`` (``new`` with ``tcp_cc=model``),
+    ``native`` (nginx, Linux's default congestion
     control) or ``native-reno`` (nginx, Reno set in its namespace)."""
     pid = os.getpid() % 10000
     with Namespace(f"btc{pid}") as cli, Namespace(f"bts{pid}") as srvns:
@@ -210,7 +212,8 @@ async def tap_round(kind: str, images: Path, site: Path, seconds: float, seed: i
                     nginx_lo.terminate()
                     await nginx_lo.wait()
                 else:
-                    srv = await k.spawn(str(images / "httpd.elf"), cmdline="ip=10.79.0.1/24")
+                    cc = " tcp_cc=model" if kind == "new-model" else ""
+                    srv = await k.spawn(str(images / "httpd.elf"), cmdline=f"ip=10.79.0.1/24{cc}")
                     while "listening" not in srv.console.text():  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
                     res = {} if loss_only else await client_load(cli, "10.79.0.1", seconds)
@@ -291,7 +294,7 @@ def med(xs: list[float]) -> float:
 
 def loss_only(rounds: int) -> None:
     cc = sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").strip()
-    who = ["new", "native", "native-reno"]
+    who = ["new", "new-model", "native", "native-reno"]
     times: dict[str, list[float]] = {w: [] for w in who}
     with tempfile.TemporaryDirectory(prefix="bench-tcp-") as tmpd:
         site = Path(tmpd)
@@ -308,12 +311,14 @@ def loss_only(rounds: int) -> None:
         return med([x / y for x, y in zip(a, b, strict=True)])
 
     rows = [(f"1 MB through {LOSS_LINK} each way (median of rounds)", "seconds",
-             "new / this (median of ratios)")]
-    rows.append(("new stack (guest httpd)", f"{med(times['new']):.2f}", ""))
-    rows.append((f"native Linux nginx, {cc} (the host's default)", f"{med(times['native']):.2f}",
-                 f"{ratio(times['new'], times['native']):.2f}x"))
-    rows.append(("native Linux nginx, reno", f"{med(times['native-reno']):.2f}",
-                 f"{ratio(times['new'], times['native-reno']):.2f}x"))
+             "new / this (median of ratios)", "new-model / this")]
+    rows.append(("new stack (guest httpd), loss-based (the default)", f"{med(times['new']):.2f}", "", ""))
+    rows.append(("new stack (guest httpd), tcp_cc=model", f"{med(times['new-model']):.2f}",
+                 f"{ratio(times['new'], times['new-model']):.2f}x", ""))
+    for key, name in (("native", f"native Linux nginx, {cc} (the host's default)"),
+                      ("native-reno", "native Linux nginx, reno")):
+        rows.append((name, f"{med(times[key]):.2f}", f"{ratio(times['new'], times[key]):.2f}x",
+                     f"{ratio(times['new-model'], times[key]):.2f}x"))
     table(f"Lossy transfer: {rounds} alternating rounds, {time.strftime('%Y-%m-%d')}", rows)
     print("per round: " + "; ".join(f"{w} " + " ".join(f"{x:.2f}" for x in times[w]) for w in who))
 
