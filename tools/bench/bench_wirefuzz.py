@@ -44,7 +44,8 @@ async def flood(count: int, seed: int, every: float, drain: float) -> dict[str, 
             peak["udpecho"] = max(peak["udpecho"], udp.get("heap_used", 0))
             peak["tcp_conns"] = max(peak["tcp_conns"], http.get("tcp_conns", 0))
             peak["threads"] = max(peak["threads"], http.get("threads", 0))
-            print(f"  {time.monotonic() - t0:6.0f} s: httpd rx_frames {http.get('rx_frames', '-')}, heap {http.get('heap_used', '-')}, "
+            print(f"  {time.monotonic() - t0:6.0f} s: httpd rx_frames {http.get('rx_frames', '-')}, "
+                  f"heap {http.get('heap_used', '-')}, "
                   f"tcp_conns {http.get('tcp_conns', '-')}, threads {http.get('threads', '-')}; "
                   f"udpecho heap {udp.get('heap_used', '-')}", flush=True)
         res = task.result()
