@@ -80,7 +80,8 @@ async def test_syn_flood_beyond_the_table_does_not_lock_clients_out(lan: tuple[K
     peer.frames.clear()
     page = await _get(peer, mac, 4001, "/stats")
     after = dict(line.split() for line in page.decode().split("\r\n\r\n", 1)[1].splitlines())
-    assert int(after["tcp_syn_evicted"]) >= 1000
+    # the table filled (SYNs the NIC's queue dropped on a loaded machine never got there)
+    assert int(after["tcp_conns_peak"]) == table and int(after["tcp_syn_evicted"]) > 0, (after, vm.nic.stats)
     assert int(after["tcp_refused"]) == 0
     body = await _get(peer, mac, 4002, "/bytes/100")
     assert body.endswith(bytes(ord("a") + i % 26 for i in range(100)))

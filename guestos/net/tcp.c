@@ -67,7 +67,7 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 
 struct tcb {
     struct tcb *hnext;                 /* hash chain (or the listener list) */
-    struct tcb *tmnext, *tmprev;       /* timer list */
+    uint32_t hpos;                     /* index in the deadline heap, when in_timers */
     struct tcb *anext, *twprev;        /* accept queue / TIME-WAIT FIFO (doubly linked) */
     struct tcb *acknext;               /* owes an ACK at the end of this batch */
     struct tcb *synnext, *synprev;     /* the SYN-RECEIVED FIFO (oldest first) */
@@ -112,7 +112,9 @@ struct tcb {
 static struct tcb **htab, **handles;
 static uint32_t hmask;
 static int tcp_max, *free_handles, nfree_handles;
-static struct tcb *listeners, *timers, *ack_list, *tw_head, *tw_tail, *syn_head, *syn_tail;
+static struct tcb **theap; /* connections with a deadline (not TIME-WAIT): a min-heap on it */
+static uint32_t theap_n;
+static struct tcb *listeners, *ack_list, *tw_head, *tw_tail, *syn_head, *syn_tail;
 static uint64_t tcp_next;
 static mutex_t tcp_mutex = MUTEX_INIT;
 static uint8_t seg[IP_PAYLOAD_MAX];
@@ -152,6 +154,7 @@ void tcp_init(void)
     htab = calloc(buckets, sizeof *htab);
     handles = calloc((size_t)tcp_max, sizeof *handles);
     free_handles = malloc((size_t)tcp_max * sizeof *free_handles);
+    theap = malloc((size_t)tcp_max * sizeof *theap); /* every tcb has a handle: at most tcp_max */
     for (int i = 0; i < tcp_max; i++)
         free_handles[i] = tcp_max - 1 - i;
     nfree_handles = tcp_max;
@@ -292,6 +295,45 @@ static void free_buffers(struct tcb *t)
 
 /* ---- timers ---- */
 
+/* The deadline heap: the earliest deadline at theap[0], O(log n) to add, move or take
+ * out a connection, so a table full of retrying connections costs the timer pass only
+ * the ones that are due (a list scan once cost every connection on every expiry). */
+static void heap_set(uint32_t i, struct tcb *t)
+{
+    theap[i] = t;
+    t->hpos = i;
+}
+
+static void heap_up(uint32_t i)
+{
+    struct tcb *t = theap[i];
+    while (i) {
+        uint32_t up = (i - 1) / 2;
+        if (theap[up]->deadline <= t->deadline)
+            break;
+        heap_set(i, theap[up]);
+        i = up;
+    }
+    heap_set(i, t);
+}
+
+static void heap_down(uint32_t i)
+{
+    struct tcb *t = theap[i];
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= theap_n)
+            break;
+        if (c + 1 < theap_n && theap[c + 1]->deadline < theap[c]->deadline)
+            c++;
+        if (theap[c]->deadline >= t->deadline)
+            break;
+        heap_set(i, theap[c]);
+        i = c;
+    }
+    heap_set(i, t);
+}
+
 static void timer_update(struct tcb *t)
 {
     uint64_t d = t->rto_deadline;
@@ -306,20 +348,21 @@ static void timer_update(struct tcb *t)
         d = 0;
     }
     if (d && !t->in_timers) {
-        t->tmprev = 0;
-        t->tmnext = timers;
-        if (timers)
-            timers->tmprev = t;
-        timers = t;
+        heap_set(theap_n++, t);
         t->in_timers = 1;
+        heap_up(t->hpos);
+    } else if (d && t->in_timers) {
+        heap_up(t->hpos);
+        heap_down(t->hpos);
     } else if (!d && t->in_timers) {
-        if (t->tmprev)
-            t->tmprev->tmnext = t->tmnext;
-        else
-            timers = t->tmnext;
-        if (t->tmnext)
-            t->tmnext->tmprev = t->tmprev;
+        uint32_t i = t->hpos;
+        struct tcb *last = theap[--theap_n];
         t->in_timers = 0;
+        if (i < theap_n) {
+            heap_set(i, last);
+            heap_up(i);
+            heap_down(last->hpos);
+        }
     }
     if (d && (!tcp_next || d < tcp_next)) {
         tcp_next = d;
@@ -1740,15 +1783,17 @@ uint64_t tcp_timers(uint64_t now)
     tcp_next = 0;
     while (tw_head && tw_head->misc_deadline <= now)
         finish(tw_head, 0); /* TIME-WAIT over */
+    for (uint32_t budget = theap_n; theap_n && theap[0]->deadline <= now && budget; budget--) {
+        struct tcb *t = theap[0];
+        on_timeout(t, now); /* t may be gone; its new deadline went through timer_update */
+        if (theap_n && theap[0] == t && t->deadline <= now)
+            break; /* not moved on: it waits for the next pass */
+    }
     uint64_t next = tw_head ? tw_head->misc_deadline : 0;
-    for (struct tcb *t = timers, *n; t; t = n) {
-        n = t->tmnext;
-        if (t->deadline <= now) {
-            on_timeout(t, now);
-            continue; /* t may be gone; its new deadline went through timer_update */
-        }
-        if (!next || t->deadline < next)
-            next = t->deadline;
+    if (theap_n) {
+        uint64_t d = theap[0]->deadline <= now ? now + 1000000ull : theap[0]->deadline;
+        if (!next || d < next)
+            next = d;
     }
     if (next && (!tcp_next || next < tcp_next))
         tcp_next = next;
