@@ -3,7 +3,9 @@
  * Connections: allocated on demand, found through a hash table on (remote address,
  * remote port, local port); at most tcp_max connections (one per 4 KiB of heap at start).
  * Listeners keep an accept queue and a backlog (SYN-RECEIVED + not yet accepted); a SYN
- * beyond the table or the backlog is answered with RST, never silence.
+ * that finds the table or the backlog full takes the place of the oldest half-open
+ * connection (RFC 4987's "drop oldest", so a SYN flood cannot lock clients out), and
+ * one that still finds no room is answered with RST, never silence.
  *
  * Sending: a ring per connection indexed by sequence number (grows from 4 KiB to
  * TCP_BUF_MAX). Segments are built straight in the NIC's transmit slots, the payload
@@ -15,7 +17,9 @@
  * Retransmission timeout per RFC 6298 (Karn's algorithm, exponential backoff undone on
  * progress), tail loss probes and a time-based resend of a lost retransmission of the
  * first hole (after RFC 8985), early retransmit for small flights (RFC 5827), window
- * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323).
+ * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323). With tcp_cc=model
+ * on the command line, SACK connections size the window from the path's delivery rate
+ * and minimum RTT instead (BBR-like, see model_on_ack) and do not shrink it on loss.
  *
  * Receiving: a ring indexed by sequence number, growing while the application lags;
  * out-of-order segments are kept in place (up to OOO_MAX ranges) and reported in SACK
@@ -31,7 +35,8 @@
  * orphaned FIN-WAIT-2 connections.
  *
  * Timers: each connection has one deadline (retransmission, probe or orphan timeout) and
- * sits on a timer list while it has one (TIME-WAIT connections wait in a FIFO instead); whenever the earliest deadline moves
+ * sits in a min-heap on it while it has one (TIME-WAIT connections wait in a FIFO
+ * instead), so a timer pass costs only the connections that are due; whenever the earliest deadline moves
  * earlier, the network thread is woken (net_timer_changed) to wait on the new one.
  * Coarse times come from the virtual registers (now_ns: no trap, as of the slice's start);
  * the retransmission timer and RTT samples from the exact clock. */
