@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -315,21 +315,29 @@ class Kernel:
                       nic_config, tuple(disks), link)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
-        if monitors:
-            try:
-                stack = self.monitors_of(vm)
-                for m in reversed(monitors):
-                    stack.push(m)
-            except BaseException:
-                vm.start()  # ended at once: its devices close through the usual path
-                vm.kill()
-                raise
+        self._stack_monitors(vm, monitors, None)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
             vm.kill()
             raise KernelClosedError("kernel is closed")
         self._vms[vm_id] = vm
         return vm
+
+    def _stack_monitors(self, vm: Vm, monitors: Sequence[Monitor], saved: Sequence[Any] | None) -> None:
+        """Push ``monitors`` on built, unstarted ``vm`` (nearest the VM first) and give them
+        ``saved`` state (a snapshot's); on failure the VM is ended and the error raised."""
+        if not monitors:
+            return
+        try:
+            stack = self.monitors_of(vm)
+            for m in reversed(monitors):
+                stack.push(m)
+            if saved:
+                stack.restore(saved)
+        except BaseException:
+            vm.start()  # ended at once: its devices close through the usual path
+            vm.kill()
+            raise
 
     def monitors_of(self, vm: Vm) -> MonitorStack:
         """The monitor stack of ``vm`` (made empty if it has none): push and pop on it."""
@@ -360,6 +368,8 @@ class Kernel:
                                    "which a snapshot does not keep (give the disk :keep)")
         image = await _image_bytes(vm)
         state = await vm.snapshot_state()
+        if isinstance(vm._interposer, MonitorStack):  # monitors with state keep it
+            state.meta["monitors"] = vm._interposer.save()
         slices = vm.stats["slices"]
         try:
             info = await write_snapshot(os.fspath(path), state.meta, state.cpu.pack(), image,
@@ -374,9 +384,13 @@ class Kernel:
         return info
 
     async def restore(self, path: str | os.PathLike[str], *, console: ConsoleSink | None = None,
-                      progress: SnapshotProgress | None = None) -> Vm:
+                      progress: SnapshotProgress | None = None,
+                      monitors: Sequence[Monitor] = ()) -> Vm:
         """Start the VM saved in the snapshot at ``path``, as it was: same VM id, MAC, command
-        line and disks, its clock continuing from the snapshot. Raises
+        line and disks, its clock continuing from the snapshot. ``monitors``: stacked as in
+        ``spawn``; when the snapshot was taken under monitors, these must be of the same
+        classes in the same order (``ConfigError`` otherwise) and get their saved state
+        back; without ``monitors`` the VM runs unmonitored (a warning says so). Raises
         ``SnapshotFormatError`` (not a usable snapshot), ``ConfigError`` (its id or MAC is
         in use here: the original still runs; clone it instead), ``DiskError``, and what
         ``spawn`` raises."""
@@ -386,19 +400,22 @@ class Kernel:
             if vm_id in self._vms:
                 raise ConfigError(f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
                                   "still runs?); clone the snapshot for a VM with a new identity")
-            return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False)
+            return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False,
+                                          monitors=monitors)
         finally:
             snap.close()
 
     async def clone(self, path: str | os.PathLike[str], count: int = 1, *,
                     cmdlines: Sequence[str] | None = None,
-                    console: ConsoleSink | None = None) -> list[Vm]:
+                    console: ConsoleSink | None = None,
+                    monitors: Callable[[], Sequence[Monitor]] | None = None) -> list[Vm]:
         """Start ``count`` clones of the snapshot at ``path``, sharing its memory copy-on-write.
         Each gets its own VM id and MAC (the kernel's default for that id), ``cmdlines[i]``
         as its command line (default: the snapshot's), ``generation`` + 1 and ``Irq.CLONE``
         pending, so the guest re-reads its identity. Read-only and throwaway disks are
         opened anew for each; kept overlays and read-write images cannot be shared
-        (``ConfigError``). Raises like ``restore``."""
+        (``ConfigError``). ``monitors``: called once per clone for its own monitors, which
+        get the snapshot's monitor state as in ``restore``. Raises like ``restore``."""
         if count < 1 or (cmdlines is not None and len(cmdlines) != count):
             raise ConfigError(f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} "
                               "command lines")
@@ -412,7 +429,9 @@ class Kernel:
             prepared = self._prepare(snap)
             for i in range(count):
                 cmd = cmdlines[i] if cmdlines is not None else None
-                vms.append(await self._spawn_from(prepared, self._new_id(), cmd, b"", console, clone=True))
+                own = monitors() if monitors is not None else ()
+                vms.append(await self._spawn_from(prepared, self._new_id(), cmd, b"", console, clone=True,
+                                                  monitors=own))
         except BaseException:
             for vm in vms:
                 vm.kill()
@@ -441,7 +460,8 @@ class Kernel:
         return _Restorable(snap, img, size, cpu, nic, disks, cmdline, mac)
 
     async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
-                          console: ConsoleSink | None, clone: bool) -> Vm:
+                          console: ConsoleSink | None, clone: bool,
+                          monitors: Sequence[Monitor] = ()) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
         default for ``vm_id``; None: the snapshot's)."""
         if self._state != "running":
@@ -463,6 +483,11 @@ class Kernel:
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
+        saved = r.snap.meta.get("monitors") or []
+        if saved and not monitors:
+            log.warning("VM %d: restored without the monitors its snapshot was taken under (%s)",
+                        vm_id, ", ".join(str(m.get("monitor")) for m in saved if isinstance(m, dict)))
+        self._stack_monitors(vm, monitors, saved if isinstance(saved, list) else None)
         vm.start()
         if self._state != "running":
             vm.kill()

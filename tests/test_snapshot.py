@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from denali import abi, snapshot
-from denali.errors import ConfigError, SnapshotFormatError, SnapshotWriteError, VmStateError
+from denali.errors import ConfigError, SnapshotFormatError, SnapshotWriteError, VmKilledError, VmStateError
 from denali.kernel import Kernel
+from denali.monitor import HypercallEvent, Monitor
+from denali.monitor.base import Verdict
 from denali.vm import Vm, VmState
 from tests.conftest import need_image
 
@@ -468,3 +470,58 @@ async def test_clones_swap_out_and_back_in_intact(tmp_path: Path) -> None:
     assert results == [0] * 6
     assert all(_last_line(c) == expected for c in clones)
     assert swap["swap_outs"] >= 3 and swap["swap_ins"] >= 3, swap
+
+
+class _Counter(Monitor):
+    """Counts the hypercalls it sees; its count is its state."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        self.count += 1
+        return None
+
+    def save(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def restore(self, state: dict[str, int]) -> None:  # type: ignore[override]
+        self.count = int(state["count"])
+
+
+class _Other(Monitor):
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        return None
+
+
+async def test_monitors_keep_their_state_across_snapshot_and_restore(tmp_path: Path) -> None:
+    need_image("test-swapsum")
+    path = tmp_path / "watched.snap"
+    async with Kernel() as k:
+        before = _Counter()
+        vm = await k.spawn("test-swapsum", cmdline="kib=64 rounds=50", memory="1M", monitors=[before])
+        await vm.until_idle()
+        await vm.pause()
+        await k.snapshot(vm, path)
+        counted = before.count
+        assert counted > 0
+        vm.kill()
+        with pytest.raises(VmKilledError):
+            await vm.wait()
+        with pytest.raises(ConfigError, match="does not match"):
+            await k.restore(path, monitors=[_Other()])
+        after = _Counter()
+        again = await k.restore(path, monitors=[after])
+        assert after.count >= counted  # given back before the VM ran again
+        assert await again.wait() == 0
+        assert after.count > counted
+        clones_seen: list[_Counter] = []
+
+        def fresh() -> list[Monitor]:
+            clones_seen.append(_Counter())
+            return [clones_seen[-1]]
+
+        clones = await k.clone(path, 2, monitors=fresh)
+        for c in clones:
+            assert await c.wait() == 0
+        assert len(clones_seen) == 2 and all(m.count > counted for m in clones_seen)
