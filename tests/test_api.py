@@ -23,6 +23,8 @@ import pytest
 from denali import api, metrics
 from denali.endpoint import Limits
 from denali.kernel import Kernel
+from denali.monitor import HypercallEvent, Monitor
+from denali.monitor.base import Verdict
 from tests.conftest import need_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,51 @@ async def test_api_end_to_end(tmp_path: Path) -> None:
         finally:
             await ep.close()
         assert not _exists(sock)
+
+
+async def test_vms_the_api_starts_get_the_hosts_monitors(tmp_path: Path) -> None:
+    """``serve(monitors=)`` (``denali boot --policy/--trace --api``): every VM the API
+    spawns, restores or clones gets its own stack from the factory."""
+    need_image("test-swapsum")
+    sock = str(tmp_path / "api.sock")
+    made: list[Monitor] = []
+
+    def stack() -> list[Monitor]:
+        made.append(_Seen())
+        return [made[-1]]
+
+    async with Kernel() as k:
+        ep = await api.serve(k, sock, monitors=stack)
+        try:
+            st, data = await _call(sock, "POST", "/v1/vms", {"image": "test-swapsum", "memory": "1M",
+                                                             "cmdline": "kib=64 rounds=30"})
+            assert st == 201
+            vid = data["vms"][0]["id"]
+            assert [type(m) for m in k.monitors_of(k.vms[vid]).monitors] == [_Seen]
+            st, _ = await _call(sock, "POST", f"/v1/vms/{vid}/pause")
+            snap = str(tmp_path / "m.snap")
+            st, _ = await _call(sock, "POST", f"/v1/vms/{vid}/snapshot", {"path": snap})
+            assert st == 200
+            await _call(sock, "POST", f"/v1/vms/{vid}/kill")
+            st, data = await _call(sock, "POST", "/v1/snapshots/restore", {"path": snap})
+            assert st == 200
+            st, data = await _call(sock, "POST", "/v1/snapshots/clone", {"path": snap, "count": 2})
+            assert st == 200
+            assert len(made) == 4  # spawn, restore, two clones
+            for vm in list(k.vms.values()):
+                assert await vm.wait() == 0
+            assert all(m.calls > 0 for m in made)
+        finally:
+            await ep.close()
+
+
+class _Seen(Monitor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        self.calls += 1
+        return None
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code"), [

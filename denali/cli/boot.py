@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from denali import api, metrics
@@ -210,7 +211,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         if "lan" in links:
             k.switch.set_link(links["lan"])
         if args.api:
-            api_server = await api.serve(k, args.api, mode=args.api_mode)
+            api_server = await api.serve(k, args.api, mode=args.api_mode,
+                                         monitors=_api_monitors(args, lambda: trace, policy))
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
@@ -270,6 +272,25 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 print(f"denali: trace {trace.path}: {trace.records:,} records, "
                       f"{trace.dropped:,} dropped{why}", file=sys.stderr)
     return _status(codes)
+
+
+def _api_monitors(args: argparse.Namespace, trace_of: Callable[[], TraceWriter | None],
+                  policy: PolicySpec | None) -> Callable[[], list[Monitor]] | None:
+    """The monitors of every VM the control API starts: the tracer (``trace_of()``, opened
+    after the API) and the policy, as for the VMs on the command line (no debugger: its
+    ports are the command line's)."""
+    if not args.trace and policy is None:
+        return None
+
+    def make() -> list[Monitor]:
+        made: list[Monitor] = []
+        trace = trace_of()
+        if trace is not None:
+            made.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+        if policy is not None:
+            made.append(Policy(policy))
+        return made
+    return make
 
 
 async def _monitors_for(index: int, args: argparse.Namespace, trace: TraceWriter | None,
