@@ -21,13 +21,18 @@ from denali.errors import (
     KernelInternalError,
     NetError,
     ResourceError,
+    SnapshotError,
+    SnapshotFormatError,
+    SnapshotWriteError,
     SwapError,
     VmKilledError,
+    VmStateError,
 )
 from denali.fault import FaultKind, FaultReport
 from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.loader import Image, load_image
+from denali.snapshot import SnapshotInfo
 from denali.vm import Vm, VmState
 
 __all__ = (
@@ -55,10 +60,15 @@ __all__ = (
     "NicPort",
     "ResourceError",
     "Result",
+    "SnapshotError",
+    "SnapshotFormatError",
+    "SnapshotInfo",
+    "SnapshotWriteError",
     "SwapError",
     "Vm",
     "VmKilledError",
     "VmState",
+    "VmStateError",
     "__version__",
     "builtin_images",
     "load_image",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
-ABI_VERSION: Final = 3
+ABI_VERSION: Final = 4
 """Version of this ABI; the kernel writes it into the virtual-register page."""
 
 PAGE_SIZE: Final = 4096
@@ -85,11 +85,15 @@ class Irq(IntFlag):
     """Console input is available."""
     HOST = 1 << 4
     """The host poked the VM (``Vm.interrupt()``), e.g. to ask it to shut down."""
-    CHILD = 1 << 5
+    CLONE = 1 << 5
+    """This VM was just restored as a clone of a snapshot: its vm_id, mac, generation and
+    command line are new; re-read them (re-address, re-key) before trusting old state."""
+    CHILD = 1 << 6
     """Events of this VM's child VMs wait in its event queue (``CHILD_EVENT``)."""
 
 
-IRQ_ALL: Final = int(Irq.TIMER | Irq.NET_RX | Irq.DISK | Irq.CONSOLE | Irq.HOST | Irq.CHILD)
+IRQ_ALL: Final = int(Irq.TIMER | Irq.NET_RX | Irq.DISK | Irq.CONSOLE | Irq.HOST | Irq.CLONE
+                     | Irq.CHILD)
 
 # Field types: (struct code, C type, size). "u8[N]" arrays are written ("u8", N).
 _CTYPES: Final = {"u8": ("B", "uint8_t", 1), "u16": ("H", "uint16_t", 2),
@@ -176,7 +180,8 @@ VREGS = Struct(
         _f("mac", "u8", "out", "MAC address of the NIC (all zero: no NIC)", 6),
         _f("_pad0", "u16", "pad", "reserved"),
         _f("slice_ns", "u32", "out", "length of a time slice in ns"),
-        _f("_pad1", "u32", "pad", "reserved"),
+        _f("generation", "u32", "out", "0 when booted from an image; +1 each time the VM is "
+           "restored as a clone of a snapshot (Irq.CLONE says when)"),
     ),
 )
 

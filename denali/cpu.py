@@ -90,7 +90,7 @@ class CpuState:
         """The state a fresh VM starts in: EIP at the entry point, ESP at the top of memory."""
         regs = dict.fromkeys(_uc.GPR_NAMES, 0)
         regs.update(eip=entry, esp=stack_top, eflags=_BOOT_EFLAGS)
-        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), bytes(_uc.FPU_STATE_SIZE))
+        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), _uc.reset_fpu())
 
     def registers(self) -> dict[str, int]:
         """The general registers, EIP and EFLAGS by name."""
@@ -139,6 +139,7 @@ class VCpu:
     """The CPU of one VM. Not thread-safe: one slice at a time (see the module docstring)."""
 
     __slots__ = (
+        "_entry_state",
         "_forbidden",
         "_invalid",
         "_last_fill",
@@ -198,12 +199,15 @@ class VCpu:
             self.engine.enter_user_mode(kp, _KSTACK - len(frame), state.fs, state.gs)
             for reg, name in zip(_GPRS[:7], _uc.GPR_NAMES[:7], strict=True):  # eax..ebp
                 self.engine.reg_write(reg, regs[name])
-            self.engine.write_fpu(state.fpu)
+            if state.fpu != _uc.reset_fpu():  # a fresh engine already holds that state
+                self.engine.write_fpu(state.fpu)
             self.engine.install_hooks()
         except BaseException:
             self.engine.close()
             raise
         self.eip = _TRAMPOLINE
+        self._entry_state = state
+        """What the CPU enters user mode with: its state until the first slice runs."""
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
@@ -282,12 +286,15 @@ class VCpu:
 
     def save(self) -> CpuState:
         """The CPU's state (between slices only)."""
+        if self.eip == _TRAMPOLINE:  # not in user mode yet: what it will enter it with
+            return self._entry_state
         eng = self.engine
         regs = eng.read_gprs()
         regs["eip"] = self.eip
         kp = abi.Layout.KERNEL_PAGE + len(_uc.GDT)
+        # Segment selectors are 16 bits (Unicorn writes only those of the 32-bit buffer).
         return CpuState(tuple(regs[n] for n in _uc.GPR_NAMES), eng.read_fpu(),
-                        eng.reg_read(_uc.REG_FS), eng.reg_read(_uc.REG_GS),
+                        eng.reg_read(_uc.REG_FS) & 0xFFFF, eng.reg_read(_uc.REG_GS) & 0xFFFF,
                         bytes(self.memory.buf[kp:kp + _uc.TLS_SIZE]))
 
     def set_registers(self, regs: dict[str, int]) -> None:

@@ -72,3 +72,26 @@ class KernelInternalError(DenaliError):
 class SdkError(DenaliError):
     """Raised when the guest SDK cannot build a guest: the SDK was not built into the package,
     the machine's compiler is missing, or a new project cannot be written."""
+
+
+class VmStateError(DenaliError):
+    """Raised when a VM is asked for something its state does not allow: snapshotting a VM
+    that is not paused, pausing or resuming a VM that has ended."""
+
+
+class SnapshotError(DenaliError):
+    """Raised when a snapshot cannot be written or read; ``path`` names the file."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SnapshotFormatError(SnapshotError, ConfigError):
+    """Raised when a file is not a snapshot this kernel can restore: not a snapshot, another
+    format or ABI version, truncated, or damaged (a checksum mismatch). Never repaired."""
+
+
+class SnapshotWriteError(SnapshotError, ResourceError):
+    """Raised when the host cannot write a snapshot (a full disk, a directory that cannot
+    be written); nothing is left at the snapshot's path and the VM is unchanged."""

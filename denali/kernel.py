@@ -23,24 +23,35 @@ import logging
 import os
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Unpack
+
+import aiofiles
 
 from denali import abi
 from denali.arbiter import CpuArbiter
 from denali.builder import VmSpec, build_vm
 from denali.config import KernelConfig, KernelOptions, check_memory, parse_size
+from denali.cpu import CpuState
 from denali.devices.children import Children
 from denali.devices.clock import Clock
 from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks
 from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
-from denali.errors import ConfigError, KernelClosedError, ResourceError
+from denali.errors import (
+    ConfigError,
+    ImageError,
+    KernelClosedError,
+    ResourceError,
+    SnapshotFormatError,
+    VmStateError,
+)
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
-from denali.loader import Image
+from denali.loader import Image, parse_image
 from denali.monitor.base import Monitor
 from denali.monitor.stack import MonitorStack
 from denali.nesting import ChildSpawner
@@ -50,10 +61,12 @@ from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.runtime import Runtime
 from denali.scheduler import Scheduler
+from denali.snapshot import Progress as SnapshotProgress
+from denali.snapshot import SnapshotFile, SnapshotInfo, open_snapshot, write_snapshot
 from denali.swap import Gatekeeper, SwapStore
 from denali.tasks import TaskOwner
 from denali.timers import Timers
-from denali.vm import Vm
+from denali.vm import Vm, VmState
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +154,7 @@ class Kernel:
         self.switch = Switch(SwitchConfig() if config.batch_interrupts
                              else SwitchConfig(batch=1, frames_per_yield=1), name="lan0")
         """The virtual LAN every VM's NIC is attached to."""
-        self._children = ChildSpawner(self._runtime, lambda: next(self._ids), self._publish_child,
+        self._children = ChildSpawner(self._runtime, self._new_id, self._publish_child,
                                       self._vm_ended, self._room_for_child, self._monitor_totals)
         """Makes the child VMs of every VM's child device (denali.nesting)."""
         if config.disable_thp:
@@ -221,11 +234,13 @@ class Kernel:
         return types.MappingProxyType(self._vms)
 
     # ---- observation ----
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, vm_states: bool = True) -> dict[str, Any]:
         """A snapshot of the kernel's counters as plain data (safe to JSON-encode); the
-        switch's per-port counters are left out (``vm_stats`` has each VM's NIC)."""
+        switch's per-port counters are left out (``vm_stats`` has each VM's NIC).
+        ``vm_states=False``: no count of VMs by state (it visits every VM; observers of
+        large kernels count them in steps, see ``denali.metrics``)."""
         states: dict[str, int] = {}
-        for vm in self._vms.values():
+        for vm in self._vms.values() if vm_states else ():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
         swap: dict[str, Any] = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
                                 "bytes_out": 0, "bytes_in": 0, "used": 0, "budget": None}
@@ -305,27 +320,35 @@ class Kernel:
         if grant < 0 or grant > 1 << 40:
             raise ConfigError(f"child_memory {child_memory!r} is out of range")
         await self.switch.start()
-        vm_id = next(self._ids)
+        vm_id = self._new_id()
         spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
                       nic_config, tuple(disks), link, child_memory=grant)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended,
                             self._children)
-        if monitors:
-            try:
-                stack = self.monitors_of(vm)
-                for m in reversed(monitors):
-                    stack.push(m)
-            except BaseException:
-                vm.start()  # ended at once: its devices close through the usual path
-                vm.kill()
-                raise
+        self._stack_monitors(vm, monitors, None)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
             vm.kill()
             raise KernelClosedError("kernel is closed")
         self._vms[vm_id] = vm
         return vm
+
+    def _stack_monitors(self, vm: Vm, monitors: Sequence[Monitor], saved: Sequence[Any] | None) -> None:
+        """Push ``monitors`` on built, unstarted ``vm`` (nearest the VM first) and give them
+        ``saved`` state (a snapshot's); on failure the VM is ended and the error raised."""
+        if not monitors:
+            return
+        try:
+            stack = self.monitors_of(vm)
+            for m in reversed(monitors):
+                stack.push(m)
+            if saved:
+                stack.restore(saved)
+        except BaseException:
+            vm.start()  # ended at once: its devices close through the usual path
+            vm.kill()
+            raise
 
     def monitors_of(self, vm: Vm) -> MonitorStack:
         """The monitor stack of ``vm`` (made empty if it has none): push and pop on it."""
@@ -338,6 +361,158 @@ class Kernel:
         if self._state != "running" or len(self._vms) >= self.config.max_vms:
             return False
         return self._gate is not None or len(self._vms) < self.max_engines
+
+    def _new_id(self) -> int:
+        """The next VM id no live VM has (restored VMs keep theirs)."""
+        vm_id = next(self._ids)
+        while vm_id in self._vms:
+            vm_id = next(self._ids)
+        return vm_id
+
+    # ---- snapshots, restores and clones (docs/api-http.md, denali/snapshot.py) ----
+    async def snapshot(self, vm: Vm, path: str | os.PathLike[str], *,
+                       progress: SnapshotProgress | None = None) -> SnapshotInfo:
+        """Write paused ``vm``'s complete state to ``path`` (``denali.snapshot``); the VM
+        stays paused. ``progress(done, total)`` (bytes of memory, from a worker thread).
+        Raises ``VmStateError`` (not paused, resumed meanwhile, a throwaway disk overlay
+        holding writes, not a VM of this kernel) and ``SnapshotWriteError`` (the host
+        cannot write the file; nothing is left at ``path``)."""
+        if self._vms.get(vm.id) is not vm:
+            raise VmStateError(f"VM {vm.id} is not a live VM of this kernel")
+        for disk, spec in zip(vm.disks.disks if vm.disks else (), vm.disks.specs if vm.disks else (),
+                              strict=True):
+            overlay = getattr(disk.backend, "overlay", None)
+            if spec.mode == "overlay-discard" and overlay is not None and overlay.blocks_held():
+                raise VmStateError(f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
+                                   "which a snapshot does not keep (give the disk :keep)")
+        image = await _image_bytes(vm)
+        state = await vm.snapshot_state()
+        if isinstance(vm._interposer, MonitorStack):  # monitors with state keep it
+            state.meta["monitors"] = vm._interposer.save()
+        slices = vm.stats["slices"]
+        try:
+            info = await write_snapshot(os.fspath(path), state.meta, state.cpu.pack(), image,
+                                        state.memory, state.runs, vm.mem_size, progress)
+        finally:
+            if state.scratch is not None:
+                state.scratch.close()
+        if vm.state is not VmState.PAUSED or vm.stats["slices"] != slices:
+            os.unlink(info.path)
+            raise VmStateError(f"VM {vm.id} ran while its snapshot was written; no snapshot kept")
+        log.info("VM %d: snapshot %s (%d pages)", vm.id, info.path, info.stored_pages)
+        return info
+
+    async def restore(self, path: str | os.PathLike[str], *, console: ConsoleSink | None = None,
+                      progress: SnapshotProgress | None = None,
+                      monitors: Sequence[Monitor] = ()) -> Vm:
+        """Start the VM saved in the snapshot at ``path``, as it was: same VM id, MAC, command
+        line and disks, its clock continuing from the snapshot. ``monitors``: stacked as in
+        ``spawn``; when the snapshot was taken under monitors, these must be of the same
+        classes in the same order (``ConfigError`` otherwise) and get their saved state
+        back; without ``monitors`` the VM runs unmonitored (a warning says so). Raises
+        ``SnapshotFormatError`` (not a usable snapshot), ``ConfigError`` (its id or MAC is
+        in use here: the original still runs; clone it instead), ``DiskError``, and what
+        ``spawn`` raises."""
+        snap = await open_snapshot(os.fspath(path), progress)
+        try:
+            vm_id = int(snap.meta["vm"]["id"])
+            if vm_id in self._vms:
+                raise ConfigError(f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
+                                  "still runs?); clone the snapshot for a VM with a new identity")
+            return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False,
+                                          monitors=monitors)
+        finally:
+            snap.close()
+
+    async def clone(self, path: str | os.PathLike[str], count: int = 1, *,
+                    cmdlines: Sequence[str] | None = None,
+                    console: ConsoleSink | None = None,
+                    monitors: Callable[[], Sequence[Monitor]] | None = None) -> list[Vm]:
+        """Start ``count`` clones of the snapshot at ``path``, sharing its memory copy-on-write.
+        Each gets its own VM id and MAC (the kernel's default for that id), ``cmdlines[i]``
+        as its command line (default: the snapshot's), ``generation`` + 1 and ``Irq.CLONE``
+        pending, so the guest re-reads its identity. Read-only and throwaway disks are
+        opened anew for each; kept overlays and read-write images cannot be shared
+        (``ConfigError``). ``monitors``: called once per clone for its own monitors, which
+        get the snapshot's monitor state as in ``restore``. Raises like ``restore``."""
+        if count < 1 or (cmdlines is not None and len(cmdlines) != count):
+            raise ConfigError(f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} "
+                              "command lines")
+        snap = await open_snapshot(os.fspath(path))
+        vms: list[Vm] = []
+        try:
+            for spec in snap.meta["devices"].get("disks", {}).get("specs", []):
+                if spec.get("mode") in ("overlay-keep", "rw"):
+                    raise ConfigError(f"{snap.path}: disk {spec.get('path')} ({spec.get('mode')}) "
+                                      "cannot be shared by clones")
+            prepared = self._prepare(snap)
+            for i in range(count):
+                cmd = cmdlines[i] if cmdlines is not None else None
+                own = monitors() if monitors is not None else ()
+                vms.append(await self._spawn_from(prepared, self._new_id(), cmd, b"", console, clone=True,
+                                                  monitors=own))
+        except BaseException:
+            for vm in vms:
+                vm.kill()
+            raise
+        finally:
+            snap.close()
+        return vms
+
+    def _prepare(self, snap: SnapshotFile) -> _Restorable:
+        """What every VM restored from ``snap`` is built from (parsed once per snapshot)."""
+        meta = snap.meta
+        try:
+            saved = meta["vm"]
+            img = parse_image(snap.image, f"{snap.path}:image", str(saved["image"]))
+            size = check_memory(int(saved["mem_size"]))
+            cpu = CpuState.unpack(snap.cpu)
+            nic = "nic" in meta["devices"]
+            disks = tuple(DiskSpec(**d) for d in meta["devices"].get("disks", {}).get("specs", []))
+            cmdline = str(saved["cmdline"])
+            mac = bytes(saved["mac"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotFormatError(f"{snap.path}: snapshot meta section is not valid ({exc!r})",
+                                      snap.path) from None
+        if size != snap.mem_size:
+            raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
+        return _Restorable(snap, img, size, cpu, nic, disks, cmdline, mac)
+
+    async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
+                          console: ConsoleSink | None, clone: bool,
+                          monitors: Sequence[Monitor] = ()) -> Vm:
+        """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
+        default for ``vm_id``; None: the snapshot's)."""
+        if self._state != "running":
+            if self._state == "created":
+                self.start()
+            else:
+                raise KernelClosedError("kernel is closed")
+        cmd = r.cmdline if cmdline is None else cmdline
+        own_mac = r.mac if mac is None else None
+        if len(cmd.encode()) > abi.CMDLINE_MAX or "\0" in cmd:
+            raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
+        if self._gate is None and len(self._vms) >= self.max_engines:
+            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
+                                f"({self.max_engines})")
+        if len(self._vms) >= self.config.max_vms:
+            raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
+        await self.switch.start()
+        spec = VmSpec(r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks)
+        default_mac = mac_for_vm(vm_id, self.mac_tag)
+        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
+        vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
+        saved = r.snap.meta.get("monitors") or []
+        if saved and not monitors:
+            log.warning("VM %d: restored without the monitors its snapshot was taken under (%s)",
+                        vm_id, ", ".join(str(m.get("monitor")) for m in saved if isinstance(m, dict)))
+        self._stack_monitors(vm, monitors, saved if isinstance(saved, list) else None)
+        vm.start()
+        if self._state != "running":
+            vm.kill()
+            raise KernelClosedError("kernel is closed")
+        self._vms[vm_id] = vm
+        return vm
 
     def _vm_ended(self, vm: Vm) -> None:
         """Called by a VM as it ends: unpublish it and let its NIC's last frames go out."""
@@ -356,3 +531,34 @@ class Kernel:
         finally:
             if nic.switch is not None:
                 self.switch.detach(nic)
+
+
+@dataclass(frozen=True, slots=True)
+class _Restorable:
+    """A snapshot's VM, parsed once: what ``Kernel._spawn_from`` builds VMs from."""
+
+    snap: SnapshotFile
+    image: Image
+    memory: int
+    cpu: CpuState
+    nic: bool
+    disks: tuple[DiskSpec, ...]
+    cmdline: str
+    mac: bytes
+
+
+async def _image_bytes(vm: Vm) -> bytes:
+    """The ELF file ``vm`` was booted from, for its snapshot; ``VmStateError`` when it is
+    gone or changed since the VM booted."""
+    if vm.origin is not None:  # restored or cloned: the image came with its snapshot
+        return vm.origin.image
+    path = vm.image.path
+    try:
+        async with aiofiles.open(path, "rb") as f:
+            data = await f.read()
+        same = parse_image(data, path, vm.image.name) == vm.image
+    except (OSError, ImageError) as exc:
+        raise VmStateError(f"VM {vm.id}: its image {path} cannot be read for the snapshot: {exc}") from None
+    if not same:
+        raise VmStateError(f"VM {vm.id}: its image {path} changed since it booted")
+    return data

@@ -42,14 +42,22 @@ class Region:
 class GuestMemory:
     """Guest memory of ``size`` bytes (a multiple of the page size) and its page map.
 
-    Anonymous memory: pages the guest never touches cost no host RAM.
+    Anonymous memory: pages the guest never touches cost no host RAM. With ``fd``, the
+    memory is a private (copy-on-write) mapping of ``size`` bytes of that file from
+    ``offset`` (page aligned): it reads as the file, the guest's writes stay its own,
+    and every VM mapping the same file shares the pages none of them wrote (clones of
+    one snapshot). The file must not change while it is mapped.
     """
 
     __slots__ = ("_anchor", "_regions", "_starts", "address", "buf", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, fd: int = -1, offset: int = 0) -> None:
         self.size = size
-        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if fd < 0:
+            self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:
+            self.buf = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                 prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
         self._anchor = ctypes.c_char.from_buffer(self.buf)
         self.address = ctypes.addressof(self._anchor)
         self._regions: list[Region] = []

@@ -3,13 +3,23 @@
 State machine (``Vm.state``)::
 
     CREATED -> RUNNABLE <-> RUNNING -> (EXITED | FAULTED | FAILED)
-                   ^           |
-                   +-- IDLE <--+          any state but the final ones -> KILLED
+                 ^  ^          |
+                 |  +-- IDLE <-+          any state but the final ones -> KILLED
+                 |       ^ |
+                 |       | v
+                 +---- PAUSED             (pause() at a slice boundary; resume())
 
 RUNNABLE: waiting for the CPU. RUNNING: inside a slice. IDLE: in idle-with-timeout
 (a timer and a future; no CPU at all). EXITED: the guest called terminate. FAULTED: the
 guest faulted (``Vm.fault`` has the report). FAILED: a kernel bug, or its swap file
 going bad, hit this VM only. KILLED: the host stopped it (``kill()`` or kernel close).
+PAUSED: the host paused it (``pause()``): it stopped at a slice boundary (before its next
+slice, or while it waits in IDLE) and runs no guest code until ``resume()``. A VM paused
+in IDLE keeps its deadline: the timer runs on, and interrupts still queue; what woke it
+is delivered after ``resume()``. A paused VM is never swapped out. Snapshots are taken
+of paused VMs (``snapshot_state``); a VM restored from one (``restore_state``) continues
+where it stopped: before its next slice, or in its IDLE with the same deadline on its
+own clock (``_clock_offset`` makes a restored VM's clock continue from the snapshot).
 
 A VM is made whole by ``denali.builder`` (devices, port, swap area) and only then
 published. Its memory and CPU (its *resident* state) are made when the gatekeeper first
@@ -34,11 +44,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
+import re
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -48,11 +62,11 @@ from denali.cpu import EXIT, CpuState, Exit, VCpu, layout_regions
 from denali.devices.base import SLOT_VM, Completion, Device
 from denali.devices.clock import Clock
 from denali.devices.console import Console
-from denali.errors import DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError
+from denali.errors import DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError, VmStateError
 from denali.fault import FaultReport
 from denali.interpose import Interposer, Outcome
 from denali.memory import PROT_R, PROT_X, GuestMemory
-from denali.swap import ENGINE_COST, SwapImage, touched_bytes
+from denali.swap import ENGINE_COST, SwapImage, resident_pages, touched_bytes
 from denali.timers import Timer
 
 if TYPE_CHECKING:
@@ -62,6 +76,7 @@ if TYPE_CHECKING:
     from denali.loader import Image
     from denali.preempt import Lane
     from denali.runtime import Runtime
+    from denali.snapshot import SnapshotFile
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +110,7 @@ class VmState(Enum):
     RUNNABLE = "runnable"
     RUNNING = "running"
     IDLE = "idle"
+    PAUSED = "paused"
     EXITED = "exited"
     FAULTED = "faulted"
     FAILED = "failed"
@@ -113,12 +129,13 @@ class Vm:
                             Hc.SET_HANDLER: "hc_set_handler"}
 
     __slots__ = ("__weakref__", "_clock_offset", "_clock_zero", "_cpu", "_cpu_state", "_devices",
-                 "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_waiters",
-                 "_in_slice", "_interposer", "_irq_entry", "_memory", "_on_end", "_pending", "_posted",
-                 "_rt", "_swapped", "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "children",
-                 "clock", "close_errors", "cmdline", "console", "created_ns", "disks", "ended_ns", "error",
-                 "exit_status", "fault", "first_slice_ns", "group", "id", "image", "interposed", "mem_size",
-                 "nic_device", "state", "stats", "stopped_by")
+                 "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg",
+                 "_idle_deadline", "_idle_waiters", "_in_slice", "_interposer", "_irq_entry", "_memory",
+                 "_on_end", "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped",
+                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "children", "clock", "close_errors",
+                 "cmdline", "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
+                 "first_slice_ns", "generation", "group", "id", "image", "interposed", "mem_size", "nic_device",
+                 "state", "stats", "stopped_by")
 
     def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
@@ -188,6 +205,18 @@ class Vm:
         self._swapping_in = False
         self._vregs_head = b""
         self._vregs_tail = b""
+        # Pause, snapshot and restore (see the section below).
+        self._pause: _Pause | None = None
+        self._idle_arg: int | None = None
+        """While in IDLE (or restored into it): the guest address of its argument struct."""
+        self._idle_deadline = 0
+        """That IDLE's deadline (kept so a restored VM can wait without its memory)."""
+        self._on_wake = 0
+        """Interrupt bits raised once the VM is next resident (a clone's Irq.CLONE)."""
+        self._origin: SnapshotFile | None = None
+        """The snapshot a restored VM's memory maps copy-on-write (None: booted)."""
+        self.generation = 0
+        """How many times this VM's lineage was cloned (the ``generation`` register)."""
         for dev in self._devices[1:]:
             if isinstance(dev, Device):
                 dev.attach(self)
@@ -332,13 +361,18 @@ class Vm:
         """Make memory and CPU: from the image, or from the swap file (pages first: the
         CPU then writes its kernel page over whatever was stored)."""
         rt = self._rt
-        mem = GuestMemory(self.mem_size)
+        origin = self._origin
+        mem = (GuestMemory(self.mem_size) if origin is None
+               else GuestMemory(self.mem_size, origin.fd, origin.mem_offset))
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
             mem.set_regions(regions)
             if self._swapped is not None:
                 assert rt.store is not None
                 await rt.store.read(self.id, self._swapped, mem.buf)
+            elif origin is not None:  # restored: the pages are the snapshot's; a clone's
+                cmd = self.cmdline.encode()  # command line is its own
+                mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0" * (abi.CMDLINE_MAX + 1 - len(cmd)))
             else:
                 for seg in self.image.segments:
                     mem.write(seg.vaddr, seg.data)
@@ -354,6 +388,8 @@ class Vm:
         self._memory = mem
         self._cpu = cpu
         self._dispatch = cpu.dispatch
+        self._pending |= self._on_wake
+        self._on_wake = 0
         self._write_vregs()
         self._apply_posted()
 
@@ -410,7 +446,7 @@ class Vm:
                   "mem_size": self.mem_size, "time_ns": 0, "cpu_khz": rt.cpu_khz, "pending": 0,
                   "irq_enable": 0, "heap_start": heap_start, "heap_end": heap_end,
                   "cmdline_len": len(self.cmdline.encode()), "mac": self.mac, "_pad0": 0,
-                  "slice_ns": rt.slice_ns, "_pad1": 0}
+                  "slice_ns": rt.slice_ns, "generation": self.generation}
         block = abi.VREGS.codec().pack(*(fields[f.name] for f in abi.VREGS.fields))
         return block[:_V["time_ns"]], block[_V["heap_start"]:]
 
@@ -475,9 +511,13 @@ class Vm:
         if self._evicting is not None:
             await asyncio.shield(self._evicting)
         image = self._swapped
-        if image is None:
-            return
         rt = self._rt
+        if image is None:
+            if self._memory is None:  # restored into IDLE and woken for the first time
+                if rt.gate is not None:
+                    await rt.gate.admit(self.id, self._image_cost())
+                await self._materialize()
+            return
         assert rt.gate is not None
         await rt.gate.admit(self.id, image.stored * abi.PAGE_SIZE + ENGINE_COST)
         self._swapping_in = True
@@ -488,6 +528,8 @@ class Vm:
         self._swapped = None
 
     def _image_cost(self) -> int:
+        if self._origin is not None:
+            return self._origin.stored_pages * abi.PAGE_SIZE + ENGINE_COST
         return sum(s.page_end - s.page_start for s in self.image.segments) + 4 * abi.PAGE_SIZE + ENGINE_COST
 
     # ---- the coroutine ----
@@ -526,11 +568,17 @@ class Vm:
         """Complete an IDLE hypercall whose struct is at ``arg`` (checked at dispatch);
         True if the VM waited."""
         rt = self._rt
-        assert self._memory is not None
-        deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        if self._memory is not None:
+            deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        else:  # restored, not resident yet: it waits without memory or an engine
+            deadline = self._idle_deadline
         waited = False
+        self._idle_arg = arg
+        self._idle_deadline = deadline
         if not self._pending and (deadline == 0 or deadline > self.now_ns()):
             self.state = VmState.IDLE
+            if self._pause is not None:
+                self._paused_now(VmState.IDLE)
             self.stats["idles"] += 1
             if self._idle_waiters:
                 for w in self._idle_waiters:
@@ -540,7 +588,7 @@ class Vm:
             fut: asyncio.Future[None] = rt.loop.create_future()
             self._waker = fut
             timer = self.call_at(deadline, _wake, fut) if deadline else None
-            if rt.gate is not None:
+            if rt.gate is not None and self._memory is not None:
                 rt.gate.vm_idle(self)
             try:
                 await fut
@@ -550,8 +598,14 @@ class Vm:
                     rt.gate.vm_busy(self.id)
                 if timer is not None:
                     timer.cancel()
+            if self._pause is not None:  # woken while paused: run only once resumed
+                await self._hold(VmState.IDLE)
             await self._ensure_resident()
             waited = True
+        elif self._pause is not None:
+            await self._hold(VmState.IDLE)
+        await self._ensure_resident()
+        self._idle_arg = None
         ip = self._interposer
         if ip is not None and ip.gating:  # a monitor holds the VM before IDLE returns
             await ip.gate()
@@ -583,11 +637,17 @@ class Vm:
         # an idle VM waits), so the loop gets control at least once per slice even when
         # the CPU is uncontended.
         try:
-            if self._memory is None:  # the gatekeeper admits fresh VMs in FIFO order
+            # the gatekeeper admits fresh VMs in FIFO order; a VM restored into IDLE waits
+            # there first, without memory or an engine, until something wakes it
+            if self._memory is None and not (self._origin is not None and self._idle_arg is not None):
                 if rt.gate is not None:
                     await rt.gate.admit(self.id, self._image_cost())
                 await self._materialize()
+            if self._idle_arg is not None:  # restored from a snapshot taken in IDLE
+                idled = await self._idle(self._idle_arg)
             while True:
+                if self._pause is not None:  # a slice boundary: pause here if asked
+                    await self._hold(VmState.RUNNABLE)
                 self.state = VmState.RUNNABLE
                 ip = self._interposer
                 if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
@@ -698,6 +758,9 @@ class Vm:
         rt = self._rt
         self.ended_ns = rt.now_ns()
         self.state = final
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            pause.end()
         try:
             self.console.close()
             posted, self._posted = self._posted, deque()
@@ -710,26 +773,227 @@ class Vm:
                 rt.gate.forget(self.id)
             if rt.store is not None:
                 rt.store.remove_area(self.id)
+            if self._origin is not None:
+                self._origin.close()
+                self._origin = None
             self._on_end(self)
-            rt.owner.spawn(self._close_devices(), name=f"denali-vm-{self.id}-close")
+            waiting = [d for d in self._devices[1:] if isinstance(d, Device) and not d.close_now()]
+            if waiting:
+                rt.owner.spawn(self._close_devices(waiting), name=f"denali-vm-{self.id}-close")
+            elif not self._done.done():
+                self._done.set_result(None)
 
-    async def _close_devices(self) -> None:
-        """Close every device (disks write their overlays' bitmaps), then mark the VM done."""
+    async def _close_devices(self, waiting: list[Device]) -> None:
+        """Close the devices that must wait (disks write their overlays' bitmaps), then mark
+        the VM done."""
         try:
             if self.children is not None:  # the subtree ends first (it may use our disks)
                 await self.children.aclose()
-            for dev in self._devices[1:]:
-                if isinstance(dev, Device):
-                    await dev.aclose()
+            for dev in waiting:
+                await dev.aclose()
             if self.disks is not None:
                 self.close_errors.extend(self.disks.close_errors)
         finally:
             if not self._done.done():
                 self._done.set_result(None)
 
+    # ---- pause, snapshot and restore ----
+    async def pause(self) -> None:
+        """Stop the VM at its next slice boundary (at once when it waits in IDLE) and keep
+        it there until ``resume()``; returns once it is PAUSED (at once if it already is).
+        ``VmStateError`` if it has ended or ends meanwhile."""
+        if self.state.final or self._task is None:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: it cannot be paused")
+        if self.state is VmState.PAUSED:
+            return
+        if self._pause is None:
+            self._pause = _Pause(self._rt.loop)
+        pause = self._pause
+        if self.state is VmState.IDLE and self._waker is not None and not self._waker.done():
+            self._paused_now(VmState.IDLE)  # waiting in IDLE: paused as it is
+            return
+        await asyncio.wait({pause.reached, self._done}, return_when=asyncio.FIRST_COMPLETED)
+        if not self.paused:
+            raise VmStateError(f"VM {self.id} ended ({self.state.value}) before it paused")
+
+    @property
+    def origin(self) -> SnapshotFile | None:
+        """The snapshot this VM was restored or cloned from (its memory maps it), or None."""
+        return self._origin
+
+    @property
+    def paused(self) -> bool:
+        """True while the VM is PAUSED."""
+        return self.state is VmState.PAUSED
+
+    def resume(self) -> None:
+        """Let a paused VM run again (a pause not yet reached is withdrawn); no-op when it
+        is not paused. ``VmStateError`` if it has ended."""
+        if self.state.final:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: it cannot be resumed")
+        pause, self._pause = self._pause, None
+        if pause is None:
+            return
+        if self.state is VmState.PAUSED and pause.before is not None:
+            self.state = pause.before
+        pause.end()
+
+    def _paused_now(self, before: VmState) -> None:
+        assert self._pause is not None
+        self._pause.before = before
+        self.state = VmState.PAUSED
+        if not self._pause.reached.done():
+            self._pause.reached.set_result(None)
+
+    async def _hold(self, before: VmState) -> None:
+        """Wait here, PAUSED, until ``resume()`` (the coroutine's pause point)."""
+        pause = self._pause
+        assert pause is not None
+        if self.state is not VmState.PAUSED:
+            self._paused_now(before)
+        await asyncio.shield(pause.resumed)
+
+    async def snapshot_state(self) -> VmImage:
+        """Everything of this paused VM a snapshot holds (see ``denali.snapshot``). Waits
+        for a swap-out under way and for device work in flight (disk requests) to finish
+        first. ``VmStateError`` when the VM is not paused, when a device's state cannot be
+        saved (a throwaway disk overlay that holds writes), or when the VM ends meanwhile."""
+        if self.state is not VmState.PAUSED:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: pause it before a snapshot")
+        if self._evicting is not None:
+            await asyncio.shield(self._evicting)
+        for _ in range(10_000):  # device work in flight completes (10 s at most)
+            if not any(d.busy() for d in self.devices()) and not self._posted:
+                break
+            await asyncio.sleep(0.001)
+        else:
+            raise VmStateError(f"VM {self.id}: its devices stayed busy; no snapshot taken")
+        if self.state is not VmState.PAUSED:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: no snapshot taken")
+        devices = {type(d).__name__.lower(): d.save() for d in self.devices()}
+        meta = {
+            "vm": {"id": self.id, "image": self.image.name, "mem_size": self.mem_size,
+                   "cmdline": self.cmdline, "mac": self.mac, "generation": self.generation,
+                   "clock_ns": self.now_ns(), "pending": self._pending, "irq_entry": self._irq_entry,
+                   "idle_arg": self._idle_arg, "idle_deadline": self._idle_deadline,
+                   "on_wake": self._on_wake, "stats": dict(self.stats), "hypercalls": self.hypercalls},
+            "devices": devices,
+            "monitors": {},
+        }
+        page_map = bytearray(self.mem_size // abi.PAGE_SIZE)
+        if self._origin is not None:  # the snapshot's pages this VM never wrote count too
+            runs = self._origin.runs
+            for k in range(0, len(runs), 2):
+                page_map[runs[k]:runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
+        if self._memory is not None:
+            assert self._cpu is not None
+            cpu = self._cpu.save()
+            mem = self._memory.buf
+            present = resident_pages(self._memory.address, self.mem_size).translate(_BIT0)
+            n = len(page_map)
+            page_map = bytearray((int.from_bytes(page_map, "little")
+                                  | int.from_bytes(present, "little")).to_bytes(n, "little"))
+        elif self._swapped is None:  # restored and never woken: its memory is its snapshot's
+            assert self._origin is not None
+            scratch = GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
+            return VmImage(meta, self._cpu_state, scratch.buf, page_runs(page_map), scratch)
+        else:  # swapped out: its pages come back from its swap file (checked), not into RAM
+            assert self._swapped is not None and self._rt.store is not None
+            cpu = self._cpu_state
+            scratch = GuestMemory(self.mem_size) if self._origin is None else \
+                GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            try:
+                await self._rt.store.read(self.id, self._swapped, scratch.buf)
+            except BaseException:
+                scratch.close()
+                raise
+            stored = array("I")
+            stored.frombytes(self._swapped.pages)
+            for k in range(0, len(stored), 2):
+                page_map[stored[k]:stored[k] + stored[k + 1]] = b"\1" * stored[k + 1]
+            page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
+            return VmImage(meta, cpu, scratch.buf, page_runs(page_map), scratch)
+        page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0  # rebuilt from the CPU state
+        return VmImage(meta, cpu, mem, page_runs(page_map))
+
+    def restore_state(self, meta: dict[str, Any], cpu: CpuState, origin: SnapshotFile,
+                      clone: bool) -> None:
+        """Take over a snapshot's state before ``start()`` (the kernel calls this on a VM
+        it made from the snapshot's meta). The VM's memory maps ``origin`` copy-on-write
+        when it is first admitted. ``clone``: the VM is a new member of the snapshot's
+        lineage (its own id, MAC and command line, given at build): its ``generation``
+        goes up by one and ``Irq.CLONE`` is raised, and its NIC's queued frames (for the
+        old address) are dropped; otherwise it continues as the VM it was."""
+        vm = meta["vm"]
+        self._origin = origin.share()
+        self._cpu_state = cpu
+        self._set_clock_offset(int(vm["clock_ns"]) - self._rt.now_ns())
+        self._pending = int(vm["pending"]) & abi.IRQ_ALL
+        self._irq_entry = int(vm["irq_entry"])
+        self._idle_arg = None if vm["idle_arg"] is None else int(vm["idle_arg"])
+        self._idle_deadline = int(vm.get("idle_deadline", 0))
+        self._on_wake = int(vm.get("on_wake", 0)) & abi.IRQ_ALL
+        self._hypercalls = int(vm["hypercalls"])
+        self.generation = int(vm["generation"])
+        if not clone:
+            for key, value in dict(vm["stats"]).items():
+                if key in self.stats:
+                    self.stats[key] = int(value)
+        saved = meta["devices"]
+        for dev in self.devices():
+            state = saved.get(type(dev).__name__.lower(), {})
+            if clone and isinstance(state, dict) and "rx" in state:
+                state = {**state, "rx": []}
+            dev.restore(state)
+        if clone:  # told when it next runs: an idle clone sleeps on until something wakes it
+            self.generation += 1
+            self._on_wake |= Irq.CLONE
+
     def devices(self) -> Sequence[Device]:
         """The VM's devices (clock, console, then NIC and disks when it has them)."""
         return [d for d in self._devices[1:] if isinstance(d, Device)]
+
+
+class _Pause:
+    """A pause asked for: ``reached`` once the VM is PAUSED, ``resumed`` when it may go on."""
+
+    __slots__ = ("before", "reached", "resumed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.reached: asyncio.Future[None] = loop.create_future()
+        self.resumed: asyncio.Future[None] = loop.create_future()
+        self.before: VmState | None = None
+
+    def end(self) -> None:
+        for fut in (self.reached, self.resumed):
+            if not fut.done():
+                fut.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class VmImage:
+    """A paused VM's state for a snapshot: ``meta`` (plain data), its CPU, its memory
+    (valid until the VM resumes) and the page runs of it to store."""
+
+    meta: dict[str, Any]
+    cpu: CpuState
+    memory: mmap.mmap
+    runs: array[int]
+    scratch: GuestMemory | None = None
+    """A copy of a swapped-out VM's memory made for the snapshot: closed by the taker."""
+
+
+def page_runs(page_map: bytes | bytearray) -> array[int]:
+    """(first page, count) runs of the pages whose byte in ``page_map`` is 1."""
+    runs = array("I")
+    for m in _RUN_OF_ONES.finditer(bytes(page_map)):
+        runs.extend((m.start(), m.end() - m.start()))
+    return runs
+
+
+_RUN_OF_ONES: Final = re.compile(b"\x01+")
+_BIT0: Final = bytes(i & 1 for i in range(256))
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

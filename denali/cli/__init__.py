@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from denali._version import __version__
 from denali.cli import boot
+from denali.cli import ctl as ctl_cli
 from denali.cli import disk as disk_cli
 from denali.cli import sdk as sdk_cli
 from denali.cli import top as top_cli
@@ -38,6 +39,7 @@ def _parser() -> ArgumentParser:
     im = sub.add_parser("images", help="list the built-in guest images", parents=[logs])
     im.add_argument("--all", "-a", action="store_true", help="also the test and benchmark guests")
     top_cli.add_parser(sub, parents=[logs])
+    ctl_cli.add_parser(sub, parents=[logs])
     disk_cli.add_parser(sub)
     sdk_cli.add_parser(sub)
     return p
@@ -86,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         return disk_cli.execute(args)
     if args.command == "top":
         return top_cli.run(args)
+    if args.command == "ctl":
+        return ctl_cli.run(args)
     if args.command == "new":
         return sdk_cli.run(args)
     return boot.run(args)

@@ -19,9 +19,10 @@ import asyncio
 import ipaddress
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from denali import metrics
+from denali import api, metrics
 from denali.cli import lan
 from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, host_port_any, log_options
 from denali.cli.output import ConsoleOutput, PrefixedSink
@@ -87,6 +88,13 @@ def add_parser(sub: Any) -> None:
                    help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
     b.add_argument("--metrics", metavar="HOST:PORT", type=host_port,
                    help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
+    # the control API (docs/api-http.md)
+    b.add_argument("--api", metavar="PATH",
+                   help="serve the control API (HTTP + JSON) on the Unix socket PATH, for denali ctl "
+                        "and denali top; the kernel then runs until stopped, and --count may be 0")
+    b.add_argument("--api-mode", metavar="OCTAL", type=_octal_mode, default=0o600,
+                   help="permissions of the API socket (default 600: its owner only)")
+
     # ---- monitors (docs/monitors.md) ----
     m = b.add_argument_group("monitors (docs/monitors.md)")
     m.add_argument("--trace", metavar="FILE",
@@ -105,6 +113,16 @@ def add_parser(sub: Any) -> None:
                         "ports, printed on stderr)")
     m.add_argument("--gdb-wait", action="store_true",
                    help="with --gdb: hold each VM at its entry point until gdb continues it")
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode in octal (e.g. 600)")
+    return mode
 
 
 _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
@@ -129,8 +147,8 @@ def _cmdline_for(template: str, index: int) -> str:
 def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> None:
     """Refuse bad values before anything boots (``DenaliError``): the count, the command
     line of the first and the last VM, the disk specs."""
-    if args.count < 1:
-        raise DenaliError("--count must be at least 1")
+    if args.count < (0 if args.api else 1):
+        raise DenaliError("--count must be at least 1 (0 only with --api)")
     if args.count > config.max_vms:
         raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
     if config.memory_budget is None and args.count > max_engines:
@@ -143,7 +161,7 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
     if args.trace_frame_bytes < 0:
         raise DenaliError("--trace-frame-bytes must be 0 or more")
     parse_kinds(args.trace_filter)
-    for index in sorted({1, args.count}):
+    for index in sorted({1, max(1, args.count)}):
         _cmdline_for(args.cmdline, index)
         for d in args.disk:
             parse_disk_arg(d, index=index)
@@ -182,6 +200,7 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
     trace: TraceWriter | None = None
     stubs: list[GdbStub] = []
     metrics_server = None
+    api_server = None
     progress = None
     shown = None
     try:
@@ -194,6 +213,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         links = _parse_links(args.link)
         if "lan" in links:
             k.switch.set_link(links["lan"])
+        if args.api:
+            api_server = await api.serve(k, args.api, mode=args.api_mode,
+                                         monitors=_api_monitors(args, lambda: trace, policy))
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
@@ -233,6 +255,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
         codes = await asyncio.gather(*(_outcome(vm, sink) for vm, sink in vms))
+        if api_server is not None:  # VMs come and go through the API until a stop signal
+            await asyncio.Event().wait()
     finally:
         if progress is not None and shown is not None:
             progress.close()
@@ -240,7 +264,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         for p in ports:
             p.close()
         if metrics_server is not None:
-            metrics_server.close()
+            await metrics_server.close()
+        if api_server is not None:
+            await api_server.close()
         for stub in stubs:
             await stub.aclose()
         if trace is not None:
@@ -250,6 +276,25 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 print(f"denali: trace {trace.path}: {trace.records:,} records, "
                       f"{trace.dropped:,} dropped{why}", file=sys.stderr)
     return _status(codes)
+
+
+def _api_monitors(args: argparse.Namespace, trace_of: Callable[[], TraceWriter | None],
+                  policy: PolicySpec | None) -> Callable[[], list[Monitor]] | None:
+    """The monitors of every VM the control API starts: the tracer (``trace_of()``, opened
+    after the API) and the policy, as for the VMs on the command line (no debugger: its
+    ports are the command line's)."""
+    if not args.trace and policy is None:
+        return None
+
+    def make() -> list[Monitor]:
+        made: list[Monitor] = []
+        trace = trace_of()
+        if trace is not None:
+            made.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+        if policy is not None:
+            made.append(Policy(policy))
+        return made
+    return make
 
 
 async def _monitors_for(index: int, args: argparse.Namespace, trace: TraceWriter | None,
@@ -310,6 +355,10 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
+
+    from denali.endpoint import Limits, raise_fd_limit
+    if args.metrics or args.api:  # room for both endpoints' connections
+        raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         try:

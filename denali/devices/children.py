@@ -214,6 +214,10 @@ class Children(Device):
     def save(self) -> State:
         return {"quota": self.quota, "used": self.used}
 
+    def close_now(self) -> bool:
+        """True (nothing to wait for) when no child was ever made or all have been freed."""
+        return all(s is None for s in self._slots)
+
     async def aclose(self) -> None:
         """Destroy every child (and so their subtrees) and wait for them to end."""
         kids = [s.child for s in self._slots if s is not None]

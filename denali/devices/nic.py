@@ -371,6 +371,10 @@ class Nic(Device):
     def restore(self, state: State) -> None:
         self.port.refill(state.get("rx", ()))
 
-    async def aclose(self) -> None:
+    def close_now(self) -> bool:
         self.port.clear_rx()
         self.port.on_rx = None
+        return True
+
+    async def aclose(self) -> None:
+        self.close_now()

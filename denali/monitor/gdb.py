@@ -12,8 +12,9 @@ patched into the code and its translation dropped), ``s`` (one instruction), ``c
 there is no multiprocess extension (several VMs: one stub, one port each).
 
 Hardware breakpoints and watchpoints (``Z1``-``Z4``) are not offered: Unicorn's memory
-hooks would put every load and store of the VM on the slow path while one is set, so
-gdb uses software watchpoints (it single-steps) instead.
+hooks would put every load and store of the VM on the slow path while one is set.
+Software watchpoints work (gdb single-steps): ``set can-use-hw-watchpoints 0`` first,
+since gdb does not fall back to them by itself.
 
 Stopping: the stub holds its VM (``MonitorStack.hold``) when gdb connects, on Ctrl-C,
 at a breakpoint, after a step and at a fault; a held VM waits in its own coroutine and

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from aiofiles.threadpool.text import AsyncTextIOWrapper
 
     from denali.devices.disk.device import DiskRequest
+    from denali.monitor.stack import MonitorStack
+    from denali.vm import Vm
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +83,32 @@ def _renderer(h: abi.Hypercall, directions: tuple[str, ...]) -> _Render:
 
 _SPECS: Final = {h.nr: (h.args.size, h.args.codec(), _renderer(h, ("in", "inout")),
                         _renderer(h, ("out", "inout"))) for h in abi.HYPERCALLS}
-_NAMES: Final = {h.nr: f'"{h.name}"' for h in abi.HYPERCALLS}
-_CODES: Final = {int(r): f'"{r.name}"' for r in Result}
 _HcRecord = tuple[int, int, int, "tuple[Any, ...] | None", "int | None", "tuple[Any, ...] | None"]
 """(t, vm, nr, the structure before, result or None, the structure after)."""
 _HC_LINE_ESTIMATE: Final = 160
 """Bytes a hypercall line is counted as against the buffer's capacity before it is formatted."""
 
 
+_HC_HEADS: Final = {h.nr: f',"nr":{h.nr},"name":"{h.name}","args":' for h in abi.HYPERCALLS}
+_RESULTS: Final = {int(r): f',"result":{int(r)},"code":"{r.name}","out":' for r in Result}
+
+
 def _format_hc(rec: _HcRecord) -> str:
     t, vm, nr, before, result, after = rec
     spec = _SPECS.get(nr)
-    args = spec[2](before) if spec is not None and before is not None else "null"
-    out = spec[3](after) if spec is not None and after is not None else ("{}" if result is None else "null")
-    res, code = ("null", "null") if result is None else (str(result), _CODES.get(result, "null"))
-    return (f'{{"kind":"hypercall","t":{t},"vm":{vm},"nr":{nr},"name":{_NAMES.get(nr, "null")},'
-            f'"args":{args},"result":{res},"code":{code},"out":{out}}}\n')
+    if spec is None:
+        head = f',"nr":{nr},"name":null,"args":'
+        args = "null"
+        out = "{}" if result is None else "null"
+    else:
+        head = _HC_HEADS[nr]
+        args = spec[2](before) if before is not None else "null"
+        out = spec[3](after) if after is not None else ("{}" if result is None else "null")
+    if result is None:
+        tail = ',"result":null,"code":null,"out":'
+    else:
+        tail = _RESULTS.get(result) or f',"result":{result},"code":null,"out":'
+    return f'{{"kind":"hypercall","t":{t},"vm":{vm}{head}{args}{tail}{out}}}\n'
 
 
 def parse_kinds(text: str) -> frozenset[str]:
@@ -213,15 +225,18 @@ class TraceWriter:
                 return
 
     async def _flush(self) -> None:
+        """Write out what is buffered now, once: lines added while that write is in the
+        executor wait for the next trigger (FLUSH_BYTES or FLUSH_S), so a busy VM costs a
+        trip to the executor per 64 KiB, not one per few lines. ``aclose`` drains."""
         f = self._file
-        while self._buf and f is not None:
+        if self._buf and f is not None:
             n = len(self._buf)
             chunk = "".join([x if isinstance(x, str) else _format_hc(x) for x in self._buf])
             self._buf.clear()
             self._size = 0
             if self.error is not None:
                 self.dropped += n
-                continue
+                return
             try:
                 await f.write(chunk)
             except OSError as exc:
@@ -240,7 +255,8 @@ class TraceWriter:
         self._ready.set()
         if self._task is not None:
             await self._task
-        await self._flush()
+        while self._buf and self._file is not None:
+            await self._flush()
         f, self._file = self._file, None
         try:
             await f.close()
@@ -275,7 +291,10 @@ class Tracer(Monitor):
         self.kinds = chosen
         self.frame_bytes = max(0, frame_bytes)
         self._before: tuple[Any, ...] | None = None
-        self._where: tuple[int, int] | None = None
+        self._read_nr = -1
+        """The number whose structure ``hypercall`` read (-1: none), at ``_read_arg``."""
+        self._read_arg = 0
+        self._vmobj: Vm | None = None
 
     def _now(self) -> int:
         return self.stack.vm.now_ns() if self.stack is not None else 0
@@ -283,24 +302,35 @@ class Tracer(Monitor):
     def _vm(self) -> int:
         return self.stack.vm.id if self.stack is not None else 0
 
+    def attached(self, stack: MonitorStack) -> None:
+        super().attached(stack)
+        self._vmobj = stack.vm
+
+    def detached(self) -> None:
+        super().detached()
+        self._vmobj = None
+
     def hypercall(self, call: HypercallEvent) -> Verdict:
-        vals = _values(call)
-        if call.nr == abi.Hc.TERMINATE:  # never returns: recorded now
-            vm = self.stack.vm if self.stack is not None else None
-            self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, call.nr, vals, None,
-                                        None))
+        nr, arg = call.nr, call.arg
+        spec = _SPECS.get(nr)
+        vals = (spec[1].unpack_from(call.memory.buf, arg)
+                if spec is not None and call.memory.check(arg, spec[0], PROT_R) else None)
+        if nr == abi.Hc.TERMINATE:  # never returns: recorded now
+            vm = self._vmobj
+            self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, vals, None, None))
         self._before = vals
-        self._where = (call.nr, call.arg) if vals is not None else None
+        self._read_nr = nr if vals is not None else -1
+        self._read_arg = arg
         return None
 
     def hypercall_done(self, call: HypercallEvent, result: int) -> int:
         nr = call.nr
         after: tuple[Any, ...] | None
-        if self._where == (nr, call.arg):  # read before: still readable guest memory
+        if self._read_nr == nr and self._read_arg == call.arg:  # read before: still readable
             after = _SPECS[nr][1].unpack_from(call.memory.buf, call.arg)
         else:
             after = _values(call)
-        vm = self.stack.vm if self.stack is not None else None
+        vm = self._vmobj
         self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, self._before, result,
                                     after))
         return result

@@ -179,6 +179,29 @@ async def test_detach_lets_the_vm_run_on_without_breakpoints(kernel: Kernel,
     assert stub.sessions == 1
 
 
+async def test_watchpoints_are_software_ones(kernel: Kernel, stub_factory: list[GdbStub]) -> None:
+    """The stub offers no Z2-Z4: gdb says so when it tries a hardware watchpoint, and a
+    software one (``set can-use-hw-watchpoints 0``, as docs/monitors.md says) works."""
+    elf = image("test-gdb")
+    vm, stub = await debugged(kernel, stub_factory, "test-gdb")
+    g = await Gdb.start(elf, stub.port)
+    try:
+        out = await g.run("break gdb_target", "continue", "delete")
+        assert "Breakpoint 1, gdb_target" in out, out
+        out = await g.run("watch gdb_calls", "continue")
+        assert "Could not insert hardware watchpoint" in out, out
+        out = await g.run("delete", "set can-use-hw-watchpoints 0", "watch gdb_calls", "continue")
+        assert re.search(r"Old value = 0\s+New value = 1", out), out
+        out = await g.run("continue")
+        assert re.search(r"Old value = 1\s+New value = 2", out), out
+        out = await g.run("delete", "continue")
+        assert "exited with code 07" in out, out
+    finally:
+        await g.close()
+    assert await vm.wait() == 7
+    assert "calls=3" in vm.console.text()
+
+
 async def test_kill_stops_only_that_vm(kernel: Kernel, stub_factory: list[GdbStub]) -> None:
     elf = image("test-gdb")
     vm, stub = await debugged(kernel, stub_factory, "test-gdb")

@@ -78,7 +78,8 @@ async def test_refused_hypercalls_are_counted_and_logged(kernel: Kernel,
     stats = kernel.vm_stats(vm)["monitors"]
     assert stats["policy_violations"] >= 1 and stats["stack"] == ["Policy"]
     assert kernel.stats()["monitors"]["policy_violations"] == stats["policy_violations"]
-    assert f"denali_monitor_policy_violations {stats['policy_violations']}" in metrics.prometheus(kernel)
+    text = await metrics.prometheus(kernel)
+    assert f"denali_monitor_policy_violations_total {float(stats['policy_violations'])}" in text
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "console_write" in warnings[0].getMessage()
 

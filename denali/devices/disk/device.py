@@ -303,7 +303,12 @@ class Disks(Device):
                 return d
         return None
 
+    def close_now(self) -> bool:
+        return not self.disks
+
     async def aclose(self) -> None:
+        if not self.disks:
+            return
         if self._closer is None:
             self._closer = asyncio.ensure_future(self._close_all())
         closer = self._closer

@@ -3,7 +3,7 @@
 #define DENALI_ABI_H
 
 /* Numbers usable from assembly too. */
-#define DENALI_ABI_VERSION 3
+#define DENALI_ABI_VERSION 4
 #define DENALI_PAGE_SIZE 4096
 #define DENALI_HYPERCALL_VECTOR 0x80
 #define DENALI_STACK_SIZE 65536
@@ -69,6 +69,7 @@
 #define DENALI_VREG_CMDLINE_LEN 44
 #define DENALI_VREG_MAC 48
 #define DENALI_VREG_SLICE_NS 56
+#define DENALI_VREG_GENERATION 60
 
 /* Result codes (EAX after a hypercall) */
 #define DENALI_OK 0
@@ -86,8 +87,9 @@
 #define DENALI_IRQ_DISK 0x4u
 #define DENALI_IRQ_CONSOLE 0x8u
 #define DENALI_IRQ_HOST 0x10u
-#define DENALI_IRQ_CHILD 0x20u
-#define DENALI_IRQ_ALL 0x3fu
+#define DENALI_IRQ_CLONE 0x20u
+#define DENALI_IRQ_CHILD 0x40u
+#define DENALI_IRQ_ALL 0x7fu
 
 /* Hypercall numbers */
 #define DENALI_HC_TERMINATE 1
@@ -130,7 +132,7 @@ struct denali_vregs {
     uint8_t mac[6]; /* OUT: MAC address of the NIC (all zero: no NIC) */
     uint16_t _pad0; /* PAD: reserved */
     uint32_t slice_ns; /* OUT: length of a time slice in ns */
-    uint32_t _pad1; /* PAD: reserved */
+    uint32_t generation; /* OUT: 0 when booted from an image; +1 each time the VM is restored as a clone of a snapshot (Irq.CLONE says when) */
 };
 _Static_assert(__builtin_offsetof(struct denali_vregs, magic) == 0, "denali_vregs.magic");
 _Static_assert(__builtin_offsetof(struct denali_vregs, abi_version) == 4, "denali_vregs.abi_version");
@@ -146,7 +148,7 @@ _Static_assert(__builtin_offsetof(struct denali_vregs, cmdline_len) == 44, "dena
 _Static_assert(__builtin_offsetof(struct denali_vregs, mac) == 48, "denali_vregs.mac");
 _Static_assert(__builtin_offsetof(struct denali_vregs, _pad0) == 54, "denali_vregs._pad0");
 _Static_assert(__builtin_offsetof(struct denali_vregs, slice_ns) == 56, "denali_vregs.slice_ns");
-_Static_assert(__builtin_offsetof(struct denali_vregs, _pad1) == 60, "denali_vregs._pad1");
+_Static_assert(__builtin_offsetof(struct denali_vregs, generation) == 60, "denali_vregs.generation");
 _Static_assert(sizeof(struct denali_vregs) == 64, "denali_vregs size");
 
 /* One guest buffer: address and length. */

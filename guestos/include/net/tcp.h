@@ -38,6 +38,7 @@ struct tcp_stats {
     uint32_t retransmits, fast_retransmits, timeouts, sack_recoveries, loss_probes;
     uint32_t ooo_segments, bad_segments, challenge_acks, listen_dropped;
     uint32_t time_wait_reused, time_wait_reclaimed, orphans_timed_out, aborts;
+    uint32_t syn_evicted;      /* half-open connections dropped to make room for a new SYN */
 };
 const struct tcp_stats *tcp_get_stats(void);
 int tcp_max_conns(void);
