@@ -132,9 +132,11 @@ class Vm:
                  "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg",
                  "_idle_deadline", "_idle_waiters", "_in_slice", "_interposer", "_irq_entry", "_memory",
                  "_on_end", "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped",
-                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "children", "clock", "close_errors",
+                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "children", "clock",
+                 "close_errors",
                  "cmdline", "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
-                 "first_slice_ns", "generation", "group", "id", "image", "interposed", "mem_size", "nic_device",
+                 "first_slice_ns", "generation", "group", "id", "image", "interposed", "mem_size",
+                 "nic_device",
                  "state", "stats", "stopped_by")
 
     def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
