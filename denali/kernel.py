@@ -35,6 +35,7 @@ from denali.arbiter import CpuArbiter
 from denali.builder import VmSpec, build_vm
 from denali.config import KernelConfig, KernelOptions, check_memory, parse_size
 from denali.cpu import CpuState
+from denali.devices.children import Children
 from denali.devices.clock import Clock
 from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks
@@ -53,6 +54,7 @@ from denali.images import resolve
 from denali.loader import Image, parse_image
 from denali.monitor.base import Monitor
 from denali.monitor.stack import MonitorStack
+from denali.nesting import ChildSpawner
 from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.impair import LinkSpec
 from denali.net.switch import Switch, SwitchConfig
@@ -106,7 +108,7 @@ def _disable_thp() -> None:
                     "will use more resident memory", exc)
 
 
-DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks)
+DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Children)
 """Everything that answers hypercalls, one per device slot."""
 
 
@@ -152,6 +154,9 @@ class Kernel:
         self.switch = Switch(SwitchConfig() if config.batch_interrupts
                              else SwitchConfig(batch=1, frames_per_yield=1), name="lan0")
         """The virtual LAN every VM's NIC is attached to."""
+        self._children = ChildSpawner(self._runtime, self._new_id, self._publish_child,
+                                      self._vm_ended, self._room_for_child, self._monitor_totals)
+        """Makes the child VMs of every VM's child device (denali.nesting)."""
         if config.disable_thp:
             _disable_thp()
 
@@ -277,7 +282,7 @@ class Kernel:
                     cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
                     nic_config: NicConfig | None = None, mac: bytes | str | None = None,
                     disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None,
-                    monitors: Sequence[Monitor] = ()) -> Vm:
+                    monitors: Sequence[Monitor] = (), child_memory: str | int = 0) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
@@ -288,7 +293,9 @@ class Kernel:
         ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
         when one cannot be opened). ``monitors``: stacked on the VM before its first
         instruction, nearest the VM first (``denali.monitor``; ``monitors_of(vm)`` pushes
-        and pops later). Raises ``ImageError``/``ConfigError`` for bad input,
+        and pops later). ``child_memory``: the memory the VM's child VMs and all their
+        descendants may hold together ("64M"; 0: it may create none; docs/virtual-architecture.md,
+        "Child VMs"). Raises ``ImageError``/``ConfigError`` for bad input,
         ``ResourceError`` when the host cannot hold another VM, ``KernelClosedError``
         after close.
         """
@@ -309,12 +316,16 @@ class Kernel:
                                 "or set a memory budget so idle VMs swap out")
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
+        grant = parse_size(child_memory) if child_memory else 0
+        if grant < 0 or grant > 1 << 40:
+            raise ConfigError(f"child_memory {child_memory!r} is out of range")
         await self.switch.start()
         vm_id = self._new_id()
         spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
-                      nic_config, tuple(disks), link)
+                      nic_config, tuple(disks), link, child_memory=grant)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
-        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
+        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended,
+                            self._children)
         self._stack_monitors(vm, monitors, None)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
@@ -342,6 +353,14 @@ class Kernel:
     def monitors_of(self, vm: Vm) -> MonitorStack:
         """The monitor stack of ``vm`` (made empty if it has none): push and pop on it."""
         return MonitorStack.of(vm, self._monitor_totals)
+
+    def _publish_child(self, vm: Vm) -> None:
+        self._vms[vm.id] = vm
+
+    def _room_for_child(self) -> bool:
+        if self._state != "running" or len(self._vms) >= self.config.max_vms:
+            return False
+        return self._gate is not None or len(self._vms) < self.max_engines
 
     def _new_id(self) -> int:
         """The next VM id no live VM has (restored VMs keep theirs)."""

@@ -70,6 +70,7 @@ from denali.swap import ENGINE_COST, SwapImage, resident_pages, touched_bytes
 from denali.timers import Timer
 
 if TYPE_CHECKING:
+    from denali.devices.children import Children
     from denali.devices.disk.device import Disks
     from denali.devices.nic import Nic, NicPort
     from denali.loader import Image
@@ -131,15 +132,20 @@ class Vm:
                  "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg",
                  "_idle_deadline", "_idle_waiters", "_in_slice", "_interposer", "_irq_entry", "_memory",
                  "_on_end", "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped",
-                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "clock", "close_errors",
+                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "children", "clock",
+                 "close_errors",
                  "cmdline", "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
-                 "first_slice_ns", "generation", "id", "image", "interposed", "mem_size", "nic_device",
+                 "first_slice_ns", "generation", "group", "id", "image", "interposed", "mem_size",
+                 "nic_device",
                  "state", "stats", "stopped_by")
 
     def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
-                 on_end: Callable[[Vm], None]) -> None:
-        """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it)."""
+                 on_end: Callable[[Vm], None], children: Children | None = None,
+                 group: int | None = None) -> None:
+        """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it).
+        ``children``: its child-VM device; ``group``: its CPU group (its root
+        ancestor's id: a subtree shares one CPU share; default its own id)."""
         self._rt = rt
         self._on_end = on_end
         self.id = vm_id
@@ -152,7 +158,9 @@ class Vm:
         self.clock = clock
         self.nic_device = nic
         self.disks = disks
-        self._devices: list[object | None] = [self, clock, console, nic, disks]
+        self.children = children
+        self.group = vm_id if group is None else group
+        self._devices: list[object | None] = [self, clock, console, nic, disks, children]
         self.interposed: frozenset[str] = frozenset()
         """The event kinds (``INTERPOSABLE``) some monitor interposes on. Empty: every
         event takes the kernel's direct path, at its direct cost (and the native fast
@@ -646,7 +654,7 @@ class Vm:
                 ip = self._interposer
                 if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
                     await ip.gate()
-                lane, _ = await arb.acquire(self.id, idled)
+                lane, _ = await arb.acquire(self.id, idled, self.group)
                 try:
                     self.state = VmState.RUNNING
                     cpu = self._cpu
@@ -781,6 +789,8 @@ class Vm:
         """Close the devices that must wait (disks write their overlays' bitmaps), then mark
         the VM done."""
         try:
+            if self.children is not None:  # the subtree ends first (it may use our disks)
+                await self.children.aclose()
             for dev in waiting:
                 await dev.aclose()
             if self.disks is not None:

@@ -57,6 +57,9 @@ def add_parser(sub: Any) -> None:
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
+    b.add_argument("--child-memory", default="0", metavar="SIZE",
+                   help="memory each VM's child VMs (and theirs) may hold in all, e.g. 32M "
+                        "(default 0: a VM may create no children; docs/virtual-architecture.md)")
     b.add_argument("--slice-us", type=int, default=KernelConfig.slice_us,
                    help=f"time slice in microseconds (default {KernelConfig.slice_us})")
     b.add_argument("--cmdline", "-c", default="",
@@ -242,7 +245,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
             monitors = await _monitors_for(i, args, trace, policy, stubs)
             vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
                                disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink,
-                               link=links.get("vms"), monitors=monitors)
+                               link=links.get("vms"), monitors=monitors,
+                               child_memory=args.child_memory)
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
                 lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
