@@ -99,10 +99,15 @@ def status_of(exc: BaseException) -> tuple[int, str]:
 def vm_view(kernel: Kernel, vm: Vm) -> dict[str, Any]:
     """One VM as the API shows it."""
     row = kernel.vm_stats(vm)
-    row.update(mac=":".join(f"{b:02x}" for b in vm.mac), cmdline=vm.cmdline, memory=vm.mem_size,
-               generation=vm.generation, exit_status=vm.exit_status,
-               fault=vm.fault.summary() if vm.fault is not None else None,
-               snapshot=vm.origin.path if vm.origin is not None else None)
+    row.update(
+        mac=":".join(f"{b:02x}" for b in vm.mac),
+        cmdline=vm.cmdline,
+        memory=vm.mem_size,
+        generation=vm.generation,
+        exit_status=vm.exit_status,
+        fault=vm.fault.summary() if vm.fault is not None else None,
+        snapshot=vm.origin.path if vm.origin is not None else None,
+    )
     return row
 
 
@@ -191,9 +196,14 @@ class ControlApi:
         vms = []
         for i in range(1, count + 1):
             specs = [parse_disk_arg(d, index=i) for d in disks]
-            vm = await self.kernel.spawn(image, memory=size, cmdline=cmdlines[i - 1] if cmdlines else "",
-                                         nic=nic, disks=specs,
-                                         monitors=self.monitors() if self.monitors else ())
+            vm = await self.kernel.spawn(
+                image,
+                memory=size,
+                cmdline=cmdlines[i - 1] if cmdlines else "",
+                nic=nic,
+                disks=specs,
+                monitors=self.monitors() if self.monitors else (),
+            )
             vms.append(vm_view(self.kernel, vm))
         return web.json_response({"vms": vms}, status=201)
 
@@ -225,17 +235,26 @@ class ControlApi:
 
     async def _do_snapshot(self, vm: Vm, path: str, progress: Callable[[int, int], None]) -> dict[str, Any]:
         info = await self.kernel.snapshot(vm, path, progress=progress)
-        return {"snapshot": {"path": info.path, "vm": vm.id, "abi_version": info.abi_version,
-                             "memory": info.mem_size, "stored_pages": info.stored_pages,
-                             "file_bytes": info.file_bytes}}
+        return {
+            "snapshot": {
+                "path": info.path,
+                "vm": vm.id,
+                "abi_version": info.abi_version,
+                "memory": info.mem_size,
+                "stored_pages": info.stored_pages,
+                "file_bytes": info.file_bytes,
+            }
+        }
 
     async def restore(self, request: web.Request) -> web.StreamResponse:
         path = self._path(await self._body(request))
 
         async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
-            vm = await self.kernel.restore(path, progress=progress,
-                                           monitors=self.monitors() if self.monitors else ())
+            vm = await self.kernel.restore(
+                path, progress=progress, monitors=self.monitors() if self.monitors else ()
+            )
             return {"vm": vm_view(self.kernel, vm)}
+
         return await self._long(request, work)
 
     async def clone(self, request: web.Request) -> web.StreamResponse:
@@ -248,6 +267,7 @@ class ControlApi:
             vms = await self.kernel.clone(path, count, cmdlines=cmdlines, monitors=self.monitors)
             progress(count, count)
             return {"vms": [vm_view(self.kernel, vm) for vm in vms]}
+
         return await self._long(request, work)
 
     async def kernel_stats(self, request: web.Request) -> web.Response:
@@ -323,8 +343,9 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 
 @web.middleware
-async def _errors(request: web.Request,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Every failure becomes a JSON error with its status (see the module docstring)."""
     try:
         return await handler(request)
@@ -332,8 +353,9 @@ async def _errors(request: web.Request,
         if exc.status < 400:
             raise
         code = str(exc.reason).lower().replace(" ", "_")
-        message = (f"no route {request.method} {request.path}" if exc.status == 404
-                   else str(exc.text or exc.reason))
+        message = (
+            f"no route {request.method} {request.path}" if exc.status == 404 else str(exc.text or exc.reason)
+        )
         return json_error(exc.status, code, message)
     except (ApiError, DenaliError) as exc:
         status, code = status_of(exc)
@@ -355,8 +377,10 @@ def expand_cmdline(template: str, index: int) -> str:
         try:
             return str(ipaddress.IPv4Address(m.group(1)) + index)
         except ValueError:
-            raise ApiError(400, "bad_field", f"cmdline: {m.group(0)} is not a base address with room "
-                                             f"for VM {index}") from None
+            raise ApiError(
+                400, "bad_field", f"cmdline: {m.group(0)} is not a base address with room for VM {index}"
+            ) from None
+
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
@@ -368,8 +392,14 @@ def routes(endpoint: Endpoint, kernel: Kernel, monitors: MonitorFactory | None =
     return api
 
 
-async def serve(kernel: Kernel, path: str, *, mode: int = 0o600, limits: Limits | None = None,
-                monitors: MonitorFactory | None = None) -> Endpoint:
+async def serve(
+    kernel: Kernel,
+    path: str,
+    *,
+    mode: int = 0o600,
+    limits: Limits | None = None,
+    monitors: MonitorFactory | None = None,
+) -> Endpoint:
     """Serve the control API of ``kernel`` on the Unix socket ``path`` (created with
     ``mode``); the caller closes it (``await endpoint.close()``). ``ConfigError`` when the
     socket cannot be made."""

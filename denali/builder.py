@@ -49,8 +49,15 @@ class VmSpec:
     """Bytes of memory the VM's children (and theirs) may hold in all (0: no children)."""
 
 
-async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes,
-                   on_end: Callable[[Vm], None], children: ChildFactory | None = None) -> Vm:
+async def build_vm(
+    rt: Runtime,
+    switch: Switch,
+    vm_id: int,
+    spec: VmSpec,
+    mac: bytes,
+    on_end: Callable[[Vm], None],
+    children: ChildFactory | None = None,
+) -> Vm:
     """Make VM ``vm_id`` from ``spec`` (see the module docstring); ``mac`` is its NIC's
     MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends; ``children``
     makes the VM's child VMs. Raises what the failing step raises."""
@@ -72,8 +79,19 @@ async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: b
             rt.store.create_area(vm_id, spec.memory)
             area = True
         kids = Children(children, quota=spec.child_memory, disk_count=len(disks.disks))
-        return Vm(rt, vm_id, spec.image, spec.memory, spec.cmdline, console, clock, nic, disks, on_end,
-                  children=kids)
+        return Vm(
+            rt,
+            vm_id,
+            spec.image,
+            spec.memory,
+            spec.cmdline,
+            console,
+            clock,
+            nic,
+            disks,
+            on_end,
+            children=kids,
+        )
     except BaseException:
         if area and rt.store is not None:
             rt.store.remove_area(vm_id)

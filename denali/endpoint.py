@@ -153,8 +153,10 @@ class _Refuse(asyncio.Protocol):
 
 def _answer(status: int, reason: str, text: str) -> bytes:
     body = f'{{"error": {{"code": "{reason.lower().replace(" ", "_")}", "message": "{text}"}}}}\n'
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -180,18 +182,30 @@ class Endpoint:
         self.name = name
         self.app = web.Application(client_max_size=self.limits.max_body, middlewares=[self._track])
         self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, logger=_ClientTrouble(log, {}),
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            logger=_ClientTrouble(log, {}),
             keepalive_timeout=self.limits.idle_timeout + self.limits.head_timeout + 5,  # ours act first
-            max_line_size=self.limits.max_line, max_field_size=self.limits.max_line,
-            max_headers=self.limits.max_headers, lingering_time=1.0)
+            max_line_size=self.limits.max_line,
+            max_field_size=self.limits.max_line,
+            max_headers=self.limits.max_headers,
+            lingering_time=1.0,
+        )
         self._server: asyncio.Server | None = None
         self._guards: dict[object, _Guard] = {}
         """Open connections by transport."""
         self._sweeper: asyncio.Task[None] | None = None
         self._unix_path: str | None = None
         self.address = ""
-        self.stats = {"accepted": 0, "refused": 0, "evicted": 0, "idle_closed": 0, "head_timeouts": 0,
-                      "write_stalls": 0}
+        self.stats = {
+            "accepted": 0,
+            "refused": 0,
+            "evicted": 0,
+            "idle_closed": 0,
+            "head_timeouts": 0,
+            "write_stalls": 0,
+        }
 
     @property
     def port(self) -> int:
@@ -239,8 +253,9 @@ class Endpoint:
         await self._setup()
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(self._protocol, host, port, backlog=256,
-                                                    reuse_address=True)
+            self._server = await loop.create_server(
+                self._protocol, host, port, backlog=256, reuse_address=True
+            )
         except BaseException:
             await self._runner.cleanup()
             raise
@@ -336,9 +351,14 @@ def raise_fd_limit(wanted: int) -> int:
 def _check_fd_room(max_connections: int, name: str) -> None:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and soft < max_connections + _FD_SPARE:
-        log.warning("%s: the open-file limit (%d) is below its %d connections and %d spare; "
-                    "connections beyond the limit are refused by the host (raise ulimit -n)",
-                    name, soft, max_connections, _FD_SPARE)
+        log.warning(
+            "%s: the open-file limit (%d) is below its %d connections and %d spare; "
+            "connections beyond the limit are refused by the host (raise ulimit -n)",
+            name,
+            soft,
+            max_connections,
+            _FD_SPARE,
+        )
 
 
 def _unlink(path: str) -> None:

@@ -104,8 +104,11 @@ def _disable_thp() -> None:
         if _thp_logged:
             return
         _thp_logged = True
-        log.warning("transparent huge pages stay on for this process (%s): each VM's engine "
-                    "will use more resident memory", exc)
+        log.warning(
+            "transparent huge pages stay on for this process (%s): each VM's engine "
+            "will use more resident memory",
+            exc,
+        )
 
 
 DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Children)
@@ -140,10 +143,12 @@ class Kernel:
         self._preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
         self._lanes = [self._preemptor.new_lane() for _ in range(max(1, config.workers))]
         self._pool: ThreadPoolExecutor | None = None
-        self._store = (SwapStore(config.swap_dir, self._finishers)
-                       if config.memory_budget is not None else None)
-        self._gate = (Gatekeeper(config.memory_budget, self._owner)
-                      if config.memory_budget is not None else None)
+        self._store = (
+            SwapStore(config.swap_dir, self._finishers) if config.memory_budget is not None else None
+        )
+        self._gate = (
+            Gatekeeper(config.memory_budget, self._owner) if config.memory_budget is not None else None
+        )
         self.max_engines = config.max_engines or _map_count() // 8
         """VMs that may be resident at once (see KernelConfig.max_engines)."""
         if self._gate is not None:
@@ -151,11 +156,19 @@ class Kernel:
         self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
         """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
         do not hand out the same addresses."""
-        self.switch = Switch(SwitchConfig() if config.batch_interrupts
-                             else SwitchConfig(batch=1, frames_per_yield=1), name="lan0")
+        self.switch = Switch(
+            SwitchConfig() if config.batch_interrupts else SwitchConfig(batch=1, frames_per_yield=1),
+            name="lan0",
+        )
         """The virtual LAN every VM's NIC is attached to."""
-        self._children = ChildSpawner(self._runtime, self._new_id, self._publish_child,
-                                      self._vm_ended, self._room_for_child, self._monitor_totals)
+        self._children = ChildSpawner(
+            self._runtime,
+            self._new_id,
+            self._publish_child,
+            self._vm_ended,
+            self._room_for_child,
+            self._monitor_totals,
+        )
         """Makes the child VMs of every VM's child device (denali.nesting)."""
         if config.disable_thp:
             _disable_thp()
@@ -180,12 +193,19 @@ class Kernel:
         if self.config.workers:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="denali-cpu")
         self._rt = Runtime(
-            loop=loop, epoch_ns=epoch,
+            loop=loop,
+            epoch_ns=epoch,
             timers=Timers(loop, lambda: time.monotonic_ns() - epoch),
-            arbiter=CpuArbiter(loop, Scheduler(), self._lanes), pool=self._pool, table=self._table,
-            store=self._store, gate=self._gate, owner=self._owner,
-            slice_ns=self.config.slice_us * 1000, cpu_khz=self.cpu_khz,
-            tcg_buffer=self.config.tcg_buffer)
+            arbiter=CpuArbiter(loop, Scheduler(), self._lanes),
+            pool=self._pool,
+            table=self._table,
+            store=self._store,
+            gate=self._gate,
+            owner=self._owner,
+            slice_ns=self.config.slice_us * 1000,
+            cpu_khz=self.cpu_khz,
+            tcg_buffer=self.config.tcg_buffer,
+        )
         self._preemptor.start()
         self._state = "running"
 
@@ -216,7 +236,7 @@ class Kernel:
 
     @property
     def state(self) -> str:
-        """"created", "running", "closing" or "closed"."""
+        """ "created", "running", "closing" or "closed"."""
         return self._state
 
     @property
@@ -242,8 +262,16 @@ class Kernel:
         states: dict[str, int] = {}
         for vm in self._vms.values() if vm_states else ():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
-        swap: dict[str, Any] = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
-                                "bytes_out": 0, "bytes_in": 0, "used": 0, "budget": None}
+        swap: dict[str, Any] = {
+            "swap_outs": 0,
+            "swap_ins": 0,
+            "pages_out": 0,
+            "pages_in": 0,
+            "bytes_out": 0,
+            "bytes_in": 0,
+            "used": 0,
+            "budget": None,
+        }
         if self._gate is not None and self._store is not None:
             swap.update(self._store.stats)
             swap.update(self._gate.stats, used=self._gate.used, budget=self._gate.budget)
@@ -255,22 +283,30 @@ class Kernel:
             "cpu_switches": rt.arbiter.switches if rt else 0,
             "slices_started": sum(lane.starts for lane in self._lanes),
             "preempt_stops": sum(lane.stops for lane in self._lanes),
-            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired,
-                       "early": rt.timers.early} if rt else {},
-            "switch": {k: v for k, v in self.switch.stats(per_port=False).as_dict().items()
-                       if k != "port_stats"},
+            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired, "early": rt.timers.early}
+            if rt
+            else {},
+            "switch": {
+                k: v for k, v in self.switch.stats(per_port=False).as_dict().items() if k != "port_stats"
+            },
             "swap": swap,
             "monitors": dict(self._monitor_totals),
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
         """One VM's counters as plain data."""
-        return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
-                "pending": vm.pending, "swapped": vm.swapped,
-                "hypercalls": vm.hypercalls,
-                **vm.stats, "console_bytes": vm.console.written,
-                "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,
-                "monitors": vm._interposer.stats() if isinstance(vm._interposer, MonitorStack) else None}
+        return {
+            "id": vm.id,
+            "image": vm.image.name,
+            "state": vm.state.value,
+            "pending": vm.pending,
+            "swapped": vm.swapped,
+            "hypercalls": vm.hypercalls,
+            **vm.stats,
+            "console_bytes": vm.console.written,
+            "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,
+            "monitors": vm._interposer.stats() if isinstance(vm._interposer, MonitorStack) else None,
+        }
 
     # ---- time ----
     def now_ns(self) -> int:
@@ -278,11 +314,21 @@ class Kernel:
         return self._runtime().now_ns()
 
     # ---- VMs ----
-    async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
-                    cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
-                    nic_config: NicConfig | None = None, mac: bytes | str | None = None,
-                    disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None,
-                    monitors: Sequence[Monitor] = (), child_memory: str | int = 0) -> Vm:
+    async def spawn(
+        self,
+        image: str | os.PathLike[str] | Image,
+        *,
+        memory: str | int = abi.DEFAULT_MEMORY,
+        cmdline: str = "",
+        console: ConsoleSink | None = None,
+        nic: bool = True,
+        nic_config: NicConfig | None = None,
+        mac: bytes | str | None = None,
+        disks: Sequence[DiskSpec] = (),
+        link: LinkSpec | None = None,
+        monitors: Sequence[Monitor] = (),
+        child_memory: str | int = 0,
+    ) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
@@ -311,9 +357,11 @@ class Kernel:
         if len(cmd) > abi.CMDLINE_MAX or b"\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if self._gate is None and len(self._vms) >= self.max_engines:
-            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
-                                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
-                                "or set a memory budget so idle VMs swap out")
+            raise ResourceError(
+                f"{len(self._vms)} VMs are resident, the most this process can hold "
+                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
+                "or set a memory budget so idle VMs swap out"
+            )
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         grant = parse_size(child_memory) if child_memory else 0
@@ -321,11 +369,22 @@ class Kernel:
             raise ConfigError(f"child_memory {child_memory!r} is out of range")
         await self.switch.start()
         vm_id = self._new_id()
-        spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
-                      nic_config, tuple(disks), link, child_memory=grant)
+        spec = VmSpec(
+            img,
+            size,
+            cmdline,
+            console,
+            nic,
+            as_mac(mac) if mac is not None else None,
+            nic_config,
+            tuple(disks),
+            link,
+            child_memory=grant,
+        )
         default_mac = mac_for_vm(vm_id, self.mac_tag)
-        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended,
-                            self._children)
+        vm = await build_vm(
+            self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended, self._children
+        )
         self._stack_monitors(vm, monitors, None)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
@@ -370,8 +429,9 @@ class Kernel:
         return vm_id
 
     # ---- snapshots, restores and clones (docs/api-http.md, denali/snapshot.py) ----
-    async def snapshot(self, vm: Vm, path: str | os.PathLike[str], *,
-                       progress: SnapshotProgress | None = None) -> SnapshotInfo:
+    async def snapshot(
+        self, vm: Vm, path: str | os.PathLike[str], *, progress: SnapshotProgress | None = None
+    ) -> SnapshotInfo:
         """Write paused ``vm``'s complete state to ``path`` (``denali.snapshot``); the VM
         stays paused. ``progress(done, total)`` (bytes of memory, from a worker thread).
         Raises ``VmStateError`` (not paused, resumed meanwhile, a throwaway disk overlay
@@ -379,20 +439,31 @@ class Kernel:
         cannot write the file; nothing is left at ``path``)."""
         if self._vms.get(vm.id) is not vm:
             raise VmStateError(f"VM {vm.id} is not a live VM of this kernel")
-        for disk, spec in zip(vm.disks.disks if vm.disks else (), vm.disks.specs if vm.disks else (),
-                              strict=True):
+        for disk, spec in zip(
+            vm.disks.disks if vm.disks else (), vm.disks.specs if vm.disks else (), strict=True
+        ):
             overlay = getattr(disk.backend, "overlay", None)
             if spec.mode == "overlay-discard" and overlay is not None and overlay.blocks_held():
-                raise VmStateError(f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
-                                   "which a snapshot does not keep (give the disk :keep)")
+                raise VmStateError(
+                    f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
+                    "which a snapshot does not keep (give the disk :keep)"
+                )
         image = await _image_bytes(vm)
         state = await vm.snapshot_state()
         if isinstance(vm._interposer, MonitorStack):  # monitors with state keep it
             state.meta["monitors"] = vm._interposer.save()
         slices = vm.stats["slices"]
         try:
-            info = await write_snapshot(os.fspath(path), state.meta, state.cpu.pack(), image,
-                                        state.memory, state.runs, vm.mem_size, progress)
+            info = await write_snapshot(
+                os.fspath(path),
+                state.meta,
+                state.cpu.pack(),
+                image,
+                state.memory,
+                state.runs,
+                vm.mem_size,
+                progress,
+            )
         finally:
             if state.scratch is not None:
                 state.scratch.close()
@@ -402,9 +473,14 @@ class Kernel:
         log.info("VM %d: snapshot %s (%d pages)", vm.id, info.path, info.stored_pages)
         return info
 
-    async def restore(self, path: str | os.PathLike[str], *, console: ConsoleSink | None = None,
-                      progress: SnapshotProgress | None = None,
-                      monitors: Sequence[Monitor] = ()) -> Vm:
+    async def restore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        console: ConsoleSink | None = None,
+        progress: SnapshotProgress | None = None,
+        monitors: Sequence[Monitor] = (),
+    ) -> Vm:
         """Start the VM saved in the snapshot at ``path``, as it was: same VM id, MAC, command
         line and disks, its clock continuing from the snapshot. ``monitors``: stacked as in
         ``spawn``; when the snapshot was taken under monitors, these must be of the same
@@ -417,17 +493,25 @@ class Kernel:
         try:
             vm_id = int(snap.meta["vm"]["id"])
             if vm_id in self._vms:
-                raise ConfigError(f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
-                                  "still runs?); clone the snapshot for a VM with a new identity")
-            return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False,
-                                          monitors=monitors)
+                raise ConfigError(
+                    f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
+                    "still runs?); clone the snapshot for a VM with a new identity"
+                )
+            return await self._spawn_from(
+                self._prepare(snap), vm_id, None, None, console, clone=False, monitors=monitors
+            )
         finally:
             snap.close()
 
-    async def clone(self, path: str | os.PathLike[str], count: int = 1, *,
-                    cmdlines: Sequence[str] | None = None,
-                    console: ConsoleSink | None = None,
-                    monitors: Callable[[], Sequence[Monitor]] | None = None) -> list[Vm]:
+    async def clone(
+        self,
+        path: str | os.PathLike[str],
+        count: int = 1,
+        *,
+        cmdlines: Sequence[str] | None = None,
+        console: ConsoleSink | None = None,
+        monitors: Callable[[], Sequence[Monitor]] | None = None,
+    ) -> list[Vm]:
         """Start ``count`` clones of the snapshot at ``path``, sharing its memory copy-on-write.
         Each gets its own VM id and MAC (the kernel's default for that id), ``cmdlines[i]``
         as its command line (default: the snapshot's), ``generation`` + 1 and ``Irq.CLONE``
@@ -436,21 +520,27 @@ class Kernel:
         (``ConfigError``). ``monitors``: called once per clone for its own monitors, which
         get the snapshot's monitor state as in ``restore``. Raises like ``restore``."""
         if count < 1 or (cmdlines is not None and len(cmdlines) != count):
-            raise ConfigError(f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} "
-                              "command lines")
+            raise ConfigError(
+                f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} command lines"
+            )
         snap = await open_snapshot(os.fspath(path))
         vms: list[Vm] = []
         try:
             for spec in snap.meta["devices"].get("disks", {}).get("specs", []):
                 if spec.get("mode") in ("overlay-keep", "rw"):
-                    raise ConfigError(f"{snap.path}: disk {spec.get('path')} ({spec.get('mode')}) "
-                                      "cannot be shared by clones")
+                    raise ConfigError(
+                        f"{snap.path}: disk {spec.get('path')} ({spec.get('mode')}) "
+                        "cannot be shared by clones"
+                    )
             prepared = self._prepare(snap)
             for i in range(count):
                 cmd = cmdlines[i] if cmdlines is not None else None
                 own = monitors() if monitors is not None else ()
-                vms.append(await self._spawn_from(prepared, self._new_id(), cmd, b"", console, clone=True,
-                                                  monitors=own))
+                vms.append(
+                    await self._spawn_from(
+                        prepared, self._new_id(), cmd, b"", console, clone=True, monitors=own
+                    )
+                )
         except BaseException:
             for vm in vms:
                 vm.kill()
@@ -472,15 +562,23 @@ class Kernel:
             cmdline = str(saved["cmdline"])
             mac = bytes(saved["mac"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotFormatError(f"{snap.path}: snapshot meta section is not valid ({exc!r})",
-                                      snap.path) from None
+            raise SnapshotFormatError(
+                f"{snap.path}: snapshot meta section is not valid ({exc!r})", snap.path
+            ) from None
         if size != snap.mem_size:
             raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
         return _Restorable(snap, img, size, cpu, nic, disks, cmdline, mac)
 
-    async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
-                          console: ConsoleSink | None, clone: bool,
-                          monitors: Sequence[Monitor] = ()) -> Vm:
+    async def _spawn_from(
+        self,
+        r: _Restorable,
+        vm_id: int,
+        cmdline: str | None,
+        mac: bytes | None,
+        console: ConsoleSink | None,
+        clone: bool,
+        monitors: Sequence[Monitor] = (),
+    ) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
         default for ``vm_id``; None: the snapshot's)."""
         if self._state != "running":
@@ -493,8 +591,9 @@ class Kernel:
         if len(cmd.encode()) > abi.CMDLINE_MAX or "\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if self._gate is None and len(self._vms) >= self.max_engines:
-            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
-                                f"({self.max_engines})")
+            raise ResourceError(
+                f"{len(self._vms)} VMs are resident, the most this process can hold ({self.max_engines})"
+            )
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
@@ -504,8 +603,11 @@ class Kernel:
         vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
         saved = r.snap.meta.get("monitors") or []
         if saved and not monitors:
-            log.warning("VM %d: restored without the monitors its snapshot was taken under (%s)",
-                        vm_id, ", ".join(str(m.get("monitor")) for m in saved if isinstance(m, dict)))
+            log.warning(
+                "VM %d: restored without the monitors its snapshot was taken under (%s)",
+                vm_id,
+                ", ".join(str(m.get("monitor")) for m in saved if isinstance(m, dict)),
+            )
         self._stack_monitors(vm, monitors, saved if isinstance(saved, list) else None)
         vm.start()
         if self._state != "running":

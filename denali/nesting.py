@@ -37,15 +37,20 @@ from denali.vm import Vm, VmState
 
 log = logging.getLogger(__name__)
 
-_END: Final = {VmState.EXITED: abi.CHILD_END_EXITED, VmState.FAULTED: abi.CHILD_END_FAULTED,
-               VmState.KILLED: abi.CHILD_END_KILLED, VmState.FAILED: abi.CHILD_END_FAILED}
+_END: Final = {
+    VmState.EXITED: abi.CHILD_END_EXITED,
+    VmState.FAULTED: abi.CHILD_END_FAULTED,
+    VmState.KILLED: abi.CHILD_END_KILLED,
+    VmState.FAILED: abi.CHILD_END_FAILED,
+}
 
 
 class ChildVm:
     """One child VM as its parent's device drives it (``denali.devices.children.Child``)."""
 
-    def __init__(self, vm: Vm, device: Children, publish: Callable[[Vm], None],
-                 totals: dict[str, int]) -> None:
+    def __init__(
+        self, vm: Vm, device: Children, publish: Callable[[Vm], None], totals: dict[str, int]
+    ) -> None:
         self.vm = vm
         self.vm_id = vm.id
         self._device = device
@@ -91,12 +96,17 @@ class ChildVm:
             if not fut.done():
                 fut.cancel()
         f = vm.fault
-        self._device.child_ended(self, ChildEvent(
-            abi.CHILD_EV_EXIT, nr=_END.get(vm.state, abi.CHILD_END_FAILED),
-            status=(vm.exit_status or 0) & 0xFFFFFFFF,
-            eip=f.eip & 0xFFFFFFFF if f is not None else 0,
-            address=(f.address or 0) & 0xFFFFFFFF if f is not None else 0,
-            vector=(f.vector or 0) & 0xFFFFFFFF if f is not None else 0))
+        self._device.child_ended(
+            self,
+            ChildEvent(
+                abi.CHILD_EV_EXIT,
+                nr=_END.get(vm.state, abi.CHILD_END_FAILED),
+                status=(vm.exit_status or 0) & 0xFFFFFFFF,
+                eip=f.eip & 0xFFFFFFFF if f is not None else 0,
+                address=(f.address or 0) & 0xFFFFFFFF if f is not None else 0,
+                vector=(f.vector or 0) & 0xFFFFFFFF if f is not None else 0,
+            ),
+        )
 
     # ---- memory ----
     def read(self, addr: int, length: int) -> bytes | int:
@@ -136,13 +146,22 @@ class ChildVm:
         if req.kind == "fault":
             f: dict[str, Any] = dict(req.fault or {})
             kind = abi.CHILD_EV_FAULT
-            ev = ChildEvent(kind, req.seq, eip=int(f.get("eip") or 0) & 0xFFFFFFFF,
-                            address=int(f.get("address") or 0) & 0xFFFFFFFF,
-                            vector=int(f.get("vector") or 0) & 0xFFFFFFFF)
+            ev = ChildEvent(
+                kind,
+                req.seq,
+                eip=int(f.get("eip") or 0) & 0xFFFFFFFF,
+                address=int(f.get("address") or 0) & 0xFFFFFFFF,
+                vector=int(f.get("vector") or 0) & 0xFFFFFFFF,
+            )
         else:
             kind = abi.CHILD_EV_HYPERCALL
-            ev = ChildEvent(kind, req.seq, nr=req.nr & 0xFFFFFFFF, arg=req.arg & 0xFFFFFFFF,
-                            args=self._arg_bytes(req.nr, req.arg))
+            ev = ChildEvent(
+                kind,
+                req.seq,
+                nr=req.nr & 0xFFFFFFFF,
+                arg=req.arg & 0xFFFFFFFF,
+                args=self._arg_bytes(req.nr, req.arg),
+            )
         self._waiting[req.seq] = (kind, fut)
         try:
             self._device.post_event(self, ev)
@@ -180,9 +199,15 @@ class ChildVm:
 class ChildSpawner:
     """Makes child VMs for the ``Children`` devices of one kernel's VMs."""
 
-    def __init__(self, runtime: Callable[[], Runtime], new_id: Callable[[], int],
-                 publish: Callable[[Vm], None], on_end: Callable[[Vm], None],
-                 room: Callable[[], bool], totals: dict[str, int]) -> None:
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime],
+        new_id: Callable[[], int],
+        publish: Callable[[Vm], None],
+        on_end: Callable[[Vm], None],
+        room: Callable[[], bool],
+        totals: dict[str, int],
+    ) -> None:
         """``runtime()`` the kernel's runtime; ``new_id()`` a fresh VM id; ``publish(vm)``
         makes a started child visible in ``Kernel.vms``; ``on_end`` is the kernel's
         end-of-VM callback; ``room()`` says whether the kernel may hold another VM."""
@@ -193,8 +218,16 @@ class ChildSpawner:
         self._room = room
         self._totals = totals
 
-    def create(self, device: Children, image: bytes, mem_size: int, quota: int, cmdline: str,
-               disks: Sequence[int], readonly: bool) -> Child:
+    def create(
+        self,
+        device: Children,
+        image: bytes,
+        mem_size: int,
+        quota: int,
+        cmdline: str,
+        disks: Sequence[int],
+        readonly: bool,
+    ) -> Child:
         parent = device.host
         assert isinstance(parent, Vm)
         try:
@@ -220,8 +253,20 @@ class ChildSpawner:
                 holder[0].on_end()
 
         kids = Children(self, quota=quota, disk_count=len(passed))
-        vm = Vm(self._runtime(), vm_id, img, mem_size, cmdline, Console(parent.console.feed), Clock(),
-                None, Disks(passed), ended, children=kids, group=parent.group)
+        vm = Vm(
+            self._runtime(),
+            vm_id,
+            img,
+            mem_size,
+            cmdline,
+            Console(parent.console.feed),
+            Clock(),
+            None,
+            Disks(passed),
+            ended,
+            children=kids,
+            group=parent.group,
+        )
         child = ChildVm(vm, device, self._publish, self._totals)
         holder.append(child)
         log.debug("VM %d created child VM %d (%d bytes, quota %d)", parent.id, vm_id, mem_size, quota)

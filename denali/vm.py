@@ -125,24 +125,83 @@ class Vm:
     """One VM. Made by ``Kernel.spawn``; never construct directly."""
 
     SLOT: ClassVar[int] = SLOT_VM
-    HYPERCALLS: ClassVar = {Hc.TERMINATE: "hc_terminate", Hc.IDLE: "hc_idle",
-                            Hc.SET_HANDLER: "hc_set_handler"}
+    HYPERCALLS: ClassVar = {
+        Hc.TERMINATE: "hc_terminate",
+        Hc.IDLE: "hc_idle",
+        Hc.SET_HANDLER: "hc_set_handler",
+    }
 
-    __slots__ = ("__weakref__", "_clock_offset", "_clock_zero", "_cpu", "_cpu_state", "_devices",
-                 "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_arg",
-                 "_idle_deadline", "_idle_waiters", "_in_slice", "_interposer", "_irq_entry", "_memory",
-                 "_on_end", "_on_wake", "_origin", "_pause", "_pending", "_posted", "_rt", "_swapped",
-                 "_swapping_in", "_task", "_vregs_head", "_vregs_tail", "_waker", "children", "clock",
-                 "close_errors",
-                 "cmdline", "console", "created_ns", "disks", "ended_ns", "error", "exit_status", "fault",
-                 "first_slice_ns", "generation", "group", "id", "image", "interposed", "mem_size",
-                 "nic_device",
-                 "state", "stats", "stopped_by")
+    __slots__ = (
+        "__weakref__",
+        "_clock_offset",
+        "_clock_zero",
+        "_cpu",
+        "_cpu_state",
+        "_devices",
+        "_dispatch",
+        "_done",
+        "_evicting",
+        "_exit_request",
+        "_hypercalls",
+        "_idle_arg",
+        "_idle_deadline",
+        "_idle_waiters",
+        "_in_slice",
+        "_interposer",
+        "_irq_entry",
+        "_memory",
+        "_on_end",
+        "_on_wake",
+        "_origin",
+        "_pause",
+        "_pending",
+        "_posted",
+        "_rt",
+        "_swapped",
+        "_swapping_in",
+        "_task",
+        "_vregs_head",
+        "_vregs_tail",
+        "_waker",
+        "children",
+        "clock",
+        "close_errors",
+        "cmdline",
+        "console",
+        "created_ns",
+        "disks",
+        "ended_ns",
+        "error",
+        "exit_status",
+        "fault",
+        "first_slice_ns",
+        "generation",
+        "group",
+        "id",
+        "image",
+        "interposed",
+        "mem_size",
+        "nic_device",
+        "state",
+        "stats",
+        "stopped_by",
+    )
 
-    def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
-                 console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
-                 on_end: Callable[[Vm], None], children: Children | None = None,
-                 group: int | None = None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        vm_id: int,
+        image: Image,
+        mem_size: int,
+        cmdline: str,
+        console: Console,
+        clock: Clock,
+        nic: Nic | None,
+        disks: Disks | None,
+        on_end: Callable[[Vm], None],
+        children: Children | None = None,
+        group: int | None = None,
+    ) -> None:
         """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it).
         ``children``: its child-VM device; ``group``: its CPU group (its root
         ancestor's id: a subtree shares one CPU share; default its own id)."""
@@ -178,8 +237,15 @@ class Vm:
         self.error: BaseException | None = None
         self.close_errors: list[DiskError] = []
         """Disk errors met while closing the VM's disks (``wait()`` raises them)."""
-        self.stats = {"slices": 0, "cpu_ns": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
-                      "irq_batches": 0, "irq_bits_delivered": 0}
+        self.stats = {
+            "slices": 0,
+            "cpu_ns": 0,
+            "preemptions": 0,
+            "idles": 0,
+            "irqs_raised": 0,
+            "irq_batches": 0,
+            "irq_bits_delivered": 0,
+        }
         """Counters: slices run and the time they took (cpu_ns, guest code and the
         hypercalls handled inside them), preemptions, idles, interrupts raised, batches
         delivered and the bits they carried."""
@@ -364,8 +430,11 @@ class Vm:
         CPU then writes its kernel page over whatever was stored)."""
         rt = self._rt
         origin = self._origin
-        mem = (GuestMemory(self.mem_size) if origin is None
-               else GuestMemory(self.mem_size, origin.fd, origin.mem_offset))
+        mem = (
+            GuestMemory(self.mem_size)
+            if origin is None
+            else GuestMemory(self.mem_size, origin.fd, origin.mem_offset)
+        )
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
             mem.set_regions(regions)
@@ -381,8 +450,7 @@ class Vm:
                 cmd = self.cmdline.encode()
                 mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
             self._vregs_head, self._vregs_tail = self._vregs_fields(heap_start, heap_end)
-            cpu = VCpu(self.id, self.image.name, mem, self._dispatcher(mem), rt.tcg_buffer,
-                       self._cpu_state)
+            cpu = VCpu(self.id, self.image.name, mem, self._dispatcher(mem), rt.tcg_buffer, self._cpu_state)
         except BaseException:
             mem.close()
             raise
@@ -444,21 +512,33 @@ class Vm:
         """The constant kernel fields of the register page, before and after the
         per-slice ones (time_ns, cpu_khz, pending) and the guest's irq_enable."""
         rt = self._rt
-        fields = {"magic": abi.VREGS_MAGIC, "abi_version": abi.ABI_VERSION, "vm_id": self.id,
-                  "mem_size": self.mem_size, "time_ns": 0, "cpu_khz": rt.cpu_khz, "pending": 0,
-                  "irq_enable": 0, "heap_start": heap_start, "heap_end": heap_end,
-                  "cmdline_len": len(self.cmdline.encode()), "mac": self.mac, "_pad0": 0,
-                  "slice_ns": rt.slice_ns, "generation": self.generation}
+        fields = {
+            "magic": abi.VREGS_MAGIC,
+            "abi_version": abi.ABI_VERSION,
+            "vm_id": self.id,
+            "mem_size": self.mem_size,
+            "time_ns": 0,
+            "cpu_khz": rt.cpu_khz,
+            "pending": 0,
+            "irq_enable": 0,
+            "heap_start": heap_start,
+            "heap_end": heap_end,
+            "cmdline_len": len(self.cmdline.encode()),
+            "mac": self.mac,
+            "_pad0": 0,
+            "slice_ns": rt.slice_ns,
+            "generation": self.generation,
+        }
         block = abi.VREGS.codec().pack(*(fields[f.name] for f in abi.VREGS.fields))
-        return block[:_V["time_ns"]], block[_V["heap_start"]:]
+        return block[: _V["time_ns"]], block[_V["heap_start"] :]
 
     def _write_vregs(self) -> None:
         """Rewrite every kernel field of the register page (all but irq_enable)."""
         assert self._memory is not None
         buf = self._memory.buf
-        buf[_HEAD[0]:_HEAD[1]] = self._vregs_head
+        buf[_HEAD[0] : _HEAD[1]] = self._vregs_head
         _TIME_KHZ_PENDING.pack_into(buf, _OFF_TIME, self.now_ns(), self._rt.cpu_khz, self._pending)
-        buf[_TAIL[0]:_TAIL[1]] = self._vregs_tail
+        buf[_TAIL[0] : _TAIL[1]] = self._vregs_tail
 
     def _drop_resident(self) -> None:
         cpu, mem = self._cpu, self._memory
@@ -472,8 +552,13 @@ class Vm:
     # ---- swap (Evictable) ----
     def evictable(self) -> bool:
         """True while the VM may be swapped out: idle, resident, no device work in flight."""
-        if (self.state is not VmState.IDLE or self._memory is None or self._swapping_in
-                or self._evicting is not None or self._posted):
+        if (
+            self.state is not VmState.IDLE
+            or self._memory is None
+            or self._swapping_in
+            or self._evicting is not None
+            or self._posted
+        ):
             return False
         return not any(isinstance(d, Device) and d.busy() for d in self._devices[1:])
 
@@ -493,8 +578,9 @@ class Vm:
         try:
             state = self._cpu.save()
             mem = self._memory
-            image = await rt.store.write(self.id, mem.buf, mem.address,
-                                         abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE)
+            image = await rt.store.write(
+                self.id, mem.buf, mem.address, abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE
+            )
             if self.state.final:
                 return False
             self._cpu_state = state
@@ -703,8 +789,9 @@ class Vm:
                     return
                 else:
                     self.error = cpu.error
-                    log.error("VM %d: kernel error in a hypercall; this VM is stopped", self.id,
-                              exc_info=cpu.error)
+                    log.error(
+                        "VM %d: kernel error in a hypercall; this VM is stopped", self.id, exc_info=cpu.error
+                    )
                     final = VmState.FAILED
                     return
         except asyncio.CancelledError:
@@ -874,11 +961,22 @@ class Vm:
             raise VmStateError(f"VM {self.id} is {self.state.value}: no snapshot taken")
         devices = {type(d).__name__.lower(): d.save() for d in self.devices()}
         meta = {
-            "vm": {"id": self.id, "image": self.image.name, "mem_size": self.mem_size,
-                   "cmdline": self.cmdline, "mac": self.mac, "generation": self.generation,
-                   "clock_ns": self.now_ns(), "pending": self._pending, "irq_entry": self._irq_entry,
-                   "idle_arg": self._idle_arg, "idle_deadline": self._idle_deadline,
-                   "on_wake": self._on_wake, "stats": dict(self.stats), "hypercalls": self.hypercalls},
+            "vm": {
+                "id": self.id,
+                "image": self.image.name,
+                "mem_size": self.mem_size,
+                "cmdline": self.cmdline,
+                "mac": self.mac,
+                "generation": self.generation,
+                "clock_ns": self.now_ns(),
+                "pending": self._pending,
+                "irq_entry": self._irq_entry,
+                "idle_arg": self._idle_arg,
+                "idle_deadline": self._idle_deadline,
+                "on_wake": self._on_wake,
+                "stats": dict(self.stats),
+                "hypercalls": self.hypercalls,
+            },
             "devices": devices,
             "monitors": {},
         }
@@ -886,15 +984,16 @@ class Vm:
         if self._origin is not None:  # the snapshot's pages this VM never wrote count too
             runs = self._origin.runs
             for k in range(0, len(runs), 2):
-                page_map[runs[k]:runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
+                page_map[runs[k] : runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
         if self._memory is not None:
             assert self._cpu is not None
             cpu = self._cpu.save()
             mem = self._memory.buf
             present = resident_pages(self._memory.address, self.mem_size).translate(_BIT0)
             n = len(page_map)
-            page_map = bytearray((int.from_bytes(page_map, "little")
-                                  | int.from_bytes(present, "little")).to_bytes(n, "little"))
+            page_map = bytearray(
+                (int.from_bytes(page_map, "little") | int.from_bytes(present, "little")).to_bytes(n, "little")
+            )
         elif self._swapped is None:  # restored and never woken: its memory is its snapshot's
             assert self._origin is not None
             scratch = GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
@@ -903,8 +1002,11 @@ class Vm:
         else:  # swapped out: its pages come back from its swap file (checked), not into RAM
             assert self._swapped is not None and self._rt.store is not None
             cpu = self._cpu_state
-            scratch = GuestMemory(self.mem_size) if self._origin is None else \
-                GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            scratch = (
+                GuestMemory(self.mem_size)
+                if self._origin is None
+                else GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            )
             try:
                 await self._rt.store.read(self.id, self._swapped, scratch.buf)
             except BaseException:
@@ -913,14 +1015,13 @@ class Vm:
             stored = array("I")
             stored.frombytes(self._swapped.pages)
             for k in range(0, len(stored), 2):
-                page_map[stored[k]:stored[k] + stored[k + 1]] = b"\1" * stored[k + 1]
+                page_map[stored[k] : stored[k] + stored[k + 1]] = b"\1" * stored[k + 1]
             page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
             return VmImage(meta, cpu, scratch.buf, page_runs(page_map), scratch)
         page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0  # rebuilt from the CPU state
         return VmImage(meta, cpu, mem, page_runs(page_map))
 
-    def restore_state(self, meta: dict[str, Any], cpu: CpuState, origin: SnapshotFile,
-                      clone: bool) -> None:
+    def restore_state(self, meta: dict[str, Any], cpu: CpuState, origin: SnapshotFile, clone: bool) -> None:
         """Take over a snapshot's state before ``start()`` (the kernel calls this on a VM
         it made from the snapshot's meta). The VM's memory maps ``origin`` copy-on-write
         when it is first admitted. ``clone``: the VM is a new member of the snapshot's

@@ -53,8 +53,9 @@ class DropOnce:
         return False
 
 
-async def _client(k: Kernel, url: str, extra: str = "", ip: str = "10.0.0.2",
-                  within: float = 120) -> tuple[int, str]:
+async def _client(
+    k: Kernel, url: str, extra: str = "", ip: str = "10.0.0.2", within: float = 120
+) -> tuple[int, str]:
     vm = await k.spawn("httpget", cmdline=f"ip={ip}/24 url={url} {extra}")
     status = await asyncio.wait_for(vm.wait(), within)
     return status, vm.console.text()
@@ -66,8 +67,9 @@ def _ms(out: str) -> int:
     return int(m.group(1))
 
 
-async def _server(k: Kernel, drop: DropOnce | None = None, link: LinkSpec | None = None,
-                  extra: str = "") -> Vm:
+async def _server(
+    k: Kernel, drop: DropOnce | None = None, link: LinkSpec | None = None, extra: str = ""
+) -> Vm:
     need_image("httpd")
     need_image("httpget")
     srv = await k.spawn("httpd", cmdline=f"ip=10.0.0.1/24 {extra}", link=link)
@@ -80,8 +82,8 @@ async def _server(k: Kernel, drop: DropOnce | None = None, link: LinkSpec | None
 @pytest.mark.parametrize("what", ["data", "fin", "synack"])
 async def test_one_lost_segment_is_resent_within_the_rto(what: str) -> None:
     matchers: dict[str, Callable[[tuple[int, int, int, int]], bool]] = {
-        "data": lambda t: t[0] == 80 and t[3] > 0,           # the reply's only data segment
-        "fin": lambda t: t[0] == 80 and bool(t[1] & FIN),     # the server's FIN
+        "data": lambda t: t[0] == 80 and t[3] > 0,  # the reply's only data segment
+        "fin": lambda t: t[0] == 80 and bool(t[1] & FIN),  # the server's FIN
         "synack": lambda t: t[0] == 80 and t[1] & (SYN | ACK) == SYN | ACK,
     }
     drop = DropOnce(matchers[what])
@@ -126,20 +128,25 @@ async def test_ten_megabytes_under_twenty_percent_loss() -> None:
     async with Kernel() as k:
         await _server(k, link=LinkSpec(loss=0.2, seed=3))  # both directions: data and ACKs
         # ~10-20 s on an idle machine; generous bounds for a loaded one
-        status, out = await _client(k, "http://10.0.0.1/bytes/10000000", "count=1 conc=1 timeout=400",
-                                    within=450)
+        status, out = await _client(
+            k, "http://10.0.0.1/bytes/10000000", "count=1 conc=1 timeout=400", within=450
+        )
     assert status == 0 and "ok=1 fail=0 bytes=10000000" in out, out  # every byte checked
 
 
-@pytest.mark.parametrize("link", [LinkSpec(loss=0.05, delay_s=0.01, seed=7), LinkSpec(loss=0.2, seed=3)],
-                         ids=["5%-loss-10ms", "20%-loss"])
+@pytest.mark.parametrize(
+    "link",
+    [LinkSpec(loss=0.05, delay_s=0.01, seed=7), LinkSpec(loss=0.2, seed=3)],
+    ids=["5%-loss-10ms", "20%-loss"],
+)
 async def test_model_congestion_control_stays_byte_exact_through_loss(link: LinkSpec) -> None:
     """``tcp_cc=model`` (the window from the path's delivery rate, not from losses): the
     transfer is exact through random loss (both directions), repaired by SACK recovery."""
     async with Kernel() as k:
         srv = await _server(k, link=link, extra="tcp_cc=model")
-        status, out = await _client(k, "http://10.0.0.1/bytes/2000000", "count=1 conc=1 timeout=200",
-                                    within=250)
+        status, out = await _client(
+            k, "http://10.0.0.1/bytes/2000000", "count=1 conc=1 timeout=200", within=250
+        )
         st = await _client(k, "http://10.0.0.1/stats", "count=1 conc=1 print=1", ip="10.0.0.3")
     assert status == 0 and "ok=1 fail=0 bytes=2000000" in out, out
     stats = dict(re.findall(r"^(\w+) (\d+)$", st[1], re.M))
@@ -152,10 +159,12 @@ async def test_model_congestion_control_keeps_a_short_queue_short() -> None:
     bandwidth-delay products, so the queue overflows rarely if at all (a window that
     ignored the path would overflow it on every round trip); the transfer is exact."""
     async with Kernel() as k:
-        srv = await _server(k, link=LinkSpec(rate_bps=20e6, delay_s=0.01, limit=50, seed=2),
-                            extra="tcp_cc=model")
-        status, out = await _client(k, "http://10.0.0.1/bytes/2000000", "count=1 conc=1 timeout=200",
-                                    within=250)
+        srv = await _server(
+            k, link=LinkSpec(rate_bps=20e6, delay_s=0.01, limit=50, seed=2), extra="tcp_cc=model"
+        )
+        status, out = await _client(
+            k, "http://10.0.0.1/bytes/2000000", "count=1 conc=1 timeout=200", within=250
+        )
     assert status == 0 and "ok=1 fail=0 bytes=2000000" in out, out
     assert srv.nic is not None and srv.nic.stats.drop_impaired <= srv.nic.stats.tx_frames // 50, srv.nic.stats
 

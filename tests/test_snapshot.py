@@ -90,8 +90,14 @@ async def test_ten_snapshots_mid_way_restore_to_the_uninterrupted_result(tmp_pat
 
         # four in another process, at the same time as six here
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _RESTORE_ELSEWHERE, *paths[6:], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            sys.executable,
+            "-c",
+            _RESTORE_ELSEWHERE,
+            *paths[6:],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for p in paths[:6]:
             restored = await k.restore(p)
             assert restored.id == vm.id and restored.mac == vm.mac
@@ -170,6 +176,7 @@ async def test_frames_queued_in_a_paused_nic_are_delivered_after_restore(tmp_pat
     need_image("udpecho")
     need_image("test-netudp")
     from tests.net.helpers import Recorder
+
     path = tmp_path / "echo.snap"
     async with Kernel() as k:
         srv = await k.spawn("udpecho", cmdline="ip=10.0.0.1/24")
@@ -203,6 +210,7 @@ async def test_frames_queued_in_a_paused_nic_are_delivered_after_restore(tmp_pat
 
 # ---------------------------------------------------------------- clones
 
+
 def _mapped(path: str) -> int:
     with open("/proc/self/maps") as f:
         return sum(1 for line in f if line.rstrip().endswith(path))
@@ -222,6 +230,7 @@ def _guest_symbol(image: str, name: str) -> int:
     from elftools.elf.sections import SymbolTableSection
 
     from denali.images import builtin_images
+
     with open(builtin_images()[image], "rb") as f:
         for sec in ELFFile(f).iter_sections():
             if isinstance(sec, SymbolTableSection):
@@ -314,8 +323,9 @@ async def test_clones_refuse_disks_they_cannot_share(tmp_path: Path) -> None:
     img = tmp_path / "d.img"
     img.write_bytes(bytes(64 * 4096))
     async with Kernel() as k:
-        vm = await k.spawn("test-swapsum", cmdline="kib=64 rounds=1000", memory="1M",
-                           disks=[DiskSpec(str(img), mode="rw")])
+        vm = await k.spawn(
+            "test-swapsum", cmdline="kib=64 rounds=1000", memory="1M", disks=[DiskSpec(str(img), mode="rw")]
+        )
         await vm.pause()
         await k.snapshot(vm, tmp_path / "rw.snap")
         with pytest.raises(ConfigError, match="cannot be shared by clones"):
@@ -324,6 +334,7 @@ async def test_clones_refuse_disks_they_cannot_share(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- bad snapshots
+
 
 @pytest.fixture
 async def good(tmp_path: Path) -> str:

@@ -52,67 +52,139 @@ from denali.vm import Vm
 
 def add_parser(sub: Any) -> None:
     """Add the ``boot`` subcommand to the top-level subparsers."""
-    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles",
-                       parents=[log_options(top=False)])
+    b = sub.add_parser(
+        "boot",
+        help="boot one or more VMs from an image and stream their consoles",
+        parents=[log_options(top=False)],
+    )
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
-    b.add_argument("--child-memory", default="0", metavar="SIZE",
-                   help="memory each VM's child VMs (and theirs) may hold in all, e.g. 32M "
-                        "(default 0: a VM may create no children; docs/virtual-architecture.md)")
-    b.add_argument("--slice-us", type=int, default=KernelConfig.slice_us,
-                   help=f"time slice in microseconds (default {KernelConfig.slice_us})")
-    b.add_argument("--cmdline", "-c", default="",
-                   help="guest command line; {i} becomes the VM's index (1..N), "
-                        "{ip:BASE} the IPv4 address BASE + index")
-    b.add_argument("--memory-budget", metavar="SIZE",
-                   help="resident guest memory allowed (e.g. 2G); idle VMs beyond it are swapped out")
+    b.add_argument(
+        "--child-memory",
+        default="0",
+        metavar="SIZE",
+        help="memory each VM's child VMs (and theirs) may hold in all, e.g. 32M "
+        "(default 0: a VM may create no children; docs/virtual-architecture.md)",
+    )
+    b.add_argument(
+        "--slice-us",
+        type=int,
+        default=KernelConfig.slice_us,
+        help=f"time slice in microseconds (default {KernelConfig.slice_us})",
+    )
+    b.add_argument(
+        "--cmdline",
+        "-c",
+        default="",
+        help="guest command line; {i} becomes the VM's index (1..N), {ip:BASE} the IPv4 address BASE + index",
+    )
+    b.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="resident guest memory allowed (e.g. 2G); idle VMs beyond it are swapped out",
+    )
     b.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
-    b.add_argument("--workers", type=int, default=0,
-                   help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
-    b.add_argument("--net", action="append", default=[],
-                   metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
-                   help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
-                        "the host side that address and brings it up) or to other kernels / Linux "
-                        "vxlan devices over VXLAN (UDP 4789 by default)")
-    b.add_argument("--link", action="append", default=[], metavar="[vms:|lan:|net:]SPEC",
-                   help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
-                        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
-                        "(see docs/networking.md)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run slices on N worker threads (0: on the event loop; 2 uses both cores)",
+    )
+    b.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
+        help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
+        "the host side that address and brings it up) or to other kernels / Linux "
+        "vxlan devices over VXLAN (UDP 4789 by default)",
+    )
+    b.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="[vms:|lan:|net:]SPEC",
+        help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
+        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
+        "(see docs/networking.md)",
+    )
     b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
-    b.add_argument("--disk", action="append", default=[],
-                   metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
-                   help="give every VM this disk (repeatable); {i} becomes the VM's index")
-    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
-    b.add_argument("--metrics", metavar="HOST:PORT", type=host_port,
-                   help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
+    b.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
+        help="give every VM this disk (repeatable); {i} becomes the VM's index",
+    )
+    b.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show boot progress on stderr (default: with 100 or more VMs on a terminal)",
+    )
+    b.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=host_port,
+        help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)",
+    )
     # the control API (docs/api-http.md)
-    b.add_argument("--api", metavar="PATH",
-                   help="serve the control API (HTTP + JSON) on the Unix socket PATH, for denali ctl "
-                        "and denali top; the kernel then runs until stopped, and --count may be 0")
-    b.add_argument("--api-mode", metavar="OCTAL", type=_octal_mode, default=0o600,
-                   help="permissions of the API socket (default 600: its owner only)")
+    b.add_argument(
+        "--api",
+        metavar="PATH",
+        help="serve the control API (HTTP + JSON) on the Unix socket PATH, for denali ctl "
+        "and denali top; the kernel then runs until stopped, and --count may be 0",
+    )
+    b.add_argument(
+        "--api-mode",
+        metavar="OCTAL",
+        type=_octal_mode,
+        default=0o600,
+        help="permissions of the API socket (default 600: its owner only)",
+    )
 
     # ---- monitors (docs/monitors.md) ----
     m = b.add_argument_group("monitors (docs/monitors.md)")
-    m.add_argument("--trace", metavar="FILE",
-                   help="write every hypercall, interrupt, fault and disk request of every VM to FILE "
-                        "as JSON lines (the schema is in docs/monitors.md)")
-    m.add_argument("--trace-filter", metavar="KINDS", default="hypercall,interrupt,fault,disk",
-                   help="what --trace records: a comma list of hypercall, interrupt, fault, disk, "
-                        "frame_out, frame_in, frame (both), all (default: hypercall,interrupt,fault,disk)")
-    m.add_argument("--trace-frame-bytes", metavar="N", type=int, default=64,
-                   help="bytes of each traced frame recorded as hex (default 64)")
-    m.add_argument("--policy", metavar="FILE",
-                   help="enforce a policy on every VM: allowed hypercalls, NIC and disk limits "
-                        "(TOML, or JSON when FILE ends in .json)")
-    m.add_argument("--gdb", metavar="HOST:PORT", type=host_port_any,
-                   help="serve the GDB remote protocol: VM i (1..N) on PORT+i-1 (port 0: any free "
-                        "ports, printed on stderr)")
-    m.add_argument("--gdb-wait", action="store_true",
-                   help="with --gdb: hold each VM at its entry point until gdb continues it")
+    m.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write every hypercall, interrupt, fault and disk request of every VM to FILE "
+        "as JSON lines (the schema is in docs/monitors.md)",
+    )
+    m.add_argument(
+        "--trace-filter",
+        metavar="KINDS",
+        default="hypercall,interrupt,fault,disk",
+        help="what --trace records: a comma list of hypercall, interrupt, fault, disk, "
+        "frame_out, frame_in, frame (both), all (default: hypercall,interrupt,fault,disk)",
+    )
+    m.add_argument(
+        "--trace-frame-bytes",
+        metavar="N",
+        type=int,
+        default=64,
+        help="bytes of each traced frame recorded as hex (default 64)",
+    )
+    m.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="enforce a policy on every VM: allowed hypercalls, NIC and disk limits "
+        "(TOML, or JSON when FILE ends in .json)",
+    )
+    m.add_argument(
+        "--gdb",
+        metavar="HOST:PORT",
+        type=host_port_any,
+        help="serve the GDB remote protocol: VM i (1..N) on PORT+i-1 (port 0: any free "
+        "ports, printed on stderr)",
+    )
+    m.add_argument(
+        "--gdb-wait",
+        action="store_true",
+        help="with --gdb: hold each VM at its entry point until gdb continues it",
+    )
 
 
 def _octal_mode(text: str) -> int:
@@ -131,6 +203,7 @@ _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
 def _cmdline_for(template: str, index: int) -> str:
     """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index
     (``DenaliError`` when BASE is not an IPv4 address or BASE + index is past the last)."""
+
     def ip(m: re.Match[str]) -> str:
         try:
             base = ipaddress.IPv4Address(m.group(1))
@@ -139,8 +212,10 @@ def _cmdline_for(template: str, index: int) -> str:
         try:
             return str(base + index)
         except ValueError:
-            raise DenaliError(f"--cmdline: {m.group(0)} is not a base address with room for "
-                              f"VM {index}") from None
+            raise DenaliError(
+                f"--cmdline: {m.group(0)} is not a base address with room for VM {index}"
+            ) from None
+
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
@@ -152,8 +227,10 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
     if args.count > config.max_vms:
         raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
     if config.memory_budget is None and args.count > max_engines:
-        raise DenaliError(f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
-                          "without swapping (vm.max_map_count); give a --memory-budget")
+        raise DenaliError(
+            f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
+            "without swapping (vm.max_map_count); give a --memory-budget"
+        )
     if args.gdb_wait and not args.gdb:
         raise DenaliError("--gdb-wait needs --gdb HOST:PORT")
     if args.gdb and args.gdb[1] and args.gdb[1] + args.count - 1 > 65535:
@@ -172,8 +249,13 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
-    config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
-                          swap_dir=args.swap_dir, mac_tag=args.mac_tag)
+    config = KernelConfig(
+        slice_us=args.slice_us,
+        workers=args.workers,
+        memory_budget=budget,
+        swap_dir=args.swap_dir,
+        mac_tag=args.mac_tag,
+    )
     async with Kernel(config) as k:
         _check(args, config, k.max_engines)
         # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
@@ -214,8 +296,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         if "lan" in links:
             k.switch.set_link(links["lan"])
         if args.api:
-            api_server = await api.serve(k, args.api, mode=args.api_mode,
-                                         monitors=_api_monitors(args, lambda: trace, policy))
+            api_server = await api.serve(
+                k, args.api, mode=args.api_mode, monitors=_api_monitors(args, lambda: trace, policy)
+            )
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
@@ -229,8 +312,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 ports.append(vx)
                 k.switch.attach(vx)
             else:
-                raise DenaliError(f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or "
-                                  "vxlan:VNI@REMOTE[:PORT]")
+                raise DenaliError(
+                    f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or vxlan:VNI@REMOTE[:PORT]"
+                )
             if "net" in links:
                 ports[-1].set_link(links["net"])
         if args.trace:
@@ -243,14 +327,21 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         for i in range(1, args.count + 1):
             sink = out.sink_for(i if args.count > 1 else None)
             monitors = await _monitors_for(i, args, trace, policy, stubs)
-            vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
-                               disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink,
-                               link=links.get("vms"), monitors=monitors,
-                               child_memory=args.child_memory)
+            vm = await k.spawn(
+                args.image,
+                memory=args.memory,
+                cmdline=_cmdline_for(args.cmdline, i),
+                disks=[parse_disk_arg(d, index=i) for d in args.disk],
+                console=sink,
+                link=links.get("vms"),
+                monitors=monitors,
+                child_memory=args.child_memory,
+            )
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
-                lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
-                           ports, sys.stderr)
+                lan.report(
+                    [_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)], ports, sys.stderr
+                )
             if progress is not None:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
@@ -273,13 +364,16 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
             await trace.aclose()
             if trace.dropped or trace.error:
                 why = f" ({trace.error.strerror or trace.error})" if trace.error else ""
-                print(f"denali: trace {trace.path}: {trace.records:,} records, "
-                      f"{trace.dropped:,} dropped{why}", file=sys.stderr)
+                print(
+                    f"denali: trace {trace.path}: {trace.records:,} records, {trace.dropped:,} dropped{why}",
+                    file=sys.stderr,
+                )
     return _status(codes)
 
 
-def _api_monitors(args: argparse.Namespace, trace_of: Callable[[], TraceWriter | None],
-                  policy: PolicySpec | None) -> Callable[[], list[Monitor]] | None:
+def _api_monitors(
+    args: argparse.Namespace, trace_of: Callable[[], TraceWriter | None], policy: PolicySpec | None
+) -> Callable[[], list[Monitor]] | None:
     """The monitors of every VM the control API starts: the tracer (``trace_of()``, opened
     after the API) and the policy, as for the VMs on the command line (no debugger: its
     ports are the command line's)."""
@@ -294,11 +388,17 @@ def _api_monitors(args: argparse.Namespace, trace_of: Callable[[], TraceWriter |
         if policy is not None:
             made.append(Policy(policy))
         return made
+
     return make
 
 
-async def _monitors_for(index: int, args: argparse.Namespace, trace: TraceWriter | None,
-                        policy: PolicySpec | None, stubs: list[GdbStub]) -> list[Monitor]:
+async def _monitors_for(
+    index: int,
+    args: argparse.Namespace,
+    trace: TraceWriter | None,
+    policy: PolicySpec | None,
+    stubs: list[GdbStub],
+) -> list[Monitor]:
     """VM ``index``'s monitor stack, nearest the VM first: the gdb stub (it sees the
     guest's own faults), the tracer (it records what the guest asked and what it got),
     the policy (nearest the kernel)."""
@@ -357,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from denali.endpoint import Limits, raise_fd_limit
+
     if args.metrics or args.api:  # room for both endpoints' connections
         raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:

@@ -131,8 +131,16 @@ class Child(Protocol):
 class ChildFactory(Protocol):
     """Makes children for one parent VM (``denali.nesting.ChildSpawner``)."""
 
-    def create(self, device: Children, image: bytes, mem_size: int, quota: int, cmdline: str,
-               disks: Sequence[int], readonly: bool) -> Child:
+    def create(
+        self,
+        device: Children,
+        image: bytes,
+        mem_size: int,
+        quota: int,
+        cmdline: str,
+        disks: Sequence[int],
+        readonly: bool,
+    ) -> Child:
         """A new, not yet started child of ``device``'s VM; its events go to
         ``device.post_event`` and its end to ``device.child_ended``. Raises
         ``ChildRefused``."""
@@ -150,9 +158,14 @@ class Children(Device):
     """The child-VM device of one VM (see the module docstring)."""
 
     SLOT: ClassVar[int] = SLOT_CHILDREN
-    HYPERCALLS: ClassVar = {Hc.CHILD_CREATE: "hc_create", Hc.CHILD_CONTROL: "hc_control",
-                            Hc.CHILD_MEMORY: "hc_memory", Hc.CHILD_INTERPOSE: "hc_interpose",
-                            Hc.CHILD_EVENT: "hc_event", Hc.CHILD_REPLY: "hc_reply"}
+    HYPERCALLS: ClassVar = {
+        Hc.CHILD_CREATE: "hc_create",
+        Hc.CHILD_CONTROL: "hc_control",
+        Hc.CHILD_MEMORY: "hc_memory",
+        Hc.CHILD_INTERPOSE: "hc_interpose",
+        Hc.CHILD_EVENT: "hc_event",
+        Hc.CHILD_REPLY: "hc_reply",
+    }
     __slots__ = ("_events", "_factory", "_slots", "disk_count", "quota", "stats", "used")
 
     def __init__(self, factory: ChildFactory | None, quota: int = 0, disk_count: int = 0) -> None:
@@ -236,8 +249,18 @@ class Children(Device):
         self.stats["refused"] += 1
         return res
 
-    def _create(self, mem: GuestMemory, image: int, image_len: int, mem_size: int, quota: int,
-                cmd: int, cmd_len: int, disks: int, flags: int) -> tuple[int, int] | int:
+    def _create(
+        self,
+        mem: GuestMemory,
+        image: int,
+        image_len: int,
+        mem_size: int,
+        quota: int,
+        cmd: int,
+        cmd_len: int,
+        disks: int,
+        flags: int,
+    ) -> tuple[int, int] | int:
         if flags & ~abi.CHILD_F_DISK_RO:
             return Result.INVAL
         if not abi.MIN_MEMORY <= mem_size <= abi.MAX_MEMORY or mem_size % abi.PAGE_SIZE:
@@ -261,10 +284,15 @@ class Children(Device):
         if self._factory is None:
             return Result.NODEV
         try:
-            child = self._factory.create(self, mem.read(image, image_len), mem_size, quota,
-                                         cmdline.decode("latin-1"),
-                                         [i for i in range(self.disk_count) if disks >> i & 1],
-                                         bool(flags & abi.CHILD_F_DISK_RO))
+            child = self._factory.create(
+                self,
+                mem.read(image, image_len),
+                mem_size,
+                quota,
+                cmdline.decode("latin-1"),
+                [i for i in range(self.disk_count) if disks >> i & 1],
+                bool(flags & abi.CHILD_F_DISK_RO),
+            )
         except ChildRefused as exc:
             log.debug("VM %d: child refused: %s", self.host.vm_id, exc)
             return exc.code
@@ -327,9 +355,21 @@ class Children(Device):
         if not self._events:
             return Result.AGAIN
         handle, ev = self._events.popleft()
-        _EVENT_CODEC.pack_into(mem.buf, arg, handle, ev.kind, ev.seq, ev.nr, ev.arg, ev.status,
-                               ev.eip, ev.address, ev.vector, 0,
-                               ev.args[:abi.CHILD_EVENT_ARGS].ljust(abi.CHILD_EVENT_ARGS, b"\0"))
+        _EVENT_CODEC.pack_into(
+            mem.buf,
+            arg,
+            handle,
+            ev.kind,
+            ev.seq,
+            ev.nr,
+            ev.arg,
+            ev.status,
+            ev.eip,
+            ev.address,
+            ev.vector,
+            0,
+            ev.args[: abi.CHILD_EVENT_ARGS].ljust(abi.CHILD_EVENT_ARGS, b"\0"),
+        )
         if ev.kind == abi.CHILD_EV_EXIT:
             self._slots[handle] = None  # the handle is free now
         if self._events:  # more wait: the guest learns it as it would from an empty queue
@@ -344,9 +384,12 @@ class Children(Device):
         kind = slot.child.waiting(seq)
         if kind is None:
             return Result.INVAL
-        fits = {abi.CHILD_PASS: True, abi.CHILD_KILL: True,
-                abi.CHILD_ANSWER: kind == abi.CHILD_EV_HYPERCALL,
-                abi.CHILD_RESUME: kind == abi.CHILD_EV_FAULT}.get(action, False)
+        fits = {
+            abi.CHILD_PASS: True,
+            abi.CHILD_KILL: True,
+            abi.CHILD_ANSWER: kind == abi.CHILD_EV_HYPERCALL,
+            abi.CHILD_RESUME: kind == abi.CHILD_EV_FAULT,
+        }.get(action, False)
         if not fits or length > abi.CHILD_MEMORY_MAX:
             return Result.INVAL
         if length:

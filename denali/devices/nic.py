@@ -91,8 +91,12 @@ class TxStatus(Enum):
         return _RESULTS[self]
 
 
-_RESULTS: Final = {TxStatus.OK: Result.OK, TxStatus.INVALID: Result.INVAL,
-                   TxStatus.FULL: Result.FULL, TxStatus.NO_LINK: Result.OK}
+_RESULTS: Final = {
+    TxStatus.OK: Result.OK,
+    TxStatus.INVALID: Result.INVAL,
+    TxStatus.FULL: Result.FULL,
+    TxStatus.NO_LINK: Result.OK,
+}
 
 
 class NicPort(Port):
@@ -104,8 +108,9 @@ class NicPort(Port):
 
     __slots__ = ("_own", "_promiscuous", "_rx", "_rx_capacity", "on_rx")
 
-    def __init__(self, name: str, mac: bytes | str, *, config: NicConfig | None = None,
-                 on_rx: RxCallback | None = None) -> None:
+    def __init__(
+        self, name: str, mac: bytes | str, *, config: NicConfig | None = None, on_rx: RxCallback | None = None
+    ) -> None:
         cfg = config if config is not None else NicConfig()
         own = as_mac(mac)
         super().__init__(name, mac=own, ingress_capacity=cfg.tx_capacity)
@@ -116,8 +121,9 @@ class NicPort(Port):
         self.on_rx: RxCallback | None = on_rx
 
     @classmethod
-    def for_vm(cls, vm_id: int, *, config: NicConfig | None = None,
-               on_rx: RxCallback | None = None) -> NicPort:
+    def for_vm(
+        cls, vm_id: int, *, config: NicConfig | None = None, on_rx: RxCallback | None = None
+    ) -> NicPort:
         """The NIC of VM ``vm_id``: named ``vm<vm_id>``, MAC ``mac_for_vm(vm_id)``."""
         return cls(f"vm{vm_id}", mac_for_vm(vm_id), config=config, on_rx=on_rx)
 
@@ -179,7 +185,7 @@ class NicPort(Port):
     def refill(self, frames: Sequence[bytes]) -> None:
         """Put saved frames back into an empty receive queue (a restored NIC), up to its
         capacity; raises the receive callback if any were put back."""
-        for f in frames[:self._rx_capacity - len(self._rx)]:
+        for f in frames[: self._rx_capacity - len(self._rx)]:
             self._rx.append(bytes(f))
         if self._rx and self.on_rx is not None:
             self.on_rx()
@@ -273,7 +279,7 @@ class Nic(Device):
     def hc_info(self, mem: GuestMemory, arg: int) -> int:
         buf = mem.buf
         nic = self.port
-        buf[arg + _INFO["mac"]:arg + _INFO["mac"] + 6] = nic.fixed_mac
+        buf[arg + _INFO["mac"] : arg + _INFO["mac"] + 6] = nic.fixed_mac
         _U32.pack_into(buf, arg + _INFO["mtu"], _MTU)
         _U32.pack_into(buf, arg + _INFO["rx_queue"], nic.rx_capacity)
         return Result.OK
@@ -298,7 +304,7 @@ class Nic(Device):
             if not mem.check(addr, length, PROT_R):
                 stop = Result.FAULT
                 break
-            frames.append(buf[addr:addr + length])
+            frames.append(buf[addr : addr + length])
         accepted, status = self.port.send_batch_nowait(frames) if frames else (0, None)
         _U32.pack_into(buf, arg + _SEND["sent"], accepted)
         if status is not None and status.result != Result.OK:
@@ -326,7 +332,7 @@ class Nic(Device):
             if not mem.check(addr, length, PROT_R):
                 res = Result.FAULT
                 break
-            out = filt(bytes(buf[addr:addr + length]))
+            out = filt(bytes(buf[addr : addr + length]))
             if isinstance(out, int):
                 res = out
                 break
@@ -358,7 +364,7 @@ class Nic(Device):
             return Result.AGAIN
         for i, frame in enumerate(frames):
             at = bufs + i * slot
-            buf[at:at + len(frame)] = frame
+            buf[at : at + len(frame)] = frame
             _U32.pack_into(buf, lens + 4 * i, len(frame))
         _U32.pack_into(buf, arg + _RECV["received"], len(frames))
         if nic.rx_pending:

@@ -63,9 +63,14 @@ if TYPE_CHECKING:
 State = dict[str, Any]
 Value = int | bytes
 
-_HOOKS: Final = {"hypercall": ("hypercall", "hypercall_done"), "interrupt": ("interrupt",),
-                 "fault": ("fault",), "frame_out": ("frame_out",), "frame_in": ("frame_in",),
-                 "disk": ("disk",)}
+_HOOKS: Final = {
+    "hypercall": ("hypercall", "hypercall_done"),
+    "interrupt": ("interrupt",),
+    "fault": ("fault",),
+    "frame_out": ("frame_out",),
+    "frame_in": ("frame_in",),
+    "disk": ("disk",),
+}
 _CODECS: Final = {h.nr: (h.args, h.args.codec()) for h in abi.HYPERCALLS}
 
 
@@ -169,10 +174,11 @@ class HypercallEvent:
             f = by_name[name]
             at = self.arg + offs[name]
             if isinstance(value, bytes):
-                buf[at:at + f.size] = value[:f.size].ljust(f.size, b"\0")
+                buf[at : at + f.size] = value[: f.size].ljust(f.size, b"\0")
             else:
-                struct.pack_into("<" + {1: "B", 2: "H", 4: "I", 8: "Q"}[f.size], buf, at,
-                                 value & ((1 << (8 * f.size)) - 1))
+                struct.pack_into(
+                    "<" + {1: "B", 2: "H", 4: "I", 8: "Q"}[f.size], buf, at, value & ((1 << (8 * f.size)) - 1)
+                )
         return True
 
     def read(self, addr: int, length: int) -> bytes | None:
@@ -212,8 +218,11 @@ class Monitor:
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if "kinds" not in cls.__dict__:
-            cls.kinds = frozenset(k for k, hooks in _HOOKS.items()
-                                  if any(getattr(cls, h) is not getattr(Monitor, h) for h in hooks))
+            cls.kinds = frozenset(
+                k
+                for k, hooks in _HOOKS.items()
+                if any(getattr(cls, h) is not getattr(Monitor, h) for h in hooks)
+            )
 
     @property
     def name(self) -> str:

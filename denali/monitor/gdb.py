@@ -51,8 +51,11 @@ SIGTRAP: Final = 5
 SIGFPE: Final = 8
 SIGKILL: Final = 9
 SIGSEGV: Final = 11
-_FAULT_SIGNALS: Final = {FaultKind.BREAKPOINT: SIGTRAP, FaultKind.DIVIDE: SIGFPE,
-                         FaultKind.INVALID_INSN: SIGILL}
+_FAULT_SIGNALS: Final = {
+    FaultKind.BREAKPOINT: SIGTRAP,
+    FaultKind.DIVIDE: SIGFPE,
+    FaultKind.INVALID_INSN: SIGILL,
+}
 _INT3: Final = b"\xcc"
 CLOSE_GRACE_S: Final = 2.0
 
@@ -60,9 +63,14 @@ CLOSE_GRACE_S: Final = 2.0
 _GPR_ORDER: Final = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags")
 _SEGS: Final = ("cs", "ss", "ds", "es", "fs", "gs")
 _FPU_CTL: Final = ("fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop")
-REGISTERS: Final = ([(n, 4) for n in _GPR_ORDER] + [(n, 4) for n in _SEGS]
-                    + [(f"st{i}", 10) for i in range(8)] + [(n, 4) for n in _FPU_CTL]
-                    + [(f"xmm{i}", 16) for i in range(8)] + [("mxcsr", 4)])
+REGISTERS: Final = (
+    [(n, 4) for n in _GPR_ORDER]
+    + [(n, 4) for n in _SEGS]
+    + [(f"st{i}", 10) for i in range(8)]
+    + [(n, 4) for n in _FPU_CTL]
+    + [(f"xmm{i}", 16) for i in range(8)]
+    + [("mxcsr", 4)]
+)
 _REG_INDEX: Final = {name: i for i, (name, _) in enumerate(REGISTERS)}
 
 
@@ -200,8 +208,7 @@ class GdbStub(Monitor):
             pass
         except Exception as exc:  # a bug in the stub: drop the debugger, keep the VM
             if not self._closing:  # (a write racing our own close is not one)
-                log.error("gdb stub: internal error (%r); the debugger is disconnected", exc,
-                          exc_info=exc)
+                log.error("gdb stub: internal error (%r); the debugger is disconnected", exc, exc_info=exc)
         finally:
             if self._pending_read is not None:
                 self._pending_read.cancel()
@@ -259,7 +266,7 @@ class GdbStub(Monitor):
         if pkt == b"QStartNoAckMode":
             return b"OK"  # acks end once it is sent (_session)
         if pkt.startswith(b"qXfer:features:read:"):
-            return self._xfer(pkt[len(b"qXfer:features:read:"):])
+            return self._xfer(pkt[len(b"qXfer:features:read:") :])
         if pkt == b"qAttached":
             return b"1"
         if pkt == b"qC":
@@ -324,7 +331,7 @@ class GdbStub(Monitor):
             return b"E00"
         off, _, n = span.partition(b",")
         start, length = int(off, 16), int(n, 16)
-        chunk = TARGET_XML[start:start + length]
+        chunk = TARGET_XML[start : start + length]
         return (b"l" if start + length >= len(TARGET_XML) else b"m") + chunk
 
     # ---- registers ----
@@ -334,8 +341,9 @@ class GdbStub(Monitor):
         out = bytearray()
         for n in _GPR_ORDER:
             out += struct.pack("<I", regs[n])
-        out += struct.pack("<IIIIII", _uc.USER_CS, _uc.USER_DS, _uc.USER_DS, _uc.USER_DS,
-                           st.fs & 0xFFFF, st.gs & 0xFFFF)
+        out += struct.pack(
+            "<IIIIII", _uc.USER_CS, _uc.USER_DS, _uc.USER_DS, _uc.USER_DS, st.fs & 0xFFFF, st.gs & 0xFFFF
+        )
         fpu = st.fpu
         cw, sw, tag = struct.unpack_from("<HHH", fpu, 0)
         out += fpu[6:86]  # st0..st7, 10 bytes each
@@ -359,7 +367,7 @@ class GdbStub(Monitor):
             return b"E16"
         regs = self._read_registers()
         at = sum(size for _, size in REGISTERS[:n])
-        return regs[at:at + REGISTERS[n][1]].hex().encode()
+        return regs[at : at + REGISTERS[n][1]].hex().encode()
 
     def _write_register(self, n: int, value: bytes) -> bytes:
         if not 0 <= n < len(REGISTERS) or len(value) != REGISTERS[n][1]:
@@ -372,14 +380,18 @@ class GdbStub(Monitor):
             return b"E0e"  # the guest's segments are the kernel's
         regs = bytearray(self._read_registers())
         at = sum(size for _, size in REGISTERS[:n])
-        regs[at:at + len(value)] = value
+        regs[at : at + len(value)] = value
         return b"OK" if self._set_fpu(bytes(regs[64:308])) else b"E0e"
 
     def _set_fpu(self, part: bytes) -> bool:
         """The x87/SSE block of a 'G' packet (st0-7, the 8 control words, xmm0-7, mxcsr)."""
         cw, sw, tag = struct.unpack_from("<III", part, 80)
-        fpu = (struct.pack("<HHH", cw & 0xFFFF, sw & 0xFFFF, tag & 0xFFFF) + part[0:80]
-               + part[240:244] + part[112:240])
+        fpu = (
+            struct.pack("<HHH", cw & 0xFFFF, sw & 0xFFFF, tag & 0xFFFF)
+            + part[0:80]
+            + part[240:244]
+            + part[112:240]
+        )
         return self._stack().set_fpu(fpu)
 
     # ---- breakpoints ----

@@ -57,10 +57,24 @@ log = logging.getLogger(__name__)
 _NAMES: Final = {h.name: h.nr for h in abi.HYPERCALLS}
 _SECTIONS: Final = {
     "hypercalls": {"allow", "deny", "action", "result"},
-    "nic": {"tx_frames_per_s", "tx_bytes_per_s", "rx_frames_per_s", "rx_bytes_per_s", "burst_s",
-            "action", "result"},
-    "disk": {"ops_per_s", "read_bytes_per_s", "write_bytes_per_s", "read_only", "burst_s", "action",
-             "result"},
+    "nic": {
+        "tx_frames_per_s",
+        "tx_bytes_per_s",
+        "rx_frames_per_s",
+        "rx_bytes_per_s",
+        "burst_s",
+        "action",
+        "result",
+    },
+    "disk": {
+        "ops_per_s",
+        "read_bytes_per_s",
+        "write_bytes_per_s",
+        "read_only",
+        "burst_s",
+        "action",
+        "result",
+    },
     "violation": {"action", "result"},
 }
 
@@ -105,7 +119,7 @@ def _result(where: str, v: Any) -> int:
 def _on(where: str, d: Mapping[str, Any], base: OnViolation) -> OnViolation:
     action = d.get("action", base.action)
     if action not in ("refuse", "stop"):
-        raise _fail(where, f"action must be \"refuse\" or \"stop\", not {action!r}")
+        raise _fail(where, f'action must be "refuse" or "stop", not {action!r}')
     result = _result(f"{where}.result", d["result"]) if "result" in d else base.result
     return OnViolation(action, result)
 
@@ -147,10 +161,21 @@ def parse_policy(data: Mapping[str, Any], where: str = "") -> PolicySpec:
     deny = _hypercall_set(f"{where}hypercalls.deny", hc["deny"]) if "deny" in hc else frozenset()
     limits: dict[str, float] = {}
     burst: dict[str, float] = {}
-    for sec, keys in (("nic", {"tx_frames_per_s": "tx_frames", "tx_bytes_per_s": "tx_bytes",
-                               "rx_frames_per_s": "rx_frames", "rx_bytes_per_s": "rx_bytes"}),
-                      ("disk", {"ops_per_s": "disk_ops", "read_bytes_per_s": "read_bytes",
-                                "write_bytes_per_s": "write_bytes"})):
+    for sec, keys in (
+        (
+            "nic",
+            {
+                "tx_frames_per_s": "tx_frames",
+                "tx_bytes_per_s": "tx_bytes",
+                "rx_frames_per_s": "rx_frames",
+                "rx_bytes_per_s": "rx_bytes",
+            },
+        ),
+        (
+            "disk",
+            {"ops_per_s": "disk_ops", "read_bytes_per_s": "read_bytes", "write_bytes_per_s": "write_bytes"},
+        ),
+    ):
         d = data.get(sec, {})
         b = _rate(f"{where}{sec}.burst_s", d["burst_s"]) if "burst_s" in d else 1.0
         for key, name in keys.items():
@@ -221,8 +246,11 @@ class Policy(Monitor):
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
         # only the numbers outside the allowed set reach this hook (self.hypercalls)
-        on = self._violate(f"hypercall:{call.name or call.nr}", "hypercalls",
-                           f"hypercall {call.name or call.nr} is not allowed")
+        on = self._violate(
+            f"hypercall:{call.name or call.nr}",
+            "hypercalls",
+            f"hypercall {call.name or call.nr} is not allowed",
+        )
         if on.action == "stop":
             return Stop(f"policy: hypercall {call.name or call.nr} is not allowed")
         return Answer(on.result)
@@ -245,8 +273,14 @@ class Policy(Monitor):
         on = self.spec.violation(section)
         vm = self.stack.vm.id if self.stack is not None else 0
         level = logging.WARNING if self.violations[rule] == 1 else logging.DEBUG
-        log.log(level, "VM %d: policy violation (%s): %s; %s", vm, rule, what,
-                "stopping the VM" if on.action == "stop" else f"refused with {Result(on.result).name}")
+        log.log(
+            level,
+            "VM %d: policy violation (%s): %s; %s",
+            vm,
+            rule,
+            what,
+            "stopping the VM" if on.action == "stop" else f"refused with {Result(on.result).name}",
+        )
         if self.stack is not None:
             self.stack.count("policy_violations")
             if on.action == "stop":
@@ -279,8 +313,10 @@ class Policy(Monitor):
         return request
 
     def save(self) -> State:
-        return {"violations": dict(self.violations),
-                "tokens": {k: b.tokens for k, b in self._buckets.items()}}
+        return {
+            "violations": dict(self.violations),
+            "tokens": {k: b.tokens for k, b in self._buckets.items()},
+        }
 
     def restore(self, state: State) -> None:
         self.violations = {str(k): int(v) for k, v in state.get("violations", {}).items()}

@@ -95,10 +95,18 @@ class Response:
             raise ConfigError(f"monitor response: unknown action {self.action!r}")
 
     def to_json(self) -> str:
-        return json.dumps({"seq": self.seq, "action": self.action, "result": self.result,
-                           "out": dict(self.out), "args": dict(self.args),
-                           "writes": [list(w) for w in self.writes], "reason": self.reason},
-                          sort_keys=True)
+        return json.dumps(
+            {
+                "seq": self.seq,
+                "action": self.action,
+                "result": self.result,
+                "out": dict(self.out),
+                "args": dict(self.args),
+                "writes": [list(w) for w in self.writes],
+                "reason": self.reason,
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Response:
@@ -119,8 +127,9 @@ class MessageMonitor(Monitor):
     another task, a process, a parent VM). Interposes on the hypercalls numbered in
     ``hypercalls`` (None: all) and, with ``faults``, on faults."""
 
-    def __init__(self, handler: Handler, hypercalls: frozenset[int] | None = None,
-                 faults: bool = True) -> None:
+    def __init__(
+        self, handler: Handler, hypercalls: frozenset[int] | None = None, faults: bool = True
+    ) -> None:
         self.handler = handler
         self.hypercalls = hypercalls
         self.kinds = frozenset(("hypercall", "fault") if faults else ("hypercall",))
@@ -135,8 +144,15 @@ class MessageMonitor(Monitor):
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
         args = call.args()
-        req = Request(self._next(), call.vm_id, "hypercall", call.nr, call.name, call.arg,
-                      {k: _plain(v) for k, v in args.items()} if args is not None else None)
+        req = Request(
+            self._next(),
+            call.vm_id,
+            "hypercall",
+            call.nr,
+            call.name,
+            call.arg,
+            {k: _plain(v) for k, v in args.items()} if args is not None else None,
+        )
         return Delay(self._ask_hypercall(call, req))
 
     async def _ask_hypercall(self, call: HypercallEvent, req: Request) -> Answer | Stop | None:
@@ -160,9 +176,19 @@ class MessageMonitor(Monitor):
 
     async def fault(self, event: FaultEvent) -> FaultVerdict:
         r = event.report
-        req = Request(self._next(), event.vm_id, "fault", fault={
-            "kind": r.kind.name.lower(), "eip": r.eip, "address": r.address, "access": r.access,
-            "vector": r.vector, "summary": r.summary()})
+        req = Request(
+            self._next(),
+            event.vm_id,
+            "fault",
+            fault={
+                "kind": r.kind.name.lower(),
+                "eip": r.eip,
+                "address": r.address,
+                "access": r.access,
+                "vector": r.vector,
+                "summary": r.summary(),
+            },
+        )
         resp = await self.handler(req)
         if resp.seq != req.seq or resp.action == "answer":
             return self._bad(f"response {resp.seq}/{resp.action} to fault request {req.seq}")

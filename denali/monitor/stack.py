@@ -184,8 +184,12 @@ class MonitorStack:
 
     def stats(self) -> dict[str, Any]:
         """Plain data for ``Kernel.vm_stats``: the monitors, the kinds interposed on, counters."""
-        return {"stack": [m.name for m in self._monitors], "interposed": sorted(self.vm.interposed),
-                "held": self._at_gate, **self.counters}
+        return {
+            "stack": [m.name for m in self._monitors],
+            "interposed": sorted(self.vm.interposed),
+            "held": self._at_gate,
+            **self.counters,
+        }
 
     # ---- state (snapshots) ----
     def save(self) -> list[State]:
@@ -198,8 +202,9 @@ class MonitorStack:
         monitors of the same classes in the same order (build it first, then restore)."""
         names = [type(m).__qualname__ for m in self._monitors]
         if names != [s.get("monitor") for s in saved]:
-            raise ConfigError(f"saved monitor stack {[s.get('monitor') for s in saved]} does not "
-                              f"match this VM's {names}")
+            raise ConfigError(
+                f"saved monitor stack {[s.get('monitor') for s in saved]} does not match this VM's {names}"
+            )
         for m, s in zip(self._monitors, saved, strict=True):
             m.restore(s.get("state", {}))
 
@@ -390,8 +395,12 @@ class MonitorStack:
     def _answer(self, call: HypercallEvent, chain: tuple[Monitor, ...], i: int, v: Answer) -> int:
         res = v.result
         if v.out and not call._write_fields(v.out):
-            log.warning("VM %d: monitor %s answered %s with out fields that do not fit; "
-                        "the guest gets FAULT", self.vm.id, chain[i].name, call.name)
+            log.warning(
+                "VM %d: monitor %s answered %s with out fields that do not fit; the guest gets FAULT",
+                self.vm.id,
+                chain[i].name,
+                call.name,
+            )
             res = abi.Result.FAULT
         return self._done(call, chain, i, res)
 
@@ -433,8 +442,9 @@ class MonitorStack:
             return await self._complete_exit(call, chain, cpu)
         return await self._run_rest(call, chain, start, cpu)
 
-    async def _run_rest(self, call: HypercallEvent, chain: tuple[Monitor, ...], start: int,
-                        cpu: VCpu) -> Outcome:
+    async def _run_rest(
+        self, call: HypercallEvent, chain: tuple[Monitor, ...], start: int, cpu: VCpu
+    ) -> Outcome:
         """The rest of a chain after a delay, on the VM coroutine (delays await inline)."""
         for i in range(start, len(chain)):
             m = chain[i]

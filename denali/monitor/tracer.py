@@ -81,8 +81,10 @@ def _renderer(h: abi.Hypercall, directions: tuple[str, ...]) -> _Render:
     return lambda vals: fmt % pick(vals)
 
 
-_SPECS: Final = {h.nr: (h.args.size, h.args.codec(), _renderer(h, ("in", "inout")),
-                        _renderer(h, ("out", "inout"))) for h in abi.HYPERCALLS}
+_SPECS: Final = {
+    h.nr: (h.args.size, h.args.codec(), _renderer(h, ("in", "inout")), _renderer(h, ("out", "inout")))
+    for h in abi.HYPERCALLS
+}
 _HcRecord = tuple[int, int, int, "tuple[Any, ...] | None", "int | None", "tuple[Any, ...] | None"]
 """(t, vm, nr, the structure before, result or None, the structure after)."""
 _HC_LINE_ESTIMATE: Final = 160
@@ -125,8 +127,9 @@ def parse_kinds(text: str) -> frozenset[str]:
         elif word in TRACE_KINDS:
             out.add(word)
         else:
-            raise ConfigError(f"trace filter: {word!r} is not one of "
-                              f"{', '.join((*TRACE_KINDS, 'frame', 'all'))}")
+            raise ConfigError(
+                f"trace filter: {word!r} is not one of {', '.join((*TRACE_KINDS, 'frame', 'all'))}"
+            )
     if not out:
         raise ConfigError("trace filter: no kind given")
     return frozenset(out)
@@ -140,8 +143,9 @@ class TraceWriter:
     An I/O error while writing is logged once; every line after it counts as dropped.
     """
 
-    def __init__(self, path: str | os.PathLike[str], kinds: Iterable[str] = DEFAULT_KINDS,
-                 capacity: int = 8 << 20) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], kinds: Iterable[str] = DEFAULT_KINDS, capacity: int = 8 << 20
+    ) -> None:
         if capacity < 4096:
             raise ConfigError(f"trace buffer of {capacity} bytes: give at least 4096")
         self.path = os.fspath(path)
@@ -171,13 +175,15 @@ class TraceWriter:
         """Create the file and start the writer task; ``ConfigError`` when it cannot be
         created."""
         import asyncio
+
         try:
             self._file = await aiofiles.open(self.path, "w", encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"trace file {self.path}: {exc.strerror or exc}") from None
         self._ready = asyncio.Event()
-        self._emit_line({"kind": "trace", "schema": SCHEMA, "denali": __version__,
-                         "kinds": sorted(self.kinds)})
+        self._emit_line(
+            {"kind": "trace", "schema": SCHEMA, "denali": __version__, "kinds": sorted(self.kinds)}
+        )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="denali-trace-writer")
 
     def emit(self, record: dict[str, Any]) -> None:
@@ -213,6 +219,7 @@ class TraceWriter:
 
     async def _run(self) -> None:
         import asyncio
+
         assert self._ready is not None
         while True:
             try:  # a write per FLUSH_BYTES, or at least every FLUSH_S: few trips to the executor
@@ -249,8 +256,12 @@ class TraceWriter:
         if self._file is None or self._closing:
             return
         assert self._ready is not None
-        self._buf.append(json.dumps({"kind": "end", "records": self.records, "dropped": self.dropped},
-                                    separators=(",", ":")) + "\n")
+        self._buf.append(
+            json.dumps(
+                {"kind": "end", "records": self.records, "dropped": self.dropped}, separators=(",", ":")
+            )
+            + "\n"
+        )
         self._closing = True
         self._ready.set()
         if self._task is not None:
@@ -313,8 +324,11 @@ class Tracer(Monitor):
     def hypercall(self, call: HypercallEvent) -> Verdict:
         nr, arg = call.nr, call.arg
         spec = _SPECS.get(nr)
-        vals = (spec[1].unpack_from(call.memory.buf, arg)
-                if spec is not None and call.memory.check(arg, spec[0], PROT_R) else None)
+        vals = (
+            spec[1].unpack_from(call.memory.buf, arg)
+            if spec is not None and call.memory.check(arg, spec[0], PROT_R)
+            else None
+        )
         if nr == abi.Hc.TERMINATE:  # never returns: recorded now
             vm = self._vmobj
             self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, vals, None, None))
@@ -331,33 +345,66 @@ class Tracer(Monitor):
         else:
             after = _values(call)
         vm = self._vmobj
-        self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, self._before, result,
-                                    after))
+        self.writer.emit_hypercall(
+            (vm.now_ns() if vm else 0, vm.id if vm else 0, nr, self._before, result, after)
+        )
         return result
 
     def interrupt(self, bits: int) -> int:
-        self.writer.emit({"kind": "interrupt", "t": self._now(), "vm": self._vm(), "bits": bits,
-                          "irqs": [n for b, n in _IRQ_NAMES if bits & b]})
+        self.writer.emit(
+            {
+                "kind": "interrupt",
+                "t": self._now(),
+                "vm": self._vm(),
+                "bits": bits,
+                "irqs": [n for b, n in _IRQ_NAMES if bits & b],
+            }
+        )
         return bits
 
     async def fault(self, event: FaultEvent) -> FaultVerdict:
         r = event.report
-        self.writer.emit({"kind": "fault", "t": self._now(), "vm": self._vm(), "fault": r.kind.name.lower(),
-                          "eip": r.eip, "address": r.address, "access": r.access, "vector": r.vector,
-                          "summary": r.summary()})
+        self.writer.emit(
+            {
+                "kind": "fault",
+                "t": self._now(),
+                "vm": self._vm(),
+                "fault": r.kind.name.lower(),
+                "eip": r.eip,
+                "address": r.address,
+                "access": r.access,
+                "vector": r.vector,
+                "summary": r.summary(),
+            }
+        )
         return None
 
     def disk(self, request: DiskRequest) -> DiskRequest | int:
-        self.writer.emit({"kind": "disk", "t": self._now(), "vm": self._vm(), "op": request.kind,
-                          "handle": request.handle, "block": request.block, "count": request.count})
+        self.writer.emit(
+            {
+                "kind": "disk",
+                "t": self._now(),
+                "vm": self._vm(),
+                "op": request.kind,
+                "handle": request.handle,
+                "block": request.block,
+                "count": request.count,
+            }
+        )
         return request
 
     def _frame(self, kind: str, frame: bytes) -> None:
-        rec: dict[str, Any] = {"kind": kind, "t": self._now(), "vm": self._vm(), "len": len(frame),
-                               "dst": _mac(frame[0:6]), "src": _mac(frame[6:12]),
-                               "type": f"0x{int.from_bytes(frame[12:14], 'big'):04x}"}
+        rec: dict[str, Any] = {
+            "kind": kind,
+            "t": self._now(),
+            "vm": self._vm(),
+            "len": len(frame),
+            "dst": _mac(frame[0:6]),
+            "src": _mac(frame[6:12]),
+            "type": f"0x{int.from_bytes(frame[12:14], 'big'):04x}",
+        }
         if self.frame_bytes:
-            rec["head"] = frame[:self.frame_bytes].hex()
+            rec["head"] = frame[: self.frame_bytes].hex()
         self.writer.emit(rec)
 
     def frame_out(self, frame: bytes) -> bytes | int | None:

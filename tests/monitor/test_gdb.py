@@ -47,11 +47,16 @@ class Gdb:
     @classmethod
     async def start(cls, elf: str, port: int) -> Gdb:
         proc = await asyncio.create_subprocess_exec(
-            gdb_path(), "-nx", "-q", elf, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
+            gdb_path(),
+            "-nx",
+            "-q",
+            elf,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         g = cls(proc)
-        await g.run("set pagination off", "set confirm off", "set width 0",
-                    f"target remote 127.0.0.1:{port}")
+        await g.run("set pagination off", "set confirm off", "set width 0", f"target remote 127.0.0.1:{port}")
         return g
 
     def send(self, *commands: str) -> None:
@@ -93,8 +98,9 @@ async def stub_factory() -> AsyncIterator[list[GdbStub]]:
         await s.aclose()
 
 
-async def debugged(k: Kernel, stubs: list[GdbStub], name: str, cmdline: str = "",
-                   wait: bool = True) -> tuple[Vm, GdbStub]:
+async def debugged(
+    k: Kernel, stubs: list[GdbStub], name: str, cmdline: str = "", wait: bool = True
+) -> tuple[Vm, GdbStub]:
     stub = GdbStub(port=0, wait=wait)
     await stub.start()
     stubs.append(stub)
@@ -161,8 +167,9 @@ async def test_ctrl_c_stops_a_running_vm(kernel: Kernel, stub_factory: list[GdbS
     assert "stopped after" in vm.console.text()
 
 
-async def test_detach_lets_the_vm_run_on_without_breakpoints(kernel: Kernel,
-                                                             stub_factory: list[GdbStub]) -> None:
+async def test_detach_lets_the_vm_run_on_without_breakpoints(
+    kernel: Kernel, stub_factory: list[GdbStub]
+) -> None:
     elf = image("test-gdb")
     vm, stub = await debugged(kernel, stub_factory, "test-gdb")
     g = await Gdb.start(elf, stub.port)
@@ -238,9 +245,23 @@ async def test_a_fault_is_a_signal(kernel: Kernel, stub_factory: list[GdbStub]) 
 def test_cli_gdb_wait_with_two_vms() -> None:
     elf = image("test-gdb")
     gdb_path()
-    proc = subprocess.Popen([sys.executable, "-m", "denali", "boot", "test-gdb", "--count", "2",
-                             "--gdb", "127.0.0.1:0", "--gdb-wait"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "test-gdb",
+            "--count",
+            "2",
+            "--gdb",
+            "127.0.0.1:0",
+            "--gdb-wait",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         ports: dict[int, int] = {}
@@ -251,8 +272,21 @@ def test_cli_gdb_wait_with_two_vms() -> None:
             if m:
                 ports[int(m.group(1))] = int(m.group(2))
         for i in (2, 1):  # each VM waits for its own debugger
-            r = subprocess.run([gdb_path(), "-nx", "-batch", "-ex", f"target remote 127.0.0.1:{ports[i]}",
-                                "-ex", "continue", elf], capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [
+                    gdb_path(),
+                    "-nx",
+                    "-batch",
+                    "-ex",
+                    f"target remote 127.0.0.1:{ports[i]}",
+                    "-ex",
+                    "continue",
+                    elf,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert "exited with code 07" in r.stdout, r.stdout + r.stderr
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 1  # both exited 7: not all 0
@@ -271,8 +305,9 @@ def test_framing() -> None:
     assert b"$" not in escape(raw)[1:] and b"#" not in escape(raw)
 
 
-async def test_a_hostile_client_gets_errors_and_the_vm_is_unharmed(kernel: Kernel,
-                                                                  stub_factory: list[GdbStub]) -> None:
+async def test_a_hostile_client_gets_errors_and_the_vm_is_unharmed(
+    kernel: Kernel, stub_factory: list[GdbStub]
+) -> None:
     vm, stub = await debugged(kernel, stub_factory, "test-gdb")
     r, w = await asyncio.open_connection("127.0.0.1", stub.port)
     second_r, second_w = await asyncio.open_connection("127.0.0.1", stub.port)
@@ -286,7 +321,7 @@ async def test_a_hostile_client_gets_errors_and_the_vm_is_unharmed(kernel: Kerne
         while b"#" not in buf.lstrip(b"+")[1:] or len(buf.split(b"#")[-1]) < 2:
             buf += await asyncio.wait_for(r.read(4096), 5)
         assert buf.startswith(b"+$")
-        return buf[2:buf.rindex(b"#")]
+        return buf[2 : buf.rindex(b"#")]
 
     w.write(b"$bad#00")  # a wrong checksum is refused
     await w.drain()

@@ -24,10 +24,12 @@ CMD = [sys.executable, "-m", "denali"]
 
 def test_a_full_policy_parses(tmp_path: Path) -> None:
     p = tmp_path / "p.toml"
-    p.write_text('[hypercalls]\nallow = ["terminate", "console_write"]\n'
-                 '[nic]\ntx_frames_per_s = 10\nrx_bytes_per_s = 1e6\nburst_s = 0.5\n'
-                 '[disk]\nread_only = true\nops_per_s = 5\naction = "stop"\n'
-                 '[violation]\nresult = "FULL"\n')
+    p.write_text(
+        '[hypercalls]\nallow = ["terminate", "console_write"]\n'
+        "[nic]\ntx_frames_per_s = 10\nrx_bytes_per_s = 1e6\nburst_s = 0.5\n"
+        '[disk]\nread_only = true\nops_per_s = 5\naction = "stop"\n'
+        '[violation]\nresult = "FULL"\n'
+    )
     spec = load_policy(p)
     assert spec.allow == {Hc.TERMINATE, Hc.CONSOLE_WRITE}
     assert spec.limits == {"tx_frames": 10.0, "rx_bytes": 1e6, "disk_ops": 5.0}
@@ -41,19 +43,22 @@ def test_a_full_policy_parses(tmp_path: Path) -> None:
     assert m.kinds == {"hypercall"} and m.hypercalls == {Hc.DISK_WRITE}
 
 
-@pytest.mark.parametrize("doc, words", [
-    ({"nosuch": {}}, "unknown section"),
-    ({"nic": {"tx_frame_per_s": 1}}, "unknown keys"),
-    ({"hypercalls": {"allow": [], "deny": []}}, "not both"),
-    ({"hypercalls": {"allow": ["fork"]}}, "unknown hypercalls"),
-    ({"hypercalls": {"allow": "terminate"}}, "list of hypercall names"),
-    ({"violation": {"action": "explode"}}, "action"),
-    ({"violation": {"result": "MAYBE"}}, "result must be"),
-    ({"nic": {"tx_bytes_per_s": -1}}, "above 0"),
-    ({"nic": {"tx_bytes_per_s": True}}, "above 0"),
-    ({"disk": {"read_only": "yes"}}, "true or false"),
-    ({"disk": 3}, "table"),
-])
+@pytest.mark.parametrize(
+    "doc, words",
+    [
+        ({"nosuch": {}}, "unknown section"),
+        ({"nic": {"tx_frame_per_s": 1}}, "unknown keys"),
+        ({"hypercalls": {"allow": [], "deny": []}}, "not both"),
+        ({"hypercalls": {"allow": ["fork"]}}, "unknown hypercalls"),
+        ({"hypercalls": {"allow": "terminate"}}, "list of hypercall names"),
+        ({"violation": {"action": "explode"}}, "action"),
+        ({"violation": {"result": "MAYBE"}}, "result must be"),
+        ({"nic": {"tx_bytes_per_s": -1}}, "above 0"),
+        ({"nic": {"tx_bytes_per_s": True}}, "above 0"),
+        ({"disk": {"read_only": "yes"}}, "true or false"),
+        ({"disk": 3}, "table"),
+    ],
+)
 def test_every_mistake_is_one_config_error(doc: dict[str, object], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         parse_policy(doc)
@@ -67,8 +72,9 @@ def test_unreadable_files(tmp_path: Path) -> None:
             load_policy(path)
 
 
-async def test_refused_hypercalls_are_counted_and_logged(kernel: Kernel,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_refused_hypercalls_are_counted_and_logged(
+    kernel: Kernel, caplog: pytest.LogCaptureFixture
+) -> None:
     need_image("test-print")
     spec = parse_policy({"hypercalls": {"deny": ["console_write"]}, "violation": {"result": "IO"}})
     with caplog.at_level(logging.DEBUG, logger="denali.monitor.policy"):
@@ -86,8 +92,9 @@ async def test_refused_hypercalls_are_counted_and_logged(kernel: Kernel,
 
 async def test_allow_list_and_stop(kernel: Kernel) -> None:
     need_image("hello")
-    spec = parse_policy({"hypercalls": {"allow": ["terminate", "idle", "clock"]},
-                         "violation": {"action": "stop"}})
+    spec = parse_policy(
+        {"hypercalls": {"allow": ["terminate", "idle", "clock"]}, "violation": {"action": "stop"}}
+    )
     vm = await kernel.spawn("hello", monitors=[Policy(spec)])
     with pytest.raises(VmKilledError, match="console_write is not allowed"):
         await vm.wait()
@@ -125,8 +132,9 @@ async def test_disk_limits(kernel: Kernel, tmp_path: Path) -> None:
     with pytest.raises(VmKilledError, match="write_bytes"):
         await vm.wait()
     pol = Policy(parse_policy({"disk": {"ops_per_s": 1000, "read_bytes_per_s": 1e9}}))
-    vm = await kernel.spawn("test-disk", nic=False, cmdline="ops=write,verify count=4", disks=disk,
-                            monitors=[pol])
+    vm = await kernel.spawn(
+        "test-disk", nic=False, cmdline="ops=write,verify count=4", disks=disk, monitors=[pol]
+    )
     assert await vm.wait() == 0, vm.console.text()  # within the limits: nothing refused
     assert pol.violations == {}
 
@@ -134,15 +142,21 @@ async def test_disk_limits(kernel: Kernel, tmp_path: Path) -> None:
 def test_cli_policy(tmp_path: Path) -> None:
     p = tmp_path / "p.toml"
     p.write_text('[hypercalls]\ndeny = ["console_write"]\n[violation]\naction = "stop"\n')
-    r = subprocess.run([*CMD, "boot", "hello", "--policy", str(p)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*CMD, "boot", "hello", "--policy", str(p)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 125 and "stopped by policy: hypercall console_write is not allowed" in r.stderr
     assert r.stdout == ""
     p.write_text('[hypercalls]\ndeny = ["console_write"]\n')
-    r = subprocess.run([*CMD, "boot", "test-exit", "-c", "status=6", "--policy", str(p)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*CMD, "boot", "test-exit", "-c", "status=6", "--policy", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 6 and r.stdout == ""
     p.write_text('[hypercalls]\ndeny = ["fork"]\n')
-    r = subprocess.run([*CMD, "boot", "hello", "--policy", str(p)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [*CMD, "boot", "hello", "--policy", str(p)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown hypercalls" in r.stderr

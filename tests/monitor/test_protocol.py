@@ -67,8 +67,11 @@ async def test_only_the_numbers_asked_for_become_messages(kernel: Kernel) -> Non
 
     parent = asyncio.ensure_future(answer_with(channel, decide, seen))
     try:
-        vm = await kernel.spawn("test-idle", cmdline="ms=100000 wait=host",
-                                monitors=[MessageMonitor(channel.ask, hypercalls=frozenset({int(Hc.IDLE)}))])
+        vm = await kernel.spawn(
+            "test-idle",
+            cmdline="ms=100000 wait=host",
+            monitors=[MessageMonitor(channel.ask, hypercalls=frozenset({int(Hc.IDLE)}))],
+        )
         assert await vm.wait() == 0
         assert {r.name for r in seen} == {"idle"}
     finally:
@@ -88,8 +91,9 @@ async def test_faults_as_messages_and_a_stop(kernel: Kernel) -> None:
 
     parent = asyncio.ensure_future(answer_with(channel, decide, seen))
     try:
-        vm = await kernel.spawn("test-fault", cmdline="kind=div0",
-                                monitors=[MessageMonitor(channel.ask, hypercalls=frozenset())])
+        vm = await kernel.spawn(
+            "test-fault", cmdline="kind=div0", monitors=[MessageMonitor(channel.ask, hypercalls=frozenset())]
+        )
         with pytest.raises(VmKilledError, match="the parent says no"):
             await vm.wait()
         assert [r.kind for r in seen] == ["fault"]
@@ -99,8 +103,9 @@ async def test_faults_as_messages_and_a_stop(kernel: Kernel) -> None:
 
         parent.cancel()
         parent = asyncio.ensure_future(answer_with(channel, let_it_fault, seen))
-        vm = await kernel.spawn("test-fault", cmdline="kind=div0",
-                                monitors=[MessageMonitor(channel.ask, hypercalls=frozenset())])
+        vm = await kernel.spawn(
+            "test-fault", cmdline="kind=div0", monitors=[MessageMonitor(channel.ask, hypercalls=frozenset())]
+        )
         with pytest.raises(GuestFault):
             await vm.wait()
     finally:

@@ -199,6 +199,7 @@ async def test_a_delayed_hypercall_waits_outside_the_slice_and_others_run(kernel
         def hypercall(self, call: HypercallEvent) -> Verdict:
             async def later() -> None:
                 await release.wait()
+
             return Delay(later())
 
     vm = await kernel.spawn("test-exit", cmdline="status=3", monitors=[Gatekeeper()])
@@ -226,6 +227,7 @@ async def test_a_delay_can_end_in_an_answer_or_a_stop(kernel: Kernel) -> None:
                 if call.nr == Hc.TERMINATE:
                     return Stop("no exit for you")
                 return Answer(Result.OK)
+
             return Delay(answer())
 
     vm = await kernel.spawn("test-exit", cmdline="status=3", monitors=[Later()])
@@ -321,8 +323,11 @@ async def test_frames_out_and_in_changed_dropped_refused(kernel: Kernel) -> None
     need_image("httpget")
     log: list[tuple[str, str, int]] = []
     srv = await kernel.spawn("httpd", cmdline="ip=10.0.0.1/24", monitors=[Recorder("srv", log)])
-    cli = await kernel.spawn("httpget", cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count=20 "
-                             "conc=2", monitors=[Recorder("cli", log)])
+    cli = await kernel.spawn(
+        "httpget",
+        cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count=20 conc=2",
+        monitors=[Recorder("cli", log)],
+    )
     assert await cli.wait() == 0, cli.console.text()
     assert "ok=20 fail=0" in cli.console.text()
     for tag in ("srv", "cli"):
@@ -345,8 +350,9 @@ async def test_frames_out_and_in_changed_dropped_refused(kernel: Kernel) -> None
     assert await client.wait() != 0  # nothing reached the echo server
     assert "udp: 0/1 echoed" in client.console.text()
     assert echo.nic is not None
-    client2 = await kernel.spawn("test-netudp", cmdline="ip=10.0.0.7/24 dst=10.0.0.5 count=1",
-                                 monitors=[Refuse()])
+    client2 = await kernel.spawn(
+        "test-netudp", cmdline="ip=10.0.0.7/24 dst=10.0.0.5 count=1", monitors=[Refuse()]
+    )
     assert await client2.wait() != 0
     assert "udp: 0/1 echoed" in client2.console.text()
     assert client2.nic is not None and client2.nic.stats.tx_frames == 0  # nothing left the NIC
@@ -360,8 +366,9 @@ async def data_disk(tmp_path: Path) -> Path:
     return img
 
 
-async def test_disk_requests_seen_changed_and_refused(kernel: Kernel, data_disk: Path,
-                                                      tmp_path: Path) -> None:
+async def test_disk_requests_seen_changed_and_refused(
+    kernel: Kernel, data_disk: Path, tmp_path: Path
+) -> None:
     need_image("test-disk")
     seen: list[DiskRequest] = []
 
@@ -370,9 +377,13 @@ async def test_disk_requests_seen_changed_and_refused(kernel: Kernel, data_disk:
             seen.append(request)
             return request
 
-    vm = await kernel.spawn("test-disk", nic=False, cmdline="ops=write,verify,flush count=4 seed=2",
-                            disks=[DiskSpec(str(data_disk), name="data", overlay_dir=str(tmp_path))],
-                            monitors=[Disk()])
+    vm = await kernel.spawn(
+        "test-disk",
+        nic=False,
+        cmdline="ops=write,verify,flush count=4 seed=2",
+        disks=[DiskSpec(str(data_disk), name="data", overlay_dir=str(tmp_path))],
+        monitors=[Disk()],
+    )
     assert await vm.wait() == 0, vm.console.text()
     kinds = {r.kind for r in seen}
     assert kinds == {"read", "write", "flush"}
@@ -382,9 +393,13 @@ async def test_disk_requests_seen_changed_and_refused(kernel: Kernel, data_disk:
         def disk(self, request: DiskRequest) -> DiskRequest | int:
             return int(Result.IO) if request.kind == "write" else request
 
-    vm = await kernel.spawn("test-disk", nic=False, cmdline="ops=write count=1 seed=2",
-                            disks=[DiskSpec(str(data_disk), name="data", overlay_dir=str(tmp_path))],
-                            monitors=[NoWrites()])
+    vm = await kernel.spawn(
+        "test-disk",
+        nic=False,
+        cmdline="ops=write count=1 seed=2",
+        disks=[DiskSpec(str(data_disk), name="data", overlay_dir=str(tmp_path))],
+        monitors=[NoWrites()],
+    )
     assert await vm.wait() != 0
     assert "FAIL" in vm.console.text()
 
@@ -396,12 +411,17 @@ async def test_disk_requests_seen_changed_and_refused(kernel: Kernel, data_disk:
                 return request
             return DiskRequest(request.kind, request.handle, request.block + 8, request.count, request.buf)
 
-    vm = await kernel.spawn("test-disk", nic=False, cmdline="ops=write,verify count=2 seed=5",
-                            disks=[DiskSpec(str(data_disk), name="data", mode="rw")], monitors=[Shift()])
+    vm = await kernel.spawn(
+        "test-disk",
+        nic=False,
+        cmdline="ops=write,verify count=2 seed=5",
+        disks=[DiskSpec(str(data_disk), name="data", mode="rw")],
+        monitors=[Shift()],
+    )
     assert await vm.wait() == 0, vm.console.text()
     raw = await asyncio.to_thread(data_disk.read_bytes)
-    assert raw[:2 * abi.DISK_BLOCK_SIZE] == bytes(2 * abi.DISK_BLOCK_SIZE)
-    assert raw[8 * abi.DISK_BLOCK_SIZE:10 * abi.DISK_BLOCK_SIZE] != bytes(2 * abi.DISK_BLOCK_SIZE)
+    assert raw[: 2 * abi.DISK_BLOCK_SIZE] == bytes(2 * abi.DISK_BLOCK_SIZE)
+    assert raw[8 * abi.DISK_BLOCK_SIZE : 10 * abi.DISK_BLOCK_SIZE] != bytes(2 * abi.DISK_BLOCK_SIZE)
 
 
 async def test_push_and_pop_on_a_running_vm(kernel: Kernel) -> None:

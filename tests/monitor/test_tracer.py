@@ -76,8 +76,9 @@ async def test_frames_disk_and_faults(kernel: Kernel, tmp_path: Path) -> None:
     path = tmp_path / "net.jsonl"
     async with TraceWriter(path, kinds=TRACE_KINDS) as w:
         srv = await kernel.spawn("httpd", cmdline="ip=10.0.0.1/24", monitors=[Tracer(w, frame_bytes=20)])
-        cli = await kernel.spawn("httpget", cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count=5",
-                                 monitors=[Tracer(w)])
+        cli = await kernel.spawn(
+            "httpget", cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count=5", monitors=[Tracer(w)]
+        )
         assert await cli.wait() == 0
         srv.kill()
     recs = lines(path)
@@ -130,12 +131,20 @@ async def test_a_failing_trace_file_never_fails_the_vm(kernel: Kernel) -> None:
 
 def test_cli_trace_and_filter(tmp_path: Path) -> None:
     path = tmp_path / "cli.jsonl"
-    r = subprocess.run([*CMD, "boot", "test-exit", "-c", "status=3", "--trace", str(path),
-                        "--trace-filter", "hypercall"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*CMD, "boot", "test-exit", "-c", "status=3", "--trace", str(path), "--trace-filter", "hypercall"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 3, r.stderr
     recs = lines(path)
     check_schema(recs)
     assert {x["kind"] for x in recs[1:-1]} == {"hypercall"}
-    r = subprocess.run([*CMD, "boot", "hello", "--trace", str(path), "--trace-filter", "syscalls"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*CMD, "boot", "hello", "--trace", str(path), "--trace-filter", "syscalls"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "trace filter" in r.stderr

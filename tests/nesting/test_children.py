@@ -32,8 +32,13 @@ def disk_of(image: str, path: Path) -> str:
 
 async def _nest(k: Kernel, tmp_path: Path, cmdline: str, grant: int) -> tuple[int | None, str]:
     img = disk_of("test-nest", tmp_path / "nest.img")
-    vm = await k.spawn("test-nest", cmdline=cmdline, child_memory=grant, nic=False,
-                       disks=[DiskSpec(img, name="img", mode="ro")])
+    vm = await k.spawn(
+        "test-nest",
+        cmdline=cmdline,
+        child_memory=grant,
+        nic=False,
+        disks=[DiskSpec(img, name="img", mode="ro")],
+    )
     status = await vm.wait()
     return status, vm.console.text()
 
@@ -47,6 +52,7 @@ async def test_nesting_to_depth_3_gives_the_right_result_at_each_level(tmp_path:
         def publish(vm: Vm) -> None:
             seen.append((vm.id, vm.group))
             orig(vm)
+
         k._children._publish = publish
         status, text = await _nest(k, tmp_path, f"depth=3 mem={M} quota={3 * M}", 3 * M)
         assert status == 4, text
@@ -73,8 +79,13 @@ async def test_destroying_a_parent_destroys_its_subtree(tmp_path: Path) -> None:
     img = disk_of("test-nest", tmp_path / "nest.img")
     async with Kernel() as k:
         other = await k.spawn("test-idle", memory="1M", cmdline="ms=3600000", nic=False)
-        root = await k.spawn("test-nest", cmdline=f"depth=3 mem={M} quota={3 * M} sleep=1",
-                             child_memory=3 * M, nic=False, disks=[DiskSpec(img, name="img", mode="ro")])
+        root = await k.spawn(
+            "test-nest",
+            cmdline=f"depth=3 mem={M} quota={3 * M} sleep=1",
+            child_memory=3 * M,
+            nic=False,
+            disks=[DiskSpec(img, name="img", mode="ro")],
+        )
         for _ in range(2000):
             if "depth=0 leaf" in root.console.text():
                 break
@@ -107,8 +118,14 @@ def _monitor_disks(tmp_path: Path) -> tuple[list[DiskSpec], Path, bytes]:
     data = tmp_path / "data.img"
     content = bytes(range(256)) * 16 * 16
     data.write_bytes(content)
-    return ([DiskSpec(disk_of("test-disk", tmp_path / "child.img"), name="child", mode="ro"),
-             DiskSpec(str(data), name="data", mode="rw")], data, content)
+    return (
+        [
+            DiskSpec(disk_of("test-disk", tmp_path / "child.img"), name="child", mode="ro"),
+            DiskSpec(str(data), name="data", mode="rw"),
+        ],
+        data,
+        content,
+    )
 
 
 async def test_the_security_monitor_denies_its_child_disk_writes(tmp_path: Path) -> None:
@@ -116,8 +133,9 @@ async def test_the_security_monitor_denies_its_child_disk_writes(tmp_path: Path)
     need_image("test-disk")
     disks, data, content = _monitor_disks(tmp_path)
     async with Kernel() as k:
-        vm = await k.spawn("secmon", cmdline="-- ops=write,verify count=2", child_memory="8M",
-                           disks=disks, nic=False)
+        vm = await k.spawn(
+            "secmon", cmdline="-- ops=write,verify count=2", child_memory="8M", disks=disks, nic=False
+        )
         status = await vm.wait()
         text = vm.console.text()
     assert "FAIL: disk_write (code 2)" in text  # the child saw INVAL
@@ -130,8 +148,9 @@ async def test_the_debugging_monitor_traces_every_hypercall_of_its_child(tmp_pat
     need_image("test-disk")
     disks, data, content = _monitor_disks(tmp_path)
     async with Kernel() as k:
-        vm = await k.spawn("dbgmon", cmdline="-- ops=write,verify count=2", child_memory="8M",
-                           disks=disks, nic=False)
+        vm = await k.spawn(
+            "dbgmon", cmdline="-- ops=write,verify count=2", child_memory="8M", disks=disks, nic=False
+        )
         kids: list[int] = []
         for _ in range(2000):
             kids = [c for c in k.vms if c != vm.id]
@@ -155,12 +174,32 @@ def test_denali_boot_runs_a_monitor_with_its_child_image_on_a_disk(tmp_path: Pat
     child = disk_of("test-disk", tmp_path / "child.img")
     data = tmp_path / "data.img"
     data.write_bytes(bytes(4096 * 4))
-    r = subprocess.run([sys.executable, "-m", "denali", "boot", "dbgmon", "--child-memory", "8M",
-                        "--disk", f"child={child}:ro", "--disk", f"data={data}",
-                        "-c", "quiet=1 -- ops=write count=1"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "dbgmon",
+            "--child-memory",
+            "8M",
+            "--disk",
+            f"child={child}:ro",
+            "--disk",
+            f"data={data}",
+            "-c",
+            "quiet=1 -- ops=write count=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "SUCCESS" in r.stdout and "dbgmon: nr=12 count=1" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "denali", "boot", "dbgmon", "--disk", f"child={child}:ro"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "denali", "boot", "dbgmon", "--disk", f"child={child}:ro"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 125 and "dbgmon: child_create: code 6" in r.stdout  # no grant: FULL

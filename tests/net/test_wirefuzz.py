@@ -40,8 +40,10 @@ async def test_fifty_thousand_hostile_frames_through_tap() -> None:
         assert res["icmp_types"] == 256 and res["tcp_flag_combinations"] >= 1024, res
         for vm in (bed.httpd, bed.udpecho):
             assert vm.fault is None, vm.fault
-            assert vm.state not in (VmState.FAULTED, VmState.FAILED, VmState.EXITED), \
-                (vm.state, vm.console.text())
+            assert vm.state not in (VmState.FAULTED, VmState.FAILED, VmState.EXITED), (
+                vm.state,
+                vm.console.text(),
+            )
         # both answered the probes the generator paced itself with, the last one too
         assert res["probes_lost"] <= res["probes"] // 20, res
         rc, body = await bed.curl("/bytes/2258")

@@ -79,13 +79,26 @@ def csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, *, ident: int = 0, frag: int = 0,
-         ttl: int = 64, options: bytes = b"") -> bytes:
+def ipv4(
+    src: bytes,
+    dst: bytes,
+    proto: int,
+    payload: bytes,
+    *,
+    ident: int = 0,
+    frag: int = 0,
+    ttl: int = 64,
+    options: bytes = b"",
+) -> bytes:
     """A well-formed IPv4 header (options padded to 4 bytes) and its payload."""
     options += bytes(-len(options) % 4)
     ihl = 5 + len(options) // 4
-    h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(payload), ident, frag, ttl, proto, 0,
-                    src, dst) + options
+    h = (
+        struct.pack(
+            "!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(payload), ident, frag, ttl, proto, 0, src, dst
+        )
+        + options
+    )
     return h[:10] + struct.pack("!H", csum(h)) + h[12:] + payload
 
 
@@ -93,23 +106,55 @@ def l4sum(src: bytes, dst: bytes, proto: int, seg: bytes) -> int:
     return csum(src + dst + struct.pack("!BBH", 0, proto, len(seg)) + seg)
 
 
-def tcp_seg(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, *,
-            wnd: int = 65535, options: bytes = b"", data: bytes = b"", urg: int = 0,
-            offset: int | None = None,
-            good_sum: bool = True) -> bytes:
+def tcp_seg(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    *,
+    wnd: int = 65535,
+    options: bytes = b"",
+    data: bytes = b"",
+    urg: int = 0,
+    offset: int | None = None,
+    good_sum: bool = True,
+) -> bytes:
     """A TCP segment; ``offset`` overrides the data offset field (in words), and the
     12 flag bits (NS, CWR, ECE, URG, ACK, PSH, RST, SYN, FIN) come from ``flags``."""
     options += bytes(-len(options) % 4)
     off = 5 + len(options) // 4 if offset is None else offset
-    h = struct.pack("!HHIIHHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                    ((off & 15) << 12) | (flags & 0xFFF), wnd & 0xFFFF, 0, urg & 0xFFFF) + options
+    h = (
+        struct.pack(
+            "!HHIIHHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            ((off & 15) << 12) | (flags & 0xFFF),
+            wnd & 0xFFFF,
+            0,
+            urg & 0xFFFF,
+        )
+        + options
+    )
     seg = h + data
     s = l4sum(src, dst, 6, seg) ^ (0 if good_sum else 0x5A5A)
     return seg[:16] + struct.pack("!H", s) + seg[18:]
 
 
-def udp_dgram(src: bytes, dst: bytes, sport: int, dport: int, data: bytes, *, length: int | None = None,
-              sum_: int | None = None) -> bytes:
+def udp_dgram(
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    data: bytes,
+    *,
+    length: int | None = None,
+    sum_: int | None = None,
+) -> bytes:
     n = 8 + len(data) if length is None else length
     seg = struct.pack("!HHHH", sport, dport, n & 0xFFFF, 0) + data
     s = l4sum(src, dst, 17, seg) if sum_ is None else sum_
@@ -210,8 +255,18 @@ class Fuzzer:
 
     def odd_ip(self) -> bytes:
         r = self.rng
-        return r.choice((bytes(4), b"\xff" * 4, self.subnet_bcast, aton("127.0.0.1"), aton("224.0.0.1"),
-                         r.choice(self.targets).ip, r.choice(self.host_ips), r.randbytes(4)))
+        return r.choice(
+            (
+                bytes(4),
+                b"\xff" * 4,
+                self.subnet_bcast,
+                aton("127.0.0.1"),
+                aton("224.0.0.1"),
+                r.choice(self.targets).ip,
+                r.choice(self.host_ips),
+                r.randbytes(4),
+            )
+        )
 
     # ---- receiving ----
     def poll(self, wait: float) -> None:
@@ -252,7 +307,7 @@ class Fuzzer:
             return
         ihl = (f[14] & 15) * 4
         proto, src, dst = f[23], f[26:30], f[30:34]
-        p = f[14 + ihl:]
+        p = f[14 + ihl :]
         if proto == 1 and len(p) >= 8 and p[0] == 0:
             ident, seq = struct.unpack("!HH", p[4:8])
             if ident == PROBE_ID:
@@ -272,8 +327,20 @@ class Fuzzer:
                 if not c.established:
                     c.established = True
                     self.c.established += 1
-                    self.send(self.ip_frame(c.target, c.ip, ipv4(c.ip, c.target.ip, 6, tcp_seg(
-                        c.ip, c.target.ip, c.sport, c.target.tcp_port, c.snd_nxt, c.rcv_nxt, ACK))))
+                    self.send(
+                        self.ip_frame(
+                            c.target,
+                            c.ip,
+                            ipv4(
+                                c.ip,
+                                c.target.ip,
+                                6,
+                                tcp_seg(
+                                    c.ip, c.target.ip, c.sport, c.target.tcp_port, c.snd_nxt, c.rcv_nxt, ACK
+                                ),
+                            ),
+                        )
+                    )
                     self.conns.append(c)
             elif flags & RST:
                 self.pending.pop((dst, dport), None)
@@ -307,11 +374,40 @@ class Fuzzer:
         r = self.rng
         t = r.choice(self.targets)
         _, mac = self.me()
-        n = r.choice((0, 1, 6, 12, 13, 14, 15, 20, 33, 41, 42, 59, 60, 61, 64, 100, 1000, 1513, 1514, 1515,
-                      1518, 1519, 1522, 2000, 9000, r.randrange(0, 1600)))
+        n = r.choice(
+            (
+                0,
+                1,
+                6,
+                12,
+                13,
+                14,
+                15,
+                20,
+                33,
+                41,
+                42,
+                59,
+                60,
+                61,
+                64,
+                100,
+                1000,
+                1513,
+                1514,
+                1515,
+                1518,
+                1519,
+                1522,
+                2000,
+                9000,
+                r.randrange(0, 1600),
+            )
+        )
         dst = r.choice((t.mac, BROADCAST, b"\x01\x00\x5e\x00\x00\x01", r.randbytes(6)))
-        etype = r.choice((0x0800, 0x0806, 0x8100, 0x88A8, 0x86DD, 0x0000, 0x05DC, 0x05FF, 0x0600,
-                          r.randrange(0x10000)))
+        etype = r.choice(
+            (0x0800, 0x0806, 0x8100, 0x88A8, 0x86DD, 0x0000, 0x05DC, 0x05FF, 0x0600, r.randrange(0x10000))
+        )
         head = dst + mac + struct.pack("!H", etype)
         if etype == 0x8100:
             head += struct.pack("!HH", r.randrange(0x10000), r.choice((0x0800, 0x0806, 0x8100)))
@@ -319,7 +415,7 @@ class Fuzzer:
         if r.random() < 0.5 and etype == 0x0800 and len(body) >= 20:  # an IP header, wrong frame size
             ip, _ = self.me()
             pkt = ipv4(ip, t.ip, r.choice((1, 6, 17)), r.randbytes(40))
-            body = pkt[:len(body)] + body[len(pkt):]
+            body = pkt[: len(body)] + body[len(pkt) :]
         self.send((head + body)[:n], "eth")
 
     def gen_arp(self) -> None:
@@ -361,8 +457,17 @@ class Fuzzer:
                     ln = r.choice((0, 1, 2, 3, 4, 11, 39, 40, 41, 255))
                     opts += bytes((k, ln)) + r.randbytes(max(0, min(ln, 40) - 2))
             opts = opts[:40]
-        pkt = bytearray(ipv4(ip, r.choice((t.ip, t.ip, self.odd_ip())), proto, payload,
-                             ident=r.randrange(0x10000), ttl=r.choice((64, 0, 1, 255)), options=opts))
+        pkt = bytearray(
+            ipv4(
+                ip,
+                r.choice((t.ip, t.ip, self.odd_ip())),
+                proto,
+                payload,
+                ident=r.randrange(0x10000),
+                ttl=r.choice((64, 0, 1, 255)),
+                options=opts,
+            )
+        )
         mode = r.randrange(8)
         if mode == 0:
             pkt[0] = (r.randrange(16) << 4) | (pkt[0] & 15)  # version
@@ -381,7 +486,7 @@ class Fuzzer:
             if ihl >= 12:
                 struct.pack_into("!H", pkt, 10, csum(bytes(pkt[:ihl])))
         if r.random() < 0.2:
-            pkt = pkt[:r.randrange(len(pkt) + 1)]
+            pkt = pkt[: r.randrange(len(pkt) + 1)]
         self.send(self.ip_frame(t, ip, bytes(pkt)), "ip")
 
     def gen_frag(self) -> None:
@@ -391,8 +496,11 @@ class Fuzzer:
         proto = r.choice((1, 17, 6))
         ident = r.randrange(0x10000)
         mode = r.randrange(6)
-        whole = (icmp_msg(8, 0, r.randbytes(r.choice((1500, 3000, 8000, 20000))))
-                 if proto == 1 else udp_dgram(ip, t.ip, 9999, 7, r.randbytes(r.choice((1500, 4000, 9000)))))
+        whole = (
+            icmp_msg(8, 0, r.randbytes(r.choice((1500, 3000, 8000, 20000))))
+            if proto == 1
+            else udp_dgram(ip, t.ip, 9999, 7, r.randbytes(r.choice((1500, 4000, 9000))))
+        )
         frags: list[tuple[int, int, bytes]] = []  # (offset in 8-byte units, MF, data)
         if mode == 0:  # overlapping pieces of a real datagram, shuffled, some duplicated
             at = 0
@@ -400,7 +508,7 @@ class Fuzzer:
                 n = r.choice((8, 16, 64, 512, 1024, 1480)) & ~7
                 start = max(0, at - r.choice((0, 0, 8, 16, 64)))
                 start -= start % 8
-                frags.append((start // 8, int(start + n < len(whole)), whole[start:start + n]))
+                frags.append((start // 8, int(start + n < len(whole)), whole[start : start + n]))
                 at = start + n
             r.shuffle(frags)
             frags += [r.choice(frags) for _ in range(r.randrange(3))]
@@ -418,8 +526,14 @@ class Fuzzer:
             frags.append((r.randrange(1, 2000), r.randrange(2), r.randbytes(r.choice((8, 100, 1480)))))
         for off, mf, data in frags[:40]:
             flags = (mf << 13) | (r.random() < 0.05) << 14
-            pkt = ipv4(ip, t.ip, proto, data, ident=ident if mode != 1 else r.randrange(0x10000),
-                       frag=flags | (off & 0x1FFF))
+            pkt = ipv4(
+                ip,
+                t.ip,
+                proto,
+                data,
+                ident=ident if mode != 1 else r.randrange(0x10000),
+                frag=flags | (off & 0x1FFF),
+            )
             self.send(self.ip_frame(t, ip, pkt), "frag")
 
     def gen_icmp(self) -> None:
@@ -443,7 +557,7 @@ class Fuzzer:
             else:
                 inner = ipv4(quoted_src, ip, r.choice((6, 17, 1)), r.randbytes(r.choice((0, 4, 8, 20))))
                 if r.random() < 0.3:
-                    inner = inner[:r.randrange(len(inner) + 1)]
+                    inner = inner[: r.randrange(len(inner) + 1)]
             body = struct.pack("!I", r.choice((0, 576, 68, 1, r.randrange(1 << 32)))) + inner
         msg = icmp_msg(typ, code, body, good_sum=r.random() < 0.85)
         dst = r.choice((t.ip, t.ip, t.ip, self.subnet_bcast, b"\xff" * 4))
@@ -463,7 +577,7 @@ class Fuzzer:
         seg = udp_dgram(ip, t.ip, r.choice((7, 8, 68, r.randrange(0x10000))), dport, data, length=n, sum_=s)
         dst = r.choice((t.ip, t.ip, t.ip, self.subnet_bcast))
         if r.random() < 0.2:
-            seg = seg[:r.randrange(len(seg) + 1)]
+            seg = seg[: r.randrange(len(seg) + 1)]
         self.send(self.ip_frame(t, ip, ipv4(ip, dst, 17, seg)), "udp")
 
     def tcp_options(self) -> bytes:
@@ -482,12 +596,17 @@ class Fuzzer:
                 val = bytes((r.choice((0, 7, 14, 15, 16, 255)),))
             elif k == 5:
                 base = r.choice(self.conns).rcv_nxt if self.conns else r.getrandbits(32)
-                val = b"".join(struct.pack("!II", (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF,
-                                           (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF)
-                               for _ in range(4))
+                val = b"".join(
+                    struct.pack(
+                        "!II",
+                        (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF,
+                        (base + r.randrange(-70000, 70000)) & 0xFFFFFFFF,
+                    )
+                    for _ in range(4)
+                )
             else:
                 val = r.randbytes(40)
-            out += bytes((k, ln & 255)) + val[:max(0, min(ln, 40) - 2)]
+            out += bytes((k, ln & 255)) + val[: max(0, min(ln, 40) - 2)]
         return out[:40]
 
     def gen_tcp(self) -> None:
@@ -505,11 +624,23 @@ class Fuzzer:
         off = None if r.random() < 0.6 else r.randrange(16)
         dport = r.choice((t.tcp_port or 80, t.tcp_port or 80, 7, 0, r.randrange(0x10000)))
         urg = r.choice((0, 1, len(data), len(data) + 1, 65535, r.randrange(0x10000)))
-        seg = tcp_seg(ip, t.ip, r.randrange(1024, 65536), dport, r.getrandbits(32), r.getrandbits(32), flags,
-                      wnd=r.choice((0, 1, 65535, r.randrange(0x10000))), options=opts, data=data, urg=urg,
-                      offset=off, good_sum=r.random() < 0.9)
+        seg = tcp_seg(
+            ip,
+            t.ip,
+            r.randrange(1024, 65536),
+            dport,
+            r.getrandbits(32),
+            r.getrandbits(32),
+            flags,
+            wnd=r.choice((0, 1, 65535, r.randrange(0x10000))),
+            options=opts,
+            data=data,
+            urg=urg,
+            offset=off,
+            good_sum=r.random() < 0.9,
+        )
         if r.random() < 0.1:
-            seg = seg[:r.randrange(len(seg) + 1)]
+            seg = seg[: r.randrange(len(seg) + 1)]
         self.send(self.ip_frame(t, ip, ipv4(ip, t.ip, 6, seg)), "tcp")
 
     def open_conn(self, cls: str) -> None:
@@ -566,8 +697,19 @@ class Fuzzer:
         opts = b""
         if kind == 3 or r.random() < 0.3:
             opts = self.tcp_options()
-        seg = tcp_seg(c.ip, t.ip, c.sport, t.tcp_port, seq, ack, flags, wnd=r.choice((0, 1, 100, 65535)),
-                      options=opts, data=data, urg=r.choice((0, 1, 65535)))
+        seg = tcp_seg(
+            c.ip,
+            t.ip,
+            c.sport,
+            t.tcp_port,
+            seq,
+            ack,
+            flags,
+            wnd=r.choice((0, 1, 100, 65535)),
+            options=opts,
+            data=data,
+            urg=r.choice((0, 1, 65535)),
+        )
         self.send(self.ip_frame(t, c.ip, ipv4(c.ip, t.ip, 6, seg)), "conn")
         if flags & (RST | SYN) and r.random() < 0.5:  # the guest may have dropped it
             self.conns.remove(c)
@@ -598,8 +740,18 @@ class Fuzzer:
     def run(self, count: int, batch: int, probe_wait: float) -> Counts:
         gens = {name: getattr(self, f"gen_{name}") for name in CLASSES}
         # weights: stateless classes most, the stateful ones often enough to matter
-        weights = {"eth": 8, "arp": 6, "ip": 12, "frag": 8, "icmp": 10, "udp": 10, "tcp": 18, "conn": 14,
-                   "synflood": 2, "rststorm": 2}
+        weights = {
+            "eth": 8,
+            "arp": 6,
+            "ip": 12,
+            "frag": 8,
+            "icmp": 10,
+            "udp": 10,
+            "tcp": 18,
+            "conn": 14,
+            "synflood": 2,
+            "rststorm": 2,
+        }
         names = list(CLASSES)
         w = [weights[n] for n in names]
         for _ in range(2):
@@ -666,6 +818,7 @@ if __name__ == "__main__":
 
 # ---- the test bed: a namespace, a TAP device, an httpd VM and a udpecho VM ----
 
+
 class Bed:
     """``async with Bed(kernel, tag) as bed``: namespace ``dwf<tag>`` holding TAP device
     ``dwf<tag>`` (10.78.0.100/24, MTU 9,000) on the kernel's LAN, an httpd VM at
@@ -686,9 +839,11 @@ class Bed:
             self.tap = TapPort(self.dev)
             self.tap.open()
             self.kernel.switch.attach(self.tap)
-            for cmd in (("ip", "link", "set", self.dev, "netns", self.ns),
-                        ("ip", "-n", self.ns, "addr", "add", "10.78.0.100/24", "dev", self.dev),
-                        ("ip", "-n", self.ns, "link", "set", self.dev, "mtu", "9000", "up")):
+            for cmd in (
+                ("ip", "link", "set", self.dev, "netns", self.ns),
+                ("ip", "-n", self.ns, "addr", "add", "10.78.0.100/24", "dev", self.dev),
+                ("ip", "-n", self.ns, "link", "set", self.dev, "mtu", "9000", "up"),
+            ):
                 rc, out = await self.host(*cmd)
                 if rc:
                     raise RuntimeError(f"{' '.join(cmd)}: {out.decode()}")
@@ -712,8 +867,9 @@ class Bed:
 
     @staticmethod
     async def host(*cmd: str, limit: float = 30) -> tuple[int, bytes]:
-        proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), limit)
         assert proc.returncode is not None
         return proc.returncode, out
@@ -729,23 +885,44 @@ class Bed:
         """(httpd's /stats, udpecho's port-8 figures), fetched from the namespace; {} for
         one that does not answer."""
         rc, page = await self.curl("/stats")
-        http = ({k: int(v) for k, v in (ln.split() for ln in page.decode().splitlines() if ln.strip())}
-                if rc == 0 else {})
+        http = (
+            {k: int(v) for k, v in (ln.split() for ln in page.decode().splitlines() if ln.strip())}
+            if rc == 0
+            else {}
+        )
         rc, udp = await self.in_ns(sys.executable, "-m", "tests.net.wirefuzz", "--udp-stats", "10.78.0.2")
         return http, (json.loads(udp) if rc == 0 else {})
 
     def command(self, count: int, seed: int) -> list[str]:
         assert self.httpd.nic is not None and self.udpecho.nic is not None
-        return ["ip", "netns", "exec", self.ns, sys.executable, "-m", "tests.net.wirefuzz", "--dev", self.dev,
-                "--seed", str(seed), "--count", str(count),
-                "--target", f"10.78.0.1,{format_mac(self.httpd.nic.fixed_mac)},80",
-                "--target", f"10.78.0.2,{format_mac(self.udpecho.nic.fixed_mac)}"]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            sys.executable,
+            "-m",
+            "tests.net.wirefuzz",
+            "--dev",
+            self.dev,
+            "--seed",
+            str(seed),
+            "--count",
+            str(count),
+            "--target",
+            f"10.78.0.1,{format_mac(self.httpd.nic.fixed_mac)},80",
+            "--target",
+            f"10.78.0.2,{format_mac(self.udpecho.nic.fixed_mac)}",
+        ]
 
     async def fuzz(self, count: int, seed: int, limit: float) -> dict[str, Any]:
         """Runs the generator in the namespace; its summary."""
-        proc = await asyncio.create_subprocess_exec(*self.command(count, seed), cwd=ROOT,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(
+            *self.command(count, seed),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), limit)
         if proc.returncode:
             raise RuntimeError(f"wirefuzz failed: {err.decode()[-2000:]}")

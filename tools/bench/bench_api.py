@@ -75,14 +75,24 @@ async def clone_round(path: str, n: int) -> dict[str, float]:
         res = await host.load("sweep", vm_ip(1), str(n), "--conc", "128")
         sweep = time.perf_counter() - t
         if res["http_ok"] != n:  # recorded, with why (lanload's reasons), not hidden
-            print(f"only {res['http_ok']} of {n} clones answered HTTP (ping {res['ping_ok']}); "
-                  f"failed {res['http_failed']}; reasons {res['reasons']}; "
-                  f"ping p50/p99 {res['ping_ms']}", file=sys.stderr, flush=True)
+            print(
+                f"only {res['http_ok']} of {n} clones answered HTTP (ping {res['ping_ok']}); "
+                f"failed {res['http_failed']}; reasons {res['reasons']}; "
+                f"ping p50/p99 {res['ping_ms']}",
+                file=sys.stderr,
+                flush=True,
+            )
         identified = sum(1 for vm in vms if vm.stats["irq_bits_delivered"] and vm.generation == 1)
-        return {"published": published, "woken_early": woken_early, "http_ok": res["http_ok"],
-                "ping_p50": res["ping_ms"]["p50"],
-                "sweep": sweep, "http_p50": res["http_ms"]["p50"], "identified": identified,
-                "rss": rss_mib()}
+        return {
+            "published": published,
+            "woken_early": woken_early,
+            "http_ok": res["http_ok"],
+            "ping_p50": res["ping_ms"]["p50"],
+            "sweep": sweep,
+            "http_p50": res["http_ms"]["p50"],
+            "identified": identified,
+            "rss": rss_mib(),
+        }
 
 
 async def boot_round(n: int) -> float:
@@ -101,26 +111,47 @@ async def clones(n: int, rounds: int) -> None:
         for r in range(rounds):
             a.append(await clone_round(path, n))
             b.append(await boot_round(n))
-            print(f"round {r + 1}: clones published {n / a[-1]['published']:,.0f}/s, "
-                  f"{a[-1]['http_ok']:,.0f} answered (sweep {a[-1]['sweep']:.1f} s); boot {n / b[-1]:,.0f}/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"round {r + 1}: clones published {n / a[-1]['published']:,.0f}/s, "
+                f"{a[-1]['http_ok']:,.0f} answered (sweep {a[-1]['sweep']:.1f} s); boot {n / b[-1]:,.0f}/s",
+                file=sys.stderr,
+                flush=True,
+            )
     med = statistics.median
-    table(f"{n:,} httpd VMs from a snapshot (A) vs booted (B), {rounds} rounds alternating", [
-        ("A: clones published by Kernel.clone (listening, lazy)",
-         f"{n / med(x['published'] for x in a):,.0f} VMs/s (median {med(x['published'] for x in a):.2f} s)"),
-        ("A: clones woken before any traffic reached them", f"{max(x['woken_early'] for x in a):,.0f}"),
-        ("A: clones answering GET /bytes/2258 at their new address",
-         " / ".join(f"{x['http_ok']:,.0f}" for x in a) + f" of {n:,}, by round"),
-        ("A: sweep of all clones, each woken by its first frame (128 at a time)",
-         f"{med(x['sweep'] for x in a):.1f} s ({n / med(x['sweep'] for x in a):,.0f} VMs/s), "
-         f"ping p50 {med(x['ping_p50'] for x in a):,.0f} ms (the wait to be woken), "
-         f"HTTP p50 {med(x['http_p50'] for x in a):,.0f} ms"),
-        ("A: clones that took Irq.CLONE and their new identity", f"{min(x['identified'] for x in a):,.0f}"),
-        ("B: booted from the image, listening and idle", f"{n / med(b):,.0f} VMs/s (median {med(b):.2f} s)"),
-        ("published clones / booted VMs per second, median of per-round ratios",
-         f"{med(bb / x['published'] for x, bb in zip(a, b, strict=True)):.0f}x"),
-        ("process RSS after a clone round (max)", f"{max(x['rss'] for x in a):,.0f} MiB"),
-    ])
+    table(
+        f"{n:,} httpd VMs from a snapshot (A) vs booted (B), {rounds} rounds alternating",
+        [
+            (
+                "A: clones published by Kernel.clone (listening, lazy)",
+                f"{n / med(x['published'] for x in a):,.0f} VMs/s "
+                f"(median {med(x['published'] for x in a):.2f} s)",
+            ),
+            ("A: clones woken before any traffic reached them", f"{max(x['woken_early'] for x in a):,.0f}"),
+            (
+                "A: clones answering GET /bytes/2258 at their new address",
+                " / ".join(f"{x['http_ok']:,.0f}" for x in a) + f" of {n:,}, by round",
+            ),
+            (
+                "A: sweep of all clones, each woken by its first frame (128 at a time)",
+                f"{med(x['sweep'] for x in a):.1f} s ({n / med(x['sweep'] for x in a):,.0f} VMs/s), "
+                f"ping p50 {med(x['ping_p50'] for x in a):,.0f} ms (the wait to be woken), "
+                f"HTTP p50 {med(x['http_p50'] for x in a):,.0f} ms",
+            ),
+            (
+                "A: clones that took Irq.CLONE and their new identity",
+                f"{min(x['identified'] for x in a):,.0f}",
+            ),
+            (
+                "B: booted from the image, listening and idle",
+                f"{n / med(b):,.0f} VMs/s (median {med(b):.2f} s)",
+            ),
+            (
+                "published clones / booted VMs per second, median of per-round ratios",
+                f"{med(bb / x['published'] for x, bb in zip(a, b, strict=True)):.0f}x",
+            ),
+            ("process RSS after a clone round (max)", f"{max(x['rss'] for x in a):,.0f} MiB"),
+        ],
+    )
 
 
 async def _longest_stretch(seconds: float, work: asyncio.Future[object] | None = None) -> float:
@@ -182,18 +213,27 @@ async def scrape(n: int, budget: int) -> None:
         swapped = sum(1 for vm in vms if vm.swapped)
         series = len([ln for ln in text_lines(await metrics.prometheus(k)) if not ln.startswith("#")])
     med = statistics.median
-    table(f"Scrapes at {n:,} idle VMs ({swapped:,} swapped out, budget {budget >> 20:,} MiB)", [
-        ("VMs booted and idle", f"{n:,} in {boot:.0f} s"),
-        ("longest stretch without a loop turn, idle kernel", f"{idle_gap * 1e3:.2f} ms (CPU time)"),
-        ("longest stretch without a loop turn, 10 scrapes + 10 top", f"{busy_gap * 1e3:.2f} ms (CPU time)"),
-        ("longest garbage-collector pause meanwhile", f"{max(gc_pauses, default=0) * 1e3:.2f} ms"),
-        ("the same, the collector held off", f"{nogc_gap * 1e3:.2f} ms (CPU time)"),
-        ("slice length", "2.00 ms"),
-        ("/metrics scrape latency median / max", f"{med(scrape_s) * 1e3:.0f} / {max(scrape_s) * 1e3:.0f} ms"),
-        ("top (50 busiest) latency median / max", f"{med(top_s) * 1e3:.0f} / {max(top_s) * 1e3:.0f} ms"),
-        ("samples in a scrape", f"{series:,}"),
-        ("process RSS", f"{rss_mib():,.0f} MiB"),
-    ])
+    table(
+        f"Scrapes at {n:,} idle VMs ({swapped:,} swapped out, budget {budget >> 20:,} MiB)",
+        [
+            ("VMs booted and idle", f"{n:,} in {boot:.0f} s"),
+            ("longest stretch without a loop turn, idle kernel", f"{idle_gap * 1e3:.2f} ms (CPU time)"),
+            (
+                "longest stretch without a loop turn, 10 scrapes + 10 top",
+                f"{busy_gap * 1e3:.2f} ms (CPU time)",
+            ),
+            ("longest garbage-collector pause meanwhile", f"{max(gc_pauses, default=0) * 1e3:.2f} ms"),
+            ("the same, the collector held off", f"{nogc_gap * 1e3:.2f} ms (CPU time)"),
+            ("slice length", "2.00 ms"),
+            (
+                "/metrics scrape latency median / max",
+                f"{med(scrape_s) * 1e3:.0f} / {max(scrape_s) * 1e3:.0f} ms",
+            ),
+            ("top (50 busiest) latency median / max", f"{med(top_s) * 1e3:.0f} / {max(top_s) * 1e3:.0f} ms"),
+            ("samples in a scrape", f"{series:,}"),
+            ("process RSS", f"{rss_mib():,.0f} MiB"),
+        ],
+    )
 
 
 async def _scrape_once(port: int) -> float:
@@ -258,6 +298,7 @@ async def _hold(port: int, sock: str, conns: int) -> tuple[list[asyncio.StreamWr
             for w in slow:
                 if not w.is_closing():
                     w.write(b"a")
+
     return held, asyncio.ensure_future(dribble())
 
 
@@ -272,9 +313,23 @@ async def endpoint(conns: int, rounds: int, n_vms: int) -> None:
     with tempfile.TemporaryDirectory(prefix="denali-bench-") as d:
         sock = str(Path(d) / "api.sock")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "denali", "boot", "test-idle", "-n", str(n_vms), "-c", "ms=3600000",
-            "--metrics", f"127.0.0.1:{port}", "--api", sock, cwd=root,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "test-idle",
+            "-n",
+            str(n_vms),
+            "-c",
+            "ms=3600000",
+            "--metrics",
+            f"127.0.0.1:{port}",
+            "--api",
+            sock,
+            cwd=root,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             for _ in range(600):
                 if os.path.exists(sock):  # noqa: ASYNC240 (a benchmark's start-up poll)
@@ -301,14 +356,25 @@ async def endpoint(conns: int, rounds: int, n_vms: int) -> None:
                     for w in held:
                         w.close()
                     await asyncio.sleep(1.0)
-                rows.append({"quiet": statistics.median(quiet), "loaded": statistics.median(loaded),
-                             "loaded_max": max(loaded), "tcp": min(tcp, tcp_after), "unix": unix,
-                             "rss_before": rss_before, "rss_held": rss_held,
-                             "rss_after": _rss_of(proc.pid)})
-                print(f"round {r + 1}: scrape {rows[-1]['quiet'] * 1e3:.1f} ms quiet, "
-                      f"{rows[-1]['loaded'] * 1e3:.1f} ms with {tcp} TCP + {unix} Unix connections held; "
-                      f"RSS {rss_before:.0f} -> {rss_held:.0f} -> {rows[-1]['rss_after']:.0f} MiB",
-                      file=sys.stderr, flush=True)
+                rows.append(
+                    {
+                        "quiet": statistics.median(quiet),
+                        "loaded": statistics.median(loaded),
+                        "loaded_max": max(loaded),
+                        "tcp": min(tcp, tcp_after),
+                        "unix": unix,
+                        "rss_before": rss_before,
+                        "rss_held": rss_held,
+                        "rss_after": _rss_of(proc.pid),
+                    }
+                )
+                print(
+                    f"round {r + 1}: scrape {rows[-1]['quiet'] * 1e3:.1f} ms quiet, "
+                    f"{rows[-1]['loaded'] * 1e3:.1f} ms with {tcp} TCP + {unix} Unix connections held; "
+                    f"RSS {rss_before:.0f} -> {rss_held:.0f} -> {rows[-1]['rss_after']:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
             # Ctrl-C with the last round's connections still open
             open_tcp, open_unix = _server_sockets(proc.pid, port)
             open_unix -= unix_base
@@ -324,26 +390,43 @@ async def endpoint(conns: int, rounds: int, n_vms: int) -> None:
     err = err_b.decode(errors="replace")
     bad = [ln for ln in err.splitlines() if "Traceback" in ln or "Task was destroyed" in ln or "Error" in ln]
     med = statistics.median
-    table(f"Scrapes while {conns:,} idle/slow-loris TCP + 200 Unix connections are held, {n_vms} VMs, "
-          f"{rounds} rounds alternating", [
-        ("what", "figure"),
-        ("A: scrape latency, no other connection (median of round medians)",
-         f"{med(x['quiet'] for x in rows) * 1e3:.1f} ms"),
-        ("B: scrape latency while held (median of round medians; worst scrape)",
-         f"{med(x['loaded'] for x in rows) * 1e3:.1f} ms; {max(x['loaded_max'] for x in rows) * 1e3:.0f} ms"),
-        ("B / A, median of per-round ratios", f"{med(x['loaded'] / x['quiet'] for x in rows):.2f}x"),
-        ("connections the server held open (TCP on the metrics port, min over rounds)",
-         f"{min(x['tcp'] for x in rows):,} of {conns:,} (the limit: {Limits().max_connections:,})"),
-        ("Unix connections the server held open (API socket, min over rounds)",
-         f"{min(x['unix'] for x in rows):,} of 200"),
-        ("server RSS: at start / before holding / while held / after release (medians)",
-         f"{rss0:.0f} / {med(x['rss_before'] for x in rows):.0f} / {med(x['rss_held'] for x in rows):.0f} / "
-         f"{med(x['rss_after'] for x in rows[:-1]) if len(rows) > 1 else float('nan'):.0f} MiB"),
-        ("Ctrl-C with connections open: exit status, stderr lines, bad lines",
-         f"{proc.returncode}, {len(err.splitlines())} lines, "
-         f"{len(bad)} with Traceback/Task was destroyed/Error "
-         f"({open_tcp} TCP + {open_unix} Unix open)"),
-    ])
+    table(
+        f"Scrapes while {conns:,} idle/slow-loris TCP + 200 Unix connections are held, {n_vms} VMs, "
+        f"{rounds} rounds alternating",
+        [
+            ("what", "figure"),
+            (
+                "A: scrape latency, no other connection (median of round medians)",
+                f"{med(x['quiet'] for x in rows) * 1e3:.1f} ms",
+            ),
+            (
+                "B: scrape latency while held (median of round medians; worst scrape)",
+                f"{med(x['loaded'] for x in rows) * 1e3:.1f} ms; "
+                f"{max(x['loaded_max'] for x in rows) * 1e3:.0f} ms",
+            ),
+            ("B / A, median of per-round ratios", f"{med(x['loaded'] / x['quiet'] for x in rows):.2f}x"),
+            (
+                "connections the server held open (TCP on the metrics port, min over rounds)",
+                f"{min(x['tcp'] for x in rows):,} of {conns:,} (the limit: {Limits().max_connections:,})",
+            ),
+            (
+                "Unix connections the server held open (API socket, min over rounds)",
+                f"{min(x['unix'] for x in rows):,} of 200",
+            ),
+            (
+                "server RSS: at start / before holding / while held / after release (medians)",
+                f"{rss0:.0f} / {med(x['rss_before'] for x in rows):.0f} / "
+                f"{med(x['rss_held'] for x in rows):.0f} / "
+                f"{med(x['rss_after'] for x in rows[:-1]) if len(rows) > 1 else float('nan'):.0f} MiB",
+            ),
+            (
+                "Ctrl-C with connections open: exit status, stderr lines, bad lines",
+                f"{proc.returncode}, {len(err.splitlines())} lines, "
+                f"{len(bad)} with Traceback/Task was destroyed/Error "
+                f"({open_tcp} TCP + {open_unix} Unix open)",
+            ),
+        ],
+    )
     if bad:
         print("\n".join(bad[:20]), file=sys.stderr)
 
@@ -367,6 +450,7 @@ def main() -> None:
     e.add_argument("--vms", type=int, default=100)
     args = p.parse_args()
     import uvloop
+
     if args.what == "clones":
         uvloop.run(clones(args.vms, args.rounds))
     elif args.what == "endpoint":

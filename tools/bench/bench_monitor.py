@@ -121,8 +121,11 @@ async def http(count: int, monitors: Factory, trace: Path | None = None) -> Meas
 
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24", monitors=stack())
         t, c = time.perf_counter(), time.thread_time()
-        vm = await k.spawn("httpget", cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 "
-                           f"count={count} conc=10", monitors=stack())
+        vm = await k.spawn(
+            "httpget",
+            cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count={count} conc=10",
+            monitors=stack(),
+        )
         await vm.wait()
         wall, cpu = time.perf_counter() - t, time.thread_time() - c
         if writer is not None:
@@ -136,8 +139,9 @@ async def http(count: int, monitors: Factory, trace: Path | None = None) -> Meas
         return wall / ok, cpu / ok
 
 
-def side_by_side(rounds: int, a: Callable[[], Measure],
-                 b: Callable[[], Measure]) -> tuple[Measure, Measure, Measure]:
+def side_by_side(
+    rounds: int, a: Callable[[], Measure], b: Callable[[], Measure]
+) -> tuple[Measure, Measure, Measure]:
     """Alternate a and b for ``rounds`` rounds: medians of a, of b, and of the per-round
     ratios b/a, each as (wall, CPU)."""
     av: list[Measure] = []
@@ -148,10 +152,13 @@ def side_by_side(rounds: int, a: Callable[[], Measure],
 
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
+
     ma = (med([x[0] for x in av]), med([x[1] for x in av]))
     mb = (med([x[0] for x in bv]), med([x[1] for x in bv]))
-    ratio = (med([y[0] / x[0] for x, y in zip(av, bv, strict=True)]),
-             med([y[1] / x[1] for x, y in zip(av, bv, strict=True)]))
+    ratio = (
+        med([y[0] / x[0] for x, y in zip(av, bv, strict=True)]),
+        med([y[1] / x[1] for x, y in zip(av, bv, strict=True)]),
+    )
     return ma, mb, ratio
 
 
@@ -196,33 +203,63 @@ def main() -> None:
     rows = [("comparison", "A (wall / CPU)", "B (wall / CPU)", "B/A wall", "B/A CPU", "goal")]
 
     def add(what: str, a: Measure, b: Measure, r: Measure, unit: float, suffix: str, goal: str) -> None:
-        rows.append((what, f"{a[0] * unit:.2f} / {a[1] * unit:.2f} {suffix}",
-                     f"{b[0] * unit:.2f} / {b[1] * unit:.2f} {suffix}", pct(r[0]), pct(r[1]), goal))
+        rows.append(
+            (
+                what,
+                f"{a[0] * unit:.2f} / {a[1] * unit:.2f} {suffix}",
+                f"{b[0] * unit:.2f} / {b[1] * unit:.2f} {suffix}",
+                pct(r[0]),
+                pct(r[1]),
+                goal,
+            )
+        )
         print(rows[-1], flush=True)
 
     for name, factory in (("3 x PassAll", three_all), ("3 x PassFaults", three_faults)):
-        a, b, r = side_by_side(rounds, lambda: asyncio.run(run_alone("bench-alu", f"n={alu_n}", none)),
-                               lambda f=factory: asyncio.run(run_alone("bench-alu", f"n={alu_n}", f)))
+        a, b, r = side_by_side(
+            rounds,
+            lambda: asyncio.run(run_alone("bench-alu", f"n={alu_n}", none)),
+            lambda f=factory: asyncio.run(run_alone("bench-alu", f"n={alu_n}", f)),
+        )
         add(f"bench-alu n={alu_n:,}: none vs {name}", a, b, r, 1, "s", "<= 2%")
     for name, factory in (("3 x PassAll on each VM", three_all), ("3 x PassFaults on each VM", three_faults)):
-        a, b, r = side_by_side(rounds, lambda: asyncio.run(http(reqs, none)),
-                               lambda f=factory: asyncio.run(http(reqs, f)))
+        a, b, r = side_by_side(
+            rounds, lambda: asyncio.run(http(reqs, none)), lambda f=factory: asyncio.run(http(reqs, f))
+        )
         add(f"HTTP, {reqs} requests: none vs {name}", a, b, r, 1e6, "us/req", "<= 2%")
     with tempfile.TemporaryDirectory(prefix="denali-bench-trace-") as d:
         path = Path(d) / "trace.jsonl"
-        a, b, r = side_by_side(rounds, lambda: asyncio.run(http(reqs, none)),
-                               lambda: asyncio.run(http(reqs, none, trace=path)))
+        a, b, r = side_by_side(
+            rounds, lambda: asyncio.run(http(reqs, none)), lambda: asyncio.run(http(reqs, none, trace=path))
+        )
         with path.open() as f:
             lines = sum(1 for _ in f)
-    add(f"HTTP, {reqs} requests: none vs the tracer on both VMs ({lines:,} lines)", a, b, r, 1e6, "us/req",
-        "<= 20%")
-    table("Monitor overheads (alternating rounds; medians of per-round ratios; time per request for HTTP)",
-          rows)
+    add(
+        f"HTTP, {reqs} requests: none vs the tracer on both VMs ({lines:,} lines)",
+        a,
+        b,
+        r,
+        1e6,
+        "us/req",
+        "<= 20%",
+    )
+    table(
+        "Monitor overheads (alternating rounds; medians of per-round ratios; time per request for HTTP)", rows
+    )
 
-    cost_rows = [("stack on bench-hcall (CLOCK in a loop)", "per hypercall, plain (CPU)",
-                  "added per hypercall (CPU)", "per monitor")]
-    for name, factory, depth in (("1 x PassAll", one_all, 1), ("3 x PassAll", three_all, 3),
-                                 ("3 x PassFaults", three_faults, 3)):
+    cost_rows = [
+        (
+            "stack on bench-hcall (CLOCK in a loop)",
+            "per hypercall, plain (CPU)",
+            "added per hypercall (CPU)",
+            "per monitor",
+        )
+    ]
+    for name, factory, depth in (
+        ("1 x PassAll", one_all, 1),
+        ("3 x PassAll", three_all, 3),
+        ("3 x PassFaults", three_faults, 3),
+    ):
         added, base = [], []
         for _ in range(rounds):
             t0 = asyncio.run(run_alone("bench-hcall", f"n={hc_n}", none))[1]
@@ -230,14 +267,24 @@ def main() -> None:
             base.append(t0 / hc_n)
             added.append((t1 - t0) / hc_n)
         a_ = statistics.median(added)
-        cost_rows.append((name, f"{statistics.median(base) * 1e6:.2f} us", f"{a_ * 1e6:.2f} us",
-                          f"{a_ / depth * 1e6:.2f} us" if "PassAll" in name else "-"))
+        cost_rows.append(
+            (
+                name,
+                f"{statistics.median(base) * 1e6:.2f} us",
+                f"{a_ * 1e6:.2f} us",
+                f"{a_ / depth * 1e6:.2f} us" if "PassAll" in name else "-",
+            )
+        )
         print(cost_rows[-1], flush=True)
     table(f"Cost of an interposed hypercall (n={hc_n:,}, medians of {rounds} alternating rounds)", cost_rows)
 
     calls = [("stack", "Python calls in the CPU hook per hypercall")]
-    for name, factory in (("none", none), ("3 x PassFaults", three_faults), ("1 x PassAll", one_all),
-                          ("3 x PassAll", three_all)):
+    for name, factory in (
+        ("none", none),
+        ("3 x PassFaults", three_faults),
+        ("1 x PassAll", one_all),
+        ("3 x PassAll", three_all),
+    ):
         per = (asyncio.run(hook_calls(3000, factory)) - asyncio.run(hook_calls(1000, factory))) / 2000
         calls.append((name, f"{per:.2f}"))
     table("The hypercall path, call for call (deterministic)", calls)
