@@ -169,6 +169,22 @@ async def test_model_congestion_control_keeps_a_short_queue_short() -> None:
     assert srv.nic is not None and srv.nic.stats.drop_impaired <= srv.nic.stats.tx_frames // 50, srv.nic.stats
 
 
+async def test_default_congestion_control_keeps_its_window_through_random_loss() -> None:
+    """``tcp_cc=auto`` (the default): losses on a lossy link with no queue behind them are
+    judged random, so the window stays the model's (the loss costs its retransmission
+    only); the transfer is exact. (Losses at a queue other flows fill are judged
+    congestion: tests/net/test_tap_load.py races a loss-based flow through one.)"""
+    async with Kernel() as k:
+        await _server(k, link=LinkSpec(loss=0.05, delay_s=0.01, seed=7))
+        status, out = await _client(
+            k, "http://10.0.0.1/bytes/2000000", "count=1 conc=1 timeout=200", within=250
+        )
+        st = await _client(k, "http://10.0.0.1/stats", "count=1 conc=1 print=1", ip="10.0.0.3")
+    assert status == 0 and "ok=1 fail=0 bytes=2000000" in out, out
+    stats = {k_: int(v) for k_, v in re.findall(r"^(tcp_\w+) (\d+)$", st[1], re.M)}
+    assert stats["tcp_fast_retransmits"] > 0 and stats["tcp_cc_random"] > 0, stats
+
+
 class DropFirstAfterRecovery:
     """Loses data segment ``nth`` of the server's reply, then, once it was resent (fast
     retransmit), the first segment of new data sent after that: the loss that ACKs
