@@ -138,6 +138,7 @@ class VCpu:
 
     __slots__ = (
         "_entry_state",
+        "_epoch",
         "_forbidden",
         "_invalid",
         "_last_fill",
@@ -180,6 +181,8 @@ class VCpu:
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
+        self._epoch = memory.epoch
+        """The memory's tracking epoch this engine's TLB was filled under."""
         mem = memory.buf
         kp = abi.Layout.KERNEL_PAGE
         gdt = _uc.GDT + state.tls
@@ -239,8 +242,16 @@ class VCpu:
             eng.reg_write(_uc.REG_EAX, res)
 
     def on_tlb_fill(self, vaddr: int, access: int) -> int:
-        prot = self.memory.prot_at(vaddr) if vaddr < self.memory.size else 0
+        mem = self.memory
+        prot = mem.prot_at(vaddr) if vaddr < mem.size else 0
         self._last_fill = (vaddr, access, prot)
+        dirty = mem.dirty
+        if dirty is not None and prot & PROT_W:  # tracking: writable only once marked
+            page = vaddr >> 12
+            if access == _uc.MEM_WRITE:
+                dirty[page] = 1
+            elif not dirty[page]:
+                return prot & ~PROT_W
         return prot
 
     def on_invalid_insn(self) -> None:
@@ -261,6 +272,9 @@ class VCpu:
         self.deferred = False
         self._vector = None
         eng = self.engine
+        if self._epoch != self.memory.epoch:  # dirty tracking began or a round ended
+            eng.flush_tlb()
+            self._epoch = self.memory.epoch
         eng.clear_stop()
         lane.begin(eng.stop_cell, deadline_ns)
         try:

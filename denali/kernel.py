@@ -42,6 +42,7 @@ from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
 from denali.errors import (
     ConfigError,
+    DenaliError,
     ImageError,
     KernelClosedError,
     ResourceError,
@@ -51,6 +52,7 @@ from denali.errors import (
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image, parse_image
+from denali.memory import GuestMemory
 from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
@@ -399,25 +401,43 @@ class Kernel:
 
     def _prepare(self, snap: SnapshotFile) -> _Restorable:
         """What every VM restored from ``snap`` is built from (parsed once per snapshot)."""
-        meta = snap.meta
-        try:
-            saved = meta["vm"]
-            img = parse_image(snap.image, f"{snap.path}:image", str(saved["image"]))
-            size = check_memory(int(saved["mem_size"]))
-            cpu = CpuState.unpack(snap.cpu)
-            nic = "nic" in meta["devices"]
-            disks = tuple(DiskSpec(**d) for d in meta["devices"].get("disks", {}).get("specs", []))
-            cmdline = str(saved["cmdline"])
-            mac = bytes(saved["mac"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotFormatError(f"{snap.path}: snapshot meta section is not valid ({exc!r})",
-                                      snap.path) from None
-        if size != snap.mem_size:
+        r = restorable(snap.meta, snap.cpu, snap.image, snap.path, SnapshotFormatError, snap)
+        if r.memory != snap.mem_size:
             raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
-        return _Restorable(snap, img, size, cpu, nic, disks, cmdline, mac)
+        return r
+
+    async def adopt(self, meta: dict[str, Any], cpu: bytes, image: bytes, memory: GuestMemory, *,
+                    console: ConsoleSink | None = None, where: str = "migration") -> Vm:
+        """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
+        snapshot, its ELF ``image``, and ``memory`` holding its pages (the VM owns it from
+        here, also when this raises). Same VM id and MAC as it had; its clock continues.
+        ``MigrationError`` for state that does not parse or an id or MAC in use here, and
+        what ``spawn`` raises."""
+        from denali.errors import MigrationError
+        try:
+            r = restorable(meta, cpu, image, where, MigrationError)
+            if r.memory != memory.size:
+                raise MigrationError(f"{where}: memory size differs from the VM's")
+            vm_id = int(meta["vm"]["id"])
+            self.check_free(vm_id, r.mac, where)
+            return await self._spawn_from(r, vm_id, None, None, console, clone=False, memory=memory)
+        except BaseException:
+            memory.close()
+            raise
+
+    def check_free(self, vm_id: int, mac: bytes, where: str) -> None:
+        """``MigrationError`` unless VM id ``vm_id`` and ``mac`` are free in this kernel."""
+        from denali.errors import MigrationError
+        if vm_id in self._vms:
+            raise MigrationError(f"{where}: VM id {vm_id} is in use in this kernel")
+        port = self.switch.lookup(mac)
+        if port is not None and port.mac == mac:
+            raise MigrationError(f"{where}: MAC {mac.hex(':')} is in use in this kernel")
+        if len(self._vms) >= self.config.max_vms:
+            raise MigrationError(f"{where}: the kernel already runs max_vms={self.config.max_vms} VMs")
 
     async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
-                          console: ConsoleSink | None, clone: bool) -> Vm:
+                          console: ConsoleSink | None, clone: bool, memory: GuestMemory | None = None) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
         default for ``vm_id``; None: the snapshot's)."""
         if self._state != "running":
@@ -438,7 +458,12 @@ class Kernel:
         spec = VmSpec(r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
-        vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
+        try:
+            vm.restore_state(r.meta, r.cpu, r.snap, clone, memory)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            vm.start()  # and ended at once: unpublished, its port detached
+            vm.kill()
+            raise ConfigError(f"VM {vm_id}: its saved state does not restore ({exc!r})") from None
         vm.start()
         if self._state != "running":
             vm.kill()
@@ -469,7 +494,8 @@ class Kernel:
 class _Restorable:
     """A snapshot's VM, parsed once: what ``Kernel._spawn_from`` builds VMs from."""
 
-    snap: SnapshotFile
+    snap: SnapshotFile | None
+    meta: dict[str, Any]
     image: Image
     memory: int
     cpu: CpuState
@@ -477,6 +503,36 @@ class _Restorable:
     disks: tuple[DiskSpec, ...]
     cmdline: str
     mac: bytes
+
+
+def restorable(meta: dict[str, Any], cpu_bytes: bytes, image: bytes, where: str,
+               error: type[SnapshotFormatError] | type[DenaliError],
+               snap: SnapshotFile | None = None) -> _Restorable:
+    """Parse a saved VM (a snapshot's or a migration's sections); ``error`` naming
+    ``where`` when any of it is not valid."""
+    try:
+        saved = meta["vm"]
+        img = parse_image(image, f"{where}:image", str(saved["image"]))
+        size = check_memory(int(saved["mem_size"]))
+        cpu = CpuState.unpack(cpu_bytes)
+        devices = meta["devices"]
+        nic = "nic" in devices
+        disks = tuple(DiskSpec(**d) for d in devices.get("disks", {}).get("specs", []))
+        cmdline = str(saved["cmdline"])
+        mac = bytes(saved["mac"])
+        for key in ("id", "clock_ns", "pending", "irq_entry", "hypercalls", "generation"):
+            if not isinstance(saved[key], int):
+                raise TypeError(f"{key} is not an integer")
+        if not isinstance(saved["stats"], dict) or not isinstance(devices, dict):
+            raise TypeError("stats or devices is not an object")
+        if len(mac) != 6:
+            raise ValueError("a MAC has 6 bytes")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = "snapshot meta section" if snap is not None else "saved VM state"
+        if error is SnapshotFormatError:
+            raise SnapshotFormatError(f"{where}: {what} is not valid ({exc!r})", where) from None
+        raise error(f"{where}: {what} is not valid ({exc!r})") from None
+    return _Restorable(snap, meta, img, size, cpu, nic, disks, cmdline, mac)
 
 
 async def _image_bytes(vm: Vm) -> bytes:
