@@ -407,10 +407,12 @@ class Kernel:
         return r
 
     async def adopt(self, meta: dict[str, Any], cpu: bytes, image: bytes, memory: GuestMemory, *,
-                    console: ConsoleSink | None = None, where: str = "migration") -> Vm:
+                    console: ConsoleSink | None = None, where: str = "migration",
+                    paused: bool = False) -> Vm:
         """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
         snapshot, its ELF ``image``, and ``memory`` holding its pages (the VM owns it from
         here, also when this raises). Same VM id and MAC as it had; its clock continues.
+        ``paused``: it is held PAUSED before its first slice until ``resume()``.
         ``MigrationError`` for state that does not parse or an id or MAC in use here, and
         what ``spawn`` raises."""
         from denali.errors import MigrationError
@@ -420,7 +422,8 @@ class Kernel:
                 raise MigrationError(f"{where}: memory size differs from the VM's")
             vm_id = int(meta["vm"]["id"])
             self.check_free(vm_id, r.mac, where)
-            return await self._spawn_from(r, vm_id, None, None, console, clone=False, memory=memory)
+            return await self._spawn_from(r, vm_id, None, None, console, clone=False, memory=memory,
+                                          paused=paused)
         except BaseException:
             memory.close()
             raise
@@ -437,7 +440,8 @@ class Kernel:
             raise MigrationError(f"{where}: the kernel already runs max_vms={self.config.max_vms} VMs")
 
     async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
-                          console: ConsoleSink | None, clone: bool, memory: GuestMemory | None = None) -> Vm:
+                          console: ConsoleSink | None, clone: bool, memory: GuestMemory | None = None,
+                          paused: bool = False) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
         default for ``vm_id``; None: the snapshot's)."""
         if self._state != "running":
@@ -464,6 +468,8 @@ class Kernel:
             vm.start()  # and ended at once: unpublished, its port detached
             vm.kill()
             raise ConfigError(f"VM {vm_id}: its saved state does not restore ({exc!r})") from None
+        if paused:
+            vm.hold_paused()
         vm.start()
         if self._state != "running":
             vm.kill()

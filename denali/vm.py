@@ -1003,6 +1003,11 @@ class Vm:
         """The resident memory (None while swapped out or not yet made); the kernel's."""
         return self._memory
 
+    def hold_paused(self) -> None:
+        """Before ``start()``: the VM pauses at its first slice boundary (``resume()``)."""
+        if self._pause is None:
+            self._pause = _Pause(self._rt.loop)
+
     def end_migrated(self) -> None:
         """This VM now runs in another kernel: end it here in state MIGRATED."""
         self._final_request = VmState.MIGRATED

@@ -424,6 +424,14 @@ class Switch:
             return None
         return e.att.port
 
+    def addresses(self, port: Port) -> tuple[bytes, ...]:
+        """The IPv4 addresses (4 bytes each) ARP has bound to ``port`` (learned from what
+        it sent); empty when it is not attached or sent no ARP."""
+        att = port._att
+        if att is None or att.switch is not self:
+            return ()
+        return tuple(ip for ip in self._arp_owned.get(att, ()) if self._arp.get(ip, (b"", None))[1] is att)
+
     # ---- capture ----
     def capture(self, path: str | os.PathLike[str], *,
                 queue_frames: int = DEFAULT_QUEUE_FRAMES) -> _CaptureStart:
