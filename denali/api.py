@@ -249,8 +249,8 @@ class ControlApi:
         to = str(self._field(body, "to", str))
         if not to or "\0" in to:
             raise ApiError(400, "bad_field", "'to' must name the destination kernel's API socket")
-        if not to.startswith(("http://", "https://")):
-            to = os.path.abspath(to)
+        if not to.startswith(("http://", "https://")) and not to.startswith("/"):
+            raise ApiError(400, "bad_field", "'to' must be an absolute socket path or http://HOST:PORT")
         from denali.migration import migrate
 
         async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:

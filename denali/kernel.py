@@ -45,6 +45,7 @@ from denali.errors import (
     DenaliError,
     ImageError,
     KernelClosedError,
+    MigrationError,
     ResourceError,
     SnapshotFormatError,
     VmStateError,
@@ -406,16 +407,15 @@ class Kernel:
             raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
         return r
 
-    async def adopt(self, meta: dict[str, Any], cpu: bytes, image: bytes, memory: GuestMemory, *,
+    async def adopt(self, meta: dict[str, Any], cpu: bytes, image: bytes | Image, memory: GuestMemory, *,
                     console: ConsoleSink | None = None, where: str = "migration",
                     paused: bool = False) -> Vm:
         """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
-        snapshot, its ELF ``image``, and ``memory`` holding its pages (the VM owns it from
-        here, also when this raises). Same VM id and MAC as it had; its clock continues.
+        snapshot, its ELF ``image`` (or that parsed), and ``memory`` holding its pages (the
+        VM owns it from here, also when this raises). Same VM id and MAC as it had; its clock continues.
         ``paused``: it is held PAUSED before its first slice until ``resume()``.
         ``MigrationError`` for state that does not parse or an id or MAC in use here, and
         what ``spawn`` raises."""
-        from denali.errors import MigrationError
         try:
             r = restorable(meta, cpu, image, where, MigrationError)
             if r.memory != memory.size:
@@ -430,7 +430,6 @@ class Kernel:
 
     def check_free(self, vm_id: int, mac: bytes, where: str) -> None:
         """``MigrationError`` unless VM id ``vm_id`` and ``mac`` are free in this kernel."""
-        from denali.errors import MigrationError
         if vm_id in self._vms:
             raise MigrationError(f"{where}: VM id {vm_id} is in use in this kernel")
         port = self.switch.lookup(mac)
@@ -511,14 +510,14 @@ class _Restorable:
     mac: bytes
 
 
-def restorable(meta: dict[str, Any], cpu_bytes: bytes, image: bytes, where: str,
+def restorable(meta: dict[str, Any], cpu_bytes: bytes, image: bytes | Image, where: str,
                error: type[SnapshotFormatError] | type[DenaliError],
                snap: SnapshotFile | None = None) -> _Restorable:
     """Parse a saved VM (a snapshot's or a migration's sections); ``error`` naming
     ``where`` when any of it is not valid."""
     try:
         saved = meta["vm"]
-        img = parse_image(image, f"{where}:image", str(saved["image"]))
+        img = image if isinstance(image, Image) else parse_image(image, f"{where}:image", str(saved["image"]))
         size = check_memory(int(saved["mem_size"]))
         cpu = CpuState.unpack(cpu_bytes)
         devices = meta["devices"]
@@ -533,6 +532,16 @@ def restorable(meta: dict[str, Any], cpu_bytes: bytes, image: bytes, where: str,
             raise TypeError("stats or devices is not an object")
         if len(mac) != 6:
             raise ValueError("a MAC has 6 bytes")
+        if nic:
+            rx = devices["nic"].get("rx", [])
+            if not isinstance(rx, list) or not all(isinstance(f, bytes) and len(f) <= abi.NET_MTU
+                                                   for f in rx):
+                raise ValueError("the NIC's queued frames are not frames")
+        for name in ("clock", "console"):
+            if not isinstance(devices.get(name, {}), dict):
+                raise TypeError(f"{name} state is not an object")
+        if not isinstance(devices.get("clock", {}).get("deadline", 0), int):
+            raise TypeError("the clock's deadline is not an integer")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         what = "snapshot meta section" if snap is not None else "saved VM state"
         if error is SnapshotFormatError:

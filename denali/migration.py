@@ -64,7 +64,8 @@ import aiohttp
 from aiohttp import web
 
 from denali import abi
-from denali.errors import ConfigError, DenaliError, MigrationError
+from denali.errors import ConfigError, DenaliError, ImageError, MigrationError
+from denali.loader import parse_image
 from denali.memory import GuestMemory
 from denali.net.ethernet import build_frame
 from denali.snapshot import _decode, encode_meta
@@ -89,6 +90,9 @@ MAX_META: Final = 16 << 20
 ROUTE: Final = "/v1/migrations/incoming"
 _PAGES: Final = struct.Struct("<II")
 _U32: Final = struct.Struct("<I")
+_FRAME: Final = struct.Struct("<H")
+_MAX_LATE: Final = 1024
+"""Most frames that came for the paused VM the source forwards (an ``F`` message)."""
 _KERNEL_PAGE: Final = abi.Layout.KERNEL_PAGE // PAGE
 _ETH_ARP: Final = 0x0806
 Progress = Callable[[int, int], None]
@@ -110,12 +114,16 @@ class MigrationInfo:
     downtime_s: float = 0.0
     round_pages: list[int] = field(default_factory=list)
     """Pages sent in each pre-copy round."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Where the downtime went: seconds from the pause to the end of each step
+    (``paused``, ``state``, ``final_pages``, ``prepared``, ``started``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "to": self.to, "live": self.live, "rounds": self.rounds,
                 "pages_sent": self.pages_sent, "pages_final": self.pages_final,
                 "bytes_sent": self.bytes_sent, "total_ms": round(self.total_s * 1000, 3),
-                "downtime_ms": round(self.downtime_s * 1000, 3), "round_pages": self.round_pages}
+                "downtime_ms": round(self.downtime_s * 1000, 3), "round_pages": self.round_pages,
+                "phases_ms": {k: round(v * 1000, 3) for k, v in self.phases.items()}}
 
 
 # ---------------------------------------------------------------- the channel
@@ -328,7 +336,9 @@ async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop
         if not was_paused:
             await vm.pause()
             paused_here = True
+        info.phases["paused"] = time.perf_counter() - pause_at
         state = await vm.snapshot_state()
+        info.phases["state"] = time.perf_counter() - pause_at
         try:
             meta, cpu = state.meta, state.cpu.pack()
             if tracked:
@@ -346,20 +356,27 @@ async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop
         finally:
             if state.scratch is not None:
                 state.scratch.close()
+        info.phases["final_pages"] = time.perf_counter() - pause_at
         ips = [ip.hex() for ip in kernel.switch.addresses(port)] if port is not None else []
+        saved_rx = len(meta["devices"].get("nic", {}).get("rx", ()))
         meta = {**meta, "migration": {"addresses": ips}}
         body = encode_meta(meta)
         await ch.send(b"S" + _U32.pack(len(body)) + body + cpu)
         await _expect(ch, b"D", timeout_s, "prepared")
+        info.phases["prepared"] = time.perf_counter() - pause_at
         if vm.state is not VmState.PAUSED:
             raise MigrationError(f"VM {vm.id} is {vm.state.value}: the migration was given up")
+        late: tuple[bytes, ...] = ()
         if port is not None and port.switch is not None:
+            late = port.pending_frames()[saved_rx:]  # came while paused: they go too
             kernel.switch.detach(port)
             detached = True
+        if late:
+            await ch.send(b"F" + b"".join(_FRAME.pack(len(f)) + f for f in late[:_MAX_LATE]))
         await ch.send(b"G")
         go_sent = True
         await _expect(ch, b"K", timeout_s, "started")
-        info.downtime_s = time.perf_counter() - pause_at
+        info.downtime_s = info.phases["started"] = time.perf_counter() - pause_at
         info.total_s = time.perf_counter() - began
         if progress is not None:
             progress(total, total)
@@ -449,6 +466,11 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                 raise MigrationError("the image does not arrive as the hello announced")
             image += msg[1:]
         try:
+            img = parse_image(bytes(image), f"VM {vm_id}:image", str(hello.get("image", "migrated")))
+            img.check_fits(mem_size)
+        except ImageError as exc:
+            raise MigrationError(str(exc)) from None
+        try:
             mem = GuestMemory(mem_size)
         except (OSError, ValueError) as exc:
             raise MigrationError(f"no memory for the VM ({exc})") from None
@@ -482,14 +504,20 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                     raise MigrationError("the state is of another VM than the hello's")
                 ips = _addresses(meta)
                 try:
-                    vm = await kernel.adopt(meta, cpu, bytes(image), mem, paused=True,
+                    vm = await kernel.adopt(meta, cpu, img, mem, paused=True,
                                             where=f"VM {vm_id} from {peer}")
                 except ConfigError as exc:
                     raise MigrationError(str(exc)) from None
                 finally:
                     mem = None  # adopt owns it now, also when it raised
                 await ch.send(b"D")
-                kind = (await ch.recv(timeout_s))[:1]
+                msg = await ch.recv(timeout_s)
+                if msg[:1] == b"F":
+                    frames = _frames(msg[1:])
+                    if vm.nic is not None:
+                        vm.nic.refill(frames)
+                    msg = await ch.recv(timeout_s)
+                kind = msg[:1]
                 if kind == b"E":
                     log.info("migration of VM %d from %s given up by the source before GO", vm_id, peer)
                     return None  # the finally below ends the held VM
@@ -522,6 +550,22 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
             mem.close()
         if vm is not None and not vm.state.final:  # not started: nothing of it stays here
             vm.kill()
+
+
+def _frames(body: bytes) -> list[bytes]:
+    """The frames of an ``F`` message (``<H`` length, then the frame, each)."""
+    frames: list[bytes] = []
+    at = 0
+    while at < len(body) and len(frames) < _MAX_LATE:
+        if at + _FRAME.size > len(body):
+            raise MigrationError("a frames message is truncated")
+        (n,) = _FRAME.unpack_from(body, at)
+        at += _FRAME.size
+        if not 0 < n <= abi.NET_MTU or at + n > len(body):
+            raise MigrationError("a frames message is malformed")
+        frames.append(body[at:at + n])
+        at += n
+    return frames
 
 
 def _addresses(meta: dict[str, Any]) -> list[bytes]:
