@@ -42,7 +42,9 @@ snapshot's), the protocol and ABI versions. Anything else ends the migration wit
 Messages: one kind byte, then its body. Source to destination: ``H`` hello (JSON: the
 protocol and ABI versions, the VM's identity and sizes), ``I`` a piece of the ELF image,
 ``P`` pages (``<II`` first page and count, then the pages), ``S`` state (``<I`` the meta
-JSON's length, the meta JSON, the ``CpuState``), ``G`` go, ``E`` error (JSON). Destination
+JSON's length, the meta JSON, the ``CpuState``), ``F`` frames that reached the paused VM
+after its state was taken (``<H`` length and frame, each), ``G`` go (``Gp``: the VM was
+paused at the source and stays paused), ``E`` error (JSON). Destination
 to source: ``A`` accepted, ``D`` prepared, ``K`` started, ``E`` error.
 
 VMs with writable disks (read-write images, kept overlays) are not migrated (their disk
@@ -293,7 +295,10 @@ async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop
     began = time.perf_counter()
     info = MigrationInfo(vm.id, to, live=False)
     was_paused = vm.paused
-    ch = await connect(to, timeout_s)
+    try:
+        ch = await connect(to, timeout_s)
+    except MigrationError as exc:
+        raise MigrationError(f"VM {vm.id}: migration failed: {exc}; it runs on here") from None
     paused_here = detached = go_sent = False
     tracked = False
     port = vm.nic
@@ -373,7 +378,7 @@ async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop
             detached = True
         if late:
             await ch.send(b"F" + b"".join(_FRAME.pack(len(f)) + f for f in late[:_MAX_LATE]))
-        await ch.send(b"G")
+        await ch.send(b"Gp" if was_paused else b"G")  # a paused VM stays paused there
         go_sent = True
         await _expect(ch, b"K", timeout_s, "started")
         info.downtime_s = info.phases["started"] = time.perf_counter() - pause_at
@@ -521,9 +526,10 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                 if kind == b"E":
                     log.info("migration of VM %d from %s given up by the source before GO", vm_id, peer)
                     return None  # the finally below ends the held VM
-                if kind != b"G":
+                if kind != b"G" or msg not in (b"G", b"Gp"):
                     raise MigrationError(f"the peer sent {kind!r} where GO was expected")
-                vm.resume()
+                if msg == b"G":
+                    vm.resume()
                 _announce(kernel, vm, ips)
                 log.info("VM %d migrated in from %s (%d pages)", vm_id, peer, received)
                 started, vm = vm, None
