@@ -409,11 +409,13 @@ class Kernel:
 
     async def adopt(self, meta: dict[str, Any], cpu: bytes, image: bytes | Image, memory: GuestMemory, *,
                     console: ConsoleSink | None = None, where: str = "migration",
-                    paused: bool = False) -> Vm:
+                    paused: bool = False, image_data: bytes | None = None) -> Vm:
         """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
         snapshot, its ELF ``image`` (or that parsed), and ``memory`` holding its pages (the
         VM owns it from here, also when this raises). Same VM id and MAC as it had; its clock continues.
         ``paused``: it is held PAUSED before its first slice until ``resume()``.
+        ``image_data``: the ELF file when ``image`` is given parsed (kept for its next
+        snapshot or migration).
         ``MigrationError`` for state that does not parse or an id or MAC in use here, and
         what ``spawn`` raises."""
         try:
@@ -422,8 +424,10 @@ class Kernel:
                 raise MigrationError(f"{where}: memory size differs from the VM's")
             vm_id = int(meta["vm"]["id"])
             self.check_free(vm_id, r.mac, where)
-            return await self._spawn_from(r, vm_id, None, None, console, clone=False, memory=memory,
-                                          paused=paused)
+            vm = await self._spawn_from(r, vm_id, None, None, console, clone=False, memory=memory,
+                                        paused=paused)
+            vm.image_data = image if isinstance(image, bytes) else image_data
+            return vm
         except BaseException:
             memory.close()
             raise
@@ -555,6 +559,8 @@ async def _image_bytes(vm: Vm) -> bytes:
     gone or changed since the VM booted."""
     if vm.origin is not None:  # restored or cloned: the image came with its snapshot
         return vm.origin.image
+    if vm.image_data is not None:  # migrated in: the image came with it
+        return vm.image_data
     path = vm.image.path
     try:
         async with aiofiles.open(path, "rb") as f:

@@ -509,7 +509,7 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                     raise MigrationError("the state is of another VM than the hello's")
                 ips = _addresses(meta)
                 try:
-                    vm = await kernel.adopt(meta, cpu, img, mem, paused=True,
+                    vm = await kernel.adopt(meta, cpu, img, mem, paused=True, image_data=bytes(image),
                                             where=f"VM {vm_id} from {peer}")
                 except ConfigError as exc:
                     raise MigrationError(str(exc)) from None

@@ -184,6 +184,7 @@ class Vm:
         "generation",
         "id",
         "image",
+        "image_data",
         "interposed",
         "mem_size",
         "nic_device",
@@ -267,6 +268,8 @@ class Vm:
         """True while the VM is being migrated out: it is not swapped out meanwhile."""
         self._incoming: GuestMemory | None = None
         """A migrated-in VM's memory, filled by the migration, taken at its admission."""
+        self.image_data: bytes | None = None
+        """The ELF file of a VM that migrated in (its image is not a file here)."""
         self._final_request: VmState | None = None
         """The final state a cancellation of the coroutine ends in (KILLED when None)."""
         for dev in self._devices[1:]:

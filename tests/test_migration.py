@@ -250,13 +250,13 @@ def _hello(**over: object) -> bytes:
     return b"H" + json.dumps(h).encode()
 
 
-async def _image_bytes() -> bytes:
+def _image_bytes() -> bytes:
     from denali.images import resolve
     return Path(resolve("test-swapsum").path).read_bytes()
 
 
 async def _valid_prefix() -> list[bytes]:
-    image = await _image_bytes()
+    image = _image_bytes()
     return [_hello(image_size=len(image), image="test-swapsum"), b"I" + image]
 
 
@@ -298,13 +298,13 @@ async def test_a_malformed_stream_gets_one_error_and_leaves_nothing(
         "image-size": [_hello(image_size=0)],
         "image-overflow": [_hello(image_size=10), b"I" + bytes(11)],
         "not-elf": [_hello(image_size=10), b"I" + bytes(10)],
-        "page-range": good + [b"P" + struct.pack("<II", 1023, 2) + bytes(2 * abi.PAGE_SIZE)],
-        "page-short": good + [b"P" + page[:-1]],
-        "page-truncated": good + [b"P\x01"],
-        "unknown-kind": good + [b"Z"],
-        "state-json": good + [b"P" + page, b"S" + struct.pack("<I", 3) + b"{x}"],
-        "state-length": good + [b"S" + struct.pack("<I", 1 << 30)],
-        "state-other-vm": good + [b"S" + struct.pack("<I", 17) + json.dumps({"vm": {"id": 6}}).encode()],
+        "page-range": [*good, b"P" + struct.pack("<II", 1023, 2) + bytes(2 * abi.PAGE_SIZE)],
+        "page-short": [*good, b"P" + page[:-1]],
+        "page-truncated": [*good, b"P\x01"],
+        "unknown-kind": [*good, b"Z"],
+        "state-json": [*good, b"P" + page, b"S" + struct.pack("<I", 3) + b"{x}"],
+        "state-length": [*good, b"S" + struct.pack("<I", 1 << 30)],
+        "state-other-vm": [*good, b"S" + struct.pack("<I", 17) + json.dumps({"vm": {"id": 6}}).encode()],
         "state-bad": good + [b"S" + struct.pack("<I", len(json.dumps(meta_ok))) + json.dumps(meta_ok).encode()
                              + b"cpu"],
     }
@@ -364,7 +364,8 @@ async def test_api_and_ctl_errors_are_one_line(pair: tuple[Kernel, Kernel, str],
     try:
         vm = await a.spawn("test-touch", cmdline="kib=64", memory="4M")  # idles until told
         proc = await asyncio.create_subprocess_exec(
-            "python3", "-m", "denali", "ctl", sock_a, "migrate", str(vm.id), "--to", str(tmp_path / "none.sock"),
+            "python3", "-m", "denali", "ctl", sock_a, "migrate", str(vm.id), "--to",
+            str(tmp_path / "none.sock"),
             cwd=str(Path(__file__).resolve().parent.parent), stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env={**os.environ})
         _out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -46,7 +46,7 @@ async def _boot(netns: str, log: Path, *args: str) -> asyncio.subprocess.Process
 
 async def _until(log: Path, text: str) -> None:
     async with asyncio.timeout(60):
-        while text not in log.read_text(errors="replace"):
+        while text not in log.read_text(errors="replace"):  # noqa: ASYNC110, ASYNC240 (a child's log)
             await asyncio.sleep(0.05)
 
 
@@ -73,7 +73,7 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
     try:
         await _until(a_log, "listening on 10.78.0.1:80")
         async with asyncio.timeout(60):
-            while not os.path.exists(b_sock):
+            while not os.path.exists(b_sock):  # noqa: ASYNC110, ASYNC240 (made by a child)
                 await asyncio.sleep(0.05)
         n = 3000
         curl = await asyncio.create_subprocess_exec(
