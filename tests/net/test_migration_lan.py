@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -81,10 +82,12 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
             "-w", "%{http_code} %{time_total} %{num_connects}\\n",
             f"http://10.78.0.1/bytes/[1000-{999 + n}]", stdout=asyncio.subprocess.PIPE)
         ping = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", netns, "ping", "-i", "0.001", "-c", "3000", "-q", "10.78.0.1",
+            "ip", "netns", "exec", netns, "ping", "-D", "-i", "0.001", "-c", "3000", "10.78.0.1",
             stdout=asyncio.subprocess.PIPE)
         await asyncio.sleep(0.8)
+        t0 = time.time()
         rc, out = await _ctl("--json", a_sock, "migrate", "1", "--to", b_sock)
+        t1 = time.time()
         assert rc == 0, out
         info = json.loads(out)["migration"]
         assert info["live"] and info["rounds"] >= 1
@@ -95,10 +98,22 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
         assert len(rows) == n and codes.count("200") == n, f"failed requests: {n - codes.count('200')}"
         assert sum(int(r[2]) for r in rows) == 1  # one connection, kept across the move
         slowest = max(float(r[1]) for r in rows[1:])
+        times = [float(r[1]) for r in rows]
+        worst = sorted(range(1, n), key=lambda i: -times[i])[:4]
+        print("slowest requests (index: ms, next ones):",
+              [(i, round(times[i] * 1000, 1), [round(t * 1000, 1) for t in times[i + 1:i + 4]]) for i in worst])
         m = re.search(rb"(\d+) packets transmitted, (\d+) received", ping_out)
         assert m is not None, ping_out
+        stamps = [float(t) for t in re.findall(rb"^\[(\d+\.\d+)\] \d+ bytes from", ping_out, re.M)]
+        assert len(stamps) > 100  # ping reached the VM before and after
+        gap, gap_at = max((b - a, a) for a, b in zip(stamps, stamps[1:], strict=False))
+        near = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if t0 - 0.2 <= a <= t1 + 0.2]
+        print(f"ping: first {stamps[0] - t0:+.3f}s last {stamps[-1] - t0:+.3f}s; longest gap at "
+              f"{gap_at - t0:+.3f}s; migration took {t1 - t0:.3f}s (ctl); longest gap during it "
+              f"{max(near, default=0) * 1000:.1f} ms")
         print(f"downtime (kernel) {info['downtime_ms']:.1f} ms, phases {info['phases_ms']}; slowest "
-              f"request {slowest * 1000:.1f} ms; ping {m.group(2).decode()}/{m.group(1).decode()}")
+              f"request {slowest * 1000:.1f} ms; ping {m.group(2).decode()}/{m.group(1).decode()}, "
+              f"longest gap between replies {gap * 1000:.1f} ms")
         rc, out = await _ctl(b_sock, "ls")
         assert rc == 0 and "ip=10.78.0.1/24" in out, out
         rc, out = await _ctl(a_sock, "ls")
