@@ -66,7 +66,7 @@ import aiohttp
 from aiohttp import web
 
 from denali import abi
-from denali.errors import ConfigError, DenaliError, ImageError, MigrationError
+from denali.errors import ConfigError, DenaliError, ImageError, MigrationError, NetError
 from denali.loader import parse_image
 from denali.memory import GuestMemory
 from denali.net.ethernet import build_frame
@@ -590,12 +590,17 @@ def _addresses(meta: dict[str, Any]) -> list[bytes]:
 
 def _announce(kernel: Kernel, vm: Vm, ips: list[bytes]) -> None:
     """Announce ``vm`` on this kernel's LAN from its own port: a gratuitous ARP request for
-    each of its addresses (an ARP probe from 0.0.0.0 without one), so every switch of the
-    joined LANs learns where its MAC is now."""
+    each of its addresses (an ARP probe from 0.0.0.0 without one), flooded past ARP
+    suppression (``Switch.announce``), so every switch of the joined LANs learns where its
+    MAC is now."""
     port = vm.nic
     if port is None:
         return
     mac = vm.mac
     for ip in ips or [bytes(4)]:
         arp = b"".join((b"\x00\x01\x08\x00\x06\x04\x00\x01", mac, ip, bytes(6), ip))
-        port.submit(build_frame(b"\xff" * 6, mac, _ETH_ARP, arp))
+        try:
+            kernel.switch.announce(port, build_frame(b"\xff" * 6, mac, _ETH_ARP, arp))
+        except NetError as exc:  # the VM ended at once: nothing to announce
+            log.info("VM %d: not announced (%s)", vm.id, exc)
+            return

@@ -27,6 +27,7 @@ from denali.migration import MAX_MESSAGE, PROTOCOL, ROUTE, migrate
 from denali.vm import VmState
 from tests.conftest import need_image
 
+ROOT = Path(__file__).resolve().parent.parent
 SUM = "kib=1024 rounds=60"
 """test-swapsum rewrites 1 MiB 60 times with 1 ms sleeps: every pre-copy round finds it dirty."""
 
@@ -305,8 +306,8 @@ async def test_a_malformed_stream_gets_one_error_and_leaves_nothing(
         "state-json": [*good, b"P" + page, b"S" + struct.pack("<I", 3) + b"{x}"],
         "state-length": [*good, b"S" + struct.pack("<I", 1 << 30)],
         "state-other-vm": [*good, b"S" + struct.pack("<I", 17) + json.dumps({"vm": {"id": 6}}).encode()],
-        "state-bad": good + [b"S" + struct.pack("<I", len(json.dumps(meta_ok))) + json.dumps(meta_ok).encode()
-                             + b"cpu"],
+        "state-bad": [*good, b"S" + struct.pack("<I", len(json.dumps(meta_ok))) + json.dumps(meta_ok).encode()
+                      + b"cpu"],
     }
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s, \
             s.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE) as ws:
@@ -366,7 +367,7 @@ async def test_api_and_ctl_errors_are_one_line(pair: tuple[Kernel, Kernel, str],
         proc = await asyncio.create_subprocess_exec(
             "python3", "-m", "denali", "ctl", sock_a, "migrate", str(vm.id), "--to",
             str(tmp_path / "none.sock"),
-            cwd=str(Path(__file__).resolve().parent.parent), stderr=asyncio.subprocess.PIPE,
+            cwd=str(ROOT), stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env={**os.environ})
         _out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 1
@@ -376,3 +377,37 @@ async def test_api_and_ctl_errors_are_one_line(pair: tuple[Kernel, Kernel, str],
         assert a.vms.get(vm.id) is vm and not vm.done and a.switch.lookup(vm.mac) is vm.nic
     finally:
         await endpoint.close()
+
+
+async def test_the_destination_announces_the_vm_so_the_source_lan_relearns_at_once(
+        tmp_path: Path) -> None:
+    """Two kernels whose LANs are joined by VXLAN over loopback: right after the move, the
+    source's switch sends frames for the VM's MAC over VXLAN, though the (idle) VM itself
+    sent nothing: the destination's gratuitous ARP taught it."""
+    from denali.net.vxlan import VxlanPort
+    need_image("httpd")
+    base = 30000 + os.getpid() % 20000
+    sock = str(tmp_path / "b.sock")
+    async with Kernel(mac_tag=7) as a, Kernel(mac_tag=7) as b:
+        va = VxlanPort(77, [("127.0.0.1", base + 1)], ("127.0.0.1", base))
+        vb = VxlanPort(77, [("127.0.0.1", base)], ("127.0.0.1", base + 1))
+        await va.open()
+        await vb.open()
+        a.switch.attach(va)
+        b.switch.attach(vb)
+        endpoint = await api.serve(b, sock)
+        try:
+            vm = await a.spawn("httpd", cmdline="ip=10.9.0.1/24")
+            await vm.until_idle()
+            assert a.switch.lookup(vm.mac) is vm.nic
+            await migrate(a, vm, sock)
+            moved = b.vms[vm.id]
+            async with asyncio.timeout(5):
+                while a.switch.lookup(vm.mac) is not va:  # noqa: ASYNC110 (the ARP crosses UDP)
+                    await asyncio.sleep(0.001)
+            assert b.switch.lookup(vm.mac) is moved.nic
+            assert moved.stats["slices"] == vm.stats["slices"] or moved.state is VmState.IDLE
+        finally:
+            await endpoint.close()
+            va.close()
+            vb.close()

@@ -8,6 +8,7 @@ the VM runs on at B with its MAC and address."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -101,13 +102,14 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
         times = [float(r[1]) for r in rows]
         worst = sorted(range(1, n), key=lambda i: -times[i])[:4]
         print("slowest requests (index: ms, next ones):",
-              [(i, round(times[i] * 1000, 1), [round(t * 1000, 1) for t in times[i + 1:i + 4]]) for i in worst])
+              [(i, round(times[i] * 1000, 1), [round(t * 1000, 1) for t in times[i + 1:i + 4]])
+               for i in worst])
         m = re.search(rb"(\d+) packets transmitted, (\d+) received", ping_out)
         assert m is not None, ping_out
         stamps = [float(t) for t in re.findall(rb"^\[(\d+\.\d+)\] \d+ bytes from", ping_out, re.M)]
         assert len(stamps) > 100  # ping reached the VM before and after
-        gap, gap_at = max((b - a, a) for a, b in zip(stamps, stamps[1:], strict=False))
-        near = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if t0 - 0.2 <= a <= t1 + 0.2]
+        gap, gap_at = max((b - a, a) for a, b in itertools.pairwise(stamps))
+        near = [b - a for a, b in itertools.pairwise(stamps) if t0 - 0.2 <= a <= t1 + 0.2]
         print(f"ping: first {stamps[0] - t0:+.3f}s last {stamps[-1] - t0:+.3f}s; longest gap at "
               f"{gap_at - t0:+.3f}s; migration took {t1 - t0:.3f}s (ctl); longest gap during it "
               f"{max(near, default=0) * 1000:.1f} ms")
