@@ -411,3 +411,24 @@ async def test_the_destination_announces_the_vm_so_the_source_lan_relearns_at_on
             await endpoint.close()
             va.close()
             vb.close()
+
+
+async def test_a_swapped_out_vm_moves_from_its_swap_file(tmp_path: Path) -> None:
+    """A VM swapped out while it waits moves by stop-and-copy of its swap file's pages
+    and answers its interrupt at the destination."""
+    from denali import lowlevel
+    need_image("test-touch")
+    sock = str(tmp_path / "b.sock")
+    async with Kernel(mac_tag=7, memory_budget=64 << 20) as a, Kernel(mac_tag=7) as b:
+        endpoint = await api.serve(b, sock)
+        try:
+            vm = await a.spawn("test-touch", cmdline="kib=512", memory="4M")
+            await vm.until_idle()
+            assert await lowlevel.swap_out(vm) and vm.swapped
+            info = await migrate(a, vm, sock)
+            assert not info.live and info.pages_final >= 128
+            moved = b.vms[vm.id]
+            moved.interrupt()  # test-touch ends on the host interrupt
+            assert await moved.wait() == 0
+        finally:
+            await endpoint.close()
