@@ -189,6 +189,14 @@ async def _accept_then(ws: web.WebSocketResponse, until: bytes, then: str) -> No
     elif then == "garbage":
         await ws.send_bytes(b"\xff" * 100)
         await asyncio.sleep(1)
+    elif then == "prepared-then-drop":  # says PREPARED, takes GO, then vanishes
+        await ws.send_bytes(b"D")
+        async for msg in ws:
+            if msg.data[:1] == b"G":
+                break
+        transport = ws._req.transport if ws._req is not None else None  # type: ignore[union-attr]
+        if transport is not None:
+            transport.abort()
     elif then == "refuse":
         await ws.send_bytes(b"E" + json.dumps({"message": "no room \x1b[31mhere"}).encode())
         await asyncio.sleep(1)
@@ -218,6 +226,52 @@ async def test_a_failing_peer_leaves_the_vm_running_with_nothing_lost(
         assert a.switch.lookup(vm.mac) is vm.nic
         assert vm.evictable() or vm.state is not VmState.IDLE or not vm._migrating
         await _runs_on(vm.wait(), vm.console.text, want)
+
+
+async def test_a_link_lost_after_go_keeps_the_vm_paused_and_off_the_lan(
+        fake_peer: Callable[[Script], Awaitable[str]]) -> None:
+    """GO went out, the confirmation never came: the destination may run the VM, so the
+    source neither resumes it nor puts it back on its LAN (never two of it), and says so."""
+    need_image("test-swapsum")
+    sock = await fake_peer(lambda ws: _accept_then(ws, b"S", "prepared-then-drop"))
+    async with Kernel() as a:
+        vm = await a.spawn("test-swapsum", cmdline=LONG, memory="4M")
+        await asyncio.sleep(0.02)
+        with pytest.raises(MigrationError, match="did not confirm") as err:
+            await migrate(a, vm, sock, timeout_s=0.5)
+        assert "kept paused here and off the LAN" in str(err.value)
+        assert vm.state is VmState.PAUSED and a.switch.lookup(vm.mac) is None
+        vm.kill()
+
+
+async def test_a_source_lost_after_prepared_leaves_nothing_at_the_destination(
+        pair: tuple[Kernel, Kernel, str]) -> None:
+    """The source's link drops after PREPARED, before GO: the held VM goes."""
+    _a, b, sock = pair
+    good = _valid_prefix_sync()
+    async with Kernel(mac_tag=9) as src:
+        vm = await src.spawn("test-swapsum", cmdline=SUM, memory="4M")
+        await asyncio.sleep(0.02)
+        await vm.pause()
+        state = await vm.snapshot_state()
+        from denali.snapshot import encode_meta
+        meta = encode_meta({**state.meta, "vm": {**state.meta["vm"], "id": 5}})
+        session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock))
+        ws = await session.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE)
+        good[0] = _hello(image_size=len(good[1]) - 1, image="test-swapsum", mac=vm.mac.hex())
+        for m in good:
+            await ws.send_bytes(m)
+        assert (await ws.receive()).data == b"A"
+        await ws.send_bytes(b"S" + struct.pack("<I", len(meta)) + meta + state.cpu.pack())
+        assert (await ws.receive()).data == b"D"
+        assert b.vms[5].state is VmState.PAUSED
+        await session.close()  # the link drops: no close handshake
+        vm.kill()
+    async with asyncio.timeout(5):
+        while 5 in b.vms:  # noqa: ASYNC110 (the destination notices the drop)
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert not b.switch.ports
 
 
 async def test_an_id_in_use_at_the_destination_is_refused(pair: tuple[Kernel, Kernel, str]) -> None:
@@ -256,9 +310,13 @@ def _image_bytes() -> bytes:
     return Path(resolve("test-swapsum").path).read_bytes()
 
 
-async def _valid_prefix() -> list[bytes]:
+def _valid_prefix_sync() -> list[bytes]:
     image = _image_bytes()
     return [_hello(image_size=len(image), image="test-swapsum"), b"I" + image]
+
+
+async def _valid_prefix() -> list[bytes]:
+    return _valid_prefix_sync()
 
 
 @pytest.mark.parametrize("case,why", [
