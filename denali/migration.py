@@ -240,6 +240,8 @@ def _check_migratable(kernel: Kernel, vm: Vm) -> None:
         raise MigrationError(f"VM {vm.id} is not a live VM of this kernel")
     if vm.state.final:
         raise MigrationError(f"VM {vm.id} is {vm.state.value}: it cannot be migrated")
+    if vm.migrating:
+        raise MigrationError(f"VM {vm.id} is being migrated already")
     if vm.disks is not None:
         for spec in vm.disks.specs:
             if spec.mode in ("rw", "overlay-keep"):
@@ -292,6 +294,15 @@ async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop
     counts pages. ``MigrationError`` when it does not happen: the VM then runs on here
     as it was (paused stays paused)."""
     _check_migratable(kernel, vm)
+    vm.migrating = True
+    try:
+        return await _migrate(kernel, vm, to, max_rounds, stop_pages, timeout_s, progress)
+    finally:
+        vm.migrating = False
+
+
+async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages: int, timeout_s: float,
+                   progress: Progress | None) -> MigrationInfo:
     began = time.perf_counter()
     info = MigrationInfo(vm.id, to, live=False)
     was_paused = vm.paused

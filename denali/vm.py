@@ -157,6 +157,7 @@ class Vm:
         "_irq_entry",
         "_memory",
         "_migrating",
+        "_migration_busy",
         "_on_end",
         "_on_wake",
         "_origin",
@@ -266,6 +267,8 @@ class Vm:
         # Live migration (denali.migration).
         self._migrating = False
         """True while the VM is being migrated out: it is not swapped out meanwhile."""
+        self._migration_busy = False
+        """True while ``denali.migration.migrate`` works on this VM (one at a time)."""
         self._incoming: GuestMemory | None = None
         """A migrated-in VM's memory, filled by the migration, taken at its admission."""
         self.image_data: bytes | None = None
@@ -1000,6 +1003,15 @@ class Vm:
         mem = self._memory
         if mem is not None:
             mem.stop_tracking()
+
+    @property
+    def migrating(self) -> bool:
+        """True while a migration of this VM is under way (``denali.migration``)."""
+        return self._migrating or self._migration_busy
+
+    @migrating.setter
+    def migrating(self, value: bool) -> None:
+        self._migration_busy = value
 
     @property
     def memory(self) -> GuestMemory | None:

@@ -490,3 +490,17 @@ async def test_a_swapped_out_vm_moves_from_its_swap_file(tmp_path: Path) -> None
             assert await moved.wait() == 0
         finally:
             await endpoint.close()
+
+
+async def test_one_migration_of_a_vm_at_a_time(pair: tuple[Kernel, Kernel, str]) -> None:
+    a, b, sock = pair
+    want = await _reference()
+    vm = await a.spawn("test-swapsum", cmdline=SUM, memory="4M")
+    await asyncio.sleep(0.02)
+    first = asyncio.ensure_future(migrate(a, vm, sock))
+    await asyncio.sleep(0)
+    with pytest.raises(MigrationError, match="being migrated already"):
+        await migrate(a, vm, sock)
+    await first
+    moved = b.vms[vm.id]
+    assert await moved.wait() == 0 and moved.console.text().strip() == want.strip()
