@@ -359,7 +359,8 @@ async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages:
             meta, cpu = state.meta, state.cpu.pack()
             if tracked:
                 last = await vm.take_dirty()
-                assert last is not None and dirty is not None and vm.memory is not None
+                if last is None or dirty is None or vm.memory is None:
+                    raise MigrationError(f"VM {vm.id} ended ({vm.state.value}) during its migration")
                 final = (int.from_bytes(dirty, "little") | int.from_bytes(last, "little"))
                 info.pages_final = await _send_pages(ch, vm.memory.buf,
                                                      final.to_bytes(len(last), "little"), info)
