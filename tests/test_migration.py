@@ -504,3 +504,24 @@ async def test_one_migration_of_a_vm_at_a_time(pair: tuple[Kernel, Kernel, str])
     await first
     moved = b.vms[vm.id]
     assert await moved.wait() == 0 and moved.console.text().strip() == want.strip()
+
+
+async def test_the_stream_also_runs_over_tcp(tmp_path: Path) -> None:
+    """The destination's API served on TCP (as between machines): ``to`` is its URL."""
+    from denali.endpoint import Endpoint
+    need_image("test-swapsum")
+    want = await _reference()
+    async with Kernel(mac_tag=7) as a, Kernel(mac_tag=7) as b:
+        endpoint = Endpoint(name="api")
+        api.routes(endpoint, b)
+        await endpoint.start_tcp("127.0.0.1", 0)
+        try:
+            port = endpoint.port
+            vm = await a.spawn("test-swapsum", cmdline=SUM, memory="4M")
+            await asyncio.sleep(0.05)
+            info = await migrate(a, vm, f"http://127.0.0.1:{port}")
+            assert info.live
+            moved = b.vms[vm.id]
+            assert await moved.wait() == 0 and moved.console.text().strip() == want.strip()
+        finally:
+            await endpoint.close()
