@@ -97,10 +97,15 @@ def status_of(exc: BaseException) -> tuple[int, str]:
 def vm_view(kernel: Kernel, vm: Vm) -> dict[str, Any]:
     """One VM as the API shows it."""
     row = kernel.vm_stats(vm)
-    row.update(mac=":".join(f"{b:02x}" for b in vm.mac), cmdline=vm.cmdline, memory=vm.mem_size,
-               generation=vm.generation, exit_status=vm.exit_status,
-               fault=vm.fault.summary() if vm.fault is not None else None,
-               snapshot=vm.origin.path if vm.origin is not None else None)
+    row.update(
+        mac=":".join(f"{b:02x}" for b in vm.mac),
+        cmdline=vm.cmdline,
+        memory=vm.mem_size,
+        generation=vm.generation,
+        exit_status=vm.exit_status,
+        fault=vm.fault.summary() if vm.fault is not None else None,
+        snapshot=vm.origin.path if vm.origin is not None else None,
+    )
     return row
 
 
@@ -186,8 +191,9 @@ class ControlApi:
         vms = []
         for i in range(1, count + 1):
             specs = [parse_disk_arg(d, index=i) for d in disks]
-            vm = await self.kernel.spawn(image, memory=size, cmdline=cmdlines[i - 1] if cmdlines else "",
-                                         nic=nic, disks=specs)
+            vm = await self.kernel.spawn(
+                image, memory=size, cmdline=cmdlines[i - 1] if cmdlines else "", nic=nic, disks=specs
+            )
             vms.append(vm_view(self.kernel, vm))
         return web.json_response({"vms": vms}, status=201)
 
@@ -219,9 +225,16 @@ class ControlApi:
 
     async def _do_snapshot(self, vm: Vm, path: str, progress: Callable[[int, int], None]) -> dict[str, Any]:
         info = await self.kernel.snapshot(vm, path, progress=progress)
-        return {"snapshot": {"path": info.path, "vm": vm.id, "abi_version": info.abi_version,
-                             "memory": info.mem_size, "stored_pages": info.stored_pages,
-                             "file_bytes": info.file_bytes}}
+        return {
+            "snapshot": {
+                "path": info.path,
+                "vm": vm.id,
+                "abi_version": info.abi_version,
+                "memory": info.mem_size,
+                "stored_pages": info.stored_pages,
+                "file_bytes": info.file_bytes,
+            }
+        }
 
     async def restore(self, request: web.Request) -> web.StreamResponse:
         path = self._path(await self._body(request))
@@ -229,6 +242,7 @@ class ControlApi:
         async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
             vm = await self.kernel.restore(path, progress=progress)
             return {"vm": vm_view(self.kernel, vm)}
+
         return await self._long(request, work)
 
     async def clone(self, request: web.Request) -> web.StreamResponse:
@@ -241,6 +255,7 @@ class ControlApi:
             vms = await self.kernel.clone(path, count, cmdlines=cmdlines)
             progress(count, count)
             return {"vms": [vm_view(self.kernel, vm) for vm in vms]}
+
         return await self._long(request, work)
 
     async def migrate(self, request: web.Request) -> web.StreamResponse:
@@ -256,11 +271,13 @@ class ControlApi:
         async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
             info = await migrate(self.kernel, vm, to, progress=progress)
             return {"migration": info.as_dict()}
+
         return await self._long(request, work)
 
     async def incoming(self, request: web.Request) -> web.StreamResponse:
         """A VM migrating in: the connection becomes the migration stream (WebSocket)."""
         from denali.migration import MAX_MESSAGE, WsChannel, receive
+
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True)
         await ws.prepare(request)
         ch = WsChannel(ws)
@@ -345,8 +362,9 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 
 @web.middleware
-async def _errors(request: web.Request,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Every failure becomes a JSON error with its status (see the module docstring)."""
     try:
         return await handler(request)
@@ -354,8 +372,9 @@ async def _errors(request: web.Request,
         if exc.status < 400:
             raise
         code = str(exc.reason).lower().replace(" ", "_")
-        message = (f"no route {request.method} {request.path}" if exc.status == 404
-                   else str(exc.text or exc.reason))
+        message = (
+            f"no route {request.method} {request.path}" if exc.status == 404 else str(exc.text or exc.reason)
+        )
         return json_error(exc.status, code, message)
     except (ApiError, DenaliError) as exc:
         status, code = status_of(exc)
@@ -377,8 +396,10 @@ def expand_cmdline(template: str, index: int) -> str:
         try:
             return str(ipaddress.IPv4Address(m.group(1)) + index)
         except ValueError:
-            raise ApiError(400, "bad_field", f"cmdline: {m.group(0)} is not a base address with room "
-                                             f"for VM {index}") from None
+            raise ApiError(
+                400, "bad_field", f"cmdline: {m.group(0)} is not a base address with room for VM {index}"
+            ) from None
+
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 

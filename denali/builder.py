@@ -43,8 +43,9 @@ class VmSpec:
     disks: Sequence[DiskSpec] = field(default=())
 
 
-async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes,
-                   on_end: Callable[[Vm], None]) -> Vm:
+async def build_vm(
+    rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes, on_end: Callable[[Vm], None]
+) -> Vm:
     """Make VM ``vm_id`` from ``spec`` (see the module docstring); ``mac`` is its NIC's
     MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends. Raises what
     the failing step raises."""

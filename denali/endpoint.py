@@ -138,8 +138,10 @@ class _Refuse(asyncio.Protocol):
 
 def _answer(status: int, reason: str, text: str) -> bytes:
     body = f'{{"error": {{"code": "{reason.lower().replace(" ", "_")}", "message": "{text}"}}}}\n'
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -165,10 +167,16 @@ class Endpoint:
         self.name = name
         self.app = web.Application(client_max_size=self.limits.max_body, middlewares=[self._track])
         self._runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, logger=_ClientTrouble(log, {}),
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            logger=_ClientTrouble(log, {}),
             keepalive_timeout=self.limits.idle_timeout + self.limits.head_timeout + 5,  # ours act first
-            max_line_size=self.limits.max_line, max_field_size=self.limits.max_line,
-            max_headers=self.limits.max_headers, lingering_time=1.0)
+            max_line_size=self.limits.max_line,
+            max_field_size=self.limits.max_line,
+            max_headers=self.limits.max_headers,
+            lingering_time=1.0,
+        )
         self._server: asyncio.Server | None = None
         self._guards: dict[object, _Guard] = {}
         """Open connections by transport."""
@@ -222,8 +230,9 @@ class Endpoint:
         await self._setup()
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(self._protocol, host, port, backlog=256,
-                                                    reuse_address=True)
+            self._server = await loop.create_server(
+                self._protocol, host, port, backlog=256, reuse_address=True
+            )
         except BaseException:
             await self._runner.cleanup()
             raise

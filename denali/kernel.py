@@ -102,8 +102,11 @@ def _disable_thp() -> None:
         if _thp_logged:
             return
         _thp_logged = True
-        log.warning("transparent huge pages stay on for this process (%s): each VM's engine "
-                    "will use more resident memory", exc)
+        log.warning(
+            "transparent huge pages stay on for this process (%s): each VM's engine "
+            "will use more resident memory",
+            exc,
+        )
 
 
 DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks)
@@ -136,10 +139,12 @@ class Kernel:
         self._preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
         self._lanes = [self._preemptor.new_lane() for _ in range(max(1, config.workers))]
         self._pool: ThreadPoolExecutor | None = None
-        self._store = (SwapStore(config.swap_dir, self._finishers)
-                       if config.memory_budget is not None else None)
-        self._gate = (Gatekeeper(config.memory_budget, self._owner)
-                      if config.memory_budget is not None else None)
+        self._store = (
+            SwapStore(config.swap_dir, self._finishers) if config.memory_budget is not None else None
+        )
+        self._gate = (
+            Gatekeeper(config.memory_budget, self._owner) if config.memory_budget is not None else None
+        )
         self.max_engines = config.max_engines or _map_count() // 8
         """VMs that may be resident at once (see KernelConfig.max_engines)."""
         if self._gate is not None:
@@ -147,8 +152,10 @@ class Kernel:
         self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
         """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
         do not hand out the same addresses."""
-        self.switch = Switch(SwitchConfig() if config.batch_interrupts
-                             else SwitchConfig(batch=1, frames_per_yield=1), name="lan0")
+        self.switch = Switch(
+            SwitchConfig() if config.batch_interrupts else SwitchConfig(batch=1, frames_per_yield=1),
+            name="lan0",
+        )
         """The virtual LAN every VM's NIC is attached to."""
         if config.disable_thp:
             _disable_thp()
@@ -173,12 +180,19 @@ class Kernel:
         if self.config.workers:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="denali-cpu")
         self._rt = Runtime(
-            loop=loop, epoch_ns=epoch,
+            loop=loop,
+            epoch_ns=epoch,
             timers=Timers(loop, lambda: time.monotonic_ns() - epoch),
-            arbiter=CpuArbiter(loop, Scheduler(), self._lanes), pool=self._pool, table=self._table,
-            store=self._store, gate=self._gate, owner=self._owner,
-            slice_ns=self.config.slice_us * 1000, cpu_khz=self.cpu_khz,
-            tcg_buffer=self.config.tcg_buffer)
+            arbiter=CpuArbiter(loop, Scheduler(), self._lanes),
+            pool=self._pool,
+            table=self._table,
+            store=self._store,
+            gate=self._gate,
+            owner=self._owner,
+            slice_ns=self.config.slice_us * 1000,
+            cpu_khz=self.cpu_khz,
+            tcg_buffer=self.config.tcg_buffer,
+        )
         self._preemptor.start()
         self._state = "running"
 
@@ -209,7 +223,7 @@ class Kernel:
 
     @property
     def state(self) -> str:
-        """"created", "running", "closing" or "closed"."""
+        """ "created", "running", "closing" or "closed"."""
         return self._state
 
     @property
@@ -235,8 +249,16 @@ class Kernel:
         states: dict[str, int] = {}
         for vm in self._vms.values() if vm_states else ():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
-        swap: dict[str, Any] = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
-                                "bytes_out": 0, "bytes_in": 0, "used": 0, "budget": None}
+        swap: dict[str, Any] = {
+            "swap_outs": 0,
+            "swap_ins": 0,
+            "pages_out": 0,
+            "pages_in": 0,
+            "bytes_out": 0,
+            "bytes_in": 0,
+            "used": 0,
+            "budget": None,
+        }
         if self._gate is not None and self._store is not None:
             swap.update(self._store.stats)
             swap.update(self._gate.stats, used=self._gate.used, budget=self._gate.budget)
@@ -248,20 +270,28 @@ class Kernel:
             "cpu_switches": rt.arbiter.switches if rt else 0,
             "slices_started": sum(lane.starts for lane in self._lanes),
             "preempt_stops": sum(lane.stops for lane in self._lanes),
-            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired,
-                       "early": rt.timers.early} if rt else {},
-            "switch": {k: v for k, v in self.switch.stats(per_port=False).as_dict().items()
-                       if k != "port_stats"},
+            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired, "early": rt.timers.early}
+            if rt
+            else {},
+            "switch": {
+                k: v for k, v in self.switch.stats(per_port=False).as_dict().items() if k != "port_stats"
+            },
             "swap": swap,
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
         """One VM's counters as plain data."""
-        return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
-                "pending": vm.pending, "swapped": vm.swapped,
-                "hypercalls": vm.hypercalls,
-                **vm.stats, "console_bytes": vm.console.written,
-                "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
+        return {
+            "id": vm.id,
+            "image": vm.image.name,
+            "state": vm.state.value,
+            "pending": vm.pending,
+            "swapped": vm.swapped,
+            "hypercalls": vm.hypercalls,
+            **vm.stats,
+            "console_bytes": vm.console.written,
+            "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,
+        }
 
     # ---- time ----
     def now_ns(self) -> int:
@@ -269,10 +299,18 @@ class Kernel:
         return self._runtime().now_ns()
 
     # ---- VMs ----
-    async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
-                    cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
-                    nic_config: NicConfig | None = None, mac: bytes | str | None = None,
-                    disks: Sequence[DiskSpec] = ()) -> Vm:
+    async def spawn(
+        self,
+        image: str | os.PathLike[str] | Image,
+        *,
+        memory: str | int = abi.DEFAULT_MEMORY,
+        cmdline: str = "",
+        console: ConsoleSink | None = None,
+        nic: bool = True,
+        nic_config: NicConfig | None = None,
+        mac: bytes | str | None = None,
+        disks: Sequence[DiskSpec] = (),
+    ) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
@@ -296,15 +334,25 @@ class Kernel:
         if len(cmd) > abi.CMDLINE_MAX or b"\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if self._gate is None and len(self._vms) >= self.max_engines:
-            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
-                                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
-                                "or set a memory budget so idle VMs swap out")
+            raise ResourceError(
+                f"{len(self._vms)} VMs are resident, the most this process can hold "
+                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
+                "or set a memory budget so idle VMs swap out"
+            )
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
         vm_id = self._new_id()
-        spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
-                      nic_config, tuple(disks))
+        spec = VmSpec(
+            img,
+            size,
+            cmdline,
+            console,
+            nic,
+            as_mac(mac) if mac is not None else None,
+            nic_config,
+            tuple(disks),
+        )
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.start()
@@ -322,8 +370,9 @@ class Kernel:
         return vm_id
 
     # ---- snapshots, restores and clones (docs/api-http.md, denali/snapshot.py) ----
-    async def snapshot(self, vm: Vm, path: str | os.PathLike[str], *,
-                       progress: SnapshotProgress | None = None) -> SnapshotInfo:
+    async def snapshot(
+        self, vm: Vm, path: str | os.PathLike[str], *, progress: SnapshotProgress | None = None
+    ) -> SnapshotInfo:
         """Write paused ``vm``'s complete state to ``path`` (``denali.snapshot``); the VM
         stays paused. ``progress(done, total)`` (bytes of memory, from a worker thread).
         Raises ``VmStateError`` (not paused, resumed meanwhile, a throwaway disk overlay
@@ -331,18 +380,29 @@ class Kernel:
         cannot write the file; nothing is left at ``path``)."""
         if self._vms.get(vm.id) is not vm:
             raise VmStateError(f"VM {vm.id} is not a live VM of this kernel")
-        for disk, spec in zip(vm.disks.disks if vm.disks else (), vm.disks.specs if vm.disks else (),
-                              strict=True):
+        for disk, spec in zip(
+            vm.disks.disks if vm.disks else (), vm.disks.specs if vm.disks else (), strict=True
+        ):
             overlay = getattr(disk.backend, "overlay", None)
             if spec.mode == "overlay-discard" and overlay is not None and overlay.blocks_held():
-                raise VmStateError(f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
-                                   "which a snapshot does not keep (give the disk :keep)")
+                raise VmStateError(
+                    f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
+                    "which a snapshot does not keep (give the disk :keep)"
+                )
         image = await _image_bytes(vm)
         state = await vm.snapshot_state()
         slices = vm.stats["slices"]
         try:
-            info = await write_snapshot(os.fspath(path), state.meta, state.cpu.pack(), image,
-                                        state.memory, state.runs, vm.mem_size, progress)
+            info = await write_snapshot(
+                os.fspath(path),
+                state.meta,
+                state.cpu.pack(),
+                image,
+                state.memory,
+                state.runs,
+                vm.mem_size,
+                progress,
+            )
         finally:
             if state.scratch is not None:
                 state.scratch.close()
@@ -352,8 +412,13 @@ class Kernel:
         log.info("VM %d: snapshot %s (%d pages)", vm.id, info.path, info.stored_pages)
         return info
 
-    async def restore(self, path: str | os.PathLike[str], *, console: ConsoleSink | None = None,
-                      progress: SnapshotProgress | None = None) -> Vm:
+    async def restore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        console: ConsoleSink | None = None,
+        progress: SnapshotProgress | None = None,
+    ) -> Vm:
         """Start the VM saved in the snapshot at ``path``, as it was: same VM id, MAC, command
         line and disks, its clock continuing from the snapshot. Raises
         ``SnapshotFormatError`` (not a usable snapshot), ``ConfigError`` (its id or MAC is
@@ -363,15 +428,22 @@ class Kernel:
         try:
             vm_id = int(snap.meta["vm"]["id"])
             if vm_id in self._vms:
-                raise ConfigError(f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
-                                  "still runs?); clone the snapshot for a VM with a new identity")
+                raise ConfigError(
+                    f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
+                    "still runs?); clone the snapshot for a VM with a new identity"
+                )
             return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False)
         finally:
             snap.close()
 
-    async def clone(self, path: str | os.PathLike[str], count: int = 1, *,
-                    cmdlines: Sequence[str] | None = None,
-                    console: ConsoleSink | None = None) -> list[Vm]:
+    async def clone(
+        self,
+        path: str | os.PathLike[str],
+        count: int = 1,
+        *,
+        cmdlines: Sequence[str] | None = None,
+        console: ConsoleSink | None = None,
+    ) -> list[Vm]:
         """Start ``count`` clones of the snapshot at ``path``, sharing its memory copy-on-write.
         Each gets its own VM id and MAC (the kernel's default for that id), ``cmdlines[i]``
         as its command line (default: the snapshot's), ``generation`` + 1 and ``Irq.CLONE``
@@ -379,15 +451,18 @@ class Kernel:
         opened anew for each; kept overlays and read-write images cannot be shared
         (``ConfigError``). Raises like ``restore``."""
         if count < 1 or (cmdlines is not None and len(cmdlines) != count):
-            raise ConfigError(f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} "
-                              "command lines")
+            raise ConfigError(
+                f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} command lines"
+            )
         snap = await open_snapshot(os.fspath(path))
         vms: list[Vm] = []
         try:
             for spec in snap.meta["devices"].get("disks", {}).get("specs", []):
                 if spec.get("mode") in ("overlay-keep", "rw"):
-                    raise ConfigError(f"{snap.path}: disk {spec.get('path')} ({spec.get('mode')}) "
-                                      "cannot be shared by clones")
+                    raise ConfigError(
+                        f"{snap.path}: disk {spec.get('path')} ({spec.get('mode')}) "
+                        "cannot be shared by clones"
+                    )
             prepared = self._prepare(snap)
             for i in range(count):
                 cmd = cmdlines[i] if cmdlines is not None else None
@@ -407,9 +482,18 @@ class Kernel:
             raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
         return r
 
-    async def adopt(self, meta: dict[str, Any], cpu: bytes, image: bytes | Image, memory: GuestMemory, *,
-                    console: ConsoleSink | None = None, where: str = "migration",
-                    paused: bool = False, image_data: bytes | None = None) -> Vm:
+    async def adopt(
+        self,
+        meta: dict[str, Any],
+        cpu: bytes,
+        image: bytes | Image,
+        memory: GuestMemory,
+        *,
+        console: ConsoleSink | None = None,
+        where: str = "migration",
+        paused: bool = False,
+        image_data: bytes | None = None,
+    ) -> Vm:
         """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
         snapshot, its ELF ``image`` (or that parsed), and ``memory`` holding its pages (the
         VM owns it from here, also when this raises). Same VM id and MAC as it had; its clock continues.
@@ -424,8 +508,9 @@ class Kernel:
                 raise MigrationError(f"{where}: memory size differs from the VM's")
             vm_id = int(meta["vm"]["id"])
             self.check_free(vm_id, r.mac, where)
-            vm = await self._spawn_from(r, vm_id, None, None, console, clone=False, memory=memory,
-                                        paused=paused)
+            vm = await self._spawn_from(
+                r, vm_id, None, None, console, clone=False, memory=memory, paused=paused
+            )
             vm.image_data = image if isinstance(image, bytes) else image_data
             return vm
         except BaseException:
@@ -442,9 +527,17 @@ class Kernel:
         if len(self._vms) >= self.config.max_vms:
             raise MigrationError(f"{where}: the kernel already runs max_vms={self.config.max_vms} VMs")
 
-    async def _spawn_from(self, r: _Restorable, vm_id: int, cmdline: str | None, mac: bytes | None,
-                          console: ConsoleSink | None, clone: bool, memory: GuestMemory | None = None,
-                          paused: bool = False) -> Vm:
+    async def _spawn_from(
+        self,
+        r: _Restorable,
+        vm_id: int,
+        cmdline: str | None,
+        mac: bytes | None,
+        console: ConsoleSink | None,
+        clone: bool,
+        memory: GuestMemory | None = None,
+        paused: bool = False,
+    ) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
         default for ``vm_id``; None: the snapshot's)."""
         if self._state != "running":
@@ -457,8 +550,9 @@ class Kernel:
         if len(cmd.encode()) > abi.CMDLINE_MAX or "\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if self._gate is None and len(self._vms) >= self.max_engines:
-            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
-                                f"({self.max_engines})")
+            raise ResourceError(
+                f"{len(self._vms)} VMs are resident, the most this process can hold ({self.max_engines})"
+            )
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
@@ -514,9 +608,14 @@ class _Restorable:
     mac: bytes
 
 
-def restorable(meta: dict[str, Any], cpu_bytes: bytes, image: bytes | Image, where: str,
-               error: type[SnapshotFormatError] | type[DenaliError],
-               snap: SnapshotFile | None = None) -> _Restorable:
+def restorable(
+    meta: dict[str, Any],
+    cpu_bytes: bytes,
+    image: bytes | Image,
+    where: str,
+    error: type[SnapshotFormatError] | type[DenaliError],
+    snap: SnapshotFile | None = None,
+) -> _Restorable:
     """Parse a saved VM (a snapshot's or a migration's sections); ``error`` naming
     ``where`` when any of it is not valid."""
     try:
@@ -538,8 +637,9 @@ def restorable(meta: dict[str, Any], cpu_bytes: bytes, image: bytes | Image, whe
             raise ValueError("a MAC has 6 bytes")
         if nic:
             rx = devices["nic"].get("rx", [])
-            if not isinstance(rx, list) or not all(isinstance(f, bytes) and len(f) <= abi.NET_MTU
-                                                   for f in rx):
+            if not isinstance(rx, list) or not all(
+                isinstance(f, bytes) and len(f) <= abi.NET_MTU for f in rx
+            ):
                 raise ValueError("the NIC's queued frames are not frames")
         for name in ("clock", "console"):
             if not isinstance(devices.get(name, {}), dict):

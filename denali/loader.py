@@ -76,11 +76,15 @@ class Image:
         low = min(s.page_start for s in self.segments)
         if low - base > self.end - low:  # the gap below the image costs more than the image
             what = " (gcc's default for Linux programs)" if low == _LINUX_BASE else ""
-            raise ImageError(f"{self.path}: linked at 0x{low:08x}{what}, so it needs {_mib(need)} of "
-                             f"guest memory, the VM has {_mib(mem_size)}: link guests at 0x{base:x} "
-                             "with 'denali cc' or the guest SDK's denali.ld (docs/sdk.md)")
-        raise ImageError(f"{self.path}: image needs at least {need} bytes ({_mib(need)}) "
-                         f"of guest memory, the VM has {mem_size} ({_mib(mem_size)})")
+            raise ImageError(
+                f"{self.path}: linked at 0x{low:08x}{what}, so it needs {_mib(need)} of "
+                f"guest memory, the VM has {_mib(mem_size)}: link guests at 0x{base:x} "
+                "with 'denali cc' or the guest SDK's denali.ld (docs/sdk.md)"
+            )
+        raise ImageError(
+            f"{self.path}: image needs at least {need} bytes ({_mib(need)}) "
+            f"of guest memory, the VM has {mem_size} ({_mib(mem_size)})"
+        )
 
 
 _LINUX_BASE: Final = 0x08048000
@@ -123,11 +127,13 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
             off, filesz, memsz = int(ph["p_offset"]), int(ph["p_filesz"]), int(ph["p_memsz"])
             vaddr, flags = int(ph["p_vaddr"]), int(ph["p_flags"])
             if off + filesz > len(data):
-                raise ImageError(f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
-                                 f"up to {off + filesz}, file has {len(data)}")
+                raise ImageError(
+                    f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
+                    f"up to {off + filesz}, file has {len(data)}"
+                )
             if filesz > memsz:
                 raise ImageError(f"{path}: segment at 0x{vaddr:x} has filesz > memsz")
-            segments.append(Segment(vaddr, memsz, data[off:off + filesz], _prot(flags)))
+            segments.append(Segment(vaddr, memsz, data[off : off + filesz], _prot(flags)))
     except ImageError:
         raise
     except (ELFError, ValueError, KeyError, IndexError, OSError, AssertionError) as exc:
@@ -138,8 +144,11 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
     if machine != _EM_386:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
     if etype != "ET_EXEC":
-        hint = ("; it is position-independent: build guests with 'denali cc' (docs/sdk.md)"
-                if etype == "ET_DYN" else "")
+        hint = (
+            "; it is position-independent: build guests with 'denali cc' (docs/sdk.md)"
+            if etype == "ET_DYN"
+            else ""
+        )
         raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable){hint}")
     if not segments:
         raise ImageError(f"{path}: no loadable segments")
@@ -149,11 +158,15 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
         if s.prot & PROT_W and s.prot & PROT_X:
             raise ImageError(f"{path}: segment at 0x{s.vaddr:x} is writable and executable")
         if s.vaddr < abi.Layout.IMAGE_BASE or s.vaddr + s.memsz > abi.MAX_MEMORY:
-            raise ImageError(f"{path}: segment 0x{s.vaddr:x}+0x{s.memsz:x} is outside the "
-                             f"guest image area [0x{abi.Layout.IMAGE_BASE:x}, 0x{abi.MAX_MEMORY:x})")
+            raise ImageError(
+                f"{path}: segment 0x{s.vaddr:x}+0x{s.memsz:x} is outside the "
+                f"guest image area [0x{abi.Layout.IMAGE_BASE:x}, 0x{abi.MAX_MEMORY:x})"
+            )
         if s.page_start < prev_end:
-            raise ImageError(f"{path}: segment at 0x{s.vaddr:x} shares a page with the previous "
-                             "one (each segment must start on its own page)")
+            raise ImageError(
+                f"{path}: segment at 0x{s.vaddr:x} shares a page with the previous "
+                "one (each segment must start on its own page)"
+            )
         prev_end = s.page_end
     if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
         raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")

@@ -58,8 +58,9 @@ class GuestMemory:
         if fd < 0:
             self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         else:
-            self.buf = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
-                                 prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+            self.buf = mmap.mmap(
+                fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
+            )
         self._anchor = ctypes.c_char.from_buffer(self.buf)
         self.address = ctypes.addressof(self._anchor)
         self._regions: list[Region] = []
@@ -130,11 +131,11 @@ class GuestMemory:
 
     def read(self, addr: int, length: int) -> bytes:
         """Copy bytes out (caller has checked the range)."""
-        return self.buf[addr:addr + length]
+        return self.buf[addr : addr + length]
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy bytes in (caller has checked the range)."""
-        self.buf[addr:addr + len(data)] = data
+        self.buf[addr : addr + len(data)] = data
         if self.dirty is not None:
             self.mark(addr, len(data))
 
@@ -151,7 +152,7 @@ class GuestMemory:
         if first == last:
             d[first] = 1
         elif first < last:
-            d[first:last + 1] = b"\1" * (last + 1 - first)
+            d[first : last + 1] = b"\1" * (last + 1 - first)
 
     def start_tracking(self) -> None:
         """Begin dirty-page tracking (idempotent); the CPU write-protects every page."""

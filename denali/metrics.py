@@ -148,8 +148,9 @@ async def top(kernel: Kernel, sampler: CpuSampler, limit: int | None) -> dict[st
 
 # ---------------------------------------------------------------- Prometheus
 
-_IN_STATS: Final = frozenset(("cpu_ns", "slices", "preemptions", "idles", "irqs_raised", "irq_batches",
-                               "irq_bits_delivered"))
+_IN_STATS: Final = frozenset(
+    ("cpu_ns", "slices", "preemptions", "idles", "irqs_raised", "irq_batches", "irq_bits_delivered")
+)
 
 
 def _vm_value(vm: Vm, key: str) -> int:
@@ -201,41 +202,67 @@ async def collect(kernel: Kernel, top_vms: int = TOP_VMS) -> list[Metric]:
         g.add_metric([st], states[st])
     out.append(g)
     for key, name, doc, scale in _VM_COUNTERS:
-        out.append(GaugeMetricFamily(f"denali_live_vms_{name}",
-                                     f"{doc}: the sum over the live VMs (falls when a VM ends)",
-                                     value=sums[key] * scale))
+        out.append(
+            GaugeMetricFamily(
+                f"denali_live_vms_{name}",
+                f"{doc}: the sum over the live VMs (falls when a VM ends)",
+                value=sums[key] * scale,
+            )
+        )
     for key, name, doc, scale in _VM_COUNTERS:
-        c = CounterMetricFamily(f"denali_vm_{name}",
-                                f"{doc}; only for the {top_vms} VMs with the most CPU time",
-                                labels=["vm", "image"])
+        c = CounterMetricFamily(
+            f"denali_vm_{name}",
+            f"{doc}; only for the {top_vms} VMs with the most CPU time",
+            labels=["vm", "image"],
+        )
         for vm in busiest:
             c.add_metric([str(vm.id), vm.image.name], _vm_value(vm, key) * scale)
         out.append(c)
     await asyncio.sleep(0)
-    out.append(GaugeMetricFamily("denali_vm_series", "VMs exported with per-VM series (the busiest "
-                                 "by CPU time)", value=len(busiest)))
-    for kkey, doc in (("cpu_switches", "Times the CPU passed from one VM to another"),
-                      ("slices_started", "Time slices started on the preemption lanes"),
-                      ("preempt_stops", "Slices the watchdog stopped at their deadline")):
+    out.append(
+        GaugeMetricFamily(
+            "denali_vm_series",
+            "VMs exported with per-VM series (the busiest by CPU time)",
+            value=len(busiest),
+        )
+    )
+    for kkey, doc in (
+        ("cpu_switches", "Times the CPU passed from one VM to another"),
+        ("slices_started", "Time slices started on the preemption lanes"),
+        ("preempt_stops", "Slices the watchdog stopped at their deadline"),
+    ):
         out.append(CounterMetricFamily(f"denali_{kkey}", doc, value=k[kkey]))
     timers = k["timers"]
     if timers:
-        out.append(GaugeMetricFamily("denali_timers_armed", "Deadlines armed on the timer heap",
-                                     value=timers["armed"]))
+        out.append(
+            GaugeMetricFamily(
+                "denali_timers_armed", "Deadlines armed on the timer heap", value=timers["armed"]
+            )
+        )
         out.append(CounterMetricFamily("denali_timers_fired", "Deadlines that fired", value=timers["fired"]))
     sw = k["swap"]
-    for skey, name, doc in (("swap_outs", "swap_outs", "VMs written out to their swap files"),
-                            ("swap_ins", "swap_ins", "VMs read back from their swap files"),
-                            ("bytes_out", "swap_written_bytes", "Bytes written to swap files"),
-                            ("bytes_in", "swap_read_bytes", "Bytes read from swap files")):
+    for skey, name, doc in (
+        ("swap_outs", "swap_outs", "VMs written out to their swap files"),
+        ("swap_ins", "swap_ins", "VMs read back from their swap files"),
+        ("bytes_out", "swap_written_bytes", "Bytes written to swap files"),
+        ("bytes_in", "swap_read_bytes", "Bytes read from swap files"),
+    ):
         out.append(CounterMetricFamily(f"denali_{name}", doc, value=sw[skey]))
-    out.append(GaugeMetricFamily("denali_memory_charged_bytes", "Memory charged to resident VMs "
-                                 "against the budget", value=sw["used"]))
+    out.append(
+        GaugeMetricFamily(
+            "denali_memory_charged_bytes",
+            "Memory charged to resident VMs against the budget",
+            value=sw["used"],
+        )
+    )
     if sw["budget"] is not None:
         out.append(GaugeMetricFamily("denali_memory_budget_bytes", "The memory budget", value=sw["budget"]))
     lan = k["switch"]
-    out.append(CounterMetricFamily("denali_switch_frames", "Frames the virtual switch forwarded",
-                                   value=lan.get("frames", 0)))
+    out.append(
+        CounterMetricFamily(
+            "denali_switch_frames", "Frames the virtual switch forwarded", value=lan.get("frames", 0)
+        )
+    )
     return out
 
 
@@ -259,7 +286,7 @@ async def exposition_steps(families: Sequence[Metric], per_step: int = 8) -> byt
     (the text is the concatenation of each family's)."""
     parts = []
     for i in range(0, len(families), per_step):
-        parts.append(exposition(families[i:i + per_step]))
+        parts.append(exposition(families[i : i + per_step]))
         await asyncio.sleep(0)
     return b"".join(parts)
 
@@ -272,6 +299,7 @@ async def prometheus(kernel: Kernel, top_vms: int = TOP_VMS) -> str:
 
 
 # ---------------------------------------------------------------- the endpoint
+
 
 def routes(endpoint: Endpoint, kernel: Kernel, top_vms: int = TOP_VMS) -> None:
     """Add ``GET /metrics`` and ``GET /vms.json`` for ``kernel`` to ``endpoint``."""
@@ -294,8 +322,9 @@ def routes(endpoint: Endpoint, kernel: Kernel, top_vms: int = TOP_VMS) -> None:
     endpoint.app.router.add_get("/vms.json", vms_json)
 
 
-async def serve(kernel: Kernel, host: str, port: int, *, limits: Limits | None = None,
-                top_vms: int = TOP_VMS) -> Endpoint:
+async def serve(
+    kernel: Kernel, host: str, port: int, *, limits: Limits | None = None, top_vms: int = TOP_VMS
+) -> Endpoint:
     """Start the metrics endpoint on exactly ``host:port`` (``OSError`` if it cannot be
     bound); the caller closes it (``await endpoint.close()``)."""
     endpoint = Endpoint(limits, name="metrics")

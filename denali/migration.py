@@ -121,14 +121,23 @@ class MigrationInfo:
     (``paused``, ``state``, ``final_pages``, ``prepared``, ``started``)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"vm": self.vm, "to": self.to, "live": self.live, "rounds": self.rounds,
-                "pages_sent": self.pages_sent, "pages_final": self.pages_final,
-                "bytes_sent": self.bytes_sent, "total_ms": round(self.total_s * 1000, 3),
-                "downtime_ms": round(self.downtime_s * 1000, 3), "round_pages": self.round_pages,
-                "phases_ms": {k: round(v * 1000, 3) for k, v in self.phases.items()}}
+        return {
+            "vm": self.vm,
+            "to": self.to,
+            "live": self.live,
+            "rounds": self.rounds,
+            "pages_sent": self.pages_sent,
+            "pages_final": self.pages_final,
+            "bytes_sent": self.bytes_sent,
+            "total_ms": round(self.total_s * 1000, 3),
+            "downtime_ms": round(self.downtime_s * 1000, 3),
+            "round_pages": self.round_pages,
+            "phases_ms": {k: round(v * 1000, 3) for k, v in self.phases.items()},
+        }
 
 
 # ---------------------------------------------------------------- the channel
+
 
 class Channel(Protocol):
     """A message stream between the two kernels."""
@@ -141,8 +150,11 @@ class Channel(Protocol):
 class WsChannel:
     """A ``Channel`` over an aiohttp WebSocket (either side)."""
 
-    def __init__(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.ws = ws
         self._session = session
 
@@ -187,8 +199,9 @@ async def connect(to: str, timeout_s: float) -> WsChannel:
     else:
         connector = aiohttp.UnixConnector(path=to)
         url = f"http://denali{ROUTE}"
-    session = aiohttp.ClientSession(connector=connector,
-                                    timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s))
+    session = aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=timeout_s)
+    )
     try:
         ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE, autoping=True, heartbeat=None)
     except aiohttp.WSServerHandshakeError as exc:
@@ -235,6 +248,7 @@ async def _expect(ch: Channel, kind: bytes, quiet_s: float, what: str) -> bytes:
 
 # ---------------------------------------------------------------- the source
 
+
 def _check_migratable(kernel: Kernel, vm: Vm) -> None:
     if kernel.vms.get(vm.id) is not vm:
         raise MigrationError(f"VM {vm.id} is not a live VM of this kernel")
@@ -245,13 +259,17 @@ def _check_migratable(kernel: Kernel, vm: Vm) -> None:
     if vm.disks is not None:
         for spec in vm.disks.specs:
             if spec.mode in ("rw", "overlay-keep"):
-                raise MigrationError(f"VM {vm.id}: disk {spec.path} is writable ({spec.mode}); VMs with "
-                                     "writable disks are not migrated")
+                raise MigrationError(
+                    f"VM {vm.id}: disk {spec.path} is writable ({spec.mode}); VMs with "
+                    "writable disks are not migrated"
+                )
         for disk in vm.disks.disks:
             overlay = getattr(disk.backend, "overlay", None)
             if overlay is not None and overlay.blocks_held():
-                raise MigrationError(f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
-                                     "which a migration does not carry")
+                raise MigrationError(
+                    f"VM {vm.id}: disk {disk.name} has writes in a throwaway overlay, "
+                    "which a migration does not carry"
+                )
 
 
 async def _send_pages(ch: Channel, mem: Any, pages: bytes | bytearray, info: MigrationInfo) -> int:
@@ -265,7 +283,7 @@ async def _send_pages(ch: Channel, mem: Any, pages: bytes | bytearray, info: Mig
         first, count = runs[k], runs[k + 1]
         for at in range(first, first + count, PAGES_PER_MESSAGE):
             n = min(PAGES_PER_MESSAGE, first + count - at)
-            body = b"P" + _PAGES.pack(at, n) + mem[at * PAGE:(at + n) * PAGE]
+            body = b"P" + _PAGES.pack(at, n) + mem[at * PAGE : (at + n) * PAGE]
             await ch.send(body)
             sent += n
             info.bytes_sent += len(body)
@@ -282,12 +300,20 @@ def _touched(vm: Vm, mem: GuestMemory) -> bytearray:
     if origin is not None:
         runs = origin.runs
         for k in range(0, len(runs), 2):
-            present[runs[k]:runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
+            present[runs[k] : runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
     return present
 
 
-async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop_pages: int = 64,
-                  timeout_s: float = 10.0, progress: Progress | None = None) -> MigrationInfo:
+async def migrate(
+    kernel: Kernel,
+    vm: Vm,
+    to: str,
+    *,
+    max_rounds: int = 30,
+    stop_pages: int = 64,
+    timeout_s: float = 10.0,
+    progress: Progress | None = None,
+) -> MigrationInfo:
     """Move running ``vm`` of ``kernel`` to the kernel whose control API is at ``to`` (a
     Unix socket path, or ``http://HOST:PORT``); see the module docstring. Returns when
     the VM runs there (this one then ends in state MIGRATED). ``progress(done, total)``
@@ -301,8 +327,15 @@ async def migrate(kernel: Kernel, vm: Vm, to: str, *, max_rounds: int = 30, stop
         vm.migrating = False
 
 
-async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages: int, timeout_s: float,
-                   progress: Progress | None) -> MigrationInfo:
+async def _migrate(
+    kernel: Kernel,
+    vm: Vm,
+    to: str,
+    max_rounds: int,
+    stop_pages: int,
+    timeout_s: float,
+    progress: Progress | None,
+) -> MigrationInfo:
     began = time.perf_counter()
     info = MigrationInfo(vm.id, to, live=False)
     was_paused = vm.paused
@@ -315,11 +348,18 @@ async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages:
     port = vm.nic
     try:
         image = await _image_of(vm)
-        hello = {"protocol": PROTOCOL, "abi": abi.ABI_VERSION, "id": vm.id, "image": vm.image.name,
-                 "mem_size": vm.mem_size, "mac": vm.mac.hex(), "image_size": len(image)}
+        hello = {
+            "protocol": PROTOCOL,
+            "abi": abi.ABI_VERSION,
+            "id": vm.id,
+            "image": vm.image.name,
+            "mem_size": vm.mem_size,
+            "mac": vm.mac.hex(),
+            "image_size": len(image),
+        }
         await ch.send(b"H" + json.dumps(hello).encode())
         for at in range(0, len(image), IMAGE_CHUNK):
-            await ch.send(b"I" + image[at:at + IMAGE_CHUNK])
+            await ch.send(b"I" + image[at : at + IMAGE_CHUNK])
         await _expect(ch, b"A", timeout_s, "accepted")
         total = vm.mem_size // PAGE
         if not was_paused:
@@ -342,8 +382,11 @@ async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages:
                 if dirty is None:
                     break
                 left = dirty.count(1)
-                if left <= stop_pages or info.rounds >= max_rounds or (prev is not None and left >= prev
-                                                                          and info.rounds >= 4):
+                if (
+                    left <= stop_pages
+                    or info.rounds >= max_rounds
+                    or (prev is not None and left >= prev and info.rounds >= 4)
+                ):
                     break
                 prev = left
             if dirty is None or vm.state.final:
@@ -361,14 +404,15 @@ async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages:
                 last = await vm.take_dirty()
                 if last is None or dirty is None or vm.memory is None:
                     raise MigrationError(f"VM {vm.id} ended ({vm.state.value}) during its migration")
-                final = (int.from_bytes(dirty, "little") | int.from_bytes(last, "little"))
-                info.pages_final = await _send_pages(ch, vm.memory.buf,
-                                                     final.to_bytes(len(last), "little"), info)
+                final = int.from_bytes(dirty, "little") | int.from_bytes(last, "little")
+                info.pages_final = await _send_pages(
+                    ch, vm.memory.buf, final.to_bytes(len(last), "little"), info
+                )
             else:  # not resident (swapped out, a lazy clone) or paused: stop and copy all
                 page_map = bytearray(vm.mem_size // PAGE)
                 runs = state.runs
                 for k in range(0, len(runs), 2):
-                    page_map[runs[k]:runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
+                    page_map[runs[k] : runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
                 info.pages_final = await _send_pages(ch, state.memory, page_map, info)
         finally:
             if state.scratch is not None:
@@ -399,19 +443,26 @@ async def _migrate(kernel: Kernel, vm: Vm, to: str, max_rounds: int, stop_pages:
             progress(total, total)
         vm.untrack_dirty()
         vm.end_migrated()
-        log.info("VM %d migrated to %s: %d rounds, %d pages, downtime %.1f ms", vm.id, to, info.rounds,
-                 info.pages_sent, info.downtime_s * 1000)
+        log.info(
+            "VM %d migrated to %s: %d rounds, %d pages, downtime %.1f ms",
+            vm.id,
+            to,
+            info.rounds,
+            info.pages_sent,
+            info.downtime_s * 1000,
+        )
         return info
     except BaseException as exc:
         if tracked:
             vm.untrack_dirty()
         if go_sent:  # the destination may run it: never two of it on the LAN
-            log.error("VM %d: migration to %s: no confirmation after GO; kept paused, off the LAN",
-                      vm.id, to)
+            log.error("VM %d: migration to %s: no confirmation after GO; kept paused, off the LAN", vm.id, to)
             if isinstance(exc, MigrationError):
-                raise MigrationError(f"VM {vm.id}: the destination was told to start it but did not "
-                                     f"confirm ({exc}); it is kept paused here and off the LAN: kill it "
-                                     "if the destination runs it") from None
+                raise MigrationError(
+                    f"VM {vm.id}: the destination was told to start it but did not "
+                    f"confirm ({exc}); it is kept paused here and off the LAN: kill it "
+                    "if the destination runs it"
+                ) from None
             raise
         if detached and port is not None and port.switch is None and not vm.state.final:
             kernel.switch.attach(port)
@@ -441,6 +492,7 @@ class _quiet:
 
 async def _image_of(vm: Vm) -> bytes:
     from denali.kernel import _image_bytes
+
     try:
         return await _image_bytes(vm)
     except DenaliError as exc:
@@ -448,6 +500,7 @@ async def _image_of(vm: Vm) -> bytes:
 
 
 # ---------------------------------------------------------------- the destination
+
 
 async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer: str = "peer") -> Vm | None:
     """Take one VM migrating in on ``ch`` (the destination's side; the API's WebSocket
@@ -464,8 +517,10 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
         if proto != PROTOCOL:
             raise MigrationError(f"migration protocol {proto!r}; this kernel speaks version {PROTOCOL}")
         if abi_version != abi.ABI_VERSION:
-            raise MigrationError(f"the VM runs under ABI version {abi_version!r}; this kernel runs ABI "
-                                 f"version {abi.ABI_VERSION}")
+            raise MigrationError(
+                f"the VM runs under ABI version {abi_version!r}; this kernel runs ABI "
+                f"version {abi.ABI_VERSION}"
+            )
         try:
             vm_id, mem_size, image_size = int(hello["id"]), int(hello["mem_size"]), int(hello["image_size"])
             mac = bytes.fromhex(str(hello["mac"]))
@@ -503,9 +558,10 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                     raise MigrationError("a page message is truncated")
                 first, count = _PAGES.unpack_from(msg, 1)
                 if count == 0 or first + count > pages or len(msg) != 1 + _PAGES.size + count * PAGE:
-                    raise MigrationError(f"a page message is malformed (pages {first}+{count} of {pages}, "
-                                         f"{len(msg)} bytes)")
-                buf[first * PAGE:(first + count) * PAGE] = memoryview(msg)[1 + _PAGES.size:]
+                    raise MigrationError(
+                        f"a page message is malformed (pages {first}+{count} of {pages}, {len(msg)} bytes)"
+                    )
+                buf[first * PAGE : (first + count) * PAGE] = memoryview(msg)[1 + _PAGES.size :]
                 received += count
             elif kind == b"S":
                 if len(msg) < 1 + _U32.size:
@@ -513,16 +569,26 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                 (n,) = _U32.unpack_from(msg, 1)
                 if n > MAX_META or 1 + _U32.size + n > len(msg):
                     raise MigrationError("the state message is malformed")
-                meta = _json(msg[1 + _U32.size:1 + _U32.size + n], "state")
-                cpu = msg[1 + _U32.size + n:]
+                meta = _json(msg[1 + _U32.size : 1 + _U32.size + n], "state")
+                cpu = msg[1 + _U32.size + n :]
                 saved = meta.get("vm")
-                if (not isinstance(saved, dict) or saved.get("id") != vm_id
-                        or saved.get("mem_size") != mem_size):
+                if (
+                    not isinstance(saved, dict)
+                    or saved.get("id") != vm_id
+                    or saved.get("mem_size") != mem_size
+                ):
                     raise MigrationError("the state is of another VM than the hello's")
                 ips = _addresses(meta)
                 try:
-                    vm = await kernel.adopt(meta, cpu, img, mem, paused=True, image_data=bytes(image),
-                                            where=f"VM {vm_id} from {peer}")
+                    vm = await kernel.adopt(
+                        meta,
+                        cpu,
+                        img,
+                        mem,
+                        paused=True,
+                        image_data=bytes(image),
+                        where=f"VM {vm_id} from {peer}",
+                    )
                 except ConfigError as exc:
                     raise MigrationError(str(exc)) from None
                 finally:
@@ -581,7 +647,7 @@ def _frames(body: bytes) -> list[bytes]:
         at += _FRAME.size
         if not 0 < n <= abi.NET_MTU or at + n > len(body):
             raise MigrationError("a frames message is malformed")
-        frames.append(body[at:at + n])
+        frames.append(body[at : at + n])
         at += n
     return frames
 

@@ -80,8 +80,18 @@ class SnapshotFile:
     """An opened, verified snapshot; holds its file open until ``close``. ``fd`` and
     ``mem_offset`` are what ``GuestMemory`` maps."""
 
-    def __init__(self, path: str, fd: int, meta: dict[str, Any], cpu: bytes, image: bytes,
-                 runs: array[int], mem_offset: int, mem_size: int, info: SnapshotInfo) -> None:
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        meta: dict[str, Any],
+        cpu: bytes,
+        image: bytes,
+        runs: array[int],
+        mem_offset: int,
+        mem_size: int,
+        info: SnapshotInfo,
+    ) -> None:
         self.path = path
         self.fd = fd
         self.meta = meta
@@ -121,6 +131,7 @@ class SnapshotFile:
 
 # ---------------------------------------------------------------- meta encoding
 
+
 def _encode(obj: Any) -> Any:
     if isinstance(obj, bytes | bytearray | memoryview):
         return {"$bytes": base64.b64encode(bytes(obj)).decode()}
@@ -149,13 +160,20 @@ def encode_meta(meta: dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------- writing
 
+
 def _align(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
 @aiofiles.os.wrap
-def _write_file(path: str, sections: dict[str, bytes], mem: mmap.mmap, runs: array[int],
-                mem_size: int, progress: Progress | None) -> SnapshotInfo:
+def _write_file(
+    path: str,
+    sections: dict[str, bytes],
+    mem: mmap.mmap,
+    runs: array[int],
+    mem_size: int,
+    progress: Progress | None,
+) -> SnapshotInfo:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     at = PAGE
@@ -179,7 +197,7 @@ def _write_file(path: str, sections: dict[str, bytes], mem: mmap.mmap, runs: arr
             for k in range(0, len(runs), 2):
                 lo, hi = runs[k] * PAGE, (runs[k] + runs[k + 1]) * PAGE
                 for chunk in range(lo, hi, 1 << 20):
-                    with view[chunk:min(hi, chunk + (1 << 20))] as part:
+                    with view[chunk : min(hi, chunk + (1 << 20))] as part:
                         crc = zlib.crc32(part, crc)
                         _pwrite_all(fd, part, mem_offset + chunk)
                         done += len(part)
@@ -226,8 +244,16 @@ def _unlink(path: str) -> None:
         pass
 
 
-async def write_snapshot(path: str, meta: dict[str, Any], cpu: bytes, image: bytes, mem: mmap.mmap,
-                         runs: array[int], mem_size: int, progress: Progress | None = None) -> SnapshotInfo:
+async def write_snapshot(
+    path: str,
+    meta: dict[str, Any],
+    cpu: bytes,
+    image: bytes,
+    mem: mmap.mmap,
+    runs: array[int],
+    mem_size: int,
+    progress: Progress | None = None,
+) -> SnapshotInfo:
     """Write a snapshot of memory ``mem`` (only the page ``runs`` are stored) with its
     ``meta``, ``cpu`` and ``image`` sections to ``path`` (on a worker thread). Nothing is
     at ``path`` until the file is complete and durable. ``SnapshotWriteError`` when the
@@ -241,6 +267,7 @@ async def write_snapshot(path: str, meta: dict[str, Any], cpu: bytes, image: byt
 
 
 # ---------------------------------------------------------------- reading
+
 
 def _bad(path: str, what: str) -> SnapshotFormatError:
     return SnapshotFormatError(f"{path}: {what}", path)
@@ -270,7 +297,7 @@ def _verify(path: str, fd: int, progress: Progress | None) -> SnapshotFile:
     if not stat.S_ISREG(st.st_mode):
         raise _bad(path, "not a regular file")
     head = os.pread(fd, _HEADER.size, 0)
-    if len(head) < len(MAGIC) or head[:len(MAGIC)] != MAGIC:
+    if len(head) < len(MAGIC) or head[: len(MAGIC)] != MAGIC:
         raise _bad(path, "not a denali snapshot (bad magic)")
     if len(head) != _HEADER.size:
         raise _bad(path, "snapshot is truncated (no complete header)")
@@ -281,13 +308,16 @@ def _verify(path: str, fd: int, progress: Progress | None) -> SnapshotFile:
     if zlib.crc32(head[:-4]) != fields[-1]:
         raise _bad(path, "snapshot header is corrupt (checksum mismatch)")
     if abi_version != abi.ABI_VERSION:
-        raise _bad(path, f"snapshot was taken under ABI version {abi_version}; this kernel runs ABI "
-                         f"version {abi.ABI_VERSION} (restore it with a kernel of that version)")
+        raise _bad(
+            path,
+            f"snapshot was taken under ABI version {abi_version}; this kernel runs ABI "
+            f"version {abi.ABI_VERSION} (restore it with a kernel of that version)",
+        )
     if page != PAGE:
         raise _bad(path, f"snapshot page size {page} (expected {PAGE})")
     sections: dict[str, bytes] = {}
     for i, name in enumerate(_SECTIONS):
-        off, n, crc = fields[5 + 3 * i:8 + 3 * i]
+        off, n, crc = fields[5 + 3 * i : 8 + 3 * i]
         if off + n > st.st_size:
             raise _bad(path, f"snapshot is truncated (its {name} section ends past the end of the file)")
         data = _read_exact(fd, n, off, path, f"its {name} section")
@@ -325,8 +355,7 @@ def _verify(path: str, fd: int, progress: Progress | None) -> SnapshotFile:
     if not isinstance(meta, dict):
         raise _bad(path, "snapshot meta section is not valid (not an object)")
     info = SnapshotInfo(path, abi_version, mem_size, stored, st.st_blocks * 512)
-    return SnapshotFile(path, fd, meta, sections["cpu"], sections["image"], runs, mem_offset,
-                        mem_size, info)
+    return SnapshotFile(path, fd, meta, sections["cpu"], sections["image"], runs, mem_offset, mem_size, info)
 
 
 @aiofiles.os.wrap

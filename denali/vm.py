@@ -125,16 +125,18 @@ class VmState(Enum):
 
     @property
     def final(self) -> bool:
-        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED,
-                        VmState.MIGRATED)
+        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED, VmState.MIGRATED)
 
 
 class Vm:
     """One VM. Made by ``Kernel.spawn``; never construct directly."""
 
     SLOT: ClassVar[int] = SLOT_VM
-    HYPERCALLS: ClassVar = {Hc.TERMINATE: "hc_terminate", Hc.IDLE: "hc_idle",
-                            Hc.SET_HANDLER: "hc_set_handler"}
+    HYPERCALLS: ClassVar = {
+        Hc.TERMINATE: "hc_terminate",
+        Hc.IDLE: "hc_idle",
+        Hc.SET_HANDLER: "hc_set_handler",
+    }
 
     __slots__ = (
         "__weakref__",
@@ -193,9 +195,19 @@ class Vm:
         "stats",
     )
 
-    def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
-                 console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
-                 on_end: Callable[[Vm], None]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        vm_id: int,
+        image: Image,
+        mem_size: int,
+        cmdline: str,
+        console: Console,
+        clock: Clock,
+        nic: Nic | None,
+        disks: Disks | None,
+        on_end: Callable[[Vm], None],
+    ) -> None:
         """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it)."""
         self._rt = rt
         self._on_end = on_end
@@ -223,8 +235,15 @@ class Vm:
         self.error: BaseException | None = None
         self.close_errors: list[DiskError] = []
         """Disk errors met while closing the VM's disks (``wait()`` raises them)."""
-        self.stats = {"slices": 0, "cpu_ns": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
-                      "irq_batches": 0, "irq_bits_delivered": 0}
+        self.stats = {
+            "slices": 0,
+            "cpu_ns": 0,
+            "preemptions": 0,
+            "idles": 0,
+            "irqs_raised": 0,
+            "irq_batches": 0,
+            "irq_bits_delivered": 0,
+        }
         """Counters: slices run and the time they took (cpu_ns, guest code and the
         hypercalls handled inside them), preemptions, idles, interrupts raised, batches
         delivered and the bits they carried."""
@@ -426,8 +445,11 @@ class Vm:
         if incoming is not None:
             mem = incoming
         else:
-            mem = (GuestMemory(self.mem_size) if origin is None
-                   else GuestMemory(self.mem_size, origin.fd, origin.mem_offset))
+            mem = (
+                GuestMemory(self.mem_size)
+                if origin is None
+                else GuestMemory(self.mem_size, origin.fd, origin.mem_offset)
+            )
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
             mem.set_regions(regions)
@@ -445,8 +467,14 @@ class Vm:
                 cmd = self.cmdline.encode()
                 mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
             self._vregs_head, self._vregs_tail = self._vregs_fields(heap_start, heap_end)
-            cpu = VCpu(self.id, self.image.name, mem, rt.table.dispatcher(self._devices, mem),
-                       rt.tcg_buffer, self._cpu_state)
+            cpu = VCpu(
+                self.id,
+                self.image.name,
+                mem,
+                rt.table.dispatcher(self._devices, mem),
+                rt.tcg_buffer,
+                self._cpu_state,
+            )
         except BaseException:
             mem.close()
             raise
@@ -463,21 +491,33 @@ class Vm:
         """The constant kernel fields of the register page, before and after the
         per-slice ones (time_ns, cpu_khz, pending) and the guest's irq_enable."""
         rt = self._rt
-        fields = {"magic": abi.VREGS_MAGIC, "abi_version": abi.ABI_VERSION, "vm_id": self.id,
-                  "mem_size": self.mem_size, "time_ns": 0, "cpu_khz": rt.cpu_khz, "pending": 0,
-                  "irq_enable": 0, "heap_start": heap_start, "heap_end": heap_end,
-                  "cmdline_len": len(self.cmdline.encode()), "mac": self.mac, "_pad0": 0,
-                  "slice_ns": rt.slice_ns, "generation": self.generation}
+        fields = {
+            "magic": abi.VREGS_MAGIC,
+            "abi_version": abi.ABI_VERSION,
+            "vm_id": self.id,
+            "mem_size": self.mem_size,
+            "time_ns": 0,
+            "cpu_khz": rt.cpu_khz,
+            "pending": 0,
+            "irq_enable": 0,
+            "heap_start": heap_start,
+            "heap_end": heap_end,
+            "cmdline_len": len(self.cmdline.encode()),
+            "mac": self.mac,
+            "_pad0": 0,
+            "slice_ns": rt.slice_ns,
+            "generation": self.generation,
+        }
         block = abi.VREGS.codec().pack(*(fields[f.name] for f in abi.VREGS.fields))
-        return block[:_V["time_ns"]], block[_V["heap_start"]:]
+        return block[: _V["time_ns"]], block[_V["heap_start"] :]
 
     def _write_vregs(self) -> None:
         """Rewrite every kernel field of the register page (all but irq_enable)."""
         assert self._memory is not None
         buf = self._memory.buf
-        buf[_HEAD[0]:_HEAD[1]] = self._vregs_head
+        buf[_HEAD[0] : _HEAD[1]] = self._vregs_head
         _TIME_KHZ_PENDING.pack_into(buf, _OFF_TIME, self.now_ns(), self._rt.cpu_khz, self._pending)
-        buf[_TAIL[0]:_TAIL[1]] = self._vregs_tail
+        buf[_TAIL[0] : _TAIL[1]] = self._vregs_tail
 
     def _drop_resident(self) -> None:
         cpu, mem = self._cpu, self._memory
@@ -491,8 +531,14 @@ class Vm:
     # ---- swap (Evictable) ----
     def evictable(self) -> bool:
         """True while the VM may be swapped out: idle, resident, no device work in flight."""
-        if (self.state is not VmState.IDLE or self._memory is None or self._swapping_in
-                or self._evicting is not None or self._posted or self._migrating):
+        if (
+            self.state is not VmState.IDLE
+            or self._memory is None
+            or self._swapping_in
+            or self._evicting is not None
+            or self._posted
+            or self._migrating
+        ):
             return False
         return not any(isinstance(d, Device) and d.busy() for d in self._devices[1:])
 
@@ -512,8 +558,9 @@ class Vm:
         try:
             state = self._cpu.save()
             mem = self._memory
-            image = await rt.store.write(self.id, mem.buf, mem.address,
-                                         abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE)
+            image = await rt.store.write(
+                self.id, mem.buf, mem.address, abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE
+            )
             if self.state.final:
                 return False
             self._cpu_state = state
@@ -704,8 +751,9 @@ class Vm:
                     return
                 else:
                     self.error = cpu.error
-                    log.error("VM %d: kernel error in a hypercall; this VM is stopped", self.id,
-                              exc_info=cpu.error)
+                    log.error(
+                        "VM %d: kernel error in a hypercall; this VM is stopped", self.id, exc_info=cpu.error
+                    )
                     final = VmState.FAILED
                     return
         except asyncio.CancelledError:
@@ -875,15 +923,16 @@ class Vm:
         if self._origin is not None:  # the snapshot's pages this VM never wrote count too
             runs = self._origin.runs
             for k in range(0, len(runs), 2):
-                page_map[runs[k]:runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
+                page_map[runs[k] : runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
         if self._memory is not None:
             assert self._cpu is not None
             cpu = self._cpu.save()
             mem = self._memory.buf
             present = resident_pages(self._memory.address, self.mem_size).translate(_BIT0)
             n = len(page_map)
-            page_map = bytearray((int.from_bytes(page_map, "little")
-                                  | int.from_bytes(present, "little")).to_bytes(n, "little"))
+            page_map = bytearray(
+                (int.from_bytes(page_map, "little") | int.from_bytes(present, "little")).to_bytes(n, "little")
+            )
         elif self._swapped is None:  # restored and never woken: its memory is its snapshot's
             assert self._origin is not None
             scratch = GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
@@ -892,8 +941,11 @@ class Vm:
         else:  # swapped out: its pages come back from its swap file (checked), not into RAM
             assert self._swapped is not None and self._rt.store is not None
             cpu = self._cpu_state
-            scratch = GuestMemory(self.mem_size) if self._origin is None else \
-                GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            scratch = (
+                GuestMemory(self.mem_size)
+                if self._origin is None
+                else GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            )
             try:
                 await self._rt.store.read(self.id, self._swapped, scratch.buf)
             except BaseException:
@@ -902,7 +954,7 @@ class Vm:
             stored = array("I")
             stored.frombytes(self._swapped.pages)
             for k in range(0, len(stored), 2):
-                page_map[stored[k]:stored[k] + stored[k + 1]] = b"\1" * stored[k + 1]
+                page_map[stored[k] : stored[k] + stored[k + 1]] = b"\1" * stored[k + 1]
             page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
             return VmImage(meta, cpu, scratch.buf, page_runs(page_map), scratch)
         page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0  # rebuilt from the CPU state
@@ -913,17 +965,34 @@ class Vm:
         stopped, counters, each device's ``save()``); its devices must be quiet."""
         devices = {type(d).__name__.lower(): d.save() for d in self.devices()}
         return {
-            "vm": {"id": self.id, "image": self.image.name, "mem_size": self.mem_size,
-                   "cmdline": self.cmdline, "mac": self.mac, "generation": self.generation,
-                   "clock_ns": self.now_ns(), "pending": self._pending, "irq_entry": self._irq_entry,
-                   "idle_arg": self._idle_arg, "idle_deadline": self._idle_deadline,
-                   "on_wake": self._on_wake, "stats": dict(self.stats), "hypercalls": self.hypercalls},
+            "vm": {
+                "id": self.id,
+                "image": self.image.name,
+                "mem_size": self.mem_size,
+                "cmdline": self.cmdline,
+                "mac": self.mac,
+                "generation": self.generation,
+                "clock_ns": self.now_ns(),
+                "pending": self._pending,
+                "irq_entry": self._irq_entry,
+                "idle_arg": self._idle_arg,
+                "idle_deadline": self._idle_deadline,
+                "on_wake": self._on_wake,
+                "stats": dict(self.stats),
+                "hypercalls": self.hypercalls,
+            },
             "devices": devices,
             "monitors": {},
         }
 
-    def restore_state(self, meta: dict[str, Any], cpu: CpuState, origin: SnapshotFile | None,
-                      clone: bool, memory: GuestMemory | None = None) -> None:
+    def restore_state(
+        self,
+        meta: dict[str, Any],
+        cpu: CpuState,
+        origin: SnapshotFile | None,
+        clone: bool,
+        memory: GuestMemory | None = None,
+    ) -> None:
         """Take over a snapshot's state before ``start()`` (the kernel calls this on a VM
         it made from the snapshot's meta). The VM's memory maps ``origin`` copy-on-write
         when it is first admitted. ``clone``: the VM is a new member of the snapshot's
@@ -967,6 +1036,7 @@ class Vm:
         def run(mem: GuestMemory | None) -> None:
             if not fut.done():
                 fut.set_result(work(mem) if mem is not None else None)
+
         self.post(run)
         return fut
 
@@ -980,6 +1050,7 @@ class Vm:
         def start(mem: GuestMemory) -> bool:
             mem.start_tracking()
             return True
+
         started = await self._at_boundary(start)
         if not started:
             self._migrating = False
@@ -988,12 +1059,14 @@ class Vm:
     async def take_dirty(self) -> bytearray | None:
         """The pages written since tracking began or the last call (one byte each, the
         register page always among them); None when tracking stopped (the VM ended)."""
+
         def take(mem: GuestMemory) -> bytearray | None:
             if mem.dirty is None:
                 return None
             got = mem.take_dirty()
             got[_VREGS // abi.PAGE_SIZE] = 1
             return got
+
         result: bytearray | None = await self._at_boundary(take)
         return result
 

@@ -32,8 +32,9 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-async def _call(sock: str, method: str, path: str, body: Any = None,
-                raw: bytes | None = None) -> tuple[int, Any]:
+async def _call(
+    sock: str, method: str, path: str, body: Any = None, raw: bytes | None = None
+) -> tuple[int, Any]:
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s:
         kw: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
         async with s.request(method, f"http://denali{path}", **kw) as r:
@@ -47,10 +48,16 @@ async def test_api_end_to_end(tmp_path: Path) -> None:
         ep = await api.serve(k, sock)
         try:
             assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
-            st, data = await _call(sock, "POST", "/v1/vms", {"image": "test-swapsum", "memory": "4M",
-                                                             "cmdline": "kib=1024 rounds={i}00", "count": 2})
-            assert st == 201 and [v["cmdline"] for v in data["vms"]] == ["kib=1024 rounds=100",
-                                                                       "kib=1024 rounds=200"]
+            st, data = await _call(
+                sock,
+                "POST",
+                "/v1/vms",
+                {"image": "test-swapsum", "memory": "4M", "cmdline": "kib=1024 rounds={i}00", "count": 2},
+            )
+            assert st == 201 and [v["cmdline"] for v in data["vms"]] == [
+                "kib=1024 rounds=100",
+                "kib=1024 rounds=200",
+            ]
             vid = data["vms"][1]["id"]
             st, data = await _call(sock, "GET", "/v1/vms")
             assert st == 200 and {v["id"] for v in data["vms"]} == set(k.vms)
@@ -67,8 +74,12 @@ async def test_api_end_to_end(tmp_path: Path) -> None:
             assert st == 200 and data["vm"]["id"] == vid
             restored = k.vms[vid]
             assert await restored.wait() == 0 and "rounds=200" in restored.console.text()
-            st, data = await _call(sock, "POST", "/v1/snapshots/clone",
-                                   {"path": snap, "count": 3, "cmdline": "ip={ip:10.1.0.0}/16"})
+            st, data = await _call(
+                sock,
+                "POST",
+                "/v1/snapshots/clone",
+                {"path": snap, "count": 3, "cmdline": "ip={ip:10.1.0.0}/16"},
+            )
             assert st == 200
             assert [v["cmdline"] for v in data["vms"]] == [f"ip=10.1.0.{i}/16" for i in (1, 2, 3)]
             assert all(v["generation"] == 1 for v in data["vms"])
@@ -81,26 +92,30 @@ async def test_api_end_to_end(tmp_path: Path) -> None:
         assert not _exists(sock)
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status", "code"), [
-    ("GET", "/v1/vms/999", None, 404, "no_such_vm"),
-    ("POST", "/v1/vms/999/pause", None, 404, "no_such_vm"),
-    ("GET", "/v1/vms/abc", None, 400, "bad_request"),
-    ("GET", "/v1/nothing", None, 404, "not_found"),
-    ("PUT", "/v1/vms", None, 405, "method_not_allowed"),
-    ("POST", "/v1/vms", b"{not json", 400, "bad_json"),
-    ("POST", "/v1/vms", b"[1, 2]", 400, "bad_json"),
-    ("POST", "/v1/vms", {"memory": "4M"}, 400, "missing_field"),
-    ("POST", "/v1/vms", {"image": 7}, 400, "bad_field"),
-    ("POST", "/v1/vms", {"image": "test-idle", "count": 0}, 400, "bad_field"),
-    ("POST", "/v1/vms", {"image": "no-such-image"}, 400, "bad_request"),
-    ("POST", "/v1/vms", {"image": "test-idle", "memory": "lots"}, 400, "bad_request"),
-    ("POST", "/v1/snapshots/restore", {"path": "/nonexistent/x.snap"}, 422, "bad_snapshot"),
-    ("POST", "/v1/snapshots/restore", {}, 400, "missing_field"),
-    ("POST", "/v1/snapshots/clone", {"path": "/etc/hostname", "count": 2}, 422, "bad_snapshot"),
-    ("POST", "/v1/vms", b"x" * (100 << 10), 413, "request_entity_too_large"),
-])
-async def test_api_errors_are_json_with_a_status(tmp_path: Path, method: str, path: str, body: Any,
-                                                 status: int, code: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("GET", "/v1/vms/999", None, 404, "no_such_vm"),
+        ("POST", "/v1/vms/999/pause", None, 404, "no_such_vm"),
+        ("GET", "/v1/vms/abc", None, 400, "bad_request"),
+        ("GET", "/v1/nothing", None, 404, "not_found"),
+        ("PUT", "/v1/vms", None, 405, "method_not_allowed"),
+        ("POST", "/v1/vms", b"{not json", 400, "bad_json"),
+        ("POST", "/v1/vms", b"[1, 2]", 400, "bad_json"),
+        ("POST", "/v1/vms", {"memory": "4M"}, 400, "missing_field"),
+        ("POST", "/v1/vms", {"image": 7}, 400, "bad_field"),
+        ("POST", "/v1/vms", {"image": "test-idle", "count": 0}, 400, "bad_field"),
+        ("POST", "/v1/vms", {"image": "no-such-image"}, 400, "bad_request"),
+        ("POST", "/v1/vms", {"image": "test-idle", "memory": "lots"}, 400, "bad_request"),
+        ("POST", "/v1/snapshots/restore", {"path": "/nonexistent/x.snap"}, 422, "bad_snapshot"),
+        ("POST", "/v1/snapshots/restore", {}, 400, "missing_field"),
+        ("POST", "/v1/snapshots/clone", {"path": "/etc/hostname", "count": 2}, 422, "bad_snapshot"),
+        ("POST", "/v1/vms", b"x" * (100 << 10), 413, "request_entity_too_large"),
+    ],
+)
+async def test_api_errors_are_json_with_a_status(
+    tmp_path: Path, method: str, path: str, body: Any, status: int, code: str
+) -> None:
     sock = str(tmp_path / "api.sock")
     async with Kernel() as k:
         ep = await api.serve(k, sock)
@@ -131,6 +146,7 @@ async def test_api_state_conflicts_are_409(tmp_path: Path) -> None:
 
 async def test_api_socket_refuses_what_is_not_a_stale_socket(tmp_path: Path) -> None:
     from denali.errors import ConfigError
+
     async with Kernel() as k:
         f = tmp_path / "file"
         f.write_text("keep me")
@@ -155,9 +171,11 @@ async def test_api_socket_refuses_what_is_not_a_stale_socket(tmp_path: Path) -> 
 
 # ---------------------------------------------------------------- the CLI
 
+
 def _denali(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "denali", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "denali", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _wait_for(path: str, proc: subprocess.Popen[str]) -> None:
@@ -172,9 +190,13 @@ def _wait_for(path: str, proc: subprocess.Popen[str]) -> None:
 def test_ctl_and_top_on_a_booted_kernel(tmp_path: Path) -> None:
     need_image("test-swapsum")
     sock = str(tmp_path / "k.sock")
-    boot = subprocess.Popen([sys.executable, "-m", "denali", "boot", "test-idle", "--count", "0",
-                             "--api", sock], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    boot = subprocess.Popen(
+        [sys.executable, "-m", "denali", "boot", "test-idle", "--count", "0", "--api", sock],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(sock, boot)
         r = _denali("ctl", sock, "spawn", "test-swapsum", "-m", "4M", "-c", "kib=2048 rounds=100000")
@@ -193,10 +215,12 @@ def test_ctl_and_top_on_a_booted_kernel(tmp_path: Path) -> None:
         r = _denali("top", sock, "--once", "--width", "100")
         assert r.returncode == 0 and r.stdout.count("test-swapsum") == 3, r.stderr
         # errors: one line each
-        for args, code, text in ((("show", "4242"), 1, "no VM 4242 in this kernel (HTTP 404)"),
-                                 (("restore", str(tmp_path / "missing.snap")), 1, "(HTTP 422)"),
-                                 (("snapshot", str(vid)), 2, "the following arguments are required"),
-                                 (("pause", "x"), 2, "invalid int value")):
+        for args, code, text in (
+            (("show", "4242"), 1, "no VM 4242 in this kernel (HTTP 404)"),
+            (("restore", str(tmp_path / "missing.snap")), 1, "(HTTP 422)"),
+            (("snapshot", str(vid)), 2, "the following arguments are required"),
+            (("pause", "x"), 2, "invalid int value"),
+        ):
             r = _denali("ctl", sock, *args)
             assert r.returncode == code and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr
         r = _denali("ctl", str(tmp_path / "nobody.sock"), "ls")
@@ -216,9 +240,25 @@ def test_ctl_shows_progress_of_snapshot_and_restore(tmp_path: Path) -> None:
     so the test does not depend on the machine's speed); a quick one prints none."""
     need_image("test-swapsum")
     sock = str(tmp_path / "k.sock")
-    boot = subprocess.Popen([sys.executable, "-m", "denali", "boot", "test-swapsum", "-m", "256M", "-c",
-                             "kib=200000 rounds=100000", "--api", sock],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    boot = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "test-swapsum",
+            "-m",
+            "256M",
+            "-c",
+            "kib=200000 rounds=100000",
+            "--api",
+            sock,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(sock, boot)
         time.sleep(1.0)
@@ -237,6 +277,7 @@ def test_ctl_shows_progress_of_snapshot_and_restore(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- hostile traffic
+
 
 async def _scrape(port: int) -> float:
     t = time.perf_counter()
@@ -266,12 +307,15 @@ async def test_endpoint_rejects_malformed_and_oversized_requests() -> None:
             assert (await _raw(port, b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\n\r\n"))[:12].endswith(b" 400")
             many = b"".join(b"X-%d: y\r\n" % i for i in range(200))
             assert (await _raw(port, b"GET /metrics HTTP/1.1\r\n" + many + b"\r\n"))[:12].endswith(b" 400")
-            assert (await _raw(port, b"GET /metrics HTTP/1.1\r\nX: " + b"v" * 9000 + b"\r\n\r\n")
-                    )[:12].endswith(b" 400")
-            assert (await _raw(port, b"GET /vms.json?top=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    )[:12].endswith(b" 400")
-            assert (await _raw(port, b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    ).startswith(b"HTTP/1.1 404")
+            assert (await _raw(port, b"GET /metrics HTTP/1.1\r\nX: " + b"v" * 9000 + b"\r\n\r\n"))[
+                :12
+            ].endswith(b" 400")
+            assert (
+                await _raw(port, b"GET /vms.json?top=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            )[:12].endswith(b" 400")
+            assert (
+                await _raw(port, b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            ).startswith(b"HTTP/1.1 404")
             await _scrape(port)
         finally:
             await ep.close()
@@ -356,9 +400,23 @@ async def test_scrapes_answered_while_1000_idle_and_slow_connections_are_held(tm
     port = _free_port()
     sock = str(tmp_path / "api.sock")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "denali", "boot", "test-idle", "-n", "20", "-c", "ms=600000",
-        "--metrics", f"127.0.0.1:{port}", "--api", sock, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "denali",
+        "boot",
+        "test-idle",
+        "-n",
+        "20",
+        "-c",
+        "ms=600000",
+        "--metrics",
+        f"127.0.0.1:{port}",
+        "--api",
+        sock,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     held: list[asyncio.StreamWriter] = []
     try:
         for _ in range(300):
@@ -383,9 +441,11 @@ async def test_scrapes_answered_while_1000_idle_and_slow_connections_are_held(tm
         assert st == 200 and data["kernel"]["vms"] == 20
         rss_held = _rss_kib(proc.pid)
         latencies.sort()
-        print(f"\nscrape p50 {quiet[10] * 1e3:.1f} ms, max {quiet[-1] * 1e3:.1f} ms with no other "
-              f"connection; held 1000+200 connections; scrape p50 {latencies[10] * 1e3:.1f} ms, "
-              f"max {latencies[-1] * 1e3:.1f} ms; RSS {rss_before} KiB -> {rss_held} KiB")
+        print(
+            f"\nscrape p50 {quiet[10] * 1e3:.1f} ms, max {quiet[-1] * 1e3:.1f} ms with no other "
+            f"connection; held 1000+200 connections; scrape p50 {latencies[10] * 1e3:.1f} ms, "
+            f"max {latencies[-1] * 1e3:.1f} ms; RSS {rss_before} KiB -> {rss_held} KiB"
+        )
         assert latencies[10] < 1.0
     finally:
         proc.send_signal(signal.SIGINT)
@@ -397,12 +457,15 @@ async def test_scrapes_answered_while_1000_idle_and_slow_connections_are_held(tm
     assert "Traceback" not in err and "Task was destroyed" not in err and "Error" not in err, err
 
 
-@pytest.mark.parametrize(("args", "text"), [
-    (("boot", "test-idle", "--count", "0"), "--count must be at least 1 (0 only with --api)"),
-    (("boot", "test-idle", "--api", "/tmp/x.sock", "--api-mode", "999"), "is not a file mode in octal"),
-    (("ctl", "/tmp/x.sock", "spawn", "hello", "-n", "0"), "--count must be at least 1"),
-    (("ctl", "/tmp/x.sock", "frobnicate"), "invalid choice"),
-])
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("boot", "test-idle", "--count", "0"), "--count must be at least 1 (0 only with --api)"),
+        (("boot", "test-idle", "--api", "/tmp/x.sock", "--api-mode", "999"), "is not a file mode in octal"),
+        (("ctl", "/tmp/x.sock", "spawn", "hello", "-n", "0"), "--count must be at least 1"),
+        (("ctl", "/tmp/x.sock", "frobnicate"), "invalid choice"),
+    ],
+)
 def test_cli_usage_errors_are_one_line(args: tuple[str, ...], text: str) -> None:
     r = _denali(*args)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and text in r.stderr, r.stderr

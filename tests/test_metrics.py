@@ -61,8 +61,10 @@ async def test_exposition_follows_prometheus_conventions() -> None:
     only the 5 busiest have per-VM series, every VM counts in the aggregates."""
     need_image("test-swapsum")
     async with Kernel() as k:
-        vms = [await k.spawn("test-swapsum", cmdline=f"kib={64 + 16 * i} rounds=2000", memory="2M")
-               for i in range(40)]
+        vms = [
+            await k.spawn("test-swapsum", cmdline=f"kib={64 + 16 * i} rounds=2000", memory="2M")
+            for i in range(40)
+        ]
         await asyncio.sleep(0.3)
         for vm in vms:  # paused, their counters hold still while the scrape reads them
             await vm.pause()
@@ -121,6 +123,6 @@ async def test_a_scrape_of_many_vms_yields_to_the_loop() -> None:
         top_turns = turns
         stop.set()
         await t
-    assert "denali_vms{state=\"idle\"} 2000.0" in text
+    assert 'denali_vms{state="idle"} 2000.0' in text
     least = 2000 // metrics.CHUNK
     assert scrape_turns >= least and top_turns >= least, (scrape_turns, top_turns)

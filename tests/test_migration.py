@@ -65,7 +65,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Kernel, Kernel, str]]:
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["loop", "workers2"])
 async def test_a_guest_rewriting_its_memory_moves_mid_run_and_computes_the_same(
-        tmp_path: Path, workers: int) -> None:
+    tmp_path: Path, workers: int
+) -> None:
     need_image("test-swapsum")
     want = await _reference()
     sock = str(tmp_path / "b.sock")
@@ -101,8 +102,7 @@ async def test_an_idle_server_moves_and_keeps_its_identity(pair: tuple[Kernel, K
     assert b.switch.lookup(vm.mac) is moved.nic and a.switch.lookup(vm.mac) is None
 
 
-async def test_a_paused_vm_moves_by_stop_and_copy_and_stays_paused(
-        pair: tuple[Kernel, Kernel, str]) -> None:
+async def test_a_paused_vm_moves_by_stop_and_copy_and_stays_paused(pair: tuple[Kernel, Kernel, str]) -> None:
     a, b, sock = pair
     want = await _reference()
     vm = await a.spawn("test-swapsum", cmdline=SUM, memory="4M")
@@ -118,6 +118,7 @@ async def test_a_paused_vm_moves_by_stop_and_copy_and_stays_paused(
 
 
 # ---------------------------------------------------------------- faults: the VM runs on
+
 
 async def _runs_on(vm_wait: Awaitable[int], console: Callable[[], str], want: str) -> None:
     assert await vm_wait == 0
@@ -151,6 +152,7 @@ async def fake_peer(tmp_path: Path) -> AsyncIterator[Callable[[Script], Awaitabl
             await ws.prepare(request)
             await script(ws)
             return ws
+
         app = web.Application()
         app.router.add_get(ROUTE, handler)
         runner = web.AppRunner(app)
@@ -159,6 +161,7 @@ async def fake_peer(tmp_path: Path) -> AsyncIterator[Callable[[Script], Awaitabl
         await web.UnixSite(runner, path).start()
         runners.append(runner)
         return path
+
     yield start
     for r in runners:
         await r.cleanup()
@@ -202,17 +205,28 @@ async def _accept_then(ws: web.WebSocketResponse, until: bytes, then: str) -> No
         await asyncio.sleep(1)
 
 
-@pytest.mark.parametrize("until,then,why", [
-    (b"P", "drop", "dropped|closed"),        # the peer dies half-way through the pre-copy
-    (b"P", "close", "closed|dropped"),       # the peer closes half-way
-    (b"S", "drop", "dropped|closed"),        # the link drops during the stop-and-copy
-    (b"S", "quiet", "sent nothing"),         # the peer goes quiet
-    (b"S", "garbage", "sent b'\\\\xff'"),   # the peer answers nonsense
-    (b"H", "refuse", "refused: no room \\?\\[31mhere"),
-], ids=["dies-in-precopy", "closes-in-precopy", "drops-in-stop-and-copy", "goes-quiet", "garbage",
-        "refuses"])
+@pytest.mark.parametrize(
+    "until,then,why",
+    [
+        (b"P", "drop", "dropped|closed"),  # the peer dies half-way through the pre-copy
+        (b"P", "close", "closed|dropped"),  # the peer closes half-way
+        (b"S", "drop", "dropped|closed"),  # the link drops during the stop-and-copy
+        (b"S", "quiet", "sent nothing"),  # the peer goes quiet
+        (b"S", "garbage", "sent b'\\\\xff'"),  # the peer answers nonsense
+        (b"H", "refuse", "refused: no room \\?\\[31mhere"),
+    ],
+    ids=[
+        "dies-in-precopy",
+        "closes-in-precopy",
+        "drops-in-stop-and-copy",
+        "goes-quiet",
+        "garbage",
+        "refuses",
+    ],
+)
 async def test_a_failing_peer_leaves_the_vm_running_with_nothing_lost(
-        fake_peer: Callable[[Script], Awaitable[str]], until: bytes, then: str, why: str) -> None:
+    fake_peer: Callable[[Script], Awaitable[str]], until: bytes, then: str, why: str
+) -> None:
     need_image("test-swapsum")
     want = await _reference(LONG)
     sock = await fake_peer(lambda ws: _accept_then(ws, until, then))
@@ -229,7 +243,8 @@ async def test_a_failing_peer_leaves_the_vm_running_with_nothing_lost(
 
 
 async def test_a_link_lost_after_go_keeps_the_vm_paused_and_off_the_lan(
-        fake_peer: Callable[[Script], Awaitable[str]]) -> None:
+    fake_peer: Callable[[Script], Awaitable[str]],
+) -> None:
     """GO went out, the confirmation never came: the destination may run the VM, so the
     source neither resumes it nor puts it back on its LAN (never two of it), and says so."""
     need_image("test-swapsum")
@@ -245,7 +260,8 @@ async def test_a_link_lost_after_go_keeps_the_vm_paused_and_off_the_lan(
 
 
 async def test_a_source_lost_after_prepared_leaves_nothing_at_the_destination(
-        pair: tuple[Kernel, Kernel, str]) -> None:
+    pair: tuple[Kernel, Kernel, str],
+) -> None:
     """The source's link drops after PREPARED, before GO: the held VM goes."""
     _a, b, sock = pair
     good = _valid_prefix_sync()
@@ -255,6 +271,7 @@ async def test_a_source_lost_after_prepared_leaves_nothing_at_the_destination(
         await vm.pause()
         state = await vm.snapshot_state()
         from denali.snapshot import encode_meta
+
         meta = encode_meta({**state.meta, "vm": {**state.meta["vm"], "id": 5}})
         session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock))
         ws = await session.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE)
@@ -287,6 +304,7 @@ async def test_an_id_in_use_at_the_destination_is_refused(pair: tuple[Kernel, Ke
 async def test_writable_disks_are_not_migrated(pair: tuple[Kernel, Kernel, str], tmp_path: Path) -> None:
     from denali.devices.disk import parse_disk_arg
     from denali.devices.disk.tools import create_image  # noqa: F401  (the tool exists)
+
     a, _b, sock = pair
     img = tmp_path / "d.img"
     img.write_bytes(bytes(1 << 20))
@@ -298,15 +316,24 @@ async def test_writable_disks_are_not_migrated(pair: tuple[Kernel, Kernel, str],
 
 # ---------------------------------------------------------------- malformed streams
 
+
 def _hello(**over: object) -> bytes:
-    h: dict[str, object] = {"protocol": PROTOCOL, "abi": abi.ABI_VERSION, "id": 5, "image": "x",
-                            "mem_size": 4 << 20, "mac": "02aa00000005", "image_size": 100}
+    h: dict[str, object] = {
+        "protocol": PROTOCOL,
+        "abi": abi.ABI_VERSION,
+        "id": 5,
+        "image": "x",
+        "mem_size": 4 << 20,
+        "mac": "02aa00000005",
+        "image_size": 100,
+    }
     h.update(over)
     return b"H" + json.dumps(h).encode()
 
 
 def _image_bytes() -> bytes:
     from denali.images import resolve
+
     return Path(resolve("test-swapsum").path).read_bytes()
 
 
@@ -319,29 +346,33 @@ async def _valid_prefix() -> list[bytes]:
     return _valid_prefix_sync()
 
 
-@pytest.mark.parametrize("case,why", [
-    ("not-hello", "does not begin with a migration hello"),
-    ("bad-json", "hello is not valid JSON"),
-    ("deep-json", "hello is not valid JSON"),
-    ("protocol", "migration protocol 99"),
-    ("abi", "ABI version 1"),
-    ("no-id", "lacks the VM's id"),
-    ("memory", "memory size 12345"),
-    ("image-size", "image size or MAC"),
-    ("image-overflow", "image does not arrive"),
-    ("not-elf", "image"),
-    ("page-range", "page message is malformed"),
-    ("page-short", "page message is malformed"),
-    ("page-truncated", "page message is truncated"),
-    ("unknown-kind", "unknown kind"),
-    ("state-json", "state is not valid JSON"),
-    ("state-length", "state message is malformed"),
-    ("state-other-vm", "another VM"),
-    ("state-bad", "saved VM state is not valid"),
-    ("text", "not part of a migration"),
-])
+@pytest.mark.parametrize(
+    "case,why",
+    [
+        ("not-hello", "does not begin with a migration hello"),
+        ("bad-json", "hello is not valid JSON"),
+        ("deep-json", "hello is not valid JSON"),
+        ("protocol", "migration protocol 99"),
+        ("abi", "ABI version 1"),
+        ("no-id", "lacks the VM's id"),
+        ("memory", "memory size 12345"),
+        ("image-size", "image size or MAC"),
+        ("image-overflow", "image does not arrive"),
+        ("not-elf", "image"),
+        ("page-range", "page message is malformed"),
+        ("page-short", "page message is malformed"),
+        ("page-truncated", "page message is truncated"),
+        ("unknown-kind", "unknown kind"),
+        ("state-json", "state is not valid JSON"),
+        ("state-length", "state message is malformed"),
+        ("state-other-vm", "another VM"),
+        ("state-bad", "saved VM state is not valid"),
+        ("text", "not part of a migration"),
+    ],
+)
 async def test_a_malformed_stream_gets_one_error_and_leaves_nothing(
-        pair: tuple[Kernel, Kernel, str], caplog: pytest.LogCaptureFixture, case: str, why: str) -> None:
+    pair: tuple[Kernel, Kernel, str], caplog: pytest.LogCaptureFixture, case: str, why: str
+) -> None:
     _a, b, sock = pair
     good = await _valid_prefix()
     page = struct.pack("<II", 100, 1) + bytes(abi.PAGE_SIZE)
@@ -364,11 +395,15 @@ async def test_a_malformed_stream_gets_one_error_and_leaves_nothing(
         "state-json": [*good, b"P" + page, b"S" + struct.pack("<I", 3) + b"{x}"],
         "state-length": [*good, b"S" + struct.pack("<I", 1 << 30)],
         "state-other-vm": [*good, b"S" + struct.pack("<I", 17) + json.dumps({"vm": {"id": 6}}).encode()],
-        "state-bad": [*good, b"S" + struct.pack("<I", len(json.dumps(meta_ok))) + json.dumps(meta_ok).encode()
-                      + b"cpu"],
+        "state-bad": [
+            *good,
+            b"S" + struct.pack("<I", len(json.dumps(meta_ok))) + json.dumps(meta_ok).encode() + b"cpu",
+        ],
     }
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s, \
-            s.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE) as ws:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s,
+        s.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE) as ws,
+    ):
         if case == "text":
             await ws.send_str("hello")
         for m in msgs.get(case, []):
@@ -388,7 +423,8 @@ async def test_a_malformed_stream_gets_one_error_and_leaves_nothing(
 
 
 async def test_a_source_given_up_before_go_leaves_nothing_at_the_destination(
-        pair: tuple[Kernel, Kernel, str]) -> None:
+    pair: tuple[Kernel, Kernel, str],
+) -> None:
     """The source says E after PREPARED: the VM held paused at the destination goes."""
     _a, b, sock = pair
     good = await _valid_prefix()
@@ -398,9 +434,12 @@ async def test_a_source_given_up_before_go_leaves_nothing_at_the_destination(
         await vm.pause()
         state = await vm.snapshot_state()
         from denali.snapshot import encode_meta
+
         meta = encode_meta({**state.meta, "vm": {**state.meta["vm"], "id": 5}})
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s, \
-                s.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE) as ws:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s,
+            s.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE) as ws,
+        ):
             good[0] = _hello(image_size=len(good[1]) - 1, image="test-swapsum", mac=vm.mac.hex())
             for m in good:
                 await ws.send_bytes(m)
@@ -423,10 +462,20 @@ async def test_api_and_ctl_errors_are_one_line(pair: tuple[Kernel, Kernel, str],
     try:
         vm = await a.spawn("test-touch", cmdline="kib=64", memory="4M")  # idles until told
         proc = await asyncio.create_subprocess_exec(
-            "python3", "-m", "denali", "ctl", sock_a, "migrate", str(vm.id), "--to",
+            "python3",
+            "-m",
+            "denali",
+            "ctl",
+            sock_a,
+            "migrate",
+            str(vm.id),
+            "--to",
             str(tmp_path / "none.sock"),
-            cwd=str(ROOT), stderr=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env={**os.environ})
+            cwd=str(ROOT),
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ},
+        )
         _out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 1
         lines = err.decode().strip().splitlines()
@@ -437,12 +486,12 @@ async def test_api_and_ctl_errors_are_one_line(pair: tuple[Kernel, Kernel, str],
         await endpoint.close()
 
 
-async def test_the_destination_announces_the_vm_so_the_source_lan_relearns_at_once(
-        tmp_path: Path) -> None:
+async def test_the_destination_announces_the_vm_so_the_source_lan_relearns_at_once(tmp_path: Path) -> None:
     """Two kernels whose LANs are joined by VXLAN over loopback: right after the move, the
     source's switch sends frames for the VM's MAC over VXLAN, though the (idle) VM itself
     sent nothing: the destination's gratuitous ARP taught it."""
     from denali.net.vxlan import VxlanPort
+
     need_image("httpd")
     base = 30000 + os.getpid() % 20000
     sock = str(tmp_path / "b.sock")
@@ -475,6 +524,7 @@ async def test_a_swapped_out_vm_moves_from_its_swap_file(tmp_path: Path) -> None
     """A VM swapped out while it waits moves by stop-and-copy of its swap file's pages
     and answers its interrupt at the destination."""
     from denali import lowlevel
+
     need_image("test-touch")
     sock = str(tmp_path / "b.sock")
     async with Kernel(mac_tag=7, memory_budget=64 << 20) as a, Kernel(mac_tag=7) as b:
@@ -509,6 +559,7 @@ async def test_one_migration_of_a_vm_at_a_time(pair: tuple[Kernel, Kernel, str])
 async def test_the_stream_also_runs_over_tcp(tmp_path: Path) -> None:
     """The destination's API served on TCP (as between machines): ``to`` is its URL."""
     from denali.endpoint import Endpoint
+
     need_image("test-swapsum")
     want = await _reference()
     async with Kernel(mac_tag=7) as a, Kernel(mac_tag=7) as b:

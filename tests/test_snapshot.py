@@ -87,8 +87,14 @@ async def test_ten_snapshots_mid_way_restore_to_the_uninterrupted_result(tmp_pat
 
         # four in another process, at the same time as six here
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _RESTORE_ELSEWHERE, *paths[6:], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            sys.executable,
+            "-c",
+            _RESTORE_ELSEWHERE,
+            *paths[6:],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for p in paths[:6]:
             restored = await k.restore(p)
             assert restored.id == vm.id and restored.mac == vm.mac
@@ -161,6 +167,7 @@ async def test_snapshot_of_a_swapped_out_vm_and_its_clock(tmp_path: Path) -> Non
 
 
 # ---------------------------------------------------------------- clones
+
 
 def _mapped(path: str) -> int:
     with open("/proc/self/maps") as f:
@@ -237,8 +244,9 @@ async def test_clones_refuse_disks_they_cannot_share(tmp_path: Path) -> None:
     img = tmp_path / "d.img"
     img.write_bytes(bytes(64 * 4096))
     async with Kernel() as k:
-        vm = await k.spawn("test-swapsum", cmdline="kib=64 rounds=1000", memory="1M",
-                           disks=[DiskSpec(str(img), mode="rw")])
+        vm = await k.spawn(
+            "test-swapsum", cmdline="kib=64 rounds=1000", memory="1M", disks=[DiskSpec(str(img), mode="rw")]
+        )
         await vm.pause()
         await k.snapshot(vm, tmp_path / "rw.snap")
         with pytest.raises(ConfigError, match="cannot be shared by clones"):
@@ -247,6 +255,7 @@ async def test_clones_refuse_disks_they_cannot_share(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- bad snapshots
+
 
 @pytest.fixture
 async def good(tmp_path: Path) -> str:

@@ -33,18 +33,26 @@ class CtlError(Exception):
 
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -> None:
     """Add the ``ctl`` subcommand to the top-level subparsers."""
-    c = sub.add_parser("ctl", help="control a running kernel through its API socket (boot --api)",
-                       parents=parents or [])
+    c = sub.add_parser(
+        "ctl", help="control a running kernel through its API socket (boot --api)", parents=parents or []
+    )
     c.add_argument("socket", metavar="PATH", help="the kernel's --api socket")
     c.add_argument("--json", action="store_true", help="print the API's JSON answer")
-    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress of snapshot, restore and clone on stderr (default: once one "
-                        "has taken a second)")
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress of snapshot, restore and clone on stderr (default: once one has taken a second)",
+    )
     ops = c.add_subparsers(dest="op", required=True, metavar="OPERATION")
     ops.add_parser("ls", help="list the VMs")
     ops.add_parser("kernel", help="the kernel's counters")
-    for name, what in (("show", "show one VM"), ("pause", "pause a VM at its next slice boundary"),
-                       ("resume", "resume a paused VM"), ("kill", "stop a VM")):
+    for name, what in (
+        ("show", "show one VM"),
+        ("pause", "pause a VM at its next slice boundary"),
+        ("resume", "resume a paused VM"),
+        ("kill", "stop a VM"),
+    ):
         ops.add_parser(name, help=what).add_argument("id", type=int, help="VM id")
     sp = ops.add_parser("spawn", help="start VMs")
     sp.add_argument("image", help="a built-in image name or an ELF path (as the kernel sees it)")
@@ -58,8 +66,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -
     ops.add_parser("restore", help="start the VM saved in FILE").add_argument("file")
     mg = ops.add_parser("migrate", help="move a running VM to another kernel (live migration)")
     mg.add_argument("id", type=int)
-    mg.add_argument("--to", required=True, metavar="OTHER_PATH",
-                    help="the destination kernel's --api socket (or http://HOST:PORT)")
+    mg.add_argument(
+        "--to",
+        required=True,
+        metavar="OTHER_PATH",
+        help="the destination kernel's --api socket (or http://HOST:PORT)",
+    )
     cl = ops.add_parser("clone", help="start clones of the snapshot FILE")
     cl.add_argument("file")
     cl.add_argument("--count", "-n", type=int, default=1)
@@ -78,8 +90,12 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None,
     if op in ("pause", "resume", "kill"):
         return "POST", f"/v1/vms/{args.id}/{op}", None, False
     if op == "spawn":
-        body: dict[str, Any] = {"image": args.image, "count": args.count, "memory": args.memory,
-                                "disks": args.disk}
+        body: dict[str, Any] = {
+            "image": args.image,
+            "count": args.count,
+            "memory": args.memory,
+            "disks": args.disk,
+        }
         if args.cmdline is not None:
             body["cmdline"] = args.cmdline
         return "POST", "/v1/vms", body, False
@@ -96,15 +112,24 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None,
     return "POST", "/v1/snapshots/clone", body, True
 
 
-async def call(socket: str, method: str, path: str, body: dict[str, Any] | None = None, *,
-               progress: JobProgress | None = None, limit_s: float = 600) -> dict[str, Any]:
+async def call(
+    socket: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    progress: JobProgress | None = None,
+    limit_s: float = 600,
+) -> dict[str, Any]:
     """One API request; the JSON answer, or ``CtlError`` with the one line to print. With
     ``progress``, asks for progress lines and feeds them to it."""
     conn = aiohttp.UnixConnector(path=socket)
     query = "?progress=1" if progress is not None else ""
     try:
-        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=limit_s)) as s, \
-                s.request(method, f"http://denali{path}{query}", json=body) as resp:
+        async with (
+            aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=limit_s)) as s,
+            s.request(method, f"http://denali{path}{query}", json=body) as resp,
+        ):
             if resp.content_type == "application/x-ndjson":
                 last: dict[str, Any] = {}
                 async for raw in resp.content:
@@ -125,8 +150,10 @@ async def call(socket: str, method: str, path: str, body: dict[str, Any] | None 
                 raise CtlError(f"{err.get('message', 'error')} (HTTP {resp.status})")
             return data
     except aiohttp.ClientConnectorError as exc:
-        raise CtlError(f"{socket}: cannot connect ({exc.os_error.strerror or exc}); is a kernel running "
-                       f"with --api {socket}?") from None
+        raise CtlError(
+            f"{socket}: cannot connect ({exc.os_error.strerror or exc}); is a kernel running "
+            f"with --api {socket}?"
+        ) from None
     except (aiohttp.ClientError, OSError) as exc:
         raise CtlError(f"{socket}: {exc}") from None
     except TimeoutError:
@@ -134,8 +161,10 @@ async def call(socket: str, method: str, path: str, body: dict[str, Any] | None 
 
 
 def _vm_line(vm: dict[str, Any]) -> str:
-    return (f"{vm['id']:>6} {vm['image']:<16} {vm['state']:<9} mac={vm['mac']} gen={vm['generation']} "
-            f"slices={vm['slices']} cmdline={vm['cmdline']!r}")
+    return (
+        f"{vm['id']:>6} {vm['image']:<16} {vm['state']:<9} mac={vm['mac']} gen={vm['generation']} "
+        f"slices={vm['slices']} cmdline={vm['cmdline']!r}"
+    )
 
 
 def _print(args: argparse.Namespace, data: dict[str, Any]) -> None:
@@ -148,19 +177,25 @@ def _print(args: argparse.Namespace, data: dict[str, Any]) -> None:
         print(_vm_line(vm))
     if "snapshot" in data:
         s = data["snapshot"]
-        print(f"snapshot of VM {s['vm']}: {s['path']} ({s['stored_pages']} pages, "
-              f"{s['file_bytes']:,} bytes on disk, ABI {s['abi_version']})")
+        print(
+            f"snapshot of VM {s['vm']}: {s['path']} ({s['stored_pages']} pages, "
+            f"{s['file_bytes']:,} bytes on disk, ABI {s['abi_version']})"
+        )
     if "migration" in data:
         m = data["migration"]
         kind = "live" if m["live"] else "stop-and-copy"
-        print(f"VM {m['vm']} migrated to {m['to']} ({kind}): {m['rounds']} rounds, {m['pages_sent']} pages "
-              f"({m['pages_final']} while paused), downtime {m['downtime_ms']:.1f} ms, total "
-              f"{m['total_ms']:.1f} ms")
+        print(
+            f"VM {m['vm']} migrated to {m['to']} ({kind}): {m['rounds']} rounds, {m['pages_sent']} pages "
+            f"({m['pages_final']} while paused), downtime {m['downtime_ms']:.1f} ms, total "
+            f"{m['total_ms']:.1f} ms"
+        )
     if "kernel" in data:
         k = data["kernel"]
         states = ", ".join(f"{n} {st}" for st, n in sorted(k["vm_states"].items()))
-        print(f"{k['vms']} VMs ({states}); {k['cpu_switches']} CPU switches; "
-              f"swap out/in {k['swap']['swap_outs']}/{k['swap']['swap_ins']}")
+        print(
+            f"{k['vms']} VMs ({states}); {k['cpu_switches']} CPU switches; "
+            f"swap out/in {k['swap']['swap_outs']}/{k['swap']['swap_ins']}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

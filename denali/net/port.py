@@ -73,8 +73,15 @@ class PortStats:
     @property
     def drops(self) -> int:
         """All drops, whatever the cause."""
-        return (self.drop_ingress_full + self.drop_egress_full + self.drop_spoofed + self.drop_malformed
-                + self.drop_loopback + self.drop_filtered + self.drop_link_down)
+        return (
+            self.drop_ingress_full
+            + self.drop_egress_full
+            + self.drop_spoofed
+            + self.drop_malformed
+            + self.drop_loopback
+            + self.drop_filtered
+            + self.drop_link_down
+        )
 
     def snapshot(self) -> PortStats:
         """An independent copy (the live object keeps changing)."""
@@ -105,8 +112,20 @@ class Attachment:
     Internal to ``denali.net``: ports use it only through ``Port.submit``.
     """
 
-    __slots__ = ("alive", "capacity", "deliver", "errors", "learned", "mac", "port", "queue",
-                 "ready", "stats", "switch", "wake")
+    __slots__ = (
+        "alive",
+        "capacity",
+        "deliver",
+        "errors",
+        "learned",
+        "mac",
+        "port",
+        "queue",
+        "ready",
+        "stats",
+        "switch",
+        "wake",
+    )
 
     def __init__(self, switch: Hub, port: Port, wake: Callable[[Attachment], None]) -> None:
         self.switch = switch
@@ -135,8 +154,9 @@ class Port(abc.ABC):
 
     __slots__ = ("_att", "_ingress_capacity", "_mac", "_name", "stats")
 
-    def __init__(self, name: str, *, mac: bytes | str | None = None,
-                 ingress_capacity: int = DEFAULT_INGRESS_CAPACITY) -> None:
+    def __init__(
+        self, name: str, *, mac: bytes | str | None = None, ingress_capacity: int = DEFAULT_INGRESS_CAPACITY
+    ) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError("a port needs a non-empty name")
         if ingress_capacity < 1:

@@ -42,8 +42,19 @@ async def netns() -> AsyncIterator[str]:
 async def _boot(netns: str, log: Path, *args: str) -> asyncio.subprocess.Process:
     with log.open("wb") as f:
         return await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", netns, sys.executable, "-m", "denali", "boot", *args, cwd=ROOT,
-            stdout=f, stderr=asyncio.subprocess.STDOUT)
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            *args,
+            cwd=ROOT,
+            stdout=f,
+            stderr=asyncio.subprocess.STDOUT,
+        )
 
 
 async def _until(log: Path, text: str) -> None:
@@ -53,9 +64,16 @@ async def _until(log: Path, text: str) -> None:
 
 
 async def _ctl(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "denali", "ctl", *args, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "denali",
+        "ctl",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode()
@@ -67,11 +85,30 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
     a_sock, b_sock = str(tmp_path / "a.sock"), str(tmp_path / "b.sock")
     pa, pb = 40000 + pid % 10000, 50000 + pid % 10000
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
-    a = await _boot(netns, a_log, "httpd", "-c", "ip=10.78.0.1/24", "--api", a_sock,
-                    "--net", f"tap:dmg{pid % 100000},host=10.78.0.254/24",
-                    "--net", f"vxlan:42@127.0.0.1:{pb},local=127.0.0.1:{pa}")
-    b = await _boot(netns, b_log, "httpd", "--count", "0", "--api", b_sock,
-                    "--net", f"vxlan:42@127.0.0.1:{pa},local=127.0.0.1:{pb}")
+    a = await _boot(
+        netns,
+        a_log,
+        "httpd",
+        "-c",
+        "ip=10.78.0.1/24",
+        "--api",
+        a_sock,
+        "--net",
+        f"tap:dmg{pid % 100000},host=10.78.0.254/24",
+        "--net",
+        f"vxlan:42@127.0.0.1:{pb},local=127.0.0.1:{pa}",
+    )
+    b = await _boot(
+        netns,
+        b_log,
+        "httpd",
+        "--count",
+        "0",
+        "--api",
+        b_sock,
+        "--net",
+        f"vxlan:42@127.0.0.1:{pa},local=127.0.0.1:{pb}",
+    )
     try:
         await _until(a_log, "listening on 10.78.0.1:80")
         async with asyncio.timeout(60):
@@ -79,12 +116,35 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
                 await asyncio.sleep(0.05)
         n = 3000
         curl = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", netns, "curl", "-s", "-m", "60", "-o", "/dev/null",
-            "-w", "%{http_code} %{time_total} %{num_connects}\\n",
-            f"http://10.78.0.1/bytes/[1000-{999 + n}]", stdout=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-s",
+            "-m",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_total} %{num_connects}\\n",
+            f"http://10.78.0.1/bytes/[1000-{999 + n}]",
+            stdout=asyncio.subprocess.PIPE,
+        )
         ping = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", netns, "ping", "-D", "-i", "0.001", "-c", "3000", "10.78.0.1",
-            stdout=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "ping",
+            "-D",
+            "-i",
+            "0.001",
+            "-c",
+            "3000",
+            "10.78.0.1",
+            stdout=asyncio.subprocess.PIPE,
+        )
         await asyncio.sleep(0.8)
         t0 = time.time()
         rc, out = await _ctl("--json", a_sock, "migrate", "1", "--to", b_sock)
@@ -101,26 +161,36 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
         slowest = max(float(r[1]) for r in rows[1:])
         times = [float(r[1]) for r in rows]
         worst = sorted(range(1, n), key=lambda i: -times[i])[:4]
-        print("slowest requests (index: ms, next ones):",
-              [(i, round(times[i] * 1000, 1), [round(t * 1000, 1) for t in times[i + 1:i + 4]])
-               for i in worst])
+        print(
+            "slowest requests (index: ms, next ones):",
+            [
+                (i, round(times[i] * 1000, 1), [round(t * 1000, 1) for t in times[i + 1 : i + 4]])
+                for i in worst
+            ],
+        )
         m = re.search(rb"(\d+) packets transmitted, (\d+) received", ping_out)
         assert m is not None, ping_out
         stamps = [float(t) for t in re.findall(rb"^\[(\d+\.\d+)\] \d+ bytes from", ping_out, re.M)]
         assert len(stamps) > 100  # ping reached the VM before and after
         gap, gap_at = max((b - a, a) for a, b in itertools.pairwise(stamps))
         near = [b - a for a, b in itertools.pairwise(stamps) if t0 - 0.2 <= a <= t1 + 0.2]
-        print(f"ping: first {stamps[0] - t0:+.3f}s last {stamps[-1] - t0:+.3f}s; longest gap at "
-              f"{gap_at - t0:+.3f}s; migration took {t1 - t0:.3f}s (ctl); longest gap during it "
-              f"{max(near, default=0) * 1000:.1f} ms")
-        print(f"downtime (kernel) {info['downtime_ms']:.1f} ms, phases {info['phases_ms']}; slowest "
-              f"request {slowest * 1000:.1f} ms; ping {m.group(2).decode()}/{m.group(1).decode()}, "
-              f"longest gap between replies {gap * 1000:.1f} ms")
+        print(
+            f"ping: first {stamps[0] - t0:+.3f}s last {stamps[-1] - t0:+.3f}s; longest gap at "
+            f"{gap_at - t0:+.3f}s; migration took {t1 - t0:.3f}s (ctl); longest gap during it "
+            f"{max(near, default=0) * 1000:.1f} ms"
+        )
+        print(
+            f"downtime (kernel) {info['downtime_ms']:.1f} ms, phases {info['phases_ms']}; slowest "
+            f"request {slowest * 1000:.1f} ms; ping {m.group(2).decode()}/{m.group(1).decode()}, "
+            f"longest gap between replies {gap * 1000:.1f} ms"
+        )
         rc, out = await _ctl(b_sock, "ls")
         assert rc == 0 and "ip=10.78.0.1/24" in out, out
         rc, out = await _ctl(a_sock, "ls")
         assert rc == 0 and out.strip() == "", out
-        rc, out = await run("ip", "netns", "exec", netns, "curl", "-s", "-m", "10", "http://10.78.0.1/bytes/5")
+        rc, out = await run(
+            "ip", "netns", "exec", netns, "curl", "-s", "-m", "10", "http://10.78.0.1/bytes/5"
+        )
         assert rc == 0 and len(out) == 5
     finally:
         for p in (a, b):

@@ -62,9 +62,15 @@ async def clone_round(path: str, n: int) -> dict[str, float]:
         if res["http_ok"] != n:
             raise RuntimeError(f"only {res['http_ok']} of {n} clones answered HTTP")
         identified = sum(1 for vm in vms if vm.stats["irq_bits_delivered"] and vm.generation == 1)
-        return {"published": published, "woken_early": woken_early, "http_ok": res["http_ok"],
-                "sweep": sweep, "http_p50": res["http_ms"]["p50"], "identified": identified,
-                "rss": rss_mib()}
+        return {
+            "published": published,
+            "woken_early": woken_early,
+            "http_ok": res["http_ok"],
+            "sweep": sweep,
+            "http_p50": res["http_ms"]["p50"],
+            "identified": identified,
+            "rss": rss_mib(),
+        }
 
 
 async def boot_round(n: int) -> float:
@@ -83,25 +89,45 @@ async def clones(n: int, rounds: int) -> None:
         for r in range(rounds):
             a.append(await clone_round(path, n))
             b.append(await boot_round(n))
-            print(f"round {r + 1}: clones published {n / a[-1]['published']:,.0f}/s, "
-                  f"{a[-1]['http_ok']:,.0f} answered (sweep {a[-1]['sweep']:.1f} s); boot {n / b[-1]:,.0f}/s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"round {r + 1}: clones published {n / a[-1]['published']:,.0f}/s, "
+                f"{a[-1]['http_ok']:,.0f} answered (sweep {a[-1]['sweep']:.1f} s); boot {n / b[-1]:,.0f}/s",
+                file=sys.stderr,
+                flush=True,
+            )
     med = statistics.median
-    table(f"{n:,} httpd VMs from a snapshot (A) vs booted (B), {rounds} rounds alternating", [
-        ("A: clones published by Kernel.clone (listening, lazy)",
-         f"{n / med(x['published'] for x in a):,.0f} VMs/s (median {med(x['published'] for x in a):.2f} s)"),
-        ("A: clones woken before any traffic reached them", f"{max(x['woken_early'] for x in a):,.0f}"),
-        ("A: clones answering GET /bytes/2258 at their new address",
-         f"{min(x['http_ok'] for x in a):,.0f} of {n:,} in every round"),
-        ("A: sweep of all clones, each woken by its first frame (128 at a time)",
-         f"{med(x['sweep'] for x in a):.1f} s ({n / med(x['sweep'] for x in a):,.0f} VMs/s), "
-         f"HTTP p50 {med(x['http_p50'] for x in a):,.0f} ms"),
-        ("A: clones that took Irq.CLONE and their new identity", f"{min(x['identified'] for x in a):,.0f}"),
-        ("B: booted from the image, listening and idle", f"{n / med(b):,.0f} VMs/s (median {med(b):.2f} s)"),
-        ("published clones / booted VMs per second, median of per-round ratios",
-         f"{med(bb / x['published'] for x, bb in zip(a, b, strict=True)):.0f}x"),
-        ("process RSS after a clone round (max)", f"{max(x['rss'] for x in a):,.0f} MiB"),
-    ])
+    table(
+        f"{n:,} httpd VMs from a snapshot (A) vs booted (B), {rounds} rounds alternating",
+        [
+            (
+                "A: clones published by Kernel.clone (listening, lazy)",
+                f"{n / med(x['published'] for x in a):,.0f} VMs/s (median {med(x['published'] for x in a):.2f} s)",
+            ),
+            ("A: clones woken before any traffic reached them", f"{max(x['woken_early'] for x in a):,.0f}"),
+            (
+                "A: clones answering GET /bytes/2258 at their new address",
+                f"{min(x['http_ok'] for x in a):,.0f} of {n:,} in every round",
+            ),
+            (
+                "A: sweep of all clones, each woken by its first frame (128 at a time)",
+                f"{med(x['sweep'] for x in a):.1f} s ({n / med(x['sweep'] for x in a):,.0f} VMs/s), "
+                f"HTTP p50 {med(x['http_p50'] for x in a):,.0f} ms",
+            ),
+            (
+                "A: clones that took Irq.CLONE and their new identity",
+                f"{min(x['identified'] for x in a):,.0f}",
+            ),
+            (
+                "B: booted from the image, listening and idle",
+                f"{n / med(b):,.0f} VMs/s (median {med(b):.2f} s)",
+            ),
+            (
+                "published clones / booted VMs per second, median of per-round ratios",
+                f"{med(bb / x['published'] for x, bb in zip(a, b, strict=True)):.0f}x",
+            ),
+            ("process RSS after a clone round (max)", f"{max(x['rss'] for x in a):,.0f} MiB"),
+        ],
+    )
 
 
 async def _longest_stretch(seconds: float, work: asyncio.Future[object] | None = None) -> float:
@@ -163,18 +189,27 @@ async def scrape(n: int, budget: int) -> None:
         swapped = sum(1 for vm in vms if vm.swapped)
         series = len([ln for ln in text_lines(await metrics.prometheus(k)) if not ln.startswith("#")])
     med = statistics.median
-    table(f"Scrapes at {n:,} idle VMs ({swapped:,} swapped out, budget {budget >> 20:,} MiB)", [
-        ("VMs booted and idle", f"{n:,} in {boot:.0f} s"),
-        ("longest stretch without a loop turn, idle kernel", f"{idle_gap * 1e3:.2f} ms (CPU time)"),
-        ("longest stretch without a loop turn, 10 scrapes + 10 top", f"{busy_gap * 1e3:.2f} ms (CPU time)"),
-        ("longest garbage-collector pause meanwhile", f"{max(gc_pauses, default=0) * 1e3:.2f} ms"),
-        ("the same, the collector held off", f"{nogc_gap * 1e3:.2f} ms (CPU time)"),
-        ("slice length", "2.00 ms"),
-        ("/metrics scrape latency median / max", f"{med(scrape_s) * 1e3:.0f} / {max(scrape_s) * 1e3:.0f} ms"),
-        ("top (50 busiest) latency median / max", f"{med(top_s) * 1e3:.0f} / {max(top_s) * 1e3:.0f} ms"),
-        ("samples in a scrape", f"{series:,}"),
-        ("process RSS", f"{rss_mib():,.0f} MiB"),
-    ])
+    table(
+        f"Scrapes at {n:,} idle VMs ({swapped:,} swapped out, budget {budget >> 20:,} MiB)",
+        [
+            ("VMs booted and idle", f"{n:,} in {boot:.0f} s"),
+            ("longest stretch without a loop turn, idle kernel", f"{idle_gap * 1e3:.2f} ms (CPU time)"),
+            (
+                "longest stretch without a loop turn, 10 scrapes + 10 top",
+                f"{busy_gap * 1e3:.2f} ms (CPU time)",
+            ),
+            ("longest garbage-collector pause meanwhile", f"{max(gc_pauses, default=0) * 1e3:.2f} ms"),
+            ("the same, the collector held off", f"{nogc_gap * 1e3:.2f} ms (CPU time)"),
+            ("slice length", "2.00 ms"),
+            (
+                "/metrics scrape latency median / max",
+                f"{med(scrape_s) * 1e3:.0f} / {max(scrape_s) * 1e3:.0f} ms",
+            ),
+            ("top (50 busiest) latency median / max", f"{med(top_s) * 1e3:.0f} / {max(top_s) * 1e3:.0f} ms"),
+            ("samples in a scrape", f"{series:,}"),
+            ("process RSS", f"{rss_mib():,.0f} MiB"),
+        ],
+    )
 
 
 def text_lines(text: str) -> list[str]:
@@ -192,6 +227,7 @@ def main() -> None:
     s.add_argument("--budget", default="1G")
     args = p.parse_args()
     import uvloop
+
     if args.what == "clones":
         uvloop.run(clones(args.vms, args.rounds))
     else:

@@ -44,6 +44,7 @@ POINTS = [  # (name, image, memory, cmdline)
     ("32 MiB, 256 p/ms", "test-dirty", "64M", "kib=32768 rate=256"),
 ]
 
+
 async def main(rounds: int) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {p[0]: [] for p in POINTS}
     with tempfile.TemporaryDirectory() as d:
@@ -81,8 +82,10 @@ async def main(rounds: int) -> dict[str, Any]:
         }
     return table
 
+
 async def _swapsum(tracked: bool) -> float:
     import time
+
     async with Kernel() as k:
         vm = await k.spawn("test-swapsum", cmdline="kib=4096 rounds=20", memory="16M")
         await asyncio.sleep(0)
@@ -99,19 +102,22 @@ async def _swapsum(tracked: bool) -> float:
         assert status == 0, vm.console.text()
         return time.perf_counter() - began
 
+
 def _hash_round_ms(pages: int = 1024) -> float:
     import mmap
     import time
     import zlib
+
     buf = mmap.mmap(-1, pages * 4096)
     buf[:] = os.urandom(pages * 4096)
     view = memoryview(buf)
     began = time.perf_counter()
     for _ in range(20):
-        _ = [zlib.crc32(view[i * 4096:(i + 1) * 4096]) for i in range(pages)]
+        _ = [zlib.crc32(view[i * 4096 : (i + 1) * 4096]) for i in range(pages)]
     took = (time.perf_counter() - began) / 20
     view.release()
     return took * 1000
+
 
 async def overhead(rounds: int) -> dict[str, Any]:
     plain, tracked, ratios = [], [], []
@@ -121,8 +127,13 @@ async def overhead(rounds: int) -> dict[str, Any]:
         plain.append(a)
         tracked.append(b)
         ratios.append(b / a)
-    return {"untracked_s": statistics.median(plain), "tracked_s": statistics.median(tracked),
-            "ratio_median": statistics.median(ratios), "hash_4MiB_round_ms": _hash_round_ms()}
+    return {
+        "untracked_s": statistics.median(plain),
+        "tracked_s": statistics.median(tracked),
+        "ratio_median": statistics.median(ratios),
+        "hash_4MiB_round_ms": _hash_round_ms(),
+    }
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -131,6 +142,7 @@ if __name__ == "__main__":
     ap.add_argument("--overhead", action="store_true", help="the cost of dirty tracking")
     args = ap.parse_args()
     import uvloop
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if args.overhead:
             print(json.dumps(runner.run(overhead(args.rounds)), indent=2))
@@ -139,9 +151,13 @@ if __name__ == "__main__":
     if args.json:
         print(json.dumps(table, indent=2))
     else:
-        print("| point | downtime ms (median) | downtime ms (max) | total ms | pre-copy rounds | pages sent "
-              "| pages while paused |")
+        print(
+            "| point | downtime ms (median) | downtime ms (max) | total ms | pre-copy rounds | pages sent "
+            "| pages while paused |"
+        )
         print("|---|---|---|---|---|---|---|")
         for name, t in table.items():
-            print(f"| {name} | {t['downtime_ms']:.1f} | {t['downtime_max_ms']:.1f} | {t['total_ms']:.0f} | "
-                  f"{t['rounds']:.0f} | {t['pages']:,.0f} | {t['final_pages']:,.0f} |")
+            print(
+                f"| {name} | {t['downtime_ms']:.1f} | {t['downtime_max_ms']:.1f} | {t['total_ms']:.0f} | "
+                f"{t['rounds']:.0f} | {t['pages']:,.0f} | {t['final_pages']:,.0f} |"
+            )
