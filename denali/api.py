@@ -50,7 +50,10 @@ from denali.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from denali.kernel import Kernel
+    from denali.monitor import Monitor
     from denali.vm import Vm
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ MAX_SPAWN: Final = 10_000
 
 
 _Work = Callable[[Callable[[int, int], None]], Awaitable[dict[str, Any]]]
+MonitorFactory = Callable[[], "Sequence[Monitor]"]
+"""Makes the monitor stack of one VM the API starts (nearest the VM first)."""
 """A long operation: ``work(progress)`` -> its answer."""
 
 
@@ -112,9 +117,12 @@ def vm_view(kernel: Kernel, vm: Vm) -> dict[str, Any]:
 class ControlApi:
     """The handlers for one kernel (see the module docstring)."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, monitors: MonitorFactory | None = None) -> None:
+        """``monitors``: called once for every VM the API starts (spawn, restore, clone),
+        giving that VM's monitor stack, so a host's policy binds these VMs too."""
         self.kernel = kernel
         self.sampler = metrics.CpuSampler(kernel)
+        self.monitors = monitors
 
     # ---- helpers ----
     def _vm(self, request: web.Request) -> Vm:
@@ -192,7 +200,12 @@ class ControlApi:
         for i in range(1, count + 1):
             specs = [parse_disk_arg(d, index=i) for d in disks]
             vm = await self.kernel.spawn(
-                image, memory=size, cmdline=cmdlines[i - 1] if cmdlines else "", nic=nic, disks=specs
+                image,
+                memory=size,
+                cmdline=cmdlines[i - 1] if cmdlines else "",
+                nic=nic,
+                disks=specs,
+                monitors=self.monitors() if self.monitors else (),
             )
             vms.append(vm_view(self.kernel, vm))
         return web.json_response({"vms": vms}, status=201)
@@ -240,7 +253,9 @@ class ControlApi:
         path = self._path(await self._body(request))
 
         async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
-            vm = await self.kernel.restore(path, progress=progress)
+            vm = await self.kernel.restore(
+                path, progress=progress, monitors=self.monitors() if self.monitors else ()
+            )
             return {"vm": vm_view(self.kernel, vm)}
 
         return await self._long(request, work)
@@ -252,7 +267,7 @@ class ControlApi:
         cmdlines = self._cmdlines(body, count)
 
         async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
-            vms = await self.kernel.clone(path, count, cmdlines=cmdlines)
+            vms = await self.kernel.clone(path, count, cmdlines=cmdlines, monitors=self.monitors)
             progress(count, count)
             return {"vms": [vm_view(self.kernel, vm) for vm in vms]}
 
@@ -403,20 +418,27 @@ def expand_cmdline(template: str, index: int) -> str:
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
-def routes(endpoint: Endpoint, kernel: Kernel) -> ControlApi:
-    """Add the control API of ``kernel`` to ``endpoint``."""
-    api = ControlApi(kernel)
+def routes(endpoint: Endpoint, kernel: Kernel, monitors: MonitorFactory | None = None) -> ControlApi:
+    """Add the control API of ``kernel`` to ``endpoint`` (``monitors``: see ``ControlApi``)."""
+    api = ControlApi(kernel, monitors)
     endpoint.app.middlewares.append(_errors)
     endpoint.app.add_routes(api.routes())
     return api
 
 
-async def serve(kernel: Kernel, path: str, *, mode: int = 0o600, limits: Limits | None = None) -> Endpoint:
+async def serve(
+    kernel: Kernel,
+    path: str,
+    *,
+    mode: int = 0o600,
+    limits: Limits | None = None,
+    monitors: MonitorFactory | None = None,
+) -> Endpoint:
     """Serve the control API of ``kernel`` on the Unix socket ``path`` (created with
     ``mode``); the caller closes it (``await endpoint.close()``). ``ConfigError`` when the
     socket cannot be made."""
     endpoint = Endpoint(limits, name="api")
-    routes(endpoint, kernel)
+    routes(endpoint, kernel, monitors)
     await endpoint.start_unix(path, mode)
     log.info("serving the control API on %s", path)
     return endpoint

@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from denali.devices.children import ChildFactory, Children
 from denali.devices.clock import Clock
 from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks, open_disks
 from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
 from denali.loader import Image
+from denali.net.impair import LinkSpec
 from denali.net.switch import Switch
 from denali.runtime import Runtime
 from denali.vm import Vm
@@ -41,14 +43,24 @@ class VmSpec:
     mac: bytes | None = None
     nic_config: NicConfig | None = None
     disks: Sequence[DiskSpec] = field(default=())
+    link: LinkSpec | None = None
+    """Impairment of the NIC's cable (loss, delay, ...), or None."""
+    child_memory: int = 0
+    """Bytes of memory the VM's children (and theirs) may hold in all (0: no children)."""
 
 
 async def build_vm(
-    rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes, on_end: Callable[[Vm], None]
+    rt: Runtime,
+    switch: Switch,
+    vm_id: int,
+    spec: VmSpec,
+    mac: bytes,
+    on_end: Callable[[Vm], None],
+    children: ChildFactory | None = None,
 ) -> Vm:
     """Make VM ``vm_id`` from ``spec`` (see the module docstring); ``mac`` is its NIC's
-    MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends. Raises what
-    the failing step raises."""
+    MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends; ``children``
+    makes the VM's child VMs. Raises what the failing step raises."""
     console = Console(spec.console)
     clock = Clock()
     port: NicPort | None = None
@@ -58,13 +70,28 @@ async def build_vm(
         nic = None
         if spec.nic:
             port = NicPort(f"vm{vm_id}", spec.mac or mac, config=spec.nic_config)
+            if spec.link is not None:
+                port.set_link(spec.link)
             switch.attach(port)  # NetError/ConfigError (a MAC in use) before anything else
             nic = Nic(port)
         disks = await open_disks(spec.disks)
         if rt.store is not None:
             rt.store.create_area(vm_id, spec.memory)
             area = True
-        return Vm(rt, vm_id, spec.image, spec.memory, spec.cmdline, console, clock, nic, disks, on_end)
+        kids = Children(children, quota=spec.child_memory, disk_count=len(disks.disks))
+        return Vm(
+            rt,
+            vm_id,
+            spec.image,
+            spec.memory,
+            spec.cmdline,
+            console,
+            clock,
+            nic,
+            disks,
+            on_end,
+            children=kids,
+        )
     except BaseException:
         if area and rt.store is not None:
             rt.store.remove_area(vm_id)

@@ -13,6 +13,10 @@ Both endpoints face whoever can reach them, so every connection is bounded:
 - **slow requests**: a request head (request line and headers) must arrive whole within
   ``head_timeout`` seconds of its first byte, or the connection is answered ``408`` and
   closed (slow loris).
+- **slow readers**: a connection whose answers the client does not read (its transport
+  has paused writing, the buffer above its high-water mark) for ``idle_timeout`` seconds
+  is closed, even with a request in flight (requests pipelined by a client that never
+  reads would otherwise keep their handlers waiting for ever).
 - **malformed or oversized requests**: aiohttp's parser answers ``400`` (a bad request
   line or header, a request line or header longer than ``max_line``, more than
   ``max_headers`` headers) and ``413`` (a body above ``max_body`` bytes).
@@ -23,7 +27,8 @@ socket file nobody listens on is replaced; anything else at the path is refused.
 
 ``close()`` stops listening, closes every connection and waits for the request
 handlers to end, so a kernel stopped with connections open leaves no task behind.
-Counters are in ``stats`` (accepted, refused, evicted, idle_closed, head_timeouts).
+Counters are in ``stats`` (accepted, refused, evicted, idle_closed, head_timeouts,
+write_stalls).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import socket
 import stat
 import time
@@ -53,7 +59,7 @@ _HEAD_END: Final = b"\r\n\r\n"
 class Limits:
     """Bounds on an endpoint's connections (see the module docstring)."""
 
-    max_connections: int = 512
+    max_connections: int = 1024
     idle_timeout: float = 30.0
     head_timeout: float = 10.0
     max_line: int = 8190
@@ -68,7 +74,7 @@ class Limits:
 class _Guard(asyncio.Protocol):
     """One connection: forwards to aiohttp's protocol and watches its activity."""
 
-    __slots__ = ("busy", "endpoint", "head_since", "inner", "last_rx", "tail", "transport")
+    __slots__ = ("busy", "endpoint", "head_since", "inner", "last_rx", "stalled_since", "tail", "transport")
 
     def __init__(self, endpoint: Endpoint, inner: asyncio.Protocol) -> None:
         self.endpoint = endpoint
@@ -78,6 +84,8 @@ class _Guard(asyncio.Protocol):
         self.head_since: float | None = None
         self.tail = b""
         self.busy = 0
+        self.stalled_since: float | None = None
+        """When the transport paused writing (the client is not reading), if it has."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -107,9 +115,11 @@ class _Guard(asyncio.Protocol):
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
+        self.stalled_since = time.monotonic()
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.stalled_since = None
         self.inner.resume_writing()
 
     def request_done(self) -> None:
@@ -125,6 +135,11 @@ class _Guard(asyncio.Protocol):
                 with contextlib.suppress(Exception):
                     t.write(answer)
             t.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered (a client that does not read)."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class _Refuse(asyncio.Protocol):
@@ -183,7 +198,14 @@ class Endpoint:
         self._sweeper: asyncio.Task[None] | None = None
         self._unix_path: str | None = None
         self.address = ""
-        self.stats = {"accepted": 0, "refused": 0, "evicted": 0, "idle_closed": 0, "head_timeouts": 0}
+        self.stats = {
+            "accepted": 0,
+            "refused": 0,
+            "evicted": 0,
+            "idle_closed": 0,
+            "head_timeouts": 0,
+            "write_stalls": 0,
+        }
 
     @property
     def port(self) -> int:
@@ -223,6 +245,7 @@ class Endpoint:
         return _Guard(self, server())
 
     async def _setup(self) -> None:
+        _check_fd_room(self.limits.max_connections, self.name)
         await self._runner.setup()
 
     async def start_tcp(self, host: str, port: int) -> None:
@@ -275,6 +298,10 @@ class Endpoint:
             await asyncio.sleep(period)
             now = time.monotonic()
             for g in list(self._guards.values()):
+                if g.stalled_since is not None and now - g.stalled_since > lim.idle_timeout:
+                    self.stats["write_stalls"] += 1
+                    g.abort()
+                    continue
                 if g.busy:
                     continue
                 if g.head_since is not None and now - g.head_since > lim.head_timeout:
@@ -303,6 +330,35 @@ class Endpoint:
         if self._unix_path is not None:
             _unlink(self._unix_path)
             self._unix_path = None
+
+
+_FD_SPARE: Final = 256
+"""Descriptors kept for everything else (swap files, disks, TAP devices, the loop)."""
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files toward ``wanted`` (at most the hard
+    limit); the soft limit now. For a program's main (``denali boot``), not a library."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def _check_fd_room(max_connections: int, name: str) -> None:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < max_connections + _FD_SPARE:
+        log.warning(
+            "%s: the open-file limit (%d) is below its %d connections and %d spare; "
+            "connections beyond the limit are refused by the host (raise ulimit -n)",
+            name,
+            soft,
+            max_connections,
+            _FD_SPARE,
+        )
 
 
 def _unlink(path: str) -> None:

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -35,6 +35,7 @@ from denali.arbiter import CpuArbiter
 from denali.builder import VmSpec, build_vm
 from denali.config import KernelConfig, KernelOptions, check_memory, parse_size
 from denali.cpu import CpuState
+from denali.devices.children import Children
 from denali.devices.clock import Clock
 from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks
@@ -54,7 +55,11 @@ from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image, parse_image
 from denali.memory import GuestMemory
+from denali.monitor.base import Monitor
+from denali.monitor.stack import MonitorStack
+from denali.nesting import ChildSpawner
 from denali.net.ethernet import as_mac, mac_for_vm
+from denali.net.impair import LinkSpec
 from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Preemptor
 from denali.runtime import Runtime
@@ -109,7 +114,7 @@ def _disable_thp() -> None:
         )
 
 
-DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks)
+DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Children)
 """Everything that answers hypercalls, one per device slot."""
 
 
@@ -133,6 +138,8 @@ class Kernel:
         self._finishers = TaskOwner("kernel-cleanup")
         """Tasks that must finish, not be cancelled, at close (swap-file unlinks)."""
         self._vms: dict[int, Vm] = {}
+        self._monitor_totals: dict[str, int] = {}
+        """Counters of every VM's monitors, kept after the VMs end (``stats()["monitors"]``)."""
         self._ids = itertools.count(1)
         self._state = "created"
         self._rt: Runtime | None = None
@@ -157,6 +164,15 @@ class Kernel:
             name="lan0",
         )
         """The virtual LAN every VM's NIC is attached to."""
+        self._children = ChildSpawner(
+            self._runtime,
+            self._new_id,
+            self._publish_child,
+            self._vm_ended,
+            self._room_for_child,
+            self._monitor_totals,
+        )
+        """Makes the child VMs of every VM's child device (denali.nesting)."""
         if config.disable_thp:
             _disable_thp()
 
@@ -277,6 +293,7 @@ class Kernel:
                 k: v for k, v in self.switch.stats(per_port=False).as_dict().items() if k != "port_stats"
             },
             "swap": swap,
+            "monitors": dict(self._monitor_totals),
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
@@ -291,6 +308,7 @@ class Kernel:
             **vm.stats,
             "console_bytes": vm.console.written,
             "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,
+            "monitors": vm._interposer.stats() if isinstance(vm._interposer, MonitorStack) else None,
         }
 
     # ---- time ----
@@ -310,6 +328,9 @@ class Kernel:
         nic_config: NicConfig | None = None,
         mac: bytes | str | None = None,
         disks: Sequence[DiskSpec] = (),
+        link: LinkSpec | None = None,
+        monitors: Sequence[Monitor] = (),
+        child_memory: str | int = 0,
     ) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
@@ -317,8 +338,13 @@ class Kernel:
         given, receives every chunk the guest writes (otherwise read ``vm.console``).
         ``nic``: give the VM a NIC on the kernel's LAN (``kernel.switch``), MAC
         ``02:<kernel mac_tag>:`` + the VM id unless ``mac`` gives one; ``nic_config`` sets
-        its queue bounds. ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
-        when one cannot be opened). Raises ``ImageError``/``ConfigError`` for bad input,
+        its queue bounds; ``link`` impairs its cable (``denali.net.impair.LinkSpec``).
+        ``disks``: the VM's virtual disks (``DiskSpec``; ``DiskError``
+        when one cannot be opened). ``monitors``: stacked on the VM before its first
+        instruction, nearest the VM first (``denali.monitor``; ``monitors_of(vm)`` pushes
+        and pops later). ``child_memory``: the memory the VM's child VMs and all their
+        descendants may hold together ("64M"; 0: it may create none; docs/virtual-architecture.md,
+        "Child VMs"). Raises ``ImageError``/``ConfigError`` for bad input,
         ``ResourceError`` when the host cannot hold another VM, ``KernelClosedError``
         after close.
         """
@@ -341,6 +367,9 @@ class Kernel:
             )
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
+        grant = parse_size(child_memory) if child_memory else 0
+        if grant < 0 or grant > 1 << 40:
+            raise ConfigError(f"child_memory {child_memory!r} is out of range")
         await self.switch.start()
         vm_id = self._new_id()
         spec = VmSpec(
@@ -352,15 +381,48 @@ class Kernel:
             as_mac(mac) if mac is not None else None,
             nic_config,
             tuple(disks),
+            link,
+            child_memory=grant,
         )
         default_mac = mac_for_vm(vm_id, self.mac_tag)
-        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
+        vm = await build_vm(
+            self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended, self._children
+        )
+        self._stack_monitors(vm, monitors, None)
         vm.start()
         if self._state != "running":  # closed while the disks opened: end it at once
             vm.kill()
             raise KernelClosedError("kernel is closed")
         self._vms[vm_id] = vm
         return vm
+
+    def _stack_monitors(self, vm: Vm, monitors: Sequence[Monitor], saved: Sequence[Any] | None) -> None:
+        """Push ``monitors`` on built, unstarted ``vm`` (nearest the VM first) and give them
+        ``saved`` state (a snapshot's); on failure the VM is ended and the error raised."""
+        if not monitors:
+            return
+        try:
+            stack = self.monitors_of(vm)
+            for m in reversed(monitors):
+                stack.push(m)
+            if saved:
+                stack.restore(saved)
+        except BaseException:
+            vm.start()  # ended at once: its devices close through the usual path
+            vm.kill()
+            raise
+
+    def monitors_of(self, vm: Vm) -> MonitorStack:
+        """The monitor stack of ``vm`` (made empty if it has none): push and pop on it."""
+        return MonitorStack.of(vm, self._monitor_totals)
+
+    def _publish_child(self, vm: Vm) -> None:
+        self._vms[vm.id] = vm
+
+    def _room_for_child(self) -> bool:
+        if self._state != "running" or len(self._vms) >= self.config.max_vms:
+            return False
+        return self._gate is not None or len(self._vms) < self.max_engines
 
     def _new_id(self) -> int:
         """The next VM id no live VM has (restored VMs keep theirs)."""
@@ -391,6 +453,8 @@ class Kernel:
                 )
         image = await _image_bytes(vm)
         state = await vm.snapshot_state()
+        if isinstance(vm._interposer, MonitorStack):  # monitors with state keep it
+            state.meta["monitors"] = vm._interposer.save()
         slices = vm.stats["slices"]
         try:
             info = await write_snapshot(
@@ -418,9 +482,13 @@ class Kernel:
         *,
         console: ConsoleSink | None = None,
         progress: SnapshotProgress | None = None,
+        monitors: Sequence[Monitor] = (),
     ) -> Vm:
         """Start the VM saved in the snapshot at ``path``, as it was: same VM id, MAC, command
-        line and disks, its clock continuing from the snapshot. Raises
+        line and disks, its clock continuing from the snapshot. ``monitors``: stacked as in
+        ``spawn``; when the snapshot was taken under monitors, these must be of the same
+        classes in the same order (``ConfigError`` otherwise) and get their saved state
+        back; without ``monitors`` the VM runs unmonitored (a warning says so). Raises
         ``SnapshotFormatError`` (not a usable snapshot), ``ConfigError`` (its id or MAC is
         in use here: the original still runs; clone it instead), ``DiskError``, and what
         ``spawn`` raises."""
@@ -432,7 +500,9 @@ class Kernel:
                     f"{snap.path}: VM id {vm_id} is in use in this kernel (the original "
                     "still runs?); clone the snapshot for a VM with a new identity"
                 )
-            return await self._spawn_from(self._prepare(snap), vm_id, None, None, console, clone=False)
+            return await self._spawn_from(
+                self._prepare(snap), vm_id, None, None, console, clone=False, monitors=monitors
+            )
         finally:
             snap.close()
 
@@ -443,13 +513,15 @@ class Kernel:
         *,
         cmdlines: Sequence[str] | None = None,
         console: ConsoleSink | None = None,
+        monitors: Callable[[], Sequence[Monitor]] | None = None,
     ) -> list[Vm]:
         """Start ``count`` clones of the snapshot at ``path``, sharing its memory copy-on-write.
         Each gets its own VM id and MAC (the kernel's default for that id), ``cmdlines[i]``
         as its command line (default: the snapshot's), ``generation`` + 1 and ``Irq.CLONE``
         pending, so the guest re-reads its identity. Read-only and throwaway disks are
         opened anew for each; kept overlays and read-write images cannot be shared
-        (``ConfigError``). Raises like ``restore``."""
+        (``ConfigError``). ``monitors``: called once per clone for its own monitors, which
+        get the snapshot's monitor state as in ``restore``. Raises like ``restore``."""
         if count < 1 or (cmdlines is not None and len(cmdlines) != count):
             raise ConfigError(
                 f"clone: count {count} with {0 if cmdlines is None else len(cmdlines)} command lines"
@@ -466,7 +538,12 @@ class Kernel:
             prepared = self._prepare(snap)
             for i in range(count):
                 cmd = cmdlines[i] if cmdlines is not None else None
-                vms.append(await self._spawn_from(prepared, self._new_id(), cmd, b"", console, clone=True))
+                own = monitors() if monitors is not None else ()
+                vms.append(
+                    await self._spawn_from(
+                        prepared, self._new_id(), cmd, b"", console, clone=True, monitors=own
+                    )
+                )
         except BaseException:
             for vm in vms:
                 vm.kill()
@@ -537,6 +614,7 @@ class Kernel:
         clone: bool,
         memory: GuestMemory | None = None,
         paused: bool = False,
+        monitors: Sequence[Monitor] = (),
     ) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
         default for ``vm_id``; None: the snapshot's)."""
@@ -565,6 +643,14 @@ class Kernel:
             vm.start()  # and ended at once: unpublished, its port detached
             vm.kill()
             raise ConfigError(f"VM {vm_id}: its saved state does not restore ({exc!r})") from None
+        saved = r.meta.get("monitors") or []
+        if saved and not monitors:
+            log.warning(
+                "VM %d: restored without the monitors its snapshot was taken under (%s)",
+                vm_id,
+                ", ".join(str(m.get("monitor")) for m in saved if isinstance(m, dict)),
+            )
+        self._stack_monitors(vm, monitors, saved if isinstance(saved, list) else None)
         if paused:
             vm.hold_paused()
         vm.start()

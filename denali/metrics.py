@@ -263,6 +263,29 @@ async def collect(kernel: Kernel, top_vms: int = TOP_VMS) -> list[Metric]:
             "denali_switch_frames", "Frames the virtual switch forwarded", value=lan.get("frames", 0)
         )
     )
+    # monitors' counters (policy violations, ...): every VM's, kept after it ends; per VM
+    # for the busiest only, like the VM counters
+    per_vm = [(vm, kernel.vm_stats(vm).get("monitors") or {}) for vm in busiest]
+    for mkey, n in sorted(k.get("monitors", {}).items()):
+        if not isinstance(n, int):
+            continue
+        out.append(
+            CounterMetricFamily(
+                f"denali_monitor_{mkey}",
+                f"Monitors' {mkey.replace('_', ' ')}, summed over every VM since the kernel started",
+                value=n,
+            )
+        )
+        c = CounterMetricFamily(
+            f"denali_vm_monitor_{mkey}",
+            f"Monitors' {mkey.replace('_', ' ')} of "
+            f"the VM; only for the {top_vms} VMs with the most CPU time",
+            labels=["vm", "image"],
+        )
+        for vm, mon in per_vm:
+            if isinstance(mon.get(mkey), int):
+                c.add_metric([str(vm.id), vm.image.name], mon[mkey])
+        out.append(c)
     return out
 
 

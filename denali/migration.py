@@ -54,6 +54,7 @@ at the destination, so the path must name the same image there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -139,6 +140,10 @@ class MigrationInfo:
 # ---------------------------------------------------------------- the channel
 
 
+_CLOSE_S: Final = 0.25
+"""How long closing the link waits for the peer's half of the handshake."""
+
+
 class Channel(Protocol):
     """A message stream between the two kernels."""
 
@@ -182,9 +187,11 @@ class WsChannel:
         raise MigrationError("the peer sent a message that is not part of a migration")
 
     async def close(self) -> None:
+        """Close the link; a peer that does not answer the closing handshake within
+        ``_CLOSE_S`` is not waited for (a failing peer never holds the caller)."""
         try:
-            await self.ws.close()
-        except (ConnectionError, RuntimeError, aiohttp.ClientError):
+            await asyncio.wait_for(self.ws.close(), _CLOSE_S)
+        except (ConnectionError, RuntimeError, aiohttp.ClientError, TimeoutError):
             pass
         if self._session is not None:
             await self._session.close()

@@ -28,8 +28,9 @@ temporary file in the same directory, are fsynced and renamed into place: a fail
 write (a full disk) leaves nothing at the path and raises ``SnapshotWriteError``.
 
 Meta JSON carries bytes as ``{"$bytes": "<base64>"}`` (device state is plain data with
-bytes, see ``denali.devices.base``). ``meta["monitors"]`` maps a monitor's name to its
-own plain-data state: the place for monitors that have state to save.
+bytes, see ``denali.devices.base``). ``meta["monitors"]`` is the VM's monitor stack's
+``MonitorStack.save()`` (each monitor's class name and plain-data state, nearest the VM
+first; empty without monitors), given back by ``Kernel.restore``/``clone``.
 """
 
 from __future__ import annotations

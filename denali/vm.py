@@ -72,11 +72,13 @@ from denali.errors import (
     VmStateError,
 )
 from denali.fault import FaultReport
+from denali.interpose import Interposer, Outcome
 from denali.memory import PROT_R, PROT_X, GuestMemory
 from denali.swap import ENGINE_COST, SwapImage, resident_pages, touched_bytes
 from denali.timers import Timer
 
 if TYPE_CHECKING:
+    from denali.devices.children import Children
     from denali.devices.disk.device import Disks
     from denali.devices.nic import Nic, NicPort
     from denali.loader import Image
@@ -156,6 +158,7 @@ class Vm:
         "_idle_waiters",
         "_in_slice",
         "_incoming",
+        "_interposer",
         "_irq_entry",
         "_memory",
         "_migrating",
@@ -173,6 +176,7 @@ class Vm:
         "_vregs_head",
         "_vregs_tail",
         "_waker",
+        "children",
         "clock",
         "close_errors",
         "cmdline",
@@ -185,6 +189,7 @@ class Vm:
         "fault",
         "first_slice_ns",
         "generation",
+        "group",
         "id",
         "image",
         "image_data",
@@ -193,6 +198,7 @@ class Vm:
         "nic_device",
         "state",
         "stats",
+        "stopped_by",
     )
 
     def __init__(
@@ -207,8 +213,12 @@ class Vm:
         nic: Nic | None,
         disks: Disks | None,
         on_end: Callable[[Vm], None],
+        children: Children | None = None,
+        group: int | None = None,
     ) -> None:
-        """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it)."""
+        """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it).
+        ``children``: its child-VM device; ``group``: its CPU group (its root
+        ancestor's id: a subtree shares one CPU share; default its own id)."""
         self._rt = rt
         self._on_end = on_end
         self.id = vm_id
@@ -221,12 +231,18 @@ class Vm:
         self.clock = clock
         self.nic_device = nic
         self.disks = disks
-        self._devices: list[object | None] = [self, clock, console, nic, disks]
+        self.children = children
+        self.group = vm_id if group is None else group
+        self._devices: list[object | None] = [self, clock, console, nic, disks, children]
         self.interposed: frozenset[str] = frozenset()
         """The event kinds (``INTERPOSABLE``) some monitor interposes on. Empty: every
         event takes the kernel's direct path, at its direct cost (and the native fast
         path, where there is one); a kind in the set takes the path that calls the
         monitors. Changed only by the monitor layer."""
+        self._interposer: Interposer | None = None
+        """The monitor stack's side of the seam (``denali.interpose``); None: no monitor."""
+        self.stopped_by: str | None = None
+        """Who stopped the VM when a monitor did (``wait()`` says so)."""
         self._pending = 0
         self._irq_entry = 0
         self._exit_request: int | None = None
@@ -369,7 +385,7 @@ class Vm:
             raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
         if self.state is VmState.MIGRATED:
             raise VmMigratedError(f"VM {self.id} migrated to another kernel")
-        raise VmKilledError(f"VM {self.id} was stopped by the host")
+        raise VmKilledError(f"VM {self.id} was stopped by {self.stopped_by or 'the host'}")
 
     async def until_idle(self) -> None:
         """Wait until the VM next enters idle-with-timeout (returns at once if it is idle).
@@ -467,14 +483,7 @@ class Vm:
                 cmd = self.cmdline.encode()
                 mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
             self._vregs_head, self._vregs_tail = self._vregs_fields(heap_start, heap_end)
-            cpu = VCpu(
-                self.id,
-                self.image.name,
-                mem,
-                rt.table.dispatcher(self._devices, mem),
-                rt.tcg_buffer,
-                self._cpu_state,
-            )
+            cpu = VCpu(self.id, self.image.name, mem, self._dispatcher(mem), rt.tcg_buffer, self._cpu_state)
         except BaseException:
             mem.close()
             raise
@@ -486,6 +495,51 @@ class Vm:
         self._on_wake = 0
         self._write_vregs()
         self._apply_posted()
+
+    def _dispatcher(self, mem: GuestMemory) -> Callable[[int, int], int]:
+        dispatch = self._rt.table.dispatcher(self._devices, mem)
+        ip = self._interposer
+        return ip.wrap(dispatch, mem) if ip is not None else dispatch
+
+    # ---- monitors (the seam of denali.interpose; denali.monitor is the only caller) ----
+    def set_interposer(self, interposer: Interposer | None) -> None:
+        """Install the monitor stack's interposer (None: no monitor) and rewire."""
+        self._interposer = interposer
+        self.rewire()
+
+    def rewire(self) -> None:
+        """Give a resident CPU the dispatch function for the current interposition (the
+        monitor layer calls this whenever ``interposed`` changes)."""
+        cpu, mem = self._cpu, self._memory
+        if cpu is not None and mem is not None:
+            cpu.dispatch = self._dispatch = self._dispatcher(mem)
+
+    async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
+        """The monitors' verdict on a fault: None to resume, else the final state."""
+        ip = self._interposer
+        if ip is not None and "fault" in self.interposed:
+            outcome = await ip.fault(cpu)
+            if outcome is Outcome.RESUME:
+                return None
+            if outcome is Outcome.STOP:
+                return VmState.KILLED
+        self.fault = cpu.fault
+        return VmState.FAULTED
+
+    async def _complete_interposed(self, cpu: VCpu) -> VmState | None:
+        """Finish a hypercall the monitors took out of the slice: None to go on, else
+        the final state."""
+        ip = self._interposer
+        assert ip is not None
+        outcome = await ip.complete(cpu)
+        if outcome is Outcome.RESUME:
+            if not ip.idled:  # every slice ends in a suspension (see _main)
+                await asyncio.sleep(0)
+            return None
+        if outcome is Outcome.TERMINATE:
+            self.exit_status = ip.exit_status
+            return VmState.EXITED
+        return VmState.KILLED
 
     def _vregs_fields(self, heap_start: int, heap_end: int) -> tuple[bytes, bytes]:
         """The constant kernel fields of the register page, before and after the
@@ -620,6 +674,11 @@ class Vm:
             if _U32.unpack_from(buf, _OFF_IE)[0] == 1:
                 self._pending = 0
                 _U32.pack_into(buf, _OFF_PENDING, 0)
+                ip = self._interposer
+                if ip is not None and "interrupt" in self.interposed:
+                    pending = ip.irq(pending)  # the monitors see the batch (and may drop bits)
+                    if not pending:
+                        return True
                 _U32.pack_into(buf, _OFF_IE, 0)
                 self.stats["irq_batches"] += 1
                 self.stats["irq_bits_delivered"] += pending.bit_count()
@@ -669,12 +728,17 @@ class Vm:
             await self._hold(VmState.IDLE)
         await self._ensure_resident()
         self._idle_arg = None
+        ip = self._interposer
+        if ip is not None and ip.gating:  # a monitor holds the VM before IDLE returns
+            await ip.gate()
         self._apply_posted()
         mem = self._memory
         cpu = self._cpu
         assert mem is not None and cpu is not None
         mask = self._pending
         self._pending = 0
+        if mask and ip is not None and "interrupt" in self.interposed:
+            mask = ip.irq(mask)
         if mask:
             self.stats["irq_batches"] += 1
             self.stats["irq_bits_delivered"] += mask.bit_count()
@@ -709,25 +773,27 @@ class Vm:
                 if self._pause is not None:  # a slice boundary: pause here if asked
                     await self._hold(VmState.RUNNABLE)
                 self.state = VmState.RUNNABLE
-                lane, _ = await arb.acquire(self.id, idled)
+                ip = self._interposer
+                if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
+                    await ip.gate()
+                lane, _ = await arb.acquire(self.id, idled, self.group)
                 try:
                     self.state = VmState.RUNNING
                     cpu = self._cpu
                     assert cpu is not None
-                    if not self._before_slice():
-                        self.fault = cpu.fault
-                        final = VmState.FAULTED
-                        return
-                    if self.first_slice_ns is None:
-                        self.first_slice_ns = rt.now_ns()
-                    stats["slices"] += 1
-                    began = time.monotonic_ns()
-                    deadline = began + slice_ns
-                    if pool is None:
-                        reason = cpu.run(lane, deadline)
+                    if not self._before_slice():  # the interrupt frame did not fit: a fault
+                        reason = Exit.FAULT
                     else:
-                        reason = await self._run_on_worker(pool, cpu, lane, deadline)
-                    stats["cpu_ns"] += time.monotonic_ns() - began
+                        if self.first_slice_ns is None:
+                            self.first_slice_ns = rt.now_ns()
+                        stats["slices"] += 1
+                        began = time.monotonic_ns()
+                        deadline = began + slice_ns
+                        if pool is None:
+                            reason = cpu.run(lane, deadline)
+                        else:
+                            reason = await self._run_on_worker(pool, cpu, lane, deadline)
+                        stats["cpu_ns"] += time.monotonic_ns() - began
                 finally:
                     arb.release(lane)
                 idled = False
@@ -737,6 +803,12 @@ class Vm:
                 elif reason is Exit.HYPERCALL:
                     if cpu.deferred and not self._dispatch_deferred(cpu):
                         continue
+                    if self._interposer is not None and self._interposer.exited:
+                        ended = await self._complete_interposed(cpu)
+                        if ended is None:
+                            continue
+                        final = ended
+                        return
                     if cpu.hcall_nr == Hc.TERMINATE:
                         self.exit_status = self._exit_request
                         final = VmState.EXITED
@@ -746,8 +818,10 @@ class Vm:
                     if not idled:  # a yield: let every other runnable VM queue up first
                         await asyncio.sleep(0)
                 elif reason is Exit.FAULT:
-                    self.fault = cpu.fault
-                    final = VmState.FAULTED
+                    ended = await self._interposed_fault(cpu)
+                    if ended is None:
+                        continue
+                    final = ended
                     return
                 else:
                     self.error = cpu.error
@@ -831,14 +905,20 @@ class Vm:
                 self._incoming.close()
                 self._incoming = None
             self._on_end(self)
-            rt.owner.spawn(self._close_devices(), name=f"denali-vm-{self.id}-close")
+            waiting = [d for d in self._devices[1:] if isinstance(d, Device) and not d.close_now()]
+            if waiting:
+                rt.owner.spawn(self._close_devices(waiting), name=f"denali-vm-{self.id}-close")
+            elif not self._done.done():
+                self._done.set_result(None)
 
-    async def _close_devices(self) -> None:
-        """Close every device (disks write their overlays' bitmaps), then mark the VM done."""
+    async def _close_devices(self, waiting: list[Device]) -> None:
+        """Close the devices that must wait (disks write their overlays' bitmaps), then mark
+        the VM done."""
         try:
-            for dev in self._devices[1:]:
-                if isinstance(dev, Device):
-                    await dev.aclose()
+            if self.children is not None:  # the subtree ends first (it may use our disks)
+                await self.children.aclose()
+            for dev in waiting:
+                await dev.aclose()
             if self.disks is not None:
                 self.close_errors.extend(self.disks.close_errors)
         finally:

@@ -23,6 +23,8 @@ import pytest
 from denali import api, metrics
 from denali.endpoint import Limits
 from denali.kernel import Kernel
+from denali.monitor import HypercallEvent, Monitor
+from denali.monitor.base import Verdict
 from tests.conftest import need_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +92,55 @@ async def test_api_end_to_end(tmp_path: Path) -> None:
         finally:
             await ep.close()
         assert not _exists(sock)
+
+
+async def test_vms_the_api_starts_get_the_hosts_monitors(tmp_path: Path) -> None:
+    """``serve(monitors=)`` (``denali boot --policy/--trace --api``): every VM the API
+    spawns, restores or clones gets its own stack from the factory."""
+    need_image("test-swapsum")
+    sock = str(tmp_path / "api.sock")
+    made: list[Monitor] = []
+
+    def stack() -> list[Monitor]:
+        made.append(_Seen())
+        return [made[-1]]
+
+    async with Kernel() as k:
+        ep = await api.serve(k, sock, monitors=stack)
+        try:
+            st, data = await _call(
+                sock,
+                "POST",
+                "/v1/vms",
+                {"image": "test-swapsum", "memory": "1M", "cmdline": "kib=64 rounds=30"},
+            )
+            assert st == 201
+            vid = data["vms"][0]["id"]
+            assert [type(m) for m in k.monitors_of(k.vms[vid]).monitors] == [_Seen]
+            st, _ = await _call(sock, "POST", f"/v1/vms/{vid}/pause")
+            snap = str(tmp_path / "m.snap")
+            st, _ = await _call(sock, "POST", f"/v1/vms/{vid}/snapshot", {"path": snap})
+            assert st == 200
+            await _call(sock, "POST", f"/v1/vms/{vid}/kill")
+            st, data = await _call(sock, "POST", "/v1/snapshots/restore", {"path": snap})
+            assert st == 200
+            st, data = await _call(sock, "POST", "/v1/snapshots/clone", {"path": snap, "count": 2})
+            assert st == 200
+            assert len(made) == 4  # spawn, restore, two clones
+            for vm in list(k.vms.values()):
+                assert await vm.wait() == 0
+            assert all(m.calls > 0 for m in made)
+        finally:
+            await ep.close()
+
+
+class _Seen(Monitor):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        self.calls += 1
+        return None
 
 
 @pytest.mark.parametrize(
@@ -356,6 +407,33 @@ async def test_endpoint_limits_connections_idle_time_and_slow_heads() -> None:
             await ep.close()
 
 
+async def test_endpoint_closes_a_client_that_does_not_read_its_answers() -> None:
+    """Pipelined scrapes from a client that never reads (a small receive buffer): once
+    the answers back up, the connection is aborted after the idle timeout although a
+    request is in flight; other scrapes are answered meanwhile and after."""
+    limits = Limits(max_connections=50, idle_timeout=0.5, head_timeout=0.5)
+    async with Kernel() as k:
+        ep = await metrics.serve(k, "127.0.0.1", 0, limits=limits)
+        try:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", ep.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+            for _ in range(100):
+                if ep.stats["write_stalls"]:
+                    break
+                await _scrape(ep.port)
+                await asyncio.sleep(0.05)
+            assert ep.stats["write_stalls"] == 1, ep.stats
+            await asyncio.sleep(0.1)
+            assert ep.connections == 0
+            await _scrape(ep.port)
+            s.close()
+        finally:
+            await ep.close()
+
+
 def _listening_inet(pid: int) -> set[str]:
     """The TCP addresses process ``pid`` listens on, as HOST:PORT."""
     inodes = set()
@@ -376,6 +454,18 @@ def _listening_inet(pid: int) -> set[str]:
                     host = socket.inet_ntoa(bytes.fromhex(addr)[::-1]) if table == "tcp" else addr
                     found.add(f"{host}:{int(port, 16)}")
     return found
+
+
+def _established(pid: int, port: int) -> int:
+    """TCP connections process ``pid`` holds established on its local ``port``."""
+    inodes = {
+        os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+        for fd in os.listdir(f"/proc/{pid}/fd")
+        if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+    }
+    with open(f"/proc/{pid}/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for p in rows if p[3] == "01" and p[9] in inodes and int(p[1].split(":")[1], 16) == port)
 
 
 def _rss_kib(pid: int) -> int:
@@ -436,6 +526,8 @@ async def test_scrapes_answered_while_1000_idle_and_slow_connections_are_held(tm
             _, w = await asyncio.open_unix_connection(sock)
             w.write(b"POST /v1/vms HTTP/1.1\r\n")
             held.append(w)
+        await asyncio.sleep(0.2)
+        assert _established(proc.pid, port) >= 1000  # the server holds every one of them
         latencies = [await _scrape(port) for _ in range(20)]
         st, data = await _call(sock, "GET", "/v1/kernel")
         assert st == 200 and data["kernel"]["vms"] == 20

@@ -32,7 +32,7 @@ SUM = "kib=1024 rounds=60"
 """test-swapsum rewrites 1 MiB 60 times with 1 ms sleeps: every pre-copy round finds it dirty."""
 
 
-LONG = "kib=512 rounds=200"
+LONG = "kib=512 rounds=400"
 """The same for longer: it still runs when a failed migration returns."""
 
 

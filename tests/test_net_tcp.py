@@ -108,5 +108,45 @@ async def test_synchronous_interrupts_wake_a_vm_per_frame() -> None:
             assert nic is not None
             per_wake[batched] = nic.stats.rx_frames / srv.stats["idles"]
             assert (k.switch.config.frames_per_yield == 1) is not batched
-    assert per_wake[False] <= 1.05, per_wake  # one frame per wake-up
+    # about one frame per wake-up (a retransmission timer firing on a loaded machine can
+    # add a frame to a wake now and then)
+    assert per_wake[False] <= 1.25, per_wake
     assert per_wake[True] > per_wake[False], per_wake
+
+
+async def _stats(k: Kernel, ip: str) -> dict[str, int]:
+    vm = await k.spawn("httpget", cmdline=f"ip={ip}/24 url=http://10.0.0.1/stats count=1 conc=1 print=1")
+    status = await asyncio.wait_for(vm.wait(), 60)
+    out = vm.console.text()
+    assert status == 0, out
+    return {key: int(v) for key, v in re.findall(r"^(\w+) (\d+)$", out, re.M)}
+
+
+@pytest.mark.timeout(900)
+async def test_hundred_thousand_connections_heap_flat() -> None:
+    """100,000 connections, each closed by the server after its reply (HTTP/1.0 style,
+    so every one leaves a TIME-WAIT behind), to one 16 MiB httpd: no failure, and the
+    heap the guest reports at /stats flat from one quarter to the next."""
+    need_image("httpd")
+    need_image("httpget")
+    # Default slices: this test found the preemption bug (an instruction run twice after
+    # a stop; tests/test_preempt.py), so it runs preempted as often as any guest.
+    async with Kernel() as k:
+        await k.spawn("httpd", cmdline="ip=10.0.0.1/24", memory="16M")
+        heap = []
+        for quarter in range(4):
+            vm = await k.spawn(
+                "httpget",
+                cmdline=f"ip=10.0.0.{10 + quarter}/24 url=http://10.0.0.1/ count=25000 conc=8 close=1",
+            )
+            status = await asyncio.wait_for(vm.wait(), 300)
+            if status != 0 or "ok=25000 fail=0" not in vm.console.text():  # say what the server saw
+                raise AssertionError(f"{vm.console.text()}\nserver: {await _stats(k, '10.0.0.99')}")
+            busy = await _stats(k, f"10.0.0.{20 + quarter}")
+            await asyncio.sleep(2.5)  # TIME-WAIT (2 s) drains
+            st = await _stats(k, f"10.0.0.{30 + quarter}")
+            heap.append(st["heap_used"])
+            assert busy["heap_used"] < 4 << 20  # TIME-WAIT is bounded by the table
+            assert st["threads"] == 3 and st["tcp_conns"] <= 3  # httpd, net, accept: all else freed
+        assert st["connections"] >= 100_000
+        assert max(heap) - min(heap) <= 4096, heap

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from denali import abi, snapshot
-from denali.errors import ConfigError, SnapshotFormatError, SnapshotWriteError, VmStateError
+from denali.errors import ConfigError, SnapshotFormatError, SnapshotWriteError, VmKilledError, VmStateError
 from denali.kernel import Kernel
+from denali.monitor import HypercallEvent, Monitor
+from denali.monitor.base import Verdict
 from denali.vm import Vm, VmState
 from tests.conftest import need_image
 
@@ -166,6 +169,45 @@ async def test_snapshot_of_a_swapped_out_vm_and_its_clock(tmp_path: Path) -> Non
         assert 600_000 <= slept_us < 1_000_000, _last_line(restored)
 
 
+async def test_frames_queued_in_a_paused_nic_are_delivered_after_restore(tmp_path: Path) -> None:
+    """Datagrams that reached a paused udpecho's NIC travel in its snapshot: restored in
+    another kernel with nobody else on its LAN, it answers them (its ARP request for the
+    sender, who it never heard from before, is the proof)."""
+    need_image("udpecho")
+    need_image("test-netudp")
+    from tests.net.helpers import Recorder
+
+    path = tmp_path / "echo.snap"
+    async with Kernel() as k:
+        srv = await k.spawn("udpecho", cmdline="ip=10.0.0.1/24")
+        await srv.until_idle()
+        await asyncio.sleep(0.05)
+        await srv.pause()
+        cli = await k.spawn("test-netudp", cmdline="ip=10.0.0.2/24 dst=10.0.0.1 count=1")
+        assert srv.nic is not None
+        for _ in range(500):
+            if srv.nic.rx_pending:
+                break
+            await asyncio.sleep(0.01)
+        queued = srv.nic.rx_pending
+        assert queued >= 1
+        await k.snapshot(srv, path)
+        srv.kill()
+        cli.kill()
+    async with Kernel() as k2:
+        peer = Recorder("peer")
+        k2.switch.attach(peer)
+        restored = await k2.restore(path)
+        wanted = socket.inet_aton("10.0.0.2")
+        for _ in range(500):
+            if any(f[12:14] == b"\x08\x06" and f[38:42] == wanted for f in peer.frames):
+                break
+            await asyncio.sleep(0.01)
+        arps = [f for f in peer.frames if f[12:14] == b"\x08\x06" and f[38:42] == wanted]
+        assert arps, [f.hex() for f in peer.frames]
+        assert restored.nic is not None and restored.nic.rx_pending == 0
+
+
 # ---------------------------------------------------------------- clones
 
 
@@ -182,6 +224,37 @@ async def _http_ok(k: Kernel, ip: str, src: str) -> str:
     return out
 
 
+def _guest_symbol(image: str, name: str) -> int:
+    """The address of the static ``name`` in a built-in guest image (its symbol table)."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    from denali.images import builtin_images
+
+    with open(builtin_images()[image], "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            if isinstance(sec, SymbolTableSection):
+                for sym in sec.get_symbol_by_name(name) or ():
+                    return int(sym["st_value"])
+    raise AssertionError(f"{image} has no symbol {name}")
+
+
+def _u32_at(vm: Vm, addr: int) -> int:
+    mem = vm._memory
+    assert mem is not None, f"VM {vm.id} is not resident"
+    return int(struct.unpack_from("<I", mem.buf, addr)[0])
+
+
+async def _until_timers_done(vm: Vm) -> None:
+    """Wait until ``vm`` idles with no deadline (its TCP and ARP timers have all run), so
+    its clones are restored asleep until something wakes them."""
+    for _ in range(1000):
+        if vm.state is VmState.IDLE and vm._idle_deadline == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"VM {vm.id} still has a timer: {vm._idle_deadline}")
+
+
 async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path: Path) -> None:
     need_image("httpd")
     need_image("httpget")
@@ -190,8 +263,11 @@ async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path:
         origin = await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
         await origin.until_idle()
         await _http_ok(k, "10.0.0.1", "10.0.0.200")
+        await _until_timers_done(origin)
         await origin.pause()
         await k.snapshot(origin, path)
+        secret = _guest_symbol("httpd", "iss_secret")
+        origin_secret = _u32_at(origin, secret)
         origin.kill()
         clones = await k.clone(path, 4, cmdlines=[f"ip=10.0.0.{10 + i}/24" for i in range(4)])
         assert len({c.id for c in clones}) == 4 and origin.id not in {c.id for c in clones}
@@ -207,6 +283,9 @@ async def test_clones_of_a_listening_httpd_answer_at_their_own_address(tmp_path:
             assert c.state is VmState.IDLE
         # the clones' memories are private mappings of the one snapshot file
         assert _mapped(path) == 4
+        # each re-keyed its TCP (Irq.CLONE): an ISN secret of its own, not the snapshot's
+        secrets = {_u32_at(c, secret) for c in clones}
+        assert len(secrets) == 4 and origin_secret not in secrets
         # a clone of a clone: generation 2
         await clones[0].pause()
         await k.snapshot(clones[0], tmp_path / "gen1.snap")
@@ -402,3 +481,58 @@ async def test_clones_swap_out_and_back_in_intact(tmp_path: Path) -> None:
     assert results == [0] * 6
     assert all(_last_line(c) == expected for c in clones)
     assert swap["swap_outs"] >= 3 and swap["swap_ins"] >= 3, swap
+
+
+class _Counter(Monitor):
+    """Counts the hypercalls it sees; its count is its state."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        self.count += 1
+        return None
+
+    def save(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def restore(self, state: dict[str, int]) -> None:  # type: ignore[override]
+        self.count = int(state["count"])
+
+
+class _Other(Monitor):
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        return None
+
+
+async def test_monitors_keep_their_state_across_snapshot_and_restore(tmp_path: Path) -> None:
+    need_image("test-swapsum")
+    path = tmp_path / "watched.snap"
+    async with Kernel() as k:
+        before = _Counter()
+        vm = await k.spawn("test-swapsum", cmdline="kib=64 rounds=50", memory="1M", monitors=[before])
+        await vm.until_idle()
+        await vm.pause()
+        await k.snapshot(vm, path)
+        counted = before.count
+        assert counted > 0
+        vm.kill()
+        with pytest.raises(VmKilledError):
+            await vm.wait()
+        with pytest.raises(ConfigError, match="does not match"):
+            await k.restore(path, monitors=[_Other()])
+        after = _Counter()
+        again = await k.restore(path, monitors=[after])
+        assert after.count >= counted  # given back before the VM ran again
+        assert await again.wait() == 0
+        assert after.count > counted
+        clones_seen: list[_Counter] = []
+
+        def fresh() -> list[Monitor]:
+            clones_seen.append(_Counter())
+            return [clones_seen[-1]]
+
+        clones = await k.clone(path, 2, monitors=fresh)
+        for c in clones:
+            assert await c.wait() == 0
+        assert len(clones_seen) == 2 and all(m.count > counted for m in clones_seen)

@@ -60,6 +60,13 @@ def render() -> str:
         f"#define DENALI_DISK_PENDING 0x{abi.DISK_PENDING:08x}u",
         f"#define DENALI_DISK_F_READONLY {abi.DISK_F_READONLY}u",
         "",
+        "/* Child VMs (CHILD_* hypercalls) */",
+        *(
+            f"#define DENALI_{name} {getattr(abi, name)}u"
+            for name in sorted(vars(abi))
+            if name.startswith("CHILD_") and isinstance(getattr(abi, name), int)
+        ),
+        "",
         "/* Guest memory layout */",
     ]
     out += [f"#define DENALI_ADDR_{m.name} 0x{m.value:08x}" for m in abi.Layout]

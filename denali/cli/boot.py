@@ -1,6 +1,7 @@
 """``denali boot``: boot one or more VMs from an image and stream their consoles.
 
-Exit statuses: 125 if any VM faulted (or a kernel error stopped it), whatever the others
+Exit statuses: 125 if any VM faulted (or a kernel error or a monitor, such as a
+``--policy`` or a debugger's kill, stopped it), whatever the others
 did; otherwise, with one VM, the guest's terminate status (mod 256), and with several,
 0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown,
 whatever the boot was waiting on (a second signal, or a shutdown unfinished after
@@ -18,17 +19,31 @@ import asyncio
 import ipaddress
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from denali import api, metrics
 from denali.cli import lan
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, log_options
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, host_port_any, log_options
 from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
 from denali.devices.disk import parse_disk_arg
-from denali.errors import DenaliError, DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError
+from denali.errors import (
+    ConfigError,
+    DenaliError,
+    DiskError,
+    GuestFault,
+    KernelInternalError,
+    SwapError,
+    VmKilledError,
+)
 from denali.kernel import Kernel
+from denali.monitor.base import Monitor
+from denali.monitor.gdb import GdbStub
+from denali.monitor.policy import Policy, PolicySpec, load_policy
+from denali.monitor.tracer import Tracer, TraceWriter, parse_kinds
+from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
 from denali.progress import BootProgress
@@ -45,6 +60,13 @@ def add_parser(sub: Any) -> None:
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
+    b.add_argument(
+        "--child-memory",
+        default="0",
+        metavar="SIZE",
+        help="memory each VM's child VMs (and theirs) may hold in all, e.g. 32M "
+        "(default 0: a VM may create no children; docs/virtual-architecture.md)",
+    )
     b.add_argument(
         "--slice-us",
         type=int,
@@ -77,6 +99,15 @@ def add_parser(sub: Any) -> None:
         help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
         "the host side that address and brings it up) or to other kernels / Linux "
         "vxlan devices over VXLAN (UDP 4789 by default)",
+    )
+    b.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="[vms:|lan:|net:]SPEC",
+        help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
+        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
+        "(see docs/networking.md)",
     )
     b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
@@ -112,6 +143,47 @@ def add_parser(sub: Any) -> None:
         type=_octal_mode,
         default=0o600,
         help="permissions of the API socket (default 600: its owner only)",
+    )
+
+    # ---- monitors (docs/monitors.md) ----
+    m = b.add_argument_group("monitors (docs/monitors.md)")
+    m.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write every hypercall, interrupt, fault and disk request of every VM to FILE "
+        "as JSON lines (the schema is in docs/monitors.md)",
+    )
+    m.add_argument(
+        "--trace-filter",
+        metavar="KINDS",
+        default="hypercall,interrupt,fault,disk",
+        help="what --trace records: a comma list of hypercall, interrupt, fault, disk, "
+        "frame_out, frame_in, frame (both), all (default: hypercall,interrupt,fault,disk)",
+    )
+    m.add_argument(
+        "--trace-frame-bytes",
+        metavar="N",
+        type=int,
+        default=64,
+        help="bytes of each traced frame recorded as hex (default 64)",
+    )
+    m.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="enforce a policy on every VM: allowed hypercalls, NIC and disk limits "
+        "(TOML, or JSON when FILE ends in .json)",
+    )
+    m.add_argument(
+        "--gdb",
+        metavar="HOST:PORT",
+        type=host_port_any,
+        help="serve the GDB remote protocol: VM i (1..N) on PORT+i-1 (port 0: any free "
+        "ports, printed on stderr)",
+    )
+    m.add_argument(
+        "--gdb-wait",
+        action="store_true",
+        help="with --gdb: hold each VM at its entry point until gdb continues it",
     )
 
 
@@ -159,6 +231,13 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
             f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
             "without swapping (vm.max_map_count); give a --memory-budget"
         )
+    if args.gdb_wait and not args.gdb:
+        raise DenaliError("--gdb-wait needs --gdb HOST:PORT")
+    if args.gdb and args.gdb[1] and args.gdb[1] + args.count - 1 > 65535:
+        raise DenaliError(f"--gdb: ports {args.gdb[1]}..{args.gdb[1] + args.count - 1} go past 65535")
+    if args.trace_frame_bytes < 0:
+        raise DenaliError("--trace-frame-bytes must be 0 or more")
+    parse_kinds(args.trace_filter)
     for index in sorted({1, max(1, args.count)}):
         _cmdline_for(args.cmdline, index)
         for d in args.disk:
@@ -199,6 +278,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
     if args.pcap:
         await k.switch.capture(args.pcap)
     ports: list[TapPort | VxlanPort] = []
+    policy: PolicySpec | None = load_policy(args.policy) if args.policy else None
+    trace: TraceWriter | None = None
+    stubs: list[GdbStub] = []
     metrics_server = None
     api_server = None
     progress = None
@@ -210,8 +292,13 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 metrics_server = await metrics.serve(k, host, port)
             except (OSError, ValueError) as exc:
                 raise DenaliError(f"--metrics {host}:{port}: {exc}") from None
+        links = _parse_links(args.link)
+        if "lan" in links:
+            k.switch.set_link(links["lan"])
         if args.api:
-            api_server = await api.serve(k, args.api, mode=args.api_mode)
+            api_server = await api.serve(
+                k, args.api, mode=args.api_mode, monitors=_api_monitors(args, lambda: trace, policy)
+            )
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
@@ -228,18 +315,27 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 raise DenaliError(
                     f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or vxlan:VNI@REMOTE[:PORT]"
                 )
+            if "net" in links:
+                ports[-1].set_link(links["net"])
+        if args.trace:
+            trace = TraceWriter(args.trace, parse_kinds(args.trace_filter))
+            await trace.open()
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms: list[tuple[Vm, PrefixedSink]] = []
         for i in range(1, args.count + 1):
             sink = out.sink_for(i if args.count > 1 else None)
+            monitors = await _monitors_for(i, args, trace, policy, stubs)
             vm = await k.spawn(
                 args.image,
                 memory=args.memory,
                 cmdline=_cmdline_for(args.cmdline, i),
                 disks=[parse_disk_arg(d, index=i) for d in args.disk],
                 console=sink,
+                link=links.get("vms"),
+                monitors=monitors,
+                child_memory=args.child_memory,
             )
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
@@ -262,7 +358,63 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
             await metrics_server.close()
         if api_server is not None:
             await api_server.close()
+        for stub in stubs:
+            await stub.aclose()
+        if trace is not None:
+            await trace.aclose()
+            if trace.dropped or trace.error:
+                why = f" ({trace.error.strerror or trace.error})" if trace.error else ""
+                print(
+                    f"denali: trace {trace.path}: {trace.records:,} records, {trace.dropped:,} dropped{why}",
+                    file=sys.stderr,
+                )
     return _status(codes)
+
+
+def _api_monitors(
+    args: argparse.Namespace, trace_of: Callable[[], TraceWriter | None], policy: PolicySpec | None
+) -> Callable[[], list[Monitor]] | None:
+    """The monitors of every VM the control API starts: the tracer (``trace_of()``, opened
+    after the API) and the policy, as for the VMs on the command line (no debugger: its
+    ports are the command line's)."""
+    if not args.trace and policy is None:
+        return None
+
+    def make() -> list[Monitor]:
+        made: list[Monitor] = []
+        trace = trace_of()
+        if trace is not None:
+            made.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+        if policy is not None:
+            made.append(Policy(policy))
+        return made
+
+    return make
+
+
+async def _monitors_for(
+    index: int,
+    args: argparse.Namespace,
+    trace: TraceWriter | None,
+    policy: PolicySpec | None,
+    stubs: list[GdbStub],
+) -> list[Monitor]:
+    """VM ``index``'s monitor stack, nearest the VM first: the gdb stub (it sees the
+    guest's own faults), the tracer (it records what the guest asked and what it got),
+    the policy (nearest the kernel)."""
+    monitors: list[Monitor] = []
+    if args.gdb:
+        host, port = args.gdb
+        stub = GdbStub(host, port + index - 1 if port else 0, wait=args.gdb_wait)
+        await stub.start()
+        stubs.append(stub)
+        print(f"denali: gdb: VM {index} listening on {host}:{stub.port}", file=sys.stderr, flush=True)
+        monitors.append(stub)
+    if trace is not None:
+        monitors.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+    if policy is not None:
+        monitors.append(Policy(policy))
+    return monitors
 
 
 def _status(outcomes: list[int | None]) -> int:
@@ -293,7 +445,10 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
     except DiskError as exc:  # the guest ended, but a kept overlay could not be saved
         print(f"denali: {exc}", file=sys.stderr)
         return 1
-    except VmKilledError:
+    except VmKilledError as exc:
+        if vm.stopped_by is not None:  # a monitor stopped it (a policy, a debugger's kill)
+            print(f"denali: {exc}", file=sys.stderr)
+            return None
         return EXIT_INTERRUPTED
 
 
@@ -301,6 +456,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
 
+    from denali.endpoint import Limits, raise_fd_limit
+
+    if args.metrics or args.api:  # room for both endpoints' connections
+        raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         try:
@@ -328,3 +487,18 @@ def _finish_output(out: ConsoleOutput, stop: StopSignals) -> None:
     line = out.report()
     if line is not None:
         print(line, file=sys.stderr)
+
+
+def _parse_links(specs: list[str]) -> dict[str, LinkSpec]:
+    """``--link`` values by target (vms, net, lan); ``ConfigError`` on a bad spec."""
+    out: dict[str, LinkSpec] = {}
+    for text in specs:
+        target, sep, rest = text.partition(":")
+        if sep and target in ("vms", "net", "lan"):
+            body = rest
+        else:
+            target, body = "vms", text
+        if target in out:
+            raise ConfigError(f"--link {target}: given twice")
+        out[target] = LinkSpec.parse(body)
+    return out

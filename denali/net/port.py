@@ -24,6 +24,12 @@ never change a frame after handing it over.
 Attachment: ``Switch.attach(port)`` / ``Switch.detach(port)``. A port belongs to at most
 one switch at a time; ``port.switch`` says which. Detaching discards what still waits in
 the ingress queue (counted in ``drop_link_down``).
+
+Impairment: ``set_link(LinkSpec)`` puts a seeded netem-like link (``denali.net.impair``)
+between the port and the switch: frames the port submits pass through it before they
+reach the ingress queue, and frames the switch delivers pass through it before
+``deliver``. Frames the link drops are counted in ``drop_impaired``. ``set_link(None)``
+removes it (frames it still holds are discarded).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Final, Protocol
 
 from denali.errors import ConfigError
 from denali.net.ethernet import as_mac, is_multicast
+from denali.net.impair import LinkSpec, PortLink
 
 DEFAULT_INGRESS_CAPACITY: Final = 256
 """Frames a port may have waiting in the switch before ``submit`` drops."""
@@ -69,6 +76,8 @@ class PortStats:
     """``deliver``: unicast for another address reached a non-promiscuous NIC (flooding)."""
     drop_link_down: int = 0
     """Sent while not attached, or still queued when the port was detached or the switch closed."""
+    drop_impaired: int = 0
+    """Dropped by the port's link impairment (loss, its queue limit, a drop predicate), either direction."""
 
     @property
     def drops(self) -> int:
@@ -81,6 +90,7 @@ class PortStats:
             + self.drop_loopback
             + self.drop_filtered
             + self.drop_link_down
+            + self.drop_impaired
         )
 
     def snapshot(self) -> PortStats:
@@ -134,7 +144,7 @@ class Attachment:
         self.queue: deque[bytes] = deque()
         self.capacity = port.ingress_capacity
         self.mac = port.mac
-        self.deliver: Callable[[bytes], None] = port.deliver
+        self.deliver: Callable[[bytes], object] = port._egress()
         self.stats = port.stats
         self.ready = False
         """INVARIANT: True while this attachment is in the switch's ready queue or being drained."""
@@ -152,7 +162,7 @@ class Port(abc.ABC):
     ``ingress_capacity`` bounds the frames waiting in the switch for this port.
     """
 
-    __slots__ = ("_att", "_ingress_capacity", "_mac", "_name", "stats")
+    __slots__ = ("_att", "_ingress_capacity", "_link", "_mac", "_name", "stats")
 
     def __init__(
         self, name: str, *, mac: bytes | str | None = None, ingress_capacity: int = DEFAULT_INGRESS_CAPACITY
@@ -168,6 +178,7 @@ class Port(abc.ABC):
         self._mac = fixed
         self._ingress_capacity = ingress_capacity
         self._att: Attachment | None = None
+        self._link: PortLink | None = None
         self.stats = PortStats()
 
     def __repr__(self) -> str:
@@ -217,14 +228,76 @@ class Port(abc.ABC):
         when it cannot be taken (``drop_egress_full`` for a full queue).
         """
 
+    # ---- link impairment ----
+    @property
+    def link(self) -> PortLink | None:
+        """The impaired link between this port and the switch, or None (a clean cable)."""
+        return self._link
+
+    def set_link(
+        self,
+        spec: LinkSpec | None,
+        *,
+        drop_in: Callable[[bytes], bool] | None = None,
+        drop_out: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """Impair this port's link as ``spec`` says (None: a clean cable again).
+
+        ``drop_in`` / ``drop_out``: frames to the port / from the port for which the
+        predicate returns True are lost (before ``spec`` applies; a clean spec is
+        assumed when only predicates are given).
+        """
+        old = self._link
+        if old is not None:
+            old.close()
+        self._link = None
+        if spec is None and (drop_in is not None or drop_out is not None):
+            spec = LinkSpec(direction="in" if drop_out is None else "out" if drop_in is None else "both")
+        if spec is not None:
+            self._link = PortLink(
+                spec, self._name, self.deliver, self._enqueue, drop_in=drop_in, drop_out=drop_out
+            )
+        att = self._att
+        if att is not None:
+            att.deliver = self._egress()
+
+    def _egress(self) -> Callable[[bytes], object]:
+        """What the switch calls to hand this port a frame: the link, or ``deliver``."""
+        link = self._link
+        if link is not None and link.to_port is not None:
+            return self._impaired_deliver
+        return self.deliver
+
+    def _impaired_deliver(self, frame: bytes) -> None:
+        link = self._link
+        if link is None or link.to_port is None:
+            self.deliver(frame)
+        elif not link.to_port.push(frame):
+            self.stats.drop_impaired += 1
+
     def submit(self, frame: bytes) -> bool:
         """Hand a frame to the switch without blocking.
 
-        True: queued in this port's ingress queue. False: dropped and counted
-        (``drop_ingress_full`` when the queue is full, ``drop_link_down`` when the port
-        is not attached, e.g. after the switch closed). The switch checks the frame
-        (length, source MAC) when it forwards it, not here.
+        True: queued in this port's ingress queue, or taken by the port's impaired link
+        (which may lose it, as a real cable does: counted in ``drop_impaired``, invisible
+        to the sender). False: dropped and counted (``drop_ingress_full`` when the queue
+        is full, ``drop_link_down`` when the port is not attached, e.g. after the switch
+        closed). The switch checks the frame (length, source MAC) when it forwards it,
+        not here.
         """
+        link = self._link
+        if link is not None and link.from_port is not None:
+            if self._att is None:
+                self.stats.drop_link_down += 1
+                return False
+            if frame.__class__ is not bytes:
+                frame = bytes(frame)
+            if not link.from_port.push(frame):
+                self.stats.drop_impaired += 1
+            return True
+        return self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> bool:
         att = self._att
         st = self.stats
         if att is None:
@@ -251,6 +324,12 @@ class Port(abc.ABC):
         dropped and counted as ``submit`` would count it.
         """
         total = len(frames)
+        link = self._link
+        if link is not None and link.from_port is not None:
+            taken = 0
+            for f in frames:
+                taken += self.submit(f)
+            return taken
         att = self._att
         st = self.stats
         if att is None:

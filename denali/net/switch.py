@@ -71,6 +71,7 @@ from typing import Any, Final
 from denali.abi import NET_MAX_BATCH
 from denali.errors import ConfigError, NetError
 from denali.net.ethernet import HEADER_LEN, MAC_LEN, MAX_FRAME, SRC_OFFSET, as_mac
+from denali.net.impair import LinkSpec
 from denali.net.pcap import DEFAULT_QUEUE_FRAMES, PcapWriter
 from denali.net.port import Attachment, Port, PortStats
 
@@ -289,6 +290,7 @@ class Switch:
         self._failure: BaseException | None = None
         self._capture: PcapWriter | None = None
         self._c = _Counters()
+        self._lan_link: LinkSpec | None = None
 
     def __repr__(self) -> str:
         return f"<Switch {self.name} {self._state.value} ports={len(self._links)}>"
@@ -388,6 +390,16 @@ class Switch:
         self._links[att] = None
         self._flood_to = None
         port._bind(att)
+        if self._lan_link is not None and port.link is None:
+            port.set_link(self._lan_link)
+
+    def set_link(self, spec: LinkSpec | None) -> None:
+        """Impair every port's link as ``spec`` says, the ports attached now and later
+        (see ``Port.set_link``; a port attached later with a link of its own keeps it).
+        None makes every port's link clean again."""
+        self._lan_link = spec
+        for att in self._links:
+            att.port.set_link(spec)
 
     def detach(self, port: Port) -> None:
         """Disconnect ``port``: drop its queued frames (counted), its pinned and learned MACs.
@@ -406,6 +418,8 @@ class Switch:
         att.ready = False
         port = att.port
         port._unbind()
+        if port._link is not None:
+            port._link.close()  # frames still on the cable are gone with it
         lost = len(att.queue)
         if lost:
             att.stats.drop_link_down += lost

@@ -36,8 +36,17 @@ typedef struct thread thread_t;
 thread_t *thread_create(void (*fn)(void *), void *arg, size_t stack_size);
 void thread_yield(void);
 __attribute__((noreturn)) void thread_exit(void);
-/* Waits for t to finish, then frees it. Returns 0, or -1 if t is the caller. */
+/* Waits for t to finish, then frees it. Returns 0, or -1 if t is the caller, detached,
+ * or already joined. */
 int thread_join(thread_t *t);
+/* Nobody will join t: it is freed as soon as it ends (at once if it has ended already).
+ * 0, or -1 if t is the boot thread, already detached, or being joined. */
+int thread_detach(thread_t *t);
+/* Wakes t if it is blocked in irq_wait or a sleep (it returns as on a timeout), so it can
+ * look again at what it waits for, e.g. an earlier deadline; does nothing otherwise. */
+void thread_wake(thread_t *t);
+/* Threads alive (created and not yet freed), the boot thread included. */
+int thread_count(void);
 thread_t *thread_self(void);
 void thread_sleep_until(uint64_t deadline_ns);
 void thread_sleep_ns(uint64_t ns);

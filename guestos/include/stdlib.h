@@ -12,6 +12,8 @@ void *realloc(void *p, size_t n);
 void free(void *p);
 /* Bytes still free in the heap (for tests and diagnostics). */
 size_t heap_free_bytes(void);
+/* Bytes allocated and not yet freed, headers included (O(1)). */
+size_t heap_used_bytes(void);
 
 int atoi(const char *s);
 unsigned long strtoul(const char *s, char **end, int base);

@@ -1,7 +1,12 @@
 /* malloc.c: the heap allocator over [vregs.heap_start, vregs.heap_end).
  * Blocks are laid end to end, each with a 16-byte header (size including the header,
- * used flag), so every payload is 16-byte aligned. First fit from
- * the bottom; adjacent free blocks are merged lazily while searching and when freeing. */
+ * used flag), so every payload is 16-byte aligned. First fit from the bottom (the search
+ * starts at a rover below which every block is in use); adjacent free blocks are merged
+ * lazily while searching and when freeing. Bytes in use are counted as they change.
+ * Freed blocks of up to QUICK_MAX bytes go on a free list of their exact size instead
+ * (LIFO, not merged), so a server that allocates and frees the same sizes per request
+ * (thread stacks, connection state) gets them back in O(1), the memory still warm; when a
+ * first-fit search fails, every listed block is returned to the heap and merged first. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,9 +15,9 @@
 
 struct block {
     uint32_t size;  /* bytes, header included, multiple of 16 */
-    uint32_t used;
+    uint32_t used;  /* 0 free, 1 in use, 2 on a quick list (free, not merged) */
     uint32_t magic;
-    uint32_t _pad;
+    uint32_t next;  /* quick list link */
 };
 
 #define HDR sizeof(struct block)
@@ -21,6 +26,11 @@ struct block {
 
 static uint8_t *heap_lo, *heap_hi;
 static int heap_ok;
+static struct block *rover; /* INVARIANT: every block below it is in use */
+static size_t used_bytes;
+#define QUICK_MAX 16400
+static struct block *quick[QUICK_MAX / 16 + 1];
+static int quick_count;
 
 void __heap_init(void)
 {
@@ -34,6 +44,7 @@ void __heap_init(void)
     b->size = (uint32_t)(heap_hi - heap_lo);
     b->used = 0;
     b->magic = MAGIC;
+    rover = b;
     heap_ok = 1;
 }
 
@@ -50,14 +61,56 @@ static void merge_following(struct block *b)
         b->size += n->size;
 }
 
+static void quick_flush(void)
+{
+    for (size_t i = 0; i <= QUICK_MAX / 16; i++) {
+        while (quick[i]) {
+            struct block *b = quick[i];
+            quick[i] = (struct block *)b->next;
+            b->used = 0;
+            if (b < rover)
+                rover = b;
+        }
+    }
+    quick_count = 0;
+    for (struct block *b = rover; b; b = next_of(b))
+        if (!b->used)
+            merge_following(b);
+}
+
+static void *first_fit(uint32_t need);
+
 void *malloc(size_t n)
 {
     if (!heap_ok || n == 0 || n > (size_t)(heap_hi - heap_lo))
         return 0;
     uint32_t need = ALIGN16((uint32_t)n) + HDR;
-    for (struct block *b = (struct block *)heap_lo; b; b = next_of(b)) {
-        if (b->used)
+    if (need <= QUICK_MAX && quick[need / 16]) {
+        struct block *b = quick[need / 16];
+        quick[need / 16] = (struct block *)b->next;
+        quick_count--;
+        b->used = 1;
+        used_bytes += b->size;
+        return (uint8_t *)b + HDR;
+    }
+    void *p = first_fit(need);
+    if (!p && quick_count) {
+        quick_flush();
+        p = first_fit(need);
+    }
+    return p;
+}
+
+static void *first_fit(uint32_t need)
+{
+    int below_all_used = 1;
+    for (struct block *b = rover; b; b = next_of(b)) {
+        if (b->used) {
+            if (below_all_used)
+                rover = next_of(b) ? next_of(b) : rover;
             continue;
+        }
+        below_all_used = 0;
         merge_following(b);
         if (b->size < need)
             continue;
@@ -69,6 +122,9 @@ void *malloc(size_t n)
             b->size = need;
         }
         b->used = 1;
+        used_bytes += b->size;
+        if (b == rover && next_of(b))
+            rover = next_of(b);
         return (uint8_t *)b + HDR;
     }
     return 0;
@@ -79,12 +135,22 @@ void free(void *p)
     if (!p)
         return;
     struct block *b = (struct block *)((uint8_t *)p - HDR);
-    if ((uint8_t *)b < heap_lo || (uint8_t *)b >= heap_hi || b->magic != MAGIC || !b->used) {
+    if ((uint8_t *)b < heap_lo || (uint8_t *)b >= heap_hi || b->magic != MAGIC || b->used != 1) {
         printf("free: bad pointer %p\n", p);
         abort();
     }
+    used_bytes -= b->size;
+    if (b->size <= QUICK_MAX) {
+        b->used = 2;
+        b->next = (uint32_t)quick[b->size / 16];
+        quick[b->size / 16] = b;
+        quick_count++;
+        return;
+    }
     b->used = 0;
     merge_following(b);
+    if (b < rover)
+        rover = b;
 }
 
 void *calloc(size_t count, size_t size)
@@ -117,12 +183,21 @@ void *realloc(void *p, size_t n)
     return q;
 }
 
+size_t heap_used_bytes(void)
+{
+    return used_bytes;
+}
+
 size_t heap_free_bytes(void)
 {
     size_t total = 0;
+    if (quick_count)
+        quick_flush(); /* so the answer is the merged heap's, as before the lists */
     for (struct block *b = heap_ok ? (struct block *)heap_lo : 0; b; b = next_of(b)) {
         if (!b->used) {
             merge_following(b);
+            total += b->size - HDR;
+        } else if (b->used == 2) {
             total += b->size - HDR;
         }
     }

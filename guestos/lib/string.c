@@ -2,17 +2,30 @@
 #include <stdint.h>
 #include <string.h>
 
+/* x86 allows unaligned loads and stores: copies and compares go a word at a time
+ * whatever the alignment. */
+typedef uint32_t __attribute__((may_alias, aligned(1))) u32u;
+
 void *memcpy(void *dst, const void *src, size_t n)
 {
     char *d = dst;
     const char *s = src;
-    if ((((uintptr_t)d | (uintptr_t)s) & 3) == 0) {
-        while (n >= 4) {
-            *(uint32_t *)d = *(const uint32_t *)s;
-            d += 4;
-            s += 4;
-            n -= 4;
-        }
+    while (n >= 16) {
+        uint32_t a = *(const u32u *)s, b = *(const u32u *)(s + 4);
+        uint32_t c = *(const u32u *)(s + 8), e = *(const u32u *)(s + 12);
+        *(u32u *)d = a;
+        *(u32u *)(d + 4) = b;
+        *(u32u *)(d + 8) = c;
+        *(u32u *)(d + 12) = e;
+        d += 16;
+        s += 16;
+        n -= 16;
+    }
+    while (n >= 4) {
+        *(u32u *)d = *(const u32u *)s;
+        d += 4;
+        s += 4;
+        n -= 4;
     }
     while (n--)
         *d++ = *s++;
@@ -55,7 +68,10 @@ void *memset(void *dst, int c, size_t n)
 int memcmp(const void *a, const void *b, size_t n)
 {
     const unsigned char *x = a, *y = b;
-    for (size_t i = 0; i < n; i++)
+    size_t i = 0;
+    while (i + 4 <= n && *(const u32u *)(x + i) == *(const u32u *)(y + i))
+        i += 4;
+    for (; i < n; i++)
         if (x[i] != y[i])
             return x[i] - y[i];
     return 0;

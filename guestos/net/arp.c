@@ -1,7 +1,17 @@
-/* arp.c: ARP (RFC 826): a bounded cache with timeouts, requests with retries, one frame
- * waiting per unresolved address, and replies for our own address. */
+/* arp.c: ARP (RFC 826): a bounded cache with timeouts, requests with retries, up to
+ * ARP_HOLD frames waiting per unresolved address (a whole fragmented datagram fits;
+ * beyond that the oldest is dropped, RFC 1122 2.3.2.2), and replies for our own address. */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+
+#define ARP_HOLD 48
+
+struct held {
+    struct held *next;
+    uint16_t len;
+    uint8_t data[];
+};
 
 #define ARP_ENTRIES 64
 #define ARP_TTL_NS 60000000000ull
@@ -15,8 +25,8 @@ struct arp_entry {
     uint8_t mac[6];
     uint8_t state, tries;
     uint64_t expires; /* VALID: end of life; PENDING: next retry */
-    uint16_t wait_len;
-    uint8_t wait[FRAME_MAX];
+    struct held *held, *held_tail; /* frames waiting for this address, oldest first */
+    int nheld;
 };
 
 static struct arp_entry cache[ARP_ENTRIES];
@@ -42,10 +52,24 @@ static void arp_send(uint16_t op, const uint8_t *tha, uint32_t tpa, const uint8_
 
 static struct arp_entry *find(uint32_t ip)
 {
+    static struct arp_entry *last; /* most lookups are for the peer of the last one */
+    if (last && last->state != FREE && last->ip == ip)
+        return last;
     for (int i = 0; i < ARP_ENTRIES; i++)
         if (cache[i].state != FREE && cache[i].ip == ip)
-            return &cache[i];
+            return last = &cache[i];
     return 0;
+}
+
+static void drop_held(struct arp_entry *e)
+{
+    while (e->held) {
+        struct held *h = e->held;
+        e->held = h->next;
+        free(h);
+    }
+    e->held_tail = 0;
+    e->nheld = 0;
 }
 
 static struct arp_entry *slot_for(uint32_t ip)
@@ -59,6 +83,7 @@ static struct arp_entry *slot_for(uint32_t ip)
         if (cache[i].expires < oldest->expires)
             oldest = &cache[i];
     }
+    drop_held(oldest);
     return oldest; /* evict the entry closest to expiry */
 }
 
@@ -70,15 +95,17 @@ static void learn(uint32_t ip, const uint8_t *mac)
     memcpy(e->mac, mac, 6);
     e->state = VALID;
     e->expires = now_ns() + ARP_TTL_NS;
-    if (was_pending && e->wait_len) {
-        uint8_t *buf = netif_tx_buffer();
-        if (buf) {
-            memcpy(buf, e->wait, e->wait_len);
+    if (was_pending) {
+        for (struct held *h = e->held; h; h = h->next) {
+            uint8_t *buf = netif_tx_buffer();
+            if (!buf)
+                break;
+            memcpy(buf, h->data, h->len);
             memcpy(buf, mac, 6);
-            netif_tx_commit(buf, e->wait_len);
+            netif_tx_commit(buf, h->len);
         }
-        e->wait_len = 0;
     }
+    drop_held(e);
 }
 
 void arp_input(const uint8_t *p, size_t len)
@@ -125,14 +152,32 @@ int arp_resolve(uint32_t ip, uint8_t mac[6], const uint8_t *frame, size_t len)
         e->ip = ip;
         e->state = PENDING;
         e->tries = 1;
-        e->wait_len = 0;
+        drop_held(e);
         e->expires = now_ns() + ARP_RETRY_NS;
         net_stats.arp_requests++;
         arp_send(1, (const uint8_t *)"\0\0\0\0\0\0", ip, broadcast);
     }
     if (frame && len <= FRAME_MAX) {
-        memcpy(e->wait, frame, len);
-        e->wait_len = (uint16_t)len;
+        if (e->nheld >= ARP_HOLD) {
+            struct held *old = e->held;
+            e->held = old->next;
+            free(old);
+            e->nheld--;
+            if (!e->held)
+                e->held_tail = 0;
+        }
+        struct held *h = malloc(sizeof *h + len);
+        if (h) {
+            h->next = 0;
+            h->len = (uint16_t)len;
+            memcpy(h->data, frame, len);
+            if (e->held_tail)
+                e->held_tail->next = h;
+            else
+                e->held = h;
+            e->held_tail = h;
+            e->nheld++;
+        }
     }
     return 0;
 }
@@ -148,7 +193,8 @@ uint64_t arp_timers(uint64_t now)
             continue;
         if (e->expires <= now) {
             if (e->tries >= ARP_RETRIES) {
-                net_stats.arp_unresolved += e->wait_len ? 1 : 0;
+                net_stats.arp_unresolved += e->nheld ? 1 : 0;
+                drop_held(e);
                 e->state = FREE;
                 continue;
             }
@@ -161,4 +207,13 @@ uint64_t arp_timers(uint64_t now)
             next = e->expires;
     }
     return next;
+}
+
+int arp_lookup(uint32_t ip, uint8_t mac[6])
+{
+    struct arp_entry *e = find(ip);
+    if (!e || e->state != VALID || e->expires <= now_ns())
+        return 0;
+    memcpy(mac, e->mac, 6);
+    return 1;
 }

@@ -3,8 +3,8 @@
 #include <string.h>
 #include "internal.h"
 
-#define RX_SLOTS 16
-#define TX_SLOTS 32
+#define RX_SLOTS 32
+#define TX_SLOTS 64
 #define SLOT 1536
 
 static uint8_t rx_slots[RX_SLOTS][SLOT];

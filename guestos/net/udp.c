@@ -1,11 +1,14 @@
-/* udp.c: UDP (RFC 768): bound sockets with bounded datagram queues, checksums. */
+/* udp.c: UDP (RFC 768): bound sockets with bounded queues of datagrams (each allocated
+ * at its size), checksums, ICMP port unreachable for datagrams to unbound ports. */
+#include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
 struct dgram {
     uint32_t src;
-    uint16_t sport, len;
-    uint8_t data[NET_UDP_MAX];
+    uint16_t sport;
+    uint32_t len;
+    uint8_t *data;
 };
 
 struct udp_sock {
@@ -18,7 +21,7 @@ struct udp_sock {
 
 static struct udp_sock socks[NET_UDP_SOCKETS];
 static mutex_t udp_mutex = MUTEX_INIT;
-static uint8_t out[8 + NET_UDP_MAX];
+static uint8_t out_small[8 + 1472];
 
 static uint16_t udp_checksum(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
 {
@@ -27,7 +30,7 @@ static uint16_t udp_checksum(uint32_t src, uint32_t dst, const uint8_t *p, size_
     return c ? c : 0xffff;
 }
 
-void udp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
+void udp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len, const uint8_t *ip, size_t iplen)
 {
     if (len < 8 || get16(p + 4) < 8 || get16(p + 4) > len) {
         net_stats.rx_bad++;
@@ -52,9 +55,14 @@ void udp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
             return;
         }
         struct dgram *d = &s->q[(s->head + s->count) % NET_UDP_QUEUE];
+        d->data = malloc(len - 8 ? len - 8 : 1);
+        if (!d->data) {
+            net_stats.udp_drop++;
+            return;
+        }
         d->src = src;
         d->sport = get16(p);
-        d->len = (uint16_t)(len - 8);
+        d->len = (uint32_t)(len - 8);
         memcpy(d->data, p + 8, len - 8);
         s->count++;
         net_stats.udp_rx++;
@@ -62,6 +70,7 @@ void udp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         return;
     }
     net_stats.udp_no_port++;
+    icmp_error(3, 3, ip, iplen); /* port unreachable (RFC 1122 4.1.3.1) */
 }
 
 int udp_bind(uint16_t port)
@@ -81,6 +90,9 @@ int udp_sendto(int sock, uint32_t dst, uint16_t dport, const void *buf, size_t l
 {
     if (sock < 0 || sock >= NET_UDP_SOCKETS || !socks[sock].used || len > NET_UDP_MAX)
         return NET_ERR_INVAL;
+    uint8_t *out = len <= 1472 ? out_small : malloc(8 + len);
+    if (!out)
+        return NET_ERR_NOBUFS;
     put16(out, socks[sock].port);
     put16(out + 2, dport);
     put16(out + 4, (uint16_t)(8 + len));
@@ -89,6 +101,8 @@ int udp_sendto(int sock, uint32_t dst, uint16_t dport, const void *buf, size_t l
     put16(out + 6, udp_checksum(net_addr, dst, out, 8 + len));
     int r = ip_output(dst, 17, out, 8 + len);
     netif_flush();
+    if (out != out_small)
+        free(out);
     return r == NET_OK ? (int)len : r;
 }
 
@@ -107,6 +121,8 @@ int udp_recvfrom(int sock, void *buf, size_t cap, uint32_t *src, uint16_t *sport
     struct dgram *d = &s->q[s->head];
     size_t n = d->len < cap ? d->len : cap;
     memcpy(buf, d->data, n);
+    free(d->data);
+    d->data = 0;
     if (src)
         *src = d->src;
     if (sport)

@@ -123,6 +123,33 @@ static void shape(uint32_t nr, uint32_t *w)
         }
         break;
     }
+    case DENALI_HC_CHILD_CREATE: /* garbage images, edge sizes, hostile pointers */
+        w[0] = below(4) ? buf : pointer(1);
+        w[1] = below(2) ? 52 + below(8192) : length();
+        w[2] = below(2) ? (1u << 20) : length();
+        w[3] = below(2) ? 0 : length();
+        w[4] = below(4) ? buf : pointer(1);
+        w[5] = below(4) ? below(64) : length();
+        w[6] = below(2) ? below(4) : rnd();
+        w[7] = below(4) ? below(2) : rnd();
+        break;
+    case DENALI_HC_CHILD_CONTROL:
+    case DENALI_HC_CHILD_INTERPOSE:
+        w[0] = below(2) ? below(DENALI_CHILD_MAX + 1) : rnd();
+        w[1] = below(2) ? below(6) : rnd();
+        w[2] = rnd();
+        w[3] = rnd();
+        break;
+    case DENALI_HC_CHILD_MEMORY:
+    case DENALI_HC_CHILD_REPLY:
+        w[0] = below(2) ? below(DENALI_CHILD_MAX + 1) : rnd();
+        w[1] = below(2) ? below(4) : rnd();
+        w[2] = below(2) ? below(4) : pointer(1);
+        w[3] = below(2) ? buf : pointer(1);
+        w[4] = length();
+        w[5] = length();
+        w[6] = pointer(1);
+        break;
     case DENALI_HC_NET_RECV:
         w[0] = buf;
         w[1] = below(4) ? 1514 + below(600) : length();
@@ -159,6 +186,8 @@ static int access(uint32_t addr, uint32_t len, int write)
         return -1;
     if (addr + len < addr)
         return 0; /* wraps */
+    if (write && addr < DENALI_ADDR_VREGS + sizeof(struct denali_vregs) && addr + len > DENALI_ADDR_VREGS)
+        return -1; /* over the register block: refused unless only irq_enable (not modelled) */
     int known = 1;
     for (uint32_t page = page_of((const void *)addr); ; page += PAGE) {
         int a = page_access(page, write);
@@ -187,6 +216,12 @@ static const struct shape_of_call calls_shape[DENALI_HC_LAST + 1] = {
     [DENALI_HC_DISK_READ] = {sizeof(struct denali_hc_disk_read), 1},
     [DENALI_HC_DISK_WRITE] = {sizeof(struct denali_hc_disk_write), 1},
     [DENALI_HC_DISK_FLUSH] = {sizeof(struct denali_hc_disk_flush), 1},
+    [DENALI_HC_CHILD_CREATE] = {sizeof(struct denali_hc_child_create), 1},
+    [DENALI_HC_CHILD_CONTROL] = {sizeof(struct denali_hc_child_control), 0},
+    [DENALI_HC_CHILD_MEMORY] = {sizeof(struct denali_hc_child_memory), 0},
+    [DENALI_HC_CHILD_INTERPOSE] = {sizeof(struct denali_hc_child_interpose), 0},
+    [DENALI_HC_CHILD_EVENT] = {sizeof(struct denali_hc_child_event), 1},
+    [DENALI_HC_CHILD_REPLY] = {sizeof(struct denali_hc_child_reply), 0},
 };
 
 /* The result the contract gives this call, or -1 when the guest cannot know it.

@@ -213,7 +213,8 @@ async def soak(n: int, budget: int, seconds: float, conc: int, every: float) -> 
             notes=[
                 f"Budget {budget >> 20:,} MiB; {conc} clients; {summary['requests']:,} requests in "
                 f"{load_s:.0f} s ({summary['req_s']:,.0f}/s), {summary['errors']:,} errors; "
-                f"boot {boot:.0f} s; sweeps before/after: {first['seconds']:.0f} s / {last['seconds']:.0f} s.",
+                f"boot {boot:.0f} s; sweeps before/after: "
+                f"{first['seconds']:.0f} s / {last['seconds']:.0f} s.",
                 *(f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()),
             ],
         )
