@@ -19,6 +19,7 @@ from denali.errors import (
     ImageError,
     KernelClosedError,
     KernelInternalError,
+    MigrationError,
     NetError,
     ResourceError,
     SnapshotError,
@@ -26,6 +27,7 @@ from denali.errors import (
     SnapshotWriteError,
     SwapError,
     VmKilledError,
+    VmMigratedError,
     VmStateError,
 )
 from denali.fault import FaultKind, FaultReport
@@ -55,6 +57,7 @@ __all__ = (
     "KernelConfig",
     "KernelInternalError",
     "KernelOptions",
+    "MigrationError",
     "NetError",
     "NicConfig",
     "NicPort",
@@ -67,6 +70,7 @@ __all__ = (
     "SwapError",
     "Vm",
     "VmKilledError",
+    "VmMigratedError",
     "VmState",
     "VmStateError",
     "__version__",

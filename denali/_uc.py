@@ -53,6 +53,7 @@ UC_PROT_ALL: Final = _c.UC_PROT_ALL
 _CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
 _CTL_TCG_BUFFER_SIZE: Final = _c.UC_CTL_TCG_BUFFER_SIZE
 _CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
+_CTL_TLB_FLUSH: Final = _c.UC_CTL_TLB_FLUSH
 _CTL_TB_REMOVE_CACHE: Final = _c.UC_CTL_TB_REMOVE_CACHE
 _CTL_TB_FLUSH: Final = _c.UC_CTL_TB_FLUSH
 
@@ -467,6 +468,11 @@ class Engine:
     def handle(self) -> int:
         """The raw ``uc_engine*``."""
         return self._h.value or 0
+
+    def flush_tlb(self) -> None:
+        """Drop every TLB entry: the next access to each page asks the TLB-fill hook again
+        (dirty-page tracking uses it to write-protect pages at each round)."""
+        self._ctl(_CTL_TLB_FLUSH)
 
     def request_stop(self) -> None:
         """Ask a running ``start()`` to return at the next block start (any thread)."""

@@ -41,6 +41,7 @@ from denali.errors import (
     ConfigError,
     DenaliError,
     KernelClosedError,
+    MigrationError,
     NetError,
     ResourceError,
     SnapshotFormatError,
@@ -93,6 +94,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return (409, "conflict") if "in use" in str(exc) else (400, "bad_request")
     if isinstance(exc, ResourceError):
         return 503, "no_resources"
+    if isinstance(exc, MigrationError):
+        return 502, "migration_failed"
     return 500, "internal"
 
 
@@ -270,6 +273,35 @@ class ControlApi:
 
         return await self._long(request, work)
 
+    async def migrate(self, request: web.Request) -> web.StreamResponse:
+        vm = self._vm(request)
+        body = await self._body(request)
+        to = str(self._field(body, "to", str))
+        if not to or "\0" in to:
+            raise ApiError(400, "bad_field", "'to' must name the destination kernel's API socket")
+        if not to.startswith(("http://", "https://")) and not to.startswith("/"):
+            raise ApiError(400, "bad_field", "'to' must be an absolute socket path or http://HOST:PORT")
+        from denali.migration import migrate
+
+        async def work(progress: Callable[[int, int], None]) -> dict[str, Any]:
+            info = await migrate(self.kernel, vm, to, progress=progress)
+            return {"migration": info.as_dict()}
+
+        return await self._long(request, work)
+
+    async def incoming(self, request: web.Request) -> web.StreamResponse:
+        """A VM migrating in: the connection becomes the migration stream (WebSocket)."""
+        from denali.migration import MAX_MESSAGE, WsChannel, receive
+
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True)
+        await ws.prepare(request)
+        ch = WsChannel(ws)
+        try:
+            await receive(self.kernel, ch, peer="the control API")
+        finally:
+            await ch.close()
+        return ws
+
     async def kernel_stats(self, request: web.Request) -> web.Response:
         data = await metrics.snapshot(self.kernel, limit=0)
         return web.json_response({"kernel": data["kernel"]})
@@ -333,6 +365,8 @@ class ControlApi:
             web.post(f"{v}/vms/{{id}}/snapshot", self.snapshot),
             web.post(f"{v}/snapshots/restore", self.restore),
             web.post(f"{v}/snapshots/clone", self.clone),
+            web.post(f"{v}/vms/{{id}}/migrate", self.migrate),
+            web.get(f"{v}/migrations/incoming", self.incoming),
             web.get(f"{v}/kernel", self.kernel_stats),
             web.get(f"{v}/top", self.top),
         ]

@@ -146,6 +146,7 @@ class VCpu:
 
     __slots__ = (
         "_entry_state",
+        "_epoch",
         "_forbidden",
         "_invalid",
         "_last_fill",
@@ -196,6 +197,8 @@ class VCpu:
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
+        self._epoch = memory.epoch
+        """The memory's tracking epoch this engine's TLB was filled under."""
         self.count = 0
         """Instructions the next slice may run (0: no bound); a debugger's single step
         sets 1 (denali.monitor.gdb). Reset when the slice ends."""
@@ -259,8 +262,16 @@ class VCpu:
             eng.reg_write(_uc.REG_EAX, res)
 
     def on_tlb_fill(self, vaddr: int, access: int) -> int:
-        prot = self.memory.prot_at(vaddr) if vaddr < self.memory.size else 0
+        mem = self.memory
+        prot = mem.prot_at(vaddr) if vaddr < mem.size else 0
         self._last_fill = (vaddr, access, prot)
+        dirty = mem.dirty
+        if dirty is not None and prot & PROT_W:  # tracking: writable only once marked
+            page = vaddr >> 12
+            if access == _uc.MEM_WRITE:
+                dirty[page] = 1
+            elif not dirty[page]:
+                return prot & ~PROT_W
         return prot
 
     def on_invalid_insn(self) -> None:
@@ -283,6 +294,9 @@ class VCpu:
         self._forbidden = None  # a monitor may have resumed the VM after a fault
         self._invalid = False
         eng = self.engine
+        if self._epoch != self.memory.epoch:  # dirty tracking began or a round ended
+            eng.flush_tlb()
+            self._epoch = self.memory.epoch
         count, self.count = self.count, 0
         eng.clear_stop()
         lane.begin(eng.stop_cell, deadline_ns)

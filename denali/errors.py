@@ -95,3 +95,14 @@ class SnapshotFormatError(SnapshotError, ConfigError):
 class SnapshotWriteError(SnapshotError, ResourceError):
     """Raised when the host cannot write a snapshot (a full disk, a directory that cannot
     be written); nothing is left at the snapshot's path and the VM is unchanged."""
+
+
+class VmMigratedError(VmKilledError):
+    """Raised by ``Vm.wait()`` on the source kernel when the VM moved to another kernel by
+    live migration (``denali.migration``); it runs on there."""
+
+
+class MigrationError(DenaliError):
+    """Raised when a live migration fails: the peer cannot be reached, refuses the VM, sends
+    a malformed stream, or the link drops. On the source the VM keeps running (or stays
+    as it was asked to be), nothing of it lost; on the destination nothing is left."""

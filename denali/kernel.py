@@ -43,8 +43,10 @@ from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
 from denali.errors import (
     ConfigError,
+    DenaliError,
     ImageError,
     KernelClosedError,
+    MigrationError,
     ResourceError,
     SnapshotFormatError,
     VmStateError,
@@ -52,6 +54,7 @@ from denali.errors import (
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
 from denali.loader import Image, parse_image
+from denali.memory import GuestMemory
 from denali.monitor.base import Monitor
 from denali.monitor.stack import MonitorStack
 from denali.nesting import ChildSpawner
@@ -551,23 +554,55 @@ class Kernel:
 
     def _prepare(self, snap: SnapshotFile) -> _Restorable:
         """What every VM restored from ``snap`` is built from (parsed once per snapshot)."""
-        meta = snap.meta
-        try:
-            saved = meta["vm"]
-            img = parse_image(snap.image, f"{snap.path}:image", str(saved["image"]))
-            size = check_memory(int(saved["mem_size"]))
-            cpu = CpuState.unpack(snap.cpu)
-            nic = "nic" in meta["devices"]
-            disks = tuple(DiskSpec(**d) for d in meta["devices"].get("disks", {}).get("specs", []))
-            cmdline = str(saved["cmdline"])
-            mac = bytes(saved["mac"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SnapshotFormatError(
-                f"{snap.path}: snapshot meta section is not valid ({exc!r})", snap.path
-            ) from None
-        if size != snap.mem_size:
+        r = restorable(snap.meta, snap.cpu, snap.image, snap.path, SnapshotFormatError, snap)
+        if r.memory != snap.mem_size:
             raise SnapshotFormatError(f"{snap.path}: memory size differs from the header", snap.path)
-        return _Restorable(snap, img, size, cpu, nic, disks, cmdline, mac)
+        return r
+
+    async def adopt(
+        self,
+        meta: dict[str, Any],
+        cpu: bytes,
+        image: bytes | Image,
+        memory: GuestMemory,
+        *,
+        console: ConsoleSink | None = None,
+        where: str = "migration",
+        paused: bool = False,
+        image_data: bytes | None = None,
+    ) -> Vm:
+        """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
+        snapshot, its ELF ``image`` (or that parsed), and ``memory`` holding its pages (the
+        VM owns it from here, also when this raises). Same VM id and MAC as it had; its clock continues.
+        ``paused``: it is held PAUSED before its first slice until ``resume()``.
+        ``image_data``: the ELF file when ``image`` is given parsed (kept for its next
+        snapshot or migration).
+        ``MigrationError`` for state that does not parse or an id or MAC in use here, and
+        what ``spawn`` raises."""
+        try:
+            r = restorable(meta, cpu, image, where, MigrationError)
+            if r.memory != memory.size:
+                raise MigrationError(f"{where}: memory size differs from the VM's")
+            vm_id = int(meta["vm"]["id"])
+            self.check_free(vm_id, r.mac, where)
+            vm = await self._spawn_from(
+                r, vm_id, None, None, console, clone=False, memory=memory, paused=paused
+            )
+            vm.image_data = image if isinstance(image, bytes) else image_data
+            return vm
+        except BaseException:
+            memory.close()
+            raise
+
+    def check_free(self, vm_id: int, mac: bytes, where: str) -> None:
+        """``MigrationError`` unless VM id ``vm_id`` and ``mac`` are free in this kernel."""
+        if vm_id in self._vms:
+            raise MigrationError(f"{where}: VM id {vm_id} is in use in this kernel")
+        port = self.switch.lookup(mac)
+        if port is not None and port.mac == mac:
+            raise MigrationError(f"{where}: MAC {mac.hex(':')} is in use in this kernel")
+        if len(self._vms) >= self.config.max_vms:
+            raise MigrationError(f"{where}: the kernel already runs max_vms={self.config.max_vms} VMs")
 
     async def _spawn_from(
         self,
@@ -577,6 +612,8 @@ class Kernel:
         mac: bytes | None,
         console: ConsoleSink | None,
         clone: bool,
+        memory: GuestMemory | None = None,
+        paused: bool = False,
         monitors: Sequence[Monitor] = (),
     ) -> Vm:
         """Build, restore, publish and start one VM from ``r`` (``mac`` b"": the kernel's
@@ -600,8 +637,13 @@ class Kernel:
         spec = VmSpec(r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks)
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
-        vm.restore_state(r.snap.meta, r.cpu, r.snap, clone)
-        saved = r.snap.meta.get("monitors") or []
+        try:
+            vm.restore_state(r.meta, r.cpu, r.snap, clone, memory)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            vm.start()  # and ended at once: unpublished, its port detached
+            vm.kill()
+            raise ConfigError(f"VM {vm_id}: its saved state does not restore ({exc!r})") from None
+        saved = r.meta.get("monitors") or []
         if saved and not monitors:
             log.warning(
                 "VM %d: restored without the monitors its snapshot was taken under (%s)",
@@ -609,6 +651,8 @@ class Kernel:
                 ", ".join(str(m.get("monitor")) for m in saved if isinstance(m, dict)),
             )
         self._stack_monitors(vm, monitors, saved if isinstance(saved, list) else None)
+        if paused:
+            vm.hold_paused()
         vm.start()
         if self._state != "running":
             vm.kill()
@@ -639,7 +683,8 @@ class Kernel:
 class _Restorable:
     """A snapshot's VM, parsed once: what ``Kernel._spawn_from`` builds VMs from."""
 
-    snap: SnapshotFile
+    snap: SnapshotFile | None
+    meta: dict[str, Any]
     image: Image
     memory: int
     cpu: CpuState
@@ -649,11 +694,59 @@ class _Restorable:
     mac: bytes
 
 
+def restorable(
+    meta: dict[str, Any],
+    cpu_bytes: bytes,
+    image: bytes | Image,
+    where: str,
+    error: type[SnapshotFormatError] | type[DenaliError],
+    snap: SnapshotFile | None = None,
+) -> _Restorable:
+    """Parse a saved VM (a snapshot's or a migration's sections); ``error`` naming
+    ``where`` when any of it is not valid."""
+    try:
+        saved = meta["vm"]
+        img = image if isinstance(image, Image) else parse_image(image, f"{where}:image", str(saved["image"]))
+        size = check_memory(int(saved["mem_size"]))
+        cpu = CpuState.unpack(cpu_bytes)
+        devices = meta["devices"]
+        nic = "nic" in devices
+        disks = tuple(DiskSpec(**d) for d in devices.get("disks", {}).get("specs", []))
+        cmdline = str(saved["cmdline"])
+        mac = bytes(saved["mac"])
+        for key in ("id", "clock_ns", "pending", "irq_entry", "hypercalls", "generation"):
+            if not isinstance(saved[key], int):
+                raise TypeError(f"{key} is not an integer")
+        if not isinstance(saved["stats"], dict) or not isinstance(devices, dict):
+            raise TypeError("stats or devices is not an object")
+        if len(mac) != 6:
+            raise ValueError("a MAC has 6 bytes")
+        if nic:
+            rx = devices["nic"].get("rx", [])
+            if not isinstance(rx, list) or not all(
+                isinstance(f, bytes) and len(f) <= abi.NET_MTU for f in rx
+            ):
+                raise ValueError("the NIC's queued frames are not frames")
+        for name in ("clock", "console"):
+            if not isinstance(devices.get(name, {}), dict):
+                raise TypeError(f"{name} state is not an object")
+        if not isinstance(devices.get("clock", {}).get("deadline", 0), int):
+            raise TypeError("the clock's deadline is not an integer")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = "snapshot meta section" if snap is not None else "saved VM state"
+        if error is SnapshotFormatError:
+            raise SnapshotFormatError(f"{where}: {what} is not valid ({exc!r})", where) from None
+        raise error(f"{where}: {what} is not valid ({exc!r})") from None
+    return _Restorable(snap, meta, img, size, cpu, nic, disks, cmdline, mac)
+
+
 async def _image_bytes(vm: Vm) -> bytes:
     """The ELF file ``vm`` was booted from, for its snapshot; ``VmStateError`` when it is
     gone or changed since the VM booted."""
     if vm.origin is not None:  # restored or cloned: the image came with its snapshot
         return vm.origin.image
+    if vm.image_data is not None:  # migrated in: the image came with it
+        return vm.image_data
     path = vm.image.path
     try:
         async with aiofiles.open(path, "rb") as f:

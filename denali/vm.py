@@ -62,7 +62,15 @@ from denali.cpu import EXIT, CpuState, Exit, VCpu, layout_regions
 from denali.devices.base import SLOT_VM, Completion, Device
 from denali.devices.clock import Clock
 from denali.devices.console import Console
-from denali.errors import DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError, VmStateError
+from denali.errors import (
+    DiskError,
+    GuestFault,
+    KernelInternalError,
+    SwapError,
+    VmKilledError,
+    VmMigratedError,
+    VmStateError,
+)
 from denali.fault import FaultReport
 from denali.interpose import Interposer, Outcome
 from denali.memory import PROT_R, PROT_X, GuestMemory
@@ -115,10 +123,11 @@ class VmState(Enum):
     FAULTED = "faulted"
     FAILED = "failed"
     KILLED = "killed"
+    MIGRATED = "migrated"
 
     @property
     def final(self) -> bool:
-        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED)
+        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED, VmState.MIGRATED)
 
 
 class Vm:
@@ -142,14 +151,18 @@ class Vm:
         "_done",
         "_evicting",
         "_exit_request",
+        "_final_request",
         "_hypercalls",
         "_idle_arg",
         "_idle_deadline",
         "_idle_waiters",
         "_in_slice",
+        "_incoming",
         "_interposer",
         "_irq_entry",
         "_memory",
+        "_migrating",
+        "_migration_busy",
         "_on_end",
         "_on_wake",
         "_origin",
@@ -179,6 +192,7 @@ class Vm:
         "group",
         "id",
         "image",
+        "image_data",
         "interposed",
         "mem_size",
         "nic_device",
@@ -285,6 +299,17 @@ class Vm:
         """The snapshot a restored VM's memory maps copy-on-write (None: booted)."""
         self.generation = 0
         """How many times this VM's lineage was cloned (the ``generation`` register)."""
+        # Live migration (denali.migration).
+        self._migrating = False
+        """True while the VM is being migrated out: it is not swapped out meanwhile."""
+        self._migration_busy = False
+        """True while ``denali.migration.migrate`` works on this VM (one at a time)."""
+        self._incoming: GuestMemory | None = None
+        """A migrated-in VM's memory, filled by the migration, taken at its admission."""
+        self.image_data: bytes | None = None
+        """The ELF file of a VM that migrated in (its image is not a file here)."""
+        self._final_request: VmState | None = None
+        """The final state a cancellation of the coroutine ends in (KILLED when None)."""
         for dev in self._devices[1:]:
             if isinstance(dev, Device):
                 dev.attach(self)
@@ -358,6 +383,8 @@ class Vm:
             if isinstance(self.error, SwapError):
                 raise self.error
             raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
+        if self.state is VmState.MIGRATED:
+            raise VmMigratedError(f"VM {self.id} migrated to another kernel")
         raise VmKilledError(f"VM {self.id} was stopped by {self.stopped_by or 'the host'}")
 
     async def until_idle(self) -> None:
@@ -430,15 +457,21 @@ class Vm:
         CPU then writes its kernel page over whatever was stored)."""
         rt = self._rt
         origin = self._origin
-        mem = (
-            GuestMemory(self.mem_size)
-            if origin is None
-            else GuestMemory(self.mem_size, origin.fd, origin.mem_offset)
-        )
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            mem = incoming
+        else:
+            mem = (
+                GuestMemory(self.mem_size)
+                if origin is None
+                else GuestMemory(self.mem_size, origin.fd, origin.mem_offset)
+            )
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
             mem.set_regions(regions)
-            if self._swapped is not None:
+            if incoming is not None:
+                pass  # migrated in: its pages (command line included) came with it
+            elif self._swapped is not None:
                 assert rt.store is not None
                 await rt.store.read(self.id, self._swapped, mem.buf)
             elif origin is not None:  # restored: the pages are the snapshot's; a clone's
@@ -558,6 +591,7 @@ class Vm:
             or self._swapping_in
             or self._evicting is not None
             or self._posted
+            or self._migrating
         ):
             return False
         return not any(isinstance(d, Device) and d.busy() for d in self._devices[1:])
@@ -710,6 +744,8 @@ class Vm:
             self.stats["irq_bits_delivered"] += mask.bit_count()
         _U64.pack_into(mem.buf, arg + _IDLE["now_ns"], self.now_ns())
         _U32.pack_into(mem.buf, arg + _IDLE["pending"], mask)
+        if mem.dirty is not None:  # written long after the hypercall's check
+            mem.mark(arg, abi.HYPERCALL_BY_NR[Hc.IDLE].args.size)
         cpu.set_result(Result.OK)
         return waited
 
@@ -795,7 +831,7 @@ class Vm:
                     final = VmState.FAILED
                     return
         except asyncio.CancelledError:
-            final = VmState.KILLED
+            final = self._final_request or VmState.KILLED
         except SwapError as exc:
             self.error = exc
             log.error("VM %d stopped: %s", self.id, exc)
@@ -865,6 +901,9 @@ class Vm:
             if self._origin is not None:
                 self._origin.close()
                 self._origin = None
+            if self._incoming is not None:
+                self._incoming.close()
+                self._incoming = None
             self._on_end(self)
             waiting = [d for d in self._devices[1:] if isinstance(d, Device) and not d.close_now()]
             if waiting:
@@ -959,27 +998,7 @@ class Vm:
             raise VmStateError(f"VM {self.id}: its devices stayed busy; no snapshot taken")
         if self.state is not VmState.PAUSED:
             raise VmStateError(f"VM {self.id} is {self.state.value}: no snapshot taken")
-        devices = {type(d).__name__.lower(): d.save() for d in self.devices()}
-        meta = {
-            "vm": {
-                "id": self.id,
-                "image": self.image.name,
-                "mem_size": self.mem_size,
-                "cmdline": self.cmdline,
-                "mac": self.mac,
-                "generation": self.generation,
-                "clock_ns": self.now_ns(),
-                "pending": self._pending,
-                "irq_entry": self._irq_entry,
-                "idle_arg": self._idle_arg,
-                "idle_deadline": self._idle_deadline,
-                "on_wake": self._on_wake,
-                "stats": dict(self.stats),
-                "hypercalls": self.hypercalls,
-            },
-            "devices": devices,
-            "monitors": {},
-        }
+        meta = self.saved_meta()
         page_map = bytearray(self.mem_size // abi.PAGE_SIZE)
         if self._origin is not None:  # the snapshot's pages this VM never wrote count too
             runs = self._origin.runs
@@ -1021,15 +1040,50 @@ class Vm:
         page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0  # rebuilt from the CPU state
         return VmImage(meta, cpu, mem, page_runs(page_map))
 
-    def restore_state(self, meta: dict[str, Any], cpu: CpuState, origin: SnapshotFile, clone: bool) -> None:
+    def saved_meta(self) -> dict[str, Any]:
+        """The ``meta`` of this paused VM's snapshot (identity, clock, interrupts, where it
+        stopped, counters, each device's ``save()``); its devices must be quiet."""
+        devices = {type(d).__name__.lower(): d.save() for d in self.devices()}
+        return {
+            "vm": {
+                "id": self.id,
+                "image": self.image.name,
+                "mem_size": self.mem_size,
+                "cmdline": self.cmdline,
+                "mac": self.mac,
+                "generation": self.generation,
+                "clock_ns": self.now_ns(),
+                "pending": self._pending,
+                "irq_entry": self._irq_entry,
+                "idle_arg": self._idle_arg,
+                "idle_deadline": self._idle_deadline,
+                "on_wake": self._on_wake,
+                "stats": dict(self.stats),
+                "hypercalls": self.hypercalls,
+            },
+            "devices": devices,
+            "monitors": {},
+        }
+
+    def restore_state(
+        self,
+        meta: dict[str, Any],
+        cpu: CpuState,
+        origin: SnapshotFile | None,
+        clone: bool,
+        memory: GuestMemory | None = None,
+    ) -> None:
         """Take over a snapshot's state before ``start()`` (the kernel calls this on a VM
         it made from the snapshot's meta). The VM's memory maps ``origin`` copy-on-write
         when it is first admitted. ``clone``: the VM is a new member of the snapshot's
         lineage (its own id, MAC and command line, given at build): its ``generation``
         goes up by one and ``Irq.CLONE`` is raised, and its NIC's queued frames (for the
-        old address) are dropped; otherwise it continues as the VM it was."""
+        old address) are dropped; otherwise it continues as the VM it was. Migrated in:
+        no ``origin`` and ``memory`` holds its pages (the VM owns it from here)."""
         vm = meta["vm"]
-        self._origin = origin.share()
+        if origin is not None:
+            self._origin = origin.share()
+        self._incoming = memory
         self._cpu_state = cpu
         self._set_clock_offset(int(vm["clock_ns"]) - self._rt.now_ns())
         self._pending = int(vm["pending"]) & abi.IRQ_ALL
@@ -1052,6 +1106,80 @@ class Vm:
         if clone:  # told when it next runs: an idle clone sleeps on until something wakes it
             self.generation += 1
             self._on_wake |= Irq.CLONE
+
+    # ---- live migration (denali.migration) ----
+    def _at_boundary(self, work: Callable[[GuestMemory], Any]) -> asyncio.Future[Any]:
+        """Run ``work(memory)`` while no slice of this VM runs (a posted completion); its
+        result, or None when the VM is not resident or ended."""
+        fut: asyncio.Future[Any] = self._rt.loop.create_future()
+
+        def run(mem: GuestMemory | None) -> None:
+            if not fut.done():
+                fut.set_result(work(mem) if mem is not None else None)
+
+        self.post(run)
+        return fut
+
+    async def track_dirty(self) -> bool:
+        """Begin dirty-page tracking of this resident VM's memory and keep it resident
+        (not swapped out) until ``untrack_dirty``; False when it is not resident."""
+        if self._memory is None or self.state.final:
+            return False
+        self._migrating = True
+
+        def start(mem: GuestMemory) -> bool:
+            mem.start_tracking()
+            return True
+
+        started = await self._at_boundary(start)
+        if not started:
+            self._migrating = False
+        return bool(started)
+
+    async def take_dirty(self) -> bytearray | None:
+        """The pages written since tracking began or the last call (one byte each, the
+        register page always among them); None when tracking stopped (the VM ended)."""
+
+        def take(mem: GuestMemory) -> bytearray | None:
+            if mem.dirty is None:
+                return None
+            got = mem.take_dirty()
+            got[_VREGS // abi.PAGE_SIZE] = 1
+            return got
+
+        result: bytearray | None = await self._at_boundary(take)
+        return result
+
+    def untrack_dirty(self) -> None:
+        """End tracking (a migration that ended either way); the VM may be swapped again."""
+        self._migrating = False
+        mem = self._memory
+        if mem is not None:
+            mem.stop_tracking()
+
+    @property
+    def migrating(self) -> bool:
+        """True while a migration of this VM is under way (``denali.migration``)."""
+        return self._migrating or self._migration_busy
+
+    @migrating.setter
+    def migrating(self, value: bool) -> None:
+        self._migration_busy = value
+
+    @property
+    def memory(self) -> GuestMemory | None:
+        """The resident memory (None while swapped out or not yet made); the kernel's."""
+        return self._memory
+
+    def hold_paused(self) -> None:
+        """Before ``start()``: the VM pauses at its first slice boundary (``resume()``)."""
+        if self._pause is None:
+            self._pause = _Pause(self._rt.loop)
+
+    def end_migrated(self) -> None:
+        """This VM now runs in another kernel: end it here in state MIGRATED."""
+        self._final_request = VmState.MIGRATED
+        self.kill()
 
     def devices(self) -> Sequence[Device]:
         """The VM's devices (clock, console, then NIC and disks when it has them)."""

@@ -2,10 +2,11 @@
 
     denali ctl PATH ls | show ID | spawn IMAGE [-n N] [-m SIZE] [-c CMDLINE] [--disk D]...
               | pause ID | resume ID | kill ID | snapshot ID FILE | restore FILE
-              | clone FILE [-n N] [-c CMDLINE] | kernel        [--json]
+              | clone FILE [-n N] [-c CMDLINE] | migrate ID --to OTHER_PATH
+              | kernel        [--json]
 
-Output is one line per VM (``--json``: the API's JSON as it came). Snapshot, restore and
-clone show progress on stderr when they take more than a second (``JobProgress``;
+Output is one line per VM (``--json``: the API's JSON as it came). Snapshot, restore,
+clone and migrate show progress on stderr when they take more than a second (``JobProgress``;
 ``--progress`` from the start, ``--no-progress`` never).
 Exit statuses: 0 done; 1 the API refused or failed (one line: ``denali ctl: MESSAGE
 (HTTP STATUS)``) or cannot be reached; 2 a usage error.
@@ -63,6 +64,14 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -
     sn.add_argument("id", type=int)
     sn.add_argument("file")
     ops.add_parser("restore", help="start the VM saved in FILE").add_argument("file")
+    mg = ops.add_parser("migrate", help="move a running VM to another kernel (live migration)")
+    mg.add_argument("id", type=int)
+    mg.add_argument(
+        "--to",
+        required=True,
+        metavar="OTHER_PATH",
+        help="the destination kernel's --api socket (or http://HOST:PORT)",
+    )
     cl = ops.add_parser("clone", help="start clones of the snapshot FILE")
     cl.add_argument("file")
     cl.add_argument("--count", "-n", type=int, default=1)
@@ -92,6 +101,9 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None,
         return "POST", "/v1/vms", body, False
     if op == "snapshot":
         return "POST", f"/v1/vms/{args.id}/snapshot", {"path": os.path.abspath(args.file)}, True
+    if op == "migrate":
+        to = args.to if args.to.startswith(("http://", "https://")) else os.path.abspath(args.to)
+        return "POST", f"/v1/vms/{args.id}/migrate", {"to": to}, True
     if op == "restore":
         return "POST", "/v1/snapshots/restore", {"path": os.path.abspath(args.file)}, True
     body = {"path": os.path.abspath(args.file), "count": args.count}
@@ -169,6 +181,14 @@ def _print(args: argparse.Namespace, data: dict[str, Any]) -> None:
             f"snapshot of VM {s['vm']}: {s['path']} ({s['stored_pages']} pages, "
             f"{s['file_bytes']:,} bytes on disk, ABI {s['abi_version']})"
         )
+    if "migration" in data:
+        m = data["migration"]
+        kind = "live" if m["live"] else "stop-and-copy"
+        print(
+            f"VM {m['vm']} migrated to {m['to']} ({kind}): {m['rounds']} rounds, {m['pages_sent']} pages "
+            f"({m['pages_final']} while paused), downtime {m['downtime_ms']:.1f} ms, total "
+            f"{m['total_ms']:.1f} ms"
+        )
     if "kernel" in data:
         k = data["kernel"]
         states = ", ".join(f"{n} {st}" for st, n in sorted(k["vm_states"].items()))
@@ -184,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         print("denali: --count must be at least 1 (see 'denali ctl -h')", file=sys.stderr)
         return EXIT_USAGE
     method, path, body, long = _request(args)
-    what = f"{args.op} {getattr(args, 'file', '')}".strip()
+    what = f"{args.op} {getattr(args, 'file', '') or getattr(args, 'id', '')}".strip()
     show = long and args.progress is not False
     progress = JobProgress(what, 0, sys.stderr, delay=0.0 if args.progress else 1.0) if show else None
     try:
