@@ -67,7 +67,7 @@ import aiohttp
 from aiohttp import web
 
 from denali import abi
-from denali.errors import ConfigError, DenaliError, ImageError, MigrationError, NetError
+from denali.errors import ConfigError, DenaliError, ImageError, MigrationError, NetError, SubtreeError
 from denali.loader import parse_image
 from denali.memory import GuestMemory
 from denali.net.ethernet import build_frame
@@ -263,6 +263,10 @@ def _check_migratable(kernel: Kernel, vm: Vm) -> None:
         raise MigrationError(f"VM {vm.id} is {vm.state.value}: it cannot be migrated")
     if vm.migrating:
         raise MigrationError(f"VM {vm.id} is being migrated already")
+    try:
+        vm.check_no_subtree("a migration")
+    except SubtreeError as exc:
+        raise MigrationError(str(exc)) from None
     if vm.disks is not None:
         for spec in vm.disks.specs:
             if spec.mode in ("rw", "overlay-keep"):
@@ -403,7 +407,10 @@ async def _migrate(
             await vm.pause()
             paused_here = True
         info.phases["paused"] = time.perf_counter() - pause_at
-        state = await vm.snapshot_state()
+        try:
+            state = await vm.snapshot_state()
+        except SubtreeError as exc:  # it made a child during the pre-copy
+            raise MigrationError(str(exc)) from None
         info.phases["state"] = time.perf_counter() - pause_at
         try:
             meta, cpu = state.meta, state.cpu.pack()

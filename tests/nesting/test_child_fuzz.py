@@ -97,7 +97,9 @@ async def test_a_hostile_child_under_a_fuzzing_monitor_reaches_nothing(
         text = mon.console.text()
         assert status == 0 and f"childfuzz: seed={seed} SUCCESS" in text, text[-3000:]
         summary = done[0]
-        assert "mismatches=0 " in summary and "canary intact" in summary and "other_end=0 " in summary, summary
+        assert "mismatches=0 " in summary and "canary intact" in summary and "other_end=0 " in summary, (
+            summary
+        )
         counts = {key: int(v) for key, v in re.findall(r"(\w+)=(\d+)", summary)}
         assert counts["exited_ok"] + counts["killed"] == 3 and counts["checked"] > 100, summary
         assert counts["passes"] > 0 and counts["answers"] > 0, summary
@@ -110,7 +112,9 @@ async def test_a_hostile_child_under_a_fuzzing_monitor_reaches_nothing(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_a_hostile_child_under_the_security_monitor(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_hostile_child_under_the_security_monitor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """secmon answers the child's DISK_WRITEs whatever their structure: one it cannot
     write back into gets FAULT (it used to leave the child waiting for ever)."""
     need_image("secmon")
@@ -132,7 +136,9 @@ async def test_a_hostile_child_under_the_security_monitor(tmp_path: Path, caplog
         )
         status = await mon.wait()
         text = mon.console.text()
-        assert status == 0 and "hcfuzz: seed=21 calls=8000 " in text and "child exited 0" in text, text[-2000:]
+        assert status == 0 and "hcfuzz: seed=21 calls=8000 " in text and "child exited 0" in text, text[
+            -2000:
+        ]
         assert "secmon: denied " in text and len(k.vms) == 0
     assert data.read_bytes() == bytes(range(256)) * 16 * 64
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
