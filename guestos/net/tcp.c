@@ -24,7 +24,9 @@
  * when a loss comes with a queue built up (congestion: other flows share the path).
  * tcp_cc=loss is always loss-based, tcp_cc=model never shrinks the window on loss.
  *
- * Receiving: a ring indexed by sequence number, growing while the application lags;
+ * Receiving: a ring indexed by sequence number, growing while the application lags or
+ * the peer sends up to the window's edge (it is window-limited: a window that does not
+ * grow with the path would hold it to a few segments per round trip);
  * out-of-order segments are kept in place (up to OOO_MAX ranges) and reported in SACK
  * blocks; ACKs for in-order data are coalesced per receive batch (tcp_flush_acks), ACKs
  * for out-of-order data go at once (the peer counts them). The checksum of an in-order
@@ -72,6 +74,7 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 #define IW_SEGS 10
 #define WS_SHIFT 2 /* our window scale (RFC 7323): 64 KiB << 2 = TCP_BUF_MAX */
 #define BW_ROUNDS 10 /* the model's bandwidth filter: the highest of this many rounds */
+#define STARTUP_QUEUE_NS 4000000ull /* the model's startup ends at this much queueing delay */
 #define QUEUE_MIN_NS 3000000ull /* an RTT this much (or a quarter) above the minimum: a queue */
 
 struct tcb {
@@ -95,6 +98,8 @@ struct tcb {
     uint32_t bw[BW_ROUNDS];            /* bytes delivered per ms, one per round */
     uint32_t full_bw, round_end, round_delivered;
     uint64_t round_start, min_rtt, last_rtt;
+    uint64_t rcvq_start;               /* receive-window tuning: the round trip began */
+    uint32_t rcvq_seq;                 /* ... at this rcv_nxt */
     uint64_t una_rxt_at;               /* when the segment at snd_una was last resent */
     int handle;
     uint32_t rip;
@@ -288,7 +293,8 @@ static int sbuf_reserve(struct tcb *t, uint32_t want)
     return 1;
 }
 
-/* The receive ring: allocated at the first data, doubled while the application lags. */
+/* The receive ring: allocated at the first data, doubled while the application lags or
+ * the peer is window-limited. */
 static int rbuf_grow(struct tcb *t, uint32_t size)
 {
     if (t->rbuf && size <= t->rsize)
@@ -296,6 +302,8 @@ static int rbuf_grow(struct tcb *t, uint32_t size)
     uint8_t *b = malloc(size);
     if (!b)
         return 0;
+    if (size > st.rcv_buf_peak)
+        st.rcv_buf_peak = size;
     if (t->rbuf) {
         uint32_t start = rd_seq(t), n = t->rlen;
         if (t->nooo)
@@ -621,6 +629,29 @@ static uint32_t rcv_window(struct tcb *t)
     return umin(t->rcv_adv - t->rcv_nxt, wmax);
 }
 
+/* Receive-window tuning, after in-order data: once per round trip (the connection's
+ * smoothed RTT; the handshake gives the first), the bytes that arrived in it. A peer
+ * that delivered more than half the ring in one round trip is held back by the window
+ * (the window is the most it may have in flight): the ring should hold twice that.
+ * Returns the size it should have (a power of two), or 0. */
+static uint32_t rcv_tune(struct tcb *t)
+{
+    uint64_t now = clock_ns();
+    if (!t->srtt)
+        return 0;
+    if (!t->rcvq_start) {
+        t->rcvq_start = now;
+        t->rcvq_seq = t->rcv_nxt;
+        return 0;
+    }
+    if (now - t->rcvq_start < t->srtt)
+        return 0;
+    uint32_t got = t->rcv_nxt - t->rcvq_seq;
+    t->rcvq_start = now;
+    t->rcvq_seq = t->rcv_nxt;
+    return got > t->rsize / 2 ? roundup_pow2(2 * got) : 0;
+}
+
 /* Builds the header in p; returns its length. SYNs carry MSS and SACK-permitted; ACKs
  * carry SACK blocks while out-of-order data is held. */
 static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t seq, uint32_t len)
@@ -936,6 +967,13 @@ static void enter_time_wait(struct tcb *t)
     wake(t);
 }
 
+static int use_model(const struct tcb *t);
+
+static uint64_t umax64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
 static void update_rtt(struct tcb *t, uint32_t ack)
 {
     if (!t->rtt_timing || SEQ_LT(ack, t->rtt_seq))
@@ -945,6 +983,13 @@ static void update_rtt(struct tcb *t, uint32_t ack)
     t->last_rtt = r;
     if (!t->min_rtt || r < t->min_rtt)
         t->min_rtt = r;
+    /* the model's startup ends as a queue starts to build (the RTT an eighth, at least
+     * STARTUP_QUEUE_NS, above the minimum: HyStart's delay rule), before it overflows a
+     * short one: the window is then the model's two bandwidth-delay products */
+    if (use_model(t) && !t->pipe_full && r > t->min_rtt + umax64(t->min_rtt / 8, STARTUP_QUEUE_NS)) {
+        t->pipe_full = 1;
+        st.startup_delay_exits++;
+    }
     if (!t->srtt) {
         t->srtt = r;
         t->rttvar = r / 2;
@@ -1699,9 +1744,15 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         } else {
             send_ack(t); /* out of order, or a hole filled: ACK at once (RFC 5681 4.2) */
         }
-        /* the app lags: let the window grow */
-        if (t->rlen > t->rsize / 2 && t->rsize < rcv_max(t))
-            rbuf_grow(t, t->rsize * 2);
+        /* the app lags, or the peer is window-limited: let the window grow (up to
+         * rcv_max; a failed allocation keeps the ring as it is) */
+        if (t->rsize < rcv_max(t)) {
+            uint32_t want = rcv_tune(t);
+            if (t->rlen > t->rsize / 2 || t->rcv_adv - t->rcv_nxt < 2 * MSS)
+                want = umax(want, t->rsize * 2);
+            if (want > t->rsize)
+                rbuf_grow(t, umin(want, rcv_max(t)));
+        }
         wake(t);
     } else if (dlen) {
         send_ack(t);
@@ -2020,12 +2071,15 @@ int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns)
     uint32_t before = t->rcv_adv - t->rcv_nxt;
     ring_read(t->rbuf, t->rsize, rd_seq(t) - t->irs - 1, buf, n);
     t->rlen -= n;
-    /* the window reopened by at least two segments or half the buffer: say so */
+    /* the window reopened by at least two segments or half the buffer, or by a segment
+     * while the peer had less than two left (it may be waiting for room for a full
+     * one): say so (receiver silly-window avoidance, RFC 9293 3.8.6.2.2) */
     uint32_t could = t->rsize - t->rlen;
     if (could > (65535u << t->rcv_shift))
         could = 65535u << t->rcv_shift;
     if (t->state >= T_ESTAB && t->state <= T_FIN_WAIT_2 && could > before &&
-        (could - before >= 2 * MSS || could - before >= t->rsize / 2)) {
+        (could - before >= 2 * MSS || could - before >= t->rsize / 2 ||
+         (before < 2 * MSS && could - before >= umin(t->rsize / 2, MSS)))) {
         send_ack(t);
         netif_flush();
     }
