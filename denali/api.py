@@ -297,7 +297,7 @@ class ControlApi:
         await ws.prepare(request)
         ch = WsChannel(ws)
         try:
-            await receive(self.kernel, ch, peer="the control API")
+            await receive(self.kernel, ch, peer="the control API", monitors=self.monitors)
         finally:
             await ch.close()
         return ws

@@ -572,13 +572,15 @@ class Kernel:
         where: str = "migration",
         paused: bool = False,
         image_data: bytes | None = None,
+        monitors: Sequence[Monitor] = (),
     ) -> Vm:
         """Start a VM that migrated in (``denali.migration``): ``meta`` and ``cpu`` as in a
         snapshot, its ELF ``image`` (or that parsed), and ``memory`` holding its pages (the
         VM owns it from here, also when this raises). Same VM id and MAC as it had; its clock continues.
         ``paused``: it is held PAUSED before its first slice until ``resume()``.
         ``image_data``: the ELF file when ``image`` is given parsed (kept for its next
-        snapshot or migration).
+        snapshot or migration). ``monitors``: stacked and given ``meta["monitors"]`` as
+        in ``restore``.
         ``MigrationError`` for state that does not parse or an id or MAC in use here, and
         what ``spawn`` raises."""
         try:
@@ -588,7 +590,7 @@ class Kernel:
             vm_id = int(meta["vm"]["id"])
             self.check_free(vm_id, r.mac, where)
             vm = await self._spawn_from(
-                r, vm_id, None, None, console, clone=False, memory=memory, paused=paused
+                r, vm_id, None, None, console, clone=False, memory=memory, paused=paused, monitors=monitors
             )
             vm.image_data = image if isinstance(image, bytes) else image_data
             return vm
@@ -636,9 +638,13 @@ class Kernel:
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
-        spec = VmSpec(r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks)
+        spec = VmSpec(
+            r.image, r.memory, cmd, console, r.nic, own_mac, None, r.disks, child_memory=r.child_memory
+        )
         default_mac = mac_for_vm(vm_id, self.mac_tag)
-        vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
+        vm = await build_vm(
+            self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended, self._children
+        )
         try:
             vm.restore_state(r.meta, r.cpu, r.snap, clone, memory)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -694,6 +700,8 @@ class _Restorable:
     disks: tuple[DiskSpec, ...]
     cmdline: str
     mac: bytes
+    child_memory: int = 0
+    """The VM's child-memory grant (its children themselves are not carried)."""
 
 
 def restorable(
@@ -723,6 +731,9 @@ def restorable(
             raise TypeError("stats or devices is not an object")
         if len(mac) != 6:
             raise ValueError("a MAC has 6 bytes")
+        grant = devices.get("children", {}).get("quota", 0)
+        if not isinstance(grant, int) or not 0 <= grant <= 1 << 40:
+            raise ValueError("the child-memory grant is out of range")
         if nic:
             rx = devices["nic"].get("rx", [])
             if not isinstance(rx, list) or not all(
@@ -739,7 +750,7 @@ def restorable(
         if error is SnapshotFormatError:
             raise SnapshotFormatError(f"{where}: {what} is not valid ({exc!r})", where) from None
         raise error(f"{where}: {what} is not valid ({exc!r})") from None
-    return _Restorable(snap, meta, img, size, cpu, nic, disks, cmdline, mac)
+    return _Restorable(snap, meta, img, size, cpu, nic, disks, cmdline, mac, grant)
 
 
 async def _image_bytes(vm: Vm) -> bytes:

@@ -50,6 +50,19 @@ to source: ``A`` accepted, ``D`` prepared, ``K`` started, ``E`` error.
 VMs with writable disks (read-write images, kept overlays) are not migrated (their disk
 would be open in two kernels): ``MigrationError``. Read-only disks are reopened by path
 at the destination, so the path must name the same image there.
+
+**Monitors.** A VM under monitors (``denali.monitor``) keeps them: the hello names the
+classes of its stack, the state message carries their saved state (``meta["monitors"]``,
+as a snapshot does), and the destination stacks the monitors its API gives every VM it
+starts (``ControlApi(monitors=...)``, ``denali boot --policy/--trace``) and hands them that
+state before the VM runs. A destination with no monitors, or with monitors of other
+classes, refuses at the hello: the VM never sheds its monitors by moving. A VM without
+monitors gets the destination's, fresh, as any VM that kernel starts.
+
+**Child VMs** (``denali.nesting``) do not move: a VM with live children (or child exit
+events it has not read) is refused, since its subtree is not carried, and so is a child
+VM itself (it lives inside its parent's quota and CPU group). A VM with a child-memory
+grant and no children moves with its grant.
 """
 
 from __future__ import annotations
@@ -59,7 +72,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -77,6 +90,7 @@ from denali.vm import Vm, VmState, page_runs
 
 if TYPE_CHECKING:
     from denali.kernel import Kernel
+    from denali.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +113,7 @@ _MAX_LATE: Final = 1024
 _KERNEL_PAGE: Final = abi.Layout.KERNEL_PAGE // PAGE
 _ETH_ARP: Final = 0x0806
 Progress = Callable[[int, int], None]
+MonitorFactory = Callable[[], "Sequence[Monitor]"]
 
 
 @dataclass
@@ -263,6 +278,15 @@ def _check_migratable(kernel: Kernel, vm: Vm) -> None:
         raise MigrationError(f"VM {vm.id} is {vm.state.value}: it cannot be migrated")
     if vm.migrating:
         raise MigrationError(f"VM {vm.id} is being migrated already")
+    if vm.group != vm.id:
+        raise MigrationError(
+            f"VM {vm.id} is a child VM of VM {vm.group}'s tree: a child VM is not migrated alone"
+        )
+    if vm.children is not None and not vm.children.close_now():
+        raise MigrationError(
+            f"VM {vm.id} has child VMs (or child exit events it has not read): a VM is "
+            "not migrated with its subtree"
+        )
     try:
         vm.check_no_subtree("a migration")
     except SubtreeError as exc:
@@ -367,6 +391,7 @@ async def _migrate(
             "mem_size": vm.mem_size,
             "mac": vm.mac.hex(),
             "image_size": len(image),
+            "monitors": _monitor_names(vm),
         }
         await ch.send(b"H" + json.dumps(hello).encode())
         for at in range(0, len(image), IMAGE_CHUNK):
@@ -414,6 +439,11 @@ async def _migrate(
         info.phases["state"] = time.perf_counter() - pause_at
         try:
             meta, cpu = state.meta, state.cpu.pack()
+            stack = _stack_of(vm)
+            if _monitor_names(vm) != hello["monitors"]:
+                raise MigrationError(f"VM {vm.id}'s monitor stack changed during its migration")
+            if stack is not None and stack.monitors:  # the monitors' state goes with it
+                meta["monitors"] = stack.save()
             if tracked:
                 last = await vm.take_dirty()
                 if last is None or dirty is None or vm.memory is None:
@@ -504,6 +534,20 @@ class _quiet:
         return isinstance(exc, Exception)
 
 
+def _stack_of(vm: Vm) -> Any:
+    """The VM's ``MonitorStack``, or None."""
+    from denali.monitor.stack import MonitorStack
+
+    ip = vm._interposer
+    return ip if isinstance(ip, MonitorStack) else None
+
+
+def _monitor_names(vm: Vm) -> list[str]:
+    """The classes of the VM's monitors, nearest the VM first (as ``MonitorStack.save``)."""
+    stack = _stack_of(vm)
+    return [type(m).__qualname__ for m in stack.monitors] if stack is not None else []
+
+
 async def _image_of(vm: Vm) -> bytes:
     from denali.kernel import _image_bytes
 
@@ -516,10 +560,20 @@ async def _image_of(vm: Vm) -> bytes:
 # ---------------------------------------------------------------- the destination
 
 
-async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer: str = "peer") -> Vm | None:
+async def receive(
+    kernel: Kernel,
+    ch: Channel,
+    *,
+    timeout_s: float = 10.0,
+    peer: str = "peer",
+    monitors: MonitorFactory | None = None,
+) -> Vm | None:
     """Take one VM migrating in on ``ch`` (the destination's side; the API's WebSocket
     route calls this). Returns the VM, running, or None when the source gave up; every
-    failure is sent to the source and logged at info level, and leaves nothing here."""
+    failure is sent to the source and logged at info level, and leaves nothing here.
+    ``monitors``: makes the monitor stack of a VM this kernel takes in (the API's
+    factory); a VM that runs under monitors is refused without one, or when its
+    monitors are of other classes (module docstring, "Monitors")."""
     mem: GuestMemory | None = None
     vm: Vm | None = None
     try:
@@ -545,6 +599,7 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
         if not 0 < image_size <= MAX_IMAGE or len(mac) != 6:
             raise MigrationError("the hello's image size or MAC is not valid")
         kernel.check_free(vm_id, mac, f"VM {vm_id}")
+        own = _monitors_for(vm_id, hello.get("monitors", []), monitors)
         image = bytearray()
         while len(image) < image_size:
             msg = await ch.recv(timeout_s)
@@ -602,6 +657,7 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
                         paused=True,
                         image_data=bytes(image),
                         where=f"VM {vm_id} from {peer}",
+                        monitors=own,
                     )
                 except ConfigError as exc:
                     raise MigrationError(str(exc)) from None
@@ -648,6 +704,26 @@ async def receive(kernel: Kernel, ch: Channel, *, timeout_s: float = 10.0, peer:
             mem.close()
         if vm is not None and not vm.state.final:  # not started: nothing of it stays here
             vm.kill()
+
+
+def _monitors_for(vm_id: int, names: object, factory: MonitorFactory | None) -> Sequence[Monitor]:
+    """The monitors a VM migrating in gets here: ``factory``'s, which must be of the
+    classes ``names`` (the source's stack, nearest the VM first) when it has any;
+    ``MigrationError`` otherwise."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > 64:
+        raise MigrationError("the hello's monitor list is not a list of class names")
+    own = list(factory()) if factory is not None else []
+    if names and not own:
+        raise MigrationError(
+            f"VM {vm_id} runs under monitors ({', '.join(names)}) and this kernel has none "
+            "for the VMs it takes in; it would run unmonitored here"
+        )
+    have = [type(m).__qualname__ for m in own]
+    if names and have != names:
+        raise MigrationError(
+            f"VM {vm_id} runs under monitors ({', '.join(names)}); this kernel's are ({', '.join(have)})"
+        )
+    return own
 
 
 def _frames(body: bytes) -> list[bytes]:

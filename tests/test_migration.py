@@ -21,9 +21,11 @@ import pytest
 from aiohttp import web
 
 from denali import abi, api
-from denali.errors import MigrationError, VmMigratedError
+from denali.errors import MigrationError, VmKilledError, VmMigratedError
 from denali.kernel import Kernel
 from denali.migration import MAX_MESSAGE, PROTOCOL, ROUTE, migrate
+from denali.monitor import HypercallEvent, Monitor
+from denali.monitor.base import Verdict
 from denali.vm import VmState
 from tests.conftest import need_image
 
@@ -367,6 +369,8 @@ async def _valid_prefix() -> list[bytes]:
         ("state-length", "state message is malformed"),
         ("state-other-vm", "another VM"),
         ("state-bad", "saved VM state is not valid"),
+        ("monitor-list", "monitor list is not a list"),
+        ("monitors-here-none", "this kernel has none"),
         ("text", "not part of a migration"),
     ],
 )
@@ -385,6 +389,8 @@ async def test_a_malformed_stream_gets_one_error_and_leaves_nothing(
         "abi": [_hello(abi=1)],
         "no-id": [b"H" + json.dumps({"protocol": PROTOCOL, "abi": abi.ABI_VERSION}).encode()],
         "memory": [_hello(mem_size=12345)],
+        "monitor-list": [_hello(monitors="Policy")],
+        "monitors-here-none": [_hello(monitors=["Policy"])],
         "image-size": [_hello(image_size=0)],
         "image-overflow": [_hello(image_size=10), b"I" + bytes(11)],
         "not-elf": [_hello(image_size=10), b"I" + bytes(10)],
@@ -576,3 +582,144 @@ async def test_the_stream_also_runs_over_tcp(tmp_path: Path) -> None:
             assert await moved.wait() == 0 and moved.console.text().strip() == want.strip()
         finally:
             await endpoint.close()
+
+
+# ---------------------------------------------------------------- monitors and child VMs
+
+
+class _Counter(Monitor):
+    """Counts the hypercalls it sees; its count is its state."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        self.count += 1
+        return None
+
+    def save(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def restore(self, state: dict[str, int]) -> None:  # type: ignore[override]
+        self.count = int(state["count"])
+
+
+class _Other(Monitor):
+    def hypercall(self, call: HypercallEvent) -> Verdict:
+        return None
+
+
+async def test_monitors_move_with_the_vm_and_keep_their_state(tmp_path: Path) -> None:
+    need_image("test-swapsum")
+    want = await _reference()
+    sock = str(tmp_path / "b.sock")
+    made: list[_Counter] = []
+
+    def host_monitors() -> list[Monitor]:
+        made.append(_Counter())
+        return [made[-1]]
+
+    async with Kernel(mac_tag=7) as a, Kernel(mac_tag=7) as b:
+        endpoint = await api.serve(b, sock, monitors=host_monitors)
+        try:
+            before = _Counter()
+            vm = await a.spawn("test-swapsum", cmdline=SUM, memory="4M", monitors=[before])
+            await asyncio.sleep(0.1)
+            info = await migrate(a, vm, sock)
+            assert info.live and vm.state is VmState.MIGRATED
+            counted = before.count
+            assert counted > 0 and len(made) == 1
+            moved = b.vms[vm.id]
+            stack = b.monitors_of(moved)
+            assert stack.monitors == (made[0],)
+            assert made[0].count >= counted  # given its state before the VM ran there
+            assert await moved.wait() == 0
+            assert moved.console.text().strip() == want.strip()
+            assert made[0].count > counted
+        finally:
+            await endpoint.close()
+
+
+@pytest.mark.parametrize("host", ["none", "other"])
+async def test_a_vm_under_monitors_is_refused_where_it_would_shed_them(tmp_path: Path, host: str) -> None:
+    need_image("test-swapsum")
+    want = await _reference()
+    sock = str(tmp_path / "b.sock")
+    factory = None if host == "none" else (lambda: [_Other()])
+    async with Kernel(mac_tag=7) as a, Kernel(mac_tag=7) as b:
+        endpoint = await api.serve(b, sock, monitors=factory)
+        try:
+            watcher = _Counter()
+            vm = await a.spawn("test-swapsum", cmdline=SUM, memory="4M", monitors=[watcher])
+            await asyncio.sleep(0.02)
+            why = "this kernel has none" if host == "none" else r"this kernel's are \(_Other\)"
+            with pytest.raises(MigrationError, match=why) as err:
+                await migrate(a, vm, sock)
+            assert "\n" not in str(err.value) and "runs on here" in str(err.value)
+            assert not b.vms and vm.state is not VmState.MIGRATED
+            assert a.monitors_of(vm).monitors == (watcher,)
+            await _runs_on(vm.wait(), vm.console.text, want)
+        finally:
+            await endpoint.close()
+
+
+async def test_a_vm_without_monitors_gets_the_destinations(tmp_path: Path) -> None:
+    need_image("httpd")
+    sock = str(tmp_path / "b.sock")
+    async with Kernel(mac_tag=7) as a, Kernel(mac_tag=7) as b:
+        endpoint = await api.serve(b, sock, monitors=lambda: [_Counter()])
+        try:
+            vm = await a.spawn("httpd", cmdline="ip=10.9.0.1/24")
+            await vm.until_idle()
+            await migrate(a, vm, sock)
+            assert [type(m) for m in b.monitors_of(b.vms[vm.id]).monitors] == [_Counter]
+        finally:
+            await endpoint.close()
+
+
+async def test_a_parent_of_child_vms_and_a_child_vm_are_not_migrated(
+    pair: tuple[Kernel, Kernel, str], tmp_path: Path
+) -> None:
+    from denali.devices.disk import DiskSpec
+    from tests.nesting.test_children import M, disk_of
+
+    need_image("test-nest")
+    a, b, sock = pair
+    img = disk_of("test-nest", tmp_path / "nest.img")
+    root = await a.spawn(
+        "test-nest",
+        cmdline=f"depth=2 mem={M} quota={2 * M} sleep=1",
+        child_memory=2 * M,
+        nic=False,
+        disks=[DiskSpec(img, name="img", mode="ro")],
+    )
+    for _ in range(2000):
+        if "depth=0 leaf" in root.console.text():
+            break
+        await asyncio.sleep(0.005)
+    kids = [vm for vm in a.vms.values() if vm.group == root.id and vm is not root]
+    assert len(kids) == 2
+    with pytest.raises(MigrationError, match="has child VMs") as err:
+        await migrate(a, root, sock)
+    assert "\n" not in str(err.value)
+    for kid in kids:
+        with pytest.raises(MigrationError, match="is a child VM"):
+            await migrate(a, kid, sock)
+    assert not b.vms
+    assert root.state is not VmState.MIGRATED and not root.done
+    assert all(not k.done and k.state is not VmState.MIGRATED for k in kids)
+    root.kill()
+    with pytest.raises(VmKilledError):
+        await root.wait()
+
+
+async def test_a_vm_with_a_child_grant_and_no_children_moves_with_its_grant(
+    pair: tuple[Kernel, Kernel, str],
+) -> None:
+    need_image("test-idle")
+    a, b, sock = pair
+    vm = await a.spawn("test-idle", memory="1M", cmdline="ms=3600000", nic=False, child_memory="4M")
+    await vm.until_idle()
+    await migrate(a, vm, sock)
+    moved = b.vms[vm.id]
+    assert moved.children is not None and moved.children.quota == 4 << 20
