@@ -60,7 +60,6 @@ FLUSH_BYTES: Final = 64 << 10
 """The writer task writes once this much is buffered, or every ``FLUSH_S``."""
 FLUSH_S: Final = 0.05
 _IRQ_NAMES: Final = tuple((int(b), b.name or "") for b in Irq)
-_Render = Callable[[tuple[Any, ...]], str]
 
 
 def _renderer(
@@ -99,27 +98,22 @@ _CODES: Final = {int(r): f'"{r.name}"' for r in Result}
 
 def _line_of(h: abi.Hypercall) -> _Line:
     """A function from one call's record (clock, VM, the structure's raw bytes before,
-    result or None, raw bytes after) to its JSON line: one %-format for the whole line
-    in the common case (both structures read, a result)."""
+    result or None, raw bytes after) to its JSON line."""
     fmt_in, vals_in = _renderer(h, ("in", "inout"))
     fmt_out, vals_out = _renderer(h, ("out", "inout"))
-    head = '{"kind":"hypercall","t":%d,"vm":%d,' + f'"nr":{h.nr},"name":"{h.name}","args":'
-    whole = head + fmt_in + ',"result":%d,"code":%s,"out":' + fmt_out + "}\n"
-    codes = _CODES
+    head = f'"nr":{h.nr},"name":"{h.name}","args":'
 
     def line(t: int, vm: int, before: bytes | None, result: int | None, after: bytes | None) -> str:
-        if before is not None and after is not None and result is not None:
-            return whole % ((t, vm, *vals_in(before), result, codes.get(result, "null"), *vals_out(after)))
         args = fmt_in % vals_in(before) if before is not None else "null"
         if after is not None:
             out = fmt_out % vals_out(after)
         else:
             out = "{}" if result is None else "null"
         if result is None:
-            tail = ',"result":null,"code":null,"out":'
+            tail = '"result":null,"code":null,"out":'
         else:
-            tail = f',"result":{result},"code":{codes.get(result, "null")},"out":'
-        return f"{head % (t, vm)}{args}{tail}{out}}}\n"
+            tail = f'"result":{result},"code":{_CODES.get(result, "null")},"out":'
+        return f'{{"kind":"hypercall","t":{t},"vm":{vm},{head}{args},{tail}{out}}}\n'
 
     return line
 
@@ -233,19 +227,8 @@ class TraceWriter:
         self._add(line, len(line))
 
     def emit_hypercall(self, record: _HcRecord) -> None:
-        """Buffer one hypercall record (``_HcRecord``); formatted as it is written out.
-        (``_add`` inlined: this runs for every traced hypercall.)"""
-        size = self._size + _HC_LINE_ESTIMATE
-        if size > self.capacity or self.error is not None or self._closing:
-            self.dropped += 1
-            return
-        self._buf.append(record)
-        self._size = size
-        self.records += 1
-        if size >= FLUSH_BYTES:
-            ready = self._ready
-            if ready is not None and not ready.is_set():
-                ready.set()
+        """Buffer one hypercall record (``_HcRecord``); formatted as it is written out."""
+        self._add(record, _HC_LINE_ESTIMATE)
 
     def _add(self, item: str | _HcRecord, length: int) -> None:
         size = self._size + length

@@ -145,6 +145,7 @@ static struct tcp_stats st;
 
 static uint32_t umin(uint32_t a, uint32_t b) { return a < b ? a : b; }
 static uint32_t umax(uint32_t a, uint32_t b) { return a > b ? a : b; }
+static uint64_t umax64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 const struct tcp_stats *tcp_get_stats(void)
 {
@@ -630,13 +631,14 @@ static uint32_t rcv_window(struct tcb *t)
 }
 
 /* Receive-window tuning, after in-order data: once per round trip (the connection's
- * smoothed RTT; the handshake gives the first), the bytes that arrived in it. A peer
+ * smoothed RTT; the handshake gives the first; timed at slice granularity), the bytes
+ * that arrived in it. A peer
  * that delivered more than half the ring in one round trip is held back by the window
  * (the window is the most it may have in flight): the ring should hold twice that.
  * Returns the size it should have (a power of two), or 0. */
 static uint32_t rcv_tune(struct tcb *t)
 {
-    uint64_t now = clock_ns();
+    uint64_t now = now_ns(); /* the slice's time: no CLOCK hypercall per segment */
     if (!t->srtt)
         return 0;
     if (!t->rcvq_start) {
@@ -968,11 +970,6 @@ static void enter_time_wait(struct tcb *t)
 }
 
 static int use_model(const struct tcb *t);
-
-static uint64_t umax64(uint64_t a, uint64_t b)
-{
-    return a > b ? a : b;
-}
 
 static void update_rtt(struct tcb *t, uint32_t ack)
 {
