@@ -26,7 +26,8 @@ from denali.kernel import Kernel
 from denali.migration import MAX_MESSAGE, PROTOCOL, ROUTE, migrate
 from denali.monitor import HypercallEvent, Monitor
 from denali.monitor.base import Verdict
-from denali.vm import VmState
+from denali.snapshot import encode_meta
+from denali.vm import Vm, VmState
 from tests.conftest import need_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +262,19 @@ async def test_a_link_lost_after_go_keeps_the_vm_paused_and_off_the_lan(
         vm.kill()
 
 
+async def _source_to_prepared(ws: aiohttp.ClientWebSocketResponse, good: list[bytes], vm: Vm) -> None:
+    """Play a source over ``ws`` up to the destination's PREPARED: ``good``'s messages
+    (its hello made for paused ``vm``), then the stop-and-copy state of ``vm`` as VM 5."""
+    state = await vm.snapshot_state()
+    meta = encode_meta({**state.meta, "vm": {**state.meta["vm"], "id": 5}})
+    good[0] = _hello(image_size=len(good[1]) - 1, image="test-swapsum", mac=vm.mac.hex())
+    for m in good:
+        await ws.send_bytes(m)
+    assert (await ws.receive()).data == b"A"
+    await ws.send_bytes(b"S" + struct.pack("<I", len(meta)) + meta + state.cpu.pack())
+    assert (await ws.receive()).data == b"D"
+
+
 async def test_a_source_lost_after_prepared_leaves_nothing_at_the_destination(
     pair: tuple[Kernel, Kernel, str],
 ) -> None:
@@ -271,18 +285,9 @@ async def test_a_source_lost_after_prepared_leaves_nothing_at_the_destination(
         vm = await src.spawn("test-swapsum", cmdline=SUM, memory="4M")
         await asyncio.sleep(0.02)
         await vm.pause()
-        state = await vm.snapshot_state()
-        from denali.snapshot import encode_meta
-
-        meta = encode_meta({**state.meta, "vm": {**state.meta["vm"], "id": 5}})
         session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock))
         ws = await session.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE)
-        good[0] = _hello(image_size=len(good[1]) - 1, image="test-swapsum", mac=vm.mac.hex())
-        for m in good:
-            await ws.send_bytes(m)
-        assert (await ws.receive()).data == b"A"
-        await ws.send_bytes(b"S" + struct.pack("<I", len(meta)) + meta + state.cpu.pack())
-        assert (await ws.receive()).data == b"D"
+        await _source_to_prepared(ws, good, vm)
         assert b.vms[5].state is VmState.PAUSED
         await session.close()  # the link drops: no close handshake
         vm.kill()
@@ -438,20 +443,11 @@ async def test_a_source_given_up_before_go_leaves_nothing_at_the_destination(
         vm = await src.spawn("test-swapsum", cmdline=SUM, memory="4M")
         await asyncio.sleep(0.02)
         await vm.pause()
-        state = await vm.snapshot_state()
-        from denali.snapshot import encode_meta
-
-        meta = encode_meta({**state.meta, "vm": {**state.meta["vm"], "id": 5}})
         async with (
             aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as s,
             s.ws_connect(f"http://denali{ROUTE}", max_msg_size=MAX_MESSAGE) as ws,
         ):
-            good[0] = _hello(image_size=len(good[1]) - 1, image="test-swapsum", mac=vm.mac.hex())
-            for m in good:
-                await ws.send_bytes(m)
-            assert (await ws.receive()).data == b"A"
-            await ws.send_bytes(b"S" + struct.pack("<I", len(meta)) + meta + state.cpu.pack())
-            assert (await ws.receive()).data == b"D"
+            await _source_to_prepared(ws, good, vm)
             assert b.vms[5].state is VmState.PAUSED
             await ws.send_bytes(b"E" + json.dumps({"message": "changed my mind"}).encode())
             await asyncio.sleep(0.1)
