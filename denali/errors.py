@@ -79,6 +79,12 @@ class VmStateError(DenaliError):
     that is not paused, pausing or resuming a VM that has ended."""
 
 
+class SubtreeError(VmStateError):
+    """Raised when a snapshot, clone or migration is asked of a VM that has live child VMs,
+    or of a child VM: a snapshot does not carry a subtree (destroy the children first, or
+    snapshot a VM without any)."""
+
+
 class SnapshotError(DenaliError):
     """Raised when a snapshot cannot be written or read; ``path`` names the file."""
 

@@ -438,10 +438,12 @@ class Kernel:
         """Write paused ``vm``'s complete state to ``path`` (``denali.snapshot``); the VM
         stays paused. ``progress(done, total)`` (bytes of memory, from a worker thread).
         Raises ``VmStateError`` (not paused, resumed meanwhile, a throwaway disk overlay
-        holding writes, not a VM of this kernel) and ``SnapshotWriteError`` (the host
+        holding writes, not a VM of this kernel; ``SubtreeError``, one of them: the VM has
+        live child VMs or is one, which a snapshot does not carry) and ``SnapshotWriteError`` (the host
         cannot write the file; nothing is left at ``path``)."""
         if self._vms.get(vm.id) is not vm:
             raise VmStateError(f"VM {vm.id} is not a live VM of this kernel")
+        vm.check_no_subtree("a snapshot")
         for disk, spec in zip(
             vm.disks.disks if vm.disks else (), vm.disks.specs if vm.disks else (), strict=True
         ):

@@ -80,7 +80,7 @@ import aiohttp
 from aiohttp import web
 
 from denali import abi
-from denali.errors import ConfigError, DenaliError, ImageError, MigrationError, NetError
+from denali.errors import ConfigError, DenaliError, ImageError, MigrationError, NetError, SubtreeError
 from denali.loader import parse_image
 from denali.memory import GuestMemory
 from denali.net.ethernet import build_frame
@@ -291,6 +291,10 @@ def _check_migratable(kernel: Kernel, vm: Vm) -> None:
             f"VM {vm.id} has child VMs (or child exit events it has not read): a VM is "
             "not migrated with its subtree"
         )
+    try:
+        vm.check_no_subtree("a migration")
+    except SubtreeError as exc:
+        raise MigrationError(str(exc)) from None
     if vm.disks is not None:
         for spec in vm.disks.specs:
             if spec.mode in ("rw", "overlay-keep"):
@@ -433,7 +437,10 @@ async def _migrate(
             await vm.pause()
             paused_here = True
         info.phases["paused"] = time.perf_counter() - pause_at
-        state = await vm.snapshot_state()
+        try:
+            state = await vm.snapshot_state()
+        except SubtreeError as exc:  # it made a child during the pre-copy
+            raise MigrationError(str(exc)) from None
         info.phases["state"] = time.perf_counter() - pause_at
         try:
             meta, cpu = state.meta, state.cpu.pack()

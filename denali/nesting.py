@@ -29,7 +29,7 @@ from denali.devices.disk.device import Disk, Disks
 from denali.devices.disk.shared import share
 from denali.errors import ImageError
 from denali.loader import parse_image
-from denali.memory import PROT_R, PROT_RW
+from denali.memory import PROT_R, PROT_RW, GuestMemory
 from denali.monitor.protocol import MessageMonitor, Request, Response
 from denali.monitor.stack import MonitorStack
 from denali.runtime import Runtime
@@ -109,8 +109,15 @@ class ChildVm:
         )
 
     # ---- memory ----
-    def read(self, addr: int, length: int) -> bytes | int:
+    def _memory(self) -> GuestMemory | None:
+        """The child's memory: before its start, the memory its start will take."""
         mem = self.vm._memory
+        if mem is None and not self._started:
+            mem = self.vm.memory_before_start()
+        return mem
+
+    def read(self, addr: int, length: int) -> bytes | int:
+        mem = self._memory()
         if mem is None or self.vm._in_slice:
             return Result.NODEV if self.vm.state.final else Result.AGAIN
         if not mem.check(addr, length, PROT_R):
@@ -118,7 +125,7 @@ class ChildVm:
         return mem.read(addr, length)
 
     def write(self, addr: int, data: bytes) -> int:
-        mem = self.vm._memory
+        mem = self._memory()
         if mem is None or self.vm._in_slice:
             return Result.NODEV if self.vm.state.final else Result.AGAIN
         if not mem.check(addr, len(data), PROT_RW):

@@ -66,6 +66,7 @@ from denali.errors import (
     DiskError,
     GuestFault,
     KernelInternalError,
+    SubtreeError,
     SwapError,
     VmKilledError,
     VmMigratedError,
@@ -495,6 +496,43 @@ class Vm:
         self._on_wake = 0
         self._write_vregs()
         self._apply_posted()
+
+    def check_no_subtree(self, what: str) -> None:
+        """Raise ``SubtreeError`` when this VM has live child VMs or is one itself:
+        ``what`` (a snapshot, a migration) cannot carry a subtree."""
+        if self.group != self.id:
+            raise SubtreeError(
+                f"VM {self.id} is a child VM (of VM tree {self.group}): {what} takes whole VMs only"
+            )
+        live = self.children.children if self.children is not None else ()
+        if live:
+            ids = ", ".join(str(c.vm_id) for c in live)
+            raise SubtreeError(
+                f"VM {self.id} has {len(live)} live child VM(s) ({ids}), which {what} does not carry: "
+                "destroy them first"
+            )
+
+    def memory_before_start(self) -> GuestMemory | None:
+        """The memory of a VM that has not started yet, made now from its image and its
+        command line (the same bytes its boot would write) and taken by its start: how a
+        parent loads data into a child before it runs (``denali.nesting``). None once the
+        VM has started or ended."""
+        if self._task is not None or self.state.final:
+            return None
+        if self._incoming is None:
+            mem = GuestMemory(self.mem_size)
+            try:
+                regions, _, _ = layout_regions(self.image, self.mem_size)
+                mem.set_regions(regions)
+                for seg in self.image.segments:
+                    mem.write(seg.vaddr, seg.data)
+                cmd = self.cmdline.encode()
+                mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
+            except BaseException:
+                mem.close()
+                raise
+            self._incoming = mem
+        return self._incoming
 
     def _dispatcher(self, mem: GuestMemory) -> Callable[[int, int], int]:
         dispatch = self._rt.table.dispatcher(self._devices, mem)
@@ -985,9 +1023,11 @@ class Vm:
         """Everything of this paused VM a snapshot holds (see ``denali.snapshot``). Waits
         for a swap-out under way and for device work in flight (disk requests) to finish
         first. ``VmStateError`` when the VM is not paused, when a device's state cannot be
-        saved (a throwaway disk overlay that holds writes), or when the VM ends meanwhile."""
+        saved (a throwaway disk overlay that holds writes), or when the VM ends meanwhile;
+        ``SubtreeError`` when it has live child VMs or is one."""
         if self.state is not VmState.PAUSED:
             raise VmStateError(f"VM {self.id} is {self.state.value}: pause it before a snapshot")
+        self.check_no_subtree("a snapshot")  # a paused VM makes no children meanwhile
         if self._evicting is not None:
             await asyncio.shield(self._evicting)
         for _ in range(10_000):  # device work in flight completes (10 s at most)

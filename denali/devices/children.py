@@ -24,8 +24,8 @@ child has at most one waiting event and one exit event queued, so the queue
 is checked against the parent's memory, and every child address against the child's
 page map, by the child side.
 
-State (``save``): the quota and its use; live children are not carried by a snapshot
-(save a VM with no live children).
+State (``save``): the quota and its use; live children are not carried by a snapshot,
+which refuses a VM that has any (``Vm.check_no_subtree``, ``SubtreeError``).
 """
 
 from __future__ import annotations

@@ -370,22 +370,34 @@ class MonitorStack:
         if not chain:
             return base(nr, arg)
         call = HypercallEvent(self.vm.id, self._memory, nr, arg)
+        if len(chain) == 1:  # the common case (one tracer, one policy): no loops
+            m = chain[0]
+            v = m.hypercall(call)
+            if v is not None:
+                return self._verdict(call, chain, 0, v)
+            res = base(call.nr, call.arg)
+            if res == EXIT:
+                return self._exit((call, chain, 1, None))
+            return m.hypercall_done(call, res) & 0xFFFFFFFF
         for i, m in enumerate(chain):
             v = m.hypercall(call)
-            if v is None:
-                continue
-            if isinstance(v, Answer):
-                return self._answer(call, chain, i, v)
-            if isinstance(v, Delay):
-                return self._exit((call, chain, i, v))
-            if isinstance(v, Stop):
-                self._mark_stop(v.reason, m)
-                return self._exit((call, chain, i, None))
-            raise TypeError(f"monitor {m.name} returned {v!r} for a hypercall")
+            if v is not None:
+                return self._verdict(call, chain, i, v)
         res = base(call.nr, call.arg)
         if res == EXIT:  # TERMINATE or IDLE: the VM coroutine completes it
             return self._exit((call, chain, len(chain), None))
         return self._done(call, chain, len(chain), res)
+
+    def _verdict(self, call: HypercallEvent, chain: tuple[Monitor, ...], i: int, v: object) -> int:
+        """Monitor ``i`` of ``chain`` did not pass ``call`` on: answer, delay or stop it."""
+        if isinstance(v, Answer):
+            return self._answer(call, chain, i, v)
+        if isinstance(v, Delay):
+            return self._exit((call, chain, i, v))
+        if isinstance(v, Stop):
+            self._mark_stop(v.reason, chain[i])
+            return self._exit((call, chain, i, None))
+        raise TypeError(f"monitor {chain[i].name} returned {v!r} for a hypercall")
 
     def _exit(self, held: _Held) -> int:
         self._held = held

@@ -63,54 +63,86 @@ _IRQ_NAMES: Final = tuple((int(b), b.name or "") for b in Irq)
 _Render = Callable[[tuple[Any, ...]], str]
 
 
-def _renderer(h: abi.Hypercall, directions: tuple[str, ...]) -> _Render:
-    """A function from the unpacked structure to the JSON object of its fields in
-    ``directions`` (precomputed: one %-format per hypercall, byte arrays as hex)."""
+def _renderer(
+    h: abi.Hypercall, directions: tuple[str, ...]
+) -> tuple[str, Callable[[bytes], tuple[Any, ...]]]:
+    """The JSON object of the fields of ``h``'s structure in ``directions`` as a %-format,
+    and a function from the structure's raw bytes to the values it formats (byte arrays
+    as hex)."""
+    codec = h.args.codec()
     fields = [(i, f) for i, f in enumerate(h.args.fields) if f.direction in directions]
     fmt = "{" + ",".join(f'"{f.name}":"%s"' if f.count > 1 else f'"{f.name}":%d' for _, f in fields) + "}"
     idx = tuple(i for i, _ in fields)
+    unpack = codec.unpack
     if any(f.count > 1 for _, f in fields):
         hexed = frozenset(i for i, f in fields if f.count > 1)
-        return lambda vals: fmt % tuple(vals[i].hex() if i in hexed else vals[i] for i in idx)
+
+        def values(raw: bytes) -> tuple[Any, ...]:
+            vals = unpack(raw)
+            return tuple(vals[i].hex() if i in hexed else vals[i] for i in idx)
+
+        return fmt, values
     if not idx:
-        return lambda vals: "{}"
+        return fmt, lambda raw: ()
     if len(idx) == 1:
         only = idx[0]
-        return lambda vals: fmt % vals[only]
+        return fmt, lambda raw: (unpack(raw)[only],)
     pick = operator.itemgetter(*idx)
-    return lambda vals: fmt % pick(vals)
+    return fmt, lambda raw: pick(unpack(raw))
 
 
-_SPECS: Final = {
-    h.nr: (h.args.size, h.args.codec(), _renderer(h, ("in", "inout")), _renderer(h, ("out", "inout")))
-    for h in abi.HYPERCALLS
-}
-_HcRecord = tuple[int, int, int, "tuple[Any, ...] | None", "int | None", "tuple[Any, ...] | None"]
-"""(t, vm, nr, the structure before, result or None, the structure after)."""
+_Line = Callable[[int, int, "bytes | None", "int | None", "bytes | None"], str]
+
+
+_CODES: Final = {int(r): f'"{r.name}"' for r in Result}
+
+
+def _line_of(h: abi.Hypercall) -> _Line:
+    """A function from one call's record (clock, VM, the structure's raw bytes before,
+    result or None, raw bytes after) to its JSON line: one %-format for the whole line
+    in the common case (both structures read, a result)."""
+    fmt_in, vals_in = _renderer(h, ("in", "inout"))
+    fmt_out, vals_out = _renderer(h, ("out", "inout"))
+    head = '{"kind":"hypercall","t":%d,"vm":%d,' + f'"nr":{h.nr},"name":"{h.name}","args":'
+    whole = head + fmt_in + ',"result":%d,"code":%s,"out":' + fmt_out + "}\n"
+    codes = _CODES
+
+    def line(t: int, vm: int, before: bytes | None, result: int | None, after: bytes | None) -> str:
+        if before is not None and after is not None and result is not None:
+            return whole % ((t, vm, *vals_in(before), result, codes.get(result, "null"), *vals_out(after)))
+        args = fmt_in % vals_in(before) if before is not None else "null"
+        if after is not None:
+            out = fmt_out % vals_out(after)
+        else:
+            out = "{}" if result is None else "null"
+        if result is None:
+            tail = ',"result":null,"code":null,"out":'
+        else:
+            tail = f',"result":{result},"code":{codes.get(result, "null")},"out":'
+        return f"{head % (t, vm)}{args}{tail}{out}}}\n"
+
+    return line
+
+
+_SIZES: Final = {h.nr: h.args.size for h in abi.HYPERCALLS}
+_LINES: Final = {h.nr: _line_of(h) for h in abi.HYPERCALLS}
+_HcRecord = tuple[int, int, int, "bytes | None", "int | None", "bytes | None"]
+"""(t, vm, nr, the structure's bytes before, result or None, its bytes after)."""
 _HC_LINE_ESTIMATE: Final = 160
 """Bytes a hypercall line is counted as against the buffer's capacity before it is formatted."""
 
 
-_HC_HEADS: Final = {h.nr: f',"nr":{h.nr},"name":"{h.name}","args":' for h in abi.HYPERCALLS}
-_RESULTS: Final = {int(r): f',"result":{int(r)},"code":"{r.name}","out":' for r in Result}
-
-
 def _format_hc(rec: _HcRecord) -> str:
     t, vm, nr, before, result, after = rec
-    spec = _SPECS.get(nr)
-    if spec is None:
-        head = f',"nr":{nr},"name":null,"args":'
-        args = "null"
-        out = "{}" if result is None else "null"
-    else:
-        head = _HC_HEADS[nr]
-        args = spec[2](before) if before is not None else "null"
-        out = spec[3](after) if after is not None else ("{}" if result is None else "null")
-    if result is None:
-        tail = ',"result":null,"code":null,"out":'
-    else:
-        tail = _RESULTS.get(result) or f',"result":{result},"code":null,"out":'
-    return f'{{"kind":"hypercall","t":{t},"vm":{vm}{head}{args}{tail}{out}}}\n'
+    line = _LINES.get(nr)
+    if line is not None:
+        return line(t, vm, before, result, after)
+    out = "{}" if result is None else "null"
+    res = "null" if result is None else str(result)
+    return (
+        f'{{"kind":"hypercall","t":{t},"vm":{vm},"nr":{nr},"name":null,"args":null,'
+        f'"result":{res},"code":null,"out":{out}}}\n'
+    )
 
 
 def parse_kinds(text: str) -> frozenset[str]:
@@ -201,8 +233,19 @@ class TraceWriter:
         self._add(line, len(line))
 
     def emit_hypercall(self, record: _HcRecord) -> None:
-        """Buffer one hypercall record (``_HcRecord``); formatted as it is written out."""
-        self._add(record, _HC_LINE_ESTIMATE)
+        """Buffer one hypercall record (``_HcRecord``); formatted as it is written out.
+        (``_add`` inlined: this runs for every traced hypercall.)"""
+        size = self._size + _HC_LINE_ESTIMATE
+        if size > self.capacity or self.error is not None or self._closing:
+            self.dropped += 1
+            return
+        self._buf.append(record)
+        self._size = size
+        self.records += 1
+        if size >= FLUSH_BYTES:
+            ready = self._ready
+            if ready is not None and not ready.is_set():
+                ready.set()
 
     def _add(self, item: str | _HcRecord, length: int) -> None:
         size = self._size + length
@@ -277,12 +320,12 @@ class TraceWriter:
                 log.error("trace file %s: closing: %s", self.path, exc)
 
 
-def _values(call: HypercallEvent) -> tuple[Any, ...] | None:
-    """A call's structure unpacked, or None (unknown number, not readable)."""
-    spec = _SPECS.get(call.nr)
-    if spec is None or not call.memory.check(call.arg, spec[0], PROT_R):
+def _raw(call: HypercallEvent) -> bytes | None:
+    """A call's structure as raw bytes, or None (unknown number, not readable)."""
+    size = _SIZES.get(call.nr)
+    if size is None or not call.memory.check(call.arg, size, PROT_R):
         return None
-    return spec[1].unpack_from(call.memory.buf, call.arg)
+    return call.memory.read(call.arg, size)
 
 
 def _mac(b: bytes) -> str:
@@ -301,7 +344,7 @@ class Tracer(Monitor):
             raise ConfigError(f"tracer: unknown kinds {sorted(unknown)}")
         self.kinds = chosen
         self.frame_bytes = max(0, frame_bytes)
-        self._before: tuple[Any, ...] | None = None
+        self._before: bytes | None = None
         self._read_nr = -1
         """The number whose structure ``hypercall`` read (-1: none), at ``_read_arg``."""
         self._read_arg = 0
@@ -322,28 +365,23 @@ class Tracer(Monitor):
         self._vmobj = None
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
-        nr, arg = call.nr, call.arg
-        spec = _SPECS.get(nr)
-        vals = (
-            spec[1].unpack_from(call.memory.buf, arg)
-            if spec is not None and call.memory.check(arg, spec[0], PROT_R)
-            else None
-        )
-        if nr == abi.Hc.TERMINATE:  # never returns: recorded now
+        before = _raw(call)  # unpacked and formatted only when written out
+        if call.nr == abi.Hc.TERMINATE:  # never returns: recorded now
             vm = self._vmobj
-            self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, vals, None, None))
-        self._before = vals
-        self._read_nr = nr if vals is not None else -1
-        self._read_arg = arg
+            self.writer.emit_hypercall(
+                (vm.now_ns() if vm else 0, vm.id if vm else 0, call.nr, before, None, None)
+            )
+        self._before = before
+        self._read_nr = call.nr if before is not None else -1
+        self._read_arg = call.arg
         return None
 
     def hypercall_done(self, call: HypercallEvent, result: int) -> int:
-        nr = call.nr
-        after: tuple[Any, ...] | None
-        if self._read_nr == nr and self._read_arg == call.arg:  # read before: still readable
-            after = _SPECS[nr][1].unpack_from(call.memory.buf, call.arg)
+        nr, arg = call.nr, call.arg
+        if self._read_nr == nr and self._read_arg == arg:  # read before: still readable
+            after: bytes | None = call.memory.read(arg, _SIZES[nr])
         else:
-            after = _values(call)
+            after = _raw(call)
         vm = self._vmobj
         self.writer.emit_hypercall(
             (vm.now_ns() if vm else 0, vm.id if vm else 0, nr, self._before, result, after)

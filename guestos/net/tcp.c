@@ -17,11 +17,16 @@
  * Retransmission timeout per RFC 6298 (Karn's algorithm, exponential backoff undone on
  * progress), tail loss probes and a time-based resend of a lost retransmission of the
  * first hole (after RFC 8985), early retransmit for small flights (RFC 5827), window
- * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323). With tcp_cc=model
- * on the command line, SACK connections size the window from the path's delivery rate
- * and minimum RTT instead (BBR-like, see model_on_ack) and do not shrink it on loss.
+ * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323). Congestion control
+ * (tcp_cc= on the command line; see use_model): SACK connections size the window from
+ * the path's delivery rate and minimum RTT (BBR-like, see model_on_ack) while their
+ * losses come without a queue (random loss), and fall back to the loss-based window
+ * when a loss comes with a queue built up (congestion: other flows share the path).
+ * tcp_cc=loss is always loss-based, tcp_cc=model never shrinks the window on loss.
  *
- * Receiving: a ring indexed by sequence number, growing while the application lags;
+ * Receiving: a ring indexed by sequence number, growing while the application lags or
+ * the peer sends up to the window's edge (it is window-limited: a window that does not
+ * grow with the path would hold it to a few segments per round trip);
  * out-of-order segments are kept in place (up to OOO_MAX ranges) and reported in SACK
  * blocks; ACKs for in-order data are coalesced per receive batch (tcp_flush_acks), ACKs
  * for out-of-order data go at once (the peer counts them). The checksum of an in-order
@@ -69,6 +74,8 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 #define IW_SEGS 10
 #define WS_SHIFT 2 /* our window scale (RFC 7323): 64 KiB << 2 = TCP_BUF_MAX */
 #define BW_ROUNDS 10 /* the model's bandwidth filter: the highest of this many rounds */
+#define STARTUP_QUEUE_NS 4000000ull /* the model's startup ends at this much queueing delay */
+#define QUEUE_MIN_NS 3000000ull /* an RTT this much (or a quarter) above the minimum: a queue */
 
 struct tcb {
     struct tcb *hnext;                 /* hash chain (or the listener list) */
@@ -87,9 +94,12 @@ struct tcb {
     uint8_t tlp_armed, tlp_sent;       /* tail loss probe (RFC 8985 7) */
     /* the model-based congestion control (tcp_cc=model): delivery rate per round trip */
     uint8_t bw_i, pipe_full, full_rounds;
+    uint8_t congested;                 /* tcp_cc=auto: the last loss came with a queue */
     uint32_t bw[BW_ROUNDS];            /* bytes delivered per ms, one per round */
     uint32_t full_bw, round_end, round_delivered;
-    uint64_t round_start, min_rtt;
+    uint64_t round_start, min_rtt, last_rtt;
+    uint64_t rcvq_start;               /* receive-window tuning: the round trip began */
+    uint32_t rcvq_seq;                 /* ... at this rcv_nxt */
     uint64_t una_rxt_at;               /* when the segment at snd_una was last resent */
     int handle;
     uint32_t rip;
@@ -124,7 +134,8 @@ static uint64_t tcp_next;
 static mutex_t tcp_mutex = MUTEX_INIT;
 static uint8_t seg[IP_PAYLOAD_MAX];
 static uint32_t iss_secret;
-static int cc_model; /* tcp_cc=model on the command line: see model_on_ack */
+enum { CC_AUTO, CC_LOSS, CC_MODEL };
+static int cc_mode; /* tcp_cc= on the command line (auto, loss, model): see use_model */
 static struct tcp_stats st;
 
 #define SEQ_LT(a, b) ((int32_t)((a) - (b)) < 0)
@@ -165,7 +176,9 @@ void tcp_init(void)
     nfree_handles = tcp_max;
     st.max_conns = (uint32_t)tcp_max;
     char v[16];
-    cc_model = cmdline_get("tcp_cc", v, sizeof v) >= 0 && !strcmp(v, "model");
+    cc_mode = CC_AUTO;
+    if (cmdline_get("tcp_cc", v, sizeof v) >= 0)
+        cc_mode = !strcmp(v, "model") ? CC_MODEL : !strcmp(v, "loss") ? CC_LOSS : CC_AUTO;
     tcp_rekey();
 }
 
@@ -280,7 +293,8 @@ static int sbuf_reserve(struct tcb *t, uint32_t want)
     return 1;
 }
 
-/* The receive ring: allocated at the first data, doubled while the application lags. */
+/* The receive ring: allocated at the first data, doubled while the application lags or
+ * the peer is window-limited. */
 static int rbuf_grow(struct tcb *t, uint32_t size)
 {
     if (t->rbuf && size <= t->rsize)
@@ -288,6 +302,8 @@ static int rbuf_grow(struct tcb *t, uint32_t size)
     uint8_t *b = malloc(size);
     if (!b)
         return 0;
+    if (size > st.rcv_buf_peak)
+        st.rcv_buf_peak = size;
     if (t->rbuf) {
         uint32_t start = rd_seq(t), n = t->rlen;
         if (t->nooo)
@@ -613,6 +629,29 @@ static uint32_t rcv_window(struct tcb *t)
     return umin(t->rcv_adv - t->rcv_nxt, wmax);
 }
 
+/* Receive-window tuning, after in-order data: once per round trip (the connection's
+ * smoothed RTT; the handshake gives the first), the bytes that arrived in it. A peer
+ * that delivered more than half the ring in one round trip is held back by the window
+ * (the window is the most it may have in flight): the ring should hold twice that.
+ * Returns the size it should have (a power of two), or 0. */
+static uint32_t rcv_tune(struct tcb *t)
+{
+    uint64_t now = clock_ns();
+    if (!t->srtt)
+        return 0;
+    if (!t->rcvq_start) {
+        t->rcvq_start = now;
+        t->rcvq_seq = t->rcv_nxt;
+        return 0;
+    }
+    if (now - t->rcvq_start < t->srtt)
+        return 0;
+    uint32_t got = t->rcv_nxt - t->rcvq_seq;
+    t->rcvq_start = now;
+    t->rcvq_seq = t->rcv_nxt;
+    return got > t->rsize / 2 ? roundup_pow2(2 * got) : 0;
+}
+
 /* Builds the header in p; returns its length. SYNs carry MSS and SACK-permitted; ACKs
  * carry SACK blocks while out-of-order data is held. */
 static size_t build_header(struct tcb *t, uint8_t *p, uint8_t flags, uint32_t seq, uint32_t len)
@@ -928,14 +967,29 @@ static void enter_time_wait(struct tcb *t)
     wake(t);
 }
 
+static int use_model(const struct tcb *t);
+
+static uint64_t umax64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
 static void update_rtt(struct tcb *t, uint32_t ack)
 {
     if (!t->rtt_timing || SEQ_LT(ack, t->rtt_seq))
         return;
     t->rtt_timing = 0;
     uint64_t r = clock_ns() - t->rtt_start;
+    t->last_rtt = r;
     if (!t->min_rtt || r < t->min_rtt)
         t->min_rtt = r;
+    /* the model's startup ends as a queue starts to build (the RTT an eighth, at least
+     * STARTUP_QUEUE_NS, above the minimum: HyStart's delay rule), before it overflows a
+     * short one: the window is then the model's two bandwidth-delay products */
+    if (use_model(t) && !t->pipe_full && r > t->min_rtt + umax64(t->min_rtt / 8, STARTUP_QUEUE_NS)) {
+        t->pipe_full = 1;
+        st.startup_delay_exits++;
+    }
     if (!t->srtt) {
         t->srtt = r;
         t->rttvar = r / 2;
@@ -1019,7 +1073,39 @@ static int dup_thresh(const struct tcb *t)
     return out > 2 ? (int)out - 1 : 1;
 }
 
-/* The model-based congestion control (tcp_cc=model; connections with SACK): the window
+/* Which window a connection follows. Without SACK, the loss-based one. tcp_cc=loss: always
+ * the loss-based one; tcp_cc=model: always the model's. tcp_cc=auto (the default): the
+ * model's until a loss comes with a queue (see classify_loss), the loss-based one from
+ * then until a loss comes without one. */
+static int use_model(const struct tcb *t)
+{
+    if (!t->sack_ok || cc_mode == CC_LOSS)
+        return 0;
+    return cc_mode == CC_MODEL || !t->congested;
+}
+
+/* At a loss (recovery or timeout), tcp_cc=auto decides what it means: both the latest
+ * RTT sample and the smoothed RTT above the minimum by a quarter of it (at least
+ * QUEUE_MIN_NS) say a queue has built up on the path, so the loss is congestion (a full
+ * queue, other flows' or ours): the connection backs off as loss-based flows do and
+ * competes fairly with them. An RTT near the minimum says the loss is random (a lossy
+ * link, no queue): the window stays the model's, and the loss costs its retransmission
+ * only. Both samples must agree, so one late sample (a host busy for a moment) does not
+ * make random loss look like congestion, nor one early sample the reverse. */
+static void classify_loss(struct tcb *t)
+{
+    if (cc_mode != CC_AUTO || !t->min_rtt)
+        return;
+    uint64_t q = t->min_rtt / 4 > QUEUE_MIN_NS ? t->min_rtt / 4 : QUEUE_MIN_NS;
+    uint64_t bound = t->min_rtt + q;
+    t->congested = t->last_rtt > bound && t->srtt > bound;
+    if (t->congested)
+        st.cc_congested++;
+    else
+        st.cc_random++;
+}
+
+/* The model-based congestion control (connections with SACK; see use_model): the window
  * follows a model of the path, not the losses, as BBR does (draft-ietf-ccwg-bbr): the
  * bandwidth is the highest delivery rate of the last BW_ROUNDS round trips, the
  * round-trip time the lowest sample; the window starts like slow start, leaves it
@@ -1028,12 +1114,9 @@ static int dup_thresh(const struct tcb *t)
  * resends, the RTO as ever) but does not shrink the window: random loss on a long path
  * costs the retransmissions only. Without pacing, and without BBR's probing cycles: the
  * window is what bounds the sender. The default (loss-based: RFC 5681 with RFC 9438's
- * 0.7 decrease) competes fairly with other loss-based flows; this one does not back off
- * for another flow's losses, so it is a choice for links one owns. */
-static int use_model(const struct tcb *t)
-{
-    return cc_model && t->sack_ok;
-}
+ * 0.7 decrease) competes fairly with other loss-based flows; the model alone
+ * (tcp_cc=model) does not back off for another flow's losses, which tcp_cc=auto's
+ * classify_loss makes it do. */
 
 static uint32_t delivered(const struct tcb *t)
 {
@@ -1094,6 +1177,7 @@ static void enter_recovery(struct tcb *t)
     t->recover = t->snd_max;
     t->in_recovery = 1;
     st.fast_retransmits++;
+    classify_loss(t);
     if (t->sack_ok && t->nsacked) {
         st.sack_recoveries++;
         if (!use_model(t))
@@ -1660,9 +1744,15 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         } else {
             send_ack(t); /* out of order, or a hole filled: ACK at once (RFC 5681 4.2) */
         }
-        /* the app lags: let the window grow */
-        if (t->rlen > t->rsize / 2 && t->rsize < rcv_max(t))
-            rbuf_grow(t, t->rsize * 2);
+        /* the app lags, or the peer is window-limited: let the window grow (up to
+         * rcv_max; a failed allocation keeps the ring as it is) */
+        if (t->rsize < rcv_max(t)) {
+            uint32_t want = rcv_tune(t);
+            if (t->rlen > t->rsize / 2 || t->rcv_adv - t->rcv_nxt < 2 * MSS)
+                want = umax(want, t->rsize * 2);
+            if (want > t->rsize)
+                rbuf_grow(t, umin(want, rcv_max(t)));
+        }
         wake(t);
     } else if (dlen) {
         send_ack(t);
@@ -1768,6 +1858,7 @@ static void on_timeout(struct tcb *t, uint64_t now)
             t->retries = 0; /* a peer that answers probes keeps the connection */
         } else {
             /* RFC 5681 3.1 (5.4 of RFC 6298): one segment, cwnd back to one */
+            classify_loss(t);
             t->ssthresh = umax(flight / 2, 2 * t->mss);
             t->cwnd = t->mss;
             t->in_recovery = 0;
@@ -1980,12 +2071,15 @@ int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns)
     uint32_t before = t->rcv_adv - t->rcv_nxt;
     ring_read(t->rbuf, t->rsize, rd_seq(t) - t->irs - 1, buf, n);
     t->rlen -= n;
-    /* the window reopened by at least two segments or half the buffer: say so */
+    /* the window reopened by at least two segments or half the buffer, or by a segment
+     * while the peer had less than two left (it may be waiting for room for a full
+     * one): say so (receiver silly-window avoidance, RFC 9293 3.8.6.2.2) */
     uint32_t could = t->rsize - t->rlen;
     if (could > (65535u << t->rcv_shift))
         could = 65535u << t->rcv_shift;
     if (t->state >= T_ESTAB && t->state <= T_FIN_WAIT_2 && could > before &&
-        (could - before >= 2 * MSS || could - before >= t->rsize / 2)) {
+        (could - before >= 2 * MSS || could - before >= t->rsize / 2 ||
+         (before < 2 * MSS && could - before >= umin(t->rsize / 2, MSS)))) {
         send_ack(t);
         netif_flush();
     }

@@ -7,6 +7,8 @@
  * refused (an unknown handle, a quota beyond its grant, a child address outside the
  * child, a buffer outside itself). mem=BYTES (default 2 MiB) per child, quota=BYTES
  * the whole grant it gives its child (mem for the child, the rest for its subtree).
+ * Before starting its child, each level appends " loaded=0xa500000N" (N: its depth) to the
+ * child's command line with CHILD_MEMORY, and each child prints "nest: depth=M loaded=...".
  * sleep=1: the leaf sleeps for ever (to destroy a tree); fault=1: the leaf writes to page 0;
  * its parent, told of the fault, lets it stand and exits 50 (the levels above, 51, 52...). Prints "nest: depth=N ... ok" or "nest: FAIL ...". */
 #include <denali/child.h>
@@ -35,6 +37,9 @@ int main(int argc, char **argv)
     uint32_t mem = num("mem", 2u << 20), quota = num("quota", 0);
     char v[8];
     int sleep = cmdline_get("sleep", v, sizeof v) > 0, crash = cmdline_get("fault", v, sizeof v) > 0;
+    char loaded[16];
+    if (cmdline_get("loaded", loaded, sizeof loaded) > 0) /* written by the parent before our start */
+        printf("nest: depth=%d loaded=%s\n", depth, loaded);
     if (depth <= 0) {
         printf("nest: depth=0 leaf vm=%u ok\n", (unsigned)DENALI_VREGS->vm_id);
         if (sleep)
@@ -62,6 +67,12 @@ int main(int argc, char **argv)
     r = child_create(image, len, mem, sub, cmd, 1, DENALI_CHILD_F_DISK_RO, &h);
     if (r != DENALI_OK)
         return fail(depth, "child_create", r);
+    /* load data into the child before it starts: a word appended to its command line */
+    char tok[24];
+    int tl = snprintf(tok, sizeof tok, " loaded=0x%x", 0xa5000000u + (unsigned)depth);
+    r = child_write(h, DENALI_ADDR_VREGS + DENALI_CMDLINE_OFFSET + (uint32_t)strlen(cmd), tok, (uint32_t)tl + 1);
+    if (r != DENALI_OK)
+        return fail(depth, "child_write before the start", r);
     r = child_interpose(h, 1ull << DENALI_HC_CONSOLE_WRITE, DENALI_CHILD_I_FAULT);
     if (r != DENALI_OK)
         return fail(depth, "child_interpose", r);

@@ -14,7 +14,7 @@ import pytest
 
 from denali import lowlevel
 from denali.devices.disk import DiskSpec
-from denali.errors import VmKilledError
+from denali.errors import SubtreeError, VmKilledError, VmStateError
 from denali.images import resolve
 from denali.kernel import Kernel
 from denali.vm import Vm, VmState
@@ -57,7 +57,9 @@ async def test_nesting_to_depth_3_gives_the_right_result_at_each_level(tmp_path:
         status, text = await _nest(k, tmp_path, f"depth=3 mem={M} quota={3 * M}", 3 * M)
         assert status == 4, text
         for depth in (1, 2, 3):
-            assert f"nest: depth={depth} child vm ended status={depth} console_writes=1 ok" in text
+            assert f"nest: depth={depth} child vm ended status={depth} console_writes=2 ok" in text
+            # each parent wrote into its child's memory before the child started
+            assert f"nest: depth={depth - 1} loaded=0xa500000{depth}\n" in text
         assert "nest: depth=0 leaf vm=" in text and "FAIL" not in text
         assert len(seen) == 3 and {g for _, g in seen} == {1}  # one CPU group: the root's
         assert len(k.vms) == 0
@@ -203,3 +205,39 @@ def test_denali_boot_runs_a_monitor_with_its_child_image_on_a_disk(tmp_path: Pat
         timeout=120,
     )
     assert r.returncode == 125 and "dbgmon: child_create: code 6" in r.stdout  # no grant: FULL
+
+
+async def test_a_snapshot_refuses_a_vm_with_children_and_a_child(tmp_path: Path) -> None:
+    """A snapshot does not carry a subtree: it is refused with one line naming the
+    children (SubtreeError, a VmStateError), and so is one of a child; the VM runs on."""
+    need_image("test-nest")
+    img = disk_of("test-nest", tmp_path / "nest.img")
+    async with Kernel() as k:
+        root = await k.spawn(
+            "test-nest",
+            cmdline=f"depth=1 mem={M} quota={M} sleep=1",
+            child_memory=M,
+            nic=False,
+            disks=[DiskSpec(img, name="img", mode="ro")],
+        )
+        for _ in range(4000):
+            if "depth=0 leaf" in root.console.text():
+                break
+            await asyncio.sleep(0.005)
+        (child,) = [vm for vm in k.vms.values() if vm is not root]
+        await root.pause()
+        with pytest.raises(SubtreeError) as info:
+            await k.snapshot(root, tmp_path / "root.snap")
+        msg = str(info.value)
+        assert "\n" not in msg and f"live child VM(s) ({child.id})" in msg and "destroy them first" in msg
+        assert isinstance(info.value, VmStateError)
+        await child.pause()
+        with pytest.raises(SubtreeError, match="is a child VM"):
+            await k.snapshot(child, tmp_path / "child.snap")
+        assert not (tmp_path / "root.snap").exists() and not (tmp_path / "child.snap").exists()
+        child.resume()
+        root.resume()
+        assert root.state is not VmState.PAUSED and not child.done
+        root.kill()
+        with pytest.raises(VmKilledError):
+            await root.wait()

@@ -20,8 +20,9 @@ Measured, per round, each contender in turn:
 3. the 1 MB transfer time through a link with 5% loss and 20 ms delay (each direction;
    seeded, the TAP port's impairment); native: nginx in a second namespace behind a
    second TAP port of the same switch, the client's port impaired the same way.
-   ``--loss-only`` runs just this transfer, for the new stack (its default loss-based
-   congestion control, and ``tcp_cc=model``), native Linux with its
+   ``--loss-only`` runs just this transfer, for the new stack (its default congestion
+   control ``tcp_cc=auto``, the loss-based ``tcp_cc=loss`` and the model alone,
+   ``tcp_cc=model``), native Linux with its
    default congestion control (``net.ipv4.tcp_congestion_control``, BBR on this machine)
    and native Linux with Reno set in the server's namespace (loss-based like the guest's;
    Linux's Reno still has SACK, RACK-TLP and PRR), alternating, ``--rounds`` rounds.
@@ -212,7 +213,8 @@ async def tap_round(
     kind: str, images: Path, site: Path, seconds: float, seed: int, *, loss_only: bool = False
 ) -> dict[str, float]:
     """One contender's part-2 loads (unless ``loss_only``) and its lossy transfer. ``kind``:
-    ``old``/``new`` (guest images), ``new-model`` (``new`` with ``tcp_cc=model``),
+    ``old``/``new`` (guest images), ``new-model``/``new-loss`` (``new`` with ``tcp_cc=model``
+    or ``tcp_cc=loss``),
     ``native`` (nginx, Linux's default congestion
     control) or ``native-reno`` (nginx, Reno set in its namespace)."""
     pid = os.getpid() % 10000
@@ -250,7 +252,7 @@ async def tap_round(
                     nginx_lo.terminate()
                     await nginx_lo.wait()
                 else:
-                    cc = " tcp_cc=model" if kind == "new-model" else ""
+                    cc = {"new-model": " tcp_cc=model", "new-loss": " tcp_cc=loss"}.get(kind, "")
                     srv = await k.spawn(str(images / "httpd.elf"), cmdline=f"ip=10.79.0.1/24{cc}")
                     while "listening" not in srv.console.text():  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
@@ -340,7 +342,7 @@ def med(xs: list[float]) -> float:
 
 def loss_only(rounds: int) -> None:
     cc = sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").strip()
-    who = ["new", "new-model", "native", "native-reno"]
+    who = ["new", "new-loss", "new-model", "native", "native-reno"]
     times: dict[str, list[float]] = {w: [] for w in who}
     with tempfile.TemporaryDirectory(prefix="bench-tcp-") as tmpd:
         site = Path(tmpd)
@@ -367,15 +369,16 @@ def loss_only(rounds: int) -> None:
             "new-model / this",
         )
     ]
-    rows.append(("new stack (guest httpd), loss-based (the default)", f"{med(times['new']):.2f}", "", ""))
-    rows.append(
-        (
-            "new stack (guest httpd), tcp_cc=model",
-            f"{med(times['new-model']):.2f}",
-            f"{ratio(times['new'], times['new-model']):.2f}x",
-            "",
+    rows.append(("new stack (guest httpd), tcp_cc=auto (the default)", f"{med(times['new']):.2f}", "", ""))
+    for key, name in (("new-loss", "tcp_cc=loss"), ("new-model", "tcp_cc=model")):
+        rows.append(
+            (
+                f"new stack (guest httpd), {name}",
+                f"{med(times[key]):.2f}",
+                f"{ratio(times['new'], times[key]):.2f}x",
+                f"{ratio(times['new-model'], times[key]):.2f}x",
+            )
         )
-    )
     for key, name in (
         ("native", f"native Linux nginx, {cc} (the host's default)"),
         ("native-reno", "native Linux nginx, reno"),
@@ -399,7 +402,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--quick", action="store_true", help="2 rounds, smaller VM-to-VM loads")
     ap.add_argument(
-        "--loss-only", action="store_true", help="only the lossy 1 MB transfer: new, native, native-reno"
+        "--loss-only",
+        action="store_true",
+        help="only the lossy 1 MB transfer: new (3 controls), native, native-reno",
     )
     args = ap.parse_args()
     if args.loss_only:

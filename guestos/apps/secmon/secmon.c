@@ -1,7 +1,7 @@
 /* secmon: a security monitor. Runs an untrusted child from the disk "child" (image=NAME
  * picks another disk) with this VM's disks passed down and denies every disk write it
  * makes: DISK_WRITE is answered INVAL (in EAX and in the request's status word) without
- * reaching the kernel; everything else goes straight to the kernel. cmdline=... is the
+ * reaching the kernel (FAULT when the child's structure is not memory it may write); everything else goes straight to the kernel. cmdline=... is the
  * child's command line (the rest of this VM's command line after "--"), mem=BYTES its
  * memory (4 MiB), quota=BYTES what it may grant its own children (0). Prints "secmon: denied N disk writes; child exited S" and exits with
  * the child's status (125 when it did not exit). */
@@ -47,8 +47,10 @@ int main(int argc, char **argv)
         if (ev.kind == DENALI_CHILD_EV_HYPERCALL) {
             uint32_t code = DENALI_INVAL;
             denied++;
-            child_reply_write(h, ev.seq, DENALI_CHILD_ANSWER, DENALI_INVAL,
-                              ev.arg + offsetof(struct denali_hc_disk_write, status), &code, 4);
+            r = child_reply_write(h, ev.seq, DENALI_CHILD_ANSWER, DENALI_INVAL,
+                                  ev.arg + offsetof(struct denali_hc_disk_write, status), &code, 4);
+            if (r != DENALI_OK) /* a structure the child cannot write: FAULT, as the kernel says */
+                child_reply(h, ev.seq, DENALI_CHILD_ANSWER, DENALI_FAULT);
         } else if (ev.kind == DENALI_CHILD_EV_EXIT) {
             printf("secmon: denied %u disk writes; child %s %u\n", denied,
                    ev.nr == DENALI_CHILD_END_EXITED ? "exited" : "ended", (unsigned)
