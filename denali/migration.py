@@ -135,6 +135,9 @@ class MigrationInfo:
     phases: dict[str, float] = field(default_factory=dict)
     """Where the downtime went: seconds from the pause to the end of each step
     (``paused``, ``state``, ``final_pages``, ``prepared``, ``started``)."""
+    paused_unix: float = 0.0
+    """Wall-clock time (``time.time()``) the VM was paused at: where a client's view of
+    the move (its longest silence) is read from."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +152,7 @@ class MigrationInfo:
             "downtime_ms": round(self.downtime_s * 1000, 3),
             "round_pages": self.round_pages,
             "phases_ms": {k: round(v * 1000, 3) for k, v in self.phases.items()},
+            "paused_unix": round(self.paused_unix, 6),
         }
 
 
@@ -428,6 +432,7 @@ async def _migrate(
             if dirty is None or vm.state.final:
                 raise MigrationError(f"VM {vm.id} ended ({vm.state.value}) during its migration")
         pause_at = time.perf_counter()
+        info.paused_unix = time.time()
         if not was_paused:
             await vm.pause()
             paused_here = True

@@ -114,7 +114,7 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
         async with asyncio.timeout(60):
             while not os.path.exists(b_sock):  # noqa: ASYNC110, ASYNC240 (made by a child)
                 await asyncio.sleep(0.05)
-        n = 3000
+        n = 10000  # enough to outlast the move (asserted below): it is tested under load
         curl = await asyncio.create_subprocess_exec(
             "ip",
             "netns",
@@ -141,19 +141,22 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
             "-i",
             "0.001",
             "-c",
-            "3000",
+            "6000",
             "10.78.0.1",
             stdout=asyncio.subprocess.PIPE,
         )
+        # read both from the start: a pipe left unread stalls its writer (ping stops sending)
+        outputs = asyncio.gather(curl.communicate(), ping.communicate())
         await asyncio.sleep(0.8)
         t0 = time.time()
         rc, out = await _ctl("--json", a_sock, "migrate", "1", "--to", b_sock)
         t1 = time.time()
+        curl_ran_on = curl.returncode is None
         assert rc == 0, out
+        assert curl_ran_on, "curl ended before the move: the load did not span it"
         info = json.loads(out)["migration"]
         assert info["live"] and info["rounds"] >= 1
-        curl_out, _ = await asyncio.wait_for(curl.communicate(), 90)
-        ping_out, _ = await asyncio.wait_for(ping.communicate(), 90)
+        (curl_out, _), (ping_out, _) = await asyncio.wait_for(outputs, 90)
         rows = [line.split() for line in curl_out.decode().splitlines()]
         codes = [r[0] for r in rows]
         assert len(rows) == n and codes.count("200") == n, f"failed requests: {n - codes.count('200')}"
@@ -178,6 +181,13 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
             f"ping: first {stamps[0] - t0:+.3f}s last {stamps[-1] - t0:+.3f}s; longest gap at "
             f"{gap_at - t0:+.3f}s; migration took {t1 - t0:.3f}s (ctl); longest gap during it "
             f"{max(near, default=0) * 1000:.1f} ms"
+        )
+        paused = float(info["paused_unix"])
+        after = [b - a for a, b in itertools.pairwise(stamps) if b >= paused and a <= paused + 0.3]
+        assert after, "no ping reply after the pause"  # the VM answered at B
+        print(
+            f"client: longest ping silence from the pause on {max(after) * 1000:.1f} ms "
+            f"(kernel downtime {info['downtime_ms']:.1f} ms)"
         )
         print(
             f"downtime (kernel) {info['downtime_ms']:.1f} ms, phases {info['phases_ms']}; slowest "
