@@ -80,6 +80,10 @@ class HostError(DenaliError):
         self.status = status
 
 
+class ToldHost(DenaliError):
+    """A member kernel's failure, already sent to its host (which reports it)."""
+
+
 @dataclass(frozen=True)
 class BalancePolicy:
     """When the host moves a VM between its kernels (see the module docstring)."""
@@ -163,6 +167,10 @@ class Member:
         """starting, running, lost (died on its own), stopped (by the host)."""
         self.exit_status: int | None = None
         self.ready = asyncio.get_running_loop().create_future()
+        self.failure: str | None = None
+        """What the member said when it failed to start."""
+        self.events_done = asyncio.Event()
+        """Set once its event stream ended (it closed its end of the link)."""
         self._link = link
         self.session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=plan.api, limit=64),
@@ -392,10 +400,13 @@ class Host:
                 if isinstance(ev, dict):
                     self._event(m, ev)
         finally:
+            m.events_done.set()
             writer.close()
 
     def _event(self, m: Member, ev: dict[str, Any]) -> None:
-        if "ready" in ev:
+        if "failed" in ev:
+            m.failure = "".join(c if c.isprintable() else "?" for c in str(ev["failed"]))[:500]
+        elif "ready" in ev:
             m.state = "running"
             if not m.ready.done():
                 m.ready.set_result(None)
@@ -428,10 +439,11 @@ class Host:
             return
         if not m.ready.done():
             m.state = "lost"
+            with contextlib.suppress(TimeoutError):  # its last words, if it had any
+                await asyncio.wait_for(m.events_done.wait(), 2)
             how = f"signal {-status}" if status < 0 else f"status {status}"
-            m.ready.set_exception(
-                HostError(f"kernel {m.index} ended while starting ({how})", status if status > 0 else None)
-            )
+            message = m.failure or f"kernel {m.index} ended while starting ({how})"
+            m.ready.set_exception(HostError(message, status if status > 0 else None))
             return
         m.state = "lost"
         lost = sorted(
@@ -679,6 +691,7 @@ class MemberLink:
         self.gone.set()
 
     def send(self, event: dict[str, Any]) -> None:
+        """Queue one event line for the host (dropped once the host is gone)."""
         w = self._writer
         if w is None or w.is_closing():
             return
@@ -688,6 +701,10 @@ class MemberLink:
             self.gone.set()
 
     async def close(self) -> None:
+        """Send what is queued (briefly), then close; idempotent."""
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                await asyncio.wait_for(self._writer.drain(), 1)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -47,7 +47,7 @@ from denali.errors import (
     SwapError,
     VmKilledError,
 )
-from denali.host import MemberLink, die_with_parent
+from denali.host import MemberLink, ToldHost, die_with_parent
 from denali.kernel import Kernel
 from denali.monitor.base import Monitor
 from denali.monitor.gdb import GdbStub
@@ -304,9 +304,34 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
 
 
 async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput) -> int:
-    """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
+    """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first.
+    As a member of a host, a failure is told to the host (which prints it once for all
+    its kernels) and raised as ``ToldHost``."""
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
+    link: MemberLink | None = None
+    if args.member is not None:  # a kernel of a multi-kernel host (denali.host)
+        if args.member_fd is None or not args.api:
+            raise DenaliError("--member needs --member-fd and --api")
+        link = MemberLink(args.member_fd)
+        await link.open()
+        asyncio.ensure_future(link.gone.wait()).add_done_callback(lambda _: stopping.set())
+    try:
+        return await _boot_kernel(args, stopping, out, link)
+    except DenaliError as exc:
+        if link is None:
+            raise
+        link.send({"failed": str(exc)})
+        await link.close()
+        raise ToldHost(str(exc)) from None
+    finally:
+        if link is not None:
+            await link.close()
+
+
+async def _boot_kernel(
+    args: argparse.Namespace, stopping: asyncio.Event, out: ConsoleOutput, link: MemberLink | None
+) -> int:
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     j, n = args.member or (0, 1)
     config = KernelConfig(
@@ -318,13 +343,6 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
         id_start=j + 1,
         id_step=n,
     )
-    link: MemberLink | None = None
-    if args.member is not None:  # a kernel of a multi-kernel host (denali.host)
-        if args.member_fd is None or not args.api:
-            raise DenaliError("--member needs --member-fd and --api")
-        link = MemberLink(args.member_fd)
-        await link.open()
-        asyncio.ensure_future(link.gone.wait()).add_done_callback(lambda _: stopping.set())
     async with Kernel(config) as k:
         _check(args, config, k.max_engines)
         if link is not None:
@@ -601,7 +619,8 @@ def run(args: argparse.Namespace) -> int:
                     _finish_output(out, stop)
                     stop.exit_now(status)
         except DenaliError as exc:
-            print(f"denali: {exc}", file=sys.stderr)
+            if not isinstance(exc, ToldHost):
+                print(f"denali: {exc}", file=sys.stderr)
             status = EXIT_USAGE
         _finish_output(out, stop)
         if stop.requested:

@@ -169,9 +169,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 status = runner.run(_serve(args, stop))
-        except HostError as exc:
-            if exc.status is None:
-                print(f"denali: {exc}", file=sys.stderr)
+        except HostError as exc:  # a kernel failed to start: what it said, once
+            print(f"denali: {exc}", file=sys.stderr)
             status = exc.status if exc.status is not None else EXIT_FAILED
         except DenaliError as exc:
             print(f"denali: {exc}", file=sys.stderr)
