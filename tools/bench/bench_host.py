@@ -136,7 +136,8 @@ def main() -> None:
         )
     print(
         f"median: 1 kernel {statistics.median(one):,.0f} req/s, {args.kernels} kernels "
-        f"{statistics.median(many):,.0f} req/s; median of the per-round ratios {statistics.median(ratios):.2f}x "
+        f"{statistics.median(many):,.0f} req/s; median of the per-round ratios "
+        f"{statistics.median(ratios):.2f}x "
         f"(goal >= 1.7x); load average after: {loadavg()}"
     )
 
