@@ -119,6 +119,11 @@ class HostConfig:
     kernels: int
     command: Callable[[MemberPlan], list[str]]
     vni: int = 4242
+    lan_local: tuple[str, int] = ("127.0.0.1", 0)
+    """Where the members' VXLAN ports bind: member j on port + j (port 0: free ports)."""
+    lan_peers: Sequence[tuple[str, int]] = ()
+    """VXLAN remotes outside the host that every member reaches directly (the kernels of
+    other machines, a Linux vxlan device); they must list every member's address."""
     restart_lost: bool = False
     checkpoint_s: float | None = None
     """Snapshot every running VM this often (pause, snapshot, resume), for
@@ -234,14 +239,14 @@ def cpu_ticks(pid: int) -> float | None:
         return None
 
 
-def _free_udp_ports(n: int) -> list[int]:
-    """``n`` UDP ports on 127.0.0.1 free now (bound and released: a member binds its own
+def _free_udp_ports(n: int, address: str = "127.0.0.1") -> list[int]:
+    """``n`` UDP ports on ``address`` free now (bound and released: a member binds its own
     a moment later; a port taken meanwhile fails that member's start, one clear line)."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
+            s.bind((address, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -281,7 +286,12 @@ class Host:
         else:
             self._dir = cfg.runtime_dir
         os.chmod(self._dir, 0o700)
-        ports = _free_udp_ports(cfg.kernels)
+        base = cfg.lan_local[1]
+        ports = (
+            [base + j for j in range(cfg.kernels)] if base else _free_udp_ports(cfg.kernels, cfg.lan_local[0])
+        )
+        if ports[-1] > 65535:
+            raise HostError(f"the host's LAN ports {base}..{ports[-1]} go past 65535")
         try:
             for j in range(cfg.kernels):
                 await self._start_member(j, ports)
@@ -311,8 +321,10 @@ class Host:
         cfg = self.config
         assert self._dir is not None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        remotes = "+".join(f"127.0.0.1:{p}" for k, p in enumerate(ports) if k != j)
-        vxlan = f"vxlan:{cfg.vni}@{remotes},local=127.0.0.1:{ports[j]}" if remotes else ""
+        addr = cfg.lan_local[0]
+        peers = [(addr, p) for k, p in enumerate(ports) if k != j] + list(cfg.lan_peers)
+        remotes = "+".join(f"{h}:{p}" for h, p in peers)
+        vxlan = f"vxlan:{cfg.vni}@{remotes},local={addr}:{ports[j]}" if remotes else ""
         plan = MemberPlan(
             index=j,
             kernels=cfg.kernels,
@@ -531,6 +543,7 @@ class Host:
                     "pid": m.pid,
                     "state": m.state,
                     "api": m.api,
+                    "lan": m.plan.vxlan.rpartition("local=")[2] or None,
                     "vms": self.load(m),
                     "cpu_pct": round(m.cpu_pct, 1),
                     "exit_status": m.exit_status,

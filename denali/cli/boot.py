@@ -183,6 +183,13 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="with --kernels: move a VM (live migration) from a kernel that stays much busier than another",
     )
+    h.add_argument(
+        "--host-lan",
+        metavar="VNI[@PEER[:PORT][+PEER...]][,local=ADDR[:PORT]]",
+        help="with --kernels: the LAN between the kernels (VXLAN; default VNI 4242 on 127.0.0.1, "
+        "free ports): kernel J binds ADDR:PORT+J and reaches the PEERs (other machines' kernels, "
+        "a Linux vxlan device) directly (docs/host.md)",
+    )
     h.add_argument("--member", type=_member, help=argparse.SUPPRESS)
     h.add_argument("--member-fd", type=int, help=argparse.SUPPRESS)
     h.add_argument("--member-lan", help=argparse.SUPPRESS)
@@ -602,7 +609,9 @@ def run(args: argparse.Namespace) -> int:
 
     from denali.endpoint import Limits, raise_fd_limit
 
-    if args.member is None and (args.kernels > 1 or args.restart_lost or args.checkpoint or args.balance):
+    if args.member is None and (
+        args.kernels > 1 or args.restart_lost or args.checkpoint or args.balance or args.host_lan
+    ):
         from denali.cli import host as host_cli
 
         return host_cli.run(args)

@@ -23,16 +23,17 @@ from denali.cli.common import EXIT_FAILED, EXIT_FAULT, EXIT_INTERRUPTED, EXIT_US
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
 from denali.endpoint import Endpoint
-from denali.errors import DenaliError
+from denali.errors import ConfigError, DenaliError
 from denali.host import BalancePolicy, Host, HostConfig, HostError, HostVm, MemberPlan
 from denali.images import resolve
 from denali.monitor.policy import load_policy
+from denali.net.vxlan import VXLAN_PORT, VxlanPort
 
 
 def _refuse(args: argparse.Namespace) -> None:
     """Options a multi-kernel host does not take (yet): one clear line each."""
     if args.kernels < 2:
-        raise DenaliError("--restart-lost, --checkpoint and --balance need --kernels 2 or more")
+        raise DenaliError("--restart-lost, --checkpoint, --balance and --host-lan need --kernels 2 or more")
     for flag, value in (("--pcap", args.pcap), ("--trace", args.trace)):
         if value:
             raise DenaliError(
@@ -42,6 +43,21 @@ def _refuse(args: argparse.Namespace) -> None:
         raise DenaliError("--count must be at least 1 (0 only with --api)")
     if args.gdb_wait and not args.gdb:
         raise DenaliError("--gdb-wait needs --gdb HOST:PORT")
+
+
+def parse_host_lan(spec: str) -> tuple[int, tuple[str, int], list[tuple[str, int]]]:
+    """``--host-lan VNI[@PEER[:PORT][+PEER...]][,local=ADDR[:PORT]]``: (VNI, the members'
+    address and first port (0: free ports), the peers); ``ConfigError`` when malformed."""
+    main, _, opts = spec.partition(",")
+    vni_text, at, peers_text = main.partition("@")
+    try:
+        probe = VxlanPort.parse(f"{vni_text}@{peers_text or '127.0.0.1'}" + (f",{opts}" if opts else ""))
+    except ConfigError as exc:
+        raise ConfigError(f"--host-lan {spec}: {str(exc).partition(': ')[2] or exc}") from None
+    local = probe.local if opts else ("127.0.0.1", 0)
+    if opts and local[1] == VXLAN_PORT and ":" not in opts.partition("=")[2]:
+        local = (local[0], 0)
+    return probe.vni, local, probe.remotes if at and peers_text else []
 
 
 def member_command(args: argparse.Namespace, mac_tag: int, plan: MemberPlan) -> list[str]:
@@ -103,8 +119,12 @@ async def _serve(args: argparse.Namespace, stop: StopSignals) -> int:
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
     mac_tag = args.mac_tag if args.mac_tag is not None else os.urandom(1)[0]
+    vni, local, peers = parse_host_lan(args.host_lan or "4242")
     config = HostConfig(
         kernels=args.kernels,
+        vni=vni,
+        lan_local=local,
+        lan_peers=peers,
         command=lambda plan: member_command(args, mac_tag, plan),
         restart_lost=args.restart_lost,
         checkpoint_s=args.checkpoint,
@@ -156,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _refuse(args)
+        if args.host_lan:
+            parse_host_lan(args.host_lan)
         resolve(args.image)  # a bad image is one line here, not one per kernel
         KernelConfig(slice_us=args.slice_us, workers=args.workers)
         if args.policy:
