@@ -7,9 +7,21 @@ Usage (root; ip from iproute2):
                                    [--conc 64] [--kernels 2]
 
 Each round boots ``denali boot httpd --kernels K --count N`` as a real process from
-this tree, once with K = 1 and once with K = --kernels (alternating which goes first),
-with a TAP device as the LAN's uplink (on kernel 0) moved into a Linux namespace made
-here; lanload.py (tools/bench/lanload.py) runs there and sends GETs for 2,258-byte
+this tree, once with K = 1 and once with K = --kernels (alternating which goes first).
+The load generator reaches the VMs one of two ways (``--client``):
+
+- ``tap``: a TAP device as the LAN's uplink (on kernel 0, so frames for the VMs of the
+  other kernels cross the host's VXLAN mesh once more), moved into a Linux namespace
+  made here;
+- ``vxlan`` (default): the host runs in one Linux namespace made here and the client in
+  another, joined by a veth pair (10.99.0.1 and .2); the client is a Linux vxlan device
+  (Linux does not send VXLAN to a local address it has no vxlan device of its own on,
+  hence the pair) that is a peer of every kernel's VXLAN port
+  (``--net vxlan:`` for one kernel, ``--host-lan`` for several) with a static forwarding
+  entry for each VM's MAC, so each request goes straight to the kernel of its VM, as a
+  client on another machine of a VXLAN cluster would.
+
+lanload.py (tools/bench/lanload.py) runs in the namespace and sends GETs for 2,258-byte
 documents to VMs drawn from a Zipf distribution (alpha 1), from --conc clients over
 keep-alive connections, exactly as bench_zipf.py does. Requests answered after
 --warmup seconds are counted. Prints each round, the per-round ratio, the median of the
@@ -46,14 +58,65 @@ def loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-async def point(kernels: int, n: int, seconds: float, warmup: float, conc: int) -> dict[str, Any]:
+CLIENT_PORT = 4789
+"""The Linux vxlan device's port inside the namespace; kernel j's is KERNEL_PORT + j."""
+KERNEL_PORT = 4790
+UNDER_HOST, UNDER_CLIENT = "10.99.0.1", "10.99.0.2"
+"""The veth pair's addresses: the host's namespace, the client's."""
+
+
+async def _underlay(ns_host: str, ns: str, tag: int) -> None:
+    """A veth pair between the host's namespace and the client's."""
+    a, b = f"dha{tag}", f"dhc{tag}"
+    await sh("ip", "link", "add", a, "netns", ns_host, "type", "veth", "peer", "name", b, "netns", ns)
+    await sh("ip", "-n", ns_host, "addr", "add", f"{UNDER_HOST}/30", "dev", a)
+    await sh("ip", "-n", ns, "addr", "add", f"{UNDER_CLIENT}/30", "dev", b)
+    await sh("ip", "-n", ns_host, "link", "set", a, "up")
+    await sh("ip", "-n", ns, "link", "set", b, "up")
+    await sh("ip", "netns", "exec", ns, "ethtool", "-K", b, "tx", "off")
+
+
+async def _vxlan_client(ns: str, kernels: int, n: int) -> None:
+    """The client's vxlan device: a peer of each kernel, and each VM's MAC pinned to
+    the kernel that runs it (VM i on kernel (i - 1) mod K)."""
+    await sh(
+        "ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", UNDER_CLIENT,
+        "dstport", str(CLIENT_PORT), "srcport", str(CLIENT_PORT), str(CLIENT_PORT + 1), "nolearning",
+    )  # fmt: skip
+    await sh("ip", "-n", ns, "link", "set", "vx0", "mtu", "1500")
+    await sh("ip", "netns", "exec", ns, "ethtool", "-K", "vx0", "tx", "off")
+    with tempfile.NamedTemporaryFile("w", suffix=".fdb") as f:
+        for j in range(kernels):
+            f.write(f"fdb append 00:00:00:00:00:00 dev vx0 dst {UNDER_HOST} port {KERNEL_PORT + j}\n")
+        for i in range(1, n + 1):
+            f.write(f"fdb add {_mac(i)} dev vx0 dst {UNDER_HOST} port {KERNEL_PORT + (i - 1) % kernels}\n")
+        f.flush()
+        await sh("ip", "netns", "exec", ns, "bridge", "-batch", f.name)
+
+
+async def point(
+    kernels: int, n: int, seconds: float, warmup: float, conc: int, client: str
+) -> dict[str, Any]:
     """One measurement: a fresh host of ``kernels`` kernels serving ``n`` httpd VMs."""
     tag = os.getpid() % 100000
     ns, dev = f"dhb{tag}", f"dhb{tag}"
+    ns_host = f"dhh{tag}"
     await sh("ip", "netns", "add", ns)
+    await sh("ip", "-n", ns, "link", "set", "lo", "up")
+    where: list[str] = []
+    if client == "tap":
+        lan = ["--net", f"tap:{dev}"]
+    else:
+        await sh("ip", "netns", "add", ns_host)
+        await sh("ip", "-n", ns_host, "link", "set", "lo", "up")
+        await _underlay(ns_host, ns, tag)
+        where = ["ip", "netns", "exec", ns_host]
+        dev = "vx0"
+        peer = f"42@{UNDER_CLIENT}:{CLIENT_PORT},local={UNDER_HOST}:{KERNEL_PORT}"
+        lan = ["--net", f"vxlan:{peer}"] if kernels == 1 else ["--host-lan", peer]
     boot = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "denali", "boot", "httpd", "--kernels", str(kernels), "--count", str(n),
-        "-c", f"ip={{ip:10.64.0.0}}/{PREFIX}", "--mac-tag", str(MAC_TAG), "--net", f"tap:{dev}", "-q",
+        *where, sys.executable, "-m", "denali", "boot", "httpd", "--kernels", str(kernels), "--count", str(n),
+        "-c", f"ip={{ip:10.64.0.0}}/{PREFIX}", "--mac-tag", str(MAC_TAG), *lan, "-q",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -66,11 +129,13 @@ async def point(kernels: int, n: int, seconds: float, warmup: float, conc: int) 
                     raise RuntimeError(f"denali boot --kernels {kernels} ended while booting")
                 listening += b"httpd: listening" in line
         drain = asyncio.ensure_future(_drain(boot.stdout))
-        await sh("ip", "link", "set", dev, "netns", ns)
+        if client == "tap":
+            await sh("ip", "link", "set", dev, "netns", ns)
+        else:
+            await _vxlan_client(ns, kernels, n)
         await sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
         await sh("ip", "-n", ns, "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", dev)
         await sh("ip", "-n", ns, "link", "set", dev, "up")
-        await sh("ip", "-n", ns, "link", "set", "lo", "up")
         await sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "5", vm_ip(1))
         with tempfile.NamedTemporaryFile("w", suffix=".neigh") as f:
             for i in range(1, n + 1):
@@ -100,6 +165,7 @@ async def point(kernels: int, n: int, seconds: float, warmup: float, conc: int) 
         if rc not in (0, EXIT_INTERRUPTED):
             print(f"  (denali boot --kernels {kernels} ended with status {rc})", file=sys.stderr)
         await sh("ip", "netns", "del", ns, check=False)
+        await sh("ip", "netns", "del", ns_host, check=False)
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -115,8 +181,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--kernels", type=int, default=2)
+    ap.add_argument("--client", choices=("vxlan", "tap"), default="vxlan")
     args = ap.parse_args()
-    print(f"load average before: {loadavg()}  ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print(
+        f"client: {args.client}; load average before: {loadavg()}  "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+    )
     ratios = []
     one: list[float] = []
     many: list[float] = []
@@ -124,7 +194,7 @@ def main() -> None:
         order = (1, args.kernels) if r % 2 == 0 else (args.kernels, 1)
         got: dict[int, dict[str, Any]] = {}
         for k in order:
-            got[k] = asyncio.run(point(k, args.vms, args.seconds, args.warmup, args.conc))
+            got[k] = asyncio.run(point(k, args.vms, args.seconds, args.warmup, args.conc, args.client))
         a, b = got[1]["req_s"], got[args.kernels]["req_s"]
         one.append(a)
         many.append(b)
