@@ -145,7 +145,10 @@ async def test_vms_spread_over_kernels_and_the_exit_status_is_the_boots() -> Non
     ("args", "line"),
     [
         (["hello", "--kernels", "2", "--trace", "/tmp/never"], "--trace is not supported with --kernels 2"),
-        (["hello", "--restart-lost"], "--restart-lost, --checkpoint and --balance need --kernels 2 or more"),
+        (
+            ["hello", "--restart-lost"],
+            "--restart-lost, --checkpoint, --balance and --host-lan need --kernels 2 or more",
+        ),
         (["nosuch", "--kernels", "2"], "unknown image 'nosuch'"),
         (["hello", "--kernels", "0"], "is not a number of kernels from 1 to 64"),
         # a kernel that cannot start: its message once, its status, the other kernel stopped
@@ -311,6 +314,39 @@ async def test_the_balancer_moves_a_vm_off_a_busy_kernel(tmp: Path) -> None:
             b.proc.send_signal(signal.SIGTERM)
         rc = await b.finish()
     assert rc == 130, b.err
+    assert await _gone(pids)
+
+
+async def test_a_kernel_elsewhere_joins_the_hosts_lan_directly(tmp: Path) -> None:
+    """--host-lan: a separate denali process (another machine, here on 127.0.0.1) is a
+    peer of both kernels of a host and fetches from a VM on each, with no gateway."""
+    for image in ("httpd", "httpget"):
+        need_image(image)
+    base = 21000 + os.getpid() % 20000
+    sock = str(tmp / "api.sock")
+    host = await _boot(
+        "httpd", "--kernels", "2", "--count", "2", "-c", "ip={ip:10.79.2.0}/24", "--mac-tag", "3",
+        "--host-lan", f"43@127.0.0.1:{base + 9},local=127.0.0.1:{base}", "--api", sock,
+    )  # fmt: skip
+    pids: list[int] = []
+    try:
+        await host.wait_for("[vm2] httpd: listening")
+        kernels = await _kernels(sock)
+        pids = [k["pid"] for k in kernels]
+        assert [k["lan"] for k in kernels] == [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
+        for vm in (1, 2):  # VM 1 on kernel 0, VM 2 on kernel 1
+            fetch = f"ip=10.79.2.{100 + vm}/24 url=http://10.79.2.{vm}/bytes/9000 count=2"
+            other = await _boot(
+                "httpget", "--mac-tag", "4", "-c", fetch,
+                "--net", f"vxlan:43@127.0.0.1:{base}+127.0.0.1:{base + 1},local=127.0.0.1:{base + 9}",
+            )  # fmt: skip
+            assert await other.finish() == 0, other.err
+            assert "httpget: ok=2 fail=0 bytes=18000" in other.out
+    finally:
+        if host.proc.returncode is None:
+            host.proc.send_signal(signal.SIGTERM)
+        rc = await host.finish()
+    assert rc == 130, host.err
     assert await _gone(pids)
 
 
