@@ -350,6 +350,31 @@ async def test_a_kernel_elsewhere_joins_the_hosts_lan_directly(tmp: Path) -> Non
     assert await _gone(pids)
 
 
+async def test_a_vm_migrates_in_from_another_kernel_through_the_hosts_api(tmp: Path) -> None:
+    need_image("httpd")
+    other_sock, sock = str(tmp / "other.sock"), str(tmp / "api.sock")
+    other = await _boot("httpd", "-c", "ip=10.79.3.1/24", "--mac-tag", "5", "--api", other_sock)
+    host = await _boot("httpd", "--kernels", "2", "--count", "0", "--api", sock, "--mac-tag", "6")
+    pids: list[int] = []
+    try:
+        await other.wait_for("httpd: listening")
+        await _wait_api(Path(sock))
+        pids = [k["pid"] for k in await _kernels(sock)]
+        _, out, _ = await _ctl(other_sock, "migrate", "1", "--to", sock)
+        assert "VM 1 migrated to" in out
+        rows = await _vm_rows(sock)
+        assert rows[1]["kernel"] == 0 and rows[1]["mac"] == "02:05:00:00:00:01", rows
+        await _ctl(sock, "pause", "1")  # and it is the host's now: its API reaches it
+    finally:
+        for b in (other, host):
+            if b.proc.returncode is None:
+                b.proc.send_signal(signal.SIGTERM)
+        await other.finish()
+        rc = await host.finish()
+    assert rc == 130, host.err
+    assert await _gone(pids)
+
+
 async def test_the_kernels_end_with_a_host_killed_by_sigkill(tmp: Path) -> None:
     need_image("test-spin")
     sock = str(tmp / "api.sock")

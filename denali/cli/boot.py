@@ -322,7 +322,8 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
             raise DenaliError("--member needs --member-fd and --api")
         link = MemberLink(args.member_fd)
         await link.open()
-        asyncio.ensure_future(link.gone.wait()).add_done_callback(lambda _: stopping.set())
+        gone = asyncio.ensure_future(link.gone.wait())  # the host went away: stop cleanly
+        gone.add_done_callback(lambda _: stopping.set())
     try:
         return await _boot_kernel(args, stopping, out, link)
     except DenaliError as exc:
@@ -333,6 +334,7 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
         raise ToldHost(str(exc)) from None
     finally:
         if link is not None:
+            gone.cancel()
             await link.close()
 
 
