@@ -306,6 +306,12 @@ class ControlApi:
         data = await metrics.snapshot(self.kernel, limit=0)
         return web.json_response({"kernel": data["kernel"]})
 
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """This kernel's Prometheus text (what ``--metrics`` serves at ``/metrics``), for
+        a host that merges the text of its kernels (``denali.host``)."""
+        text = await metrics.prometheus(self.kernel)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
     async def top(self, request: web.Request) -> web.Response:
         raw = request.query.get("limit", "")
         if raw and not raw.isdigit():
@@ -369,6 +375,7 @@ class ControlApi:
             web.get(f"{v}/migrations/incoming", self.incoming),
             web.get(f"{v}/kernel", self.kernel_stats),
             web.get(f"{v}/top", self.top),
+            web.get(f"{v}/metrics", self.prometheus),
         ]
 
 
@@ -398,6 +405,10 @@ async def _errors(
         log.error("API request %s %s failed: %r", request.method, request.path, exc, exc_info=exc)
         return json_error(500, "internal", f"internal error: {exc!r}")
 
+
+errors_middleware = _errors
+"""The middleware that turns every failure into a JSON error (for other route tables
+that speak this API: ``denali.host_api``)."""
 
 _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
 

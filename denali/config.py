@@ -62,6 +62,10 @@ class KernelConfig:
         frame moves, so every frame costs its receiver a wake-up of its own.
     mac_tag: second byte of the VMs' MAC addresses (02:TAG:<vm id>); default random, so
         that kernels joined into one LAN do not collide.
+    id_start, id_step: the VM ids this kernel hands out are id_start, id_start + id_step,
+        ... (default 1, 2, 3, ...). The kernels of one host (``denali.host``) take
+        disjoint sequences (kernel j of N: j + 1 step N), so a VM keeps its id, and with
+        it its MAC, wherever it moves among them.
     """
 
     slice_us: int = 2000
@@ -75,6 +79,8 @@ class KernelConfig:
     max_engines: int = 0
     swap_dir: str | None = None
     batch_interrupts: bool = True
+    id_start: int = 1
+    id_step: int = 1
 
     def __post_init__(self) -> None:
         if not 50 <= self.slice_us <= 1_000_000:
@@ -91,6 +97,8 @@ class KernelConfig:
             raise ConfigError("mac_tag must be a byte")
         if self.max_vms < 1:
             raise ConfigError("max_vms must be >= 1")
+        if not 1 <= self.id_start <= 1 << 24 or not 1 <= self.id_step <= 1 << 16:
+            raise ConfigError("id_start must be 1..2^24 and id_step 1..65536")
 
 
 class KernelOptions(TypedDict, total=False):
@@ -107,3 +115,5 @@ class KernelOptions(TypedDict, total=False):
     max_engines: int
     swap_dir: str | None
     batch_interrupts: bool
+    id_start: int
+    id_step: int

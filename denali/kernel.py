@@ -140,8 +140,9 @@ class Kernel:
         self._vms: dict[int, Vm] = {}
         self._monitor_totals: dict[str, int] = {}
         """Counters of every VM's monitors, kept after the VMs end (``stats()["monitors"]``)."""
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(config.id_start, config.id_step)
         self._state = "created"
+        self._watchers: list[Callable[[Vm], None]] = []
         self._rt: Runtime | None = None
         self._preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
         self._lanes = [self._preemptor.new_lane() for _ in range(max(1, config.workers))]
@@ -393,7 +394,7 @@ class Kernel:
         if self._state != "running":  # closed while the disks opened: end it at once
             vm.kill()
             raise KernelClosedError("kernel is closed")
-        self._vms[vm_id] = vm
+        self._publish(vm)
         return vm
 
     def _stack_monitors(self, vm: Vm, monitors: Sequence[Monitor], saved: Sequence[Any] | None) -> None:
@@ -417,7 +418,23 @@ class Kernel:
         return MonitorStack.of(vm, self._monitor_totals)
 
     def _publish_child(self, vm: Vm) -> None:
+        self._publish(vm)
+
+    def _publish(self, vm: Vm) -> None:
+        """Make ``vm`` one of the live VMs and tell the watchers (``watch``)."""
         self._vms[vm.id] = vm
+        for fn in list(self._watchers):
+            try:
+                fn(vm)
+            except Exception as exc:  # a watcher's bug never stops a VM
+                log.error("VM watcher %r failed: %r", fn, exc, exc_info=exc)
+
+    def watch(self, fn: Callable[[Vm], None]) -> None:
+        """Call ``fn(vm)`` for every VM this kernel publishes from now on (spawned,
+        restored, cloned, migrated in, a child VM), on the event loop, after the VM was
+        started and before its first slice: the place to give it a console sink
+        (``vm.console.sink``) or to wait for its end. ``fn`` must not block."""
+        self._watchers.append(fn)
 
     def _room_for_child(self) -> bool:
         if self._state != "running" or len(self._vms) >= self.config.max_vms:
@@ -665,7 +682,7 @@ class Kernel:
         if self._state != "running":
             vm.kill()
             raise KernelClosedError("kernel is closed")
-        self._vms[vm_id] = vm
+        self._publish(vm)
         return vm
 
     def _vm_ended(self, vm: Vm) -> None:

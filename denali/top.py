@@ -322,6 +322,10 @@ def summary(kernel: Mapping[str, Any], label: str = "") -> list[str]:
         f"swap out/in {fmt_count(int(sw.get('swap_outs', 0)))}/{fmt_count(int(sw.get('swap_ins', 0)))}",
         f"LAN frames {fmt_count(int(lan.get('frames', 0)))}",
     ]
+    kernels = kernel.get("kernels")
+    if isinstance(kernels, list) and kernels:  # a host of several kernels: how many run
+        up = sum(1 for k in kernels if isinstance(k, dict) and k.get("state") == "running")
+        parts.insert(2, f"kernels {up}/{len(kernels)}")
     return parts
 
 

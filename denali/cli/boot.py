@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -24,7 +25,15 @@ from typing import Any
 
 from denali import api, metrics
 from denali.cli import lan
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, host_port_any, log_options
+from denali.cli.common import (
+    EXIT_FAULT,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    host_port,
+    host_port_any,
+    log_options,
+    positive_float,
+)
 from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
@@ -38,6 +47,7 @@ from denali.errors import (
     SwapError,
     VmKilledError,
 )
+from denali.host import MemberLink, ToldHost, die_with_parent
 from denali.kernel import Kernel
 from denali.monitor.base import Monitor
 from denali.monitor.gdb import GdbStub
@@ -47,7 +57,7 @@ from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
 from denali.progress import BootProgress
-from denali.vm import Vm
+from denali.vm import Vm, VmState
 
 
 def add_parser(sub: Any) -> None:
@@ -145,6 +155,45 @@ def add_parser(sub: Any) -> None:
         help="permissions of the API socket (default 600: its owner only)",
     )
 
+    # ---- one host of several kernels (docs/host.md) ----
+    h = b.add_argument_group("several kernels as one host (docs/host.md)")
+    h.add_argument(
+        "--kernels",
+        type=_kernels,
+        default=1,
+        metavar="N|auto",
+        help="run N kernel processes as one host (auto: one per core): the VMs spread over "
+        "them, one LAN, one --api and --metrics over all (default 1: this process only)",
+    )
+    h.add_argument(
+        "--restart-lost",
+        action="store_true",
+        help="with --kernels: a VM whose kernel died is restored from its last snapshot "
+        "(taken through the API, or by --checkpoint) on another kernel",
+    )
+    h.add_argument(
+        "--checkpoint",
+        metavar="SECONDS",
+        type=positive_float,
+        help="with --kernels: snapshot every running VM this often (pause, snapshot, resume) "
+        "for --restart-lost",
+    )
+    h.add_argument(
+        "--balance",
+        action="store_true",
+        help="with --kernels: move a VM (live migration) from a kernel that stays much busier than another",
+    )
+    h.add_argument(
+        "--host-lan",
+        metavar="VNI[@PEER[:PORT][+PEER...]][,local=ADDR[:PORT]]",
+        help="with --kernels: the LAN between the kernels (VXLAN; default VNI 4242 on 127.0.0.1, "
+        "free ports): kernel J binds ADDR:PORT+J and reaches the PEERs (other machines' kernels, "
+        "a Linux vxlan device) directly (docs/host.md)",
+    )
+    h.add_argument("--member", type=_member, help=argparse.SUPPRESS)
+    h.add_argument("--member-fd", type=int, help=argparse.SUPPRESS)
+    h.add_argument("--member-lan", help=argparse.SUPPRESS)
+
     # ---- monitors (docs/monitors.md) ----
     m = b.add_argument_group("monitors (docs/monitors.md)")
     m.add_argument(
@@ -185,6 +234,23 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="with --gdb: hold each VM at its entry point until gdb continues it",
     )
+
+
+def _kernels(text: str) -> int:
+    """``--kernels``: a number from 1 to 64, or ``auto`` (one per core)."""
+    if text == "auto":
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of kernels from 1 to 64 (or auto)")
+    return int(text)
+
+
+def _member(text: str) -> tuple[int, int]:
+    """``--member J/N`` (set by the host for its member kernels)."""
+    j, _, n = text.partition("/")
+    if not (j.isdigit() and n.isdigit() and 0 <= int(j) < int(n) <= 64):
+        raise argparse.ArgumentTypeError(f"{text!r} is not J/N")
+    return int(j), int(n)
 
 
 def _octal_mode(text: str) -> int:
@@ -245,22 +311,54 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
 
 
 async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput) -> int:
-    """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
+    """Boot, wait for every VM, close; EXIT_INTERRUPTED when ``stop`` signalled first.
+    As a member of a host, a failure is told to the host (which prints it once for all
+    its kernels) and raised as ``ToldHost``."""
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
+    link: MemberLink | None = None
+    if args.member is not None:  # a kernel of a multi-kernel host (denali.host)
+        if args.member_fd is None or not args.api:
+            raise DenaliError("--member needs --member-fd and --api")
+        link = MemberLink(args.member_fd)
+        await link.open()
+        gone = asyncio.ensure_future(link.gone.wait())  # the host went away: stop cleanly
+        gone.add_done_callback(lambda _: stopping.set())
+    try:
+        return await _boot_kernel(args, stopping, out, link)
+    except DenaliError as exc:
+        if link is None:
+            raise
+        link.send({"failed": str(exc)})
+        await link.close()
+        raise ToldHost(str(exc)) from None
+    finally:
+        if link is not None:
+            gone.cancel()
+            await link.close()
+
+
+async def _boot_kernel(
+    args: argparse.Namespace, stopping: asyncio.Event, out: ConsoleOutput, link: MemberLink | None
+) -> int:
     budget = parse_size(args.memory_budget) if args.memory_budget else None
+    j, n = args.member or (0, 1)
     config = KernelConfig(
         slice_us=args.slice_us,
         workers=args.workers,
         memory_budget=budget,
         swap_dir=args.swap_dir,
         mac_tag=args.mac_tag,
+        id_start=j + 1,
+        id_step=n,
     )
     async with Kernel(config) as k:
         _check(args, config, k.max_engines)
+        if link is not None:
+            k.watch(_MemberWatch(link, out).on_vm)
         # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
         # a capture file being opened, the VMs); the kernel then closes every VM.
-        body = asyncio.ensure_future(_run(k, args, out))
+        body = asyncio.ensure_future(_run(k, args, out, link))
         stopper = asyncio.ensure_future(stopping.wait())
         try:
             await asyncio.wait({body, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -273,11 +371,16 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
     return EXIT_INTERRUPTED
 
 
-async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
-    """Set up the LAN's extras, spawn the VMs, wait for them; the exit status."""
+async def _run(
+    k: Kernel, args: argparse.Namespace, out: ConsoleOutput, link: MemberLink | None = None
+) -> int:
+    """Set up the LAN's extras, spawn the VMs, wait for them; the exit status. As a
+    member of a host (``link``): spawn this kernel's share of the VMs (index j + 1 step
+    N), say ready, and serve until stopped (the host gathers the outcomes)."""
     if args.pcap:
         await k.switch.capture(args.pcap)
     ports: list[TapPort | VxlanPort] = []
+    ports_internal: list[VxlanPort] = []
     policy: PolicySpec | None = load_policy(args.policy) if args.policy else None
     trace: TraceWriter | None = None
     stubs: list[GdbStub] = []
@@ -317,6 +420,11 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 )
             if "net" in links:
                 ports[-1].set_link(links["net"])
+        if args.member_lan:  # the host's LAN between its kernels (not reported: it is internal)
+            mesh = VxlanPort.parse(args.member_lan.removeprefix("vxlan:"))
+            await mesh.open()
+            ports_internal.append(mesh)
+            k.switch.attach(mesh)
         if args.trace:
             trace = TraceWriter(args.trace, parse_kinds(args.trace_filter))
             await trace.open()
@@ -324,7 +432,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms: list[tuple[Vm, PrefixedSink]] = []
-        for i in range(1, args.count + 1):
+        j, n = args.member or (0, 1)
+        for i in range(j + 1, args.count + 1, n):
             sink = out.sink_for(i if args.count > 1 else None)
             monitors = await _monitors_for(i, args, trace, policy, stubs)
             vm = await k.spawn(
@@ -345,6 +454,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
             if progress is not None:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
+        if link is not None:  # the host gathers every VM's outcome through the link
+            link.send({"ready": {"pid": os.getpid(), "vms": len(vms)}})
+            await asyncio.Event().wait()
         codes = await asyncio.gather(*(_outcome(vm, sink) for vm, sink in vms))
         if api_server is not None:  # VMs come and go through the API until a stop signal
             await asyncio.Event().wait()
@@ -352,7 +464,7 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         if progress is not None and shown is not None:
             progress.close()
             await asyncio.gather(shown, return_exceptions=True)
-        for p in ports:
+        for p in [*ports, *ports_internal]:
             p.close()
         if metrics_server is not None:
             await metrics_server.close()
@@ -417,6 +529,47 @@ async def _monitors_for(
     return monitors
 
 
+class _MemberWatch:
+    """A member kernel's watch over each VM it publishes (``Kernel.watch``): a console
+    sink on stdout for a VM that has none (migrated in, restored or started through the
+    API), ``up`` to the host, and when the VM ends its outcome (``end``), or ``moved``
+    when it went to another kernel. Child VMs are their parent's business."""
+
+    def __init__(self, link: MemberLink, out: ConsoleOutput) -> None:
+        self.link = link
+        self.out = out
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def on_vm(self, vm: Vm) -> None:
+        if vm.group != vm.id:
+            return
+        sink = vm.console.sink
+        if not isinstance(sink, PrefixedSink):
+            sink = self.out.sink_for(vm.id)
+            vm.console.sink = sink
+        self.link.send(
+            {
+                "up": {
+                    "id": vm.id,
+                    "image": vm.image.name,
+                    "mac": ":".join(f"{b:02x}" for b in vm.mac),
+                    "cmdline": vm.cmdline,
+                    "memory": vm.mem_size,
+                }
+            }
+        )
+        task = asyncio.ensure_future(self._end(vm, sink))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _end(self, vm: Vm, sink: PrefixedSink) -> None:
+        code = await _outcome(vm, sink)
+        if vm.state is VmState.MIGRATED:
+            self.link.send({"moved": vm.id})
+        else:
+            self.link.send({"end": {"id": vm.id, "code": code, "state": vm.state.value}})
+
+
 def _status(outcomes: list[int | None]) -> int:
     """The exit status of a boot from each VM's outcome (None: it faulted or failed)."""
     if any(c is None for c in outcomes):
@@ -458,6 +611,14 @@ def run(args: argparse.Namespace) -> int:
 
     from denali.endpoint import Limits, raise_fd_limit
 
+    if args.member is None and (
+        args.kernels > 1 or args.restart_lost or args.checkpoint or args.balance or args.host_lan
+    ):
+        from denali.cli import host as host_cli
+
+        return host_cli.run(args)
+    if args.member is not None:
+        die_with_parent()
     if args.metrics or args.api:  # room for both endpoints' connections
         raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
@@ -469,7 +630,8 @@ def run(args: argparse.Namespace) -> int:
                     _finish_output(out, stop)
                     stop.exit_now(status)
         except DenaliError as exc:
-            print(f"denali: {exc}", file=sys.stderr)
+            if not isinstance(exc, ToldHost):
+                print(f"denali: {exc}", file=sys.stderr)
             status = EXIT_USAGE
         _finish_output(out, stop)
         if stop.requested:

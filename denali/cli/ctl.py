@@ -2,8 +2,8 @@
 
     denali ctl PATH ls | show ID | spawn IMAGE [-n N] [-m SIZE] [-c CMDLINE] [--disk D]...
               | pause ID | resume ID | kill ID | snapshot ID FILE | restore FILE
-              | clone FILE [-n N] [-c CMDLINE] | migrate ID --to OTHER_PATH
-              | kernel        [--json]
+              | clone FILE [-n N] [-c CMDLINE] | migrate ID --to OTHER_PATH|kernel:J
+              | kernel | host  [--json]
 
 Output is one line per VM (``--json``: the API's JSON as it came). Snapshot, restore,
 clone and migrate show progress on stderr when they take more than a second (``JobProgress``;
@@ -47,6 +47,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -
     ops = c.add_subparsers(dest="op", required=True, metavar="OPERATION")
     ops.add_parser("ls", help="list the VMs")
     ops.add_parser("kernel", help="the kernel's counters")
+    ops.add_parser("host", help="the kernels of a host (boot --kernels N) and their state")
     for name, what in (
         ("show", "show one VM"),
         ("pause", "pause a VM at its next slice boundary"),
@@ -60,6 +61,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -
     sp.add_argument("--memory", "-m", default="16M")
     sp.add_argument("--cmdline", "-c", help="command line; {i} the index, {ip:BASE} BASE + index")
     sp.add_argument("--disk", action="append", default=[], help="as for denali boot (repeatable)")
+    sp.add_argument("--kernel", type=int, help="on a host of several kernels: start them on kernel J")
     sn = ops.add_parser("snapshot", help="snapshot a paused VM to FILE")
     sn.add_argument("id", type=int)
     sn.add_argument("file")
@@ -70,7 +72,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser] | None = None) -
         "--to",
         required=True,
         metavar="OTHER_PATH",
-        help="the destination kernel's --api socket (or http://HOST:PORT)",
+        help="the destination kernel's --api socket (or http://HOST:PORT; kernel:J for "
+        "kernel J of this host, with boot --kernels)",
     )
     cl = ops.add_parser("clone", help="start clones of the snapshot FILE")
     cl.add_argument("file")
@@ -85,6 +88,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None,
         return "GET", "/v1/vms", None, False
     if op == "kernel":
         return "GET", "/v1/kernel", None, False
+    if op == "host":
+        return "GET", "/v1/host", None, False
     if op == "show":
         return "GET", f"/v1/vms/{args.id}", None, False
     if op in ("pause", "resume", "kill"):
@@ -98,11 +103,13 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None,
         }
         if args.cmdline is not None:
             body["cmdline"] = args.cmdline
+        if args.kernel is not None:
+            body["kernel"] = args.kernel
         return "POST", "/v1/vms", body, False
     if op == "snapshot":
         return "POST", f"/v1/vms/{args.id}/snapshot", {"path": os.path.abspath(args.file)}, True
     if op == "migrate":
-        to = args.to if args.to.startswith(("http://", "https://")) else os.path.abspath(args.to)
+        to = args.to if args.to.startswith(("http://", "https://", "kernel:")) else os.path.abspath(args.to)
         return "POST", f"/v1/vms/{args.id}/migrate", {"to": to}, True
     if op == "restore":
         return "POST", "/v1/snapshots/restore", {"path": os.path.abspath(args.file)}, True
@@ -161,9 +168,10 @@ async def call(
 
 
 def _vm_line(vm: dict[str, Any]) -> str:
+    where = f"kernel={vm['kernel'] if vm['kernel'] is not None else '-'} " if "kernel" in vm else ""
     return (
-        f"{vm['id']:>6} {vm['image']:<16} {vm['state']:<9} mac={vm['mac']} gen={vm['generation']} "
-        f"slices={vm['slices']} cmdline={vm['cmdline']!r}"
+        f"{vm['id']:>6} {vm.get('image') or '?':<16} {vm['state']:<9} {where}mac={vm.get('mac')} "
+        f"gen={vm['generation']} slices={vm['slices']} cmdline={vm.get('cmdline')!r}"
     )
 
 
@@ -189,6 +197,15 @@ def _print(args: argparse.Namespace, data: dict[str, Any]) -> None:
             f"({m['pages_final']} while paused), downtime {m['downtime_ms']:.1f} ms, total "
             f"{m['total_ms']:.1f} ms"
         )
+    if "host" in data:
+        h = data["host"]
+        for m in h["kernels"]:
+            print(
+                f"kernel {m['kernel']}: {m['state']:<8} pid {m['pid']:<8} {m['vms']} VMs  "
+                f"{m['cpu_pct']:.0f}% CPU"
+            )
+        lost = ", ".join(map(str, h["lost_vms"])) or "none"
+        print(f"VMs lost: {lost}; moved by the balancer: {h['moves']}; restarted: {h['restarts']}")
     if "kernel" in data:
         k = data["kernel"]
         states = ", ".join(f"{n} {st}" for st, n in sorted(k["vm_states"].items()))
@@ -196,6 +213,8 @@ def _print(args: argparse.Namespace, data: dict[str, Any]) -> None:
             f"{k['vms']} VMs ({states}); {k['cpu_switches']} CPU switches; "
             f"swap out/in {k['swap']['swap_outs']}/{k['swap']['swap_ins']}"
         )
+        for m in k.get("kernels", []):  # a host of several kernels (boot --kernels)
+            print(f"  kernel {m['kernel']}: {m['state']}, pid {m['pid']}, {m['vms']} VMs")
 
 
 def run(args: argparse.Namespace) -> int:

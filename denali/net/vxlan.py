@@ -1,9 +1,17 @@
 """A switch port that tunnels the LAN over UDP with VXLAN (RFC 7348).
 
 ``VxlanPort(vni, remotes, local)`` joins this kernel's switch to other denali kernels
-or to Linux ``vxlan`` devices with the same VNI: every frame the switch delivers is
-sent, with an 8-byte VXLAN header (flags 0x08, 24-bit VNI), to each remote; every
-datagram received on the local address with that VNI is handed to the switch. Packets
+or to Linux ``vxlan`` devices with the same VNI: every datagram received on the local
+address with that VNI is handed to the switch, and every frame the switch delivers is
+sent, with an 8-byte VXLAN header (flags 0x08, 24-bit VNI), to the remotes. The port
+learns behind which remote each source MAC lives (a forwarding table of at most
+``FDB_SIZE`` entries, as a Linux vxlan device does): a unicast frame to a learned MAC
+goes to that remote alone; broadcasts, multicasts and unknown MACs go to every remote
+(head-end replication). A datagram is learned under the remote it came from: the exact
+address and port when that is a remote, else the one remote on that host (a Linux
+vxlan device sends from a port of its own); with several remotes on that host and none
+matching, nothing is learned. A MAC that moves (a migrated VM announces itself) is
+learned again from its next frame. Packets
 that are too short or too long, lack the I flag, carry another VNI or come from an
 address that is not a remote are dropped and counted (``drop_malformed`` /
 ``drop_spoofed``; the first of each kind is logged); the inner frame then meets the
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 VXLAN_PORT: Final = 4789
 _HDR: Final = struct.Struct("!II")
 _FLAG_I: Final = 0x08000000
+FDB_SIZE: Final = 8192
+"""Most MACs the port remembers; when full it forgets them all and learns again."""
 MAX_INNER_FRAME: Final = 1518
 """Largest inner frame taken (1514 bytes of Ethernet without FCS, plus a VLAN tag);
 a larger one is dropped as malformed here, before the switch sees it."""
@@ -77,6 +87,13 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._header = _HDR.pack(_FLAG_I, vni << 8)
         self._remote_hosts = frozenset(r[0] for r in self.remotes)
+        self._remote_set = frozenset(self.remotes)
+        by_host: dict[str, list[tuple[str, int]]] = {}
+        for r in self.remotes:
+            by_host.setdefault(r[0], []).append(r)
+        self._only_remote = {h: rs[0] for h, rs in by_host.items() if len(rs) == 1}
+        self.fdb: dict[bytes, tuple[str, int]] = {}
+        """Learned: source MAC -> the remote it lives behind."""
         self._warned: set[str] = set()
 
     def _warn_once(self, what: str, message: str, *args: object) -> None:
@@ -141,6 +158,16 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
         frame = data[8:]
         if len(frame) < 60:
             frame += bytes(60 - len(frame))
+        if not data[14] & 1:  # a unicast source MAC: learn where it lives
+            src = (str(addr[0]), int(addr[1]))
+            remote = src if src in self._remote_set else self._only_remote.get(src[0])
+            if remote is not None:
+                mac = data[14:20]
+                fdb = self.fdb
+                if fdb.get(mac) != remote:
+                    if len(fdb) >= FDB_SIZE:
+                        fdb.clear()
+                    fdb[mac] = remote
         self.submit(frame)
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors from a remote: count
@@ -154,8 +181,12 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
             st.drop_link_down += 1
             return
         packet = self._header + frame
-        for remote in self.remotes:
-            t.sendto(packet, remote)
+        to = None if frame[0] & 1 else self.fdb.get(frame[:6])
+        if to is not None:
+            t.sendto(packet, to)
+        else:
+            for remote in self.remotes:
+                t.sendto(packet, remote)
         st.rx_frames += 1
         st.rx_bytes += len(frame)
 

@@ -185,3 +185,40 @@ async def test_linux_vxlan_device_reaches_a_guest() -> None:
             await server.wait()
         for cmd in cleanup:
             await run(*cmd)
+
+
+def test_unicast_goes_to_the_remote_its_mac_was_learned_behind() -> None:
+    class Sent:
+        def __init__(self) -> None:
+            self.to: list[tuple[str, int]] = []
+
+        def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+            self.to.append(addr)
+
+        def is_closing(self) -> bool:
+            return False
+
+    a, b, linux = ("127.0.0.1", 5001), ("127.0.0.1", 5002), ("127.0.0.9", 4789)
+    p = VxlanPort(42, [a, b, linux])
+    sent = Sent()
+    p._transport = sent  # type: ignore[assignment]
+    got: list[bytes] = []
+    p.submit = got.append  # type: ignore[method-assign]
+    hdr = struct.pack("!II", 0x08000000, 42 << 8)
+    mac_a, mac_l = bytes.fromhex("02aa00000001"), bytes.fromhex("02aa00000002")
+    frame = b"\xff" * 6 + mac_a + b"\x08\x00" + bytes(46)
+    p.datagram_received(hdr + frame, a)  # from a's own port: learned under a
+    p.datagram_received(hdr + b"\xff" * 6 + mac_l + b"\x08\x00" + bytes(46), ("127.0.0.9", 40000))
+    p.datagram_received(hdr + b"\xff" * 6 + bytes.fromhex("02aa00000003") + bytes(48), ("127.0.0.1", 6000))
+    assert len(got) == 3 and p.fdb == {mac_a: a, mac_l: linux}  # 127.0.0.1:6000: which remote?
+    p.deliver(mac_a + bytes(6) + b"\x08\x00" + bytes(46))
+    assert sent.to == [a]
+    sent.to.clear()
+    p.deliver(mac_l + bytes(6) + b"\x08\x00" + bytes(46))
+    assert sent.to == [linux]
+    sent.to.clear()
+    p.deliver(b"\xff" * 6 + bytes(6) + b"\x08\x00" + bytes(46))  # broadcast: everyone
+    p.deliver(bytes.fromhex("02aa000000ff") + bytes(6) + b"\x08\x00" + bytes(46))  # unknown: everyone
+    assert sent.to == [a, b, linux, a, b, linux]
+    p.datagram_received(hdr + frame, b)  # the MAC moved (a migrated VM announced itself)
+    assert p.fdb[mac_a] == b
