@@ -39,6 +39,7 @@ UC_PROT_ALL: Final = 7
 _CTL_TLB_TYPE: Final = 12
 _CTL_TCG_BUFFER_SIZE: Final = 13
 _CTL_TB_FLUSH: Final = 10
+_CTL_TLB_FLUSH: Final = 11
 _CTL_IO_WRITE: Final = 1
 
 # uc_mem_type values seen by the TLB-fill hook
@@ -68,6 +69,20 @@ REG_ES: Final = _x86.UC_X86_REG_ES
 REG_FS: Final = _x86.UC_X86_REG_FS
 REG_GS: Final = _x86.UC_X86_REG_GS
 REG_GDTR: Final = _x86.UC_X86_REG_GDTR
+
+_FPU_REGS: Final = (
+    *((r, 10) for r in (_x86.UC_X86_REG_FP0, _x86.UC_X86_REG_FP1, _x86.UC_X86_REG_FP2,
+                        _x86.UC_X86_REG_FP3, _x86.UC_X86_REG_FP4, _x86.UC_X86_REG_FP5,
+                        _x86.UC_X86_REG_FP6, _x86.UC_X86_REG_FP7)),
+    *((r, 16) for r in (_x86.UC_X86_REG_XMM0, _x86.UC_X86_REG_XMM1, _x86.UC_X86_REG_XMM2,
+                        _x86.UC_X86_REG_XMM3, _x86.UC_X86_REG_XMM4, _x86.UC_X86_REG_XMM5,
+                        _x86.UC_X86_REG_XMM6, _x86.UC_X86_REG_XMM7)),
+    (_x86.UC_X86_REG_FPCW, 4), (_x86.UC_X86_REG_FPSW, 4), (_x86.UC_X86_REG_FPTAG, 4),
+    (_x86.UC_X86_REG_MXCSR, 4), (_x86.UC_X86_REG_FS, 4), (_x86.UC_X86_REG_GS, 4),
+)
+"""What ``save_extended`` keeps: x87 and SSE registers, their control words, and the FS
+and GS selectors (thread-local storage)."""
+EXTENDED_SIZE: Final = sum(n for _, n in _FPU_REGS)
 
 GPR_NAMES: Final = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")
 _GPR_IDS: Final = (REG_EAX, REG_EBX, REG_ECX, REG_EDX, REG_ESI, REG_EDI, REG_EBP, REG_ESP,
@@ -192,8 +207,20 @@ def _desc(base: int, limit: int, access: int) -> bytes:
 
 
 GDT: Final = (bytes(8) + _desc(0, 0xFFFFF, 0x9A) + _desc(0, 0xFFFFF, 0x92)
-              + _desc(0, 0xFFFFF, 0xFA) + _desc(0, 0xFFFFF, 0xF2))
-"""Null, kernel code/data (DPL 0), user code/data (DPL 3): flat 4 GiB segments."""
+              + _desc(0, 0xFFFFF, 0xFA) + _desc(0, 0xFFFFF, 0xF2) + bytes(8 * 4))
+"""Null, kernel code/data (DPL 0), user code/data (DPL 3): flat 4 GiB segments; entry 5
+unused; entries 6-8 the thread-local-storage descriptors (SET_TLS), empty at boot."""
+TLS_GDT_OFFSET: Final = 6 * 8
+"""Byte offset of the first TLS descriptor in the GDT."""
+
+
+def tls_descriptor(base: int, limit: int, pages: bool) -> bytes:
+    """A DPL 3 read/write data segment descriptor (32-bit), as SET_TLS installs. Marked
+    accessed already: the CPU would otherwise set that bit in the (read-only) GDT."""
+    d = bytearray(_desc(base, limit, 0xF3))
+    if not pages:
+        d[6] &= 0x7F  # byte granularity
+    return bytes(d)
 KERNEL_CS: Final = 0x08
 KERNEL_DS: Final = 0x10
 USER_CS: Final = 0x18 | 3
@@ -311,6 +338,32 @@ class Engine:
         vals, ptrs = self._batch_vals
         _reg_read_batch(self._h, self._batch_ids, ptrs, len(vals))
         return {name: v.value for name, v in zip(GPR_NAMES, vals, strict=True)}
+
+    def flush_tlb(self) -> None:
+        """Drop every cached page translation: the next access to each page asks
+        ``on_tlb_fill`` again (after page permissions were lowered)."""
+        self._ctl(_CTL_TLB_FLUSH)
+
+    def save_extended(self) -> bytes:
+        """The x87/SSE state and the FS/GS selectors, packed (``EXTENDED_SIZE`` bytes)."""
+        out = bytearray()
+        buf = ctypes.create_string_buffer(16)
+        for reg, n in _FPU_REGS:
+            ctypes.memset(buf, 0, 16)
+            _reg_read(self._h, reg, buf)
+            out += buf.raw[:n]
+        return bytes(out)
+
+    def restore_extended(self, state: bytes) -> None:
+        """Load what ``save_extended`` returned. Segment selectors are loaded from the GDT
+        in guest memory, so the descriptors must be in place; call before ``install_hooks``."""
+        if len(state) != EXTENDED_SIZE:
+            raise ValueError("bad extended CPU state")
+        pos = 0
+        for reg, n in _FPU_REGS:
+            buf = ctypes.create_string_buffer(state[pos:pos + n], 16)
+            self._check(_reg_write(self._h, reg, buf), "restore_extended")
+            pos += n
 
     def flush_tb(self) -> None:
         """Drop all translated code (after the host rewrote guest code)."""

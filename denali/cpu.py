@@ -27,6 +27,7 @@ from denali.memory import PROT_R, PROT_RW, PROT_RX, PROT_W, PROT_X, GuestMemory,
 if TYPE_CHECKING:
     from denali.hypercalls import HypercallTable
     from denali.loader import Image
+    from denali.personality import PersonalityState
     from denali.preempt import Lane
     from denali.vm import Vm
 
@@ -34,6 +35,7 @@ _TRAMPOLINE: Final = abi.Layout.KERNEL_PAGE + 0x100
 _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
+_SAVE_EIP: Final = struct.Struct("<I")
 EXIT: Final = -1
 """Handler result: stop the slice; the VM coroutine completes this hypercall."""
 _VECTOR_KIND: Final = {0: FaultKind.DIVIDE, 3: FaultKind.BREAKPOINT, 6: FaultKind.INVALID_INSN,
@@ -58,6 +60,8 @@ class Exit(IntEnum):
 
 def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]:
     """The page map of a VM: (regions, heap_start, heap_end)."""
+    if image.regions:  # [personality] an image built with its own page map (denali/linux)
+        return list(image.regions), image.heap[0], image.heap[1]
     page = abi.PAGE_SIZE
     stack_lo = mem_size - abi.STACK_SIZE
     heap_end = stack_lo - page  # the page below the stack is the guard
@@ -92,7 +96,12 @@ class VCpu:
         "hypercalls",
         "image",
         "memory",
+        "routed",
         "slices",
+        "sys_entry",
+        "sys_hi",
+        "sys_lo",
+        "sys_save",
         "table",
         "vm",
         "vm_id",
@@ -125,6 +134,14 @@ class VCpu:
         kp = abi.Layout.KERNEL_PAGE
         mem[kp:kp + len(_uc.GDT)] = _uc.GDT
         mem[_TRAMPOLINE] = 0xCF  # iret
+        # [personality] system-call routing, TLS descriptors (denali/personality.py)
+        self.sys_entry = self.sys_save = self.sys_lo = self.sys_hi = 0
+        self.routed = 0
+        pst = vm.pstate
+        if pst is not None:
+            self.set_routing(pst)
+            self.write_tls(pst.tls)
+            self.routed = pst.syscalls
         if resume is None:
             frame = _IRET_FRAME.pack(image.entry, _uc.USER_CS, _BOOT_EFLAGS, memory.size, _uc.USER_DS)
         else:
@@ -134,6 +151,8 @@ class VCpu:
         self.engine = _uc.Engine(self, memory.address, memory.size, tcg_buffer)
         try:
             self.engine.enter_user_mode(kp, _KSTACK - len(frame))
+            if resume is not None and pst is not None and pst.extended:
+                self.engine.restore_extended(pst.extended)  # [personality] x87/SSE, FS/GS
             if resume is not None:
                 for reg, name in _RESUME_REGS:
                     self.engine.reg_write(reg, resume[name])
@@ -154,6 +173,15 @@ class VCpu:
             self.engine.stop()
             return
         eng = self.engine
+        if self.sys_entry:
+            # [personality] SYSCALL_ENTRY's rule: an int $0x80 outside the personality's
+            # code is the program's system call: save its resume EIP, enter the handler.
+            eip = eng.reg_read(_uc.REG_EIP)
+            if not self.sys_lo <= eip - 2 < self.sys_hi:
+                _SAVE_EIP.pack_into(self.memory.buf, self.sys_save, eip)
+                eng.reg_write(_uc.REG_EIP, self.sys_entry)
+                self.routed += 1
+                return
         if self.defer_hypercalls:  # on a worker thread: the loop handles it
             self.hcall_nr = eng.reg_read(_uc.REG_EAX)
             self.hcall_arg = eng.reg_read(_uc.REG_EBX)
@@ -218,10 +246,24 @@ class VCpu:
 
     def saved_registers(self) -> dict[str, int]:
         """The user-mode registers to resume from (between slices). x87/SSE state is not
-        included: guestos is built without floating point."""
+        included: guestos is built without floating point (a personality VM keeps it in
+        ``PersonalityState.extended``, see ``save_extended``)."""
         regs = self.engine.read_gprs()
         regs["eip"] = self.eip
         return regs
+
+    def set_routing(self, st: PersonalityState) -> None:
+        """[personality] Apply SYSCALL_ENTRY's routing (entry 0: none)."""
+        self.sys_entry, self.sys_save, self.sys_lo, self.sys_hi = st.entry, st.save, st.code_lo, st.code_hi
+
+    def write_tls(self, tls: bytes | bytearray) -> None:
+        """[personality] Put the TLS descriptors into the GDT (kernel page)."""
+        off = abi.Layout.KERNEL_PAGE + _uc.TLS_GDT_OFFSET
+        self.memory.buf[off:off + len(tls)] = bytes(tls)
+
+    def save_extended(self) -> bytes:
+        """[personality] x87/SSE registers and FS/GS selectors (see ``_uc.Engine``)."""
+        return self.engine.save_extended()
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""

@@ -68,6 +68,8 @@ _CLOCK: Final = _offs(Hc.CLOCK)
 _HANDLER: Final = _offs(Hc.SET_HANDLER)
 _TIMER: Final = _offs(Hc.TIMER_SET)
 _CONS: Final = _offs(Hc.CONSOLE_WRITE)
+_CONS_ERR: Final = _offs(Hc.CONSOLE_WRITE_ERR)
+_CONS_IN: Final = _offs(Hc.CONSOLE_READ)
 
 
 def _terminate(vm: Vm, arg: int) -> int:
@@ -109,6 +111,35 @@ def _console_write(vm: Vm, arg: int) -> int:
     return Result.OK
 
 
+def _console_write_err(vm: Vm, arg: int) -> int:
+    buf, length = struct.unpack_from("<II", vm.memory.buf, arg + _CONS_ERR["buf"])
+    if length > abi.CONSOLE_MAX_WRITE:
+        return Result.INVAL
+    if not vm.memory.check(buf, length, PROT_R):
+        return Result.FAULT
+    if length:
+        vm.console.feed_err(vm.memory.read(buf, length))
+    return Result.OK
+
+
+def _console_read(vm: Vm, arg: int) -> int:
+    mem = vm.memory
+    buf, length = struct.unpack_from("<II", mem.buf, arg + _CONS_IN["buf"])
+    if length > abi.CONSOLE_MAX_READ:
+        return Result.INVAL
+    if not mem.check(buf, length, PROT_RW):
+        return Result.FAULT
+    if not vm.console.has_input:
+        return Result.NODEV
+    data = vm.console.read_input(length) if length else b""
+    if data is None:
+        return Result.AGAIN
+    mem.write(buf, data)
+    eof = 1 if length and not data else 0
+    struct.pack_into("<II", mem.buf, arg + _CONS_IN["got"], len(data), eof)
+    return Result.OK
+
+
 def core_table() -> HypercallTable:
     """A table with the hypercalls every VM has (devices add theirs)."""
     t = HypercallTable()
@@ -118,6 +149,8 @@ def core_table() -> HypercallTable:
     t.register(Hc.SET_HANDLER, _set_handler)
     t.register(Hc.TIMER_SET, _timer_set)
     t.register(Hc.CONSOLE_WRITE, _console_write)
+    t.register(Hc.CONSOLE_WRITE_ERR, _console_write_err)
+    t.register(Hc.CONSOLE_READ, _console_read)
     return t
 
 

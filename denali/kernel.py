@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from denali import abi
+from denali import abi, personality
 from denali.arbiter import CpuArbiter
 from denali.config import KernelConfig, check_memory, parse_size
 from denali.devices import nic as netdev
@@ -83,6 +83,7 @@ class Kernel:
         self.hypercalls: HypercallTable = core_table()
         netdev.register(self.hypercalls)
         diskdev.register(self.hypercalls)
+        personality.register(self.hypercalls)  # [personality] SYSCALL_ENTRY, MEM_PROTECT, ...
         self._tasks: set[asyncio.Task[None]] = set()
         self.vms: dict[int, Vm] = {}
         self._ids = itertools.count(1)

@@ -18,7 +18,7 @@ from elftools.elf.elffile import ELFFile
 
 from denali import abi
 from denali.errors import ImageError
-from denali.memory import PROT_R, PROT_W, PROT_X
+from denali.memory import PROT_R, PROT_W, PROT_X, Region
 
 MAX_IMAGE_FILE: Final = 64 * 1024 * 1024
 """Largest image file accepted, in bytes."""
@@ -45,12 +45,21 @@ class Segment:
 
 @dataclass(frozen=True)
 class Image:
-    """A validated guest image."""
+    """A validated guest image.
+
+    ``regions``, ``heap`` and ``fixed_memory`` are for images composed for one memory size
+    with a page map of their own (a personality and its program, ``denali.linux``):
+    ``regions`` replaces the default layout, ``heap`` gives the vregs heap range, and a
+    VM of any other size is refused.
+    """
 
     name: str
     path: str
     entry: int
     segments: tuple[Segment, ...]
+    regions: tuple[Region, ...] = ()
+    heap: tuple[int, int] = (0, 0)
+    fixed_memory: int = 0
 
     @property
     def end(self) -> int:
@@ -63,6 +72,11 @@ class Image:
 
     def check_fits(self, mem_size: int) -> None:
         """Raise ``ImageError`` unless the image fits a VM of ``mem_size`` bytes."""
+        if self.fixed_memory:
+            if mem_size != self.fixed_memory:
+                raise ImageError(f"{self.path}: image was composed for {self.fixed_memory} bytes "
+                                 f"of guest memory, the VM has {mem_size}")
+            return
         if self.min_memory() > mem_size:
             raise ImageError(f"{self.path}: image needs at least {self.min_memory()} bytes "
                              f"of guest memory, the VM has {mem_size}")
@@ -145,3 +159,149 @@ def load_image(path: str, name: str | None = None) -> Image:
     except OSError as exc:
         raise ImageError(f"{path}: cannot read image: {exc.strerror or exc}") from None
     return parse_image(data, path, name)
+
+
+# ---- Linux programs (pre-virtualization, denali.linux) ----
+
+LINUX_BASE: Final = 0x0100_0000
+"""Lowest address a Linux program's segment may occupy: below it lives its personality."""
+_PT_LOAD: Final = 1
+_PT_INTERP: Final = 3
+_PT_TLS: Final = 7
+_PT_GNU_STACK: Final = 0x6474E551
+
+
+@dataclass(frozen=True)
+class LinuxProgram:
+    """A validated static i386 Linux executable (ET_EXEC, no interpreter).
+
+    ``segments`` are its PT_LOAD segments in address order, each loaded from its file
+    offset's page start (as Linux maps them, so the ELF and program headers are visible
+    at ``phdr`` when the first segment covers them). ``tls`` is the PT_TLS segment's
+    (vaddr, filesz, memsz, align), or None.
+    """
+
+    path: str
+    name: str
+    entry: int
+    phdr: int
+    phnum: int
+    phentsize: int
+    segments: tuple[Segment, ...]
+    tls: tuple[int, int, int, int] | None
+    exec_stack: bool
+
+    @property
+    def end(self) -> int:
+        """First page-aligned address after every segment (where the brk heap starts)."""
+        return max(s.page_end for s in self.segments)
+
+
+def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
+    """Validate a static i386 Linux ELF; raises ``ImageError`` naming the file and problem.
+
+    Accepted: ELF32 little-endian EM_386 ET_EXEC without PT_INTERP, PT_LOAD segments at
+    or above ``LINUX_BASE`` (Linux links at 0x08048000), page-aligned as Linux requires
+    (p_vaddr and p_offset equal modulo 4096), each on pages of its own, never writable
+    and executable, the entry point in an executable segment. PT_TLS is recorded;
+    PT_GNU_STACK is honoured only as "not executable" (an executable stack is refused).
+    """
+    name = os.path.basename(path)
+    if data[:4] != b"\x7fELF":
+        raise ImageError(f"{path}: not an ELF file")
+    if len(data) < 52:
+        raise ImageError(f"{path}: truncated ELF header ({len(data)} bytes)")
+    if data[4] != 1:
+        raise ImageError(f"{path}: ELF class {data[4]} is not ELFCLASS32 (an i386 program is required)")
+    if data[5] != 1:
+        raise ImageError(f"{path}: not little-endian")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        machine = elf["e_machine"]
+        etype = elf["e_type"]
+        entry = int(elf["e_entry"])
+        phoff, phnum, phentsize = int(elf["e_phoff"]), int(elf["e_phnum"]), int(elf["e_phentsize"])
+        loads: list[tuple[int, int, int, int, int]] = []
+        tls = None
+        exec_stack = False
+        for ph in elf.iter_segments():
+            ptype = ph["p_type"]
+            ptype = ptype if isinstance(ptype, int) else _PTYPES.get(ptype, -1)
+            if ptype == _PT_INTERP:
+                raise ImageError(f"{path}: dynamically linked (has an interpreter); only static "
+                                 "programs run (gcc -m32 -static)")
+            if ptype == _PT_TLS:
+                tls = (int(ph["p_vaddr"]), int(ph["p_filesz"]), int(ph["p_memsz"]), int(ph["p_align"]))
+            if ptype == _PT_GNU_STACK and int(ph["p_flags"]) & P_FLAGS.PF_X:
+                exec_stack = True
+            if ptype != _PT_LOAD or ph["p_memsz"] == 0:
+                continue
+            loads.append((int(ph["p_offset"]), int(ph["p_filesz"]), int(ph["p_memsz"]),
+                          int(ph["p_vaddr"]), int(ph["p_flags"])))
+    except ImageError:
+        raise
+    except Exception as exc:  # pyelftools raises many kinds on malformed headers
+        raise ImageError(f"{path}: malformed or truncated ELF: {type(exc).__name__}: {exc}") from None
+    if machine != _EM_386:
+        raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
+    if etype == "ET_DYN":
+        raise ImageError(f"{path}: position-independent (ET_DYN); link it with -static -no-pie")
+    if etype != "ET_EXEC":
+        raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable)")
+    if not loads:
+        raise ImageError(f"{path}: no loadable segments")
+    if exec_stack:
+        raise ImageError(f"{path}: asks for an executable stack (PT_GNU_STACK RWX); denali "
+                         "never maps memory writable and executable")
+    page = abi.PAGE_SIZE
+    segments = []
+    for off, filesz, memsz, vaddr, flags in sorted(loads, key=lambda t: t[3]):
+        if off + filesz > len(data):
+            raise ImageError(f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
+                             f"up to {off + filesz}, file has {len(data)}")
+        if filesz > memsz:
+            raise ImageError(f"{path}: segment at 0x{vaddr:x} has filesz > memsz")
+        if (vaddr - off) % page:
+            raise ImageError(f"{path}: segment at 0x{vaddr:x} is not page-aligned with its "
+                             f"file offset 0x{off:x}")
+        lead = vaddr % page  # Linux maps from the page start: the bytes before vaddr too
+        segments.append(Segment(vaddr - lead, memsz + lead, data[off - lead:off + filesz], _prot(flags)))
+    prev_end = LINUX_BASE
+    for seg in segments:
+        if seg.prot & PROT_W and seg.prot & PROT_X:
+            raise ImageError(f"{path}: segment at 0x{seg.vaddr:x} is writable and executable")
+        if seg.vaddr < LINUX_BASE or seg.vaddr + seg.memsz > abi.MAX_MEMORY:
+            raise ImageError(f"{path}: segment 0x{seg.vaddr:x}+0x{seg.memsz:x} is outside "
+                             f"[0x{LINUX_BASE:x}, 0x{abi.MAX_MEMORY:x}), where Linux programs load")
+        if seg.page_start < prev_end:
+            raise ImageError(f"{path}: segment at 0x{seg.vaddr:x} shares a page with the previous "
+                             "one (each segment must start on its own page)")
+        prev_end = seg.page_end
+    if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
+        raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")
+    phdr = 0
+    for seg in segments:  # the program headers' address, if a segment maps them
+        start_off = None
+        for off, filesz, _memsz, vaddr, _flags in loads:
+            if vaddr - vaddr % page == seg.vaddr:
+                start_off = off - vaddr % page
+        if start_off is not None and start_off <= phoff and phoff + phnum * phentsize <= start_off + len(seg.data):
+            phdr = seg.vaddr + phoff - start_off
+    return LinuxProgram(path, name, entry, phdr, phnum, phentsize, tuple(segments), tls, exec_stack)
+
+
+_PTYPES: Final = {"PT_LOAD": _PT_LOAD, "PT_INTERP": _PT_INTERP, "PT_TLS": _PT_TLS,
+                  "PT_GNU_STACK": _PT_GNU_STACK}
+
+
+def load_linux_program(path: str) -> LinuxProgram:
+    """Read and validate a static Linux program at ``path``; raises ``ImageError``."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_IMAGE_FILE:
+            raise ImageError(f"{path}: program file is {size} bytes, larger than {MAX_IMAGE_FILE}")
+        with open(path, "rb") as f:
+            data = f.read(MAX_IMAGE_FILE + 1)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read program: {exc.strerror or exc}") from None
+    return parse_linux_program(data, path)

@@ -65,6 +65,43 @@ class GuestMemory:
         self._regions = regions
         self._starts = [r.start for r in regions]
 
+    def protect(self, start: int, end: int, prot: int) -> bool:
+        """Give the pages [start, end) permissions ``prot`` (0 unmaps them), splitting
+        regions as needed; returns True if any page lost a permission it had (the
+        CPU's cached translations must then be flushed). Page aligned, inside memory,
+        never W and X together (the caller checked)."""
+        if prot & PROT_W and prot & PROT_X:
+            raise ValueError("writable and executable")
+        lowered = False
+        out: list[Region] = []
+        for r in self._regions:
+            if r.end <= start or r.start >= end:
+                out.append(r)
+                continue
+            if r.prot & ~prot:
+                lowered = True
+            if r.start < start:
+                out.append(Region(r.start, start, r.prot, r.name))
+            if r.end > end:
+                out.append(Region(end, r.end, r.prot, r.name))
+        if prot:
+            out.append(Region(start, end, prot, "dynamic"))
+        out.sort(key=lambda r: r.start)
+        merged: list[Region] = []
+        for r in out:  # keep the map short: join touching runs of the same kind
+            if merged and merged[-1].end == r.start and merged[-1].prot == r.prot \
+                    and merged[-1].name == r.name:
+                merged[-1] = Region(merged[-1].start, r.end, r.prot, r.name)
+            else:
+                merged.append(r)
+        self._regions = merged
+        self._starts = [r.start for r in merged]
+        return lowered
+
+    def discard(self, addr: int, length: int) -> None:
+        """Drop the contents of whole pages: they read as zero and cost no host RAM."""
+        self.buf.madvise(mmap.MADV_DONTNEED, addr, length)
+
     @property
     def regions(self) -> tuple[Region, ...]:
         return tuple(self._regions)

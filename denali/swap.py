@@ -339,6 +339,9 @@ class Swapper:
         self.stats["pages_out"] += stored
         self.stats["bytes_out"] += stored * PAGE
         regs = vm.cpu.saved_registers()
+        if vm.pstate is not None:  # [personality] FPU/SSE, TLS selectors, syscall count
+            vm.pstate.extended = vm.cpu.save_extended()
+            vm.pstate.syscalls = vm.cpu.routed
         return SwapImage(_REGS.pack(*(regs[n] for n in GPR_NAMES)), runs.tobytes(), stored,
                          vm.cpu.hypercalls)
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from denali.devices.nic import NicPort
     from denali.kernel import Kernel
     from denali.loader import Image
+    from denali.personality import PersonalityState
     from denali.preempt import Lane
 
 _V: Final = abi.VREGS.offsets()
@@ -76,7 +77,7 @@ class Vm:
                  "_swapping_in", "_task", "_timer", "_waker", "cmdline", "console", "cpu", "created_ns",
                  "disks", "ended_ns", "error", "exit_request", "exit_status", "fault", "first_slice_ns",
                  "id", "image", "irq_entry", "kernel", "mac", "mem_size", "memory", "nic", "pending",
-                 "state", "stats", "swapped")
+                 "pstate", "state", "stats", "swapped")
 
     def __init__(self, kernel: Kernel, vm_id: int, image: Image, mem_size: int, cmdline: str,
                  console: ConsoleSink | None, mac: bytes | None = None) -> None:
@@ -92,6 +93,7 @@ class Vm:
         self.fault: FaultReport | None = None
         self.error: BaseException | None = None
         self.console = Console(console)
+        self.console.on_input = self._console_input  # input raises Irq.CONSOLE
         self.nic: NicPort | None = None
         self.disks: VmDisks | None = None
         self.stats = {"slices": 0, "cpu_ns": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
@@ -109,6 +111,8 @@ class Vm:
         self._done: asyncio.Future[None] = kernel.loop.create_future()
         self.mem_size = mem_size
         self.mac = mac or bytes(6)
+        self.pstate: PersonalityState | None = None
+        """[personality] what SYSCALL_ENTRY, MEM_PROTECT, SET_TLS changed (None: nothing)."""
         self.swapped: SwapImage | None = None
         """Registers and page bitmap while the VM is swapped out; None when resident."""
         self._resident = False
@@ -126,6 +130,8 @@ class Vm:
         mem = GuestMemory(self.mem_size)
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
+            if self.pstate is not None and self.pstate.regions is not None:
+                regions = self.pstate.regions  # [personality] the page map MEM_PROTECT made
             mem.set_regions(regions)
             self.memory = mem
             if resume is not None:
@@ -222,6 +228,9 @@ class Vm:
         w = self._waker
         if w is not None and not w.done():
             w.set_result(None)
+
+    def _console_input(self) -> None:
+        self.interrupt(Irq.CONSOLE)
 
     def raise_net_rx(self) -> None:
         """The NIC's receive callback: frames wait."""

@@ -4,6 +4,12 @@ Bounded like every queue in denali: unread output beyond ``limit`` bytes is drop
 (oldest first) and counted in ``dropped``. A ``sink`` callback, when given, receives
 every chunk as it is written (the CLI prints through one) and nothing is queued.
 The last ``history`` bytes are also kept for ``text()`` (diagnostics and tests).
+
+The error stream (CONSOLE_WRITE_ERR) goes to ``err_sink`` when one is set, and otherwise
+joins the output stream, as on a terminal. Input (CONSOLE_READ) exists once the host
+opened it (``open_input``): the host writes bytes with ``write_input`` (which waits while
+``input_limit`` bytes are unread: the queue is bounded) and ends it with
+``close_input``; each arrival calls ``on_input`` (the VM raises Irq.CONSOLE).
 """
 
 from __future__ import annotations
@@ -24,9 +30,16 @@ class Console:
         "_event",
         "_hist_limit",
         "_history",
+        "_in",
+        "_in_eof",
+        "_in_room",
         "_limit",
         "_queued",
         "dropped",
+        "err_sink",
+        "err_written",
+        "input_limit",
+        "on_input",
         "sink",
         "written",
     )
@@ -44,6 +57,73 @@ class Console:
         self.sink = sink
         self.dropped = 0
         self.written = 0
+        self.err_sink: ConsoleSink | None = None
+        self.err_written = 0
+        self._in: bytearray | None = None
+        """Unread input; None while the host has not opened input."""
+        self._in_eof = False
+        self._in_room: asyncio.Event | None = None
+        self.input_limit = 64 << 10
+        self.on_input: Callable[[], None] | None = None
+
+    # ---- the error stream ----
+    def feed_err(self, data: bytes) -> None:
+        """Called by the kernel with bytes the guest wrote to its error stream."""
+        self.err_written += len(data)
+        if self.err_sink is not None:
+            self.err_sink(data)
+        else:
+            self.feed(data)
+
+    # ---- input ----
+    def open_input(self) -> None:
+        """Give the guest console input (until then CONSOLE_READ answers NODEV)."""
+        if self._in is None:
+            self._in = bytearray()
+
+    @property
+    def has_input(self) -> bool:
+        return self._in is not None
+
+    async def write_input(self, data: bytes) -> None:
+        """Queue input for the guest, waiting while ``input_limit`` bytes are unread.
+        Input written after ``close_input`` or after the VM ended is dropped."""
+        self.open_input()
+        view = memoryview(data)
+        while view and not self._closed and not self._in_eof:
+            assert self._in is not None
+            room = self.input_limit - len(self._in)
+            if room <= 0:
+                if self._in_room is None:
+                    self._in_room = asyncio.Event()
+                self._in_room.clear()
+                await self._in_room.wait()
+                continue
+            self._in += view[:room]
+            view = view[room:]
+            if self.on_input is not None:
+                self.on_input()
+
+    def close_input(self) -> None:
+        """End of input: once the guest has read what is queued it sees end of file."""
+        self.open_input()
+        self._in_eof = True
+        if self.on_input is not None:
+            self.on_input()
+
+    def read_input(self, n: int) -> bytes | None:
+        """Up to ``n`` bytes of input for the guest: b"" at end of input, None when
+        nothing waits yet (or input was never opened: check ``has_input``)."""
+        buf = self._in
+        if buf is None:
+            return None
+        if not buf:
+            return b"" if self._in_eof else None
+        data = bytes(buf[:n])
+        del buf[:n]
+        if self._in_room is not None:
+            self._in_room.set()
+        return data
 
     def feed(self, data: bytes) -> None:
         """Called by the kernel with bytes the guest wrote."""
@@ -71,6 +151,8 @@ class Console:
         self._closed = True
         if self._event is not None:
             self._event.set()
+        if self._in_room is not None:
+            self._in_room.set()
 
     async def read(self) -> bytes:
         """The next chunk of output, waiting for one; b"" at end of stream."""
