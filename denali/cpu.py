@@ -17,6 +17,7 @@ an ``INTERNAL`` exit so the kernel can fail this VM alone.
 from __future__ import annotations
 
 import struct
+import time
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
@@ -96,6 +97,7 @@ class VCpu:
         "hypercalls",
         "image",
         "memory",
+        "redirect",
         "routed",
         "slices",
         "sys_entry",
@@ -137,6 +139,7 @@ class VCpu:
         # [personality] system-call routing, TLS descriptors (denali/personality.py)
         self.sys_entry = self.sys_save = self.sys_lo = self.sys_hi = 0
         self.routed = 0
+        self.redirect = False
         pst = vm.pstate
         if pst is not None:
             self.set_routing(pst)
@@ -176,11 +179,15 @@ class VCpu:
         if self.sys_entry:
             # [personality] SYSCALL_ENTRY's rule: an int $0x80 outside the personality's
             # code is the program's system call: save its resume EIP, enter the handler.
+            # EIP is not written here: Unicorn 2.1 loses track of EIP when an engine
+            # whose EIP a callback wrote is later stopped from another thread (the
+            # watchdog), so the slice stops now and ``run`` resumes it at the entry.
             eip = eng.reg_read(_uc.REG_EIP)
             if not self.sys_lo <= eip - 2 < self.sys_hi:
                 _SAVE_EIP.pack_into(self.memory.buf, self.sys_save, eip)
-                eng.reg_write(_uc.REG_EIP, self.sys_entry)
                 self.routed += 1
+                self.redirect = True
+                eng.stop()
                 return
         if self.defer_hypercalls:  # on a worker thread: the loop handles it
             self.hcall_nr = eng.reg_read(_uc.REG_EAX)
@@ -233,11 +240,21 @@ class VCpu:
         eng = self.engine
         self.slices += 1
         lane.begin(eng.handle, deadline_ns)
+        resume_at = None
         try:
             err = eng.start(self.eip)
+            while self.redirect:  # [personality] a routed system call: enter the handler
+                self.redirect = False
+                if err or self.exit is not Exit.PREEMPTED or time.monotonic_ns() >= deadline_ns:
+                    resume_at = self.sys_entry
+                    break
+                err = eng.start(self.sys_entry)
         finally:
             lane.end()
-        self.eip = eng.reg_read(_uc.REG_EIP)
+        self.eip = eng.reg_read(_uc.REG_EIP) if resume_at is None else resume_at
+        return self._finish_slice(err)
+
+    def _finish_slice(self, err: int) -> Exit:
         if err and self.exit not in (Exit.FAULT, Exit.INTERNAL):
             self.exit = Exit.FAULT
         if self.exit == Exit.FAULT:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -189,7 +190,6 @@ class LinuxProgram:
     phentsize: int
     segments: tuple[Segment, ...]
     tls: tuple[int, int, int, int] | None
-    exec_stack: bool
 
     @property
     def end(self) -> int:
@@ -203,8 +203,8 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
     Accepted: ELF32 little-endian EM_386 ET_EXEC without PT_INTERP, PT_LOAD segments at
     or above ``LINUX_BASE`` (Linux links at 0x08048000), page-aligned as Linux requires
     (p_vaddr and p_offset equal modulo 4096), each on pages of its own, never writable
-    and executable, the entry point in an executable segment. PT_TLS is recorded;
-    PT_GNU_STACK is honoured only as "not executable" (an executable stack is refused).
+    and executable, the entry point in an executable segment. PT_TLS is recorded; an
+    executable stack (PT_GNU_STACK with X) is refused.
     """
     name = os.path.basename(path)
     if data[:4] != b"\x7fELF":
@@ -215,47 +215,33 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
         raise ImageError(f"{path}: ELF class {data[4]} is not ELFCLASS32 (an i386 program is required)")
     if data[5] != 1:
         raise ImageError(f"{path}: not little-endian")
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        machine = elf["e_machine"]
-        etype = elf["e_type"]
-        entry = int(elf["e_entry"])
-        phoff, phnum, phentsize = int(elf["e_phoff"]), int(elf["e_phnum"]), int(elf["e_phentsize"])
-        loads: list[tuple[int, int, int, int, int]] = []
-        tls = None
-        exec_stack = False
-        for ph in elf.iter_segments():
-            ptype = ph["p_type"]
-            ptype = ptype if isinstance(ptype, int) else _PTYPES.get(ptype, -1)
-            if ptype == _PT_INTERP:
-                raise ImageError(f"{path}: dynamically linked (has an interpreter); only static "
-                                 "programs run (gcc -m32 -static)")
-            if ptype == _PT_TLS:
-                tls = (int(ph["p_vaddr"]), int(ph["p_filesz"]), int(ph["p_memsz"]), int(ph["p_align"]))
-            if ptype == _PT_GNU_STACK and int(ph["p_flags"]) & P_FLAGS.PF_X:
-                exec_stack = True
-            if ptype != _PT_LOAD or ph["p_memsz"] == 0:
-                continue
-            loads.append((int(ph["p_offset"]), int(ph["p_filesz"]), int(ph["p_memsz"]),
-                          int(ph["p_vaddr"]), int(ph["p_flags"])))
-    except ImageError:
-        raise
-    except Exception as exc:  # pyelftools raises many kinds on malformed headers
-        raise ImageError(f"{path}: malformed or truncated ELF: {type(exc).__name__}: {exc}") from None
-    if machine != _EM_386:
+    etype, machine = struct.unpack_from("<HH", data, 16)
+    entry, phoff = struct.unpack_from("<II", data, 24)
+    phentsize, phnum = struct.unpack_from("<HH", data, 42)
+    if machine != 3:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
-    if etype == "ET_DYN":
+    if etype == 3:
         raise ImageError(f"{path}: position-independent (ET_DYN); link it with -static -no-pie")
-    if etype != "ET_EXEC":
-        raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable)")
-    if not loads:
-        raise ImageError(f"{path}: no loadable segments")
-    if exec_stack:
-        raise ImageError(f"{path}: asks for an executable stack (PT_GNU_STACK RWX); denali "
-                         "never maps memory writable and executable")
+    if etype != 2:
+        raise ImageError(f"{path}: ELF type {etype} is not ET_EXEC (a statically linked executable)")
+    if phentsize != 32 or not 1 <= phnum <= 64 or phoff + phnum * 32 > len(data):
+        raise ImageError(f"{path}: malformed or truncated program headers")
     page = abi.PAGE_SIZE
-    segments = []
-    for off, filesz, memsz, vaddr, flags in sorted(loads, key=lambda t: t[3]):
+    tls = None
+    segments: list[Segment] = []
+    phdr = 0
+    for i in range(phnum):
+        ptype, off, vaddr, _pa, filesz, memsz, flags, align = struct.unpack_from("<8I", data, phoff + 32 * i)
+        if ptype == _PT_INTERP:
+            raise ImageError(f"{path}: dynamically linked (has an interpreter); only static "
+                             "programs run (gcc -m32 -static)")
+        if ptype == _PT_TLS:
+            tls = (vaddr, filesz, memsz, align)
+        if ptype == _PT_GNU_STACK and flags & P_FLAGS.PF_X:
+            raise ImageError(f"{path}: asks for an executable stack (PT_GNU_STACK RWX); denali "
+                             "never maps memory writable and executable")
+        if ptype != _PT_LOAD or memsz == 0:
+            continue
         if off + filesz > len(data):
             raise ImageError(f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
                              f"up to {off + filesz}, file has {len(data)}")
@@ -265,7 +251,12 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
             raise ImageError(f"{path}: segment at 0x{vaddr:x} is not page-aligned with its "
                              f"file offset 0x{off:x}")
         lead = vaddr % page  # Linux maps from the page start: the bytes before vaddr too
+        if off - lead <= phoff and phoff + phnum * 32 <= off + filesz:
+            phdr = vaddr + phoff - off  # this segment maps the program headers (AT_PHDR)
         segments.append(Segment(vaddr - lead, memsz + lead, data[off - lead:off + filesz], _prot(flags)))
+    if not segments:
+        raise ImageError(f"{path}: no loadable segments")
+    segments.sort(key=lambda s: s.vaddr)
     prev_end = LINUX_BASE
     for seg in segments:
         if seg.prot & PROT_W and seg.prot & PROT_X:
@@ -279,19 +270,9 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
         prev_end = seg.page_end
     if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
         raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")
-    phdr = 0
-    for seg in segments:  # the program headers' address, if a segment maps them
-        start_off = None
-        for off, filesz, _memsz, vaddr, _flags in loads:
-            if vaddr - vaddr % page == seg.vaddr:
-                start_off = off - vaddr % page
-        if start_off is not None and start_off <= phoff and phoff + phnum * phentsize <= start_off + len(seg.data):
-            phdr = seg.vaddr + phoff - start_off
-    return LinuxProgram(path, name, entry, phdr, phnum, phentsize, tuple(segments), tls, exec_stack)
-
-
-_PTYPES: Final = {"PT_LOAD": _PT_LOAD, "PT_INTERP": _PT_INTERP, "PT_TLS": _PT_TLS,
-                  "PT_GNU_STACK": _PT_GNU_STACK}
+    if not phdr:
+        raise ImageError(f"{path}: no loadable segment maps the program headers (AT_PHDR)")
+    return LinuxProgram(path, name, entry, phdr, phnum, phentsize, tuple(segments), tls)
 
 
 def load_linux_program(path: str) -> LinuxProgram:

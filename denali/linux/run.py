@@ -48,7 +48,8 @@ def load_program(path: str | os.PathLike[str]) -> LinuxProgram:
 
 
 def process_image(program: str | os.PathLike[str] | LinuxProgram, argv: Sequence[str],
-                  env: Mapping[str, str] | Sequence[str] = (), memory: int | str = DEFAULT_MEMORY) -> ProcessImage:
+                  env: Mapping[str, str] | Sequence[str] = (),
+                  memory: int | str = DEFAULT_MEMORY) -> ProcessImage:
     """The composed image (cached: VMs running the same command share it)."""
     prog = program if isinstance(program, LinuxProgram) else load_program(program)
     size = parse_size(memory)

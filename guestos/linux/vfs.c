@@ -319,7 +319,7 @@ static struct inode *inode_new(struct mount *m, uint32_t mode)
         return 0;
     n->ino = next_ino++;
     n->mode = mode;
-    n->nlink = 1;
+    n->nlink = (mode & LX_S_IFMT) == LX_S_IFDIR ? 2 : 1;
     n->mnt = m;
     uint64_t t = lx_realtime_ns();
     n->mtime = (int64_t)(t / 1000000000ull);
