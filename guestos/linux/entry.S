@@ -47,9 +47,14 @@ lx_entry:
     jmp *lx_resume_eip
 
 /* void lx_enter_program(eip, esp): start the program with Linux's initial registers
- * (all zero but ESP; EDX = 0 means no exit handler to register). */
+ * (all zero but ESP; EDX = 0 means no exit handler to register) and its initial x87
+ * and SSE control words (0x037f: extended precision, exceptions masked; 0x1f80). */
     .globl lx_enter_program
 lx_enter_program:
+    fninit
+    pushl $0x1f80
+    ldmxcsr (%esp)
+    addl $4, %esp
     movl 4(%esp), %eax
     movl 8(%esp), %ecx
     movl %eax, lx_resume_eip
