@@ -60,6 +60,18 @@ struct ucontext {
     struct sigcontext mc;
     uint64_t sigmask;
 };
+/* The frame of a handler without SA_SIGINFO (Linux's struct sigframe): its restorer
+ * pops sig and calls sigreturn (119); fpstate_unused keeps extramask where Linux has it. */
+struct sigframe {
+    uint32_t pretcode;
+    int32_t sig;
+    struct sigcontext sc;
+    uint8_t fpstate_unused[624];
+    uint32_t extramask;
+    uint8_t retcode[8];
+};
+_Static_assert(__builtin_offsetof(struct sigframe, extramask) == 720, "sigframe");
+
 struct rt_sigframe {
     uint32_t pretcode;
     int32_t sig;
@@ -83,29 +95,8 @@ static uint32_t read_seg(int which)
     return v & 0xffff;
 }
 
-static void deliver(struct lx_regs *r, int sig)
+static void fill_context(struct sigcontext *mc, const struct lx_regs *r, uint64_t back)
 {
-    struct k_sigaction *a = &actions[sig];
-    uint32_t sp = lx_user_esp;
-    if ((a->flags & SA_ONSTACK) && !(alt_flags & SS_DISABLE) && !(sp > alt_sp && sp <= alt_sp + alt_size))
-        sp = alt_sp + alt_size;
-    sp -= sizeof(struct rt_sigframe);
-    sp = ((sp + 4) & ~15u) - 4; /* (sp + 4) 16-aligned at the handler's entry, as Linux does */
-    if (!UW(sp, sizeof(struct rt_sigframe))) {
-        lx_err("denali-linux: no room for the signal %d frame; terminating\n", sig);
-        lx_exit(128 + LX_SIGSEGV);
-    }
-    struct rt_sigframe *fr = (struct rt_sigframe *)sp;
-    memset(fr, 0, sizeof *fr);
-    fr->sig = sig;
-    fr->pinfo = (uint32_t)&fr->info;
-    fr->puc = (uint32_t)&fr->uc;
-    ((int32_t *)fr->info)[0] = sig;
-    ((int32_t *)fr->info)[3] = (int32_t)lx_pid; /* si_pid (SI_USER) */
-    fr->uc.ss_sp = alt_sp;
-    fr->uc.ss_flags = alt_flags;
-    fr->uc.ss_size = alt_size;
-    struct sigcontext *mc = &fr->uc.mc;
     mc->gs = read_seg(0);
     mc->fs = read_seg(1);
     mc->es = mc->ds = mc->ss = read_seg(2);
@@ -115,14 +106,52 @@ static void deliver(struct lx_regs *r, int sig)
     mc->eip = lx_resume_eip;
     mc->eflags = r->eflags;
     mc->esp_at_signal = lx_user_esp;
-    uint64_t back = suspend_active ? suspend_saved : blocked;
     mc->oldmask = (uint32_t)back;
-    fr->uc.sigmask = back;
-    if (a->flags & SA_RESTORER) {
-        fr->pretcode = a->restorer;
-    } else { /* mov $173, %eax; int $0x80 on the stack would need an executable stack */
+}
+
+static void deliver(struct lx_regs *r, int sig)
+{
+    struct k_sigaction *a = &actions[sig];
+    if (!(a->flags & SA_RESTORER)) { /* a return trampoline on the stack would need it executable */
         lx_err("denali-linux: signal %d handler without SA_RESTORER; terminating\n", sig);
         lx_exit(128 + sig);
+    }
+    uint32_t sp = lx_user_esp;
+    if ((a->flags & SA_ONSTACK) && !(alt_flags & SS_DISABLE) && !(sp > alt_sp && sp <= alt_sp + alt_size))
+        sp = alt_sp + alt_size;
+    int rt = (a->flags & SA_SIGINFO) != 0;
+    uint32_t size = rt ? sizeof(struct rt_sigframe) : sizeof(struct sigframe);
+    sp -= size;
+    sp = ((sp + 4) & ~15u) - 4; /* (sp + 4) 16-aligned at the handler's entry, as Linux does */
+    if (!UW(sp, size)) {
+        lx_err("denali-linux: no room for the signal %d frame; terminating\n", sig);
+        lx_exit(128 + LX_SIGSEGV);
+    }
+    uint64_t back = suspend_active ? suspend_saved : blocked;
+    if (rt) {
+        struct rt_sigframe *fr = (struct rt_sigframe *)sp;
+        memset(fr, 0, sizeof *fr);
+        fr->pretcode = a->restorer;
+        fr->sig = sig;
+        fr->pinfo = (uint32_t)&fr->info;
+        fr->puc = (uint32_t)&fr->uc;
+        ((int32_t *)fr->info)[0] = sig;
+        ((int32_t *)fr->info)[3] = (int32_t)lx_pid; /* si_pid (SI_USER) */
+        fr->uc.ss_sp = alt_sp;
+        fr->uc.ss_flags = alt_flags;
+        fr->uc.ss_size = alt_size;
+        fill_context(&fr->uc.mc, r, back);
+        fr->uc.sigmask = back;
+        r->edx = fr->pinfo;
+        r->ecx = fr->puc;
+    } else {
+        struct sigframe *fr = (struct sigframe *)sp;
+        memset(fr, 0, sizeof *fr);
+        fr->pretcode = a->restorer;
+        fr->sig = sig;
+        fill_context(&fr->sc, r, back);
+        fr->extramask = (uint32_t)(back >> 32);
+        r->edx = r->ecx = 0;
     }
     uint32_t handler = a->handler;
     blocked |= a->mask;
@@ -136,8 +165,6 @@ static void deliver(struct lx_regs *r, int sig)
     lx_user_esp = sp;
     lx_resume_eip = handler;
     r->eax = (uint32_t)sig;
-    r->edx = fr->pinfo;
-    r->ecx = fr->puc;
     r->eflags &= ~0x400u; /* DF clear for the handler */
 }
 
@@ -227,23 +254,40 @@ long sys_rt_sigpending(long set, long size, long c, long d, long e, long f)
     return 0;
 }
 
+static void restore_context(struct lx_regs *r, const struct sigcontext *mc)
+{
+    r->edi = mc->edi, r->esi = mc->esi, r->ebp = mc->ebp, r->ebx = mc->ebx;
+    r->edx = mc->edx, r->ecx = mc->ecx, r->eax = mc->eax;
+    r->eflags = (r->eflags & ~0x00000dd5u) | (mc->eflags & 0x00000dd5u); /* arithmetic flags, DF, TF */
+    lx_user_esp = mc->esp;
+    lx_resume_eip = mc->eip;
+}
+
 long sys_rt_sigreturn(long a, long b, long c, long d, long e, long f)
 {
     (void)a, (void)b, (void)c, (void)d, (void)e, (void)f;
-    struct lx_regs *r = lx_cur_regs;
     uint32_t fp = lx_user_esp - 4; /* the handler's ret popped pretcode */
     if (!UR(fp, sizeof(struct rt_sigframe))) {
         lx_err("denali-linux: rt_sigreturn with a bad frame; terminating\n");
         lx_exit(128 + LX_SIGSEGV);
     }
     const struct rt_sigframe *fr = (const struct rt_sigframe *)fp;
-    const struct sigcontext *mc = &fr->uc.mc;
-    r->edi = mc->edi, r->esi = mc->esi, r->ebp = mc->ebp, r->ebx = mc->ebx;
-    r->edx = mc->edx, r->ecx = mc->ecx, r->eax = mc->eax;
-    r->eflags = (r->eflags & ~0x00000dd5u) | (mc->eflags & 0x00000dd5u); /* arithmetic flags, DF, TF */
-    lx_user_esp = mc->esp;
-    lx_resume_eip = mc->eip;
+    restore_context(lx_cur_regs, &fr->uc.mc);
     blocked = fr->uc.sigmask & ~UNBLOCKABLE;
+    return 0;
+}
+
+long sys_sigreturn(long a, long b, long c, long d, long e, long f)
+{
+    (void)a, (void)b, (void)c, (void)d, (void)e, (void)f;
+    uint32_t fp = lx_user_esp - 8; /* ret popped pretcode, the restorer popped sig */
+    if (!UR(fp, sizeof(struct sigframe))) {
+        lx_err("denali-linux: sigreturn with a bad frame; terminating\n");
+        lx_exit(128 + LX_SIGSEGV);
+    }
+    const struct sigframe *fr = (const struct sigframe *)fp;
+    restore_context(lx_cur_regs, &fr->sc);
+    blocked = ((uint64_t)fr->extramask << 32 | fr->sc.oldmask) & ~UNBLOCKABLE;
     return 0;
 }
 

@@ -33,8 +33,8 @@ static const struct entry table[NR_MAX] = {
     E(64, sys_getppid), E(65, sys_getpgrp), E(66, sys_getpid), E(75, sys_setrlimit),
     E(76, sys_getrlimit), E(77, sys_getrusage), E(78, sys_gettimeofday), E(82, sys_old_select),
     E(83, sys_symlink), E(85, sys_readlink), E(90, sys_old_mmap), E(91, sys_munmap),
-    E(93, sys_ftruncate64), E(94, sys_fchmod), E(102, sys_socketcall), E(104, sys_setitimer),
-    E(105, sys_getitimer), E(114, sys_wait4), E(116, sys_sysinfo), E(118, sys_fsync),
+    E(92, sys_truncate), E(93, sys_ftruncate), E(94, sys_fchmod), E(102, sys_socketcall), E(104, sys_setitimer),
+    E(105, sys_getitimer), E(114, sys_wait4), E(116, sys_sysinfo), E(118, sys_fsync), E(119, sys_sigreturn),
     N(120, "clone"), E(122, sys_uname), E(125, sys_mprotect), E(132, sys_getpgrp),
     E(133, sys_fchdir), E(136, sys_personality), E(140, sys_llseek), E(142, sys_select),
     E(143, sys_zero), E(145, sys_readv), E(146, sys_writev), E(147, sys_getpid),
@@ -95,7 +95,7 @@ void lx_syscall(struct lx_regs *r)
     if (lx_trace)
         lx_err("[lx] %s(%u)(0x%x, 0x%x, 0x%x, 0x%x) = %ld\n", name_of(nr), nr, r->ebx, r->ecx,
                r->edx, r->esi, ret);
-    if (nr != 173) /* rt_sigreturn restores the whole frame itself */
+    if (nr != 173 && nr != 119) /* (rt_)sigreturn restores the whole frame itself */
         r->eax = (uint32_t)ret;
     if (lx_sig_pending)
         lx_deliver_signals(r);

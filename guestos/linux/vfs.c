@@ -1885,6 +1885,18 @@ long sys_ftruncate64(long fd, long lo, long hi, long d, long e, long f)
     return truncate_inode(fl->priv, (uint64_t)len);
 }
 
+long sys_ftruncate(long fd, long len, long c, long d, long e, long f)
+{
+    (void)c;
+    return sys_ftruncate64(fd, len, len < 0 ? -1 : 0, d, e, f);
+}
+
+long sys_truncate(long path, long len, long c, long d, long e, long f)
+{
+    (void)c;
+    return sys_truncate64(path, len, len < 0 ? -1 : 0, d, e, f);
+}
+
 long sys_truncate64(long path, long lo, long hi, long d, long e, long f)
 {
     (void)d, (void)e, (void)f;

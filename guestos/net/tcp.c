@@ -614,3 +614,37 @@ void tcp_close(int c)
     output(t);
     netif_flush();
 }
+
+/* Readiness without blocking (for poll/select in the Linux personality). */
+int tcp_poll(int c)
+{
+    struct tcb *t = conn(c);
+    if (!t || t->state == T_FREE)
+        return TCP_POLL_HUP;
+    int ev = 0;
+    if (t->state == T_LISTEN) {
+        for (int i = 0; i < TCP_CONNS; i++)
+            if (tcbs[i].parent == c && !tcbs[i].accepted && tcbs[i].state >= T_ESTAB)
+                return TCP_POLL_IN;
+        return 0;
+    }
+    if (t->rlen || t->state == T_CLOSED || t->state == T_CLOSE_WAIT || t->state == T_CLOSING ||
+        t->state == T_LAST_ACK || t->state == T_TIME_WAIT)
+        ev |= TCP_POLL_IN;
+    if ((t->state == T_ESTAB || t->state == T_CLOSE_WAIT) && t->slen < TCP_BUF)
+        ev |= TCP_POLL_OUT;
+    if (t->state == T_CLOSED || t->reset)
+        ev |= TCP_POLL_HUP;
+    return ev;
+}
+
+int tcp_endpoints(int c, uint16_t *lport, uint32_t *rip, uint16_t *rport)
+{
+    struct tcb *t = conn(c);
+    if (!t || t->state == T_FREE)
+        return NET_ERR_INVAL;
+    *lport = t->lport;
+    *rip = t->rip;
+    *rport = t->rport;
+    return NET_OK;
+}

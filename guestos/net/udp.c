@@ -116,3 +116,16 @@ int udp_recvfrom(int sock, void *buf, size_t cap, uint32_t *src, uint16_t *sport
     mutex_unlock(&udp_mutex);
     return (int)n;
 }
+
+int udp_pending(int sock)
+{
+    if (sock < 0 || sock >= NET_UDP_SOCKETS || !socks[sock].used)
+        return 0;
+    return socks[sock].count;
+}
+
+void udp_close(int sock)
+{
+    if (sock >= 0 && sock < NET_UDP_SOCKETS)
+        socks[sock].used = 0;
+}

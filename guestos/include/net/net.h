@@ -40,5 +40,8 @@ int udp_bind(uint16_t port); /* a socket handle >= 0, or NET_ERR_NOBUFS */
 int udp_sendto(int sock, uint32_t dst, uint16_t dport, const void *buf, size_t len);
 /* Waits for a datagram until deadline_ns (0 = forever); returns its length or NET_ERR_TIMEOUT. */
 int udp_recvfrom(int sock, void *buf, size_t cap, uint32_t *src, uint16_t *sport, uint64_t deadline_ns);
+/* Datagrams waiting (without blocking), and giving a socket back. */
+int udp_pending(int sock);
+void udp_close(int sock);
 
 #endif

@@ -19,5 +19,13 @@ int tcp_send(int c, const void *buf, size_t len, uint64_t deadline_ns);
 int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns);
 /* Closes our side (FIN after queued data); the handle must not be used afterwards. */
 void tcp_close(int c);
+/* Readiness now, without blocking: TCP_POLL_* bits. IN: data or end of stream to read
+ * (a listener: a connection to accept); OUT: room to send; HUP: closed or reset. */
+#define TCP_POLL_IN 1
+#define TCP_POLL_OUT 2
+#define TCP_POLL_HUP 4
+int tcp_poll(int c);
+/* The local port and the peer's address of a connection (host byte order). */
+int tcp_endpoints(int c, uint16_t *lport, uint32_t *rip, uint16_t *rport);
 
 #endif
