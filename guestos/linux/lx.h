@@ -327,6 +327,7 @@ uint32_t lx_umask(void);
 
 /* ---- sockets (sock.c) ---- */
 void sock_init(void);
+void sock_linger(void);
 long sys_socketcall(long, long, long, long, long, long);
 long sys_socket(long, long, long, long, long, long);
 long sys_socketpair(long, long, long, long, long, long);

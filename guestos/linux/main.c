@@ -88,6 +88,7 @@ int main(int argc, char **argv)
 __attribute__((noreturn)) void lx_exit(int status)
 {
     vfs_sync();
+    sock_linger();
     lx_report();
     exit(status & 0xff);
 }

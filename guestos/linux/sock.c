@@ -60,6 +60,18 @@ void sock_init(void)
         net_up = 1;
 }
 
+/* At exit: let the stack finish sending what the program handed it (queued TCP data and
+ * FINs, a datagram waiting for ARP), as a Linux kernel would after the process is gone;
+ * at most two seconds. */
+void sock_linger(void)
+{
+    if (!net_up)
+        return;
+    uint64_t until = clock_ns() + 2000000000ull;
+    while (net_busy() && clock_ns() < until)
+        thread_sleep_ns(1000000);
+}
+
 static struct sock *sock_of(int fd, long *err)
 {
     struct lx_file *f = fd_get(fd);

@@ -162,3 +162,11 @@ uint64_t arp_timers(uint64_t now)
     }
     return next;
 }
+
+int arp_busy(void)
+{
+    for (int i = 0; i < ARP_ENTRIES; i++)
+        if (cache[i].state == PENDING && cache[i].wait_len)
+            return 1;
+    return 0;
+}

@@ -46,6 +46,7 @@ void arp_announce(void);                    /* gratuitous ARP: tell the LAN our 
  * (if not NULL) waits, replacing an older waiting one. */
 int arp_resolve(uint32_t ip, uint8_t mac[6], const uint8_t *frame, size_t len);
 uint64_t arp_timers(uint64_t now);
+int arp_busy(void);
 
 /* ipv4.c */
 void ip_input(const uint8_t *pkt, size_t len);
@@ -63,5 +64,6 @@ void udp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len);
 /* tcp.c */
 void tcp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len);
 uint64_t tcp_timers(uint64_t now);
+int tcp_busy(void);
 
 #endif

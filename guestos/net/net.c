@@ -29,6 +29,11 @@ const struct net_stats *net_get_stats(void)
     return &net_stats;
 }
 
+int net_busy(void)
+{
+    return tcp_busy() || arp_busy();
+}
+
 static void net_thread(void *arg)
 {
     (void)arg;

@@ -648,3 +648,15 @@ int tcp_endpoints(int c, uint16_t *lport, uint32_t *rip, uint16_t *rport)
     *rport = t->rport;
     return NET_OK;
 }
+
+int tcp_busy(void)
+{
+    for (int i = 0; i < TCP_CONNS; i++) {
+        const struct tcb *t = &tcbs[i];
+        if (t->state == T_SYN_SENT || t->state == T_SYN_RCVD || t->state == T_FIN_WAIT_1 ||
+            t->state == T_CLOSING || t->state == T_LAST_ACK ||
+            ((t->state == T_ESTAB || t->state == T_CLOSE_WAIT) && (t->slen || t->fin_queued)))
+            return 1;
+    }
+    return 0;
+}

@@ -42,7 +42,7 @@ def build_prog(name: str, out_dir: Path) -> Path:
     """Compile tests/linux/progs/NAME.c with gcc -m32 -static (glibc for i386)."""
     out = out_dir / name
     if not out.exists():
-        r = subprocess.run(["gcc", "-m32", "-static", "-O1", "-o", str(out), str(HERE / "progs" / f"{name}.c")],
+        r = subprocess.run(["gcc", "-m32", "-static", "-O1", "-D_FILE_OFFSET_BITS=64", "-o", str(out), str(HERE / "progs" / f"{name}.c")],
                            capture_output=True, text=True)
         if r.returncode:
             pytest.fail(f"cannot build {name} (gcc -m32 -static; run tools/install-test-deps.sh): {r.stderr}")

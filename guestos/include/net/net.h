@@ -25,6 +25,9 @@ struct net_stats {
 /* Starts the stack from the command line; NET_OK, NET_ERR_NODEV or NET_ERR_CONFIG. */
 int net_start(void);
 uint32_t net_ip(void);
+/* Nonzero while frames wait for an ARP answer or TCP data, a FIN or a handshake is not
+ * yet acknowledged (a guest that is about to exit can let them finish). */
+int net_busy(void);
 const struct net_stats *net_get_stats(void);
 /* "10.0.0.1" -> host-order address; 0 when malformed. */
 uint32_t net_parse_ip(const char *s);
