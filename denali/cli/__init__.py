@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from denali import top
 from denali.cli import boot
 from denali.cli import disk as disk_cli
+from denali.cli import linux as linux_cli
 from denali.images import builtin_images
 
 
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="denali", description="Denali isolation kernel on Unicorn.")
     sub = p.add_subparsers(dest="command", required=True)
     boot.add_parser(sub)
+    linux_cli.add_parser(sub)
     sub.add_parser("images", help="list the built-in guest images")
     t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics")
     t.add_argument("address", metavar="HOST:PORT")
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"denali: top {args.address}: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "linux":
+        return linux_cli.run(args)
     return boot.run(args)
 
 

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,8 @@ def build_prog(name: str, out_dir: Path) -> Path:
     """Compile tests/linux/progs/NAME.c with gcc -m32 -static (glibc for i386)."""
     out = out_dir / name
     if not out.exists():
-        r = subprocess.run(["gcc", "-m32", "-static", "-O1", "-D_FILE_OFFSET_BITS=64", "-o", str(out), str(HERE / "progs" / f"{name}.c")],
-                           capture_output=True, text=True)
+        r = subprocess.run(["gcc", "-m32", "-static", "-O1", "-D_FILE_OFFSET_BITS=64", "-o", str(out),
+                            str(HERE / "progs" / f"{name}.c")], capture_output=True, text=True)
         if r.returncode:
             pytest.fail(f"cannot build {name} (gcc -m32 -static; run tools/install-test-deps.sh): {r.stderr}")
     return out
@@ -59,12 +60,14 @@ def make_tree(root: Path) -> None:
     (root / "words.txt").write_text("\n".join(lines) + "\n")
     (root / "sorted.txt").write_text("\n".join(sorted(lines)) + "\n")
     (root / "nums.txt").write_text("".join(f"{rnd.randint(-1000, 100000)}\n" for _ in range(300)))
-    (root / "colon.txt").write_text("".join(f"{rnd.choice(words)}:{i}:{rnd.random():.4f}\n" for i in range(50)))
+    (root / "colon.txt").write_text("".join(f"{rnd.choice(words)}:{i}:{rnd.random():.4f}\n"
+                                            for i in range(50)))
     (root / "data.bin").write_bytes(rnd.randbytes(100_000))
     (root / "small.bin").write_bytes(rnd.randbytes(100))
     for d in ("dir/sub", "dir/other", "dir/sub/deep"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    for i, p in enumerate(("dir/a.txt", "dir/b.log", "dir/sub/c.txt", "dir/sub/deep/d.txt", "dir/other/e.bin")):
+    files = ("dir/a.txt", "dir/b.log", "dir/sub/c.txt", "dir/sub/deep/d.txt", "dir/other/e.bin")
+    for i, p in enumerate(files):
         (root / p).write_text(f"file {i}\n" * (i + 1))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -82,7 +85,7 @@ def make_tree(root: Path) -> None:
 
 
 def pack(tree: Path, image: Path, size: str = "32M") -> Path:
-    r = subprocess.run([os.environ.get("PYTHON", "python3"), "-m", "denali", "disk", "pack", str(tree), str(image),
+    r = subprocess.run([sys.executable, "-m", "denali", "disk", "pack", str(tree), str(image),
                         "--size", size], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return image

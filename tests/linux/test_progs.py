@@ -15,7 +15,7 @@ import pytest
 
 from denali.devices.disk import DiskSpec, create_image
 from denali.kernel import Kernel
-from denali.linux import STREAM, run_linux, spawn_linux, syscalls_of
+from denali.linux import STREAM, run_linux, spawn_linux
 from denali.net.tap import TapPort
 from tests.linux.helpers import ENV, build_prog, need_qemu, qemu_run
 from tests.net.netns import need_tools, run
@@ -174,7 +174,8 @@ async def test_linux_server_and_client_on_the_lan(kernel: Kernel, progs: Path) -
 
 async def test_connect_refused_and_unreachable(kernel: Kernel, progs: Path) -> None:
     await spawn_linux(kernel, progs / "misc", ["misc", "stdin"], stdin=STREAM, net="ip=10.0.0.1/24")
-    r = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "9", "x"], kernel=kernel, net="ip=10.0.0.2/24")
+    r = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "9", "x"], kernel=kernel,
+                        net="ip=10.0.0.2/24")
     assert r.stdout == b"connect: Connection refused\n"
     r = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "9", "x"], kernel=kernel)
     assert r.stdout == b"connect: Network is unreachable\n"

@@ -3,7 +3,8 @@
  *   misc stdin        copy standard input to standard output, report the count on stderr
  *   misc fork         fork/execve must fail with ENOSYS
  *   misc kill SIG     send itself SIG (default action ends it with 128 + SIG)
- *   misc exit N       exit_group(N) */
+ *   misc exit N       exit_group(N)
+ *   misc segv         read address 0 (the VM faults: there is no SIGSEGV delivery) */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -61,5 +62,11 @@ int main(int argc, char **argv)
     }
     if (argc > 2 && !strcmp(argv[1], "exit"))
         exit(atoi(argv[2]));
+    if (argc > 1 && !strcmp(argv[1], "segv")) {
+        volatile int *p = 0;
+        printf("about to fault\n");
+        fflush(stdout);
+        return *p;
+    }
     return 2;
 }
