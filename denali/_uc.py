@@ -378,6 +378,12 @@ class Engine:
         _OWNERS.pop(getattr(self, "_key", 0), None)
 
 
+def start_raw(handle: int, begin: int) -> int:
+    """``uc_emu_start(handle, begin, 0, 0, 0)`` on a raw handle (the hot restart of a
+    routed system call); the caller owns the engine."""
+    return int(_emu_start(handle, begin, 0, 0, 0))
+
+
 def stop_handle(handle: int) -> None:
     """``uc_emu_stop`` on a raw handle; the caller guarantees the engine is alive."""
     _emu_stop(ctypes.c_void_p(handle))

@@ -37,6 +37,7 @@ _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
 _SAVE_EIP: Final = struct.Struct("<I")
+_VECTOR: Final = abi.HYPERCALL_VECTOR
 EXIT: Final = -1
 """Handler result: stop the slice; the VM coroutine completes this hypercall."""
 _VECTOR_KIND: Final = {0: FaultKind.DIVIDE, 3: FaultKind.BREAKPOINT, 6: FaultKind.INVALID_INSN,
@@ -167,16 +168,8 @@ class VCpu:
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
-        if self.exit is Exit.FAULT:  # already faulted (a stop lands at block end)
-            self.engine.stop()
-            return
-        if intno != abi.HYPERCALL_VECTOR:
-            self._vector = intno
-            self.exit = Exit.FAULT
-            self.engine.stop()
-            return
         eng = self.engine
-        if self.sys_entry:
+        if self.sys_entry and intno == _VECTOR and self.exit is Exit.PREEMPTED:
             # [personality] SYSCALL_ENTRY's rule: an int $0x80 outside the personality's
             # code is the program's system call: save its resume EIP, enter the handler.
             # EIP is not written here: Unicorn 2.1 loses track of EIP when an engine
@@ -189,6 +182,14 @@ class VCpu:
                 self.redirect = True
                 eng.stop()
                 return
+        if self.exit is Exit.FAULT:  # already faulted (a stop lands at block end)
+            eng.stop()
+            return
+        if intno != _VECTOR:
+            self._vector = intno
+            self.exit = Exit.FAULT
+            eng.stop()
+            return
         if self.defer_hypercalls:  # on a worker thread: the loop handles it
             self.hcall_nr = eng.reg_read(_uc.REG_EAX)
             self.hcall_arg = eng.reg_read(_uc.REG_EBX)
@@ -243,12 +244,14 @@ class VCpu:
         resume_at = None
         try:
             err = eng.start(self.eip)
-            while self.redirect:  # [personality] a routed system call: enter the handler
-                self.redirect = False
-                if err or self.exit is not Exit.PREEMPTED or time.monotonic_ns() >= deadline_ns:
-                    resume_at = self.sys_entry
-                    break
-                err = eng.start(self.sys_entry)
+            if self.redirect:  # [personality] a routed system call: enter the handler
+                start, handle, entry, now = _uc.start_raw, eng.handle, self.sys_entry, time.monotonic_ns
+                while self.redirect:
+                    self.redirect = False
+                    if err or self.exit is not Exit.PREEMPTED or now() >= deadline_ns:
+                        resume_at = entry
+                        break
+                    err = start(handle, entry)
         finally:
             lane.end()
         self.eip = eng.reg_read(_uc.REG_EIP) if resume_at is None else resume_at

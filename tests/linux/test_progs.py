@@ -31,7 +31,8 @@ def progs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def kernel() -> AsyncIterator[Kernel]:
-    async with Kernel() as k:
+    # Long slices: see tests/linux/test_busybox.py (the VMs here idle or finish quickly).
+    async with Kernel(slice_us=1_000_000) as k:
         yield k
 
 
