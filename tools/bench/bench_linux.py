@@ -94,7 +94,8 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
     img = make_data(tmp, size)
     tree = tmp / "tree"
     g_q, g_d, ratios_g = [], [], []
-    res: dict[str, dict[str, list[float]]] = {t: {"qemu": [], "cli": [], "vm": []} for t in ("sha256sum", "gzip")}
+    res: dict[str, dict[str, list[float]]] = {t: {"qemu": [], "cli": [], "vm": []}
+                                              for t in ("sha256sum", "gzip")}
     async with Kernel(slice_us=SLICE_US) as k:
         for _ in range(rounds):
             _, out = wall([qemu, str(getpid), "1000000"])
@@ -102,7 +103,8 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
             r = await run_linux(getpid, ["getpid", "200000"], kernel=k)
             g_d.append(getpid_ns(r.stdout))
             ratios_g.append(g_d[-1] / g_q[-1])
-            for tool, args in (("sha256sum", ["sha256sum", "random.bin"]), ("gzip", ["gzip", "-c", "text.txt"])):
+            for tool, args in (("sha256sum", ["sha256sum", "random.bin"]),
+                               ("gzip", ["gzip", "-c", "text.txt"])):
                 tq, outq = wall([qemu, "-0", "busybox", str(BUSYBOX), *args], cwd=tree)
                 tc, outc = wall([sys.executable, "-m", "denali", "linux", "--slice-us", str(SLICE_US),
                                  "--disk", f"root={img}:ro", str(BUSYBOX), *args])
@@ -114,7 +116,8 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
                 res[tool]["vm"].append(tv)
     med = statistics.median
     rows = [("what", "qemu-i386", "denali", "denali / qemu (median of rounds)")]
-    rows.append(("getpid, us per call", f"{med(g_q) / 1000:.3f}", f"{med(g_d) / 1000:.3f}", f"{med(ratios_g):.1f}x"))
+    rows.append(("getpid, us per call", f"{med(g_q) / 1000:.3f}", f"{med(g_d) / 1000:.3f}",
+                 f"{med(ratios_g):.1f}x"))
     for tool in ("sha256sum", "gzip"):
         r = res[tool]
         cli = [c / q for c, q in zip(r["cli"], r["qemu"], strict=True)]

@@ -30,7 +30,7 @@ MEM = 4 << 20
 
 
 def run(path: Path, interval_us: int | None) -> tuple[int, ...]:
-    elf = ELFFile(open(path, "rb"))  # noqa: SIM115 (kept open while the engine loads it)
+    elf = ELFFile(open(path, "rb"))
     out = elf.get_section_by_name(".symtab").get_symbol_by_name("out")[0]["st_value"]
     mu = Uc(UC_ARCH_X86, UC_MODE_32)
     mu.mem_map(0, MEM)
@@ -70,9 +70,9 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "stophash"
-        subprocess.run(["gcc", "-m32", "-O2", "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
-                        "-Wl,-Ttext=0x10000", "-Wl,-z,norelro", "-Wl,--build-id=none", "-Wl,-z,noseparate-code",
-                        "-o", str(exe), str(HERE / "stophash.c")], check=True)
+        subprocess.run(["gcc", "-m32", "-O2", "-ffreestanding", "-nostdlib", "-static", "-fno-pic",
+                        "-no-pie", "-Wl,-Ttext=0x10000", "-Wl,-z,norelro", "-Wl,--build-id=none",
+                        "-Wl,-z,noseparate-code", "-o", str(exe), str(HERE / "stophash.c")], check=True)
         ref = run(exe, None)
         print("reference", " ".join(f"{x:08x}" for x in ref))
         bad = 0
