@@ -15,7 +15,7 @@ import pytest
 
 from denali.devices.disk import DiskSpec, create_image
 from denali.kernel import Kernel
-from denali.linux import STREAM, run_linux, spawn_linux
+from denali.linux import STREAM, run_linux, spawn_linux, syscalls_of
 from denali.net.tap import TapPort
 from tests.linux.helpers import ENV, build_prog, need_qemu, qemu_run
 from tests.net.netns import need_tools, run
@@ -215,3 +215,28 @@ async def test_linux_server_serves_a_linux_client_through_tap(kernel: Kernel, pr
     finally:
         tap.close()
         await run("ip", "netns", "del", ns)
+
+
+async def test_many_linux_vms_at_once(progs: Path) -> None:
+    """The short version of bench_linux's 1,000 VMs: 40 programs alive together, each
+    idle in read(0), then each given its input."""
+    async with Kernel() as k:
+        outs = [bytearray() for _ in range(40)]
+        vms = [await spawn_linux(k, progs / "misc", ["misc", "stdin"], stdin=STREAM, nic=False,
+                                 stdout=out.extend, stderr=lambda _d: None) for out in outs]
+        for vm in vms:
+            await vm.until_idle()
+        assert all(syscalls_of(vm) > 0 for vm in vms)
+        for i, vm in enumerate(vms):
+            await vm.console.write_input(b"vm %d\n" % i)
+            vm.console.close_input()
+        assert await asyncio.wait_for(asyncio.gather(*(vm.wait() for vm in vms)), 60) == [0] * 40
+    assert [bytes(o) for o in outs] == [b"vm %d\n" % i for i in range(40)]
+
+
+async def test_runs_on_worker_threads(progs: Path) -> None:
+    async with Kernel(workers=2, slice_us=1_000_000) as k:
+        results = await asyncio.gather(*(run_linux(progs / "tls", ["tls", "3", "5"], kernel=k)
+                                         for _ in range(3)))
+    assert {r.status for r in results} == {0}
+    assert len({r.stdout for r in results}) == 1 and b"counter=44" in results[0].stdout
