@@ -220,6 +220,10 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
     phentsize, phnum = struct.unpack_from("<HH", data, 42)
     if machine != 3:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
+    if 1 <= phnum <= 64 and phentsize == 32 and phoff + phnum * 32 <= len(data) and any(
+            struct.unpack_from("<I", data, phoff + 32 * i)[0] == _PT_INTERP for i in range(phnum)):
+        raise ImageError(f"{path}: dynamically linked (has an interpreter); only static "
+                         "programs run (gcc -m32 -static)")
     if etype == 3:
         raise ImageError(f"{path}: position-independent (ET_DYN); link it with -static -no-pie")
     if etype != 2:

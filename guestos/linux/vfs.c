@@ -973,8 +973,10 @@ void vfs_init(void)
     cwd = root;
     char path[256];
     if (cmdline_get("lx.cwd", path, sizeof path) > 0)
-        if (sys_chdir((long)path, 0, 0, 0, 0, 0) < 0)
+        if (sys_chdir((long)path, 0, 0, 0, 0, 0) < 0) {
             lx_err("denali-linux: cannot change to directory %s\n", path);
+            exit(127);
+        }
 }
 
 /* ---- path resolution ---- */

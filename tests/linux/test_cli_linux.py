@@ -66,6 +66,13 @@ def test_bad_program_is_one_clear_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr == f"denali: {script}: not an ELF file\n".encode()
     r = denali("--count", "0", str(script))
     assert r.returncode == 2
+    r = denali("--cwd", "/nowhere", str(script))
+    assert r.returncode == 2  # not an ELF file comes first
+
+
+def test_a_missing_working_directory_is_status_127(misc: Path) -> None:
+    r = denali("--cwd", "/nowhere", str(misc), "exit", "0")
+    assert (r.returncode, r.stderr) == (127, b"denali-linux: cannot change to directory /nowhere\n")
 
 
 def test_a_fault_is_reported_with_status_125(misc: Path) -> None:
