@@ -94,6 +94,8 @@ CASES: list[tuple[str, list[Step], bool]] = [
     ("sum", [(["sum", "words.txt"], b"")], False),
     ("strings", [(["strings", "-n", "6", "data.bin"], b"")], False),
     ("diff", [(["diff", "words.txt", "sorted.txt"], b"")], False),
+    ("sh", [(["sh", "-c", 'for i in 1 2 3; do echo "n=$i"; done; echo $((6 * 7)); read l; echo "got $l"; '
+              'test -f words.txt && echo yes; cd dir; echo ${PWD##*/}; exit 3'], b"a line\n")], False),
 ]
 
 
