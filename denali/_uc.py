@@ -15,7 +15,9 @@ any thread may call while ``start()`` runs (that is how slices are preempted).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+from collections.abc import Callable
 from typing import Final, Protocol
 
 import unicorn
@@ -236,7 +238,8 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_batch_ids", "_batch_vals", "_h", "_hooks", "_key", "_u32", "_u32ref", "closed")
+    __slots__ = ("_batch_ids", "_batch_vals", "_eip_call", "_h", "_hooks", "_key", "_u32", "_u32ref",
+                 "closed")
 
     def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
                  tcg_buffer: int) -> None:
@@ -250,6 +253,7 @@ class Engine:
         self._hooks: list[ctypes.c_size_t] = []
         self._u32 = ctypes.c_uint32()
         self._u32ref = ctypes.byref(self._u32)
+        self._eip_call = functools.partial(_reg_read_bare, h, ctypes.c_int(REG_EIP), self._u32ref)
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -329,6 +333,11 @@ class Engine:
         _reg_read(self._h, reg, self._u32ref)
         return self._u32.value
 
+    def read_eip(self) -> int:
+        """EIP, with the call's arguments converted once (the routed-system-call path)."""
+        self._eip_call()
+        return self._u32.value
+
     def reg_write(self, reg: int, value: int) -> None:
         v = ctypes.c_uint32(value & 0xFFFFFFFF)
         self._check(_reg_write(self._h, reg, ctypes.byref(v)), "reg_write")
@@ -378,10 +387,18 @@ class Engine:
         _OWNERS.pop(getattr(self, "_key", 0), None)
 
 
-def start_raw(handle: int, begin: int) -> int:
-    """``uc_emu_start(handle, begin, 0, 0, 0)`` on a raw handle (the hot restart of a
-    routed system call); the caller owns the engine."""
-    return int(_emu_start(handle, begin, 0, 0, 0))
+_bare: Final = ctypes.CDLL(_LIB_PATH)
+_emu_start_bare: Final = _bare.uc_emu_start
+_reg_read_bare: Final = _bare.uc_reg_read
+"""uc_emu_start without argtypes: called only with ready-made ctypes arguments."""
+
+
+def restarter(handle: int, begin: int) -> Callable[[], int]:
+    """A function that runs ``uc_emu_start(handle, begin, 0, 0, 0)``, its arguments
+    converted once (the hot restart of a routed system call: ctypes' per-call argument
+    conversion is a third of its cost); the caller owns the engine."""
+    return functools.partial(_emu_start_bare, ctypes.c_void_p(handle), ctypes.c_uint64(begin),
+                             ctypes.c_uint64(0), ctypes.c_uint64(0), ctypes.c_size_t(0))
 
 
 def stop_handle(handle: int) -> None:

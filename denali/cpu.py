@@ -175,7 +175,7 @@ class VCpu:
             # EIP is not written here: Unicorn 2.1 loses track of EIP when an engine
             # whose EIP a callback wrote is later stopped from another thread (the
             # watchdog), so the slice stops now and ``run`` resumes it at the entry.
-            eip = eng.reg_read(_uc.REG_EIP)
+            eip = eng.read_eip()
             if not self.sys_lo <= eip - 2 < self.sys_hi:
                 _SAVE_EIP.pack_into(self.memory.buf, self.sys_save, eip)
                 self.routed += 1
@@ -245,13 +245,14 @@ class VCpu:
         try:
             err = eng.start(self.eip)
             if self.redirect:  # [personality] a routed system call: enter the handler
-                start, handle, entry, now = _uc.start_raw, eng.handle, self.sys_entry, time.monotonic_ns
+                entry, now = self.sys_entry, time.monotonic_ns
+                start = _uc.restarter(eng.handle, entry)
                 while self.redirect:
                     self.redirect = False
                     if err or self.exit is not Exit.PREEMPTED or now() >= deadline_ns:
                         resume_at = entry
                         break
-                    err = start(handle, entry)
+                    err = start()
         finally:
             lane.end()
         self.eip = eng.reg_read(_uc.REG_EIP) if resume_at is None else resume_at
