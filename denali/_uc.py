@@ -51,6 +51,7 @@ UC_TLB_VIRTUAL: Final = _c.UC_TLB_VIRTUAL
 UC_PROT_ALL: Final = _c.UC_PROT_ALL
 _CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
 _CTL_TCG_BUFFER_SIZE: Final = _c.UC_CTL_TCG_BUFFER_SIZE
+_CTL_TLB_FLUSH: Final = _c.UC_CTL_TLB_FLUSH
 _CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
 
 # uc_mem_type values seen by the TLB-fill hook
@@ -262,6 +263,16 @@ GDT: Final = (bytes(8) + _desc(0, 0xFFFFF, 0x9A) + _desc(0, 0xFFFFF, 0x92)
 """Null, kernel code/data (DPL 0), user code/data (DPL 3), a null entry; the TLS
 entries follow (``GDT_SIZE`` bytes in all)."""
 GDT_SIZE: Final = len(GDT) + TLS_SIZE
+
+
+def tls_descriptor(base: int, limit: int, pages: bool) -> bytes:
+    """A DPL 3 read/write 32-bit data segment descriptor for a TLS entry (SET_TLS):
+    ``limit`` in pages when ``pages``, else in bytes. Marked accessed already, or the CPU
+    would set that bit in the GDT, which lives in a page the guest cannot write."""
+    d = bytearray(_desc(base, limit, 0xF3))
+    if not pages:
+        d[6] &= 0x7F  # byte granularity
+    return bytes(d)
 KERNEL_CS: Final = 0x08
 KERNEL_DS: Final = 0x10
 USER_CS: Final = 0x18 | 3
@@ -401,6 +412,11 @@ class Engine:
         vals, ptrs = self._batch_vals
         _reg_read_batch(self._h, self._batch_ids, ptrs, len(vals))
         return {name: v.value for name, v in zip(GPR_NAMES, vals, strict=True)}
+
+    def flush_tlb(self) -> None:
+        """Forget every cached page translation: the next access to each page asks
+        ``on_tlb_fill`` again (after a page lost a permission). Callable from a hook."""
+        self._ctl(_CTL_TLB_FLUSH)
 
     def read_fpu(self) -> bytes:
         """The x87 and SSE state (``FPU_STATE_SIZE`` bytes; layout at ``FPU_STATE_SIZE``)."""

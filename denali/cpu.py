@@ -10,6 +10,10 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
   right after the ``int`` and the caller of ``run`` completes the call
   (``hcall_nr``/``hcall_arg``, then ``set_result``). With ``defer_hypercalls`` (slices on
   worker threads) every hypercall exits that way and ``deferred`` is set;
+- with a syscall route set (``route``, the VM's SYSCALL_ENTRY), an ``int $0x80`` whose
+  instruction lies outside the route's code range is a foreign system call, not a
+  hypercall: its resume EIP is stored at the route's ``save`` address and the guest
+  continues at the route's entry, every other register as the program left it;
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -45,6 +49,8 @@ _TRAMPOLINE: Final = abi.Layout.KERNEL_PAGE + 0x100
 _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
+_VECTOR: Final = abi.HYPERCALL_VECTOR
+_U32: Final = struct.Struct("<I")
 EXIT: Final = -1
 """Dispatch result: stop the slice; the caller of ``run`` completes this hypercall."""
 Dispatch = Callable[[int, int], int]
@@ -117,8 +123,22 @@ class CpuState:
         return cls(regs, data[at + _uc.TLS_SIZE:], fs, gs, tls)
 
 
+@dataclass(frozen=True, slots=True)
+class SyscallRoute:
+    """Where foreign system calls go (SYSCALL_ENTRY): an ``int $0x80`` at an address
+    outside [code_lo, code_hi) stores its resume EIP at ``save`` and enters ``entry``."""
+
+    entry: int
+    save: int
+    code_lo: int
+    code_hi: int
+
+
 def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]:
-    """The page map of a VM: (regions, heap_start, heap_end)."""
+    """The page map of a VM: (regions, heap_start, heap_end). An image composed with a
+    page map of its own (``Image.regions``, a personality and its program) gives it."""
+    if image.regions:
+        return list(image.regions), image.heap[0], image.heap[1]
     page = abi.PAGE_SIZE
     stack_lo = mem_size - abi.STACK_SIZE
     heap_end = stack_lo - page  # the page below the stack is the guard
@@ -154,14 +174,17 @@ class VCpu:
         "hypercalls",
         "image_name",
         "memory",
+        "route",
+        "syscalls",
         "vm_id",
     )
 
     def __init__(self, vm_id: int, image_name: str, memory: GuestMemory, dispatch: Dispatch,
-                 tcg_buffer: int, state: CpuState) -> None:
+                 tcg_buffer: int, state: CpuState, route: SyscallRoute | None = None) -> None:
         """Build the engine over ``memory`` and load ``state`` (``CpuState.boot`` for a
         fresh VM). Writes the kernel page (GDT, TLS entries, trampoline, iret frame).
-        ``ResourceError`` when Unicorn cannot create the engine."""
+        ``route``: where foreign system calls go (``set_route``). ``ResourceError`` when
+        Unicorn cannot create the engine."""
         self.vm_id = vm_id
         self.image_name = image_name
         self.memory = memory
@@ -176,6 +199,9 @@ class VCpu:
         self._invalid = False
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self.hypercalls = 0
+        self.syscalls = 0
+        """Foreign system calls routed to ``route.entry``."""
+        self.route = route
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
@@ -197,19 +223,28 @@ class VCpu:
         except BaseException:
             self.engine.close()
             raise
+        memory.on_lowered = self.engine.flush_tlb
         self.eip = _TRAMPOLINE
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
+        eng = self.engine
         if self.exit is Exit.FAULT:  # already faulted (a stop lands at block end)
-            self.engine.stop()
+            eng.stop()
             return
-        if intno != abi.HYPERCALL_VECTOR:
+        if intno != _VECTOR:
             self._vector = intno
             self.exit = Exit.FAULT
-            self.engine.stop()
+            eng.stop()
             return
-        eng = self.engine
+        route = self.route
+        if route is not None:
+            eip = eng.reg_read(_uc.REG_EIP)  # after the 2-byte int $0x80
+            if not route.code_lo <= eip - 2 < route.code_hi:  # the program's system call
+                _U32.pack_into(self.memory.buf, route.save, eip)
+                self.syscalls += 1
+                eng.reg_write(_uc.REG_EIP, route.entry)
+                return
         nr = eng.reg_read(_uc.REG_EAX)
         arg = eng.reg_read(_uc.REG_EBX)
         self.hypercalls += 1
@@ -280,6 +315,11 @@ class VCpu:
         return CpuState(tuple(regs[n] for n in _uc.GPR_NAMES), eng.read_fpu(),
                         eng.reg_read(_uc.REG_FS), eng.reg_read(_uc.REG_GS),
                         bytes(self.memory.buf[kp:kp + _uc.TLS_SIZE]))
+
+    def set_route(self, route: SyscallRoute | None) -> None:
+        """Route foreign system calls to ``route`` from the next ``int $0x80`` on (None:
+        every ``int $0x80`` is a hypercall)."""
+        self.route = route
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""
@@ -371,4 +411,6 @@ class VCpu:
                            disassemble(code, eip) if code else ())
 
     def close(self) -> None:
+        if self.memory.on_lowered == self.engine.flush_tlb:
+            self.memory.on_lowered = None
         self.engine.close()

@@ -36,6 +36,7 @@ from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks
 from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
+from denali.devices.personality import Personality
 from denali.errors import ConfigError, KernelClosedError, ResourceError
 from denali.hypercalls import HypercallTable
 from denali.images import resolve
@@ -91,7 +92,7 @@ def _disable_thp() -> None:
                     "will use more resident memory", exc)
 
 
-DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks)
+DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Personality)
 """Everything that answers hypercalls, one per device slot."""
 
 
