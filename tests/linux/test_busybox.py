@@ -109,10 +109,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture
 async def kernel() -> AsyncIterator[Kernel]:
-    # One VM at a time, so 200 ms slices cost no fairness; they keep the asynchronous
-    # preemption of Unicorn 2.1, which can corrupt a running guest (docs/linux.md, "Known
-    # problems"), out of a test of the personality's compatibility.
-    async with Kernel(slice_us=200_000) as k:
+    async with Kernel() as k:
         yield k
 
 

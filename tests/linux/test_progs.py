@@ -32,8 +32,7 @@ def progs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def kernel() -> AsyncIterator[Kernel]:
-    # Long slices: see tests/linux/test_busybox.py (the VMs here idle or finish quickly).
-    async with Kernel(slice_us=200_000) as k:
+    async with Kernel() as k:
         yield k
 
 
@@ -244,7 +243,7 @@ async def test_many_linux_vms_at_once(progs: Path) -> None:
 
 
 async def test_runs_on_worker_threads(progs: Path) -> None:
-    async with Kernel(workers=2, slice_us=200_000) as k:
+    async with Kernel(workers=2) as k:
         results = await asyncio.gather(*(run_linux(progs / "tls", ["tls", "3", "5"], kernel=k)
                                          for _ in range(3)))
     assert {r.status for r in results} == {0}
