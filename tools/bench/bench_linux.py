@@ -11,8 +11,7 @@ Needs qemu-i386, gcc -m32 -static and Debian's busybox-static for i386 in the te
 2. Whole-process time of `busybox sha256sum` and `busybox gzip -c` on 16 MiB: qemu-i386
    as a process, against `denali linux` as a process (Python start, kernel, VM, the
    program reading a packed disk), and against the VM alone inside a running kernel
-   (spawn to exit). Target: within 2x of qemu-i386. These single-VM runs use 1 s
-   slices (SLICE_US).
+   (spawn to exit). Target: within 2x of qemu-i386. Default slices, as a user gets them.
 3. N Linux-program VMs in one kernel at once (default 1,000): each runs a static
    program that blocks reading its standard input (so all are alive together), then
    all are given input and must exit 0; spawn time and resident memory per VM.
@@ -41,10 +40,6 @@ from denali.linux import STREAM, run_linux, spawn_linux
 
 CACHE = Path(os.environ.get("DENALI_TEST_CACHE", Path.home() / ".cache" / "denali-test"))
 BUSYBOX = CACHE / "busybox-i386" / "bin" / "busybox"
-SLICE_US = 1_000_000
-"""Long slices for the single-VM runs: no asynchronous preemption, which can corrupt a
-running guest in Unicorn 2.1 (docs/linux.md, "Known problems"); with one VM there is
-nobody to be fair to."""
 
 
 def build(src: Path, out: Path) -> Path:
@@ -96,7 +91,7 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
     g_q, g_d, ratios_g = [], [], []
     res: dict[str, dict[str, list[float]]] = {t: {"qemu": [], "cli": [], "vm": []}
                                               for t in ("sha256sum", "gzip")}
-    async with Kernel(slice_us=SLICE_US) as k:
+    async with Kernel() as k:
         for _ in range(rounds):
             _, out = wall([qemu, str(getpid), "1000000"])
             g_q.append(getpid_ns(out))
@@ -106,8 +101,8 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
             for tool, args in (("sha256sum", ["sha256sum", "random.bin"]),
                                ("gzip", ["gzip", "-c", "text.txt"])):
                 tq, outq = wall([qemu, "-0", "busybox", str(BUSYBOX), *args], cwd=tree)
-                tc, outc = wall([sys.executable, "-m", "denali", "linux", "--slice-us", str(SLICE_US),
-                                 "--disk", f"root={img}:ro", str(BUSYBOX), *args])
+                tc, outc = wall([sys.executable, "-m", "denali", "linux", "--disk", f"root={img}:ro",
+                                 str(BUSYBOX), *args])
                 tv, outv = await vm_time(k, ["busybox", *args], img)
                 assert outq == outc == outv, (f"{tool}: outputs differ", len(outq), len(outc), len(outv),
                                               [hashlib.md5(x).hexdigest()[:8] for x in (outq, outc, outv)])
