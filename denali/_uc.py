@@ -162,13 +162,27 @@ def _load_preempt() -> ctypes.CDLL:
 
 _preempt_lib: Final = _load_preempt()
 _BLOCK_HOOK: Final = ctypes.cast(_preempt_lib.denali_block_hook, ctypes.c_void_p)
+_INTR_HOOK: Final = ctypes.cast(_preempt_lib.denali_intr_hook, ctypes.c_void_p)
 _EMU_STOP_ADDR: Final = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
+_REG_READ_ADDR: Final = ctypes.cast(_lib.uc_reg_read, ctypes.c_void_p).value
+_REG_WRITE_ADDR: Final = ctypes.cast(_lib.uc_reg_write, ctypes.c_void_p).value
 
 
 class StopCell(ctypes.Structure):
     """Shared with the block hook: ``flag`` set means stop at the next block start."""
 
     _fields_ = [("flag", ctypes.c_int32), ("reserved", ctypes.c_int32), ("emu_stop", ctypes.c_void_p)]
+
+
+class RouteCell(ctypes.Structure):
+    """Shared with the interrupt hook (``_preempt.c``, ``struct denali_route``): where
+    foreign system calls go, and the Python callback for every other interrupt."""
+
+    _fields_ = [("entry", ctypes.c_uint32), ("save", ctypes.c_uint32), ("code_lo", ctypes.c_uint32),
+                ("code_hi", ctypes.c_uint32), ("faulted", ctypes.c_int32), ("eip_reg", ctypes.c_int32),
+                ("routed", ctypes.c_uint64), ("mem", ctypes.c_void_p), ("mem_size", ctypes.c_uint64),
+                ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
+                ("fallback", ctypes.c_void_p), ("fallback_data", ctypes.c_void_p)]
 
 
 _emu_start = _lib.uc_emu_start
@@ -288,8 +302,8 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_batch_ids", "_batch_vals", "_cell", "_h", "_hooks", "_key", "_u32", "_u32ref", "_wide",
-                 "closed", "stop_cell")
+    __slots__ = ("_batch_ids", "_batch_vals", "_cell", "_h", "_hooks", "_key", "_route", "_u32", "_u32ref",
+                 "_wide", "closed", "stop_cell")
 
     def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
                  tcg_buffer: int) -> None:
@@ -307,6 +321,8 @@ class Engine:
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
+        self._route = RouteCell(0, 0, 0, 0, 0, REG_EIP, 0, mem_addr, mem_size, _REG_READ_ADDR,
+                                _REG_WRITE_ADDR, ctypes.cast(_intr_hook, ctypes.c_void_p).value, 0)
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -323,6 +339,7 @@ class Engine:
         self._key = _next_key
         _next_key += 1
         _OWNERS[self._key] = owner
+        self._route.fallback_data = self._key
 
     def _ctl(self, ctl: int, *args: object) -> None:
         code = ctl | (len(args) << 26) | (_CTL_IO_WRITE << 30)
@@ -348,15 +365,17 @@ class Engine:
             self.reg_write(reg, val)
 
     def install_hooks(self) -> None:
-        """Register the process-wide callbacks for this engine, and the block hook that
-        ends slices (``request_stop``)."""
-        hh = ctypes.c_size_t()
-        err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(UC_HOOK_BLOCK), _BLOCK_HOOK,
-                               ctypes.c_void_p(self.stop_cell), ctypes.c_uint64(1), ctypes.c_uint64(0))
-        self._check(err, "block hook")
-        self._hooks.append(hh)
-        for kind, cb, begin, end in ((UC_HOOK_INTR, _intr_hook, 1, 0),
-                                     (UC_HOOK_TLB_FILL, _tlb_hook, 1, 0),
+        """Register the process-wide callbacks for this engine, the block hook that ends
+        slices (``request_stop``) and the interrupt hook that routes foreign system calls
+        (``set_route``) and hands every other interrupt to the owner (both in C)."""
+        for kind, hook, data in ((UC_HOOK_BLOCK, _BLOCK_HOOK, self.stop_cell),
+                                 (UC_HOOK_INTR, _INTR_HOOK, ctypes.addressof(self._route))):
+            hh = ctypes.c_size_t()
+            err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(kind), hook,
+                                   ctypes.c_void_p(data), ctypes.c_uint64(1), ctypes.c_uint64(0))
+            self._check(err, "C hook")
+            self._hooks.append(hh)
+        for kind, cb, begin, end in ((UC_HOOK_TLB_FILL, _tlb_hook, 1, 0),
                                      (UC_HOOK_INSN_INVALID, _insn_hook, 1, 0)):
             hh = ctypes.c_size_t()
             err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(kind), cb,
@@ -389,6 +408,26 @@ class Engine:
     def clear_stop(self) -> None:
         """Forget a stop request (before a slice starts)."""
         self._cell.flag = 0
+
+    def set_route(self, entry: int, save: int, code_lo: int, code_hi: int) -> None:
+        """Route an ``int $0x80`` outside [code_lo, code_hi) to ``entry``, its resume EIP
+        stored at ``save`` (4 bytes inside guest memory; entry 0: no routing). Between
+        slices, or from one of this engine's callbacks."""
+        r = self._route
+        if entry and save + 4 > r.mem_size:
+            raise ValueError(f"route save address {save:#x} is outside guest memory")
+        r.entry, r.save, r.code_lo, r.code_hi = entry, save, code_lo, code_hi
+
+    @property
+    def routed(self) -> int:
+        """System calls the interrupt hook routed so far."""
+        return int(self._route.routed)
+
+    def hold_route(self, held: bool) -> None:
+        """While held, every ``int $0x80`` goes to the owner's ``on_interrupt`` (set once
+        a fault is recorded, so that the stop it requested is not dropped; see
+        ``_preempt.c``)."""
+        self._route.faulted = 1 if held else 0
 
     def start(self, begin: int) -> int:
         """Run guest code from ``begin`` until stopped; returns the uc_err code."""

@@ -13,7 +13,10 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
 - with a syscall route set (``route``, the VM's SYSCALL_ENTRY), an ``int $0x80`` whose
   instruction lies outside the route's code range is a foreign system call, not a
   hypercall: its resume EIP is stored at the route's ``save`` address and the guest
-  continues at the route's entry, every other register as the program left it;
+  continues at the route's entry, every other register as the program left it. The
+  engine's interrupt hook applies this rule in C (``_preempt.c``); ``on_interrupt``
+  sees only hypercalls and exceptions (and, once a fault is recorded in the slice,
+  every ``int $0x80``, so the fault's stop lands);
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -50,7 +53,6 @@ _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
 _VECTOR: Final = abi.HYPERCALL_VECTOR
-_U32: Final = struct.Struct("<I")
 EXIT: Final = -1
 """Dispatch result: stop the slice; the caller of ``run`` completes this hypercall."""
 Dispatch = Callable[[int, int], int]
@@ -175,7 +177,6 @@ class VCpu:
         "image_name",
         "memory",
         "route",
-        "syscalls",
         "vm_id",
     )
 
@@ -199,9 +200,7 @@ class VCpu:
         self._invalid = False
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self.hypercalls = 0
-        self.syscalls = 0
-        """Foreign system calls routed to ``route.entry``."""
-        self.route = route
+        self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
@@ -220,6 +219,7 @@ class VCpu:
                 self.engine.reg_write(reg, regs[name])
             self.engine.write_fpu(state.fpu)
             self.engine.install_hooks()
+            self.set_route(route)
         except BaseException:
             self.engine.close()
             raise
@@ -235,16 +235,9 @@ class VCpu:
         if intno != _VECTOR:
             self._vector = intno
             self.exit = Exit.FAULT
+            eng.hold_route(True)
             eng.stop()
             return
-        route = self.route
-        if route is not None:
-            eip = eng.reg_read(_uc.REG_EIP)  # after the 2-byte int $0x80
-            if not route.code_lo <= eip - 2 < route.code_hi:  # the program's system call
-                _U32.pack_into(self.memory.buf, route.save, eip)
-                self.syscalls += 1
-                eng.reg_write(_uc.REG_EIP, route.entry)
-                return
         nr = eng.reg_read(_uc.REG_EAX)
         arg = eng.reg_read(_uc.REG_EBX)
         self.hypercalls += 1
@@ -283,6 +276,7 @@ class VCpu:
         # faulting EIP is taken now.
         self._forbidden = (name, self.engine.read_gprs())
         self.exit = Exit.FAULT
+        self.engine.hold_route(True)
         self.engine.stop()
 
     # ---- slices ----
@@ -294,6 +288,7 @@ class VCpu:
         self._vector = None
         eng = self.engine
         eng.clear_stop()
+        eng.hold_route(False)
         lane.begin(eng.stop_cell, deadline_ns)
         try:
             err = eng.start(self.eip)
@@ -320,6 +315,15 @@ class VCpu:
         """Route foreign system calls to ``route`` from the next ``int $0x80`` on (None:
         every ``int $0x80`` is a hypercall)."""
         self.route = route
+        if route is None:
+            self.engine.set_route(0, 0, 0, 0)
+        else:
+            self.engine.set_route(route.entry, route.save, route.code_lo, route.code_hi)
+
+    @property
+    def syscalls(self) -> int:
+        """Foreign system calls routed to ``route.entry`` by this CPU."""
+        return self.engine.routed
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""
