@@ -80,3 +80,12 @@ def test_a_fault_is_reported_with_status_125(misc: Path) -> None:
     assert r.returncode == 125
     assert r.stdout == b"about to fault\n"
     assert b"null pointer" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_a_forbidden_instruction_faults_even_before_a_system_call(misc: Path) -> None:
+    """The fault wins over the routed exit_group(0) right after it: status 125, the
+    report on stderr (the interrupt hook routes no call once a fault is recorded)."""
+    r = denali(str(misc), "inport")
+    assert r.returncode == 125, r.stderr
+    assert r.stdout == b"about to fault\n"
+    assert b"in" in r.stderr and b"Traceback" not in r.stderr

@@ -4,7 +4,8 @@
  *   misc fork         fork/execve must fail with ENOSYS
  *   misc kill SIG     send itself SIG (default action ends it with 128 + SIG)
  *   misc exit N       exit_group(N)
- *   misc segv         read address 0 (the VM faults: there is no SIGSEGV delivery) */
+ *   misc segv         read address 0 (the VM faults: there is no SIGSEGV delivery)
+ *   misc inport       an `in` (forbidden: the VM faults) and, in the same block, exit_group(0) */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -67,6 +68,14 @@ int main(int argc, char **argv)
         printf("about to fault\n");
         fflush(stdout);
         return *p;
+    }
+    if (argc > 1 && !strcmp(argv[1], "inport")) {
+        int r;
+        printf("about to fault\n");
+        fflush(stdout);
+        __asm__ volatile("inb %%dx, %%al\n\tmovl $252, %%eax\n\tint $0x80"
+                         : "=a"(r) : "b"(0), "d"(0x80) : "memory");
+        return 3;
     }
     return 2;
 }
