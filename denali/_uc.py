@@ -5,8 +5,10 @@ path (``emu_start``, register access) and every engine with a Python hook sits i
 reference cycle (docs/architecture.md, "The CPU"). Here there are exactly three C callbacks for the
 whole process (interrupt, TLB fill, invalid instruction); each engine registers them with
 a small integer key as ``user_data`` and the callbacks find the engine's owner in
-``_OWNERS``. Nothing here knows about VMs: an owner is any object implementing
-``EngineOwner``.
+``_OWNERS``. Two hooks are written in C (``_preempt.c``, built by the install step): the
+block hook that ends slices, and the interrupt hook in front of the Python one, which
+applies the foreign-system-call route (``Engine.set_route``) without entering Python.
+Nothing here knows about VMs: an owner is any object implementing ``EngineOwner``.
 
 Contract: an ``Engine`` must be used from one thread at a time, except ``request_stop()``,
 which any thread may call while ``start()`` runs (that is how slices are preempted: a
