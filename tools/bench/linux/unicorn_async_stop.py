@@ -6,9 +6,9 @@ Builds stophash.c (a table-driven hash loop, no system calls) with gcc -m32, run
 a bare Unicorn engine (the Python binding, no denali code, no hooks but the final
 `int $0x80`) once without stops for the reference result, then again while a second
 thread calls emu_stop every N microseconds and the main thread restarts the engine at
-the EIP it stopped at, which is how the kernel preempts slices. Each trial prints ok or
-CORRUPT. Measured here: CORRUPT in most trials at 100 us; the kernel's 2 ms slices hit
-it less often, but long runs (gzip of 16 MiB) fail reliably (docs/linux.md).
+the EIP it stopped at, which is how the kernel preempted slices before the stop flag and
+block hook (denali/_preempt.c). Each trial prints ok or CORRUPT. Measured on 2026-12-03:
+CORRUPT in most trials at 100 us.
 """
 
 from __future__ import annotations
