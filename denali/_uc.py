@@ -88,12 +88,24 @@ REG_FS_BASE: Final = _x86.UC_X86_REG_FS_BASE
 REG_GS_BASE: Final = _x86.UC_X86_REG_GS_BASE
 
 GPR_NAMES: Final = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")
-_GPR_IDS: Final = (REG_EAX, REG_EBX, REG_ECX, REG_EDX, REG_ESI, REG_EDI, REG_EBP, REG_ESP,
-                   REG_EIP, REG_EFLAGS)
+_GPR_IDS: Final = (
+    REG_EAX,
+    REG_EBX,
+    REG_ECX,
+    REG_EDX,
+    REG_ESI,
+    REG_EDI,
+    REG_EBP,
+    REG_ESP,
+    REG_EIP,
+    REG_EFLAGS,
+)
 
 
 _FPU_REGS: Final = (
-    (_x86.UC_X86_REG_FPCW, 2), (_x86.UC_X86_REG_FPSW, 2), (_x86.UC_X86_REG_FPTAG, 2),
+    (_x86.UC_X86_REG_FPCW, 2),
+    (_x86.UC_X86_REG_FPSW, 2),
+    (_x86.UC_X86_REG_FPTAG, 2),
     *((getattr(_x86, f"UC_X86_REG_FP{i}"), 10) for i in range(8)),
     (_x86.UC_X86_REG_MXCSR, 4),
     *((getattr(_x86, f"UC_X86_REG_XMM{i}"), 16) for i in range(8)),
@@ -108,31 +120,51 @@ class _TlbEntry(ctypes.Structure):
 
 
 class _Mmr(ctypes.Structure):
-    _fields_ = [("selector", ctypes.c_uint16), ("base", ctypes.c_uint64),
-                ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+    _fields_ = [
+        ("selector", ctypes.c_uint16),
+        ("base", ctypes.c_uint64),
+        ("limit", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
 
 
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
-_TLB_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                           ctypes.POINTER(_TlbEntry), ctypes.c_void_p)
+_TLB_CB = ctypes.CFUNCTYPE(
+    ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(_TlbEntry), ctypes.c_void_p
+)
 _INSN_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_void_p)
-_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
-                           ctypes.c_void_p)
+_OUT_CB = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p
+)
 _SYS_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-_FORBIDDEN_INSNS: Final = ((_x86.UC_X86_INS_IN, "in"), (_x86.UC_X86_INS_OUT, "out"),
-                           (_x86.UC_X86_INS_SYSCALL, "syscall"), (_x86.UC_X86_INS_SYSENTER, "sysenter"))
+_FORBIDDEN_INSNS: Final = (
+    (_x86.UC_X86_INS_IN, "in"),
+    (_x86.UC_X86_INS_OUT, "out"),
+    (_x86.UC_X86_INS_SYSCALL, "syscall"),
+    (_x86.UC_X86_INS_SYSENTER, "sysenter"),
+)
 
 _lib.uc_open.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)]
 _lib.uc_close.argtypes = [ctypes.c_void_p]
-_lib.uc_emu_start.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64,
-                              ctypes.c_uint64, ctypes.c_size_t]
+_lib.uc_emu_start.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_size_t,
+]
 _lib.uc_emu_stop.argtypes = [ctypes.c_void_p]
 _lib.uc_reg_read.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
 _lib.uc_reg_write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
 _lib.uc_reg_read_batch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-_lib.uc_mem_map_ptr.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_size_t,
-                                ctypes.c_uint32, ctypes.c_void_p]
+_lib.uc_mem_map_ptr.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_uint64,
+    ctypes.c_size_t,
+    ctypes.c_uint32,
+    ctypes.c_void_p,
+]
 _lib.uc_strerror.argtypes = [ctypes.c_int]
 _lib.uc_strerror.restype = ctypes.c_char_p
 # uc_hook_add and uc_ctl are variadic: their arguments are passed with explicit types.
@@ -152,12 +184,17 @@ def _load_preempt() -> ctypes.CDLL:
         cc = os.environ.get("CC", "cc")
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         try:
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)], check=True,
-                           capture_output=True, timeout=120)
+            subprocess.run(
+                [cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise ResourceError(f"cannot build {lib.name} with {cc} ({exc}): install a C compiler "
-                                "and reinstall denali") from None
+            raise ResourceError(
+                f"cannot build {lib.name} with {cc} ({exc}): install a C compiler and reinstall denali"
+            ) from None
         log.info("built %s", lib)
     return ctypes.CDLL(str(lib))
 
@@ -180,11 +217,21 @@ class RouteCell(ctypes.Structure):
     """Shared with the interrupt hook (``_preempt.c``, ``struct denali_route``): where
     foreign system calls go, and the Python callback for every other interrupt."""
 
-    _fields_ = [("entry", ctypes.c_uint32), ("save", ctypes.c_uint32), ("code_lo", ctypes.c_uint32),
-                ("code_hi", ctypes.c_uint32), ("faulted", ctypes.c_int32), ("eip_reg", ctypes.c_int32),
-                ("routed", ctypes.c_uint64), ("mem", ctypes.c_void_p), ("mem_size", ctypes.c_uint64),
-                ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
-                ("fallback", ctypes.c_void_p), ("fallback_data", ctypes.c_void_p)]
+    _fields_ = [
+        ("entry", ctypes.c_uint32),
+        ("save", ctypes.c_uint32),
+        ("code_lo", ctypes.c_uint32),
+        ("code_hi", ctypes.c_uint32),
+        ("faulted", ctypes.c_int32),
+        ("eip_reg", ctypes.c_int32),
+        ("routed", ctypes.c_uint64),
+        ("mem", ctypes.c_void_p),
+        ("mem_size", ctypes.c_uint64),
+        ("reg_read", ctypes.c_void_p),
+        ("reg_write", ctypes.c_void_p),
+        ("fallback", ctypes.c_void_p),
+        ("fallback_data", ctypes.c_void_p),
+    ]
 
 
 _emu_start = _lib.uc_emu_start
@@ -251,8 +298,12 @@ def _sysenter(_uc: int, key: int) -> None:
 
 
 # The C function pointers live as long as the module: Unicorn keeps calling them.
-_insn_hooks: Final = {"in": _IN_CB(_in), "out": _OUT_CB(_out), "syscall": _SYS_CB(_syscall),
-                      "sysenter": _SYS_CB(_sysenter)}
+_insn_hooks: Final = {
+    "in": _IN_CB(_in),
+    "out": _OUT_CB(_out),
+    "syscall": _SYS_CB(_syscall),
+    "sysenter": _SYS_CB(_sysenter),
+}
 _intr_hook = _INTR_CB(_intr)
 _tlb_hook = _TLB_CB(_tlb)
 _insn_hook = _INSN_CB(_insn)
@@ -266,16 +317,32 @@ def strerror(code: int) -> str:
 
 def _desc(base: int, limit: int, access: int) -> bytes:
     """One 8-byte segment descriptor, 4 KiB granularity, 32-bit."""
-    return bytes((limit & 0xFF, (limit >> 8) & 0xFF, base & 0xFF, (base >> 8) & 0xFF,
-                  (base >> 16) & 0xFF, access, 0xC0 | ((limit >> 16) & 0xF), (base >> 24) & 0xFF))
+    return bytes(
+        (
+            limit & 0xFF,
+            (limit >> 8) & 0xFF,
+            base & 0xFF,
+            (base >> 8) & 0xFF,
+            (base >> 16) & 0xFF,
+            access,
+            0xC0 | ((limit >> 16) & 0xF),
+            (base >> 24) & 0xFF,
+        )
+    )
 
 
 TLS_ENTRIES: Final = (6, 7, 8)
 """GDT entries kept for thread-local-storage descriptors (Linux's numbers). They are
 part of the CPU state (saved and restored with it); all zero (not present) by default."""
 TLS_SIZE: Final = 8 * len(TLS_ENTRIES)
-GDT: Final = (bytes(8) + _desc(0, 0xFFFFF, 0x9A) + _desc(0, 0xFFFFF, 0x92)
-              + _desc(0, 0xFFFFF, 0xFA) + _desc(0, 0xFFFFF, 0xF2) + bytes(8))
+GDT: Final = (
+    bytes(8)
+    + _desc(0, 0xFFFFF, 0x9A)
+    + _desc(0, 0xFFFFF, 0x92)
+    + _desc(0, 0xFFFFF, 0xFA)
+    + _desc(0, 0xFFFFF, 0xF2)
+    + bytes(8)
+)
 """Null, kernel code/data (DPL 0), user code/data (DPL 3), a null entry; the TLS
 entries follow (``GDT_SIZE`` bytes in all)."""
 GDT_SIZE: Final = len(GDT) + TLS_SIZE
@@ -289,6 +356,8 @@ def tls_descriptor(base: int, limit: int, pages: bool) -> bytes:
     if not pages:
         d[6] &= 0x7F  # byte granularity
     return bytes(d)
+
+
 KERNEL_CS: Final = 0x08
 KERNEL_DS: Final = 0x10
 USER_CS: Final = 0x18 | 3
@@ -304,11 +373,22 @@ class Engine:
     cannot create or map the engine.
     """
 
-    __slots__ = ("_batch_ids", "_batch_vals", "_cell", "_h", "_hooks", "_key", "_route", "_u32", "_u32ref",
-                 "_wide", "closed", "stop_cell")
+    __slots__ = (
+        "_batch_ids",
+        "_batch_vals",
+        "_cell",
+        "_h",
+        "_hooks",
+        "_key",
+        "_route",
+        "_u32",
+        "_u32ref",
+        "_wide",
+        "closed",
+        "stop_cell",
+    )
 
-    def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int,
-                 tcg_buffer: int) -> None:
+    def __init__(self, owner: EngineOwner, mem_addr: int, mem_size: int, tcg_buffer: int) -> None:
         global _next_key
         h = ctypes.c_void_p()
         err = _lib.uc_open(UC_ARCH_X86, UC_MODE_32, ctypes.byref(h))
@@ -323,8 +403,21 @@ class Engine:
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
-        self._route = RouteCell(0, 0, 0, 0, 0, REG_EIP, 0, mem_addr, mem_size, _REG_READ_ADDR,
-                                _REG_WRITE_ADDR, ctypes.cast(_intr_hook, ctypes.c_void_p).value, 0)
+        self._route = RouteCell(
+            0,
+            0,
+            0,
+            0,
+            0,
+            REG_EIP,
+            0,
+            mem_addr,
+            mem_size,
+            _REG_READ_ADDR,
+            _REG_WRITE_ADDR,
+            ctypes.cast(_intr_hook, ctypes.c_void_p).value,
+            0,
+        )
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -349,8 +442,7 @@ class Engine:
         if err:
             raise ResourceError(f"uc_ctl({ctl}) failed: {strerror(err)}")
 
-    def enter_user_mode(self, kernel_page: int, stack: int, fs: int = KERNEL_DS,
-                        gs: int = KERNEL_DS) -> None:
+    def enter_user_mode(self, kernel_page: int, stack: int, fs: int = KERNEL_DS, gs: int = KERNEL_DS) -> None:
         """Prepare the first ``start()``: GDT at ``kernel_page``, kernel SS:ESP at ``stack``.
 
         The caller has written ``GDT`` (and the TLS entries) at kernel_page and an
@@ -361,35 +453,65 @@ class Engine:
         """
         gdtr = _Mmr(0, kernel_page, GDT_SIZE - 1, 0)
         self._check(_reg_write(self._h, REG_GDTR, ctypes.byref(gdtr)), "GDTR")
-        for reg, val in ((REG_SS, KERNEL_DS), (REG_DS, KERNEL_DS), (REG_ES, KERNEL_DS),
-                         (REG_FS, fs), (REG_GS, gs), (REG_CS, KERNEL_CS),
-                         (REG_ESP, stack)):
+        for reg, val in (
+            (REG_SS, KERNEL_DS),
+            (REG_DS, KERNEL_DS),
+            (REG_ES, KERNEL_DS),
+            (REG_FS, fs),
+            (REG_GS, gs),
+            (REG_CS, KERNEL_CS),
+            (REG_ESP, stack),
+        ):
             self.reg_write(reg, val)
 
     def install_hooks(self) -> None:
         """Register the process-wide callbacks for this engine, the block hook that ends
         slices (``request_stop``) and the interrupt hook that routes foreign system calls
         (``set_route``) and hands every other interrupt to the owner (both in C)."""
-        for kind, hook, data in ((UC_HOOK_BLOCK, _BLOCK_HOOK, self.stop_cell),
-                                 (UC_HOOK_INTR, _INTR_HOOK, ctypes.addressof(self._route))):
+        for kind, hook, data in (
+            (UC_HOOK_BLOCK, _BLOCK_HOOK, self.stop_cell),
+            (UC_HOOK_INTR, _INTR_HOOK, ctypes.addressof(self._route)),
+        ):
             hh = ctypes.c_size_t()
-            err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(kind), hook,
-                                   ctypes.c_void_p(data), ctypes.c_uint64(1), ctypes.c_uint64(0))
+            err = _lib.uc_hook_add(
+                self._h,
+                ctypes.byref(hh),
+                ctypes.c_int(kind),
+                hook,
+                ctypes.c_void_p(data),
+                ctypes.c_uint64(1),
+                ctypes.c_uint64(0),
+            )
             self._check(err, "C hook")
             self._hooks.append(hh)
-        for kind, cb, begin, end in ((UC_HOOK_TLB_FILL, _tlb_hook, 1, 0),
-                                     (UC_HOOK_INSN_INVALID, _insn_hook, 1, 0)):
+        for kind, cb, begin, end in (
+            (UC_HOOK_TLB_FILL, _tlb_hook, 1, 0),
+            (UC_HOOK_INSN_INVALID, _insn_hook, 1, 0),
+        ):
             hh = ctypes.c_size_t()
-            err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(kind), cb,
-                                   ctypes.c_void_p(self._key), ctypes.c_uint64(begin),
-                                   ctypes.c_uint64(end))
+            err = _lib.uc_hook_add(
+                self._h,
+                ctypes.byref(hh),
+                ctypes.c_int(kind),
+                cb,
+                ctypes.c_void_p(self._key),
+                ctypes.c_uint64(begin),
+                ctypes.c_uint64(end),
+            )
             self._check(err, "hook")
             self._hooks.append(hh)
         for insn, name in _FORBIDDEN_INSNS:
             hh = ctypes.c_size_t()
-            err = _lib.uc_hook_add(self._h, ctypes.byref(hh), ctypes.c_int(UC_HOOK_INSN),
-                                   _insn_hooks[name], ctypes.c_void_p(self._key), ctypes.c_uint64(1),
-                                   ctypes.c_uint64(0), ctypes.c_int(insn))
+            err = _lib.uc_hook_add(
+                self._h,
+                ctypes.byref(hh),
+                ctypes.c_int(UC_HOOK_INSN),
+                _insn_hooks[name],
+                ctypes.c_void_p(self._key),
+                ctypes.c_uint64(1),
+                ctypes.c_uint64(0),
+                ctypes.c_int(insn),
+            )
             self._check(err, f"{name} hook")
             self._hooks.append(hh)
 
@@ -476,7 +598,7 @@ class Engine:
         at = 0
         for reg, size in _FPU_REGS:
             ctypes.memset(buf, 0, len(buf))
-            ctypes.memmove(buf, state[at:at + size], size)
+            ctypes.memmove(buf, state[at : at + size], size)
             self._check(_reg_write(self._h, reg, buf), "reg_write")
             at += size
 

@@ -90,8 +90,12 @@ class Irq(IntFlag):
 IRQ_ALL: Final = int(Irq.TIMER | Irq.NET_RX | Irq.DISK | Irq.CONSOLE | Irq.HOST)
 
 # Field types: (struct code, C type, size). "u8[N]" arrays are written ("u8", N).
-_CTYPES: Final = {"u8": ("B", "uint8_t", 1), "u16": ("H", "uint16_t", 2),
-                  "u32": ("I", "uint32_t", 4), "u64": ("Q", "uint64_t", 8)}
+_CTYPES: Final = {
+    "u8": ("B", "uint8_t", 1),
+    "u16": ("H", "uint16_t", 2),
+    "u32": ("I", "uint32_t", 4),
+    "u64": ("Q", "uint64_t", 8),
+}
 
 
 @dataclass(frozen=True)
@@ -225,43 +229,69 @@ def _hc(nr: Hc, doc: str, *fields: Field) -> Hypercall:
 
 
 HYPERCALLS: Final = (
-    _hc(Hc.TERMINATE, "Stop this VM for good with an exit status; never returns.",
+    _hc(
+        Hc.TERMINATE,
+        "Stop this VM for good with an exit status; never returns.",
         _f("status", "u32", "in", "exit status reported to the host"),
-        _f("_pad", "u32", "pad", "reserved")),
-    _hc(Hc.IDLE, "Idle-with-timeout: sleep until deadline_ns passes or an interrupt is "
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.IDLE,
+        "Idle-with-timeout: sleep until deadline_ns passes or an interrupt is "
         "pending. Returns at once if one is pending. The pending mask is returned and "
         "cleared (delivery by return value, whatever irq_enable says).",
         _f("deadline_ns", "u64", "in", "absolute kernel time; 0 = no deadline"),
         _f("now_ns", "u64", "out", "kernel time at wake-up"),
         _f("pending", "u32", "out", "interrupt bits delivered by this call"),
-        _f("_pad", "u32", "pad", "reserved")),
-    _hc(Hc.CONSOLE_WRITE, "Write bytes to the VM's console; returns INVAL past 64 KiB.",
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.CONSOLE_WRITE,
+        "Write bytes to the VM's console; returns INVAL past 64 KiB.",
         _f("buf", "u32", "in", "guest address of the bytes"),
-        _f("len", "u32", "in", "number of bytes, at most 65536")),
-    _hc(Hc.CLOCK, "Read the kernel monotonic clock exactly (the vregs copy is per slice).",
-        _f("now_ns", "u64", "out", "kernel time in ns")),
-    _hc(Hc.SET_HANDLER, "Register the interrupt entry point (0 removes it). When the VM "
+        _f("len", "u32", "in", "number of bytes, at most 65536"),
+    ),
+    _hc(
+        Hc.CLOCK,
+        "Read the kernel monotonic clock exactly (the vregs copy is per slice).",
+        _f("now_ns", "u64", "out", "kernel time in ns"),
+    ),
+    _hc(
+        Hc.SET_HANDLER,
+        "Register the interrupt entry point (0 removes it). When the VM "
         "resumes with irq_enable = 1 and bits pending, the kernel pushes the old EIP, "
         "then EFLAGS, then the mask, clears irq_enable and the delivered bits, and "
         "jumps to entry.",
         _f("entry", "u32", "in", "guest code address of the entry stub, or 0"),
-        _f("_pad", "u32", "pad", "reserved")),
-    _hc(Hc.TIMER_SET, "Arm the one-shot timer: Irq.TIMER becomes pending at deadline_ns "
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.TIMER_SET,
+        "Arm the one-shot timer: Irq.TIMER becomes pending at deadline_ns "
         "(0 disarms it; a past deadline fires at once).",
-        _f("deadline_ns", "u64", "in", "absolute kernel time, or 0")),
-    _hc(Hc.NET_INFO, "Describe the NIC; NODEV when the VM has none.",
+        _f("deadline_ns", "u64", "in", "absolute kernel time, or 0"),
+    ),
+    _hc(
+        Hc.NET_INFO,
+        "Describe the NIC; NODEV when the VM has none.",
         _f("mac", "u8", "out", "MAC address", 6),
         _f("_pad", "u16", "pad", "reserved"),
         _f("mtu", "u32", "out", "largest frame in bytes without FCS (1514)"),
-        _f("rx_queue", "u32", "out", "capacity of the receive queue in frames")),
-    _hc(Hc.NET_SEND, "Send a batch of Ethernet frames (60..1514 bytes each, no FCS). "
+        _f("rx_queue", "u32", "out", "capacity of the receive queue in frames"),
+    ),
+    _hc(
+        Hc.NET_SEND,
+        "Send a batch of Ethernet frames (60..1514 bytes each, no FCS). "
         "Stops at the first bad frame (INVAL or FAULT) or when the transmit queue is "
         "full (FULL); 'sent' says how many were accepted.",
         _f("frames", "u32", "in", "guest address of an array of denali_iovec"),
         _f("count", "u32", "in", "number of frames, at most 64"),
         _f("sent", "u32", "out", "frames accepted"),
-        _f("_pad", "u32", "pad", "reserved")),
-    _hc(Hc.NET_RECV, "Receive up to 'count' frames into consecutive slots of slot_size "
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.NET_RECV,
+        "Receive up to 'count' frames into consecutive slots of slot_size "
         "bytes starting at 'bufs'; frame i's length goes to lens[i]. AGAIN when none "
         "wait. slot_size must be at least 1514.",
         _f("bufs", "u32", "in", "guest address of count * slot_size bytes"),
@@ -269,8 +299,11 @@ HYPERCALLS: Final = (
         _f("count", "u32", "in", "number of slots, at most 64"),
         _f("lens", "u32", "in", "guest address of count uint32 lengths"),
         _f("received", "u32", "out", "frames written"),
-        _f("_pad", "u32", "pad", "reserved")),
-    _hc(Hc.DISK_INFO, "Look a disk up by name and describe it; NODEV when the VM has no disk of "
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.DISK_INFO,
+        "Look a disk up by name and describe it; NODEV when the VM has no disk of "
         "that name. An empty name selects the index-th disk instead (NODEV past the last) and "
         "its name is written back, so a guest can list its disks. INVAL when the name has no "
         "NUL in its 32 bytes.",
@@ -281,8 +314,11 @@ HYPERCALLS: Final = (
         _f("block_size", "u32", "out", "DISK_BLOCK_SIZE (4096)"),
         _f("flags", "u32", "out", "DISK_F_READONLY when writes are refused"),
         _f("max_blocks", "u32", "out", "most blocks one request may carry (DISK_MAX_BLOCKS)"),
-        _f("queue", "u32", "out", "requests the disk accepts before FULL (DISK_QUEUE)")),
-    _hc(Hc.DISK_READ, "Submit a read of 'count' blocks from 'block' into 'buf' (count * 4096 "
+        _f("queue", "u32", "out", "requests the disk accepts before FULL (DISK_QUEUE)"),
+    ),
+    _hc(
+        Hc.DISK_READ,
+        "Submit a read of 'count' blocks from 'block' into 'buf' (count * 4096 "
         "bytes the guest may write). Returns at once: OK when accepted, with 'status' set to "
         "DISK_PENDING; later 'status' becomes OK or IO and Irq.DISK is raised. The structure "
         "and the buffer belong to the kernel until then. Refused at once (and 'status' set to "
@@ -292,21 +328,30 @@ HYPERCALLS: Final = (
         _f("count", "u32", "in", "number of blocks, 1..DISK_MAX_BLOCKS"),
         _f("block", "u64", "in", "first block"),
         _f("buf", "u32", "in", "guest address of count * DISK_BLOCK_SIZE bytes"),
-        _f("status", "u32", "out", "DISK_PENDING, then the request's result code")),
-    _hc(Hc.DISK_WRITE, "Submit a write of 'count' blocks from 'buf' to 'block'; like DISK_READ "
+        _f("status", "u32", "out", "DISK_PENDING, then the request's result code"),
+    ),
+    _hc(
+        Hc.DISK_WRITE,
+        "Submit a write of 'count' blocks from 'buf' to 'block'; like DISK_READ "
         "(buf must be readable; INVAL on a read-only disk). A request sees every request on "
         "the same disk submitted before it: the kernel completes a disk's requests in order.",
         _f("handle", "u32", "in", "from DISK_INFO"),
         _f("count", "u32", "in", "number of blocks, 1..DISK_MAX_BLOCKS"),
         _f("block", "u64", "in", "first block"),
         _f("buf", "u32", "in", "guest address of count * DISK_BLOCK_SIZE bytes"),
-        _f("status", "u32", "out", "DISK_PENDING, then the request's result code")),
-    _hc(Hc.DISK_FLUSH, "Submit a flush: its 'status' becomes OK only once every write submitted "
+        _f("status", "u32", "out", "DISK_PENDING, then the request's result code"),
+    ),
+    _hc(
+        Hc.DISK_FLUSH,
+        "Submit a flush: its 'status' becomes OK only once every write submitted "
         "to this disk before it is durable on the host (fsync), or IO. Completes like "
         "DISK_READ, with Irq.DISK.",
         _f("handle", "u32", "in", "from DISK_INFO"),
-        _f("status", "u32", "out", "DISK_PENDING, then the request's result code")),
-    _hc(Hc.SYSCALL_ENTRY, "Route foreign system calls to an in-VM handler (a personality). "
+        _f("status", "u32", "out", "DISK_PENDING, then the request's result code"),
+    ),
+    _hc(
+        Hc.SYSCALL_ENTRY,
+        "Route foreign system calls to an in-VM handler (a personality). "
         "Afterwards an `int $0x80` executed at an address outside [code_lo, code_hi) is not a "
         "hypercall: the kernel stores the EIP after it at 'save' and resumes at 'entry', with "
         "every other register unchanged; inside the range it stays a hypercall. entry 0 turns "
@@ -315,19 +360,28 @@ HYPERCALLS: Final = (
         _f("entry", "u32", "in", "guest code address of the system-call entry, or 0"),
         _f("save", "u32", "in", "guest address of a u32 that receives the caller's resume EIP"),
         _f("code_lo", "u32", "in", "first byte of the handler's code (int $0x80 here is a hypercall)"),
-        _f("code_hi", "u32", "in", "end (exclusive) of the handler's code")),
-    _hc(Hc.CONSOLE_READ, "Read console input: up to len bytes that have arrived. AGAIN when none "
+        _f("code_hi", "u32", "in", "end (exclusive) of the handler's code"),
+    ),
+    _hc(
+        Hc.CONSOLE_READ,
+        "Read console input: up to len bytes that have arrived. AGAIN when none "
         "wait (Irq.CONSOLE is raised when input arrives); OK with got = 0 and eof = 1 at end of "
         "input. INVAL past 64 KiB; NODEV when the VM has no console input.",
         _f("buf", "u32", "in", "guest address of len writable bytes"),
         _f("len", "u32", "in", "capacity in bytes, at most 65536"),
         _f("got", "u32", "out", "bytes written to buf"),
-        _f("eof", "u32", "out", "1 when the input has ended and nothing is left")),
-    _hc(Hc.CONSOLE_WRITE_ERR, "Write bytes to the VM's error stream (the host keeps it apart from "
+        _f("eof", "u32", "out", "1 when the input has ended and nothing is left"),
+    ),
+    _hc(
+        Hc.CONSOLE_WRITE_ERR,
+        "Write bytes to the VM's error stream (the host keeps it apart from "
         "CONSOLE_WRITE's output); returns INVAL past 64 KiB.",
         _f("buf", "u32", "in", "guest address of the bytes"),
-        _f("len", "u32", "in", "number of bytes, at most 65536")),
-    _hc(Hc.MEM_PROTECT, "Set the permissions of whole pages [addr, addr+len), which must lie "
+        _f("len", "u32", "in", "number of bytes, at most 65536"),
+    ),
+    _hc(
+        Hc.MEM_PROTECT,
+        "Set the permissions of whole pages [addr, addr+len), which must lie "
         "between Layout.IMAGE_BASE and the memory size: 0 (unmapped), R, RW or RX; never W and X "
         "together; MEM_DISCARD may be added to drop the pages' contents (they read as zero "
         "afterwards and their host memory is freed). INVAL for an unaligned or out-of-range "
@@ -335,19 +389,26 @@ HYPERCALLS: Final = (
         _f("addr", "u32", "in", "page-aligned start"),
         _f("len", "u32", "in", "length in bytes, a multiple of the page size"),
         _f("prot", "u32", "in", "MEM_R | MEM_W | MEM_X bits, optionally | MEM_DISCARD"),
-        _f("_pad", "u32", "pad", "reserved")),
-    _hc(Hc.SET_TLS, "Set one of the GDT's thread-local-storage descriptors (TLS_FIRST_ENTRY.."
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.SET_TLS,
+        "Set one of the GDT's thread-local-storage descriptors (TLS_FIRST_ENTRY.."
         "TLS_FIRST_ENTRY+TLS_ENTRIES-1): a DPL 3 data segment of base and limit (bytes-1, or pages-1 "
         "when TLS_F_PAGES); its selector is entry * 8 + 3. TLS_F_EMPTY clears it. INVAL for another "
         "entry or flag. The descriptors are part of the VM's state (kept across swap).",
         _f("entry", "u32", "in", "GDT index"),
         _f("base", "u32", "in", "segment base address"),
         _f("limit", "u32", "in", "segment limit (20 bits)"),
-        _f("flags", "u32", "in", "TLS_F_PAGES, TLS_F_EMPTY")),
-    _hc(Hc.RANDOM, "Fill buf with len bytes from the host's cryptographic random source (at most "
+        _f("flags", "u32", "in", "TLS_F_PAGES, TLS_F_EMPTY"),
+    ),
+    _hc(
+        Hc.RANDOM,
+        "Fill buf with len bytes from the host's cryptographic random source (at most "
         "256 per call; INVAL beyond).",
         _f("buf", "u32", "in", "guest address of len writable bytes"),
-        _f("len", "u32", "in", "bytes wanted, at most 256")),
+        _f("len", "u32", "in", "bytes wanted, at most 256"),
+    ),
 )
 
 NET_MTU: Final = 1514

@@ -47,8 +47,9 @@ class VmSpec:
     """Impairment of the NIC's cable (loss, delay, ...), or None."""
 
 
-async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes,
-                   on_end: Callable[[Vm], None]) -> Vm:
+async def build_vm(
+    rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes, on_end: Callable[[Vm], None]
+) -> Vm:
     """Make VM ``vm_id`` from ``spec`` (see the module docstring); ``mac`` is its NIC's
     MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends. Raises what
     the failing step raises."""
@@ -69,8 +70,19 @@ async def build_vm(rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: b
         if rt.store is not None:
             rt.store.create_area(vm_id, spec.memory)
             area = True
-        return Vm(rt, vm_id, spec.image, spec.memory, spec.cmdline, console, clock, nic, disks,
-                  Personality(), on_end)
+        return Vm(
+            rt,
+            vm_id,
+            spec.image,
+            spec.memory,
+            spec.cmdline,
+            console,
+            clock,
+            nic,
+            disks,
+            Personality(),
+            on_end,
+        )
     except BaseException:
         if area and rt.store is not None:
             rt.store.remove_area(vm_id)

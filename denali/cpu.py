@@ -57,8 +57,12 @@ EXIT: Final = -1
 """Dispatch result: stop the slice; the caller of ``run`` completes this hypercall."""
 Dispatch = Callable[[int, int], int]
 """``dispatch(nr, arg)``: a hypercall's result code (EAX), or ``EXIT``."""
-_VECTOR_KIND: Final = {0: FaultKind.DIVIDE, 3: FaultKind.BREAKPOINT, 6: FaultKind.INVALID_INSN,
-                       13: FaultKind.PRIVILEGED}
+_VECTOR_KIND: Final = {
+    0: FaultKind.DIVIDE,
+    3: FaultKind.BREAKPOINT,
+    6: FaultKind.INVALID_INSN,
+    13: FaultKind.PRIVILEGED,
+}
 _ACCESS: Final = {_uc.MEM_READ: "read", _uc.MEM_WRITE: "write", _uc.MEM_FETCH: "execute"}
 _NEEDS: Final = {_uc.MEM_READ: PROT_R, _uc.MEM_WRITE: PROT_W, _uc.MEM_FETCH: PROT_X}
 _GPRS: Final = tuple(getattr(_uc, f"REG_{n.upper()}") for n in _uc.GPR_NAMES)
@@ -121,8 +125,8 @@ class CpuState:
             raise ConfigError(f"CPU state version {version} (this kernel reads {cls.VERSION})")
         regs, fs, gs = tuple(rest[:10]), rest[10], rest[11]
         at = cls._HEAD.size
-        tls = data[at:at + _uc.TLS_SIZE]
-        return cls(regs, data[at + _uc.TLS_SIZE:], fs, gs, tls)
+        tls = data[at : at + _uc.TLS_SIZE]
+        return cls(regs, data[at + _uc.TLS_SIZE :], fs, gs, tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +149,10 @@ def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]
     stack_lo = mem_size - abi.STACK_SIZE
     heap_end = stack_lo - page  # the page below the stack is the guard
     heap_start = image.end
-    regions = [Region(abi.Layout.VREGS, abi.Layout.VREGS + page, PROT_RW, "vregs"),
-               Region(abi.Layout.KERNEL_PAGE, abi.Layout.KERNEL_PAGE + page, PROT_RX, "kernel")]
+    regions = [
+        Region(abi.Layout.VREGS, abi.Layout.VREGS + page, PROT_RW, "vregs"),
+        Region(abi.Layout.KERNEL_PAGE, abi.Layout.KERNEL_PAGE + page, PROT_RX, "kernel"),
+    ]
     for i, seg in enumerate(image.segments):
         regions.append(Region(seg.page_start, seg.page_end, seg.prot, f"segment{i}"))
     if heap_end > heap_start:
@@ -180,8 +186,16 @@ class VCpu:
         "vm_id",
     )
 
-    def __init__(self, vm_id: int, image_name: str, memory: GuestMemory, dispatch: Dispatch,
-                 tcg_buffer: int, state: CpuState, route: SyscallRoute | None = None) -> None:
+    def __init__(
+        self,
+        vm_id: int,
+        image_name: str,
+        memory: GuestMemory,
+        dispatch: Dispatch,
+        tcg_buffer: int,
+        state: CpuState,
+        route: SyscallRoute | None = None,
+    ) -> None:
         """Build the engine over ``memory`` and load ``state`` (``CpuState.boot`` for a
         fresh VM). Writes the kernel page (GDT, TLS entries, trampoline, iret frame).
         ``route``: where foreign system calls go (``set_route``). ``ResourceError`` when
@@ -207,11 +221,11 @@ class VCpu:
         mem = memory.buf
         kp = abi.Layout.KERNEL_PAGE
         gdt = _uc.GDT + state.tls
-        mem[kp:kp + len(gdt)] = gdt
+        mem[kp : kp + len(gdt)] = gdt
         mem[_TRAMPOLINE] = 0xCF  # iret
         regs = state.registers()
         frame = _IRET_FRAME.pack(regs["eip"], _uc.USER_CS, regs["eflags"], regs["esp"], _uc.USER_DS)
-        mem[_KSTACK - len(frame):_KSTACK] = frame
+        mem[_KSTACK - len(frame) : _KSTACK] = frame
         self.engine = _uc.Engine(self, memory.address, memory.size, tcg_buffer)
         try:
             self.engine.enter_user_mode(kp, _KSTACK - len(frame), state.fs, state.gs)
@@ -307,9 +321,13 @@ class VCpu:
         regs = eng.read_gprs()
         regs["eip"] = self.eip
         kp = abi.Layout.KERNEL_PAGE + len(_uc.GDT)
-        return CpuState(tuple(regs[n] for n in _uc.GPR_NAMES), eng.read_fpu(),
-                        eng.reg_read(_uc.REG_FS), eng.reg_read(_uc.REG_GS),
-                        bytes(self.memory.buf[kp:kp + _uc.TLS_SIZE]))
+        return CpuState(
+            tuple(regs[n] for n in _uc.GPR_NAMES),
+            eng.read_fpu(),
+            eng.reg_read(_uc.REG_FS),
+            eng.reg_read(_uc.REG_GS),
+            bytes(self.memory.buf[kp : kp + _uc.TLS_SIZE]),
+        )
 
     def set_route(self, route: SyscallRoute | None) -> None:
         """Route foreign system calls to ``route`` from the next ``int $0x80`` on (None:
@@ -339,8 +357,7 @@ class VCpu:
         eflags = eng.reg_read(_uc.REG_EFLAGS)
         new_sp = esp - 12
         if new_sp < 0 or not self.memory.check(new_sp, 12, PROT_RW):
-            self.fault = self._report(FaultKind.BAD_IRQ_FRAME, address=new_sp & 0xFFFFFFFF,
-                                      access="write")
+            self.fault = self._report(FaultKind.BAD_IRQ_FRAME, address=new_sp & 0xFFFFFFFF, access="write")
             return False
         struct.pack_into("<III", self.memory.buf, new_sp, mask, eflags, self.eip)
         eng.reg_write(_uc.REG_ESP, new_sp)
@@ -363,10 +380,10 @@ class VCpu:
         needs = _NEEDS.get(access, PROT_R)
         if prot & needs != needs:
             regs = self.engine.read_gprs()
-            addr = fault_address(self._code_at(regs["eip"]), regs["eip"], regs, page,
-                                 access == _uc.MEM_FETCH)
-            return self._report(self._page_kind(addr, prot), address=addr,
-                                access=_ACCESS.get(access), regs=regs)
+            addr = fault_address(self._code_at(regs["eip"]), regs["eip"], regs, page, access == _uc.MEM_FETCH)
+            return self._report(
+                self._page_kind(addr, prot), address=addr, access=_ACCESS.get(access), regs=regs
+            )
         return self._report(FaultKind.CPU_EXCEPTION, access=_uc.strerror(err))
 
     def _trap_origin(self, vector: int) -> int | None:
@@ -375,8 +392,13 @@ class VCpu:
         mem = self.memory
         if vector == 3 and eip >= 1 and mem.check(eip - 1, 1, PROT_R) and mem.buf[eip - 1] == 0xCC:
             return eip - 1
-        if (vector >= 32 or vector == 3) and eip >= 2 and mem.check(eip - 2, 2, PROT_R) \
-                and mem.buf[eip - 2] == 0xCD and mem.buf[eip - 1] == vector:
+        if (
+            (vector >= 32 or vector == 3)
+            and eip >= 2
+            and mem.check(eip - 2, 2, PROT_R)
+            and mem.buf[eip - 2] == 0xCD
+            and mem.buf[eip - 1] == vector
+        ):
             return eip - 2
         return None
 
@@ -403,16 +425,31 @@ class VCpu:
         end = min(eip + 32, r.end if r else eip)
         return mem.read(eip, end - eip)
 
-    def _report(self, kind: FaultKind, address: int | None = None, access: str | None = None,
-                vector: int | None = None, eip: int | None = None,
-                regs: dict[str, int] | None = None) -> FaultReport:
+    def _report(
+        self,
+        kind: FaultKind,
+        address: int | None = None,
+        access: str | None = None,
+        vector: int | None = None,
+        eip: int | None = None,
+        regs: dict[str, int] | None = None,
+    ) -> FaultReport:
         if regs is None:
             regs = self.engine.read_gprs()
         if eip is None:
             eip = regs["eip"]
         code = self._code_at(eip)
-        return FaultReport(self.vm_id, self.image_name, kind, eip, regs, address, access, vector,
-                           disassemble(code, eip) if code else ())
+        return FaultReport(
+            self.vm_id,
+            self.image_name,
+            kind,
+            eip,
+            regs,
+            address,
+            access,
+            vector,
+            disassemble(code, eip) if code else (),
+        )
 
     def close(self) -> None:
         if self.memory.on_lowered == self.engine.flush_tlb:

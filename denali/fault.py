@@ -48,8 +48,10 @@ class FaultReport:
         notes = [n for n in (self.access, f"vector {self.vector}" if self.vector is not None else None) if n]
         note = f" ({', '.join(notes)})" if notes else ""
         insn = f": {self.disassembly[0].split(': ', 1)[-1]}" if self.disassembly else ""
-        return (f"VM {self.vm_id} ({self.image}) faulted: {self.kind.value}{where}{note}, "
-                f"eip=0x{self.eip:08x}{insn}")
+        return (
+            f"VM {self.vm_id} ({self.image}) faulted: {self.kind.value}{where}{note}, "
+            f"eip=0x{self.eip:08x}{insn}"
+        )
 
     def details(self) -> str:
         """Several lines: the summary, the registers and the disassembly."""
@@ -87,8 +89,17 @@ def disassemble(code: bytes, address: int, count: int = 3) -> tuple[str, ...]:
 
 _STACK: dict[str, tuple[int, int]] = {
     # mnemonic: (offset from ESP, bytes) of its implicit stack access
-    "push": (-4, 4), "pushfd": (-4, 4), "call": (-4, 4), "enter": (-4, 4), "pushal": (-32, 32),
-    "pop": (0, 4), "popfd": (0, 4), "ret": (0, 4), "retf": (0, 8), "iretd": (0, 12), "popal": (0, 32),
+    "push": (-4, 4),
+    "pushfd": (-4, 4),
+    "call": (-4, 4),
+    "enter": (-4, 4),
+    "pushal": (-32, 32),
+    "pop": (0, 4),
+    "popfd": (0, 4),
+    "ret": (0, 4),
+    "retf": (0, 8),
+    "iretd": (0, 12),
+    "popal": (0, 32),
 }
 _STRING = frozenset(("movs", "stos", "lods", "cmps", "scas", "ins", "outs"))
 

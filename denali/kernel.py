@@ -88,8 +88,11 @@ def _disable_thp() -> None:
         if _thp_logged:
             return
         _thp_logged = True
-        log.warning("transparent huge pages stay on for this process (%s): each VM's engine "
-                    "will use more resident memory", exc)
+        log.warning(
+            "transparent huge pages stay on for this process (%s): each VM's engine "
+            "will use more resident memory",
+            exc,
+        )
 
 
 DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Personality)
@@ -122,10 +125,12 @@ class Kernel:
         self._preemptor = Preemptor(poll_ns=min(500_000, config.slice_us * 500))
         self._lanes = [self._preemptor.new_lane() for _ in range(max(1, config.workers))]
         self._pool: ThreadPoolExecutor | None = None
-        self._store = (SwapStore(config.swap_dir, self._finishers)
-                       if config.memory_budget is not None else None)
-        self._gate = (Gatekeeper(config.memory_budget, self._owner)
-                      if config.memory_budget is not None else None)
+        self._store = (
+            SwapStore(config.swap_dir, self._finishers) if config.memory_budget is not None else None
+        )
+        self._gate = (
+            Gatekeeper(config.memory_budget, self._owner) if config.memory_budget is not None else None
+        )
         self.max_engines = config.max_engines or _map_count() // 8
         """VMs that may be resident at once (see KernelConfig.max_engines)."""
         if self._gate is not None:
@@ -133,8 +138,10 @@ class Kernel:
         self.mac_tag = config.mac_tag if config.mac_tag is not None else os.urandom(1)[0]
         """Second byte of this kernel's VM MACs, so kernels joined by VXLAN or a TAP bridge
         do not hand out the same addresses."""
-        self.switch = Switch(SwitchConfig() if config.batch_interrupts
-                             else SwitchConfig(batch=1, frames_per_yield=1), name="lan0")
+        self.switch = Switch(
+            SwitchConfig() if config.batch_interrupts else SwitchConfig(batch=1, frames_per_yield=1),
+            name="lan0",
+        )
         """The virtual LAN every VM's NIC is attached to."""
         if config.disable_thp:
             _disable_thp()
@@ -159,12 +166,19 @@ class Kernel:
         if self.config.workers:
             self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="denali-cpu")
         self._rt = Runtime(
-            loop=loop, epoch_ns=epoch,
+            loop=loop,
+            epoch_ns=epoch,
             timers=Timers(loop, lambda: time.monotonic_ns() - epoch),
-            arbiter=CpuArbiter(loop, Scheduler(), self._lanes), pool=self._pool, table=self._table,
-            store=self._store, gate=self._gate, owner=self._owner,
-            slice_ns=self.config.slice_us * 1000, cpu_khz=self.cpu_khz,
-            tcg_buffer=self.config.tcg_buffer)
+            arbiter=CpuArbiter(loop, Scheduler(), self._lanes),
+            pool=self._pool,
+            table=self._table,
+            store=self._store,
+            gate=self._gate,
+            owner=self._owner,
+            slice_ns=self.config.slice_us * 1000,
+            cpu_khz=self.cpu_khz,
+            tcg_buffer=self.config.tcg_buffer,
+        )
         self._preemptor.start()
         self._state = "running"
 
@@ -195,7 +209,7 @@ class Kernel:
 
     @property
     def state(self) -> str:
-        """"created", "running", "closing" or "closed"."""
+        """ "created", "running", "closing" or "closed"."""
         return self._state
 
     @property
@@ -219,8 +233,16 @@ class Kernel:
         states: dict[str, int] = {}
         for vm in self._vms.values():
             states[vm.state.value] = states.get(vm.state.value, 0) + 1
-        swap: dict[str, Any] = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
-                                "bytes_out": 0, "bytes_in": 0, "used": 0, "budget": None}
+        swap: dict[str, Any] = {
+            "swap_outs": 0,
+            "swap_ins": 0,
+            "pages_out": 0,
+            "pages_in": 0,
+            "bytes_out": 0,
+            "bytes_in": 0,
+            "used": 0,
+            "budget": None,
+        }
         if self._gate is not None and self._store is not None:
             swap.update(self._store.stats)
             swap.update(self._gate.stats, used=self._gate.used, budget=self._gate.budget)
@@ -232,20 +254,28 @@ class Kernel:
             "cpu_switches": rt.arbiter.switches if rt else 0,
             "slices_started": sum(lane.starts for lane in self._lanes),
             "preempt_stops": sum(lane.stops for lane in self._lanes),
-            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired,
-                       "early": rt.timers.early} if rt else {},
-            "switch": {k: v for k, v in self.switch.stats(per_port=False).as_dict().items()
-                       if k != "port_stats"},
+            "timers": {"armed": len(rt.timers), "fired": rt.timers.fired, "early": rt.timers.early}
+            if rt
+            else {},
+            "switch": {
+                k: v for k, v in self.switch.stats(per_port=False).as_dict().items() if k != "port_stats"
+            },
             "swap": swap,
         }
 
     def vm_stats(self, vm: Vm) -> dict[str, Any]:
         """One VM's counters as plain data."""
-        return {"id": vm.id, "image": vm.image.name, "state": vm.state.value,
-                "pending": vm.pending, "swapped": vm.swapped,
-                "hypercalls": vm.hypercalls,
-                **vm.stats, "console_bytes": vm.console.written,
-                "nic": vm.nic.stats.as_dict() if vm.nic is not None else None}
+        return {
+            "id": vm.id,
+            "image": vm.image.name,
+            "state": vm.state.value,
+            "pending": vm.pending,
+            "swapped": vm.swapped,
+            "hypercalls": vm.hypercalls,
+            **vm.stats,
+            "console_bytes": vm.console.written,
+            "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,
+        }
 
     # ---- time ----
     def now_ns(self) -> int:
@@ -253,10 +283,19 @@ class Kernel:
         return self._runtime().now_ns()
 
     # ---- VMs ----
-    async def spawn(self, image: str | os.PathLike[str] | Image, *, memory: str | int = abi.DEFAULT_MEMORY,
-                    cmdline: str = "", console: ConsoleSink | None = None, nic: bool = True,
-                    nic_config: NicConfig | None = None, mac: bytes | str | None = None,
-                    disks: Sequence[DiskSpec] = (), link: LinkSpec | None = None) -> Vm:
+    async def spawn(
+        self,
+        image: str | os.PathLike[str] | Image,
+        *,
+        memory: str | int = abi.DEFAULT_MEMORY,
+        cmdline: str = "",
+        console: ConsoleSink | None = None,
+        nic: bool = True,
+        nic_config: NicConfig | None = None,
+        mac: bytes | str | None = None,
+        disks: Sequence[DiskSpec] = (),
+        link: LinkSpec | None = None,
+    ) -> Vm:
         """Create and start a VM running ``image`` (a built-in name, a path, or an Image).
 
         ``memory`` is the guest address-space size ("16M", bytes). ``console``, when
@@ -281,15 +320,26 @@ class Kernel:
         if len(cmd) > abi.CMDLINE_MAX or b"\0" in cmd:
             raise ConfigError(f"command line is longer than {abi.CMDLINE_MAX} bytes or has a NUL")
         if self._gate is None and len(self._vms) >= self.max_engines:
-            raise ResourceError(f"{len(self._vms)} VMs are resident, the most this process can hold "
-                                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
-                                "or set a memory budget so idle VMs swap out")
+            raise ResourceError(
+                f"{len(self._vms)} VMs are resident, the most this process can hold "
+                f"({self.max_engines}, from vm.max_map_count); raise vm.max_map_count "
+                "or set a memory budget so idle VMs swap out"
+            )
         if len(self._vms) >= self.config.max_vms:
             raise ConfigError(f"the kernel already runs max_vms={self.config.max_vms} VMs")
         await self.switch.start()
         vm_id = next(self._ids)
-        spec = VmSpec(img, size, cmdline, console, nic, as_mac(mac) if mac is not None else None,
-                      nic_config, tuple(disks), link)
+        spec = VmSpec(
+            img,
+            size,
+            cmdline,
+            console,
+            nic,
+            as_mac(mac) if mac is not None else None,
+            nic_config,
+            tuple(disks),
+            link,
+        )
         default_mac = mac_for_vm(vm_id, self.mac_tag)
         vm = await build_vm(self._runtime(), self.switch, vm_id, spec, default_mac, self._vm_ended)
         vm.start()

@@ -82,8 +82,10 @@ class Image:
         0x08048000), the message says so and how to link a guest."""
         if self.fixed_memory:
             if mem_size != self.fixed_memory:
-                raise ImageError(f"{self.path}: image was composed for {self.fixed_memory} bytes "
-                                 f"of guest memory, the VM has {mem_size}")
+                raise ImageError(
+                    f"{self.path}: image was composed for {self.fixed_memory} bytes "
+                    f"of guest memory, the VM has {mem_size}"
+                )
             return
         need = self.min_memory()
         if need <= mem_size:
@@ -92,12 +94,16 @@ class Image:
         low = min(s.page_start for s in self.segments)
         if low - base > self.end - low:  # the gap below the image costs more than the image
             what = " (gcc's default for Linux programs)" if low == _GNU_LD_BASE else ""
-            raise ImageError(f"{self.path}: linked at 0x{low:08x}{what}, so it needs {_mib(need)} of "
-                             f"guest memory, the VM has {_mib(mem_size)}: link guests at 0x{base:x} "
-                             "with 'denali cc' or the guest SDK's denali.ld (docs/sdk.md); a static "
-                             "Linux program runs with 'denali linux' (docs/linux.md)")
-        raise ImageError(f"{self.path}: image needs at least {need} bytes ({_mib(need)}) "
-                         f"of guest memory, the VM has {mem_size} ({_mib(mem_size)})")
+            raise ImageError(
+                f"{self.path}: linked at 0x{low:08x}{what}, so it needs {_mib(need)} of "
+                f"guest memory, the VM has {_mib(mem_size)}: link guests at 0x{base:x} "
+                "with 'denali cc' or the guest SDK's denali.ld (docs/sdk.md); a static "
+                "Linux program runs with 'denali linux' (docs/linux.md)"
+            )
+        raise ImageError(
+            f"{self.path}: image needs at least {need} bytes ({_mib(need)}) "
+            f"of guest memory, the VM has {mem_size} ({_mib(mem_size)})"
+        )
 
 
 _GNU_LD_BASE: Final = 0x08048000
@@ -140,11 +146,13 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
             off, filesz, memsz = int(ph["p_offset"]), int(ph["p_filesz"]), int(ph["p_memsz"])
             vaddr, flags = int(ph["p_vaddr"]), int(ph["p_flags"])
             if off + filesz > len(data):
-                raise ImageError(f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
-                                 f"up to {off + filesz}, file has {len(data)}")
+                raise ImageError(
+                    f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
+                    f"up to {off + filesz}, file has {len(data)}"
+                )
             if filesz > memsz:
                 raise ImageError(f"{path}: segment at 0x{vaddr:x} has filesz > memsz")
-            segments.append(Segment(vaddr, memsz, data[off:off + filesz], _prot(flags)))
+            segments.append(Segment(vaddr, memsz, data[off : off + filesz], _prot(flags)))
     except ImageError:
         raise
     except (ELFError, ValueError, KeyError, IndexError, OSError, AssertionError) as exc:
@@ -155,8 +163,11 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
     if machine != _EM_386:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
     if etype != "ET_EXEC":
-        hint = ("; it is position-independent: build guests with 'denali cc' (docs/sdk.md)"
-                if etype == "ET_DYN" else "")
+        hint = (
+            "; it is position-independent: build guests with 'denali cc' (docs/sdk.md)"
+            if etype == "ET_DYN"
+            else ""
+        )
         raise ImageError(f"{path}: type {etype} is not ET_EXEC (a statically linked executable){hint}")
     if not segments:
         raise ImageError(f"{path}: no loadable segments")
@@ -166,11 +177,15 @@ def parse_image(data: bytes, path: str, name: str | None = None) -> Image:
         if s.prot & PROT_W and s.prot & PROT_X:
             raise ImageError(f"{path}: segment at 0x{s.vaddr:x} is writable and executable")
         if s.vaddr < abi.Layout.IMAGE_BASE or s.vaddr + s.memsz > abi.MAX_MEMORY:
-            raise ImageError(f"{path}: segment 0x{s.vaddr:x}+0x{s.memsz:x} is outside the "
-                             f"guest image area [0x{abi.Layout.IMAGE_BASE:x}, 0x{abi.MAX_MEMORY:x})")
+            raise ImageError(
+                f"{path}: segment 0x{s.vaddr:x}+0x{s.memsz:x} is outside the "
+                f"guest image area [0x{abi.Layout.IMAGE_BASE:x}, 0x{abi.MAX_MEMORY:x})"
+            )
         if s.page_start < prev_end:
-            raise ImageError(f"{path}: segment at 0x{s.vaddr:x} shares a page with the previous "
-                             "one (each segment must start on its own page)")
+            raise ImageError(
+                f"{path}: segment at 0x{s.vaddr:x} shares a page with the previous "
+                "one (each segment must start on its own page)"
+            )
         prev_end = s.page_end
     if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
         raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")
@@ -265,10 +280,15 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
     phentsize, phnum = struct.unpack_from("<HH", data, 42)
     if machine != 3:
         raise ImageError(f"{path}: machine {machine} is not EM_386 (i386)")
-    if 1 <= phnum <= 64 and phentsize == 32 and phoff + phnum * 32 <= len(data) and any(
-            struct.unpack_from("<I", data, phoff + 32 * i)[0] == _PT_INTERP for i in range(phnum)):
-        raise ImageError(f"{path}: dynamically linked (has an interpreter); only static "
-                         "programs run (gcc -m32 -static)")
+    if (
+        1 <= phnum <= 64
+        and phentsize == 32
+        and phoff + phnum * 32 <= len(data)
+        and any(struct.unpack_from("<I", data, phoff + 32 * i)[0] == _PT_INTERP for i in range(phnum))
+    ):
+        raise ImageError(
+            f"{path}: dynamically linked (has an interpreter); only static programs run (gcc -m32 -static)"
+        )
     if etype == 3:
         raise ImageError(f"{path}: position-independent (ET_DYN); link it with -static -no-pie")
     if etype != 2:
@@ -282,27 +302,34 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
     for i in range(phnum):
         ptype, off, vaddr, _pa, filesz, memsz, flags, align = struct.unpack_from("<8I", data, phoff + 32 * i)
         if ptype == _PT_INTERP:
-            raise ImageError(f"{path}: dynamically linked (has an interpreter); only static "
-                             "programs run (gcc -m32 -static)")
+            raise ImageError(
+                f"{path}: dynamically linked (has an interpreter); only static "
+                "programs run (gcc -m32 -static)"
+            )
         if ptype == _PT_TLS:
             tls = (vaddr, filesz, memsz, align)
         if ptype == _PT_GNU_STACK and flags & P_FLAGS.PF_X:
-            raise ImageError(f"{path}: asks for an executable stack (PT_GNU_STACK RWX); denali "
-                             "never maps memory writable and executable")
+            raise ImageError(
+                f"{path}: asks for an executable stack (PT_GNU_STACK RWX); denali "
+                "never maps memory writable and executable"
+            )
         if ptype != _PT_LOAD or memsz == 0:
             continue
         if off + filesz > len(data):
-            raise ImageError(f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
-                             f"up to {off + filesz}, file has {len(data)}")
+            raise ImageError(
+                f"{path}: truncated: segment at 0x{vaddr:x} needs file bytes "
+                f"up to {off + filesz}, file has {len(data)}"
+            )
         if filesz > memsz:
             raise ImageError(f"{path}: segment at 0x{vaddr:x} has filesz > memsz")
         if (vaddr - off) % page:
-            raise ImageError(f"{path}: segment at 0x{vaddr:x} is not page-aligned with its "
-                             f"file offset 0x{off:x}")
+            raise ImageError(
+                f"{path}: segment at 0x{vaddr:x} is not page-aligned with its file offset 0x{off:x}"
+            )
         lead = vaddr % page  # Linux maps from the page start: the bytes before vaddr too
         if off - lead <= phoff and phoff + phnum * 32 <= off + filesz:
             phdr = vaddr + phoff - off  # this segment maps the program headers (AT_PHDR)
-        segments.append(Segment(vaddr - lead, memsz + lead, data[off - lead:off + filesz], _prot(flags)))
+        segments.append(Segment(vaddr - lead, memsz + lead, data[off - lead : off + filesz], _prot(flags)))
     if not segments:
         raise ImageError(f"{path}: no loadable segments")
     segments.sort(key=lambda s: s.vaddr)
@@ -311,11 +338,15 @@ def parse_linux_program(data: bytes, path: str) -> LinuxProgram:
         if seg.prot & PROT_W and seg.prot & PROT_X:
             raise ImageError(f"{path}: segment at 0x{seg.vaddr:x} is writable and executable")
         if seg.vaddr < LINUX_BASE or seg.vaddr + seg.memsz > abi.MAX_MEMORY:
-            raise ImageError(f"{path}: segment 0x{seg.vaddr:x}+0x{seg.memsz:x} is outside "
-                             f"[0x{LINUX_BASE:x}, 0x{abi.MAX_MEMORY:x}), where Linux programs load")
+            raise ImageError(
+                f"{path}: segment 0x{seg.vaddr:x}+0x{seg.memsz:x} is outside "
+                f"[0x{LINUX_BASE:x}, 0x{abi.MAX_MEMORY:x}), where Linux programs load"
+            )
         if seg.page_start < prev_end:
-            raise ImageError(f"{path}: segment at 0x{seg.vaddr:x} shares a page with the previous "
-                             "one (each segment must start on its own page)")
+            raise ImageError(
+                f"{path}: segment at 0x{seg.vaddr:x} shares a page with the previous "
+                "one (each segment must start on its own page)"
+            )
         prev_end = seg.page_end
     if not any(s.prot & PROT_X and s.vaddr <= entry < s.vaddr + s.memsz for s in segments):
         raise ImageError(f"{path}: entry point 0x{entry:x} is not in an executable segment")

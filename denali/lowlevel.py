@@ -20,8 +20,21 @@ if TYPE_CHECKING:
     from denali.kernel import Kernel
     from denali.vm import Vm
 
-__all__ = ("CpuState", "GuestMemory", "HypercallTable", "Lane", "Runtime", "VCpu", "guest_memory",
-           "hypercall_table", "lanes", "runtime", "swap_out", "swap_path", "vcpu")
+__all__ = (
+    "CpuState",
+    "GuestMemory",
+    "HypercallTable",
+    "Lane",
+    "Runtime",
+    "VCpu",
+    "guest_memory",
+    "hypercall_table",
+    "lanes",
+    "runtime",
+    "swap_out",
+    "swap_path",
+    "vcpu",
+)
 
 
 def guest_memory(vm: Vm) -> GuestMemory:

@@ -96,8 +96,12 @@ class GuestMemory:
         out.sort(key=lambda r: r.start)
         merged: list[Region] = []
         for r in out:  # keep the map short: join touching runs of the same kind
-            if merged and merged[-1].end == r.start and merged[-1].prot == r.prot \
-                    and merged[-1].name == r.name:
+            if (
+                merged
+                and merged[-1].end == r.start
+                and merged[-1].prot == r.prot
+                and merged[-1].name == r.name
+            ):
                 merged[-1] = Region(merged[-1].start, r.end, r.prot, r.name)
             else:
                 merged.append(r)
@@ -152,11 +156,11 @@ class GuestMemory:
 
     def read(self, addr: int, length: int) -> bytes:
         """Copy bytes out (caller has checked the range)."""
-        return self.buf[addr:addr + length]
+        return self.buf[addr : addr + length]
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy bytes in (caller has checked the range)."""
-        self.buf[addr:addr + len(data)] = data
+        self.buf[addr : addr + len(data)] = data
 
     def close(self) -> None:
         """Release the mapping; idempotent. The engine using it must be closed first."""

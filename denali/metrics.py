@@ -54,13 +54,24 @@ class CpuSampler:
 def snapshot(kernel: Kernel, sampler: CpuSampler | None = None, limit: int | None = None) -> dict[str, Any]:
     """Kernel counters and one dict per live VM (see ``Kernel.vm_stats``); with a
     ``sampler``, rows carry ``cpu_pct`` and come busiest first, ``limit`` of them."""
-    vms = (sampler.sample(limit) if sampler is not None
-           else [kernel.vm_stats(vm) for vm in list(kernel.vms.values())[:limit]])
+    vms = (
+        sampler.sample(limit)
+        if sampler is not None
+        else [kernel.vm_stats(vm) for vm in list(kernel.vms.values())[:limit]]
+    )
     return {"kernel": kernel.stats(), "vms": vms}
 
 
-_VM_COUNTERS = ("slices", "cpu_ns", "preemptions", "idles", "irqs_raised", "irq_batches",
-                "irq_bits_delivered", "console_bytes")
+_VM_COUNTERS = (
+    "slices",
+    "cpu_ns",
+    "preemptions",
+    "idles",
+    "irqs_raised",
+    "irq_batches",
+    "irq_bits_delivered",
+    "console_bytes",
+)
 
 
 def prometheus(kernel: Kernel) -> str:
@@ -109,8 +120,11 @@ async def serve(kernel: Kernel, host: str, port: int) -> asyncio.Server:
                 body, ctype, status = b"top must be a number\n", "text/plain", "400 Bad Request"
             else:
                 body, ctype, status = b"not found\n", "text/plain", "404 Not Found"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
             await writer.drain()
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             log.debug("metrics request not answered: %r", exc)  # the client's trouble, not ours

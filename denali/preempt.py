@@ -75,8 +75,11 @@ def _realtime_priority() -> None:
     except (OSError, AttributeError) as exc:
         if not _fallback_logged:
             _fallback_logged = True
-            log.warning("the preemption thread runs without real-time priority (%s): slices "
-                        "may overrun their length when every core is busy", exc)
+            log.warning(
+                "the preemption thread runs without real-time priority (%s): slices "
+                "may overrun their length when every core is busy",
+                exc,
+            )
 
 
 class Preemptor:

@@ -56,9 +56,18 @@ class JobProgress:
     anything shows. ``interval``: seconds between plain lines. ``clock``: for tests.
     """
 
-    def __init__(self, what: str, total: int, stream: IO[str], *, unit: str = "bytes",
-                 live: bool | None = None, interval: float = 1.0, delay: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        stream: IO[str],
+        *,
+        unit: str = "bytes",
+        live: bool | None = None,
+        interval: float = 1.0,
+        delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.what = what
         self.total = max(0, total)
         self.done = 0
@@ -80,8 +89,9 @@ class JobProgress:
     def __enter__(self) -> JobProgress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -124,10 +134,19 @@ class JobProgress:
 
     def _show_bar(self, now: float) -> None:
         if self._bar is None:
-            amount = ((DownloadColumn(binary_units=True), TransferSpeedColumn()) if self.unit == "bytes"
-                      else (MofNCompleteColumn(), TextColumn(self.unit)))
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), *amount,
-                                 TimeElapsedColumn(), console=self._console, auto_refresh=False)
+            amount = (
+                (DownloadColumn(binary_units=True), TransferSpeedColumn())
+                if self.unit == "bytes"
+                else (MofNCompleteColumn(), TextColumn(self.unit))
+            )
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                *amount,
+                TimeElapsedColumn(),
+                console=self._console,
+                auto_refresh=False,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.what, total=self.total or None)
             self._shown = True
@@ -149,7 +168,8 @@ class JobProgress:
             self._bar.refresh()
             self._bar.stop()
         elif (self._shown and self._last_done != self.done) or (
-                not self._shown and not self._live and self._clock() - self._t0 >= self._delay):
+            not self._shown and not self._live and self._clock() - self._t0 >= self._delay
+        ):
             self._write_line(self._clock())
 
 
@@ -157,8 +177,9 @@ class BootProgress:
     """Tracks ``total`` VMs as they are handed to ``add``; ``run()`` shows it until every
     one started or ``close()`` is called."""
 
-    def __init__(self, total: int, stream: IO[str], *, live: bool | None = None,
-                 interval: float = 1.0) -> None:
+    def __init__(
+        self, total: int, stream: IO[str], *, live: bool | None = None, interval: float = 1.0
+    ) -> None:
         self.total = total
         self.vms: list[Vm] = []
         self._console = Console(file=stream, stderr=True)
@@ -184,8 +205,10 @@ class BootProgress:
     def line(self) -> str:
         started = self.started()
         dt = max(time.monotonic() - self._t0, 1e-9)
-        return (f"denali: spawned {len(self.vms):,}/{self.total:,}, started {started:,}/{self.total:,} "
-                f"({started / dt:,.0f} VMs/s, {dt:.1f} s)")
+        return (
+            f"denali: spawned {len(self.vms):,}/{self.total:,}, started {started:,}/{self.total:,} "
+            f"({started / dt:,.0f} VMs/s, {dt:.1f} s)"
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -206,8 +229,13 @@ class BootProgress:
                 self._stream.flush()
 
     async def _run_live(self) -> None:
-        cols = (TextColumn("[bold]{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+        cols = (
+            TextColumn("[bold]{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*cols, console=self._console, transient=False) as bar:
             sp = bar.add_task("spawned", total=self.total, rate="")
             st = bar.add_task("started", total=self.total, rate="")

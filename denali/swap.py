@@ -107,7 +107,7 @@ def _read_runs(path: str, buf: mmap.mmap, runs: array[int]) -> int:
             if len(data) != n:
                 raise SwapError(f"swap file {path} is truncated")
             crc = zlib.crc32(data, crc)
-            buf[lo:lo + n] = data
+            buf[lo : lo + n] = data
     finally:
         os.close(fd)
     return crc
@@ -159,8 +159,16 @@ class SwapStore:
             _check_directory(directory)
         self.directory = directory
         self._owner = owner
-        self.stats = {"swap_outs": 0, "swap_ins": 0, "pages_out": 0, "pages_in": 0,
-                      "bytes_out": 0, "bytes_in": 0, "write_errors": 0, "read_errors": 0}
+        self.stats = {
+            "swap_outs": 0,
+            "swap_ins": 0,
+            "pages_out": 0,
+            "pages_in": 0,
+            "bytes_out": 0,
+            "bytes_in": 0,
+            "write_errors": 0,
+            "read_errors": 0,
+        }
 
     def path_for(self, vm_id: int) -> str:
         return os.path.join(self.directory, f"vm{vm_id}.swap")
@@ -220,8 +228,9 @@ class SwapStore:
             raise
         if crc != image.crc:
             self.stats["read_errors"] += 1
-            raise SwapError(f"VM {vm_id}: its swap file {path} changed since it was written "
-                            "(checksum mismatch)")
+            raise SwapError(
+                f"VM {vm_id}: its swap file {path} changed since it was written (checksum mismatch)"
+            )
         st = self.stats
         st["swap_ins"] += 1
         st["pages_in"] += image.stored
@@ -322,8 +331,9 @@ class Gatekeeper:
 
     def _fits(self, cost: int, freeing: int = 0, evicting: int = 0) -> bool:
         """Would ``cost`` more fit (once ``freeing`` bytes of ``evicting`` VMs are out)?"""
-        return ((self.used - freeing + cost) * self.scale <= self.budget
-                and len(self._charge) - evicting < self.max_resident)
+        return (self.used - freeing + cost) * self.scale <= self.budget and len(
+            self._charge
+        ) - evicting < self.max_resident
 
     def _over(self) -> bool:
         return (self.used - self._freeing) * self.scale > self.budget
@@ -421,8 +431,12 @@ class Gatekeeper:
             self._backoff_until = now + BACKOFF_S
             if now - self._warned_at >= 60.0:  # one line a minute, not one per VM
                 self._warned_at = now
-                log.warning("swap-out failed (%d so far), VMs stay resident; evictions paused "
-                            "for %.0f s: %s", self.stats["eviction_failures"], BACKOFF_S, exc)
+                log.warning(
+                    "swap-out failed (%d so far), VMs stay resident; evictions paused for %.0f s: %s",
+                    self.stats["eviction_failures"],
+                    BACKOFF_S,
+                    exc,
+                )
             if vm.evictable():
                 self._idle[vm.id] = vm
             asyncio.get_running_loop().call_later(BACKOFF_S, self._retry)

@@ -27,8 +27,9 @@ class Timer:
 
     __slots__ = ("_owner", "args", "callback", "cancelled", "deadline", "seq")
 
-    def __init__(self, owner: Timers, deadline: int, seq: int, callback: Callable[..., Any],
-                 args: tuple[Any, ...]) -> None:
+    def __init__(
+        self, owner: Timers, deadline: int, seq: int, callback: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
         self._owner = owner
         self.deadline = deadline
         self.seq = seq
@@ -48,8 +49,7 @@ class Timer:
 class Timers:
     """The kernel's timer heap on ``loop``, reading deadlines on ``clock`` (ns)."""
 
-    __slots__ = ("_armed", "_coarse", "_dead", "_handle", "_heap", "_loop", "_seq", "clock", "early",
-                 "fired")
+    __slots__ = ("_armed", "_coarse", "_dead", "_handle", "_heap", "_loop", "_seq", "clock", "early", "fired")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self._loop = loop

@@ -41,6 +41,7 @@ Row = Mapping[str, Any]
 
 # ---------------------------------------------------------------- the data source
 
+
 class TopSource(Protocol):
     """Where ``denali top`` gets its data; ``label`` names it in the title line."""
 
@@ -91,6 +92,7 @@ class MetricsEndpoint:
 
 # ---------------------------------------------------------------- units
 
+
 def fmt_count(n: int) -> str:
     """A count in at most 5 characters: 9999, 12.3k, 123k, 1.2M, 45.6M, 7.8G."""
     if n < 10_000:
@@ -137,6 +139,7 @@ def fmt_pct(p: float) -> str:
 
 # ---------------------------------------------------------------- columns
 
+
 def _nic(row: Row, key: str) -> int | None:
     nic = row.get("nic")
     return int(nic[key]) if nic and key in nic else None
@@ -172,13 +175,20 @@ def _nic_cell(key: str) -> Callable[[Row], str]:
     def cell(r: Row) -> str:
         v = _nic(r, key)
         return "-" if v is None else fmt_count(v)
+
     return cell
 
 
 COLUMNS: Final[tuple[Column, ...]] = (
     Column("id", "VM", lambda r: str(r["id"]), lambda r: r["id"], descending=False),
-    Column("name", "NAME", lambda r: str(r.get("name") or r.get("image", "?")),
-           lambda r: str(r.get("name") or r.get("image", "")), left=True, descending=False),
+    Column(
+        "name",
+        "NAME",
+        lambda r: str(r.get("name") or r.get("image", "?")),
+        lambda r: str(r.get("name") or r.get("image", "")),
+        left=True,
+        descending=False,
+    ),
     Column("state", "STATE", _state, _state, left=True, descending=False),
     Column("cpu", "CPU%", lambda r: fmt_pct(float(r.get("cpu_pct") or 0)), _num("cpu_pct")),
     Column("time", "TIME", lambda r: fmt_ns(int(r.get("cpu_ns") or 0)), _num("cpu_ns")),
@@ -272,18 +282,30 @@ def summary(kernel: Mapping[str, Any], label: str = "") -> list[str]:
     states = [f"{n:,} {s}" for s, n in sorted(kernel.get("vm_states", {}).items())]
     sw = kernel.get("swap", {})
     lan = kernel.get("switch", {})
-    parts = [f"denali {label}".strip(), f"{kernel.get('vms', 0):,} VMs", *states,
-             f"switches {fmt_count(int(kernel.get('cpu_switches', 0)))}",
-             f"swap out/in {fmt_count(int(sw.get('swap_outs', 0)))}/{fmt_count(int(sw.get('swap_ins', 0)))}",
-             f"LAN frames {fmt_count(int(lan.get('frames', 0)))}"]
+    parts = [
+        f"denali {label}".strip(),
+        f"{kernel.get('vms', 0):,} VMs",
+        *states,
+        f"switches {fmt_count(int(kernel.get('cpu_switches', 0)))}",
+        f"swap out/in {fmt_count(int(sw.get('swap_outs', 0)))}/{fmt_count(int(sw.get('swap_ins', 0)))}",
+        f"LAN frames {fmt_count(int(lan.get('frames', 0)))}",
+    ]
     return parts
 
 
 def _help(view: View) -> list[str]:
     col = _BY_KEY.get(view.sort, _BY_KEY["cpu"])
     order = "low first" if col.descending == view.reverse else "high first"
-    return [f"sort {col.header} ({order})", "P cpu", "T time", "N id", "S slices", "< >", "R reverse",
-            "q quit"]
+    return [
+        f"sort {col.header} ({order})",
+        "P cpu",
+        "T time",
+        "N id",
+        "S slices",
+        "< >",
+        "R reverse",
+        "q quit",
+    ]
 
 
 def _fit(natural: Mapping[str, int], width: int) -> list[str]:
@@ -304,8 +326,14 @@ def _fit(natural: Mapping[str, int], width: int) -> list[str]:
     return shown
 
 
-def render(snap: Mapping[str, Any], width: int, view: View | None = None, *, height: int | None = None,
-           label: str = "") -> Screen:
+def render(
+    snap: Mapping[str, Any],
+    width: int,
+    view: View | None = None,
+    *,
+    height: int | None = None,
+    label: str = "",
+) -> Screen:
     """The frame for ``snap`` on a terminal ``width`` columns wide (``height`` rows:
     the rows that fit; None: all of them). Pure: same input, same frame."""
     view = view or View()
@@ -316,7 +344,7 @@ def render(snap: Mapping[str, Any], width: int, view: View | None = None, *, hei
         lines += _flow(_help(view), width, sep="  ")
     header_at = len(lines)
     if height is not None:
-        rows = rows[:max(0, height - header_at - 1)]
+        rows = rows[: max(0, height - header_at - 1)]
     cells = {c.key: [c.cell(r) for r in rows] for c in COLUMNS}
     natural = {c.key: max([len(c.header), *map(len, cells[c.key])]) for c in COLUMNS}
     shown = _fit(natural, width)
@@ -330,7 +358,7 @@ def render(snap: Mapping[str, Any], width: int, view: View | None = None, *, hei
         for k in shown:
             v, w = values[k], widths[k]
             if len(v) > w:
-                v = v[:w - 1] + "~"
+                v = v[: w - 1] + "~"
             out.append(v.ljust(w) if _BY_KEY[k].left else v.rjust(w))
         return (" " * _GAP).join(out).rstrip()
 
@@ -349,8 +377,16 @@ def render(snap: Mapping[str, Any], width: int, view: View | None = None, *, hei
 
 # ---------------------------------------------------------------- the terminal
 
-async def run(source: TopSource, interval: float = 1.0, view: View | None = None, *, once: bool = False,
-              width: int | None = None, limit: int = 200) -> None:
+
+async def run(
+    source: TopSource,
+    interval: float = 1.0,
+    view: View | None = None,
+    *,
+    once: bool = False,
+    width: int | None = None,
+    limit: int = 200,
+) -> None:
     """Show ``source`` until ``q``/Ctrl-C (on a terminal) or after one frame (``once``,
     or plain frames every ``interval`` seconds when stdout is not a terminal). Errors
     from the source propagate (``OSError``, ``TimeoutError``)."""
@@ -407,7 +443,7 @@ async def _run_live(source: TopSource, interval: float, view: View, width: int |
                 screen = render(snap, width or w, cur, height=h, label=source.label)
                 shown = screen.columns
                 text = Text("\n".join(screen.lines), no_wrap=True, overflow="crop")
-                offset = sum(len(ln) + 1 for ln in screen.lines[:screen.header])
+                offset = sum(len(ln) + 1 for ln in screen.lines[: screen.header])
                 text.stylize("reverse", offset, offset + len(screen.lines[screen.header]))
                 text.stylize("bold", offset + screen.sort_span[0], offset + screen.sort_span[1])
                 live.update(text, refresh=True)

@@ -112,20 +112,76 @@ class Vm:
     """One VM. Made by ``Kernel.spawn``; never construct directly."""
 
     SLOT: ClassVar[int] = SLOT_VM
-    HYPERCALLS: ClassVar = {Hc.TERMINATE: "hc_terminate", Hc.IDLE: "hc_idle",
-                            Hc.SET_HANDLER: "hc_set_handler", Hc.SYSCALL_ENTRY: "hc_syscall_entry"}
+    HYPERCALLS: ClassVar = {
+        Hc.TERMINATE: "hc_terminate",
+        Hc.IDLE: "hc_idle",
+        Hc.SET_HANDLER: "hc_set_handler",
+        Hc.SYSCALL_ENTRY: "hc_syscall_entry",
+    }
 
-    __slots__ = ("__weakref__", "_clock_offset", "_clock_zero", "_cpu", "_cpu_state", "_devices",
-                 "_dispatch", "_done", "_evicting", "_exit_request", "_hypercalls", "_idle_waiters",
-                 "_in_slice", "_irq_entry", "_memory", "_on_end", "_page_map", "_pending", "_posted",
-                 "_route", "_rt", "_swapped", "_swapping_in", "_syscalls", "_task", "_vregs_head",
-                 "_vregs_tail", "_waker", "clock", "close_errors", "cmdline", "console", "created_ns",
-                 "disks", "ended_ns", "error", "exit_status", "fault", "first_slice_ns", "id", "image",
-                 "interposed", "mem_size", "nic_device", "state", "stats")
+    __slots__ = (
+        "__weakref__",
+        "_clock_offset",
+        "_clock_zero",
+        "_cpu",
+        "_cpu_state",
+        "_devices",
+        "_dispatch",
+        "_done",
+        "_evicting",
+        "_exit_request",
+        "_hypercalls",
+        "_idle_waiters",
+        "_in_slice",
+        "_irq_entry",
+        "_memory",
+        "_on_end",
+        "_page_map",
+        "_pending",
+        "_posted",
+        "_route",
+        "_rt",
+        "_swapped",
+        "_swapping_in",
+        "_syscalls",
+        "_task",
+        "_vregs_head",
+        "_vregs_tail",
+        "_waker",
+        "clock",
+        "close_errors",
+        "cmdline",
+        "console",
+        "created_ns",
+        "disks",
+        "ended_ns",
+        "error",
+        "exit_status",
+        "fault",
+        "first_slice_ns",
+        "id",
+        "image",
+        "interposed",
+        "mem_size",
+        "nic_device",
+        "state",
+        "stats",
+    )
 
-    def __init__(self, rt: Runtime, vm_id: int, image: Image, mem_size: int, cmdline: str,
-                 console: Console, clock: Clock, nic: Nic | None, disks: Disks | None,
-                 personality: Personality, on_end: Callable[[Vm], None]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        vm_id: int,
+        image: Image,
+        mem_size: int,
+        cmdline: str,
+        console: Console,
+        clock: Clock,
+        nic: Nic | None,
+        disks: Disks | None,
+        personality: Personality,
+        on_end: Callable[[Vm], None],
+    ) -> None:
         """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it)."""
         self._rt = rt
         self._on_end = on_end
@@ -156,8 +212,15 @@ class Vm:
         self.error: BaseException | None = None
         self.close_errors: list[DiskError] = []
         """Disk errors met while closing the VM's disks (``wait()`` raises them)."""
-        self.stats = {"slices": 0, "cpu_ns": 0, "preemptions": 0, "idles": 0, "irqs_raised": 0,
-                      "irq_batches": 0, "irq_bits_delivered": 0}
+        self.stats = {
+            "slices": 0,
+            "cpu_ns": 0,
+            "preemptions": 0,
+            "idles": 0,
+            "irqs_raised": 0,
+            "irq_batches": 0,
+            "irq_bits_delivered": 0,
+        }
         """Counters: slices run and the time they took (cpu_ns, guest code and the
         hypercalls handled inside them), preemptions, idles, interrupts raised, batches
         delivered and the bits they carried."""
@@ -365,8 +428,15 @@ class Vm:
                 cmd = self.cmdline.encode()
                 mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
             self._vregs_head, self._vregs_tail = self._vregs_fields(heap_start, heap_end)
-            cpu = VCpu(self.id, self.image.name, mem, rt.table.dispatcher(self._devices, mem),
-                       rt.tcg_buffer, self._cpu_state, self._route)
+            cpu = VCpu(
+                self.id,
+                self.image.name,
+                mem,
+                rt.table.dispatcher(self._devices, mem),
+                rt.tcg_buffer,
+                self._cpu_state,
+                self._route,
+            )
         except BaseException:
             mem.close()
             raise
@@ -381,21 +451,33 @@ class Vm:
         """The constant kernel fields of the register page, before and after the
         per-slice ones (time_ns, cpu_khz, pending) and the guest's irq_enable."""
         rt = self._rt
-        fields = {"magic": abi.VREGS_MAGIC, "abi_version": abi.ABI_VERSION, "vm_id": self.id,
-                  "mem_size": self.mem_size, "time_ns": 0, "cpu_khz": rt.cpu_khz, "pending": 0,
-                  "irq_enable": 0, "heap_start": heap_start, "heap_end": heap_end,
-                  "cmdline_len": len(self.cmdline.encode()), "mac": self.mac, "_pad0": 0,
-                  "slice_ns": rt.slice_ns, "_pad1": 0}
+        fields = {
+            "magic": abi.VREGS_MAGIC,
+            "abi_version": abi.ABI_VERSION,
+            "vm_id": self.id,
+            "mem_size": self.mem_size,
+            "time_ns": 0,
+            "cpu_khz": rt.cpu_khz,
+            "pending": 0,
+            "irq_enable": 0,
+            "heap_start": heap_start,
+            "heap_end": heap_end,
+            "cmdline_len": len(self.cmdline.encode()),
+            "mac": self.mac,
+            "_pad0": 0,
+            "slice_ns": rt.slice_ns,
+            "_pad1": 0,
+        }
         block = abi.VREGS.codec().pack(*(fields[f.name] for f in abi.VREGS.fields))
-        return block[:_V["time_ns"]], block[_V["heap_start"]:]
+        return block[: _V["time_ns"]], block[_V["heap_start"] :]
 
     def _write_vregs(self) -> None:
         """Rewrite every kernel field of the register page (all but irq_enable)."""
         assert self._memory is not None
         buf = self._memory.buf
-        buf[_HEAD[0]:_HEAD[1]] = self._vregs_head
+        buf[_HEAD[0] : _HEAD[1]] = self._vregs_head
         _TIME_KHZ_PENDING.pack_into(buf, _OFF_TIME, self.now_ns(), self._rt.cpu_khz, self._pending)
-        buf[_TAIL[0]:_TAIL[1]] = self._vregs_tail
+        buf[_TAIL[0] : _TAIL[1]] = self._vregs_tail
 
     def _drop_resident(self) -> None:
         cpu, mem = self._cpu, self._memory
@@ -410,8 +492,13 @@ class Vm:
     # ---- swap (Evictable) ----
     def evictable(self) -> bool:
         """True while the VM may be swapped out: idle, resident, no device work in flight."""
-        if (self.state is not VmState.IDLE or self._memory is None or self._swapping_in
-                or self._evicting is not None or self._posted):
+        if (
+            self.state is not VmState.IDLE
+            or self._memory is None
+            or self._swapping_in
+            or self._evicting is not None
+            or self._posted
+        ):
             return False
         return not any(isinstance(d, Device) and d.busy() for d in self._devices[1:])
 
@@ -431,8 +518,9 @@ class Vm:
         try:
             state = self._cpu.save()
             mem = self._memory
-            image = await rt.store.write(self.id, mem.buf, mem.address,
-                                         abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE)
+            image = await rt.store.write(
+                self.id, mem.buf, mem.address, abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE
+            )
             if self.state.final:
                 return False
             self._cpu_state = state
@@ -599,8 +687,9 @@ class Vm:
                     return
                 else:
                     self.error = cpu.error
-                    log.error("VM %d: kernel error in a hypercall; this VM is stopped", self.id,
-                              exc_info=cpu.error)
+                    log.error(
+                        "VM %d: kernel error in a hypercall; this VM is stopped", self.id, exc_info=cpu.error
+                    )
                     final = VmState.FAILED
                     return
         except asyncio.CancelledError:

@@ -37,7 +37,21 @@ class Elf:
             phdrs += struct.pack("<IIIIIIII", 1, off, s.vaddr, s.vaddr, len(s.data), memsz, s.flags, 0x1000)
             blobs += s.data + b"\0" * ((-len(s.data)) % 0x1000)
         ident = b"\x7fELF" + bytes([self.ei_class, 1, 1]) + bytes(9)
-        hdr = ident + struct.pack("<HHIIIIIHHHHHH", self.etype, self.machine, 1, self.entry, phoff, 0, 0,
-                                  ehsize, phentsize, len(self.segments), 40, 0, 0)
+        hdr = ident + struct.pack(
+            "<HHIIIIIHHHHHH",
+            self.etype,
+            self.machine,
+            1,
+            self.entry,
+            phoff,
+            0,
+            0,
+            ehsize,
+            phentsize,
+            len(self.segments),
+            40,
+            0,
+            0,
+        )
         out = hdr + phdrs
         return out + b"\0" * (data_off - len(out)) + blobs

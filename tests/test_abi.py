@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_generated_header_is_fresh() -> None:
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_abi.py"), "--check"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_abi.py"), "--check"], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -21,9 +22,26 @@ def test_header_compiles_for_i386_and_layouts_match(tmp_path: Path) -> None:
     src = tmp_path / "t.c"
     src.write_text("#include <denali/abi.h>\nint x;\n")
     gcc = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True).stdout.strip()
-    r = subprocess.run(["gcc", "-m32", "-ffreestanding", "-nostdinc", "-isystem", gcc,
-                        "-I", str(ROOT / "guestos" / "include"), "-Wall", "-Werror", "-c", str(src),
-                        "-o", str(tmp_path / "t.o")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "gcc",
+            "-m32",
+            "-ffreestanding",
+            "-nostdinc",
+            "-isystem",
+            gcc,
+            "-I",
+            str(ROOT / "guestos" / "include"),
+            "-Wall",
+            "-Werror",
+            "-c",
+            str(src),
+            "-o",
+            str(tmp_path / "t.o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr  # the header's _Static_asserts check every offset
 
 

@@ -101,6 +101,7 @@ def test_every_bad_value_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str,
 
 def test_help_and_version() -> None:
     import denali
+
     for args in (("-h",), ("boot", "-h"), ("disk", "-h"), ("disk", "create", "-h"), ("top", "--help")):
         r = run(*args)
         assert r.returncode == 0 and r.stdout.startswith("usage: denali"), (args, r.stdout, r.stderr)
@@ -112,8 +113,12 @@ def test_help_and_version() -> None:
 def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path, args: tuple[str, ...]) -> None:
     img = tmp_path / "big.img"
     assert run("disk", "create", str(img), "--size", "1M").returncode == 0
-    p = subprocess.Popen([*CMD, *(a.replace("{img}", str(img)) for a in args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [*CMD, *(a.replace("{img}", str(img)) for a in args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()  # no reader left before it writes a byte: every write fails (EPIPE)
     err = p.stderr.read()
@@ -154,8 +159,12 @@ def test_one_faulting_vm_of_several_makes_the_status_125() -> None:
 
 
 def test_user_errors_are_one_line() -> None:
-    for args in (("boot", "no-such-image"), ("boot", "hello", "--memory", "12Q"),
-                 ("boot", "hello", "--count", "0"), ("boot", "/etc/passwd")):
+    for args in (
+        ("boot", "no-such-image"),
+        ("boot", "hello", "--memory", "12Q"),
+        ("boot", "hello", "--count", "0"),
+        ("boot", "/etc/passwd"),
+    ):
         r = run(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("denali: "), r.stderr
@@ -171,8 +180,10 @@ def test_a_disk_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) ->
     finally:
         os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))  # lets a stuck open return
     assert r.returncode == 2, r.stderr
-    assert r.stderr == f"denali: {fifo}: a FIFO, not a regular file: a disk image must be a " \
-                       "regular file (see docs/disk-format.md)\n"
+    assert (
+        r.stderr == f"denali: {fifo}: a FIFO, not a regular file: a disk image must be a "
+        "regular file (see docs/disk-format.md)\n"
+    )
     assert "Hello" not in r.stdout
 
 
@@ -191,8 +202,13 @@ def test_images_lists_what_users_boot_and_marks_the_rest() -> None:
 
 def test_ctrl_c_shuts_down_cleanly() -> None:
     need_image("test-spin")
-    p = subprocess.Popen([*CMD, "boot", "test-spin", "--count", "2"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    p = subprocess.Popen(
+        [*CMD, "boot", "test-spin", "--count", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert p.stdout is not None
     deadline = time.monotonic() + 30
     seen = ""
@@ -286,8 +302,16 @@ def capture_nobody_reads(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        with denali("boot", "test-netudp", "--count", "3", "--pcap", str(fifo), "--cmdline",
-                    "ip=10.0.0.{i}/24 dst=10.0.0.1 ping=1 count=100000") as p:
+        with denali(
+            "boot",
+            "test-netudp",
+            "--count",
+            "3",
+            "--pcap",
+            str(fifo),
+            "--cmdline",
+            "ip=10.0.0.{i}/24 dst=10.0.0.1 ping=1 count=100000",
+        ) as p:
             wait_until(lambda: blocked_in(p.pid, *PIPE_WRITE), p, "the capture's writes to block")
             yield p
     finally:
@@ -302,8 +326,9 @@ def test_a_shutdown_that_cannot_finish_ends_after_the_grace_period(tmp_path: Pat
         time.sleep(0.05)  # the echo comes a moment later, as the signal thread handles the first
         status, err, took = stopped_by(p, signal.SIGINT, SHUTDOWN_GRACE_S + 10)
     assert status == 130, err
-    assert err.endswith(f"denali: shutdown did not finish within {SHUTDOWN_GRACE_S:g} s; "
-                        "stopped without it\n"), err
+    assert err.endswith(
+        f"denali: shutdown did not finish within {SHUTDOWN_GRACE_S:g} s; stopped without it\n"
+    ), err
     assert "Traceback" not in err and SHUTDOWN_GRACE_S - 0.5 < took < SHUTDOWN_GRACE_S + 5, took
 
 
@@ -333,16 +358,20 @@ def test_a_boot_whose_stdout_nobody_reads_keeps_running() -> None:
     guests keep printing and end, the output beyond the bound is dropped and counted."""
     need_image("test-print")
     port = free_port()
-    with denali("boot", "test-print", "--count", "2", "--cmdline", "lines=100000",
-                "--metrics", f"127.0.0.1:{port}") as p:
+    with denali(
+        "boot", "test-print", "--count", "2", "--cmdline", "lines=100000", "--metrics", f"127.0.0.1:{port}"
+    ) as p:
         wait_until(lambda: blocked_in(p.pid, *PIPE_WRITE), p, "stdout to fill up")
         first = console_bytes(port)
         wait_until(lambda: console_bytes(port) > first, p, "the guests to print more")
         assert p.stderr is not None
         err = p.stderr.read()  # to its end: denali exits without anyone reading stdout
         assert p.wait(timeout=60) == 0, err
-    assert re.fullmatch(r"denali: [\d,]+ bytes of console output dropped "
-                        r"\(stdout was not read fast enough\)\n", err), err
+    assert re.fullmatch(
+        r"denali: [\d,]+ bytes of console output dropped "
+        r"\(stdout was not read fast enough\)\n",
+        err,
+    ), err
 
 
 def test_a_signal_stops_a_boot_whose_stdout_is_full() -> None:
@@ -356,14 +385,21 @@ def test_a_signal_stops_a_boot_whose_stdout_is_full() -> None:
         assert p.stderr is not None
         err = p.stderr.read()
     assert status == 130 and took < 3, (took, err)
-    assert re.fullmatch(r"denali: [\d,]+ bytes of console output dropped "
-                        r"\(stdout was not read fast enough\)\n", err), err
+    assert re.fullmatch(
+        r"denali: [\d,]+ bytes of console output dropped "
+        r"\(stdout was not read fast enough\)\n",
+        err,
+    ), err
 
 
 def test_a_boot_whose_stdout_is_closed_runs_to_its_end() -> None:
     need_image("test-print")
-    p = subprocess.Popen([*CMD, "boot", "test-print", "--cmdline", "lines=20000"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [*CMD, "boot", "test-print", "--cmdline", "lines=20000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()  # like "| head -0": every write fails (EPIPE)
     err = p.stderr.read()

@@ -34,8 +34,10 @@ async def test_guest_writes_to_kernel_fields_are_overwritten(kernel: Kernel) -> 
 
 async def _deadlines(mode: str, vms: int, n: int, ms: int) -> list[str]:
     async with Kernel() as k:
-        spawned = [await k.spawn("test-contract", cmdline=f"mode={mode} n={n} ms={ms}", memory="1M")
-                   for _ in range(vms)]
+        spawned = [
+            await k.spawn("test-contract", cmdline=f"mode={mode} n={n} ms={ms}", memory="1M")
+            for _ in range(vms)
+        ]
         outs = []
         for vm in spawned:
             status = await vm.wait()
@@ -55,13 +57,17 @@ def test_no_deadline_is_reported_passed_early(loop: str, mode: str) -> None:
     assert all("early=0 of 50" in o and "SUCCESS" in o for o in outs), outs
 
 
-@pytest.mark.parametrize(("kind", "address", "access"), [
-    ("unmapped-write", 0x3ABC, "write"),
-    ("unmapped-string", 0x5123, "read"),
-    ("unmapped-push", 0x7FF0, "write"),
-])
-async def test_fault_report_gives_the_faulting_byte(kernel: Kernel, kind: str, address: int,
-                                                    access: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "address", "access"),
+    [
+        ("unmapped-write", 0x3ABC, "write"),
+        ("unmapped-string", 0x5123, "read"),
+        ("unmapped-push", 0x7FF0, "write"),
+    ],
+)
+async def test_fault_report_gives_the_faulting_byte(
+    kernel: Kernel, kind: str, address: int, access: str
+) -> None:
     need_image("test-fault")
     vm = await kernel.spawn("test-fault", cmdline=f"kind={kind}", memory="1M")
     with pytest.raises(GuestFault) as info:
@@ -127,8 +133,9 @@ def full_dir(tmp_path: Path) -> object:
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-async def test_full_swap_directory_keeps_vms_resident(full_dir: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_full_swap_directory_keeps_vms_resident(
+    full_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Swap-outs that hit ENOSPC leave each VM resident and running; one log line, counted."""
     need_image("test-swapsum")
     budget = 8 << 20
@@ -144,8 +151,12 @@ async def test_full_swap_directory_keeps_vms_resident(full_dir: Path,
 
 @pytest.mark.parametrize("bad", ["/nonexistent/swap", "/proc"])
 def test_bad_swap_dir_is_one_line_and_exit_2(bad: str) -> None:
-    p = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--memory-budget", "64M",
-                        "--swap-dir", bad], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "denali", "boot", "hello", "--memory-budget", "64M", "--swap-dir", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("denali: swap directory"), p.stderr

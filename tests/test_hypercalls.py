@@ -15,9 +15,13 @@ from denali.memory import PROT_R, PROT_RW, GuestMemory, Region
 
 def _memory() -> GuestMemory:
     mem = GuestMemory(1 << 20)
-    mem.set_regions([Region(abi.Layout.VREGS, abi.Layout.VREGS + 0x1000, PROT_RW, "vregs"),
-                     Region(0x10000, 0x11000, PROT_R, "ro"),
-                     Region(0x20000, 0x30000, PROT_RW, "rw")])
+    mem.set_regions(
+        [
+            Region(abi.Layout.VREGS, abi.Layout.VREGS + 0x1000, PROT_RW, "vregs"),
+            Region(0x10000, 0x11000, PROT_R, "ro"),
+            Region(0x20000, 0x30000, PROT_RW, "rw"),
+        ]
+    )
     return mem
 
 

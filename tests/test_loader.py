@@ -19,8 +19,13 @@ from tests.elfmaker import PF_R, PF_W, PF_X, Elf, Seg
 
 
 def test_valid_image_segments_and_permissions() -> None:
-    elf = Elf(segments=[Seg(0x10000, b"\x90" * 10, PF_R | PF_X), Seg(0x11000, b"ro", PF_R),
-                        Seg(0x12000, b"rw", PF_R | PF_W, memsz=0x3000)])
+    elf = Elf(
+        segments=[
+            Seg(0x10000, b"\x90" * 10, PF_R | PF_X),
+            Seg(0x11000, b"ro", PF_R),
+            Seg(0x12000, b"rw", PF_R | PF_W, memsz=0x3000),
+        ]
+    )
     img = parse_image(elf.build(), "t.elf")
     assert img.entry == 0x10000
     assert [s.prot for s in img.segments] == [PROT_RX, PROT_R, PROT_RW]
@@ -87,8 +92,9 @@ def test_image_too_large_for_memory() -> None:
 
 
 def test_linked_at_the_linux_default_says_how_to_link() -> None:
-    elf = Elf(entry=0x08049000,
-              segments=[Seg(0x08048000, b"hdr", PF_R), Seg(0x08049000, b"\x90", PF_R | PF_X)])
+    elf = Elf(
+        entry=0x08049000, segments=[Seg(0x08048000, b"hdr", PF_R), Seg(0x08049000, b"\x90", PF_R | PF_X)]
+    )
     img = parse_image(elf.build(), "linux.elf")
     with pytest.raises(ImageError) as info:
         img.check_fits(abi.DEFAULT_MEMORY)
@@ -111,6 +117,7 @@ def test_missing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 def test_random_garbage_never_crashes() -> None:
     import random
+
     rng = random.Random(7)
     good = Elf().build()
     for _ in range(300):
@@ -125,7 +132,8 @@ def test_random_garbage_never_crashes() -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "char-device", "directory"])
 def test_an_image_that_is_not_a_regular_file_is_refused_before_it_is_opened(
-        tmp_path: Path, kind: str) -> None:
+    tmp_path: Path, kind: str
+) -> None:
     path = tmp_path / f"{kind}.elf"
     if kind == "fifo":
         os.mkfifo(path)
@@ -140,6 +148,7 @@ def test_an_image_that_is_not_a_regular_file_is_refused_before_it_is_opened(
             load_image(str(path))
         except BaseException as exc:
             result.append(exc)
+
     t = threading.Thread(target=load)
     t.start()
     t.join(timeout=5)
@@ -149,14 +158,20 @@ def test_an_image_that_is_not_a_regular_file_is_refused_before_it_is_opened(
         pytest.fail("load_image blocked on a FIFO")
     assert len(result) == 1 and isinstance(result[0], ImageError), result
     assert str(result[0]) == f"{path}: not a regular file (an image must be an ELF file)"
+
+
 def test_linux_programs_dynamic_pie_and_64_bit_are_refused(tmp_path: Path) -> None:
     """denali.loader.parse_linux_program: one clear error per kind of program it refuses."""
     if shutil.which("gcc") is None:
         pytest.fail("gcc is missing; run tools/install-test-deps.sh")
     src = tmp_path / "p.c"
     src.write_text("int main(void) { return 0; }\n")
-    cases = {"-m32 -no-pie": "dynamically linked", "-m32 -static-pie": "position-independent",
-             "-m64 -static": "ELFCLASS32", "-m32 -static": None}
+    cases = {
+        "-m32 -no-pie": "dynamically linked",
+        "-m32 -static-pie": "position-independent",
+        "-m64 -static": "ELFCLASS32",
+        "-m32 -static": None,
+    }
     for flags, err in cases.items():
         exe = tmp_path / flags.replace(" ", "_")
         subprocess.run(["gcc", *flags.split(), "-o", str(exe), str(src)], check=True, capture_output=True)

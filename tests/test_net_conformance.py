@@ -54,8 +54,9 @@ async def _handshake(peer: RawPeer, mac: bytes, sport: int, isn: int = 1000) -> 
     return synack.seq + 1
 
 
-@pytest.mark.parametrize("flags,name", [(FIN, "FIN"), (0, "NULL"), (FIN | PSH | URG, "Xmas"),
-                                        (SYN | FIN, "SYN+FIN")])
+@pytest.mark.parametrize(
+    "flags,name", [(FIN, "FIN"), (0, "NULL"), (FIN | PSH | URG, "Xmas"), (SYN | FIN, "SYN+FIN")]
+)
 async def test_listen_drops_fin_null_xmas(lan: tuple[Kernel, RawPeer], flags: int, name: str) -> None:
     k, peer = lan
     _vm, mac = await _httpd(k)
@@ -172,7 +173,7 @@ async def test_udp_large_datagram_echoed_and_closed_port_unreachable(lan: tuple[
     assert f is not None
     icmp = RawPeer.parse_ip(f).payload
     assert icmp[0] == 3 and icmp[1] == 3  # destination unreachable: port
-    assert icmp[8 + 20:8 + 22] == struct.pack("!H", 4445)  # it quotes our datagram
+    assert icmp[8 + 20 : 8 + 22] == struct.pack("!H", 4445)  # it quotes our datagram
 
 
 async def test_broadcast_ping_is_not_answered(lan: tuple[Kernel, RawPeer]) -> None:

@@ -53,8 +53,9 @@ class DropOnce:
         return False
 
 
-async def _client(k: Kernel, url: str, extra: str = "", ip: str = "10.0.0.2",
-                  within: float = 120) -> tuple[int, str]:
+async def _client(
+    k: Kernel, url: str, extra: str = "", ip: str = "10.0.0.2", within: float = 120
+) -> tuple[int, str]:
     vm = await k.spawn("httpget", cmdline=f"ip={ip}/24 url={url} {extra}")
     status = await asyncio.wait_for(vm.wait(), within)
     return status, vm.console.text()
@@ -79,8 +80,8 @@ async def _server(k: Kernel, drop: DropOnce | None = None, link: LinkSpec | None
 @pytest.mark.parametrize("what", ["data", "fin", "synack"])
 async def test_one_lost_segment_is_resent_within_the_rto(what: str) -> None:
     matchers: dict[str, Callable[[tuple[int, int, int, int]], bool]] = {
-        "data": lambda t: t[0] == 80 and t[3] > 0,           # the reply's only data segment
-        "fin": lambda t: t[0] == 80 and bool(t[1] & FIN),     # the server's FIN
+        "data": lambda t: t[0] == 80 and t[3] > 0,  # the reply's only data segment
+        "fin": lambda t: t[0] == 80 and bool(t[1] & FIN),  # the server's FIN
         "synack": lambda t: t[0] == 80 and t[1] & (SYN | ACK) == SYN | ACK,
     }
     drop = DropOnce(matchers[what])
@@ -125,6 +126,7 @@ async def test_ten_megabytes_under_twenty_percent_loss() -> None:
     async with Kernel() as k:
         await _server(k, link=LinkSpec(loss=0.2, seed=3))  # both directions: data and ACKs
         # ~10-20 s on an idle machine; generous bounds for a loaded one
-        status, out = await _client(k, "http://10.0.0.1/bytes/10000000", "count=1 conc=1 timeout=400",
-                                    within=450)
+        status, out = await _client(
+            k, "http://10.0.0.1/bytes/10000000", "count=1 conc=1 timeout=400", within=450
+        )
     assert status == 0 and "ok=1 fail=0 bytes=10000000" in out, out  # every byte checked

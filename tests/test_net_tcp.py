@@ -16,10 +16,12 @@ WORKERS = pytest.mark.parametrize("workers", [0, 2], ids=["loop", "workers2"])
 """The NIC suite runs with slices on the loop and on two worker threads."""
 
 
-async def _get(k: Kernel, url: str, count: int, conc: int, ip: str = "10.0.0.2",
-               nic_config: NicConfig | None = None) -> tuple[int, str]:
-    vm = await k.spawn("httpget", cmdline=f"ip={ip}/24 url={url} count={count} conc={conc}",
-                       nic_config=nic_config)
+async def _get(
+    k: Kernel, url: str, count: int, conc: int, ip: str = "10.0.0.2", nic_config: NicConfig | None = None
+) -> tuple[int, str]:
+    vm = await k.spawn(
+        "httpget", cmdline=f"ip={ip}/24 url={url} count={count} conc={conc}", nic_config=nic_config
+    )
     status = await asyncio.wait_for(vm.wait(), 60)
     return status, vm.console.text()
 
@@ -59,8 +61,11 @@ async def test_fifty_concurrent_connections(workers: int) -> None:
 async def test_tcp_recovers_from_drops_of_a_tiny_receive_queue(workers: int) -> None:
     async with Kernel(workers=workers) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24", nic_config=NicConfig(rx_capacity=4))
-        cli = await k.spawn("httpget", nic_config=NicConfig(rx_capacity=2),
-                            cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/134007 count=6 conc=3")
+        cli = await k.spawn(
+            "httpget",
+            nic_config=NicConfig(rx_capacity=2),
+            cmdline="ip=10.0.0.2/24 url=http://10.0.0.1/bytes/134007 count=6 conc=3",
+        )
         status = await asyncio.wait_for(cli.wait(), 60)
         out = cli.console.text()
         assert status == 0, out
@@ -75,8 +80,12 @@ async def test_many_servers_and_clients(workers: int) -> None:
     async with Kernel(workers=workers) as k:
         for i in range(1, 6):
             await k.spawn("httpd", cmdline=f"ip=10.0.1.{i}/16")
-        clients = [await k.spawn("httpget", cmdline=f"ip=10.0.2.{i}/16 url=http://10.0.1.{i}/bytes/2258 "
-                                 "count=10 conc=2") for i in range(1, 6)]
+        clients = [
+            await k.spawn(
+                "httpget", cmdline=f"ip=10.0.2.{i}/16 url=http://10.0.1.{i}/bytes/2258 count=10 conc=2"
+            )
+            for i in range(1, 6)
+        ]
         results = await asyncio.wait_for(asyncio.gather(*(c.wait() for c in clients)), 60)
     assert results == [0] * 5
     for c in clients:
@@ -124,8 +133,10 @@ async def test_hundred_thousand_connections_heap_flat() -> None:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24", memory="16M")
         heap = []
         for quarter in range(4):
-            vm = await k.spawn("httpget", cmdline=f"ip=10.0.0.{10 + quarter}/24 url=http://10.0.0.1/ "
-                               "count=25000 conc=8 close=1")
+            vm = await k.spawn(
+                "httpget",
+                cmdline=f"ip=10.0.0.{10 + quarter}/24 url=http://10.0.0.1/ count=25000 conc=8 close=1",
+            )
             status = await asyncio.wait_for(vm.wait(), 300)
             if status != 0 or "ok=25000 fail=0" not in vm.console.text():  # say what the server saw
                 raise AssertionError(f"{vm.console.text()}\nserver: {await _stats(k, '10.0.0.99')}")

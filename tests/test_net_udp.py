@@ -74,6 +74,7 @@ async def test_given_mac_is_used_and_duplicate_refused(workers: int) -> None:
     import pytest
 
     from denali.errors import DenaliError
+
     async with Kernel(workers=workers) as k:
         vm = await k.spawn("test-vregs", mac="02:aa:bb:cc:dd:ee")
         assert await vm.wait() == 0

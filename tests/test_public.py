@@ -15,13 +15,34 @@ def test_all_is_a_sorted_tuple_of_existing_names() -> None:
     for name in denali.__all__:
         assert getattr(denali, name) is not None, name
     # the types in spawn's contract are exported
-    assert {"Kernel", "KernelConfig", "Vm", "VmState", "DiskSpec", "NicConfig", "DiskError",
-            "Console", "GuestFault", "FaultReport", "Image"} <= set(denali.__all__)
+    assert {
+        "Kernel",
+        "KernelConfig",
+        "Vm",
+        "VmState",
+        "DiskSpec",
+        "NicConfig",
+        "DiskError",
+        "Console",
+        "GuestFault",
+        "FaultReport",
+        "Image",
+    } <= set(denali.__all__)
 
 
 def test_no_internal_is_exported() -> None:
-    internals = {"Runtime", "VCpu", "GuestMemory", "HypercallTable", "Preemptor", "CpuArbiter",
-                 "Swapper", "Gatekeeper", "SwapStore", "WouldBlock"}
+    internals = {
+        "Runtime",
+        "VCpu",
+        "GuestMemory",
+        "HypercallTable",
+        "Preemptor",
+        "CpuArbiter",
+        "Swapper",
+        "Gatekeeper",
+        "SwapStore",
+        "WouldBlock",
+    }
     assert not internals & set(denali.__all__)
     assert {"GuestMemory", "VCpu", "Runtime", "guest_memory"} <= set(lowlevel.__all__)
 
@@ -36,5 +57,6 @@ def test_version_has_one_source() -> None:
     from importlib.metadata import version
 
     from denali._version import __version__
+
     assert denali.__version__ == __version__
     assert version("denali") == __version__

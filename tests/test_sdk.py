@@ -48,12 +48,19 @@ def need_sdk() -> None:
         pytest.fail(f"{exc} (pip install -e '.[dev]' or make -C guestos OUT=$PWD/denali/images)")
 
 
-def denali(*args: str, cwd: Path, env: dict[str, str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def denali(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """``python -m denali ARGS`` from this tree, run in ``cwd``."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "denali", *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "denali", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cc_compiles_links_and_the_guest_boots(tmp_path: Path) -> None:
@@ -77,8 +84,9 @@ def test_new_project_builds_with_make_and_boots(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["Makefile", "demo.c"]
     dnl = f"env PYTHONPATH={ROOT} {sys.executable} -m denali"
-    m = subprocess.run(["make", "-C", "demo", f"DENALI={dnl}"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120)
+    m = subprocess.run(
+        ["make", "-C", "demo", f"DENALI={dnl}"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert m.returncode == 0, m.stdout + m.stderr
     assert "-m denali cc -O2 -Wall -Wextra -o demo.elf demo.o" in m.stdout  # CC = $(DENALI) cc
     r = denali("boot", "demo/demo.elf", "--cmdline", "name=tester", cwd=tmp_path)
@@ -90,8 +98,11 @@ def test_new_project_builds_with_make_and_boots(tmp_path: Path) -> None:
 def test_new_refuses_a_nonempty_directory_and_bad_names(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep me")
-    for name, why in (("taken", "not an empty directory"), ("9lives", "a project name"),
-                      ("a b", "a project name")):
+    for name, why in (
+        ("taken", "not an empty directory"),
+        ("9lives", "a project name"),
+        ("a b", "a project name"),
+    ):
         r = denali("new", name, cwd=tmp_path)
         assert r.returncode == 2 and why in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1
@@ -113,10 +124,15 @@ def test_gcc_default_link_address_is_refused_in_one_clear_line(tmp_path: Path) -
     """A guest linked the way gcc links a Linux program (at 0x08048000) gets one line
     that says what is wrong and how to link it."""
     assert shutil.which("gcc"), "gcc is not installed; run tools/install-test-deps.sh"
-    (tmp_path / "start.S").write_text(".globl _start\n_start: movl $1, %eax\n movl $st, %ebx\n int $0x80\n"
-                                      ".data\nst: .long 7, 0\n")
-    subprocess.run(["gcc", "-m32", "-static", "-nostdlib", "-no-pie", "-o", "linux.elf", "start.S"],
-                   cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "start.S").write_text(
+        ".globl _start\n_start: movl $1, %eax\n movl $st, %ebx\n int $0x80\n.data\nst: .long 7, 0\n"
+    )
+    subprocess.run(
+        ["gcc", "-m32", "-static", "-nostdlib", "-no-pie", "-o", "linux.elf", "start.S"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     r = denali("boot", "./linux.elf", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1, r.stderr
@@ -161,8 +177,12 @@ def test_command_line_shape() -> None:
 
 def _copy_sources(dst: Path) -> None:
     """The files git tracks plus the working tree's changes: what a fresh clone would hold."""
-    r = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                       capture_output=True, check=True)
+    r = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
     for rel in filter(None, r.stdout.decode().split("\0")):
         src = ROOT / rel
         if src.is_file():
@@ -179,37 +199,69 @@ def test_wheel_install_builds_a_guest(tmp_path: Path) -> None:
     for d in (src, work):
         d.mkdir()
     _copy_sources(src)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", str(dist), str(src)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     [whl] = dist.glob("denali-*.whl")
     names = set(zipfile.ZipFile(whl).namelist())
-    for f in ("denali/sdk/include/ilwaco.h", "denali/sdk/include/denali/abi.h", "denali/sdk/lib/crt0.o",
-              "denali/sdk/lib/denali.ld", "denali/sdk/lib/libilwaco.a", "denali/sdk/lib/toolchain",
-              "denali/images/hello.elf"):
+    for f in (
+        "denali/sdk/include/ilwaco.h",
+        "denali/sdk/include/denali/abi.h",
+        "denali/sdk/lib/crt0.o",
+        "denali/sdk/lib/denali.ld",
+        "denali/sdk/lib/libilwaco.a",
+        "denali/sdk/lib/toolchain",
+        "denali/images/hello.elf",
+    ):
         assert f in names, f
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
-                        str(whl)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(whl)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
-    where = subprocess.run([str(py), "-c", "import denali; print(denali.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [str(py), "-c", "import denali; print(denali.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(env_dir)), where  # the wheel, not this tree or another install
     for cmd in (["denali", "new", "hello"], ["make", "-C", "hello"]):
         r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run(["denali", "boot", "./hello/hello.elf"], cwd=work, env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        ["denali", "boot", "./hello/hello.elf"], cwd=work, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     assert "Hello, world! This is hello" in r.stdout
 
 
 def _doc_block(text: str, lang: str) -> str:
     start = text.index(f"```{lang}\n") + len(lang) + 4
-    return text[start:text.index("```", start)]
+    return text[start : text.index("```", start)]
 
 
 def test_the_documented_bare_guest_builds_and_boots(tmp_path: Path) -> None:
@@ -217,9 +269,22 @@ def test_the_documented_bare_guest_builds_and_boots(tmp_path: Path) -> None:
     doc = (ROOT / "docs" / "sdk.md").read_text()
     (tmp_path / "bare.S").write_text(_doc_block(doc, "asm"))
     (tmp_path / "guest.ld").write_text(_doc_block(doc, "ld"))
-    for cmd in (["gcc", "-m32", "-c", "bare.S", "-o", "bare.o"],
-                ["ld", "-m", "elf_i386", "-T", "guest.ld", "-z", "max-page-size=4096", "--build-id=none",
-                 "-o", "bare.elf", "bare.o"]):
+    for cmd in (
+        ["gcc", "-m32", "-c", "bare.S", "-o", "bare.o"],
+        [
+            "ld",
+            "-m",
+            "elf_i386",
+            "-T",
+            "guest.ld",
+            "-z",
+            "max-page-size=4096",
+            "--build-id=none",
+            "-o",
+            "bare.elf",
+            "bare.o",
+        ],
+    ):
         r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     r = denali("boot", "./bare.elf", cwd=tmp_path)

@@ -25,56 +25,171 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _vm(vid: int, image: str, state: str, **kw: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": vid, "image": image, "state": state, "swapped": False, "pending": 0,
-                           "hypercalls": 0, "slices": 0, "cpu_ns": 0, "preemptions": 0, "idles": 0,
-                           "irqs_raised": 0, "irq_batches": 0, "irq_bits_delivered": 0, "console_bytes": 0,
-                           "cpu_pct": 0.0, "nic": None}
+    row: dict[str, Any] = {
+        "id": vid,
+        "image": image,
+        "state": state,
+        "swapped": False,
+        "pending": 0,
+        "hypercalls": 0,
+        "slices": 0,
+        "cpu_ns": 0,
+        "preemptions": 0,
+        "idles": 0,
+        "irqs_raised": 0,
+        "irq_batches": 0,
+        "irq_bits_delivered": 0,
+        "console_bytes": 0,
+        "cpu_pct": 0.0,
+        "nic": None,
+    }
     row.update(kw)
     return row
 
 
 ROWS = [
-    _vm(17, "httpd", "running", cpu_pct=99.6, cpu_ns=1_600_000_000, slices=123_456, hypercalls=12_345_678,
-        irqs_raised=42, console_bytes=12 << 20, preemptions=5, idles=100_000, irq_batches=77,
-        irq_bits_delivered=78, nic={"rx_frames": 1_234_567, "tx_frames": 9_876, "drops": 3}),
-    _vm(10000, "test-swapsum", "idle", swapped=True, cpu_ns=754_000, slices=9, console_bytes=1536,
-        idles=9, nic={"rx_frames": 0, "tx_frames": 0, "drops": 0}),
-    _vm(3, "bench-alu", "runnable", cpu_pct=45.25, cpu_ns=725_000_000_000, slices=999_999,
-        hypercalls=2_000_000_000, irqs_raised=10_000, console_bytes=999, preemptions=123_456_789),
+    _vm(
+        17,
+        "httpd",
+        "running",
+        cpu_pct=99.6,
+        cpu_ns=1_600_000_000,
+        slices=123_456,
+        hypercalls=12_345_678,
+        irqs_raised=42,
+        console_bytes=12 << 20,
+        preemptions=5,
+        idles=100_000,
+        irq_batches=77,
+        irq_bits_delivered=78,
+        nic={"rx_frames": 1_234_567, "tx_frames": 9_876, "drops": 3},
+    ),
+    _vm(
+        10000,
+        "test-swapsum",
+        "idle",
+        swapped=True,
+        cpu_ns=754_000,
+        slices=9,
+        console_bytes=1536,
+        idles=9,
+        nic={"rx_frames": 0, "tx_frames": 0, "drops": 0},
+    ),
+    _vm(
+        3,
+        "bench-alu",
+        "runnable",
+        cpu_pct=45.25,
+        cpu_ns=725_000_000_000,
+        slices=999_999,
+        hypercalls=2_000_000_000,
+        irqs_raised=10_000,
+        console_bytes=999,
+        preemptions=123_456_789,
+    ),
 ]
 """Each VM's expected cell in every column, written out by hand."""
 EXPECTED = [
-    {"VM": "17", "NAME": "httpd", "STATE": "running", "CPU%": "99.6", "TIME": "1.6s", "SLICES": "123k",
-     "HCALLS": "12.3M", "IRQS": "42", "RX": "1.2M", "TX": "9876", "CONS": "12M", "PREEMPT": "5",
-     "IDLES": "100k", "BATCH": "77", "BITS": "78", "DROPS": "3"},
-    {"VM": "10000", "NAME": "test-swapsum", "STATE": "swapped", "CPU%": "0.0", "TIME": "0.8ms", "SLICES": "9",
-     "HCALLS": "0", "IRQS": "0", "RX": "0", "TX": "0", "CONS": "1.5K", "PREEMPT": "0", "IDLES": "9",
-     "BATCH": "0", "BITS": "0", "DROPS": "0"},
-    {"VM": "3", "NAME": "bench-alu", "STATE": "runnable", "CPU%": "45.2", "TIME": "12m05s", "SLICES": "1.0M",
-     "HCALLS": "2.0G", "IRQS": "10.0k", "RX": "-", "TX": "-", "CONS": "999", "PREEMPT": "123M",
-     "IDLES": "0", "BATCH": "0", "BITS": "0", "DROPS": "-"},
+    {
+        "VM": "17",
+        "NAME": "httpd",
+        "STATE": "running",
+        "CPU%": "99.6",
+        "TIME": "1.6s",
+        "SLICES": "123k",
+        "HCALLS": "12.3M",
+        "IRQS": "42",
+        "RX": "1.2M",
+        "TX": "9876",
+        "CONS": "12M",
+        "PREEMPT": "5",
+        "IDLES": "100k",
+        "BATCH": "77",
+        "BITS": "78",
+        "DROPS": "3",
+    },
+    {
+        "VM": "10000",
+        "NAME": "test-swapsum",
+        "STATE": "swapped",
+        "CPU%": "0.0",
+        "TIME": "0.8ms",
+        "SLICES": "9",
+        "HCALLS": "0",
+        "IRQS": "0",
+        "RX": "0",
+        "TX": "0",
+        "CONS": "1.5K",
+        "PREEMPT": "0",
+        "IDLES": "9",
+        "BATCH": "0",
+        "BITS": "0",
+        "DROPS": "0",
+    },
+    {
+        "VM": "3",
+        "NAME": "bench-alu",
+        "STATE": "runnable",
+        "CPU%": "45.2",
+        "TIME": "12m05s",
+        "SLICES": "1.0M",
+        "HCALLS": "2.0G",
+        "IRQS": "10.0k",
+        "RX": "-",
+        "TX": "-",
+        "CONS": "999",
+        "PREEMPT": "123M",
+        "IDLES": "0",
+        "BATCH": "0",
+        "BITS": "0",
+        "DROPS": "-",
+    },
 ]
-KERNEL = {"vms": 10000, "vm_states": {"idle": 9000, "running": 2, "runnable": 998},
-          "cpu_switches": 123_456_789, "swap": {"swap_outs": 12_345, "swap_ins": 12_000},
-          "switch": {"frames": 98_765_432}}
+KERNEL = {
+    "vms": 10000,
+    "vm_states": {"idle": 9000, "running": 2, "runnable": 998},
+    "cpu_switches": 123_456_789,
+    "swap": {"swap_outs": 12_345, "swap_ins": 12_000},
+    "switch": {"frames": 98_765_432},
+}
 SNAP = {"kernel": KERNEL, "vms": ROWS}
 
 
 def test_units_are_short_and_exact_enough() -> None:
-    assert [fmt_ns(n) for n in (400_000, 320_000_000, 1_600_000_000, 59_900_000_000, 725_000_000_000,
-                                 3 * 3600 * 10**9 + 7 * 60 * 10**9, 12 * 86400 * 10**9)] == \
-        ["0.4ms", "320ms", "1.6s", "59.9s", "12m05s", "3h07m", "12d00h"]
-    assert [fmt_count(n) for n in (9999, 12_345, 123_456, 999_999, 45_600_000, 7_800_000_000)] == \
-        ["9999", "12.3k", "123k", "1.0M", "45.6M", "7.8G"]
-    assert [fmt_bytes(n) for n in (512, 1536, 12 << 10, 12 << 20, 3 << 30)] == \
-        ["512", "1.5K", "12K", "12M", "3.0G"]
+    assert [
+        fmt_ns(n)
+        for n in (
+            400_000,
+            320_000_000,
+            1_600_000_000,
+            59_900_000_000,
+            725_000_000_000,
+            3 * 3600 * 10**9 + 7 * 60 * 10**9,
+            12 * 86400 * 10**9,
+        )
+    ] == ["0.4ms", "320ms", "1.6s", "59.9s", "12m05s", "3h07m", "12d00h"]
+    assert [fmt_count(n) for n in (9999, 12_345, 123_456, 999_999, 45_600_000, 7_800_000_000)] == [
+        "9999",
+        "12.3k",
+        "123k",
+        "1.0M",
+        "45.6M",
+        "7.8G",
+    ]
+    assert [fmt_bytes(n) for n in (512, 1536, 12 << 10, 12 << 20, 3 << 30)] == [
+        "512",
+        "1.5K",
+        "12K",
+        "12M",
+        "3.0G",
+    ]
     for n in (0, 9, 99_999, 10**9 - 1, 10**12, 10**15 - 1):
         assert len(fmt_count(n)) <= 5 and len(fmt_bytes(n)) <= 5 and len(fmt_ns(n)) <= 6, n
 
 
 def _table(lines: list[str], screen: top.Screen) -> tuple[list[str], list[list[str]]]:
     header = lines[screen.header].split()
-    return header, [ln.split() for ln in lines[screen.header + 1:]]
+    return header, [ln.split() for ln in lines[screen.header + 1 :]]
 
 
 @pytest.mark.parametrize("width", [80, 160])
@@ -92,8 +207,19 @@ def test_every_cell_shown_is_whole_at_80_and_160_columns(width: int) -> None:
     assert "~" not in text and "…" not in text
     assert "10,000 VMs" in text and "swap out/in 12.3k/12.0k" in text and "q quit" in text
     if width == 80:
-        assert header == ["VM", "NAME", "STATE", "CPU%", "TIME", "SLICES", "HCALLS", "IRQS", "RX", "TX",
-                          "CONS"]
+        assert header == [
+            "VM",
+            "NAME",
+            "STATE",
+            "CPU%",
+            "TIME",
+            "SLICES",
+            "HCALLS",
+            "IRQS",
+            "RX",
+            "TX",
+            "CONS",
+        ]
     else:
         assert header[-5:] == ["PREEMPT", "IDLES", "BATCH", "BITS", "DROPS"]
 
@@ -138,7 +264,7 @@ def test_sort_keys_like_top() -> None:
     head = screen.lines[screen.header]
     assert head[slice(*screen.sort_span)].strip() == "TIME"
     short = render(SNAP, 80, height=6)  # only the rows that fit the height
-    assert len(short.lines) == 6 and [ln.split()[0] for ln in short.lines[short.header + 1:]] == ["17", "3"]
+    assert len(short.lines) == 6 and [ln.split()[0] for ln in short.lines[short.header + 1 :]] == ["17", "3"]
 
 
 class _Fixed:
@@ -178,8 +304,20 @@ async def test_cli_once_reads_a_real_kernel_at_80_columns() -> None:
     try:
         await asyncio.sleep(0.1)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "denali", "top", f"127.0.0.1:{port}", "--once", "--width", "80",
-            "--sort", "id", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "denali",
+            "top",
+            f"127.0.0.1:{port}",
+            "--once",
+            "--width",
+            "80",
+            "--sort",
+            "id",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         server.close()
@@ -194,8 +332,14 @@ async def test_cli_once_reads_a_real_kernel_at_80_columns() -> None:
 
 def test_cli_errors_are_one_line() -> None:
     def top_cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "denali", "top", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "denali", "top", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
     bad = top_cli("127.0.0.1:99999", "--once")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     with_socket = __import__("socket").socket()
@@ -217,8 +361,20 @@ async def test_live_screen_on_a_terminal_keys_and_quit() -> None:
     env = {k_: v for k_, v in os.environ.items() if k_ not in ("COLUMNS", "LINES")}
     env["TERM"] = "xterm"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "denali", "top", f"127.0.0.1:{port}", "--interval", "0.2", cwd=ROOT,
-        stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+        sys.executable,
+        "-m",
+        "denali",
+        "top",
+        f"127.0.0.1:{port}",
+        "--interval",
+        "0.2",
+        cwd=ROOT,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
     os.close(slave)
     seen = bytearray()
     loop = asyncio.get_running_loop()
@@ -238,6 +394,7 @@ async def test_live_screen_on_a_terminal_keys_and_quit() -> None:
             while text not in seen:
                 got.clear()
                 await got.wait()
+
     try:
         await until(b"test-spin")
         await until(b"sort CPU% (high first)")

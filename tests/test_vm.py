@@ -260,9 +260,9 @@ async def test_virtual_registers(kernel: Kernel) -> None:
     assert "mac=" + vm.nic.fixed_mac.hex(":") in vm.console.text()
 
 
-
 async def test_engine_limit_refuses_instead_of_dying() -> None:
     from denali.errors import ResourceError
+
     async with Kernel(max_engines=3) as k:
         vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host", memory="1M") for _ in range(3)]
         with pytest.raises(ResourceError, match="max_map_count"):

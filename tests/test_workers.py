@@ -21,8 +21,10 @@ async def kernel2():  # type: ignore[no-untyped-def]
 async def test_guests_behave_the_same_on_workers(kernel2: Kernel) -> None:
     for img in ("test-threads", "test-libc", "test-hostile", "test-vregs"):
         need_image(img)
-    vms = [await kernel2.spawn(img, nic=img != "test-hostile")
-           for img in ("test-threads", "test-libc", "test-hostile", "test-vregs")]
+    vms = [
+        await kernel2.spawn(img, nic=img != "test-hostile")
+        for img in ("test-threads", "test-libc", "test-hostile", "test-vregs")
+    ]
     for vm in vms:
         assert await vm.wait() == 0, vm.console.text()
         assert "SUCCESS" in vm.console.text()

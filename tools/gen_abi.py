@@ -27,9 +27,10 @@ def _struct(s: abi.Struct) -> list[str]:
         lines.append(f"    {_C[f.ctype]} {f.name}{arr}; /* {tag}: {f.doc} */")
     lines.append("};")
     for name, off in s.offsets().items():
-        lines.append(f"_Static_assert(__builtin_offsetof(struct {s.name}, {name}) == {off}, "
-                     f"\"{s.name}.{name}\");")
-    lines.append(f"_Static_assert(sizeof(struct {s.name}) == {s.size}, \"{s.name} size\");")
+        lines.append(
+            f'_Static_assert(__builtin_offsetof(struct {s.name}, {name}) == {off}, "{s.name}.{name}");'
+        )
+    lines.append(f'_Static_assert(sizeof(struct {s.name}) == {s.size}, "{s.name} size");')
     return [*lines, ""]
 
 
@@ -73,8 +74,11 @@ def render() -> str:
     ]
     out += [f"#define DENALI_ADDR_{m.name} 0x{m.value:08x}" for m in abi.Layout]
     out += ["", "/* Offsets of the virtual registers in their page */"]
-    out += [f"#define DENALI_VREG_{name.upper()} {off}" for name, off in abi.VREGS.offsets().items()
-            if not name.startswith("_")]
+    out += [
+        f"#define DENALI_VREG_{name.upper()} {off}"
+        for name, off in abi.VREGS.offsets().items()
+        if not name.startswith("_")
+    ]
     out += ["", "/* Result codes (EAX after a hypercall) */"]
     out += [f"#define DENALI_{r.name} {r.value}" for r in abi.Result]
     out += ["", "/* Interrupt bits */"]
@@ -96,7 +100,7 @@ def render() -> str:
         "static inline int denali_hypercall(uint32_t nr, void *arg)",
         "{",
         "    int ret;",
-        "    __asm__ __volatile__(\"int $0x80\" : \"=a\"(ret) : \"a\"(nr), \"b\"(arg) : \"memory\");",
+        '    __asm__ __volatile__("int $0x80" : "=a"(ret) : "a"(nr), "b"(arg) : "memory");',
         "    return ret;",
         "}",
         "",

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def _parser() -> ArgumentParser:
-    p = ArgumentParser(prog="denali", description="Denali isolation kernel on Unicorn.",
-                       parents=[log_options(top=True)])
+    p = ArgumentParser(
+        prog="denali", description="Denali isolation kernel on Unicorn.", parents=[log_options(top=True)]
+    )
     p.add_argument("--version", action="version", version=f"denali {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     logs = log_options(top=False)
@@ -52,8 +53,10 @@ def _images(everything: bool) -> int:
     if not imgs:
         print("denali: no built-in images (reinstall: pip install .)", file=sys.stderr)
         return 1
-    kinds = {name: "test" if name.startswith("test-") else "benchmark" if name.startswith("bench-")
-             else "guest" for name in imgs}
+    kinds = {
+        name: "test" if name.startswith("test-") else "benchmark" if name.startswith("bench-") else "guest"
+        for name in imgs
+    }
     shown = sorted(imgs, key=lambda n: (kinds[n] != "guest", kinds[n], n))
     for name in shown:
         if kinds[name] == "guest" or everything:

@@ -46,39 +46,77 @@ from denali.vm import Vm
 
 def add_parser(sub: Any) -> None:
     """Add the ``boot`` subcommand to the top-level subparsers."""
-    b = sub.add_parser("boot", help="boot one or more VMs from an image and stream their consoles",
-                       parents=[log_options(top=False)])
+    b = sub.add_parser(
+        "boot",
+        help="boot one or more VMs from an image and stream their consoles",
+        parents=[log_options(top=False)],
+    )
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
-    b.add_argument("--slice-us", type=int, default=KernelConfig.slice_us,
-                   help=f"time slice in microseconds (default {KernelConfig.slice_us})")
-    b.add_argument("--cmdline", "-c", default="",
-                   help="guest command line; {i} becomes the VM's index (1..N), "
-                        "{ip:BASE} the IPv4 address BASE + index")
-    b.add_argument("--memory-budget", metavar="SIZE",
-                   help="resident guest memory allowed (e.g. 2G); idle VMs beyond it are swapped out")
+    b.add_argument(
+        "--slice-us",
+        type=int,
+        default=KernelConfig.slice_us,
+        help=f"time slice in microseconds (default {KernelConfig.slice_us})",
+    )
+    b.add_argument(
+        "--cmdline",
+        "-c",
+        default="",
+        help="guest command line; {i} becomes the VM's index (1..N), {ip:BASE} the IPv4 address BASE + index",
+    )
+    b.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="resident guest memory allowed (e.g. 2G); idle VMs beyond it are swapped out",
+    )
     b.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
-    b.add_argument("--workers", type=int, default=0,
-                   help="run slices on N worker threads (0: on the event loop; 2 uses both cores)")
-    b.add_argument("--net", action="append", default=[],
-                   metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
-                   help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
-                        "the host side that address and brings it up) or to other kernels / Linux "
-                        "vxlan devices over VXLAN (UDP 4789 by default)")
-    b.add_argument("--link", action="append", default=[], metavar="[vms:|lan:|net:]SPEC",
-                   help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
-                        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
-                        "(see docs/networking.md)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run slices on N worker threads (0: on the event loop; 2 uses both cores)",
+    )
+    b.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
+        help="join the virtual LAN to a Linux TAP device (created if absent; host= gives "
+        "the host side that address and brings it up) or to other kernels / Linux "
+        "vxlan devices over VXLAN (UDP 4789 by default)",
+    )
+    b.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="[vms:|lan:|net:]SPEC",
+        help="impair links (seeded, netem-like), e.g. loss=5%%,delay=20ms,jitter=2ms,seed=1; "
+        "vms: each VM's cable (the default), net: each --net port's, lan: every port's "
+        "(see docs/networking.md)",
+    )
     b.add_argument("--mac-tag", type=int, help="second byte of the VMs' MACs, 0-255 (default random)")
     b.add_argument("--pcap", metavar="FILE", help="capture every frame on the virtual LAN to FILE (pcap)")
-    b.add_argument("--disk", action="append", default=[],
-                   metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
-                   help="give every VM this disk (repeatable); {i} becomes the VM's index")
-    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show boot progress on stderr (default: with 100 or more VMs on a terminal)")
-    b.add_argument("--metrics", metavar="HOST:PORT", type=host_port,
-                   help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)")
+    b.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
+        help="give every VM this disk (repeatable); {i} becomes the VM's index",
+    )
+    b.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show boot progress on stderr (default: with 100 or more VMs on a terminal)",
+    )
+    b.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=host_port,
+        help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)",
+    )
 
 
 _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
@@ -87,6 +125,7 @@ _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
 def _cmdline_for(template: str, index: int) -> str:
     """``{i}`` becomes the VM's index; ``{ip:BASE}`` the IPv4 address BASE + index
     (``DenaliError`` when BASE is not an IPv4 address or BASE + index is past the last)."""
+
     def ip(m: re.Match[str]) -> str:
         try:
             base = ipaddress.IPv4Address(m.group(1))
@@ -95,8 +134,10 @@ def _cmdline_for(template: str, index: int) -> str:
         try:
             return str(base + index)
         except ValueError:
-            raise DenaliError(f"--cmdline: {m.group(0)} is not a base address with room for "
-                              f"VM {index}") from None
+            raise DenaliError(
+                f"--cmdline: {m.group(0)} is not a base address with room for VM {index}"
+            ) from None
+
     return _IP_FIELD.sub(ip, template.replace("{i}", str(index)))
 
 
@@ -108,8 +149,10 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
     if args.count > config.max_vms:
         raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
     if config.memory_budget is None and args.count > max_engines:
-        raise DenaliError(f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
-                          "without swapping (vm.max_map_count); give a --memory-budget")
+        raise DenaliError(
+            f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
+            "without swapping (vm.max_map_count); give a --memory-budget"
+        )
     for index in sorted({1, args.count}):
         _cmdline_for(args.cmdline, index)
         for d in args.disk:
@@ -121,8 +164,13 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
-    config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
-                          swap_dir=args.swap_dir, mac_tag=args.mac_tag)
+    config = KernelConfig(
+        slice_us=args.slice_us,
+        workers=args.workers,
+        memory_budget=budget,
+        swap_dir=args.swap_dir,
+        mac_tag=args.mac_tag,
+    )
     async with Kernel(config) as k:
         _check(args, config, k.max_engines)
         # The whole boot is one task, so a signal stops it whatever it waits on (a spawn,
@@ -171,8 +219,9 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 ports.append(vx)
                 k.switch.attach(vx)
             else:
-                raise DenaliError(f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or "
-                                  "vxlan:VNI@REMOTE[:PORT]")
+                raise DenaliError(
+                    f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or vxlan:VNI@REMOTE[:PORT]"
+                )
             if "net" in links:
                 ports[-1].set_link(links["net"])
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
@@ -181,13 +230,19 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         vms: list[tuple[Vm, PrefixedSink]] = []
         for i in range(1, args.count + 1):
             sink = out.sink_for(i if args.count > 1 else None)
-            vm = await k.spawn(args.image, memory=args.memory, cmdline=_cmdline_for(args.cmdline, i),
-                               disks=[parse_disk_arg(d, index=i) for d in args.disk], console=sink,
-                               link=links.get("vms"))
+            vm = await k.spawn(
+                args.image,
+                memory=args.memory,
+                cmdline=_cmdline_for(args.cmdline, i),
+                disks=[parse_disk_arg(d, index=i) for d in args.disk],
+                console=sink,
+                link=links.get("vms"),
+            )
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
-                lan.report([_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)],
-                           ports, sys.stderr)
+                lan.report(
+                    [_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)], ports, sys.stderr
+                )
             if progress is not None:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
@@ -238,6 +293,7 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
 def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
+
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         try:

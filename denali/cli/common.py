@@ -54,13 +54,24 @@ def log_options(top: bool) -> ArgumentParser:
     keep = {} if top else {"default": argparse.SUPPRESS}
     p = ArgumentParser(add_help=False)
     g = p.add_argument_group("logging (to stderr)")
-    g.add_argument("-v", "--verbose", action="count", help="more: -v info, -vv debug (with tracebacks)",
-                   **({"default": 0} if top else keep))
-    g.add_argument("-q", "--quiet", action="store_true", help="errors only",
-                   **({"default": False} if top else keep))
-    g.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, metavar="LEVEL",
-                   help=f"exactly this level ({', '.join(LOG_LEVELS)}; default warning)",
-                   **({"default": None} if top else keep))
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        help="more: -v info, -vv debug (with tracebacks)",
+        **({"default": 0} if top else keep),
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", help="errors only", **({"default": False} if top else keep)
+    )
+    g.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"exactly this level ({', '.join(LOG_LEVELS)}; default warning)",
+        **({"default": None} if top else keep),
+    )
     return p
 
 

@@ -43,8 +43,12 @@ log = logging.getLogger(__name__)
 
 def add_parser(sub: Any) -> None:
     """Add the ``disk`` subcommand to the top-level subparsers."""
-    d = sub.add_parser("disk", help="create, pack and list disk images (denali disk -h)",
-                       description=_DESCRIPTION, parents=[log_options(top=False)])
+    d = sub.add_parser(
+        "disk",
+        help="create, pack and list disk images (denali disk -h)",
+        description=_DESCRIPTION,
+        parents=[log_options(top=False)],
+    )
     _add_actions(d)
 
 
@@ -71,16 +75,21 @@ def _add_actions(p: argparse.ArgumentParser) -> None:
     k.add_argument("--label", default="", help="file-system label (at most 31 bytes)")
     k.add_argument("--force", "-f", action="store_true", help="replace an existing file")
     _progress_option(k)
-    ls = sub.add_parser("ls", help="check an image and list its files (or describe an overlay)",
-                        parents=[logs])
+    ls = sub.add_parser(
+        "ls", help="check an image and list its files (or describe an overlay)", parents=[logs]
+    )
     ls.add_argument("image")
     ls.add_argument("--verify", action="store_true", help="also check every file's CRC-32")
     _progress_option(ls)
 
 
 def _progress_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress on stderr after a second (default: on a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr after a second (default: on a terminal)",
+    )
 
 
 def _progress(args: argparse.Namespace, what: str) -> JobProgress | None:
@@ -99,8 +108,14 @@ async def _main(args: argparse.Namespace) -> int:
         size = parse_size(args.size) if args.size else None
         shown = _progress(args, f"packing {args.image}")
         try:
-            entries = await tools.pack_directory(args.directory, args.image, size, args.label, args.force,
-                                                 progress=shown.update if shown else None)
+            entries = await tools.pack_directory(
+                args.directory,
+                args.image,
+                size,
+                args.label,
+                args.force,
+                progress=shown.update if shown else None,
+            )
         finally:
             if shown is not None:
                 shown.close()
@@ -108,8 +123,9 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     shown = _progress(args, f"verifying {args.image}") if args.verify else None
     try:
-        listing = await tools.list_image(args.image, verify=args.verify,
-                                         progress=shown.update if shown else None)
+        listing = await tools.list_image(
+            args.image, verify=args.verify, progress=shown.update if shown else None
+        )
     finally:
         if shown is not None:
             shown.close()

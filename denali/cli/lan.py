@@ -45,7 +45,7 @@ def _runs(ips: list[ipaddress.IPv4Address]) -> list[tuple[ipaddress.IPv4Address,
 
 
 def describe_addresses(addresses: Sequence[ipaddress.IPv4Interface]) -> str:
-    """"10.0.0.1 to 10.0.0.100 (10.0.0.0/16)", per subnet, for a list of VM addresses."""
+    """ "10.0.0.1 to 10.0.0.100 (10.0.0.0/16)", per subnet, for a list of VM addresses."""
     by_net: dict[ipaddress.IPv4Network, list[ipaddress.IPv4Address]] = {}
     for a in addresses:
         by_net.setdefault(a.network, []).append(a.ip)
@@ -98,32 +98,44 @@ def _tap_lines(tap: TapState, addresses: Sequence[ipaddress.IPv4Interface], sudo
             cmds.append(f"{sudo}ip addr add {want} dev {dev}")
         if not side.up:
             cmds.append(f"{sudo}ip link set {dev} up")
-        state = ("down and has no address" if side.address is None and not side.up
-                 else "down" if side.address is not None else "up but has no address")
-        return [f"{dev} is {state}; to reach the VMs from this host run:",
-                f"  {' && '.join(cmds)}",
-                f"or boot with --net tap:{dev},host={want}"]
+        state = (
+            "down and has no address"
+            if side.address is None and not side.up
+            else "down"
+            if side.address is not None
+            else "up but has no address"
+        )
+        return [
+            f"{dev} is {state}; to reach the VMs from this host run:",
+            f"  {' && '.join(cmds)}",
+            f"or boot with --net tap:{dev},host={want}",
+        ]
     host = side.address
     if not addresses:
         return [f"{dev} is up with {host}; give the VMs addresses in {host.network} (--cmdline ip=...)"]
     inside = [a for a in addresses if a.ip in host.network]
     lines = []
     if any(a.ip == host.ip for a in addresses):
-        lines.append(f"{dev}'s host address {host.ip} is also a VM's address: choose another "
-                     f"(e.g. host={want})")
+        lines.append(
+            f"{dev}'s host address {host.ip} is also a VM's address: choose another (e.g. host={want})"
+        )
     if inside:
         first = inside[0].ip
-        lines.append(f"reach them from this host through {dev} ({host}), e.g. ping {first} "
-                     f"or curl http://{first}/")
+        lines.append(
+            f"reach them from this host through {dev} ({host}), e.g. ping {first} or curl http://{first}/"
+        )
     if len(inside) < len(addresses):
-        lines.append(f"{len(addresses) - len(inside):,} VM addresses are outside {dev}'s subnet "
-                     f"{host.network}: this host cannot reach them through {dev}; use "
-                     f"--net tap:{dev},host={want}")
+        lines.append(
+            f"{len(addresses) - len(inside):,} VM addresses are outside {dev}'s subnet "
+            f"{host.network}: this host cannot reach them through {dev}; use "
+            f"--net tap:{dev},host={want}"
+        )
     return lines
 
 
-def lan_lines(cmdlines: Sequence[str], taps: Sequence[TapState], vxlans: Sequence[VxlanState],
-              sudo: bool = False) -> list[str]:
+def lan_lines(
+    cmdlines: Sequence[str], taps: Sequence[TapState], vxlans: Sequence[VxlanState], sudo: bool = False
+) -> list[str]:
     """The lines (without the "denali: " prefix) that tell where the VMs are and how to
     reach them; none for a single VM on a LAN without an uplink."""
     found = [guest_address(c) for c in cmdlines]
@@ -133,27 +145,39 @@ def lan_lines(cmdlines: Sequence[str], taps: Sequence[TapState], vxlans: Sequenc
     lines = []
     if addresses:
         n = len(cmdlines)
-        who = "the VM is" if n == 1 else f"{n:,} VMs are" if len(addresses) == n else \
-            f"{len(addresses):,} of {n:,} VMs are"
+        who = (
+            "the VM is"
+            if n == 1
+            else f"{n:,} VMs are"
+            if len(addresses) == n
+            else f"{len(addresses):,} of {n:,} VMs are"
+        )
         lines.append(f"{who} at {describe_addresses(addresses)}")
     pre = "sudo " if sudo else ""
     for tap in taps:
         lines += _tap_lines(tap, addresses, pre)
     for vx in vxlans:
-        lines.append(f"the LAN is joined to VXLAN {vx.vni} ({', '.join(vx.remotes) or 'no remotes'}): "
-                     "machines on that VXLAN reach the VMs at their addresses")
+        lines.append(
+            f"the LAN is joined to VXLAN {vx.vni} ({', '.join(vx.remotes) or 'no remotes'}): "
+            "machines on that VXLAN reach the VMs at their addresses"
+        )
     if addresses and not taps and not vxlans:
         want = suggest_host(addresses)
-        lines.append("the LAN has no uplink to this host; to reach the VMs add "
-                     f"--net tap:dtap0,host={want if want is not None else 'ADDR/PREFIX'}")
+        lines.append(
+            "the LAN has no uplink to this host; to reach the VMs add "
+            f"--net tap:dtap0,host={want if want is not None else 'ADDR/PREFIX'}"
+        )
     return lines
 
 
 def report(cmdlines: Sequence[str], ports: Sequence[TapPort | VxlanPort], out: IO[str]) -> None:
     """Print ``lan_lines`` for these VMs and the attached ports to ``out``."""
     taps = [TapState(p.device, p.host_side()) for p in ports if isinstance(p, TapPort)]
-    vxlans = [VxlanState(p.vni, tuple(f"{h}:{port}" for h, port in p.remotes))
-              for p in ports if isinstance(p, VxlanPort)]
+    vxlans = [
+        VxlanState(p.vni, tuple(f"{h}:{port}" for h, port in p.remotes))
+        for p in ports
+        if isinstance(p, VxlanPort)
+    ]
     for line in lan_lines(cmdlines, taps, vxlans, sudo=os.geteuid() != 0):
         out.write(f"denali: {line}\n")
     out.flush()

@@ -39,35 +39,65 @@ from denali.vm import Vm
 
 def add_parser(sub: Any) -> None:
     """Add the ``linux`` subcommand to the top-level subparsers."""
-    p = sub.add_parser("linux", help="run a static i386 Linux program in Denali VMs",
-                       description="Run an unmodified, statically linked i386 Linux program in "
-                                   "Denali VMs (its system calls are served by an in-VM personality).",
-                       parents=[log_options(top=False)])
+    p = sub.add_parser(
+        "linux",
+        help="run a static i386 Linux program in Denali VMs",
+        description="Run an unmodified, statically linked i386 Linux program in "
+        "Denali VMs (its system calls are served by an in-VM personality).",
+        parents=[log_options(top=False)],
+    )
     p.add_argument("program", help="path of the static i386 Linux executable")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments ({i}: the VM's index)")
     p.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
-    p.add_argument("--memory", "-m", default=f"{DEFAULT_MEMORY >> 20}M",
-                   help=f"guest memory per VM, sparse (default {DEFAULT_MEMORY >> 20}M)")
-    p.add_argument("--disk", action="append", default=[],
-                   metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
-                   help="a disk for every VM (repeatable; {i} becomes the VM's index); the one "
-                        "named root, or else the first, is /, the others /NAME")
-    p.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
-                   help="an environment variable (repeatable; the environment is otherwise empty)")
+    p.add_argument(
+        "--memory",
+        "-m",
+        default=f"{DEFAULT_MEMORY >> 20}M",
+        help=f"guest memory per VM, sparse (default {DEFAULT_MEMORY >> 20}M)",
+    )
+    p.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH[:keep[=OVERLAY]|:discard|:ro|:rw]",
+        help="a disk for every VM (repeatable; {i} becomes the VM's index); the one "
+        "named root, or else the first, is /, the others /NAME",
+    )
+    p.add_argument(
+        "--env",
+        "-e",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an environment variable (repeatable; the environment is otherwise empty)",
+    )
     p.add_argument("--cwd", help="working directory inside the VM (default /)")
     p.add_argument("--stdin", metavar="FILE", help="every VM reads FILE as its standard input")
-    p.add_argument("--ip", metavar="ADDR/N",
-                   help="the guest's IPv4 address; {i} and {ip:BASE} as in boot --cmdline")
+    p.add_argument(
+        "--ip", metavar="ADDR/N", help="the guest's IPv4 address; {i} and {ip:BASE} as in boot --cmdline"
+    )
     p.add_argument("--gw", metavar="ADDR", help="the guest's default gateway")
-    p.add_argument("--net", action="append", default=[],
-                   metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
-                   help="join the virtual LAN to a Linux TAP device or to VXLAN (as denali boot)")
-    p.add_argument("--trace", action="store_true",
-                   help="print every system call on stderr, and the unimplemented ones at exit")
-    p.add_argument("--report", action="store_true",
-                   help="print the unimplemented system calls the program made, at exit")
-    p.add_argument("--slice-us", type=int, default=KernelConfig.slice_us,
-                   help=f"time slice in microseconds (default {KernelConfig.slice_us})")
+    p.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap:NAME[,host=ADDR/PREFIX] | vxlan:VNI@REMOTE[:PORT][,local=ADDR[:PORT]]",
+        help="join the virtual LAN to a Linux TAP device or to VXLAN (as denali boot)",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="print every system call on stderr, and the unimplemented ones at exit",
+    )
+    p.add_argument(
+        "--report", action="store_true", help="print the unimplemented system calls the program made, at exit"
+    )
+    p.add_argument(
+        "--slice-us",
+        type=int,
+        default=KernelConfig.slice_us,
+        help=f"time slice in microseconds (default {KernelConfig.slice_us})",
+    )
     p.add_argument("--memory-budget", metavar="SIZE", help="resident memory allowed; idle VMs swap out")
     p.add_argument("--swap-dir", metavar="DIR", help="where swap files go (default: a temporary directory)")
     p.add_argument("--workers", type=int, default=0, help="run slices on N worker threads")
@@ -104,8 +134,7 @@ def _pump_stdin(vm: Vm, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
     return loop.create_task(feed(), name=f"denali-stdin-{vm.id}")
 
 
-async def _linux(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput,
-                 err: ConsoleOutput) -> int:
+async def _linux(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput, err: ConsoleOutput) -> int:
     """Run the VMs, wait for them, close; EXIT_INTERRUPTED when ``stop`` signalled first."""
     if args.count < 1:
         raise DenaliError("--count must be at least 1")
@@ -124,8 +153,9 @@ async def _linux(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput
     stopping = asyncio.Event()
     stop.bind(asyncio.get_running_loop(), stopping.set)
     budget = parse_size(args.memory_budget) if args.memory_budget else None
-    config = KernelConfig(slice_us=args.slice_us, workers=args.workers, memory_budget=budget,
-                          swap_dir=args.swap_dir)
+    config = KernelConfig(
+        slice_us=args.slice_us, workers=args.workers, memory_budget=budget, swap_dir=args.swap_dir
+    )
     async with Kernel(config) as k:
         body = asyncio.ensure_future(_run(k, args, env, stdin_data, out, err))
         stopper = asyncio.ensure_future(stopping.wait())
@@ -140,8 +170,14 @@ async def _linux(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput
     return EXIT_INTERRUPTED
 
 
-async def _run(k: Kernel, args: argparse.Namespace, env: list[str], stdin_data: bytes | None,
-               out: ConsoleOutput, err: ConsoleOutput) -> int:
+async def _run(
+    k: Kernel,
+    args: argparse.Namespace,
+    env: list[str],
+    stdin_data: bytes | None,
+    out: ConsoleOutput,
+    err: ConsoleOutput,
+) -> int:
     """Join the LAN's extras, spawn the VMs, wait for them; the exit status."""
     loop = asyncio.get_running_loop()
     multi = args.count > 1
@@ -162,8 +198,9 @@ async def _run(k: Kernel, args: argparse.Namespace, env: list[str], stdin_data: 
                 ports.append(vx)
                 k.switch.attach(vx)
             else:
-                raise DenaliError(f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or "
-                                  "vxlan:VNI@REMOTE[:PORT]")
+                raise DenaliError(
+                    f"--net {spec!r}: expected tap:NAME[,host=ADDR/PREFIX] or vxlan:VNI@REMOTE[:PORT]"
+                )
         nets = []
         for i in range(1, args.count + 1):
             net = ""
@@ -180,10 +217,21 @@ async def _run(k: Kernel, args: argparse.Namespace, env: list[str], stdin_data: 
                 stdin = STREAM
             sink, esink = out.sink_for(i if multi else None), err.sink_for(i if multi else None)
             errs.append(esink)
-            vm = await spawn_linux(k, args.program, argv, env=env, memory=args.memory,
-                                   disks=[parse_disk_arg(d, index=i) for d in args.disk],
-                                   cwd=args.cwd, stdin=stdin, net=nets[i - 1], trace=args.trace,
-                                   report=args.report, stdout=sink, stderr=esink)
+            vm = await spawn_linux(
+                k,
+                args.program,
+                argv,
+                env=env,
+                memory=args.memory,
+                disks=[parse_disk_arg(d, index=i) for d in args.disk],
+                cwd=args.cwd,
+                stdin=stdin,
+                net=nets[i - 1],
+                trace=args.trace,
+                report=args.report,
+                stdout=sink,
+                stderr=esink,
+            )
             if stdin is STREAM:
                 feeders.append(_pump_stdin(vm, loop))
             vms.append((vm, sink))
@@ -205,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``denali linux`` (owns the event loop: uvloop, the stop signals, stdout and
     stderr)."""
     import uvloop
+
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         err = ConsoleOutput(sys.stderr.fileno())

@@ -158,7 +158,7 @@ class PrefixedSink:
         if end < 0:
             return
         lines = partial[:end].split(b"\n")
-        del partial[:end + 1]
+        del partial[: end + 1]
         self._out.write(b"".join(b"%s%s\n" % (self._prefix, line) for line in lines))
 
     def finish(self) -> None:
@@ -166,4 +166,3 @@ class PrefixedSink:
         if self._partial:
             self._out.write(b"%s%s\n" % (self._prefix, bytes(self._partial)))
             self._partial.clear()
-

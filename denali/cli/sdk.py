@@ -27,8 +27,9 @@ from denali.sdk.project import new_project
 
 def add_parser(sub: Any) -> None:
     """Add ``cc`` (its arguments go to gcc: see ``run_cc``) and ``new``."""
-    sub.add_parser("cc", help="compile and link a guest with the machine's gcc (denali cc -o g.elf g.c)",
-                   add_help=False)
+    sub.add_parser(
+        "cc", help="compile and link a guest with the machine's gcc (denali cc -o g.elf g.c)", add_help=False
+    )
     n = sub.add_parser("new", help="write a new guest project (a C file and a Makefile using denali cc)")
     n.add_argument("name", help="the project directory to create; its last component names the guest")
 

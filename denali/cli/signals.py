@@ -75,8 +75,9 @@ class StopSignals:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         thread, self._thread = self._thread, None
         if thread is not None and thread.ident is not None:
             self._closing = True

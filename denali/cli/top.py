@@ -22,24 +22,37 @@ _SORTS = sorted({c.key for c in top.COLUMNS if c.sort is not None})
 
 def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Add the ``top`` subcommand to the top-level subparsers."""
-    t = sub.add_parser("top", help="a live table of the VMs of a kernel started with --metrics",
-                       parents=list(parents),
-                       description="Columns: VM id, NAME (image), STATE, CPU% (share of one core "
-                                   "over the last interval), TIME (CPU time), SLICES, HCALLS "
-                                   "(hypercalls), IRQS (interrupts raised), RX/TX (frames), CONS "
-                                   "(console bytes); wider terminals add PREEMPT, IDLES, BATCH "
-                                   "(interrupt batches), BITS (interrupt bits), DROPS (NIC drops). "
-                                   "Keys: P CPU%, T CPU time, N VM id, S slices, H hypercalls, "
-                                   "< and > move the sort column, R reverses it, h hides the key "
-                                   "line, q quits.")
+    t = sub.add_parser(
+        "top",
+        help="a live table of the VMs of a kernel started with --metrics",
+        parents=list(parents),
+        description="Columns: VM id, NAME (image), STATE, CPU% (share of one core "
+        "over the last interval), TIME (CPU time), SLICES, HCALLS "
+        "(hypercalls), IRQS (interrupts raised), RX/TX (frames), CONS "
+        "(console bytes); wider terminals add PREEMPT, IDLES, BATCH "
+        "(interrupt batches), BITS (interrupt bits), DROPS (NIC drops). "
+        "Keys: P CPU%, T CPU time, N VM id, S slices, H hypercalls, "
+        "< and > move the sort column, R reverses it, h hides the key "
+        "line, q quits.",
+    )
     t.add_argument("address", metavar="HOST:PORT", type=host_port, help="the kernel's --metrics address")
-    t.add_argument("--interval", "-d", type=positive_float, default=1.0,
-                   help="seconds between refreshes (default 1)")
-    t.add_argument("--sort", "-o", default="cpu", choices=_SORTS, metavar="KEY",
-                   help=f"sort column: {', '.join(_SORTS)} (default cpu)")
+    t.add_argument(
+        "--interval", "-d", type=positive_float, default=1.0, help="seconds between refreshes (default 1)"
+    )
+    t.add_argument(
+        "--sort",
+        "-o",
+        default="cpu",
+        choices=_SORTS,
+        metavar="KEY",
+        help=f"sort column: {', '.join(_SORTS)} (default cpu)",
+    )
     t.add_argument("--reverse", action="store_true", help="reverse the sort order")
-    t.add_argument("--once", action="store_true",
-                   help="print one frame as plain text and exit (without a terminal, frames repeat)")
+    t.add_argument(
+        "--once",
+        action="store_true",
+        help="print one frame as plain text and exit (without a terminal, frames repeat)",
+    )
     t.add_argument("--width", "-w", type=_width, help="columns to fit (default: the terminal's, at least 20)")
 
 
@@ -64,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (OSError, TimeoutError) as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        print(f"denali top: {source.label}: {why} (is a kernel running with --metrics {source.label}?)",
-              file=sys.stderr)
+        print(
+            f"denali top: {source.label}: {why} (is a kernel running with --metrics {source.label}?)",
+            file=sys.stderr,
+        )
         return 1
     return 0

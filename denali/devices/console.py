@@ -46,8 +46,11 @@ class Console(Device):
     """
 
     SLOT: ClassVar[int] = SLOT_CONSOLE
-    HYPERCALLS: ClassVar = {Hc.CONSOLE_WRITE: "hc_write", Hc.CONSOLE_WRITE_ERR: "hc_write_err",
-                            Hc.CONSOLE_READ: "hc_read"}
+    HYPERCALLS: ClassVar = {
+        Hc.CONSOLE_WRITE: "hc_write",
+        Hc.CONSOLE_WRITE_ERR: "hc_write_err",
+        Hc.CONSOLE_READ: "hc_read",
+    }
     __slots__ = (
         "_chunks",
         "_closed",
@@ -67,8 +70,9 @@ class Console(Device):
         "written",
     )
 
-    def __init__(self, sink: ConsoleSink | None = None, limit: int = 1 << 20,
-                 history: int = 64 << 10) -> None:
+    def __init__(
+        self, sink: ConsoleSink | None = None, limit: int = 1 << 20, history: int = 64 << 10
+    ) -> None:
         # Created on first use: most VMs of a large kernel print little or nothing.
         self._chunks: deque[bytes] | None = None
         self._queued = 0
@@ -190,7 +194,7 @@ class Console(Device):
         hist = self._history
         hist += data
         if len(hist) > self._hist_limit:
-            del hist[:len(hist) - self._hist_limit]
+            del hist[: len(hist) - self._hist_limit]
         if self.sink is not None:
             self.sink(data)
             return

@@ -86,8 +86,12 @@ class TxStatus(Enum):
         return _RESULTS[self]
 
 
-_RESULTS: Final = {TxStatus.OK: Result.OK, TxStatus.INVALID: Result.INVAL,
-                   TxStatus.FULL: Result.FULL, TxStatus.NO_LINK: Result.OK}
+_RESULTS: Final = {
+    TxStatus.OK: Result.OK,
+    TxStatus.INVALID: Result.INVAL,
+    TxStatus.FULL: Result.FULL,
+    TxStatus.NO_LINK: Result.OK,
+}
 
 
 class NicPort(Port):
@@ -99,8 +103,9 @@ class NicPort(Port):
 
     __slots__ = ("_own", "_promiscuous", "_rx", "_rx_capacity", "on_rx")
 
-    def __init__(self, name: str, mac: bytes | str, *, config: NicConfig | None = None,
-                 on_rx: RxCallback | None = None) -> None:
+    def __init__(
+        self, name: str, mac: bytes | str, *, config: NicConfig | None = None, on_rx: RxCallback | None = None
+    ) -> None:
         cfg = config if config is not None else NicConfig()
         own = as_mac(mac)
         super().__init__(name, mac=own, ingress_capacity=cfg.tx_capacity)
@@ -111,8 +116,9 @@ class NicPort(Port):
         self.on_rx: RxCallback | None = on_rx
 
     @classmethod
-    def for_vm(cls, vm_id: int, *, config: NicConfig | None = None,
-               on_rx: RxCallback | None = None) -> NicPort:
+    def for_vm(
+        cls, vm_id: int, *, config: NicConfig | None = None, on_rx: RxCallback | None = None
+    ) -> NicPort:
         """The NIC of VM ``vm_id``: named ``vm<vm_id>``, MAC ``mac_for_vm(vm_id)``."""
         return cls(f"vm{vm_id}", mac_for_vm(vm_id), config=config, on_rx=on_rx)
 
@@ -174,7 +180,7 @@ class NicPort(Port):
     def refill(self, frames: Sequence[bytes]) -> None:
         """Put saved frames back into an empty receive queue (a restored NIC), up to its
         capacity; raises the receive callback if any were put back."""
-        for f in frames[:self._rx_capacity - len(self._rx)]:
+        for f in frames[: self._rx_capacity - len(self._rx)]:
             self._rx.append(bytes(f))
         if self._rx and self.on_rx is not None:
             self.on_rx()
@@ -264,7 +270,7 @@ class Nic(Device):
     def hc_info(self, mem: GuestMemory, arg: int) -> int:
         buf = mem.buf
         nic = self.port
-        buf[arg + _INFO["mac"]:arg + _INFO["mac"] + 6] = nic.fixed_mac
+        buf[arg + _INFO["mac"] : arg + _INFO["mac"] + 6] = nic.fixed_mac
         _U32.pack_into(buf, arg + _INFO["mtu"], _MTU)
         _U32.pack_into(buf, arg + _INFO["rx_queue"], nic.rx_capacity)
         return Result.OK
@@ -287,7 +293,7 @@ class Nic(Device):
             if not mem.check(addr, length, PROT_R):
                 stop = Result.FAULT
                 break
-            frames.append(buf[addr:addr + length])
+            frames.append(buf[addr : addr + length])
         accepted, status = self.port.send_batch_nowait(frames) if frames else (0, None)
         _U32.pack_into(buf, arg + _SEND["sent"], accepted)
         if status is not None and status.result != Result.OK:
@@ -308,7 +314,7 @@ class Nic(Device):
             return Result.AGAIN
         for i, frame in enumerate(frames):
             at = bufs + i * slot
-            buf[at:at + len(frame)] = frame
+            buf[at : at + len(frame)] = frame
             _U32.pack_into(buf, lens + 4 * i, len(frame))
         _U32.pack_into(buf, arg + _RECV["received"], len(frames))
         if nic.rx_pending:

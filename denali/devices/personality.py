@@ -43,8 +43,7 @@ _TLS: Final = _offs(Hc.SET_TLS)["entry"]
 _RAND: Final = _offs(Hc.RANDOM)["buf"]
 _U32X4: Final = struct.Struct("<IIII")
 _U32X2: Final = struct.Struct("<II")
-_PROTS: Final = {0: 0, abi.MEM_R: PROT_R, abi.MEM_R | abi.MEM_W: PROT_RW,
-                 abi.MEM_R | abi.MEM_X: PROT_RX}
+_PROTS: Final = {0: 0, abi.MEM_R: PROT_R, abi.MEM_R | abi.MEM_W: PROT_RW, abi.MEM_R | abi.MEM_X: PROT_RX}
 _TLS_AT: Final = abi.Layout.KERNEL_PAGE + len(_uc.GDT)
 """Where the TLS descriptors live: right after the fixed GDT entries in the kernel page."""
 assert _uc.TLS_ENTRIES[0] == abi.TLS_FIRST_ENTRY and len(_uc.TLS_ENTRIES) == abi.TLS_ENTRIES
@@ -55,8 +54,11 @@ class Personality(Device):
     """The MEM_PROTECT, SET_TLS and RANDOM hypercalls (see the module docstring)."""
 
     SLOT: ClassVar[int] = SLOT_PERSONALITY
-    HYPERCALLS: ClassVar = {Hc.MEM_PROTECT: "hc_mem_protect", Hc.SET_TLS: "hc_set_tls",
-                            Hc.RANDOM: "hc_random"}
+    HYPERCALLS: ClassVar = {
+        Hc.MEM_PROTECT: "hc_mem_protect",
+        Hc.SET_TLS: "hc_set_tls",
+        Hc.RANDOM: "hc_random",
+    }
     __slots__ = ()
 
     def hc_mem_protect(self, mem: GuestMemory, arg: int) -> int:
@@ -85,7 +87,7 @@ class Personality(Device):
         else:
             desc = _uc.tls_descriptor(base, limit, bool(flags & abi.TLS_F_PAGES))
         at = _TLS_AT + (entry - first) * 8
-        mem.buf[at:at + 8] = desc
+        mem.buf[at : at + 8] = desc
         return Result.OK
 
     def hc_random(self, mem: GuestMemory, arg: int) -> int:

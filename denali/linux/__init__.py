@@ -11,14 +11,24 @@ error stream). See docs/linux.md.
 
 from denali.linux.process import DEFAULT_MEMORY, ProcessImage, compose
 from denali.linux.run import (
-           STREAM,
-           LinuxResult,
-           load_program,
-           process_image,
-           run_linux,
-           spawn_linux,
-           syscalls_of,
+    STREAM,
+    LinuxResult,
+    load_program,
+    process_image,
+    run_linux,
+    spawn_linux,
+    syscalls_of,
 )
 
-__all__ = ("DEFAULT_MEMORY", "STREAM", "LinuxResult", "ProcessImage", "compose", "load_program",
-           "process_image", "run_linux", "spawn_linux", "syscalls_of")
+__all__ = (
+    "DEFAULT_MEMORY",
+    "STREAM",
+    "LinuxResult",
+    "ProcessImage",
+    "compose",
+    "load_program",
+    "process_image",
+    "run_linux",
+    "spawn_linux",
+    "syscalls_of",
+)

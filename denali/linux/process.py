@@ -56,13 +56,26 @@ class ProcessImage:
     stack_lo: int
     auxv: int
 
-    def cmdline(self, *, epoch_ns: int, cwd: str | None = None, extra: str = "",
-                trace: bool = False, report: bool = False) -> str:
+    def cmdline(
+        self,
+        *,
+        epoch_ns: int,
+        cwd: str | None = None,
+        extra: str = "",
+        trace: bool = False,
+        report: bool = False,
+    ) -> str:
         """The command line for one VM: the personality's keys, then ``extra``
         (``ip=... gw=...`` for the guest network stack)."""
-        parts = [f"lx.entry=0x{self.entry:x}", f"lx.sp=0x{self.sp:x}", f"lx.brk=0x{self.brk:x}",
-                 f"lx.stack=0x{self.stack_lo:x}", f"lx.auxv=0x{self.auxv:x}",
-                 f"lx.epoch={epoch_ns // 1_000_000_000}", f"lx.epoch_ns={epoch_ns % 1_000_000_000}"]
+        parts = [
+            f"lx.entry=0x{self.entry:x}",
+            f"lx.sp=0x{self.sp:x}",
+            f"lx.brk=0x{self.brk:x}",
+            f"lx.stack=0x{self.stack_lo:x}",
+            f"lx.auxv=0x{self.auxv:x}",
+            f"lx.epoch={epoch_ns // 1_000_000_000}",
+            f"lx.epoch_ns={epoch_ns % 1_000_000_000}",
+        ]
         if cwd:
             if " " in cwd or len(cwd) > 255:
                 raise ConfigError(f"working directory {cwd!r}: no spaces, at most 255 bytes")
@@ -79,8 +92,9 @@ class ProcessImage:
         return text
 
 
-def _initial_stack(top: int, prog: LinuxProgram, argv: Sequence[bytes], envp: Sequence[bytes],
-                   execfn: bytes) -> tuple[bytes, int, int]:
+def _initial_stack(
+    top: int, prog: LinuxProgram, argv: Sequence[bytes], envp: Sequence[bytes], execfn: bytes
+) -> tuple[bytes, int, int]:
     """The bytes of the initial stack ending at ``top``: (data, sp, auxv address)."""
     strings = bytearray()
     offsets: list[int] = []
@@ -100,31 +114,51 @@ def _initial_stack(top: int, prog: LinuxProgram, argv: Sequence[bytes], envp: Se
     strings.extend(os.urandom(16))  # the personality overwrites these at boot
     strings.extend(bytes(4))  # end marker
     str_base = (top - len(strings)) & ~0xF
-    aux = [(AT_PHDR, prog.phdr), (AT_PHENT, prog.phentsize), (AT_PHNUM, prog.phnum),
-           (AT_PAGESZ, PAGE), (AT_BASE, 0), (AT_FLAGS, 0), (AT_ENTRY, prog.entry),
-           (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0), (AT_EGID, 0),
-           (AT_PLATFORM, str_base + plat_off), (AT_HWCAP, 0), (AT_CLKTCK, 100),
-           (AT_SECURE, 0), (AT_RANDOM, str_base + rand_off), (AT_HWCAP2, 0),
-           (AT_EXECFN, str_base + fn_off), (AT_NULL, 0)]
+    aux = [
+        (AT_PHDR, prog.phdr),
+        (AT_PHENT, prog.phentsize),
+        (AT_PHNUM, prog.phnum),
+        (AT_PAGESZ, PAGE),
+        (AT_BASE, 0),
+        (AT_FLAGS, 0),
+        (AT_ENTRY, prog.entry),
+        (AT_UID, 0),
+        (AT_EUID, 0),
+        (AT_GID, 0),
+        (AT_EGID, 0),
+        (AT_PLATFORM, str_base + plat_off),
+        (AT_HWCAP, 0),
+        (AT_CLKTCK, 100),
+        (AT_SECURE, 0),
+        (AT_RANDOM, str_base + rand_off),
+        (AT_HWCAP2, 0),
+        (AT_EXECFN, str_base + fn_off),
+        (AT_NULL, 0),
+    ]
     words = [len(argv)]
-    words += [str_base + o for o in offsets[:len(argv)]] + [0]
-    words += [str_base + o for o in offsets[len(argv):]] + [0]
+    words += [str_base + o for o in offsets[: len(argv)]] + [0]
+    words += [str_base + o for o in offsets[len(argv) :]] + [0]
     auxv_index = len(words)
     for k, v in aux:
         words += [k, v]
     table = struct.pack(f"<{len(words)}I", *words)
     sp = (str_base - len(table)) & ~0xF
     if top - sp > MAX_ARGS_BYTES:
-        raise ConfigError(f"arguments and environment take {top - sp} bytes; at most "
-                          f"{MAX_ARGS_BYTES} fit the initial stack")
+        raise ConfigError(
+            f"arguments and environment take {top - sp} bytes; at most {MAX_ARGS_BYTES} fit the initial stack"
+        )
     data = bytearray(top - sp)
-    data[0:len(table)] = table
-    data[str_base - sp:str_base - sp + len(strings)] = strings
+    data[0 : len(table)] = table
+    data[str_base - sp : str_base - sp + len(strings)] = strings
     return bytes(data), sp, sp + auxv_index * 4
 
 
-def compose(prog: LinuxProgram, argv: Sequence[str | bytes], env: Mapping[str, str] | Sequence[str],
-            memory: int = DEFAULT_MEMORY) -> ProcessImage:
+def compose(
+    prog: LinuxProgram,
+    argv: Sequence[str | bytes],
+    env: Mapping[str, str] | Sequence[str],
+    memory: int = DEFAULT_MEMORY,
+) -> ProcessImage:
     """The VM image that runs ``prog`` with ``argv`` and ``env`` in ``memory`` bytes.
 
     Raises ``ConfigError`` (bad arguments, too little memory) or ``ImageError`` (the
@@ -136,9 +170,11 @@ def compose(prog: LinuxProgram, argv: Sequence[str | bytes], env: Mapping[str, s
         raise ConfigError(f"memory size {memory} is not a multiple of {PAGE} up to {abi.MAX_MEMORY}")
     stack_lo = memory - STACK_AREA
     if prog.end + 16 * PAGE > stack_lo:
-        raise ConfigError(f"{prog.path}: the program ends at 0x{prog.end:x}; with its "
-                          f"{STACK_AREA >> 20} MiB stack it needs more than {memory >> 20} MiB of "
-                          "guest memory (--memory)")
+        raise ConfigError(
+            f"{prog.path}: the program ends at 0x{prog.end:x}; with its "
+            f"{STACK_AREA >> 20} MiB stack it needs more than {memory >> 20} MiB of "
+            "guest memory (--memory)"
+        )
     args = [a.encode() if isinstance(a, str) else a for a in argv]
     if not args:
         raise ConfigError("a program needs at least argv[0]")
@@ -147,8 +183,10 @@ def compose(prog: LinuxProgram, argv: Sequence[str | bytes], env: Mapping[str, s
     else:
         envs = [e.encode() for e in env]
     data, sp, auxv = _initial_stack(memory, prog, args, envs, args[0])
-    regions = [Region(abi.Layout.VREGS, abi.Layout.VREGS + PAGE, PROT_RW, "vregs"),
-               Region(abi.Layout.KERNEL_PAGE, abi.Layout.KERNEL_PAGE + PAGE, PROT_RX, "kernel")]
+    regions = [
+        Region(abi.Layout.VREGS, abi.Layout.VREGS + PAGE, PROT_RW, "vregs"),
+        Region(abi.Layout.KERNEL_PAGE, abi.Layout.KERNEL_PAGE + PAGE, PROT_RX, "kernel"),
+    ]
     segments: list[Segment] = []
     for i, seg in enumerate(pers.segments):
         regions.append(Region(seg.page_start, seg.page_end, seg.prot, f"personality{i}"))

@@ -47,9 +47,12 @@ def load_program(path: str | os.PathLike[str]) -> LinuxProgram:
     return prog
 
 
-def process_image(program: str | os.PathLike[str] | LinuxProgram, argv: Sequence[str],
-                  env: Mapping[str, str] | Sequence[str] = (),
-                  memory: int | str = DEFAULT_MEMORY) -> ProcessImage:
+def process_image(
+    program: str | os.PathLike[str] | LinuxProgram,
+    argv: Sequence[str],
+    env: Mapping[str, str] | Sequence[str] = (),
+    memory: int | str = DEFAULT_MEMORY,
+) -> ProcessImage:
     """The composed image (cached: VMs running the same command share it)."""
     prog = program if isinstance(program, LinuxProgram) else load_program(program)
     size = parse_size(memory)
@@ -63,13 +66,23 @@ def process_image(program: str | os.PathLike[str] | LinuxProgram, argv: Sequence
     return img
 
 
-async def spawn_linux(kernel: Kernel, program: str | os.PathLike[str] | LinuxProgram,
-                      argv: Sequence[str] | None = None, *, env: Mapping[str, str] | Sequence[str] = (),
-                      memory: int | str = DEFAULT_MEMORY, disks: Sequence[DiskSpec] = (),
-                      cwd: str | None = None, stdin: bytes | object | None = None,
-                      net: str = "", trace: bool = False, report: bool = False,
-                      stdout: Callable[[bytes], None] | None = None,
-                      stderr: Callable[[bytes], None] | None = None, nic: bool = True) -> Vm:
+async def spawn_linux(
+    kernel: Kernel,
+    program: str | os.PathLike[str] | LinuxProgram,
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | Sequence[str] = (),
+    memory: int | str = DEFAULT_MEMORY,
+    disks: Sequence[DiskSpec] = (),
+    cwd: str | None = None,
+    stdin: bytes | object | None = None,
+    net: str = "",
+    trace: bool = False,
+    report: bool = False,
+    stdout: Callable[[bytes], None] | None = None,
+    stderr: Callable[[bytes], None] | None = None,
+    nic: bool = True,
+) -> Vm:
     """Start ``program`` (a path or a ``LinuxProgram``) in a new VM of ``kernel``.
 
     ``argv`` defaults to ``[basename(program)]``. ``net`` is the guest network
@@ -85,8 +98,9 @@ async def spawn_linux(kernel: Kernel, program: str | os.PathLike[str] | LinuxPro
     pimg = process_image(prog, args, env, memory)
     epoch = time.time_ns() - kernel.now_ns()
     cmd = pimg.cmdline(epoch_ns=epoch, cwd=cwd, extra=net, trace=trace, report=report)
-    vm = await kernel.spawn(pimg.image, memory=pimg.image.fixed_memory, cmdline=cmd,
-                            console=stdout, disks=disks, nic=nic)
+    vm = await kernel.spawn(
+        pimg.image, memory=pimg.image.fixed_memory, cmdline=cmd, console=stdout, disks=disks, nic=nic
+    )
     vm.console.err_sink = stderr
     if stdin is STREAM:
         vm.console.open_input()
@@ -118,8 +132,13 @@ class LinuxResult:
     """System calls the program made (routed to the personality)."""
 
 
-async def run_linux(program: str | os.PathLike[str] | LinuxProgram, argv: Sequence[str] | None = None, *,
-                    kernel: Kernel | None = None, **options: object) -> LinuxResult:
+async def run_linux(
+    program: str | os.PathLike[str] | LinuxProgram,
+    argv: Sequence[str] | None = None,
+    *,
+    kernel: Kernel | None = None,
+    **options: object,
+) -> LinuxResult:
     """Run ``program`` to completion in a VM and return its status and output.
 
     Options are ``spawn_linux``'s. Without ``kernel`` a private one is made and closed.
@@ -130,8 +149,7 @@ async def run_linux(program: str | os.PathLike[str] | LinuxProgram, argv: Sequen
             return await run_linux(program, argv, kernel=k, **options)
     out = bytearray()
     err = bytearray()
-    vm = await spawn_linux(kernel, program, argv, stdout=out.extend, stderr=err.extend,
-                           **options)  # type: ignore[arg-type]
+    vm = await spawn_linux(kernel, program, argv, stdout=out.extend, stderr=err.extend, **options)  # type: ignore[arg-type]
     status = await vm.wait()
     return LinuxResult(status, bytes(out), bytes(err), syscalls_of(vm))
 
@@ -141,5 +159,12 @@ def syscalls_of(vm: Vm) -> int:
     return vm.syscalls
 
 
-__all__ = ("STREAM", "LinuxResult", "load_program", "process_image", "run_linux", "spawn_linux",
-           "syscalls_of")
+__all__ = (
+    "STREAM",
+    "LinuxResult",
+    "load_program",
+    "process_image",
+    "run_linux",
+    "spawn_linux",
+    "syscalls_of",
+)

@@ -52,6 +52,7 @@ class EtherType(IntEnum):
 
 # ---- MAC addresses ----
 
+
 def parse_mac(text: str) -> bytes:
     """``"aa:bb:cc:dd:ee:ff"`` (or ``-`` separated) as 6 bytes; ``ConfigError`` if malformed."""
     parts = text.replace("-", ":").split(":")
@@ -113,6 +114,7 @@ def mac_for_vm(vm_id: int, tag: int = 0xDE) -> bytes:
 
 # ---- frames ----
 
+
 def _need_header(frame: bytes) -> None:
     if len(frame) < HEADER_LEN:
         raise ConfigError(f"a frame of {len(frame)} bytes is shorter than an Ethernet header ({HEADER_LEN})")
@@ -121,13 +123,13 @@ def _need_header(frame: bytes) -> None:
 def dst_mac(frame: bytes) -> bytes:
     """The destination MAC (6 bytes)."""
     _need_header(frame)
-    return frame[DST_OFFSET:DST_OFFSET + MAC_LEN]
+    return frame[DST_OFFSET : DST_OFFSET + MAC_LEN]
 
 
 def src_mac(frame: bytes) -> bytes:
     """The source MAC (6 bytes)."""
     _need_header(frame)
-    return frame[SRC_OFFSET:SRC_OFFSET + MAC_LEN]
+    return frame[SRC_OFFSET : SRC_OFFSET + MAC_LEN]
 
 
 def ethertype(frame: bytes) -> int:

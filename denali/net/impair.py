@@ -130,8 +130,10 @@ class LinkSpec:
             elif key == "dir":
                 values["direction"] = raw.lower()
             else:
-                raise ConfigError(f"unknown link option {key!r} (expected loss, delay, jitter, reorder, "
-                                  "duplicate, corrupt, rate, limit, seed, dir)")
+                raise ConfigError(
+                    f"unknown link option {key!r} (expected loss, delay, jitter, reorder, "
+                    "duplicate, corrupt, rate, limit, seed, dir)"
+                )
         return cls(**values)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
@@ -211,8 +213,9 @@ class Impairment:
 
     __slots__ = ("_busy_until", "_heap", "_loop", "_out", "_rng", "_seq", "_timer", "drop", "spec", "stats")
 
-    def __init__(self, spec: LinkSpec, out: Deliver, stream: str,
-                 drop: Callable[[bytes], bool] | None = None) -> None:
+    def __init__(
+        self, spec: LinkSpec, out: Deliver, stream: str, drop: Callable[[bytes], bool] | None = None
+    ) -> None:
         self.spec = spec
         self.drop = drop
         """Frames for which this returns True are dropped (before any random decision)."""
@@ -324,14 +327,27 @@ class PortLink:
 
     __slots__ = ("from_port", "spec", "to_port")
 
-    def __init__(self, spec: LinkSpec, port_name: str, deliver: Deliver, enqueue: Deliver, *,
-                 drop_in: Callable[[bytes], bool] | None = None,
-                 drop_out: Callable[[bytes], bool] | None = None) -> None:
+    def __init__(
+        self,
+        spec: LinkSpec,
+        port_name: str,
+        deliver: Deliver,
+        enqueue: Deliver,
+        *,
+        drop_in: Callable[[bytes], bool] | None = None,
+        drop_out: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self.spec = spec
-        self.to_port = (Impairment(spec, deliver, f"{port_name}:in", drop_in)
-                        if spec.direction in ("both", "in") or drop_in is not None else None)
-        self.from_port = (Impairment(spec, enqueue, f"{port_name}:out", drop_out)
-                          if spec.direction in ("both", "out") or drop_out is not None else None)
+        self.to_port = (
+            Impairment(spec, deliver, f"{port_name}:in", drop_in)
+            if spec.direction in ("both", "in") or drop_in is not None
+            else None
+        )
+        self.from_port = (
+            Impairment(spec, enqueue, f"{port_name}:out", drop_out)
+            if spec.direction in ("both", "out") or drop_out is not None
+            else None
+        )
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per direction (``in``: switch -> port, ``out``: port -> switch)."""

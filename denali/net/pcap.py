@@ -61,11 +61,29 @@ class PcapWriter:
     ``clock`` returns wall-clock nanoseconds (default ``time.time_ns``).
     """
 
-    __slots__ = ("_clock", "_error", "_event", "_file", "_queue", "_snaplen", "_state", "_task",
-                 "dropped", "path", "queue_frames", "written")
+    __slots__ = (
+        "_clock",
+        "_error",
+        "_event",
+        "_file",
+        "_queue",
+        "_snaplen",
+        "_state",
+        "_task",
+        "dropped",
+        "path",
+        "queue_frames",
+        "written",
+    )
 
-    def __init__(self, path: str | os.PathLike[str], *, queue_frames: int = DEFAULT_QUEUE_FRAMES,
-                 snaplen: int = DEFAULT_SNAPLEN, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        queue_frames: int = DEFAULT_QUEUE_FRAMES,
+        snaplen: int = DEFAULT_SNAPLEN,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         if queue_frames < 1:
             raise ConfigError(f"queue_frames must be at least 1, not {queue_frames}")
         if not 14 <= snaplen <= 0x3FFF_FFFF:
@@ -87,7 +105,7 @@ class PcapWriter:
 
     @property
     def state(self) -> str:
-        """"created", "running" or "stopped"."""
+        """ "created", "running" or "stopped"."""
         return self._state
 
     async def start(self) -> None:
@@ -112,8 +130,12 @@ class PcapWriter:
         q = self._queue
         if self._state != "running" or len(q) >= self.queue_frames:
             if not self.dropped and self._state == "running":
-                log.warning("capture to %s: queue full (%d frames); frames beyond it are dropped "
-                            "from the capture and counted", self.path, self.queue_frames)
+                log.warning(
+                    "capture to %s: queue full (%d frames); frames beyond it are dropped "
+                    "from the capture and counted",
+                    self.path,
+                    self.queue_frames,
+                )
             self.dropped += 1
             return False
         q.append((self._clock(), frame))

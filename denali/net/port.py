@@ -82,8 +82,16 @@ class PortStats:
     @property
     def drops(self) -> int:
         """All drops, whatever the cause."""
-        return (self.drop_ingress_full + self.drop_egress_full + self.drop_spoofed + self.drop_malformed
-                + self.drop_loopback + self.drop_filtered + self.drop_link_down + self.drop_impaired)
+        return (
+            self.drop_ingress_full
+            + self.drop_egress_full
+            + self.drop_spoofed
+            + self.drop_malformed
+            + self.drop_loopback
+            + self.drop_filtered
+            + self.drop_link_down
+            + self.drop_impaired
+        )
 
     def snapshot(self) -> PortStats:
         """An independent copy (the live object keeps changing)."""
@@ -114,8 +122,20 @@ class Attachment:
     Internal to ``denali.net``: ports use it only through ``Port.submit``.
     """
 
-    __slots__ = ("alive", "capacity", "deliver", "errors", "learned", "mac", "port", "queue",
-                 "ready", "stats", "switch", "wake")
+    __slots__ = (
+        "alive",
+        "capacity",
+        "deliver",
+        "errors",
+        "learned",
+        "mac",
+        "port",
+        "queue",
+        "ready",
+        "stats",
+        "switch",
+        "wake",
+    )
 
     def __init__(self, switch: Hub, port: Port, wake: Callable[[Attachment], None]) -> None:
         self.switch = switch
@@ -144,8 +164,9 @@ class Port(abc.ABC):
 
     __slots__ = ("_att", "_ingress_capacity", "_link", "_mac", "_name", "stats")
 
-    def __init__(self, name: str, *, mac: bytes | str | None = None,
-                 ingress_capacity: int = DEFAULT_INGRESS_CAPACITY) -> None:
+    def __init__(
+        self, name: str, *, mac: bytes | str | None = None, ingress_capacity: int = DEFAULT_INGRESS_CAPACITY
+    ) -> None:
         if not name or not isinstance(name, str):
             raise ConfigError("a port needs a non-empty name")
         if ingress_capacity < 1:
@@ -213,8 +234,13 @@ class Port(abc.ABC):
         """The impaired link between this port and the switch, or None (a clean cable)."""
         return self._link
 
-    def set_link(self, spec: LinkSpec | None, *, drop_in: Callable[[bytes], bool] | None = None,
-                 drop_out: Callable[[bytes], bool] | None = None) -> None:
+    def set_link(
+        self,
+        spec: LinkSpec | None,
+        *,
+        drop_in: Callable[[bytes], bool] | None = None,
+        drop_out: Callable[[bytes], bool] | None = None,
+    ) -> None:
         """Impair this port's link as ``spec`` says (None: a clean cable again).
 
         ``drop_in`` / ``drop_out``: frames to the port / from the port for which the
@@ -228,8 +254,9 @@ class Port(abc.ABC):
         if spec is None and (drop_in is not None or drop_out is not None):
             spec = LinkSpec(direction="in" if drop_out is None else "out" if drop_in is None else "both")
         if spec is not None:
-            self._link = PortLink(spec, self._name, self.deliver, self._enqueue, drop_in=drop_in,
-                                  drop_out=drop_out)
+            self._link = PortLink(
+                spec, self._name, self.deliver, self._enqueue, drop_in=drop_in, drop_out=drop_out
+            )
         att = self._att
         if att is not None:
             att.deliver = self._egress()

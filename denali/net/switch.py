@@ -186,10 +186,25 @@ class _Learned:
 
 
 class _Counters:
-    __slots__ = ("arp_announced", "arp_answered", "arp_conflicts", "deliveries",
-                 "drop_link_down", "drop_loopback", "drop_malformed", "drop_spoofed",
-                 "evictions", "expired", "flooded", "frames", "moves", "passes", "port_errors", "unicast",
-                 "unknown")
+    __slots__ = (
+        "arp_announced",
+        "arp_answered",
+        "arp_conflicts",
+        "deliveries",
+        "drop_link_down",
+        "drop_loopback",
+        "drop_malformed",
+        "drop_spoofed",
+        "evictions",
+        "expired",
+        "flooded",
+        "frames",
+        "moves",
+        "passes",
+        "port_errors",
+        "unicast",
+        "unknown",
+    )
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -243,8 +258,13 @@ class Switch:
     to drive ageing. It must never go backwards.
     """
 
-    def __init__(self, config: SwitchConfig | None = None, *, name: str = "lan0",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: SwitchConfig | None = None,
+        *,
+        name: str = "lan0",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config if config is not None else SwitchConfig()
         self.name = name
         self._clock = clock
@@ -356,8 +376,10 @@ class Switch:
             raise ConfigError(f"switch {self.name} already has a port named {port.name!r}")
         mac = port.mac
         if mac is not None and mac in self._pinned:
-            raise ConfigError(f"MAC {mac.hex(':')} of port {port.name} is the fixed MAC of port "
-                              f"{self._pinned[mac].port.name}")
+            raise ConfigError(
+                f"MAC {mac.hex(':')} of port {port.name} is the fixed MAC of port "
+                f"{self._pinned[mac].port.name}"
+            )
         att = Attachment(self, port, self._wake)
         if mac is not None:
             stale = self._fdb.pop(mac, None)
@@ -439,8 +461,9 @@ class Switch:
         return e.att.port
 
     # ---- capture ----
-    def capture(self, path: str | os.PathLike[str], *,
-                queue_frames: int = DEFAULT_QUEUE_FRAMES) -> _CaptureStart:
+    def capture(
+        self, path: str | os.PathLike[str], *, queue_frames: int = DEFAULT_QUEUE_FRAMES
+    ) -> _CaptureStart:
         """Capture every forwarded frame to a pcap file.
 
         ``await sw.capture(path)`` starts it (returns the ``PcapWriter``; stop it with
@@ -479,15 +502,30 @@ class Switch:
         c = self._c
         cap = self._capture
         return SwitchStats(
-            state=self._state.value, ports=len(self._links), frames=c.frames, unicast=c.unicast,
-            flooded=c.flooded, unknown_unicast=c.unknown, deliveries=c.deliveries,
-            drop_malformed=c.drop_malformed, drop_spoofed=c.drop_spoofed, drop_loopback=c.drop_loopback,
-            drop_link_down=c.drop_link_down, port_errors=c.port_errors, fdb_pinned=len(self._pinned),
-            fdb_learned=len(self._fdb), fdb_moves=c.moves, fdb_expired=c.expired,
-            fdb_evictions=c.evictions, capture_written=cap.written if cap is not None else 0,
-            capture_dropped=cap.dropped if cap is not None else 0, arp_bindings=len(self._arp),
-            arp_answered=c.arp_answered, arp_announcements=c.arp_announced,
-            arp_conflicts=c.arp_conflicts, drain_passes=c.passes,
+            state=self._state.value,
+            ports=len(self._links),
+            frames=c.frames,
+            unicast=c.unicast,
+            flooded=c.flooded,
+            unknown_unicast=c.unknown,
+            deliveries=c.deliveries,
+            drop_malformed=c.drop_malformed,
+            drop_spoofed=c.drop_spoofed,
+            drop_loopback=c.drop_loopback,
+            drop_link_down=c.drop_link_down,
+            port_errors=c.port_errors,
+            fdb_pinned=len(self._pinned),
+            fdb_learned=len(self._fdb),
+            fdb_moves=c.moves,
+            fdb_expired=c.expired,
+            fdb_evictions=c.evictions,
+            capture_written=cap.written if cap is not None else 0,
+            capture_dropped=cap.dropped if cap is not None else 0,
+            arp_bindings=len(self._arp),
+            arp_answered=c.arp_answered,
+            arp_announcements=c.arp_announced,
+            arp_conflicts=c.arp_conflicts,
+            drain_passes=c.passes,
             port_stats={a.port.name: a.stats.snapshot() for a in self._links} if per_port else {},
         )
 
@@ -642,8 +680,9 @@ class Switch:
             e = self._fdb.get(mac)
             if e is None or e.att is not owner:
                 return False
-        reply = b"".join((sha, mac, _ETH_ARP, _ARP_ETH_IPV4, b"\x00\x02", mac, tpa, sha, spa,
-                          bytes(_MIN_FRAME - _ARP_END)))
+        reply = b"".join(
+            (sha, mac, _ETH_ARP, _ARP_ETH_IPV4, b"\x00\x02", mac, tpa, sha, spa, bytes(_MIN_FRAME - _ARP_END))
+        )
         c.arp_answered += 1
         c.deliveries += 1
         if cap is not None:
@@ -754,5 +793,9 @@ class Switch:
         att.errors += 1
         self._c.port_errors += 1
         if att.errors == 1:
-            log.error("switch %s: port %s raised in deliver (later errors only counted)",
-                      self.name, att.port.name, exc_info=exc)
+            log.error(
+                "switch %s: port %s raised in deliver (later errors only counted)",
+                self.name,
+                att.port.name,
+                exc_info=exc,
+            )

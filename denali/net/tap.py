@@ -64,8 +64,15 @@ class TapPort(Port):
 
     __slots__ = ("_batch", "_device", "_fd", "_loop", "_tun", "host")
 
-    def __init__(self, name: str, *, host: ipaddress.IPv4Interface | None = None,
-                 ingress_capacity: int = 256, batch: int = 64, tun: str = "/dev/net/tun") -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: ipaddress.IPv4Interface | None = None,
+        ingress_capacity: int = 256,
+        batch: int = 64,
+        tun: str = "/dev/net/tun",
+    ) -> None:
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or " " in name or "," in name:
             raise NetError(f"invalid TAP device name {name!r} (1 to {IFNAMSIZ - 1} characters)")
         super().__init__(f"tap:{name}", ingress_capacity=ingress_capacity)
@@ -91,10 +98,14 @@ class TapPort(Port):
                 host = ipaddress.IPv4Interface(value)
             except ValueError:
                 raise ConfigError(f"tap:{spec}: host={value} is not an IPv4 address/prefix") from None
-            if host.network.prefixlen > 30 or host.ip in (host.network.network_address,
-                                                          host.network.broadcast_address):
-                raise ConfigError(f"tap:{spec}: host={value} is not a host address of a subnet "
-                                  "with room for VMs (prefix at most /30)")
+            if host.network.prefixlen > 30 or host.ip in (
+                host.network.network_address,
+                host.network.broadcast_address,
+            ):
+                raise ConfigError(
+                    f"tap:{spec}: host={value} is not a host address of a subnet "
+                    "with room for VMs (prefix at most /30)"
+                )
         try:
             return cls(name, host=host)
         except NetError as exc:
@@ -116,19 +127,24 @@ class TapPort(Port):
         try:
             fd = os.open(self._tun, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NetError(f"cannot open TAP device {self._device}: {self._tun} does not exist "
-                           "(load the tun module or give the container /dev/net/tun)") from None
+            raise NetError(
+                f"cannot open TAP device {self._device}: {self._tun} does not exist "
+                "(load the tun module or give the container /dev/net/tun)"
+            ) from None
         except PermissionError:
-            raise NetError(f"cannot open TAP device {self._device}: no permission to open "
-                           f"{self._tun}") from None
+            raise NetError(
+                f"cannot open TAP device {self._device}: no permission to open {self._tun}"
+            ) from None
         try:
             ifr = struct.pack("16sH", self._device.encode(), IFF_TAP | IFF_NO_PI)
             fcntl.ioctl(fd, TUNSETIFF, ifr)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EPERM, errno.EACCES):
-                raise NetError(f"cannot create or attach TAP device {self._device}: "
-                               "permission denied (needs CAP_NET_ADMIN)") from None
+                raise NetError(
+                    f"cannot create or attach TAP device {self._device}: "
+                    "permission denied (needs CAP_NET_ADMIN)"
+                ) from None
             if exc.errno == errno.EBUSY:
                 raise NetError(f"TAP device {self._device} is in use by another process") from None
             raise NetError(f"cannot attach TAP device {self._device}: {exc.strerror}") from None
@@ -160,10 +176,15 @@ class TapPort(Port):
                 flags = struct.unpack_from("=H", got, IFNAMSIZ)[0]
                 fcntl.ioctl(sk, SIOCSIFFLAGS, self._ifreq(struct.pack("=H", flags | IFF_UP)))
         except OSError as exc:
-            why = ("permission denied (needs CAP_NET_ADMIN)" if exc.errno in (errno.EPERM, errno.EACCES)
-                   else exc.strerror or str(exc))
-            raise NetError(f"cannot give TAP device {self._device} the host address {host}: {why}; "
-                           f"an administrator can run: {' && '.join(self.host_commands(host))}") from None
+            why = (
+                "permission denied (needs CAP_NET_ADMIN)"
+                if exc.errno in (errno.EPERM, errno.EACCES)
+                else exc.strerror or str(exc)
+            )
+            raise NetError(
+                f"cannot give TAP device {self._device} the host address {host}: {why}; "
+                f"an administrator can run: {' && '.join(self.host_commands(host))}"
+            ) from None
 
     def host_side(self) -> HostSide:
         """Whether the device is up on the host and the IPv4 address it has there (read
@@ -179,8 +200,8 @@ class TapPort(Port):
                 mask = fcntl.ioctl(sk, SIOCGIFNETMASK, self._ifreq())
             except OSError:
                 return HostSide(up, None)
-        ip = ipaddress.IPv4Address(addr[IFNAMSIZ + 4:IFNAMSIZ + 8])
-        prefix = bin(int.from_bytes(mask[IFNAMSIZ + 4:IFNAMSIZ + 8], "big")).count("1")
+        ip = ipaddress.IPv4Address(addr[IFNAMSIZ + 4 : IFNAMSIZ + 8])
+        prefix = bin(int.from_bytes(mask[IFNAMSIZ + 4 : IFNAMSIZ + 8], "big")).count("1")
         return HostSide(up, ipaddress.IPv4Interface(f"{ip}/{prefix}"))
 
     def _readable(self) -> None:

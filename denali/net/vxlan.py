@@ -58,8 +58,14 @@ def _addr(text: str, default_port: int) -> tuple[str, int]:
 class VxlanPort(Port, asyncio.DatagramProtocol):
     """The LAN over VXLAN. ``await open()`` binds the local address; ``close()`` unbinds."""
 
-    def __init__(self, vni: int, remotes: list[tuple[str, int]],
-                 local: tuple[str, int] = ("0.0.0.0", VXLAN_PORT), *, ingress_capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        vni: int,
+        remotes: list[tuple[str, int]],
+        local: tuple[str, int] = ("0.0.0.0", VXLAN_PORT),
+        *,
+        ingress_capacity: int = 1024,
+    ) -> None:
         if not 0 <= vni < 1 << 24:
             raise ConfigError(f"VNI {vni} is outside 0..16777215")
         if not remotes:
@@ -108,22 +114,25 @@ class VxlanPort(Port, asyncio.DatagramProtocol):
         try:
             transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.local)
         except OSError as exc:
-            raise NetError(f"cannot bind VXLAN port on {self.local[0]}:{self.local[1]}: "
-                           f"{exc.strerror or exc}") from None
+            raise NetError(
+                f"cannot bind VXLAN port on {self.local[0]}:{self.local[1]}: {exc.strerror or exc}"
+            ) from None
         self._transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         st = self.stats
         if len(data) < 8 + 14 or len(data) > 8 + MAX_INNER_FRAME:
             st.drop_malformed += 1
-            self._warn_once("malformed", "a datagram of %d bytes from %s:%s (not a VXLAN frame) "
-                            "dropped", len(data), *addr)
+            self._warn_once(
+                "malformed", "a datagram of %d bytes from %s:%s (not a VXLAN frame) dropped", len(data), *addr
+            )
             return
         flags, vni = _HDR.unpack_from(data)
         if not flags & _FLAG_I or vni >> 8 != self.vni:
             st.drop_malformed += 1
-            self._warn_once("vni", "a datagram from %s:%s without the I flag or for VNI %d dropped",
-                            *addr, vni >> 8)
+            self._warn_once(
+                "vni", "a datagram from %s:%s without the I flag or for VNI %d dropped", *addr, vni >> 8
+            )
             return
         if addr[0] not in self._remote_hosts:
             st.drop_spoofed += 1

@@ -61,8 +61,10 @@ def find_sdk(root: Path = SDK_DIR) -> Sdk:
     try:
         text = toolchain.read_text()
     except OSError:
-        raise SdkError(f"the guest SDK is not built ({toolchain} is missing): reinstall denali "
-                       "(pip install .), or in a source tree run make -C guestos") from None
+        raise SdkError(
+            f"the guest SDK is not built ({toolchain} is missing): reinstall denali "
+            "(pip install .), or in a source tree run make -C guestos"
+        ) from None
     fields: dict[str, tuple[str, ...]] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -72,8 +74,12 @@ def find_sdk(root: Path = SDK_DIR) -> Sdk:
     if missing:
         raise SdkError(f"{toolchain}: malformed, no {', '.join(missing)} (reinstall denali)")
     sdk = Sdk(root, fields["cflags"], fields["ldflags"], fields["libs"])
-    need = [sdk.crt0, sdk.linker_script, sdk.include / "ilwaco.h",
-            *(sdk.lib / f"lib{name}.a" for name in sdk.libs)]
+    need = [
+        sdk.crt0,
+        sdk.linker_script,
+        sdk.include / "ilwaco.h",
+        *(sdk.lib / f"lib{name}.a" for name in sdk.libs),
+    ]
     absent = [str(p) for p in need if not p.is_file()]
     if absent:
         raise SdkError(f"the guest SDK is incomplete ({absent[0]} is missing): reinstall denali")

@@ -24,11 +24,35 @@ from denali.sdk import Sdk
 
 _NO_LINK: Final = frozenset({"-c", "-S", "-E", "-M", "-MM", "-fsyntax-only"})
 """gcc options after which it does not link."""
-_TAKES_VALUE: Final = frozenset({
-    "-o", "-I", "-L", "-D", "-U", "-l", "-u", "-e", "-z", "-T", "-x", "-include", "-imacros",
-    "-isystem", "-iquote", "-idirafter", "-iprefix", "-MF", "-MT", "-MQ", "-Xlinker",
-    "-Xassembler", "-Xpreprocessor", "-aux-info", "--param",
-})
+_TAKES_VALUE: Final = frozenset(
+    {
+        "-o",
+        "-I",
+        "-L",
+        "-D",
+        "-U",
+        "-l",
+        "-u",
+        "-e",
+        "-z",
+        "-T",
+        "-x",
+        "-include",
+        "-imacros",
+        "-isystem",
+        "-iquote",
+        "-idirafter",
+        "-iprefix",
+        "-MF",
+        "-MT",
+        "-MQ",
+        "-Xlinker",
+        "-Xassembler",
+        "-Xpreprocessor",
+        "-aux-info",
+        "--param",
+    }
+)
 """gcc options whose value is the next word (so that word is not an input file)."""
 
 
@@ -72,17 +96,22 @@ def output(args: Sequence[str]) -> str:
 def compiler_include(cc: Sequence[str]) -> str:
     """The compiler's own header directory (``stddef.h``, ``stdint.h``, ``stdarg.h``)."""
     try:
-        r = subprocess.run([*cc, "-print-file-name=include"], capture_output=True, text=True,
-                           timeout=30, check=False)
+        r = subprocess.run(
+            [*cc, "-print-file-name=include"], capture_output=True, text=True, timeout=30, check=False
+        )
     except FileNotFoundError:
-        raise SdkError(f"{cc[0]} not found: denali cc needs the machine's gcc and GNU ld "
-                       "(e.g. apt-get install gcc), or set DENALI_CC") from None
+        raise SdkError(
+            f"{cc[0]} not found: denali cc needs the machine's gcc and GNU ld "
+            "(e.g. apt-get install gcc), or set DENALI_CC"
+        ) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SdkError(f"cannot run {cc[0]}: {exc}") from None
     path = r.stdout.strip()
     if r.returncode != 0 or not os.path.isdir(path):
-        raise SdkError(f"{shlex.join(cc)} does not report its header directory "
-                       "(-print-file-name=include): denali cc needs gcc")
+        raise SdkError(
+            f"{shlex.join(cc)} does not report its header directory "
+            "(-print-file-name=include): denali cc needs gcc"
+        )
     return path
 
 
@@ -91,6 +120,16 @@ def command(args: Sequence[str], sdk: Sdk, cc: Sequence[str], cc_include: str) -
     cmd = [*cc, *sdk.cflags, "-isystem", str(sdk.include), "-isystem", cc_include]
     if not links(args):
         return [*cmd, *args]
-    return [*cmd, "-static", "-no-pie", f"-Wl,-T,{sdk.linker_script}",
-            "-Wl," + ",".join(sdk.ldflags), str(sdk.crt0), *args, f"-L{sdk.lib}",
-            "-Wl,--start-group", *(f"-l{name}" for name in sdk.libs), "-Wl,--end-group"]
+    return [
+        *cmd,
+        "-static",
+        "-no-pie",
+        f"-Wl,-T,{sdk.linker_script}",
+        "-Wl," + ",".join(sdk.ldflags),
+        str(sdk.crt0),
+        *args,
+        f"-L{sdk.lib}",
+        "-Wl,--start-group",
+        *(f"-l{name}" for name in sdk.libs),
+        "-Wl,--end-group",
+    ]

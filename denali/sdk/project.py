@@ -72,8 +72,7 @@ def new_project(path: str | Path) -> list[Path]:
     where = Path(path)
     name = where.resolve().name
     if not _NAME.fullmatch(name):
-        raise SdkError(f"{path}: a project name is a letter or _ then letters, digits, _ or - "
-                       "(at most 64)")
+        raise SdkError(f"{path}: a project name is a letter or _ then letters, digits, _ or - (at most 64)")
     try:
         if where.exists() and (not where.is_dir() or any(where.iterdir())):
             raise SdkError(f"{path}: already exists and is not an empty directory")

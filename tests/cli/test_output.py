@@ -46,8 +46,10 @@ def test_a_pipe_nobody_reads_never_blocks_the_writer_and_drops_are_counted() -> 
     os.close(w)
     assert 0 <= got + out.dropped - 10_000 * 1000 <= 4096  # one write may have been in flight
     assert 0 < got <= 100_000 + (1 << 20)  # what the pipe and the buffer held
-    assert out.report() == f"denali: {out.dropped:,} bytes of console output dropped " \
-                           "(stdout was not read fast enough)"
+    assert (
+        out.report() == f"denali: {out.dropped:,} bytes of console output dropped "
+        "(stdout was not read fast enough)"
+    )
     os.close(r)
 
 

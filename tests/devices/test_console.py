@@ -25,8 +25,9 @@ class FakeVm:
 
     def __init__(self) -> None:
         self.memory = GuestMemory(1 << 20)
-        self.memory.set_regions([Region(0x10000, 0x11000, PROT_RX, "code"),
-                                 Region(0x20000, 0x30000, PROT_RW, "data")])
+        self.memory.set_regions(
+            [Region(0x10000, 0x11000, PROT_RX, "code"), Region(0x20000, 0x30000, PROT_RW, "data")]
+        )
         self.console = Console()
         self.console.attach(self)  # type: ignore[arg-type]
         devices: list[object | None] = [None] * SLOTS

@@ -15,9 +15,9 @@ from denali.memory import PROT_R, PROT_RW, PROT_RX, GuestMemory, Region
 from denali.net.switch import Switch
 
 MEM = 1 << 20
-ARG = 0x20000      # argument structs
-DATA = 0x21000     # frame buffers
-RO = 0x30000       # a read-only page
+ARG = 0x20000  # argument structs
+DATA = 0x21000  # frame buffers
+RO = 0x30000  # a read-only page
 CODE = 0x10000
 
 
@@ -26,9 +26,13 @@ class FakeVm:
 
     def __init__(self, nic: NicPort | None) -> None:
         self.memory = GuestMemory(MEM)
-        self.memory.set_regions([Region(CODE, CODE + 0x1000, PROT_RX, "text"),
-                                 Region(ARG, RO, PROT_RW, "data"),
-                                 Region(RO, RO + 0x1000, PROT_R, "ro")])
+        self.memory.set_regions(
+            [
+                Region(CODE, CODE + 0x1000, PROT_RX, "text"),
+                Region(ARG, RO, PROT_RW, "data"),
+                Region(RO, RO + 0x1000, PROT_R, "ro"),
+            ]
+        )
         self.devices: list[object | None] = [None] * SLOTS
         if nic is not None:
             dev = Nic(nic)
@@ -114,13 +118,13 @@ def test_recv_checks_and_batches(table: Table) -> None:
     recv = abi.HYPERCALL_BY_NR[Hc.NET_RECV].args.codec()
     lens = DATA + 0x7000
     bad = [
-        (DATA, 1513, 2, lens),          # slot too small
-        (DATA, 1514, 0, lens),          # no slots
-        (DATA, 1514, 65, lens),         # too many
-        (0xC0000000, 1514, 1, lens),    # buffer in kernel space
-        (RO, 1514, 1, lens),            # read-only buffer
-        (DATA, 1514, 2, RO),            # read-only lengths
-        (MEM - 1514, 1514, 2, lens),    # runs past the end
+        (DATA, 1513, 2, lens),  # slot too small
+        (DATA, 1514, 0, lens),  # no slots
+        (DATA, 1514, 65, lens),  # too many
+        (0xC0000000, 1514, 1, lens),  # buffer in kernel space
+        (RO, 1514, 1, lens),  # read-only buffer
+        (DATA, 1514, 2, RO),  # read-only lengths
+        (MEM - 1514, 1514, 2, lens),  # runs past the end
     ]
     want = [Result.INVAL, Result.INVAL, Result.INVAL, Result.FAULT, Result.FAULT, Result.FAULT, Result.FAULT]
     for args, w in zip(bad, want, strict=True):
@@ -137,7 +141,7 @@ def test_recv_checks_and_batches(table: Table) -> None:
     assert vm.pending & Irq.NET_RX  # one frame still waits
     assert table.dispatch(vm, Hc.NET_RECV, ARG) == Result.OK
     assert struct.unpack_from("<I", vm.memory.buf, ARG + 16)[0] == 1
-    assert vm.memory.buf[DATA:DATA + 6] == b"\xff" * 6
+    assert vm.memory.buf[DATA : DATA + 6] == b"\xff" * 6
     vm.close()
 
 

@@ -26,8 +26,9 @@ SEEDS = (11, 12)
 
 
 @pytest.mark.parametrize(("workers", "calls"), [(0, 60_000), (2, 8_000)])
-async def test_random_hypercalls_leave_a_sentinel_untouched(tmp_path: Path, workers: int, calls: int,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_random_hypercalls_leave_a_sentinel_untouched(
+    tmp_path: Path, workers: int, calls: int, caplog: pytest.LogCaptureFixture
+) -> None:
     """120,000 calls on the loop's thread; with worker threads (where every hypercall
     leaves emulation and costs ~15x more) 16,000."""
     need_image("test-hcfuzz")
@@ -41,8 +42,9 @@ async def test_random_hypercalls_leave_a_sentinel_untouched(tmp_path: Path, work
         await sentinel.until_idle()
         before = hashlib.sha256(lowlevel.guest_memory(sentinel).buf).hexdigest()
         slices = sentinel.stats["slices"]
-        fuzzers = [await k.spawn("test-hcfuzz", cmdline=f"seed={seed} calls={calls}", disks=disks)
-                   for seed in SEEDS]
+        fuzzers = [
+            await k.spawn("test-hcfuzz", cmdline=f"seed={seed} calls={calls}", disks=disks) for seed in SEEDS
+        ]
         for vm in fuzzers:
             status = await vm.wait()
             last = "hcfuzz: seed=" + vm.console.text().rsplit("\nhcfuzz: seed=", 1)[-1].rstrip("\n")

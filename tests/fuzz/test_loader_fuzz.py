@@ -28,8 +28,22 @@ from denali.memory import PROT_W, PROT_X
 from tests.elfmaker import PF_R, PF_W, PF_X, Elf, Seg
 
 MUTANTS = 3000
-EDGES = (0, 1, 2, 0x34, 0x1000, 0xFFF, 0x10000, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xBFFF_F000,
-         0xC000_0000, 0xFFFF_F000, 0xFFFF_FFFF)
+EDGES = (
+    0,
+    1,
+    2,
+    0x34,
+    0x1000,
+    0xFFF,
+    0x10000,
+    0xFFFF,
+    0x7FFF_FFFF,
+    0x8000_0000,
+    0xBFFF_F000,
+    0xC000_0000,
+    0xFFFF_F000,
+    0xFFFF_FFFF,
+)
 
 
 def seeds() -> list[bytes]:
@@ -38,9 +52,15 @@ def seeds() -> list[bytes]:
         if name not in imgs:
             pytest.fail(f"guest image {name!r} is not built")
     real = [imgs[n].read_bytes() for n in ("hello", "test-spin", "test-hostile")]
-    small = [Elf().build(),
-             Elf(segments=[Seg(0x10000, b"\x90" * 32 + b"\xf4", PF_R | PF_X),
-                           Seg(0x11000, b"data", PF_R | PF_W, memsz=0x3000)]).build()]
+    small = [
+        Elf().build(),
+        Elf(
+            segments=[
+                Seg(0x10000, b"\x90" * 32 + b"\xf4", PF_R | PF_X),
+                Seg(0x11000, b"data", PF_R | PF_W, memsz=0x3000),
+            ]
+        ).build(),
+    ]
     return real + small
 
 
@@ -55,8 +75,22 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         for _ in range(rng.randint(1, 16)):
             b[rng.randrange(len(b))] = rng.randrange(256)
     elif kind == 1:  # an ELF header field
-        off, size = rng.choice(((0x18, 4), (0x1C, 4), (0x20, 4), (0x2A, 2), (0x2C, 2), (0x2E, 2),
-                                (0x30, 2), (0x32, 2), (0x10, 2), (0x12, 2), (4, 1), (5, 1)))
+        off, size = rng.choice(
+            (
+                (0x18, 4),
+                (0x1C, 4),
+                (0x20, 4),
+                (0x2A, 2),
+                (0x2C, 2),
+                (0x2E, 2),
+                (0x30, 2),
+                (0x32, 2),
+                (0x10, 2),
+                (0x12, 2),
+                (4, 1),
+                (5, 1),
+            )
+        )
         _put(b, off, size, rng.choice(EDGES) if rng.randrange(3) else rng.randrange(1 << (8 * size)))
     elif kind == 2:  # a program header field
         phoff, phnum = struct.unpack_from("<I", b, 0x1C)[0], struct.unpack_from("<H", b, 0x2C)[0]
@@ -66,19 +100,19 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         if at + 4 <= len(b):
             _put(b, at, 4, rng.choice(EDGES) if rng.randrange(3) else rng.getrandbits(32))
     elif kind == 3:  # truncation
-        del b[rng.randrange(len(b)):]
+        del b[rng.randrange(len(b)) :]
     elif kind == 4:  # insertion
         at = rng.randrange(len(b) + 1)
         b[at:at] = rng.randbytes(rng.randint(1, 64))
     else:  # deletion
         at = rng.randrange(len(b))
-        del b[at:at + rng.randint(1, 64)]
+        del b[at : at + rng.randint(1, 64)]
     return bytes(b)
 
 
 def _put(b: bytearray, off: int, size: int, value: int) -> None:
     if off + size <= len(b):
-        b[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        b[off : off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
 
 def check_promises(img: Image) -> None:

@@ -49,7 +49,7 @@ def contents(path: Path) -> bytes:
 
 
 def resign(raw: bytearray) -> None:
-    raw[O.HEADER.size:O.HEADER_USED] = struct.pack("<I", zlib.crc32(bytes(raw[:O.HEADER.size])))
+    raw[O.HEADER.size : O.HEADER_USED] = struct.pack("<I", zlib.crc32(bytes(raw[: O.HEADER.size])))
 
 
 def corrupt(rng: random.Random, good: bytes) -> tuple[bytes, bool]:
@@ -60,7 +60,7 @@ def corrupt(rng: random.Random, good: bytes) -> tuple[bytes, bool]:
         for _ in range(rng.randint(1, 4)):
             at = rng.randrange(O.HEADER_USED)
             raw[at] ^= rng.randrange(1, 256)
-        return bytes(raw), raw[:O.HEADER_USED] != good[:O.HEADER_USED]
+        return bytes(raw), raw[: O.HEADER_USED] != good[: O.HEADER_USED]
     if kind == 1:  # a header field changed and the checksum recomputed: consistent but wrong
         fields = list(O.HEADER.unpack_from(raw))
         i = rng.randrange(len(fields))
@@ -69,16 +69,28 @@ def corrupt(rng: random.Random, good: bytes) -> tuple[bytes, bool]:
         elif i == 7:
             fields[7] = rng.randbytes(32)
         else:
-            fields[i] = rng.choice((0, 1, fields[i] + 1, fields[i] - 1, 1 << 31, (1 << 32) - 1,
-                                    fields[i] * 2)) & ((1 << (64 if i in (3, 4) else 32)) - 1)
-        raw[:O.HEADER.size] = O.HEADER.pack(*fields)
+            fields[i] = rng.choice(
+                (0, 1, fields[i] + 1, fields[i] - 1, 1 << 31, (1 << 32) - 1, fields[i] * 2)
+            ) & ((1 << (64 if i in (3, 4) else 32)) - 1)
+        raw[: O.HEADER.size] = O.HEADER.pack(*fields)
         resign(raw)
-        changed = raw[:O.HEADER.size] != good[:O.HEADER.size]
+        changed = raw[: O.HEADER.size] != good[: O.HEADER.size]
         flags_only = i == 6  # flags: no meaning yet, not checked
         return bytes(raw), changed and not flags_only
     if kind == 2:  # truncated or extended
-        size = rng.choice((0, 1, BLOCK - 1, BLOCK, 2 * BLOCK - 1, len(raw) - 1, len(raw) + 1,
-                           len(raw) + BLOCK, rng.randrange(len(raw))))
+        size = rng.choice(
+            (
+                0,
+                1,
+                BLOCK - 1,
+                BLOCK,
+                2 * BLOCK - 1,
+                len(raw) - 1,
+                len(raw) + 1,
+                len(raw) + BLOCK,
+                rng.randrange(len(raw)),
+            )
+        )
         out = bytes(raw[:size]) if size <= len(raw) else bytes(raw) + bytes(size - len(raw))
         return out, True
     if kind == 3:  # bitmap bits past the end of the disk
@@ -129,12 +141,12 @@ async def test_corrupted_overlays_are_refused_or_read_consistently(tmp_path: Pat
             assert len(disk) == N * BLOCK
             overlay = b.overlay  # type: ignore[attr-defined]
             for blk in range(N):
-                got = disk[blk * BLOCK:(blk + 1) * BLOCK]
+                got = disk[blk * BLOCK : (blk + 1) * BLOCK]
                 if not overlay.has(blk):
-                    assert got == base_bytes[blk * BLOCK:(blk + 1) * BLOCK], blk
+                    assert got == base_bytes[blk * BLOCK : (blk + 1) * BLOCK], blk
                 else:  # from the overlay's own data area: what the file holds there
                     at = overlay.data_offset(blk)
-                    assert got == data[at:at + BLOCK], blk
+                    assert got == data[at : at + BLOCK], blk
             await b.write(3, pattern(7, 1))
             assert await b.read(3, 1) == pattern(7, 1)
         finally:
@@ -154,7 +166,7 @@ async def test_a_resigned_header_that_lies_about_sizes_is_refused(tmp_path: Path
     fields = list(O.HEADER.unpack_from(raw))
     i = names.index(field)
     fields[i] = fields[i] * 4096 if field != "block_size" else 512
-    raw[:O.HEADER.size] = O.HEADER.pack(*fields)
+    raw[: O.HEADER.size] = O.HEADER.pack(*fields)
     resign(raw)
     ov.write_bytes(bytes(raw))
     with pytest.raises(DiskError, match="overlay"):

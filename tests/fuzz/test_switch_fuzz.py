@@ -31,8 +31,9 @@ IP1, IP2 = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
 LENGTHS = (0, 1, 6, 12, 13, 14, 15, 41, 42, 59, 60, 61, 100, 1514, 1515, 1518, 9000, 65535)
 
 
-def arp(op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes, src: bytes | None = None,
-        dst: bytes = BROADCAST) -> bytes:
+def arp(
+    op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes, src: bytes | None = None, dst: bytes = BROADCAST
+) -> bytes:
     body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + sha + spa + tha + tpa
     f = dst + (src if src is not None else sha) + b"\x08\x06" + body
     return f + bytes(60 - len(f))
@@ -49,23 +50,35 @@ class Attack:
 
     def source(self) -> bytes:
         r = self.rng
-        return r.choice((self.own or mac(r.randrange(100, 200)), V1, V2, H, BROADCAST,
-                         b"\x01\x00\x5e\x00\x00\x01", bytes(6), r.randbytes(6),
-                         bytes((r.randrange(256) & 0xFE,)) + r.randbytes(5)))
+        return r.choice(
+            (
+                self.own or mac(r.randrange(100, 200)),
+                V1,
+                V2,
+                H,
+                BROADCAST,
+                b"\x01\x00\x5e\x00\x00\x01",
+                bytes(6),
+                r.randbytes(6),
+                bytes((r.randrange(256) & 0xFE,)) + r.randbytes(5),
+            )
+        )
 
     def frame(self) -> bytes:
         r = self.rng
         src = self.source()
-        dst = r.choice((BROADCAST, V1, V2, H, mac(r.randrange(100, 200)), r.randbytes(6),
-                        b"\x33\x33\x00\x00\x00\x01"))
+        dst = r.choice(
+            (BROADCAST, V1, V2, H, mac(r.randrange(100, 200)), r.randbytes(6), b"\x33\x33\x00\x00\x00\x01")
+        )
         kind = r.randrange(10)
         if kind < 3:  # ARP: claims on the victims' addresses, requests, garbage
             sha = r.choice((src, V1, V2, r.randbytes(6)))
             spa = r.choice((*self.ips, bytes(4), r.randbytes(4)))
-            f = arp(r.choice((1, 2, 3, 0)), sha, spa, r.randbytes(6), r.choice((*self.ips, spa)),
-                    src=src, dst=dst)
+            f = arp(
+                r.choice((1, 2, 3, 0)), sha, spa, r.randbytes(6), r.choice((*self.ips, spa)), src=src, dst=dst
+            )
             if r.randrange(4) == 0:
-                f = f[:r.randrange(len(f))]
+                f = f[: r.randrange(len(f))]
         else:
             n = r.choice(LENGTHS) if r.randrange(2) else r.randrange(60, 1515)
             head = dst + src + r.randbytes(2)
@@ -97,7 +110,8 @@ def check_received(port: Recorder, sent_by_port: set[bytes]) -> None:
 
 
 async def test_hostile_frames_are_counted_and_never_impersonate_anyone(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rng = random.Random(1111)
     async with Switch(SwitchConfig(max_macs=512)) as sw:
         v1, v2 = Recorder("v1", mac=V1), Recorder("v2", mac=V2)
@@ -126,8 +140,10 @@ async def test_hostile_frames_are_counted_and_never_impersonate_anyone(
         for port, attack in attacks.items():
             st = port.stats
             assert st.drop_ingress_full == refused[port] and refused[port] > 0
-            assert (st.drop_malformed, st.drop_spoofed) == (attack.expect["malformed"],
-                                                            attack.expect["spoofed"]), port.name
+            assert (st.drop_malformed, st.drop_spoofed) == (
+                attack.expect["malformed"],
+                attack.expect["spoofed"],
+            ), port.name
         stats = sw.stats()
         assert stats.frames == 2 + sent - sum(refused.values())
         assert stats.port_errors == 0 and stats.fdb_learned <= 512

@@ -43,8 +43,20 @@ def build_prog(name: str, out_dir: Path) -> Path:
     """Compile tests/linux/progs/NAME.c with gcc -m32 -static (glibc for i386)."""
     out = out_dir / name
     if not out.exists():
-        r = subprocess.run(["gcc", "-m32", "-static", "-O1", "-D_FILE_OFFSET_BITS=64", "-o", str(out),
-                            str(HERE / "progs" / f"{name}.c")], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "gcc",
+                "-m32",
+                "-static",
+                "-O1",
+                "-D_FILE_OFFSET_BITS=64",
+                "-o",
+                str(out),
+                str(HERE / "progs" / f"{name}.c"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             pytest.fail(f"cannot build {name} (gcc -m32 -static; run tools/install-test-deps.sh): {r.stderr}")
     return out
@@ -53,15 +65,32 @@ def build_prog(name: str, out_dir: Path) -> Path:
 def make_tree(root: Path) -> None:
     """A deterministic tree of text, numbers, binary data, an archive and a gzip file."""
     rnd = random.Random(18)
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
-             "juliet", "kilo", "lima", "mike", "foo", "bar", "foobar"]
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "foo",
+        "bar",
+        "foobar",
+    ]
     root.mkdir(parents=True, exist_ok=True)
     lines = [" ".join(rnd.choice(words) for _ in range(rnd.randint(1, 6))) for _ in range(400)]
     (root / "words.txt").write_text("\n".join(lines) + "\n")
     (root / "sorted.txt").write_text("\n".join(sorted(lines)) + "\n")
     (root / "nums.txt").write_text("".join(f"{rnd.randint(-1000, 100000)}\n" for _ in range(300)))
-    (root / "colon.txt").write_text("".join(f"{rnd.choice(words)}:{i}:{rnd.random():.4f}\n"
-                                            for i in range(50)))
+    (root / "colon.txt").write_text(
+        "".join(f"{rnd.choice(words)}:{i}:{rnd.random():.4f}\n" for i in range(50))
+    )
     (root / "data.bin").write_bytes(rnd.randbytes(100_000))
     (root / "small.bin").write_bytes(rnd.randbytes(100))
     for d in ("dir/sub", "dir/other", "dir/sub/deep"):
@@ -85,8 +114,11 @@ def make_tree(root: Path) -> None:
 
 
 def pack(tree: Path, image: Path, size: str = "32M") -> Path:
-    r = subprocess.run([sys.executable, "-m", "denali", "disk", "pack", str(tree), str(image),
-                        "--size", size], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "denali", "disk", "pack", str(tree), str(image), "--size", size],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return image
 
@@ -98,9 +130,16 @@ class Run:
     stderr: bytes
 
 
-def qemu_run(qemu: str, prog: Path, argv: list[str], cwd: Path, stdin: bytes = b"",
-             env: dict[str, str] | None = None) -> Run:
+def qemu_run(
+    qemu: str, prog: Path, argv: list[str], cwd: Path, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> Run:
     """The same program under qemu-i386 in ``cwd`` (argv[0] kept as given)."""
-    r = subprocess.run([qemu, "-0", argv[0], str(prog), *argv[1:]], cwd=cwd, input=stdin,
-                       capture_output=True, env=env if env is not None else ENV, timeout=120)
+    r = subprocess.run(
+        [qemu, "-0", argv[0], str(prog), *argv[1:]],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        env=env if env is not None else ENV,
+        timeout=120,
+    )
     return Run(r.returncode, r.stdout, r.stderr)

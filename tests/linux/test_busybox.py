@@ -36,7 +36,7 @@ CASES: list[tuple[str, list[Step], bool]] = [
     ("grep-cv", [(["grep", "-c", "-v", "a", "words.txt"], b"")], False),
     ("sed", [(["sed", "-e", "s/a/A/g", "-e", "3d", "words.txt"], b"")], False),
     ("awk-sum", [(["awk", "{s += $1} END {print s, NR, s / NR}", "nums.txt"], b"")], False),
-    ("awk-fields", [(["awk", "-F:", "{printf \"%s %d %.2f\\n\", $1, NF, $3 * 2}", "colon.txt"], b"")], False),
+    ("awk-fields", [(["awk", "-F:", '{printf "%s %d %.2f\\n", $1, NF, $3 * 2}', "colon.txt"], b"")], False),
     ("tr", [(["tr", "a-z", "A-Z"], b"hello world\nfoo bar\n")], False),
     ("cut", [(["cut", "-d", " ", "-f", "2", "words.txt"], b"")], False),
     ("head", [(["head", "-n", "5", "words.txt"], b"")], False),
@@ -44,21 +44,49 @@ CASES: list[tuple[str, list[Step], bool]] = [
     ("ls", [(["ls", "dir", "dir/sub"], b"")], False),
     ("cat", [(["cat", "dir/a.txt", "dir/b.log"], b"")], False),
     ("cat-missing", [(["cat", "nope.txt"], b"")], False),
-    ("cp", [(["cp", "words.txt", "copy.txt"], b""), (["cmp", "words.txt", "copy.txt"], b""),
-            (["sha256sum", "copy.txt"], b"")], False),
-    ("mv", [(["mv", "nums.txt", "dir/moved.txt"], b""), (["ls", ".", "dir"], b""),
-            (["tail", "-n", "2", "dir/moved.txt"], b"")], False),
+    (
+        "cp",
+        [
+            (["cp", "words.txt", "copy.txt"], b""),
+            (["cmp", "words.txt", "copy.txt"], b""),
+            (["sha256sum", "copy.txt"], b""),
+        ],
+        False,
+    ),
+    (
+        "mv",
+        [
+            (["mv", "nums.txt", "dir/moved.txt"], b""),
+            (["ls", ".", "dir"], b""),
+            (["tail", "-n", "2", "dir/moved.txt"], b""),
+        ],
+        False,
+    ),
     ("rm", [(["rm", "small.bin", "dir/a.txt"], b""), (["ls", ".", "dir"], b"")], False),
     ("mkdir", [(["mkdir", "-p", "new/a/b"], b""), (["find", "new"], b"")], False),
     ("find", [(["find", "dir", "-name", "*.txt"], b"")], True),
     ("find-type", [(["find", ".", "-type", "d"], b"")], True),
     ("tar-t", [(["tar", "-tvf", "archive.tar"], b"")], False),
-    ("tar-x", [(["tar", "-xf", "archive.tar"], b""), (["cat", "pkg/readme.txt", "pkg/lib/code.c"], b""),
-               (["find", "pkg"], b"")], True),
+    (
+        "tar-x",
+        [
+            (["tar", "-xf", "archive.tar"], b""),
+            (["cat", "pkg/readme.txt", "pkg/lib/code.c"], b""),
+            (["find", "pkg"], b""),
+        ],
+        True,
+    ),
     ("tar-c", [(["tar", "-cf", "out.tar", "dir/sub"], b""), (["tar", "-tf", "out.tar"], b"")], True),
     ("gzip", [(["gzip", "-c", "words.txt"], b"")], False),
-    ("gzip-file", [(["gzip", "-k", "words.txt"], b""), (["gunzip", "-c", "words.txt.gz"], b""),
-                   (["sha256sum", "words.txt.gz"], b"")], False),
+    (
+        "gzip-file",
+        [
+            (["gzip", "-k", "words.txt"], b""),
+            (["gunzip", "-c", "words.txt.gz"], b""),
+            (["sha256sum", "words.txt.gz"], b""),
+        ],
+        False,
+    ),
     ("gunzip", [(["gunzip", "-c", "words.gz"], b"")], False),
     ("date", [(["date", "-u", "-d", "@1234567890"], b"")], False),
     ("date-fmt", [(["date", "-u", "-d", "@1700000000", "+%Y-%m-%d %H:%M:%S %j %a"], b"")], False),
@@ -78,12 +106,33 @@ CASES: list[tuple[str, list[Step], bool]] = [
     ("rev", [(["rev", "dir/b.log"], b"")], False),
     ("nl", [(["nl", "dir/sub/c.txt"], b"")], False),
     ("stat", [(["stat", "-c", "%s %F %a %n", "words.txt", "dir"], b"")], False),
-    ("dd", [(["dd", "if=data.bin", "of=part.bin", "bs=1024", "count=7", "skip=3"], b""),
-            (["md5sum", "part.bin"], b"")], False),
-    ("touch-ln", [(["touch", "empty"], b""), (["ln", "-s", "words.txt", "link"], b""),
-                  (["readlink", "link"], b""), (["wc", "-c", "link", "empty"], b"")], False),
-    ("truncate", [(["truncate", "-s", "5000", "dir/a.txt"], b""), (["wc", "-c", "dir/a.txt"], b""),
-                  (["md5sum", "dir/a.txt"], b"")], False),
+    (
+        "dd",
+        [
+            (["dd", "if=data.bin", "of=part.bin", "bs=1024", "count=7", "skip=3"], b""),
+            (["md5sum", "part.bin"], b""),
+        ],
+        False,
+    ),
+    (
+        "touch-ln",
+        [
+            (["touch", "empty"], b""),
+            (["ln", "-s", "words.txt", "link"], b""),
+            (["readlink", "link"], b""),
+            (["wc", "-c", "link", "empty"], b""),
+        ],
+        False,
+    ),
+    (
+        "truncate",
+        [
+            (["truncate", "-s", "5000", "dir/a.txt"], b""),
+            (["wc", "-c", "dir/a.txt"], b""),
+            (["md5sum", "dir/a.txt"], b""),
+        ],
+        False,
+    ),
     ("cksum", [(["cksum", "data.bin"], b"")], False),
     ("hexdump", [(["hexdump", "-C", "small.bin"], b"")], False),
     ("xxd", [(["xxd", "small.bin"], b"")], False),
@@ -94,8 +143,21 @@ CASES: list[tuple[str, list[Step], bool]] = [
     ("sum", [(["sum", "words.txt"], b"")], False),
     ("strings", [(["strings", "-n", "6", "data.bin"], b"")], False),
     ("diff", [(["diff", "words.txt", "sorted.txt"], b"")], False),
-    ("sh", [(["sh", "-c", 'for i in 1 2 3; do echo "n=$i"; done; echo $((6 * 7)); read l; echo "got $l"; '
-              'test -f words.txt && echo yes; cd dir; echo ${PWD##*/}; exit 3'], b"a line\n")], False),
+    (
+        "sh",
+        [
+            (
+                [
+                    "sh",
+                    "-c",
+                    'for i in 1 2 3; do echo "n=$i"; done; echo $((6 * 7)); read l; echo "got $l"; '
+                    "test -f words.txt && echo yes; cd dir; echo ${PWD##*/}; exit 3",
+                ],
+                b"a line\n",
+            )
+        ],
+        False,
+    ),
 ]
 
 
@@ -118,8 +180,9 @@ def _norm(data: bytes, sort: bool) -> bytes:
 
 
 @pytest.mark.parametrize(("name", "steps", "sort"), CASES, ids=[c[0] for c in CASES])
-async def test_applet_matches_qemu(kernel: Kernel, tree: tuple[Path, Path], tmp_path: Path,
-                                   name: str, steps: list[Step], sort: bool) -> None:
+async def test_applet_matches_qemu(
+    kernel: Kernel, tree: tuple[Path, Path], tmp_path: Path, name: str, steps: list[Step], sort: bool
+) -> None:
     busybox = need_busybox()
     qemu = need_qemu()
     src, image = tree
@@ -131,8 +194,9 @@ async def test_applet_matches_qemu(kernel: Kernel, tree: tuple[Path, Path], tmp_
         full = ["busybox", *argv]
         ref = qemu_run(qemu, busybox, full, host, stdin)
         got = await run_linux(busybox, full, kernel=kernel, env=ENV, disks=[disk], cwd="/", stdin=stdin)
-        assert (got.status, _norm(got.stdout, sort)) == (ref.status, _norm(ref.stdout, sort)), \
+        assert (got.status, _norm(got.stdout, sort)) == (ref.status, _norm(ref.stdout, sort)), (
             f"{name}: {argv}: stderr: vm={got.stderr!r} qemu={ref.stderr!r}"
+        )
         assert got.stderr == ref.stderr, f"{name}: {argv}"
 
 

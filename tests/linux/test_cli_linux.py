@@ -17,8 +17,9 @@ def misc(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def denali(*args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "denali", "linux", *args], input=stdin,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "denali", "linux", *args], input=stdin, capture_output=True, timeout=timeout
+    )
 
 
 def test_stdin_stdout_stderr_and_status(misc: Path) -> None:

@@ -35,8 +35,10 @@ async def test_busybox_on_50us_slices_matches_qemu(text: bytes, workers: int) ->
     assert all(r.status == 0 and r.stdout for r in refs)
     async with Kernel(slice_us=50, workers=workers) as k:
         outs = [bytearray() for _ in cases]
-        vms = [await spawn_linux(k, busybox, argv, stdin=text, nic=False, stdout=out.extend)
-               for argv, out in zip(cases, outs, strict=True)]
+        vms = [
+            await spawn_linux(k, busybox, argv, stdin=text, nic=False, stdout=out.extend)
+            for argv, out in zip(cases, outs, strict=True)
+        ]
         statuses = await asyncio.wait_for(asyncio.gather(*(vm.wait() for vm in vms)), 120)
         stats = [(vm.stats["preemptions"], syscalls_of(vm)) for vm in vms]
     assert statuses == [0, 0]

@@ -37,13 +37,22 @@ async def kernel() -> AsyncIterator[Kernel]:
 
 
 async def test_process_start_argv_envp_auxv(kernel: Kernel, progs: Path) -> None:
-    r = await run_linux(progs / "misc", ["misc", "args", "one", "two words"], kernel=kernel,
-                        env={"A": "1", "B": "x=y"})
+    r = await run_linux(
+        progs / "misc", ["misc", "args", "one", "two words"], kernel=kernel, env={"A": "1", "B": "x=y"}
+    )
     assert r.status == 0
     assert r.stdout.decode().splitlines() == [
-        "argc=4", "argv[0]=misc", "argv[1]=args", "argv[2]=one", "argv[3]=two words", "env A=1", "env B=x=y",
-        "pagesz=4096 uid=0 euid=0 gid=0 secure=0", "phnum>0=1 entry>0=1 random=1 hwcap=1 sysinfo=0",
-        "uname Linux i686"]
+        "argc=4",
+        "argv[0]=misc",
+        "argv[1]=args",
+        "argv[2]=one",
+        "argv[3]=two words",
+        "env A=1",
+        "env B=x=y",
+        "pagesz=4096 uid=0 euid=0 gid=0 secure=0",
+        "phnum>0=1 entry>0=1 random=1 hwcap=1 sysinfo=0",
+        "uname Linux i686",
+    ]
 
 
 async def test_files_match_qemu(kernel: Kernel, progs: Path, tmp_path: Path) -> None:
@@ -53,15 +62,25 @@ async def test_files_match_qemu(kernel: Kernel, progs: Path, tmp_path: Path) -> 
     ref = qemu_run(qemu, progs / "files", ["files"], host)
     image = tmp_path / "blank.img"
     await create_image(str(image), 16 << 20)
-    got = await run_linux(progs / "files", ["files"], kernel=kernel, env=ENV,
-                          disks=[DiskSpec(str(image), name="root", mode="rw")], cwd="/")
+    got = await run_linux(
+        progs / "files",
+        ["files"],
+        kernel=kernel,
+        env=ENV,
+        disks=[DiskSpec(str(image), name="root", mode="rw")],
+        cwd="/",
+    )
     assert (got.status, got.stdout.decode()) == (ref.status, ref.stdout.decode())
     assert got.status == 3
     # what it wrote is on the disk (the image itself, mode rw): a second VM reads it back
     busybox = need_busybox()
     for name in ("b.txt", "stdio.txt"):
-        cat = await run_linux(busybox, ["busybox", "cat", f"/work/{name}"], kernel=kernel,
-                              disks=[DiskSpec(str(image), name="root", mode="ro")])
+        cat = await run_linux(
+            busybox,
+            ["busybox", "cat", f"/work/{name}"],
+            kernel=kernel,
+            disks=[DiskSpec(str(image), name="root", mode="ro")],
+        )
         assert (cat.status, cat.stdout) == (0, (host / "work" / name).read_bytes()), cat.stderr
 
 
@@ -72,7 +91,7 @@ async def test_files_persist_on_a_kept_overlay(kernel: Kernel, progs: Path, tmp_
     r1 = await run_linux(progs / "files", ["files"], kernel=kernel, disks=[spec], cwd="/")
     assert r1.status == 3
     r2 = await run_linux(progs / "files", ["files"], kernel=kernel, disks=[spec], cwd="/")
-    assert "mkdir(\"work\", 0755)                      -> -1 File exists" in r2.stdout.decode()
+    assert 'mkdir("work", 0755)                      -> -1 File exists' in r2.stdout.decode()
     assert image.read_bytes().count(0) == image.stat().st_size  # the base image stayed blank
 
 
@@ -121,8 +140,9 @@ async def test_stdin_stdout_stderr_and_exit_status(kernel: Kernel, progs: Path) 
 async def test_stdin_streamed_while_the_program_waits(kernel: Kernel, progs: Path) -> None:
     out = bytearray()
     err = bytearray()
-    vm = await spawn_linux(kernel, progs / "misc", ["misc", "stdin"], stdin=STREAM, stdout=out.extend,
-                           stderr=err.extend)
+    vm = await spawn_linux(
+        kernel, progs / "misc", ["misc", "stdin"], stdin=STREAM, stdout=out.extend, stderr=err.extend
+    )
     await vm.until_idle()  # blocked in read(0) with nothing to read: the VM idles
     await vm.console.write_input(b"first\n")
     await vm.console.write_input(b"second\n")
@@ -163,18 +183,25 @@ async def _wait_for(buf: bytearray, text: bytes, vm_done: asyncio.Future[object]
 
 async def test_linux_server_and_client_on_the_lan(kernel: Kernel, progs: Path) -> None:
     out = bytearray()
-    srv = await spawn_linux(kernel, progs / "net", ["net", "server", "7000", "2"], stdout=out.extend,
-                            net="ip=10.0.0.1/24")
+    srv = await spawn_linux(
+        kernel, progs / "net", ["net", "server", "7000", "2"], stdout=out.extend, net="ip=10.0.0.1/24"
+    )
     await _wait_for(out, b"listening on 7000")
-    tcp = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "7000", "hello lan"], kernel=kernel,
-                          net="ip=10.0.0.2/24")
+    tcp = await run_linux(
+        progs / "net", ["net", "tcp", "10.0.0.1", "7000", "hello lan"], kernel=kernel, net="ip=10.0.0.2/24"
+    )
     assert (tcp.status, tcp.stdout) == (0, b"reply: HELLO LAN\n"), tcp.stderr
-    tcp2 = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "7000", "again"], kernel=kernel,
-                           net="ip=10.0.0.3/24")
+    tcp2 = await run_linux(
+        progs / "net", ["net", "tcp", "10.0.0.1", "7000", "again"], kernel=kernel, net="ip=10.0.0.3/24"
+    )
     assert tcp2.stdout == b"reply: AGAIN\n"
     for i, ip in enumerate(("10.0.0.4", "10.0.0.5")):
-        udp = await run_linux(progs / "net", ["net", "udp", "10.0.0.1", "7000", f"datagram {i}"],
-                              kernel=kernel, net=f"ip={ip}/24")
+        udp = await run_linux(
+            progs / "net",
+            ["net", "udp", "10.0.0.1", "7000", f"datagram {i}"],
+            kernel=kernel,
+            net=f"ip={ip}/24",
+        )
         assert udp.stdout == f"reply: DATAGRAM {i}\n".encode()
     assert await asyncio.wait_for(srv.wait(), 30) == 0
     assert b"tcp from 10.0.0.2: 9 bytes" in out and b"tcp from 10.0.0.3: 5 bytes" in out
@@ -183,8 +210,9 @@ async def test_linux_server_and_client_on_the_lan(kernel: Kernel, progs: Path) -
 
 async def test_connect_refused_and_unreachable(kernel: Kernel, progs: Path) -> None:
     await spawn_linux(kernel, progs / "misc", ["misc", "stdin"], stdin=STREAM, net="ip=10.0.0.1/24")
-    r = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "9", "x"], kernel=kernel,
-                        net="ip=10.0.0.2/24")
+    r = await run_linux(
+        progs / "net", ["net", "tcp", "10.0.0.1", "9", "x"], kernel=kernel, net="ip=10.0.0.2/24"
+    )
     assert r.stdout == b"connect: Connection refused\n"
     r = await run_linux(progs / "net", ["net", "tcp", "10.0.0.1", "9", "x"], kernel=kernel)
     assert r.stdout == b"connect: Network is unreachable\n"
@@ -201,20 +229,29 @@ async def test_linux_server_serves_a_linux_client_through_tap(kernel: Kernel, pr
     try:
         tap.open()
         kernel.switch.attach(tap)
-        for cmd in (("ip", "link", "set", dev, "netns", ns),
-                    ("ip", "-n", ns, "addr", "add", "10.78.0.100/24", "dev", dev),
-                    ("ip", "-n", ns, "link", "set", dev, "up")):
+        for cmd in (
+            ("ip", "link", "set", dev, "netns", ns),
+            ("ip", "-n", ns, "addr", "add", "10.78.0.100/24", "dev", dev),
+            ("ip", "-n", ns, "link", "set", dev, "up"),
+        ):
             rc, out = await run(*cmd)
             assert rc == 0, (cmd, out)
         srv_out = bytearray()
-        srv = await spawn_linux(kernel, progs / "net", ["net", "server", "7001", "1"], stdout=srv_out.extend,
-                                net="ip=10.78.0.1/24")
+        srv = await spawn_linux(
+            kernel,
+            progs / "net",
+            ["net", "server", "7001", "1"],
+            stdout=srv_out.extend,
+            net="ip=10.78.0.1/24",
+        )
         await _wait_for(srv_out, b"listening")
-        client = ("import socket,sys\n"
-                  "s=socket.create_connection(('10.78.0.1',7001),timeout=10)\n"
-                  "s.sendall(b'from linux'); print(s.recv(100).decode())\n"
-                  "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.settimeout(10)\n"
-                  "u.sendto(b'udp from linux',('10.78.0.1',7001)); print(u.recv(100).decode())\n")
+        client = (
+            "import socket,sys\n"
+            "s=socket.create_connection(('10.78.0.1',7001),timeout=10)\n"
+            "s.sendall(b'from linux'); print(s.recv(100).decode())\n"
+            "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.settimeout(10)\n"
+            "u.sendto(b'udp from linux',('10.78.0.1',7001)); print(u.recv(100).decode())\n"
+        )
         rc, out = await run("ip", "netns", "exec", ns, shutil.which("python3") or "python3", "-c", client)
         assert rc == 0, out
         assert out.decode().splitlines() == ["FROM LINUX", "UDP FROM LINUX"]
@@ -230,8 +267,18 @@ async def test_many_linux_vms_at_once(progs: Path) -> None:
     idle in read(0), then each given its input."""
     async with Kernel() as k:
         outs = [bytearray() for _ in range(40)]
-        vms = [await spawn_linux(k, progs / "misc", ["misc", "stdin"], stdin=STREAM, nic=False,
-                                 stdout=out.extend, stderr=lambda _d: None) for out in outs]
+        vms = [
+            await spawn_linux(
+                k,
+                progs / "misc",
+                ["misc", "stdin"],
+                stdin=STREAM,
+                nic=False,
+                stdout=out.extend,
+                stderr=lambda _d: None,
+            )
+            for out in outs
+        ]
         for vm in vms:
             await vm.until_idle()
         assert all(syscalls_of(vm) > 0 for vm in vms)
@@ -244,7 +291,8 @@ async def test_many_linux_vms_at_once(progs: Path) -> None:
 
 async def test_runs_on_worker_threads(progs: Path) -> None:
     async with Kernel(workers=2) as k:
-        results = await asyncio.gather(*(run_linux(progs / "tls", ["tls", "3", "5"], kernel=k)
-                                         for _ in range(3)))
+        results = await asyncio.gather(
+            *(run_linux(progs / "tls", ["tls", "3", "5"], kernel=k) for _ in range(3))
+        )
     assert {r.status for r in results} == {0}
     assert len({r.stdout for r in results}) == 1 and b"counter=44" in results[0].stdout

@@ -76,8 +76,15 @@ class RawPeer(Port):
         self.stats.rx_frames += 1
         etype = struct.unpack_from("!H", frame, 12)[0]
         if etype == ETH_ARP and frame[21] == 1 and frame[38:42] == self.ip:  # a request for us
-            reply = (frame[6:12] + self.my_mac + struct.pack("!HHHBBH", ETH_ARP, 1, ETH_IP, 6, 4, 2)
-                     + self.my_mac + self.ip + frame[22:28] + frame[28:32])
+            reply = (
+                frame[6:12]
+                + self.my_mac
+                + struct.pack("!HHHBBH", ETH_ARP, 1, ETH_IP, 6, 4, 2)
+                + self.my_mac
+                + self.ip
+                + frame[22:28]
+                + frame[28:32]
+            )
             self.submit(reply + bytes(60 - len(reply)))
             return
         if etype == ETH_IP and frame[0:6] in (self.my_mac, b"\xff" * 6):
@@ -85,35 +92,80 @@ class RawPeer(Port):
             self._event.set()
 
     # ---- sending ----
-    def send_ip(self, dst_mac: bytes, dst: str, proto: int, payload: bytes, *, ident: int = 1,
-                frag: int = 0x4000, total_payload: bytes | None = None) -> None:
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0, self.ip,
-                          ip_aton(dst))
+    def send_ip(
+        self,
+        dst_mac: bytes,
+        dst: str,
+        proto: int,
+        payload: bytes,
+        *,
+        ident: int = 1,
+        frag: int = 0x4000,
+        total_payload: bytes | None = None,
+    ) -> None:
+        hdr = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0, self.ip, ip_aton(dst)
+        )
         hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         frame = dst_mac + self.my_mac + struct.pack("!H", ETH_IP) + hdr + payload
         self.submit(frame + bytes(max(0, 60 - len(frame))))
 
-    def send_fragmented(self, dst_mac: bytes, dst: str, proto: int, payload: bytes, piece: int = 1480,
-                        ident: int = 77, order: list[int] | None = None) -> None:
+    def send_fragmented(
+        self,
+        dst_mac: bytes,
+        dst: str,
+        proto: int,
+        payload: bytes,
+        piece: int = 1480,
+        ident: int = 77,
+        order: list[int] | None = None,
+    ) -> None:
         """``payload`` (an L4 packet) in fragments of ``piece`` bytes (a multiple of 8),
         sent in ``order`` (indices; default in order)."""
-        pieces = [payload[o:o + piece] for o in range(0, len(payload), piece)]
+        pieces = [payload[o : o + piece] for o in range(0, len(payload), piece)]
         for i in order if order is not None else range(len(pieces)):
             more = 0x2000 if i < len(pieces) - 1 else 0
             self.send_ip(dst_mac, dst, proto, pieces[i], ident=ident, frag=more | (i * piece // 8))
 
-    def tcp_segment(self, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
-                    payload: bytes = b"", window: int = 65535, options: bytes = b"") -> bytes:
+    def tcp_segment(
+        self,
+        dst: str,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        payload: bytes = b"",
+        window: int = 65535,
+        options: bytes = b"",
+    ) -> bytes:
         off = (20 + len(options)) // 4
-        seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, off << 4, flags,
-                          window, 0, 0) + options + payload
+        seg = (
+            struct.pack(
+                "!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, off << 4, flags, window, 0, 0
+            )
+            + options
+            + payload
+        )
         pseudo = self.ip + ip_aton(dst) + struct.pack("!BBH", 0, 6, len(seg))
         return seg[:16] + struct.pack("!H", checksum(pseudo + seg)) + seg[18:]
 
-    def send_tcp(self, dst_mac: bytes, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
-                 payload: bytes = b"", window: int = 65535, options: bytes = b"") -> None:
-        self.send_ip(dst_mac, dst, 6, self.tcp_segment(dst, sport, dport, seq, ack, flags, payload, window,
-                                                       options))
+    def send_tcp(
+        self,
+        dst_mac: bytes,
+        dst: str,
+        sport: int,
+        dport: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        payload: bytes = b"",
+        window: int = 65535,
+        options: bytes = b"",
+    ) -> None:
+        self.send_ip(
+            dst_mac, dst, 6, self.tcp_segment(dst, sport, dport, seq, ack, flags, payload, window, options)
+        )
 
     def udp_packet(self, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
         pkt = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
@@ -132,7 +184,7 @@ class RawPeer(Port):
         ihl = (frame[14] & 15) * 4
         total = struct.unpack_from("!H", frame, 16)[0]
         ident, frag = struct.unpack_from("!HH", frame, 18)
-        return Ip(frame[26:30], frame[30:34], frame[23], ident, frag, frame[14 + ihl:14 + total])
+        return Ip(frame[26:30], frame[30:34], frame[23], ident, frag, frame[14 + ihl : 14 + total])
 
     @staticmethod
     def parse_tcp(frame: bytes) -> Tcp | None:
@@ -164,6 +216,7 @@ class RawPeer(Port):
                 return None
 
     async def wait_tcp(self, dport: int, within: float = 2.0) -> Tcp | None:
-        f = await self.wait_for(lambda fr: fr[23] == 6 and (s := self.parse_tcp(fr)) is not None
-                                and s.dport == dport, within)
+        f = await self.wait_for(
+            lambda fr: fr[23] == 6 and (s := self.parse_tcp(fr)) is not None and s.dport == dport, within
+        )
         return self.parse_tcp(f) if f is not None else None

@@ -16,8 +16,18 @@ def test_parse_and_format_round_trip() -> None:
     assert eth.parse_mac("02-de-00-00-00-2a") == mac
 
 
-@pytest.mark.parametrize("text", ["", "02:de:00:00:00", "02:de:00:00:00:00:00", "02:de:00:00:00:g0",
-                                  "2:de:00:00:00:00", "02:de:00:00:00:+1", "02de.0000.0001"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "02:de:00:00:00",
+        "02:de:00:00:00:00:00",
+        "02:de:00:00:00:g0",
+        "2:de:00:00:00:00",
+        "02:de:00:00:00:+1",
+        "02de.0000.0001",
+    ],
+)
 def test_parse_rejects_malformed(text: str) -> None:
     with pytest.raises(ConfigError):
         eth.parse_mac(text)
@@ -53,8 +63,8 @@ def test_accessors_read_the_header() -> None:
     dst, src = eth.mac_for_vm(7), eth.mac_for_vm(9)
     f = eth.build_frame(dst, src, eth.EtherType.ARP, b"xyz")
     assert len(f) == NET_MIN_FRAME
-    assert eth.dst_mac(f) == dst and f[eth.DST_OFFSET:eth.DST_OFFSET + 6] == dst
-    assert eth.src_mac(f) == src and f[eth.SRC_OFFSET:eth.SRC_OFFSET + 6] == src
+    assert eth.dst_mac(f) == dst and f[eth.DST_OFFSET : eth.DST_OFFSET + 6] == dst
+    assert eth.src_mac(f) == src and f[eth.SRC_OFFSET : eth.SRC_OFFSET + 6] == src
     assert eth.ethertype(f) == 0x0806
     assert eth.payload(f).startswith(b"xyz") and len(eth.payload(f)) == NET_MIN_FRAME - eth.HEADER_LEN
     unpadded = eth.build_frame(dst, src, 0x1234, b"q", pad=False)

@@ -15,8 +15,10 @@ from tests.net.helpers import Recorder, frame, mac, tag_of
 
 
 def test_parse_every_option() -> None:
-    s = LinkSpec.parse("loss=5%,delay=20ms,jitter=500us,reorder=0.25,duplicate=1%,corrupt=0.1%,"
-                       "rate=10mbit,limit=50,seed=7,dir=in")
+    s = LinkSpec.parse(
+        "loss=5%,delay=20ms,jitter=500us,reorder=0.25,duplicate=1%,corrupt=0.1%,"
+        "rate=10mbit,limit=50,seed=7,dir=in"
+    )
     assert s.loss == pytest.approx(0.05) and s.delay_s == pytest.approx(0.02)
     assert s.jitter_s == pytest.approx(0.0005) and s.reorder == 0.25
     assert s.duplicate == pytest.approx(0.01) and s.corrupt == pytest.approx(0.001)
@@ -27,8 +29,21 @@ def test_parse_every_option() -> None:
     assert str(LinkSpec()) == "clean"
 
 
-@pytest.mark.parametrize("bad", ["loss=150%", "loss=x", "delay=-1ms", "delay=5parsecs", "rate=fast",
-                                 "limit=0", "dir=sideways", "colour=red", "loss", "seed=1.5"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "loss=150%",
+        "loss=x",
+        "delay=-1ms",
+        "delay=5parsecs",
+        "rate=fast",
+        "limit=0",
+        "dir=sideways",
+        "colour=red",
+        "loss",
+        "seed=1.5",
+    ],
+)
 def test_bad_specs_are_one_clear_error(bad: str) -> None:
     with pytest.raises(ConfigError, match="link"):
         LinkSpec.parse(bad)
@@ -167,14 +182,36 @@ def test_cli_link_option() -> None:
     """``denali boot --link``: a good spec boots, a bad one is one clear line."""
     import subprocess
     import sys
-    ok = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link",
-                         "loss=1%,delay=1ms,seed=3", "--link", "lan:jitter=1ms"],
-                        capture_output=True, text=True, timeout=60)
+
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "hello",
+            "--link",
+            "loss=1%,delay=1ms,seed=3",
+            "--link",
+            "lan:jitter=1ms",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "net:loss=150%"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "denali", "boot", "hello", "--link", "net:loss=150%"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == ["denali: link loss must be between 0 and 100%, not 150%"]
-    twice = subprocess.run([sys.executable, "-m", "denali", "boot", "hello", "--link", "delay=1ms",
-                            "--link", "vms:delay=2ms"], capture_output=True, text=True, timeout=60)
+    twice = subprocess.run(
+        [sys.executable, "-m", "denali", "boot", "hello", "--link", "delay=1ms", "--link", "vms:delay=2ms"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert twice.returncode != 0 and "given twice" in twice.stderr

@@ -68,8 +68,9 @@ async def test_capture_as_async_context(switch: Switch, tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_capture_queue_is_bounded_and_drops_are_counted(switch: Switch, tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_capture_queue_is_bounded_and_drops_are_counted(
+    switch: Switch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     a, b = Recorder("a", ingress_capacity=1000), Recorder("b")
     switch.attach(a)
     switch.attach(b)
@@ -81,8 +82,9 @@ async def test_capture_queue_is_bounded_and_drops_are_counted(switch: Switch, tm
     await switch.stop_capture()
     assert dropped > 0 and writer.dropped == dropped
     warned = [r.getMessage() for r in caplog.records if r.name == "denali.net.pcap"]
-    assert warned == [f"capture to {path}: queue full (8 frames); frames beyond it are dropped "
-                      "from the capture and counted"], warned  # once, not once per frame
+    assert warned == [
+        f"capture to {path}: queue full (8 frames); frames beyond it are dropped from the capture and counted"
+    ], warned  # once, not once per frame
     assert writer.written + writer.dropped == 200
     got = read_pcap(path)[0]
     assert len(got) == writer.written
@@ -103,8 +105,9 @@ async def test_capture_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_failed_write_is_logged_when_it_happens(switch: Switch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failed_write_is_logged_when_it_happens(
+    switch: Switch, caplog: pytest.LogCaptureFixture
+) -> None:
     a, b = Recorder("a", ingress_capacity=1000), Recorder("b")
     switch.attach(a)
     switch.attach(b)

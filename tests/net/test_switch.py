@@ -308,8 +308,9 @@ async def test_idle_switch_does_no_work(switch: Switch) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_port_that_raises_does_not_stop_the_switch(switch: Switch,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_port_that_raises_does_not_stop_the_switch(
+    switch: Switch, caplog: pytest.LogCaptureFixture
+) -> None:
     a, b, c = three(switch)
     b.fail = True
     a.submit(bcast(1, tag=1))

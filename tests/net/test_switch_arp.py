@@ -14,8 +14,16 @@ def ip(n: int) -> bytes:
     return bytes((10, 0, 0, n))
 
 
-def arp(op: int, sha: bytes, spa: bytes, tpa: bytes, *, src: bytes | None = None,
-        dst: bytes = BROADCAST, tha: bytes = bytes(6)) -> bytes:
+def arp(
+    op: int,
+    sha: bytes,
+    spa: bytes,
+    tpa: bytes,
+    *,
+    src: bytes | None = None,
+    dst: bytes = BROADCAST,
+    tha: bytes = bytes(6),
+) -> bytes:
     body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, sha, spa, tha, tpa)
     return dst + (src or sha) + b"\x08\x06" + body + bytes(18)
 

@@ -47,9 +47,11 @@ async def test_ping_curl_and_arp_from_a_namespace(netns: str) -> None:
         tap.open()
         k.switch.attach(tap)
         try:
-            for cmd in (("ip", "link", "set", dev, "netns", netns),
-                        ("ip", "-n", netns, "addr", "add", "10.77.0.100/24", "dev", dev),
-                        ("ip", "-n", netns, "link", "set", dev, "up")):
+            for cmd in (
+                ("ip", "link", "set", dev, "netns", netns),
+                ("ip", "-n", netns, "addr", "add", "10.77.0.100/24", "dev", dev),
+                ("ip", "-n", netns, "link", "set", dev, "up"),
+            ):
                 rc, out = await run(*cmd)
                 assert rc == 0, (cmd, out)
             srv = await k.spawn("httpd", cmdline="ip=10.77.0.1/24")
@@ -58,8 +60,9 @@ async def test_ping_curl_and_arp_from_a_namespace(netns: str) -> None:
             rc, out = await run("ip", "netns", "exec", netns, "ping", "-c", "3", "-W", "2", "10.77.0.1")
             assert rc == 0, out
             assert b"3 received" in out
-            rc, body = await run("ip", "netns", "exec", netns, "curl", "-s", "-m", "10",
-                                  "http://10.77.0.1/bytes/2258")
+            rc, body = await run(
+                "ip", "netns", "exec", netns, "curl", "-s", "-m", "10", "http://10.77.0.1/bytes/2258"
+            )
             assert rc == 0
             assert body == bytes(ord("a") + i % 26 for i in range(2258))
             rc, neigh = await run("ip", "-n", netns, "neigh", "show", "10.77.0.1")
@@ -78,10 +81,16 @@ async def test_missing_tun_device_is_one_clear_error() -> None:
 
 def test_missing_cap_net_admin_is_one_clear_error() -> None:
     need_tools("setpriv")
-    code = ("import asyncio\nfrom denali.net.tap import TapPort\n"
-            "async def m():\n    TapPort('dtapcap').open()\nasyncio.run(m())\n")
-    r = subprocess.run(["setpriv", "--bounding-set=-net_admin", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=30)
+    code = (
+        "import asyncio\nfrom denali.net.tap import TapPort\n"
+        "async def m():\n    TapPort('dtapcap').open()\nasyncio.run(m())\n"
+    )
+    r = subprocess.run(
+        ["setpriv", "--bounding-set=-net_admin", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode != 0
     assert "permission denied (needs CAP_NET_ADMIN)" in r.stderr
 
@@ -97,12 +106,14 @@ def test_tap_spec_parses_host_address() -> None:
     assert tap.device == "dtap0" and str(tap.host) == "10.77.0.2/24"
     assert TapPort.parse("dtap0").host is None
     assert tap.host_commands(tap.host) == ["ip addr add 10.77.0.2/24 dev dtap0", "ip link set dtap0 up"]
-    for bad, why in (("dtap0,host=10.77.0.2", "needs a prefix length"),
-                     ("dtap0,host=nonsense/24", "not an IPv4 address"),
-                     ("dtap0,host=10.77.0.0/24", "not a host address"),
-                     ("dtap0,host=10.77.0.2/31", "prefix at most /30"),
-                     ("dtap0,mtu=9000", "unknown option"),
-                     (",host=10.77.0.2/24", "invalid TAP device name")):
+    for bad, why in (
+        ("dtap0,host=10.77.0.2", "needs a prefix length"),
+        ("dtap0,host=nonsense/24", "not an IPv4 address"),
+        ("dtap0,host=10.77.0.0/24", "not a host address"),
+        ("dtap0,host=10.77.0.2/31", "prefix at most /30"),
+        ("dtap0,mtu=9000", "unknown option"),
+        (",host=10.77.0.2/24", "invalid TAP device name"),
+    ):
         with pytest.raises(ConfigError, match=why):
             TapPort.parse(bad)
 
@@ -118,9 +129,20 @@ class Cli:
     @classmethod
     async def start(cls, netns: str, *args: str) -> Cli:
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", netns, sys.executable, "-m", "denali", "boot", *args, cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            *args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         return cls(proc)
 
     async def _read(self, stream: asyncio.StreamReader, attr: str, text: str) -> None:
@@ -154,21 +176,32 @@ async def test_cli_host_option_makes_every_vm_reachable_at_once(netns: str) -> N
     where the VMs are and how to reach them."""
     need_image("httpd")
     dev = f"dtap{os.getpid() % 100000}"
-    cli = await Cli.start(netns, "httpd", "--count", "3", "--net", f"tap:{dev},host=10.77.0.254/24",
-                          "--cmdline", "ip=10.77.0.{i}/24")
+    cli = await Cli.start(
+        netns,
+        "httpd",
+        "--count",
+        "3",
+        "--net",
+        f"tap:{dev},host=10.77.0.254/24",
+        "--cmdline",
+        "ip=10.77.0.{i}/24",
+    )
     try:
         await cli.stdout_until("[vm3] httpd: listening")
         await cli.stderr_until("reach them")
         for i in (1, 2, 3):
-            rc, body = await run("ip", "netns", "exec", netns, "curl", "-s", "-m", "10",
-                                 f"http://10.77.0.{i}/bytes/100")
+            rc, body = await run(
+                "ip", "netns", "exec", netns, "curl", "-s", "-m", "10", f"http://10.77.0.{i}/bytes/100"
+            )
             assert rc == 0 and body == bytes(ord("a") + j % 26 for j in range(100)), (i, body)
     finally:
         status = await cli.interrupt()
     assert status == 130, cli.err
     assert "denali: 3 VMs are at 10.77.0.1 to 10.77.0.3 (10.77.0.0/24)" in cli.err
-    assert (f"denali: reach them from this host through {dev} (10.77.0.254/24), e.g. ping 10.77.0.1 "
-            "or curl http://10.77.0.1/") in cli.err
+    assert (
+        f"denali: reach them from this host through {dev} (10.77.0.254/24), e.g. ping 10.77.0.1 "
+        "or curl http://10.77.0.1/"
+    ) in cli.err
     assert "Traceback" not in cli.err
     rc, _ = await run("ip", "-n", netns, "link", "show", dev)
     assert rc != 0  # the device denali created is gone, and its address with it
@@ -189,7 +222,9 @@ async def test_cli_without_host_prints_the_commands_that_work(netns: str) -> Non
         assert command == f"ip addr add 10.77.0.254/24 dev {dev} && ip link set {dev} up"
         rc, out = await run("ip", "netns", "exec", netns, "sh", "-c", command)
         assert rc == 0, out
-        rc, body = await run("ip", "netns", "exec", netns, "curl", "-s", "-m", "10", "http://10.77.0.1/bytes/5")
+        rc, body = await run(
+            "ip", "netns", "exec", netns, "curl", "-s", "-m", "10", "http://10.77.0.1/bytes/5"
+        )
         assert (rc, body) == (0, b"abcde")
     finally:
         status = await cli.interrupt()
@@ -203,11 +238,26 @@ async def test_cli_host_address_that_cannot_be_set_is_one_line(netns: str) -> No
     dev = f"dtap{os.getpid() % 100000}"
     rc, out = await run("ip", "-n", netns, "tuntap", "add", dev, "mode", "tap", "user", str(os.geteuid()))
     assert rc == 0, out
-    rc, out = await run("ip", "netns", "exec", netns, "setpriv", "--bounding-set=-net_admin", sys.executable,
-                        "-m", "denali", "boot", "hello", "--net", f"tap:{dev},host=10.77.0.2/24")
+    rc, out = await run(
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "setpriv",
+        "--bounding-set=-net_admin",
+        sys.executable,
+        "-m",
+        "denali",
+        "boot",
+        "hello",
+        "--net",
+        f"tap:{dev},host=10.77.0.2/24",
+    )
     text = out.decode()
     assert rc == 2, text
     assert text.count("\n") == 1, text
-    assert (f"cannot give TAP device {dev} the host address 10.77.0.2/24: permission denied (needs "
-            f"CAP_NET_ADMIN); an administrator can run: ip addr add 10.77.0.2/24 dev {dev} && "
-            f"ip link set {dev} up") in text
+    assert (
+        f"cannot give TAP device {dev} the host address 10.77.0.2/24: permission denied (needs "
+        f"CAP_NET_ADMIN); an administrator can run: ip addr add 10.77.0.2/24 dev {dev} && "
+        f"ip link set {dev} up"
+    ) in text

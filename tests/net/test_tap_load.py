@@ -39,9 +39,15 @@ class Lan:
     tap: TapPort
 
     async def sh(self, *cmd: str, limit: float = 60) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", self.ns, *cmd,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), limit)
         assert proc.returncode is not None
         return proc.returncode, out.decode(errors="replace")
@@ -72,10 +78,12 @@ async def lan() -> AsyncIterator[Lan]:
             tap.open()
             k.switch.attach(tap)
             try:
-                for cmd in (("ip", "link", "set", dev, "netns", ns),
-                            ("ip", "-n", ns, "addr", "add", f"{HOST}/24", "dev", dev),
-                            ("ip", "-n", ns, "link", "set", dev, "up"),
-                            ("ip", "-n", ns, "link", "set", "lo", "up")):
+                for cmd in (
+                    ("ip", "link", "set", dev, "netns", ns),
+                    ("ip", "-n", ns, "addr", "add", f"{HOST}/24", "dev", dev),
+                    ("ip", "-n", ns, "link", "set", dev, "up"),
+                    ("ip", "-n", ns, "link", "set", "lo", "up"),
+                ):
                     rc, out = await run(*cmd)
                     assert rc == 0, (cmd, out)
                 yield Lan(k, ns, tap)
@@ -131,7 +139,8 @@ async def test_syns_beyond_capacity_get_an_answer(lan: Lan) -> None:
     """A 1 MiB httpd holds far fewer than 400 connections: every connection attempt
     still ends at once, accepted or refused (RST), never left waiting."""
     await _httpd(lan, memory="1M")
-    res = await lan.py(f"""
+    res = await lan.py(
+        f"""
         import json, resource, socket, time, errno
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
         held, refused, other = [], 0, []
@@ -153,7 +162,9 @@ async def test_syns_beyond_capacity_get_an_answer(lan: Lan) -> None:
                 other.append(repr(e))
         print(json.dumps({{"held": len(held), "refused": refused, "other": other,
                           "seconds": time.monotonic() - t}}))
-        """, limit=120)
+        """,
+        limit=120,
+    )
     assert res["other"] == [], res  # no timeouts: every SYN had its answer
     assert res["held"] > 0 and res["refused"] > 0 and res["held"] + res["refused"] == 400, res
 
@@ -204,8 +215,9 @@ async def test_wrk_keep_alive_and_new_connections(lan: Lan) -> None:
     need_tools("wrk")
     await _httpd(lan)
     for extra in ((), ("-H", "Connection: close")):
-        rc, out = await lan.sh("wrk", "-t1", "-c16", "-d2s", "--timeout", "10s", *extra,
-                               f"http://{GUEST}/bytes/2258")
+        rc, out = await lan.sh(
+            "wrk", "-t1", "-c16", "-d2s", "--timeout", "10s", *extra, f"http://{GUEST}/bytes/2258"
+        )
         assert rc == 0, out
         reqs, errs, bad = _wrk_summary(out)
         assert reqs > 100 and errs == 0 and bad == 0, out

@@ -20,12 +20,11 @@ from tests.net.netns import need_tools, run
 pytestmark = pytest.mark.net
 
 
-
-
 async def _wait_line(stream: asyncio.StreamReader, text: bytes) -> None:
     async def find() -> None:
         while text not in await stream.readline():
             pass
+
     await asyncio.wait_for(find(), 30)
 
 
@@ -39,7 +38,8 @@ def test_parse_syntax() -> None:
 
 
 def test_datagrams_from_strangers_are_dropped_counted_and_logged_once(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     p = VxlanPort(42, [("127.0.0.2", 4789)])
     good = struct.pack("!II", 0x08000000, 42 << 8) + bytes(60)
     for _ in range(3):
@@ -47,10 +47,12 @@ def test_datagrams_from_strangers_are_dropped_counted_and_logged_once(
         p.error_received(ConnectionRefusedError(111, "Connection refused"))
     assert p.stats.drop_spoofed == 3 and p.stats.drop_link_down == 3
     warned = [r.getMessage() for r in caplog.records if r.name == "denali.net.vxlan"]
-    assert warned == ["vxlan:42: a datagram from 127.0.0.9:4789, which is not a remote, dropped "
-                      "(later ones are only counted)",
-                      "vxlan:42: the underlay reports an error: [Errno 111] Connection refused "
-                      "(later ones are only counted)"], warned
+    assert warned == [
+        "vxlan:42: a datagram from 127.0.0.9:4789, which is not a remote, dropped "
+        "(later ones are only counted)",
+        "vxlan:42: the underlay reports an error: [Errno 111] Connection refused "
+        "(later ones are only counted)",
+    ], warned
 
 
 async def test_two_denali_processes_one_lan() -> None:
@@ -58,9 +60,20 @@ async def test_two_denali_processes_one_lan() -> None:
     need_image("httpget")
     base = 20000 + os.getpid() % 20000
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "denali", "boot", "httpd", "--cmdline", "ip=10.88.0.1/24", "--mac-tag", "1",
-        "--net", f"vxlan:77@127.0.0.1:{base + 1},local=127.0.0.1:{base}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "denali",
+        "boot",
+        "httpd",
+        "--cmdline",
+        "ip=10.88.0.1/24",
+        "--mac-tag",
+        "1",
+        "--net",
+        f"vxlan:77@127.0.0.1:{base + 1},local=127.0.0.1:{base}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         assert server.stdout is not None
         await _wait_line(server.stdout, b"listening")
@@ -68,8 +81,9 @@ async def test_two_denali_processes_one_lan() -> None:
             vx = VxlanPort.parse(f"77@127.0.0.1:{base},local=127.0.0.1:{base + 1}")
             await vx.open()
             k.switch.attach(vx)
-            cli = await k.spawn("httpget",
-                                cmdline="ip=10.88.0.2/24 url=http://10.88.0.1/bytes/134007 count=3")
+            cli = await k.spawn(
+                "httpget", cmdline="ip=10.88.0.2/24 url=http://10.88.0.1/bytes/134007 count=3"
+            )
             assert await asyncio.wait_for(cli.wait(), 60) == 0, cli.console.text()
             assert "ok=3 fail=0 bytes=402021" in cli.console.text()
             assert vx.stats.tx_frames > 0 and vx.stats.rx_frames > 0
@@ -87,36 +101,83 @@ async def test_linux_vxlan_device_reaches_a_guest() -> None:
     cleanup = [("ip", "netns", "del", ns_host), ("ip", "netns", "del", ns_linux)]
     server = None
     try:
-        for cmd in (("ip", "netns", "add", ns_host), ("ip", "netns", "add", ns_linux),
-                    ("ip", "link", "add", f"dva{tag}", "netns", ns_host, "type", "veth", "peer", "name",
-                     f"dvb{tag}", "netns", ns_linux),
-                    ("ip", "-n", ns_host, "addr", "add", "10.99.0.1/30", "dev", f"dva{tag}"),
-                    ("ip", "-n", ns_linux, "addr", "add", "10.99.0.2/30", "dev", f"dvb{tag}"),
-                    ("ip", "-n", ns_host, "link", "set", f"dva{tag}", "up"),
-                    ("ip", "-n", ns_linux, "link", "set", f"dvb{tag}", "up"),
-                    ("ip", "-n", ns_linux, "link", "add", "vx0", "type", "vxlan", "id", "77", "remote",
-                     "10.99.0.1", "local", "10.99.0.2", "dstport", "4789"),
-                    ("ip", "-n", ns_linux, "addr", "add", "10.88.0.100/24", "dev", "vx0"),
-                    ("ip", "-n", ns_linux, "link", "set", "vx0", "up"),
-                    # Linux leaves inner checksums to offload hardware a veth does not have
-                    ("ip", "netns", "exec", ns_linux, "ethtool", "-K", "vx0", "tx", "off"),
-                    ("ip", "netns", "exec", ns_linux, "ethtool", "-K", f"dvb{tag}", "tx", "off")):
+        for cmd in (
+            ("ip", "netns", "add", ns_host),
+            ("ip", "netns", "add", ns_linux),
+            (
+                "ip",
+                "link",
+                "add",
+                f"dva{tag}",
+                "netns",
+                ns_host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"dvb{tag}",
+                "netns",
+                ns_linux,
+            ),
+            ("ip", "-n", ns_host, "addr", "add", "10.99.0.1/30", "dev", f"dva{tag}"),
+            ("ip", "-n", ns_linux, "addr", "add", "10.99.0.2/30", "dev", f"dvb{tag}"),
+            ("ip", "-n", ns_host, "link", "set", f"dva{tag}", "up"),
+            ("ip", "-n", ns_linux, "link", "set", f"dvb{tag}", "up"),
+            (
+                "ip",
+                "-n",
+                ns_linux,
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "77",
+                "remote",
+                "10.99.0.1",
+                "local",
+                "10.99.0.2",
+                "dstport",
+                "4789",
+            ),
+            ("ip", "-n", ns_linux, "addr", "add", "10.88.0.100/24", "dev", "vx0"),
+            ("ip", "-n", ns_linux, "link", "set", "vx0", "up"),
+            # Linux leaves inner checksums to offload hardware a veth does not have
+            ("ip", "netns", "exec", ns_linux, "ethtool", "-K", "vx0", "tx", "off"),
+            ("ip", "netns", "exec", ns_linux, "ethtool", "-K", f"dvb{tag}", "tx", "off"),
+        ):
             rc, out = await run(*cmd)
             assert rc == 0, (cmd, out)
         # the denali kernel runs inside the other namespace, as a real process
         server = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns_host, sys.executable, "-m", "denali", "boot", "httpd",
-            "--cmdline", "ip=10.88.0.1/24", "--net", "vxlan:77@10.99.0.2,local=10.99.0.1",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            ns_host,
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "httpd",
+            "--cmdline",
+            "ip=10.88.0.1/24",
+            "--net",
+            "vxlan:77@10.99.0.2,local=10.99.0.1",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         assert server.stdout is not None
         await _wait_line(server.stdout, b"listening")
         rc, out = await run("ip", "netns", "exec", ns_linux, "ping", "-c", "3", "-W", "2", "10.88.0.1")
         assert rc == 0 and b"3 received" in out, out
-        rc, body = await run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
-                              "http://10.88.0.1/bytes/100")
+        rc, body = await run(
+            "ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10", "http://10.88.0.1/bytes/100"
+        )
         assert rc == 0 and body == bytes(ord("a") + i % 26 for i in range(100)), (rc, body[:80])
-        rc, body = await run("ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10",
-                              "http://10.88.0.1/bytes/2258")
+        rc, body = await run(
+            "ip", "netns", "exec", ns_linux, "curl", "-s", "-m", "10", "http://10.88.0.1/bytes/2258"
+        )
         assert rc == 0 and body == bytes(ord("a") + i % 26 for i in range(2258))
     finally:
         if server is not None and server.returncode is None:

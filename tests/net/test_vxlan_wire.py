@@ -23,7 +23,7 @@ from tests.net.netns import need_tools, run
 
 pytestmark = pytest.mark.net
 
-_KERNEL = r'''
+_KERNEL = r"""
 import asyncio, json, sys
 from denali.kernel import Kernel
 from denali.net.vxlan import VxlanPort
@@ -47,9 +47,9 @@ async def main():
         vm.kill()
 
 asyncio.run(main())
-'''
+"""
 
-_SENDER = r'''
+_SENDER = r"""
 import socket, struct, sys, json, time
 x = %(x)d
 hdr = lambda vni, flags=0x08000000: struct.pack("!II", flags, vni << 8)
@@ -87,7 +87,7 @@ for i in range(50):
         good.sendto(hdr(77) + f, to); sent["inner_bad"] += 1
     time.sleep(0.002)
 print(json.dumps(sent))
-'''
+"""
 
 
 async def test_hostile_vxlan_datagrams_are_dropped_and_counted() -> None:
@@ -99,24 +99,65 @@ async def test_hostile_vxlan_datagrams_are_dropped_and_counted() -> None:
     cleanup = [("ip", "netns", "del", ns_k), ("ip", "netns", "del", ns_s)]
     kernel = None
     try:
-        for cmd in (("ip", "netns", "add", ns_k), ("ip", "netns", "add", ns_s),
-                    ("ip", "link", "add", f"dwa{tag}", "netns", ns_k, "type", "veth", "peer", "name",
-                     f"dwb{tag}", "netns", ns_s),
-                    ("ip", "-n", ns_k, "addr", "add", f"10.99.{x}.1/29", "dev", f"dwa{tag}"),
-                    ("ip", "-n", ns_s, "addr", "add", f"10.99.{x}.2/29", "dev", f"dwb{tag}"),
-                    ("ip", "-n", ns_s, "addr", "add", f"10.99.{x}.3/29", "dev", f"dwb{tag}"),
-                    ("ip", "-n", ns_k, "link", "set", f"dwa{tag}", "up"),
-                    ("ip", "-n", ns_s, "link", "set", f"dwb{tag}", "up"),
-                    ("ip", "-n", ns_k, "link", "set", "lo", "up"),
-                    ("ip", "-n", ns_s, "link", "add", "vx0", "type", "vxlan", "id", "77", "remote",
-                     f"10.99.{x}.1", "local", f"10.99.{x}.2", "dstport", "4789"),
-                    ("ip", "-n", ns_s, "addr", "add", "10.88.0.100/24", "dev", "vx0"),
-                    ("ip", "-n", ns_s, "link", "set", "vx0", "up")):
+        for cmd in (
+            ("ip", "netns", "add", ns_k),
+            ("ip", "netns", "add", ns_s),
+            (
+                "ip",
+                "link",
+                "add",
+                f"dwa{tag}",
+                "netns",
+                ns_k,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"dwb{tag}",
+                "netns",
+                ns_s,
+            ),
+            ("ip", "-n", ns_k, "addr", "add", f"10.99.{x}.1/29", "dev", f"dwa{tag}"),
+            ("ip", "-n", ns_s, "addr", "add", f"10.99.{x}.2/29", "dev", f"dwb{tag}"),
+            ("ip", "-n", ns_s, "addr", "add", f"10.99.{x}.3/29", "dev", f"dwb{tag}"),
+            ("ip", "-n", ns_k, "link", "set", f"dwa{tag}", "up"),
+            ("ip", "-n", ns_s, "link", "set", f"dwb{tag}", "up"),
+            ("ip", "-n", ns_k, "link", "set", "lo", "up"),
+            (
+                "ip",
+                "-n",
+                ns_s,
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                "77",
+                "remote",
+                f"10.99.{x}.1",
+                "local",
+                f"10.99.{x}.2",
+                "dstport",
+                "4789",
+            ),
+            ("ip", "-n", ns_s, "addr", "add", "10.88.0.100/24", "dev", "vx0"),
+            ("ip", "-n", ns_s, "link", "set", "vx0", "up"),
+        ):
             rc, out = await run(*cmd)
             assert rc == 0, (cmd, out)
         kernel = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns_k, sys.executable, "-c", _KERNEL % {"x": x},
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
+            "ip",
+            "netns",
+            "exec",
+            ns_k,
+            sys.executable,
+            "-c",
+            _KERNEL % {"x": x},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=os.getcwd(),
+        )
         assert kernel.stdout is not None and kernel.stdin is not None
         line = await asyncio.wait_for(kernel.stdout.readline(), 60)
         assert line.strip() == b"ready", line

@@ -92,8 +92,9 @@ def main() -> None:
         ins = instructions(image, n)
         bare = min(bare_time(image, n) for _ in range(args.runs))
         kern = min(asyncio.run(kernel_time(image, n)) for _ in range(args.runs))
-        rows.append((image, f"{ins:.3g}", f"{ins / bare / 1e6:.0f}", f"{ins / kern / 1e6:.0f}",
-                     f"{bare / kern:.2f}"))
+        rows.append(
+            (image, f"{ins:.3g}", f"{ins / bare / 1e6:.0f}", f"{ins / kern / 1e6:.0f}", f"{bare / kern:.2f}")
+        )
     table("Guest speed under the kernel vs bare Unicorn (best of runs)", rows)
 
     image, n = "bench-alu", loops["bench-alu"]
@@ -103,8 +104,10 @@ def main() -> None:
         ("no bound (one emu_start)", ref),
         ("count=100000 per slice", min(bounded_time(image, n, count=100_000) for _ in range(args.runs))),
         ("timeout=2000us per slice", min(bounded_time(image, n, timeout_us=2000) for _ in range(args.runs))),
-        ("kernel: watchdog thread, 2 ms slices", min(asyncio.run(kernel_time(image, n))
-                                                      for _ in range(args.runs))),
+        (
+            "kernel: watchdog thread, 2 ms slices",
+            min(asyncio.run(kernel_time(image, n)) for _ in range(args.runs)),
+        ),
     ]
     rows = [("slice bound", "MIPS", "vs no bound")]
     rows += [(name, f"{ins / t / 1e6:.0f}", f"{ref / t:.2f}") for name, t in opts]

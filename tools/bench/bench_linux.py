@@ -58,8 +58,9 @@ def make_data(d: Path, size: int) -> Path:
         text += b" ".join(rnd.choice(words) for _ in range(12)) + b"\n"
     (tree / "text.txt").write_bytes(bytes(text[:size]))
     img = d / "data.img"
-    subprocess.run([sys.executable, "-m", "denali", "disk", "pack", str(tree), str(img)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "denali", "disk", "pack", str(tree), str(img)], check=True, capture_output=True
+    )
     return img
 
 
@@ -89,8 +90,9 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
     img = make_data(tmp, size)
     tree = tmp / "tree"
     g_q, g_d, ratios_g = [], [], []
-    res: dict[str, dict[str, list[float]]] = {t: {"qemu": [], "cli": [], "vm": []}
-                                              for t in ("sha256sum", "gzip")}
+    res: dict[str, dict[str, list[float]]] = {
+        t: {"qemu": [], "cli": [], "vm": []} for t in ("sha256sum", "gzip")
+    }
     async with Kernel() as k:
         for _ in range(rounds):
             _, out = wall([qemu, str(getpid), "1000000"])
@@ -98,29 +100,50 @@ async def bench_syscalls_and_tools(rounds: int, size: int, tmp: Path) -> None:
             r = await run_linux(getpid, ["getpid", "200000"], kernel=k)
             g_d.append(getpid_ns(r.stdout))
             ratios_g.append(g_d[-1] / g_q[-1])
-            for tool, args in (("sha256sum", ["sha256sum", "random.bin"]),
-                               ("gzip", ["gzip", "-c", "text.txt"])):
+            for tool, args in (
+                ("sha256sum", ["sha256sum", "random.bin"]),
+                ("gzip", ["gzip", "-c", "text.txt"]),
+            ):
                 tq, outq = wall([qemu, "-0", "busybox", str(BUSYBOX), *args], cwd=tree)
-                tc, outc = wall([sys.executable, "-m", "denali", "linux", "--disk", f"root={img}:ro",
-                                 str(BUSYBOX), *args])
+                tc, outc = wall(
+                    [sys.executable, "-m", "denali", "linux", "--disk", f"root={img}:ro", str(BUSYBOX), *args]
+                )
                 tv, outv = await vm_time(k, ["busybox", *args], img)
-                assert outq == outc == outv, (f"{tool}: outputs differ", len(outq), len(outc), len(outv),
-                                              [hashlib.md5(x).hexdigest()[:8] for x in (outq, outc, outv)])
+                assert outq == outc == outv, (
+                    f"{tool}: outputs differ",
+                    len(outq),
+                    len(outc),
+                    len(outv),
+                    [hashlib.md5(x).hexdigest()[:8] for x in (outq, outc, outv)],
+                )
                 res[tool]["qemu"].append(tq)
                 res[tool]["cli"].append(tc)
                 res[tool]["vm"].append(tv)
     med = statistics.median
     rows = [("what", "qemu-i386", "denali", "denali / qemu (median of rounds)")]
-    rows.append(("getpid, us per call", f"{med(g_q) / 1000:.3f}", f"{med(g_d) / 1000:.3f}",
-                 f"{med(ratios_g):.1f}x"))
+    rows.append(
+        ("getpid, us per call", f"{med(g_q) / 1000:.3f}", f"{med(g_d) / 1000:.3f}", f"{med(ratios_g):.1f}x")
+    )
     for tool in ("sha256sum", "gzip"):
         r = res[tool]
         cli = [c / q for c, q in zip(r["cli"], r["qemu"], strict=True)]
         vm = [v / q for v, q in zip(r["vm"], r["qemu"], strict=True)]
-        rows.append((f"{tool} {size >> 20} MiB, whole process (s)", f"{med(r['qemu']):.3f}",
-                     f"{med(r['cli']):.3f}", f"{med(cli):.2f}x"))
-        rows.append((f"{tool} {size >> 20} MiB, VM in a running kernel (s)", f"{med(r['qemu']):.3f}",
-                     f"{med(r['vm']):.3f}", f"{med(vm):.2f}x"))
+        rows.append(
+            (
+                f"{tool} {size >> 20} MiB, whole process (s)",
+                f"{med(r['qemu']):.3f}",
+                f"{med(r['cli']):.3f}",
+                f"{med(cli):.2f}x",
+            )
+        )
+        rows.append(
+            (
+                f"{tool} {size >> 20} MiB, VM in a running kernel (s)",
+                f"{med(r['qemu']):.3f}",
+                f"{med(r['vm']):.3f}",
+                f"{med(vm):.2f}x",
+            )
+        )
     table(f"Linux programs: denali vs qemu-i386, {rounds} rounds alternating", rows)
 
 
@@ -142,9 +165,20 @@ async def bench_many(n: int, tmp: Path) -> None:
         codes = await asyncio.gather(*(vm.wait() for vm in vms))
         finish_s = time.perf_counter() - t
     ok = sum(1 for c in codes if c == 0)
-    table(f"{n} Linux-program VMs in one kernel", [
-        ("VMs", "all alive and idle after (s)", "RSS growth (MiB)", "per VM (MiB)", "exited 0", "finish (s)"),
-        (str(n), f"{spawn_s:.1f}", f"{rss:.0f}", f"{rss / n:.2f}", str(ok), f"{finish_s:.1f}")])
+    table(
+        f"{n} Linux-program VMs in one kernel",
+        [
+            (
+                "VMs",
+                "all alive and idle after (s)",
+                "RSS growth (MiB)",
+                "per VM (MiB)",
+                "exited 0",
+                "finish (s)",
+            ),
+            (str(n), f"{spawn_s:.1f}", f"{rss:.0f}", f"{rss / n:.2f}", str(ok), f"{finish_s:.1f}"),
+        ],
+    )
 
 
 async def main() -> None:
@@ -164,4 +198,5 @@ async def main() -> None:
 
 if __name__ == "__main__":
     import uvloop
+
     uvloop.run(main())

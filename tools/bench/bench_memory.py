@@ -25,6 +25,7 @@ def rss_kib() -> float:
 async def child(vms: int, kib: int, thp_off: bool) -> dict[str, float]:
     from denali.abi import Irq
     from denali.kernel import Kernel
+
     async with Kernel(disable_thp=thp_off) as k:
         warm = await k.spawn("test-touch", cmdline=f"kib={kib}")
         await warm.until_idle()
@@ -53,12 +54,23 @@ def main() -> None:
         return
     rows = [("transparent huge pages", "VMs", "touched per VM", "RSS per VM", "overhead per VM")]
     for mode, label in (("off", "disabled (denali default)"), ("on", "left as the host has it")):
-        out = subprocess.run([sys.executable, __file__, "--child", mode, "--vms", str(args.vms),
-                              "--kib", str(args.kib)], capture_output=True, text=True, check=True,
-                             cwd=ROOT).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, "--vms", str(args.vms), "--kib", str(args.kib)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        rows.append((label, str(args.vms), f"{args.kib} KiB", f"{r['per_vm_kib'] / 1024:.2f} MiB",
-                     f"{r['overhead_kib'] / 1024:.2f} MiB"))
+        rows.append(
+            (
+                label,
+                str(args.vms),
+                f"{args.kib} KiB",
+                f"{r['per_vm_kib'] / 1024:.2f} MiB",
+                f"{r['overhead_kib'] / 1024:.2f} MiB",
+            )
+        )
     table("Resident memory per live VM", rows)
 
 

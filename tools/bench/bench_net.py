@@ -24,8 +24,9 @@ from denali.kernel import Kernel
 async def http(url: str, count: int, conc: int, batch: int) -> tuple[float, int]:
     async with Kernel() as k:
         await k.spawn("httpd", cmdline=f"ip=10.0.0.1/24 netbatch={batch}")
-        vm = await k.spawn("httpget", cmdline=f"ip=10.0.0.2/24 netbatch={batch} url={url} "
-                           f"count={count} conc={conc}")
+        vm = await k.spawn(
+            "httpget", cmdline=f"ip=10.0.0.2/24 netbatch={batch} url={url} count={count} conc={conc}"
+        )
         t = time.perf_counter()
         status = await vm.wait()
         wall = time.perf_counter() - t
@@ -52,10 +53,20 @@ def main() -> None:
             wall, _ = asyncio.run(http("http://10.0.0.1/bytes/2258", reqs, 10, batch))
             rates[batch].append(reqs / wall)
     rows = [("what", "best of runs", "reference")]
-    rows.append((f"TCP throughput VM to VM ({big:,} bytes)", f"{max(tput):.0f} Mb/s",
-                 "Denali: 569 Mb/s on a 1.7 GHz P4"))
-    rows.append(("HTTP requests/s, 2,258-byte documents, 10 connections, batched NIC",
-                 f"{max(rates[16]):.0f} req/s", ""))
+    rows.append(
+        (
+            f"TCP throughput VM to VM ({big:,} bytes)",
+            f"{max(tput):.0f} Mb/s",
+            "Denali: 569 Mb/s on a 1.7 GHz P4",
+        )
+    )
+    rows.append(
+        (
+            "HTTP requests/s, 2,258-byte documents, 10 connections, batched NIC",
+            f"{max(rates[16]):.0f} req/s",
+            "",
+        )
+    )
     rows.append(("same, one frame per hypercall (netbatch=1)", f"{max(rates[1]):.0f} req/s", ""))
     rows.append(("batched / unbatched", f"{max(rates[16]) / max(rates[1]):.2f}x", "paper: up to 1.3x"))
     table("Virtual LAN with guests", rows)

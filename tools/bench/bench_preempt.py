@@ -58,16 +58,25 @@ def main() -> None:
     ap.add_argument("--slice-us", type=int, default=2000)
     ap.add_argument("--stress-us", type=int, default=200, help="a second, shorter slice bound")
     args = ap.parse_args()
-    rows = [("slice bound", "slices", "median", "p99", "p99.99", "max", "max / bound", "over 2x",
-             "loop lag max")]
+    rows = [
+        ("slice bound", "slices", "median", "p99", "p99.99", "max", "max / bound", "over 2x", "loop lag max")
+    ]
     for slice_us, count in ((args.slice_us, args.slices), (args.stress_us, args.slices)):
         d, lag = asyncio.run(measure(count, slice_us))
         d.sort()
-        rows.append((f"{slice_us} us", str(len(d)), f"{d[len(d) // 2]:.0f} us",
-                     f"{d[int(len(d) * .99)]:.0f} us",
-                     f"{d[int(len(d) * .9999)]:.0f} us", f"{d[-1]:.0f} us", f"{d[-1] / slice_us:.2f}x",
-                     str(sum(1 for x in d if x > 2 * slice_us)),
-                     f"{lag * 1e6:.0f} us"))
+        rows.append(
+            (
+                f"{slice_us} us",
+                str(len(d)),
+                f"{d[len(d) // 2]:.0f} us",
+                f"{d[int(len(d) * 0.99)]:.0f} us",
+                f"{d[int(len(d) * 0.9999)]:.0f} us",
+                f"{d[-1]:.0f} us",
+                f"{d[-1] / slice_us:.2f}x",
+                str(sum(1 for x in d if x > 2 * slice_us)),
+                f"{lag * 1e6:.0f} us",
+            )
+        )
     table("Slice lengths of spinning guests (watchdog preemption)", rows)
 
 

@@ -31,8 +31,11 @@ async def run(n: int, budget: int) -> list[tuple[str, str]]:
             if i % 100 == 0:
                 await asyncio.sleep(0)  # let the spawned ones boot meanwhile
             if i % 10_000 == 0:
-                print(f"  spawned {i:,}/{n:,} in {time.perf_counter() - t:.0f} s, RSS {rss_mib():,.0f} MiB",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  spawned {i:,}/{n:,} in {time.perf_counter() - t:.0f} s, RSS {rss_mib():,.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for vm in vms:
             await vm.until_idle()
         boot = time.perf_counter() - t
@@ -44,11 +47,13 @@ async def run(n: int, budget: int) -> list[tuple[str, str]]:
         results = await asyncio.gather(*(vm.wait() for vm in vms))
         wake = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return [("VMs (16 MiB address space, NIC each)", f"{n:,}"),
-            ("booted and idle", f"{boot:.1f} s ({n / boot:.0f} VMs/s)"),
-            ("resident at the end / swapped out on the way", f"{resident:,} / {outs:,}"),
-            ("peak RSS of the process", f"{rss:,.0f} MiB (budget {budget >> 20:,} MiB)"),
-            ("all woken, swapped in and exited 0", f"{all(r == 0 for r in results)} in {wake:.1f} s")]
+    return [
+        ("VMs (16 MiB address space, NIC each)", f"{n:,}"),
+        ("booted and idle", f"{boot:.1f} s ({n / boot:.0f} VMs/s)"),
+        ("resident at the end / swapped out on the way", f"{resident:,} / {outs:,}"),
+        ("peak RSS of the process", f"{rss:,.0f} MiB (budget {budget >> 20:,} MiB)"),
+        ("all woken, swapped in and exited 0", f"{all(r == 0 for r in results)} in {wake:.1f} s"),
+    ]
 
 
 def main() -> None:

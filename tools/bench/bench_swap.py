@@ -72,8 +72,13 @@ def main() -> None:
     args = ap.parse_args()
     mem = asyncio.run(per_vm_memory(args.vms))
     rows = [("what", "figure", "goal / reference")]
-    rows.append((f"kernel memory per swapped-out VM ({args.vms} VMs, no NIC)", f"{mem:,.0f} bytes",
-                 "<= 8,472 bytes (Denali)"))
+    rows.append(
+        (
+            f"kernel memory per swapped-out VM ({args.vms} VMs, no NIC)",
+            f"{mem:,.0f} bytes",
+            "<= 8,472 bytes (Denali)",
+        )
+    )
     for kib in (200, 4096):
         out, inn, written = asyncio.run(swap_times(kib, args.runs))
         rows.append((f"swap-out, 16 MiB VM that touched {kib} KiB", f"{out * 1e3:.2f} ms", ""))

@@ -39,8 +39,9 @@ BURSTS_PER_DRAIN = 4
 """Bursts each sender queues before the senders wait for the switch (256 = queue size)."""
 
 
-async def run(pairs: int, extra: int, frames_per_sender: int, batched: bool,
-              broadcast: bool = False) -> float:
+async def run(
+    pairs: int, extra: int, frames_per_sender: int, batched: bool, broadcast: bool = False
+) -> float:
     """Seconds to move ``frames_per_sender`` frames from each of ``pairs`` senders."""
     depth = NET_MAX_BATCH * BURSTS_PER_DRAIN
     cfg = NicConfig(rx_capacity=depth, tx_capacity=depth)
@@ -82,8 +83,9 @@ async def run(pairs: int, extra: int, frames_per_sender: int, batched: bool,
 LoopRun = Callable[[Coroutine[Any, Any, float]], float]
 
 
-def measure(label: str, loop_run: LoopRun, runs: int, pairs: int, extra: int, frames: int,
-            broadcast: bool = False) -> tuple[str, ...]:
+def measure(
+    label: str, loop_run: LoopRun, runs: int, pairs: int, extra: int, frames: int, broadcast: bool = False
+) -> tuple[str, ...]:
     single: list[float] = []
     batch: list[float] = []
     total = frames * pairs
@@ -92,8 +94,13 @@ def measure(label: str, loop_run: LoopRun, runs: int, pairs: int, extra: int, fr
         batch.append(total / loop_run(run(pairs, extra, frames, True, broadcast)))
     s, b = statistics.median(single), statistics.median(batch)
     deliveries = " (x99 deliveries)" if broadcast else ""
-    return (label, f"{s / 1e3:,.0f} k/s{deliveries}", f"{b / 1e3:,.0f} k/s", f"{b / s:.2f}x",
-            f"{1e9 / s:,.0f} / {1e9 / b:,.0f} ns")
+    return (
+        label,
+        f"{s / 1e3:,.0f} k/s{deliveries}",
+        f"{b / 1e3:,.0f} k/s",
+        f"{b / s:.2f}x",
+        f"{1e9 / s:,.0f} / {1e9 / b:,.0f} ns",
+    )
 
 
 def main() -> None:
@@ -107,18 +114,28 @@ def main() -> None:
 
         def loop_run(coro: Coroutine[Any, Any, float]) -> float:
             return uvloop.run(coro)
+
         loop_name = f"uvloop {importlib.metadata.version('uvloop')}"
     else:
+
         def loop_run(coro: Coroutine[Any, Any, float]) -> float:
             return asyncio.run(coro)
+
         loop_name = "asyncio"
     unit = NET_MAX_BATCH * BURSTS_PER_DRAIN
     n1 = unit * (100 if args.quick else 1000)
     n100 = unit * (2 if args.quick else 10)
     nb = unit * (4 if args.quick else 40)
     t0 = time.perf_counter()
-    rows: list[tuple[str, ...]] = [("scenario (60-byte frames, end to end)", "single send", "batched send",
-                                    "batched/single", "per frame single / batched")]
+    rows: list[tuple[str, ...]] = [
+        (
+            "scenario (60-byte frames, end to end)",
+            "single send",
+            "batched send",
+            "batched/single",
+            "per frame single / batched",
+        )
+    ]
     rows.append(measure("1 NIC -> 1 NIC, 2 ports", loop_run, args.runs, 1, 0, n1))
     rows.append(measure("100 NICs -> 100 NICs, 1,000 ports", loop_run, args.runs, 100, 800, n100))
     rows.append(measure("broadcast 1 NIC -> 99, 100 ports", loop_run, args.runs, 1, 98, nb, broadcast=True))

@@ -45,14 +45,35 @@ async def run(ns: str, vms: int, seconds: float, conns: int) -> tuple[float, flo
             while "listening" not in s.console.text():  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, "ping", "-c", "20", "-i", "0.05", "-q", hosts[0],
-            stdout=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-q",
+            hosts[0],
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate()
         m = re.search(rb"= [\d.]+/([\d.]+)/", out)
         rtt = float(m.group(1)) if m else float("nan")
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, sys.executable, str(HERE / "httpload.py"), str(seconds),
-            str(conns), "/bytes/2258", *hosts, stdout=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            str(HERE / "httpload.py"),
+            str(seconds),
+            str(conns),
+            "/bytes/2258",
+            *hosts,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate()
         m2 = re.search(rb"requests=(\d+) seconds=([\d.]+) errors=(\d+)", out)
         tap.close()

@@ -61,30 +61,37 @@ def build_old(rev: str, into: Path) -> Path:
     """Builds the guest images of ``rev`` into ``into``/images; returns that directory."""
     src = into / "src"
     src.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "guestos"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "guestos"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     out = into / "images"
-    subprocess.run(["make", "-s", "-C", str(src / "guestos"), "-j2", f"OUT={out}"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["make", "-s", "-C", str(src / "guestos"), "-j2", f"OUT={out}"], check=True, capture_output=True
+    )
     return out
 
 
 # ---- VM to VM ----
 
+
 async def vm_to_vm(images: Path, big: int, reqs: int) -> tuple[float, float]:
     """(TCP Mb/s, requests/s) between an httpd and an httpget of this image set."""
     async with Kernel() as k:
         await k.spawn(str(images / "httpd.elf"), cmdline="ip=10.0.0.1/24")
-        vm = await k.spawn(str(images / "httpget.elf"),
-                           cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1/bytes/{big} count=1 conc=1")
+        vm = await k.spawn(
+            str(images / "httpget.elf"),
+            cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1/bytes/{big} count=1 conc=1",
+        )
         await vm.wait()
         m = re.search(r"ok=1 fail=0 bytes=(\d+) ms=(\d+)", vm.console.text())
         if not m:
             raise RuntimeError(vm.console.text())
         mbps = int(m.group(1)) * 8 / (max(int(m.group(2)), 1) / 1000) / 1e6
-        vm = await k.spawn(str(images / "httpget.elf"),
-                           cmdline=f"ip=10.0.0.3/24 url=http://10.0.0.1/bytes/{DOC} count={reqs} conc=10")
+        vm = await k.spawn(
+            str(images / "httpget.elf"),
+            cmdline=f"ip=10.0.0.3/24 url=http://10.0.0.1/bytes/{DOC} count={reqs} conc=10",
+        )
         await vm.wait()
         m = re.search(rf"ok={reqs} fail=0 bytes=\d+ ms=(\d+)", vm.console.text())
         if not m:
@@ -125,9 +132,15 @@ class Namespace:
         sh("ip", "netns", "del", self.name, check=False)
 
     async def run(self, *cmd: str, limit: float = 120) -> str:
-        proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", self.name, *cmd,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            self.name,
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), limit)
         return out.decode(errors="replace")
 
@@ -147,8 +160,15 @@ async def client_load(ns: Namespace, host: str, seconds: float) -> dict[str, flo
     d = f"{max(1, round(seconds))}s"
     conn = wrk_rate(await ns.run("wrk", "-t1", "-c8", f"-d{d}", "-H", "Connection: close", f"http://{host}/"))
     keep = wrk_rate(await ns.run("wrk", "-t1", "-c16", f"-d{d}", f"http://{host}/bytes/{DOC}"))
-    out = await ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
-                       f"http://{host}/bytes/20000000")
+    out = await ns.run(
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{time_total}",
+        f"http://{host}/bytes/20000000",
+    )
     size, took = out.split()
     if int(size) != 20_000_000:
         raise RuntimeError(f"curl fetched {size} bytes")
@@ -156,8 +176,17 @@ async def client_load(ns: Namespace, host: str, seconds: float) -> dict[str, flo
 
 
 async def lossy_fetch(ns: Namespace, host: str) -> float:
-    out = await ns.run("curl", "-s", "-o", "/dev/null", "-m", "60", "-w", "%{size_download} %{time_total}",
-                       f"http://{host}/bytes/1000000")
+    out = await ns.run(
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-m",
+        "60",
+        "-w",
+        "%{size_download} %{time_total}",
+        f"http://{host}/bytes/1000000",
+    )
     size, took = out.split()
     if int(size) != 1_000_000:
         raise RuntimeError(f"curl fetched {size} bytes through the lossy link")
@@ -188,7 +217,8 @@ async def tap_round(kind: str, images: Path, site: Path, seconds: float, seed: i
                         conf = site / f"nginx-{ns_.name}.conf"
                         conf.write_text(NGINX_CONF.format(dir=site, addr=addr))
                         p = await asyncio.create_subprocess_exec(
-                            "ip", "netns", "exec", ns_.name, "nginx", "-c", str(conf), "-p", str(site))
+                            "ip", "netns", "exec", ns_.name, "nginx", "-c", str(conf), "-p", str(site)
+                        )
                         if ns_ is srvns:
                             nginx = p
                         else:
@@ -241,9 +271,15 @@ async def instructions_per_byte(images: Path, lib: ctypes.CDLL) -> tuple[float, 
         n = ctypes.c_uint64(0)
         hh = ctypes.c_size_t()
         engine = vm.cpu.engine  # type: ignore[attr-defined]
-        err = _uc._lib.uc_hook_add(engine._h, ctypes.byref(hh), ctypes.c_int(1 << 2),
-                                   ctypes.cast(lib.denali_count, ctypes.c_void_p), ctypes.byref(n),
-                                   ctypes.c_uint64(1), ctypes.c_uint64(0))
+        err = _uc._lib.uc_hook_add(
+            engine._h,
+            ctypes.byref(hh),
+            ctypes.c_int(1 << 2),
+            ctypes.cast(lib.denali_count, ctypes.c_void_p),
+            ctypes.byref(n),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
         if err:
             raise RuntimeError(f"uc_hook_add: {err}")
         keep.append(n)
@@ -256,8 +292,9 @@ async def instructions_per_byte(images: Path, lib: ctypes.CDLL) -> tuple[float, 
         sn = hook(srv)
         for i, size in enumerate(sizes):
             url = f"http://10.0.0.1/bytes/{size}"
-            cli = await k.spawn(str(images / "httpget.elf"),
-                                cmdline=f"ip=10.0.0.{2 + i}/24 url={url} count=1 conc=1")
+            cli = await k.spawn(
+                str(images / "httpget.elf"), cmdline=f"ip=10.0.0.{2 + i}/24 url={url} count=1 conc=1"
+            )
             while not hasattr(cli, "cpu"):  # noqa: ASYNC110 (materialized: hook it before its first request)
                 await asyncio.sleep(0)
             cn = hook(cli)
@@ -272,6 +309,7 @@ async def instructions_per_byte(images: Path, lib: ctypes.CDLL) -> tuple[float, 
 
 
 # ---- the run ----
+
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
@@ -314,10 +352,14 @@ def main() -> None:
                 else:
                     raise SystemExit(f"bench_tcp: the {who} stack failed three VM-to-VM runs in a row")
             for who in [*order, "native"] if r % 2 == 0 else ["native", *order]:
-                tap[who].append(asyncio.run(tap_round(who, images.get(who, new_images), site, args.seconds,
-                                                      seed=r + 1)))
-            print(f"round {r + 1}: vm {vm['new'][-1]} / {vm['old'][-1]}; tap new {tap['new'][-1]}; "
-                  f"old {tap['old'][-1]}; native {tap['native'][-1]}", flush=True)
+                tap[who].append(
+                    asyncio.run(tap_round(who, images.get(who, new_images), site, args.seconds, seed=r + 1))
+                )
+            print(
+                f"round {r + 1}: vm {vm['new'][-1]} / {vm['old'][-1]}; tap new {tap['new'][-1]}; "
+                f"old {tap['old'][-1]}; native {tap['native'][-1]}",
+                flush=True,
+            )
         lib = native_counter(tmp)
         ipb_old = asyncio.run(instructions_per_byte(old_images, lib))
         ipb_new = asyncio.run(instructions_per_byte(new_images, lib))
@@ -325,26 +367,64 @@ def main() -> None:
     def ratio(a: list[float], b: list[float]) -> float:
         return med([x / y for x, y in zip(a, b, strict=True)])
 
-    rows = [("what (median of rounds)", "old stack", "new stack", "new/old (median of ratios)",
-             "native Linux", "new/native")]
-    for i, name in enumerate(("TCP Mb/s VM to VM, 20 MB" if not args.quick else "TCP Mb/s VM to VM, 4 MB",
-                              f"HTTP req/s VM to VM, {DOC:,} B, 10 keep-alive conns")):
+    rows = [
+        (
+            "what (median of rounds)",
+            "old stack",
+            "new stack",
+            "new/old (median of ratios)",
+            "native Linux",
+            "new/native",
+        )
+    ]
+    for i, name in enumerate(
+        (
+            "TCP Mb/s VM to VM, 20 MB" if not args.quick else "TCP Mb/s VM to VM, 4 MB",
+            f"HTTP req/s VM to VM, {DOC:,} B, 10 keep-alive conns",
+        )
+    ):
         o = [x[i] for x in vm["old"]]
         n = [x[i] for x in vm["new"]]
         rows.append((name, f"{med(o):.0f}", f"{med(n):.0f}", f"{ratio(n, o):.2f}x", "", ""))
-    for key, name, fmt in (("conn_s", "new connections/s through TAP (wrk, Connection: close)", "{:.0f}"),
-                           ("req_s", f"keep-alive req/s through TAP (wrk, 16 conns, {DOC:,} B)", "{:.0f}"),
-                           ("mbps", "TCP Mb/s through TAP (curl, 20 MB)", "{:.0f}"),
-                           ("loss_s", f"1 MB through {LOSS_LINK} each way, seconds", "{:.2f}")):
+    for key, name, fmt in (
+        ("conn_s", "new connections/s through TAP (wrk, Connection: close)", "{:.0f}"),
+        ("req_s", f"keep-alive req/s through TAP (wrk, 16 conns, {DOC:,} B)", "{:.0f}"),
+        ("mbps", "TCP Mb/s through TAP (curl, 20 MB)", "{:.0f}"),
+        ("loss_s", f"1 MB through {LOSS_LINK} each way, seconds", "{:.2f}"),
+    ):
         o = [x[key] for x in tap["old"]]
         n = [x[key] for x in tap["new"]]
         v = [x[key] for x in tap["native"]]
-        rows.append((name, fmt.format(med(o)), fmt.format(med(n)), f"{ratio(n, o):.2f}x", fmt.format(med(v)),
-                     f"{ratio(n, v):.2f}x"))
-    rows.append(("guest instructions per payload byte, sender (httpd)", f"{ipb_old[0]:.1f}",
-                 f"{ipb_new[0]:.1f}", f"{ipb_new[0] / ipb_old[0]:.2f}x", "", ""))
-    rows.append(("guest instructions per payload byte, receiver (httpget)", f"{ipb_old[1]:.1f}",
-                 f"{ipb_new[1]:.1f}", f"{ipb_new[1] / ipb_old[1]:.2f}x", "", ""))
+        rows.append(
+            (
+                name,
+                fmt.format(med(o)),
+                fmt.format(med(n)),
+                f"{ratio(n, o):.2f}x",
+                fmt.format(med(v)),
+                f"{ratio(n, v):.2f}x",
+            )
+        )
+    rows.append(
+        (
+            "guest instructions per payload byte, sender (httpd)",
+            f"{ipb_old[0]:.1f}",
+            f"{ipb_new[0]:.1f}",
+            f"{ipb_new[0] / ipb_old[0]:.2f}x",
+            "",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "guest instructions per payload byte, receiver (httpget)",
+            f"{ipb_old[1]:.1f}",
+            f"{ipb_new[1]:.1f}",
+            f"{ipb_new[1] / ipb_old[1]:.2f}x",
+            "",
+            "",
+        )
+    )
     table(f"Guest TCP/IP: {rounds} alternating rounds, {time.strftime('%Y-%m-%d')}", rows)
     print(f"\nVM-to-VM runs that failed and were repeated: old {failures['old']}, new {failures['new']}")
 

@@ -59,6 +59,7 @@ class BareGuest:
 
     def __init__(self, image: str | Image, cmdline: str, mem_size: int = abi.DEFAULT_MEMORY) -> None:
         from denali.cpu import CpuState, VCpu
+
         self.image = resolve(image) if isinstance(image, str) else image
         self.mem = GuestMemory(mem_size)
         regions, hs, he = layout_regions(self.image, mem_size)
@@ -69,8 +70,10 @@ class BareGuest:
         self.mem.write(abi.Layout.VREGS + abi.CMDLINE_OFFSET, cmd)
         v = abi.VREGS.offsets()
         import struct
-        struct.pack_into("<IIII", self.mem.buf, abi.Layout.VREGS, abi.VREGS_MAGIC, abi.ABI_VERSION, 1,
-                         mem_size)
+
+        struct.pack_into(
+            "<IIII", self.mem.buf, abi.Layout.VREGS, abi.VREGS_MAGIC, abi.ABI_VERSION, 1, mem_size
+        )
         struct.pack_into("<II", self.mem.buf, abi.Layout.VREGS + v["heap_start"], hs, he)
         struct.pack_into("<I", self.mem.buf, abi.Layout.VREGS + v["cmdline_len"], len(cmd) - 1)
         self.terminated = False
@@ -81,8 +84,9 @@ class BareGuest:
                 return -1
             return 0
 
-        self.cpu = VCpu(1, self.image.name, self.mem, dispatch, 16 << 20,
-                        CpuState.boot(self.image.entry, mem_size))
+        self.cpu = VCpu(
+            1, self.image.name, self.mem, dispatch, 16 << 20, CpuState.boot(self.image.entry, mem_size)
+        )
 
     def run(self) -> float:
         """Run to TERMINATE in one emu_start; returns seconds."""
@@ -104,10 +108,18 @@ def count_instructions(image: str, cmdline: str) -> int:
     g = BareGuest(image, cmdline)
     n = ctypes.c_uint64(0)
     cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)(
-        lambda uc, addr, size, ud: _bump(n))
+        lambda uc, addr, size, ud: _bump(n)
+    )
     hh = ctypes.c_size_t()
-    _uc._lib.uc_hook_add(g.cpu.engine._h, ctypes.byref(hh), ctypes.c_int(1 << 2), cb, None,
-                         ctypes.c_uint64(1), ctypes.c_uint64(0))
+    _uc._lib.uc_hook_add(
+        g.cpu.engine._h,
+        ctypes.byref(hh),
+        ctypes.c_int(1 << 2),
+        cb,
+        None,
+        ctypes.c_uint64(1),
+        ctypes.c_uint64(0),
+    )
     g.run()
     g.close()
     return n.value

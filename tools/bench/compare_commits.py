@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import ROOT, table
 
-_PROBE = r'''
+_PROBE = r"""
 import asyncio, json, sys, time
 from denali.kernel import Kernel
 
@@ -83,21 +83,31 @@ res = {
     "swap out + in, 1 MiB touched (ms)": asyncio.run(swap_ms(10)),
 }
 print(json.dumps(res))
-'''
+"""
 
 
 def _worktree(rev: str, into: Path) -> Path:
     path = into / rev.replace("/", "_")
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
-    subprocess.run(["make", "-s", "-C", str(path / "guestos"), "-j2", f"OUT={path / 'denali' / 'images'}"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["make", "-s", "-C", str(path / "guestos"), "-j2", f"OUT={path / 'denali' / 'images'}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return path
 
 
 def _measure(tree: Path, n: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(n)], env=env, cwd=tree, check=True,
-                         capture_output=True, text=True, timeout=900).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(n)],
+        env=env,
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    ).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
@@ -121,8 +131,9 @@ def main() -> None:
                 print(f"round {r + 1}/{args.rounds}: " + json.dumps(got), file=sys.stderr)
         finally:
             for path in trees.values():
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
-                               check=False)
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+                )
     rows = [("figure", f"base {args.base}", f"head {args.head}", "head/base (median of rounds)")]
     for key in rounds[0][args.base]:
         a = [r[args.base][key] for r in rounds]

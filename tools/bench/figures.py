@@ -53,6 +53,7 @@ def _cell(fmt: str, v: float | None) -> str:
 def write_figure(fig: Figure, directory: Path = FIGURES) -> tuple[Path, Path]:
     """Write ``NAME.md`` and ``NAME.png``; print the table; return both paths."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -60,8 +61,14 @@ def write_figure(fig: Figure, directory: Path = FIGURES) -> tuple[Path, Path]:
     head = [fig.xlabel, *(s.label for s in fig.series)]
     rows = [[f"{x:,g}", *(_cell(fig.fmt, s.y[i]) for s in fig.series)] for i, x in enumerate(fig.x)]
     cmd = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
-    lines = [f"# {fig.title}", "", f"Produced by `{cmd}`.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines = [
+        f"# {fig.title}",
+        "",
+        f"Produced by `{cmd}`.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if fig.notes:
         lines += ["", *fig.notes]
@@ -77,8 +84,16 @@ def write_figure(fig: Figure, directory: Path = FIGURES) -> tuple[Path, Path]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], s.style, label=s.label)
     for x, label in fig.marks:
         ax.axvline(x, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(label, (x, 0.97), xycoords=("data", "axes fraction"), rotation=90,
-                    va="top", ha="right", fontsize=7, color="dimgrey")
+        ax.annotate(
+            label,
+            (x, 0.97),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="dimgrey",
+        )
     ax.set_title(fig.title, fontsize=10)
     ax.set_xlabel(fig.xlabel)
     ax.set_ylabel(fig.ylabel)

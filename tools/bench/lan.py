@@ -34,8 +34,9 @@ def vm_ip(i: int) -> str:
 
 async def sh(*cmd: str, check: bool = True) -> None:
     """Run a command without blocking the loop (the kernel must keep answering)."""
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await proc.communicate()
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {out.decode(errors='replace').strip()}")
@@ -60,8 +61,16 @@ class LinuxHost:
             await sh("ip", "link", "set", self.dev, "netns", self.ns)
             # no IPv6 on the link: its router and multicast-listener chatter is flooded
             # to every VM (and would swap in every swapped-out one)
-            await sh("ip", "netns", "exec", self.ns, "sysctl", "-q", "-w",
-                      f"net.ipv6.conf.{self.dev}.disable_ipv6=1")
+            await sh(
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                "sysctl",
+                "-q",
+                "-w",
+                f"net.ipv6.conf.{self.dev}.disable_ipv6=1",
+            )
             await sh("ip", "-n", self.ns, "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", self.dev)
             await sh("ip", "-n", self.ns, "link", "set", self.dev, "up")
             await sh("ip", "-n", self.ns, "link", "set", "lo", "up")
@@ -85,18 +94,28 @@ class LinuxHost:
         await sh("ip", "netns", "exec", self.ns, "ping", "-c", "1", "-W", "5", vm_ip(first))
         with tempfile.NamedTemporaryFile("w", suffix=".neigh") as f:
             for k, vm in enumerate(vms):
-                f.write(f"neigh replace {vm_ip(first + k)} lladdr {vm.mac.hex(':')} dev {self.dev} "
-                        "nud permanent\n")
+                f.write(
+                    f"neigh replace {vm_ip(first + k)} lladdr {vm.mac.hex(':')} dev {self.dev} "
+                    "nud permanent\n"
+                )
             f.flush()
             await sh("ip", "-n", self.ns, "-batch", f.name)
 
-    async def load(self, *args: str, on_line: Callable[[dict[str, Any]], None] | None = None
-                   ) -> dict[str, Any]:
+    async def load(
+        self, *args: str, on_line: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
         """Run lanload.py with ``args`` in the namespace; JSON lines go to ``on_line``;
         returns the last line (the summary)."""
         proc = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", self.ns, sys.executable, str(HERE / "lanload.py"), *args,
-            stdout=asyncio.subprocess.PIPE)
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            sys.executable,
+            str(HERE / "lanload.py"),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+        )
         assert proc.stdout is not None
         last: dict[str, Any] = {}
         async for raw in proc.stdout:
@@ -120,4 +139,3 @@ async def boot_httpd(k: Kernel, n: int, progress: bool = True) -> list[Vm]:
         if progress and i % 10_000 == 0:
             print(f"  listening {i:,}/{n:,}, RSS {rss_mib():,.0f} MiB", file=sys.stderr, flush=True)
     return vms
-

@@ -122,8 +122,14 @@ async def http_once(host: str) -> bool:
     try:
         await asyncio.wait_for(get(reader, writer, host), TIMEOUT)
         return True
-    except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            IndexError, ValueError) as exc:
+    except (
+        TimeoutError,
+        OSError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        IndexError,
+        ValueError,
+    ) as exc:
         failed("get", exc)
         return False
     finally:
@@ -151,10 +157,17 @@ async def sweep(addrs: list[str], conc: int) -> dict[str, object]:
 
     t = time.monotonic()
     await asyncio.gather(*(one(h) for h in addrs))
-    return {"hosts": len(addrs), "ping_ok": len(addrs) - len(ping_failed),
-            "http_ok": len(addrs) - len(http_failed), "ping_failed": ping_failed[:20],
-            "http_failed": http_failed[:20], "seconds": round(time.monotonic() - t, 3),
-            "ping_ms": percentiles(ping_ms), "http_ms": percentiles(http_ms), "reasons": REASONS}
+    return {
+        "hosts": len(addrs),
+        "ping_ok": len(addrs) - len(ping_failed),
+        "http_ok": len(addrs) - len(http_failed),
+        "ping_failed": ping_failed[:20],
+        "http_failed": http_failed[:20],
+        "seconds": round(time.monotonic() - t, 3),
+        "ping_ms": percentiles(ping_ms),
+        "http_ms": percentiles(http_ms),
+        "reasons": REASONS,
+    }
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -201,8 +214,9 @@ class Pool:
                 del self.idle[oldest_host]
 
 
-async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alpha: float,
-               report: float) -> dict[str, object]:
+async def zipf(
+    addrs: list[str], seconds: float, conc: int, pool_size: int, alpha: float, report: float
+) -> dict[str, object]:
     weights = [1 / (r + 1) ** alpha for r in range(len(addrs))]
     cdf: list[float] = []
     acc = 0.0
@@ -232,8 +246,14 @@ async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alph
                 pool.give(host, conn)
                 window["ok"] += 1
                 lat.append(time.monotonic() - t)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    IndexError, ValueError) as exc:
+            except (
+                TimeoutError,
+                OSError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                IndexError,
+                ValueError,
+            ) as exc:
                 if time.monotonic() >= until:
                     break  # cut off by the end of the run, not failed
                 failed(stage, exc)
@@ -247,11 +267,22 @@ async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alph
             await asyncio.sleep(report)
             now = time.monotonic()
             lat.sort()
-            pct = {f"p{p}_ms": round(lat[int(len(lat) * p / 100)] * 1000, 2) if lat else None
-                   for p in (50, 99)}
-            print(json.dumps({"t": round(now - t0, 2), "req_s": round(window["ok"] / (now - last), 1),
-                              "ok": window["ok"], "err": window["err"], **pct,
-                              "open": pool.total}), flush=True)
+            pct = {
+                f"p{p}_ms": round(lat[int(len(lat) * p / 100)] * 1000, 2) if lat else None for p in (50, 99)
+            }
+            print(
+                json.dumps(
+                    {
+                        "t": round(now - t0, 2),
+                        "req_s": round(window["ok"] / (now - last), 1),
+                        "ok": window["ok"],
+                        "err": window["err"],
+                        **pct,
+                        "open": pool.total,
+                    }
+                ),
+                flush=True,
+            )
             total["ok"] += window["ok"]
             total["err"] += window["err"]
             window["ok"] = window["err"] = 0
@@ -264,8 +295,15 @@ async def zipf(addrs: list[str], seconds: float, conc: int, pool_size: int, alph
     total["ok"] += window["ok"]
     total["err"] += window["err"]
     wall = time.monotonic() - t0
-    return {"summary": True, "requests": total["ok"], "errors": total["err"], "seconds": round(wall, 3),
-            "req_s": round(total["ok"] / wall, 1), "connections_opened": pool.opened, "reasons": REASONS}
+    return {
+        "summary": True,
+        "requests": total["ok"],
+        "errors": total["err"],
+        "seconds": round(wall, 3),
+        "req_s": round(total["ok"] / wall, 1),
+        "connections_opened": pool.opened,
+        "reasons": REASONS,
+    }
 
 
 def main() -> None:
@@ -282,8 +320,10 @@ def main() -> None:
     args = ap.parse_args()
     addrs = hosts(args.first, args.count)
     if args.sample:
-        addrs = sorted(random.Random(7).sample(addrs, min(args.sample, len(addrs))),
-                       key=lambda a: int(ipaddress.IPv4Address(a)))
+        addrs = sorted(
+            random.Random(7).sample(addrs, min(args.sample, len(addrs))),
+            key=lambda a: int(ipaddress.IPv4Address(a)),
+        )
     if args.mode == "sweep":
         out = asyncio.run(sweep(addrs, args.conc or 256))
     else:

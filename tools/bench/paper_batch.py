@@ -35,8 +35,19 @@ async def point(n: int, batched: bool, seconds: float, conc: int) -> tuple[float
         if warm["http_ok"] != n:
             raise RuntimeError(f"warm-up: only {warm['http_ok']} of {n} VMs answered")
         idles0 = sum(vm.stats["idles"] for vm in vms)
-        res = await host.load("zipf", vm_ip(1), str(n), "--alpha", "0", "--seconds", str(seconds),
-                              "--conc", str(conc), "--report", str(seconds))
+        res = await host.load(
+            "zipf",
+            vm_ip(1),
+            str(n),
+            "--alpha",
+            "0",
+            "--seconds",
+            str(seconds),
+            "--conc",
+            str(conc),
+            "--report",
+            str(seconds),
+        )
         wakes = sum(vm.stats["idles"] for vm in vms) - idles0
         if any(vm.state.final for vm in vms):
             raise RuntimeError("a VM ended during the run")
@@ -54,22 +65,39 @@ def main() -> None:
     for n in counts:
         b_rate, b_wakes = asyncio.run(point(n, True, args.seconds, args.conc))
         s_rate, s_wakes = asyncio.run(point(n, False, args.seconds, args.conc))
-        print(f"  N={n:,}: batched {b_rate:,.0f} req/s ({b_wakes:.2f} wakes/req), synchronous "
-              f"{s_rate:,.0f} req/s ({s_wakes:.2f} wakes/req): {b_rate / s_rate:.2f}x", flush=True)
+        print(
+            f"  N={n:,}: batched {b_rate:,.0f} req/s ({b_wakes:.2f} wakes/req), synchronous "
+            f"{s_rate:,.0f} req/s ({s_wakes:.2f} wakes/req): {b_rate / s_rate:.2f}x",
+            flush=True,
+        )
         rows.append((b_rate, s_rate, b_wakes, s_wakes))
-    write_figure(Figure(
-        name="paper_batch", title="Batched vs synchronous virtual interrupts (HTTP, 2,258-byte documents)",
-        xlabel="VMs", ylabel="requests/s", x=counts, logx=True, fmt="{:,.0f}",
-        series=[Series("batched (Denali)", [r[0] for r in rows]),
-                Series("synchronous", [r[1] for r in rows], "s--")],
-        notes=["Ratio batched/synchronous: " + ", ".join(
-                   f"{n:,} VMs {r[0] / r[1]:.2f}x" for n, r in zip(counts, rows, strict=True)) + ".",
-               "Guest wake-ups (returns from idle) per request, batched/synchronous: " + ", ".join(
-                   f"{n:,}: {r[2]:.2f}/{r[3]:.2f}" for n, r in zip(counts, rows, strict=True)) + ".",
-               f"{args.conc} keep-alive clients in a Linux namespace (lanload.py, uniform choice of VM) "
-               f"through a TAP device; {args.seconds:g} s per run; slices on one core, load on the other.",
-               "Paper (Denali, OSDI 2002, Section 6): batched asynchronous interrupts gain up to "
-               "30% over synchronous delivery at 800 VMs, the gain growing with the number of VMs."]))
+    write_figure(
+        Figure(
+            name="paper_batch",
+            title="Batched vs synchronous virtual interrupts (HTTP, 2,258-byte documents)",
+            xlabel="VMs",
+            ylabel="requests/s",
+            x=counts,
+            logx=True,
+            fmt="{:,.0f}",
+            series=[
+                Series("batched (Denali)", [r[0] for r in rows]),
+                Series("synchronous", [r[1] for r in rows], "s--"),
+            ],
+            notes=[
+                "Ratio batched/synchronous: "
+                + ", ".join(f"{n:,} VMs {r[0] / r[1]:.2f}x" for n, r in zip(counts, rows, strict=True))
+                + ".",
+                "Guest wake-ups (returns from idle) per request, batched/synchronous: "
+                + ", ".join(f"{n:,}: {r[2]:.2f}/{r[3]:.2f}" for n, r in zip(counts, rows, strict=True))
+                + ".",
+                f"{args.conc} keep-alive clients in a Linux namespace (lanload.py, uniform choice of VM) "
+                f"through a TAP device; {args.seconds:g} s per run; slices on one core, load on the other.",
+                "Paper (Denali, OSDI 2002, Section 6): batched asynchronous interrupts gain up to "
+                "30% over synchronous delivery at 800 VMs, the gain growing with the number of VMs.",
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

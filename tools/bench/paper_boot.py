@@ -57,17 +57,27 @@ def main() -> None:
             print(f"N={n:,} workers={w}: {r:,.0f} VMs/s ({time.perf_counter() - t:.1f} s)", flush=True)
     big = max(rates[0][-1] or 0, rates[2][-1] or 0)
     fig = Figure(
-        name="paper_boot", title="Boot rate: VMs started per second (spawn to first idle)",
-        xlabel="VMs booted (N)", ylabel="VMs per second", x=ns, logx=True, fmt="{:,.0f}",
-        series=[Series("workers=0 (slices on the loop)", rates[0]),
-                Series("workers=2 (two worker threads)", rates[2], "s-")],
-        notes=["Measured: N test-idle VMs (16 MiB, NIC) spawned one after another in one fresh kernel; "
-               "N / time from the first spawn until every VM had reached its first idle-with-timeout "
-               f"(median of 7 runs for N <= 10, 3 for N = 100 and 1,000); above N = {SWAP_ABOVE:,} the kernel"
-               f" has a {BUDGET >> 30} GiB memory budget, so booted VMs swap out while the others boot.",
-               "Reference (Firecracker's docs/design.md): a steady rate of 5 microVMs (minimal Linux, "
-               "128 MiB) per host core per second, i.e. 10 VMs/s on this 2-core machine; ours: "
-               f"{big:,.0f} VMs/s at N = {ns[-1]:,} (the better of the two settings)."])
+        name="paper_boot",
+        title="Boot rate: VMs started per second (spawn to first idle)",
+        xlabel="VMs booted (N)",
+        ylabel="VMs per second",
+        x=ns,
+        logx=True,
+        fmt="{:,.0f}",
+        series=[
+            Series("workers=0 (slices on the loop)", rates[0]),
+            Series("workers=2 (two worker threads)", rates[2], "s-"),
+        ],
+        notes=[
+            "Measured: N test-idle VMs (16 MiB, NIC) spawned one after another in one fresh kernel; "
+            "N / time from the first spawn until every VM had reached its first idle-with-timeout "
+            f"(median of 7 runs for N <= 10, 3 for N = 100 and 1,000); above N = {SWAP_ABOVE:,} the kernel"
+            f" has a {BUDGET >> 30} GiB memory budget, so booted VMs swap out while the others boot.",
+            "Reference (Firecracker's docs/design.md): a steady rate of 5 microVMs (minimal Linux, "
+            "128 MiB) per host core per second, i.e. 10 VMs/s on this 2-core machine; ours: "
+            f"{big:,.0f} VMs/s at N = {ns[-1]:,} (the better of the two settings).",
+        ],
+    )
     write_figure(fig)
 
 

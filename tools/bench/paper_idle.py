@@ -50,8 +50,10 @@ async def point(mode: str, n: int, iters: int) -> tuple[float, float]:
     """Worker iterations per second, and server wake-ups per second."""
     async with Kernel() as k:
         if mode == "idle":
-            servers = [await k.spawn("udpecho", memory="4M", cmdline=f"ip=10.0.{i // 250}.{i % 250 + 1}/16")
-                       for i in range(n)]
+            servers = [
+                await k.spawn("udpecho", memory="4M", cmdline=f"ip=10.0.{i // 250}.{i % 250 + 1}/16")
+                for i in range(n)
+            ]
             for vm in servers:
                 await vm.until_idle()
             await asyncio.sleep(0.2)  # boot-time ARP announcements settle
@@ -103,25 +105,40 @@ def main() -> None:
     shown.close()
     ratio: list[float | None] = [i / p for i, p in zip(idle, poll, strict=True) if i and p]
     fig = Figure(
-        name="paper_idle", title="Idle-with-timeout vs busy polling: CPU-bound VM's throughput",
-        xlabel="server VMs (N)", ylabel="worker M iterations/s (ratio: x)", x=ns, logy=True,
-        series=[Series("idle-with-timeout (M iter/s)", idle), Series("busy polling (M iter/s)", poll, "s-"),
-                Series("ratio idle / poll (x)", ratio, "^:")],
-        notes=[f"Measured (medians of {runs} runs): the throughput of one bench-alu VM (alone: "
-               f"{solo / 1e6:,.0f} M iterations/s) next to N server VMs that wait for a timer, either in "
-               "the IDLE hypercall (udpecho, woken by a TIMER interrupt every 10 ms: "
-               + ", ".join(f"{w:,.0f}" for w in wakes) + " wake-ups/s) or busy polling (test-spin, "
-               "equivalent to polling the time virtual register, which only changes at slice starts).",
-               "Paper (Denali, OSDI 2002): idle-with-timeout gives more than 2x over busy waiting; "
-               f"ours: {ratio[0]:.1f}x at N={ns[0]} to {ratio[-1]:.0f}x at N={ns[-1]} (a poller takes a "
-               "full 2 ms slice each turn, so the worker's share falls as 1/(N+1))."])
+        name="paper_idle",
+        title="Idle-with-timeout vs busy polling: CPU-bound VM's throughput",
+        xlabel="server VMs (N)",
+        ylabel="worker M iterations/s (ratio: x)",
+        x=ns,
+        logy=True,
+        series=[
+            Series("idle-with-timeout (M iter/s)", idle),
+            Series("busy polling (M iter/s)", poll, "s-"),
+            Series("ratio idle / poll (x)", ratio, "^:"),
+        ],
+        notes=[
+            f"Measured (medians of {runs} runs): the throughput of one bench-alu VM (alone: "
+            f"{solo / 1e6:,.0f} M iterations/s) next to N server VMs that wait for a timer, either in "
+            "the IDLE hypercall (udpecho, woken by a TIMER interrupt every 10 ms: "
+            + ", ".join(f"{w:,.0f}" for w in wakes)
+            + " wake-ups/s) or busy polling (test-spin, "
+            "equivalent to polling the time virtual register, which only changes at slice starts).",
+            "Paper (Denali, OSDI 2002): idle-with-timeout gives more than 2x over busy waiting; "
+            f"ours: {ratio[0]:.1f}x at N={ns[0]} to {ratio[-1]:.0f}x at N={ns[-1]} (a poller takes a "
+            "full 2 ms slice each turn, so the worker's share falls as 1/(N+1)).",
+        ],
+    )
     asked = [round(n / PERIOD) for n in ns]
-    short = [f"{w:,.0f} of {a:,}/s at N={n}" for n, a, w in zip(ns, asked, wakes, strict=True)
-             if w < 0.95 * a]
+    short = [
+        f"{w:,.0f} of {a:,}/s at N={n}" for n, a, w in zip(ns, asked, wakes, strict=True) if w < 0.95 * a
+    ]
     if short:
-        fig.notes.append("Where the kernel cannot serve every wake-up next to the worker, a TIMER raised "
-                         "while a VM still waits for the CPU merges with the pending one (delivered: "
-                         + "; ".join(short) + ").")
+        fig.notes.append(
+            "Where the kernel cannot serve every wake-up next to the worker, a TIMER raised "
+            "while a VM still waits for the CPU merges with the pending one (delivered: "
+            + "; ".join(short)
+            + ")."
+        )
     write_figure(fig)
 
 

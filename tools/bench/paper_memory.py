@@ -79,8 +79,12 @@ async def child(n: int, budget: int) -> dict[str, object]:
 
 
 def run_child(n: int, budget: int) -> dict[str, object]:
-    r = subprocess.run([sys.executable, __file__, "--child", str(n), "--budget", str(budget)],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, __file__, "--child", str(n), "--budget", str(budget)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     out: dict[str, object] = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"N={n:,} budget={budget >> 20} MiB: {out}", flush=True)
     return out
@@ -105,30 +109,48 @@ def main() -> None:
         else:
             r = run_child(n, 0)
             if "error" in r:
-                stopped = (f"at N={n:,}, spawn raised {r['error']} after {r['vms']:,} VMs (+ 4 warm-up VMs "
-                           f"= max_engines = {r['max_engines']:,})")
+                stopped = (
+                    f"at N={n:,}, spawn raised {r['error']} after {r['vms']:,} VMs (+ 4 warm-up VMs "
+                    f"= max_engines = {r['max_engines']:,})"
+                )
             resident.append(None if stopped else float(str(r["per_vm"])) / 1024)
         s = run_child(n, BUDGET)
         swapped.append(float(str(s["per_vm"])) / 1024)
     last = swapped[-1] or 0.0
     grown = [(y or 0.0) * n for y, n in zip(swapped, ns, strict=True)]  # KB in all
     marginal = (grown[-1] - grown[-2]) / (ns[-1] - ns[-2])
-    notes = ["Measured: growth of the process's RSS (VmRSS, after malloc_trim) while N test-idle VMs "
-             "(16 MiB address space, no NIC) wait in idle-with-timeout, divided by N; each point in a "
-             "fresh process. Resident: no budget, every VM keeps its engine and memory; swapped: a "
-             f"{BUDGET >> 20} MiB budget and every VM swapped out once idle.",
-             f"Paper (Denali, OSDI 2002): 8.5 KB (8,472 bytes) of kernel memory per VM; ours for a swapped "
-             f"VM: {last:.1f} KB ({last * 1024:,.0f} bytes) at N={ns[-1]:,}, and {marginal:.1f} KB "
-             f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,}; resident VMs "
-             f"cost {(resident[0] or 0) / 1024:.2f} MB each."]
+    notes = [
+        "Measured: growth of the process's RSS (VmRSS, after malloc_trim) while N test-idle VMs "
+        "(16 MiB address space, no NIC) wait in idle-with-timeout, divided by N; each point in a "
+        "fresh process. Resident: no budget, every VM keeps its engine and memory; swapped: a "
+        f"{BUDGET >> 20} MiB budget and every VM swapped out once idle.",
+        f"Paper (Denali, OSDI 2002): 8.5 KB (8,472 bytes) of kernel memory per VM; ours for a swapped "
+        f"VM: {last:.1f} KB ({last * 1024:,.0f} bytes) at N={ns[-1]:,}, and {marginal:.1f} KB "
+        f"({marginal * 1024:,.0f} bytes) per VM added from N={ns[-2]:,} to {ns[-1]:,}; resident VMs "
+        f"cost {(resident[0] or 0) / 1024:.2f} MB each.",
+    ]
     if stopped:
-        notes.append(f"The resident series stops at the engine limit (KernelConfig.max_engines = "
-                     f"vm.max_map_count / 8): {stopped}; a budget lifts it.")
-    write_figure(Figure(
-        name="paper_memory", title="Kernel memory per VM vs number of VMs",
-        xlabel="VMs (N)", ylabel="KB per VM (RSS growth / N)", x=ns, logx=True, logy=True, fmt="{:,.1f}",
-        series=[Series("resident (KB per VM)", resident), Series("swapped out (KB per VM)", swapped, "s-")],
-        notes=notes))
+        notes.append(
+            f"The resident series stops at the engine limit (KernelConfig.max_engines = "
+            f"vm.max_map_count / 8): {stopped}; a budget lifts it."
+        )
+    write_figure(
+        Figure(
+            name="paper_memory",
+            title="Kernel memory per VM vs number of VMs",
+            xlabel="VMs (N)",
+            ylabel="KB per VM (RSS growth / N)",
+            x=ns,
+            logx=True,
+            logy=True,
+            fmt="{:,.1f}",
+            series=[
+                Series("resident (KB per VM)", resident),
+                Series("swapped out (KB per VM)", swapped, "s-"),
+            ],
+            notes=notes,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -65,16 +65,24 @@ def main() -> None:
     one = med[1]
     us: list[float | None] = [med[n] for n in ns]
     fig = Figure(
-        name="paper_switch", title="VM switch time vs number of VMs (bench-yield, one CPU)",
-        xlabel="VMs (N)", ylabel="us per switch", x=ns, logx=True, fmt="{:,.2f}",
+        name="paper_switch",
+        title="VM switch time vs number of VMs (bench-yield, one CPU)",
+        xlabel="VMs (N)",
+        ylabel="us per switch",
+        x=ns,
+        logx=True,
+        fmt="{:,.2f}",
         series=[Series("denali (us per switch)", us)],
-        notes=[f"Measured: N bench-yield VMs time-sliced on the event loop's thread; wall time / VM "
-               f"switches (slices started) in windows of {window} s: the median over {runs} windows in "
-               f"each of {rounds} fresh kernels (in 1 for N = 5,000), taken after every VM ran 3 slices. "
-               "One switch includes the guest's loop iteration, the IDLE exit and re-entry, and the "
-               f"hand-over; a yield that re-enters the same VM (N = 1) costs {one:.2f} us.",
-               "Paper (Denali, OSDI 2002, as cited in docs/performance.md): 1.4-9 us per VM switch; "
-               f"ours: {us[0]:.2f} us at N={ns[0]} to {us[-1]:.2f} us at N={ns[-1]:,}."])
+        notes=[
+            f"Measured: N bench-yield VMs time-sliced on the event loop's thread; wall time / VM "
+            f"switches (slices started) in windows of {window} s: the median over {runs} windows in "
+            f"each of {rounds} fresh kernels (in 1 for N = 5,000), taken after every VM ran 3 slices. "
+            "One switch includes the guest's loop iteration, the IDLE exit and re-entry, and the "
+            f"hand-over; a yield that re-enters the same VM (N = 1) costs {one:.2f} us.",
+            "Paper (Denali, OSDI 2002, as cited in docs/performance.md): 1.4-9 us per VM switch; "
+            f"ours: {us[0]:.2f} us at N={ns[0]} to {us[-1]:.2f} us at N={ns[-1]:,}.",
+        ],
+    )
     write_figure(fig)
 
 

@@ -43,8 +43,9 @@ def check_disk_size(path: str, size: int) -> int:
     if size <= 0:
         raise DiskError(f"{path}: empty file, not a disk image", path)
     if size % BLOCK:
-        raise DiskError(f"{path}: size {size} is not a multiple of {BLOCK} bytes "
-                        "(truncated, or not a disk image)", path)
+        raise DiskError(
+            f"{path}: size {size} is not a multiple of {BLOCK} bytes (truncated, or not a disk image)", path
+        )
     if size > MAX_DISK_BYTES:
         raise DiskError(f"{path}: size {size} is above the {MAX_DISK_BYTES}-byte limit", path)
     return size // BLOCK
@@ -52,9 +53,14 @@ def check_disk_size(path: str, size: int) -> int:
 
 def file_kind(mode: int) -> str:
     """What a file of ``st_mode`` ``mode`` is, in words ("a FIFO", "a regular file", ...)."""
-    for test, words in ((stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"),
-                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                        (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+    for test, words in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return words
     return "not a file"
@@ -85,8 +91,9 @@ def _open_regular(path: str, flags: int) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-async def open_checked(path: str, flags: int, what: str = "disk image",
-                       missing_ok: bool = False) -> tuple[int, os.stat_result]:
+async def open_checked(
+    path: str, flags: int, what: str = "disk image", missing_ok: bool = False
+) -> tuple[int, os.stat_result]:
     """Open an existing disk image (or overlay: ``what``) file; (fd, stat).
 
     Anything but a regular file (after symbolic links: a FIFO, socket, character or
@@ -97,8 +104,10 @@ async def open_checked(path: str, flags: int, what: str = "disk image",
     try:
         return await aio.run(_open_regular, path, flags)
     except _NotRegular as exc:
-        raise DiskError(f"{path}: {exc}, not a regular file: a {what} must be a regular file "
-                        "(see docs/disk-format.md)", path) from None
+        raise DiskError(
+            f"{path}: {exc}, not a regular file: a {what} must be a regular file (see docs/disk-format.md)",
+            path,
+        ) from None
     except FileNotFoundError as exc:
         if missing_ok:
             raise
@@ -152,8 +161,11 @@ class BaseImage:
                 value = await self._hash(st.st_size)
             except BaseException as exc:
                 _digest_jobs.pop(key, None)
-                err = exc if isinstance(exc, DiskError) else DiskError(
-                    f"{self.path}: digest not computed: {exc!r}", self.path)
+                err = (
+                    exc
+                    if isinstance(exc, DiskError)
+                    else DiskError(f"{self.path}: digest not computed: {exc!r}", self.path)
+                )
                 job.set_exception(err)
                 job.exception()  # marked retrieved: waiters get it, no warning if none
                 raise
@@ -166,8 +178,7 @@ class BaseImage:
         return await asyncio.shield(job)
 
     async def _hash(self, size: int) -> bytes:
-        log.debug("%s: computing the SHA-256 of %d bytes (the identity its overlays record)",
-                  self.path, size)
+        log.debug("%s: computing the SHA-256 of %d bytes (the identity its overlays record)", self.path, size)
         h = hashlib.sha256()
         try:
             for off in range(0, size, _HASH_CHUNK):

@@ -84,8 +84,21 @@ class _Request:
 class Disk:
     """One disk of one VM: its backend, its bounded request queue and its worker task."""
 
-    __slots__ = ("_op", "_queue", "_worker", "backend", "blocks", "handle", "host", "last_error",
-                 "last_io_error", "name", "outstanding", "readonly", "stats")
+    __slots__ = (
+        "_op",
+        "_queue",
+        "_worker",
+        "backend",
+        "blocks",
+        "handle",
+        "host",
+        "last_error",
+        "last_io_error",
+        "name",
+        "outstanding",
+        "readonly",
+        "stats",
+    )
 
     def __init__(self, handle: int, name: str, backend: Backend) -> None:
         self.host: DeviceHost | None = None
@@ -104,9 +117,17 @@ class Disk:
         """The last unexpected exception a request met (a kernel bug); None normally."""
         self.last_io_error: OSError | None = None
         """The last host I/O error (what a guest saw as IO), for diagnostics."""
-        self.stats = {"reads": 0, "writes": 0, "flushes": 0, "blocks_read": 0,
-                      "blocks_written": 0, "io_errors": 0, "full": 0, "dropped": 0,
-                      "internal_errors": 0}
+        self.stats = {
+            "reads": 0,
+            "writes": 0,
+            "flushes": 0,
+            "blocks_read": 0,
+            "blocks_written": 0,
+            "io_errors": 0,
+            "full": 0,
+            "dropped": 0,
+            "internal_errors": 0,
+        }
 
     # ---- submission (inside the CPU hook, on the loop thread) ----
     def submit(self, req: _Request) -> int:
@@ -119,7 +140,8 @@ class Disk:
         self.outstanding += 1
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(
-                self._run(), name=f"denali-disk-{self.name}")
+                self._run(), name=f"denali-disk-{self.name}"
+            )
         return Result.OK
 
     # ---- the worker ----
@@ -156,16 +178,27 @@ class Disk:
             self.stats["io_errors"] += 1
             self.last_io_error = exc
             # the first one is news; a guest retrying in a loop must not flood the log
-            log.log(logging.WARNING if self.stats["io_errors"] == 1 else logging.DEBUG,
-                    "disk %s (%s): host I/O error in a %s request (the guest gets IO): %s",
-                    self.name, self.backend.where, _KIND[req.kind], exc)
+            log.log(
+                logging.WARNING if self.stats["io_errors"] == 1 else logging.DEBUG,
+                "disk %s (%s): host I/O error in a %s request (the guest gets IO): %s",
+                self.name,
+                self.backend.where,
+                _KIND[req.kind],
+                exc,
+            )
             return Result.IO, None
         except Exception as exc:  # a bug: fail this request only, and keep the evidence
             self.stats["internal_errors"] += 1
             self.last_error = exc
-            log.log(logging.ERROR if self.stats["internal_errors"] == 1 else logging.DEBUG,
-                    "disk %s (%s): internal error in a %s request (the guest gets IO): %r",
-                    self.name, self.backend.where, _KIND[req.kind], exc, exc_info=exc)
+            log.log(
+                logging.ERROR if self.stats["internal_errors"] == 1 else logging.DEBUG,
+                "disk %s (%s): internal error in a %s request (the guest gets IO): %r",
+                self.name,
+                self.backend.where,
+                _KIND[req.kind],
+                exc,
+                exc_info=exc,
+            )
             return Result.IO, None
 
     async def _copy_out(self, addr: int, length: int) -> bytes | None:
@@ -176,8 +209,10 @@ class Disk:
 
         def copy(mem: GuestMemory | None) -> None:
             if not fut.done():
-                fut.set_result(mem.read(addr, length) if mem is not None
-                               and mem.check(addr, length, PROT_R) else None)
+                fut.set_result(
+                    mem.read(addr, length) if mem is not None and mem.check(addr, length, PROT_R) else None
+                )
+
         self.host.post(copy)
         return await fut
 
@@ -200,6 +235,7 @@ class Disk:
                     st = Result.FAULT
             if mem.check(req.status_at, 4, PROT_RW):
                 _U32.pack_into(mem.buf, req.status_at, st)
+
         host.post(apply)
         host.raise_irq(Irq.DISK)
 
@@ -236,8 +272,12 @@ class Disks(Device):
     """
 
     SLOT: ClassVar[int] = SLOT_DISK
-    HYPERCALLS: ClassVar = {Hc.DISK_INFO: "hc_info", Hc.DISK_READ: "hc_read",
-                            Hc.DISK_WRITE: "hc_write", Hc.DISK_FLUSH: "hc_flush"}
+    HYPERCALLS: ClassVar = {
+        Hc.DISK_INFO: "hc_info",
+        Hc.DISK_READ: "hc_read",
+        Hc.DISK_WRITE: "hc_write",
+        Hc.DISK_FLUSH: "hc_flush",
+    }
     __slots__ = ("_closer", "close_errors", "disks", "specs")
 
     def __init__(self, disks: Sequence[Disk], specs: Sequence[DiskSpec] = ()) -> None:
@@ -307,18 +347,17 @@ class Disks(Device):
         for err in self.close_errors:
             log.error("%s (writes since the guest's last flush are lost)", err)
 
-
     # ---- hypercalls ----
     def hc_info(self, mem: GuestMemory, arg: int) -> int:
         buf = mem.buf
         name_at = arg + _INFO["name"]
-        raw = bytes(buf[name_at:name_at + _NAME_LEN])
+        raw = bytes(buf[name_at : name_at + _NAME_LEN])
         if raw[0] == 0:
             index = _U32.unpack_from(buf, arg + _INFO["index"])[0]
             if index >= len(self.disks):
                 return Result.NODEV
             disk = self.disks[index]
-            buf[name_at:name_at + _NAME_LEN] = disk.name.encode().ljust(_NAME_LEN, b"\0")
+            buf[name_at : name_at + _NAME_LEN] = disk.name.encode().ljust(_NAME_LEN, b"\0")
         else:
             nul = raw.find(b"\0")
             if nul < 0:
@@ -335,8 +374,9 @@ class Disks(Device):
         _U32.pack_into(buf, arg + _INFO["queue"], abi.DISK_QUEUE)
         return Result.OK
 
-    def _check_rw(self, mem: GuestMemory, handle: int, count: int, block: int, addr: int,
-                  write: bool) -> Disk | int:
+    def _check_rw(
+        self, mem: GuestMemory, handle: int, count: int, block: int, addr: int, write: bool
+    ) -> Disk | int:
         if handle >= len(self.disks):
             return Result.NODEV
         disk = self.disks[handle]

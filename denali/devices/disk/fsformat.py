@@ -77,10 +77,12 @@ def check_path(path: str) -> bytes:
     """The encoded form of a file path, or ``DiskError`` if it cannot be stored."""
     raw = path.encode("utf-8")
     parts = path.split("/")
-    if (not raw or len(raw) > PATH_MAX or b"\0" in raw
-            or any(p in ("", ".", "..") for p in parts)):
-        raise DiskError(f"cannot store path {path!r}: paths are 1-{PATH_MAX} bytes, relative, "
-                        "without empty, '.' or '..' components", path)
+    if not raw or len(raw) > PATH_MAX or b"\0" in raw or any(p in ("", ".", "..") for p in parts):
+        raise DiskError(
+            f"cannot store path {path!r}: paths are 1-{PATH_MAX} bytes, relative, "
+            "without empty, '.' or '..' components",
+            path,
+        )
     return raw
 
 
@@ -121,8 +123,9 @@ def encode_directory(entries: list[Entry]) -> bytes:
     return bytes(out) + bytes(pad)
 
 
-def encode_superblock(total_blocks: int, entries: list[Entry], directory: bytes,
-                      label: str, uuid: bytes) -> bytes:
+def encode_superblock(
+    total_blocks: int, entries: list[Entry], directory: bytes, label: str, uuid: bytes
+) -> bytes:
     """The 4096-byte superblock for ``entries`` whose encoded directory is ``directory``."""
     raw_label = label.encode("utf-8")
     if len(raw_label) > LABEL_MAX or b"\0" in raw_label:
@@ -130,9 +133,21 @@ def encode_superblock(total_blocks: int, entries: list[Entry], directory: bytes,
     dir_blocks = dir_blocks_for(len(entries))
     data_start = 1 + dir_blocks
     data_end = max((e.first_block + e.blocks for e in entries if e.size), default=data_start)
-    sb = SUPERBLOCK.pack(MAGIC, VERSION, BLOCK, total_blocks, 1, dir_blocks, len(entries),
-                         data_start, data_end - data_start,
-                         zlib.crc32(directory[:len(entries) * ENTRY.size]), 0, raw_label, uuid)
+    sb = SUPERBLOCK.pack(
+        MAGIC,
+        VERSION,
+        BLOCK,
+        total_blocks,
+        1,
+        dir_blocks,
+        len(entries),
+        data_start,
+        data_end - data_start,
+        zlib.crc32(directory[: len(entries) * ENTRY.size]),
+        0,
+        raw_label,
+        uuid,
+    )
     sb += _CRC.pack(zlib.crc32(sb))
     return sb + bytes(BLOCK - len(sb))
 
@@ -146,29 +161,59 @@ def decode_superblock(path: str, block0: bytes, image_blocks: int) -> Superblock
     """Validate and decode a superblock; ``DiskError`` naming what is wrong."""
     if len(block0) < SUPERBLOCK.size + _CRC.size:
         raise DiskError(f"{path}: truncated (no superblock)", path)
-    (magic, version, block_size, total, dir_start, dir_blocks, count, data_start, data_blocks,
-     dir_crc, _flags, label, uuid) = SUPERBLOCK.unpack_from(block0)
+    (
+        magic,
+        version,
+        block_size,
+        total,
+        dir_start,
+        dir_blocks,
+        count,
+        data_start,
+        data_blocks,
+        dir_crc,
+        _flags,
+        label,
+        uuid,
+    ) = SUPERBLOCK.unpack_from(block0)
     if magic != MAGIC:
         raise DiskError(f"{path}: not a DNLFS file-system image (bad magic)", path)
     if version != VERSION:
         raise DiskError(f"{path}: DNLFS version {version} is not supported (expected {VERSION})", path)
     (crc,) = _CRC.unpack_from(block0, SUPERBLOCK.size)
-    if crc != zlib.crc32(block0[:SUPERBLOCK.size]):
+    if crc != zlib.crc32(block0[: SUPERBLOCK.size]):
         raise DiskError(f"{path}: superblock is corrupt (checksum mismatch)", path)
-    if (block_size != BLOCK or dir_start != 1 or count > MAX_FILES
-            or dir_blocks != dir_blocks_for(count) or data_start != 1 + dir_blocks
-            or data_start + data_blocks > total):
+    if (
+        block_size != BLOCK
+        or dir_start != 1
+        or count > MAX_FILES
+        or dir_blocks != dir_blocks_for(count)
+        or data_start != 1 + dir_blocks
+        or data_start + data_blocks > total
+    ):
         raise DiskError(f"{path}: superblock is corrupt (inconsistent layout)", path)
     if total != image_blocks:
-        raise DiskError(f"{path}: the file system spans {total} blocks but the image has "
-                        f"{image_blocks} (truncated or resized)", path)
-    return Superblock(total, dir_start, dir_blocks, count, data_start, data_blocks, dir_crc,
-                      label.rstrip(b"\0").decode("utf-8", "replace"), uuid)
+        raise DiskError(
+            f"{path}: the file system spans {total} blocks but the image has "
+            f"{image_blocks} (truncated or resized)",
+            path,
+        )
+    return Superblock(
+        total,
+        dir_start,
+        dir_blocks,
+        count,
+        data_start,
+        data_blocks,
+        dir_crc,
+        label.rstrip(b"\0").decode("utf-8", "replace"),
+        uuid,
+    )
 
 
 def decode_directory(path: str, sb: Superblock, raw: bytes) -> list[Entry]:
     """Validate and decode the directory table (``raw`` = its blocks)."""
-    table = raw[:sb.file_count * ENTRY.size]
+    table = raw[: sb.file_count * ENTRY.size]
     if len(table) != sb.file_count * ENTRY.size:
         raise DiskError(f"{path}: truncated directory", path)
     if zlib.crc32(table) != sb.dir_crc32:
@@ -180,7 +225,7 @@ def decode_directory(path: str, sb: Superblock, raw: bytes) -> list[Entry]:
     for i in range(sb.file_count):
         name, first, size, crc, mode, mtime = ENTRY.unpack_from(table, i * ENTRY.size)
         raw_path = name.split(b"\0", 1)[0]
-        if len(raw_path) == len(name) or any(name[len(raw_path):]):
+        if len(raw_path) == len(name) or any(name[len(raw_path) :]):
             raise DiskError(f"{path}: directory entry {i} has an unterminated path", path)
         try:
             text = raw_path.decode("utf-8")
@@ -195,8 +240,10 @@ def decode_directory(path: str, sb: Superblock, raw: bytes) -> list[Entry]:
             if first != 0:
                 raise DiskError(f"{path}: empty file {text!r} has a data block", path)
         elif first != nxt or first + e.blocks > data_end:
-            raise DiskError(f"{path}: file {text!r} lies outside the data area or overlaps "
-                            "another (corrupt directory)", path)
+            raise DiskError(
+                f"{path}: file {text!r} lies outside the data area or overlaps another (corrupt directory)",
+                path,
+            )
         else:
             nxt = first + e.blocks
         entries.append(e)

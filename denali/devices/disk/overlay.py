@@ -54,8 +54,9 @@ def header_blocks_for(base_blocks: int) -> int:
 def encode_header(base_size: int, digest: bytes) -> bytes:
     """The 4096-byte header block of an overlay over a base of ``base_size`` bytes."""
     base_blocks = base_size // BLOCK
-    head = HEADER.pack(MAGIC, VERSION, BLOCK, base_size, base_blocks,
-                       header_blocks_for(base_blocks), 0, digest)
+    head = HEADER.pack(
+        MAGIC, VERSION, BLOCK, base_size, base_blocks, header_blocks_for(base_blocks), 0, digest
+    )
     head += _CRC.pack(zlib.crc32(head))
     return head + bytes(BLOCK - len(head))
 
@@ -75,17 +76,26 @@ def check_header(path: str, block0: bytes, base_size: int, digest: bytes | None)
     if version != VERSION:
         raise DiskError(f"{path}: overlay version {version} is not supported (expected {VERSION})", path)
     (crc,) = _CRC.unpack_from(block0, HEADER.size)
-    if crc != zlib.crc32(block0[:HEADER.size]):
+    if crc != zlib.crc32(block0[: HEADER.size]):
         raise DiskError(f"{path}: overlay header is corrupt (checksum mismatch)", path)
-    if (block_size != BLOCK or o_size != o_blocks * BLOCK or o_blocks == 0
-            or hdr_blocks != header_blocks_for(o_blocks)):
+    if (
+        block_size != BLOCK
+        or o_size != o_blocks * BLOCK
+        or o_blocks == 0
+        or hdr_blocks != header_blocks_for(o_blocks)
+    ):
         raise DiskError(f"{path}: overlay header is corrupt (inconsistent sizes)", path)
     if o_size != base_size:
-        raise DiskError(f"{path}: overlay was made for a base image of {o_size} bytes, "
-                        f"but the base is {base_size} bytes", path)
+        raise DiskError(
+            f"{path}: overlay was made for a base image of {o_size} bytes, but the base is {base_size} bytes",
+            path,
+        )
     if digest is not None and o_digest != digest:
-        raise DiskError(f"{path}: overlay was made for another base image (base SHA-256 "
-                        f"{o_digest.hex()[:16]}..., this base {digest.hex()[:16]}...)", path)
+        raise DiskError(
+            f"{path}: overlay was made for another base image (base SHA-256 "
+            f"{o_digest.hex()[:16]}..., this base {digest.hex()[:16]}...)",
+            path,
+        )
     return int(hdr_blocks)
 
 
@@ -99,8 +109,7 @@ class Overlay:
 
     __slots__ = ("_bitmap", "_dirty", "base_blocks", "fd", "header_blocks", "kept", "path", "size")
 
-    def __init__(self, fd: int, path: str, base_blocks: int, kept: bool,
-                 bitmap: bytearray | None) -> None:
+    def __init__(self, fd: int, path: str, base_blocks: int, kept: bool, bitmap: bytearray | None) -> None:
         self.fd = fd
         self.path = path
         self.base_blocks = base_blocks
@@ -168,7 +177,7 @@ class Overlay:
         bm = self._bitmap
         writes = []
         for i in dirty:
-            chunk = bytes(bm[i * BLOCK:(i + 1) * BLOCK])
+            chunk = bytes(bm[i * BLOCK : (i + 1) * BLOCK])
             writes.append((chunk, (1 + i) * BLOCK))
         try:
             await aio.run(_write_blocks, self, writes)
@@ -193,8 +202,11 @@ class Overlay:
         try:
             await self.write_bitmap()
         except OSError as exc:
-            log.warning("%s: overlay bitmap not saved at close, the writes since the last "
-                        "flush are lost: %s", self.path, exc)
+            log.warning(
+                "%s: overlay bitmap not saved at close, the writes since the last flush are lost: %s",
+                self.path,
+                exc,
+            )
             raise DiskError(f"{self.path}: overlay bitmap not saved: {exc}", self.path) from None
         finally:
             self.fd = -1
@@ -227,8 +239,9 @@ async def open_kept(path: str, base: BaseImage) -> Overlay:
         hdr_blocks = check_header(path, block0, base.size, digest)
         size = (hdr_blocks + base.blocks) * BLOCK
         if st.st_size != size:
-            raise DiskError(f"{path}: overlay is {st.st_size} bytes, expected {size} "
-                            "(truncated or damaged)", path)
+            raise DiskError(
+                f"{path}: overlay is {st.st_size} bytes, expected {size} (truncated or damaged)", path
+            )
         raw = await aio.run(aio.pread_exact, fd, (hdr_blocks - 1) * BLOCK, BLOCK)
         nbytes = (base.blocks + 7) // 8
         if any(raw[nbytes:]) or (base.blocks % 8 and raw[nbytes - 1] >> (base.blocks % 8)):
@@ -259,8 +272,7 @@ async def _create_kept(path: str, base: BaseImage, digest: bytes) -> Overlay:
         try:
             await aio.run(os.link, tmp, path)
         except FileExistsError:
-            raise DiskError(f"{path}: overlay is in use by another VM (created concurrently)",
-                            path) from None
+            raise DiskError(f"{path}: overlay is in use by another VM (created concurrently)", path) from None
         log.info("%s: created a kept overlay over %s", path, base.path)
         return ov
     except BaseException as exc:

@@ -23,8 +23,12 @@ from denali.errors import ConfigError
 
 DiskMode = Literal["overlay-keep", "overlay-discard", "ro", "rw"]
 MODES: Final[tuple[DiskMode, ...]] = ("overlay-keep", "overlay-discard", "ro", "rw")
-_SUFFIX: Final[dict[str, DiskMode]] = {"keep": "overlay-keep", "discard": "overlay-discard",
-                                       "ro": "ro", "rw": "rw"}
+_SUFFIX: Final[dict[str, DiskMode]] = {
+    "keep": "overlay-keep",
+    "discard": "overlay-discard",
+    "ro": "ro",
+    "rw": "rw",
+}
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -35,8 +39,10 @@ def check_disk_name(name: str) -> str:
     letter or digit (it travels in DISK_INFO's 32-byte field with its NUL).
     """
     if not _NAME.match(name) or len(name.encode()) > abi.DISK_NAME_MAX:
-        raise ConfigError(f"invalid disk name {name!r}: use 1-{abi.DISK_NAME_MAX} letters, "
-                          "digits, '.', '_' or '-', starting with a letter or digit")
+        raise ConfigError(
+            f"invalid disk name {name!r}: use 1-{abi.DISK_NAME_MAX} letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return name
 
 
@@ -84,8 +90,9 @@ class DiskSpec:
         try:
             return check_disk_name(stem)
         except ConfigError:
-            raise ConfigError(f"disk {self.path}: cannot derive a disk name from the file name; "
-                              "give one as NAME=PATH") from None
+            raise ConfigError(
+                f"disk {self.path}: cannot derive a disk name from the file name; give one as NAME=PATH"
+            ) from None
 
     @property
     def overlay_path(self) -> str | None:
@@ -117,7 +124,7 @@ def parse_disk_arg(text: str, index: int | None = None) -> DiskSpec:
     overlay: str | None = None
     keep_at = rest.rfind(":keep=")
     if keep_at >= 0:
-        overlay = rest[keep_at + len(":keep="):]
+        overlay = rest[keep_at + len(":keep=") :]
         rest = rest[:keep_at]
         mode = "overlay-keep"
         if not overlay:

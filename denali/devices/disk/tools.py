@@ -49,8 +49,10 @@ async def _discard(tmp: str) -> None:
 
 def _check_size(path: str, size: int) -> None:
     if size <= 0 or size % BLOCK or size > MAX_DISK_BYTES:
-        raise DiskError(f"{path}: size {size} must be a positive multiple of {BLOCK} bytes, "
-                        f"at most {MAX_DISK_BYTES}", path)
+        raise DiskError(
+            f"{path}: size {size} must be a positive multiple of {BLOCK} bytes, at most {MAX_DISK_BYTES}",
+            path,
+        )
 
 
 async def create_image(path: str, size: int, force: bool = False) -> None:
@@ -100,8 +102,14 @@ async def _collect(root: str, rel: str, out: list[_Source]) -> None:
             raise DiskError(f"{host}: only regular files and directories can be packed", host)
 
 
-async def pack_directory(directory: str, image: str, size: int | None = None, label: str = "",
-                         force: bool = False, progress: ProgressFn | None = None) -> list[Entry]:
+async def pack_directory(
+    directory: str,
+    image: str,
+    size: int | None = None,
+    label: str = "",
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> list[Entry]:
     """Pack every regular file under ``directory`` into a new DNLFS image at ``image``.
 
     ``size`` (bytes) defaults to the smallest image that holds the files; a larger one
@@ -134,6 +142,7 @@ async def pack_directory(directory: str, image: str, size: int | None = None, la
         moved[0] += n
         if progress is not None:
             progress(moved[0], total)
+
     try:
         async with aiofiles.open(tmp, "xb") as out:
             await out.truncate(size)
@@ -204,10 +213,15 @@ async def list_image(image: str, verify: bool = False, progress: ProgressFn | No
     try:
         async with aiofiles.open(fd, "rb") as f:
             block0 = await f.read(BLOCK)
-            if block0[:len(overlay.MAGIC)] == overlay.MAGIC:
+            if block0[: len(overlay.MAGIC)] == overlay.MAGIC:
                 base_size, _h, digest, held = await overlay.inspect(image)
-                return Listing("overlay", st.st_size, overlay_base_size=base_size,
-                               overlay_base_sha256=digest, overlay_blocks_held=held)
+                return Listing(
+                    "overlay",
+                    st.st_size,
+                    overlay_base_size=base_size,
+                    overlay_base_sha256=digest,
+                    overlay_blocks_held=held,
+                )
             blocks = check_disk_size(image, st.st_size)
             if fsformat.is_blank(block0):
                 return Listing("blank", st.st_size)
@@ -222,6 +236,7 @@ async def list_image(image: str, verify: bool = False, progress: ProgressFn | No
                     done[0] += n
                     if progress is not None:
                         progress(done[0], total)
+
                 for e in entries:
                     await _verify(image, f, e, checked)
             return Listing("dnlfs", st.st_size, sb, tuple(entries))
@@ -241,26 +256,31 @@ async def _verify(image: str, f: AsyncBufferedReader, e: Entry, checked: Callabl
         left -= len(chunk)
         checked(len(chunk))
     if crc != e.crc32:
-        raise DiskError(f"{image}: {e.path} is corrupt (CRC-32 {crc:08x}, directory says "
-                        f"{e.crc32:08x})", image)
+        raise DiskError(
+            f"{image}: {e.path} is corrupt (CRC-32 {crc:08x}, directory says {e.crc32:08x})", image
+        )
 
 
 def format_listing(image: str, listing: Listing) -> list[str]:
     """Human-readable lines for ``denali disk ls``."""
     mib = listing.size / (1 << 20)
     if listing.kind == "overlay":
-        return [f"{image}: overlay, {listing.size} bytes (sparse)",
-                f"base: {listing.overlay_base_size} bytes, SHA-256 {listing.overlay_base_sha256.hex()}",
-                f"blocks written: {listing.overlay_blocks_held}"]
+        return [
+            f"{image}: overlay, {listing.size} bytes (sparse)",
+            f"base: {listing.overlay_base_size} bytes, SHA-256 {listing.overlay_base_sha256.hex()}",
+            f"blocks written: {listing.overlay_blocks_held}",
+        ]
     if listing.kind == "blank":
-        return [f"{image}: {listing.size} bytes ({mib:.1f} MiB), {listing.size // BLOCK} blocks, "
-                "no file system (blank)"]
+        return [
+            f"{image}: {listing.size} bytes ({mib:.1f} MiB), {listing.size // BLOCK} blocks, "
+            "no file system (blank)"
+        ]
     sb = listing.superblock
     assert sb is not None
-    lines = [f"{image}: DNLFS, {listing.size} bytes ({mib:.1f} MiB), {sb.total_blocks} blocks, "
-             f"{sb.file_count} files, {sb.data_blocks} data blocks"
-             + (f", label {sb.label!r}" if sb.label else "")]
+    lines = [
+        f"{image}: DNLFS, {listing.size} bytes ({mib:.1f} MiB), {sb.total_blocks} blocks, "
+        f"{sb.file_count} files, {sb.data_blocks} data blocks" + (f", label {sb.label!r}" if sb.label else "")
+    ]
     for e in listing.entries:
         lines.append(f"{e.size:12d}  {e.crc32:08x}  {oct(e.mode)[2:]:>4}  {e.path}")
     return lines
-

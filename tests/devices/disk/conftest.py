@@ -49,11 +49,13 @@ class FakeVm:
 
     def __init__(self) -> None:
         self.memory = GuestMemory(MEM)
-        self.memory.set_regions([
-            Region(CODE, CODE + 0x1000, PROT_RX, "code"),
-            Region(RODATA, RODATA + 0x1000, PROT_R, "rodata"),
-            Region(HEAP, MEM, PROT_RW, "heap"),
-        ])
+        self.memory.set_regions(
+            [
+                Region(CODE, CODE + 0x1000, PROT_RX, "code"),
+                Region(RODATA, RODATA + 0x1000, PROT_R, "rodata"),
+                Region(HEAP, MEM, PROT_RW, "heap"),
+            ]
+        )
         self._disks: Disks | None = None
         self.pending = 0
         self.irqs = 0
@@ -130,7 +132,7 @@ class Guest:
         for name, value in fields.items():
             f = next(f for f in spec.fields if f.name == name)
             if isinstance(value, bytes):
-                self.vm.memory.write(arg + offs[name], value.ljust(f.size, b"\0")[:f.size])
+                self.vm.memory.write(arg + offs[name], value.ljust(f.size, b"\0")[: f.size])
             else:
                 struct.pack_into("<" + codes[f.ctype], self.vm.memory.buf, arg + offs[name], value)
 
@@ -144,12 +146,15 @@ class Guest:
         arg = self.alloc(64)
         self.put(Hc.DISK_INFO, arg, name=name.encode(), index=index)
         res = self.call(Hc.DISK_INFO, arg)
-        out = {f: self.get(Hc.DISK_INFO, arg, f)
-               for f in ("handle", "blocks", "block_size", "flags", "max_blocks", "queue")}
+        out = {
+            f: self.get(Hc.DISK_INFO, arg, f)
+            for f in ("handle", "blocks", "block_size", "flags", "max_blocks", "queue")
+        }
         return res, out
 
-    def submit(self, nr: Hc, handle: int, block: int = 0, count: int = 1,
-               buf: int | None = None) -> tuple[int, int]:
+    def submit(
+        self, nr: Hc, handle: int, block: int = 0, count: int = 1, buf: int | None = None
+    ) -> tuple[int, int]:
         """Submit a read/write (or a flush); (result, struct address)."""
         arg = self.alloc(24)
         if nr == Hc.DISK_FLUSH:

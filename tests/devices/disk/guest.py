@@ -51,8 +51,9 @@ class Outcome:
     close_error: DiskError | None = None
 
 
-async def spawn_with_disks(k: Kernel, elf: Path, specs: Sequence[DiskSpec], cmdline: str = "",
-                           console: ConsoleSink | None = None) -> Vm:
+async def spawn_with_disks(
+    k: Kernel, elf: Path, specs: Sequence[DiskSpec], cmdline: str = "", console: ConsoleSink | None = None
+) -> Vm:
     return await k.spawn(str(elf), cmdline=cmdline, nic=False, disks=specs, console=console)
 
 

@@ -20,8 +20,13 @@ from denali.devices.disk.base import acquire_base, open_base_count
 from denali.errors import DiskError
 from tests.devices.disk.conftest import make_image
 
-KINDS = {"fifo": "a FIFO", "socket": "a socket", "char-device": "a character device",
-         "block-device": "a block device", "directory": "a directory"}
+KINDS = {
+    "fifo": "a FIFO",
+    "socket": "a socket",
+    "char-device": "a character device",
+    "block-device": "a block device",
+    "directory": "a directory",
+}
 
 
 @contextlib.contextmanager
@@ -63,8 +68,11 @@ async def refused(make: Callable[[], Awaitable[object]], path: Path) -> DiskErro
 async def test_a_disk_image_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
     with special_file(tmp_path, kind) as path:
         for mode in ("ro", "rw", "overlay-discard", "overlay-keep"):
-            spec = DiskSpec(str(path), mode=mode,  # type: ignore[arg-type]
-                            overlay=str(tmp_path / "x.ovl") if mode == "overlay-keep" else None)
+            spec = DiskSpec(
+                str(path),
+                mode=mode,  # type: ignore[arg-type]
+                overlay=str(tmp_path / "x.ovl") if mode == "overlay-keep" else None,
+            )
             err = await refused(lambda s=spec: open_backend(s), path)  # type: ignore[misc]
             assert f"{KINDS[kind]}, not a regular file" in str(err), err
         await refused(lambda: acquire_base(str(path)), path)

@@ -43,11 +43,13 @@ async def guest(fake_vm: FakeVm, tmp_path: Path, overlay_dir: Path) -> AsyncIter
     """A VM with disks: 'base' (overlay-discard over a patterned image), 'ro', 'data' (rw)."""
     base = make_image(tmp_path / "base.img", N, seed=1)
     data = make_image(tmp_path / "data.img", 8)
-    fake_vm.disks = await Disks.open([
-        DiskSpec(str(base), overlay_dir=str(overlay_dir)),
-        DiskSpec(str(base), name="ro", mode="ro"),
-        DiskSpec(str(data), mode="rw"),
-    ])
+    fake_vm.disks = await Disks.open(
+        [
+            DiskSpec(str(base), overlay_dir=str(overlay_dir)),
+            DiskSpec(str(base), name="ro", mode="ro"),
+            DiskSpec(str(data), mode="rw"),
+        ]
+    )
     yield Guest(fake_vm)
     await fake_vm.disks.aclose()
 
@@ -55,8 +57,14 @@ async def guest(fake_vm: FakeVm, tmp_path: Path, overlay_dir: Path) -> AsyncIter
 async def test_info_by_name_and_by_index(guest: Guest) -> None:
     res, info = guest.info("base")
     assert res == Result.OK
-    assert info == {"handle": 0, "blocks": N, "block_size": BLOCK, "flags": 0,
-                    "max_blocks": abi.DISK_MAX_BLOCKS, "queue": abi.DISK_QUEUE}
+    assert info == {
+        "handle": 0,
+        "blocks": N,
+        "block_size": BLOCK,
+        "flags": 0,
+        "max_blocks": abi.DISK_MAX_BLOCKS,
+        "queue": abi.DISK_QUEUE,
+    }
     res, info = guest.info("ro")
     assert res == Result.OK and info["handle"] == 1 and info["flags"] == abi.DISK_F_READONLY
     res, info = guest.info("data")
@@ -86,7 +94,7 @@ async def test_info_by_name_and_by_index(guest: Guest) -> None:
 async def test_read_write_flush(guest: Guest) -> None:
     buf = guest.alloc(4 * BLOCK)
     assert await guest.io(R, 0, 10, 4, buf) == Result.OK
-    assert guest.vm.memory.read(buf, 4 * BLOCK) == pattern(1, N)[10 * BLOCK:14 * BLOCK]
+    assert guest.vm.memory.read(buf, 4 * BLOCK) == pattern(1, N)[10 * BLOCK : 14 * BLOCK]
     assert guest.vm.pending & Irq.DISK
     guest.vm.memory.write(buf, pattern(5, 4))
     assert await guest.io(W, 0, N - 4, 4, buf) == Result.OK
@@ -96,10 +104,11 @@ async def test_read_write_flush(guest: Guest) -> None:
     assert guest.vm.memory.read(other, 4 * BLOCK) == pattern(5, 4)
     # the read-only view of the same base does not see it
     assert await guest.io(R, 1, N - 4, 4, other) == Result.OK
-    assert guest.vm.memory.read(other, 4 * BLOCK) == pattern(1, N)[(N - 4) * BLOCK:]
+    assert guest.vm.memory.read(other, 4 * BLOCK) == pattern(1, N)[(N - 4) * BLOCK :]
     assert await guest.io(F, 1) == Result.OK  # flushing a read-only disk: nothing to do
-    assert await guest.io(R, 0, 0, abi.DISK_MAX_BLOCKS, guest.alloc(abi.DISK_MAX_BLOCKS * BLOCK)) \
-        == Result.INVAL  # 256 > N blocks: past the end
+    assert (
+        await guest.io(R, 0, 0, abi.DISK_MAX_BLOCKS, guest.alloc(abi.DISK_MAX_BLOCKS * BLOCK)) == Result.INVAL
+    )  # 256 > N blocks: past the end
     assert await guest.io(R, 0, 0, N, guest.alloc(N * BLOCK)) == Result.OK
 
 
@@ -120,29 +129,33 @@ async def test_requests_complete_in_order(guest: Guest) -> None:
     assert guest.vm.memory.read(bufs[4], BLOCK) == pattern(13, 1)
 
 
-@pytest.mark.parametrize(("nr", "handle", "block", "count", "buf", "expect"), [
-    (R, 3, 0, 1, None, Result.NODEV),            # no such handle
-    (R, 0xFFFFFFFF, 0, 1, None, Result.NODEV),
-    (R, 0, 0, 0, None, Result.INVAL),             # zero blocks
-    (R, 0, 0, abi.DISK_MAX_BLOCKS + 1, None, Result.INVAL),
-    (R, 0, 0, 0xFFFFFFFF, HEAP, Result.INVAL),    # huge count, before any pointer check
-    (R, 0, N, 1, None, Result.INVAL),             # first block past the end
-    (R, 0, N - 1, 2, None, Result.INVAL),         # range crosses the end
-    (R, 0, (1 << 64) - 1, 2, None, Result.INVAL),  # block + count wraps 64 bits
-    (R, 0, (1 << 63), 1, None, Result.INVAL),
-    (W, 1, 0, 1, None, Result.INVAL),             # write to a read-only disk
-    (R, 0, 0, 1, 0, Result.FAULT),                # NULL buffer
-    (R, 0, 0, 1, CODE, Result.FAULT),             # read into code
-    (R, 0, 0, 1, RODATA, Result.FAULT),           # read into read-only data
-    (R, 0, 0, 1, MEM - BLOCK + 1, Result.FAULT),  # runs off the end of memory
-    (R, 0, 0, 2, MEM - BLOCK, Result.FAULT),
-    (R, 0, 0, 1, 0xC0000000, Result.FAULT),       # kernel space
-    (R, 0, 0, 1, 0xFFFFF000, Result.FAULT),       # would wrap 32 bits
-    (W, 0, 0, 1, 0x2000, Result.FAULT),           # write from unmapped memory
-    (W, 0, 0, 2, RODATA, Result.FAULT),           # read-only data then an unmapped page
-])
-async def test_hostile_requests(guest: Guest, nr: Hc, handle: int, block: int, count: int,
-                                buf: int | None, expect: Result) -> None:
+@pytest.mark.parametrize(
+    ("nr", "handle", "block", "count", "buf", "expect"),
+    [
+        (R, 3, 0, 1, None, Result.NODEV),  # no such handle
+        (R, 0xFFFFFFFF, 0, 1, None, Result.NODEV),
+        (R, 0, 0, 0, None, Result.INVAL),  # zero blocks
+        (R, 0, 0, abi.DISK_MAX_BLOCKS + 1, None, Result.INVAL),
+        (R, 0, 0, 0xFFFFFFFF, HEAP, Result.INVAL),  # huge count, before any pointer check
+        (R, 0, N, 1, None, Result.INVAL),  # first block past the end
+        (R, 0, N - 1, 2, None, Result.INVAL),  # range crosses the end
+        (R, 0, (1 << 64) - 1, 2, None, Result.INVAL),  # block + count wraps 64 bits
+        (R, 0, (1 << 63), 1, None, Result.INVAL),
+        (W, 1, 0, 1, None, Result.INVAL),  # write to a read-only disk
+        (R, 0, 0, 1, 0, Result.FAULT),  # NULL buffer
+        (R, 0, 0, 1, CODE, Result.FAULT),  # read into code
+        (R, 0, 0, 1, RODATA, Result.FAULT),  # read into read-only data
+        (R, 0, 0, 1, MEM - BLOCK + 1, Result.FAULT),  # runs off the end of memory
+        (R, 0, 0, 2, MEM - BLOCK, Result.FAULT),
+        (R, 0, 0, 1, 0xC0000000, Result.FAULT),  # kernel space
+        (R, 0, 0, 1, 0xFFFFF000, Result.FAULT),  # would wrap 32 bits
+        (W, 0, 0, 1, 0x2000, Result.FAULT),  # write from unmapped memory
+        (W, 0, 0, 2, RODATA, Result.FAULT),  # read-only data then an unmapped page
+    ],
+)
+async def test_hostile_requests(
+    guest: Guest, nr: Hc, handle: int, block: int, count: int, buf: int | None, expect: Result
+) -> None:
     if buf is None:
         buf = guest.alloc(BLOCK)
     before = bytes(guest.vm.memory.buf)
@@ -151,7 +164,7 @@ async def test_hostile_requests(guest: Guest, nr: Hc, handle: int, block: int, c
     assert guest.status(nr, arg) == expect
     after = bytes(guest.vm.memory.buf)
     # nothing but the status word changed
-    diff = [i for i in range(0, MEM, 4096) if before[i:i + 4096] != after[i:i + 4096]]
+    diff = [i for i in range(0, MEM, 4096) if before[i : i + 4096] != after[i : i + 4096]]
     assert diff == [arg & ~0xFFF]
     await asyncio.sleep(0)
     assert guest.vm.irqs == 0
@@ -227,8 +240,9 @@ async def test_vm_ending_with_requests_in_flight(fake_vm: FakeVm, tmp_path: Path
 async def test_aclose_finishes_even_when_cancelled(fake_vm: FakeVm, tmp_path: Path) -> None:
     base = make_image(tmp_path / "b.img", N, seed=2)
     opened_fds = fd_count()
-    fake_vm.disks = await Disks.open([DiskSpec(str(base), mode="overlay-keep",
-                                                 overlay=str(tmp_path / "k.ovl"))])
+    fake_vm.disks = await Disks.open(
+        [DiskSpec(str(base), mode="overlay-keep", overlay=str(tmp_path / "k.ovl"))]
+    )
     g = Guest(fake_vm)
     buf = g.alloc(BLOCK)
     fake_vm.memory.write(buf, pattern(4, 1))
@@ -249,8 +263,9 @@ async def test_aclose_finishes_even_when_cancelled(fake_vm: FakeVm, tmp_path: Pa
         await again.aclose()
 
 
-async def test_truncated_and_removed_files_fail_only_that_io(fake_vm: FakeVm, tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_truncated_and_removed_files_fail_only_that_io(
+    fake_vm: FakeVm, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="denali.devices.disk")
     base = make_image(tmp_path / "b.img", N, seed=3)
     rw = make_image(tmp_path / "rw.img", 8)
@@ -282,14 +297,15 @@ async def test_truncated_and_removed_files_fail_only_that_io(fake_vm: FakeVm, tm
 
 
 async def test_a_kernel_bug_in_a_request_is_logged_with_its_traceback(
-        fake_vm: FakeVm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    fake_vm: FakeVm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     base = make_image(tmp_path / "b.img", N, seed=3)
     fake_vm.disks = await Disks.open([DiskSpec(str(base), mode="ro")])
     disk = fake_vm.disks.disks[0]
 
     async def buggy_read(self: ImageBackend, block: int, count: int) -> bytes:
         raise ZeroDivisionError("a bug in a backend")
+
     monkeypatch.setattr(ImageBackend, "read", buggy_read)
     g = Guest(fake_vm)
     buf = g.alloc(BLOCK)

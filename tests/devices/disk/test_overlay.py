@@ -41,10 +41,13 @@ async def test_overlays_isolate_vms_and_never_touch_the_base(tmp_path: Path, ove
     try:
         await a.write(3, pattern(1, 2))
         await b.write(4, pattern(2, 1))
-        assert await a.read(0, N) == before[:3 * BLOCK] + pattern(1, 2) + before[5 * BLOCK:]
-        assert await b.read(0, N) == before[:4 * BLOCK] + pattern(2, 1) + before[5 * BLOCK:]
+        assert await a.read(0, N) == before[: 3 * BLOCK] + pattern(1, 2) + before[5 * BLOCK :]
+        assert await b.read(0, N) == before[: 4 * BLOCK] + pattern(2, 1) + before[5 * BLOCK :]
         # runs that cross overlay/base boundaries
-        assert await a.read(2, 4) == before[2 * BLOCK:3 * BLOCK] + pattern(1, 2) + before[5 * BLOCK:6 * BLOCK]
+        assert (
+            await a.read(2, 4)
+            == before[2 * BLOCK : 3 * BLOCK] + pattern(1, 2) + before[5 * BLOCK : 6 * BLOCK]
+        )
         assert base.read_bytes() == before
         await a.flush()
         await b.flush()
@@ -81,8 +84,9 @@ async def test_kept_overlay_persists_and_discarded_vanishes(tmp_path: Path, over
     assert base.read_bytes() == bytes(N * BLOCK)
 
 
-async def test_flush_is_durable_without_a_clean_close(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_flush_is_durable_without_a_clean_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = make_image(tmp_path / "base.img", N, seed=1)
     ovl = tmp_path / "vm.ovl"
     synced: list[int] = []
@@ -107,13 +111,14 @@ async def test_flush_is_durable_without_a_clean_close(tmp_path: Path,
     crashed = await opened(DiskSpec(str(base), mode="overlay-keep", overlay=str(tmp_path / "crash.ovl")))
     try:
         assert await crashed.read(5, 3) == pattern(3, 3)
-        assert await crashed.read(20, 1) == pattern(1, 21)[20 * BLOCK:]
+        assert await crashed.read(20, 1) == pattern(1, 21)[20 * BLOCK :]
     finally:
         await crashed.close()
 
 
-async def test_rw_disk_writes_the_image_and_flush_fsyncs(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_rw_disk_writes_the_image_and_flush_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     img = make_image(tmp_path / "rw.img", N)
     synced: list[int] = []
     real = os.fsync
@@ -140,7 +145,7 @@ async def test_read_only_disk(tmp_path: Path) -> None:
         assert be.readonly
         with pytest.raises(OSError):
             await be.write(0, bytes(BLOCK))
-        assert await be.read(N - 2, 2) == pattern(2, N)[(N - 2) * BLOCK:]
+        assert await be.read(N - 2, 2) == pattern(2, N)[(N - 2) * BLOCK :]
         await be.flush()
     finally:
         await be.close()
@@ -179,7 +184,7 @@ async def test_concurrent_opens_share_one_descriptor(tmp_path: Path) -> None:
     assert fd_count() - before == 1
     reads = await asyncio.gather(*(be.read(i % N, 1) for i, be in enumerate(bes)))
     for i, data in enumerate(reads):
-        assert data == pattern(3, N)[(i % N) * BLOCK:(i % N + 1) * BLOCK]
+        assert data == pattern(3, N)[(i % N) * BLOCK : (i % N + 1) * BLOCK]
     for be in bes:
         await be.close()
     assert fd_count() == before
@@ -225,16 +230,19 @@ async def test_mismatched_overlay_is_refused(tmp_path: Path) -> None:
     assert ovl.read_bytes() == kept  # never "repaired"
 
 
-@pytest.mark.parametrize(("damage", "match"), [
-    ("truncate", "expected"),
-    ("truncate-header", "truncated"),
-    ("empty", "truncated"),
-    ("magic", "not a denali overlay"),
-    ("header-bit", "header is corrupt"),
-    ("version", "version 2 is not supported"),
-    ("bitmap-past-end", "bitmap is corrupt"),
-    ("extended", "expected"),
-])
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("truncate", "expected"),
+        ("truncate-header", "truncated"),
+        ("empty", "truncated"),
+        ("magic", "not a denali overlay"),
+        ("header-bit", "header is corrupt"),
+        ("version", "version 2 is not supported"),
+        ("bitmap-past-end", "bitmap is corrupt"),
+        ("extended", "expected"),
+    ],
+)
 async def test_damaged_overlay_is_refused(tmp_path: Path, damage: str, match: str) -> None:
     base = make_image(tmp_path / "base.img", N, seed=1)
     ovl = await _kept(tmp_path, base)
@@ -251,7 +259,7 @@ async def test_damaged_overlay_is_refused(tmp_path: Path, damage: str, match: st
         raw[17] ^= 1
     elif damage == "version":
         raw[8:12] = struct.pack("<I", 2)
-        raw[O.HEADER.size:O.HEADER.size + 4] = struct.pack("<I", zlib.crc32(raw[:O.HEADER.size]))
+        raw[O.HEADER.size : O.HEADER.size + 4] = struct.pack("<I", zlib.crc32(raw[: O.HEADER.size]))
     elif damage == "bitmap-past-end":
         raw[BLOCK + N // 8] |= 0x80
     else:
@@ -329,6 +337,7 @@ async def test_files_cut_under_a_running_disk_fail_its_io(tmp_path: Path) -> Non
 
 async def test_inspect_and_ls_describe_a_kept_overlay(tmp_path: Path) -> None:
     from denali.devices.disk import list_image
+
     base = make_image(tmp_path / "base.img", N, seed=1)
     ovl = await _kept(tmp_path, base)
     listing = await list_image(str(ovl))
@@ -336,4 +345,5 @@ async def test_inspect_and_ls_describe_a_kept_overlay(tmp_path: Path) -> None:
     assert listing.overlay_base_size == N * BLOCK
     assert listing.overlay_blocks_held == 1
     import hashlib
+
     assert listing.overlay_base_sha256 == hashlib.sha256(base.read_bytes()).digest()

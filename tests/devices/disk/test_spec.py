@@ -8,16 +8,19 @@ from denali.devices.disk import DiskSpec, parse_disk_arg
 from denali.errors import ConfigError
 
 
-@pytest.mark.parametrize(("text", "path", "name", "mode", "overlay"), [
-    ("base.img", "base.img", "base", "overlay-discard", None),
-    ("images/base.img:ro", "images/base.img", "base", "ro", None),
-    ("root=images/base.img:rw", "images/base.img", "root", "rw", None),
-    ("data.img:discard", "data.img", "data", "overlay-discard", None),
-    ("data.img:keep", "data.img", "data", "overlay-keep", "data.img.overlay"),
-    ("d=data.img:keep=/var/vm1.ovl", "data.img", "d", "overlay-keep", "/var/vm1.ovl"),
-    ("/abs/with:colon.img", "/abs/with:colon.img", "with:colon", "overlay-discard", None),
-    ("./a=b.img", "./a=b.img", "a=b", "overlay-discard", None),
-])
+@pytest.mark.parametrize(
+    ("text", "path", "name", "mode", "overlay"),
+    [
+        ("base.img", "base.img", "base", "overlay-discard", None),
+        ("images/base.img:ro", "images/base.img", "base", "ro", None),
+        ("root=images/base.img:rw", "images/base.img", "root", "rw", None),
+        ("data.img:discard", "data.img", "data", "overlay-discard", None),
+        ("data.img:keep", "data.img", "data", "overlay-keep", "data.img.overlay"),
+        ("d=data.img:keep=/var/vm1.ovl", "data.img", "d", "overlay-keep", "/var/vm1.ovl"),
+        ("/abs/with:colon.img", "/abs/with:colon.img", "with:colon", "overlay-discard", None),
+        ("./a=b.img", "./a=b.img", "a=b", "overlay-discard", None),
+    ],
+)
 def test_parse(text: str, path: str, name: str, mode: str, overlay: str | None) -> None:
     spec = parse_disk_arg(text)
     assert spec.path == path

@@ -67,7 +67,7 @@ async def test_pack_and_ls_roundtrip(tmp_path: Path) -> None:
         assert e.size == len(data)
         assert e.crc32 == zlib.crc32(data)
         if data:
-            assert raw[e.first_block * BLOCK:e.first_block * BLOCK + e.size] == data
+            assert raw[e.first_block * BLOCK : e.first_block * BLOCK + e.size] == data
         else:
             assert e.first_block == 0
     # smallest image that holds it: superblock + 1 directory block + the data
@@ -128,23 +128,26 @@ async def packed(tmp_path: Path) -> tuple[Path, bytearray]:
 
 
 def _resign_superblock(raw: bytearray) -> None:
-    raw[F.SUPERBLOCK.size:F.SUPERBLOCK.size + 4] = struct.pack("<I", zlib.crc32(raw[:F.SUPERBLOCK.size]))
+    raw[F.SUPERBLOCK.size : F.SUPERBLOCK.size + 4] = struct.pack("<I", zlib.crc32(raw[: F.SUPERBLOCK.size]))
 
 
-@pytest.mark.parametrize(("damage", "match"), [
-    ("truncate-odd", "not a multiple of 4096"),
-    ("truncate-block", "spans 11 blocks but the image has 10"),
-    ("empty", "empty file"),
-    ("magic", "not a DNLFS"),
-    ("sb-bit", "superblock is corrupt"),
-    ("dir-bit", "directory is corrupt"),
-    ("file-bit", "is corrupt \\(CRC-32"),
-    ("version", "version 9"),
-    ("layout", "inconsistent layout"),
-    ("overlap", "outside the data area or overlaps"),
-    ("unsorted", "not sorted"),
-    ("dotdot", "invalid path"),
-])
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("truncate-odd", "not a multiple of 4096"),
+        ("truncate-block", "spans 11 blocks but the image has 10"),
+        ("empty", "empty file"),
+        ("magic", "not a DNLFS"),
+        ("sb-bit", "superblock is corrupt"),
+        ("dir-bit", "directory is corrupt"),
+        ("file-bit", "is corrupt \\(CRC-32"),
+        ("version", "version 9"),
+        ("layout", "inconsistent layout"),
+        ("overlap", "outside the data area or overlaps"),
+        ("unsorted", "not sorted"),
+        ("dotdot", "invalid path"),
+    ],
+)
 async def test_corrupt_images_are_refused(tmp_path: Path, damage: str, match: str) -> None:
     img, raw = await packed(tmp_path)
     sb_fields = list(F.SUPERBLOCK.unpack_from(raw))
@@ -168,7 +171,7 @@ async def test_corrupt_images_are_refused(tmp_path: Path, damage: str, match: st
             sb_fields[1] = 9
         else:
             sb_fields[5] = 7  # dir_blocks
-        raw[:F.SUPERBLOCK.size] = F.SUPERBLOCK.pack(*sb_fields)
+        raw[: F.SUPERBLOCK.size] = F.SUPERBLOCK.pack(*sb_fields)
         _resign_superblock(raw)
     else:
         entries = [list(F.ENTRY.unpack_from(raw, BLOCK + i * 128)) for i in range(sb_fields[6])]
@@ -179,9 +182,9 @@ async def test_corrupt_images_are_refused(tmp_path: Path, damage: str, match: st
         else:
             entries[0][0] = b"../etc/passwd"
         table = b"".join(F.ENTRY.pack(*e) for e in entries)
-        raw[BLOCK:BLOCK + len(table)] = table
+        raw[BLOCK : BLOCK + len(table)] = table
         sb_fields[9] = zlib.crc32(table)
-        raw[:F.SUPERBLOCK.size] = F.SUPERBLOCK.pack(*sb_fields)
+        raw[: F.SUPERBLOCK.size] = F.SUPERBLOCK.pack(*sb_fields)
         _resign_superblock(raw)
     img.write_bytes(bytes(raw))
     with pytest.raises(DiskError, match=match):
@@ -223,12 +226,14 @@ async def test_pack_and_verify_report_progress(tmp_path: Path) -> None:
     assert checked[-1] == (total, total)
 
 
-def test_cli_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_progress_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import functools
 
     from denali.cli import disk as disk_cli
     from denali.progress import JobProgress
+
     files = tree(tmp_path / "src")
     total = sum(len(d) for d in files.values())
     img = str(tmp_path / "fs.img")

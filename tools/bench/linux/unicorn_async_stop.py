@@ -43,6 +43,7 @@ def run(path: Path, interval_us: int | None) -> tuple[int, ...]:
     def intr(uc: Uc, intno: int, data: object) -> None:
         done[0] = True
         uc.emu_stop()
+
     mu.hook_add(UC_HOOK_INTR, intr)
     stop = [False]
 
@@ -50,6 +51,7 @@ def run(path: Path, interval_us: int | None) -> tuple[int, ...]:
         while not stop[0]:
             mu.emu_stop()
             time.sleep(interval_us / 1e6 if interval_us else 0)
+
     t = threading.Thread(target=hammer)
     if interval_us:
         t.start()
@@ -70,9 +72,26 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "stophash"
-        subprocess.run(["gcc", "-m32", "-O2", "-ffreestanding", "-nostdlib", "-static", "-fno-pic",
-                        "-no-pie", "-Wl,-Ttext=0x10000", "-Wl,-z,norelro", "-Wl,--build-id=none",
-                        "-Wl,-z,noseparate-code", "-o", str(exe), str(HERE / "stophash.c")], check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-m32",
+                "-O2",
+                "-ffreestanding",
+                "-nostdlib",
+                "-static",
+                "-fno-pic",
+                "-no-pie",
+                "-Wl,-Ttext=0x10000",
+                "-Wl,-z,norelro",
+                "-Wl,--build-id=none",
+                "-Wl,-z,noseparate-code",
+                "-o",
+                str(exe),
+                str(HERE / "stophash.c"),
+            ],
+            check=True,
+        )
         ref = run(exe, None)
         print("reference", " ".join(f"{x:08x}" for x in ref))
         bad = 0
