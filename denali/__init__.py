@@ -19,15 +19,22 @@ from denali.errors import (
     ImageError,
     KernelClosedError,
     KernelInternalError,
+    MigrationError,
     NetError,
     ResourceError,
+    SnapshotError,
+    SnapshotFormatError,
+    SnapshotWriteError,
     SwapError,
     VmKilledError,
+    VmMigratedError,
+    VmStateError,
 )
 from denali.fault import FaultKind, FaultReport
 from denali.images import builtin_images
 from denali.kernel import Kernel
 from denali.loader import Image, load_image
+from denali.snapshot import SnapshotInfo
 from denali.vm import Vm, VmState
 
 __all__ = (
@@ -50,15 +57,22 @@ __all__ = (
     "KernelConfig",
     "KernelInternalError",
     "KernelOptions",
+    "MigrationError",
     "NetError",
     "NicConfig",
     "NicPort",
     "ResourceError",
     "Result",
+    "SnapshotError",
+    "SnapshotFormatError",
+    "SnapshotInfo",
+    "SnapshotWriteError",
     "SwapError",
     "Vm",
     "VmKilledError",
+    "VmMigratedError",
     "VmState",
+    "VmStateError",
     "__version__",
     "builtin_images",
     "load_image",

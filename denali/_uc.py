@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import subprocess
 import sysconfig
@@ -55,6 +56,8 @@ _CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
 _CTL_TCG_BUFFER_SIZE: Final = _c.UC_CTL_TCG_BUFFER_SIZE
 _CTL_TLB_FLUSH: Final = _c.UC_CTL_TLB_FLUSH
 _CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
+_CTL_TB_REMOVE_CACHE: Final = _c.UC_CTL_TB_REMOVE_CACHE
+_CTL_TB_FLUSH: Final = _c.UC_CTL_TB_FLUSH
 
 # uc_mem_type values seen by the TLB-fill hook
 MEM_READ: Final = _c.UC_MEM_READ
@@ -525,6 +528,12 @@ class Engine:
         """The raw ``uc_engine*``."""
         return self._h.value or 0
 
+    def flush_tlb(self) -> None:
+        """Drop every TLB entry: the next access to each page asks the TLB-fill hook again
+        (dirty-page tracking uses it to write-protect pages at each round; memory
+        protection after a page lost a permission). Callable from a hook."""
+        self._ctl(_CTL_TLB_FLUSH)
+
     def request_stop(self) -> None:
         """Ask a running ``start()`` to return at the next block start (any thread)."""
         self._cell.flag = 1
@@ -553,9 +562,19 @@ class Engine:
         ``_preempt.c``)."""
         self._route.faulted = 1 if held else 0
 
-    def start(self, begin: int) -> int:
-        """Run guest code from ``begin`` until stopped; returns the uc_err code."""
-        return int(_emu_start(self._h, begin, 0, 0, 0))
+    def start(self, begin: int, count: int = 0) -> int:
+        """Run guest code from ``begin`` until stopped (or, with ``count``, until that many
+        instructions ran: a debugger's single step); returns the uc_err code."""
+        return int(_emu_start(self._h, begin, 0, 0, count))
+
+    def invalidate_code(self, begin: int, end: int) -> None:
+        """Drop the translations of guest code in [begin, end) (after the host patched
+        code bytes, e.g. a debugger's breakpoint; Unicorn does not see host writes)."""
+        self._ctl(_CTL_TB_REMOVE_CACHE, ctypes.c_uint64(begin), ctypes.c_uint64(end))
+
+    def flush_code(self) -> None:
+        """Drop every translation (the next slice translates the guest's code again)."""
+        self._ctl(_CTL_TB_FLUSH)
 
     def stop(self) -> None:
         """Stop a running ``start()`` from one of this engine's callbacks (its own thread
@@ -575,11 +594,6 @@ class Engine:
         vals, ptrs = self._batch_vals
         _reg_read_batch(self._h, self._batch_ids, ptrs, len(vals))
         return {name: v.value for name, v in zip(GPR_NAMES, vals, strict=True)}
-
-    def flush_tlb(self) -> None:
-        """Forget every cached page translation: the next access to each page asks
-        ``on_tlb_fill`` again (after a page lost a permission). Callable from a hook."""
-        self._ctl(_CTL_TLB_FLUSH)
 
     def read_fpu(self) -> bytes:
         """The x87 and SSE state (``FPU_STATE_SIZE`` bytes; layout at ``FPU_STATE_SIZE``)."""
@@ -609,6 +623,37 @@ class Engine:
         self.closed = True
         _lib.uc_close(self._h)
         _OWNERS.pop(getattr(self, "_key", 0), None)
+
+
+_reset_fpu: bytes | None = None
+
+
+def reset_fpu() -> bytes:
+    """``read_fpu()`` of an engine nobody has run: the x87/SSE state a fresh VM starts
+    in (control word 0x37f, MXCSR 0x1f80 in Unicorn 2.1). Read once, from a throwaway
+    engine; an engine given exactly these bytes need not be written at all."""
+    global _reset_fpu
+    if _reset_fpu is None:
+        with mmap.mmap(-1, 4096) as page:
+            anchor = ctypes.c_char.from_buffer(page)
+            eng = Engine(_NoOwner(), ctypes.addressof(anchor), 4096, 1 << 20)
+            try:
+                _reset_fpu = eng.read_fpu()
+            finally:
+                eng.close()
+                del anchor
+    return _reset_fpu
+
+
+class _NoOwner:
+    """The owner of ``reset_fpu``'s engine, which never runs."""
+
+    def on_interrupt(self, intno: int) -> None: ...
+    def on_tlb_fill(self, vaddr: int, access: int) -> int:
+        return 0
+
+    def on_invalid_insn(self) -> None: ...
+    def on_forbidden_insn(self, name: str) -> None: ...
 
 
 def request_stop_at(cell: int) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
-ABI_VERSION: Final = 3
+ABI_VERSION: Final = 5
 """Version of this ABI; the kernel writes it into the virtual-register page."""
 
 PAGE_SIZE: Final = 4096
@@ -85,9 +85,14 @@ class Irq(IntFlag):
     """Console input is available."""
     HOST = 1 << 4
     """The host poked the VM (``Vm.interrupt()``), e.g. to ask it to shut down."""
+    CLONE = 1 << 5
+    """This VM was just restored as a clone of a snapshot: its vm_id, mac, generation and
+    command line are new; re-read them (re-address, re-key) before trusting old state."""
+    CHILD = 1 << 6
+    """Events of this VM's child VMs wait in its event queue (``CHILD_EVENT``)."""
 
 
-IRQ_ALL: Final = int(Irq.TIMER | Irq.NET_RX | Irq.DISK | Irq.CONSOLE | Irq.HOST)
+IRQ_ALL: Final = int(Irq.TIMER | Irq.NET_RX | Irq.DISK | Irq.CONSOLE | Irq.HOST | Irq.CLONE | Irq.CHILD)
 
 # Field types: (struct code, C type, size). "u8[N]" arrays are written ("u8", N).
 _CTYPES: Final = {
@@ -178,7 +183,13 @@ VREGS = Struct(
         _f("mac", "u8", "out", "MAC address of the NIC (all zero: no NIC)", 6),
         _f("_pad0", "u16", "pad", "reserved"),
         _f("slice_ns", "u32", "out", "length of a time slice in ns"),
-        _f("_pad1", "u32", "pad", "reserved"),
+        _f(
+            "generation",
+            "u32",
+            "out",
+            "0 when booted from an image; +1 each time the VM is "
+            "restored as a clone of a snapshot (Irq.CLONE says when)",
+        ),
     ),
 )
 
@@ -209,12 +220,18 @@ class Hc(IntEnum):
     DISK_READ = 11
     DISK_WRITE = 12
     DISK_FLUSH = 13
-    SYSCALL_ENTRY = 14
-    CONSOLE_READ = 15
-    CONSOLE_WRITE_ERR = 16
-    MEM_PROTECT = 17
-    SET_TLS = 18
-    RANDOM = 19
+    CHILD_CREATE = 14
+    CHILD_CONTROL = 15
+    CHILD_MEMORY = 16
+    CHILD_INTERPOSE = 17
+    CHILD_EVENT = 18
+    CHILD_REPLY = 19
+    SYSCALL_ENTRY = 20
+    CONSOLE_READ = 21
+    CONSOLE_WRITE_ERR = 22
+    MEM_PROTECT = 23
+    SET_TLS = 24
+    RANDOM = 25
 
 
 IOVEC = Struct(
@@ -350,6 +367,100 @@ HYPERCALLS: Final = (
         _f("status", "u32", "out", "DISK_PENDING, then the request's result code"),
     ),
     _hc(
+        Hc.CHILD_CREATE,
+        "Create a child VM from the ELF image at image (image_len bytes of this "
+        "VM's memory) with mem_size bytes of memory and a command line; it does not run before "
+        "CHILD_CONTROL start. mem_size + quota is charged to this VM's child-memory quota until "
+        "the child ends (FULL when it does not fit, or when CHILD_MAX children live); quota is "
+        "what the child may give its own children. disks: bit i passes this VM's disk i down "
+        "(NODEV when it has none), read-only with CHILD_F_DISK_RO or when it is read-only here. "
+        "INVAL: a bad image, mem_size or command line, unknown flags. FAULT: image or cmdline.",
+        _f("image", "u32", "in", "guest address of the ELF image"),
+        _f("image_len", "u32", "in", "its length in bytes"),
+        _f("mem_size", "u32", "in", "the child's memory in bytes (MIN_MEMORY..MAX_MEMORY)"),
+        _f("quota", "u32", "in", "bytes of memory the child may grant its own children"),
+        _f("cmdline", "u32", "in", "guest address of the command line (no NUL needed)"),
+        _f("cmdline_len", "u32", "in", "its length, at most CMDLINE_MAX"),
+        _f("disks", "u32", "in", "bit i: pass disk handle i down"),
+        _f("flags", "u32", "in", "CHILD_F_DISK_RO"),
+        _f("handle", "u32", "out", "the child's handle (0..CHILD_MAX-1)"),
+        _f("vm_id", "u32", "out", "the child's VM id (its vm_id register)"),
+    ),
+    _hc(
+        Hc.CHILD_CONTROL,
+        "Start, stop (hold before its next instruction), resume or destroy a "
+        "child (op CHILD_OP_*). Destroying a child destroys its whole subtree; its handle is "
+        "free once its CHILD_EV_EXIT event was read. NODEV: no live child has that handle. "
+        "INVAL: an unknown op, or start twice.",
+        _f("handle", "u32", "in", "from CHILD_CREATE"),
+        _f("op", "u32", "in", "CHILD_OP_START, _STOP, _RESUME or _DESTROY"),
+    ),
+    _hc(
+        Hc.CHILD_MEMORY,
+        "Copy len bytes (at most CHILD_MEMORY_MAX) between this VM's buf and "
+        "the child's memory at addr: op CHILD_MEM_READ reads what the child may read, "
+        "CHILD_MEM_WRITE writes what the child may write. FAULT: either range is not allowed. "
+        "AGAIN: the child is swapped out or inside a slice on another CPU (stop it first). "
+        "NODEV: no such child (or it ended). INVAL: op or len.",
+        _f("handle", "u32", "in", "from CHILD_CREATE"),
+        _f("op", "u32", "in", "CHILD_MEM_READ or CHILD_MEM_WRITE"),
+        _f("addr", "u32", "in", "address in the child's memory"),
+        _f("buf", "u32", "in", "address in this VM's memory"),
+        _f("len", "u32", "in", "bytes"),
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.CHILD_INTERPOSE,
+        "Choose which of a child's events come to this VM as messages: the "
+        "hypercalls whose bit is set in 'hypercalls' (bit n: number n) and, with CHILD_I_FAULT, "
+        "its faults. Every other event goes straight to the kernel. A child's end is always "
+        "reported (CHILD_EV_EXIT). NODEV: no such child. INVAL: unknown flags.",
+        _f("handle", "u32", "in", "from CHILD_CREATE"),
+        _f("flags", "u32", "in", "CHILD_I_FAULT"),
+        _f("hypercalls", "u64", "in", "bit n set: interpose on hypercall number n"),
+    ),
+    _hc(
+        Hc.CHILD_EVENT,
+        "Take the oldest message from this VM's child-event queue (AGAIN when "
+        "empty; Irq.CHILD is raised when it becomes non-empty). A CHILD_EV_HYPERCALL or "
+        "CHILD_EV_FAULT event leaves its child waiting until CHILD_REPLY answers its seq.",
+        _f("handle", "u32", "out", "which child"),
+        _f("kind", "u32", "out", "CHILD_EV_HYPERCALL, CHILD_EV_FAULT or CHILD_EV_EXIT"),
+        _f("seq", "u32", "out", "the number CHILD_REPLY answers (hypercall, fault)"),
+        _f("nr", "u32", "out", "hypercall: its number (EAX); exit: CHILD_END_*"),
+        _f("arg", "u32", "out", "hypercall: EBX, its structure's address in the child"),
+        _f("status", "u32", "out", "exit: the child's exit status (CHILD_END_EXITED)"),
+        _f("eip", "u32", "out", "fault (and exit after a fault): the faulting EIP"),
+        _f("address", "u32", "out", "fault: the address the access was refused at"),
+        _f("vector", "u32", "out", "fault: the x86 exception vector"),
+        _f("_pad", "u32", "pad", "reserved"),
+        _f(
+            "args",
+            "u8",
+            "out",
+            "hypercall: the first CHILD_EVENT_ARGS bytes of its structure "
+            "(zero when the child cannot read it)",
+            64,
+        ),
+    ),
+    _hc(
+        Hc.CHILD_REPLY,
+        "Answer the waiting event seq of a child: CHILD_PASS lets the kernel "
+        "handle it (a fault then stands and the child ends FAULTED), CHILD_ANSWER completes a "
+        "hypercall with 'result' in the child's EAX, CHILD_RESUME resumes a faulted child at its "
+        "EIP, CHILD_KILL destroys the child. With len > 0, len bytes at buf are first written to "
+        "the child's memory at addr (what the child may write; FAULT otherwise). INVAL: no event "
+        "seq waits, or the action does not fit its kind. NODEV: no such child.",
+        _f("handle", "u32", "in", "from CHILD_EVENT"),
+        _f("seq", "u32", "in", "from CHILD_EVENT"),
+        _f("action", "u32", "in", "CHILD_PASS, CHILD_ANSWER, CHILD_RESUME or CHILD_KILL"),
+        _f("result", "u32", "in", "CHILD_ANSWER: the child's EAX"),
+        _f("buf", "u32", "in", "address in this VM of bytes to write into the child, or 0"),
+        _f("len", "u32", "in", "their length (0: none), at most CHILD_MEMORY_MAX"),
+        _f("addr", "u32", "in", "where in the child they go"),
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
         Hc.SYSCALL_ENTRY,
         "Route foreign system calls to an in-VM handler (a personality). "
         "Afterwards an `int $0x80` executed at an address outside [code_lo, code_hi) is not a "
@@ -440,6 +551,43 @@ DISK_PENDING: Final = 0xFFFF_FFFF
 """A request's 'status' while the kernel still owns it."""
 DISK_F_READONLY: Final = 1
 """DISK_INFO flag: the disk refuses writes (INVAL)."""
+
+CHILD_MAX: Final = 16
+"""Most live children one VM may have."""
+CHILD_QUEUE: Final = 2 * CHILD_MAX
+"""Capacity of a VM's child-event queue: a child has at most one waiting event and one
+exit event queued at a time, so the queue never overflows."""
+CHILD_EVENT_ARGS: Final = 64
+"""Bytes of a hypercall's argument structure copied into a CHILD_EVENT message."""
+CHILD_MEMORY_MAX: Final = 1 << 20
+"""Most bytes one CHILD_MEMORY or CHILD_REPLY copies."""
+CHILD_IMAGE_MAX: Final = 64 << 20
+"""Largest child image CHILD_CREATE accepts."""
+CHILD_F_DISK_RO: Final = 1
+"""CHILD_CREATE flag: the disks passed down are read-only for the child."""
+CHILD_OP_START: Final = 1
+CHILD_OP_STOP: Final = 2
+CHILD_OP_RESUME: Final = 3
+CHILD_OP_DESTROY: Final = 4
+CHILD_MEM_READ: Final = 0
+CHILD_MEM_WRITE: Final = 1
+CHILD_I_FAULT: Final = 1
+"""CHILD_INTERPOSE flag: the child's faults come as CHILD_EV_FAULT messages."""
+CHILD_EV_HYPERCALL: Final = 1
+CHILD_EV_FAULT: Final = 2
+CHILD_EV_EXIT: Final = 3
+CHILD_PASS: Final = 0
+CHILD_ANSWER: Final = 1
+CHILD_RESUME: Final = 2
+CHILD_KILL: Final = 3
+CHILD_END_EXITED: Final = 0
+"""CHILD_EV_EXIT nr: the child called TERMINATE (status has its exit status)."""
+CHILD_END_FAULTED: Final = 1
+"""CHILD_EV_EXIT nr: the child faulted (eip, address, vector say where)."""
+CHILD_END_KILLED: Final = 2
+"""CHILD_EV_EXIT nr: destroyed (by this VM, or by its own monitor)."""
+CHILD_END_FAILED: Final = 3
+"""CHILD_EV_EXIT nr: a kernel error stopped it."""
 
 HYPERCALL_BY_NR: Final = {h.nr: h for h in HYPERCALLS}
 

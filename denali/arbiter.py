@@ -28,13 +28,14 @@ class CpuArbiter:
         self._waiters: dict[int, asyncio.Future[Lane]] = {}
         self.switches = 0
 
-    async def acquire(self, vm_id: int, idled: bool) -> tuple[Lane, bool]:
-        """Wait for a lane; returns it and whether the caller had to wait (was suspended)."""
+    async def acquire(self, vm_id: int, idled: bool, group: int | None = None) -> tuple[Lane, bool]:
+        """Wait for a lane; returns it and whether the caller had to wait (was suspended).
+        ``group``: the VM's CPU group (``Scheduler.enqueue``)."""
         if self._free and not self.policy:
             return self._free.pop(), False
         fut: asyncio.Future[Lane] = self._loop.create_future()
         self._waiters[vm_id] = fut
-        self.policy.enqueue(vm_id, idled)
+        self.policy.enqueue(vm_id, idled, group)
         try:
             return await fut, True
         except asyncio.CancelledError:

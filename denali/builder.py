@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from denali.devices.children import ChildFactory, Children
 from denali.devices.clock import Clock
 from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks, open_disks
@@ -45,14 +46,22 @@ class VmSpec:
     disks: Sequence[DiskSpec] = field(default=())
     link: LinkSpec | None = None
     """Impairment of the NIC's cable (loss, delay, ...), or None."""
+    child_memory: int = 0
+    """Bytes of memory the VM's children (and theirs) may hold in all (0: no children)."""
 
 
 async def build_vm(
-    rt: Runtime, switch: Switch, vm_id: int, spec: VmSpec, mac: bytes, on_end: Callable[[Vm], None]
+    rt: Runtime,
+    switch: Switch,
+    vm_id: int,
+    spec: VmSpec,
+    mac: bytes,
+    on_end: Callable[[Vm], None],
+    children: ChildFactory | None = None,
 ) -> Vm:
     """Make VM ``vm_id`` from ``spec`` (see the module docstring); ``mac`` is its NIC's
-    MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends. Raises what
-    the failing step raises."""
+    MAC unless ``spec.mac`` gives one; ``on_end`` is called as the VM ends; ``children``
+    makes the VM's child VMs. Raises what the failing step raises."""
     console = Console(spec.console)
     clock = Clock()
     port: NicPort | None = None
@@ -70,6 +79,7 @@ async def build_vm(
         if rt.store is not None:
             rt.store.create_area(vm_id, spec.memory)
             area = True
+        kids = Children(children, quota=spec.child_memory, disk_count=len(disks.disks))
         return Vm(
             rt,
             vm_id,
@@ -82,6 +92,7 @@ async def build_vm(
             disks,
             Personality(),
             on_end,
+            children=kids,
         )
     except BaseException:
         if area and rt.store is not None:

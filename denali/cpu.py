@@ -53,6 +53,8 @@ _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
 _VECTOR: Final = abi.HYPERCALL_VECTOR
+USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
+"""EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
 EXIT: Final = -1
 """Dispatch result: stop the slice; the caller of ``run`` completes this hypercall."""
 Dispatch = Callable[[int, int], int]
@@ -100,7 +102,7 @@ class CpuState:
         """The state a fresh VM starts in: EIP at the entry point, ESP at the top of memory."""
         regs = dict.fromkeys(_uc.GPR_NAMES, 0)
         regs.update(eip=entry, esp=stack_top, eflags=_BOOT_EFLAGS)
-        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), bytes(_uc.FPU_STATE_SIZE))
+        return cls(tuple(regs[n] for n in _uc.GPR_NAMES), _uc.reset_fpu())
 
     def registers(self) -> dict[str, int]:
         """The general registers, EIP and EFLAGS by name."""
@@ -165,10 +167,13 @@ class VCpu:
     """The CPU of one VM. Not thread-safe: one slice at a time (see the module docstring)."""
 
     __slots__ = (
+        "_entry_state",
+        "_epoch",
         "_forbidden",
         "_invalid",
         "_last_fill",
         "_vector",
+        "count",
         "defer_hypercalls",
         "deferred",
         "dispatch",
@@ -218,6 +223,11 @@ class VCpu:
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
+        self._epoch = memory.epoch
+        """The memory's tracking epoch this engine's TLB was filled under."""
+        self.count = 0
+        """Instructions the next slice may run (0: no bound); a debugger's single step
+        sets 1 (denali.monitor.gdb). Reset when the slice ends."""
         mem = memory.buf
         kp = abi.Layout.KERNEL_PAGE
         gdt = _uc.GDT + state.tls
@@ -231,7 +241,8 @@ class VCpu:
             self.engine.enter_user_mode(kp, _KSTACK - len(frame), state.fs, state.gs)
             for reg, name in zip(_GPRS[:7], _uc.GPR_NAMES[:7], strict=True):  # eax..ebp
                 self.engine.reg_write(reg, regs[name])
-            self.engine.write_fpu(state.fpu)
+            if state.fpu != _uc.reset_fpu():  # a fresh engine already holds that state
+                self.engine.write_fpu(state.fpu)
             self.engine.install_hooks()
             self.set_route(route)
         except BaseException:
@@ -239,6 +250,8 @@ class VCpu:
             raise
         memory.on_lowered = self.engine.flush_tlb
         self.eip = _TRAMPOLINE
+        self._entry_state = state
+        """What the CPU enters user mode with: its state until the first slice runs."""
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
@@ -278,8 +291,16 @@ class VCpu:
             eng.reg_write(_uc.REG_EAX, res)
 
     def on_tlb_fill(self, vaddr: int, access: int) -> int:
-        prot = self.memory.prot_at(vaddr) if vaddr < self.memory.size else 0
+        mem = self.memory
+        prot = mem.prot_at(vaddr) if vaddr < mem.size else 0
         self._last_fill = (vaddr, access, prot)
+        dirty = mem.dirty
+        if dirty is not None and prot & PROT_W:  # tracking: writable only once marked
+            page = vaddr >> 12
+            if access == _uc.MEM_WRITE:
+                dirty[page] = 1
+            elif not dirty[page]:
+                return prot & ~PROT_W
         return prot
 
     def on_invalid_insn(self) -> None:
@@ -300,12 +321,18 @@ class VCpu:
         self.exit = Exit.PREEMPTED
         self.deferred = False
         self._vector = None
+        self._forbidden = None  # a monitor may have resumed the VM after a fault
+        self._invalid = False
         eng = self.engine
+        if self._epoch != self.memory.epoch:  # dirty tracking began or a round ended
+            eng.flush_tlb()
+            self._epoch = self.memory.epoch
+        count, self.count = self.count, 0
         eng.clear_stop()
         eng.hold_route(False)
         lane.begin(eng.stop_cell, deadline_ns)
         try:
-            err = eng.start(self.eip)
+            err = eng.start(self.eip, count)
         finally:
             lane.end()
         self.eip = eng.reg_read(_uc.REG_EIP)
@@ -317,15 +344,18 @@ class VCpu:
 
     def save(self) -> CpuState:
         """The CPU's state (between slices only)."""
+        if self.eip == _TRAMPOLINE:  # not in user mode yet: what it will enter it with
+            return self._entry_state
         eng = self.engine
         regs = eng.read_gprs()
         regs["eip"] = self.eip
         kp = abi.Layout.KERNEL_PAGE + len(_uc.GDT)
+        # Segment selectors are 16 bits (Unicorn writes only those of the 32-bit buffer).
         return CpuState(
             tuple(regs[n] for n in _uc.GPR_NAMES),
             eng.read_fpu(),
-            eng.reg_read(_uc.REG_FS),
-            eng.reg_read(_uc.REG_GS),
+            eng.reg_read(_uc.REG_FS) & 0xFFFF,
+            eng.reg_read(_uc.REG_GS) & 0xFFFF,
             bytes(self.memory.buf[kp : kp + _uc.TLS_SIZE]),
         )
 
@@ -342,6 +372,24 @@ class VCpu:
     def syscalls(self) -> int:
         """Foreign system calls routed to ``route.entry`` by this CPU."""
         return self.engine.routed
+
+    def set_registers(self, regs: dict[str, int]) -> None:
+        """Write general registers, EIP and EFLAGS by name (between slices only; names
+        not in ``_uc.GPR_NAMES`` are ignored). A debugger's register writes. EFLAGS
+        takes only the bits a CPL-3 program may change itself (``USER_EFLAGS``); IOPL,
+        IF and the rest keep their value, so a write never gives the guest privilege."""
+        eng = self.engine
+        for reg, name in zip(_GPRS, _uc.GPR_NAMES, strict=True):
+            if name not in regs:
+                continue
+            value = regs[name] & 0xFFFFFFFF
+            if name == "eip":
+                self.eip = value
+            elif name == "eflags":
+                old = eng.reg_read(reg)
+                eng.reg_write(reg, (old & ~USER_EFLAGS) | (value & USER_EFLAGS))
+            else:
+                eng.reg_write(reg, value)
 
     def set_result(self, result: int) -> None:
         """Complete an exited hypercall: its result code goes to EAX."""

@@ -72,3 +72,43 @@ class KernelInternalError(DenaliError):
 class SdkError(DenaliError):
     """Raised when the guest SDK cannot build a guest: the SDK was not built into the package,
     the machine's compiler is missing, or a new project cannot be written."""
+
+
+class VmStateError(DenaliError):
+    """Raised when a VM is asked for something its state does not allow: snapshotting a VM
+    that is not paused, pausing or resuming a VM that has ended."""
+
+
+class SubtreeError(VmStateError):
+    """Raised when a snapshot, clone or migration is asked of a VM that has live child VMs,
+    or of a child VM: a snapshot does not carry a subtree (destroy the children first, or
+    snapshot a VM without any)."""
+
+
+class SnapshotError(DenaliError):
+    """Raised when a snapshot cannot be written or read; ``path`` names the file."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SnapshotFormatError(SnapshotError, ConfigError):
+    """Raised when a file is not a snapshot this kernel can restore: not a snapshot, another
+    format or ABI version, truncated, or damaged (a checksum mismatch). Never repaired."""
+
+
+class SnapshotWriteError(SnapshotError, ResourceError):
+    """Raised when the host cannot write a snapshot (a full disk, a directory that cannot
+    be written); nothing is left at the snapshot's path and the VM is unchanged."""
+
+
+class VmMigratedError(VmKilledError):
+    """Raised by ``Vm.wait()`` on the source kernel when the VM moved to another kernel by
+    live migration (``denali.migration``); it runs on there."""
+
+
+class MigrationError(DenaliError):
+    """Raised when a live migration fails: the peer cannot be reached, refuses the VM, sends
+    a malformed stream, or the link drops. On the source the VM keeps running (or stays
+    as it was asked to be), nothing of it lost; on the destination nothing is left."""

@@ -26,6 +26,8 @@ PROT_W: Final = 2
 PROT_X: Final = 4
 PROT_RW: Final = PROT_R | PROT_W
 PROT_RX: Final = PROT_R | PROT_X
+PAGE_SHIFT: Final = 12
+assert 1 << PAGE_SHIFT == abi.PAGE_SIZE
 _VREGS: Final = int(abi.Layout.VREGS)
 _KERNEL_FIELDS_END: Final = _VREGS + abi.VREGS.size
 
@@ -43,14 +45,33 @@ class Region:
 class GuestMemory:
     """Guest memory of ``size`` bytes (a multiple of the page size) and its page map.
 
-    Anonymous memory: pages the guest never touches cost no host RAM.
+    Anonymous memory: pages the guest never touches cost no host RAM. With ``fd``, the
+    memory is a private (copy-on-write) mapping of ``size`` bytes of that file from
+    ``offset`` (page aligned): it reads as the file, the guest's writes stay its own,
+    and every VM mapping the same file shares the pages none of them wrote (clones of
+    one snapshot). The file must not change while it is mapped.
     """
 
-    __slots__ = ("_anchor", "_regions", "_starts", "address", "buf", "on_lowered", "size")
+    __slots__ = (
+        "_anchor",
+        "_regions",
+        "_starts",
+        "address",
+        "buf",
+        "dirty",
+        "epoch",
+        "on_lowered",
+        "size",
+    )
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, fd: int = -1, offset: int = 0) -> None:
         self.size = size
-        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if fd < 0:
+            self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:
+            self.buf = mmap.mmap(
+                fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset
+            )
         self._anchor = ctypes.c_char.from_buffer(self.buf)
         self.address = ctypes.addressof(self._anchor)
         self._regions: list[Region] = []
@@ -58,6 +79,14 @@ class GuestMemory:
         self.on_lowered: Callable[[], None] | None = None
         """Called by ``protect`` when a page lost a permission: the CPU using this
         memory drops its cached translations (``VCpu`` sets it)."""
+        self.dirty: bytearray | None = None
+        """While tracking (a live migration): one byte per page, 1 once the page may have
+        been written since the last ``take_dirty``. The guest's stores mark it through the
+        CPU's TLB (a writable page is given to the TLB read-only until its first store);
+        the kernel's through ``check`` with PROT_W, ``write`` and ``mark``."""
+        self.epoch = 0
+        """Incremented by every ``take_dirty``: the CPU flushes its TLB when it changed, so
+        every page is write-protected again for the next round."""
 
     def set_regions(self, regions: list[Region]) -> None:
         """Install the page map: regions sorted, disjoint, page aligned, inside memory."""
@@ -145,8 +174,11 @@ class GuestMemory:
         if addr < 0 or length < 0 or addr + length > self.size:
             return False
         end = addr + length
-        if prot & PROT_W and addr < _KERNEL_FIELDS_END and end > _VREGS:
-            return False
+        if prot & PROT_W:
+            if addr < _KERNEL_FIELDS_END and end > _VREGS:
+                return False
+            if self.dirty is not None:
+                self.mark(addr, length)
         while addr < end:
             r = self.region_at(addr)
             if r is None or (r.prot & prot) != prot:
@@ -161,6 +193,44 @@ class GuestMemory:
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         """Copy bytes in (caller has checked the range)."""
         self.buf[addr : addr + len(data)] = data
+        if self.dirty is not None:
+            self.mark(addr, len(data))
+
+    # ---- dirty-page tracking (live migration) ----
+    def mark(self, addr: int, length: int) -> None:
+        """Record that the kernel wrote [addr, addr+length) (no-op when not tracking).
+        Every kernel write into guest memory that is not inside a ``check``-ed hypercall
+        (a deferred completion, an interrupt frame) calls this."""
+        d = self.dirty
+        if d is None or length <= 0:
+            return
+        first = max(0, addr) >> PAGE_SHIFT
+        last = min(self.size, addr + length) - 1 >> PAGE_SHIFT
+        if first == last:
+            d[first] = 1
+        elif first < last:
+            d[first : last + 1] = b"\1" * (last + 1 - first)
+
+    def start_tracking(self) -> None:
+        """Begin dirty-page tracking (idempotent); the CPU write-protects every page."""
+        if self.dirty is None:
+            self.dirty = bytearray(self.size >> PAGE_SHIFT)
+            self.epoch += 1
+
+    def take_dirty(self) -> bytearray:
+        """The pages written since tracking began or the last call, one byte each; a new
+        round starts. Call only while no slice of this memory's CPU runs."""
+        if self.dirty is None:
+            raise ValueError("dirty-page tracking is off")
+        taken, self.dirty = self.dirty, bytearray(self.size >> PAGE_SHIFT)
+        self.epoch += 1
+        return taken
+
+    def stop_tracking(self) -> None:
+        """End tracking: pages get their full permissions again at the next TLB flush."""
+        if self.dirty is not None:
+            self.dirty = None
+            self.epoch += 1
 
     def close(self) -> None:
         """Release the mapping; idempotent. The engine using it must be closed first."""

@@ -6,7 +6,8 @@ Three separate pieces:
   kernel's totals and its ``limit`` busiest VMs, ``denali.metrics.snapshot`` data).
   ``MetricsEndpoint`` reads a kernel's metrics endpoint (``GET /vms.json?top=N``:
   the kernel ranks the VMs by CPU used since the previous request, so a kernel of
-  10,000 VMs sends only those rows); another transport is another small class.
+  10,000 VMs sends only those rows); ``ApiSocket`` its control API (``GET
+  /v1/top?limit=N`` on the Unix socket); another transport is another small class.
 - **what the screen shows**: ``render(snap, width, view)``, a pure function of the
   data, the terminal width and the sort order, returning plain lines that are never
   wider than ``width``. Columns are shown in priority order while they fit (at 80
@@ -59,7 +60,7 @@ async def fetch(host: str, port: int, top: int | None = None) -> dict[str, Any]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
     try:
         query = f"?top={top}" if top is not None else ""
-        writer.write(f"GET /vms.json{query} HTTP/1.1\r\nHost: denali\r\n\r\n".encode())
+        writer.write(f"GET /vms.json{query} HTTP/1.1\r\nHost: denali\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 10)
     finally:
@@ -88,6 +89,37 @@ class MetricsEndpoint:
 
     async def snapshot(self, limit: int) -> dict[str, Any]:
         return await fetch(self.host, self.port, limit)
+
+
+class ApiSocket:
+    """A kernel's control API (``denali boot --api PATH``) as a ``TopSource``:
+    ``GET /v1/top?limit=N`` on its Unix socket."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @property
+    def label(self) -> str:
+        return self.path
+
+    async def snapshot(self, limit: int) -> dict[str, Any]:
+        import aiohttp
+
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=self.path), timeout=aiohttp.ClientTimeout(total=10)
+                ) as s,
+                s.get(f"http://denali/v1/top?limit={limit}") as resp,
+            ):
+                if resp.status != 200:
+                    raise OSError(f"control API answered HTTP {resp.status}")
+                data: dict[str, Any] = await resp.json()
+                return data
+        except aiohttp.ClientConnectorError as exc:
+            raise OSError(exc.os_error.errno, exc.os_error.strerror or str(exc)) from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise OSError(f"control API: {exc}") from None
 
 
 # ---------------------------------------------------------------- units

@@ -3,13 +3,23 @@
 State machine (``Vm.state``)::
 
     CREATED -> RUNNABLE <-> RUNNING -> (EXITED | FAULTED | FAILED)
-                   ^           |
-                   +-- IDLE <--+          any state but the final ones -> KILLED
+                 ^  ^          |
+                 |  +-- IDLE <-+          any state but the final ones -> KILLED
+                 |       ^ |
+                 |       | v
+                 +---- PAUSED             (pause() at a slice boundary; resume())
 
 RUNNABLE: waiting for the CPU. RUNNING: inside a slice. IDLE: in idle-with-timeout
 (a timer and a future; no CPU at all). EXITED: the guest called terminate. FAULTED: the
 guest faulted (``Vm.fault`` has the report). FAILED: a kernel bug, or its swap file
 going bad, hit this VM only. KILLED: the host stopped it (``kill()`` or kernel close).
+PAUSED: the host paused it (``pause()``): it stopped at a slice boundary (before its next
+slice, or while it waits in IDLE) and runs no guest code until ``resume()``. A VM paused
+in IDLE keeps its deadline: the timer runs on, and interrupts still queue; what woke it
+is delivered after ``resume()``. A paused VM is never swapped out. Snapshots are taken
+of paused VMs (``snapshot_state``); a VM restored from one (``restore_state``) continues
+where it stopped: before its next slice, or in its IDLE with the same deadline on its
+own clock (``_clock_offset`` makes a restored VM's clock continue from the snapshot).
 
 A VM is made whole by ``denali.builder`` (devices, port, swap area) and only then
 published. Its memory and CPU (its *resident* state) are made when the gatekeeper first
@@ -36,11 +46,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
+import re
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -50,19 +64,31 @@ from denali.cpu import EXIT, CpuState, Exit, SyscallRoute, VCpu, layout_regions
 from denali.devices.base import SLOT_VM, Completion, Device
 from denali.devices.clock import Clock
 from denali.devices.console import Console
-from denali.errors import DiskError, GuestFault, KernelInternalError, SwapError, VmKilledError
+from denali.errors import (
+    DiskError,
+    GuestFault,
+    KernelInternalError,
+    SubtreeError,
+    SwapError,
+    VmKilledError,
+    VmMigratedError,
+    VmStateError,
+)
 from denali.fault import FaultReport
+from denali.interpose import Interposer, Outcome
 from denali.memory import PROT_R, PROT_RW, PROT_RX, PROT_X, GuestMemory, Region
-from denali.swap import ENGINE_COST, SwapImage, touched_bytes
+from denali.swap import ENGINE_COST, SwapImage, resident_pages, touched_bytes
 from denali.timers import Timer
 
 if TYPE_CHECKING:
+    from denali.devices.children import Children
     from denali.devices.disk.device import Disks
     from denali.devices.nic import Nic, NicPort
     from denali.devices.personality import Personality
     from denali.loader import Image
     from denali.preempt import Lane
     from denali.runtime import Runtime
+    from denali.snapshot import SnapshotFile
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +124,16 @@ class VmState(Enum):
     RUNNABLE = "runnable"
     RUNNING = "running"
     IDLE = "idle"
+    PAUSED = "paused"
     EXITED = "exited"
     FAULTED = "faulted"
     FAILED = "failed"
     KILLED = "killed"
+    MIGRATED = "migrated"
 
     @property
     def final(self) -> bool:
-        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED)
+        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED, VmState.MIGRATED)
 
 
 class Vm:
@@ -130,13 +158,23 @@ class Vm:
         "_done",
         "_evicting",
         "_exit_request",
+        "_final_request",
         "_hypercalls",
+        "_idle_arg",
+        "_idle_deadline",
         "_idle_waiters",
         "_in_slice",
+        "_incoming",
+        "_interposer",
         "_irq_entry",
         "_memory",
+        "_migrating",
+        "_migration_busy",
         "_on_end",
+        "_on_wake",
+        "_origin",
         "_page_map",
+        "_pause",
         "_pending",
         "_posted",
         "_route",
@@ -148,6 +186,7 @@ class Vm:
         "_vregs_head",
         "_vregs_tail",
         "_waker",
+        "children",
         "clock",
         "close_errors",
         "cmdline",
@@ -159,13 +198,17 @@ class Vm:
         "exit_status",
         "fault",
         "first_slice_ns",
+        "generation",
+        "group",
         "id",
         "image",
+        "image_data",
         "interposed",
         "mem_size",
         "nic_device",
         "state",
         "stats",
+        "stopped_by",
     )
 
     def __init__(
@@ -181,8 +224,12 @@ class Vm:
         disks: Disks | None,
         personality: Personality,
         on_end: Callable[[Vm], None],
+        children: Children | None = None,
+        group: int | None = None,
     ) -> None:
-        """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it)."""
+        """``on_end(vm)`` is called as the VM ends (the kernel unpublishes it).
+        ``children``: its child-VM device; ``group``: its CPU group (its root
+        ancestor's id: a subtree shares one CPU share; default its own id)."""
         self._rt = rt
         self._on_end = on_end
         self.id = vm_id
@@ -195,12 +242,18 @@ class Vm:
         self.clock = clock
         self.nic_device = nic
         self.disks = disks
-        self._devices: list[object | None] = [self, clock, console, nic, disks, personality]
+        self.children = children
+        self.group = vm_id if group is None else group
+        self._devices: list[object | None] = [self, clock, console, nic, disks, children, personality]
         self.interposed: frozenset[str] = frozenset()
         """The event kinds (``INTERPOSABLE``) some monitor interposes on. Empty: every
         event takes the kernel's direct path, at its direct cost (and the native fast
         path, where there is one); a kind in the set takes the path that calls the
         monitors. Changed only by the monitor layer."""
+        self._interposer: Interposer | None = None
+        """The monitor stack's side of the seam (``denali.interpose``); None: no monitor."""
+        self.stopped_by: str | None = None
+        """Who stopped the VM when a monitor did (``wait()`` says so)."""
         self._pending = 0
         self._irq_entry = 0
         self._route: SyscallRoute | None = None
@@ -250,6 +303,29 @@ class Vm:
         self._swapping_in = False
         self._vregs_head = b""
         self._vregs_tail = b""
+        # Pause, snapshot and restore (see the section below).
+        self._pause: _Pause | None = None
+        self._idle_arg: int | None = None
+        """While in IDLE (or restored into it): the guest address of its argument struct."""
+        self._idle_deadline = 0
+        """That IDLE's deadline (kept so a restored VM can wait without its memory)."""
+        self._on_wake = 0
+        """Interrupt bits raised once the VM is next resident (a clone's Irq.CLONE)."""
+        self._origin: SnapshotFile | None = None
+        """The snapshot a restored VM's memory maps copy-on-write (None: booted)."""
+        self.generation = 0
+        """How many times this VM's lineage was cloned (the ``generation`` register)."""
+        # Live migration (denali.migration).
+        self._migrating = False
+        """True while the VM is being migrated out: it is not swapped out meanwhile."""
+        self._migration_busy = False
+        """True while ``denali.migration.migrate`` works on this VM (one at a time)."""
+        self._incoming: GuestMemory | None = None
+        """A migrated-in VM's memory, filled by the migration, taken at its admission."""
+        self.image_data: bytes | None = None
+        """The ELF file of a VM that migrated in (its image is not a file here)."""
+        self._final_request: VmState | None = None
+        """The final state a cancellation of the coroutine ends in (KILLED when None)."""
         for dev in self._devices[1:]:
             if isinstance(dev, Device):
                 dev.attach(self)
@@ -329,7 +405,9 @@ class Vm:
             if isinstance(self.error, SwapError):
                 raise self.error
             raise KernelInternalError(f"VM {self.id}: kernel error: {self.error!r}") from self.error
-        raise VmKilledError(f"VM {self.id} was stopped by the host")
+        if self.state is VmState.MIGRATED:
+            raise VmMigratedError(f"VM {self.id} migrated to another kernel")
+        raise VmKilledError(f"VM {self.id} was stopped by {self.stopped_by or 'the host'}")
 
     async def until_idle(self) -> None:
         """Wait until the VM next enters idle-with-timeout (returns at once if it is idle).
@@ -413,15 +491,29 @@ class Vm:
         """Make memory and CPU: from the image, or from the swap file (pages first: the
         CPU then writes its kernel page over whatever was stored)."""
         rt = self._rt
-        mem = GuestMemory(self.mem_size)
+        origin = self._origin
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            mem = incoming
+        else:
+            mem = (
+                GuestMemory(self.mem_size)
+                if origin is None
+                else GuestMemory(self.mem_size, origin.fd, origin.mem_offset)
+            )
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
             if self._page_map is not None:  # swapped in: the map as it was
                 regions = list(self._page_map)
             mem.set_regions(regions)
-            if self._swapped is not None:
+            if incoming is not None:
+                pass  # migrated in: its pages (command line included) came with it
+            elif self._swapped is not None:
                 assert rt.store is not None
                 await rt.store.read(self.id, self._swapped, mem.buf)
+            elif origin is not None:  # restored: the pages are the snapshot's; a clone's
+                cmd = self.cmdline.encode()  # command line is its own
+                mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0" * (abi.CMDLINE_MAX + 1 - len(cmd)))
             else:
                 for seg in self.image.segments:
                     mem.write(seg.vaddr, seg.data)
@@ -432,7 +524,7 @@ class Vm:
                 self.id,
                 self.image.name,
                 mem,
-                rt.table.dispatcher(self._devices, mem),
+                self._dispatcher(mem),
                 rt.tcg_buffer,
                 self._cpu_state,
                 self._route,
@@ -444,8 +536,92 @@ class Vm:
         self._memory = mem
         self._cpu = cpu
         self._dispatch = cpu.dispatch
+        self._pending |= self._on_wake
+        self._on_wake = 0
         self._write_vregs()
         self._apply_posted()
+
+    def check_no_subtree(self, what: str) -> None:
+        """Raise ``SubtreeError`` when this VM has live child VMs or is one itself:
+        ``what`` (a snapshot, a migration) cannot carry a subtree."""
+        if self.group != self.id:
+            raise SubtreeError(
+                f"VM {self.id} is a child VM (of VM tree {self.group}): {what} takes whole VMs only"
+            )
+        live = self.children.children if self.children is not None else ()
+        if live:
+            ids = ", ".join(str(c.vm_id) for c in live)
+            raise SubtreeError(
+                f"VM {self.id} has {len(live)} live child VM(s) ({ids}), which {what} does not carry: "
+                "destroy them first"
+            )
+
+    def memory_before_start(self) -> GuestMemory | None:
+        """The memory of a VM that has not started yet, made now from its image and its
+        command line (the same bytes its boot would write) and taken by its start: how a
+        parent loads data into a child before it runs (``denali.nesting``). None once the
+        VM has started or ended."""
+        if self._task is not None or self.state.final:
+            return None
+        if self._incoming is None:
+            mem = GuestMemory(self.mem_size)
+            try:
+                regions, _, _ = layout_regions(self.image, self.mem_size)
+                mem.set_regions(regions)
+                for seg in self.image.segments:
+                    mem.write(seg.vaddr, seg.data)
+                cmd = self.cmdline.encode()
+                mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
+            except BaseException:
+                mem.close()
+                raise
+            self._incoming = mem
+        return self._incoming
+
+    def _dispatcher(self, mem: GuestMemory) -> Callable[[int, int], int]:
+        dispatch = self._rt.table.dispatcher(self._devices, mem)
+        ip = self._interposer
+        return ip.wrap(dispatch, mem) if ip is not None else dispatch
+
+    # ---- monitors (the seam of denali.interpose; denali.monitor is the only caller) ----
+    def set_interposer(self, interposer: Interposer | None) -> None:
+        """Install the monitor stack's interposer (None: no monitor) and rewire."""
+        self._interposer = interposer
+        self.rewire()
+
+    def rewire(self) -> None:
+        """Give a resident CPU the dispatch function for the current interposition (the
+        monitor layer calls this whenever ``interposed`` changes)."""
+        cpu, mem = self._cpu, self._memory
+        if cpu is not None and mem is not None:
+            cpu.dispatch = self._dispatch = self._dispatcher(mem)
+
+    async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
+        """The monitors' verdict on a fault: None to resume, else the final state."""
+        ip = self._interposer
+        if ip is not None and "fault" in self.interposed:
+            outcome = await ip.fault(cpu)
+            if outcome is Outcome.RESUME:
+                return None
+            if outcome is Outcome.STOP:
+                return VmState.KILLED
+        self.fault = cpu.fault
+        return VmState.FAULTED
+
+    async def _complete_interposed(self, cpu: VCpu) -> VmState | None:
+        """Finish a hypercall the monitors took out of the slice: None to go on, else
+        the final state."""
+        ip = self._interposer
+        assert ip is not None
+        outcome = await ip.complete(cpu)
+        if outcome is Outcome.RESUME:
+            if not ip.idled:  # every slice ends in a suspension (see _main)
+                await asyncio.sleep(0)
+            return None
+        if outcome is Outcome.TERMINATE:
+            self.exit_status = ip.exit_status
+            return VmState.EXITED
+        return VmState.KILLED
 
     def _vregs_fields(self, heap_start: int, heap_end: int) -> tuple[bytes, bytes]:
         """The constant kernel fields of the register page, before and after the
@@ -466,7 +642,7 @@ class Vm:
             "mac": self.mac,
             "_pad0": 0,
             "slice_ns": rt.slice_ns,
-            "_pad1": 0,
+            "generation": self.generation,
         }
         block = abi.VREGS.codec().pack(*(fields[f.name] for f in abi.VREGS.fields))
         return block[: _V["time_ns"]], block[_V["heap_start"] :]
@@ -498,6 +674,7 @@ class Vm:
             or self._swapping_in
             or self._evicting is not None
             or self._posted
+            or self._migrating
         ):
             return False
         return not any(isinstance(d, Device) and d.busy() for d in self._devices[1:])
@@ -540,9 +717,13 @@ class Vm:
         if self._evicting is not None:
             await asyncio.shield(self._evicting)
         image = self._swapped
-        if image is None:
-            return
         rt = self._rt
+        if image is None:
+            if self._memory is None:  # restored into IDLE and woken for the first time
+                if rt.gate is not None:
+                    await rt.gate.admit(self.id, self._image_cost())
+                await self._materialize()
+            return
         assert rt.gate is not None
         await rt.gate.admit(self.id, image.stored * abi.PAGE_SIZE + ENGINE_COST)
         self._swapping_in = True
@@ -554,6 +735,8 @@ class Vm:
         self._page_map = None
 
     def _image_cost(self) -> int:
+        if self._origin is not None:
+            return self._origin.stored_pages * abi.PAGE_SIZE + ENGINE_COST
         return sum(s.page_end - s.page_start for s in self.image.segments) + 4 * abi.PAGE_SIZE + ENGINE_COST
 
     # ---- the coroutine ----
@@ -576,6 +759,11 @@ class Vm:
             if _U32.unpack_from(buf, _OFF_IE)[0] == 1:
                 self._pending = 0
                 _U32.pack_into(buf, _OFF_PENDING, 0)
+                ip = self._interposer
+                if ip is not None and "interrupt" in self.interposed:
+                    pending = ip.irq(pending)  # the monitors see the batch (and may drop bits)
+                    if not pending:
+                        return True
                 _U32.pack_into(buf, _OFF_IE, 0)
                 self.stats["irq_batches"] += 1
                 self.stats["irq_bits_delivered"] += pending.bit_count()
@@ -587,11 +775,17 @@ class Vm:
         """Complete an IDLE hypercall whose struct is at ``arg`` (checked at dispatch);
         True if the VM waited."""
         rt = self._rt
-        assert self._memory is not None
-        deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        if self._memory is not None:
+            deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        else:  # restored, not resident yet: it waits without memory or an engine
+            deadline = self._idle_deadline
         waited = False
+        self._idle_arg = arg
+        self._idle_deadline = deadline
         if not self._pending and (deadline == 0 or deadline > self.now_ns()):
             self.state = VmState.IDLE
+            if self._pause is not None:
+                self._paused_now(VmState.IDLE)
             self.stats["idles"] += 1
             if self._idle_waiters:
                 for w in self._idle_waiters:
@@ -601,7 +795,7 @@ class Vm:
             fut: asyncio.Future[None] = rt.loop.create_future()
             self._waker = fut
             timer = self.call_at(deadline, _wake, fut) if deadline else None
-            if rt.gate is not None:
+            if rt.gate is not None and self._memory is not None:
                 rt.gate.vm_idle(self)
             try:
                 await fut
@@ -611,19 +805,32 @@ class Vm:
                     rt.gate.vm_busy(self.id)
                 if timer is not None:
                     timer.cancel()
+            if self._pause is not None:  # woken while paused: run only once resumed
+                await self._hold(VmState.IDLE)
             await self._ensure_resident()
             waited = True
+        elif self._pause is not None:
+            await self._hold(VmState.IDLE)
+        await self._ensure_resident()
+        self._idle_arg = None
+        ip = self._interposer
+        if ip is not None and ip.gating:  # a monitor holds the VM before IDLE returns
+            await ip.gate()
         self._apply_posted()
         mem = self._memory
         cpu = self._cpu
         assert mem is not None and cpu is not None
         mask = self._pending
         self._pending = 0
+        if mask and ip is not None and "interrupt" in self.interposed:
+            mask = ip.irq(mask)
         if mask:
             self.stats["irq_batches"] += 1
             self.stats["irq_bits_delivered"] += mask.bit_count()
         _U64.pack_into(mem.buf, arg + _IDLE["now_ns"], self.now_ns())
         _U32.pack_into(mem.buf, arg + _IDLE["pending"], mask)
+        if mem.dirty is not None:  # written long after the hypercall's check
+            mem.mark(arg, abi.HYPERCALL_BY_NR[Hc.IDLE].args.size)
         cpu.set_result(Result.OK)
         return waited
 
@@ -639,31 +846,39 @@ class Vm:
         # an idle VM waits), so the loop gets control at least once per slice even when
         # the CPU is uncontended.
         try:
-            if self._memory is None:  # the gatekeeper admits fresh VMs in FIFO order
+            # the gatekeeper admits fresh VMs in FIFO order; a VM restored into IDLE waits
+            # there first, without memory or an engine, until something wakes it
+            if self._memory is None and not (self._origin is not None and self._idle_arg is not None):
                 if rt.gate is not None:
                     await rt.gate.admit(self.id, self._image_cost())
                 await self._materialize()
+            if self._idle_arg is not None:  # restored from a snapshot taken in IDLE
+                idled = await self._idle(self._idle_arg)
             while True:
+                if self._pause is not None:  # a slice boundary: pause here if asked
+                    await self._hold(VmState.RUNNABLE)
                 self.state = VmState.RUNNABLE
-                lane, _ = await arb.acquire(self.id, idled)
+                ip = self._interposer
+                if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
+                    await ip.gate()
+                lane, _ = await arb.acquire(self.id, idled, self.group)
                 try:
                     self.state = VmState.RUNNING
                     cpu = self._cpu
                     assert cpu is not None
-                    if not self._before_slice():
-                        self.fault = cpu.fault
-                        final = VmState.FAULTED
-                        return
-                    if self.first_slice_ns is None:
-                        self.first_slice_ns = rt.now_ns()
-                    stats["slices"] += 1
-                    began = time.monotonic_ns()
-                    deadline = began + slice_ns
-                    if pool is None:
-                        reason = cpu.run(lane, deadline)
+                    if not self._before_slice():  # the interrupt frame did not fit: a fault
+                        reason = Exit.FAULT
                     else:
-                        reason = await self._run_on_worker(pool, cpu, lane, deadline)
-                    stats["cpu_ns"] += time.monotonic_ns() - began
+                        if self.first_slice_ns is None:
+                            self.first_slice_ns = rt.now_ns()
+                        stats["slices"] += 1
+                        began = time.monotonic_ns()
+                        deadline = began + slice_ns
+                        if pool is None:
+                            reason = cpu.run(lane, deadline)
+                        else:
+                            reason = await self._run_on_worker(pool, cpu, lane, deadline)
+                        stats["cpu_ns"] += time.monotonic_ns() - began
                 finally:
                     arb.release(lane)
                 idled = False
@@ -673,6 +888,12 @@ class Vm:
                 elif reason is Exit.HYPERCALL:
                     if cpu.deferred and not self._dispatch_deferred(cpu):
                         continue
+                    if self._interposer is not None and self._interposer.exited:
+                        ended = await self._complete_interposed(cpu)
+                        if ended is None:
+                            continue
+                        final = ended
+                        return
                     if cpu.hcall_nr == Hc.TERMINATE:
                         self.exit_status = self._exit_request
                         final = VmState.EXITED
@@ -682,8 +903,10 @@ class Vm:
                     if not idled:  # a yield: let every other runnable VM queue up first
                         await asyncio.sleep(0)
                 elif reason is Exit.FAULT:
-                    self.fault = cpu.fault
-                    final = VmState.FAULTED
+                    ended = await self._interposed_fault(cpu)
+                    if ended is None:
+                        continue
+                    final = ended
                     return
                 else:
                     self.error = cpu.error
@@ -693,7 +916,7 @@ class Vm:
                     final = VmState.FAILED
                     return
         except asyncio.CancelledError:
-            final = VmState.KILLED
+            final = self._final_request or VmState.KILLED
         except SwapError as exc:
             self.error = exc
             log.error("VM %d stopped: %s", self.id, exc)
@@ -745,6 +968,9 @@ class Vm:
         rt = self._rt
         self.ended_ns = rt.now_ns()
         self.state = final
+        pause, self._pause = self._pause, None
+        if pause is not None:
+            pause.end()
         try:
             self.console.close()
             posted, self._posted = self._posted, deque()
@@ -757,24 +983,335 @@ class Vm:
                 rt.gate.forget(self.id)
             if rt.store is not None:
                 rt.store.remove_area(self.id)
+            if self._origin is not None:
+                self._origin.close()
+                self._origin = None
+            if self._incoming is not None:
+                self._incoming.close()
+                self._incoming = None
             self._on_end(self)
-            rt.owner.spawn(self._close_devices(), name=f"denali-vm-{self.id}-close")
+            waiting = [d for d in self._devices[1:] if isinstance(d, Device) and not d.close_now()]
+            if waiting:
+                rt.owner.spawn(self._close_devices(waiting), name=f"denali-vm-{self.id}-close")
+            elif not self._done.done():
+                self._done.set_result(None)
 
-    async def _close_devices(self) -> None:
-        """Close every device (disks write their overlays' bitmaps), then mark the VM done."""
+    async def _close_devices(self, waiting: list[Device]) -> None:
+        """Close the devices that must wait (disks write their overlays' bitmaps), then mark
+        the VM done."""
         try:
-            for dev in self._devices[1:]:
-                if isinstance(dev, Device):
-                    await dev.aclose()
+            if self.children is not None:  # the subtree ends first (it may use our disks)
+                await self.children.aclose()
+            for dev in waiting:
+                await dev.aclose()
             if self.disks is not None:
                 self.close_errors.extend(self.disks.close_errors)
         finally:
             if not self._done.done():
                 self._done.set_result(None)
 
+    # ---- pause, snapshot and restore ----
+    async def pause(self) -> None:
+        """Stop the VM at its next slice boundary (at once when it waits in IDLE) and keep
+        it there until ``resume()``; returns once it is PAUSED (at once if it already is).
+        ``VmStateError`` if it has ended or ends meanwhile."""
+        if self.state.final or self._task is None:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: it cannot be paused")
+        if self.state is VmState.PAUSED:
+            return
+        if self._pause is None:
+            self._pause = _Pause(self._rt.loop)
+        pause = self._pause
+        if self.state is VmState.IDLE and self._waker is not None and not self._waker.done():
+            self._paused_now(VmState.IDLE)  # waiting in IDLE: paused as it is
+            return
+        await asyncio.wait({pause.reached, self._done}, return_when=asyncio.FIRST_COMPLETED)
+        if not self.paused:
+            raise VmStateError(f"VM {self.id} ended ({self.state.value}) before it paused")
+
+    @property
+    def origin(self) -> SnapshotFile | None:
+        """The snapshot this VM was restored or cloned from (its memory maps it), or None."""
+        return self._origin
+
+    @property
+    def paused(self) -> bool:
+        """True while the VM is PAUSED."""
+        return self.state is VmState.PAUSED
+
+    def resume(self) -> None:
+        """Let a paused VM run again (a pause not yet reached is withdrawn); no-op when it
+        is not paused. ``VmStateError`` if it has ended."""
+        if self.state.final:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: it cannot be resumed")
+        pause, self._pause = self._pause, None
+        if pause is None:
+            return
+        if self.state is VmState.PAUSED and pause.before is not None:
+            self.state = pause.before
+        pause.end()
+
+    def _paused_now(self, before: VmState) -> None:
+        assert self._pause is not None
+        self._pause.before = before
+        self.state = VmState.PAUSED
+        if not self._pause.reached.done():
+            self._pause.reached.set_result(None)
+
+    async def _hold(self, before: VmState) -> None:
+        """Wait here, PAUSED, until ``resume()`` (the coroutine's pause point)."""
+        pause = self._pause
+        assert pause is not None
+        if self.state is not VmState.PAUSED:
+            self._paused_now(before)
+        await asyncio.shield(pause.resumed)
+
+    async def snapshot_state(self) -> VmImage:
+        """Everything of this paused VM a snapshot holds (see ``denali.snapshot``). Waits
+        for a swap-out under way and for device work in flight (disk requests) to finish
+        first. ``VmStateError`` when the VM is not paused, when a device's state cannot be
+        saved (a throwaway disk overlay that holds writes), or when the VM ends meanwhile;
+        ``SubtreeError`` when it has live child VMs or is one."""
+        if self.state is not VmState.PAUSED:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: pause it before a snapshot")
+        self.check_no_subtree("a snapshot")  # a paused VM makes no children meanwhile
+        if self._evicting is not None:
+            await asyncio.shield(self._evicting)
+        for _ in range(10_000):  # device work in flight completes (10 s at most)
+            if not any(d.busy() for d in self.devices()) and not self._posted:
+                break
+            await asyncio.sleep(0.001)
+        else:
+            raise VmStateError(f"VM {self.id}: its devices stayed busy; no snapshot taken")
+        if self.state is not VmState.PAUSED:
+            raise VmStateError(f"VM {self.id} is {self.state.value}: no snapshot taken")
+        meta = self.saved_meta()
+        page_map = bytearray(self.mem_size // abi.PAGE_SIZE)
+        if self._origin is not None:  # the snapshot's pages this VM never wrote count too
+            runs = self._origin.runs
+            for k in range(0, len(runs), 2):
+                page_map[runs[k] : runs[k] + runs[k + 1]] = b"\1" * runs[k + 1]
+        if self._memory is not None:
+            assert self._cpu is not None
+            cpu = self._cpu.save()
+            mem = self._memory.buf
+            present = resident_pages(self._memory.address, self.mem_size).translate(_BIT0)
+            n = len(page_map)
+            page_map = bytearray(
+                (int.from_bytes(page_map, "little") | int.from_bytes(present, "little")).to_bytes(n, "little")
+            )
+        elif self._swapped is None:  # restored and never woken: its memory is its snapshot's
+            assert self._origin is not None
+            scratch = GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
+            return VmImage(meta, self._cpu_state, scratch.buf, page_runs(page_map), scratch)
+        else:  # swapped out: its pages come back from its swap file (checked), not into RAM
+            assert self._swapped is not None and self._rt.store is not None
+            cpu = self._cpu_state
+            scratch = (
+                GuestMemory(self.mem_size)
+                if self._origin is None
+                else GuestMemory(self.mem_size, self._origin.fd, self._origin.mem_offset)
+            )
+            try:
+                await self._rt.store.read(self.id, self._swapped, scratch.buf)
+            except BaseException:
+                scratch.close()
+                raise
+            stored = array("I")
+            stored.frombytes(self._swapped.pages)
+            for k in range(0, len(stored), 2):
+                page_map[stored[k] : stored[k] + stored[k + 1]] = b"\1" * stored[k + 1]
+            page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0
+            return VmImage(meta, cpu, scratch.buf, page_runs(page_map), scratch)
+        page_map[abi.Layout.KERNEL_PAGE // abi.PAGE_SIZE] = 0  # rebuilt from the CPU state
+        return VmImage(meta, cpu, mem, page_runs(page_map))
+
+    def saved_meta(self) -> dict[str, Any]:
+        """The ``meta`` of this paused VM's snapshot (identity, clock, interrupts, where it
+        stopped, counters, each device's ``save()``); its devices must be quiet."""
+        devices = {type(d).__name__.lower(): d.save() for d in self.devices()}
+        return {
+            "vm": {
+                "id": self.id,
+                "image": self.image.name,
+                "mem_size": self.mem_size,
+                "cmdline": self.cmdline,
+                "mac": self.mac,
+                "generation": self.generation,
+                "clock_ns": self.now_ns(),
+                "pending": self._pending,
+                "irq_entry": self._irq_entry,
+                "idle_arg": self._idle_arg,
+                "idle_deadline": self._idle_deadline,
+                "on_wake": self._on_wake,
+                "stats": dict(self.stats),
+                "hypercalls": self.hypercalls,
+            },
+            "devices": devices,
+            "monitors": {},
+        }
+
+    def restore_state(
+        self,
+        meta: dict[str, Any],
+        cpu: CpuState,
+        origin: SnapshotFile | None,
+        clone: bool,
+        memory: GuestMemory | None = None,
+    ) -> None:
+        """Take over a snapshot's state before ``start()`` (the kernel calls this on a VM
+        it made from the snapshot's meta). The VM's memory maps ``origin`` copy-on-write
+        when it is first admitted. ``clone``: the VM is a new member of the snapshot's
+        lineage (its own id, MAC and command line, given at build): its ``generation``
+        goes up by one and ``Irq.CLONE`` is raised, and its NIC's queued frames (for the
+        old address) are dropped; otherwise it continues as the VM it was. Migrated in:
+        no ``origin`` and ``memory`` holds its pages (the VM owns it from here)."""
+        vm = meta["vm"]
+        if origin is not None:
+            self._origin = origin.share()
+        self._incoming = memory
+        self._cpu_state = cpu
+        self._set_clock_offset(int(vm["clock_ns"]) - self._rt.now_ns())
+        self._pending = int(vm["pending"]) & abi.IRQ_ALL
+        self._irq_entry = int(vm["irq_entry"])
+        self._idle_arg = None if vm["idle_arg"] is None else int(vm["idle_arg"])
+        self._idle_deadline = int(vm.get("idle_deadline", 0))
+        self._on_wake = int(vm.get("on_wake", 0)) & abi.IRQ_ALL
+        self._hypercalls = int(vm["hypercalls"])
+        self.generation = int(vm["generation"])
+        if not clone:
+            for key, value in dict(vm["stats"]).items():
+                if key in self.stats:
+                    self.stats[key] = int(value)
+        saved = meta["devices"]
+        for dev in self.devices():
+            state = saved.get(type(dev).__name__.lower(), {})
+            if clone and isinstance(state, dict) and "rx" in state:
+                state = {**state, "rx": []}
+            dev.restore(state)
+        if clone:  # told when it next runs: an idle clone sleeps on until something wakes it
+            self.generation += 1
+            self._on_wake |= Irq.CLONE
+
+    # ---- live migration (denali.migration) ----
+    def _at_boundary(self, work: Callable[[GuestMemory], Any]) -> asyncio.Future[Any]:
+        """Run ``work(memory)`` while no slice of this VM runs (a posted completion); its
+        result, or None when the VM is not resident or ended."""
+        fut: asyncio.Future[Any] = self._rt.loop.create_future()
+
+        def run(mem: GuestMemory | None) -> None:
+            if not fut.done():
+                fut.set_result(work(mem) if mem is not None else None)
+
+        self.post(run)
+        return fut
+
+    async def track_dirty(self) -> bool:
+        """Begin dirty-page tracking of this resident VM's memory and keep it resident
+        (not swapped out) until ``untrack_dirty``; False when it is not resident."""
+        if self._memory is None or self.state.final:
+            return False
+        self._migrating = True
+
+        def start(mem: GuestMemory) -> bool:
+            mem.start_tracking()
+            return True
+
+        started = await self._at_boundary(start)
+        if not started:
+            self._migrating = False
+        return bool(started)
+
+    async def take_dirty(self) -> bytearray | None:
+        """The pages written since tracking began or the last call (one byte each, the
+        register page always among them); None when tracking stopped (the VM ended)."""
+
+        def take(mem: GuestMemory) -> bytearray | None:
+            if mem.dirty is None:
+                return None
+            got = mem.take_dirty()
+            got[_VREGS // abi.PAGE_SIZE] = 1
+            return got
+
+        result: bytearray | None = await self._at_boundary(take)
+        return result
+
+    def untrack_dirty(self) -> None:
+        """End tracking (a migration that ended either way); the VM may be swapped again."""
+        self._migrating = False
+        mem = self._memory
+        if mem is not None:
+            mem.stop_tracking()
+
+    @property
+    def migrating(self) -> bool:
+        """True while a migration of this VM is under way (``denali.migration``)."""
+        return self._migrating or self._migration_busy
+
+    @migrating.setter
+    def migrating(self, value: bool) -> None:
+        self._migration_busy = value
+
+    @property
+    def memory(self) -> GuestMemory | None:
+        """The resident memory (None while swapped out or not yet made); the kernel's."""
+        return self._memory
+
+    def hold_paused(self) -> None:
+        """Before ``start()``: the VM pauses at its first slice boundary (``resume()``)."""
+        if self._pause is None:
+            self._pause = _Pause(self._rt.loop)
+
+    def end_migrated(self) -> None:
+        """This VM now runs in another kernel: end it here in state MIGRATED."""
+        self._final_request = VmState.MIGRATED
+        self.kill()
+
     def devices(self) -> Sequence[Device]:
         """The VM's devices (clock, console, then NIC and disks when it has them)."""
         return [d for d in self._devices[1:] if isinstance(d, Device)]
+
+
+class _Pause:
+    """A pause asked for: ``reached`` once the VM is PAUSED, ``resumed`` when it may go on."""
+
+    __slots__ = ("before", "reached", "resumed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.reached: asyncio.Future[None] = loop.create_future()
+        self.resumed: asyncio.Future[None] = loop.create_future()
+        self.before: VmState | None = None
+
+    def end(self) -> None:
+        for fut in (self.reached, self.resumed):
+            if not fut.done():
+                fut.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class VmImage:
+    """A paused VM's state for a snapshot: ``meta`` (plain data), its CPU, its memory
+    (valid until the VM resumes) and the page runs of it to store."""
+
+    meta: dict[str, Any]
+    cpu: CpuState
+    memory: mmap.mmap
+    runs: array[int]
+    scratch: GuestMemory | None = None
+    """A copy of a swapped-out VM's memory made for the snapshot: closed by the taker."""
+
+
+def page_runs(page_map: bytes | bytearray) -> array[int]:
+    """(first page, count) runs of the pages whose byte in ``page_map`` is 1."""
+    runs = array("I")
+    for m in _RUN_OF_ONES.finditer(bytes(page_map)):
+        runs.extend((m.start(), m.end() - m.start()))
+    return runs
+
+
+_RUN_OF_ONES: Final = re.compile(b"\x01+")
+_BIT0: Final = bytes(i & 1 for i in range(256))
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -194,7 +194,14 @@ def test_images_lists_what_users_boot_and_marks_the_rest() -> None:
     assert "test-fault" not in r.stdout and "denali images --all" in r.stdout
     r = run("images", "--all")
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("hello") or lines[0].split()[0] in ("hello", "httpd", "httpget", "udpecho")
+    assert lines[0].startswith("hello") or lines[0].split()[0] in (
+        "dbgmon",
+        "hello",
+        "httpd",
+        "httpget",
+        "secmon",
+        "udpecho",
+    )
     fault = next(line for line in lines if line.startswith("test-fault"))
     assert fault.endswith("(test guest)")
     assert any(line.startswith("bench-alu") and line.endswith("(benchmark guest)") for line in lines)

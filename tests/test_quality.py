@@ -25,6 +25,17 @@ def test_ruff() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_ruff_format() -> None:
+    """The code is laid out by ``ruff format`` (run it before committing)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "denali", "tests", "tools"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_loggers_are_named_after_their_modules_and_only_the_cli_configures_logging() -> None:
     for path in sorted((ROOT / "denali").rglob("*.py")):
         text = path.read_text()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from denali import metrics, top
+from denali.endpoint import Endpoint
 from denali.kernel import Kernel
 from denali.top import View, fmt_bytes, fmt_count, fmt_ns, render
 from tests.conftest import need_image
@@ -289,14 +290,14 @@ async def test_run_takes_any_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(len(line) <= 80 for line in out.splitlines())
 
 
-async def _metrics_kernel() -> tuple[Kernel, asyncio.Server, int]:
+async def _metrics_kernel() -> tuple[Kernel, Endpoint, int]:
     need_image("test-spin")
     k = Kernel()
     await k.__aenter__()
     await k.spawn("test-spin")
     await k.spawn("test-idle", cmdline="ms=100000")
     server = await metrics.serve(k, "127.0.0.1", 0)
-    return k, server, server.sockets[0].getsockname()[1]
+    return k, server, server.port
 
 
 async def test_cli_once_reads_a_real_kernel_at_80_columns() -> None:
@@ -320,7 +321,7 @@ async def test_cli_once_reads_a_real_kernel_at_80_columns() -> None:
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
-        server.close()
+        await server.close()
         await k.__aexit__(None, None, None)
     assert proc.returncode == 0, err
     lines = out.decode().splitlines()
@@ -408,7 +409,7 @@ async def test_live_screen_on_a_terminal_keys_and_quit() -> None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 10)
         os.close(master)
-        server.close()
+        await server.close()
         await k.__aexit__(None, None, None)
     assert status == 0, bytes(seen)[-2000:]
     assert b"Traceback" not in seen

@@ -70,6 +70,13 @@ def render() -> str:
         f"#define DENALI_TLS_F_EMPTY {abi.TLS_F_EMPTY}u",
         f"#define DENALI_RANDOM_MAX {abi.RANDOM_MAX}",
         "",
+        "/* Child VMs (CHILD_* hypercalls) */",
+        *(
+            f"#define DENALI_{name} {getattr(abi, name)}u"
+            for name in sorted(vars(abi))
+            if name.startswith("CHILD_") and isinstance(getattr(abi, name), int)
+        ),
+        "",
         "/* Guest memory layout */",
     ]
     out += [f"#define DENALI_ADDR_{m.name} 0x{m.value:08x}" for m in abi.Layout]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Linux tools the network tests drive (ip, ping, curl, wrk, setpriv) and what the
-# Linux-personality tests need (qemu-i386, a 32-bit static glibc toolchain, Debian's
-# busybox-static for i386, downloaded into a cache and never committed) when they are
-# missing. Idempotent and quiet; needs root (apt-get) only when something is missing.
+# Installs the Linux tools the tests drive (ip, ping, curl, wrk, setpriv for the network
+# tests; gdb for the gdb stub's) and what the Linux-personality tests need (qemu-i386, a
+# 32-bit static glibc toolchain, Debian's busybox-static for i386, downloaded into a cache
+# and never committed) when they are missing. Idempotent and quiet; needs root (apt-get)
+# only when something is missing.
 set -euo pipefail
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -13,6 +14,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v gdb >/dev/null 2>&1 || need+=(gdb)
 command -v qemu-i386 >/dev/null 2>&1 || need+=(qemu-user)
 [ -e /usr/lib32/libc.a ] || [ -e /usr/lib/i386-linux-gnu/libc.a ] || need+=(gcc-multilib libc6-dev-i386)
 updated=0

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from denali._version import __version__
 from denali.cli import boot
+from denali.cli import ctl as ctl_cli
 from denali.cli import disk as disk_cli
 from denali.cli import linux as linux_cli
 from denali.cli import sdk as sdk_cli
@@ -40,6 +41,7 @@ def _parser() -> ArgumentParser:
     im = sub.add_parser("images", help="list the built-in guest images", parents=[logs])
     im.add_argument("--all", "-a", action="store_true", help="also the test and benchmark guests")
     top_cli.add_parser(sub, parents=[logs])
+    ctl_cli.add_parser(sub, parents=[logs])
     disk_cli.add_parser(sub)
     sdk_cli.add_parser(sub)
     linux_cli.add_parser(sub)
@@ -91,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         return disk_cli.execute(args)
     if args.command == "top":
         return top_cli.run(args)
+    if args.command == "ctl":
+        return ctl_cli.run(args)
     if args.command == "new":
         return sdk_cli.run(args)
     if args.command == "linux":

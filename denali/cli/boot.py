@@ -1,6 +1,7 @@
 """``denali boot``: boot one or more VMs from an image and stream their consoles.
 
-Exit statuses: 125 if any VM faulted (or a kernel error stopped it), whatever the others
+Exit statuses: 125 if any VM faulted (or a kernel error or a monitor, such as a
+``--policy`` or a debugger's kill, stopped it), whatever the others
 did; otherwise, with one VM, the guest's terminate status (mod 256), and with several,
 0 if every guest exited 0, else 1. Ctrl-C or SIGTERM: 130 after a clean shutdown,
 whatever the boot was waiting on (a second signal, or a shutdown unfinished after
@@ -18,11 +19,12 @@ import asyncio
 import ipaddress
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from denali import metrics
+from denali import api, metrics
 from denali.cli import lan
-from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, log_options
+from denali.cli.common import EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE, host_port, host_port_any, log_options
 from denali.cli.output import ConsoleOutput, PrefixedSink
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
@@ -37,6 +39,10 @@ from denali.errors import (
     VmKilledError,
 )
 from denali.kernel import Kernel
+from denali.monitor.base import Monitor
+from denali.monitor.gdb import GdbStub
+from denali.monitor.policy import Policy, PolicySpec, load_policy
+from denali.monitor.tracer import Tracer, TraceWriter, parse_kinds
 from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
@@ -54,6 +60,13 @@ def add_parser(sub: Any) -> None:
     b.add_argument("image", help="a built-in image name (see 'denali images') or an ELF path")
     b.add_argument("--count", "-n", type=int, default=1, help="number of VMs (default 1)")
     b.add_argument("--memory", "-m", default="16M", help="guest memory per VM (default 16M)")
+    b.add_argument(
+        "--child-memory",
+        default="0",
+        metavar="SIZE",
+        help="memory each VM's child VMs (and theirs) may hold in all, e.g. 32M "
+        "(default 0: a VM may create no children; docs/virtual-architecture.md)",
+    )
     b.add_argument(
         "--slice-us",
         type=int,
@@ -117,6 +130,71 @@ def add_parser(sub: Any) -> None:
         type=host_port,
         help="serve Prometheus text at /metrics and VM data at /vms.json (for denali top)",
     )
+    # the control API (docs/api-http.md)
+    b.add_argument(
+        "--api",
+        metavar="PATH",
+        help="serve the control API (HTTP + JSON) on the Unix socket PATH, for denali ctl "
+        "and denali top; the kernel then runs until stopped, and --count may be 0",
+    )
+    b.add_argument(
+        "--api-mode",
+        metavar="OCTAL",
+        type=_octal_mode,
+        default=0o600,
+        help="permissions of the API socket (default 600: its owner only)",
+    )
+
+    # ---- monitors (docs/monitors.md) ----
+    m = b.add_argument_group("monitors (docs/monitors.md)")
+    m.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write every hypercall, interrupt, fault and disk request of every VM to FILE "
+        "as JSON lines (the schema is in docs/monitors.md)",
+    )
+    m.add_argument(
+        "--trace-filter",
+        metavar="KINDS",
+        default="hypercall,interrupt,fault,disk",
+        help="what --trace records: a comma list of hypercall, interrupt, fault, disk, "
+        "frame_out, frame_in, frame (both), all (default: hypercall,interrupt,fault,disk)",
+    )
+    m.add_argument(
+        "--trace-frame-bytes",
+        metavar="N",
+        type=int,
+        default=64,
+        help="bytes of each traced frame recorded as hex (default 64)",
+    )
+    m.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="enforce a policy on every VM: allowed hypercalls, NIC and disk limits "
+        "(TOML, or JSON when FILE ends in .json)",
+    )
+    m.add_argument(
+        "--gdb",
+        metavar="HOST:PORT",
+        type=host_port_any,
+        help="serve the GDB remote protocol: VM i (1..N) on PORT+i-1 (port 0: any free "
+        "ports, printed on stderr)",
+    )
+    m.add_argument(
+        "--gdb-wait",
+        action="store_true",
+        help="with --gdb: hold each VM at its entry point until gdb continues it",
+    )
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file mode in octal (e.g. 600)")
+    return mode
 
 
 _IP_FIELD = re.compile(r"\{ip:([^{}]*)\}")
@@ -144,8 +222,8 @@ def _cmdline_for(template: str, index: int) -> str:
 def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> None:
     """Refuse bad values before anything boots (``DenaliError``): the count, the command
     line of the first and the last VM, the disk specs."""
-    if args.count < 1:
-        raise DenaliError("--count must be at least 1")
+    if args.count < (0 if args.api else 1):
+        raise DenaliError("--count must be at least 1 (0 only with --api)")
     if args.count > config.max_vms:
         raise DenaliError(f"--count {args.count} is above the kernel's limit of {config.max_vms:,} VMs")
     if config.memory_budget is None and args.count > max_engines:
@@ -153,7 +231,14 @@ def _check(args: argparse.Namespace, config: KernelConfig, max_engines: int) -> 
             f"--count {args.count}: at most {max_engines:,} VMs fit in this process "
             "without swapping (vm.max_map_count); give a --memory-budget"
         )
-    for index in sorted({1, args.count}):
+    if args.gdb_wait and not args.gdb:
+        raise DenaliError("--gdb-wait needs --gdb HOST:PORT")
+    if args.gdb and args.gdb[1] and args.gdb[1] + args.count - 1 > 65535:
+        raise DenaliError(f"--gdb: ports {args.gdb[1]}..{args.gdb[1] + args.count - 1} go past 65535")
+    if args.trace_frame_bytes < 0:
+        raise DenaliError("--trace-frame-bytes must be 0 or more")
+    parse_kinds(args.trace_filter)
+    for index in sorted({1, max(1, args.count)}):
         _cmdline_for(args.cmdline, index)
         for d in args.disk:
             parse_disk_arg(d, index=index)
@@ -193,7 +278,11 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
     if args.pcap:
         await k.switch.capture(args.pcap)
     ports: list[TapPort | VxlanPort] = []
+    policy: PolicySpec | None = load_policy(args.policy) if args.policy else None
+    trace: TraceWriter | None = None
+    stubs: list[GdbStub] = []
     metrics_server = None
+    api_server = None
     progress = None
     shown = None
     try:
@@ -206,6 +295,10 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         links = _parse_links(args.link)
         if "lan" in links:
             k.switch.set_link(links["lan"])
+        if args.api:
+            api_server = await api.serve(
+                k, args.api, mode=args.api_mode, monitors=_api_monitors(args, lambda: trace, policy)
+            )
         for spec in args.net:
             kind, _, rest = spec.partition(":")
             if kind == "tap" and rest:
@@ -224,12 +317,16 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 )
             if "net" in links:
                 ports[-1].set_link(links["net"])
+        if args.trace:
+            trace = TraceWriter(args.trace, parse_kinds(args.trace_filter))
+            await trace.open()
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
         progress = BootProgress(args.count, sys.stderr) if show else None
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms: list[tuple[Vm, PrefixedSink]] = []
         for i in range(1, args.count + 1):
             sink = out.sink_for(i if args.count > 1 else None)
+            monitors = await _monitors_for(i, args, trace, policy, stubs)
             vm = await k.spawn(
                 args.image,
                 memory=args.memory,
@@ -237,6 +334,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 disks=[parse_disk_arg(d, index=i) for d in args.disk],
                 console=sink,
                 link=links.get("vms"),
+                monitors=monitors,
+                child_memory=args.child_memory,
             )
             vms.append((vm, sink))
             if i == 1:  # where the VMs are and how to reach them, before they print
@@ -247,6 +346,8 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
                 progress.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
         codes = await asyncio.gather(*(_outcome(vm, sink) for vm, sink in vms))
+        if api_server is not None:  # VMs come and go through the API until a stop signal
+            await asyncio.Event().wait()
     finally:
         if progress is not None and shown is not None:
             progress.close()
@@ -254,8 +355,66 @@ async def _run(k: Kernel, args: argparse.Namespace, out: ConsoleOutput) -> int:
         for p in ports:
             p.close()
         if metrics_server is not None:
-            metrics_server.close()
+            await metrics_server.close()
+        if api_server is not None:
+            await api_server.close()
+        for stub in stubs:
+            await stub.aclose()
+        if trace is not None:
+            await trace.aclose()
+            if trace.dropped or trace.error:
+                why = f" ({trace.error.strerror or trace.error})" if trace.error else ""
+                print(
+                    f"denali: trace {trace.path}: {trace.records:,} records, {trace.dropped:,} dropped{why}",
+                    file=sys.stderr,
+                )
     return _status(codes)
+
+
+def _api_monitors(
+    args: argparse.Namespace, trace_of: Callable[[], TraceWriter | None], policy: PolicySpec | None
+) -> Callable[[], list[Monitor]] | None:
+    """The monitors of every VM the control API starts: the tracer (``trace_of()``, opened
+    after the API) and the policy, as for the VMs on the command line (no debugger: its
+    ports are the command line's)."""
+    if not args.trace and policy is None:
+        return None
+
+    def make() -> list[Monitor]:
+        made: list[Monitor] = []
+        trace = trace_of()
+        if trace is not None:
+            made.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+        if policy is not None:
+            made.append(Policy(policy))
+        return made
+
+    return make
+
+
+async def _monitors_for(
+    index: int,
+    args: argparse.Namespace,
+    trace: TraceWriter | None,
+    policy: PolicySpec | None,
+    stubs: list[GdbStub],
+) -> list[Monitor]:
+    """VM ``index``'s monitor stack, nearest the VM first: the gdb stub (it sees the
+    guest's own faults), the tracer (it records what the guest asked and what it got),
+    the policy (nearest the kernel)."""
+    monitors: list[Monitor] = []
+    if args.gdb:
+        host, port = args.gdb
+        stub = GdbStub(host, port + index - 1 if port else 0, wait=args.gdb_wait)
+        await stub.start()
+        stubs.append(stub)
+        print(f"denali: gdb: VM {index} listening on {host}:{stub.port}", file=sys.stderr, flush=True)
+        monitors.append(stub)
+    if trace is not None:
+        monitors.append(Tracer(trace, frame_bytes=args.trace_frame_bytes))
+    if policy is not None:
+        monitors.append(Policy(policy))
+    return monitors
 
 
 def _status(outcomes: list[int | None]) -> int:
@@ -286,7 +445,10 @@ async def _outcome(vm: Vm, sink: PrefixedSink) -> int | None:
     except DiskError as exc:  # the guest ended, but a kept overlay could not be saved
         print(f"denali: {exc}", file=sys.stderr)
         return 1
-    except VmKilledError:
+    except VmKilledError as exc:
+        if vm.stopped_by is not None:  # a monitor stopped it (a policy, a debugger's kill)
+            print(f"denali: {exc}", file=sys.stderr)
+            return None
         return EXIT_INTERRUPTED
 
 
@@ -294,6 +456,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
 
+    from denali.endpoint import Limits, raise_fd_limit
+
+    if args.metrics or args.api:  # room for both endpoints' connections
+        raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
         try:

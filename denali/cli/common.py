@@ -34,6 +34,14 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def host_port_any(text: str) -> tuple[str, int]:
+    """Like ``host_port``, and port 0 means any free port."""
+    host, colon, port = text.rpartition(":")
+    if colon and port == "0":
+        return host.strip("[]") or "127.0.0.1", 0
+    return host_port(text)
+
+
 def positive_float(text: str) -> float:
     """A number of seconds above 0 (and finite)."""
     try:

@@ -1,6 +1,7 @@
-"""``denali top``: a live table of the VMs of a kernel started with ``--metrics HOST:PORT``.
+"""``denali top``: a live table of the VMs of a kernel started with ``--metrics HOST:PORT``
+or ``--api PATH``.
 
-    denali top HOST:PORT [--interval S] [--sort KEY] [--once] [--width N]
+    denali top HOST:PORT|PATH [--interval S] [--sort KEY] [--once] [--width N]
 
 Exit statuses: 0 after ``q`` or Ctrl-C; 1 when the kernel cannot be reached or stops
 answering; 2 for a usage error. The screen itself is ``denali.top``.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +38,12 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
         "< and > move the sort column, R reverses it, h hides the key "
         "line, q quits.",
     )
-    t.add_argument("address", metavar="HOST:PORT", type=host_port, help="the kernel's --metrics address")
+    t.add_argument(
+        "address",
+        metavar="HOST:PORT|PATH",
+        type=_address,
+        help="the kernel's --metrics address, or its --api socket path",
+    )
     t.add_argument(
         "--interval", "-d", type=positive_float, default=1.0, help="seconds between refreshes (default 1)"
     )
@@ -56,6 +64,13 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
     t.add_argument("--width", "-w", type=_width, help="columns to fit (default: the terminal's, at least 20)")
 
 
+def _address(text: str) -> tuple[str, int] | str:
+    """A socket path (it has a '/' or names a socket) or HOST:PORT."""
+    if "/" in text or (os.path.exists(text) and stat.S_ISSOCK(os.stat(text).st_mode)):
+        return text
+    return host_port(text)
+
+
 def _width(text: str) -> int:
     try:
         n = int(text)
@@ -68,8 +83,11 @@ def _width(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``denali top``."""
-    host, port = args.address
-    source = top.MetricsEndpoint(host, port)
+    source: top.TopSource
+    if isinstance(args.address, str):
+        source = top.ApiSocket(args.address)
+    else:
+        source = top.MetricsEndpoint(*args.address)
     view = top.View(sort=args.sort, reverse=args.reverse)
     try:
         asyncio.run(top.run(source, args.interval, view, once=args.once, width=args.width))
@@ -77,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (OSError, TimeoutError) as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        flag = "--api" if isinstance(args.address, str) else "--metrics"
         print(
-            f"denali top: {source.label}: {why} (is a kernel running with --metrics {source.label}?)",
+            f"denali top: {source.label}: {why} (is a kernel running with {flag} {source.label}?)",
             file=sys.stderr,
         )
         return 1

@@ -72,5 +72,9 @@ class Clock(Device):
     def restore(self, state: State) -> None:
         self.arm(int(state.get("deadline", 0)))
 
-    async def aclose(self) -> None:
+    def close_now(self) -> bool:
         self.arm(0)
+        return True
+
+    async def aclose(self) -> None:
+        self.close_now()

@@ -48,6 +48,11 @@ DEFAULT_RX_CAPACITY: Final = 256
 """Frames a NIC's receive queue holds by default (reported to the guest by NET_INFO)."""
 
 RxCallback = Callable[[], None]
+TxFilter = Callable[[bytes], "bytes | int | None"]
+"""A monitor's filter on frames sent: the frame to send (changed or not), None to drop it
+(the guest sees it sent), or a ``Result`` code to refuse it (NET_SEND stops there)."""
+RxFilter = Callable[[bytes], "bytes | None"]
+"""A monitor's filter on frames received: the frame to give the guest, or None to drop it."""
 
 
 @dataclass(frozen=True)
@@ -255,10 +260,14 @@ class Nic(Device):
 
     SLOT: ClassVar[int] = SLOT_NIC
     HYPERCALLS: ClassVar = {Hc.NET_INFO: "hc_info", Hc.NET_SEND: "hc_send", Hc.NET_RECV: "hc_recv"}
-    __slots__ = ("port",)
+    __slots__ = ("port", "rx_filter", "tx_filter")
 
     def __init__(self, port: NicPort) -> None:
         self.port = port
+        self.tx_filter: TxFilter | None = None
+        """Set by the monitor layer while a monitor interposes on frames sent."""
+        self.rx_filter: RxFilter | None = None
+        """Set by the monitor layer while a monitor interposes on frames received."""
 
     def attach(self, host: DeviceHost) -> None:
         super().attach(host)
@@ -276,6 +285,8 @@ class Nic(Device):
         return Result.OK
 
     def hc_send(self, mem: GuestMemory, arg: int) -> int:
+        if self.tx_filter is not None:
+            return self._send_filtered(mem, arg, self.tx_filter)
         buf = mem.buf
         frames_at, count = _PAIR.unpack_from(buf, arg + _SEND["frames"])
         _U32.pack_into(buf, arg + _SEND["sent"], 0)
@@ -300,6 +311,40 @@ class Nic(Device):
             return int(status.result)
         return stop
 
+    def _send_filtered(self, mem: GuestMemory, arg: int, filt: TxFilter) -> int:
+        """NET_SEND with a monitor's filter on each frame (frame by frame: a refusal or a
+        full queue stops the batch there; 'sent' counts frames consumed, dropped ones
+        included)."""
+        buf = mem.buf
+        frames_at, count = _PAIR.unpack_from(buf, arg + _SEND["frames"])
+        _U32.pack_into(buf, arg + _SEND["sent"], 0)
+        if count > _BATCH:
+            return Result.INVAL
+        if not mem.check(frames_at, count * 8, PROT_R):
+            return Result.FAULT
+        sent = 0
+        res = int(Result.OK)
+        for i in range(count):
+            addr, length = _PAIR.unpack_from(buf, frames_at + 8 * i)
+            if length < _MIN or length > _MTU:
+                res = Result.INVAL
+                break
+            if not mem.check(addr, length, PROT_R):
+                res = Result.FAULT
+                break
+            out = filt(bytes(buf[addr : addr + length]))
+            if isinstance(out, int):
+                res = out
+                break
+            if out is not None:
+                status = self.port.send_nowait(out)
+                if status is TxStatus.INVALID or status is TxStatus.FULL:
+                    res = status.result
+                    break
+            sent += 1
+        _U32.pack_into(buf, arg + _SEND["sent"], sent)
+        return res
+
     def hc_recv(self, mem: GuestMemory, arg: int) -> int:
         buf = mem.buf
         bufs, slot, count, lens = _QUAD.unpack_from(buf, arg + _RECV["bufs"])
@@ -310,6 +355,11 @@ class Nic(Device):
             return Result.FAULT
         nic = self.port
         frames = nic.receive_nowait(count)
+        filt = self.rx_filter
+        if filt is not None and frames:  # a monitor sees each frame (and may change or drop it)
+            frames = [f for f in map(filt, frames) if f is not None and len(f) <= slot]
+            if not frames and nic.rx_pending:
+                self._host.raise_irq(Irq.NET_RX)
         if not frames:
             return Result.AGAIN
         for i, frame in enumerate(frames):
@@ -327,6 +377,10 @@ class Nic(Device):
     def restore(self, state: State) -> None:
         self.port.refill(state.get("rx", ()))
 
-    async def aclose(self) -> None:
+    def close_now(self) -> bool:
         self.port.clear_rx()
         self.port.on_rx = None
+        return True
+
+    async def aclose(self) -> None:
+        self.close_now()

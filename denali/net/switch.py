@@ -460,6 +460,38 @@ class Switch:
             return None
         return e.att.port
 
+    def addresses(self, port: Port) -> tuple[bytes, ...]:
+        """The IPv4 addresses (4 bytes each) ARP has bound to ``port`` (learned from what
+        it sent); empty when it is not attached or sent no ARP."""
+        att = port._att
+        if att is None or att.switch is not self:
+            return ()
+        return tuple(ip for ip in self._arp_owned.get(att, ()) if self._arp.get(ip, (b"", None))[1] is att)
+
+    def announce(self, port: Port, frame: bytes) -> int:
+        """Flood ``frame``, an announcement sent on behalf of ``port`` (a migrated VM's
+        gratuitous ARP), to every other port at once, past ARP suppression, and learn its
+        binding; the number of ports it went to. ``NetError`` if the port is not attached
+        here or the frame is not from its fixed MAC."""
+        att = port._att
+        if att is None or att.switch is not self:
+            raise NetError(f"port {port.name} is not attached to switch {self.name}")
+        if (
+            att.mac is None
+            or not HEADER_LEN <= len(frame) <= MAX_FRAME
+            or not frame.startswith(att.mac, SRC_OFFSET)
+        ):
+            raise NetError(f"an announcement from port {port.name} must come from its fixed MAC")
+        if len(frame) >= _ARP_END and frame[12:14] == _ETH_ARP and frame[28:32] != _NO_IP:
+            self._arp_learn(att, frame[22:28], frame[28:32])
+        n = self._flood(att, frame)
+        self._c.frames += 1
+        self._c.flooded += 1
+        self._c.deliveries += n
+        if self._capture is not None:
+            self._capture.offer(frame)
+        return n
+
     # ---- capture ----
     def capture(
         self, path: str | os.PathLike[str], *, queue_frames: int = DEFAULT_QUEUE_FRAMES

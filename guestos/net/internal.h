@@ -88,6 +88,7 @@ void udp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len, const
 
 /* tcp.c */
 void tcp_init(void);                          /* sizes the connection table from memory */
+void tcp_rekey(void);                         /* a new ISN secret and ephemeral start (clones) */
 void tcp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len);
 uint64_t tcp_timers(uint64_t now);
 void tcp_flush_acks(void);                    /* ACKs owed for a receive batch go out */

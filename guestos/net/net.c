@@ -29,6 +29,8 @@ const struct net_stats *net_get_stats(void)
     return &net_stats;
 }
 
+static void net_reidentify(void);
+
 static thread_t *net_thread_t;
 static uint64_t net_waiting_until; /* the deadline the network thread waits on; 0 = none */
 static int net_waiting;
@@ -68,12 +70,15 @@ static void net_thread(void *arg)
         netif_flush();
         net_waiting_until = next;
         net_waiting = 1;
-        irq_wait(DENALI_IRQ_NET_RX, next);
+        uint32_t woke = irq_wait(DENALI_IRQ_NET_RX | DENALI_IRQ_CLONE, next);
         net_waiting = 0;
+        if (woke & DENALI_IRQ_CLONE)
+            net_reidentify();
     }
 }
 
-int net_start(void)
+/* ip=A.B.C.D[/N] and gw= from the command line into net_addr, net_mask, net_gw. */
+static int net_read_address(void)
 {
     char v[40];
     if (cmdline_get("ip", v, sizeof v) < 0)
@@ -84,14 +89,34 @@ int net_start(void)
         *slash = 0;
         prefix = atoi(slash + 1);
     }
-    net_addr = net_parse_ip(v);
-    if (!net_addr || prefix < 1 || prefix > 32)
+    uint32_t addr = net_parse_ip(v);
+    if (!addr || prefix < 1 || prefix > 32)
         return NET_ERR_CONFIG;
+    net_addr = addr;
     net_mask = prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix);
     if (cmdline_get("gw", v, sizeof v) >= 0)
         net_gw = net_parse_ip(v);
     if (cmdline_get("ipfrag_ms", v, sizeof v) >= 0 && atoi(v) > 0)
         net_reasm_timeout_ns = (uint64_t)atoi(v) * 1000000ull;
+    return NET_OK;
+}
+
+/* This VM was restored as a clone of a snapshot (DENALI_IRQ_CLONE): its MAC and command
+ * line are new. Take the address from the command line again (a clone given none keeps
+ * the old one), the MAC from the NIC, re-key TCP (a new ISN secret and ephemeral port
+ * start, not the ones every sibling shares) and announce them with a gratuitous ARP. */
+static void net_reidentify(void)
+{
+    net_read_address();
+    netif_open();
+    tcp_rekey();
+    arp_announce();
+}
+
+int net_start(void)
+{
+    if (net_read_address() != NET_OK)
+        return NET_ERR_CONFIG;
     int r = netif_open();
     if (r != NET_OK)
         return r;

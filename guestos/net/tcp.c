@@ -3,7 +3,9 @@
  * Connections: allocated on demand, found through a hash table on (remote address,
  * remote port, local port); at most tcp_max connections (one per 4 KiB of heap at start).
  * Listeners keep an accept queue and a backlog (SYN-RECEIVED + not yet accepted); a SYN
- * beyond the table or the backlog is answered with RST, never silence.
+ * that finds the table or the backlog full takes the place of the oldest half-open
+ * connection (RFC 4987's "drop oldest", so a SYN flood cannot lock clients out), and
+ * one that still finds no room is answered with RST, never silence.
  *
  * Sending: a ring per connection indexed by sequence number (grows from 4 KiB to
  * TCP_BUF_MAX). Segments are built straight in the NIC's transmit slots, the payload
@@ -15,9 +17,16 @@
  * Retransmission timeout per RFC 6298 (Karn's algorithm, exponential backoff undone on
  * progress), tail loss probes and a time-based resend of a lost retransmission of the
  * first hole (after RFC 8985), early retransmit for small flights (RFC 5827), window
- * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323).
+ * reduction by 0.7 (RFC 9438's factor), window scaling (RFC 7323). Congestion control
+ * (tcp_cc= on the command line; see use_model): SACK connections size the window from
+ * the path's delivery rate and minimum RTT (BBR-like, see model_on_ack) while their
+ * losses come without a queue (random loss), and fall back to the loss-based window
+ * when a loss comes with a queue built up (congestion: other flows share the path).
+ * tcp_cc=loss is always loss-based, tcp_cc=model never shrinks the window on loss.
  *
- * Receiving: a ring indexed by sequence number, growing while the application lags;
+ * Receiving: a ring indexed by sequence number, growing while the application lags or
+ * the peer sends up to the window's edge (it is window-limited: a window that does not
+ * grow with the path would hold it to a few segments per round trip);
  * out-of-order segments are kept in place (up to OOO_MAX ranges) and reported in SACK
  * blocks; ACKs for in-order data are coalesced per receive batch (tcp_flush_acks), ACKs
  * for out-of-order data go at once (the peer counts them). The checksum of an in-order
@@ -31,7 +40,8 @@
  * orphaned FIN-WAIT-2 connections.
  *
  * Timers: each connection has one deadline (retransmission, probe or orphan timeout) and
- * sits on a timer list while it has one (TIME-WAIT connections wait in a FIFO instead); whenever the earliest deadline moves
+ * sits in a min-heap on it while it has one (TIME-WAIT connections wait in a FIFO
+ * instead), so a timer pass costs only the connections that are due; whenever the earliest deadline moves
  * earlier, the network thread is woken (net_timer_changed) to wait on the new one.
  * Coarse times come from the virtual registers (now_ns: no trap, as of the slice's start);
  * the retransmission timer and RTT samples from the exact clock. */
@@ -63,20 +73,33 @@ enum { T_FREE, T_CLOSED, T_LISTEN, T_SYN_SENT, T_SYN_RCVD, T_ESTAB, T_FIN_WAIT_1
 #define CHALLENGE_PER_S 1000
 #define IW_SEGS 10
 #define WS_SHIFT 2 /* our window scale (RFC 7323): 64 KiB << 2 = TCP_BUF_MAX */
+#define BW_ROUNDS 10 /* the model's bandwidth filter: the highest of this many rounds */
+#define STARTUP_QUEUE_NS 4000000ull /* the model's startup ends at this much queueing delay */
+#define QUEUE_MIN_NS 3000000ull /* an RTT this much (or a quarter) above the minimum: a queue */
 
 struct tcb {
     struct tcb *hnext;                 /* hash chain (or the listener list) */
-    struct tcb *tmnext, *tmprev;       /* timer list */
+    uint32_t hpos;                     /* index in the deadline heap, when in_timers */
     struct tcb *anext, *twprev;        /* accept queue / TIME-WAIT FIFO (doubly linked) */
     struct tcb *acknext;               /* owes an ACK at the end of this batch */
+    struct tcb *synnext, *synprev;     /* the SYN-RECEIVED FIFO (oldest first) */
     struct tcb *parent;                /* the listener that made it (until accepted) */
     uint8_t state, app_closed, fin_queued, fin_sent, fin_acked, reset, accepted, rtt_timing;
     uint8_t in_timers, ack_pending, in_recovery, sack_ok, dupacks, fin_rcvd, hashed, queued;
     uint8_t lclosed;                   /* a listener the app closed, kept for its children */
+    uint8_t in_syn;                    /* on the SYN-RECEIVED FIFO */
     uint8_t corked;                    /* tcp_cork: hold a partial last segment */
     uint8_t rxt_mark;                  /* dupacks when the holes were last (re)sent */
     uint8_t snd_shift, rcv_shift, ws_ok; /* window scaling, when both SYNs offered it */
     uint8_t tlp_armed, tlp_sent;       /* tail loss probe (RFC 8985 7) */
+    /* the model-based congestion control (tcp_cc=model): delivery rate per round trip */
+    uint8_t bw_i, pipe_full, full_rounds;
+    uint8_t congested;                 /* tcp_cc=auto: the last loss came with a queue */
+    uint32_t bw[BW_ROUNDS];            /* bytes delivered per ms, one per round */
+    uint32_t full_bw, round_end, round_delivered;
+    uint64_t round_start, min_rtt, last_rtt;
+    uint64_t rcvq_start;               /* receive-window tuning: the round trip began */
+    uint32_t rcvq_seq;                 /* ... at this rcv_nxt */
     uint64_t una_rxt_at;               /* when the segment at snd_una was last resent */
     int handle;
     uint32_t rip;
@@ -104,11 +127,15 @@ struct tcb {
 static struct tcb **htab, **handles;
 static uint32_t hmask;
 static int tcp_max, *free_handles, nfree_handles;
-static struct tcb *listeners, *timers, *ack_list, *tw_head, *tw_tail;
+static struct tcb **theap; /* connections with a deadline (not TIME-WAIT): a min-heap on it */
+static uint32_t theap_n;
+static struct tcb *listeners, *ack_list, *tw_head, *tw_tail, *syn_head, *syn_tail;
 static uint64_t tcp_next;
 static mutex_t tcp_mutex = MUTEX_INIT;
 static uint8_t seg[IP_PAYLOAD_MAX];
 static uint32_t iss_secret;
+enum { CC_AUTO, CC_LOSS, CC_MODEL };
+static int cc_mode; /* tcp_cc= on the command line (auto, loss, model): see use_model */
 static struct tcp_stats st;
 
 #define SEQ_LT(a, b) ((int32_t)((a) - (b)) < 0)
@@ -143,11 +170,27 @@ void tcp_init(void)
     htab = calloc(buckets, sizeof *htab);
     handles = calloc((size_t)tcp_max, sizeof *handles);
     free_handles = malloc((size_t)tcp_max * sizeof *free_handles);
+    theap = malloc((size_t)tcp_max * sizeof *theap); /* every tcb has a handle: at most tcp_max */
     for (int i = 0; i < tcp_max; i++)
         free_handles[i] = tcp_max - 1 - i;
     nfree_handles = tcp_max;
     st.max_conns = (uint32_t)tcp_max;
-    iss_secret = (uint32_t)clock_ns() * 2654435761u ^ DENALI_VREGS->vm_id * 40503u;
+    char v[16];
+    cc_mode = CC_AUTO;
+    if (cmdline_get("tcp_cc", v, sizeof v) >= 0)
+        cc_mode = !strcmp(v, "model") ? CC_MODEL : !strcmp(v, "loss") ? CC_LOSS : CC_AUTO;
+    tcp_rekey();
+}
+
+static uint16_t next_port; /* the next ephemeral port tried; 0 = not chosen yet */
+
+void tcp_rekey(void)
+{
+    /* At start, and again in a clone (Irq.CLONE): a clone's ISN secret and first
+     * ephemeral port must not be its snapshot's, which all its siblings share. */
+    iss_secret = ((uint32_t)clock_ns() * 2654435761u ^ DENALI_VREGS->vm_id * 40503u)
+                 + DENALI_VREGS->generation * 2246822519u;
+    next_port = 0;
 }
 
 static uint32_t hash(uint32_t rip, uint16_t rport, uint16_t lport)
@@ -250,7 +293,8 @@ static int sbuf_reserve(struct tcb *t, uint32_t want)
     return 1;
 }
 
-/* The receive ring: allocated at the first data, doubled while the application lags. */
+/* The receive ring: allocated at the first data, doubled while the application lags or
+ * the peer is window-limited. */
 static int rbuf_grow(struct tcb *t, uint32_t size)
 {
     if (t->rbuf && size <= t->rsize)
@@ -258,6 +302,8 @@ static int rbuf_grow(struct tcb *t, uint32_t size)
     uint8_t *b = malloc(size);
     if (!b)
         return 0;
+    if (size > st.rcv_buf_peak)
+        st.rcv_buf_peak = size;
     if (t->rbuf) {
         uint32_t start = rd_seq(t), n = t->rlen;
         if (t->nooo)
@@ -281,6 +327,45 @@ static void free_buffers(struct tcb *t)
 
 /* ---- timers ---- */
 
+/* The deadline heap: the earliest deadline at theap[0], O(log n) to add, move or take
+ * out a connection, so a table full of retrying connections costs the timer pass only
+ * the ones that are due (a list scan once cost every connection on every expiry). */
+static void heap_set(uint32_t i, struct tcb *t)
+{
+    theap[i] = t;
+    t->hpos = i;
+}
+
+static void heap_up(uint32_t i)
+{
+    struct tcb *t = theap[i];
+    while (i) {
+        uint32_t up = (i - 1) / 2;
+        if (theap[up]->deadline <= t->deadline)
+            break;
+        heap_set(i, theap[up]);
+        i = up;
+    }
+    heap_set(i, t);
+}
+
+static void heap_down(uint32_t i)
+{
+    struct tcb *t = theap[i];
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= theap_n)
+            break;
+        if (c + 1 < theap_n && theap[c + 1]->deadline < theap[c]->deadline)
+            c++;
+        if (theap[c]->deadline >= t->deadline)
+            break;
+        heap_set(i, theap[c]);
+        i = c;
+    }
+    heap_set(i, t);
+}
+
 static void timer_update(struct tcb *t)
 {
     uint64_t d = t->rto_deadline;
@@ -295,20 +380,21 @@ static void timer_update(struct tcb *t)
         d = 0;
     }
     if (d && !t->in_timers) {
-        t->tmprev = 0;
-        t->tmnext = timers;
-        if (timers)
-            timers->tmprev = t;
-        timers = t;
+        heap_set(theap_n++, t);
         t->in_timers = 1;
+        heap_up(t->hpos);
+    } else if (d && t->in_timers) {
+        heap_up(t->hpos);
+        heap_down(t->hpos);
     } else if (!d && t->in_timers) {
-        if (t->tmprev)
-            t->tmprev->tmnext = t->tmnext;
-        else
-            timers = t->tmnext;
-        if (t->tmnext)
-            t->tmnext->tmprev = t->tmprev;
+        uint32_t i = t->hpos;
+        struct tcb *last = theap[--theap_n];
         t->in_timers = 0;
+        if (i < theap_n) {
+            heap_set(i, last);
+            heap_up(i);
+            heap_down(last->hpos);
+        }
     }
     if (d && (!tcp_next || d < tcp_next)) {
         tcp_next = d;
@@ -397,6 +483,37 @@ static void tw_append(struct tcb *t)
     st.time_wait++;
 }
 
+/* Half-open connections, oldest first: when a SYN finds the table or its listener's
+ * backlog full, the oldest half-open connection makes room (RFC 4987 4.4's "drop
+ * oldest" SYN cache rule), so a SYN flood cannot lock real clients out. */
+static void syn_append(struct tcb *t)
+{
+    t->synnext = 0;
+    t->synprev = syn_tail;
+    if (syn_tail)
+        syn_tail->synnext = t;
+    else
+        syn_head = t;
+    syn_tail = t;
+    t->in_syn = 1;
+}
+
+static void syn_remove(struct tcb *t)
+{
+    if (!t->in_syn)
+        return;
+    if (t->synprev)
+        t->synprev->synnext = t->synnext;
+    else
+        syn_head = t->synnext;
+    if (t->synnext)
+        t->synnext->synprev = t->synprev;
+    else
+        syn_tail = t->synprev;
+    t->synnext = t->synprev = 0;
+    t->in_syn = 0;
+}
+
 static void queue_remove(struct tcb *l, struct tcb *t)
 {
     struct tcb **pp = &l->aq_head, *prev = 0;
@@ -430,6 +547,7 @@ static void free_tcb(struct tcb *t)
     }
     if (t->state == T_TIME_WAIT)
         tw_remove(t);
+    syn_remove(t);
     struct tcb *l = t->parent;
     if (l) {
         if (t->queued)
@@ -509,6 +627,29 @@ static uint32_t rcv_window(struct tcb *t)
     if (SEQ_LT(t->rcv_adv, t->rcv_nxt))
         t->rcv_adv = t->rcv_nxt;
     return umin(t->rcv_adv - t->rcv_nxt, wmax);
+}
+
+/* Receive-window tuning, after in-order data: once per round trip (the connection's
+ * smoothed RTT; the handshake gives the first), the bytes that arrived in it. A peer
+ * that delivered more than half the ring in one round trip is held back by the window
+ * (the window is the most it may have in flight): the ring should hold twice that.
+ * Returns the size it should have (a power of two), or 0. */
+static uint32_t rcv_tune(struct tcb *t)
+{
+    uint64_t now = clock_ns();
+    if (!t->srtt)
+        return 0;
+    if (!t->rcvq_start) {
+        t->rcvq_start = now;
+        t->rcvq_seq = t->rcv_nxt;
+        return 0;
+    }
+    if (now - t->rcvq_start < t->srtt)
+        return 0;
+    uint32_t got = t->rcv_nxt - t->rcvq_seq;
+    t->rcvq_start = now;
+    t->rcvq_seq = t->rcv_nxt;
+    return got > t->rsize / 2 ? roundup_pow2(2 * got) : 0;
 }
 
 /* Builds the header in p; returns its length. SYNs carry MSS and SACK-permitted; ACKs
@@ -804,6 +945,7 @@ static void finish(struct tcb *t, int reset)
     timer_update(t);
     if (t->state == T_TIME_WAIT)
         tw_remove(t);
+    syn_remove(t);
     t->state = T_CLOSED;
     unhash(t);
     free(t->sbuf);
@@ -825,12 +967,29 @@ static void enter_time_wait(struct tcb *t)
     wake(t);
 }
 
+static int use_model(const struct tcb *t);
+
+static uint64_t umax64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
 static void update_rtt(struct tcb *t, uint32_t ack)
 {
     if (!t->rtt_timing || SEQ_LT(ack, t->rtt_seq))
         return;
     t->rtt_timing = 0;
     uint64_t r = clock_ns() - t->rtt_start;
+    t->last_rtt = r;
+    if (!t->min_rtt || r < t->min_rtt)
+        t->min_rtt = r;
+    /* the model's startup ends as a queue starts to build (the RTT an eighth, at least
+     * STARTUP_QUEUE_NS, above the minimum: HyStart's delay rule), before it overflows a
+     * short one: the window is then the model's two bandwidth-delay products */
+    if (use_model(t) && !t->pipe_full && r > t->min_rtt + umax64(t->min_rtt / 8, STARTUP_QUEUE_NS)) {
+        t->pipe_full = 1;
+        st.startup_delay_exits++;
+    }
     if (!t->srtt) {
         t->srtt = r;
         t->rttvar = r / 2;
@@ -896,8 +1055,11 @@ static void resend_una(struct tcb *t)
     int b = sack_at_or_after(t, t->snd_una);
     if (b >= 0 && SEQ_GT(t->sacked[b][0], t->snd_una))
         n = umin(n, t->sacked[b][0] - t->snd_una);
-    if (n)
+    if (n) {
         send_data(t, t->snd_una, n);
+        if (SEQ_LT(t->high_rxt, t->snd_una + n))
+            t->high_rxt = t->snd_una + n; /* not again from next_hole in the same pass */
+    }
 }
 
 /* Duplicate ACKs that start fast retransmit: 3, or fewer when fewer than four segments
@@ -911,6 +1073,103 @@ static int dup_thresh(const struct tcb *t)
     return out > 2 ? (int)out - 1 : 1;
 }
 
+/* Which window a connection follows. Without SACK, the loss-based one. tcp_cc=loss: always
+ * the loss-based one; tcp_cc=model: always the model's. tcp_cc=auto (the default): the
+ * model's until a loss comes with a queue (see classify_loss), the loss-based one from
+ * then until a loss comes without one. */
+static int use_model(const struct tcb *t)
+{
+    if (!t->sack_ok || cc_mode == CC_LOSS)
+        return 0;
+    return cc_mode == CC_MODEL || !t->congested;
+}
+
+/* At a loss (recovery or timeout), tcp_cc=auto decides what it means: both the latest
+ * RTT sample and the smoothed RTT above the minimum by a quarter of it (at least
+ * QUEUE_MIN_NS) say a queue has built up on the path, so the loss is congestion (a full
+ * queue, other flows' or ours): the connection backs off as loss-based flows do and
+ * competes fairly with them. An RTT near the minimum says the loss is random (a lossy
+ * link, no queue): the window stays the model's, and the loss costs its retransmission
+ * only. Both samples must agree, so one late sample (a host busy for a moment) does not
+ * make random loss look like congestion, nor one early sample the reverse. */
+static void classify_loss(struct tcb *t)
+{
+    if (cc_mode != CC_AUTO || !t->min_rtt)
+        return;
+    uint64_t q = t->min_rtt / 4 > QUEUE_MIN_NS ? t->min_rtt / 4 : QUEUE_MIN_NS;
+    uint64_t bound = t->min_rtt + q;
+    t->congested = t->last_rtt > bound && t->srtt > bound;
+    if (t->congested)
+        st.cc_congested++;
+    else
+        st.cc_random++;
+}
+
+/* The model-based congestion control (connections with SACK; see use_model): the window
+ * follows a model of the path, not the losses, as BBR does (draft-ietf-ccwg-bbr): the
+ * bandwidth is the highest delivery rate of the last BW_ROUNDS round trips, the
+ * round-trip time the lowest sample; the window starts like slow start, leaves it
+ * when three rounds in a row deliver less than 25% more than the best before, and is
+ * then twice the bandwidth-delay product. A loss is repaired (SACK recovery, RACK-style
+ * resends, the RTO as ever) but does not shrink the window: random loss on a long path
+ * costs the retransmissions only. Without pacing, and without BBR's probing cycles: the
+ * window is what bounds the sender. The default (loss-based: RFC 5681 with RFC 9438's
+ * 0.7 decrease) competes fairly with other loss-based flows; the model alone
+ * (tcp_cc=model) does not back off for another flow's losses, which tcp_cc=auto's
+ * classify_loss makes it do. */
+
+static uint32_t delivered(const struct tcb *t)
+{
+    return t->snd_una - t->iss + sacked_bytes(t);
+}
+
+static uint32_t model_bw(const struct tcb *t)
+{
+    uint32_t m = 0;
+    for (int i = 0; i < BW_ROUNDS; i++)
+        m = umax(m, t->bw[i]);
+    return m;
+}
+
+/* After an ACK that delivered ``newly`` bytes (acknowledged or SACKed). */
+static void model_on_ack(struct tcb *t, uint32_t newly)
+{
+    uint64_t now = clock_ns();
+    uint32_t d = delivered(t);
+    uint32_t high = t->nsacked && SEQ_GT(t->sacked[t->nsacked - 1][1], t->snd_una) ? t->sacked[t->nsacked - 1][1]
+                                                                                     : t->snd_una;
+    if (!t->round_start) {
+        t->round_start = now;
+        t->round_delivered = d;
+        t->round_end = t->snd_max;
+    } else if (SEQ_GE(high, t->round_end) && now - t->round_start >= 1000000ull) {
+        /* a round trip is over: what it delivered, per ms */
+        uint64_t rate = (uint64_t)(d - t->round_delivered) * 1000000ull / (now - t->round_start);
+        t->bw[t->bw_i] = rate > 0xffffffffu ? 0xffffffffu : (uint32_t)rate;
+        t->bw_i = (uint8_t)((t->bw_i + 1) % BW_ROUNDS);
+        if (!t->pipe_full) {
+            uint32_t best = model_bw(t);
+            if (best >= t->full_bw + t->full_bw / 4) {
+                t->full_bw = best;
+                t->full_rounds = 0;
+            } else if (++t->full_rounds >= 3) {
+                t->pipe_full = 1;
+            }
+        }
+        t->round_start = now;
+        t->round_delivered = d;
+        t->round_end = t->snd_max;
+    }
+    uint64_t rtt = t->min_rtt ? t->min_rtt : t->srtt;
+    uint64_t target = 2 * (uint64_t)model_bw(t) * rtt / 1000000ull;
+    uint64_t cw = (uint64_t)t->cwnd + newly;
+    if (t->pipe_full && cw > target)
+        cw = target;
+    if (cw < 4ull * t->mss)
+        cw = 4ull * t->mss;
+    t->cwnd = cw > 4ull * TCP_BUF_MAX ? 4 * TCP_BUF_MAX : (uint32_t)cw;
+}
+
 static void enter_recovery(struct tcb *t)
 {
     uint32_t flight = t->snd_max - t->snd_una;
@@ -918,9 +1177,11 @@ static void enter_recovery(struct tcb *t)
     t->recover = t->snd_max;
     t->in_recovery = 1;
     st.fast_retransmits++;
+    classify_loss(t);
     if (t->sack_ok && t->nsacked) {
         st.sack_recoveries++;
-        t->cwnd = t->ssthresh;
+        if (!use_model(t))
+            t->cwnd = t->ssthresh;
         t->high_rxt = t->snd_una;
         uint32_t n = umin(t->mss, t->slen);
         int b = sack_at_or_after(t, t->snd_una);
@@ -955,6 +1216,7 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
         challenge_ack(t);
         return -1;
     }
+    uint32_t delivered_before = delivered(t);
     for (int i = 0; i < nsack; i++)
         sack_add(t, get32(sack + 8 * i), get32(sack + 8 * i + 4));
     uint32_t old_wnd = t->snd_wnd;
@@ -987,7 +1249,11 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
         t->rxt_mark = 0;
         t->tlp_sent = 0;
         t->una_rxt_at = 0;
-        if (t->in_recovery) {
+        if (use_model(t)) {
+            if (t->in_recovery && SEQ_GE(ack, t->recover))
+                t->in_recovery = 0; /* the window is the model's */
+            model_on_ack(t, delivered(t) - delivered_before);
+        } else if (t->in_recovery) {
             if (SEQ_GE(ack, t->recover)) { /* full acknowledgment: recovery ends */
                 t->in_recovery = 0;
                 t->cwnd = t->ssthresh; /* RFC 6582 3.2 step 3, option 2 (bursts are paced by ACKs) */
@@ -1021,6 +1287,8 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
         t->snd_max != t->snd_una) {
         if (t->dupacks < 255)
             t->dupacks++;
+        if (use_model(t))
+            model_on_ack(t, delivered(t) - delivered_before);
         if (t->in_recovery) {
             if (!t->sack_ok || !t->nsacked) {
                 t->cwnd += t->mss; /* NewReno inflation */
@@ -1035,8 +1303,12 @@ static int on_ack(struct tcb *t, uint32_t seq, uint32_t ack, uint32_t wnd, uint3
             }
         } else if ((t->dupacks >= dup_thresh(t) || (t->sack_ok && sacked_bytes(t) >= 3 * t->mss) ||
                     (t->tlp_sent && t->sack_ok && t->nsacked)) &&
-                   SEQ_GT(ack, t->recover)) {
-            enter_recovery(t); /* RFC 6582 3.2: not again for losses of the same window */
+                   (SEQ_GT(ack, t->recover) || (t->sack_ok && t->nsacked && ack == t->recover))) {
+            /* RFC 6582 3.2: not again for losses of the same window. With SACK the
+             * scoreboard tells the windows apart (RFC 6675 5): an ACK at the recovery
+             * point with later data SACKed reports the loss of the first segment sent
+             * after recovery began, a new congestion event */
+            enter_recovery(t);
         }
     }
     return 0;
@@ -1162,6 +1434,15 @@ static void on_fin(struct tcb *t)
 static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t dport, uint32_t seq,
                            uint16_t wnd, uint16_t mss, int sack_ok, int ws, uint32_t min_iss)
 {
+    if (l->pending >= l->backlog || (!nfree_handles && !tw_head)) {
+        struct tcb *old = syn_head; /* the oldest half-open connection (of l, when l is full) */
+        while (old && l->pending >= l->backlog && old->parent != l)
+            old = old->synnext;
+        if (old) {
+            st.syn_evicted++;
+            free_tcb(old);
+        }
+    }
     struct tcb *t = l->pending < l->backlog ? alloc_tcb() : 0;
     if (!t) {
         st.refused++;
@@ -1170,6 +1451,7 @@ static void new_connection(struct tcb *l, uint32_t src, uint16_t sport, uint16_t
     }
     st.passive_opens++;
     t->state = T_SYN_RCVD;
+    syn_append(t);
     t->parent = l;
     l->pending++;
     t->rip = src;
@@ -1403,6 +1685,7 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         t->snd_wl1 = seq;
         t->snd_wl2 = ack;
         t->state = T_ESTAB;
+        syn_remove(t);
         t->retries = 0;
         update_rtt(t, ack);
         disarm_rto(t);
@@ -1461,9 +1744,15 @@ void tcp_input(uint32_t src, uint32_t dst, const uint8_t *p, size_t len)
         } else {
             send_ack(t); /* out of order, or a hole filled: ACK at once (RFC 5681 4.2) */
         }
-        /* the app lags: let the window grow */
-        if (t->rlen > t->rsize / 2 && t->rsize < rcv_max(t))
-            rbuf_grow(t, t->rsize * 2);
+        /* the app lags, or the peer is window-limited: let the window grow (up to
+         * rcv_max; a failed allocation keeps the ring as it is) */
+        if (t->rsize < rcv_max(t)) {
+            uint32_t want = rcv_tune(t);
+            if (t->rlen > t->rsize / 2 || t->rcv_adv - t->rcv_nxt < 2 * MSS)
+                want = umax(want, t->rsize * 2);
+            if (want > t->rsize)
+                rbuf_grow(t, umin(want, rcv_max(t)));
+        }
         wake(t);
     } else if (dlen) {
         send_ack(t);
@@ -1569,6 +1858,7 @@ static void on_timeout(struct tcb *t, uint64_t now)
             t->retries = 0; /* a peer that answers probes keeps the connection */
         } else {
             /* RFC 5681 3.1 (5.4 of RFC 6298): one segment, cwnd back to one */
+            classify_loss(t);
             t->ssthresh = umax(flight / 2, 2 * t->mss);
             t->cwnd = t->mss;
             t->in_recovery = 0;
@@ -1600,15 +1890,17 @@ uint64_t tcp_timers(uint64_t now)
     tcp_next = 0;
     while (tw_head && tw_head->misc_deadline <= now)
         finish(tw_head, 0); /* TIME-WAIT over */
+    for (uint32_t budget = theap_n; theap_n && theap[0]->deadline <= now && budget; budget--) {
+        struct tcb *t = theap[0];
+        on_timeout(t, now); /* t may be gone; its new deadline went through timer_update */
+        if (theap_n && theap[0] == t && t->deadline <= now)
+            break; /* not moved on: it waits for the next pass */
+    }
     uint64_t next = tw_head ? tw_head->misc_deadline : 0;
-    for (struct tcb *t = timers, *n; t; t = n) {
-        n = t->tmnext;
-        if (t->deadline <= now) {
-            on_timeout(t, now);
-            continue; /* t may be gone; its new deadline went through timer_update */
-        }
-        if (!next || t->deadline < next)
-            next = t->deadline;
+    if (theap_n) {
+        uint64_t d = theap[0]->deadline <= now ? now + 1000000ull : theap[0]->deadline;
+        if (!next || d < next)
+            next = d;
     }
     if (next && (!tcp_next || next < tcp_next))
         tcp_next = next;
@@ -1668,7 +1960,6 @@ int tcp_accept(int listener, uint64_t deadline_ns)
 
 int tcp_connect(uint32_t ip, uint16_t port, uint64_t deadline_ns)
 {
-    static uint16_t next_port;
     tcp_init();
     if (!next_port) /* spread VMs (and reboots) over the ephemeral range */
         next_port = (uint16_t)(40000 + (DENALI_VREGS->vm_id * 7919u + (uint32_t)now_ns()) % 20000);
@@ -1780,12 +2071,15 @@ int tcp_recv(int c, void *buf, size_t cap, uint64_t deadline_ns)
     uint32_t before = t->rcv_adv - t->rcv_nxt;
     ring_read(t->rbuf, t->rsize, rd_seq(t) - t->irs - 1, buf, n);
     t->rlen -= n;
-    /* the window reopened by at least two segments or half the buffer: say so */
+    /* the window reopened by at least two segments or half the buffer, or by a segment
+     * while the peer had less than two left (it may be waiting for room for a full
+     * one): say so (receiver silly-window avoidance, RFC 9293 3.8.6.2.2) */
     uint32_t could = t->rsize - t->rlen;
     if (could > (65535u << t->rcv_shift))
         could = 65535u << t->rcv_shift;
     if (t->state >= T_ESTAB && t->state <= T_FIN_WAIT_2 && could > before &&
-        (could - before >= 2 * MSS || could - before >= t->rsize / 2)) {
+        (could - before >= 2 * MSS || could - before >= t->rsize / 2 ||
+         (before < 2 * MSS && could - before >= umin(t->rsize / 2, MSS)))) {
         send_ack(t);
         netif_flush();
     }

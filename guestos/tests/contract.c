@@ -43,7 +43,7 @@ static void vregs(void)
     CHECK(v->cmdline_len == before.cmdline_len, "cmdline_len %u", v->cmdline_len);
     CHECK(v->cpu_khz == before.cpu_khz && v->slice_ns == before.slice_ns, "khz/slice");
     CHECK(!memcmp((const void *)v->mac, before.mac, 6), "mac");
-    CHECK(v->_pad0 == 0 && v->_pad1 == 0, "padding");
+    CHECK(v->_pad0 == 0 && v->generation == 0, "padding and generation");
     CHECK(v->time_ns >= before.time_ns && v->time_ns < before.time_ns + 60000000000ull, "time");
     /* a hypercall output over the kernel fields: refused, nothing written */
     int r = denali_hypercall(DENALI_HC_CLOCK, (void *)DENALI_VREGS);

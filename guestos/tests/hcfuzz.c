@@ -14,7 +14,16 @@
  * refuse. The personality calls are tamed so that the fuzzer survives what they accept
  * (tame()): SYSCALL_ENTRY's code range always covers all of memory (an accepted route
  * then routes nothing, and is removed at once), and MEM_PROTECT changes only whole pages
- * of the target area, leaving them readable and writable. */
+ * of the target area, leaving them readable and writable.
+ *
+ * As a hostile child VM (tests/nesting/test_child_fuzz.py): monitored=MASK names the
+ * hypercalls (bit n: number n) its parent interposes on and may answer with anything,
+ * so their results are counted apart ("answered") and not judged; ids=A,B,... are
+ * numbers to try as child handles (its parent's and siblings' VM ids and handles, ids
+ * never issued); img=DISK is a disk holding a valid image, which a quarter of the
+ * CHILD_CREATE calls use (with sizes and quotas that often exceed its grant), so that
+ * grandchildren are really made, started, stopped, read, interposed on and answered. */
+#include <denali/child.h>
 #include <ilwaco.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +33,10 @@
 #define PAGE 4096u
 
 static uint32_t rng_state;
+static uint32_t ids[8], nids;             /* ids=: handles to try */
+static void *valid_image;                 /* img=: a real child image */
+static uint32_t valid_len;
+static const char child_cmd[] = "seed=5 calls=300";
 static uint32_t mem_size, heap_end, target;
 static const uint32_t edge_lengths[] = {
     0, 1, 2, 3, 4, 7, 8, 59, 60, 61, 1513, 1514, 1515, 4095, 4096, 4097, 8192, 65535, 65536, 65537,
@@ -126,6 +139,45 @@ static void shape(uint32_t nr, uint32_t *w)
         }
         break;
     }
+    case DENALI_HC_CHILD_CREATE: /* garbage images, edge sizes, hostile pointers */
+        if (valid_image && !below(4)) { /* a real image, often beyond the grant */
+            static const uint32_t sizes[] = {1u << 20, 4u << 20, 6u << 20, 64u << 20, 0xfffff000u};
+            w[0] = (uint32_t)valid_image;
+            w[1] = below(8) ? valid_len : length();
+            w[2] = sizes[below(5)];
+            w[3] = below(2) ? 0 : below(2) ? (1u << 20) : length();
+            w[4] = (uint32_t)child_cmd;
+            w[5] = below(4) ? sizeof child_cmd - 1 : length();
+            w[6] = below(4);
+            w[7] = below(2);
+            break;
+        }
+        w[0] = below(4) ? buf : pointer(1);
+        w[1] = below(2) ? 52 + below(8192) : length();
+        w[2] = below(2) ? (1u << 20) : length();
+        w[3] = below(2) ? 0 : length();
+        w[4] = below(4) ? buf : pointer(1);
+        w[5] = below(4) ? below(64) : length();
+        w[6] = below(2) ? below(4) : rnd();
+        w[7] = below(4) ? below(2) : rnd();
+        break;
+    case DENALI_HC_CHILD_CONTROL:
+    case DENALI_HC_CHILD_INTERPOSE:
+        w[0] = nids && !below(3) ? ids[below(nids)] : below(2) ? below(DENALI_CHILD_MAX + 1) : rnd();
+        w[1] = below(2) ? below(6) : rnd();
+        w[2] = rnd();
+        w[3] = rnd();
+        break;
+    case DENALI_HC_CHILD_MEMORY:
+    case DENALI_HC_CHILD_REPLY:
+        w[0] = nids && !below(3) ? ids[below(nids)] : below(2) ? below(DENALI_CHILD_MAX + 1) : rnd();
+        w[1] = below(2) ? below(4) : rnd();
+        w[2] = below(2) ? below(4) : pointer(1);
+        w[3] = below(2) ? buf : pointer(1);
+        w[4] = length();
+        w[5] = length();
+        w[6] = pointer(1);
+        break;
     case DENALI_HC_NET_RECV:
         w[0] = buf;
         w[1] = below(4) ? 1514 + below(600) : length();
@@ -163,7 +215,7 @@ static int access(uint32_t addr, uint32_t len, int write)
     if (addr + len < addr)
         return 0; /* wraps */
     if (write && addr < DENALI_ADDR_VREGS + sizeof(struct denali_vregs) && addr + len > DENALI_ADDR_VREGS)
-        return 0; /* over the kernel's fields of the register page */
+        return -1; /* over the register block: refused unless only irq_enable (not modelled) */
     int known = 1;
     for (uint32_t page = page_of((const void *)addr); ; page += PAGE) {
         int a = page_access(page, write);
@@ -232,6 +284,12 @@ static const struct shape_of_call calls_shape[DENALI_HC_LAST + 1] = {
     [DENALI_HC_MEM_PROTECT] = {sizeof(struct denali_hc_mem_protect), 0},
     [DENALI_HC_SET_TLS] = {sizeof(struct denali_hc_set_tls), 0},
     [DENALI_HC_RANDOM] = {sizeof(struct denali_hc_random), 0},
+    [DENALI_HC_CHILD_CREATE] = {sizeof(struct denali_hc_child_create), 1},
+    [DENALI_HC_CHILD_CONTROL] = {sizeof(struct denali_hc_child_control), 0},
+    [DENALI_HC_CHILD_MEMORY] = {sizeof(struct denali_hc_child_memory), 0},
+    [DENALI_HC_CHILD_INTERPOSE] = {sizeof(struct denali_hc_child_interpose), 0},
+    [DENALI_HC_CHILD_EVENT] = {sizeof(struct denali_hc_child_event), 1},
+    [DENALI_HC_CHILD_REPLY] = {sizeof(struct denali_hc_child_reply), 0},
 };
 
 /* The result the contract gives this call, or -1 when the guest cannot know it.
@@ -279,6 +337,22 @@ int main(int argc, char **argv)
     uint32_t seed = cmdline_get("seed", v, sizeof v) >= 0 ? (uint32_t)strtoul(v, 0, 10) : 1;
     rng_state = seed ? seed : 1;
     uint32_t calls = cmdline_get("calls", v, sizeof v) >= 0 ? (uint32_t)strtoul(v, 0, 10) : 10000;
+    uint32_t monitored = cmdline_get("monitored", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0;
+    if (cmdline_get("ids", v, sizeof v) > 0)
+        for (char *p = v; *p && nids < sizeof ids / sizeof ids[0];) {
+            ids[nids++] = (uint32_t)strtoul(p, &p, 0);
+            if (*p == ',')
+                p++;
+            else
+                break;
+        }
+    char img[32];
+    if (cmdline_get("img", img, sizeof img) > 0 && child_load_disk(img, &valid_image, &valid_len) != DENALI_OK) {
+        printf("hcfuzz: cannot read the image on disk %s\n", img);
+        return 1;
+    }
+    if (valid_image)
+        printf("hcfuzz: image loaded\n"); /* a monitor may start answering the disk calls now */
     mem_size = DENALI_VREGS->mem_size;
     heap_end = DENALI_VREGS->heap_end;
     heap_start = DENALI_VREGS->heap_start;
@@ -291,7 +365,7 @@ int main(int argc, char **argv)
     uint32_t ro_from = 0x10000u, ro_to = page_of(edge_lengths) + PAGE;
     uint32_t ro_sum = checksum(ro_from, ro_to);
     uint32_t counts[9] = {0}; /* results 0..7, then unknown ones */
-    uint32_t handlers = 0, routes = 0, checked = 0, mismatches = 0;
+    uint32_t handlers = 0, routes = 0, checked = 0, mismatches = 0, answered = 0;
 
     for (uint32_t i = 0; i < calls; i++) {
         uint32_t nr;
@@ -337,6 +411,14 @@ int main(int argc, char **argv)
         if (in_target)
             memcpy(cons, area + (arg - target), 8);
         int r = denali_hypercall(nr, (void *)arg);
+        if (nr < 32 && monitored >> nr & 1) { /* the parent may have answered anything */
+            answered++;
+            if (nr == DENALI_HC_SET_HANDLER && r == DENALI_OK) {
+                struct denali_hc_set_handler none = {0, 0};
+                denali_hc_set_handler(&none);
+            }
+            continue;
+        }
         counts[(unsigned)r <= 7 ? (unsigned)r : 8]++;
         if (in_target)
             memcpy(after, area + (arg - target), 8);
@@ -364,9 +446,9 @@ int main(int argc, char **argv)
     }
     int ok = counts[8] == 0 && mismatches == 0 && checksum(ro_from, ro_to) == ro_sum;
     printf("\nhcfuzz: seed=%u calls=%u ok=%u again=%u inval=%u fault=%u nosys=%u nodev=%u full=%u "
-           "io=%u unknown=%u handlers=%u routes=%u checked=%u mismatches=%u code %s %s\n",
+           "io=%u unknown=%u handlers=%u routes=%u checked=%u mismatches=%u answered=%u code %s %s\n",
            seed, calls, counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6],
-           counts[7], counts[8], handlers, routes, checked, mismatches,
+           counts[7], counts[8], handlers, routes, checked, mismatches, answered,
            checksum(ro_from, ro_to) == ro_sum ? "intact" : "CHANGED", ok ? "SUCCESS" : "FAIL");
     return ok ? 0 : 1;
 }

@@ -60,10 +60,12 @@ static void consumer(void *arg)
 
 /* ---- sleepers wake in deadline order ---- */
 static int order[3], norder;
+static uint64_t sleep_base; /* one base for all three: when each thread first runs depends
+                               on the host (a slice can end between two of them) */
 static void sleeper(void *arg)
 {
     int ms = (int)(long)arg;
-    thread_sleep_ns((uint64_t)ms * 1000000ull);
+    thread_sleep_until(sleep_base + (uint64_t)ms * 1000000ull);
     order[norder++] = ms;
 }
 
@@ -98,6 +100,7 @@ int main(int argc, char **argv)
 
     thread_t *s[3];
     int ms[3] = {30, 10, 20};
+    sleep_base = clock_ns();
     for (int i = 0; i < 3; i++)
         s[i] = thread_create(sleeper, (void *)(long)ms[i], 0);
     for (int i = 0; i < 3; i++)

@@ -161,3 +161,22 @@ async def test_every_vm_is_learned_past_max_macs() -> None:
         await sw.join()
         st = sw.stats()
         assert st.arp_bindings == 40 and st.arp_announcements == 40 and st.flooded == 0
+
+
+async def test_announce_floods_past_suppression_and_learns(switch: Switch) -> None:
+    """``Switch.announce`` (a migrated VM's gratuitous ARP): an announcement the switch
+    would swallow goes to every other port at once; only from the port's own MAC."""
+    import pytest
+
+    from denali.errors import NetError
+
+    a, b, c = vm_ports(switch, 3)
+    a.submit(arp(1, mac(1), ip(1), ip(1)))
+    await switch.join()
+    assert b.frames == [] and c.frames == []  # the ordinary path swallows it
+    assert switch.announce(a, arp(1, mac(1), ip(1), ip(1))) == 2
+    assert len(b.frames) == len(c.frames) == 1 and a.frames == []
+    assert switch.addresses(a) == (ip(1),)
+    with pytest.raises(NetError, match="fixed MAC"):
+        switch.announce(a, arp(1, mac(2), ip(2), ip(2)))
+    assert len(b.frames) == 1

@@ -246,6 +246,37 @@ async def test_curl_through_an_impaired_link(lan: Lan) -> None:
     print(f"1 MB through loss=5%,delay=20ms: {took:.2f} s")
 
 
+async def test_default_congestion_control_shares_a_bottleneck_with_a_loss_based_flow(lan: Lan) -> None:
+    """Two guest servers send 4 MB each at once to curl through one 20 Mb/s link with a
+    100-frame queue: one with the default control (``tcp_cc=auto``: the model of the
+    path until losses come with a queue), one loss-based (``tcp_cc=loss``). The default
+    one notices the queue and backs off: neither gets more than twice the other's share
+    (both transfers overlap the whole time, so their completion times measure it)."""
+    await _httpd(lan)
+    loss = await lan.kernel.spawn("httpd", cmdline="ip=10.78.0.2/24 tcp_cc=loss", memory="16M")
+    while "listening" not in loss.console.text():  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    for ip in (GUEST, "10.78.0.2"):  # ARP and a first request before the race
+        rc, out = await lan.sh("curl", "-s", "-o", "/dev/null", f"http://{ip}/bytes/1000")
+        assert rc == 0, out
+    lan.tap.set_link(LinkSpec(rate_bps=20e6, delay_s=0.01, limit=100, seed=1, direction="in"))
+    began = time.monotonic()
+
+    async def fetch(ip: str) -> float:
+        rc, out = await lan.sh(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", f"http://{ip}/bytes/4000000", limit=120
+        )
+        assert rc == 0 and out == "4000000", out
+        return time.monotonic() - began
+
+    auto_s, loss_s = await asyncio.gather(fetch(GUEST), fetch("10.78.0.2"))
+    lan.tap.set_link(None)
+    st = await lan.stats()
+    print(f"auto {auto_s:.2f} s, loss-based {loss_s:.2f} s, {st['tcp_cc_congested']} congestion losses")
+    assert st["tcp_cc_congested"] > 0, st  # it saw the queue
+    assert 0.5 < auto_s / loss_s < 2.0, (auto_s, loss_s)
+
+
 async def test_large_pings_and_udp_from_linux(lan: Lan) -> None:
     need_tools("ping")
     need_image("udpecho")

@@ -1,7 +1,7 @@
 """The guest TCP/IP stack under load, side by side with the stack it replaced and with
 native Linux, alternating contenders in every round; medians of per-round ratios.
 
-Usage: python tools/bench/bench_tcp.py [--rounds 5] [--old-rev REV] [--quick]
+Usage: python tools/bench/bench_tcp.py [--rounds 5] [--old-rev REV] [--quick] [--loss-only]
 (root; ip, wrk, curl and nginx installed: tools/install-test-deps.sh, apt-get install nginx-light)
 
 Contenders:
@@ -20,6 +20,12 @@ Measured, per round, each contender in turn:
 3. the 1 MB transfer time through a link with 5% loss and 20 ms delay (each direction;
    seeded, the TAP port's impairment); native: nginx in a second namespace behind a
    second TAP port of the same switch, the client's port impaired the same way.
+   ``--loss-only`` runs just this transfer, for the new stack (its default congestion
+   control ``tcp_cc=auto``, the loss-based ``tcp_cc=loss`` and the model alone,
+   ``tcp_cc=model``), native Linux with its
+   default congestion control (``net.ipv4.tcp_congestion_control``, BBR on this machine)
+   and native Linux with Reno set in the server's namespace (loss-based like the guest's;
+   Linux's Reno still has SACK, RACK-TLP and PRR), alternating, ``--rounds`` rounds.
 Then, once: guest instructions per payload byte of a bulk transfer (old, new), from a
 native code hook counting every instruction of the sender and the receiver VM.
 """
@@ -203,7 +209,14 @@ def _attach_tap(k: Kernel, dev: str, ns: Namespace, addr: str) -> TapPort:
     return tap
 
 
-async def tap_round(kind: str, images: Path, site: Path, seconds: float, seed: int) -> dict[str, float]:
+async def tap_round(
+    kind: str, images: Path, site: Path, seconds: float, seed: int, *, loss_only: bool = False
+) -> dict[str, float]:
+    """One contender's part-2 loads (unless ``loss_only``) and its lossy transfer. ``kind``:
+    ``old``/``new`` (guest images), ``new-model``/``new-loss`` (``new`` with ``tcp_cc=model``
+    or ``tcp_cc=loss``),
+    ``native`` (nginx, Linux's default congestion
+    control) or ``native-reno`` (nginx, Reno set in its namespace)."""
     pid = os.getpid() % 10000
     with Namespace(f"btc{pid}") as cli, Namespace(f"bts{pid}") as srvns:
         async with Kernel() as k:
@@ -211,7 +224,17 @@ async def tap_round(kind: str, images: Path, site: Path, seconds: float, seed: i
             taps = [tap]
             nginx: asyncio.subprocess.Process | None = None
             try:
-                if kind == "native":
+                if kind.startswith("native"):
+                    if kind == "native-reno":
+                        sh(
+                            "ip",
+                            "netns",
+                            "exec",
+                            srvns.name,
+                            "sysctl",
+                            "-qw",
+                            "net.ipv4.tcp_congestion_control=reno",
+                        )
                     taps.append(_attach_tap(k, f"bts{pid}", srvns, "10.79.0.1/24"))
                     for ns_, addr in ((cli, "127.0.0.1"), (srvns, "10.79.0.1")):
                         conf = site / f"nginx-{ns_.name}.conf"
@@ -224,14 +247,16 @@ async def tap_round(kind: str, images: Path, site: Path, seconds: float, seed: i
                         else:
                             nginx_lo = p
                     await asyncio.sleep(0.5)
-                    res = await client_load(cli, "127.0.0.1", seconds)  # native: loopback
+                    # native: on the namespace's loopback
+                    res = {} if loss_only else await client_load(cli, "127.0.0.1", seconds)
                     nginx_lo.terminate()
                     await nginx_lo.wait()
                 else:
-                    srv = await k.spawn(str(images / "httpd.elf"), cmdline="ip=10.79.0.1/24")
+                    cc = {"new-model": " tcp_cc=model", "new-loss": " tcp_cc=loss"}.get(kind, "")
+                    srv = await k.spawn(str(images / "httpd.elf"), cmdline=f"ip=10.79.0.1/24{cc}")
                     while "listening" not in srv.console.text():  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
-                    res = await client_load(cli, "10.79.0.1", seconds)
+                    res = {} if loss_only else await client_load(cli, "10.79.0.1", seconds)
                 tap.set_link(LinkSpec.parse(f"{LOSS_LINK},seed={seed}"))
                 res["loss_s"] = await lossy_fetch(cli, "10.79.0.1")
                 return res
@@ -315,13 +340,76 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def loss_only(rounds: int) -> None:
+    cc = sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").strip()
+    who = ["new", "new-loss", "new-model", "native", "native-reno"]
+    times: dict[str, list[float]] = {w: [] for w in who}
+    with tempfile.TemporaryDirectory(prefix="bench-tcp-") as tmpd:
+        site = Path(tmpd)
+        os.chmod(site, 0o755)
+        make_site(site)
+        for r in range(rounds):
+            order = who if r % 2 == 0 else who[::-1]
+            for w in order:
+                times[w].append(
+                    asyncio.run(
+                        tap_round(w, ROOT / "denali" / "images", site, 0, seed=r + 1, loss_only=True)
+                    )["loss_s"]
+                )
+            print(f"round {r + 1}: " + ", ".join(f"{w} {times[w][-1]:.2f} s" for w in who), flush=True)
+
+    def ratio(a: list[float], b: list[float]) -> float:
+        return med([x / y for x, y in zip(a, b, strict=True)])
+
+    rows = [
+        (
+            f"1 MB through {LOSS_LINK} each way (median of rounds)",
+            "seconds",
+            "new / this (median of ratios)",
+            "new-model / this",
+        )
+    ]
+    rows.append(("new stack (guest httpd), tcp_cc=auto (the default)", f"{med(times['new']):.2f}", "", ""))
+    for key, name in (("new-loss", "tcp_cc=loss"), ("new-model", "tcp_cc=model")):
+        rows.append(
+            (
+                f"new stack (guest httpd), {name}",
+                f"{med(times[key]):.2f}",
+                f"{ratio(times['new'], times[key]):.2f}x",
+                f"{ratio(times['new-model'], times[key]):.2f}x",
+            )
+        )
+    for key, name in (
+        ("native", f"native Linux nginx, {cc} (the host's default)"),
+        ("native-reno", "native Linux nginx, reno"),
+    ):
+        rows.append(
+            (
+                name,
+                f"{med(times[key]):.2f}",
+                f"{ratio(times['new'], times[key]):.2f}x",
+                f"{ratio(times['new-model'], times[key]):.2f}x",
+            )
+        )
+    table(f"Lossy transfer: {rounds} alternating rounds, {time.strftime('%Y-%m-%d')}", rows)
+    print("per round: " + "; ".join(f"{w} " + " ".join(f"{x:.2f}" for x in times[w]) for w in who))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--old-rev", default=OLD_REV_DEFAULT)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--quick", action="store_true", help="2 rounds, smaller VM-to-VM loads")
+    ap.add_argument(
+        "--loss-only",
+        action="store_true",
+        help="only the lossy 1 MB transfer: new (3 controls), native, native-reno",
+    )
     args = ap.parse_args()
+    if args.loss_only:
+        loss_only(args.rounds)
+        return
     for tool in ("ip", "wrk", "curl", "nginx", "git", "make", "cc"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench_tcp: {tool} is not installed")

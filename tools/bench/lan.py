@@ -84,14 +84,15 @@ class LinuxHost:
             self.tap.close()
         await sh("ip", "netns", "del", self.ns, check=False)
 
-    async def neighbours(self, vms: Sequence[Vm], first: int = 1) -> None:
+    async def neighbours(self, vms: Sequence[Vm], first: int = 1, ping: bool = True) -> None:
         """Permanent neighbour entries for ``vms`` (VM k is vm_ip(first + k)): Linux's
         neighbour table holds 1,024 dynamic entries, far fewer than our VMs.
 
         First one ping by ordinary ARP, so that the switch learns the Linux host's
         address from its request (answered by the switch): the VMs' own requests for
         the host are then answered by the switch instead of flooding all the VMs."""
-        await sh("ip", "netns", "exec", self.ns, "ping", "-c", "1", "-W", "5", vm_ip(first))
+        if ping:  # (ping=False: the caller made the switch learn the host another way)
+            await sh("ip", "netns", "exec", self.ns, "ping", "-c", "1", "-W", "5", vm_ip(first))
         with tempfile.NamedTemporaryFile("w", suffix=".neigh") as f:
             for k, vm in enumerate(vms):
                 f.write(
@@ -100,6 +101,14 @@ class LinuxHost:
                 )
             f.flush()
             await sh("ip", "-n", self.ns, "-batch", f.name)
+
+    async def announce(self) -> None:
+        """An ARP request from the Linux host (a ping to an address nobody has): the switch
+        learns the host's binding from it (and answers the VMs' requests for the host)
+        without any VM being asked."""
+        await sh("ip", "netns", "exec", self.ns, "ping", "-c", "1", "-W", "1", "10.127.255.253", check=False)
+        await sh("ip", "-n", self.ns, "neigh", "flush", "dev", self.dev)  # no more ARP retries
+        await asyncio.sleep(0.2)
 
     async def load(
         self, *args: str, on_line: Callable[[dict[str, Any]], None] | None = None

@@ -40,7 +40,7 @@ import asyncio
 import dataclasses
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -70,6 +70,24 @@ FLUSH: Final = 2
 _KIND: Final = ("read", "write", "flush")
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskRequest:
+    """A disk request as a monitor sees it (already checked against the disk)."""
+
+    kind: str
+    """"read", "write" or "flush"."""
+    handle: int
+    block: int = 0
+    count: int = 0
+    buf: int = 0
+    """Guest address of the data (reads and writes)."""
+
+
+RequestFilter = Callable[[DiskRequest], "DiskRequest | int"]
+"""A monitor's filter on disk requests: the request to submit (changed or not; checked
+again), or a ``Result`` code to refuse it (written to its status word too)."""
 
 
 @dataclass(slots=True)
@@ -278,13 +296,15 @@ class Disks(Device):
         Hc.DISK_WRITE: "hc_write",
         Hc.DISK_FLUSH: "hc_flush",
     }
-    __slots__ = ("_closer", "close_errors", "disks", "specs")
+    __slots__ = ("_closer", "close_errors", "disks", "request_filter", "specs")
 
     def __init__(self, disks: Sequence[Disk], specs: Sequence[DiskSpec] = ()) -> None:
         self.disks: tuple[Disk, ...] = tuple(disks)
         self.specs: tuple[DiskSpec, ...] = tuple(specs)
         self._closer: asyncio.Task[None] | None = None
         self.close_errors: list[DiskError] = []
+        self.request_filter: RequestFilter | None = None
+        """Set by the monitor layer while a monitor interposes on disk requests."""
 
     def attach(self, host: DeviceHost) -> None:
         super().attach(host)
@@ -323,7 +343,12 @@ class Disks(Device):
                 return d
         return None
 
+    def close_now(self) -> bool:
+        return not self.disks
+
     async def aclose(self) -> None:
+        if not self.disks:
+            return
         if self._closer is None:
             self._closer = asyncio.ensure_future(self._close_all())
         closer = self._closer
@@ -396,7 +421,12 @@ class Disks(Device):
         status_at = arg + _READ["status"]
         disk = self._check_rw(mem, handle, count, block, addr, kind == WRITE)
         if isinstance(disk, Disk):
-            res = disk.submit(_Request(kind, block, count, addr, status_at))
+            if self.request_filter is not None:
+                res = self._submit_filtered(
+                    mem, DiskRequest(_KIND[kind], handle, block, count, addr), status_at
+                )
+            else:
+                res = disk.submit(_Request(kind, block, count, addr, status_at))
         else:
             res = disk
         _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
@@ -414,10 +444,30 @@ class Disks(Device):
         status_at = arg + _FLUSH["status"]
         if handle >= len(self.disks):
             res = int(Result.NODEV)
+        elif self.request_filter is not None:
+            res = self._submit_filtered(mem, DiskRequest("flush", handle), status_at)
         else:
             res = self.disks[handle].submit(_Request(FLUSH, 0, 0, 0, status_at))
         _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
         return res
+
+    def _submit_filtered(self, mem: GuestMemory, req: DiskRequest, status_at: int) -> int:
+        """Submit ``req`` as the monitors' filter returns it (checked again), or refuse it."""
+        assert self.request_filter is not None
+        out = self.request_filter(req)
+        if isinstance(out, int):
+            return out
+        if out.kind not in _KIND:
+            return Result.INVAL
+        kind = _KIND.index(out.kind)
+        if kind == FLUSH:
+            if out.handle >= len(self.disks):
+                return Result.NODEV
+            return self.disks[out.handle].submit(_Request(FLUSH, 0, 0, 0, status_at))
+        disk = self._check_rw(mem, out.handle, out.count, out.block, out.buf, kind == WRITE)
+        if not isinstance(disk, Disk):
+            return disk
+        return disk.submit(_Request(kind, out.block, out.count, out.buf, status_at))
 
 
 async def open_disks(specs: Sequence[DiskSpec]) -> Disks:

@@ -46,11 +46,11 @@ static int stats_page(char *out, size_t cap)
                     "tcp_fast_retransmits %u\ntcp_timeouts %u\ntcp_sack_recoveries %u\ntcp_loss_probes %u\n"
                     "tcp_ooo_segments %u\ntcp_challenge_acks %u\ntcp_listen_dropped %u\n"
                     "tcp_time_wait_reused %u\ntcp_time_wait_reclaimed %u\nip_reassembled %u\n"
-                    "tcp_aborts %u\nthread_failures %llu\nrx_frames %u\ntx_frames %u\n",
+                    "tcp_aborts %u\ntcp_syn_evicted %u\ntcp_cc_random %u\ntcp_cc_congested %u\nthread_failures %llu\nrx_frames %u\ntx_frames %u\n",
                     (unsigned)heap_used_bytes(), thread_count(), served, connections, t->conns, t->max_conns,
                     t->conns_peak, t->refused, t->retransmits, t->fast_retransmits, t->timeouts,
                     t->sack_recoveries, t->loss_probes, t->ooo_segments, t->challenge_acks, t->listen_dropped,
-                    t->time_wait_reused, t->time_wait_reclaimed, n->ip_reassembled, t->aborts, thread_failures, n->rx_frames,
+                    t->time_wait_reused, t->time_wait_reclaimed, n->ip_reassembled, t->aborts, t->syn_evicted, t->cc_random, t->cc_congested, thread_failures, n->rx_frames,
                     n->tx_frames);
 }
 

@@ -220,7 +220,7 @@ int main(int argc, char **argv)
         printf("%s", last_body);
     const struct tcp_stats *ts = tcp_get_stats();
     printf("httpget: tcp retransmits=%u fast_retransmits=%u timeouts=%u sack_recoveries=%u "
-           "ooo_segments=%u challenge_acks=%u\n", ts->retransmits, ts->fast_retransmits, ts->timeouts,
-           ts->sack_recoveries, ts->ooo_segments, ts->challenge_acks);
+           "ooo_segments=%u challenge_acks=%u rcv_buf_peak=%u\n", ts->retransmits, ts->fast_retransmits,
+           ts->timeouts, ts->sack_recoveries, ts->ooo_segments, ts->challenge_acks, ts->rcv_buf_peak);
     return fail_count == 0 && ok_count == per_conn * conc ? 0 : 1;
 }

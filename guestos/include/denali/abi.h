@@ -3,7 +3,7 @@
 #define DENALI_ABI_H
 
 /* Numbers usable from assembly too. */
-#define DENALI_ABI_VERSION 3
+#define DENALI_ABI_VERSION 5
 #define DENALI_PAGE_SIZE 4096
 #define DENALI_HYPERCALL_VECTOR 0x80
 #define DENALI_STACK_SIZE 65536
@@ -32,6 +32,32 @@
 #define DENALI_TLS_F_EMPTY 2u
 #define DENALI_RANDOM_MAX 256
 
+/* Child VMs (CHILD_* hypercalls) */
+#define DENALI_CHILD_ANSWER 1u
+#define DENALI_CHILD_END_EXITED 0u
+#define DENALI_CHILD_END_FAILED 3u
+#define DENALI_CHILD_END_FAULTED 1u
+#define DENALI_CHILD_END_KILLED 2u
+#define DENALI_CHILD_EVENT_ARGS 64u
+#define DENALI_CHILD_EV_EXIT 3u
+#define DENALI_CHILD_EV_FAULT 2u
+#define DENALI_CHILD_EV_HYPERCALL 1u
+#define DENALI_CHILD_F_DISK_RO 1u
+#define DENALI_CHILD_IMAGE_MAX 67108864u
+#define DENALI_CHILD_I_FAULT 1u
+#define DENALI_CHILD_KILL 3u
+#define DENALI_CHILD_MAX 16u
+#define DENALI_CHILD_MEMORY_MAX 1048576u
+#define DENALI_CHILD_MEM_READ 0u
+#define DENALI_CHILD_MEM_WRITE 1u
+#define DENALI_CHILD_OP_DESTROY 4u
+#define DENALI_CHILD_OP_RESUME 3u
+#define DENALI_CHILD_OP_START 1u
+#define DENALI_CHILD_OP_STOP 2u
+#define DENALI_CHILD_PASS 0u
+#define DENALI_CHILD_QUEUE 32u
+#define DENALI_CHILD_RESUME 2u
+
 /* Guest memory layout */
 #define DENALI_ADDR_GUARD 0x00000000
 #define DENALI_ADDR_VREGS 0x00001000
@@ -53,6 +79,7 @@
 #define DENALI_VREG_CMDLINE_LEN 44
 #define DENALI_VREG_MAC 48
 #define DENALI_VREG_SLICE_NS 56
+#define DENALI_VREG_GENERATION 60
 
 /* Result codes (EAX after a hypercall) */
 #define DENALI_OK 0
@@ -70,7 +97,9 @@
 #define DENALI_IRQ_DISK 0x4u
 #define DENALI_IRQ_CONSOLE 0x8u
 #define DENALI_IRQ_HOST 0x10u
-#define DENALI_IRQ_ALL 0x1fu
+#define DENALI_IRQ_CLONE 0x20u
+#define DENALI_IRQ_CHILD 0x40u
+#define DENALI_IRQ_ALL 0x7fu
 
 /* Hypercall numbers */
 #define DENALI_HC_TERMINATE 1
@@ -86,13 +115,19 @@
 #define DENALI_HC_DISK_READ 11
 #define DENALI_HC_DISK_WRITE 12
 #define DENALI_HC_DISK_FLUSH 13
-#define DENALI_HC_SYSCALL_ENTRY 14
-#define DENALI_HC_CONSOLE_READ 15
-#define DENALI_HC_CONSOLE_WRITE_ERR 16
-#define DENALI_HC_MEM_PROTECT 17
-#define DENALI_HC_SET_TLS 18
-#define DENALI_HC_RANDOM 19
-#define DENALI_HC_LAST 19
+#define DENALI_HC_CHILD_CREATE 14
+#define DENALI_HC_CHILD_CONTROL 15
+#define DENALI_HC_CHILD_MEMORY 16
+#define DENALI_HC_CHILD_INTERPOSE 17
+#define DENALI_HC_CHILD_EVENT 18
+#define DENALI_HC_CHILD_REPLY 19
+#define DENALI_HC_SYSCALL_ENTRY 20
+#define DENALI_HC_CONSOLE_READ 21
+#define DENALI_HC_CONSOLE_WRITE_ERR 22
+#define DENALI_HC_MEM_PROTECT 23
+#define DENALI_HC_SET_TLS 24
+#define DENALI_HC_RANDOM 25
+#define DENALI_HC_LAST 25
 
 #ifndef __ASSEMBLER__
 #include <stdint.h>
@@ -113,7 +148,7 @@ struct denali_vregs {
     uint8_t mac[6]; /* OUT: MAC address of the NIC (all zero: no NIC) */
     uint16_t _pad0; /* PAD: reserved */
     uint32_t slice_ns; /* OUT: length of a time slice in ns */
-    uint32_t _pad1; /* PAD: reserved */
+    uint32_t generation; /* OUT: 0 when booted from an image; +1 each time the VM is restored as a clone of a snapshot (Irq.CLONE says when) */
 };
 _Static_assert(__builtin_offsetof(struct denali_vregs, magic) == 0, "denali_vregs.magic");
 _Static_assert(__builtin_offsetof(struct denali_vregs, abi_version) == 4, "denali_vregs.abi_version");
@@ -129,7 +164,7 @@ _Static_assert(__builtin_offsetof(struct denali_vregs, cmdline_len) == 44, "dena
 _Static_assert(__builtin_offsetof(struct denali_vregs, mac) == 48, "denali_vregs.mac");
 _Static_assert(__builtin_offsetof(struct denali_vregs, _pad0) == 54, "denali_vregs._pad0");
 _Static_assert(__builtin_offsetof(struct denali_vregs, slice_ns) == 56, "denali_vregs.slice_ns");
-_Static_assert(__builtin_offsetof(struct denali_vregs, _pad1) == 60, "denali_vregs._pad1");
+_Static_assert(__builtin_offsetof(struct denali_vregs, generation) == 60, "denali_vregs.generation");
 _Static_assert(sizeof(struct denali_vregs) == 64, "denali_vregs size");
 
 /* One guest buffer: address and length. */
@@ -298,6 +333,116 @@ _Static_assert(__builtin_offsetof(struct denali_hc_disk_flush, handle) == 0, "de
 _Static_assert(__builtin_offsetof(struct denali_hc_disk_flush, status) == 4, "denali_hc_disk_flush.status");
 _Static_assert(sizeof(struct denali_hc_disk_flush) == 8, "denali_hc_disk_flush size");
 
+/* Create a child VM from the ELF image at image (image_len bytes of this VM's memory) with mem_size bytes of memory and a command line; it does not run before CHILD_CONTROL start. mem_size + quota is charged to this VM's child-memory quota until the child ends (FULL when it does not fit, or when CHILD_MAX children live); quota is what the child may give its own children. disks: bit i passes this VM's disk i down (NODEV when it has none), read-only with CHILD_F_DISK_RO or when it is read-only here. INVAL: a bad image, mem_size or command line, unknown flags. FAULT: image or cmdline. */
+struct denali_hc_child_create {
+    uint32_t image; /* IN: guest address of the ELF image */
+    uint32_t image_len; /* IN: its length in bytes */
+    uint32_t mem_size; /* IN: the child's memory in bytes (MIN_MEMORY..MAX_MEMORY) */
+    uint32_t quota; /* IN: bytes of memory the child may grant its own children */
+    uint32_t cmdline; /* IN: guest address of the command line (no NUL needed) */
+    uint32_t cmdline_len; /* IN: its length, at most CMDLINE_MAX */
+    uint32_t disks; /* IN: bit i: pass disk handle i down */
+    uint32_t flags; /* IN: CHILD_F_DISK_RO */
+    uint32_t handle; /* OUT: the child's handle (0..CHILD_MAX-1) */
+    uint32_t vm_id; /* OUT: the child's VM id (its vm_id register) */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, image) == 0, "denali_hc_child_create.image");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, image_len) == 4, "denali_hc_child_create.image_len");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, mem_size) == 8, "denali_hc_child_create.mem_size");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, quota) == 12, "denali_hc_child_create.quota");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, cmdline) == 16, "denali_hc_child_create.cmdline");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, cmdline_len) == 20, "denali_hc_child_create.cmdline_len");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, disks) == 24, "denali_hc_child_create.disks");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, flags) == 28, "denali_hc_child_create.flags");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, handle) == 32, "denali_hc_child_create.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, vm_id) == 36, "denali_hc_child_create.vm_id");
+_Static_assert(sizeof(struct denali_hc_child_create) == 40, "denali_hc_child_create size");
+
+/* Start, stop (hold before its next instruction), resume or destroy a child (op CHILD_OP_*). Destroying a child destroys its whole subtree; its handle is free once its CHILD_EV_EXIT event was read. NODEV: no live child has that handle. INVAL: an unknown op, or start twice. */
+struct denali_hc_child_control {
+    uint32_t handle; /* IN: from CHILD_CREATE */
+    uint32_t op; /* IN: CHILD_OP_START, _STOP, _RESUME or _DESTROY */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_child_control, handle) == 0, "denali_hc_child_control.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_control, op) == 4, "denali_hc_child_control.op");
+_Static_assert(sizeof(struct denali_hc_child_control) == 8, "denali_hc_child_control size");
+
+/* Copy len bytes (at most CHILD_MEMORY_MAX) between this VM's buf and the child's memory at addr: op CHILD_MEM_READ reads what the child may read, CHILD_MEM_WRITE writes what the child may write. FAULT: either range is not allowed. AGAIN: the child is swapped out or inside a slice on another CPU (stop it first). NODEV: no such child (or it ended). INVAL: op or len. */
+struct denali_hc_child_memory {
+    uint32_t handle; /* IN: from CHILD_CREATE */
+    uint32_t op; /* IN: CHILD_MEM_READ or CHILD_MEM_WRITE */
+    uint32_t addr; /* IN: address in the child's memory */
+    uint32_t buf; /* IN: address in this VM's memory */
+    uint32_t len; /* IN: bytes */
+    uint32_t _pad; /* PAD: reserved */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_child_memory, handle) == 0, "denali_hc_child_memory.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_memory, op) == 4, "denali_hc_child_memory.op");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_memory, addr) == 8, "denali_hc_child_memory.addr");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_memory, buf) == 12, "denali_hc_child_memory.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_memory, len) == 16, "denali_hc_child_memory.len");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_memory, _pad) == 20, "denali_hc_child_memory._pad");
+_Static_assert(sizeof(struct denali_hc_child_memory) == 24, "denali_hc_child_memory size");
+
+/* Choose which of a child's events come to this VM as messages: the hypercalls whose bit is set in 'hypercalls' (bit n: number n) and, with CHILD_I_FAULT, its faults. Every other event goes straight to the kernel. A child's end is always reported (CHILD_EV_EXIT). NODEV: no such child. INVAL: unknown flags. */
+struct denali_hc_child_interpose {
+    uint32_t handle; /* IN: from CHILD_CREATE */
+    uint32_t flags; /* IN: CHILD_I_FAULT */
+    uint64_t hypercalls; /* IN: bit n set: interpose on hypercall number n */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_child_interpose, handle) == 0, "denali_hc_child_interpose.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_interpose, flags) == 4, "denali_hc_child_interpose.flags");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_interpose, hypercalls) == 8, "denali_hc_child_interpose.hypercalls");
+_Static_assert(sizeof(struct denali_hc_child_interpose) == 16, "denali_hc_child_interpose size");
+
+/* Take the oldest message from this VM's child-event queue (AGAIN when empty; Irq.CHILD is raised when it becomes non-empty). A CHILD_EV_HYPERCALL or CHILD_EV_FAULT event leaves its child waiting until CHILD_REPLY answers its seq. */
+struct denali_hc_child_event {
+    uint32_t handle; /* OUT: which child */
+    uint32_t kind; /* OUT: CHILD_EV_HYPERCALL, CHILD_EV_FAULT or CHILD_EV_EXIT */
+    uint32_t seq; /* OUT: the number CHILD_REPLY answers (hypercall, fault) */
+    uint32_t nr; /* OUT: hypercall: its number (EAX); exit: CHILD_END_* */
+    uint32_t arg; /* OUT: hypercall: EBX, its structure's address in the child */
+    uint32_t status; /* OUT: exit: the child's exit status (CHILD_END_EXITED) */
+    uint32_t eip; /* OUT: fault (and exit after a fault): the faulting EIP */
+    uint32_t address; /* OUT: fault: the address the access was refused at */
+    uint32_t vector; /* OUT: fault: the x86 exception vector */
+    uint32_t _pad; /* PAD: reserved */
+    uint8_t args[64]; /* OUT: hypercall: the first CHILD_EVENT_ARGS bytes of its structure (zero when the child cannot read it) */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, handle) == 0, "denali_hc_child_event.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, kind) == 4, "denali_hc_child_event.kind");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, seq) == 8, "denali_hc_child_event.seq");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, nr) == 12, "denali_hc_child_event.nr");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, arg) == 16, "denali_hc_child_event.arg");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, status) == 20, "denali_hc_child_event.status");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, eip) == 24, "denali_hc_child_event.eip");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, address) == 28, "denali_hc_child_event.address");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, vector) == 32, "denali_hc_child_event.vector");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, _pad) == 36, "denali_hc_child_event._pad");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_event, args) == 40, "denali_hc_child_event.args");
+_Static_assert(sizeof(struct denali_hc_child_event) == 104, "denali_hc_child_event size");
+
+/* Answer the waiting event seq of a child: CHILD_PASS lets the kernel handle it (a fault then stands and the child ends FAULTED), CHILD_ANSWER completes a hypercall with 'result' in the child's EAX, CHILD_RESUME resumes a faulted child at its EIP, CHILD_KILL destroys the child. With len > 0, len bytes at buf are first written to the child's memory at addr (what the child may write; FAULT otherwise). INVAL: no event seq waits, or the action does not fit its kind. NODEV: no such child. */
+struct denali_hc_child_reply {
+    uint32_t handle; /* IN: from CHILD_EVENT */
+    uint32_t seq; /* IN: from CHILD_EVENT */
+    uint32_t action; /* IN: CHILD_PASS, CHILD_ANSWER, CHILD_RESUME or CHILD_KILL */
+    uint32_t result; /* IN: CHILD_ANSWER: the child's EAX */
+    uint32_t buf; /* IN: address in this VM of bytes to write into the child, or 0 */
+    uint32_t len; /* IN: their length (0: none), at most CHILD_MEMORY_MAX */
+    uint32_t addr; /* IN: where in the child they go */
+    uint32_t _pad; /* PAD: reserved */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, handle) == 0, "denali_hc_child_reply.handle");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, seq) == 4, "denali_hc_child_reply.seq");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, action) == 8, "denali_hc_child_reply.action");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, result) == 12, "denali_hc_child_reply.result");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, buf) == 16, "denali_hc_child_reply.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, len) == 20, "denali_hc_child_reply.len");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, addr) == 24, "denali_hc_child_reply.addr");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_reply, _pad) == 28, "denali_hc_child_reply._pad");
+_Static_assert(sizeof(struct denali_hc_child_reply) == 32, "denali_hc_child_reply size");
+
 /* Route foreign system calls to an in-VM handler (a personality). Afterwards an `int $0x80` executed at an address outside [code_lo, code_hi) is not a hypercall: the kernel stores the EIP after it at 'save' and resumes at 'entry', with every other register unchanged; inside the range it stays a hypercall. entry 0 turns routing off. INVAL unless entry lies in [code_lo, code_hi) and is executable, and 'save' is 4 writable bytes. */
 struct denali_hc_syscall_entry {
     uint32_t entry; /* IN: guest code address of the system-call entry, or 0 */
@@ -398,6 +543,12 @@ DENALI_HYPERCALL_STUB(disk_info, DENALI_HC_DISK_INFO)
 DENALI_HYPERCALL_STUB(disk_read, DENALI_HC_DISK_READ)
 DENALI_HYPERCALL_STUB(disk_write, DENALI_HC_DISK_WRITE)
 DENALI_HYPERCALL_STUB(disk_flush, DENALI_HC_DISK_FLUSH)
+DENALI_HYPERCALL_STUB(child_create, DENALI_HC_CHILD_CREATE)
+DENALI_HYPERCALL_STUB(child_control, DENALI_HC_CHILD_CONTROL)
+DENALI_HYPERCALL_STUB(child_memory, DENALI_HC_CHILD_MEMORY)
+DENALI_HYPERCALL_STUB(child_interpose, DENALI_HC_CHILD_INTERPOSE)
+DENALI_HYPERCALL_STUB(child_event, DENALI_HC_CHILD_EVENT)
+DENALI_HYPERCALL_STUB(child_reply, DENALI_HC_CHILD_REPLY)
 DENALI_HYPERCALL_STUB(syscall_entry, DENALI_HC_SYSCALL_ENTRY)
 DENALI_HYPERCALL_STUB(console_read, DENALI_HC_CONSOLE_READ)
 DENALI_HYPERCALL_STUB(console_write_err, DENALI_HC_CONSOLE_WRITE_ERR)

@@ -38,6 +38,11 @@ struct tcp_stats {
     uint32_t retransmits, fast_retransmits, timeouts, sack_recoveries, loss_probes;
     uint32_t ooo_segments, bad_segments, challenge_acks, listen_dropped;
     uint32_t time_wait_reused, time_wait_reclaimed, orphans_timed_out, aborts;
+    uint32_t syn_evicted;      /* half-open connections dropped to make room for a new SYN */
+    uint32_t cc_random;        /* tcp_cc=auto: losses judged random (no queue): window kept */
+    uint32_t cc_congested;     /* tcp_cc=auto: losses judged congestion (a queue): window cut */
+    uint32_t rcv_buf_peak;     /* the largest receive ring a connection grew to, bytes */
+    uint32_t startup_delay_exits; /* the model's startups ended by a queue building up */
 };
 const struct tcp_stats *tcp_get_stats(void);
 int tcp_max_conns(void);
