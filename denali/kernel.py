@@ -756,7 +756,13 @@ def restorable(
 
 async def _image_bytes(vm: Vm) -> bytes:
     """The ELF file ``vm`` was booted from, for its snapshot; ``VmStateError`` when it is
-    gone or changed since the VM booted."""
+    gone or changed since the VM booted, or when it was composed in memory (a Linux program
+    beside its personality: its page map and system-call route are not carried either)."""
+    if vm.image.regions:
+        raise VmStateError(
+            f"VM {vm.id} runs a Linux program beside its personality: snapshots, clones and "
+            "migrations do not carry such VMs yet"
+        )
     if vm.origin is not None:  # restored or cloned: the image came with its snapshot
         return vm.origin.image
     if vm.image_data is not None:  # migrated in: the image came with it
