@@ -5,8 +5,10 @@ path (``emu_start``, register access) and every engine with a Python hook sits i
 reference cycle (docs/architecture.md, "The CPU"). Here there are exactly three C callbacks for the
 whole process (interrupt, TLB fill, invalid instruction); each engine registers them with
 a small integer key as ``user_data`` and the callbacks find the engine's owner in
-``_OWNERS``. Nothing here knows about VMs: an owner is any object implementing
-``EngineOwner``.
+``_OWNERS``. Two hooks are written in C (``_preempt.c``, built by the install step): the
+block hook that ends slices, and the interrupt hook in front of the Python one, which
+applies the foreign-system-call route (``Engine.set_route``) without entering Python.
+Nothing here knows about VMs: an owner is any object implementing ``EngineOwner``.
 
 Contract: an ``Engine`` must be used from one thread at a time, except ``request_stop()``,
 which any thread may call while ``start()`` runs (that is how slices are preempted: a
@@ -52,8 +54,8 @@ UC_TLB_VIRTUAL: Final = _c.UC_TLB_VIRTUAL
 UC_PROT_ALL: Final = _c.UC_PROT_ALL
 _CTL_TLB_TYPE: Final = _c.UC_CTL_TLB_TYPE
 _CTL_TCG_BUFFER_SIZE: Final = _c.UC_CTL_TCG_BUFFER_SIZE
-_CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
 _CTL_TLB_FLUSH: Final = _c.UC_CTL_TLB_FLUSH
+_CTL_IO_WRITE: Final = _c.UC_CTL_IO_WRITE
 _CTL_TB_REMOVE_CACHE: Final = _c.UC_CTL_TB_REMOVE_CACHE
 _CTL_TB_FLUSH: Final = _c.UC_CTL_TB_FLUSH
 
@@ -202,13 +204,37 @@ def _load_preempt() -> ctypes.CDLL:
 
 _preempt_lib: Final = _load_preempt()
 _BLOCK_HOOK: Final = ctypes.cast(_preempt_lib.denali_block_hook, ctypes.c_void_p)
+_INTR_HOOK: Final = ctypes.cast(_preempt_lib.denali_intr_hook, ctypes.c_void_p)
 _EMU_STOP_ADDR: Final = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
+_REG_READ_ADDR: Final = ctypes.cast(_lib.uc_reg_read, ctypes.c_void_p).value
+_REG_WRITE_ADDR: Final = ctypes.cast(_lib.uc_reg_write, ctypes.c_void_p).value
 
 
 class StopCell(ctypes.Structure):
     """Shared with the block hook: ``flag`` set means stop at the next block start."""
 
     _fields_ = [("flag", ctypes.c_int32), ("reserved", ctypes.c_int32), ("emu_stop", ctypes.c_void_p)]
+
+
+class RouteCell(ctypes.Structure):
+    """Shared with the interrupt hook (``_preempt.c``, ``struct denali_route``): where
+    foreign system calls go, and the Python callback for every other interrupt."""
+
+    _fields_ = [
+        ("entry", ctypes.c_uint32),
+        ("save", ctypes.c_uint32),
+        ("code_lo", ctypes.c_uint32),
+        ("code_hi", ctypes.c_uint32),
+        ("faulted", ctypes.c_int32),
+        ("eip_reg", ctypes.c_int32),
+        ("routed", ctypes.c_uint64),
+        ("mem", ctypes.c_void_p),
+        ("mem_size", ctypes.c_uint64),
+        ("reg_read", ctypes.c_void_p),
+        ("reg_write", ctypes.c_void_p),
+        ("fallback", ctypes.c_void_p),
+        ("fallback_data", ctypes.c_void_p),
+    ]
 
 
 _emu_start = _lib.uc_emu_start
@@ -323,6 +349,18 @@ GDT: Final = (
 """Null, kernel code/data (DPL 0), user code/data (DPL 3), a null entry; the TLS
 entries follow (``GDT_SIZE`` bytes in all)."""
 GDT_SIZE: Final = len(GDT) + TLS_SIZE
+
+
+def tls_descriptor(base: int, limit: int, pages: bool) -> bytes:
+    """A DPL 3 read/write 32-bit data segment descriptor for a TLS entry (SET_TLS):
+    ``limit`` in pages when ``pages``, else in bytes. Marked accessed already, or the CPU
+    would set that bit in the GDT, which lives in a page the guest cannot write."""
+    d = bytearray(_desc(base, limit, 0xF3))
+    if not pages:
+        d[6] &= 0x7F  # byte granularity
+    return bytes(d)
+
+
 KERNEL_CS: Final = 0x08
 KERNEL_DS: Final = 0x10
 USER_CS: Final = 0x18 | 3
@@ -345,6 +383,7 @@ class Engine:
         "_h",
         "_hooks",
         "_key",
+        "_route",
         "_u32",
         "_u32ref",
         "_wide",
@@ -367,6 +406,21 @@ class Engine:
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
+        self._route = RouteCell(
+            0,
+            0,
+            0,
+            0,
+            0,
+            REG_EIP,
+            0,
+            mem_addr,
+            mem_size,
+            _REG_READ_ADDR,
+            _REG_WRITE_ADDR,
+            ctypes.cast(_intr_hook, ctypes.c_void_p).value,
+            0,
+        )
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
         vals = [ctypes.c_uint32() for _ in ids]
@@ -383,6 +437,7 @@ class Engine:
         self._key = _next_key
         _next_key += 1
         _OWNERS[self._key] = owner
+        self._route.fallback_data = self._key
 
     def _ctl(self, ctl: int, *args: object) -> None:
         code = ctl | (len(args) << 26) | (_CTL_IO_WRITE << 30)
@@ -413,22 +468,26 @@ class Engine:
             self.reg_write(reg, val)
 
     def install_hooks(self) -> None:
-        """Register the process-wide callbacks for this engine, and the block hook that
-        ends slices (``request_stop``)."""
-        hh = ctypes.c_size_t()
-        err = _lib.uc_hook_add(
-            self._h,
-            ctypes.byref(hh),
-            ctypes.c_int(UC_HOOK_BLOCK),
-            _BLOCK_HOOK,
-            ctypes.c_void_p(self.stop_cell),
-            ctypes.c_uint64(1),
-            ctypes.c_uint64(0),
-        )
-        self._check(err, "block hook")
-        self._hooks.append(hh)
+        """Register the process-wide callbacks for this engine, the block hook that ends
+        slices (``request_stop``) and the interrupt hook that routes foreign system calls
+        (``set_route``) and hands every other interrupt to the owner (both in C)."""
+        for kind, hook, data in (
+            (UC_HOOK_BLOCK, _BLOCK_HOOK, self.stop_cell),
+            (UC_HOOK_INTR, _INTR_HOOK, ctypes.addressof(self._route)),
+        ):
+            hh = ctypes.c_size_t()
+            err = _lib.uc_hook_add(
+                self._h,
+                ctypes.byref(hh),
+                ctypes.c_int(kind),
+                hook,
+                ctypes.c_void_p(data),
+                ctypes.c_uint64(1),
+                ctypes.c_uint64(0),
+            )
+            self._check(err, "C hook")
+            self._hooks.append(hh)
         for kind, cb, begin, end in (
-            (UC_HOOK_INTR, _intr_hook, 1, 0),
             (UC_HOOK_TLB_FILL, _tlb_hook, 1, 0),
             (UC_HOOK_INSN_INVALID, _insn_hook, 1, 0),
         ):
@@ -471,7 +530,8 @@ class Engine:
 
     def flush_tlb(self) -> None:
         """Drop every TLB entry: the next access to each page asks the TLB-fill hook again
-        (dirty-page tracking uses it to write-protect pages at each round)."""
+        (dirty-page tracking uses it to write-protect pages at each round; memory
+        protection after a page lost a permission). Callable from a hook."""
         self._ctl(_CTL_TLB_FLUSH)
 
     def request_stop(self) -> None:
@@ -481,6 +541,26 @@ class Engine:
     def clear_stop(self) -> None:
         """Forget a stop request (before a slice starts)."""
         self._cell.flag = 0
+
+    def set_route(self, entry: int, save: int, code_lo: int, code_hi: int) -> None:
+        """Route an ``int $0x80`` outside [code_lo, code_hi) to ``entry``, its resume EIP
+        stored at ``save`` (4 bytes inside guest memory; entry 0: no routing). Between
+        slices, or from one of this engine's callbacks."""
+        r = self._route
+        if entry and save + 4 > r.mem_size:
+            raise ValueError(f"route save address {save:#x} is outside guest memory")
+        r.entry, r.save, r.code_lo, r.code_hi = entry, save, code_lo, code_hi
+
+    @property
+    def routed(self) -> int:
+        """System calls the interrupt hook routed so far."""
+        return int(self._route.routed)
+
+    def hold_route(self, held: bool) -> None:
+        """While held, every ``int $0x80`` goes to the owner's ``on_interrupt`` (set once
+        a fault is recorded, so that the stop it requested is not dropped; see
+        ``_preempt.c``)."""
+        self._route.faulted = 1 if held else 0
 
     def start(self, begin: int, count: int = 0) -> int:
         """Run guest code from ``begin`` until stopped (or, with ``count``, until that many

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
-ABI_VERSION: Final = 4
+ABI_VERSION: Final = 5
 """Version of this ABI; the kernel writes it into the virtual-register page."""
 
 PAGE_SIZE: Final = 4096
@@ -226,6 +226,12 @@ class Hc(IntEnum):
     CHILD_INTERPOSE = 17
     CHILD_EVENT = 18
     CHILD_REPLY = 19
+    SYSCALL_ENTRY = 20
+    CONSOLE_READ = 21
+    CONSOLE_WRITE_ERR = 22
+    MEM_PROTECT = 23
+    SET_TLS = 24
+    RANDOM = 25
 
 
 IOVEC = Struct(
@@ -454,12 +460,83 @@ HYPERCALLS: Final = (
         _f("addr", "u32", "in", "where in the child they go"),
         _f("_pad", "u32", "pad", "reserved"),
     ),
+    _hc(
+        Hc.SYSCALL_ENTRY,
+        "Route foreign system calls to an in-VM handler (a personality). "
+        "Afterwards an `int $0x80` executed at an address outside [code_lo, code_hi) is not a "
+        "hypercall: the kernel stores the EIP after it at 'save' and resumes at 'entry', with "
+        "every other register unchanged; inside the range it stays a hypercall. entry 0 turns "
+        "routing off. INVAL unless entry lies in [code_lo, code_hi) and is executable, and "
+        "'save' is 4 writable bytes.",
+        _f("entry", "u32", "in", "guest code address of the system-call entry, or 0"),
+        _f("save", "u32", "in", "guest address of a u32 that receives the caller's resume EIP"),
+        _f("code_lo", "u32", "in", "first byte of the handler's code (int $0x80 here is a hypercall)"),
+        _f("code_hi", "u32", "in", "end (exclusive) of the handler's code"),
+    ),
+    _hc(
+        Hc.CONSOLE_READ,
+        "Read console input: up to len bytes that have arrived. AGAIN when none "
+        "wait (Irq.CONSOLE is raised when input arrives); OK with got = 0 and eof = 1 at end of "
+        "input. INVAL past 64 KiB; NODEV when the VM has no console input.",
+        _f("buf", "u32", "in", "guest address of len writable bytes"),
+        _f("len", "u32", "in", "capacity in bytes, at most 65536"),
+        _f("got", "u32", "out", "bytes written to buf"),
+        _f("eof", "u32", "out", "1 when the input has ended and nothing is left"),
+    ),
+    _hc(
+        Hc.CONSOLE_WRITE_ERR,
+        "Write bytes to the VM's error stream (the host keeps it apart from "
+        "CONSOLE_WRITE's output); returns INVAL past 64 KiB.",
+        _f("buf", "u32", "in", "guest address of the bytes"),
+        _f("len", "u32", "in", "number of bytes, at most 65536"),
+    ),
+    _hc(
+        Hc.MEM_PROTECT,
+        "Set the permissions of whole pages [addr, addr+len), which must lie "
+        "between Layout.IMAGE_BASE and the memory size: 0 (unmapped), R, RW or RX; never W and X "
+        "together; MEM_DISCARD may be added to drop the pages' contents (they read as zero "
+        "afterwards and their host memory is freed). INVAL for an unaligned or out-of-range "
+        "range or a bad prot. Lowered permissions take effect at the next instruction.",
+        _f("addr", "u32", "in", "page-aligned start"),
+        _f("len", "u32", "in", "length in bytes, a multiple of the page size"),
+        _f("prot", "u32", "in", "MEM_R | MEM_W | MEM_X bits, optionally | MEM_DISCARD"),
+        _f("_pad", "u32", "pad", "reserved"),
+    ),
+    _hc(
+        Hc.SET_TLS,
+        "Set one of the GDT's thread-local-storage descriptors (TLS_FIRST_ENTRY.."
+        "TLS_FIRST_ENTRY+TLS_ENTRIES-1): a DPL 3 data segment of base and limit (bytes-1, or pages-1 "
+        "when TLS_F_PAGES); its selector is entry * 8 + 3. TLS_F_EMPTY clears it. INVAL for another "
+        "entry or flag. The descriptors are part of the VM's state (kept across swap).",
+        _f("entry", "u32", "in", "GDT index"),
+        _f("base", "u32", "in", "segment base address"),
+        _f("limit", "u32", "in", "segment limit (20 bits)"),
+        _f("flags", "u32", "in", "TLS_F_PAGES, TLS_F_EMPTY"),
+    ),
+    _hc(
+        Hc.RANDOM,
+        "Fill buf with len bytes from the host's cryptographic random source (at most "
+        "256 per call; INVAL beyond).",
+        _f("buf", "u32", "in", "guest address of len writable bytes"),
+        _f("len", "u32", "in", "bytes wanted, at most 256"),
+    ),
 )
 
 NET_MTU: Final = 1514
 NET_MIN_FRAME: Final = 60
 NET_MAX_BATCH: Final = 64
 CONSOLE_MAX_WRITE: Final = 65536
+CONSOLE_MAX_READ: Final = 65536
+MEM_R: Final = 1
+MEM_W: Final = 2
+MEM_X: Final = 4
+MEM_DISCARD: Final = 8
+TLS_FIRST_ENTRY: Final = 6
+"""First GDT index of the thread-local-storage descriptors (as on Linux i386)."""
+TLS_ENTRIES: Final = 3
+TLS_F_PAGES: Final = 1
+TLS_F_EMPTY: Final = 2
+RANDOM_MAX: Final = 256
 DISK_BLOCK_SIZE: Final = 4096
 """Disks are read and written in whole blocks of this many bytes."""
 DISK_MAX_BLOCKS: Final = 256

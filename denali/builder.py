@@ -2,7 +2,7 @@
 
 Order (each step undone if a later one fails, so a failed spawn leaves nothing behind):
 
-1. the console and clock devices;
+1. the console, clock and personality-services devices;
 2. the NIC: a ``NicPort`` with the VM's MAC, attached to the kernel's switch (a MAC in
    use is refused here, before anything is opened);
 3. the disks (``Disks.open``: every image and overlay opened and checked);
@@ -24,6 +24,7 @@ from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks, open_disks
 from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
+from denali.devices.personality import Personality
 from denali.loader import Image
 from denali.net.impair import LinkSpec
 from denali.net.switch import Switch
@@ -89,6 +90,7 @@ async def build_vm(
             clock,
             nic,
             disks,
+            Personality(),
             on_end,
             children=kids,
         )

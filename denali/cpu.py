@@ -10,6 +10,13 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
   right after the ``int`` and the caller of ``run`` completes the call
   (``hcall_nr``/``hcall_arg``, then ``set_result``). With ``defer_hypercalls`` (slices on
   worker threads) every hypercall exits that way and ``deferred`` is set;
+- with a syscall route set (``route``, the VM's SYSCALL_ENTRY), an ``int $0x80`` whose
+  instruction lies outside the route's code range is a foreign system call, not a
+  hypercall: its resume EIP is stored at the route's ``save`` address and the guest
+  continues at the route's entry, every other register as the program left it. The
+  engine's interrupt hook applies this rule in C (``_preempt.c``); ``on_interrupt``
+  sees only hypercalls and exceptions (and, once a fault is recorded in the slice,
+  every ``int $0x80``, so the fault's stop lands);
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -45,6 +52,7 @@ _TRAMPOLINE: Final = abi.Layout.KERNEL_PAGE + 0x100
 _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
+_VECTOR: Final = abi.HYPERCALL_VECTOR
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
 """EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
 EXIT: Final = -1
@@ -123,8 +131,22 @@ class CpuState:
         return cls(regs, data[at + _uc.TLS_SIZE :], fs, gs, tls)
 
 
+@dataclass(frozen=True, slots=True)
+class SyscallRoute:
+    """Where foreign system calls go (SYSCALL_ENTRY): an ``int $0x80`` at an address
+    outside [code_lo, code_hi) stores its resume EIP at ``save`` and enters ``entry``."""
+
+    entry: int
+    save: int
+    code_lo: int
+    code_hi: int
+
+
 def layout_regions(image: Image, mem_size: int) -> tuple[list[Region], int, int]:
-    """The page map of a VM: (regions, heap_start, heap_end)."""
+    """The page map of a VM: (regions, heap_start, heap_end). An image composed with a
+    page map of its own (``Image.regions``, a personality and its program) gives it."""
+    if image.regions:
+        return list(image.regions), image.heap[0], image.heap[1]
     page = abi.PAGE_SIZE
     stack_lo = mem_size - abi.STACK_SIZE
     heap_end = stack_lo - page  # the page below the stack is the guard
@@ -165,6 +187,7 @@ class VCpu:
         "hypercalls",
         "image_name",
         "memory",
+        "route",
         "vm_id",
     )
 
@@ -176,10 +199,12 @@ class VCpu:
         dispatch: Dispatch,
         tcg_buffer: int,
         state: CpuState,
+        route: SyscallRoute | None = None,
     ) -> None:
         """Build the engine over ``memory`` and load ``state`` (``CpuState.boot`` for a
         fresh VM). Writes the kernel page (GDT, TLS entries, trampoline, iret frame).
-        ``ResourceError`` when Unicorn cannot create the engine."""
+        ``route``: where foreign system calls go (``set_route``). ``ResourceError`` when
+        Unicorn cannot create the engine."""
         self.vm_id = vm_id
         self.image_name = image_name
         self.memory = memory
@@ -194,6 +219,7 @@ class VCpu:
         self._invalid = False
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self.hypercalls = 0
+        self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
         self.deferred = False
@@ -218,24 +244,27 @@ class VCpu:
             if state.fpu != _uc.reset_fpu():  # a fresh engine already holds that state
                 self.engine.write_fpu(state.fpu)
             self.engine.install_hooks()
+            self.set_route(route)
         except BaseException:
             self.engine.close()
             raise
+        memory.on_lowered = self.engine.flush_tlb
         self.eip = _TRAMPOLINE
         self._entry_state = state
         """What the CPU enters user mode with: its state until the first slice runs."""
 
     # ---- engine callbacks (run inside emu_start, on the slice's thread) ----
     def on_interrupt(self, intno: int) -> None:
+        eng = self.engine
         if self.exit is Exit.FAULT:  # already faulted (a stop lands at block end)
-            self.engine.stop()
+            eng.stop()
             return
-        if intno != abi.HYPERCALL_VECTOR:
+        if intno != _VECTOR:
             self._vector = intno
             self.exit = Exit.FAULT
-            self.engine.stop()
+            eng.hold_route(True)
+            eng.stop()
             return
-        eng = self.engine
         nr = eng.reg_read(_uc.REG_EAX)
         arg = eng.reg_read(_uc.REG_EBX)
         self.hypercalls += 1
@@ -282,6 +311,7 @@ class VCpu:
         # faulting EIP is taken now.
         self._forbidden = (name, self.engine.read_gprs())
         self.exit = Exit.FAULT
+        self.engine.hold_route(True)
         self.engine.stop()
 
     # ---- slices ----
@@ -299,6 +329,7 @@ class VCpu:
             self._epoch = self.memory.epoch
         count, self.count = self.count, 0
         eng.clear_stop()
+        eng.hold_route(False)
         lane.begin(eng.stop_cell, deadline_ns)
         try:
             err = eng.start(self.eip, count)
@@ -327,6 +358,20 @@ class VCpu:
             eng.reg_read(_uc.REG_GS) & 0xFFFF,
             bytes(self.memory.buf[kp : kp + _uc.TLS_SIZE]),
         )
+
+    def set_route(self, route: SyscallRoute | None) -> None:
+        """Route foreign system calls to ``route`` from the next ``int $0x80`` on (None:
+        every ``int $0x80`` is a hypercall)."""
+        self.route = route
+        if route is None:
+            self.engine.set_route(0, 0, 0, 0)
+        else:
+            self.engine.set_route(route.entry, route.save, route.code_lo, route.code_hi)
+
+    @property
+    def syscalls(self) -> int:
+        """Foreign system calls routed to ``route.entry`` by this CPU."""
+        return self.engine.routed
 
     def set_registers(self, regs: dict[str, int]) -> None:
         """Write general registers, EIP and EFLAGS by name (between slices only; names
@@ -455,4 +500,6 @@ class VCpu:
         )
 
     def close(self) -> None:
+        if self.memory.on_lowered == self.engine.flush_tlb:
+            self.memory.on_lowered = None
         self.engine.close()

@@ -41,6 +41,7 @@ from denali.devices.console import Console, ConsoleSink
 from denali.devices.disk.device import Disks
 from denali.devices.disk.spec import DiskSpec
 from denali.devices.nic import Nic, NicConfig, NicPort
+from denali.devices.personality import Personality
 from denali.errors import (
     ConfigError,
     DenaliError,
@@ -114,7 +115,7 @@ def _disable_thp() -> None:
         )
 
 
-DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Children)
+DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Children, Personality)
 """Everything that answers hypercalls, one per device slot."""
 
 
@@ -772,7 +773,13 @@ def restorable(
 
 async def _image_bytes(vm: Vm) -> bytes:
     """The ELF file ``vm`` was booted from, for its snapshot; ``VmStateError`` when it is
-    gone or changed since the VM booted."""
+    gone or changed since the VM booted, or when it was composed in memory (a Linux program
+    beside its personality: its page map and system-call route are not carried either)."""
+    if vm.image.regions:
+        raise VmStateError(
+            f"VM {vm.id} runs a Linux program beside its personality: snapshots, clones and "
+            "migrations do not carry such VMs yet"
+        )
     if vm.origin is not None:  # restored or cloned: the image came with its snapshot
         return vm.origin.image
     if vm.image_data is not None:  # migrated in: the image came with it

@@ -6,8 +6,8 @@ against the same map (``check``), so the kernel never reads or writes where the 
 itself could not. One range more is closed to writes by the kernel on the guest's
 behalf: the kernel fields of the virtual-register page (``check`` with PROT_W refuses
 them), so no hypercall output can overwrite what the kernel publishes there. Regions
-are few (guard, vregs, kernel page, image segments, heap, stack guard, stack), so
-lookups are a bisect over a short list.
+are few (guard, vregs, kernel page, image segments, heap, stack guard, stack, and what
+MEM_PROTECT made), so lookups are a bisect over a sorted list.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,7 +52,17 @@ class GuestMemory:
     one snapshot). The file must not change while it is mapped.
     """
 
-    __slots__ = ("_anchor", "_regions", "_starts", "address", "buf", "dirty", "epoch", "size")
+    __slots__ = (
+        "_anchor",
+        "_regions",
+        "_starts",
+        "address",
+        "buf",
+        "dirty",
+        "epoch",
+        "on_lowered",
+        "size",
+    )
 
     def __init__(self, size: int, fd: int = -1, offset: int = 0) -> None:
         self.size = size
@@ -65,6 +76,9 @@ class GuestMemory:
         self.address = ctypes.addressof(self._anchor)
         self._regions: list[Region] = []
         self._starts: list[int] = []
+        self.on_lowered: Callable[[], None] | None = None
+        """Called by ``protect`` when a page lost a permission: the CPU using this
+        memory drops its cached translations (``VCpu`` sets it)."""
         self.dirty: bytearray | None = None
         """While tracking (a live migration): one byte per page, 1 once the page may have
         been written since the last ``take_dirty``. The guest's stores mark it through the
@@ -86,6 +100,49 @@ class GuestMemory:
             prev = r.end
         self._regions = regions
         self._starts = [r.start for r in regions]
+
+    def protect(self, start: int, end: int, prot: int) -> bool:
+        """Give the pages [start, end) permissions ``prot`` (0 unmaps them), splitting
+        regions as needed; returns True if any page lost a permission it had, and then
+        calls ``on_lowered`` (the CPU's cached translations must go). Page aligned,
+        inside memory (the caller checked); ``ValueError`` for W and X together."""
+        if prot & PROT_W and prot & PROT_X:
+            raise ValueError("writable and executable")
+        lowered = False
+        out: list[Region] = []
+        for r in self._regions:
+            if r.end <= start or r.start >= end:
+                out.append(r)
+                continue
+            if r.prot & ~prot:
+                lowered = True
+            if r.start < start:
+                out.append(Region(r.start, start, r.prot, r.name))
+            if r.end > end:
+                out.append(Region(end, r.end, r.prot, r.name))
+        if prot:
+            out.append(Region(start, end, prot, "dynamic"))
+        out.sort(key=lambda r: r.start)
+        merged: list[Region] = []
+        for r in out:  # keep the map short: join touching runs of the same kind
+            if (
+                merged
+                and merged[-1].end == r.start
+                and merged[-1].prot == r.prot
+                and merged[-1].name == r.name
+            ):
+                merged[-1] = Region(merged[-1].start, r.end, r.prot, r.name)
+            else:
+                merged.append(r)
+        self._regions = merged
+        self._starts = [r.start for r in merged]
+        if lowered and self.on_lowered is not None:
+            self.on_lowered()
+        return lowered
+
+    def discard(self, addr: int, length: int) -> None:
+        """Drop the contents of whole pages: they read as zero and cost no host RAM."""
+        self.buf.madvise(mmap.MADV_DONTNEED, addr, length)
 
     @property
     def regions(self) -> tuple[Region, ...]:

@@ -27,6 +27,7 @@ from denali.devices.clock import Clock
 from denali.devices.console import Console
 from denali.devices.disk.device import Disk, Disks
 from denali.devices.disk.shared import share
+from denali.devices.personality import Personality
 from denali.errors import ImageError
 from denali.loader import parse_image
 from denali.memory import PROT_R, PROT_RW, GuestMemory
@@ -270,6 +271,7 @@ class ChildSpawner:
             Clock(),
             None,
             Disks(passed),
+            Personality(),
             ended,
             children=kids,
             group=parent.group,

@@ -26,7 +26,9 @@ published. Its memory and CPU (its *resident* state) are made when the gatekeepe
 admits it, dropped when it is swapped out, and made again from the swap file when it
 is woken: ``(new) -admit-> resident -evict-> swapped -admit-> resident``.
 
-The VM is slot 0 of its own device table: it answers TERMINATE, IDLE and SET_HANDLER.
+The VM is slot 0 of its own device table: it answers TERMINATE, IDLE, SET_HANDLER and
+SYSCALL_ENTRY (both say where its CPU enters the guest: on interrupts, and on a foreign
+program's system calls, which its CPU routes, ``denali.cpu``).
 To its devices it is a ``DeviceHost`` (``raise_irq``, ``post``, ``now_ns``, ``call_at``).
 
 Batched virtual interrupts: devices and timers OR bits into the pending mask from the
@@ -58,7 +60,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
-from denali.cpu import EXIT, CpuState, Exit, VCpu, layout_regions
+from denali.cpu import EXIT, CpuState, Exit, SyscallRoute, VCpu, layout_regions
 from denali.devices.base import SLOT_VM, Completion, Device
 from denali.devices.clock import Clock
 from denali.devices.console import Console
@@ -74,7 +76,7 @@ from denali.errors import (
 )
 from denali.fault import FaultReport
 from denali.interpose import Interposer, Outcome
-from denali.memory import PROT_R, PROT_X, GuestMemory
+from denali.memory import PROT_R, PROT_RW, PROT_RX, PROT_X, GuestMemory, Region
 from denali.swap import ENGINE_COST, SwapImage, resident_pages, touched_bytes
 from denali.timers import Timer
 
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
     from denali.devices.children import Children
     from denali.devices.disk.device import Disks
     from denali.devices.nic import Nic, NicPort
+    from denali.devices.personality import Personality
     from denali.loader import Image
     from denali.preempt import Lane
     from denali.runtime import Runtime
@@ -106,6 +109,8 @@ _U64: Final = struct.Struct("<Q")
 _IDLE: Final = abi.HYPERCALL_BY_NR[Hc.IDLE].args.offsets()
 _TERM_STATUS: Final = abi.HYPERCALL_BY_NR[Hc.TERMINATE].args.offsets()["status"]
 _HANDLER_ENTRY: Final = abi.HYPERCALL_BY_NR[Hc.SET_HANDLER].args.offsets()["entry"]
+_SYSENT: Final = abi.HYPERCALL_BY_NR[Hc.SYSCALL_ENTRY].args.offsets()["entry"]
+_U32X4: Final = struct.Struct("<IIII")
 
 
 INTERPOSABLE: Final = frozenset(("hypercall", "interrupt", "fault", "frame_out", "frame_in", "disk"))
@@ -139,6 +144,7 @@ class Vm:
         Hc.TERMINATE: "hc_terminate",
         Hc.IDLE: "hc_idle",
         Hc.SET_HANDLER: "hc_set_handler",
+        Hc.SYSCALL_ENTRY: "hc_syscall_entry",
     }
 
     __slots__ = (
@@ -167,12 +173,15 @@ class Vm:
         "_on_end",
         "_on_wake",
         "_origin",
+        "_page_map",
         "_pause",
         "_pending",
         "_posted",
+        "_route",
         "_rt",
         "_swapped",
         "_swapping_in",
+        "_syscalls",
         "_task",
         "_vregs_head",
         "_vregs_tail",
@@ -213,6 +222,7 @@ class Vm:
         clock: Clock,
         nic: Nic | None,
         disks: Disks | None,
+        personality: Personality,
         on_end: Callable[[Vm], None],
         children: Children | None = None,
         group: int | None = None,
@@ -234,7 +244,7 @@ class Vm:
         self.disks = disks
         self.children = children
         self.group = vm_id if group is None else group
-        self._devices: list[object | None] = [self, clock, console, nic, disks, children]
+        self._devices: list[object | None] = [self, clock, console, nic, disks, children, personality]
         self.interposed: frozenset[str] = frozenset()
         """The event kinds (``INTERPOSABLE``) some monitor interposes on. Empty: every
         event takes the kernel's direct path, at its direct cost (and the native fast
@@ -246,6 +256,9 @@ class Vm:
         """Who stopped the VM when a monitor did (``wait()`` says so)."""
         self._pending = 0
         self._irq_entry = 0
+        self._route: SyscallRoute | None = None
+        """SYSCALL_ENTRY's routing (kept across swap; each new CPU gets it)."""
+        self._syscalls = 0
         self._exit_request: int | None = None
         self.exit_status: int | None = None
         self.fault: FaultReport | None = None
@@ -283,6 +296,8 @@ class Vm:
         self._cpu: VCpu | None = None
         self._dispatch: Callable[[int, int], int] | None = None
         self._cpu_state = CpuState.boot(image.entry, mem_size)
+        self._page_map: tuple[Region, ...] | None = None
+        """The page map while swapped out (MEM_PROTECT may have changed the image's)."""
         self._swapped: SwapImage | None = None
         self._evicting: asyncio.Future[None] | None = None
         self._swapping_in = False
@@ -340,6 +355,12 @@ class Vm:
     def hypercalls(self) -> int:
         """Hypercalls this VM has made (kept across swap-outs)."""
         return self._hypercalls + (self._cpu.hypercalls if self._cpu is not None else 0)
+
+    @property
+    def syscalls(self) -> int:
+        """Foreign system calls the VM's CPU routed to its SYSCALL_ENTRY (kept across
+        swap-outs; 0 for a guest that never registered one)."""
+        return self._syscalls + (self._cpu.syscalls if self._cpu is not None else 0)
 
     @property
     def done(self) -> bool:
@@ -452,6 +473,19 @@ class Vm:
         self._irq_entry = entry
         return Result.OK
 
+    def hc_syscall_entry(self, mem: GuestMemory, arg: int) -> int:
+        entry, save, lo, hi = _U32X4.unpack_from(mem.buf, arg + _SYSENT)
+        if entry == 0:
+            route = None
+        elif lo <= entry < hi and mem.check(entry, 1, PROT_RX) and mem.check(save, 4, PROT_RW):
+            route = SyscallRoute(entry, save, lo, hi)
+        else:
+            return Result.INVAL
+        self._route = route
+        if self._cpu is not None:
+            self._cpu.set_route(route)
+        return Result.OK
+
     # ---- resident state ----
     async def _materialize(self) -> None:
         """Make memory and CPU: from the image, or from the swap file (pages first: the
@@ -469,6 +503,8 @@ class Vm:
             )
         try:
             regions, heap_start, heap_end = layout_regions(self.image, self.mem_size)
+            if self._page_map is not None:  # swapped in: the map as it was
+                regions = list(self._page_map)
             mem.set_regions(regions)
             if incoming is not None:
                 pass  # migrated in: its pages (command line included) came with it
@@ -484,7 +520,15 @@ class Vm:
                 cmd = self.cmdline.encode()
                 mem.write(_VREGS + abi.CMDLINE_OFFSET, cmd + b"\0")
             self._vregs_head, self._vregs_tail = self._vregs_fields(heap_start, heap_end)
-            cpu = VCpu(self.id, self.image.name, mem, self._dispatcher(mem), rt.tcg_buffer, self._cpu_state)
+            cpu = VCpu(
+                self.id,
+                self.image.name,
+                mem,
+                self._dispatcher(mem),
+                rt.tcg_buffer,
+                self._cpu_state,
+                self._route,
+            )
         except BaseException:
             mem.close()
             raise
@@ -616,6 +660,7 @@ class Vm:
         self._cpu = self._memory = self._dispatch = None
         if cpu is not None:
             self._hypercalls += cpu.hypercalls
+            self._syscalls += cpu.syscalls
             cpu.close()
         if mem is not None:
             mem.close()
@@ -656,6 +701,7 @@ class Vm:
             if self.state.final:
                 return False
             self._cpu_state = state
+            self._page_map = mem.regions
             self._swapped = image
             self._drop_resident()  # what stays of a swapped VM is small (CpuState, SwapImage)
             rt.gate.release(self.id)
@@ -686,6 +732,7 @@ class Vm:
         finally:
             self._swapping_in = False
         self._swapped = None
+        self._page_map = None
 
     def _image_cost(self) -> int:
         if self._origin is not None:

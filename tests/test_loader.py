@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from denali import abi
 from denali.errors import ImageError
-from denali.loader import load_image, parse_image
+from denali.loader import load_image, load_linux_program, parse_image
 from denali.memory import PROT_R, PROT_RW, PROT_RX
 from tests.elfmaker import PF_R, PF_W, PF_X, Elf, Seg
 
@@ -156,3 +158,27 @@ def test_an_image_that_is_not_a_regular_file_is_refused_before_it_is_opened(
         pytest.fail("load_image blocked on a FIFO")
     assert len(result) == 1 and isinstance(result[0], ImageError), result
     assert str(result[0]) == f"{path}: not a regular file (an image must be an ELF file)"
+
+
+def test_linux_programs_dynamic_pie_and_64_bit_are_refused(tmp_path: Path) -> None:
+    """denali.loader.parse_linux_program: one clear error per kind of program it refuses."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is missing; run tools/install-test-deps.sh")
+    src = tmp_path / "p.c"
+    src.write_text("int main(void) { return 0; }\n")
+    cases = {
+        "-m32 -no-pie": "dynamically linked",
+        "-m32 -static-pie": "position-independent",
+        "-m64 -static": "ELFCLASS32",
+        "-m32 -static": None,
+    }
+    for flags, err in cases.items():
+        exe = tmp_path / flags.replace(" ", "_")
+        subprocess.run(["gcc", *flags.split(), "-o", str(exe), str(src)], check=True, capture_output=True)
+        if err is None:
+            prog = load_linux_program(str(exe))
+            assert prog.phdr and prog.entry and prog.tls is not None
+            assert [s.prot for s in prog.segments] == [1, 5, 1, 3]  # R, R-X, R, RW
+        else:
+            with pytest.raises(ImageError, match=err):
+                load_linux_program(str(exe))

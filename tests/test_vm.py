@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 import time
 
 import pytest
 
 from denali import abi
-from denali.abi import Irq
+from denali.abi import Irq, Result
+from denali.cpu import SyscallRoute
 from denali.errors import ConfigError, GuestFault, ImageError, KernelClosedError, VmKilledError
 from denali.fault import FaultKind
 from denali.kernel import Kernel
-from denali.vm import VmState
+from denali.memory import PROT_RW, PROT_RX, GuestMemory, Region
+from denali.vm import Vm, VmState
 from tests.conftest import boot, need_image
 
 
@@ -277,3 +280,39 @@ async def test_engine_limit_refuses_instead_of_dying() -> None:
         for vm in vms:
             vm.interrupt(Irq.HOST)
         assert await asyncio.gather(*(vm.wait() for vm in vms)) == [0] * 6
+
+
+class _RouteHolder:
+    """What ``Vm.hc_syscall_entry`` touches of its VM: the kept route and the CPU."""
+
+    def __init__(self) -> None:
+        self._route: SyscallRoute | None = None
+        self._cpu = self
+        self.route: SyscallRoute | None = None
+
+    def set_route(self, route: SyscallRoute | None) -> None:
+        self.route = route
+
+
+def test_syscall_entry_checks_and_routes() -> None:
+    mem = GuestMemory(1 << 20)
+    mem.set_regions([Region(0x10000, 0x12000, PROT_RX, "code"), Region(0x20000, 0x30000, PROT_RW, "data")])
+    vm = _RouteHolder()
+    arg = 0x20000
+
+    def call(*words: int) -> int:
+        struct.pack_into("<4I", mem.buf, arg, *words)
+        return Vm.hc_syscall_entry(vm, mem, arg)  # type: ignore[arg-type]
+
+    assert call(0x10010, 0x20100, 0x10000, 0x12000) == Result.OK
+    want = SyscallRoute(0x10010, 0x20100, 0x10000, 0x12000)
+    assert vm.route == vm._route == want  # kept by the VM (swap, new CPUs) and given to the CPU
+    assert call(0x20010, 0x20100, 0x10000, 0x30000) == Result.INVAL  # entry not code
+    assert call(0x13000, 0x20100, 0x10000, 0x12000) == Result.INVAL  # entry outside the range
+    assert call(0x10010, 0x10100, 0x10000, 0x12000) == Result.INVAL  # save not writable
+    assert call(0x10010, 0xFFFFFFFE, 0x10000, 0x12000) == Result.INVAL  # save past the end
+    assert call(0x10010, 0x2FFFE, 0x10000, 0x12000) == Result.INVAL  # save straddles the end
+    assert vm.route == want  # a refused call changes nothing
+    assert call(0, 0, 0, 0) == Result.OK
+    assert vm.route is None and vm._route is None
+    mem.close()

@@ -21,6 +21,7 @@ from denali._version import __version__
 from denali.cli import boot
 from denali.cli import ctl as ctl_cli
 from denali.cli import disk as disk_cli
+from denali.cli import linux as linux_cli
 from denali.cli import sdk as sdk_cli
 from denali.cli import top as top_cli
 from denali.cli.common import EXIT_FAILED, ArgumentParser, configure_logging, log_options
@@ -43,6 +44,7 @@ def _parser() -> ArgumentParser:
     ctl_cli.add_parser(sub, parents=[logs])
     disk_cli.add_parser(sub)
     sdk_cli.add_parser(sub)
+    linux_cli.add_parser(sub)
     return p
 
 
@@ -95,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         return ctl_cli.run(args)
     if args.command == "new":
         return sdk_cli.run(args)
+    if args.command == "linux":
+        return linux_cli.run(args)
     return boot.run(args)
 
 

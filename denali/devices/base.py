@@ -1,6 +1,6 @@
 """What every virtual device is, and the narrow interface between a device and its VM.
 
-A device (console, clock, NIC, disks) is one object per VM that owns its host state,
+A device (console, clock, NIC, disks, personality services) is one object per VM that owns its host state,
 its hypercall handlers and its save/restore. It knows its VM only as a ``DeviceHost``:
 it may raise interrupt bits, read the VM's clock, set timers, and post completions that
 touch guest memory. It never holds a VM, a kernel, or guest memory between calls.
@@ -113,4 +113,5 @@ SLOT_CONSOLE = 2
 SLOT_NIC = 3
 SLOT_DISK = 4
 SLOT_CHILDREN = 5
-SLOTS = 6
+SLOT_PERSONALITY = 6
+SLOTS = 7

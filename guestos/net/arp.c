@@ -217,3 +217,11 @@ int arp_lookup(uint32_t ip, uint8_t mac[6])
     memcpy(mac, e->mac, 6);
     return 1;
 }
+
+int arp_busy(void)
+{
+    for (int i = 0; i < ARP_ENTRIES; i++)
+        if (cache[i].state == PENDING && cache[i].nheld)
+            return 1;
+    return 0;
+}

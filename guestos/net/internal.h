@@ -57,6 +57,7 @@ int arp_resolve(uint32_t ip, uint8_t mac[6], const uint8_t *frame, size_t len);
  * (nothing sent). */
 int arp_lookup(uint32_t ip, uint8_t mac[6]);
 uint64_t arp_timers(uint64_t now);
+int arp_busy(void);
 
 /* ipv4.c */
 void ip_input(const uint8_t *pkt, size_t len);
@@ -91,8 +92,10 @@ void tcp_rekey(void);                         /* a new ISN secret and ephemeral 
 void tcp_input(uint32_t src, uint32_t dst, const uint8_t *pkt, size_t len);
 uint64_t tcp_timers(uint64_t now);
 void tcp_flush_acks(void);                    /* ACKs owed for a receive batch go out */
+int tcp_busy(void);                           /* data, a FIN or a handshake unacknowledged */
 
 /* net.c */
 void net_timer_changed(uint64_t deadline);    /* a protocol's earliest deadline moved earlier */
+int tcp_busy(void);
 
 #endif

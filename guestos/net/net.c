@@ -49,6 +49,11 @@ static uint64_t earliest(uint64_t a, uint64_t b)
     return a && (!b || a < b) ? a : b;
 }
 
+int net_busy(void)
+{
+    return tcp_busy() || arp_busy();
+}
+
 static void net_thread(void *arg)
 {
     (void)arg;

@@ -2153,3 +2153,49 @@ void tcp_close(int c)
     }
     netif_flush();
 }
+
+/* Readiness without blocking (poll/select in the Linux personality): what tcp_accept,
+ * tcp_recv and tcp_send would do now. */
+int tcp_poll(int c)
+{
+    struct tcb *t = conn(c);
+    if (!t || t->state == T_FREE)
+        return TCP_POLL_HUP;
+    if (t->state == T_LISTEN)
+        return t->aq_head ? TCP_POLL_IN : 0;
+    int ev = 0;
+    if (t->rlen || t->fin_rcvd || t->state == T_CLOSED)
+        ev |= TCP_POLL_IN; /* data, or tcp_recv returns 0 / an error at once */
+    if ((t->state == T_ESTAB || t->state == T_CLOSE_WAIT) && !t->fin_queued &&
+        t->slen < TCP_BUF_MAX)
+        ev |= TCP_POLL_OUT;
+    if (t->state == T_CLOSED || t->reset)
+        ev |= TCP_POLL_HUP;
+    return ev;
+}
+
+int tcp_endpoints(int c, uint16_t *lport, uint32_t *rip, uint16_t *rport)
+{
+    struct tcb *t = conn(c);
+    if (!t || t->state == T_FREE)
+        return NET_ERR_INVAL;
+    *lport = t->lport;
+    *rip = t->rip;
+    *rport = t->rport;
+    return NET_OK;
+}
+
+/* A connection whose handshake, data or FIN the peer has not acknowledged yet. */
+int tcp_busy(void)
+{
+    for (int i = 0; i < tcp_max; i++) {
+        const struct tcb *t = handles[i];
+        if (!t)
+            continue;
+        if (t->state == T_SYN_SENT || t->state == T_SYN_RCVD || t->state == T_FIN_WAIT_1 ||
+            t->state == T_CLOSING || t->state == T_LAST_ACK ||
+            ((t->state == T_ESTAB || t->state == T_CLOSE_WAIT) && (t->slen || t->fin_queued)))
+            return 1;
+    }
+    return 0;
+}

@@ -132,3 +132,28 @@ int udp_recvfrom(int sock, void *buf, size_t cap, uint32_t *src, uint16_t *sport
     mutex_unlock(&udp_mutex);
     return (int)n;
 }
+
+int udp_pending(int sock)
+{
+    if (sock < 0 || sock >= NET_UDP_SOCKETS || !socks[sock].used)
+        return 0;
+    return socks[sock].count;
+}
+
+/* Gives the socket back; datagrams still queued are freed. */
+void udp_close(int sock)
+{
+    if (sock < 0 || sock >= NET_UDP_SOCKETS || !socks[sock].used)
+        return;
+    struct udp_sock *s = &socks[sock];
+    mutex_lock(&udp_mutex);
+    while (s->count) {
+        free(s->q[s->head].data);
+        s->q[s->head].data = 0;
+        s->head = (uint8_t)((s->head + 1) % NET_UDP_QUEUE);
+        s->count--;
+    }
+    s->head = 0;
+    s->used = 0;
+    mutex_unlock(&udp_mutex);
+}

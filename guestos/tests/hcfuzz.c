@@ -11,7 +11,10 @@
  * addresses outside its memory), so the fuzzer's own stack and globals stay intact.
  * IDLE always gets a deadline in the past (a random one would sleep for years); a
  * handler the kernel accepts is removed at once; TERMINATE only gets pointers it must
- * refuse.
+ * refuse. The personality calls are tamed so that the fuzzer survives what they accept
+ * (tame()): SYSCALL_ENTRY's code range always covers all of memory (an accepted route
+ * then routes nothing, and is removed at once), and MEM_PROTECT changes only whole pages
+ * of the target area, leaving them readable and writable.
  *
  * As a hostile child VM (tests/nesting/test_child_fuzz.py): monitored=MASK names the
  * hypercalls (bit n: number n) its parent interposes on and may answer with anything,
@@ -226,6 +229,40 @@ static int access(uint32_t addr, uint32_t len, int write)
     return known ? 1 : -1;
 }
 
+/* SYSCALL_ENTRY and MEM_PROTECT always get a structure we fill (in the target) whose
+ * effect, if accepted, the fuzzer survives; the other fields stay random. */
+static uint32_t tame(uint32_t nr, uint32_t arg, unsigned char *area)
+{
+    if (nr != DENALI_HC_SYSCALL_ENTRY && nr != DENALI_HC_MEM_PROTECT)
+        return arg;
+    arg = target + (below(TARGET_SIZE - 128) & ~3u);
+    uint32_t *w = (uint32_t *)(area + (arg - target));
+    for (int k = 0; k < 4; k++)
+        w[k] = word();
+    if (nr == DENALI_HC_SYSCALL_ENTRY) {
+        w[2] = 0;
+        w[3] = 0xffffffffu;
+        return arg;
+    }
+    uint32_t first = page_of(area) + PAGE, end = page_of(area + TARGET_SIZE); /* whole pages */
+    if (below(4)) {                      /* a valid range inside the target */
+        uint32_t pages = (end - first) / PAGE;
+        uint32_t n = 1 + below(16);
+        w[0] = first + below(pages - n) * PAGE;
+        w[1] = n * PAGE;
+    }
+    uint32_t lo = w[0], len = w[1];
+    int inside = lo >= first && lo <= end && len <= end - lo;
+    static const uint32_t refused[] = {DENALI_MEM_W, DENALI_MEM_R | DENALI_MEM_W | DENALI_MEM_X, 0x40u,
+                                       DENALI_MEM_W | DENALI_MEM_X};
+    if (inside)                           /* stays RW, or a protection the kernel refuses */
+        w[2] = below(4) ? DENALI_MEM_R | DENALI_MEM_W | (below(2) ? DENALI_MEM_DISCARD : 0)
+                        : refused[below(4)];
+    else if (lo % PAGE == 0 && len % PAGE == 0 && len && lo >= 0x10000u && lo < mem_size)
+        w[0] = lo + 1;                    /* would reach the fuzzer's own pages: misaligned */
+    return arg;
+}
+
 struct shape_of_call { uint32_t size; int writes; };
 static const struct shape_of_call calls_shape[DENALI_HC_LAST + 1] = {
     [DENALI_HC_TERMINATE] = {sizeof(struct denali_hc_terminate), 0},
@@ -241,6 +278,12 @@ static const struct shape_of_call calls_shape[DENALI_HC_LAST + 1] = {
     [DENALI_HC_DISK_READ] = {sizeof(struct denali_hc_disk_read), 1},
     [DENALI_HC_DISK_WRITE] = {sizeof(struct denali_hc_disk_write), 1},
     [DENALI_HC_DISK_FLUSH] = {sizeof(struct denali_hc_disk_flush), 1},
+    [DENALI_HC_SYSCALL_ENTRY] = {sizeof(struct denali_hc_syscall_entry), 0},
+    [DENALI_HC_CONSOLE_READ] = {sizeof(struct denali_hc_console_read), 1},
+    [DENALI_HC_CONSOLE_WRITE_ERR] = {sizeof(struct denali_hc_console_write_err), 0},
+    [DENALI_HC_MEM_PROTECT] = {sizeof(struct denali_hc_mem_protect), 0},
+    [DENALI_HC_SET_TLS] = {sizeof(struct denali_hc_set_tls), 0},
+    [DENALI_HC_RANDOM] = {sizeof(struct denali_hc_random), 0},
     [DENALI_HC_CHILD_CREATE] = {sizeof(struct denali_hc_child_create), 1},
     [DENALI_HC_CHILD_CONTROL] = {sizeof(struct denali_hc_child_control), 0},
     [DENALI_HC_CHILD_MEMORY] = {sizeof(struct denali_hc_child_memory), 0},
@@ -322,7 +365,7 @@ int main(int argc, char **argv)
     uint32_t ro_from = 0x10000u, ro_to = page_of(edge_lengths) + PAGE;
     uint32_t ro_sum = checksum(ro_from, ro_to);
     uint32_t counts[9] = {0}; /* results 0..7, then unknown ones */
-    uint32_t handlers = 0, checked = 0, mismatches = 0, answered = 0;
+    uint32_t handlers = 0, routes = 0, checked = 0, mismatches = 0, answered = 0;
 
     for (uint32_t i = 0; i < calls; i++) {
         uint32_t nr;
@@ -362,6 +405,7 @@ int main(int argc, char **argv)
                 memcpy(area + (arg - target), &past, 8);
             }
         }
+        arg = tame(nr, arg, area);
         uint32_t cons[2], after[2];
         int in_target = arg - target <= TARGET_SIZE - 8;
         if (in_target)
@@ -394,12 +438,17 @@ int main(int argc, char **argv)
             handlers++;
             denali_hc_set_handler(&none);
         }
+        if (nr == DENALI_HC_SYSCALL_ENTRY && r == DENALI_OK) {
+            struct denali_hc_syscall_entry none = {0, 0, 0, 0};
+            routes++;
+            denali_hypercall(DENALI_HC_SYSCALL_ENTRY, &none);
+        }
     }
     int ok = counts[8] == 0 && mismatches == 0 && checksum(ro_from, ro_to) == ro_sum;
     printf("\nhcfuzz: seed=%u calls=%u ok=%u again=%u inval=%u fault=%u nosys=%u nodev=%u full=%u "
-           "io=%u unknown=%u handlers=%u checked=%u mismatches=%u answered=%u code %s %s\n",
+           "io=%u unknown=%u handlers=%u routes=%u checked=%u mismatches=%u answered=%u code %s %s\n",
            seed, calls, counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6],
-           counts[7], counts[8], handlers, checked, mismatches, answered,
+           counts[7], counts[8], handlers, routes, checked, mismatches, answered,
            checksum(ro_from, ro_to) == ro_sum ? "intact" : "CHANGED", ok ? "SUCCESS" : "FAIL");
     return ok ? 0 : 1;
 }

@@ -3,7 +3,7 @@
 #define DENALI_ABI_H
 
 /* Numbers usable from assembly too. */
-#define DENALI_ABI_VERSION 4
+#define DENALI_ABI_VERSION 5
 #define DENALI_PAGE_SIZE 4096
 #define DENALI_HYPERCALL_VECTOR 0x80
 #define DENALI_STACK_SIZE 65536
@@ -21,6 +21,16 @@
 #define DENALI_DISK_MAX_DISKS 16
 #define DENALI_DISK_PENDING 0xffffffffu
 #define DENALI_DISK_F_READONLY 1u
+#define DENALI_CONSOLE_MAX_READ 65536
+#define DENALI_MEM_R 1u
+#define DENALI_MEM_W 2u
+#define DENALI_MEM_X 4u
+#define DENALI_MEM_DISCARD 8u
+#define DENALI_TLS_FIRST_ENTRY 6
+#define DENALI_TLS_ENTRIES 3
+#define DENALI_TLS_F_PAGES 1u
+#define DENALI_TLS_F_EMPTY 2u
+#define DENALI_RANDOM_MAX 256
 
 /* Child VMs (CHILD_* hypercalls) */
 #define DENALI_CHILD_ANSWER 1u
@@ -111,7 +121,13 @@
 #define DENALI_HC_CHILD_INTERPOSE 17
 #define DENALI_HC_CHILD_EVENT 18
 #define DENALI_HC_CHILD_REPLY 19
-#define DENALI_HC_LAST 19
+#define DENALI_HC_SYSCALL_ENTRY 20
+#define DENALI_HC_CONSOLE_READ 21
+#define DENALI_HC_CONSOLE_WRITE_ERR 22
+#define DENALI_HC_MEM_PROTECT 23
+#define DENALI_HC_SET_TLS 24
+#define DENALI_HC_RANDOM 25
+#define DENALI_HC_LAST 25
 
 #ifndef __ASSEMBLER__
 #include <stdint.h>
@@ -427,6 +443,76 @@ _Static_assert(__builtin_offsetof(struct denali_hc_child_reply, addr) == 24, "de
 _Static_assert(__builtin_offsetof(struct denali_hc_child_reply, _pad) == 28, "denali_hc_child_reply._pad");
 _Static_assert(sizeof(struct denali_hc_child_reply) == 32, "denali_hc_child_reply size");
 
+/* Route foreign system calls to an in-VM handler (a personality). Afterwards an `int $0x80` executed at an address outside [code_lo, code_hi) is not a hypercall: the kernel stores the EIP after it at 'save' and resumes at 'entry', with every other register unchanged; inside the range it stays a hypercall. entry 0 turns routing off. INVAL unless entry lies in [code_lo, code_hi) and is executable, and 'save' is 4 writable bytes. */
+struct denali_hc_syscall_entry {
+    uint32_t entry; /* IN: guest code address of the system-call entry, or 0 */
+    uint32_t save; /* IN: guest address of a u32 that receives the caller's resume EIP */
+    uint32_t code_lo; /* IN: first byte of the handler's code (int $0x80 here is a hypercall) */
+    uint32_t code_hi; /* IN: end (exclusive) of the handler's code */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_syscall_entry, entry) == 0, "denali_hc_syscall_entry.entry");
+_Static_assert(__builtin_offsetof(struct denali_hc_syscall_entry, save) == 4, "denali_hc_syscall_entry.save");
+_Static_assert(__builtin_offsetof(struct denali_hc_syscall_entry, code_lo) == 8, "denali_hc_syscall_entry.code_lo");
+_Static_assert(__builtin_offsetof(struct denali_hc_syscall_entry, code_hi) == 12, "denali_hc_syscall_entry.code_hi");
+_Static_assert(sizeof(struct denali_hc_syscall_entry) == 16, "denali_hc_syscall_entry size");
+
+/* Read console input: up to len bytes that have arrived. AGAIN when none wait (Irq.CONSOLE is raised when input arrives); OK with got = 0 and eof = 1 at end of input. INVAL past 64 KiB; NODEV when the VM has no console input. */
+struct denali_hc_console_read {
+    uint32_t buf; /* IN: guest address of len writable bytes */
+    uint32_t len; /* IN: capacity in bytes, at most 65536 */
+    uint32_t got; /* OUT: bytes written to buf */
+    uint32_t eof; /* OUT: 1 when the input has ended and nothing is left */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_console_read, buf) == 0, "denali_hc_console_read.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_console_read, len) == 4, "denali_hc_console_read.len");
+_Static_assert(__builtin_offsetof(struct denali_hc_console_read, got) == 8, "denali_hc_console_read.got");
+_Static_assert(__builtin_offsetof(struct denali_hc_console_read, eof) == 12, "denali_hc_console_read.eof");
+_Static_assert(sizeof(struct denali_hc_console_read) == 16, "denali_hc_console_read size");
+
+/* Write bytes to the VM's error stream (the host keeps it apart from CONSOLE_WRITE's output); returns INVAL past 64 KiB. */
+struct denali_hc_console_write_err {
+    uint32_t buf; /* IN: guest address of the bytes */
+    uint32_t len; /* IN: number of bytes, at most 65536 */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_console_write_err, buf) == 0, "denali_hc_console_write_err.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_console_write_err, len) == 4, "denali_hc_console_write_err.len");
+_Static_assert(sizeof(struct denali_hc_console_write_err) == 8, "denali_hc_console_write_err size");
+
+/* Set the permissions of whole pages [addr, addr+len), which must lie between Layout.IMAGE_BASE and the memory size: 0 (unmapped), R, RW or RX; never W and X together; MEM_DISCARD may be added to drop the pages' contents (they read as zero afterwards and their host memory is freed). INVAL for an unaligned or out-of-range range or a bad prot. Lowered permissions take effect at the next instruction. */
+struct denali_hc_mem_protect {
+    uint32_t addr; /* IN: page-aligned start */
+    uint32_t len; /* IN: length in bytes, a multiple of the page size */
+    uint32_t prot; /* IN: MEM_R | MEM_W | MEM_X bits, optionally | MEM_DISCARD */
+    uint32_t _pad; /* PAD: reserved */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_mem_protect, addr) == 0, "denali_hc_mem_protect.addr");
+_Static_assert(__builtin_offsetof(struct denali_hc_mem_protect, len) == 4, "denali_hc_mem_protect.len");
+_Static_assert(__builtin_offsetof(struct denali_hc_mem_protect, prot) == 8, "denali_hc_mem_protect.prot");
+_Static_assert(__builtin_offsetof(struct denali_hc_mem_protect, _pad) == 12, "denali_hc_mem_protect._pad");
+_Static_assert(sizeof(struct denali_hc_mem_protect) == 16, "denali_hc_mem_protect size");
+
+/* Set one of the GDT's thread-local-storage descriptors (TLS_FIRST_ENTRY..TLS_FIRST_ENTRY+TLS_ENTRIES-1): a DPL 3 data segment of base and limit (bytes-1, or pages-1 when TLS_F_PAGES); its selector is entry * 8 + 3. TLS_F_EMPTY clears it. INVAL for another entry or flag. The descriptors are part of the VM's state (kept across swap). */
+struct denali_hc_set_tls {
+    uint32_t entry; /* IN: GDT index */
+    uint32_t base; /* IN: segment base address */
+    uint32_t limit; /* IN: segment limit (20 bits) */
+    uint32_t flags; /* IN: TLS_F_PAGES, TLS_F_EMPTY */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_set_tls, entry) == 0, "denali_hc_set_tls.entry");
+_Static_assert(__builtin_offsetof(struct denali_hc_set_tls, base) == 4, "denali_hc_set_tls.base");
+_Static_assert(__builtin_offsetof(struct denali_hc_set_tls, limit) == 8, "denali_hc_set_tls.limit");
+_Static_assert(__builtin_offsetof(struct denali_hc_set_tls, flags) == 12, "denali_hc_set_tls.flags");
+_Static_assert(sizeof(struct denali_hc_set_tls) == 16, "denali_hc_set_tls size");
+
+/* Fill buf with len bytes from the host's cryptographic random source (at most 256 per call; INVAL beyond). */
+struct denali_hc_random {
+    uint32_t buf; /* IN: guest address of len writable bytes */
+    uint32_t len; /* IN: bytes wanted, at most 256 */
+};
+_Static_assert(__builtin_offsetof(struct denali_hc_random, buf) == 0, "denali_hc_random.buf");
+_Static_assert(__builtin_offsetof(struct denali_hc_random, len) == 4, "denali_hc_random.len");
+_Static_assert(sizeof(struct denali_hc_random) == 8, "denali_hc_random size");
+
 /* The virtual-register page, readable without a trap. */
 #define DENALI_VREGS ((volatile struct denali_vregs *)DENALI_ADDR_VREGS)
 #define DENALI_CMDLINE ((const char *)(DENALI_ADDR_VREGS + DENALI_CMDLINE_OFFSET))
@@ -463,6 +549,12 @@ DENALI_HYPERCALL_STUB(child_memory, DENALI_HC_CHILD_MEMORY)
 DENALI_HYPERCALL_STUB(child_interpose, DENALI_HC_CHILD_INTERPOSE)
 DENALI_HYPERCALL_STUB(child_event, DENALI_HC_CHILD_EVENT)
 DENALI_HYPERCALL_STUB(child_reply, DENALI_HC_CHILD_REPLY)
+DENALI_HYPERCALL_STUB(syscall_entry, DENALI_HC_SYSCALL_ENTRY)
+DENALI_HYPERCALL_STUB(console_read, DENALI_HC_CONSOLE_READ)
+DENALI_HYPERCALL_STUB(console_write_err, DENALI_HC_CONSOLE_WRITE_ERR)
+DENALI_HYPERCALL_STUB(mem_protect, DENALI_HC_MEM_PROTECT)
+DENALI_HYPERCALL_STUB(set_tls, DENALI_HC_SET_TLS)
+DENALI_HYPERCALL_STUB(random, DENALI_HC_RANDOM)
 
 #endif /* __ASSEMBLER__ */
 #endif /* DENALI_ABI_H */

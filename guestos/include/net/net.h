@@ -32,6 +32,9 @@ struct net_stats {
 /* Starts the stack from the command line; NET_OK, NET_ERR_NODEV or NET_ERR_CONFIG. */
 int net_start(void);
 uint32_t net_ip(void);
+/* Nonzero while frames wait for an ARP answer or TCP data, a FIN or a handshake is not
+ * yet acknowledged (a guest that is about to exit can let them finish). */
+int net_busy(void);
 const struct net_stats *net_get_stats(void);
 /* "10.0.0.1" -> host-order address; 0 when malformed. */
 uint32_t net_parse_ip(const char *s);
@@ -50,5 +53,8 @@ int udp_bind(uint16_t port); /* a socket handle >= 0, or NET_ERR_NOBUFS */
 int udp_sendto(int sock, uint32_t dst, uint16_t dport, const void *buf, size_t len);
 /* Waits for a datagram until deadline_ns (0 = forever); returns its length or NET_ERR_TIMEOUT. */
 int udp_recvfrom(int sock, void *buf, size_t cap, uint32_t *src, uint16_t *sport, uint64_t deadline_ns);
+/* Datagrams waiting (without blocking), and giving a socket back. */
+int udp_pending(int sock);
+void udp_close(int sock);
 
 #endif

@@ -46,5 +46,13 @@ struct tcp_stats {
 };
 const struct tcp_stats *tcp_get_stats(void);
 int tcp_max_conns(void);
+/* Readiness now, without blocking: TCP_POLL_* bits. IN: data or end of stream to read
+ * (a listener: a connection to accept); OUT: room to send; HUP: closed or reset. */
+#define TCP_POLL_IN 1
+#define TCP_POLL_OUT 2
+#define TCP_POLL_HUP 4
+int tcp_poll(int c);
+/* The local port and the peer's address of a connection (host byte order). */
+int tcp_endpoints(int c, uint16_t *lport, uint32_t *rip, uint16_t *rport);
 
 #endif
