@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
-ABI_VERSION: Final = 5
+ABI_VERSION: Final = 6
 """Version of this ABI; the kernel writes it into the virtual-register page."""
 
 PAGE_SIZE: Final = 4096
@@ -374,6 +374,8 @@ HYPERCALLS: Final = (
         "the child ends (FULL when it does not fit, or when CHILD_MAX children live); quota is "
         "what the child may give its own children. disks: bit i passes this VM's disk i down "
         "(NODEV when it has none), read-only with CHILD_F_DISK_RO or when it is read-only here. "
+        "CHILD_F_NIC gives the child a NIC of its own on this VM's LAN (NODEV when this VM has "
+        "no NIC), its MAC returned in mac; without it the child has no NIC. "
         "INVAL: a bad image, mem_size or command line, unknown flags. FAULT: image or cmdline.",
         _f("image", "u32", "in", "guest address of the ELF image"),
         _f("image_len", "u32", "in", "its length in bytes"),
@@ -382,9 +384,11 @@ HYPERCALLS: Final = (
         _f("cmdline", "u32", "in", "guest address of the command line (no NUL needed)"),
         _f("cmdline_len", "u32", "in", "its length, at most CMDLINE_MAX"),
         _f("disks", "u32", "in", "bit i: pass disk handle i down"),
-        _f("flags", "u32", "in", "CHILD_F_DISK_RO"),
+        _f("flags", "u32", "in", "CHILD_F_DISK_RO, CHILD_F_NIC"),
         _f("handle", "u32", "out", "the child's handle (0..CHILD_MAX-1)"),
         _f("vm_id", "u32", "out", "the child's VM id (its vm_id register)"),
+        _f("mac", "u8", "out", "CHILD_F_NIC: the MAC of the child's NIC (else all zero)", 6),
+        _f("_pad", "u16", "pad", "reserved"),
     ),
     _hc(
         Hc.CHILD_CONTROL,
@@ -565,6 +569,8 @@ CHILD_IMAGE_MAX: Final = 64 << 20
 """Largest child image CHILD_CREATE accepts."""
 CHILD_F_DISK_RO: Final = 1
 """CHILD_CREATE flag: the disks passed down are read-only for the child."""
+CHILD_F_NIC: Final = 2
+"""CHILD_CREATE flag: the child gets a NIC on its parent's LAN (the parent must have one)."""
 CHILD_OP_START: Final = 1
 CHILD_OP_STOP: Final = 2
 CHILD_OP_RESUME: Final = 3

@@ -79,7 +79,9 @@ async def build_vm(
         if rt.store is not None:
             rt.store.create_area(vm_id, spec.memory)
             area = True
-        kids = Children(children, quota=spec.child_memory, disk_count=len(disks.disks))
+        kids = Children(
+            children, quota=spec.child_memory, disk_count=len(disks.disks), has_nic=nic is not None
+        )
         return Vm(
             rt,
             vm_id,

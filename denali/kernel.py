@@ -173,6 +173,8 @@ class Kernel:
             self._vm_ended,
             self._room_for_child,
             self._monitor_totals,
+            self.switch,
+            lambda vm_id: mac_for_vm(vm_id, self.mac_tag),
         )
         """Makes the child VMs of every VM's child device (denali.nesting)."""
         if config.disable_thp:

@@ -1,8 +1,9 @@
 """Recursive VMs, the kernel's side: child VMs made for a parent's ``Children`` device.
 
 ``ChildSpawner`` (one per kernel) is the ``ChildFactory`` of every VM's child device: it
-builds a child VM whole (console, clock, the disks passed down, its own child device),
-in its parent's CPU group, and hands the device a ``ChildVm``. The child is published
+builds a child VM whole (console, clock, the disks passed down, a NIC on its parent's
+LAN when asked for, its own child device), in its parent's CPU group, and hands the
+device a ``ChildVm``. The child is published
 in ``Kernel.vms`` when it starts; its console writes also go to its parent's console.
 
 Interposition reuses the monitor layer: the events a parent chooses (CHILD_INTERPOSE)
@@ -27,12 +28,14 @@ from denali.devices.clock import Clock
 from denali.devices.console import Console
 from denali.devices.disk.device import Disk, Disks
 from denali.devices.disk.shared import share
+from denali.devices.nic import Nic, NicConfig, NicPort
 from denali.devices.personality import Personality
-from denali.errors import ImageError
+from denali.errors import ConfigError, ImageError, NetError
 from denali.loader import parse_image
 from denali.memory import PROT_R, PROT_RW, GuestMemory
 from denali.monitor.protocol import MessageMonitor, Request, Response
 from denali.monitor.stack import MonitorStack
+from denali.net.switch import Switch
 from denali.runtime import Runtime
 from denali.vm import Vm, VmState
 
@@ -54,6 +57,7 @@ class ChildVm:
     ) -> None:
         self.vm = vm
         self.vm_id = vm.id
+        self.mac = vm.mac
         self._device = device
         self._publish = publish
         self._totals = totals
@@ -215,16 +219,22 @@ class ChildSpawner:
         on_end: Callable[[Vm], None],
         room: Callable[[], bool],
         totals: dict[str, int],
+        switch: Switch | None = None,
+        mac_for: Callable[[int], bytes] | None = None,
     ) -> None:
         """``runtime()`` the kernel's runtime; ``new_id()`` a fresh VM id; ``publish(vm)``
         makes a started child visible in ``Kernel.vms``; ``on_end`` is the kernel's
-        end-of-VM callback; ``room()`` says whether the kernel may hold another VM."""
+        end-of-VM callback (it detaches a child's NIC); ``room()`` says whether the
+        kernel may hold another VM; ``switch`` is the kernel's LAN and ``mac_for(vm_id)``
+        the MAC of a VM's NIC there (a child's NIC, CHILD_F_NIC)."""
         self._runtime = runtime
         self._new_id = new_id
         self._publish = publish
         self._on_end = on_end
         self._room = room
         self._totals = totals
+        self._switch = switch
+        self._mac_for = mac_for
 
     def create(
         self,
@@ -235,6 +245,7 @@ class ChildSpawner:
         cmdline: str,
         disks: Sequence[int],
         readonly: bool,
+        nic: bool = False,
     ) -> Child:
         parent = device.host
         assert isinstance(parent, Vm)
@@ -253,6 +264,7 @@ class ChildSpawner:
                 d = parent.disks.disks[i]
                 passed.append(Disk(n, d.name, share(d, readonly)))
         vm_id = self._new_id()
+        port = self._child_port(parent, vm_id) if nic else None
         holder: list[ChildVm] = []
 
         def ended(vm: Vm) -> None:
@@ -260,23 +272,48 @@ class ChildSpawner:
             if holder:
                 holder[0].on_end()
 
-        kids = Children(self, quota=quota, disk_count=len(passed))
-        vm = Vm(
-            self._runtime(),
-            vm_id,
-            img,
-            mem_size,
-            cmdline,
-            Console(parent.console.feed),
-            Clock(),
-            None,
-            Disks(passed),
-            Personality(),
-            ended,
-            children=kids,
-            group=parent.group,
-        )
+        kids = Children(self, quota=quota, disk_count=len(passed), has_nic=port is not None)
+        try:
+            vm = Vm(
+                self._runtime(),
+                vm_id,
+                img,
+                mem_size,
+                cmdline,
+                Console(parent.console.feed),
+                Clock(),
+                Nic(port) if port is not None else None,
+                Disks(passed),
+                Personality(),
+                ended,
+                children=kids,
+                group=parent.group,
+            )
+        except BaseException:
+            if port is not None and self._switch is not None and port.switch is not None:
+                self._switch.detach(port)
+            raise
         child = ChildVm(vm, device, self._publish, self._totals)
         holder.append(child)
         log.debug("VM %d created child VM %d (%d bytes, quota %d)", parent.id, vm_id, mem_size, quota)
         return child
+
+    def _child_port(self, parent: Vm, vm_id: int) -> NicPort:
+        """The NIC port of a new child of ``parent``, attached to the LAN of the parent's
+        NIC: MAC ``mac_for(vm_id)``, queue bounds and cable impairment as the parent's
+        (never promiscuous). ``ChildRefused`` NODEV when the parent's NIC is not on this
+        kernel's LAN, FULL when the switch takes no more ports (a MAC or name in use)."""
+        own = parent.nic
+        switch = self._switch
+        if own is None or switch is None or self._mac_for is None or own.switch is not switch:
+            raise ChildRefused(Result.NODEV, "no NIC on this kernel's LAN to pass down")
+        config = NicConfig(rx_capacity=own.rx_capacity, tx_capacity=own.ingress_capacity)
+        port = NicPort(f"vm{vm_id}", self._mac_for(vm_id), config=config)
+        link = own.link
+        if link is not None:
+            port.set_link(link.spec)
+        try:
+            switch.attach(port)
+        except (ConfigError, NetError) as exc:
+            raise ChildRefused(Result.FULL, str(exc)) from None
+        return port

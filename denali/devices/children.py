@@ -11,8 +11,10 @@ Bounds, the rules a child can never break:
 - **memory**: a child costs ``mem_size + quota`` of its parent's quota while it lives;
   its own children draw on the ``quota`` it was given. A subtree therefore never holds
   more memory than the grant of its root (``Kernel.spawn(child_memory=...)``).
-- **devices**: a child has no NIC; it has only the disks its parent passes down
-  (read-only when the parent's is, or when the parent asks).
+- **devices**: a child has a NIC only when its parent has one and asks for it
+  (``CHILD_F_NIC``): a port of its own on the parent's LAN, with queue bounds and a
+  cable (link impairment) no better than the parent's; it has only the disks its
+  parent passes down (read-only when the parent's is, or when the parent asks).
 - **CPU**: the factory puts a child in its parent's CPU group: a whole subtree gets the
   one share of its root (``denali.scheduler``).
 - **life**: destroying a VM (or its end) destroys its children, and theirs.
@@ -53,6 +55,8 @@ _EVENT: Final = abi.HYPERCALL_BY_NR[Hc.CHILD_EVENT].args
 _REPLY: Final = abi.HYPERCALL_BY_NR[Hc.CHILD_REPLY].args
 _CREATE_IN: Final = struct.Struct("<8I")
 _CREATE_OUT: Final = _CREATE.offsets()["handle"]
+_CREATE_MAC: Final = _CREATE.offsets()["mac"]
+_CREATE_FLAGS: Final = abi.CHILD_F_DISK_RO | abi.CHILD_F_NIC
 _II: Final = struct.Struct("<II")
 _MEM_IN: Final = struct.Struct("<5I")
 _INTERPOSE_IN: Final = struct.Struct("<IIQ")
@@ -89,6 +93,8 @@ class Child(Protocol):
     """One child VM, as its parent's device drives it (``denali.nesting`` implements it)."""
 
     vm_id: int
+    mac: bytes
+    """The MAC of the child's NIC (all zero: it has none)."""
 
     def start(self) -> None: ...
 
@@ -140,10 +146,11 @@ class ChildFactory(Protocol):
         cmdline: str,
         disks: Sequence[int],
         readonly: bool,
+        nic: bool = False,
     ) -> Child:
         """A new, not yet started child of ``device``'s VM; its events go to
-        ``device.post_event`` and its end to ``device.child_ended``. Raises
-        ``ChildRefused``."""
+        ``device.post_event`` and its end to ``device.child_ended``; ``nic``: it gets a
+        NIC on the LAN of its parent's NIC. Raises ``ChildRefused``."""
         ...
 
 
@@ -166,15 +173,19 @@ class Children(Device):
         Hc.CHILD_EVENT: "hc_event",
         Hc.CHILD_REPLY: "hc_reply",
     }
-    __slots__ = ("_events", "_factory", "_slots", "disk_count", "quota", "stats", "used")
+    __slots__ = ("_events", "_factory", "_slots", "disk_count", "has_nic", "quota", "stats", "used")
 
-    def __init__(self, factory: ChildFactory | None, quota: int = 0, disk_count: int = 0) -> None:
+    def __init__(
+        self, factory: ChildFactory | None, quota: int = 0, disk_count: int = 0, has_nic: bool = False
+    ) -> None:
         self._factory = factory
         self.quota = quota
         """Bytes of memory this VM's children (and theirs) may hold in all."""
         self.used = 0
         """Bytes of the quota held by live children (mem_size + quota each)."""
         self.disk_count = disk_count
+        self.has_nic = has_nic
+        """Whether this VM has a NIC, and so may give its children one (CHILD_F_NIC)."""
         self._slots: list[_Slot | None] = [None] * abi.CHILD_MAX
         self._events: deque[tuple[int, ChildEvent]] = deque()
         self.stats = {"created": 0, "refused": 0, "events": 0, "replies": 0}
@@ -244,7 +255,9 @@ class Children(Device):
         image, image_len, mem_size, quota, cmd, cmd_len, disks, flags = _CREATE_IN.unpack_from(mem.buf, arg)
         res = self._create(mem, image, image_len, mem_size, quota, cmd, cmd_len, disks, flags)
         if isinstance(res, tuple):
-            _II.pack_into(mem.buf, arg + _CREATE_OUT, *res)
+            handle, vm_id, mac = res
+            _II.pack_into(mem.buf, arg + _CREATE_OUT, handle, vm_id)
+            mem.buf[arg + _CREATE_MAC : arg + _CREATE_MAC + 6] = mac
             return Result.OK
         self.stats["refused"] += 1
         return res
@@ -260,8 +273,8 @@ class Children(Device):
         cmd_len: int,
         disks: int,
         flags: int,
-    ) -> tuple[int, int] | int:
-        if flags & ~abi.CHILD_F_DISK_RO:
+    ) -> tuple[int, int, bytes] | int:
+        if flags & ~_CREATE_FLAGS:
             return Result.INVAL
         if not abi.MIN_MEMORY <= mem_size <= abi.MAX_MEMORY or mem_size % abi.PAGE_SIZE:
             return Result.INVAL
@@ -273,6 +286,8 @@ class Children(Device):
         if b"\0" in cmdline:
             return Result.INVAL
         if disks >> self.disk_count:
+            return Result.NODEV
+        if flags & abi.CHILD_F_NIC and not self.has_nic:
             return Result.NODEV
         cost = mem_size + quota
         if self.used + cost > self.quota:
@@ -292,6 +307,7 @@ class Children(Device):
                 cmdline.decode("latin-1"),
                 [i for i in range(self.disk_count) if disks >> i & 1],
                 bool(flags & abi.CHILD_F_DISK_RO),
+                bool(flags & abi.CHILD_F_NIC),
             )
         except ChildRefused as exc:
             log.debug("VM %d: child refused: %s", self.host.vm_id, exc)
@@ -299,7 +315,7 @@ class Children(Device):
         self._slots[handle] = _Slot(child, cost)
         self.used += cost
         self.stats["created"] += 1
-        return handle, child.vm_id
+        return handle, child.vm_id, child.mac
 
     def hc_control(self, mem: GuestMemory, arg: int) -> int:
         handle, op = _II.unpack_from(mem.buf, arg)

@@ -8,6 +8,13 @@
 int child_create(const void *image, uint32_t len, uint32_t mem_size, uint32_t quota,
                  const char *cmdline, uint32_t disks, uint32_t flags, uint32_t *handle)
 {
+    return child_create_nic(image, len, mem_size, quota, cmdline, disks, flags, handle, 0);
+}
+
+int child_create_nic(const void *image, uint32_t len, uint32_t mem_size, uint32_t quota,
+                     const char *cmdline, uint32_t disks, uint32_t flags, uint32_t *handle,
+                     uint8_t mac[6])
+{
     struct denali_hc_child_create c = {0};
     c.image = (uint32_t)image;
     c.image_len = len;
@@ -20,6 +27,8 @@ int child_create(const void *image, uint32_t len, uint32_t mem_size, uint32_t qu
     int r = denali_hc_child_create(&c);
     if (r == DENALI_OK && handle)
         *handle = c.handle;
+    if (r == DENALI_OK && mac)
+        memcpy(mac, c.mac, 6);
     return r;
 }
 

@@ -3,7 +3,7 @@
 #define DENALI_ABI_H
 
 /* Numbers usable from assembly too. */
-#define DENALI_ABI_VERSION 5
+#define DENALI_ABI_VERSION 6
 #define DENALI_PAGE_SIZE 4096
 #define DENALI_HYPERCALL_VECTOR 0x80
 #define DENALI_STACK_SIZE 65536
@@ -43,6 +43,7 @@
 #define DENALI_CHILD_EV_FAULT 2u
 #define DENALI_CHILD_EV_HYPERCALL 1u
 #define DENALI_CHILD_F_DISK_RO 1u
+#define DENALI_CHILD_F_NIC 2u
 #define DENALI_CHILD_IMAGE_MAX 67108864u
 #define DENALI_CHILD_I_FAULT 1u
 #define DENALI_CHILD_KILL 3u
@@ -333,7 +334,7 @@ _Static_assert(__builtin_offsetof(struct denali_hc_disk_flush, handle) == 0, "de
 _Static_assert(__builtin_offsetof(struct denali_hc_disk_flush, status) == 4, "denali_hc_disk_flush.status");
 _Static_assert(sizeof(struct denali_hc_disk_flush) == 8, "denali_hc_disk_flush size");
 
-/* Create a child VM from the ELF image at image (image_len bytes of this VM's memory) with mem_size bytes of memory and a command line; it does not run before CHILD_CONTROL start. mem_size + quota is charged to this VM's child-memory quota until the child ends (FULL when it does not fit, or when CHILD_MAX children live); quota is what the child may give its own children. disks: bit i passes this VM's disk i down (NODEV when it has none), read-only with CHILD_F_DISK_RO or when it is read-only here. INVAL: a bad image, mem_size or command line, unknown flags. FAULT: image or cmdline. */
+/* Create a child VM from the ELF image at image (image_len bytes of this VM's memory) with mem_size bytes of memory and a command line; it does not run before CHILD_CONTROL start. mem_size + quota is charged to this VM's child-memory quota until the child ends (FULL when it does not fit, or when CHILD_MAX children live); quota is what the child may give its own children. disks: bit i passes this VM's disk i down (NODEV when it has none), read-only with CHILD_F_DISK_RO or when it is read-only here. CHILD_F_NIC gives the child a NIC of its own on this VM's LAN (NODEV when this VM has no NIC), its MAC returned in mac; without it the child has no NIC. INVAL: a bad image, mem_size or command line, unknown flags. FAULT: image or cmdline. */
 struct denali_hc_child_create {
     uint32_t image; /* IN: guest address of the ELF image */
     uint32_t image_len; /* IN: its length in bytes */
@@ -342,9 +343,11 @@ struct denali_hc_child_create {
     uint32_t cmdline; /* IN: guest address of the command line (no NUL needed) */
     uint32_t cmdline_len; /* IN: its length, at most CMDLINE_MAX */
     uint32_t disks; /* IN: bit i: pass disk handle i down */
-    uint32_t flags; /* IN: CHILD_F_DISK_RO */
+    uint32_t flags; /* IN: CHILD_F_DISK_RO, CHILD_F_NIC */
     uint32_t handle; /* OUT: the child's handle (0..CHILD_MAX-1) */
     uint32_t vm_id; /* OUT: the child's VM id (its vm_id register) */
+    uint8_t mac[6]; /* OUT: CHILD_F_NIC: the MAC of the child's NIC (else all zero) */
+    uint16_t _pad; /* PAD: reserved */
 };
 _Static_assert(__builtin_offsetof(struct denali_hc_child_create, image) == 0, "denali_hc_child_create.image");
 _Static_assert(__builtin_offsetof(struct denali_hc_child_create, image_len) == 4, "denali_hc_child_create.image_len");
@@ -356,7 +359,9 @@ _Static_assert(__builtin_offsetof(struct denali_hc_child_create, disks) == 24, "
 _Static_assert(__builtin_offsetof(struct denali_hc_child_create, flags) == 28, "denali_hc_child_create.flags");
 _Static_assert(__builtin_offsetof(struct denali_hc_child_create, handle) == 32, "denali_hc_child_create.handle");
 _Static_assert(__builtin_offsetof(struct denali_hc_child_create, vm_id) == 36, "denali_hc_child_create.vm_id");
-_Static_assert(sizeof(struct denali_hc_child_create) == 40, "denali_hc_child_create size");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, mac) == 40, "denali_hc_child_create.mac");
+_Static_assert(__builtin_offsetof(struct denali_hc_child_create, _pad) == 46, "denali_hc_child_create._pad");
+_Static_assert(sizeof(struct denali_hc_child_create) == 48, "denali_hc_child_create size");
 
 /* Start, stop (hold before its next instruction), resume or destroy a child (op CHILD_OP_*). Destroying a child destroys its whole subtree; its handle is free once its CHILD_EV_EXIT event was read. NODEV: no live child has that handle. INVAL: an unknown op, or start twice. */
 struct denali_hc_child_control {

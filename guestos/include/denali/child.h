@@ -16,6 +16,12 @@ typedef struct denali_hc_child_event child_event_t;
  * handle. disks: bit i passes this VM's disk i down; flags: DENALI_CHILD_F_DISK_RO. */
 int child_create(const void *image, uint32_t len, uint32_t mem_size, uint32_t quota,
                  const char *cmdline, uint32_t disks, uint32_t flags, uint32_t *handle);
+/* child_create that also returns the MAC of the child's NIC in mac[6] (when not NULL):
+ * with DENALI_CHILD_F_NIC in flags the child gets a NIC of its own on this VM's LAN
+ * (DENALI_NODEV when this VM has no NIC); without it mac is all zero: no NIC. */
+int child_create_nic(const void *image, uint32_t len, uint32_t mem_size, uint32_t quota,
+                     const char *cmdline, uint32_t disks, uint32_t flags, uint32_t *handle,
+                     uint8_t mac[6]);
 /* Reads the whole disk called name into a malloc'ed buffer (*image, *len: the disk's
  * size, a whole number of blocks): a child image held on a disk. */
 int child_load_disk(const char *name, void **image, uint32_t *len);

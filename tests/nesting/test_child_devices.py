@@ -1,0 +1,177 @@
+"""A child's devices are only what its parent passes down, on real guests: a NIC on the
+parent's LAN (CHILD_F_NIC) or none, to any depth, and the parent's disks (which ones,
+read-only or not) (docs/virtual-architecture.md, "Child VMs"; denali/nesting.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from denali.devices.disk import DiskSpec
+from denali.devices.nic import NicPort
+from denali.kernel import Kernel
+from denali.net.ethernet import mac_for_vm
+from tests.conftest import need_image
+from tests.nesting.test_children import disk_of
+
+M = 2 << 20
+NODEV = 5
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+def _disks(tmp_path: Path, *extra: tuple[str, str]) -> list[DiskSpec]:
+    """Disk "img" holds test-nestnet (read-only); ``extra`` more (name, image) disks."""
+    out = [DiskSpec(disk_of("test-nestnet", tmp_path / "nestnet.img"), name="img", mode="ro")]
+    for name, image in extra:
+        out.append(DiskSpec(disk_of(image, tmp_path / f"{name}.img"), name=name, mode="ro"))
+    return out
+
+
+def _leaf(text: str) -> dict[str, str]:
+    """The fields of the leaf's "nestnet: leaf vm=V info=R send=R sent=N mac=M" line."""
+    m = re.search(r"nestnet: leaf vm=(\d+) info=(\d+) send=(\d+) sent=(\d+) mac=(\S+)", text)
+    assert m is not None, text
+    return dict(zip(("vm", "info", "send", "sent", "mac"), m.groups(), strict=True))
+
+
+def _probe(k: Kernel) -> NicPort:
+    """A NIC port of the test's own on the kernel's LAN: it sees every broadcast frame."""
+    port = NicPort("probe", "02:ee:00:00:00:01")
+    k.switch.attach(port)
+    return port
+
+
+async def _seen(k: Kernel, probe: NicPort, vm_id: int) -> bool:
+    """Whether the probe received the leaf's broadcast frame (EtherType 0x88b5) of VM ``vm_id``."""
+    await k.switch.join()
+    want = f"nestnet vm={vm_id}\0".encode()
+    return any(f[12:14] == b"\x88\xb5" and f[14:].startswith(want) for f in probe.pending_frames())
+
+
+async def test_a_child_given_a_nic_reaches_another_vm_on_the_lan(tmp_path: Path) -> None:
+    need_image("test-nestnet")
+    need_image("test-netudp")
+    need_image("udpecho")
+    async with Kernel() as k:
+        srv = await k.spawn("udpecho", cmdline="ip=10.0.0.1/24")
+        parent = await k.spawn(
+            "test-nestnet",
+            cmdline="image=net nic=1 -- ip=10.0.0.2/24 dst=10.0.0.1 count=3 ping=1",
+            child_memory=M,
+            disks=_disks(tmp_path, ("net", "test-netudp")),
+        )
+        status = await parent.wait()
+        text = parent.console.text()
+        assert status == 0, text  # the child's status: every ping and datagram came back
+        assert "ping: 3/3 replies" in text and "udp: 3/3 echoed" in text, text
+        m = re.search(r"nestnet: vm=\d+ child mac=(\S+)", text)
+        assert m is not None, text
+        # its own MAC, the kernel's for its VM id: not its parent's
+        (child_id,) = [
+            i for i in range(parent.id + 1, parent.id + 4) if mac_for_vm(i, k.mac_tag).hex(":") == m[1]
+        ]
+        assert m[1] != parent.mac.hex(":")
+        assert k.switch.lookup(mac_for_vm(child_id, k.mac_tag)) is None  # detached as it ended
+        assert srv.nic is not None and srv.nic.stats.rx_frames >= 6
+
+
+async def test_a_child_without_a_nic_cannot_send_and_one_with_it_can(tmp_path: Path) -> None:
+    need_image("test-nestnet")
+    async with Kernel() as k:
+        probe = _probe(k)
+        for nic in (0, 1):
+            parent = await k.spawn(
+                "test-nestnet", cmdline=f"nic={nic} disks=0 -- ", child_memory=M, disks=_disks(tmp_path)
+            )
+            assert await parent.wait() == 0
+            text = parent.console.text()
+            leaf = _leaf(text)
+            if nic:
+                assert (leaf["info"], leaf["send"], leaf["sent"]) == ("0", "0", "1"), text
+                assert leaf["mac"] == mac_for_vm(int(leaf["vm"]), k.mac_tag).hex(":")
+                assert await _seen(k, probe, int(leaf["vm"]))
+            else:  # no NIC: NET_INFO and NET_SEND answer NODEV, nothing reaches the LAN
+                assert (leaf["info"], leaf["send"], leaf["sent"]) == (str(NODEV), str(NODEV), "0"), text
+                assert f"child mac={ZERO_MAC}" in text and leaf["mac"] == ZERO_MAC
+                assert not await _seen(k, probe, int(leaf["vm"]))
+
+
+async def test_a_parent_without_a_nic_cannot_pass_one_down(tmp_path: Path) -> None:
+    need_image("test-nestnet")
+    async with Kernel() as k:
+        parent = await k.spawn(
+            "test-nestnet", cmdline="nic=1 -- ", child_memory=M, disks=_disks(tmp_path), nic=False
+        )
+        assert await parent.wait() == 100 + NODEV
+        assert f"child_create code={NODEV}" in parent.console.text()
+
+
+async def test_a_grandchild_gets_only_what_its_parent_passed(tmp_path: Path) -> None:
+    need_image("test-nestnet")
+    async with Kernel() as k:
+        probe = _probe(k)
+        grant = f"quota={M}"
+        # the root passes its NIC, the child passes it on: the grandchild is on the LAN
+        root = await k.spawn(
+            "test-nestnet", cmdline=f"{grant} nic=1 -- nic=1 -- ", child_memory=2 * M, disks=_disks(tmp_path)
+        )
+        assert await root.wait() == 0
+        leaf = _leaf(root.console.text())
+        assert (leaf["info"], leaf["send"], leaf["sent"]) == ("0", "0", "1")
+        assert await _seen(k, probe, int(leaf["vm"]))
+        # the child passes nothing: the grandchild has no NIC
+        root = await k.spawn(
+            "test-nestnet", cmdline=f"{grant} nic=1 -- nic=0 -- ", child_memory=2 * M, disks=_disks(tmp_path)
+        )
+        assert await root.wait() == 0
+        leaf = _leaf(root.console.text())
+        assert (leaf["info"], leaf["send"]) == (str(NODEV), str(NODEV))
+        assert not await _seen(k, probe, int(leaf["vm"]))
+        # the root passes nothing: its child cannot give the grandchild a NIC
+        root = await k.spawn(
+            "test-nestnet", cmdline=f"{grant} nic=0 -- nic=1 -- ", child_memory=2 * M, disks=_disks(tmp_path)
+        )
+        assert await root.wait() == 100 + NODEV
+        assert f"child_create code={NODEV}" in root.console.text()
+        assert "nestnet: leaf" not in root.console.text()
+
+
+def _disk_lines(text: str) -> dict[str, tuple[str, str]]:
+    """{disk name: (ro, write result)} from the leaf's lines, after checking its count."""
+    found = dict(
+        (name, (ro, w))
+        for name, ro, w in re.findall(r"nestnet: leaf vm=\d+ disk (\S+) ro=(\d) write=(\d+)", text)
+    )
+    m = re.search(r"nestnet: leaf vm=\d+ disks=(\d+)", text)
+    assert m is not None and int(m[1]) == len(found), text
+    return found
+
+
+async def test_a_child_has_only_the_disks_its_parent_passes_read_only_when_asked(tmp_path: Path) -> None:
+    need_image("test-nestnet")
+    data = tmp_path / "data.img"
+    data.write_bytes(bytes(range(256)) * 64)
+    before = data.read_bytes()
+    disks = [*_disks(tmp_path), DiskSpec(str(data), name="data", mode="rw")]
+    async with Kernel() as k:
+
+        async def run(cmdline: str) -> dict[str, tuple[str, str]]:
+            vm = await k.spawn("test-nestnet", cmdline=cmdline, child_memory=2 * M, disks=disks, nic=False)
+            assert await vm.wait() == 0, vm.console.text()
+            return _disk_lines(vm.console.text())
+
+        assert await run("disks=0 -- ") == {}  # none passed: none
+        # only disk 1 ("data"), read-only by CHILD_F_DISK_RO: the write is refused
+        ro = await run("disks=2 -- ")
+        assert list(ro) == ["data"] and ro["data"][0] == "1" and ro["data"][1] != "0"
+        # as the parent has them: "img" read-only (it is, here), "data" writable
+        both = await run("disks=3 rw=1 -- ")
+        assert both == {"img": ("1", both["img"][1]), "data": ("0", "0")} and both["img"][1] != "0"
+        # a grandchild gets at most what its parent got: "data" read-only for the child
+        # stays read-only below it, whatever the child asks; writable if it was passed so
+        deep = await run(f"quota={M} disks=3 -- rw=1 -- ")
+        assert {n: ro for n, (ro, _) in deep.items()} == {"img": "1", "data": "1"}
+        assert "0" not in {w for _, w in deep.values()}
+        deep = await run(f"quota={M} disks=3 rw=1 -- disks=2 rw=1 -- ")
+        assert deep == {"data": ("0", "0")}
+    assert data.read_bytes() == before  # every write rewrote what was there
