@@ -73,9 +73,11 @@ class SharedBackend:
 
 
 def share(disk: Disk, readonly: bool) -> SharedBackend:
-    """A new view of ``disk``'s storage for a child (``disk`` keeps its own view)."""
+    """A new view of ``disk``'s storage for a child (``disk`` keeps its own view): read-only
+    when ``readonly``, or when ``disk`` is read-only for its own VM (a view passed down
+    read-only stays read-only below it, at any depth)."""
     backend = disk.backend
     if not isinstance(backend, SharedBackend):
         backend = SharedBackend(_Core(backend), disk.readonly)
         disk.backend = backend
-    return SharedBackend(backend._core, readonly)
+    return SharedBackend(backend._core, readonly or backend.readonly or disk.readonly)
