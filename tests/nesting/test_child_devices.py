@@ -7,9 +7,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from denali import abi
 from denali.devices.disk import DiskSpec
 from denali.devices.nic import NicPort
+from denali.images import resolve
 from denali.kernel import Kernel
+from denali.nesting import ChildVm
 from denali.net.ethernet import mac_for_vm
 from tests.conftest import need_image
 from tests.nesting.test_children import disk_of
@@ -25,6 +28,10 @@ def _disks(tmp_path: Path, *extra: tuple[str, str]) -> list[DiskSpec]:
     for name, image in extra:
         out.append(DiskSpec(disk_of(image, tmp_path / f"{name}.img"), name=name, mode="ro"))
     return out
+
+
+def _image_bytes(name: str) -> bytes:
+    return Path(resolve(name).path).read_bytes()
 
 
 def _leaf(text: str) -> dict[str, str]:
@@ -175,3 +182,63 @@ async def test_a_child_has_only_the_disks_its_parent_passes_read_only_when_asked
         deep = await run(f"quota={M} disks=3 rw=1 -- disks=2 rw=1 -- ")
         assert deep == {"data": ("0", "0")}
     assert data.read_bytes() == before  # every write rewrote what was there
+
+
+async def test_a_parent_writes_an_unstarted_child_exactly_as_a_running_one() -> None:
+    """``memory_before_start`` is checked like a running child's memory: the same page
+    map, the same refusals (page 0, the kernel fields and kernel page, code, the stack
+    guard, beyond the memory, kernel space, wrapping), and what was written is what the
+    child starts with."""
+    need_image("test-idle")
+    image = _image_bytes("test-idle")
+    size = 1 << 20
+    async with Kernel() as k:
+        parent = await k.spawn("test-idle", memory="1M", cmdline="ms=3600000", nic=False, child_memory=size)
+        assert parent.children is not None
+        child = k._children.create(parent.children, image, size, 0, "ms=3600000", (), False)
+        assert isinstance(child, ChildVm)
+        img = child.vm.image
+        heap = img.end
+        top = size - abi.STACK_SIZE - 4096 - 64  # the heap's end, where the child's malloc is not
+        probes = [
+            (0, 4),
+            (0xFFC, 8),
+            (abi.Layout.VREGS, 4),  # the kernel fields: never written
+            (abi.Layout.VREGS + 0x40, 16),
+            (abi.Layout.VREGS + abi.CMDLINE_OFFSET, 8),
+            (abi.Layout.KERNEL_PAGE, 4),
+            (0x3000, 4),
+            (img.segments[0].vaddr, 4),  # code
+            (heap, 64),
+            (size - abi.STACK_SIZE - 4096, 4),  # the stack guard page
+            (size - abi.STACK_SIZE - 8, 16),  # heap end into the guard
+            (size - 4, 4),
+            (size - 4, 8),
+            (size, 1),
+            (0xC0000000, 4),
+            (0xFFFFFFFF, 2),
+            (heap, 0),
+        ]
+
+        def results() -> list[tuple[int, int]]:
+            """(write result, read result) per probe; a write puts back what was read."""
+            out: list[tuple[int, int]] = []
+            for addr, n in probes:
+                r = child.read(addr, n)
+                data = r if isinstance(r, bytes) else bytes(n)
+                out.append((child.write(addr, data), r if isinstance(r, int) else 0))
+            return out
+
+        before = results()
+        assert child.write(top, b"loaded before the start") == 0
+        child.start()
+        await child.vm.until_idle()
+        assert child.read(top, 23) == b"loaded before the start"
+        after = results()
+        assert before == after
+        refused = {p for p, (w, _) in zip(probes, before, strict=True) if w != 0}
+        assert (abi.Layout.VREGS, 4) in refused and (abi.Layout.KERNEL_PAGE, 4) in refused
+        assert (0, 4) in refused and (size, 1) in refused and (0xFFFFFFFF, 2) in refused
+        assert (abi.Layout.VREGS + 0x40, 16) not in refused and (size - 4, 4) not in refused
+        child.destroy()
+        await child.ended()
