@@ -9,11 +9,13 @@ from pathlib import Path
 
 from denali import abi
 from denali.devices.disk import DiskSpec
-from denali.devices.nic import NicPort
+from denali.devices.nic import NicConfig, NicPort
 from denali.images import resolve
 from denali.kernel import Kernel
 from denali.nesting import ChildVm
 from denali.net.ethernet import mac_for_vm
+from denali.net.impair import LinkSpec
+from denali.vm import Vm
 from tests.conftest import need_image
 from tests.nesting.test_children import disk_of
 
@@ -101,6 +103,35 @@ async def test_a_child_without_a_nic_cannot_send_and_one_with_it_can(tmp_path: P
                 assert (leaf["info"], leaf["send"], leaf["sent"]) == (str(NODEV), str(NODEV), "0"), text
                 assert f"child mac={ZERO_MAC}" in text and leaf["mac"] == ZERO_MAC
                 assert not await _seen(k, probe, int(leaf["vm"]))
+
+
+async def test_a_child_nic_has_its_parents_cable_and_queue_bounds(tmp_path: Path) -> None:
+    need_image("test-nestnet")
+    async with Kernel() as k:
+        probe = _probe(k)
+        ports: list[NicPort] = []
+        orig = k._children._child_port
+
+        def child_port(parent: Vm, vm_id: int) -> NicPort:
+            ports.append(orig(parent, vm_id))
+            return ports[-1]
+
+        k._children._child_port = child_port  # type: ignore[method-assign]
+        parent = await k.spawn(
+            "test-nestnet",
+            cmdline="nic=1 disks=0 -- ",
+            child_memory=M,
+            disks=_disks(tmp_path),
+            nic_config=NicConfig(rx_capacity=7, tx_capacity=9),
+            link=LinkSpec(loss=1.0, direction="out"),  # the parent's cable loses every frame it sends
+        )
+        assert await parent.wait() == 0
+        leaf = _leaf(parent.console.text())
+        assert (leaf["info"], leaf["send"], leaf["sent"]) == ("0", "0", "1")  # sent, as on a real cable
+        assert not await _seen(k, probe, int(leaf["vm"]))  # ... and lost on the child's cable too
+        (port,) = ports
+        assert port.stats.drop_impaired == 1 and port.stats.tx_frames == 0
+        assert (port.rx_capacity, port.ingress_capacity) == (7, 9)
 
 
 async def test_a_parent_without_a_nic_cannot_pass_one_down(tmp_path: Path) -> None:
