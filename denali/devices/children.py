@@ -14,7 +14,9 @@ Bounds, the rules a child can never break:
 - **devices**: a child has a NIC only when its parent has one and asks for it
   (``CHILD_F_NIC``): a port of its own on the parent's LAN, with queue bounds and a
   cable (link impairment) no better than the parent's; it has only the disks its
-  parent passes down (read-only when the parent's is, or when the parent asks).
+  parent passes down (read-only when the parent's is, or when the parent asks). What
+  a child sends and writes through them meets every ancestor's monitors too
+  (``Nic.above``, ``Disks.above``): a policy on a VM binds its whole subtree.
 - **CPU**: the factory puts a child in its parent's CPU group: a whole subtree gets the
   one share of its root (``denali.scheduler``).
 - **life**: destroying a VM (or its end) destroys its children, and theirs.

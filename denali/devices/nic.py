@@ -260,14 +260,47 @@ class Nic(Device):
 
     SLOT: ClassVar[int] = SLOT_NIC
     HYPERCALLS: ClassVar = {Hc.NET_INFO: "hc_info", Hc.NET_SEND: "hc_send", Hc.NET_RECV: "hc_recv"}
-    __slots__ = ("port", "rx_filter", "tx_filter")
+    __slots__ = ("above", "port", "rx_filter", "tx_filter")
 
-    def __init__(self, port: NicPort) -> None:
+    def __init__(self, port: NicPort, above: Nic | None = None) -> None:
         self.port = port
         self.tx_filter: TxFilter | None = None
         """Set by the monitor layer while a monitor interposes on frames sent."""
         self.rx_filter: RxFilter | None = None
         """Set by the monitor layer while a monitor interposes on frames received."""
+        self.above = above
+        """The NIC this one was passed down from (a child VM's, CHILD_F_NIC), or None: the
+        frames this NIC sends meet that NIC's monitors after its own, and the frames it
+        receives meet them before its own, so a child never escapes the monitors (a
+        policy's rate limits, a tracer) of any ancestor."""
+
+    def send_filter(self) -> TxFilter | None:
+        """What a frame this NIC sends passes through: its monitors', then those of every
+        NIC above it (None: nothing interposes)."""
+        own = self.tx_filter
+        up = self.above.send_filter() if self.above is not None else None
+        if up is None or own is None:
+            return own if up is None else up
+
+        def both(frame: bytes) -> bytes | int | None:
+            out = own(frame)
+            return out if out is None or isinstance(out, int) else up(out)
+
+        return both
+
+    def receive_filter(self) -> RxFilter | None:
+        """What a frame this NIC receives passes through: the monitors of every NIC above
+        it, then its own (None: nothing interposes)."""
+        own = self.rx_filter
+        up = self.above.receive_filter() if self.above is not None else None
+        if up is None or own is None:
+            return own if up is None else up
+
+        def both(frame: bytes) -> bytes | None:
+            out = up(frame)
+            return None if out is None else own(out)
+
+        return both
 
     def attach(self, host: DeviceHost) -> None:
         super().attach(host)
@@ -285,8 +318,9 @@ class Nic(Device):
         return Result.OK
 
     def hc_send(self, mem: GuestMemory, arg: int) -> int:
-        if self.tx_filter is not None:
-            return self._send_filtered(mem, arg, self.tx_filter)
+        filt = self.tx_filter if self.above is None else self.send_filter()
+        if filt is not None:
+            return self._send_filtered(mem, arg, filt)
         buf = mem.buf
         frames_at, count = _PAIR.unpack_from(buf, arg + _SEND["frames"])
         _U32.pack_into(buf, arg + _SEND["sent"], 0)
@@ -355,7 +389,7 @@ class Nic(Device):
             return Result.FAULT
         nic = self.port
         frames = nic.receive_nowait(count)
-        filt = self.rx_filter
+        filt = self.rx_filter if self.above is None else self.receive_filter()
         if filt is not None and frames:  # a monitor sees each frame (and may change or drop it)
             frames = [f for f in map(filt, frames) if f is not None and len(f) <= slot]
             if not frames and nic.rx_pending:

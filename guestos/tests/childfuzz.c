@@ -169,6 +169,11 @@ int main(int argc, char **argv)
                  (unsigned)calls, (unsigned)mask, (unsigned)DENALI_VREGS->vm_id, (unsigned)sib_vm, (unsigned)sib,
                  (unsigned)(sib_vm + 1000), 0u);
         uint32_t h;
+        /* flags: a NIC this VM does not have to pass down, a bit no ABI defines */
+        expect("a NIC from a parent without one",
+               child_create(image, len, hmem, 6u << 20, cmd, 1u, DENALI_CHILD_F_NIC | below(2), &h), DENALI_NODEV);
+        expect("unknown create flags", child_create(image, len, hmem, 6u << 20, cmd, 1u, 4u << below(29), &h),
+               DENALI_INVAL);
         r = child_create(image, len, hmem, 6u << 20, cmd, 1u /* the disk "child" */, below(2), &h);
         if (r != DENALI_OK) {
             printf("childfuzz: FAIL: child_create (code %d)\n", r);

@@ -12,6 +12,7 @@ from denali.devices.disk import DiskSpec
 from denali.devices.nic import NicConfig, NicPort
 from denali.images import resolve
 from denali.kernel import Kernel
+from denali.monitor.policy import Policy, parse_policy
 from denali.nesting import ChildVm
 from denali.net.ethernet import mac_for_vm
 from denali.net.impair import LinkSpec
@@ -213,6 +214,41 @@ async def test_a_child_has_only_the_disks_its_parent_passes_read_only_when_asked
         deep = await run(f"quota={M} disks=3 rw=1 -- disks=2 rw=1 -- ")
         assert deep == {"data": ("0", "0")}
     assert data.read_bytes() == before  # every write rewrote what was there
+
+
+async def test_what_a_descendant_sends_and_writes_meets_its_ancestors_policy(tmp_path: Path) -> None:
+    """A root under a policy (no frames sent, disks read-only) passes its NIC and a
+    writable disk down two levels: the grandchild's frame and write are refused by the
+    root's policy and counted there, as the root's own would be."""
+    need_image("test-nestnet")
+    data = tmp_path / "data.img"
+    data.write_bytes(bytes(range(256)) * 64)
+    before = data.read_bytes()
+    disks = [*_disks(tmp_path), DiskSpec(str(data), name="data", mode="rw")]
+    spec = parse_policy({"nic": {"tx_bytes_per_s": 10}, "disk": {"read_only": True}})
+    cmdline = f"quota={M} nic=1 disks=3 rw=1 -- nic=1 disks=2 rw=1 -- "
+    async with Kernel() as k:
+        probe = _probe(k)
+        free = await k.spawn("test-nestnet", cmdline=cmdline, child_memory=2 * M, disks=disks)
+        assert await free.wait() == 0, free.console.text()
+        leaf = _leaf(free.console.text())
+        assert (leaf["send"], leaf["sent"]) == ("0", "1") and _disk_lines(free.console.text()) == {
+            "data": ("0", "0")
+        }
+        assert await _seen(k, probe, int(leaf["vm"]))
+        policy = Policy(spec)
+        root = await k.spawn(
+            "test-nestnet", cmdline=cmdline, child_memory=2 * M, disks=disks, monitors=[policy]
+        )
+        assert await root.wait() == 0, root.console.text()
+        text = root.console.text()
+        leaf = _leaf(text)
+        assert (leaf["info"], leaf["sent"]) == ("0", "0") and leaf["send"] == str(int(abi.Result.INVAL)), text
+        assert not await _seen(k, probe, int(leaf["vm"]))
+        ((ro, write),) = _disk_lines(text).values()
+        assert ro == "0" and write != "0", text  # writable as passed, refused above
+        assert policy.violations.get("tx_bytes") == 1 and policy.violations.get("read_only") == 1
+    assert data.read_bytes() == before
 
 
 async def test_a_parent_writes_an_unstarted_child_exactly_as_a_running_one() -> None:

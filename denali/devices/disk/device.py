@@ -296,15 +296,55 @@ class Disks(Device):
         Hc.DISK_WRITE: "hc_write",
         Hc.DISK_FLUSH: "hc_flush",
     }
-    __slots__ = ("_closer", "close_errors", "disks", "request_filter", "specs")
+    __slots__ = ("_closer", "above", "close_errors", "disks", "request_filter", "specs")
 
-    def __init__(self, disks: Sequence[Disk], specs: Sequence[DiskSpec] = ()) -> None:
+    def __init__(
+        self,
+        disks: Sequence[Disk],
+        specs: Sequence[DiskSpec] = (),
+        above: tuple[Disks, Sequence[int]] | None = None,
+    ) -> None:
         self.disks: tuple[Disk, ...] = tuple(disks)
         self.specs: tuple[DiskSpec, ...] = tuple(specs)
         self._closer: asyncio.Task[None] | None = None
         self.close_errors: list[DiskError] = []
         self.request_filter: RequestFilter | None = None
         """Set by the monitor layer while a monitor interposes on disk requests."""
+        self.above: tuple[Disks, tuple[int, ...]] | None = (
+            None if above is None else (above[0], tuple(above[1]))
+        )
+        """A child VM's disks: the disk device they were passed down from and, for each
+        handle here, its handle there. A request here meets this VM's monitors, then
+        (with the handle of the disk above) those of every VM above, so a child never
+        escapes an ancestor's disk policy."""
+
+    def effective_filter(self) -> RequestFilter | None:
+        """What a request passes through: this VM's monitors', then those above (None:
+        nothing interposes)."""
+        own = self.request_filter
+        if self.above is None:
+            return own
+        parent, handles = self.above
+        up = parent.effective_filter()
+        if up is None:
+            return own
+
+        def through(req: DiskRequest) -> DiskRequest | int:
+            if own is not None:
+                out = own(req)
+                if isinstance(out, int):
+                    return out
+                req = out
+            if not 0 <= req.handle < len(handles):
+                return Result.NODEV
+            got = up(dataclasses.replace(req, handle=handles[req.handle]))
+            if isinstance(got, int):
+                return got
+            if got.handle not in handles:  # a monitor above named a disk not passed down
+                return Result.NODEV
+            return dataclasses.replace(got, handle=handles.index(got.handle))
+
+        return through
 
     def attach(self, host: DeviceHost) -> None:
         super().attach(host)
@@ -421,9 +461,10 @@ class Disks(Device):
         status_at = arg + _READ["status"]
         disk = self._check_rw(mem, handle, count, block, addr, kind == WRITE)
         if isinstance(disk, Disk):
-            if self.request_filter is not None:
+            filt = self.request_filter if self.above is None else self.effective_filter()
+            if filt is not None:
                 res = self._submit_filtered(
-                    mem, DiskRequest(_KIND[kind], handle, block, count, addr), status_at
+                    mem, filt, DiskRequest(_KIND[kind], handle, block, count, addr), status_at
                 )
             else:
                 res = disk.submit(_Request(kind, block, count, addr, status_at))
@@ -442,19 +483,22 @@ class Disks(Device):
         buf = mem.buf
         handle = _U32.unpack_from(buf, arg + _FLUSH["handle"])[0]
         status_at = arg + _FLUSH["status"]
+        filt = self.request_filter if self.above is None else self.effective_filter()
         if handle >= len(self.disks):
             res = int(Result.NODEV)
-        elif self.request_filter is not None:
-            res = self._submit_filtered(mem, DiskRequest("flush", handle), status_at)
+        elif filt is not None:
+            res = self._submit_filtered(mem, filt, DiskRequest("flush", handle), status_at)
         else:
             res = self.disks[handle].submit(_Request(FLUSH, 0, 0, 0, status_at))
         _U32.pack_into(buf, status_at, abi.DISK_PENDING if res == Result.OK else res)
         return res
 
-    def _submit_filtered(self, mem: GuestMemory, req: DiskRequest, status_at: int) -> int:
-        """Submit ``req`` as the monitors' filter returns it (checked again), or refuse it."""
-        assert self.request_filter is not None
-        out = self.request_filter(req)
+    def _submit_filtered(
+        self, mem: GuestMemory, filt: RequestFilter, req: DiskRequest, status_at: int
+    ) -> int:
+        """Submit ``req`` as the monitors' filter ``filt`` returns it (checked again), or
+        refuse it."""
+        out = filt(req)
         if isinstance(out, int):
             return out
         if out.kind not in _KIND:
