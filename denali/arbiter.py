@@ -19,23 +19,28 @@ from denali.scheduler import Scheduler
 class CpuArbiter:
     """The run queue in front of a fixed set of lanes."""
 
-    __slots__ = ("_free", "_loop", "_waiters", "policy", "switches")
+    __slots__ = ("_free", "_loop", "_requeued", "_waiters", "policy", "switches")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, policy: Scheduler, lanes: list[Lane]) -> None:
         self._loop = loop
         self.policy = policy
         self._free = list(lanes)
         self._waiters: dict[int, asyncio.Future[Lane]] = {}
+        self._requeued: dict[int, asyncio.Future[Lane]] = {}
+        """Turns taken by ``requeue``, until ``acquire`` or ``withdraw`` collects them."""
         self.switches = 0
 
     async def acquire(self, vm_id: int, idled: bool, group: int | None = None) -> tuple[Lane, bool]:
         """Wait for a lane; returns it and whether the caller had to wait (was suspended).
-        ``group``: the VM's CPU group (``Scheduler.enqueue``)."""
-        if self._free and not self.policy:
-            return self._free.pop(), False
-        fut: asyncio.Future[Lane] = self._loop.create_future()
-        self._waiters[vm_id] = fut
-        self.policy.enqueue(vm_id, idled, group)
+        ``group``: the VM's CPU group (``Scheduler.enqueue``). A VM that ``requeue``-d
+        waits for the turn it took there instead (``idled`` and ``group`` are then unused)."""
+        fut = self._requeued.pop(vm_id, None)
+        if fut is None:
+            if self._free and not self.policy:
+                return self._free.pop(), False
+            fut = self._loop.create_future()
+            self._waiters[vm_id] = fut
+            self.policy.enqueue(vm_id, idled, group)
         try:
             return await fut, True
         except asyncio.CancelledError:
@@ -45,6 +50,31 @@ class CpuArbiter:
                 self.policy.remove(vm_id)
                 self._waiters.pop(vm_id, None)
             raise
+
+    def requeue(self, lane: Lane, vm_id: int, group: int | None = None) -> None:
+        """A preempted VM gives ``lane`` back and takes its next turn in one move: it goes
+        to the back of the normal queue before the policy picks who runs (the caller
+        again when nobody else waits). Without this, a preempted VM that gives its lane
+        back and queues only later would find the lane free and the queue empty, and
+        every VM would run in the event loop's order, CPU groups ignored. The caller
+        then ``acquire``s (the turn) or ``withdraw``s."""
+        fut: asyncio.Future[Lane] = self._loop.create_future()
+        self._waiters[vm_id] = fut
+        self._requeued[vm_id] = fut
+        self.policy.enqueue(vm_id, False, group)
+        self.release(lane)
+
+    def withdraw(self, vm_id: int) -> None:
+        """Give up a turn ``requeue`` took (the VM pauses, is held or ends instead); the
+        lane, if it was already handed to it, goes on to the next VM. No-op otherwise."""
+        fut = self._requeued.pop(vm_id, None)
+        if fut is None:
+            return
+        if fut.done():
+            self.release(fut.result())
+        else:
+            self.policy.remove(vm_id)
+            self._waiters.pop(vm_id, None)
 
     def release(self, lane: Lane) -> None:
         """Give ``lane`` back: to the next VM the policy picks, or to the free list."""

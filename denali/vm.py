@@ -856,12 +856,15 @@ class Vm:
                 idled = await self._idle(self._idle_arg)
             while True:
                 if self._pause is not None:  # a slice boundary: pause here if asked
+                    arb.withdraw(self.id)
                     await self._hold(VmState.RUNNABLE)
                 self.state = VmState.RUNNABLE
                 ip = self._interposer
                 if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
+                    arb.withdraw(self.id)
                     await ip.gate()
                 lane, _ = await arb.acquire(self.id, idled, self.group)
+                reason = Exit.INTERNAL  # until the slice says otherwise (an exception: not PREEMPTED)
                 try:
                     self.state = VmState.RUNNING
                     cpu = self._cpu
@@ -880,11 +883,14 @@ class Vm:
                             reason = await self._run_on_worker(pool, cpu, lane, deadline)
                         stats["cpu_ns"] += time.monotonic_ns() - began
                 finally:
-                    arb.release(lane)
+                    if reason is Exit.PREEMPTED:  # to the back of the queue, in the same move
+                        arb.requeue(lane, self.id, self.group)
+                    else:
+                        arb.release(lane)
                 idled = False
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # the loop runs at least once per slice
                 elif reason is Exit.HYPERCALL:
                     if cpu.deferred and not self._dispatch_deferred(cpu):
                         continue
@@ -926,6 +932,7 @@ class Vm:
             log.error("VM %d: kernel error; this VM is stopped", self.id, exc_info=exc)
             final = VmState.FAILED
         finally:
+            arb.withdraw(self.id)  # a turn taken before a kill goes on to the next VM
             self._finish(final)
 
     async def _run_on_worker(self, pool: Executor, cpu: VCpu, lane: Lane, deadline: int) -> Exit:

@@ -3,7 +3,9 @@
  * every hypercall it makes onto the console, "dbgmon: #N nr=NR ebx=ADDR a0=.. a1=..",
  * the first two words of its argument structure, then lets the kernel handle it; its
  * faults are traced too. At the end: "dbgmon: child exited S after N hypercalls" and one
- * "dbgmon: nr=NR count=C" line per number used; exits with the child's status. */
+ * "dbgmon: nr=NR count=C" line per number used; exits with the child's status. quiet=1: no
+ * line per hypercall; mask=HEX: interpose only on the hypercalls whose bit is set (bit n:
+ * number n; default every one; mask=0 leaves every hypercall to the kernel). */
 #include <denali/child.h>
 #include <fs/disk.h>
 #include <ilwaco.h>
@@ -19,6 +21,7 @@ int main(int argc, char **argv)
     cmdline_get("image", name, sizeof name);
     uint32_t mem = cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 4u << 20;
     int quiet = cmdline_get("quiet", v, sizeof v) > 0;
+    uint64_t mask = cmdline_get("mask", v, sizeof v) > 0 ? (uint64_t)strtoul(v, 0, 16) : ~0ull;
     const char *rest = strstr(DENALI_CMDLINE, "-- ");
     void *image;
     uint32_t len, h, ndisks = 0;
@@ -35,7 +38,7 @@ int main(int argc, char **argv)
         return 125;
     }
     free(image);
-    child_interpose(h, ~0ull, DENALI_CHILD_I_FAULT);
+    child_interpose(h, mask, DENALI_CHILD_I_FAULT);
     child_start(h);
     unsigned total = 0, counts[64] = {0};
     for (;;) {
