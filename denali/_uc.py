@@ -239,41 +239,6 @@ class RouteCell(ctypes.Structure):
 
 _emu_start = _lib.uc_emu_start
 _emu_stop = _lib.uc_emu_stop
-
-
-def _find_exit_check_flag() -> int | None:
-    """Offset in ``struct uc_struct`` of Unicorn's ``no_exit_request`` flag, read from the
-    loaded library's own code, or None if that code is not the shape expected.
-
-    Unicorn 2.1 emits a call to its exit-request helper after every guest load and
-    store (``check_exit_request`` in its tcg-op.c) unless the engine's
-    ``no_exit_request`` flag is set when the block is translated; each such call is a
-    helper call in the middle of the translated code, on stack-heavy code (SHA-256,
-    deflate) after nearly every instruction. With the flag set, exit requests are taken
-    only at block starts, which is also the only place the kernel's preemption wants
-    them (``_preempt.c``); a refused TLB fill still ends emulation at once (it raises
-    the fault itself). The flag is not in the C API, so its offset is read from the
-    first two instructions of the x86 ``check_exit_request``: ``mov OFF1(%rdi),%rsi``
-    (the context's engine) and ``cmpb $0,OFF2(%rsi)`` (the flag). Any other code and the
-    engines run as Unicorn ships them.
-    """
-    try:
-        fn = _lib.check_exit_request_x86_64
-    except AttributeError:
-        return None
-    addr = ctypes.cast(fn, ctypes.c_void_p).value
-    if not addr:
-        return None
-    code = ctypes.string_at(addr, 14)
-    if code[:3] != b"\x48\x8b\xb7" or code[7:9] != b"\x80\xbe" or code[13] != 0:
-        return None
-    off = int.from_bytes(code[9:13], "little")
-    return off if 0 < off < 1 << 16 else None
-
-
-EXIT_CHECK_FLAG: Final = _find_exit_check_flag()
-"""Where ``Engine`` sets Unicorn's ``no_exit_request`` (None: left alone, see
-``_find_exit_check_flag``)."""
 _reg_read = _lib.uc_reg_read
 _reg_write = _lib.uc_reg_write
 _reg_read_batch = _lib.uc_reg_read_batch
@@ -466,10 +431,6 @@ class Engine:
             err = _lib.uc_mem_map_ptr(h, 0, mem_size, UC_PROT_ALL, mem_addr)
             if err:
                 raise ResourceError(f"cannot map {mem_size} bytes of guest memory: {strerror(err)}")
-            if EXIT_CHECK_FLAG is not None and h.value:
-                # exit requests only at block starts (_find_exit_check_flag); set before
-                # anything is translated
-                ctypes.c_uint8.from_address(h.value + EXIT_CHECK_FLAG).value = 1
         except BaseException:
             self.close()
             raise
