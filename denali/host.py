@@ -57,8 +57,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiohttp
-
 from denali.errors import DenaliError
 
 log = logging.getLogger(__name__)
@@ -177,6 +175,8 @@ class Member:
         self.events_done = asyncio.Event()
         """Set once its event stream ended (it closed its end of the link)."""
         self._link = link
+        import aiohttp  # here, not at the top: every `denali boot` imports this module
+
         self.session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=plan.api, limit=64),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
@@ -210,6 +210,8 @@ class Member:
     ) -> tuple[int, dict[str, Any]]:
         """One request to this member's API: (status, JSON answer); ``HostError`` when it
         cannot be reached or does not answer JSON."""
+        import aiohttp
+
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.session.request(method, f"http://denali{path}", json=body) as resp:

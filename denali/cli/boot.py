@@ -21,9 +21,8 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from denali import api, metrics
 from denali.cli import lan
 from denali.cli.common import (
     EXIT_FAULT,
@@ -56,8 +55,10 @@ from denali.monitor.tracer import Tracer, TraceWriter, parse_kinds
 from denali.net.impair import LinkSpec
 from denali.net.tap import TapPort
 from denali.net.vxlan import VxlanPort
-from denali.progress import BootProgress
 from denali.vm import Vm, VmState
+
+if TYPE_CHECKING:  # rich: imported where a progress display is shown
+    from denali.progress import BootProgress
 
 
 def add_parser(sub: Any) -> None:
@@ -386,11 +387,13 @@ async def _run(
     stubs: list[GdbStub] = []
     metrics_server = None
     api_server = None
-    progress = None
+    progress: BootProgress | None = None
     shown = None
     try:
         if args.metrics:
             host, port = args.metrics
+            from denali import metrics  # aiohttp and prometheus_client: loaded only when served
+
             try:
                 metrics_server = await metrics.serve(k, host, port)
             except (OSError, ValueError) as exc:
@@ -399,6 +402,8 @@ async def _run(
         if "lan" in links:
             k.switch.set_link(links["lan"])
         if args.api:
+            from denali import api
+
             api_server = await api.serve(
                 k, args.api, mode=args.api_mode, monitors=_api_monitors(args, lambda: trace, policy)
             )
@@ -429,7 +434,10 @@ async def _run(
             trace = TraceWriter(args.trace, parse_kinds(args.trace_filter))
             await trace.open()
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
-        progress = BootProgress(args.count, sys.stderr) if show else None
+        if show:
+            from denali.progress import BootProgress as _Progress  # rich: loaded only when shown
+
+            progress = _Progress(args.count, sys.stderr)
         shown = asyncio.ensure_future(progress.run()) if progress is not None else None
         vms: list[tuple[Vm, PrefixedSink]] = []
         j, n = args.member or (0, 1)

@@ -19,12 +19,12 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from denali.cli.common import EXIT_FAILED, EXIT_USAGE
-from denali.progress import JobProgress
+
+if TYPE_CHECKING:  # imported where used: every `denali` command loads this module
+    from denali.progress import JobProgress
 
 
 class CtlError(Exception):
@@ -130,6 +130,8 @@ async def call(
 ) -> dict[str, Any]:
     """One API request; the JSON answer, or ``CtlError`` with the one line to print. With
     ``progress``, asks for progress lines and feeds them to it."""
+    import aiohttp
+
     conn = aiohttp.UnixConnector(path=socket)
     query = "?progress=1" if progress is not None else ""
     try:
@@ -225,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
     method, path, body, long = _request(args)
     what = f"{args.op} {getattr(args, 'file', '') or getattr(args, 'id', '')}".strip()
     show = long and args.progress is not False
+    from denali.progress import JobProgress
+
     progress = JobProgress(what, 0, sys.stderr, delay=0.0 if args.progress else 1.0) if show else None
     try:
         data = asyncio.run(call(args.socket, method, path, body, progress=progress))

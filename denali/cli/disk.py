@@ -23,7 +23,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from denali.cli.common import (
     EXIT_FAILED,
@@ -36,7 +36,9 @@ from denali.cli.common import (
 from denali.config import parse_size
 from denali.devices.disk import tools
 from denali.errors import ConfigError
-from denali.progress import JobProgress
+
+if TYPE_CHECKING:  # rich: imported where a progress display is shown
+    from denali.progress import JobProgress
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ def _progress(args: argparse.Namespace, what: str) -> JobProgress | None:
     """A progress display for this command, or None when it must stay quiet."""
     if args.progress is False or (args.progress is None and not sys.stderr.isatty()):
         return None
+    from denali.progress import JobProgress  # rich: loaded only when shown
+
     return JobProgress(what, 0, sys.stderr)
 
 

@@ -231,7 +231,7 @@ def test_cli_progress_lines(
 ) -> None:
     import functools
 
-    from denali.cli import disk as disk_cli
+    from denali import progress
     from denali.progress import JobProgress
 
     files = tree(tmp_path / "src")
@@ -240,7 +240,8 @@ def test_cli_progress_lines(
     assert run(["pack", str(tmp_path / "src"), img]) == 0  # not a terminal, not asked: quiet
     assert capsys.readouterr().err == ""
     # a job that takes "more than a second": no delay, a line per update
-    monkeypatch.setattr(disk_cli, "JobProgress", functools.partial(JobProgress, delay=0.0, interval=0.0))
+    # (the command imports JobProgress when it shows one, so the module's is replaced)
+    monkeypatch.setattr(progress, "JobProgress", functools.partial(JobProgress, delay=0.0, interval=0.0))
     assert run(["pack", str(tmp_path / "src"), img, "--force", "--progress"]) == 0
     lines = capsys.readouterr().err.splitlines()
     assert lines and all(ln.startswith(f"denali: packing {img}: ") for ln in lines)
