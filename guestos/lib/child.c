@@ -5,6 +5,57 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The first word "--" of this VM's command line, or its terminating NUL. */
+static const char *dashes(void)
+{
+    const char *s = DENALI_CMDLINE;
+    while (*s) {
+        while (*s == ' ')
+            s++;
+        const char *w = s;
+        while (*s && *s != ' ')
+            s++;
+        if (s - w == 2 && w[0] == '-' && w[1] == '-')
+            return w;
+    }
+    return s;
+}
+
+const char *child_cmdline(void)
+{
+    const char *d = dashes();
+    if (!*d)
+        return d;
+    d += 2;
+    while (*d == ' ')
+        d++;
+    return d;
+}
+
+int child_cmdline_get(const char *key, char *out, size_t n)
+{
+    size_t klen = strlen(key);
+    const char *s = DENALI_CMDLINE, *end = dashes();
+    while (s < end) {
+        while (s < end && *s == ' ')
+            s++;
+        const char *w = s;
+        while (s < end && *s != ' ')
+            s++;
+        if ((size_t)(s - w) > klen && !strncmp(w, key, klen) && w[klen] == '=') {
+            const char *v = w + klen + 1;
+            size_t vlen = (size_t)(s - v);
+            if (n) {
+                size_t c = vlen < n - 1 ? vlen : n - 1;
+                memcpy(out, v, c);
+                out[c] = 0;
+            }
+            return (int)vlen;
+        }
+    }
+    return -1;
+}
+
 int child_create(const void *image, uint32_t len, uint32_t mem_size, uint32_t quota,
                  const char *cmdline, uint32_t disks, uint32_t flags, uint32_t *handle)
 {

@@ -24,30 +24,6 @@ static void mac_text(const uint8_t *m, char *out)
     snprintf(out, 18, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
 }
 
-/* cmdline_get, but only before the "--" that starts the child's command line: a key of a
- * level below is never this level's. */
-static int own_get(const char *key, char *out, size_t n)
-{
-    size_t klen = strlen(key);
-    const char *s = DENALI_CMDLINE;
-    while (*s) {
-        while (*s == ' ')
-            s++;
-        const char *w = s;
-        while (*s && *s != ' ')
-            s++;
-        if (s - w == 2 && w[0] == '-' && w[1] == '-')
-            break;
-        if ((size_t)(s - w) > klen && !strncmp(w, key, klen) && w[klen] == '=') {
-            size_t vlen = (size_t)(s - w) - klen - 1, c = vlen < n - 1 ? vlen : n - 1;
-            memcpy(out, w + klen + 1, c);
-            out[c] = 0;
-            return (int)vlen;
-        }
-    }
-    return -1;
-}
-
 static int leaf(void)
 {
     unsigned vm = (unsigned)DENALI_VREGS->vm_id;
@@ -91,12 +67,12 @@ int main(int argc, char **argv)
         return leaf();
     unsigned vm = (unsigned)DENALI_VREGS->vm_id;
     char name[32] = "img", v[24];
-    own_get("image", name, sizeof name);
-    uint32_t mem = own_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 2u << 20;
-    uint32_t quota = own_get("quota", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0;
-    uint32_t flags = own_get("rw", v, sizeof v) > 0 && v[0] == '1' ? 0 : DENALI_CHILD_F_DISK_RO;
-    uint32_t mask = own_get("disks", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0xffffffffu;
-    if (own_get("nic", v, sizeof v) > 0 && v[0] == '1')
+    child_cmdline_get("image", name, sizeof name);
+    uint32_t mem = child_cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 2u << 20;
+    uint32_t quota = child_cmdline_get("quota", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0;
+    uint32_t flags = child_cmdline_get("rw", v, sizeof v) > 0 && v[0] == '1' ? 0 : DENALI_CHILD_F_DISK_RO;
+    uint32_t mask = child_cmdline_get("disks", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0xffffffffu;
+    if (child_cmdline_get("nic", v, sizeof v) > 0 && v[0] == '1')
         flags |= DENALI_CHILD_F_NIC;
     void *image;
     uint32_t len, h, disks = 0;

@@ -145,6 +145,32 @@ async def test_the_security_monitor_denies_its_child_disk_writes(tmp_path: Path)
     assert data.read_bytes() == content  # nothing reached the disk
 
 
+async def test_a_monitor_reads_only_its_own_words_and_passes_the_rest_whole(tmp_path: Path) -> None:
+    """The words after "--" are the child's: keys there that the monitors also read
+    (quiet, mem, image) are not theirs, and the child gets all of them."""
+    need_image("dbgmon")
+    need_image("secmon")
+    need_image("test-disk")
+    theirs = "ops=write,verify count=2 quiet=1 mem=4096 image=nothing"
+    for monitor, want in (("dbgmon", "dbgmon: child exited 0 after"), ("secmon", "secmon: denied 1 disk writes")):
+        disks, _, _ = _monitor_disks(tmp_path)
+        async with Kernel() as k:
+            vm = await k.spawn(monitor, cmdline=f"-- {theirs}", child_memory="8M", disks=disks, nic=False)
+            kids: list[Vm] = []
+            for _ in range(2000):
+                kids = [c for c in k.vms.values() if c is not vm]
+                if kids:
+                    break
+                await asyncio.sleep(0.001)
+            await vm.wait()
+            text = vm.console.text()
+        (child,) = kids
+        assert want in text, text  # its image from disk "child", its 4 MiB default
+        assert child.cmdline == theirs
+        if monitor == "dbgmon":
+            assert any(line.startswith("dbgmon: #") for line in text.splitlines()), text  # not quiet
+
+
 async def test_the_debugging_monitor_traces_every_hypercall_of_its_child(tmp_path: Path) -> None:
     need_image("dbgmon")
     need_image("test-disk")

@@ -18,11 +18,11 @@ int main(int argc, char **argv)
     (void)argc;
     (void)argv;
     char name[32] = "child", v[24];
-    cmdline_get("image", name, sizeof name);
-    uint32_t mem = cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 4u << 20;
-    int quiet = cmdline_get("quiet", v, sizeof v) > 0;
-    uint64_t mask = cmdline_get("mask", v, sizeof v) > 0 ? (uint64_t)strtoul(v, 0, 16) : ~0ull;
-    const char *rest = strstr(DENALI_CMDLINE, "-- ");
+    child_cmdline_get("image", name, sizeof name);
+    uint32_t mem = child_cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 4u << 20;
+    int quiet = child_cmdline_get("quiet", v, sizeof v) > 0;
+    uint64_t mask = child_cmdline_get("mask", v, sizeof v) > 0 ? (uint64_t)strtoul(v, 0, 16) : ~0ull;
+    const char *cmd = child_cmdline();
     void *image;
     uint32_t len, h, ndisks = 0;
     int r = child_load_disk(name, &image, &len);
@@ -32,7 +32,7 @@ int main(int argc, char **argv)
     }
     for (disk_t d; disk_open_index(ndisks, &d) == DENALI_OK;)
         ndisks++;
-    r = child_create(image, len, mem, 0, rest ? rest + 3 : "", (1u << ndisks) - 1, 0, &h);
+    r = child_create(image, len, mem, 0, cmd, (1u << ndisks) - 1, 0, &h);
     if (r != DENALI_OK) {
         printf("dbgmon: child_create: code %d\n", r);
         return 125;

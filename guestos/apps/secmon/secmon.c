@@ -18,11 +18,10 @@ int main(int argc, char **argv)
     (void)argc;
     (void)argv;
     char name[32] = "child", v[24];
-    cmdline_get("image", name, sizeof name);
-    uint32_t mem = cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 4u << 20;
-    uint32_t quota = cmdline_get("quota", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0;
-    const char *rest = strstr(DENALI_CMDLINE, "-- ");
-    const char *cmd = rest ? rest + 3 : "";
+    child_cmdline_get("image", name, sizeof name);
+    uint32_t mem = child_cmdline_get("mem", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 4u << 20;
+    uint32_t quota = child_cmdline_get("quota", v, sizeof v) > 0 ? (uint32_t)strtoul(v, 0, 0) : 0;
+    const char *cmd = child_cmdline();
     void *image;
     uint32_t len, h, ndisks = 0;
     int r = child_load_disk(name, &image, &len);

@@ -41,4 +41,10 @@ int child_reply(uint32_t handle, uint32_t seq, uint32_t action, uint32_t result)
 /* Answer after writing len bytes at buf into the child at addr. */
 int child_reply_write(uint32_t handle, uint32_t seq, uint32_t action, uint32_t result,
                       uint32_t addr, const void *buf, uint32_t len);
+/* A monitor's command line is its own words, then a word "--", then its child's command
+ * line. child_cmdline_get: cmdline_get (ilwaco.h) over this VM's own words only (a key of
+ * the child's is never this VM's). child_cmdline: what follows the first "--" word (""
+ * when there is none), to give to child_create. */
+int child_cmdline_get(const char *key, char *out, size_t n);
+const char *child_cmdline(void);
 #endif
