@@ -152,7 +152,8 @@ async def test_a_monitor_reads_only_its_own_words_and_passes_the_rest_whole(tmp_
     need_image("secmon")
     need_image("test-disk")
     theirs = "ops=write,verify count=2 quiet=1 mem=4096 image=nothing"
-    for monitor, want in (("dbgmon", "dbgmon: child exited 0 after"), ("secmon", "secmon: denied 1 disk writes")):
+    ends = {"dbgmon": "dbgmon: child exited 0 after", "secmon": "secmon: denied 1 disk writes"}
+    for monitor, want in ends.items():
         disks, _, _ = _monitor_disks(tmp_path)
         async with Kernel() as k:
             vm = await k.spawn(monitor, cmdline=f"-- {theirs}", child_memory="8M", disks=disks, nic=False)
