@@ -167,23 +167,26 @@ class GuestMemory:
 
         Safe for hostile values: negative, wrapping or huge lengths are refused.
         A zero length is accepted at any address. With PROT_W, a range touching the
-        kernel fields of the virtual-register page is refused too.
+        kernel fields of the virtual-register page is refused too, and a range accepted
+        is marked dirty while pages are tracked (the caller is about to write it through
+        ``buf``, which bypasses ``write``): a device that checks for writing need not
+        mark what it writes.
         """
         if length == 0:
             return True
         if addr < 0 or length < 0 or addr + length > self.size:
             return False
+        start = addr
         end = addr + length
-        if prot & PROT_W:
-            if addr < _KERNEL_FIELDS_END and end > _VREGS:
-                return False
-            if self.dirty is not None:
-                self.mark(addr, length)
+        if prot & PROT_W and addr < _KERNEL_FIELDS_END and end > _VREGS:
+            return False
         while addr < end:
             r = self.region_at(addr)
             if r is None or (r.prot & prot) != prot:
                 return False
             addr = r.end
+        if prot & PROT_W and self.dirty is not None:
+            self.mark(start, length)
         return True
 
     def read(self, addr: int, length: int) -> bytes:
