@@ -35,6 +35,7 @@ from denali.arbiter import CpuArbiter
 from denali.builder import VmSpec, build_vm
 from denali.config import KernelConfig, KernelOptions, check_memory, parse_size
 from denali.cpu import CpuState
+from denali.devices.base import Device
 from denali.devices.children import Children
 from denali.devices.clock import Clock
 from denali.devices.console import Console, ConsoleSink
@@ -116,6 +117,10 @@ def _disable_thp() -> None:
 
 
 DEVICE_CLASSES: tuple[type[Any], ...] = (Vm, Clock, Console, Nic, Disks, Children, Personality)
+_SAVED_DEVICES: dict[str, type[Device]] = {
+    c.__name__.lower(): c for c in DEVICE_CLASSES if isinstance(c, type) and issubclass(c, Device)
+}
+"""The devices of a saved VM by the name its state is kept under (``Vm.saved_meta``)."""
 """Everything that answers hypercalls, one per device slot."""
 
 
@@ -751,20 +756,10 @@ def restorable(
             raise TypeError("stats or devices is not an object")
         if len(mac) != 6:
             raise ValueError("a MAC has 6 bytes")
+        for name, device in _SAVED_DEVICES.items():  # each device checks its own state
+            if name in devices:
+                device.check_state(devices[name])
         grant = devices.get("children", {}).get("quota", 0)
-        if not isinstance(grant, int) or not 0 <= grant <= 1 << 40:
-            raise ValueError("the child-memory grant is out of range")
-        if nic:
-            rx = devices["nic"].get("rx", [])
-            if not isinstance(rx, list) or not all(
-                isinstance(f, bytes) and len(f) <= abi.NET_MTU for f in rx
-            ):
-                raise ValueError("the NIC's queued frames are not frames")
-        for name in ("clock", "console"):
-            if not isinstance(devices.get(name, {}), dict):
-                raise TypeError(f"{name} state is not an object")
-        if not isinstance(devices.get("clock", {}).get("deadline", 0), int):
-            raise TypeError("the clock's deadline is not an integer")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         what = "snapshot meta section" if snap is not None else "saved VM state"
         if error is SnapshotFormatError:

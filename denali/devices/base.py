@@ -91,7 +91,17 @@ class Device(abc.ABC):
         return {}
 
     def restore(self, state: State) -> None:  # noqa: B027 (a device with no state keeps this)
-        """Take over ``state`` from ``save`` of a device of the same kind (after ``attach``)."""
+        """Take over ``state`` from ``save`` of a device of the same kind (after ``attach``);
+        ``check_state`` has accepted it."""
+
+    @classmethod
+    def check_state(cls, state: Any) -> None:
+        """Refuse saved state (from a snapshot or a migration, so untrusted) that
+        ``restore`` could not take, before any VM is built from it: ``TypeError`` or
+        ``ValueError`` saying what is wrong, in a few words. The default asks for an
+        object; a device with state of its own checks its fields too."""
+        if not isinstance(state, dict):
+            raise TypeError(f"{cls.__name__.lower()} state is not an object")
 
     def close_now(self) -> bool:
         """Release, without waiting, what the ended VM's device holds; True when that was

@@ -40,7 +40,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
@@ -239,6 +239,13 @@ class Children(Device):
 
     def save(self) -> State:
         return {"quota": self.quota, "used": self.used}
+
+    @classmethod
+    def check_state(cls, state: Any) -> None:
+        super().check_state(state)
+        grant = state.get("quota", 0)
+        if not isinstance(grant, int) or not 0 <= grant <= 1 << 40:
+            raise ValueError("the child-memory grant is out of range")
 
     def close_now(self) -> bool:
         """True (nothing to wait for) when no child was ever made or all have been freed."""

@@ -11,7 +11,7 @@ State: the armed deadline (0: none), on the VM's clock.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from denali import abi
 from denali.abi import Hc, Irq, Result
@@ -71,6 +71,12 @@ class Clock(Device):
 
     def restore(self, state: State) -> None:
         self.arm(int(state.get("deadline", 0)))
+
+    @classmethod
+    def check_state(cls, state: Any) -> None:
+        super().check_state(state)
+        if not isinstance(state.get("deadline", 0), int):
+            raise TypeError("the clock's deadline is not an integer")
 
     def close_now(self) -> bool:
         self.arm(0)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from denali import abi
 from denali.abi import NET_MAX_BATCH, NET_MIN_FRAME, NET_MTU, Hc, Irq, Result
@@ -410,6 +410,13 @@ class Nic(Device):
 
     def restore(self, state: State) -> None:
         self.port.refill(state.get("rx", ()))
+
+    @classmethod
+    def check_state(cls, state: Any) -> None:
+        super().check_state(state)
+        rx = state.get("rx", [])
+        if not isinstance(rx, list) or not all(isinstance(f, bytes) and len(f) <= _MTU for f in rx):
+            raise ValueError("the NIC's queued frames are not frames")
 
     def close_now(self) -> bool:
         self.port.clear_rx()

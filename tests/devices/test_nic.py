@@ -152,3 +152,13 @@ def test_info(table: Table) -> None:
     mac, _, mtu, rxq = struct.unpack_from("<6sHII", vm.memory.buf, ARG)
     assert mac == bytes.fromhex("02de01020304") and mtu == 1514 and rxq == nic.rx_capacity
     vm.close()
+
+
+def test_saved_nic_state_is_checked_before_a_restore() -> None:
+    Nic.check_state({"mac": b"\x02" * 6, "rx": [b"\xff" * 60, b"x" * abi.NET_MTU]})
+    Nic.check_state({})
+    for bad in ({"rx": [b"x" * (abi.NET_MTU + 1)]}, {"rx": ["text"]}, {"rx": b"frames"}):
+        with pytest.raises(ValueError, match="the NIC's queued frames are not frames"):
+            Nic.check_state(bad)
+    with pytest.raises(TypeError, match="nic state is not an object"):
+        Nic.check_state([b"frame"])
