@@ -46,7 +46,7 @@ def _leaf(text: str) -> dict[str, str]:
 
 def _probe(k: Kernel) -> NicPort:
     """A NIC port of the test's own on the kernel's LAN: it sees every broadcast frame."""
-    port = NicPort("probe", "02:ee:00:00:00:01")
+    port = NicPort("probe", "06:ee:00:00:00:01")  # never a VM's (02:TAG:...), whatever the tag
     k.switch.attach(port)
     return port
 
