@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -229,8 +230,14 @@ def test_wheel_install_builds_a_guest(tmp_path: Path) -> None:
         "denali/images/hello.elf",
     ):
         assert f in names, f
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    # The new venv sees the packages of the environment running the tests (denali's
+    # dependencies, whether that is the system's Python or a venv) as plain paths: their
+    # .pth files (this tree's editable install among them) are not processed there.
+    [site_dir] = env_dir.glob("lib/python*/site-packages")
+    outer = [*site.getsitepackages(), site.getusersitepackages()]
+    (site_dir / "outer-env.pth").write_text("".join(f"{d}\n" for d in outer if os.path.isdir(d)))
     r = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", str(whl)],
         capture_output=True,
@@ -240,14 +247,11 @@ def test_wheel_install_builds_a_guest(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
-    where = subprocess.run(
-        [str(py), "-c", "import denali; print(denali.__file__)"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    r = subprocess.run(
+        [str(py), "-c", "import denali; print(denali.__file__)"], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    where = r.stdout
     assert where.startswith(str(env_dir)), where  # the wheel, not this tree or another install
     for cmd in (["denali", "new", "hello"], ["make", "-C", "hello"]):
         r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
