@@ -16,9 +16,11 @@ once, hypercalls and the LAN included), and makes them one host:
   new VMs over the members, and sums counters, ``top`` and Prometheus text over them.
 - **Events.** Each member is linked to the host by a socket pair (``MemberLink`` on the
   member's side): it reports each VM it publishes (``up``), each that migrated away
-  (``moved``) and each that ended with its outcome (``end``), and ``ready`` once it
-  serves; the host keeps the table of VMs (``HostVm``) from these, so it knows where
-  each VM runs and, without an API, when the boot is over.
+  (``moved``) and each that ended with its outcome (``end``), ``ready`` once it
+  serves, its share of a boot's progress when asked (``progress``) and, as it stops,
+  the console bytes it dropped (``console``); the host keeps the table of VMs
+  (``HostVm``) from these, so it knows where each VM runs and, without an API, when
+  the boot is over.
 - **Faults.** A member that dies (a crash, ``kill -9``) is reported in one log line, its
   VMs are marked ``lost`` and the others keep serving. With ``restart_lost`` each lost
   VM that has a snapshot (the last one taken through the host's API, or the host's
@@ -184,6 +186,8 @@ class Member:
         self._cpu_prev: tuple[float, float] | None = None
         self.cpu_pct = 0.0
         """CPU the process used over the last balance sample, in percent of one core."""
+        self.progress = (0, 0)
+        """(spawned, started) of its share of the boot, as it last told."""
 
     @property
     def api(self) -> str:
@@ -227,6 +231,11 @@ class Member:
             self._link.close()
 
 
+def _count(value: object) -> int:
+    """A count a member sent (anything else is 0)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def cpu_ticks(pid: int) -> float | None:
     """User + system CPU time of process ``pid`` in clock ticks (None if it is gone)."""
     try:
@@ -239,6 +248,19 @@ def cpu_ticks(pid: int) -> float | None:
         return float(int(fields[11]) + int(fields[12]))
     except (IndexError, ValueError):
         return None
+
+
+def lan_works(address: str = "127.0.0.1") -> bool:
+    """Whether a datagram sent to ``address`` comes back (the members' LAN runs over it):
+    False in a network namespace whose loopback interface is down, for example."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+            s.settimeout(0.5)
+            s.sendto(b"denali", s.getsockname())
+            return s.recv(16) == b"denali"
+    except OSError:
+        return False
 
 
 def _free_udp_ports(n: int, address: str = "127.0.0.1") -> list[int]:
@@ -269,9 +291,16 @@ class Host:
         self.restarts = 0
         """Lost VMs restored from a snapshot."""
         self.checkpoints = 0
+        self.console_dropped = 0
+        """Console bytes the members dropped (stdout not read fast enough, or closed),
+        as each told when it stopped."""
+        self.console_closed = False
+        """Some member found stdout closed."""
         self._dir: str | None = None
         self._own_dir = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._readers: set[asyncio.Task[Any]] = set()
+        """The tasks reading the members' events (``close`` reads their last words)."""
         self._closing = False
         self._changed = asyncio.Event()
         self.started = asyncio.Event()
@@ -288,6 +317,12 @@ class Host:
         else:
             self._dir = cfg.runtime_dir
         os.chmod(self._dir, 0o700)
+        if cfg.kernels > 1 and not lan_works(cfg.lan_local[0]):
+            await self.close()
+            raise HostError(
+                f"the LAN between the host's kernels runs over {cfg.lan_local[0]}, which does not "
+                "carry datagrams here (is the loopback interface up? ip link set lo up)"
+            )
         base = cfg.lan_local[1]
         ports = (
             [base + j for j in range(cfg.kernels)] if base else _free_udp_ports(cfg.kernels, cfg.lan_local[0])
@@ -352,16 +387,18 @@ class Host:
         member = Member(plan, proc, mine)
         self.members.append(member)
         reader, writer = await asyncio.open_unix_connection(sock=mine)
-        self._spawn(self._read_events(member, reader, writer))
+        self._readers.add(self._spawn(self._read_events(member, reader, writer)))
         self._spawn(self._watch_exit(member))
 
     async def close(self) -> None:
         """Stop every member (SIGTERM, then SIGKILL after ``stop_grace_s``) and wait for
-        them; idempotent."""
+        them; idempotent. The members' events are read until each closed its link (what
+        a stopping member tells, e.g. console bytes it dropped, is not lost)."""
         self._closing = True
-        for t in list(self._tasks):
+        others = [t for t in self._tasks if t not in self._readers]
+        for t in others:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         for m in self.members:
             if m.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -382,8 +419,15 @@ class Host:
             if m.state != "lost":
                 m.state = "stopped"
             m.exit_status = m.proc.returncode
+            with contextlib.suppress(TimeoutError):  # it exited: what it sent is in the socket
+                await asyncio.wait_for(m.events_done.wait(), 1)
             m.close_link()
             await m.session.close()
+        readers = list(self._readers)
+        for t in readers:
+            t.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        self._readers.clear()
         if self._own_dir and self._dir is not None:
             for name in os.listdir(self._dir):
                 with contextlib.suppress(OSError):
@@ -392,10 +436,11 @@ class Host:
                 os.rmdir(self._dir)
             self._own_dir = False
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---- the members' events ----
     async def _read_events(
@@ -432,6 +477,15 @@ class Host:
                 hv = self.vms[vm_id] = HostVm(vm_id, m.index)
             hv.member, hv.state, hv.code = m.index, "running", None
             hv.view = {k: info.get(k) for k in ("image", "mac", "cmdline", "memory")}
+        elif "progress" in ev:
+            p = ev["progress"]
+            if isinstance(p, dict):
+                m.progress = (_count(p.get("spawned")), _count(p.get("started")))
+        elif "console" in ev:
+            c = ev["console"]
+            if isinstance(c, dict):
+                self.console_dropped += _count(c.get("dropped"))
+                self.console_closed = self.console_closed or c.get("closed") is True
         elif "moved" in ev:
             hv = self.vms.get(int(ev["moved"]))
             if hv is not None and hv.member == m.index and hv.state == "running":
@@ -520,6 +574,15 @@ class Host:
         """The running member with the fewest VMs (the lowest index among equals)."""
         live = [m for m in self.members if m.state == "running"]
         return min(live, key=lambda m: (self.load(m), m.index)) if live else None
+
+    def boot_counts(self) -> tuple[int, int]:
+        """(spawned, started) VMs of the boot: the members' last ``progress`` figures
+        summed (members started with ``--progress`` tell them every 0.2 s), or what the
+        table of VMs already shows when that is more (a VM that came up was spawned, one
+        that ended had started)."""
+        told = [m.progress for m in self.members]
+        ended = sum(1 for v in self.vms.values() if v.state in ("ended", "lost"))
+        return max(sum(t[0] for t in told), len(self.vms)), max(sum(t[1] for t in told), ended)
 
     def where(self, vm_id: int) -> HostVm | None:
         return self.vms.get(vm_id)

@@ -173,40 +173,61 @@ class JobProgress:
             self._write_line(self._clock())
 
 
-class BootProgress:
-    """Tracks ``total`` VMs as they are handed to ``add``; ``run()`` shows it until every
-    one started or ``close()`` is called."""
+class BootCount:
+    """VMs spawned and started of one boot, as they are handed to ``add``: the figures
+    ``BootProgress`` shows (a member kernel of a host counts its share with one and tells
+    the host, which shows the sum)."""
 
-    def __init__(
-        self, total: int, stream: IO[str], *, live: bool | None = None, interval: float = 1.0
-    ) -> None:
-        self.total = total
+    def __init__(self) -> None:
         self.vms: list[Vm] = []
-        self._console = Console(file=stream, stderr=True)
-        self._stream = stream
-        self._live = self._console.is_terminal if live is None else live
-        self._interval = interval
-        self._t0 = time.monotonic()
         self._started_upto = 0
-        self._stop = asyncio.Event()
 
     def add(self, vm: Vm) -> None:
         self.vms.append(vm)
 
-    def started(self) -> int:
-        """VMs that ran their first slice or ended (scans only the ones not yet counted)."""
+    def counts(self) -> tuple[int, int]:
+        """(spawned, started): started are the VMs that ran their first slice or ended
+        (scans only the ones not yet counted)."""
         vms = self.vms
         i = self._started_upto
         while i < len(vms) and (vms[i].first_slice_ns is not None or vms[i].done):
             i += 1
         self._started_upto = i
-        return i + sum(1 for vm in vms[i:] if vm.first_slice_ns is not None or vm.done)
+        return len(vms), i + sum(1 for vm in vms[i:] if vm.first_slice_ns is not None or vm.done)
+
+
+class BootProgress:
+    """Shows ``total`` VMs spawned and started until every one started or ``close()`` is
+    called; ``run()`` draws it. The figures come from ``counts()`` ((spawned, started)),
+    by default those of the VMs handed to ``add``."""
+
+    def __init__(
+        self,
+        total: int,
+        stream: IO[str],
+        *,
+        live: bool | None = None,
+        interval: float = 1.0,
+        counts: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        self.total = total
+        self._own = BootCount()
+        self.counts = counts if counts is not None else self._own.counts
+        self._console = Console(file=stream, stderr=True)
+        self._stream = stream
+        self._live = self._console.is_terminal if live is None else live
+        self._interval = interval
+        self._t0 = time.monotonic()
+        self._stop = asyncio.Event()
+
+    def add(self, vm: Vm) -> None:
+        self._own.add(vm)
 
     def line(self) -> str:
-        started = self.started()
+        spawned, started = self.counts()
         dt = max(time.monotonic() - self._t0, 1e-9)
         return (
-            f"denali: spawned {len(self.vms):,}/{self.total:,}, started {started:,}/{self.total:,} "
+            f"denali: spawned {spawned:,}/{self.total:,}, started {started:,}/{self.total:,} "
             f"({started / dt:,.0f} VMs/s, {dt:.1f} s)"
         )
 
@@ -214,7 +235,7 @@ class BootProgress:
         self._stop.set()
 
     def finished(self) -> bool:
-        return self._stop.is_set() or (len(self.vms) == self.total and self.started() == self.total)
+        return self._stop.is_set() or self.counts() == (self.total, self.total)
 
     async def run(self) -> None:
         if self._live:
@@ -240,9 +261,9 @@ class BootProgress:
             sp = bar.add_task("spawned", total=self.total, rate="")
             st = bar.add_task("started", total=self.total, rate="")
             while True:
-                started = self.started()
+                spawned, started = self.counts()
                 dt = max(time.monotonic() - self._t0, 1e-9)
-                bar.update(sp, completed=len(self.vms))
+                bar.update(sp, completed=spawned)
                 bar.update(st, completed=started, rate=f"{started / dt:,.0f} VMs/s")
                 if self.finished():
                     break

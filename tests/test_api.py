@@ -238,11 +238,26 @@ def _wait_for(path: str, proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"{path} never appeared")
 
 
-def test_ctl_and_top_on_a_booted_kernel(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kernels", "where"), [("1", "in this kernel"), ("2", "on this host")])
+def test_ctl_and_top_on_a_booted_kernel(tmp_path: Path, kernels: str, where: str) -> None:
+    """The same session on one kernel and on a host of two (``--count 0 --api`` without
+    ``--kernels`` is one kernel per core)."""
     need_image("test-swapsum")
     sock = str(tmp_path / "k.sock")
     boot = subprocess.Popen(
-        [sys.executable, "-m", "denali", "boot", "test-idle", "--count", "0", "--api", sock],
+        [
+            sys.executable,
+            "-m",
+            "denali",
+            "boot",
+            "test-idle",
+            "--count",
+            "0",
+            "--api",
+            sock,
+            "--kernels",
+            kernels,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -267,7 +282,7 @@ def test_ctl_and_top_on_a_booted_kernel(tmp_path: Path) -> None:
         assert r.returncode == 0 and r.stdout.count("test-swapsum") == 3, r.stderr
         # errors: one line each
         for args, code, text in (
-            (("show", "4242"), 1, "no VM 4242 in this kernel (HTTP 404)"),
+            (("show", "4242"), 1, f"no VM 4242 {where} (HTTP 404)"),
             (("restore", str(tmp_path / "missing.snap")), 1, "(HTTP 422)"),
             (("snapshot", str(vid)), 2, "the following arguments are required"),
             (("pause", "x"), 2, "invalid int value"),

@@ -246,21 +246,29 @@ def denali(*args: str) -> Iterator[subprocess.Popen[str]]:
 
 
 def blocked_in(pid: int, *functions: str) -> bool:
-    """True when a thread of process ``pid`` sleeps in one of these kernel functions."""
-    for task in os.listdir(f"/proc/{pid}/task"):
+    """True when a thread of process ``pid``, or of a process it started (the kernels of
+    a host of several), sleeps in one of these kernel functions."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    children: list[int] = []
+    for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/wchan") as f:
                 if f.read().strip() in functions:
                     return True
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += map(int, f.read().split())
         except OSError:
             pass
-    return False
+    return any(blocked_in(c, *functions) for c in children)
 
 
 def wait_until(cond: Callable[[], bool], p: subprocess.Popen[str], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert p.poll() is None, f"denali ended before {what}: {p.communicate()}"
+        assert p.poll() is None, f"denali ended before {what}: {p.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
 

@@ -141,6 +141,63 @@ async def test_vms_spread_over_kernels_and_the_exit_status_is_the_boots() -> Non
     assert "Traceback" not in b.err
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: the default is one kernel")
+async def test_the_default_is_a_kernel_per_core_but_not_more_than_vms() -> None:
+    """Without ``--kernels``: several VMs make a host of one kernel per core (one boot,
+    one exit status, each VM's console), one VM or ``--trace`` one kernel."""
+    need_image("hello")
+    cores = min(len(os.sched_getaffinity(0)), 64)
+    b = await _boot("hello", "-v", "--count", "3")
+    assert await b.finish() == 0, b.err
+    assert f"host of {min(cores, 3)} kernels running" in b.err, b.err
+    assert all(f"[vm{i}] Hello from denali! I am VM {i}," in b.out for i in (1, 2, 3)), b.out
+    for args in (["--count", "1"], ["--count", "2", "--trace", os.devnull]):
+        b = await _boot("hello", "-v", *args)
+        assert await b.finish() == 0, b.err
+        assert "host of" not in b.err and "Hello from denali!" in b.out, b.err
+
+
+@pytest.fixture
+async def lo_down() -> AsyncIterator[list[str]]:
+    """A network namespace made here whose loopback is down (as a new one is): the
+    command prefix that runs in it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ip netns)")
+    name = f"dlo{os.getpid() % 100000}"
+    made = await asyncio.create_subprocess_exec("ip", "netns", "add", name)
+    assert await made.wait() == 0
+    try:
+        yield ["ip", "netns", "exec", name]
+    finally:
+        gone = await asyncio.create_subprocess_exec("ip", "netns", "del", name)
+        await gone.wait()
+
+
+async def test_where_the_kernels_lan_cannot_run_the_default_is_one_kernel(lo_down: list[str]) -> None:
+    """127.0.0.1 carries nothing in a namespace whose loopback is down: without
+    ``--kernels`` the boot runs as one kernel; ``--kernels 2`` is one clear line."""
+    need_image("hello")
+
+    async def boot(*args: str) -> Boot:
+        proc = await asyncio.create_subprocess_exec(
+            *lo_down,
+            *DENALI,
+            "boot",
+            "hello",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return Boot(proc)
+
+    b = await boot("--count", "2")
+    assert await b.finish() == 0, b.err
+    assert "[vm1] Hello" in b.out and "[vm2] Hello" in b.out and not b.err, b.err
+    b = await boot("--count", "2", "--kernels", "2")
+    assert await b.finish() != 0
+    assert b.err.count("\n") == 1 and "ip link set lo up" in b.err and "Traceback" not in b.err, b.err
+
+
 @pytest.mark.parametrize(
     ("args", "line"),
     [

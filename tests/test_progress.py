@@ -1,8 +1,9 @@
-"""BootProgress counts VMs spawned and started; JobProgress shows one long job. Both render
-a live bar on a terminal and plain lines elsewhere."""
+"""BootProgress counts VMs spawned and started (or shows counts given to it); JobProgress
+shows one long job. Both render a live bar on a terminal and plain lines elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from denali.kernel import Kernel
@@ -20,9 +21,9 @@ async def test_counts_and_plain_lines() -> None:
         vms = [await k.spawn("test-idle", cmdline="ms=100000 wait=host") for _ in range(5)]
         for vm in vms:
             p.add(vm)
-        assert not p.finished() or p.started() == 5
+        assert not p.finished() or p.counts() == (5, 5)
         await p.run()  # returns once all five ran their first slice
-        assert p.started() == 5 and p.finished()
+        assert p.counts() == (5, 5) and p.finished()
     assert "spawned 5/5, started 5/5" in out.getvalue().splitlines()[-1]
 
 
@@ -35,6 +36,22 @@ async def test_live_bar_renders_and_close_stops_it() -> None:
         p.close()  # two VMs were never spawned: close() must still end run()
         await p.run()
     assert "spawned" in out.getvalue() and "1/3" in out.getvalue()
+
+
+async def test_figures_from_elsewhere_a_hosts_members() -> None:
+    """A host of several kernels shows its members' sums: ``counts`` instead of ``add``."""
+    out = io.StringIO()
+    figures = [(0, 0)]
+    p = BootProgress(4, out, live=False, interval=0.01, counts=lambda: figures[-1])
+    assert p.line().startswith("denali: spawned 0/4, started 0/4")
+    figures.append((4, 3))
+    assert not p.finished() and "spawned 4/4, started 3/4" in p.line()
+    shown = asyncio.ensure_future(p.run())
+    await asyncio.sleep(0.05)
+    assert not shown.done() and "spawned 4/4, started 3/4" in out.getvalue().splitlines()[-1]
+    figures.append((4, 4))
+    await asyncio.wait_for(shown, 5)  # returns once the figures say all started
+    assert p.finished()
 
 
 def test_job_plain_lines_only_after_the_delay_and_at_intervals() -> None:

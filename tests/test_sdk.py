@@ -248,7 +248,11 @@ def test_wheel_install_builds_a_guest(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
     r = subprocess.run(
-        [str(py), "-c", "import denali; print(denali.__file__)"], cwd=work, env=env, capture_output=True, text=True
+        [str(py), "-c", "import denali; print(denali.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     where = r.stdout

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import logging
 import os
 import re
 import sys
@@ -46,7 +47,7 @@ from denali.errors import (
     SwapError,
     VmKilledError,
 )
-from denali.host import MemberLink, ToldHost, die_with_parent
+from denali.host import MemberLink, ToldHost, die_with_parent, lan_works
 from denali.kernel import Kernel
 from denali.monitor.base import Monitor
 from denali.monitor.gdb import GdbStub
@@ -58,7 +59,10 @@ from denali.net.vxlan import VxlanPort
 from denali.vm import Vm, VmState
 
 if TYPE_CHECKING:  # rich: imported where a progress display is shown
-    from denali.progress import BootProgress
+    from denali.progress import BootCount, BootProgress
+
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: Any) -> None:
@@ -161,10 +165,11 @@ def add_parser(sub: Any) -> None:
     h.add_argument(
         "--kernels",
         type=_kernels,
-        default=1,
         metavar="N|auto",
         help="run N kernel processes as one host (auto: one per core): the VMs spread over "
-        "them, one LAN, one --api and --metrics over all (default 1: this process only)",
+        "them, one LAN, one --api and --metrics over all (default: one per core, at most "
+        "one per VM of --count; 1, this process only, with --trace or --pcap, which write "
+        "one file)",
     )
     h.add_argument(
         "--restart-lost",
@@ -244,6 +249,22 @@ def _kernels(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of kernels from 1 to 64 (or auto)")
     return int(text)
+
+
+def default_kernels(args: argparse.Namespace) -> int:
+    """How many kernels a boot without ``--kernels`` runs: one per core the process may
+    use, at most one per VM of ``--count`` (all of them for an API-only host, ``--count
+    0``); one for a member of a host, with ``--trace`` or ``--pcap`` (one file each,
+    written by one kernel), and where the kernels' LAN over 127.0.0.1 would not work (a
+    namespace whose loopback is down)."""
+    if args.member is not None or args.trace or args.pcap:
+        return 1
+    cores = max(1, min(64, len(os.sched_getaffinity(0))))
+    n = cores if args.count < 1 else min(cores, args.count)
+    if n > 1 and not args.host_lan and not lan_works("127.0.0.1"):
+        log.info("one kernel, not %d: 127.0.0.1 carries no datagrams here (loopback down)", n)
+        return 1
+    return n
 
 
 def _member(text: str) -> tuple[int, int]:
@@ -336,6 +357,9 @@ async def _boot(args: argparse.Namespace, stop: StopSignals, out: ConsoleOutput)
     finally:
         if link is not None:
             gone.cancel()
+            if not link.gone.is_set():  # the host prints one line for all its kernels
+                await asyncio.to_thread(out.close, idle_s=0.5)
+                link.send({"console": {"dropped": out.dropped, "closed": out.broken}})
             await link.close()
 
 
@@ -388,7 +412,10 @@ async def _run(
     metrics_server = None
     api_server = None
     progress: BootProgress | None = None
+    counted: BootProgress | BootCount | None = None
     shown = None
+    vms: list[tuple[Vm, PrefixedSink]] = []
+    j, n = args.member or (0, 1)
     try:
         if args.metrics:
             host, port = args.metrics
@@ -434,13 +461,17 @@ async def _run(
             trace = TraceWriter(args.trace, parse_kinds(args.trace_filter))
             await trace.open()
         show = args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
-        if show:
+        if show and link is not None:  # the host shows its members' sums
+            from denali.progress import BootCount
+
+            counted = BootCount()
+            shown = asyncio.ensure_future(_tell_progress(link, counted, len(range(j + 1, args.count + 1, n))))
+        elif show:
             from denali.progress import BootProgress as _Progress  # rich: loaded only when shown
 
             progress = _Progress(args.count, sys.stderr)
-        shown = asyncio.ensure_future(progress.run()) if progress is not None else None
-        vms: list[tuple[Vm, PrefixedSink]] = []
-        j, n = args.member or (0, 1)
+            counted = progress
+            shown = asyncio.ensure_future(progress.run())
         for i in range(j + 1, args.count + 1, n):
             sink = out.sink_for(i if args.count > 1 else None)
             monitors = await _monitors_for(i, args, trace, policy, stubs)
@@ -459,8 +490,8 @@ async def _run(
                 lan.report(
                     [_cmdline_for(args.cmdline, j) for j in range(1, args.count + 1)], ports, sys.stderr
                 )
-            if progress is not None:
-                progress.add(vm)
+            if counted is not None:
+                counted.add(vm)
             await asyncio.sleep(0)  # let the VMs spawned so far start, and the progress show
         if link is not None:  # the host gathers every VM's outcome through the link
             link.send({"ready": {"pid": os.getpid(), "vms": len(vms)}})
@@ -469,8 +500,11 @@ async def _run(
         if api_server is not None:  # VMs come and go through the API until a stop signal
             await asyncio.Event().wait()
     finally:
-        if progress is not None and shown is not None:
+        if progress is not None:
             progress.close()
+        if shown is not None:
+            if progress is None:
+                shown.cancel()
             await asyncio.gather(shown, return_exceptions=True)
         for p in [*ports, *ports_internal]:
             p.close()
@@ -535,6 +569,20 @@ async def _monitors_for(
     if policy is not None:
         monitors.append(Policy(policy))
     return monitors
+
+
+async def _tell_progress(link: MemberLink, counted: BootCount, mine: int) -> None:
+    """A member's share of a boot's progress, told to the host (which shows the sum) every
+    0.2 s while it changes, until all ``mine`` VMs started."""
+    told = (-1, -1)
+    while True:
+        now = counted.counts()
+        if now != told:
+            link.send({"progress": {"spawned": now[0], "started": now[1]}})
+            told = now
+        if now == (mine, mine):
+            return
+        await asyncio.sleep(0.2)
 
 
 class _MemberWatch:
@@ -619,6 +667,8 @@ def run(args: argparse.Namespace) -> int:
 
     from denali.endpoint import Limits, raise_fd_limit
 
+    if args.kernels is None:
+        args.kernels = default_kernels(args)
     if args.member is None and (
         args.kernels > 1 or args.restart_lost or args.checkpoint or args.balance or args.host_lan
     ):
@@ -635,26 +685,27 @@ def run(args: argparse.Namespace) -> int:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 status = runner.run(_boot(args, stop, out))
                 if stop.requested:  # shut down cleanly: threads still stuck are not waited for
-                    _finish_output(out, stop)
+                    _finish_output(out, stop, report=args.member is None)
                     stop.exit_now(status)
         except DenaliError as exc:
             if not isinstance(exc, ToldHost):
                 print(f"denali: {exc}", file=sys.stderr)
             status = EXIT_USAGE
-        _finish_output(out, stop)
+        _finish_output(out, stop, report=args.member is None)
         if stop.requested:
             stop.exit_now(EXIT_INTERRUPTED)
     return status
 
 
-def _finish_output(out: ConsoleOutput, stop: StopSignals) -> None:
+def _finish_output(out: ConsoleOutput, stop: StopSignals, report: bool = True) -> None:
     """Write out what stdout still holds (briefly after a stop signal; a signal while
-    waiting ends the wait), then say what was dropped."""
+    waiting ends the wait), then say what was dropped (unless ``report`` is False: a
+    member kernel told its host)."""
     if stop.requested:
         out.close(idle_s=0.5)
     else:
         out.close(stopped=lambda: stop.requested)
-    line = out.report()
+    line = out.report() if report else None
     if line is not None:
         print(line, file=sys.stderr)
 

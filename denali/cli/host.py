@@ -8,7 +8,9 @@ VM has ended, with the same exit statuses (125 if a VM faulted, was stopped by a
 monitor or was lost with its kernel; else the one VM's status, or 0/1); with ``--api``
 on a stop signal. Ctrl-C or SIGTERM stops every member and exits 130. A member that
 fails to start ends the host with that member's status (its message is on stderr).
-The members write the VMs' consoles to this process's stdout and stderr themselves.
+The members write the VMs' consoles to this process's stdout and stderr themselves;
+this process shows the boot's progress (the members' sums) and the one line saying how
+many console bytes were dropped, summed over the members.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 
 from denali import host_api
 from denali.cli.common import EXIT_FAILED, EXIT_FAULT, EXIT_INTERRUPTED, EXIT_USAGE
+from denali.cli.output import dropped_line
 from denali.cli.signals import StopSignals
 from denali.config import KernelConfig, parse_size
 from denali.endpoint import Endpoint
@@ -74,7 +77,13 @@ def member_command(args: argparse.Namespace, mac_tag: int, plan: MemberPlan) -> 
         str(args.child_memory),
     ]
     cmd += ["--slice-us", str(args.slice_us), "--cmdline", args.cmdline, "--workers", str(args.workers)]
-    cmd += ["--mac-tag", str(mac_tag), "--api", plan.api, "--no-progress"]
+    cmd += [
+        "--mac-tag",
+        str(mac_tag),
+        "--api",
+        plan.api,
+        "--progress" if _shows_progress(args) else "--no-progress",
+    ]
     cmd += ["--member", f"{plan.index}/{plan.kernels}", "--member-fd", str(plan.fd)]
     if args.memory_budget:  # the host's budget, shared equally by its kernels
         cmd += ["--memory-budget", str(max(2 << 20, parse_size(args.memory_budget) // plan.kernels))]
@@ -103,6 +112,12 @@ def member_command(args: argparse.Namespace, mac_tag: int, plan: MemberPlan) -> 
     elif getattr(args, "verbose", 0):
         cmd.append("-" + "v" * int(args.verbose))
     return cmd
+
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """Whether the host shows the boot's progress on stderr (as ``denali boot`` does: with
+    ``--progress``, or 100 VMs or more on a terminal); its members then tell theirs."""
+    return args.progress if args.progress is not None else args.count >= 100 and sys.stderr.isatty()
 
 
 def _status(vms: list[HostVm]) -> int:
@@ -144,6 +159,9 @@ async def _serve(args: argparse.Namespace, stop: StopSignals) -> int:
         for e in endpoints:
             await e.close()
         await host.close()
+        line = dropped_line(host.console_dropped, host.console_closed)
+        if line is not None:
+            print(line, file=sys.stderr)
     if body.cancelled():
         return EXIT_INTERRUPTED
     return body.result()
@@ -158,10 +176,22 @@ async def _run(host: Host, args: argparse.Namespace, endpoints: list[Endpoint]) 
             endpoints.append(await host_api.serve_metrics(host, address, port))
         except OSError as exc:
             raise DenaliError(f"--metrics {address}:{port}: {exc.strerror or exc}") from None
-    await host.start()
-    if args.api:
-        await asyncio.Event().wait()
-    vms = await host.wait_vms()
+    progress = None
+    shown = None
+    if _shows_progress(args) and args.count > 0:
+        from denali.progress import BootProgress  # rich: loaded only when shown
+
+        progress = BootProgress(args.count, sys.stderr, counts=host.boot_counts)
+        shown = asyncio.ensure_future(progress.run())
+    try:
+        await host.start()
+        if args.api:
+            await asyncio.Event().wait()
+        vms = await host.wait_vms()
+    finally:
+        if progress is not None and shown is not None:
+            progress.close()
+            await asyncio.gather(shown, return_exceptions=True)
     for v in vms:
         if v.state == "lost":
             print(f"denali: VM {v.id} was lost with its kernel", file=sys.stderr)
@@ -169,7 +199,8 @@ async def _run(host: Host, args: argparse.Namespace, endpoints: list[Endpoint]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``denali boot --kernels N`` (N >= 2); see the module docstring."""
+    """Run ``denali boot --kernels N`` (N >= 2, or the default of one per core); see the
+    module docstring."""
     import uvloop
 
     from denali.endpoint import Limits, raise_fd_limit

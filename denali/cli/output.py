@@ -91,10 +91,7 @@ class ConsoleOutput:
 
     def report(self) -> str | None:
         """The line for stderr when output was dropped, else None."""
-        if not self.dropped:
-            return None
-        why = "stdout was closed" if self.broken else "stdout was not read fast enough"
-        return f"denali: {self.dropped:,} bytes of console output dropped ({why})"
+        return dropped_line(self.dropped, self.broken)
 
     # ---- the writer thread ----
     def _run(self) -> None:
@@ -166,3 +163,12 @@ class PrefixedSink:
         if self._partial:
             self._out.write(b"%s%s\n" % (self._prefix, bytes(self._partial)))
             self._partial.clear()
+
+
+def dropped_line(dropped: int, closed: bool) -> str | None:
+    """The line for stderr when ``dropped`` bytes of console output were dropped (``closed``:
+    because stdout was closed), else None; a host of several kernels sums its members'."""
+    if not dropped:
+        return None
+    why = "stdout was closed" if closed else "stdout was not read fast enough"
+    return f"denali: {dropped:,} bytes of console output dropped ({why})"
