@@ -4,7 +4,8 @@ serves at least 1.7x what one kernel serves").
 
 Usage (root; ip from iproute2):
   python tools/bench/bench_host.py [--vms 100] [--rounds 5] [--seconds 20] [--warmup 5]
-                                   [--conc 64] [--kernels 2]
+                                   [--conc 64] [--kernels 2] [--client vxlan|tap]
+                                   [--load c|python]
 
 Each round boots ``denali boot httpd --kernels K --count N`` as a real process from
 this tree, once with K = 1 and once with K = --kernels (alternating which goes first).
@@ -21,9 +22,13 @@ The load generator reaches the VMs one of two ways (``--client``):
   entry for each VM's MAC, so each request goes straight to the kernel of its VM, as a
   client on another machine of a VXLAN cluster would.
 
-lanload.py (tools/bench/lanload.py) runs in the namespace and sends GETs for 2,258-byte
-documents to VMs drawn from a Zipf distribution (alpha 1), from --conc clients over
-keep-alive connections, exactly as bench_zipf.py does. Requests answered after
+The load generator runs in the namespace and sends GETs for 2,258-byte documents to VMs
+drawn from a Zipf distribution (alpha 1), from --conc clients over keep-alive
+connections, exactly as bench_zipf.py does. ``--load c`` (default) runs zipfload.c,
+built here with gcc, which costs about a fifth of lanload.py's CPU per request;
+``--load python`` runs lanload.py itself (the client of the earlier figures). The
+client shares the machine's cores with the kernels, so its CPU is CPU the second
+kernel does not get. Requests answered after
 --warmup seconds are counted. Prints each round, the per-round ratio, the median of the
 ratios, and the load average before and after (the machine is shared).
 """
@@ -36,9 +41,11 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from lan import HERE, HOST_IP, PREFIX, sh, vm_ip
@@ -94,8 +101,15 @@ async def _vxlan_client(ns: str, kernels: int, n: int) -> None:
         await sh("ip", "netns", "exec", ns, "bridge", "-batch", f.name)
 
 
+def build_zipfload(out_dir: str) -> Path:
+    """zipfload.c compiled with the machine's gcc into ``out_dir``."""
+    out = Path(out_dir) / "zipfload"
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(HERE / "zipfload.c"), "-lm"], check=True)
+    return out
+
+
 async def point(
-    kernels: int, n: int, seconds: float, warmup: float, conc: int, client: str
+    kernels: int, n: int, seconds: float, warmup: float, conc: int, client: str, load_cmd: list[str]
 ) -> dict[str, Any]:
     """One measurement: a fresh host of ``kernels`` kernels serving ``n`` httpd VMs."""
     tag = os.getpid() % 100000
@@ -143,7 +157,7 @@ async def point(
             f.flush()
             await sh("ip", "-n", ns, "-batch", f.name)
         load = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", ns, sys.executable, str(HERE / "lanload.py"), "zipf", vm_ip(1), str(n),
+            "ip", "netns", "exec", ns, *load_cmd, "zipf", vm_ip(1), str(n),
             "--seconds", str(warmup + seconds), "--conc", str(conc), "--pool", "1024", "--report", "1",
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
@@ -182,9 +196,15 @@ def main() -> None:
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--kernels", type=int, default=2)
     ap.add_argument("--client", choices=("vxlan", "tap"), default="vxlan")
+    ap.add_argument("--load", choices=("c", "python"), default="c")
     args = ap.parse_args()
+    build_dir = tempfile.TemporaryDirectory(prefix="bench_host.")
+    if args.load == "c":
+        load_cmd = [str(build_zipfload(build_dir.name))]
+    else:
+        load_cmd = [sys.executable, str(HERE / "lanload.py")]
     print(
-        f"client: {args.client}; load average before: {loadavg()}  "
+        f"client: {args.client}, load generator: {args.load}; load average before: {loadavg()}  "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
     )
     ratios = []
@@ -194,7 +214,9 @@ def main() -> None:
         order = (1, args.kernels) if r % 2 == 0 else (args.kernels, 1)
         got: dict[int, dict[str, Any]] = {}
         for k in order:
-            got[k] = asyncio.run(point(k, args.vms, args.seconds, args.warmup, args.conc, args.client))
+            got[k] = asyncio.run(
+                point(k, args.vms, args.seconds, args.warmup, args.conc, args.client, load_cmd)
+            )
         a, b = got[1]["req_s"], got[args.kernels]["req_s"]
         one.append(a)
         many.append(b)
