@@ -34,6 +34,21 @@ def test_boot_hello_prints_greeting_and_exits_zero() -> None:
     assert "Hello from denali!" in r.stdout
 
 
+def test_a_plain_boot_loads_no_http_or_terminal_libraries() -> None:
+    """aiohttp, prometheus_client and rich take ~0.25 s to import: a boot without --api,
+    --metrics or a terminal display must not pay for them (also not in an error path)."""
+    need_image("hello")
+    code = (
+        "import sys\n"
+        "from denali.cli import main\n"
+        "rc = main(['boot', 'hello', '-q'])\n"
+        "print(sorted(m for m in ('aiohttp', 'prometheus_client', 'rich') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_exit_status_is_the_guests() -> None:
     need_image("test-exit")
     assert run("boot", "test-exit", "--cmdline", "status=7").returncode == 7

@@ -665,8 +665,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``denali boot`` (owns the event loop: uvloop, the stop signals and stdout)."""
     import uvloop
 
-    from denali.endpoint import Limits, raise_fd_limit
-
     if args.kernels is None:
         args.kernels = default_kernels(args)
     if args.member is None and (
@@ -678,6 +676,8 @@ def run(args: argparse.Namespace) -> int:
     if args.member is not None:
         die_with_parent()
     if args.metrics or args.api:  # room for both endpoints' connections
+        from denali.endpoint import Limits, raise_fd_limit  # aiohttp: only when served
+
         raise_fd_limit(2 * Limits().max_connections + 1024)
     with StopSignals() as stop:
         out = ConsoleOutput(sys.stdout.fileno())
