@@ -370,6 +370,15 @@ class MonitorStack:
         if not chain:
             return base(nr, arg)
         call = HypercallEvent(self.vm.id, self._memory, nr, arg)
+        if len(chain) == 1:  # the common stack (one tracer, one policy): no loops
+            m = chain[0]
+            v = m.hypercall(call)
+            if v is not None:
+                return self._verdict(call, chain, 0, v)
+            res = base(call.nr, call.arg)
+            if res == EXIT:
+                return self._exit((call, chain, 1, None))
+            return m.hypercall_done(call, res) & 0xFFFFFFFF
         for i, m in enumerate(chain):
             v = m.hypercall(call)
             if v is not None:

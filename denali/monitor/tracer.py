@@ -102,8 +102,14 @@ def _line_of(h: abi.Hypercall) -> _Line:
     fmt_in, vals_in = _renderer(h, ("in", "inout"))
     fmt_out, vals_out = _renderer(h, ("out", "inout"))
     head = f'"nr":{h.nr},"name":"{h.name}","args":'
+    full = "".join(
+        ('{"kind":"hypercall","t":%d,"vm":%d,', head, fmt_in, ',"result":%d,"code":%s,"out":', fmt_out, "}\n")
+    )
+    codes = _CODES
 
     def line(t: int, vm: int, before: bytes | None, result: int | None, after: bytes | None) -> str:
+        if before is not None and after is not None and result is not None:  # the common line: one format
+            return full % ((t, vm, *vals_in(before), result, codes.get(result, "null"), *vals_out(after)))
         args = fmt_in % vals_in(before) if before is not None else "null"
         if after is not None:
             out = fmt_out % vals_out(after)
@@ -119,6 +125,14 @@ def _line_of(h: abi.Hypercall) -> _Line:
 
 
 _SIZES: Final = {h.nr: h.args.size for h in abi.HYPERCALLS}
+_NO_IN: Final = frozenset(
+    h.nr for h in abi.HYPERCALLS if not any(f.direction in ("in", "inout") for f in h.args.fields)
+)
+"""Hypercalls whose structure the layer below only writes (CLOCK): nothing to read before."""
+_NO_OUT: Final = frozenset(
+    h.nr for h in abi.HYPERCALLS if not any(f.direction in ("out", "inout") for f in h.args.fields)
+)
+"""Hypercalls whose structure the layer below only reads (TIMER_SET): nothing to read after."""
 _LINES: Final = {h.nr: _line_of(h) for h in abi.HYPERCALLS}
 _HcRecord = tuple[int, int, int, "bytes | None", "int | None", "bytes | None"]
 """(t, vm, nr, the structure's bytes before, result or None, its bytes after)."""
@@ -311,6 +325,15 @@ def _raw(call: HypercallEvent) -> bytes | None:
     return call.memory.read(call.arg, size)
 
 
+_IRQ_TAILS: dict[int, str] = {}
+"""The end of an interrupt line for each batch of bits seen (a handful in practice)."""
+
+
+def _irq_tail(bits: int) -> str:
+    names = json.dumps([n for b, n in _IRQ_NAMES if bits & b], separators=(",", ":"))
+    return f'"bits":{bits},"irqs":{names}}}'
+
+
 def _mac(b: bytes) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
@@ -348,39 +371,39 @@ class Tracer(Monitor):
         self._vmobj = None
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
+        nr = call.nr
+        if nr in _NO_IN:  # no field to record: readability is learnt after the call
+            self._before = None
+            self._read_nr = -1
+            return None
         before = _raw(call)  # unpacked and formatted only when written out
-        if call.nr == abi.Hc.TERMINATE:  # never returns: recorded now
+        if nr == abi.Hc.TERMINATE:  # never returns: recorded now
             vm = self._vmobj
-            self.writer.emit_hypercall(
-                (vm.now_ns() if vm else 0, vm.id if vm else 0, call.nr, before, None, None)
-            )
+            self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, before, None, None))
         self._before = before
-        self._read_nr = call.nr if before is not None else -1
+        self._read_nr = nr if before is not None else -1
         self._read_arg = call.arg
         return None
 
     def hypercall_done(self, call: HypercallEvent, result: int) -> int:
         nr, arg = call.nr, call.arg
+        before = self._before
+        after: bytes | None
         if self._read_nr == nr and self._read_arg == arg:  # read before: still readable
-            after: bytes | None = call.memory.read(arg, _SIZES[nr])
+            after = b"" if nr in _NO_OUT else call.memory.read(arg, _SIZES[nr])
         else:
             after = _raw(call)
+            if after is not None and nr in _NO_IN:  # readable, and no in field: {}
+                before = b""
         vm = self._vmobj
-        self.writer.emit_hypercall(
-            (vm.now_ns() if vm else 0, vm.id if vm else 0, nr, self._before, result, after)
-        )
+        self.writer.emit_hypercall((vm.now_ns() if vm else 0, vm.id if vm else 0, nr, before, result, after))
         return result
 
     def interrupt(self, bits: int) -> int:
-        self.writer.emit(
-            {
-                "kind": "interrupt",
-                "t": self._now(),
-                "vm": self._vm(),
-                "bits": bits,
-                "irqs": [n for b, n in _IRQ_NAMES if bits & b],
-            }
-        )
+        tail = _IRQ_TAILS.get(bits)
+        if tail is None:
+            tail = _IRQ_TAILS[bits] = _irq_tail(bits)
+        self.writer.emit_text(f'{{"kind":"interrupt","t":{self._now()},"vm":{self._vm()},{tail}\n')
         return bits
 
     async def fault(self, event: FaultEvent) -> FaultVerdict:

@@ -14,6 +14,7 @@ import pytest
 from denali import abi
 from denali.errors import ConfigError, GuestFault
 from denali.kernel import Kernel
+from denali.monitor import HypercallEvent, Monitor
 from denali.monitor.tracer import TRACE_KINDS, Tracer, TraceWriter, parse_kinds
 from tests.conftest import need_image
 
@@ -68,6 +69,39 @@ async def test_hello_traced_with_decoded_arguments(kernel: Kernel, tmp_path: Pat
     assert all(r["vm"] == vm.id for r in hcs)
     ts = [r["t"] for r in recs[1:-1]]
     assert ts == sorted(ts)
+
+
+class Misdirect(Monitor):
+    """Points the first ``n`` CLOCK calls at page 0, which the guest cannot touch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def hypercall(self, call: HypercallEvent) -> None:
+        if call.nr == abi.Hc.CLOCK and self.n > 0:
+            self.n -= 1
+            call.arg = 0
+
+
+async def test_out_only_and_unreadable_structures(kernel: Kernel, tmp_path: Path) -> None:
+    """CLOCK's structure has only an out field (args {}); a structure the guest cannot
+    read is null in both directions, and the call fails with FAULT."""
+    need_image("bench-hcall")
+    path = tmp_path / "clock.jsonl"
+    async with TraceWriter(path) as w:
+        vm = await kernel.spawn("bench-hcall", cmdline="n=20", monitors=[Misdirect(3), Tracer(w)])
+        assert await vm.wait() == 0
+    recs = lines(path)
+    check_schema(recs)
+    clocks = [r for r in recs if r.get("name") == "clock"]
+    assert len(clocks) == 20
+    bad, good = clocks[:3], clocks[3:]
+    assert all(r["args"] is None and r["out"] is None and r["code"] == "FAULT" for r in bad)
+    assert all(r["args"] == {} and r["code"] == "OK" for r in good)
+    nows = [r["out"]["now_ns"] for r in good]
+    assert nows == sorted(nows) and nows[0] > 0
+    end = next(r for r in recs if r.get("name") == "terminate")
+    assert end["args"] == {"status": 0} and end["out"] == {}
 
 
 async def test_frames_disk_and_faults(kernel: Kernel, tmp_path: Path) -> None:
