@@ -24,10 +24,20 @@
  * recorded fault turns routing off (its stop must land), while a dropped preemption
  * costs nothing: the stop flag stays set and the next block start stops the engine.
  *
+ * 3. The CLOCK hypercall (the one a guest makes most: its TCP stack reads the clock
+ * several times per segment) is answered in denali_intr_hook too, while the CPU allows
+ * it (denali/cpu.py, "the native clock"): no monitor interposes on hypercalls, and the
+ * argument structure lies on the page the CPU last found writable for a CLOCK (it
+ * forgets that page whenever a permission is lowered or dirty-page tracking runs). Any
+ * other CLOCK, and every other hypercall, goes to the Python callback.
+ *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+
+#define CLOCK_PAGES 8
 
 struct denali_stop_cell {
     volatile int32_t flag;      /* set by the watchdog: stop at the next block start;
@@ -58,7 +68,43 @@ struct denali_route {
     int (*reg_write)(void *uc, int regid, const void *value);
     void (*fallback)(void *uc, uint32_t intno, void *user_data);  /* the Python callback */
     void *fallback_data;
+    uint32_t vector;            /* the hypercall vector (0x80) */
+    uint32_t clock_nr;          /* CLOCK's number; 0: every hypercall goes to Python */
+    int32_t eax_reg, ebx_reg;   /* UC_X86_REG_EAX, UC_X86_REG_EBX */
+    uint32_t clock_off;         /* offset of now_ns (a u64) in CLOCK's structure (abi.py) */
+    uint32_t clock_pages[CLOCK_PAGES];  /* page numbers + 1 where a CLOCK structure may be
+                                   written here (checked by the CPU); 0: none. A few,
+                                   since each guest thread makes its calls on its stack */
+    int64_t clock_zero;         /* the VM's clock reads CLOCK_MONOTONIC minus this (ns) */
+    uint64_t clocks;            /* CLOCK hypercalls answered here */
 };
+
+/* CLOCK answered without Python (see 3. above); 0 when it must go to Python. */
+static int native_clock(void *uc, struct denali_route *r)
+{
+    uint32_t nr = 0, arg = 0, ok = 0;
+    struct timespec ts;
+    if (r->reg_read(uc, r->eax_reg, &nr) != 0 || nr != r->clock_nr)
+        return 0;
+    if (r->reg_read(uc, r->ebx_reg, &arg) != 0)
+        return 0;
+    arg += r->clock_off;
+    if ((arg & 0xFFF) > 0x1000 - 8 || (uint64_t)arg + 8 > r->mem_size)
+        return 0;
+    uint32_t page = (arg >> 12) + 1, i = 0;
+    while (i < CLOCK_PAGES && r->clock_pages[i] != page)
+        i++;
+    if (i == CLOCK_PAGES)
+        return 0;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - r->clock_zero;
+    memcpy(r->mem + arg, &now, 8);
+    if (r->reg_write(uc, r->eax_reg, &ok) != 0)
+        return 0;
+    r->clocks++;
+    return 1;
+}
 
 void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
 {
@@ -75,5 +121,7 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
             }
         }
     }
+    if (intno == r->vector && r->clock_nr && !r->faulted && native_clock(uc, r))
+        return;
     r->fallback(uc, intno, r->fallback_data);
 }

@@ -216,6 +216,10 @@ class StopCell(ctypes.Structure):
     _fields_ = [("flag", ctypes.c_int32), ("reserved", ctypes.c_int32), ("emu_stop", ctypes.c_void_p)]
 
 
+CLOCK_PAGES: Final = 8
+"""Pages the native clock remembers (``_preempt.c``, CLOCK_PAGES)."""
+
+
 class RouteCell(ctypes.Structure):
     """Shared with the interrupt hook (``_preempt.c``, ``struct denali_route``): where
     foreign system calls go, and the Python callback for every other interrupt."""
@@ -234,6 +238,14 @@ class RouteCell(ctypes.Structure):
         ("reg_write", ctypes.c_void_p),
         ("fallback", ctypes.c_void_p),
         ("fallback_data", ctypes.c_void_p),
+        ("vector", ctypes.c_uint32),
+        ("clock_nr", ctypes.c_uint32),
+        ("eax_reg", ctypes.c_int32),
+        ("ebx_reg", ctypes.c_int32),
+        ("clock_off", ctypes.c_uint32),
+        ("clock_pages", ctypes.c_uint32 * CLOCK_PAGES),
+        ("clock_zero", ctypes.c_int64),
+        ("clocks", ctypes.c_uint64),
     ]
 
 
@@ -380,6 +392,7 @@ class Engine:
         "_batch_ids",
         "_batch_vals",
         "_cell",
+        "_clock_next",
         "_h",
         "_hooks",
         "_key",
@@ -404,6 +417,7 @@ class Engine:
         self._u32ref = ctypes.byref(self._u32)
         self._wide = ctypes.create_string_buffer(64)
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
+        self._clock_next = 0
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
         self._route = RouteCell(
@@ -420,6 +434,10 @@ class Engine:
             _REG_WRITE_ADDR,
             ctypes.cast(_intr_hook, ctypes.c_void_p).value,
             0,
+            0,
+            0,
+            REG_EAX,
+            REG_EBX,
         )
         ids = _GPR_IDS
         self._batch_ids = (ctypes.c_int * len(ids))(*ids)
@@ -531,8 +549,36 @@ class Engine:
     def flush_tlb(self) -> None:
         """Drop every TLB entry: the next access to each page asks the TLB-fill hook again
         (dirty-page tracking uses it to write-protect pages at each round; memory
-        protection after a page lost a permission). Callable from a hook."""
+        protection after a page lost a permission). Callable from a hook. The native
+        clock's page is forgotten too (``allow_clock_page``)."""
+        ctypes.memset(ctypes.addressof(self._route.clock_pages), 0, ctypes.sizeof(self._route.clock_pages))
         self._ctl(_CTL_TLB_FLUSH)
+
+    def set_native_clock(self, vector: int, nr: int, offset: int, clock_zero: int) -> None:
+        """Let the interrupt hook answer hypercall ``nr`` (CLOCK, ``int vector`` with
+        EAX = ``nr``, EBX its structure) itself: the u64 at ``offset`` of the structure
+        gets CLOCK_MONOTONIC - ``clock_zero`` (ns) and EAX gets 0 (OK), on the page
+        ``allow_clock_page`` names. ``nr`` 0: never (every hypercall goes to the owner).
+        Between slices, or from a callback."""
+        r = self._route
+        r.vector, r.clock_nr, r.clock_off, r.clock_zero = vector, nr, offset, clock_zero
+        if not nr:
+            ctypes.memset(ctypes.addressof(r.clock_pages), 0, ctypes.sizeof(r.clock_pages))
+
+    def allow_clock_page(self, page: int) -> None:
+        """A page (number) on which the native clock may write its structure, which the
+        caller found writable for the guest; it replaces the oldest of the
+        ``CLOCK_PAGES`` remembered. ``flush_tlb`` forgets them all."""
+        pages = self._route.clock_pages
+        if page + 1 in pages:
+            return
+        pages[self._clock_next] = page + 1
+        self._clock_next = (self._clock_next + 1) % CLOCK_PAGES
+
+    @property
+    def native_clocks(self) -> int:
+        """CLOCK hypercalls the interrupt hook answered so far."""
+        return int(self._route.clocks)
 
     def request_stop(self) -> None:
         """Ask a running ``start()`` to return at the next block start (any thread)."""

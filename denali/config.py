@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 from denali import abi
@@ -66,6 +67,11 @@ class KernelConfig:
         ... (default 1, 2, 3, ...). The kernels of one host (``denali.host``) take
         disjoint sequences (kernel j of N: j + 1 step N), so a VM keeps its id, and with
         it its MAC, wherever it moves among them.
+    native: True (the default): the CPU's interrupt hook answers CLOCK, the hypercall
+        guests make most, in C without entering Python, unless a monitor interposes on
+        the VM's hypercalls (``denali/_preempt.c``); False keeps every hypercall on the
+        pure-Python path. The environment variable ``DENALI_NATIVE=0`` makes False the
+        default (to run a test suite or a benchmark on the pure-Python path).
     """
 
     slice_us: int = 2000
@@ -81,6 +87,7 @@ class KernelConfig:
     batch_interrupts: bool = True
     id_start: int = 1
     id_step: int = 1
+    native: bool = field(default_factory=lambda: os.environ.get("DENALI_NATIVE", "1").strip() != "0")
 
     def __post_init__(self) -> None:
         if not 50 <= self.slice_us <= 1_000_000:
@@ -117,3 +124,4 @@ class KernelOptions(TypedDict, total=False):
     batch_interrupts: bool
     id_start: int
     id_step: int
+    native: bool

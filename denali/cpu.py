@@ -17,6 +17,13 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
   engine's interrupt hook applies this rule in C (``_preempt.c``); ``on_interrupt``
   sees only hypercalls and exceptions (and, once a fault is recorded in the slice,
   every ``int $0x80``, so the fault's stop lands);
+- the native clock (``set_native_clock``): while the VM's owner allows it (no monitor
+  interposes on hypercalls), the interrupt hook answers CLOCK in C, as the clock device
+  would (``devices/clock.py``), when its structure lies on a page this CPU found
+  writable for the guest at an earlier CLOCK (``_allow_clock``); the page is forgotten
+  whenever the TLB is flushed (a permission lowered, a dirty-tracking round) and none
+  is remembered while pages are tracked, so the hook never writes where the guest may
+  not, nor unseen by dirty tracking. ``hypercalls`` counts both paths;
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -53,6 +60,11 @@ _KSTACK: Final = abi.Layout.KERNEL_PAGE + 0xF00
 _IRET_FRAME: Final = struct.Struct("<IIIII")
 _BOOT_EFLAGS: Final = 0x202
 _VECTOR: Final = abi.HYPERCALL_VECTOR
+_CLOCK: Final = int(abi.Hc.CLOCK)
+_CLOCK_ARGS: Final = abi.HYPERCALL_BY_NR[_CLOCK].args
+_CLOCK_OFF: Final = _CLOCK_ARGS.offsets()["now_ns"]
+_NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_OFF == 0
+"""The C hook writes exactly the structure (one u64): with another layout it stays off."""
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
 """EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
 EXIT: Final = -1
@@ -170,6 +182,7 @@ class VCpu:
         "_entry_state",
         "_epoch",
         "_forbidden",
+        "_hcalls",
         "_invalid",
         "_last_fill",
         "_vector",
@@ -184,9 +197,9 @@ class VCpu:
         "fault",
         "hcall_arg",
         "hcall_nr",
-        "hypercalls",
         "image_name",
         "memory",
+        "native_clock",
         "route",
         "vm_id",
     )
@@ -218,7 +231,9 @@ class VCpu:
         self._vector: int | None = None
         self._invalid = False
         self._forbidden: tuple[str, dict[str, int]] | None = None
-        self.hypercalls = 0
+        self._hcalls = 0
+        self.native_clock = False
+        """CLOCK may be answered by the engine's C hook (``set_native_clock``)."""
         self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
@@ -267,7 +282,7 @@ class VCpu:
             return
         nr = eng.reg_read(_uc.REG_EAX)
         arg = eng.reg_read(_uc.REG_EBX)
-        self.hypercalls += 1
+        self._hcalls += 1
         if self.defer_hypercalls:  # on a worker thread: the loop handles it
             self.hcall_nr = nr
             self.hcall_arg = arg
@@ -289,6 +304,36 @@ class VCpu:
             eng.stop()
         else:
             eng.reg_write(_uc.REG_EAX, res)
+            if nr == _CLOCK and not res and self.native_clock:
+                self._allow_clock(arg)
+
+    # ---- the native clock ----
+    @property
+    def hypercalls(self) -> int:
+        """Hypercalls this CPU took, those the C hook answered included."""
+        return self._hcalls + self.engine.native_clocks
+
+    def set_native_clock(self, allowed: bool, clock_zero: int) -> None:
+        """Let the engine's hook answer CLOCK itself (``allowed``), the VM's clock reading
+        ``time.monotonic_ns() - clock_zero``; False sends every CLOCK to ``dispatch``
+        (a monitor interposes on hypercalls). Between slices."""
+        self.native_clock = allowed and _NATIVE_CLOCK
+        self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, _CLOCK_OFF, clock_zero)
+
+    def answered(self, nr: int, arg: int, res: int) -> None:
+        """``dispatch`` answered hypercall ``nr`` with ``res`` outside a hook (a deferred
+        one, on the loop): a CLOCK there teaches the native clock its page too."""
+        if nr == _CLOCK and not res and self.native_clock:
+            self._allow_clock(arg)
+
+    def _allow_clock(self, arg: int) -> None:
+        """A CLOCK at ``arg`` succeeded: its page becomes the native clock's if the guest
+        may write all of it (never the register page: its kernel fields are refused)
+        and no dirty tracking runs."""
+        mem = self.memory
+        page = arg // abi.PAGE_SIZE
+        if mem.dirty is None and mem.check(page * abi.PAGE_SIZE, abi.PAGE_SIZE, PROT_RW):
+            self.engine.allow_clock_page(page)
 
     def on_tlb_fill(self, vaddr: int, access: int) -> int:
         mem = self.memory

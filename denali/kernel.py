@@ -217,6 +217,7 @@ class Kernel:
             slice_ns=self.config.slice_us * 1000,
             cpu_khz=self.cpu_khz,
             tcg_buffer=self.config.tcg_buffer,
+            native=self.config.native,
         )
         self._preemptor.start()
         self._state = "running"
@@ -314,6 +315,7 @@ class Kernel:
             "pending": vm.pending,
             "swapped": vm.swapped,
             "hypercalls": vm.hypercalls,
+            "hypercalls_native": vm.native_hypercalls,
             **vm.stats,
             "console_bytes": vm.console.written,
             "nic": vm.nic.stats.as_dict() if vm.nic is not None else None,

@@ -38,6 +38,8 @@ class Runtime:
     slice_ns: int
     cpu_khz: int
     tcg_buffer: int
+    native: bool
+    """``KernelConfig.native``: CLOCK may be answered in the CPU's C hook."""
 
     def now_ns(self) -> int:
         """The kernel's monotonic clock: ns since the kernel started."""

@@ -170,6 +170,7 @@ class Vm:
         "_memory",
         "_migrating",
         "_migration_busy",
+        "_native",
         "_on_end",
         "_on_wake",
         "_origin",
@@ -291,6 +292,7 @@ class Vm:
         self._posted: deque[Completion] = deque()
         self._in_slice = False
         self._hypercalls = 0
+        self._native = 0
         # Resident state, made at admission (see the module docstring).
         self._memory: GuestMemory | None = None
         self._cpu: VCpu | None = None
@@ -355,6 +357,11 @@ class Vm:
     def hypercalls(self) -> int:
         """Hypercalls this VM has made (kept across swap-outs)."""
         return self._hypercalls + (self._cpu.hypercalls if self._cpu is not None else 0)
+
+    @property
+    def native_hypercalls(self) -> int:
+        """Of ``hypercalls``, those the CPU's C hook answered (``KernelConfig.native``)."""
+        return self._native + (self._cpu.engine.native_clocks if self._cpu is not None else 0)
 
     @property
     def syscalls(self) -> int:
@@ -440,6 +447,7 @@ class Vm:
         """Make the VM's clock read the kernel's + ``offset_ns`` (a restored VM)."""
         self._clock_offset = offset_ns
         self._clock_zero = self._rt.epoch_ns - offset_ns
+        self._wire_native()
 
     def call_at(self, deadline_ns: int, callback: Callable[..., Any], *args: Any) -> Timer:
         return self._rt.timers.add(deadline_ns - self._clock_offset, callback, *args)
@@ -536,6 +544,7 @@ class Vm:
         self._memory = mem
         self._cpu = cpu
         self._dispatch = cpu.dispatch
+        self._wire_native()
         self._pending |= self._on_wake
         self._on_wake = 0
         self._write_vregs()
@@ -595,6 +604,14 @@ class Vm:
         cpu, mem = self._cpu, self._memory
         if cpu is not None and mem is not None:
             cpu.dispatch = self._dispatch = self._dispatcher(mem)
+            self._wire_native()
+
+    def _wire_native(self) -> None:
+        """Let a resident CPU answer CLOCK in C (``VCpu.set_native_clock``) unless the
+        kernel keeps to pure Python or a monitor interposes on hypercalls."""
+        cpu = self._cpu
+        if cpu is not None:
+            cpu.set_native_clock(self._rt.native and "hypercall" not in self.interposed, self._clock_zero)
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
         """The monitors' verdict on a fault: None to resume, else the final state."""
@@ -660,6 +677,7 @@ class Vm:
         self._cpu = self._memory = self._dispatch = None
         if cpu is not None:
             self._hypercalls += cpu.hypercalls
+            self._native += cpu.engine.native_clocks
             self._syscalls += cpu.syscalls
             cpu.close()
         if mem is not None:
@@ -967,6 +985,7 @@ class Vm:
         if res == EXIT:
             return True
         cpu.set_result(res)
+        cpu.answered(cpu.hcall_nr, cpu.hcall_arg, res)
         return False
 
     def _finish(self, final: VmState) -> None:

@@ -1,0 +1,121 @@
+"""The native path against the pure-Python one (``KernelConfig.native``), side by side.
+
+Usage: python tools/bench/bench_native.py [--rounds 5] [--quick]
+
+Each round runs every point twice in this one process, native then pure Python, each in
+a fresh kernel (contenders alternate A, B, A, B, ...); the figure of a point is the
+median of its per-round ratios native/pure-Python, next to the medians of each.
+Points:
+
+- CLOCK answered in the hook: bench-hcall, (t(n) - t(1)) / (n - 1), the loop thread's
+  CPU time;
+- VM-to-VM switch: two bench-yield VMs (IDLE as a yield; no CLOCK on that path, so the
+  native clock should not move it);
+- HTTP between VMs: httpget against httpd in one kernel, 2,258-byte documents, 10
+  keep-alive connections: requests/s (wall) and the loop thread's CPU per request;
+- TCP between VMs: one 16 MB document over one connection, Mb/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import time
+from collections.abc import Callable
+
+from common import table
+
+from denali.kernel import Kernel
+
+Point = Callable[[bool], dict[str, float]]
+
+
+async def _per_op(native: bool, image: str, n: int, vms: int) -> float:
+    async def run(count: int) -> float:
+        async with Kernel(native=native) as k:
+            c = time.thread_time()
+            spawned = [await k.spawn(image, cmdline=f"n={count}", memory="4M") for _ in range(vms)]
+            for vm in spawned:
+                if await vm.wait() != 0:
+                    raise RuntimeError(vm.console.text())
+            return time.thread_time() - c
+
+    base = await run(1)
+    full = await run(n)
+    return (full - base) / (n - 1) / vms
+
+
+def clock(n: int) -> Point:
+    return lambda native: {"us": asyncio.run(_per_op(native, "bench-hcall", n, 1)) * 1e6}
+
+
+def switch(n: int) -> Point:
+    return lambda native: {"us": asyncio.run(_per_op(native, "bench-yield", n, 2)) * 1e6}
+
+
+async def _http(native: bool, count: int) -> dict[str, float]:
+    async with Kernel(native=native) as k:
+        await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
+        t, c = time.perf_counter(), time.thread_time()
+        vm = await k.spawn(
+            "httpget", cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count={count} conc=10"
+        )
+        await vm.wait()
+        wall, cpu = time.perf_counter() - t, time.thread_time() - c
+        m = re.search(r"ok=(\d+) fail=(\d+)", vm.console.text())
+        if not m or int(m.group(1)) != count:
+            raise RuntimeError(vm.console.text())
+        return {"req/s": count / wall, "us CPU/req": cpu / count * 1e6}
+
+
+def http(count: int) -> Point:
+    return lambda native: asyncio.run(_http(native, count))
+
+
+async def _tcp(native: bool, size: int) -> dict[str, float]:
+    async with Kernel(native=native) as k:
+        await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
+        url = f"http://10.0.0.1/bytes/{size}"
+        vm = await k.spawn("httpget", cmdline=f"ip=10.0.0.2/24 url={url} count=1 conc=1")
+        await vm.wait()
+        m = re.search(r"ok=1 fail=0 bytes=(\d+) ms=(\d+)", vm.console.text())
+        if not m:
+            raise RuntimeError(vm.console.text())
+        return {"Mb/s": int(m.group(1)) * 8 / (max(int(m.group(2)), 1) / 1000) / 1e6}
+
+
+def tcp(size: int) -> Point:
+    return lambda native: asyncio.run(_tcp(native, size))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    q = args.quick
+    points: dict[str, Point] = {
+        "CLOCK in the hook": clock(20_000 if q else 200_000),
+        "VM-to-VM switch (2 VMs yielding)": switch(5_000 if q else 25_000),
+        "HTTP between VMs": http(500 if q else 3000),
+        "TCP between VMs (16 MB)": tcp(4_000_000 if q else 16_000_000),
+    }
+    got: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {p: [] for p in points}
+    for r in range(args.rounds):
+        for name, point in points.items():
+            got[name].append((point(True), point(False)))
+        print(f"round {r + 1} of {args.rounds} done", flush=True)
+    rows = [("point", "figure", "native (median)", "pure Python (median)", "native / Python (median ratio)")]
+    for name, pairs in got.items():
+        for key in pairs[0][0]:
+            nat = statistics.median(a[key] for a, _ in pairs)
+            py = statistics.median(b[key] for _, b in pairs)
+            ratio = statistics.median(a[key] / b[key] for a, b in pairs)
+            rows.append((name, key, f"{nat:,.3f}", f"{py:,.3f}", f"{ratio:.3f}"))
+    table(f"native vs pure Python, {args.rounds} rounds", rows)
+
+
+if __name__ == "__main__":
+    main()
