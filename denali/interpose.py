@@ -66,6 +66,11 @@ class Interposer(Protocol):
         returned unchanged when no monitor interposes on hypercalls)."""
         ...
 
+    def interposes_on(self, nr: int) -> bool:
+        """Whether a monitor interposes on hypercall ``nr`` (the CPU's C hook may answer
+        a hypercall no monitor sees: the native clock)."""
+        ...
+
     async def complete(self, cpu: VCpu) -> Outcome:
         """Finish the hypercall the wrapper took out of the slice."""
         ...

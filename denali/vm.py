@@ -608,10 +608,12 @@ class Vm:
 
     def _wire_native(self) -> None:
         """Let a resident CPU answer CLOCK in C (``VCpu.set_native_clock``) unless the
-        kernel keeps to pure Python or a monitor interposes on hypercalls."""
+        kernel keeps to pure Python or a monitor interposes on CLOCK."""
         cpu = self._cpu
         if cpu is not None:
-            cpu.set_native_clock(self._rt.native and "hypercall" not in self.interposed, self._clock_zero)
+            ip = self._interposer
+            seen = ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.CLOCK)
+            cpu.set_native_clock(self._rt.native and not seen, self._clock_zero)
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
         """The monitors' verdict on a fault: None to resume, else the final state."""

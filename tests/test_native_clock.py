@@ -92,6 +92,18 @@ async def test_pure_python_when_asked_or_when_a_monitor_interposes(monkeypatch: 
             assert await vm.wait() == 0
             assert vm.hypercalls == 3001 and vm.native_hypercalls == 0
     assert Counts.calls == 3001  # the monitor saw every CLOCK
+
+    class Exits(Monitor):  # interposes on TERMINATE only: CLOCK stays in C
+        hypercalls = frozenset({int(abi.Hc.TERMINATE)})
+        calls = 0
+
+        def hypercall(self, call: HypercallEvent) -> None:
+            Exits.calls += 1
+
+    async with Kernel() as k:
+        vm = await k.spawn("bench-hcall", cmdline="n=3000", monitors=[Exits()])
+        assert await vm.wait() == 0
+        assert Exits.calls == 1 and vm.native_hypercalls >= 2990
     monkeypatch.setenv("DENALI_NATIVE", "0")
     assert KernelConfig().native is False
     monkeypatch.setenv("DENALI_NATIVE", "1")

@@ -363,6 +363,9 @@ class MonitorStack:
         self._memory = memory
         return self._dispatch if "hypercall" in self.vm.interposed else dispatch
 
+    def interposes_on(self, nr: int) -> bool:
+        return bool(self._hc.get(nr, self._hc_other))
+
     def _dispatch(self, nr: int, arg: int) -> int:
         chain = self._hc.get(nr, self._hc_other)
         base = self._base
