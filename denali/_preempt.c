@@ -29,7 +29,10 @@
  * it (denali/cpu.py, "the native clock"): no monitor interposes on hypercalls, and the
  * argument structure lies on the page the CPU last found writable for a CLOCK (it
  * forgets that page whenever a permission is lowered or dirty-page tracking runs). Any
- * other CLOCK, and every other hypercall, goes to the Python callback.
+ * other CLOCK, and every other hypercall, goes to the Python callback. With a log set
+ * (a monitor that only records CLOCKs, such as the tracer) each answer also appends
+ * its value there, and the monitor layer hands the values over before the VM's next
+ * event; a full log sends CLOCK to Python, which empties it first.
  *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
@@ -37,7 +40,7 @@
 #include <string.h>
 #include <time.h>
 
-#define CLOCK_PAGES 8
+#define CLOCK_PAGES 16
 
 struct denali_stop_cell {
     volatile int32_t flag;      /* set by the watchdog: stop at the next block start;
@@ -77,6 +80,9 @@ struct denali_route {
                                    since each guest thread makes its calls on its stack */
     int64_t clock_zero;         /* the VM's clock reads CLOCK_MONOTONIC minus this (ns) */
     uint64_t clocks;            /* CLOCK hypercalls answered here */
+    int64_t *log;               /* when set: each CLOCK answered here appends its value (a
+                                   monitor records them); full: CLOCK goes to Python */
+    uint32_t log_cap, log_len;
 };
 
 /* CLOCK answered without Python (see 3. above); 0 when it must go to Python. */
@@ -96,6 +102,8 @@ static int native_clock(void *uc, struct denali_route *r)
         i++;
     if (i == CLOCK_PAGES)
         return 0;
+    if (r->log && r->log_len >= r->log_cap)
+        return 0;
     if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
         return 0;
     int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - r->clock_zero;
@@ -103,6 +111,8 @@ static int native_clock(void *uc, struct denali_route *r)
     if (r->reg_write(uc, r->eax_reg, &ok) != 0)
         return 0;
     r->clocks++;
+    if (r->log)
+        r->log[r->log_len++] = now;
     return 1;
 }
 

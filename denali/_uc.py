@@ -216,7 +216,7 @@ class StopCell(ctypes.Structure):
     _fields_ = [("flag", ctypes.c_int32), ("reserved", ctypes.c_int32), ("emu_stop", ctypes.c_void_p)]
 
 
-CLOCK_PAGES: Final = 8
+CLOCK_PAGES: Final = 16
 """Pages the native clock remembers (``_preempt.c``, CLOCK_PAGES)."""
 
 
@@ -246,6 +246,9 @@ class RouteCell(ctypes.Structure):
         ("clock_pages", ctypes.c_uint32 * CLOCK_PAGES),
         ("clock_zero", ctypes.c_int64),
         ("clocks", ctypes.c_uint64),
+        ("log", ctypes.c_void_p),
+        ("log_cap", ctypes.c_uint32),
+        ("log_len", ctypes.c_uint32),
     ]
 
 
@@ -396,6 +399,7 @@ class Engine:
         "_h",
         "_hooks",
         "_key",
+        "_log",
         "_route",
         "_u32",
         "_u32ref",
@@ -418,6 +422,7 @@ class Engine:
         self._wide = ctypes.create_string_buffer(64)
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
         self._clock_next = 0
+        self._log: ctypes.Array[ctypes.c_int64] | None = None
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
         self._route = RouteCell(
@@ -574,6 +579,32 @@ class Engine:
             return
         pages[self._clock_next] = page + 1
         self._clock_next = (self._clock_next + 1) % CLOCK_PAGES
+
+    def set_clock_log(self, capacity: int) -> None:
+        """Make the native clock append each value it answers to a log of ``capacity``
+        entries (0: no log). A log of another capacity, or none, discards what the log
+        held (``take_clock_log`` first); the same capacity keeps it. A full log sends
+        CLOCK to the owner. Between slices, or from a callback."""
+        r = self._route
+        if capacity and self._log is not None and len(self._log) == capacity:
+            return
+        if capacity:
+            self._log = (ctypes.c_int64 * capacity)()
+            r.log, r.log_cap = ctypes.addressof(self._log), capacity
+        else:
+            r.log, r.log_cap, self._log = None, 0, None
+        r.log_len = 0
+
+    def take_clock_log(self) -> list[int]:
+        """The values the native clock logged since the last call, oldest first (the log
+        is emptied). On the thread that runs this engine's slices, between them or from
+        a callback."""
+        r = self._route
+        n = r.log_len
+        if not n or self._log is None:
+            return []
+        r.log_len = 0
+        return self._log[:n]
 
     @property
     def native_clocks(self) -> int:

@@ -65,6 +65,8 @@ _CLOCK_ARGS: Final = abi.HYPERCALL_BY_NR[_CLOCK].args
 _CLOCK_OFF: Final = _CLOCK_ARGS.offsets()["now_ns"]
 _NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_OFF == 0
 """The C hook writes exactly the structure (one u64): with another layout it stays off."""
+CLOCK_LOG: Final = 1024
+"""Native CLOCKs logged before the next one goes to Python (which empties the log)."""
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
 """EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
 EXIT: Final = -1
@@ -313,12 +315,20 @@ class VCpu:
         """Hypercalls this CPU took, those the C hook answered included."""
         return self._hcalls + self.engine.native_clocks
 
-    def set_native_clock(self, allowed: bool, clock_zero: int) -> None:
+    def set_native_clock(self, allowed: bool, clock_zero: int, log: bool = False) -> None:
         """Let the engine's hook answer CLOCK itself (``allowed``), the VM's clock reading
         ``time.monotonic_ns() - clock_zero``; False sends every CLOCK to ``dispatch``
-        (a monitor interposes on hypercalls). Between slices."""
+        (a monitor interposes on it). ``log``: keep each value answered for
+        ``take_clock_log`` (a monitor records them); what the log held is dropped, so
+        take it first. Between slices."""
         self.native_clock = allowed and _NATIVE_CLOCK
         self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, _CLOCK_OFF, clock_zero)
+        self.engine.set_clock_log(CLOCK_LOG if log and self.native_clock else 0)
+
+    def take_clock_log(self) -> list[int]:
+        """The values CLOCK returned on the native path since the last call (with a log,
+        ``set_native_clock``), oldest first. Not during a slice on another thread."""
+        return self.engine.take_clock_log()
 
     def answered(self, nr: int, arg: int, res: int) -> None:
         """``dispatch`` answered hypercall ``nr`` with ``res`` outside a hook (a deferred

@@ -71,6 +71,17 @@ class Interposer(Protocol):
         a hypercall no monitor sees: the native clock)."""
         ...
 
+    @property
+    def records_clock(self) -> bool:
+        """Every monitor interposing on CLOCK only records it: the CPU may answer CLOCK
+        natively if it logs the values for ``flush_records``."""
+        ...
+
+    def flush_records(self) -> None:
+        """Take what the CPU logged natively to the monitors (the VM calls this before its
+        CPU goes away)."""
+        ...
+
     async def complete(self, cpu: VCpu) -> Outcome:
         """Finish the hypercall the wrapper took out of the slice."""
         ...

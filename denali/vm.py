@@ -608,12 +608,18 @@ class Vm:
 
     def _wire_native(self) -> None:
         """Let a resident CPU answer CLOCK in C (``VCpu.set_native_clock``) unless the
-        kernel keeps to pure Python or a monitor interposes on CLOCK."""
+        kernel keeps to pure Python or a monitor interposes on CLOCK; monitors that only
+        record it get the values from the CPU's log (not with worker threads: the log is
+        read on the loop's thread)."""
         cpu = self._cpu
-        if cpu is not None:
-            ip = self._interposer
-            seen = ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.CLOCK)
-            cpu.set_native_clock(self._rt.native and not seen, self._clock_zero)
+        if cpu is None:
+            return
+        ip = self._interposer
+        allowed, log = self._rt.native, False
+        if ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.CLOCK):
+            log = ip.records_clock and self._rt.pool is None
+            allowed = allowed and log
+        cpu.set_native_clock(allowed, self._clock_zero, log)
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
         """The monitors' verdict on a fault: None to resume, else the final state."""
@@ -676,6 +682,8 @@ class Vm:
 
     def _drop_resident(self) -> None:
         cpu, mem = self._cpu, self._memory
+        if cpu is not None and self._interposer is not None:
+            self._interposer.flush_records()  # what the CPU logged, before it goes
         self._cpu = self._memory = self._dispatch = None
         if cpu is not None:
             self._hypercalls += cpu.hypercalls

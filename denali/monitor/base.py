@@ -39,6 +39,16 @@ Every event and verdict has a plain-data form (``denali.monitor.protocol``), so 
 monitor can also live elsewhere (another task, another process, a parent VM) and
 answer events as messages.
 
+Recording CLOCK: a monitor that only records the CLOCK calls it sees (never changes,
+answers or delays them), such as the tracer, says so with ``records_clock = True``.
+While every monitor of a VM that interposes on CLOCK says so, the CPU may answer CLOCK
+natively (in C, ``KernelConfig.native``) and log the values it returned; the stack
+hands them over through ``clocks_read(values)``, oldest first, before any later event
+of the VM reaches the monitor (and when the VM leaves the CPU). Such a monitor sees
+those calls only as values, not through ``hypercall``/``hypercall_done``; a CLOCK that
+takes the Python path (the log was full, the structure is on a new page, worker
+threads run the slices) still comes through the hooks, in order.
+
 State: ``save()`` returns plain data and ``restore(state)`` takes it back (snapshots,
 migration; see ``MonitorStack.save``).
 """
@@ -46,7 +56,7 @@ migration; see ``MonitorStack.save``).
 from __future__ import annotations
 
 import struct
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -214,6 +224,8 @@ class Monitor:
     kinds: frozenset[str] = frozenset()
     hypercalls: frozenset[int] | None = None
     stack: MonitorStack | None = None
+    records_clock: bool = False
+    """True: the monitor only records CLOCK calls (see the module docstring)."""
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -246,6 +258,9 @@ class Monitor:
 
     def interrupt(self, bits: int) -> int:
         return bits
+
+    def clocks_read(self, values: Sequence[int]) -> None:
+        """CLOCK calls answered natively, as the values they returned (``records_clock``)."""
 
     async def fault(self, event: FaultEvent) -> FaultVerdict:
         return None

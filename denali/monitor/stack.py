@@ -81,6 +81,9 @@ class MonitorStack:
         self._tx: tuple[Monitor, ...] = ()
         self._rx: tuple[Monitor, ...] = ()
         self._disk: tuple[Monitor, ...] = ()
+        self._clock_log = False
+        """Every monitor on CLOCK's chain only records it: the CPU may answer it natively
+        and log the values (``records_clock``, ``flush_records``)."""
         # holding
         self._holders: set[object] = set()
         self._steps = 0
@@ -141,6 +144,7 @@ class MonitorStack:
 
     def _rewire(self) -> None:
         """Recompute the chains, ``Vm.interposed``, the device filters and the dispatch."""
+        self.flush_records()  # to the monitors that saw those calls, before the chains change
         ms = self._monitors
         kinds: set[str] = set()
         for m in ms:
@@ -155,6 +159,8 @@ class MonitorStack:
         self._tx = tuple(m for m in ms if "frame_out" in m.kinds)
         self._rx = tuple(m for m in reversed(ms) if "frame_in" in m.kinds)
         self._disk = tuple(m for m in ms if "disk" in m.kinds)
+        clock = self._hc[Hc.CLOCK]
+        self._clock_log = bool(clock) and all(m.records_clock for m in clock)
         nic = vm.nic_device
         if nic is not None:
             nic.tx_filter = self._filter_tx if self._tx else None
@@ -195,6 +201,7 @@ class MonitorStack:
     def save(self) -> list[State]:
         """Each monitor's state, nearest the VM first, as plain data
         (``[{"monitor": class name, "state": ...}]``); take it while the VM is held."""
+        self.flush_records()
         return [{"monitor": type(m).__qualname__, "state": m.save()} for m in self._monitors]
 
     def restore(self, saved: Sequence[State]) -> None:
@@ -366,7 +373,23 @@ class MonitorStack:
     def interposes_on(self, nr: int) -> bool:
         return bool(self._hc.get(nr, self._hc_other))
 
+    @property
+    def records_clock(self) -> bool:
+        return self._clock_log
+
+    def flush_records(self) -> None:
+        """Hand the CLOCK values the CPU logged natively to the monitors on CLOCK's chain."""
+        if not self._clock_log:
+            return
+        cpu = self.vm._cpu
+        values = cpu.take_clock_log() if cpu is not None else None
+        if values:
+            for m in self._hc[Hc.CLOCK]:
+                m.clocks_read(values)
+
     def _dispatch(self, nr: int, arg: int) -> int:
+        if self._clock_log:
+            self.flush_records()
         chain = self._hc.get(nr, self._hc_other)
         base = self._base
         assert base is not None and self._memory is not None
@@ -496,6 +519,8 @@ class MonitorStack:
 
     # ---- Interposer: interrupts, faults ----
     def irq(self, bits: int) -> int:
+        if self._clock_log:
+            self.flush_records()
         for m in self._irq:
             bits = m.interrupt(bits) & abi.IRQ_ALL
             if not bits:
@@ -506,6 +531,8 @@ class MonitorStack:
         report = cpu.fault
         if report is None:
             return Outcome.FAULT
+        if self._clock_log:
+            self.flush_records()
         event = FaultEvent(self.vm.id, report)
         for m in self._fault:
             v = await m.fault(event)
@@ -522,6 +549,8 @@ class MonitorStack:
 
     # ---- device filters ----
     def _filter_tx(self, frame: bytes) -> bytes | int | None:
+        if self._clock_log:
+            self.flush_records()
         for m in self._tx:
             out = m.frame_out(frame)
             if out is None or isinstance(out, int):
@@ -530,6 +559,8 @@ class MonitorStack:
         return frame
 
     def _filter_rx(self, frame: bytes) -> bytes | None:
+        if self._clock_log:
+            self.flush_records()
         for m in self._rx:
             out = m.frame_in(frame)
             if out is None:
@@ -538,6 +569,8 @@ class MonitorStack:
         return frame
 
     def _filter_disk(self, request: DiskRequest) -> DiskRequest | int:
+        if self._clock_log:
+            self.flush_records()
         for m in self._disk:
             out = m.disk(request)
             if isinstance(out, int):

@@ -29,7 +29,7 @@ import json
 import logging
 import operator
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import aiofiles
@@ -96,15 +96,27 @@ _Line = Callable[[int, int, "bytes | None", "int | None", "bytes | None"], str]
 _CODES: Final = {int(r): f'"{r.name}"' for r in Result}
 
 
+def _full_format(h: abi.Hypercall, result: int | None = None) -> str:
+    """The %-format of a returned call's line: t, vm, the in fields, result, its code
+    (JSON), the out fields; with ``result`` given, that result and its code are part of
+    the format instead."""
+    fmt_in, _ = _renderer(h, ("in", "inout"))
+    fmt_out, _ = _renderer(h, ("out", "inout"))
+    head = f'"nr":{h.nr},"name":"{h.name}","args":'
+    if result is None:
+        res = ',"result":%d,"code":%s,"out":'
+    else:
+        res = f',"result":{result},"code":{_CODES[result]},"out":'
+    return "".join(('{"kind":"hypercall","t":%d,"vm":%d,', head, fmt_in, res, fmt_out, "}\n"))
+
+
 def _line_of(h: abi.Hypercall) -> _Line:
     """A function from one call's record (clock, VM, the structure's raw bytes before,
     result or None, raw bytes after) to its JSON line."""
     fmt_in, vals_in = _renderer(h, ("in", "inout"))
     fmt_out, vals_out = _renderer(h, ("out", "inout"))
     head = f'"nr":{h.nr},"name":"{h.name}","args":'
-    full = "".join(
-        ('{"kind":"hypercall","t":%d,"vm":%d,', head, fmt_in, ',"result":%d,"code":%s,"out":', fmt_out, "}\n")
-    )
+    full = _full_format(h)
     codes = _CODES
 
     def line(t: int, vm: int, before: bytes | None, result: int | None, after: bytes | None) -> str:
@@ -125,6 +137,8 @@ def _line_of(h: abi.Hypercall) -> _Line:
 
 
 _SIZES: Final = {h.nr: h.args.size for h in abi.HYPERCALLS}
+_CLOCK_LINE: Final = _full_format(abi.HYPERCALL_BY_NR[abi.Hc.CLOCK], int(Result.OK))
+"""A CLOCK answered natively: t, vm, now_ns (its t is the value it returned)."""
 _NO_IN: Final = frozenset(
     h.nr for h in abi.HYPERCALLS if not any(f.direction in ("in", "inout") for f in h.args.fields)
 )
@@ -136,6 +150,8 @@ _NO_OUT: Final = frozenset(
 _LINES: Final = {h.nr: _line_of(h) for h in abi.HYPERCALLS}
 _HcRecord = tuple[int, int, int, "bytes | None", "int | None", "bytes | None"]
 """(t, vm, nr, the structure's bytes before, result or None, its bytes after)."""
+_Clocks = tuple[int, "Sequence[int]"]
+"""(vm, the values of CLOCKs answered natively)."""
 _HC_LINE_ESTIMATE: Final = 160
 """Bytes a hypercall line is counted as against the buffer's capacity before it is formatted."""
 
@@ -151,6 +167,12 @@ def _format_hc(rec: _HcRecord) -> str:
         f'{{"kind":"hypercall","t":{t},"vm":{vm},"nr":{nr},"name":null,"args":null,'
         f'"result":{res},"code":null,"out":{out}}}\n'
     )
+
+
+def _format_clocks(rec: _Clocks) -> str:
+    vm, values = rec
+    line = _CLOCK_LINE
+    return "".join([line % (v, vm, v) for v in values])
 
 
 def parse_kinds(text: str) -> frozenset[str]:
@@ -196,8 +218,11 @@ class TraceWriter:
         self.dropped = 0
         """Lines dropped: the buffer was full, or the file failed."""
         self.error: OSError | None = None
-        self._buf: list[str | _HcRecord] = []
+        self._buf: list[str | _HcRecord | _Clocks] = []
         """Lines, and hypercall records formatted only when written out (in batches)."""
+        self._tracers: list[Tracer] = []
+        """The tracers writing here: asked for what their VM's CPU logged before each
+        write-out (``Tracer.pull``)."""
         self._size = 0
         self._file: AsyncTextIOWrapper | None = None
         self._task: asyncio.Task[None] | None = None
@@ -244,14 +269,19 @@ class TraceWriter:
         """Buffer one hypercall record (``_HcRecord``); formatted as it is written out."""
         self._add(record, _HC_LINE_ESTIMATE)
 
-    def _add(self, item: str | _HcRecord, length: int) -> None:
+    def emit_clocks(self, vm: int, values: Sequence[int]) -> None:
+        """Buffer VM ``vm``'s CLOCKs answered natively, one line each (formatted as they
+        are written out)."""
+        self._add((vm, values), _HC_LINE_ESTIMATE * len(values), len(values))
+
+    def _add(self, item: str | _HcRecord | _Clocks, length: int, lines: int = 1) -> None:
         size = self._size + length
         if size > self.capacity or self.error is not None or self._closing:
-            self.dropped += 1
+            self.dropped += lines
             return
         self._buf.append(item)
         self._size = size
-        self.records += 1
+        self.records += lines
         if size >= FLUSH_BYTES:
             ready = self._ready
             if ready is not None and not ready.is_set():
@@ -275,10 +305,18 @@ class TraceWriter:
         """Write out what is buffered now, once: lines added while that write is in the
         executor wait for the next trigger (FLUSH_BYTES or FLUSH_S), so a busy VM costs a
         trip to the executor per 64 KiB, not one per few lines. ``aclose`` drains."""
+        for t in self._tracers:
+            t.pull()
         f = self._file
         if self._buf and f is not None:
-            n = len(self._buf)
-            chunk = "".join([x if isinstance(x, str) else _format_hc(x) for x in self._buf])
+            n = sum(len(x[1]) if len(x) == 2 else 1 for x in self._buf if not isinstance(x, str))
+            n += sum(1 for x in self._buf if isinstance(x, str))
+            chunk = "".join(
+                [
+                    x if isinstance(x, str) else _format_hc(x) if len(x) == 6 else _format_clocks(x)
+                    for x in self._buf
+                ]
+            )
             self._buf.clear()
             self._size = 0
             if self.error is not None:
@@ -296,6 +334,8 @@ class TraceWriter:
         if self._file is None or self._closing:
             return
         assert self._ready is not None
+        for t in self._tracers:
+            t.pull()
         self._buf.append(
             json.dumps(
                 {"kind": "end", "records": self.records, "dropped": self.dropped}, separators=(",", ":")
@@ -340,7 +380,13 @@ def _mac(b: bytes) -> str:
 
 class Tracer(Monitor):
     """Records its VM's events into ``writer`` (kinds from ``kinds``, default the
-    writer's). ``frame_bytes``: how many bytes of each frame to record as hex."""
+    writer's). ``frame_bytes``: how many bytes of each frame to record as hex.
+
+    It only records CLOCK (``records_clock``): the CPU may answer CLOCK natively and the
+    tracer writes the values it logged (``clocks_read``), with ``t`` the value returned.
+    """
+
+    records_clock = True
 
     def __init__(self, writer: TraceWriter, kinds: Iterable[str] | None = None, frame_bytes: int = 0) -> None:
         self.writer = writer
@@ -365,10 +411,24 @@ class Tracer(Monitor):
     def attached(self, stack: MonitorStack) -> None:
         super().attached(stack)
         self._vmobj = stack.vm
+        self.writer._tracers.append(self)
 
     def detached(self) -> None:
         super().detached()
         self._vmobj = None
+        if self in self.writer._tracers:
+            self.writer._tracers.remove(self)
+
+    def pull(self) -> None:
+        """Take what the VM's CPU logged natively (the writer calls this before it writes
+        out; never during a slice: the writer's task runs between them)."""
+        stack = self.stack
+        if stack is not None:
+            stack.flush_records()
+
+    def clocks_read(self, values: Sequence[int]) -> None:
+        vm = self._vmobj
+        self.writer.emit_clocks(vm.id if vm else 0, values)
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
         nr = call.nr

@@ -3,6 +3,7 @@ whose drops are counted, an I/O error that costs the trace but never the VM, the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from denali import abi
-from denali.errors import ConfigError, GuestFault
+from denali.errors import ConfigError, GuestFault, VmKilledError
 from denali.kernel import Kernel
 from denali.monitor import HypercallEvent, Monitor
 from denali.monitor.tracer import TRACE_KINDS, Tracer, TraceWriter, parse_kinds
@@ -104,6 +105,43 @@ async def test_out_only_and_unreadable_structures(kernel: Kernel, tmp_path: Path
     assert end["args"] == {"status": 0} and end["out"] == {}
 
 
+async def test_clocks_answered_natively_are_traced_in_order(kernel: Kernel, tmp_path: Path) -> None:
+    """The tracer only records CLOCK, so the CPU answers it in C and logs the values
+    (a log of 1,024: a busy loop fills it many times a slice); every call is traced
+    once, in order, its t the value it returned."""
+    need_image("bench-hcall")
+    path = tmp_path / "clocks.jsonl"
+    async with TraceWriter(path) as w:
+        vm = await kernel.spawn("bench-hcall", cmdline="n=20000", monitors=[Tracer(w)])
+        assert await vm.wait() == 0
+    assert vm.native_hypercalls > 19000
+    recs = lines(path)
+    check_schema(recs)
+    clocks = [r for r in recs if r.get("name") == "clock"]
+    assert len(clocks) == 20000 and recs[-2]["name"] == "terminate"
+    assert all(r["args"] == {} and r["code"] == "OK" and r["vm"] == vm.id for r in clocks)
+    nows = [r["out"]["now_ns"] for r in clocks]
+    assert nows == sorted(nows) and len(set(nows)) > 1000
+    assert sum(r["t"] == r["out"]["now_ns"] for r in clocks) >= vm.native_hypercalls
+    ts = [r["t"] for r in recs[1:-1]]
+    assert ts == sorted(ts)
+
+
+async def test_a_killed_vm_leaves_every_logged_clock_in_the_trace(kernel: Kernel, tmp_path: Path) -> None:
+    need_image("bench-hcall")
+    path = tmp_path / "killed.jsonl"
+    async with TraceWriter(path, capacity=64 << 20) as w:
+        vm = await kernel.spawn("bench-hcall", cmdline="n=1000000000", monitors=[Tracer(w)])
+        await asyncio.sleep(0.05)
+        vm.kill()
+        with pytest.raises(VmKilledError):
+            await vm.wait()
+    recs = lines(path)
+    check_schema(recs)
+    assert recs[-1]["dropped"] == 0 and vm.native_hypercalls > 0
+    assert len([r for r in recs if r["kind"] == "hypercall"]) == vm.hypercalls
+
+
 async def test_frames_disk_and_faults(kernel: Kernel, tmp_path: Path) -> None:
     need_image("httpd")
     need_image("httpget")
@@ -125,6 +163,10 @@ async def test_frames_disk_and_faults(kernel: Kernel, tmp_path: Path) -> None:
     sends = [r for r in recs if r.get("name") == "net_send" and r.get("vm") == cli.id]
     assert sends and all(r["out"]["sent"] <= r["args"]["count"] for r in sends)
     assert any(r["kind"] == "interrupt" and "NET_RX" in r["irqs"] for r in recs)
+    for vm in (srv, cli):  # each VM's lines in its clock's order, native CLOCKs among them
+        ts = [r["t"] for r in recs[1:-1] if r["vm"] == vm.id]
+        assert ts == sorted(ts)
+    assert cli.native_hypercalls > 0
 
     need_image("test-fault")
     path = tmp_path / "fault.jsonl"
