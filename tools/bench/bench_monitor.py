@@ -96,9 +96,9 @@ Measure = tuple[float, float]
 clock by other processes on a shared machine."""
 
 
-async def run_alone(image: str, cmdline: str, monitors: Factory) -> Measure:
-    """One VM from spawn to its end."""
-    async with Kernel() as k:
+async def run_alone(image: str, cmdline: str, monitors: Factory, native: bool = True) -> Measure:
+    """One VM from spawn to its end (``native``: ``KernelConfig.native``)."""
+    async with Kernel(native=native) as k:
         t, c = time.perf_counter(), time.thread_time()
         vm = await k.spawn(image, cmdline=cmdline, monitors=monitors())
         if await vm.wait() != 0:
@@ -142,13 +142,17 @@ async def http(count: int, monitors: Factory, trace: Path | None = None) -> Meas
 def side_by_side(
     rounds: int, a: Callable[[], Measure], b: Callable[[], Measure]
 ) -> tuple[Measure, Measure, Measure]:
-    """Alternate a and b for ``rounds`` rounds: medians of a, of b, and of the per-round
-    ratios b/a, each as (wall, CPU)."""
+    """Alternate a and b for ``rounds`` rounds (A B, then B A, so neither always runs
+    first): medians of a, of b, and of the per-round ratios b/a, each as (wall, CPU)."""
     av: list[Measure] = []
     bv: list[Measure] = []
-    for _ in range(rounds):
-        av.append(a())
-        bv.append(b())
+    for r in range(rounds):
+        if r % 2:
+            bv.append(b())
+            av.append(a())
+        else:
+            av.append(a())
+            bv.append(b())
 
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
@@ -250,9 +254,9 @@ def main() -> None:
     cost_rows = [
         (
             "stack on bench-hcall (CLOCK in a loop)",
-            "per hypercall, plain (CPU)",
-            "added per hypercall (CPU)",
-            "per monitor",
+            "per hypercall, plain: native / pure Python (CPU)",
+            "added per hypercall to native (CPU)",
+            "added to pure Python, per monitor",
         )
     ]
     for name, factory, depth in (
@@ -260,19 +264,22 @@ def main() -> None:
         ("3 x PassAll", three_all, 3),
         ("3 x PassFaults", three_faults, 3),
     ):
-        added, base = [], []
-        for _ in range(rounds):
+        added, added_py, base, base_py = [], [], [], []
+        for _ in range(rounds):  # a monitor on CLOCK takes it off the native path: both bases
             t0 = asyncio.run(run_alone("bench-hcall", f"n={hc_n}", none))[1]
+            t0p = asyncio.run(run_alone("bench-hcall", f"n={hc_n}", none, native=False))[1]
             t1 = asyncio.run(run_alone("bench-hcall", f"n={hc_n}", factory))[1]
             base.append(t0 / hc_n)
+            base_py.append(t0p / hc_n)
             added.append((t1 - t0) / hc_n)
-        a_ = statistics.median(added)
+            added_py.append((t1 - t0p) / hc_n)
+        a_, ap = statistics.median(added), statistics.median(added_py)
         cost_rows.append(
             (
                 name,
-                f"{statistics.median(base) * 1e6:.2f} us",
+                f"{statistics.median(base) * 1e6:.2f} / {statistics.median(base_py) * 1e6:.2f} us",
                 f"{a_ * 1e6:.2f} us",
-                f"{a_ / depth * 1e6:.2f} us" if "PassAll" in name else "-",
+                f"{ap / depth * 1e6:.2f} us" if "PassAll" in name else "-",
             )
         )
         print(cost_rows[-1], flush=True)
