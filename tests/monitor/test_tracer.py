@@ -114,7 +114,7 @@ async def test_clocks_answered_natively_are_traced_in_order(kernel: Kernel, tmp_
     async with TraceWriter(path) as w:
         vm = await kernel.spawn("bench-hcall", cmdline="n=20000", monitors=[Tracer(w)])
         assert await vm.wait() == 0
-    assert vm.native_hypercalls > 19000
+    assert vm.native_hypercalls > 19000 or not kernel.config.native  # DENALI_NATIVE=0: Python
     recs = lines(path)
     check_schema(recs)
     clocks = [r for r in recs if r.get("name") == "clock"]
@@ -138,7 +138,7 @@ async def test_a_killed_vm_leaves_every_logged_clock_in_the_trace(kernel: Kernel
             await vm.wait()
     recs = lines(path)
     check_schema(recs)
-    assert recs[-1]["dropped"] == 0 and vm.native_hypercalls > 0
+    assert recs[-1]["dropped"] == 0 and (vm.native_hypercalls > 0 or not kernel.config.native)
     assert len([r for r in recs if r["kind"] == "hypercall"]) == vm.hypercalls
 
 
@@ -166,7 +166,7 @@ async def test_frames_disk_and_faults(kernel: Kernel, tmp_path: Path) -> None:
     for vm in (srv, cli):  # each VM's lines in its clock's order, native CLOCKs among them
         ts = [r["t"] for r in recs[1:-1] if r["vm"] == vm.id]
         assert ts == sorted(ts)
-    assert cli.native_hypercalls > 0
+    assert cli.native_hypercalls > 0 or not kernel.config.native
 
     need_image("test-fault")
     path = tmp_path / "fault.jsonl"
