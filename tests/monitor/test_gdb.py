@@ -5,11 +5,14 @@ and the CLI's --gdb/--gdb-wait. Plus the wire framing and a hostile client."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -265,12 +268,18 @@ def test_cli_gdb_wait_with_two_vms() -> None:
     try:
         assert proc.stderr is not None
         ports: dict[int, int] = {}
-        while len(ports) < 2:
-            line = proc.stderr.readline()
-            assert line, "denali boot ended before listening"
-            m = re.match(r"denali: gdb: VM (\d+) listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                ports[int(m.group(1))] = int(m.group(2))
+        seen = b""
+        deadline = time.monotonic() + 60
+        while len(ports) < 2:  # read the fd itself: a hang fails in 60 s, with what came
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no two gdb stubs listening within 60 s: {seen!r}"
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"denali boot ended before listening: {seen!r}"
+            seen += chunk
+            for line in seen.decode(errors="replace").splitlines():
+                m = re.match(r"denali: gdb: VM (\d+) listening on 127\.0\.0\.1:(\d+)", line)
+                if m:
+                    ports[int(m.group(1))] = int(m.group(2))
         for i in (2, 1):  # each VM waits for its own debugger
             r = subprocess.run(
                 [
