@@ -224,6 +224,8 @@ class TraceWriter:
         """The tracers writing here: asked for what their VM's CPU logged before each
         write-out (``Tracer.pull``)."""
         self._size = 0
+        self._lines = 0
+        """Lines the buffer holds (a batch of native CLOCKs is one item, many lines)."""
         self._file: AsyncTextIOWrapper | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
@@ -281,6 +283,7 @@ class TraceWriter:
             return
         self._buf.append(item)
         self._size = size
+        self._lines += lines
         self.records += lines
         if size >= FLUSH_BYTES:
             ready = self._ready
@@ -309,8 +312,7 @@ class TraceWriter:
             t.pull()
         f = self._file
         if self._buf and f is not None:
-            n = sum(len(x[1]) if len(x) == 2 else 1 for x in self._buf if not isinstance(x, str))
-            n += sum(1 for x in self._buf if isinstance(x, str))
+            n = self._lines
             chunk = "".join(
                 [
                     x if isinstance(x, str) else _format_hc(x) if len(x) == 6 else _format_clocks(x)
@@ -318,7 +320,7 @@ class TraceWriter:
                 ]
             )
             self._buf.clear()
-            self._size = 0
+            self._size = self._lines = 0
             if self.error is not None:
                 self.dropped += n
                 return
