@@ -1,6 +1,6 @@
 """The native path against the pure-Python one (``KernelConfig.native``), side by side.
 
-Usage: python tools/bench/bench_native.py [--rounds 5] [--quick]
+Usage: python tools/bench/bench_native.py [--rounds 5] [--quick] [--workers N]
 
 Each round runs every point twice in this one process, native then pure Python, each in
 a fresh kernel (contenders alternate A, B, A, B, ...); the figure of a point is the
@@ -14,6 +14,9 @@ Points:
 - HTTP between VMs: httpget against httpd in one kernel, 2,258-byte documents, 10
   keep-alive connections: requests/s (wall) and the loop thread's CPU per request;
 - TCP between VMs: one 16 MB document over one connection, Mb/s.
+
+``--workers N`` runs every kernel with N worker threads (``KernelConfig.workers``); CPU
+is then the whole process's (the slices run on the workers), else the loop thread's.
 """
 
 from __future__ import annotations
@@ -29,18 +32,26 @@ from common import table
 
 from denali.kernel import Kernel
 
+WORKERS = [0]
+"""Worker threads of every kernel (``--workers``)."""
+
+
+def cpu_time() -> float:
+    return time.process_time() if WORKERS[0] else time.thread_time()
+
+
 Point = Callable[[bool], dict[str, float]]
 
 
 async def _per_op(native: bool, image: str, n: int, vms: int) -> float:
     async def run(count: int) -> float:
-        async with Kernel(native=native) as k:
-            c = time.thread_time()
+        async with Kernel(native=native, workers=WORKERS[0]) as k:
+            c = cpu_time()
             spawned = [await k.spawn(image, cmdline=f"n={count}", memory="4M") for _ in range(vms)]
             for vm in spawned:
                 if await vm.wait() != 0:
                     raise RuntimeError(vm.console.text())
-            return time.thread_time() - c
+            return cpu_time() - c
 
     base = await run(1)
     full = await run(n)
@@ -56,14 +67,14 @@ def switch(n: int) -> Point:
 
 
 async def _http(native: bool, count: int) -> dict[str, float]:
-    async with Kernel(native=native) as k:
+    async with Kernel(native=native, workers=WORKERS[0]) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
-        t, c = time.perf_counter(), time.thread_time()
+        t, c = time.perf_counter(), cpu_time()
         vm = await k.spawn(
             "httpget", cmdline=f"ip=10.0.0.2/24 url=http://10.0.0.1/bytes/2258 count={count} conc=10"
         )
         await vm.wait()
-        wall, cpu = time.perf_counter() - t, time.thread_time() - c
+        wall, cpu = time.perf_counter() - t, cpu_time() - c
         m = re.search(r"ok=(\d+) fail=(\d+)", vm.console.text())
         if not m or int(m.group(1)) != count:
             raise RuntimeError(vm.console.text())
@@ -75,7 +86,7 @@ def http(count: int) -> Point:
 
 
 async def _tcp(native: bool, size: int) -> dict[str, float]:
-    async with Kernel(native=native) as k:
+    async with Kernel(native=native, workers=WORKERS[0]) as k:
         await k.spawn("httpd", cmdline="ip=10.0.0.1/24")
         url = f"http://10.0.0.1/bytes/{size}"
         vm = await k.spawn("httpget", cmdline=f"ip=10.0.0.2/24 url={url} count=1 conc=1")
@@ -94,7 +105,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()
+    WORKERS[0] = args.workers
     q = args.quick
     points: dict[str, Point] = {
         "CLOCK in the hook": clock(20_000 if q else 200_000),
@@ -104,8 +117,12 @@ def main() -> None:
     }
     got: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {p: [] for p in points}
     for r in range(args.rounds):
-        for name, point in points.items():
-            got[name].append((point(True), point(False)))
+        for name, point in points.items():  # which contender runs first alternates
+            if r % 2:
+                py, nat = point(False), point(True)
+            else:
+                nat, py = point(True), point(False)
+            got[name].append((nat, py))
         print(f"round {r + 1} of {args.rounds} done", flush=True)
     rows = [("point", "figure", "native (median)", "pure Python (median)", "native / Python (median ratio)")]
     for name, pairs in got.items():
@@ -114,7 +131,7 @@ def main() -> None:
             py = statistics.median(b[key] for _, b in pairs)
             ratio = statistics.median(a[key] / b[key] for a, b in pairs)
             rows.append((name, key, f"{nat:,.3f}", f"{py:,.3f}", f"{ratio:.3f}"))
-    table(f"native vs pure Python, {args.rounds} rounds", rows)
+    table(f"native vs pure Python, {args.rounds} rounds, {args.workers} worker threads", rows)
 
 
 if __name__ == "__main__":
