@@ -13,7 +13,10 @@ Points:
   native clock should not move it);
 - HTTP between VMs: httpget against httpd in one kernel, 2,258-byte documents, 10
   keep-alive connections: requests/s (wall) and the loop thread's CPU per request;
-- TCP between VMs: one 16 MB document over one connection, Mb/s.
+- TCP between VMs: one 16 MB document over one connection, Mb/s;
+- timer wake-ups: 1,000 VMs each arming a one-shot timer 100 ms ahead and idling until it
+  fires, over and over (test-contract mode=timer, 10 Hz each): the process's CPU as a
+  share of one core while they tick, and per wake-up.
 
 ``--workers N`` runs every kernel with N worker threads (``KernelConfig.workers``); CPU
 is then the whole process's (the slices run on the workers), else the loop thread's.
@@ -101,6 +104,26 @@ def tcp(size: int) -> Point:
     return lambda native: asyncio.run(_tcp(native, size))
 
 
+async def _ticking(native: bool, vms: int, seconds: float) -> dict[str, float]:
+    hz = 10
+    async with Kernel(native=native, workers=WORKERS[0]) as k:
+        cmd = f"mode=timer n={int((seconds + 1.5) * hz)} ms={1000 // hz}"
+        spawned = [await k.spawn("test-contract", cmdline=cmd, memory="1M") for _ in range(vms)]
+        await asyncio.sleep(0.5)  # all started and ticking
+        c, w = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu, wall = time.process_time() - c, time.perf_counter() - w
+        for vm in spawned:
+            if await vm.wait() != 0:
+                raise RuntimeError(vm.console.text())
+    share = cpu / wall
+    return {"% of a core": share * 100, "us CPU per wake-up": share / (vms * hz) * 1e6}
+
+
+def ticking(vms: int, seconds: float) -> Point:
+    return lambda native: asyncio.run(_ticking(native, vms, seconds))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -114,6 +137,7 @@ def main() -> None:
         "VM-to-VM switch (2 VMs yielding)": switch(5_000 if q else 25_000),
         "HTTP between VMs": http(500 if q else 3000),
         "TCP between VMs (16 MB)": tcp(4_000_000 if q else 16_000_000),
+        "VMs ticking at 10 Hz": ticking(200 if q else 1000, 1.0 if q else 3.0),
     }
     got: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {p: [] for p in points}
     for r in range(args.rounds):
