@@ -18,7 +18,8 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
   sees only hypercalls and exceptions (and, once a fault is recorded in the slice,
   every ``int $0x80``, so the fault's stop lands);
 - the native clock (``set_native_clock``): while the VM's owner allows it (no monitor
-  interposes on hypercalls), the interrupt hook answers CLOCK in C, as the clock device
+  interposes on CLOCK, or those that do only record it), the interrupt hook answers
+  CLOCK in C, as the clock device
   would (``devices/clock.py``), when its structure lies on a page this CPU found
   writable for the guest at an earlier CLOCK (``_allow_clock``); the page is forgotten
   whenever the TLB is flushed (a permission lowered, a dirty-tracking round) and none
@@ -319,8 +320,8 @@ class VCpu:
         """Let the engine's hook answer CLOCK itself (``allowed``), the VM's clock reading
         ``time.monotonic_ns() - clock_zero``; False sends every CLOCK to ``dispatch``
         (a monitor interposes on it). ``log``: keep each value answered for
-        ``take_clock_log`` (a monitor records them); what the log held is dropped, so
-        take it first. Between slices."""
+        ``take_clock_log`` (monitors record them); turning the log off drops what it
+        held, so take it first. Between slices."""
         self.native_clock = allowed and _NATIVE_CLOCK
         self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, _CLOCK_OFF, clock_zero)
         self.engine.set_clock_log(CLOCK_LOG if log and self.native_clock else 0)
