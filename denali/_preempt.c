@@ -26,10 +26,11 @@
  *
  * 3. The CLOCK hypercall (the one a guest makes most: its TCP stack reads the clock
  * several times per segment) is answered in denali_intr_hook too, while the CPU allows
- * it (denali/cpu.py, "the native clock"): no monitor interposes on hypercalls, and the
- * argument structure lies on the page the CPU last found writable for a CLOCK (it
- * forgets that page whenever a permission is lowered or dirty-page tracking runs). Any
- * other CLOCK, and every other hypercall, goes to the Python callback. With a log set
+ * it (denali/cpu.py, "the native clock"): no monitor interposes on CLOCK, or those
+ * that do only record it, and the argument structure (its one u64, now_ns) lies on one
+ * of the pages the CPU found writable for a CLOCK (it forgets them whenever a
+ * permission is lowered or dirty-page tracking runs). Any other CLOCK, and every other
+ * hypercall, goes to the Python callback. With a log set
  * (a monitor that only records CLOCKs, such as the tracer) each answer also appends
  * its value there, and the monitor layer hands the values over before the VM's next
  * event; a full log sends CLOCK to Python, which empties it first.
@@ -74,7 +75,6 @@ struct denali_route {
     uint32_t vector;            /* the hypercall vector (0x80) */
     uint32_t clock_nr;          /* CLOCK's number; 0: every hypercall goes to Python */
     int32_t eax_reg, ebx_reg;   /* UC_X86_REG_EAX, UC_X86_REG_EBX */
-    uint32_t clock_off;         /* offset of now_ns (a u64) in CLOCK's structure (abi.py) */
     uint32_t clock_pages[CLOCK_PAGES];  /* page numbers + 1 where a CLOCK structure may be
                                    written here (checked by the CPU); 0: none. A few,
                                    since each guest thread makes its calls on its stack */
@@ -94,7 +94,6 @@ static int native_clock(void *uc, struct denali_route *r)
         return 0;
     if (r->reg_read(uc, r->ebx_reg, &arg) != 0)
         return 0;
-    arg += r->clock_off;
     if ((arg & 0xFFF) > 0x1000 - 8 || (uint64_t)arg + 8 > r->mem_size)
         return 0;
     uint32_t page = (arg >> 12) + 1, i = 0;

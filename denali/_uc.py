@@ -242,7 +242,6 @@ class RouteCell(ctypes.Structure):
         ("clock_nr", ctypes.c_uint32),
         ("eax_reg", ctypes.c_int32),
         ("ebx_reg", ctypes.c_int32),
-        ("clock_off", ctypes.c_uint32),
         ("clock_pages", ctypes.c_uint32 * CLOCK_PAGES),
         ("clock_zero", ctypes.c_int64),
         ("clocks", ctypes.c_uint64),
@@ -556,19 +555,23 @@ class Engine:
         (dirty-page tracking uses it to write-protect pages at each round; memory
         protection after a page lost a permission). Callable from a hook. The native
         clock's page is forgotten too (``allow_clock_page``)."""
-        ctypes.memset(ctypes.addressof(self._route.clock_pages), 0, ctypes.sizeof(self._route.clock_pages))
+        self._forget_clock_pages()
         self._ctl(_CTL_TLB_FLUSH)
 
-    def set_native_clock(self, vector: int, nr: int, offset: int, clock_zero: int) -> None:
+    def _forget_clock_pages(self) -> None:
+        pages = self._route.clock_pages
+        ctypes.memset(ctypes.addressof(pages), 0, ctypes.sizeof(pages))
+
+    def set_native_clock(self, vector: int, nr: int, clock_zero: int) -> None:
         """Let the interrupt hook answer hypercall ``nr`` (CLOCK, ``int vector`` with
-        EAX = ``nr``, EBX its structure) itself: the u64 at ``offset`` of the structure
-        gets CLOCK_MONOTONIC - ``clock_zero`` (ns) and EAX gets 0 (OK), on the page
+        EAX = ``nr``, EBX its structure, one u64) itself: the structure gets
+        CLOCK_MONOTONIC - ``clock_zero`` (ns) and EAX gets 0 (OK), on the pages
         ``allow_clock_page`` names. ``nr`` 0: never (every hypercall goes to the owner).
         Between slices, or from a callback."""
         r = self._route
-        r.vector, r.clock_nr, r.clock_off, r.clock_zero = vector, nr, offset, clock_zero
+        r.vector, r.clock_nr, r.clock_zero = vector, nr, clock_zero
         if not nr:
-            ctypes.memset(ctypes.addressof(r.clock_pages), 0, ctypes.sizeof(r.clock_pages))
+            self._forget_clock_pages()
 
     def allow_clock_page(self, page: int) -> None:
         """A page (number) on which the native clock may write its structure, which the

@@ -69,8 +69,8 @@ class KernelConfig:
         it its MAC, wherever it moves among them.
     native: True (the default): the CPU's interrupt hook answers CLOCK, the hypercall
         guests make most, in C without entering Python, unless a monitor interposes on
-        the VM's hypercalls (``denali/_preempt.c``); False keeps every hypercall on the
-        pure-Python path. The environment variable ``DENALI_NATIVE=0`` makes False the
+        the VM's CLOCK other than to record it (``denali/_preempt.c``); False keeps
+        every hypercall on the pure-Python path. The environment variable ``DENALI_NATIVE=0`` makes False the
         default (to run a test suite or a benchmark on the pure-Python path).
     """
 

@@ -63,9 +63,8 @@ _BOOT_EFLAGS: Final = 0x202
 _VECTOR: Final = abi.HYPERCALL_VECTOR
 _CLOCK: Final = int(abi.Hc.CLOCK)
 _CLOCK_ARGS: Final = abi.HYPERCALL_BY_NR[_CLOCK].args
-_CLOCK_OFF: Final = _CLOCK_ARGS.offsets()["now_ns"]
-_NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_OFF == 0
-"""The C hook writes exactly the structure (one u64): with another layout it stays off."""
+_NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_ARGS.offsets()["now_ns"] == 0
+"""The C hook writes the structure as one u64: with another layout it stays off."""
 CLOCK_LOG: Final = 1024
 """Native CLOCKs logged before the next one goes to Python (which empties the log)."""
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
@@ -316,6 +315,11 @@ class VCpu:
         """Hypercalls this CPU took, those the C hook answered included."""
         return self._hcalls + self.engine.native_clocks
 
+    @property
+    def native_clocks(self) -> int:
+        """CLOCKs the C hook answered."""
+        return self.engine.native_clocks
+
     def set_native_clock(self, allowed: bool, clock_zero: int, log: bool = False) -> None:
         """Let the engine's hook answer CLOCK itself (``allowed``), the VM's clock reading
         ``time.monotonic_ns() - clock_zero``; False sends every CLOCK to ``dispatch``
@@ -323,7 +327,7 @@ class VCpu:
         ``take_clock_log`` (monitors record them); turning the log off drops what it
         held, so take it first. Between slices."""
         self.native_clock = allowed and _NATIVE_CLOCK
-        self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, _CLOCK_OFF, clock_zero)
+        self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, clock_zero)
         self.engine.set_clock_log(CLOCK_LOG if log and self.native_clock else 0)
 
     def take_clock_log(self) -> list[int]:

@@ -361,7 +361,7 @@ class Vm:
     @property
     def native_hypercalls(self) -> int:
         """Of ``hypercalls``, those the CPU's C hook answered (``KernelConfig.native``)."""
-        return self._native + (self._cpu.engine.native_clocks if self._cpu is not None else 0)
+        return self._native + (self._cpu.native_clocks if self._cpu is not None else 0)
 
     @property
     def syscalls(self) -> int:
@@ -687,7 +687,7 @@ class Vm:
         self._cpu = self._memory = self._dispatch = None
         if cpu is not None:
             self._hypercalls += cpu.hypercalls
-            self._native += cpu.engine.native_clocks
+            self._native += cpu.native_clocks
             self._syscalls += cpu.syscalls
             cpu.close()
         if mem is not None:

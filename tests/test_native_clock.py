@@ -20,7 +20,6 @@ from denali.config import KernelConfig
 from denali.kernel import Kernel
 from denali.memory import PROT_R, PROT_RW
 from denali.monitor import HypercallEvent, Monitor
-from denali.vm import Vm
 from tests.conftest import need_image
 
 SRC = Path(_uc.__file__).with_name("_preempt.c")
@@ -62,10 +61,6 @@ async def until(cond: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.001)
     raise AssertionError("timed out")
-
-
-def native(vm: Vm) -> int:
-    return vm.native_hypercalls
 
 
 async def test_clock_is_answered_in_c_and_counted(kernel: Kernel) -> None:
@@ -122,15 +117,15 @@ async def test_a_monitor_pushed_on_a_running_vm_sees_every_clock_after() -> None
 
     async with Kernel() as k:
         vm = await k.spawn("bench-hcall", cmdline="n=100000000")
-        await until(lambda: native(vm) > 1000)
+        await until(lambda: vm.native_hypercalls > 1000)
         stack = MonitorStack.of(vm)
         stack.push(Clocks())
-        before = native(vm)
+        before = vm.native_hypercalls
         await asyncio.sleep(0.05)
-        assert native(vm) == before and len(seen) > 100
+        assert vm.native_hypercalls == before and len(seen) > 100
         stack.pop()
         await asyncio.sleep(0.05)
-        assert native(vm) > before  # back in C once nothing interposes
+        assert vm.native_hypercalls > before  # back in C once nothing interposes
         vm.kill()
 
 
@@ -140,7 +135,7 @@ async def test_the_clock_pages_are_dirty_while_tracked_and_forgotten_when_lowere
     need_image("bench-hcall")
     async with Kernel() as k:
         vm = await k.spawn("bench-hcall", cmdline="n=100000000")
-        await until(lambda: native(vm) > 1000)
+        await until(lambda: vm.native_hypercalls > 1000)
         cpu, mem = vm._cpu, vm._memory
         assert cpu is not None and mem is not None
         pages = [p - 1 for p in cpu.engine._route.clock_pages if p]

@@ -396,23 +396,16 @@ class MonitorStack:
         if not chain:
             return base(nr, arg)
         call = HypercallEvent(self.vm.id, self._memory, nr, arg)
-        if len(chain) == 1:  # the common stack (one tracer, one policy): no loops
-            m = chain[0]
+        for m in chain:  # the index only when a monitor stops the call (a stack holds each once)
             v = m.hypercall(call)
             if v is not None:
-                return self._verdict(call, chain, 0, v)
-            res = base(call.nr, call.arg)
-            if res == EXIT:
-                return self._exit((call, chain, 1, None))
-            return m.hypercall_done(call, res) & 0xFFFFFFFF
-        for i, m in enumerate(chain):
-            v = m.hypercall(call)
-            if v is not None:
-                return self._verdict(call, chain, i, v)
+                return self._verdict(call, chain, chain.index(m), v)
         res = base(call.nr, call.arg)
         if res == EXIT:  # TERMINATE or IDLE: the VM coroutine completes it
             return self._exit((call, chain, len(chain), None))
-        return self._done(call, chain, len(chain), res)
+        for m in reversed(chain):  # _done's walk, inline: this is the path of every call
+            res = m.hypercall_done(call, res)
+        return res & 0xFFFFFFFF
 
     def _verdict(self, call: HypercallEvent, chain: tuple[Monitor, ...], i: int, v: object) -> int:
         """Monitor ``i`` of ``chain`` did not pass ``call`` on: answer, delay or stop it."""
@@ -444,8 +437,8 @@ class MonitorStack:
 
     @staticmethod
     def _done(call: HypercallEvent, chain: tuple[Monitor, ...], upto: int, res: int) -> int:
-        for i in range(upto - 1, -1, -1):
-            res = chain[i].hypercall_done(call, res)
+        for m in reversed(chain[:upto]):
+            res = m.hypercall_done(call, res)
         return res & 0xFFFFFFFF
 
     def _mark_stop(self, reason: str, by: Monitor) -> None:

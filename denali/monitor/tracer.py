@@ -30,7 +30,7 @@ import logging
 import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import aiofiles
 
@@ -96,18 +96,19 @@ _Line = Callable[[int, int, "bytes | None", "int | None", "bytes | None"], str]
 _CODES: Final = {int(r): f'"{r.name}"' for r in Result}
 
 
-def _full_format(h: abi.Hypercall, result: int | None = None) -> str:
-    """The %-format of a returned call's line: t, vm, the in fields, result, its code
-    (JSON), the out fields; with ``result`` given, that result and its code are part of
-    the format instead."""
-    fmt_in, _ = _renderer(h, ("in", "inout"))
-    fmt_out, _ = _renderer(h, ("out", "inout"))
-    head = f'"nr":{h.nr},"name":"{h.name}","args":'
+def _head(h: abi.Hypercall) -> str:
+    return f'"nr":{h.nr},"name":"{h.name}","args":'
+
+
+def _full_format(h: abi.Hypercall, fmt_in: str, fmt_out: str, result: int | None = None) -> str:
+    """The %-format of a returned call's line: t, vm, the in fields (``fmt_in``), result,
+    its code (JSON), the out fields (``fmt_out``); with ``result`` given, that result and
+    its code are part of the format instead."""
     if result is None:
         res = ',"result":%d,"code":%s,"out":'
     else:
         res = f',"result":{result},"code":{_CODES[result]},"out":'
-    return "".join(('{"kind":"hypercall","t":%d,"vm":%d,', head, fmt_in, res, fmt_out, "}\n"))
+    return "".join(('{"kind":"hypercall","t":%d,"vm":%d,', _head(h), fmt_in, res, fmt_out, "}\n"))
 
 
 def _line_of(h: abi.Hypercall) -> _Line:
@@ -115,8 +116,8 @@ def _line_of(h: abi.Hypercall) -> _Line:
     result or None, raw bytes after) to its JSON line."""
     fmt_in, vals_in = _renderer(h, ("in", "inout"))
     fmt_out, vals_out = _renderer(h, ("out", "inout"))
-    head = f'"nr":{h.nr},"name":"{h.name}","args":'
-    full = _full_format(h)
+    head = _head(h)
+    full = _full_format(h, fmt_in, fmt_out)
     codes = _CODES
 
     def line(t: int, vm: int, before: bytes | None, result: int | None, after: bytes | None) -> str:
@@ -137,7 +138,10 @@ def _line_of(h: abi.Hypercall) -> _Line:
 
 
 _SIZES: Final = {h.nr: h.args.size for h in abi.HYPERCALLS}
-_CLOCK_LINE: Final = _full_format(abi.HYPERCALL_BY_NR[abi.Hc.CLOCK], int(Result.OK))
+_CLOCK: Final = abi.HYPERCALL_BY_NR[abi.Hc.CLOCK]
+_CLOCK_LINE: Final = _full_format(
+    _CLOCK, _renderer(_CLOCK, ("in", "inout"))[0], _renderer(_CLOCK, ("out", "inout"))[0], int(Result.OK)
+)
 """A CLOCK answered natively: t, vm, now_ns (its t is the value it returned)."""
 _NO_IN: Final = frozenset(
     h.nr for h in abi.HYPERCALLS if not any(f.direction in ("in", "inout") for f in h.args.fields)
@@ -150,8 +154,15 @@ _NO_OUT: Final = frozenset(
 _LINES: Final = {h.nr: _line_of(h) for h in abi.HYPERCALLS}
 _HcRecord = tuple[int, int, int, "bytes | None", "int | None", "bytes | None"]
 """(t, vm, nr, the structure's bytes before, result or None, its bytes after)."""
-_Clocks = tuple[int, "Sequence[int]"]
-"""(vm, the values of CLOCKs answered natively)."""
+
+
+class _Clocks(NamedTuple):
+    """A VM's CLOCKs answered natively (a buffer item of ``len(values)`` lines)."""
+
+    vm: int
+    values: Sequence[int]
+
+
 _HC_LINE_ESTIMATE: Final = 160
 """Bytes a hypercall line is counted as against the buffer's capacity before it is formatted."""
 
@@ -170,9 +181,8 @@ def _format_hc(rec: _HcRecord) -> str:
 
 
 def _format_clocks(rec: _Clocks) -> str:
-    vm, values = rec
-    line = _CLOCK_LINE
-    return "".join([line % (v, vm, v) for v in values])
+    vm, line = rec.vm, _CLOCK_LINE
+    return "".join([line % (v, vm, v) for v in rec.values])
 
 
 def parse_kinds(text: str) -> frozenset[str]:
@@ -221,8 +231,8 @@ class TraceWriter:
         self._buf: list[str | _HcRecord | _Clocks] = []
         """Lines, and hypercall records formatted only when written out (in batches)."""
         self._tracers: list[Tracer] = []
-        """The tracers writing here: asked for what their VM's CPU logged before each
-        write-out (``Tracer.pull``)."""
+        """The tracers writing here (``add_tracer``): asked for what their VM's CPU logged
+        before each write-out (``Tracer.pull``)."""
         self._size = 0
         self._lines = 0
         """Lines the buffer holds (a batch of native CLOCKs is one item, many lines)."""
@@ -253,6 +263,14 @@ class TraceWriter:
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="denali-trace-writer")
 
+    def add_tracer(self, tracer: Tracer) -> None:
+        """``tracer`` writes here: pull its VM's logged CLOCKs before each write-out."""
+        self._tracers.append(tracer)
+
+    def remove_tracer(self, tracer: Tracer) -> None:
+        if tracer in self._tracers:
+            self._tracers.remove(tracer)
+
     def emit(self, record: dict[str, Any]) -> None:
         """Buffer one record as a line (never blocks; dropped and counted when full)."""
         if self._ready is None or self._closing:
@@ -274,7 +292,7 @@ class TraceWriter:
     def emit_clocks(self, vm: int, values: Sequence[int]) -> None:
         """Buffer VM ``vm``'s CLOCKs answered natively, one line each (formatted as they
         are written out)."""
-        self._add((vm, values), _HC_LINE_ESTIMATE * len(values), len(values))
+        self._add(_Clocks(vm, values), _HC_LINE_ESTIMATE * len(values), len(values))
 
     def _add(self, item: str | _HcRecord | _Clocks, length: int, lines: int = 1) -> None:
         size = self._size + length
@@ -313,9 +331,10 @@ class TraceWriter:
         f = self._file
         if self._buf and f is not None:
             n = self._lines
+            fmt_hc, fmt_clocks = _format_hc, _format_clocks
             chunk = "".join(
                 [
-                    x if isinstance(x, str) else _format_hc(x) if len(x) == 6 else _format_clocks(x)
+                    x if isinstance(x, str) else fmt_clocks(x) if isinstance(x, _Clocks) else fmt_hc(x)
                     for x in self._buf
                 ]
             )
@@ -413,13 +432,12 @@ class Tracer(Monitor):
     def attached(self, stack: MonitorStack) -> None:
         super().attached(stack)
         self._vmobj = stack.vm
-        self.writer._tracers.append(self)
+        self.writer.add_tracer(self)
 
     def detached(self) -> None:
         super().detached()
         self._vmobj = None
-        if self in self.writer._tracers:
-            self.writer._tracers.remove(self)
+        self.writer.remove_tracer(self)
 
     def pull(self) -> None:
         """Take what the VM's CPU logged natively (the writer calls this before it writes
