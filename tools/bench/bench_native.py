@@ -7,8 +7,7 @@ a fresh kernel (contenders alternate A, B, A, B, ...); the figure of a point is 
 median of its per-round ratios native/pure-Python, next to the medians of each.
 Points:
 
-- CLOCK answered in the hook: bench-hcall, (t(n) - t(1)) / (n - 1), the loop thread's
-  CPU time;
+- CLOCK answered in the hook: bench-hcall, (t(n) - t(1)) / (n - 1), wall time;
 - VM-to-VM switch: two bench-yield VMs (IDLE as a yield; no CLOCK on that path, so the
   native clock should not move it);
 - HTTP between VMs: httpget against httpd in one kernel, 2,258-byte documents, 10
@@ -19,7 +18,8 @@ Points:
   share of one core while they tick, and per wake-up.
 
 ``--workers N`` runs every kernel with N worker threads (``KernelConfig.workers``); CPU
-is then the whole process's (the slices run on the workers), else the loop thread's.
+figures are then the whole process's (the slices run on the workers), else the loop
+thread's.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from common import table
+from common import per_op_once, table
 
 from denali.kernel import Kernel
 
@@ -46,27 +46,12 @@ def cpu_time() -> float:
 Point = Callable[[bool], dict[str, float]]
 
 
-async def _per_op(native: bool, image: str, n: int, vms: int) -> float:
-    async def run(count: int) -> float:
-        async with Kernel(native=native, workers=WORKERS[0]) as k:
-            c = cpu_time()
-            spawned = [await k.spawn(image, cmdline=f"n={count}", memory="4M") for _ in range(vms)]
-            for vm in spawned:
-                if await vm.wait() != 0:
-                    raise RuntimeError(vm.console.text())
-            return cpu_time() - c
-
-    base = await run(1)
-    full = await run(n)
-    return (full - base) / (n - 1) / vms
-
-
 def clock(n: int) -> Point:
-    return lambda native: {"us": asyncio.run(_per_op(native, "bench-hcall", n, 1)) * 1e6}
+    return lambda native: {"us": per_op_once("bench-hcall", n, 1, native=native, workers=WORKERS[0]) * 1e6}
 
 
 def switch(n: int) -> Point:
-    return lambda native: {"us": asyncio.run(_per_op(native, "bench-yield", n, 2)) * 1e6}
+    return lambda native: {"us": per_op_once("bench-yield", n, 2, native=native, workers=WORKERS[0]) * 1e6}
 
 
 async def _http(native: bool, count: int) -> dict[str, float]:

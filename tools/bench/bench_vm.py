@@ -17,29 +17,15 @@ import asyncio
 import statistics
 import time
 
-from common import table
+from common import per_op_once, table
 
 from denali.abi import Irq
 from denali.kernel import Kernel
 
 
-async def run_vms(image: str, cmdlines: list[str]) -> float:
-    async with Kernel() as k:
-        t = time.perf_counter()
-        vms = [await k.spawn(image, cmdline=c, memory="4M") for c in cmdlines]
-        for vm in vms:
-            await vm.wait()
-        return time.perf_counter() - t
-
-
 def per_op(image: str, n: int, vms: int, runs: int) -> float:
     """Median seconds per operation: (t(n) - t(1)) / (n - 1) / vms."""
-    out = []
-    for _ in range(runs):
-        base = asyncio.run(run_vms(image, ["n=1"] * vms))
-        full = asyncio.run(run_vms(image, [f"n={n}"] * vms))
-        out.append((full - base) / (n - 1) / vms)
-    return statistics.median(out)
+    return statistics.median(per_op_once(image, n, vms) for _ in range(runs))
 
 
 async def spawn_latency(count: int) -> list[float]:

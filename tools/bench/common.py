@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -16,6 +18,7 @@ if str(ROOT) not in sys.path:
 from denali import _uc, abi  # noqa: E402
 from denali.cpu import layout_regions  # noqa: E402
 from denali.images import resolve  # noqa: E402
+from denali.kernel import Kernel  # noqa: E402
 from denali.loader import Image  # noqa: E402
 from denali.memory import GuestMemory  # noqa: E402
 from denali.progress import JobProgress  # noqa: E402
@@ -31,6 +34,24 @@ def progress(what: str, total: int, unit: str = "points") -> JobProgress:
     """Progress of a long benchmark run on stderr (a bar on a terminal, plain lines in a
     log); ``advance()`` it after each measured point, ``close()`` it (or use ``with``)."""
     return JobProgress(what, total, sys.stderr, unit=unit)
+
+
+async def run_vms(image: str, cmdlines: list[str], **kernel_options: Any) -> float:
+    """Wall seconds from the first spawn until every VM (one per command line, 4 MiB
+    each) of ``image`` has ended, in a fresh kernel made with ``kernel_options``."""
+    async with Kernel(**kernel_options) as k:
+        t = time.perf_counter()
+        vms = [await k.spawn(image, cmdline=c, memory="4M") for c in cmdlines]
+        for vm in vms:
+            await vm.wait()
+        return time.perf_counter() - t
+
+
+def per_op_once(image: str, n: int, vms: int, **kernel_options: Any) -> float:
+    """Seconds per operation of a loop guest taking ``n=N``: (t(n) - t(1)) / (n - 1) / vms."""
+    base = asyncio.run(run_vms(image, ["n=1"] * vms, **kernel_options))
+    full = asyncio.run(run_vms(image, [f"n={n}"] * vms, **kernel_options))
+    return (full - base) / (n - 1) / vms
 
 
 def median_of(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
