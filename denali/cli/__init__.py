@@ -24,7 +24,7 @@ from denali.cli import disk as disk_cli
 from denali.cli import linux as linux_cli
 from denali.cli import sdk as sdk_cli
 from denali.cli import top as top_cli
-from denali.cli.common import EXIT_FAILED, ArgumentParser, configure_logging, log_options
+from denali.cli.common import EXIT_FAILED, ArgumentParser, configure_logging, log_options, whole_line_stderr
 from denali.images import builtin_images
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def _images(everything: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``denali`` console script."""
+    whole_line_stderr()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["cc"]:  # gcc's own options pass through unparsed
         return sdk_cli.run_cc(args_list[1:])

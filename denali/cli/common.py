@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import sys
 from typing import Final, NoReturn
@@ -16,6 +17,16 @@ EXIT_USAGE: Final = 2
 that is missing, of the wrong kind, or damaged."""
 EXIT_FAILED: Final = 1
 """The host failed while doing what was asked (an I/O error), or a bug (internal error)."""
+
+
+def whole_line_stderr() -> None:
+    """Make each line written to stderr leave in one write. Python's stderr writes
+    through, so ``print`` sends a line's text and its newline as two writes; the kernels
+    of a host share one stderr, and their lines then interleave mid-line ("... VM 1
+    listening on ...:33491denali: gdb: VM 2 ..."). Line-buffered without write-through,
+    a line goes out whole at its newline (atomic on a pipe up to PIPE_BUF bytes)."""
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(write_through=False, line_buffering=True)
 
 
 class ArgumentParser(argparse.ArgumentParser):

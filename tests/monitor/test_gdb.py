@@ -248,7 +248,7 @@ async def test_a_fault_is_a_signal(kernel: Kernel, stub_factory: list[GdbStub]) 
 def test_cli_gdb_wait_with_two_vms() -> None:
     elf = image("test-gdb")
     gdb_path()
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -264,46 +264,46 @@ def test_cli_gdb_wait_with_two_vms() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        ports: dict[int, int] = {}
-        seen = b""
-        deadline = time.monotonic() + 60
-        while len(ports) < 2:  # read the fd itself: a hang fails in 60 s, with what came
-            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-            assert ready, f"no two gdb stubs listening within 60 s: {seen!r}"
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            assert chunk, f"denali boot ended before listening: {seen!r}"
-            seen += chunk
-            for line in seen.decode(errors="replace").splitlines():
-                m = re.match(r"denali: gdb: VM (\d+) listening on 127\.0\.0\.1:(\d+)", line)
-                if m:
-                    ports[int(m.group(1))] = int(m.group(2))
-        for i in (2, 1):  # each VM waits for its own debugger
-            r = subprocess.run(
-                [
-                    gdb_path(),
-                    "-nx",
-                    "-batch",
-                    "-ex",
-                    f"target remote 127.0.0.1:{ports[i]}",
-                    "-ex",
-                    "continue",
-                    elf,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert "exited with code 07" in r.stdout, r.stdout + r.stderr
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 1  # both exited 7: not all 0
-        assert out.count("gdb_value=7") == 2
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:  # its pipes are closed however the test ends
+        try:
+            assert proc.stderr is not None
+            ports: dict[int, int] = {}
+            seen = b""
+            deadline = time.monotonic() + 60
+            while len(ports) < 2:  # read the fd itself: a hang fails in 60 s, with what came
+                ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+                assert ready, f"no two gdb stubs listening within 60 s: {seen!r}"
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                assert chunk, f"denali boot ended before listening: {seen!r}"
+                seen += chunk
+                for line in seen.decode(errors="replace").splitlines():
+                    m = re.match(r"denali: gdb: VM (\d+) listening on 127\.0\.0\.1:(\d+)", line)
+                    if m:
+                        ports[int(m.group(1))] = int(m.group(2))
+            for i in (2, 1):  # each VM waits for its own debugger
+                r = subprocess.run(
+                    [
+                        gdb_path(),
+                        "-nx",
+                        "-batch",
+                        "-ex",
+                        f"target remote 127.0.0.1:{ports[i]}",
+                        "-ex",
+                        "continue",
+                        elf,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                assert "exited with code 07" in r.stdout, r.stdout + r.stderr
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 1  # both exited 7: not all 0
+            assert out.count("gdb_value=7") == 2
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_framing() -> None:
