@@ -35,13 +35,40 @@
  * its value there, and the monitor layer hands the values over before the VM's next
  * event; a full log sends CLOCK to Python, which empties it first.
  *
+ * 4. NET_SEND is answered here too while the CPU allows it (denali/cpu.py, "the native
+ * send"): no monitor interposes on it or on the frames sent, no dirty-page tracking
+ * runs, and the whole batch passes every check the Python path makes (the structure
+ * readable and writable and clear of the register page's kernel fields, the
+ * descriptor array and every frame readable, each length 60..1514, at most 64
+ * frames) against the page-permission map of the VM's memory (one byte per page,
+ * kept by denali/memory.py), fits the transmit buffer and the credit (frames the
+ * port's queue in the switch still takes: the CPU sets it before each slice). The
+ * frames are copied into the buffer (a u16 length, then the bytes) and the guest gets
+ * OK with every frame sent; the CPU hands the buffer to the NIC at the end of the
+ * slice and before any NET_SEND takes the Python path, so frames keep their order.
+ * A batch that fails any test goes to Python whole, which answers it as before. With
+ * no buffer yet, the hook asks for one (tx_want) and sends the call to Python.
+ *
+ * 5. For every hypercall it hands to Python the hook leaves the number and the
+ * structure's address (EAX, EBX) in the route, and writes EAX itself when the callback
+ * left a result there (hc_answer): the Python path makes no register call of its own.
+ *
+ * 6. denali_run starts a slice: one call from Python instead of one per register and
+ * flag (the result of a hypercall completed between slices, the stop flag, EIP after).
+ *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 
 #define CLOCK_PAGES 16
+#define NET_MIN_FRAME 60
+#define NET_MTU 1514
+#define NET_MAX_BATCH 64
+#define PROT_R 1
+#define PROT_W 2
 
 struct denali_stop_cell {
     volatile int32_t flag;      /* set by the watchdog: stop at the next block start;
@@ -83,17 +110,31 @@ struct denali_route {
     int64_t *log;               /* when set: each CLOCK answered here appends its value (a
                                    monitor records them); full: CLOCK goes to Python */
     uint32_t log_cap, log_len;
+    uint32_t send_nr;           /* NET_SEND's number; 0: every NET_SEND goes to Python */
+    uint32_t tx_credit;         /* frames the port still takes in this slice */
+    const uint8_t *prot;        /* the page-permission map: PROT_R | PROT_W per page */
+    uint32_t pages;             /* its length */
+    uint32_t kfields_lo, kfields_hi;  /* never written for the guest: [lo, hi) */
+    uint8_t *tx_buf;            /* the transmit buffer: (u16 length, bytes) per frame */
+    uint32_t tx_cap, tx_len;    /* its size and the bytes it holds */
+    uint32_t tx_frames;         /* the frames it holds */
+    uint32_t tx_want;           /* set here when a NET_SEND found no buffer */
+    uint64_t sends;             /* NET_SEND hypercalls answered here */
+    uint32_t hc_nr, hc_arg;     /* the hypercall handed to the Python callback (EAX, EBX) */
+    uint32_t hc_answer;         /* set by the callback: EAX gets hc_result once it returns */
+    uint32_t hc_result;
+    int (*emu_start)(void *uc, uint64_t begin, uint64_t until, uint64_t timeout, size_t count);
+    uint32_t eax_pending;       /* set between slices: EAX gets eax_value when the next starts */
+    uint32_t eax_value;
+    uint32_t eip;               /* EIP where the last slice stopped (denali_run) */
+    uint32_t reserved;
 };
 
-/* CLOCK answered without Python (see 3. above); 0 when it must go to Python. */
-static int native_clock(void *uc, struct denali_route *r)
+/* CLOCK at `arg` answered without Python (see 3. above); 0 when it must go to Python. */
+static int native_clock(void *uc, struct denali_route *r, uint32_t arg)
 {
-    uint32_t nr = 0, arg = 0, ok = 0;
+    uint32_t ok = 0;
     struct timespec ts;
-    if (r->reg_read(uc, r->eax_reg, &nr) != 0 || nr != r->clock_nr)
-        return 0;
-    if (r->reg_read(uc, r->ebx_reg, &arg) != 0)
-        return 0;
     if ((arg & 0xFFF) > 0x1000 - 8 || (uint64_t)arg + 8 > r->mem_size)
         return 0;
     uint32_t page = (arg >> 12) + 1, i = 0;
@@ -115,6 +156,64 @@ static int native_clock(void *uc, struct denali_route *r)
     return 1;
 }
 
+/* Every byte of [addr, addr + len) on pages with all of `need` (and, for writing, clear
+ * of the kernel fields): the rule of GuestMemory.check. */
+static int range_ok(const struct denali_route *r, uint32_t addr, uint32_t len, uint8_t need)
+{
+    uint64_t end = (uint64_t)addr + len;
+    if (len == 0)
+        return 1;
+    if (end > r->mem_size || !r->prot)
+        return 0;
+    if ((need & PROT_W) && addr < r->kfields_hi && end > r->kfields_lo)
+        return 0;
+    for (uint64_t p = addr >> 12; p <= (end - 1) >> 12; p++)
+        if (p >= r->pages || (r->prot[p] & need) != need)
+            return 0;
+    return 1;
+}
+
+/* NET_SEND at `arg` answered without Python (see 4. above); 0 when it must go to Python. */
+static int native_send(void *uc, struct denali_route *r, uint32_t arg)
+{
+    uint32_t hdr[2], d[2], ok = 0, need = 0;
+    if (!r->tx_buf) {
+        r->tx_want = 1;
+        return 0;
+    }
+    if (!range_ok(r, arg, 16, PROT_R | PROT_W))
+        return 0;
+    memcpy(hdr, r->mem + arg, 8);
+    uint32_t at = hdr[0], count = hdr[1];
+    if (count == 0 || count > NET_MAX_BATCH || count > r->tx_credit)
+        return 0;
+    if (!range_ok(r, at, count * 8, PROT_R))
+        return 0;
+    for (uint32_t i = 0; i < count; i++) {
+        memcpy(d, r->mem + at + 8 * i, 8);
+        if (d[1] < NET_MIN_FRAME || d[1] > NET_MTU || !range_ok(r, d[0], d[1], PROT_R))
+            return 0;
+        need += 2 + d[1];
+    }
+    if (need > r->tx_cap - r->tx_len)
+        return 0;
+    if (r->reg_write(uc, r->eax_reg, &ok) != 0)  /* before anything is taken */
+        return 0;
+    for (uint32_t i = 0; i < count; i++) {  /* the guest is stopped: nothing moved */
+        uint16_t len;
+        memcpy(d, r->mem + at + 8 * i, 8);
+        len = (uint16_t)d[1];
+        memcpy(r->tx_buf + r->tx_len, &len, 2);
+        memcpy(r->tx_buf + r->tx_len + 2, r->mem + d[0], len);
+        r->tx_len += 2 + len;
+    }
+    memcpy(r->mem + arg + 8, &count, 4);  /* sent */
+    r->tx_credit -= count;
+    r->tx_frames += count;
+    r->sends++;
+    return 1;
+}
+
 void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
 {
     struct denali_route *r = user_data;
@@ -130,7 +229,40 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
             }
         }
     }
-    if (intno == r->vector && r->clock_nr && !r->faulted && native_clock(uc, r))
-        return;
+    if (intno == r->vector) {
+        uint32_t nr = 0, arg = 0;
+        r->reg_read(uc, r->eax_reg, &nr);
+        r->reg_read(uc, r->ebx_reg, &arg);
+        if (!r->faulted) {
+            if (nr == r->clock_nr && nr && native_clock(uc, r, arg))
+                return;
+            if (nr == r->send_nr && nr && native_send(uc, r, arg))
+                return;
+        }
+        r->hc_nr = nr;
+        r->hc_arg = arg;
+    }
+    r->hc_answer = 0;
     r->fallback(uc, intno, r->fallback_data);
+    if (r->hc_answer) {  /* answered in Python: its result, written here (one call less there) */
+        r->hc_answer = 0;
+        r->reg_write(uc, r->eax_reg, &r->hc_result);
+    }
+}
+
+/* One slice in one call from Python (6. above): the result of a hypercall completed
+ * between slices goes to EAX, the stop request and the fault hold are cleared, the
+ * engine runs from `begin` (at most `count` instructions; 0: no bound), and EIP is left
+ * in the route. Returns uc_emu_start's error code. */
+int denali_run(void *uc, uint64_t begin, uint64_t count, struct denali_route *r, struct denali_stop_cell *cell)
+{
+    cell->flag = 0;
+    r->faulted = 0;
+    if (r->eax_pending) {
+        r->eax_pending = 0;
+        r->reg_write(uc, r->eax_reg, &r->eax_value);
+    }
+    int err = r->emu_start(uc, begin, 0, 0, (size_t)count);
+    r->reg_read(uc, r->eip_reg, &r->eip);
+    return err;
 }

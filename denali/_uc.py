@@ -208,6 +208,10 @@ _INTR_HOOK: Final = ctypes.cast(_preempt_lib.denali_intr_hook, ctypes.c_void_p)
 _EMU_STOP_ADDR: Final = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
 _REG_READ_ADDR: Final = ctypes.cast(_lib.uc_reg_read, ctypes.c_void_p).value
 _REG_WRITE_ADDR: Final = ctypes.cast(_lib.uc_reg_write, ctypes.c_void_p).value
+_EMU_START_ADDR: Final = ctypes.cast(_lib.uc_emu_start, ctypes.c_void_p).value
+_run = _preempt_lib.denali_run
+_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p]
+_run.restype = ctypes.c_int
 
 
 class StopCell(ctypes.Structure):
@@ -218,6 +222,9 @@ class StopCell(ctypes.Structure):
 
 CLOCK_PAGES: Final = 16
 """Pages the native clock remembers (``_preempt.c``, CLOCK_PAGES)."""
+TX_BUFFER: Final = 32 << 10
+"""Bytes of the native send's transmit buffer (``_preempt.c``, 4.): 21 full-size frames,
+given to an engine at its first NET_SEND (most VMs never send)."""
 
 
 class RouteCell(ctypes.Structure):
@@ -248,6 +255,27 @@ class RouteCell(ctypes.Structure):
         ("log", ctypes.c_void_p),
         ("log_cap", ctypes.c_uint32),
         ("log_len", ctypes.c_uint32),
+        ("send_nr", ctypes.c_uint32),
+        ("tx_credit", ctypes.c_uint32),
+        ("prot", ctypes.c_void_p),
+        ("pages", ctypes.c_uint32),
+        ("kfields_lo", ctypes.c_uint32),
+        ("kfields_hi", ctypes.c_uint32),
+        ("tx_buf", ctypes.c_void_p),
+        ("tx_cap", ctypes.c_uint32),
+        ("tx_len", ctypes.c_uint32),
+        ("tx_frames", ctypes.c_uint32),
+        ("tx_want", ctypes.c_uint32),
+        ("sends", ctypes.c_uint64),
+        ("hc_nr", ctypes.c_uint32),
+        ("hc_arg", ctypes.c_uint32),
+        ("hc_answer", ctypes.c_uint32),
+        ("hc_result", ctypes.c_uint32),
+        ("emu_start", ctypes.c_void_p),
+        ("eax_pending", ctypes.c_uint32),
+        ("eax_value", ctypes.c_uint32),
+        ("eip", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
     ]
 
 
@@ -400,6 +428,8 @@ class Engine:
         "_key",
         "_log",
         "_route",
+        "_route_addr",
+        "_tx",
         "_u32",
         "_u32ref",
         "_wide",
@@ -422,6 +452,7 @@ class Engine:
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
         self._clock_next = 0
         self._log: ctypes.Array[ctypes.c_int64] | None = None
+        self._tx: ctypes.Array[ctypes.c_char] | None = None
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
         self._route = RouteCell(
@@ -460,6 +491,8 @@ class Engine:
         _next_key += 1
         _OWNERS[self._key] = owner
         self._route.fallback_data = self._key
+        self._route.emu_start = _EMU_START_ADDR
+        self._route_addr = ctypes.addressof(self._route)
 
     def _ctl(self, ctl: int, *args: object) -> None:
         code = ctl | (len(args) << 26) | (_CTL_IO_WRITE << 30)
@@ -614,6 +647,64 @@ class Engine:
         """CLOCK hypercalls the interrupt hook answered so far."""
         return int(self._route.clocks)
 
+    # ---- the native send (_preempt.c, 4.) ----
+    def set_native_send(self, nr: int, prot_map: int, pages: int, kernel_fields: tuple[int, int]) -> None:
+        """Let the interrupt hook answer hypercall ``nr`` (NET_SEND; 0: never) itself,
+        checking guest pointers against the page-permission map at ``prot_map``
+        (``pages`` bytes, alive while the engine is) and never writing into
+        [``kernel_fields``). The frames it takes wait in the transmit buffer for
+        ``take_frames``: take them before turning this off. Between slices, or from a
+        callback."""
+        r = self._route
+        r.send_nr = nr
+        r.prot, r.pages = (prot_map, pages) if nr else (None, 0)
+        r.kfields_lo, r.kfields_hi = kernel_fields
+        if not nr:
+            r.tx_credit = 0
+
+    def set_tx_credit(self, frames: int) -> None:
+        """Frames the native send may still take before it sends NET_SEND to the owner
+        (the room left in the port's queue). Between slices, or from a callback."""
+        self._route.tx_credit = max(0, frames)
+
+    def tx_wanted(self) -> bool:
+        """The native send met a NET_SEND with no transmit buffer yet (``give_tx_buffer``)."""
+        return bool(self._route.tx_want)
+
+    def give_tx_buffer(self) -> None:
+        """Give the native send its transmit buffer (``TX_BUFFER`` bytes; idempotent)."""
+        r = self._route
+        r.tx_want = 0
+        if self._tx is None:
+            self._tx = ctypes.create_string_buffer(TX_BUFFER)
+            r.tx_buf, r.tx_cap, r.tx_len, r.tx_frames = ctypes.addressof(self._tx), TX_BUFFER, 0, 0
+
+    def tx_pending(self) -> int:
+        """Frames the native send holds in its buffer."""
+        return int(self._route.tx_frames)
+
+    def take_frames(self) -> list[bytes]:
+        """The frames the native send took since the last call, oldest first (the buffer
+        is emptied). On the thread that runs this engine's slices, between them or from
+        a callback."""
+        r = self._route
+        if not r.tx_frames:
+            return []
+        data = ctypes.string_at(r.tx_buf, r.tx_len)
+        r.tx_len = r.tx_frames = 0
+        out = []
+        at, end = 0, len(data)
+        while at < end:
+            n = data[at] | data[at + 1] << 8
+            out.append(data[at + 2 : at + 2 + n])
+            at += 2 + n
+        return out
+
+    @property
+    def native_sends(self) -> int:
+        """NET_SEND hypercalls the interrupt hook answered so far."""
+        return int(self._route.sends)
+
     def request_stop(self) -> None:
         """Ask a running ``start()`` to return at the next block start (any thread)."""
         self._cell.flag = 1
@@ -636,6 +727,14 @@ class Engine:
         """System calls the interrupt hook routed so far."""
         return int(self._route.routed)
 
+    @property
+    def route(self) -> RouteCell:
+        """The structure the interrupt hook shares with the owner: during ``on_interrupt``
+        for a hypercall, ``hc_nr`` and ``hc_arg`` are EAX and EBX, and setting
+        ``hc_result`` with ``hc_answer = 1`` makes the hook write EAX when the callback
+        returns."""
+        return self._route
+
     def hold_route(self, held: bool) -> None:
         """While held, every ``int $0x80`` goes to the owner's ``on_interrupt`` (set once
         a fault is recorded, so that the stop it requested is not dropped; see
@@ -646,6 +745,31 @@ class Engine:
         """Run guest code from ``begin`` until stopped (or, with ``count``, until that many
         instructions ran: a debugger's single step); returns the uc_err code."""
         return int(_emu_start(self._h, begin, 0, 0, count))
+
+    def run_slice(self, begin: int, count: int = 0) -> int:
+        """One slice, as ``start`` after ``clear_stop`` and ``hold_route(False)``, in one
+        call (``_preempt.c``, denali_run): EAX gets a result ``set_eax_later`` left, and
+        ``last_eip`` says where the engine stopped. Returns the uc_err code."""
+        return int(_run(self._h, begin, count, self._route_addr, self.stop_cell))
+
+    @property
+    def last_eip(self) -> int:
+        """EIP when the last ``run_slice`` returned."""
+        return int(self._route.eip)
+
+    def set_eax_later(self, value: int) -> None:
+        """EAX = ``value`` (a hypercall's result, between slices), written when the next
+        slice starts; every register read sees it before then, and a ``reg_write`` of
+        EAX replaces it."""
+        r = self._route
+        r.eax_value = value & 0xFFFFFFFF
+        r.eax_pending = 1
+
+    def _flush_eax(self) -> None:
+        r = self._route
+        r.eax_pending = 0
+        v = ctypes.c_uint32(r.eax_value)
+        self._check(_reg_write(self._h, REG_EAX, ctypes.byref(v)), "reg_write")
 
     def invalidate_code(self, begin: int, end: int) -> None:
         """Drop the translations of guest code in [begin, end) (after the host patched
@@ -662,15 +786,21 @@ class Engine:
         _emu_stop(self._h)
 
     def reg_read(self, reg: int) -> int:
+        if self._route.eax_pending:
+            self._flush_eax()
         _reg_read(self._h, reg, self._u32ref)
         return self._u32.value
 
     def reg_write(self, reg: int, value: int) -> None:
+        if reg == REG_EAX:
+            self._route.eax_pending = 0
         v = ctypes.c_uint32(value & 0xFFFFFFFF)
         self._check(_reg_write(self._h, reg, ctypes.byref(v)), "reg_write")
 
     def read_gprs(self) -> dict[str, int]:
         """All general registers, EIP and EFLAGS in one call."""
+        if self._route.eax_pending:
+            self._flush_eax()
         vals, ptrs = self._batch_vals
         _reg_read_batch(self._h, self._batch_ids, ptrs, len(vals))
         return {name: v.value for name, v in zip(GPR_NAMES, vals, strict=True)}

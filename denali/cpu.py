@@ -25,6 +25,14 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
   whenever the TLB is flushed (a permission lowered, a dirty-tracking round) and none
   is remembered while pages are tracked, so the hook never writes where the guest may
   not, nor unseen by dirty tracking. ``hypercalls`` counts both paths;
+- the native send (``set_native_send``): while the owner allows it (no monitor on
+  NET_SEND or on the frames sent) and no pages are tracked, the hook answers NET_SEND
+  in C, checking every pointer against the memory's page map (``prot_map``) as
+  ``GuestMemory.check`` would, within the credit ``refresh_tx_credit`` gives it (the
+  room in the port's queue, so the guest never hears OK for a frame the Python path
+  would have refused as FULL); the frames wait in the engine's buffer until the owner
+  calls ``drain_tx`` after the slice, and a NET_SEND that takes the Python path drains
+  them first, so the port sees every frame in the guest's order;
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -65,6 +73,10 @@ _CLOCK: Final = int(abi.Hc.CLOCK)
 _CLOCK_ARGS: Final = abi.HYPERCALL_BY_NR[_CLOCK].args
 _NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_ARGS.offsets()["now_ns"] == 0
 """The C hook writes the structure as one u64: with another layout it stays off."""
+_NET_SEND: Final = int(abi.Hc.NET_SEND)
+_NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {"frames": 0, "count": 4, "sent": 8, "_pad": 12}
+"""The layout ``_preempt.c`` reads (checked once, so an ABI change turns it off, not wrong)."""
+_KERNEL_FIELDS: Final = (int(abi.Layout.VREGS), int(abi.Layout.VREGS) + abi.VREGS.size)
 CLOCK_LOG: Final = 1024
 """Native CLOCKs logged before the next one goes to Python (which empties the log)."""
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
@@ -187,6 +199,9 @@ class VCpu:
         "_hcalls",
         "_invalid",
         "_last_fill",
+        "_send_allowed",
+        "_tx_room",
+        "_tx_sink",
         "_vector",
         "count",
         "defer_hypercalls",
@@ -202,6 +217,7 @@ class VCpu:
         "image_name",
         "memory",
         "native_clock",
+        "native_send",
         "route",
         "vm_id",
     )
@@ -235,6 +251,11 @@ class VCpu:
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self._hcalls = 0
         self.native_clock = False
+        self.native_send = False
+        """The hook answers NET_SEND now (allowed and no pages tracked)."""
+        self._send_allowed = False
+        self._tx_sink: Callable[[list[bytes]], None] | None = None
+        self._tx_room: Callable[[], int] | None = None
         """CLOCK may be answered by the engine's C hook (``set_native_clock``)."""
         self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
@@ -282,8 +303,9 @@ class VCpu:
             eng.hold_route(True)
             eng.stop()
             return
-        nr = eng.reg_read(_uc.REG_EAX)
-        arg = eng.reg_read(_uc.REG_EBX)
+        route = eng.route  # EAX and EBX, read by the C hook
+        nr = route.hc_nr
+        arg = route.hc_arg
         self._hcalls += 1
         if self.defer_hypercalls:  # on a worker thread: the loop handles it
             self.hcall_nr = nr
@@ -292,8 +314,12 @@ class VCpu:
             self.exit = Exit.HYPERCALL
             eng.stop()
             return
+        if nr == _NET_SEND and self.native_send:
+            self._python_send()
         try:
             res = self.dispatch(nr, arg)
+            if nr == _NET_SEND and self.native_send:
+                self.refresh_tx_credit()
         except Exception as exc:  # a kernel bug must fail this VM only
             self.error = exc
             self.exit = Exit.INTERNAL
@@ -305,7 +331,8 @@ class VCpu:
             self.exit = Exit.HYPERCALL
             eng.stop()
         else:
-            eng.reg_write(_uc.REG_EAX, res)
+            route.hc_result = res & 0xFFFFFFFF  # the C hook writes EAX when this returns
+            route.hc_answer = 1
             if nr == _CLOCK and not res and self.native_clock:
                 self._allow_clock(arg)
 
@@ -313,7 +340,14 @@ class VCpu:
     @property
     def hypercalls(self) -> int:
         """Hypercalls this CPU took, those the C hook answered included."""
-        return self._hcalls + self.engine.native_clocks
+        eng = self.engine
+        return self._hcalls + eng.native_clocks + eng.native_sends
+
+    @property
+    def native_hypercalls(self) -> int:
+        """Hypercalls the C hook answered (CLOCK and NET_SEND)."""
+        eng = self.engine
+        return eng.native_clocks + eng.native_sends
 
     @property
     def native_clocks(self) -> int:
@@ -329,6 +363,49 @@ class VCpu:
         self.native_clock = allowed and _NATIVE_CLOCK
         self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, clock_zero)
         self.engine.set_clock_log(CLOCK_LOG if log and self.native_clock else 0)
+
+    # ---- the native send ----
+    def set_native_send(
+        self, allowed: bool, sink: Callable[[list[bytes]], None] | None, room: Callable[[], int] | None
+    ) -> None:
+        """Let the engine's hook answer NET_SEND itself (``allowed``, with ``sink`` taking
+        the frames it held, in order, and ``room`` saying how many frames the port's queue
+        still takes); False sends every NET_SEND to ``dispatch``. Frames already held stay
+        for ``drain_tx``. Between slices."""
+        self._send_allowed = allowed and _NATIVE_SEND and sink is not None and room is not None
+        self._tx_sink, self._tx_room = sink, room
+        self._sync_send()
+
+    def _sync_send(self) -> None:
+        on = self._send_allowed and self.memory.dirty is None
+        mem = self.memory
+        self.engine.set_native_send(_NET_SEND if on else 0, mem.prot_map_address, len(mem.prot_map), _KERNEL_FIELDS)
+        self.native_send = on
+
+    def refresh_tx_credit(self) -> None:
+        """Give the native send the room left in the port's queue (before each slice, and
+        after a NET_SEND the Python path answered)."""
+        if self.native_send and self._tx_room is not None:
+            self.engine.set_tx_credit(self._tx_room())
+
+    def drain_tx(self) -> None:
+        """Hand the frames the hook took to the owner's sink (after each slice, on the
+        loop's thread)."""
+        eng = self.engine
+        if eng.tx_pending():
+            frames = eng.take_frames()
+            sink = self._tx_sink
+            if sink is not None:
+                sink(frames)
+        elif self.native_send and eng.tx_wanted():  # a deferred NET_SEND found no buffer
+            eng.give_tx_buffer()
+
+    def _python_send(self) -> None:
+        """A NET_SEND the hook left to Python: the frames it took go first, and a hook
+        that had no buffer gets one for the next."""
+        self.drain_tx()
+        if self.engine.tx_wanted():
+            self.engine.give_tx_buffer()
 
     def take_clock_log(self) -> list[int]:
         """The values CLOCK returned on the native path since the last call (with a log,
@@ -387,15 +464,15 @@ class VCpu:
         if self._epoch != self.memory.epoch:  # dirty tracking began or a round ended
             eng.flush_tlb()
             self._epoch = self.memory.epoch
+            if self._send_allowed:  # tracking: NET_SEND to Python, which marks "sent"
+                self._sync_send()
         count, self.count = self.count, 0
-        eng.clear_stop()
-        eng.hold_route(False)
         lane.begin(eng.stop_cell, deadline_ns)
         try:
-            err = eng.start(self.eip, count)
+            err = eng.run_slice(self.eip, count)  # clears the stop flag and the route's hold
         finally:
             lane.end()
-        self.eip = eng.reg_read(_uc.REG_EIP)
+        self.eip = eng.last_eip
         if err and self.exit not in (Exit.FAULT, Exit.INTERNAL):
             self.exit = Exit.FAULT
         if self.exit == Exit.FAULT:
@@ -452,8 +529,9 @@ class VCpu:
                 eng.reg_write(reg, value)
 
     def set_result(self, result: int) -> None:
-        """Complete an exited hypercall: its result code goes to EAX."""
-        self.engine.reg_write(_uc.REG_EAX, result)
+        """Complete an exited hypercall: its result code goes to EAX (written as the next
+        slice starts; every register read sees it already)."""
+        self.engine.set_eax_later(result)
 
     def deliver_irq(self, entry: int, mask: int) -> bool:
         """Push (eip, eflags, mask) on the guest stack and jump to ``entry``.

@@ -7,7 +7,9 @@ itself could not. One range more is closed to writes by the kernel on the guest'
 behalf: the kernel fields of the virtual-register page (``check`` with PROT_W refuses
 them), so no hypercall output can overwrite what the kernel publishes there. Regions
 are few (guard, vregs, kernel page, image segments, heap, stack guard, stack, and what
-MEM_PROTECT made), so lookups are a bisect over a sorted list.
+MEM_PROTECT made), so lookups are a bisect over a sorted list. The same map is kept
+page by page too (``prot_map``, one byte of PROT_R | PROT_W | PROT_X per page) for the
+CPU's C hook, which checks the pointers of the hypercalls it answers against it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class GuestMemory:
 
     __slots__ = (
         "_anchor",
+        "_map_anchor",
         "_regions",
         "_starts",
         "address",
@@ -61,6 +64,8 @@ class GuestMemory:
         "dirty",
         "epoch",
         "on_lowered",
+        "prot_map",
+        "prot_map_address",
         "size",
     )
 
@@ -76,6 +81,11 @@ class GuestMemory:
         self.address = ctypes.addressof(self._anchor)
         self._regions: list[Region] = []
         self._starts: list[int] = []
+        self.prot_map = bytearray(max(1, size >> PAGE_SHIFT))
+        """The regions' permissions, one byte per page (kept by ``set_regions`` and
+        ``protect``; never resized, so its address stays valid until ``close``)."""
+        self._map_anchor = ctypes.c_char.from_buffer(self.prot_map)
+        self.prot_map_address = ctypes.addressof(self._map_anchor)
         self.on_lowered: Callable[[], None] | None = None
         """Called by ``protect`` when a page lost a permission: the CPU using this
         memory drops its cached translations (``VCpu`` sets it)."""
@@ -100,6 +110,18 @@ class GuestMemory:
             prev = r.end
         self._regions = regions
         self._starts = [r.start for r in regions]
+        self._map_pages(0, self.size)
+
+    def _map_pages(self, start: int, end: int) -> None:
+        """Write the permissions of the pages [start, end) into ``prot_map`` from the regions."""
+        pm = self.prot_map
+        first, last = start >> PAGE_SHIFT, min(end, self.size) + abi.PAGE_SIZE - 1 >> PAGE_SHIFT
+        pm[first:last] = bytes(last - first)
+        for r in self._regions:
+            if r.end <= start or r.start >= end:
+                continue
+            a, b = max(r.start, start) >> PAGE_SHIFT, min(r.end, end) >> PAGE_SHIFT
+            pm[a:b] = bytes((r.prot,)) * (b - a)
 
     def protect(self, start: int, end: int, prot: int) -> bool:
         """Give the pages [start, end) permissions ``prot`` (0 unmaps them), splitting
@@ -136,6 +158,7 @@ class GuestMemory:
                 merged.append(r)
         self._regions = merged
         self._starts = [r.start for r in merged]
+        self._map_pages(start, end)
         if lowered and self.on_lowered is not None:
             self.on_lowered()
         return lowered
@@ -241,3 +264,4 @@ class GuestMemory:
             return
         del self._anchor
         self.buf.close()
+        del self._map_anchor

@@ -361,7 +361,7 @@ class Vm:
     @property
     def native_hypercalls(self) -> int:
         """Of ``hypercalls``, those the CPU's C hook answered (``KernelConfig.native``)."""
-        return self._native + (self._cpu.native_clocks if self._cpu is not None else 0)
+        return self._native + (self._cpu.native_hypercalls if self._cpu is not None else 0)
 
     @property
     def syscalls(self) -> int:
@@ -620,6 +620,12 @@ class Vm:
             log = ip.records_clock and self._rt.pool is None
             allowed = allowed and log
         cpu.set_native_clock(allowed, self._clock_zero, log)
+        nic = self.nic_device
+        sender = nic.native_sender() if nic is not None and self._rt.native else None
+        if sender is not None and ip is not None and "hypercall" in self.interposed:
+            sender = None if ip.interposes_on(Hc.NET_SEND) else sender
+        cpu.drain_tx()  # what it held goes out before the path changes
+        cpu.set_native_send(sender is not None, *(sender or (None, None)))
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
         """The monitors' verdict on a fault: None to resume, else the final state."""
@@ -687,7 +693,7 @@ class Vm:
         self._cpu = self._memory = self._dispatch = None
         if cpu is not None:
             self._hypercalls += cpu.hypercalls
-            self._native += cpu.native_clocks
+            self._native += cpu.native_hypercalls
             self._syscalls += cpu.syscalls
             cpu.close()
         if mem is not None:
@@ -905,10 +911,13 @@ class Vm:
                         stats["slices"] += 1
                         began = time.monotonic_ns()
                         deadline = began + slice_ns
+                        if cpu.native_send:
+                            cpu.refresh_tx_credit()
                         if pool is None:
                             reason = cpu.run(lane, deadline)
                         else:
                             reason = await self._run_on_worker(pool, cpu, lane, deadline)
+                        cpu.drain_tx()  # what the native send took goes to the port now
                         stats["cpu_ns"] += time.monotonic_ns() - began
                 finally:
                     if reason is Exit.PREEMPTED:  # to the back of the queue, in the same move

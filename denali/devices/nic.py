@@ -197,6 +197,14 @@ class NicPort(Port):
         self.stats.drop_link_down += n
         return n
 
+    def tx_room(self) -> int:
+        """Frames ``submit_many`` would queue right now (0 while not attached, or while a
+        link model takes the frames instead of the queue)."""
+        att, link = self._att, self._link
+        if att is None or (link is not None and link.from_port is not None):
+            return 0
+        return max(0, att.capacity - len(att.queue))
+
     def send_nowait(self, frame: bytes) -> TxStatus:
         """Check one frame and hand it to the switch; never blocks, never raises."""
         size = len(frame)
@@ -305,6 +313,19 @@ class Nic(Device):
     def attach(self, host: DeviceHost) -> None:
         super().attach(host)
         self.port.on_rx = self._on_rx
+
+    def native_sender(self) -> tuple[Callable[[list[bytes]], None], Callable[[], int]] | None:
+        """What the CPU's native NET_SEND (``VCpu.set_native_send``) needs: where the frames
+        it took go and how many the port still takes; None while a monitor filters the
+        frames sent here or above (they must see each one) or for a child's NIC."""
+        if self.tx_filter is not None or self.above is not None:
+            return None
+        return self.send_native, self.port.tx_room
+
+    def send_native(self, frames: list[bytes]) -> None:
+        """The frames the CPU's hook took for NET_SEND, in the guest's order: checked there
+        (lengths, pointers) and within the port's room, so all are queued."""
+        self.port.send_batch_nowait(frames)
 
     def _on_rx(self) -> None:
         self._host.raise_irq(Irq.NET_RX)
