@@ -56,6 +56,19 @@
  * 6. denali_run starts a slice: one call from Python instead of one per register and
  * flag (the result of a hypercall completed between slices, the stop flag, EIP after).
  *
+ * 7. TIMER_SET, while the CPU allows it (no monitor interposes on it), is answered here
+ * when its structure is readable: the deadline is kept in the route and the owner arms
+ * the VM's timer with it right after the slice (or before a TIMER_SET that takes the
+ * Python path), before anything could observe the timer: interrupts reach a VM only
+ * between its slices. `work` tells the owner, in one read per slice, whether anything
+ * of 4. or 7. waits for it.
+ *
+ * 8. IDLE always ends the slice, and its work (waiting, the out fields) is the VM
+ * coroutine's, after it. While no monitor interposes on IDLE, the hook takes that exit
+ * itself when the structure passes the check the Python path makes (readable and
+ * writable, clear of the kernel fields): it stops the engine and leaves the call in
+ * hc_nr/hc_arg with idle_exit set, which the CPU reads when the slice returns.
+ *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
 #include <stddef.h>
@@ -127,7 +140,16 @@ struct denali_route {
     uint32_t eax_pending;       /* set between slices: EAX gets eax_value when the next starts */
     uint32_t eax_value;
     uint32_t eip;               /* EIP where the last slice stopped (denali_run) */
-    uint32_t reserved;
+    uint32_t work;              /* set here when the owner has work after the slice: frames
+                                   in the buffer, a buffer wanted, a timer armed */
+    uint32_t timer_nr;          /* TIMER_SET's number; 0: every TIMER_SET goes to Python */
+    uint32_t timer_armed;       /* set here: the guest armed timer_deadline in this slice */
+    uint64_t timer_deadline;    /* on the VM's clock (ns; 0 disarms) */
+    uint64_t timers;            /* TIMER_SET hypercalls answered here */
+    uint32_t idle_nr;           /* IDLE's number; 0: every IDLE goes to Python */
+    uint32_t idle_exit;         /* set here: the slice ended at the IDLE hc_nr/hc_arg hold */
+    uint64_t idles;             /* IDLE hypercalls whose exit was taken here */
+    int (*emu_stop)(void *uc);  /* libunicorn's uc_emu_stop */
 };
 
 /* CLOCK at `arg` answered without Python (see 3. above); 0 when it must go to Python. */
@@ -179,6 +201,7 @@ static int native_send(void *uc, struct denali_route *r, uint32_t arg)
     uint32_t hdr[2], d[2], ok = 0, need = 0;
     if (!r->tx_buf) {
         r->tx_want = 1;
+        r->work = 1;
         return 0;
     }
     if (!range_ok(r, arg, 16, PROT_R | PROT_W))
@@ -211,6 +234,38 @@ static int native_send(void *uc, struct denali_route *r, uint32_t arg)
     r->tx_credit -= count;
     r->tx_frames += count;
     r->sends++;
+    r->work = 1;
+    return 1;
+}
+
+/* TIMER_SET at `arg` answered without Python (see 7. above); 0 when it must go to Python. */
+static int native_timer(void *uc, struct denali_route *r, uint32_t arg)
+{
+    uint64_t deadline;
+    uint32_t ok = 0;
+    if (!range_ok(r, arg, 8, PROT_R))
+        return 0;
+    memcpy(&deadline, r->mem + arg, 8);
+    if (r->reg_write(uc, r->eax_reg, &ok) != 0)
+        return 0;
+    r->timer_deadline = deadline;
+    r->timer_armed = 1;
+    r->timers++;
+    r->work = 1;
+    return 1;
+}
+
+/* IDLE at `arg` (nr `nr`): its exit taken without Python (see 8. above); 0 when it must
+ * go to Python. */
+static int native_idle(void *uc, struct denali_route *r, uint32_t nr, uint32_t arg)
+{
+    if (!range_ok(r, arg, 24, PROT_R | PROT_W))
+        return 0;
+    r->hc_nr = nr;
+    r->hc_arg = arg;
+    r->idle_exit = 1;
+    r->idles++;
+    r->emu_stop(uc);
     return 1;
 }
 
@@ -229,7 +284,7 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
             }
         }
     }
-    if (intno == r->vector) {
+    if (intno == r->vector) {  /* EAX and EBX read once, for the paths here and for Python */
         uint32_t nr = 0, arg = 0;
         r->reg_read(uc, r->eax_reg, &nr);
         r->reg_read(uc, r->ebx_reg, &arg);
@@ -237,6 +292,10 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
             if (nr == r->clock_nr && nr && native_clock(uc, r, arg))
                 return;
             if (nr == r->send_nr && nr && native_send(uc, r, arg))
+                return;
+            if (nr == r->timer_nr && nr && native_timer(uc, r, arg))
+                return;
+            if (nr == r->idle_nr && nr && native_idle(uc, r, nr, arg))
                 return;
         }
         r->hc_nr = nr;

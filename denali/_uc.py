@@ -275,7 +275,15 @@ class RouteCell(ctypes.Structure):
         ("eax_pending", ctypes.c_uint32),
         ("eax_value", ctypes.c_uint32),
         ("eip", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("work", ctypes.c_uint32),
+        ("timer_nr", ctypes.c_uint32),
+        ("timer_armed", ctypes.c_uint32),
+        ("timer_deadline", ctypes.c_uint64),
+        ("timers", ctypes.c_uint64),
+        ("idle_nr", ctypes.c_uint32),
+        ("idle_exit", ctypes.c_uint32),
+        ("idles", ctypes.c_uint64),
+        ("emu_stop", ctypes.c_void_p),
     ]
 
 
@@ -492,6 +500,7 @@ class Engine:
         _OWNERS[self._key] = owner
         self._route.fallback_data = self._key
         self._route.emu_start = _EMU_START_ADDR
+        self._route.emu_stop = _EMU_STOP_ADDR
         self._route_addr = ctypes.addressof(self._route)
 
     def _ctl(self, ctl: int, *args: object) -> None:
@@ -648,17 +657,21 @@ class Engine:
         return int(self._route.clocks)
 
     # ---- the native send (_preempt.c, 4.) ----
-    def set_native_send(self, nr: int, prot_map: int, pages: int, kernel_fields: tuple[int, int]) -> None:
-        """Let the interrupt hook answer hypercall ``nr`` (NET_SEND; 0: never) itself,
-        checking guest pointers against the page-permission map at ``prot_map``
-        (``pages`` bytes, alive while the engine is) and never writing into
-        [``kernel_fields``). The frames it takes wait in the transmit buffer for
+    def set_page_map(self, prot_map: int, pages: int, kernel_fields: tuple[int, int]) -> None:
+        """The page-permission map the interrupt hook checks guest pointers against (at
+        ``prot_map``, ``pages`` bytes, alive while the engine is), and the range it never
+        writes for the guest (``kernel_fields``, [lo, hi)). Once, before any slice."""
+        r = self._route
+        r.prot, r.pages = prot_map, pages
+        r.kfields_lo, r.kfields_hi = kernel_fields
+
+    def set_native_send(self, nr: int) -> None:
+        """Let the interrupt hook answer hypercall ``nr`` (NET_SEND; 0: never) itself (the
+        page map set). The frames it takes wait in the transmit buffer for
         ``take_frames``: take them before turning this off. Between slices, or from a
         callback."""
         r = self._route
         r.send_nr = nr
-        r.prot, r.pages = (prot_map, pages) if nr else (None, 0)
-        r.kfields_lo, r.kfields_hi = kernel_fields
         if not nr:
             r.tx_credit = 0
 
@@ -704,6 +717,54 @@ class Engine:
     def native_sends(self) -> int:
         """NET_SEND hypercalls the interrupt hook answered so far."""
         return int(self._route.sends)
+
+    # ---- the native timer (_preempt.c, 7.) ----
+    def set_native_timer(self, nr: int) -> None:
+        """Let the interrupt hook answer hypercall ``nr`` (TIMER_SET; 0: never), keeping
+        the deadline for ``take_timer``: take it before turning this off."""
+        self._route.timer_nr = nr
+
+    def take_timer(self) -> int | None:
+        """The deadline the last TIMER_SET answered in the hook armed (0: disarmed), or
+        None when none was since the last call."""
+        r = self._route
+        if not r.timer_armed:
+            return None
+        r.timer_armed = 0
+        return int(r.timer_deadline)
+
+    def take_work(self) -> bool:
+        """Whether the hook left work since the last call (frames, a buffer wanted, a
+        timer armed): one read per slice decides whether to look further."""
+        r = self._route
+        if not r.work:
+            return False
+        r.work = 0
+        return True
+
+    # ---- the native IDLE exit (_preempt.c, 8.) ----
+    def set_native_idle(self, nr: int) -> None:
+        """Let the interrupt hook end the slice at hypercall ``nr`` (IDLE; 0: never) itself;
+        ``take_idle_exit`` says when it did."""
+        self._route.idle_nr = nr
+
+    def take_idle_exit(self) -> tuple[int, int] | None:
+        """(number, structure address) of the IDLE the hook ended the last slice at, or None."""
+        r = self._route
+        if not r.idle_exit:
+            return None
+        r.idle_exit = 0
+        return int(r.hc_nr), int(r.hc_arg)
+
+    @property
+    def native_idles(self) -> int:
+        """IDLE hypercalls whose exit the interrupt hook took so far."""
+        return int(self._route.idles)
+
+    @property
+    def native_timers(self) -> int:
+        """TIMER_SET hypercalls the interrupt hook answered so far."""
+        return int(self._route.timers)
 
     def request_stop(self) -> None:
         """Ask a running ``start()`` to return at the next block start (any thread)."""

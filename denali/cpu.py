@@ -74,7 +74,16 @@ _CLOCK_ARGS: Final = abi.HYPERCALL_BY_NR[_CLOCK].args
 _NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_ARGS.offsets()["now_ns"] == 0
 """The C hook writes the structure as one u64: with another layout it stays off."""
 _NET_SEND: Final = int(abi.Hc.NET_SEND)
-_NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {"frames": 0, "count": 4, "sent": 8, "_pad": 12}
+_TIMER_SET: Final = int(abi.Hc.TIMER_SET)
+_IDLE: Final = int(abi.Hc.IDLE)
+_NATIVE_IDLE: Final = abi.HYPERCALL_BY_NR[_IDLE].args.size == 24
+_NATIVE_TIMER: Final = abi.HYPERCALL_BY_NR[_TIMER_SET].args.offsets() == {"deadline_ns": 0}
+_NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {
+    "frames": 0,
+    "count": 4,
+    "sent": 8,
+    "_pad": 12,
+}
 """The layout ``_preempt.c`` reads (checked once, so an ABI change turns it off, not wrong)."""
 _KERNEL_FIELDS: Final = (int(abi.Layout.VREGS), int(abi.Layout.VREGS) + abi.VREGS.size)
 CLOCK_LOG: Final = 1024
@@ -200,6 +209,7 @@ class VCpu:
         "_invalid",
         "_last_fill",
         "_send_allowed",
+        "_timer_sink",
         "_tx_room",
         "_tx_sink",
         "_vector",
@@ -218,6 +228,7 @@ class VCpu:
         "memory",
         "native_clock",
         "native_send",
+        "native_timer",
         "route",
         "vm_id",
     )
@@ -256,6 +267,8 @@ class VCpu:
         self._send_allowed = False
         self._tx_sink: Callable[[list[bytes]], None] | None = None
         self._tx_room: Callable[[], int] | None = None
+        self.native_timer = False
+        self._timer_sink: Callable[[int], None] | None = None
         """CLOCK may be answered by the engine's C hook (``set_native_clock``)."""
         self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
@@ -287,6 +300,7 @@ class VCpu:
             self.engine.close()
             raise
         memory.on_lowered = self.engine.flush_tlb
+        self.engine.set_page_map(memory.prot_map_address, len(memory.prot_map), _KERNEL_FIELDS)
         self.eip = _TRAMPOLINE
         self._entry_state = state
         """What the CPU enters user mode with: its state until the first slice runs."""
@@ -316,6 +330,8 @@ class VCpu:
             return
         if nr == _NET_SEND and self.native_send:
             self._python_send()
+        elif nr == _TIMER_SET and self.native_timer:
+            self._apply_timer()  # the hook's earlier TIMER_SET first: this one replaces it
         try:
             res = self.dispatch(nr, arg)
             if nr == _NET_SEND and self.native_send:
@@ -341,13 +357,14 @@ class VCpu:
     def hypercalls(self) -> int:
         """Hypercalls this CPU took, those the C hook answered included."""
         eng = self.engine
-        return self._hcalls + eng.native_clocks + eng.native_sends
+        return self._hcalls + eng.native_clocks + eng.native_sends + eng.native_timers + eng.native_idles
 
     @property
     def native_hypercalls(self) -> int:
-        """Hypercalls the C hook answered (CLOCK and NET_SEND)."""
+        """Hypercalls the C hook answered (CLOCK, NET_SEND, TIMER_SET) or took the exit of
+        (IDLE)."""
         eng = self.engine
-        return eng.native_clocks + eng.native_sends
+        return eng.native_clocks + eng.native_sends + eng.native_timers + eng.native_idles
 
     @property
     def native_clocks(self) -> int:
@@ -378,8 +395,7 @@ class VCpu:
 
     def _sync_send(self) -> None:
         on = self._send_allowed and self.memory.dirty is None
-        mem = self.memory
-        self.engine.set_native_send(_NET_SEND if on else 0, mem.prot_map_address, len(mem.prot_map), _KERNEL_FIELDS)
+        self.engine.set_native_send(_NET_SEND if on else 0)
         self.native_send = on
 
     def refresh_tx_credit(self) -> None:
@@ -399,6 +415,36 @@ class VCpu:
                 sink(frames)
         elif self.native_send and eng.tx_wanted():  # a deferred NET_SEND found no buffer
             eng.give_tx_buffer()
+
+    # ---- the native timer, and what the hook leaves after a slice ----
+    def set_native_timer(self, allowed: bool, sink: Callable[[int], None] | None) -> None:
+        """Let the engine's hook answer TIMER_SET itself (``allowed``), ``sink`` arming the
+        VM's timer with each deadline (on the VM's clock, 0 disarms) after the slice, or
+        before a TIMER_SET that takes the Python path. Between slices; a deadline the hook
+        kept goes to the sink first."""
+        self._apply_timer()
+        self.native_timer = allowed and _NATIVE_TIMER and sink is not None
+        self._timer_sink = sink
+        self.engine.set_native_timer(_TIMER_SET if self.native_timer else 0)
+
+    def set_native_idle(self, allowed: bool) -> None:
+        """Let the engine's hook end the slice at IDLE itself (``allowed``: no monitor
+        interposes on it); the slice then returns ``Exit.HYPERCALL`` as if ``dispatch``
+        had said EXIT. Between slices."""
+        self.engine.set_native_idle(_IDLE if allowed and _NATIVE_IDLE else 0)
+
+    def _apply_timer(self) -> None:
+        deadline = self.engine.take_timer()
+        if deadline is not None and self._timer_sink is not None:
+            self._timer_sink(deadline)
+
+    def after_slice(self) -> None:
+        """Hand over what the hook left during the slice: the frames it took (to the NIC,
+        in order), the timer it armed (to the clock). After every slice, on the loop's
+        thread, before anything else looks at the VM's devices."""
+        if self.engine.take_work():
+            self.drain_tx()
+            self._apply_timer()
 
     def _python_send(self) -> None:
         """A NET_SEND the hook left to Python: the frames it took go first, and a hook
@@ -473,6 +519,11 @@ class VCpu:
         finally:
             lane.end()
         self.eip = eng.last_eip
+        if self.exit is Exit.PREEMPTED:
+            idle = eng.take_idle_exit()
+            if idle is not None:  # the hook ended the slice at an IDLE (checked there)
+                self.hcall_nr, self.hcall_arg = idle
+                self.exit = Exit.HYPERCALL
         if err and self.exit not in (Exit.FAULT, Exit.INTERNAL):
             self.exit = Exit.FAULT
         if self.exit == Exit.FAULT:

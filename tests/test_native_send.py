@@ -51,7 +51,9 @@ async def test_native_and_python_answer_every_edge_alike() -> None:
     assert c_text == p_text
     # the same frames (the MACs differ per kernel; the register page's is its own)
     assert [len(f) for f in c_frames] == [len(f) for f in p_frames]
-    assert [f[12:] for f in c_frames if f[12:14] == ETHERTYPE] == [f[12:] for f in p_frames if f[12:14] == ETHERTYPE]
+    assert [f[12:] for f in c_frames if f[12:14] == ETHERTYPE] == [
+        f[12:] for f in p_frames if f[12:14] == ETHERTYPE
+    ]
     # the burst: the queue holds 16; the C hook stopped at the credit, Python said FULL
     burst = next(line for line in c_text.splitlines() if line.startswith("burst "))
     full = chr(ord("A") + int(abi.Result.FULL))
@@ -68,7 +70,7 @@ async def test_frames_keep_their_order_and_count() -> None:
     """Thousands of sends, most of them in C, some in Python when the queue is short of
     room: every frame the guest was told was sent reaches the LAN once, in order."""
     need_image("test-netsend")
-    text, frames, calls, native = await run_netsend(True, "loop=3000")
+    text, frames, _, native = await run_netsend(True, "loop=3000")
     assert "looped 3000" in text
     got = seqs(frames)
     assert got == sorted(got) and len(set(got)) == len(got)
