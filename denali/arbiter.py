@@ -51,18 +51,20 @@ class CpuArbiter:
                 self._waiters.pop(vm_id, None)
             raise
 
-    def requeue(self, lane: Lane, vm_id: int, group: int | None = None) -> None:
+    def requeue(self, lane: Lane, vm_id: int, group: int | None = None) -> bool:
         """A preempted VM gives ``lane`` back and takes its next turn in one move: it goes
         to the back of the normal queue before the policy picks who runs (the caller
         again when nobody else waits). Without this, a preempted VM that gives its lane
         back and queues only later would find the lane free and the queue empty, and
         every VM would run in the event loop's order, CPU groups ignored. The caller
-        then ``acquire``s (the turn) or ``withdraw``s."""
+        then ``acquire``s (the turn) or ``withdraw``s. True when the lane went to another
+        VM: the caller's ``acquire`` then suspends."""
         fut: asyncio.Future[Lane] = self._loop.create_future()
         self._waiters[vm_id] = fut
         self._requeued[vm_id] = fut
         self.policy.enqueue(vm_id, False, group)
         self.release(lane)
+        return not fut.done()
 
     def withdraw(self, vm_id: int) -> None:
         """Give up a turn ``requeue`` took (the VM pauses, is held or ends instead); the
@@ -76,15 +78,16 @@ class CpuArbiter:
             self.policy.remove(vm_id)
             self._waiters.pop(vm_id, None)
 
-    def release(self, lane: Lane) -> None:
-        """Give ``lane`` back: to the next VM the policy picks, or to the free list."""
+    def release(self, lane: Lane) -> bool:
+        """Give ``lane`` back: to the next VM the policy picks, or to the free list. True
+        when a VM took it (so a VM that ``acquire``s next, with every lane taken, waits)."""
         while True:
             nxt = self.policy.pick()
             if nxt is None:
                 self._free.append(lane)
-                return
+                return False
             fut = self._waiters.pop(nxt, None)
             if fut is not None and not fut.done():
                 self.switches += 1
                 fut.set_result(lane)
-                return
+                return True

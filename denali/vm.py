@@ -888,9 +888,10 @@ class Vm:
         stats = self.stats
         idled = False
         final = VmState.KILLED
-        # INVARIANT: every slice ends in a suspension (a preempted VM and a yield sleep(0),
-        # an idle VM waits), so the loop gets control at least once per slice even when
-        # the CPU is uncontended.
+        # INVARIANT: every slice ends in a suspension (an idle VM waits; a preempted VM
+        # or a yield whose lane went to another VM waits for its next turn in acquire,
+        # and one whose lane nobody took sleeps for one loop turn), so the loop gets
+        # control at least once per slice even when the CPU is uncontended.
         try:
             # the gatekeeper admits fresh VMs in FIFO order; a VM restored into IDLE waits
             # there first, without memory or an engine, until something wakes it
@@ -911,6 +912,7 @@ class Vm:
                     await ip.gate()
                 lane, _ = await arb.acquire(self.id, idled, self.group)
                 reason = Exit.INTERNAL  # until the slice says otherwise (an exception: not PREEMPTED)
+                handed = False
                 try:
                     self.state = VmState.RUNNING
                     cpu = self._cpu
@@ -933,13 +935,14 @@ class Vm:
                         stats["cpu_ns"] += time.monotonic_ns() - began
                 finally:
                     if reason is Exit.PREEMPTED:  # to the back of the queue, in the same move
-                        arb.requeue(lane, self.id, self.group)
+                        handed = arb.requeue(lane, self.id, self.group)
                     else:
-                        arb.release(lane)
+                        handed = arb.release(lane)
                 idled = False
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1
-                    await asyncio.sleep(0)  # the loop runs at least once per slice
+                    if not handed:  # else acquire waits for the turn: the loop runs then
+                        await asyncio.sleep(0)  # the loop runs at least once per slice
                 elif reason is Exit.HYPERCALL:
                     if cpu.deferred and not self._dispatch_deferred(cpu):
                         continue
@@ -955,8 +958,8 @@ class Vm:
                         return
                     # INVARIANT: only TERMINATE and IDLE handlers return EXIT.
                     idled = await self._idle(cpu.hcall_arg)
-                    if not idled:  # a yield: let every other runnable VM queue up first
-                        await asyncio.sleep(0)
+                    if not idled and not handed:  # a yield that kept the lane: let every
+                        await asyncio.sleep(0)  # other runnable VM queue up first
                 elif reason is Exit.FAULT:
                     ended = await self._interposed_fault(cpu)
                     if ended is None:
