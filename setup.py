@@ -32,7 +32,7 @@ class BuildPyWithGuests(build_py):
                        check=True)
         # the block hook that preempts slices (denali/_preempt.c says why it is in C)
         suffix = sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
-        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-o",
+        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-pthread", "-o",
                         str(pkg / f"_preempt{suffix}"), str(ROOT / "denali" / "_preempt.c")], check=True)
 
 

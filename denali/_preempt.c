@@ -55,6 +55,18 @@
  *
  * 6. denali_run starts a slice: one call from Python instead of one per register and
  * flag (the result of a hypercall completed between slices, the stop flag, EIP after).
+ * It also tells the watchdog (9.) that the slice runs, and until when.
+ *
+ * 9. The watchdog: one thread per kernel, written here so that it never needs Python's
+ * GIL (a Python thread waking every poll interval took the GIL from the thread running
+ * the slices and made every release of it a futex wake-up). It sleeps until the
+ * earliest deadline of the lanes that run a slice, sets the stop flag of each slice
+ * past its deadline (the block hook, 1., stops the engine), again every retry_ns until
+ * the slice ends, polls every poll_ns for slices that started meanwhile, and after
+ * dormant_after_ns without a slice starting waits on a condition variable that
+ * denali_run signals. A lane's engine is only ever flagged under the watchdog's lock
+ * while the lane says a slice runs, and denali_run clears that under the same lock
+ * before it returns, so the flag of a closed engine is never touched.
  *
  * 7. TIMER_SET, while the CPU allows it (no monitor interposes on it), is answered here
  * when its structure is readable: the deadline is kept in the route and the owner arms
@@ -71,8 +83,12 @@
  *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -309,19 +325,184 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
     }
 }
 
+/* ---- 9. the watchdog ---- */
+#define MAX_LANES 256
+
+struct denali_lane {
+    struct denali_stop_cell *cell;  /* the engine whose slice runs here; NULL: none */
+    int64_t deadline;               /* CLOCK_MONOTONIC, ns */
+    uint64_t starts;                /* slices started here */
+    uint64_t stops;                 /* stop flags set here by the watchdog */
+};
+
+struct denali_watchdog {
+    pthread_mutex_t lock;
+    pthread_cond_t kick;
+    pthread_t thread;
+    int started, closed, dormant, realtime;  /* realtime: 1 got SCHED_FIFO, -1 refused */
+    int64_t poll_ns, retry_ns, dormant_after_ns;
+    uint32_t lanes_used;
+    struct denali_lane lanes[MAX_LANES];
+};
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void sleep_until(int64_t t)
+{
+    struct timespec ts = {(time_t)(t / 1000000000), (long)(t % 1000000000)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static void *watchdog_main(void *p)
+{
+    struct denali_watchdog *w = p;
+    struct sched_param sp = {.sched_priority = 1};
+    int rt = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp) == 0 ? 1 : -1;
+    uint64_t last_starts = ~(uint64_t)0;
+    pthread_mutex_lock(&w->lock);
+    w->realtime = rt;
+    int64_t last_activity = mono_ns();
+    while (!w->closed) {
+        int64_t now = mono_ns(), wake = 0;
+        uint64_t starts = 0;
+        for (uint32_t i = 0; i < w->lanes_used; i++) {
+            struct denali_lane *l = &w->lanes[i];
+            starts += l->starts;
+            if (!l->cell)
+                continue;
+            int64_t due = l->deadline;
+            if (now >= l->deadline) {
+                l->cell->flag = 1;
+                l->stops++;
+                due = now + w->retry_ns;
+            }
+            if (!wake || due < wake)
+                wake = due;
+        }
+        if (starts != last_starts) {
+            last_starts = starts;
+            last_activity = now;
+        }
+        if (wake) {
+            pthread_mutex_unlock(&w->lock);
+            sleep_until(wake);
+            pthread_mutex_lock(&w->lock);
+        } else if (now - last_activity > w->dormant_after_ns) {
+            w->dormant = 1;
+            for (;;) {
+                uint64_t n = 0;
+                for (uint32_t i = 0; i < w->lanes_used; i++)
+                    n += w->lanes[i].starts;
+                if (w->closed || n != last_starts)
+                    break;
+                pthread_cond_wait(&w->kick, &w->lock);
+            }
+            w->dormant = 0;
+            last_activity = mono_ns();
+        } else {
+            pthread_mutex_unlock(&w->lock);
+            sleep_until(now + w->poll_ns);
+            pthread_mutex_lock(&w->lock);
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+/* A watchdog without lanes, not started; NULL if out of memory. */
+struct denali_watchdog *denali_watchdog_new(int64_t poll_ns, int64_t retry_ns, int64_t dormant_ns)
+{
+    struct denali_watchdog *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->kick, NULL);
+    w->poll_ns = poll_ns;
+    w->retry_ns = retry_ns;
+    w->dormant_after_ns = dormant_ns;
+    return w;
+}
+
+/* A new lane's index, or -1 when it has MAX_LANES. */
+int denali_watchdog_add_lane(struct denali_watchdog *w)
+{
+    int i = -1;
+    pthread_mutex_lock(&w->lock);
+    if (w->lanes_used < MAX_LANES)
+        i = (int)w->lanes_used++;
+    pthread_mutex_unlock(&w->lock);
+    return i;
+}
+
+/* Start its thread: 0, or the error of pthread_create. */
+int denali_watchdog_start(struct denali_watchdog *w)
+{
+    if (w->started)
+        return 0;
+    int err = pthread_create(&w->thread, NULL, watchdog_main, w);
+    if (!err)
+        w->started = 1;
+    return err;
+}
+
+/* Stop its thread, wait for it, free it. No slice may run on its lanes. */
+void denali_watchdog_free(struct denali_watchdog *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->closed = 1;
+    pthread_cond_signal(&w->kick);
+    pthread_mutex_unlock(&w->lock);
+    if (w->started)
+        pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->kick);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
+/* A lane's counters, and whether the thread got real-time priority (1), was refused it
+ * (-1) or has not tried yet (0). */
+void denali_watchdog_read(struct denali_watchdog *w, uint32_t lane, uint64_t *starts, uint64_t *stops, int *realtime)
+{
+    pthread_mutex_lock(&w->lock);
+    *starts = lane < w->lanes_used ? w->lanes[lane].starts : 0;
+    *stops = lane < w->lanes_used ? w->lanes[lane].stops : 0;
+    *realtime = w->realtime;
+    pthread_mutex_unlock(&w->lock);
+}
+
 /* One slice in one call from Python (6. above): the result of a hypercall completed
  * between slices goes to EAX, the stop request and the fault hold are cleared, the
- * engine runs from `begin` (at most `count` instructions; 0: no bound), and EIP is left
- * in the route. Returns uc_emu_start's error code. */
-int denali_run(void *uc, uint64_t begin, uint64_t count, struct denali_route *r, struct denali_stop_cell *cell)
+ * watchdog learns that lane `lane` runs until `deadline` (CLOCK_MONOTONIC ns), the
+ * engine runs from `begin` (at most `count` instructions; 0: no bound), the lane is
+ * free again, and EIP is left in the route. Returns uc_emu_start's error code. */
+int denali_run(void *uc, uint64_t begin, uint64_t count, struct denali_route *r, struct denali_stop_cell *cell,
+               struct denali_watchdog *w, uint32_t lane, int64_t deadline)
 {
+    struct denali_lane *l = &w->lanes[lane < w->lanes_used ? lane : 0];
     cell->flag = 0;
     r->faulted = 0;
     if (r->eax_pending) {
         r->eax_pending = 0;
         r->reg_write(uc, r->eax_reg, &r->eax_value);
     }
+    pthread_mutex_lock(&w->lock);
+    l->cell = cell;
+    l->deadline = deadline;
+    l->starts++;
+    int wake = w->dormant;
+    if (wake)
+        pthread_cond_signal(&w->kick);
+    pthread_mutex_unlock(&w->lock);
     int err = r->emu_start(uc, begin, 0, 0, (size_t)count);
+    pthread_mutex_lock(&w->lock);
+    l->cell = NULL;
+    pthread_mutex_unlock(&w->lock);
     r->reg_read(uc, r->eip_reg, &r->eip);
     return err;
 }

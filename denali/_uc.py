@@ -188,7 +188,7 @@ def _load_preempt() -> ctypes.CDLL:
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         try:
             subprocess.run(
-                [cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
+                [cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(tmp), str(src)],
                 check=True,
                 capture_output=True,
                 timeout=120,
@@ -210,8 +210,79 @@ _REG_READ_ADDR: Final = ctypes.cast(_lib.uc_reg_read, ctypes.c_void_p).value
 _REG_WRITE_ADDR: Final = ctypes.cast(_lib.uc_reg_write, ctypes.c_void_p).value
 _EMU_START_ADDR: Final = ctypes.cast(_lib.uc_emu_start, ctypes.c_void_p).value
 _run = _preempt_lib.denali_run
-_run.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p]
+_run.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_uint32,
+    ctypes.c_int64,
+]
 _run.restype = ctypes.c_int
+_wd_new = _preempt_lib.denali_watchdog_new
+_wd_new.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+_wd_new.restype = ctypes.c_void_p
+_wd_add_lane = _preempt_lib.denali_watchdog_add_lane
+_wd_add_lane.argtypes = [ctypes.c_void_p]
+_wd_add_lane.restype = ctypes.c_int
+_wd_start = _preempt_lib.denali_watchdog_start
+_wd_start.argtypes = [ctypes.c_void_p]
+_wd_start.restype = ctypes.c_int
+_wd_free = _preempt_lib.denali_watchdog_free
+_wd_free.argtypes = [ctypes.c_void_p]
+_wd_free.restype = None
+_wd_read = _preempt_lib.denali_watchdog_read
+_wd_read.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+_wd_read.restype = None
+
+
+class Watchdog:
+    """The preemption thread in C (``_preempt.c``, 9.): it sets the stop flag of every
+    slice running past its deadline on one of its lanes. ``Engine.run_slice`` tells it
+    when a slice starts and ends. Not thread-safe to ``close`` while a slice runs."""
+
+    __slots__ = ("_w",)
+
+    def __init__(self, poll_ns: int, retry_ns: int, dormant_after_ns: int) -> None:
+        w = _wd_new(poll_ns, retry_ns, dormant_after_ns)
+        if not w:
+            raise ResourceError("cannot create the preemption watchdog: out of memory")
+        self._w: int | None = w
+
+    @property
+    def address(self) -> int:
+        if self._w is None:
+            raise ResourceError("the preemption watchdog is closed")
+        return self._w
+
+    def add_lane(self) -> int:
+        """A new lane's index (``ResourceError`` past 256)."""
+        i = int(_wd_add_lane(self.address))
+        if i < 0:
+            raise ResourceError("at most 256 CPU lanes per kernel")
+        return i
+
+    def start(self) -> None:
+        err = int(_wd_start(self.address))
+        if err:
+            raise ResourceError(f"cannot start the preemption thread: {os.strerror(err)}")
+
+    def read(self, lane: int) -> tuple[int, int, int]:
+        """(slices started on ``lane``, stops the watchdog issued there, real-time
+        priority: 1 got it, -1 refused, 0 not tried yet)."""
+        if self._w is None:
+            return 0, 0, 0
+        starts, stops, rt = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_int()
+        _wd_read(self._w, lane, ctypes.byref(starts), ctypes.byref(stops), ctypes.byref(rt))
+        return starts.value, stops.value, rt.value
+
+    def close(self) -> None:
+        """Stop the thread, wait for it and free it; idempotent."""
+        w, self._w = self._w, None
+        if w is not None:
+            _wd_free(w)
 
 
 class StopCell(ctypes.Structure):
@@ -462,7 +533,7 @@ class Engine:
         self._log: ctypes.Array[ctypes.c_int64] | None = None
         self._tx: ctypes.Array[ctypes.c_char] | None = None
         self.stop_cell = ctypes.addressof(self._cell)
-        """Address of this engine's ``StopCell`` (for ``request_stop_at``)."""
+        """Address of this engine's ``StopCell`` (the watchdog sets its flag)."""
         self._route = RouteCell(
             0,
             0,
@@ -672,8 +743,7 @@ class Engine:
         callback."""
         r = self._route
         r.send_nr = nr
-        if not nr:
-            r.tx_credit = 0
+        r.tx_credit = 0  # until the owner learns the room again (its Python path does)
 
     def set_tx_credit(self, frames: int) -> None:
         """Frames the native send may still take before it sends NET_SEND to the owner
@@ -807,11 +877,13 @@ class Engine:
         instructions ran: a debugger's single step); returns the uc_err code."""
         return int(_emu_start(self._h, begin, 0, 0, count))
 
-    def run_slice(self, begin: int, count: int = 0) -> int:
+    def run_slice(self, begin: int, count: int, watchdog: int, lane: int, deadline_ns: int) -> int:
         """One slice, as ``start`` after ``clear_stop`` and ``hold_route(False)``, in one
-        call (``_preempt.c``, denali_run): EAX gets a result ``set_eax_later`` left, and
-        ``last_eip`` says where the engine stopped. Returns the uc_err code."""
-        return int(_run(self._h, begin, count, self._route_addr, self.stop_cell))
+        call (``_preempt.c``, denali_run), on lane ``lane`` of the watchdog at
+        ``watchdog``, which stops it at ``deadline_ns`` (``time.monotonic_ns()``): EAX gets
+        a result ``set_eax_later`` left, and ``last_eip`` says where the engine stopped.
+        Returns the uc_err code."""
+        return int(_run(self._h, begin, count, self._route_addr, self.stop_cell, watchdog, lane, deadline_ns))
 
     @property
     def last_eip(self) -> int:
@@ -925,12 +997,6 @@ class _NoOwner:
 
     def on_invalid_insn(self) -> None: ...
     def on_forbidden_insn(self, name: str) -> None: ...
-
-
-def request_stop_at(cell: int) -> None:
-    """``request_stop`` through a ``stop_cell`` address; the caller guarantees the engine
-    is alive (the watchdog thread, under its lane lock)."""
-    ctypes.c_int32.from_address(cell).value = 1
 
 
 def version() -> str:

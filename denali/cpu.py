@@ -28,9 +28,9 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
 - the native send (``set_native_send``): while the owner allows it (no monitor on
   NET_SEND or on the frames sent) and no pages are tracked, the hook answers NET_SEND
   in C, checking every pointer against the memory's page map (``prot_map``) as
-  ``GuestMemory.check`` would, within the credit ``refresh_tx_credit`` gives it (the
-  room in the port's queue, so the guest never hears OK for a frame the Python path
-  would have refused as FULL); the frames wait in the engine's buffer until the owner
+  ``GuestMemory.check`` would, within the credit ``refresh_tx_credit`` gives it (at
+  most the room in the port's queue, so the guest never hears OK for a frame the
+  Python path would have refused as FULL); the frames wait in the engine's buffer until the owner
   calls ``drain_tx`` after the slice, and a NET_SEND that takes the Python path drains
   them first, so the port sees every frame in the guest's order;
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
@@ -399,8 +399,11 @@ class VCpu:
         self.native_send = on
 
     def refresh_tx_credit(self) -> None:
-        """Give the native send the room left in the port's queue (before each slice, and
-        after a NET_SEND the Python path answered)."""
+        """Give the native send the room left in the port's queue (after a slice in which
+        the hook sent, and after a NET_SEND the Python path answered). In between the
+        credit only ever lags the room (the switch drains the queue), so a hook short of
+        credit hands the call to Python, which refreshes it; it starts at 0 whenever the
+        native send is turned on."""
         if self.native_send and self._tx_room is not None:
             self.engine.set_tx_credit(self._tx_room())
 
@@ -442,9 +445,12 @@ class VCpu:
         """Hand over what the hook left during the slice: the frames it took (to the NIC,
         in order), the timer it armed (to the clock). After every slice, on the loop's
         thread, before anything else looks at the VM's devices."""
-        if self.engine.take_work():
+        route = self.engine.route
+        if route.work:
+            route.work = 0
             self.drain_tx()
             self._apply_timer()
+            self.refresh_tx_credit()  # the frames are in the port's queue now
 
     def _python_send(self) -> None:
         """A NET_SEND the hook left to Python: the frames it took go first, and a hook
@@ -513,17 +519,14 @@ class VCpu:
             if self._send_allowed:  # tracking: NET_SEND to Python, which marks "sent"
                 self._sync_send()
         count, self.count = self.count, 0
-        lane.begin(eng.stop_cell, deadline_ns)
-        try:
-            err = eng.run_slice(self.eip, count)  # clears the stop flag and the route's hold
-        finally:
-            lane.end()
-        self.eip = eng.last_eip
-        if self.exit is Exit.PREEMPTED:
-            idle = eng.take_idle_exit()
-            if idle is not None:  # the hook ended the slice at an IDLE (checked there)
-                self.hcall_nr, self.hcall_arg = idle
-                self.exit = Exit.HYPERCALL
+        # clears the stop flag and the route's hold; the lane's watchdog stops it at the deadline
+        err = eng.run_slice(self.eip, count, lane.watchdog, lane.index, deadline_ns)
+        route = eng.route
+        self.eip = route.eip
+        if route.idle_exit and self.exit is Exit.PREEMPTED:  # the hook ended it at an IDLE
+            route.idle_exit = 0
+            self.hcall_nr, self.hcall_arg = route.hc_nr, route.hc_arg
+            self.exit = Exit.HYPERCALL
         if err and self.exit not in (Exit.FAULT, Exit.INTERNAL):
             self.exit = Exit.FAULT
         if self.exit == Exit.FAULT:

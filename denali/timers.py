@@ -37,9 +37,6 @@ class Timer:
         self.args = args
         self.cancelled = False
 
-    def __lt__(self, other: Timer) -> bool:
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
-
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
@@ -54,7 +51,8 @@ class Timers:
     def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self._loop = loop
         self.clock = clock
-        self._heap: list[Timer] = []
+        self._heap: list[tuple[int, int, Timer]] = []
+        """(deadline, sequence number, timer): compared in C, the timer never."""
         self._dead = 0
         """Cancelled timers still in the heap: past half of it, the heap is rebuilt, so
         a guest re-arming a far deadline forever cannot grow it."""
@@ -73,8 +71,9 @@ class Timers:
 
     def add(self, deadline_ns: int, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run ``callback(*args)`` on the loop once the clock reads ``deadline_ns`` or later."""
-        t = Timer(self, deadline_ns, next(self._seq), callback, args)
-        heapq.heappush(self._heap, t)
+        seq = next(self._seq)
+        t = Timer(self, deadline_ns, seq, callback, args)
+        heapq.heappush(self._heap, (deadline_ns, seq, t))
         if not self._armed or deadline_ns < self._armed:
             self._arm(deadline_ns)
         return t
@@ -94,8 +93,8 @@ class Timers:
         due = False
         # self._heap is read afresh each time: a callback may cancel timers, which can
         # rebuild the heap
-        while self._heap and (self._heap[0].cancelled or self._heap[0].deadline <= now):
-            t = heapq.heappop(self._heap)
+        while self._heap and (self._heap[0][2].cancelled or self._heap[0][0] <= now):
+            t = heapq.heappop(self._heap)[2]
             if t.cancelled:
                 self._dead -= 1
                 continue
@@ -103,20 +102,20 @@ class Timers:
             t.cancelled = True
             self.fired += 1
             t.callback(*t.args)
-        while self._heap and self._heap[0].cancelled:
+        while self._heap and self._heap[0][2].cancelled:
             heapq.heappop(self._heap)
             self._dead -= 1
         if self._heap:
-            if not due and self._heap[0].deadline > now:
+            if not due and self._heap[0][0] > now:
                 self.early += 1
             if not self._armed:
-                self._arm(self._heap[0].deadline)
+                self._arm(self._heap[0][0])
 
     def _cancelled_one(self) -> None:
         self._dead += 1
         heap = self._heap
         if self._dead > 64 and self._dead * 2 > len(heap):
-            self._heap = [t for t in heap if not t.cancelled]
+            self._heap = [e for e in heap if not e[2].cancelled]
             heapq.heapify(self._heap)
             self._dead = 0
 

@@ -135,7 +135,11 @@ class VmState(Enum):
 
     @property
     def final(self) -> bool:
-        return self in (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED, VmState.MIGRATED)
+        return self in _FINAL
+
+
+_FINAL: Final = (VmState.EXITED, VmState.FAULTED, VmState.FAILED, VmState.KILLED, VmState.MIGRATED)
+"""The final states (a tuple: membership by identity, no Python-level hash)."""
 
 
 class Vm:
@@ -377,7 +381,7 @@ class Vm:
 
     def interrupt(self, bits: int = Irq.HOST) -> None:
         """Raise virtual interrupt bits (batched; delivered when the VM next runs)."""
-        if self.state.final:
+        if self.state in _FINAL:
             return
         bits = int(bits) & _IRQ_ALL  # an Irq flag's own & and | cost ~0.6 us each
         if not bits:
@@ -925,8 +929,6 @@ class Vm:
                         stats["slices"] += 1
                         began = time.monotonic_ns()
                         deadline = began + slice_ns
-                        if cpu.native_send:
-                            cpu.refresh_tx_credit()
                         if pool is None:
                             reason = cpu.run(lane, deadline)
                         else:
