@@ -57,6 +57,11 @@
  * flag (the result of a hypercall completed between slices, the stop flag, EIP after).
  * It also tells the watchdog (9.) that the slice runs, and until when.
  *
+ * 10. A monitor that only records calls (the tracer) keeps NET_SEND and TIMER_SET on
+ * this path: each answer then appends a record (the structure before and after, the
+ * VM's clock, and how many CLOCKs the clock log held, so the two logs merge in order)
+ * to the call log, and a full log sends them to Python, which empties both logs first.
+ *
  * 9. The watchdog: one thread per kernel, written here so that it never needs Python's
  * GIL (a Python thread waking every poll interval took the GIL from the thread running
  * the slices and made every release of it a futex wake-up). It sleeps until the
@@ -166,6 +171,19 @@ struct denali_route {
     uint32_t idle_exit;         /* set here: the slice ended at the IDLE hc_nr/hc_arg hold */
     uint64_t idles;             /* IDLE hypercalls whose exit was taken here */
     int (*emu_stop)(void *uc);  /* libunicorn's uc_emu_stop */
+    struct denali_call_record *calls;  /* when set: each NET_SEND and TIMER_SET answered here
+                                   appends a record (a monitor records them); full: they
+                                   go to Python */
+    uint32_t calls_cap, calls_len;
+};
+
+/* A NET_SEND or TIMER_SET the hook answered, for a monitor that records them (10.). */
+struct denali_call_record {
+    uint32_t nr;
+    uint32_t clock_pos;         /* the CLOCK log's length then: the CLOCKs before it */
+    int64_t t;                  /* the VM's clock at the call (ns) */
+    uint8_t before[16];         /* the structure before the call */
+    uint8_t after[16];          /* and after it */
 };
 
 /* CLOCK at `arg` answered without Python (see 3. above); 0 when it must go to Python. */
@@ -211,6 +229,29 @@ static int range_ok(const struct denali_route *r, uint32_t addr, uint32_t len, u
     return 1;
 }
 
+static int64_t vm_clock(const struct denali_route *r)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - r->clock_zero;
+}
+
+/* The record of a call being answered (10.), its `before` filled from `arg`; NULL when
+ * no log is kept. Only called once the call is certain to be answered here. */
+static struct denali_call_record *record(struct denali_route *r, uint32_t nr, uint32_t arg, uint32_t size)
+{
+    if (!r->calls)
+        return NULL;
+    struct denali_call_record *c = &r->calls[r->calls_len++];
+    c->nr = nr;
+    c->clock_pos = r->log_len;
+    c->t = vm_clock(r);
+    memset(c->before, 0, sizeof c->before);
+    memcpy(c->before, r->mem + arg, size);
+    memset(c->after, 0, sizeof c->after);
+    return c;
+}
+
 /* NET_SEND at `arg` answered without Python (see 4. above); 0 when it must go to Python. */
 static int native_send(void *uc, struct denali_route *r, uint32_t arg)
 {
@@ -236,8 +277,11 @@ static int native_send(void *uc, struct denali_route *r, uint32_t arg)
     }
     if (need > r->tx_cap - r->tx_len)
         return 0;
+    if (r->calls && r->calls_len >= r->calls_cap)
+        return 0;
     if (r->reg_write(uc, r->eax_reg, &ok) != 0)  /* before anything is taken */
         return 0;
+    struct denali_call_record *c = record(r, r->send_nr, arg, 16);
     for (uint32_t i = 0; i < count; i++) {  /* the guest is stopped: nothing moved */
         uint16_t len;
         memcpy(d, r->mem + at + 8 * i, 8);
@@ -247,6 +291,8 @@ static int native_send(void *uc, struct denali_route *r, uint32_t arg)
         r->tx_len += 2 + len;
     }
     memcpy(r->mem + arg + 8, &count, 4);  /* sent */
+    if (c)
+        memcpy(c->after, r->mem + arg, 16);
     r->tx_credit -= count;
     r->tx_frames += count;
     r->sends++;
@@ -261,9 +307,12 @@ static int native_timer(void *uc, struct denali_route *r, uint32_t arg)
     uint32_t ok = 0;
     if (!range_ok(r, arg, 8, PROT_R))
         return 0;
+    if (r->calls && r->calls_len >= r->calls_cap)
+        return 0;
     memcpy(&deadline, r->mem + arg, 8);
     if (r->reg_write(uc, r->eax_reg, &ok) != 0)
         return 0;
+    record(r, r->timer_nr, arg, 8);  /* no out field: `after` stays empty */
     r->timer_deadline = deadline;
     r->timer_armed = 1;
     r->timers++;

@@ -22,6 +22,7 @@ import ctypes
 import logging
 import mmap
 import os
+import struct
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -355,7 +356,16 @@ class RouteCell(ctypes.Structure):
         ("idle_exit", ctypes.c_uint32),
         ("idles", ctypes.c_uint64),
         ("emu_stop", ctypes.c_void_p),
+        ("calls", ctypes.c_void_p),
+        ("calls_cap", ctypes.c_uint32),
+        ("calls_len", ctypes.c_uint32),
     ]
+
+
+CALL_RECORD: Final = struct.Struct("<IIq16s16s")
+"""``struct denali_call_record``: nr, clock_pos, t, before, after (``_preempt.c``, 10.)."""
+CallRecord = tuple[int, int, int, bytes, bytes]
+"""(nr, CLOCKs logged before it, the VM's clock at the call, structure before, after)."""
 
 
 _emu_start = _lib.uc_emu_start
@@ -505,6 +515,7 @@ class Engine:
         "_h",
         "_hooks",
         "_key",
+        "_calls",
         "_log",
         "_route",
         "_route_addr",
@@ -531,6 +542,7 @@ class Engine:
         self._cell = StopCell(0, 0, _EMU_STOP_ADDR)
         self._clock_next = 0
         self._log: ctypes.Array[ctypes.c_int64] | None = None
+        self._calls: ctypes.Array[ctypes.c_char] | None = None
         self._tx: ctypes.Array[ctypes.c_char] | None = None
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (the watchdog sets its flag)."""
@@ -721,6 +733,34 @@ class Engine:
             return []
         r.log_len = 0
         return self._log[:n]
+
+    def set_call_log(self, capacity: int) -> None:
+        """Make the native NET_SEND and TIMER_SET append a record of each call they
+        answer to a log of ``capacity`` records (0: no log; as ``set_clock_log``: the same
+        capacity keeps what it holds, another drops it; a full log sends them to the
+        owner). Between slices, or from a callback."""
+        r = self._route
+        if capacity and self._calls is not None and len(self._calls) == capacity * CALL_RECORD.size:
+            return
+        if capacity:
+            self._calls = ctypes.create_string_buffer(capacity * CALL_RECORD.size)
+            r.calls, r.calls_cap = ctypes.addressof(self._calls), capacity
+        else:
+            r.calls, r.calls_cap, self._calls = None, 0, None
+        r.calls_len = 0
+
+    def take_logs(self) -> tuple[list[int], list[CallRecord]]:
+        """What the clock log and the call log hold, oldest first, both emptied in one
+        move (a record's clock position indexes the first list). Where ``take_clock_log``
+        may be called."""
+        clocks = self.take_clock_log()
+        r = self._route
+        n = r.calls_len
+        if not n or self._calls is None:
+            return clocks, []
+        r.calls_len = 0
+        data = ctypes.string_at(r.calls, n * CALL_RECORD.size)
+        return clocks, list(CALL_RECORD.iter_unpack(data))
 
     @property
     def native_clocks(self) -> int:

@@ -87,6 +87,8 @@ _NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {
 """The layout ``_preempt.c`` reads (checked once, so an ABI change turns it off, not wrong)."""
 _KERNEL_FIELDS: Final = (int(abi.Layout.VREGS), int(abi.Layout.VREGS) + abi.VREGS.size)
 CLOCK_LOG: Final = 1024
+CALL_LOG: Final = 256
+"""Records of NET_SEND and TIMER_SET the call log holds (``set_call_log``)."""
 """Native CLOCKs logged before the next one goes to Python (which empties the log)."""
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
 """EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
@@ -458,6 +460,17 @@ class VCpu:
         self.drain_tx()
         if self.engine.tx_wanted():
             self.engine.give_tx_buffer()
+
+    def set_call_log(self, on: bool) -> None:
+        """Keep a record of each NET_SEND and TIMER_SET the hook answers (a monitor that
+        only records them, ``Monitor.records_calls``), for ``take_logs``; turning it off
+        drops what it held. Between slices."""
+        self.engine.set_call_log(CALL_LOG if on else 0)
+
+    def take_logs(self) -> tuple[list[int], list[_uc.CallRecord]]:
+        """The clock log's values and the call log's records, emptied together (a record's
+        clock position says how many of the values came before it)."""
+        return self.engine.take_logs()
 
     def take_clock_log(self) -> list[int]:
         """The values CLOCK returned on the native path since the last call (with a log,

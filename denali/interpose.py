@@ -77,6 +77,12 @@ class Interposer(Protocol):
         natively if it logs the values for ``flush_records``."""
         ...
 
+    def records(self, nr: int) -> bool:
+        """Every monitor interposing on hypercall ``nr`` only records it (CLOCK:
+        ``records_clock``; NET_SEND, TIMER_SET: ``records_calls``): the CPU may answer it
+        natively if it logs what it did for ``flush_records``."""
+        ...
+
     def flush_records(self) -> None:
         """Take what the CPU logged natively to the monitors (the VM calls this before its
         CPU goes away)."""

@@ -628,16 +628,26 @@ class Vm:
             log = ip.records_clock and self._rt.pool is None
             allowed = allowed and log
         cpu.set_native_clock(allowed, self._clock_zero, log)
+        # NET_SEND and TIMER_SET: native unless a monitor interposes; if every one on
+        # the call only records it, native with each call logged (not with workers)
+        hc = ip is not None and "hypercall" in self.interposed
+        loggable = self._rt.pool is None
+        calls_logged = False
         nic = self.nic_device
         sender = nic.native_sender() if nic is not None and self._rt.native else None
-        if sender is not None and ip is not None and "hypercall" in self.interposed:
-            sender = None if ip.interposes_on(Hc.NET_SEND) else sender
+        if sender is not None and hc and ip is not None and ip.interposes_on(Hc.NET_SEND):
+            if loggable and ip.records(Hc.NET_SEND):
+                calls_logged = True
+            else:
+                sender = None
+        timer = self._rt.native
+        if timer and hc and ip is not None and ip.interposes_on(Hc.TIMER_SET):
+            timer = loggable and ip.records(Hc.TIMER_SET)
+            calls_logged = calls_logged or timer
         cpu.drain_tx()  # what it held goes out before the path changes
         cpu.set_native_send(sender is not None, *(sender or (None, None)))
-        timer = self._rt.native and not (
-            ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.TIMER_SET)
-        )
         cpu.set_native_timer(timer, self.clock.arm)
+        cpu.set_call_log(calls_logged)
         cpu.set_native_idle(
             self._rt.native
             and not (ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.IDLE))

@@ -47,7 +47,10 @@ hands them over through ``clocks_read(values)``, oldest first, before any later 
 of the VM reaches the monitor (and when the VM leaves the CPU). Such a monitor sees
 those calls only as values, not through ``hypercall``/``hypercall_done``; a CLOCK that
 takes the Python path (the log was full, the structure is on a new page, worker
-threads run the slices) still comes through the hooks, in order.
+threads run the slices) still comes through the hooks, in order. Likewise
+``records_calls = True`` for NET_SEND and TIMER_SET: those the CPU answers natively
+reach the monitor as records through ``calls_read``, in order with the CLOCK values
+and every other event of the VM.
 
 State: ``save()`` returns plain data and ``restore(state)`` takes it back (snapshots,
 migration; see ``MonitorStack.save``).
@@ -226,6 +229,9 @@ class Monitor:
     stack: MonitorStack | None = None
     records_clock: bool = False
     """True: the monitor only records CLOCK calls (see the module docstring)."""
+    records_calls: bool = False
+    """True: the monitor only records NET_SEND and TIMER_SET calls (see the module
+    docstring)."""
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -261,6 +267,11 @@ class Monitor:
 
     def clocks_read(self, values: Sequence[int]) -> None:
         """CLOCK calls answered natively, as the values they returned (``records_clock``)."""
+
+    def calls_read(self, records: Sequence[tuple[int, int, bytes, bytes]]) -> None:
+        """NET_SEND or TIMER_SET calls answered natively (``records_calls``), each as (number,
+        the VM's clock at the call, the structure's 16 bytes before and after; zero past
+        the structure's size). Their result was OK."""
 
     async def fault(self, event: FaultEvent) -> FaultVerdict:
         return None

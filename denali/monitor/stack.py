@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 _Held = tuple[HypercallEvent, tuple[Monitor, ...], int, "Delay | None"]
 _KNOWN: Final = tuple(sorted(abi.HYPERCALL_BY_NR))
+_LOGGED_CALLS: Final = (int(Hc.NET_SEND), int(Hc.TIMER_SET))
+"""The calls the CPU's native path can log for recording monitors (``_preempt.c``, 10.)."""
 
 
 class MonitorStack:
@@ -84,6 +86,9 @@ class MonitorStack:
         self._clock_log = False
         """Every monitor on CLOCK's chain only records it: the CPU may answer it natively
         and log the values (``records_clock``, ``flush_records``)."""
+        self._call_log: frozenset[int] = frozenset()
+        """Of NET_SEND and TIMER_SET, those whose chain only records them (``records_calls``)."""
+        self._logging = False
         # holding
         self._holders: set[object] = set()
         self._steps = 0
@@ -161,6 +166,10 @@ class MonitorStack:
         self._disk = tuple(m for m in ms if "disk" in m.kinds)
         clock = self._hc[Hc.CLOCK]
         self._clock_log = bool(clock) and all(m.records_clock for m in clock)
+        self._call_log = frozenset(
+            nr for nr in _LOGGED_CALLS if self._hc[nr] and all(m.records_calls for m in self._hc[nr])
+        )
+        self._logging = self._clock_log or bool(self._call_log)
         nic = vm.nic_device
         if nic is not None:
             nic.tx_filter = self._filter_tx if self._tx else None
@@ -377,18 +386,36 @@ class MonitorStack:
     def records_clock(self) -> bool:
         return self._clock_log
 
+    def records(self, nr: int) -> bool:
+        return self._clock_log if nr == Hc.CLOCK else nr in self._call_log
+
     def flush_records(self) -> None:
-        """Hand the CLOCK values the CPU logged natively to the monitors on CLOCK's chain."""
-        if not self._clock_log:
+        """Hand what the CPU logged natively to the monitors on the calls' chains, in the
+        order of the calls: the CLOCK values (``clocks_read``) and the NET_SEND and
+        TIMER_SET records (``calls_read``) between them."""
+        if not self._logging:
             return
         cpu = self.vm._cpu
-        values = cpu.take_clock_log() if cpu is not None else None
-        if values:
-            for m in self._hc[Hc.CLOCK]:
-                m.clocks_read(values)
+        if cpu is None:
+            return
+        values, calls = cpu.take_logs()
+        pos = 0
+        for nr, clock_pos, t, before, after in calls:
+            if clock_pos > pos:
+                self._clocks_read(values[pos:clock_pos])
+                pos = clock_pos
+            rec = ((nr, t, before, after),)
+            for m in self._hc[nr]:
+                m.calls_read(rec)
+        if pos < len(values):
+            self._clocks_read(values[pos:] if pos else values)
+
+    def _clocks_read(self, values: list[int]) -> None:
+        for m in self._hc[Hc.CLOCK]:
+            m.clocks_read(values)
 
     def _dispatch(self, nr: int, arg: int) -> int:
-        if self._clock_log:
+        if self._logging:
             self.flush_records()
         chain = self._hc.get(nr, self._hc_other)
         base = self._base
@@ -512,7 +539,7 @@ class MonitorStack:
 
     # ---- Interposer: interrupts, faults ----
     def irq(self, bits: int) -> int:
-        if self._clock_log:
+        if self._logging:
             self.flush_records()
         for m in self._irq:
             bits = m.interrupt(bits) & abi.IRQ_ALL
@@ -524,7 +551,7 @@ class MonitorStack:
         report = cpu.fault
         if report is None:
             return Outcome.FAULT
-        if self._clock_log:
+        if self._logging:
             self.flush_records()
         event = FaultEvent(self.vm.id, report)
         for m in self._fault:
@@ -542,7 +569,7 @@ class MonitorStack:
 
     # ---- device filters ----
     def _filter_tx(self, frame: bytes) -> bytes | int | None:
-        if self._clock_log:
+        if self._logging:
             self.flush_records()
         for m in self._tx:
             out = m.frame_out(frame)
@@ -552,7 +579,7 @@ class MonitorStack:
         return frame
 
     def _filter_rx(self, frame: bytes) -> bytes | None:
-        if self._clock_log:
+        if self._logging:
             self.flush_records()
         for m in self._rx:
             out = m.frame_in(frame)
@@ -562,7 +589,7 @@ class MonitorStack:
         return frame
 
     def _filter_disk(self, request: DiskRequest) -> DiskRequest | int:
-        if self._clock_log:
+        if self._logging:
             self.flush_records()
         for m in self._disk:
             out = m.disk(request)

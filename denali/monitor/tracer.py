@@ -404,10 +404,13 @@ class Tracer(Monitor):
     writer's). ``frame_bytes``: how many bytes of each frame to record as hex.
 
     It only records CLOCK (``records_clock``): the CPU may answer CLOCK natively and the
-    tracer writes the values it logged (``clocks_read``), with ``t`` the value returned.
+    tracer writes the values it logged (``clocks_read``), with ``t`` the value returned;
+    likewise NET_SEND and TIMER_SET (``records_calls``, ``calls_read``), with ``t`` the
+    VM's clock at the call.
     """
 
     records_clock = True
+    records_calls = True
 
     def __init__(self, writer: TraceWriter, kinds: Iterable[str] | None = None, frame_bytes: int = 0) -> None:
         self.writer = writer
@@ -449,6 +452,14 @@ class Tracer(Monitor):
     def clocks_read(self, values: Sequence[int]) -> None:
         vm = self._vmobj
         self.writer.emit_clocks(vm.id if vm else 0, values)
+
+    def calls_read(self, records: Sequence[tuple[int, int, bytes, bytes]]) -> None:
+        vm = self._vmobj
+        vid = vm.id if vm else 0
+        emit = self.writer.emit_hypercall
+        for nr, t, before, after in records:
+            size = _SIZES[nr]
+            emit((t, vid, nr, before[:size], int(Result.OK), b"" if nr in _NO_OUT else after[:size]))
 
     def hypercall(self, call: HypercallEvent) -> Verdict:
         nr = call.nr

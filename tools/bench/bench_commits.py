@@ -3,9 +3,10 @@
 Usage: python tools/bench/bench_commits.py A_TREE B_TREE [--rounds 5] [--points switch,ticking,http]
 
 A tree is a checkout with its ``denali/_preempt.so`` and guest images built (``git
-worktree add /tmp/before COMMIT`` then ``pip install --no-deps -e`` there, or build the
-two in place). Every point runs in a fresh process with ``PYTHONPATH`` set to the tree,
-so each measures that tree's code alone; the trees alternate A, B, A, B in every round
+worktree add /tmp/before COMMIT``, then in it ``cc -O2 -shared -fPIC -pthread -o
+denali/_preempt.so denali/_preempt.c`` and ``make -C guestos OUT=$PWD/denali/images``)
+and a ``tools/bench/bench_native.py`` of its own. Every point runs in a fresh process
+with that tree first on the path, so each measures that tree's code alone; the trees alternate A, B, A, B in every round
 and which goes first alternates too. Printed: the median of each and the median of the
 per-round ratios B/A. Points are bench_native's (native path on): ``clock``, ``switch``,
 ``http`` (requests/s and loop CPU per request), ``tcp``, ``ticking`` (1,000 VMs at 10 Hz).
@@ -23,8 +24,6 @@ from pathlib import Path
 
 from common import table
 
-HERE = Path(__file__).resolve().parent
-
 CALLS = {  # the sizes of bench_native's full run
     "clock": "bn.clock(200_000)(True)",
     "switch": "bn.switch(25_000)(True)",
@@ -35,12 +34,15 @@ CALLS = {  # the sizes of bench_native's full run
 
 
 def run_point(tree: Path, point: str) -> dict[str, float]:
-    """One point in a fresh interpreter that imports denali from ``tree``."""
+    """One point in a fresh interpreter running ``tree``'s own bench_native (whose
+    ``common`` puts that tree first on the path), checked to import denali from there."""
+    bench = tree.resolve() / "tools" / "bench"
     code = (
-        f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import bench_native as bn; "
+        f"import sys, json; sys.path.insert(0, {str(bench)!r}); import bench_native as bn; import denali; "
+        f"assert denali.__file__.startswith({str(tree.resolve())!r}), denali.__file__; "
         f"print('RESULT ' + json.dumps({CALLS[point]}))"
     )
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=600
     ).stdout
