@@ -510,12 +510,12 @@ class Engine:
     __slots__ = (
         "_batch_ids",
         "_batch_vals",
+        "_calls",
         "_cell",
         "_clock_next",
         "_h",
         "_hooks",
         "_key",
-        "_calls",
         "_log",
         "_route",
         "_route_addr",
