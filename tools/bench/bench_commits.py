@@ -8,8 +8,9 @@ denali/_preempt.so denali/_preempt.c`` and ``make -C guestos OUT=$PWD/denali/ima
 and a ``tools/bench/bench_native.py`` of its own. Every point runs in a fresh process
 with that tree first on the path, so each measures that tree's code alone; the trees
 alternate A, B, A, B in every round and which goes first alternates too. Printed: the
-median of each and the median of the per-round ratios B/A. Points are bench_native's (native path on): ``clock``, ``switch``,
-``http`` (requests/s and loop CPU per request), ``tcp``, ``ticking`` (1,000 VMs at 10 Hz).
+median of each and the median of the per-round ratios B/A. Points are bench_native's
+(native path on): ``clock``, ``switch``, ``http`` (requests/s and loop CPU per
+request), ``tcp``, ``ticking`` (1,000 VMs at 10 Hz).
 """
 
 from __future__ import annotations
