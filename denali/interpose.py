@@ -83,6 +83,11 @@ class Interposer(Protocol):
         natively if it logs what it did for ``flush_records``."""
         ...
 
+    def record_call(self, nr: int, before: bytes, after: bytes) -> None:
+        """Hypercall ``nr`` (IDLE), which ``records(nr)`` let the CPU take natively, has
+        returned OK: its structure was ``before`` at the call and is ``after`` now."""
+        ...
+
     def flush_records(self) -> None:
         """Take what the CPU logged natively to the monitors (the VM calls this before its
         CPU goes away)."""

@@ -168,6 +168,7 @@ class Vm:
         "_hypercalls",
         "_idle_arg",
         "_idle_deadline",
+        "_idle_recorded",
         "_idle_waiters",
         "_in_slice",
         "_incoming",
@@ -327,6 +328,8 @@ class Vm:
         self._migrating = False
         """True while the VM is being migrated out: it is not swapped out meanwhile."""
         self._migration_busy = False
+        self._idle_recorded = False
+        """The CPU takes IDLE natively while monitors record it (``_recorded_idle``)."""
         """True while ``denali.migration.migrate`` works on this VM (one at a time)."""
         self._incoming: GuestMemory | None = None
         """A migrated-in VM's memory, filled by the migration, taken at its admission."""
@@ -648,10 +651,11 @@ class Vm:
         cpu.set_native_send(sender is not None, *(sender or (None, None)))
         cpu.set_native_timer(timer, self.clock.arm)
         cpu.set_call_log(calls_logged)
-        cpu.set_native_idle(
-            self._rt.native
-            and not (ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.IDLE))
-        )
+        idle = self._rt.native
+        self._idle_recorded = False
+        if idle and hc and ip is not None and ip.interposes_on(Hc.IDLE):
+            idle = self._idle_recorded = ip.records(Hc.IDLE)  # reported once it returns
+        cpu.set_native_idle(idle)
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
         """The monitors' verdict on a fault: None to resume, else the final state."""
@@ -894,6 +898,21 @@ class Vm:
         cpu.set_result(Result.OK)
         return waited
 
+    async def _recorded_idle(self, cpu: VCpu) -> bool:
+        """An IDLE the CPU took natively while every monitor on IDLE only records it: the
+        monitors get its structure as it was and as ``_idle`` left it."""
+        mem = self._memory
+        arg = cpu.hcall_arg
+        assert mem is not None
+        size = abi.HYPERCALL_BY_NR[Hc.IDLE].args.size
+        before = mem.read(arg, size)
+        idled = await self._idle(arg)
+        ip = self._interposer
+        mem = self._memory  # resident again (it may have been swapped out while idle)
+        if ip is not None and mem is not None:
+            ip.record_call(Hc.IDLE, before, mem.read(arg, size))
+        return idled
+
     async def _main(self) -> None:
         rt = self._rt
         arb = rt.arbiter
@@ -969,7 +988,10 @@ class Vm:
                         final = VmState.EXITED
                         return
                     # INVARIANT: only TERMINATE and IDLE handlers return EXIT.
-                    idled = await self._idle(cpu.hcall_arg)
+                    if self._idle_recorded:  # the CPU took it natively; the monitors record it
+                        idled = await self._recorded_idle(cpu)
+                    else:
+                        idled = await self._idle(cpu.hcall_arg)
                     if not idled and not handed:  # a yield that kept the lane: let every
                         await asyncio.sleep(0)  # other runnable VM queue up first
                 elif reason is Exit.FAULT:

@@ -48,7 +48,7 @@ of the VM reaches the monitor (and when the VM leaves the CPU). Such a monitor s
 those calls only as values, not through ``hypercall``/``hypercall_done``; a CLOCK that
 takes the Python path (the log was full, the structure is on a new page, worker
 threads run the slices) still comes through the hooks, in order. Likewise
-``records_calls = True`` for NET_SEND and TIMER_SET: those the CPU answers natively
+``records_calls = True`` for NET_SEND, TIMER_SET and IDLE: those the CPU takes natively
 reach the monitor as records through ``calls_read``, in order with the CLOCK values
 and every other event of the VM.
 
@@ -230,7 +230,7 @@ class Monitor:
     records_clock: bool = False
     """True: the monitor only records CLOCK calls (see the module docstring)."""
     records_calls: bool = False
-    """True: the monitor only records NET_SEND and TIMER_SET calls (see the module
+    """True: the monitor only records NET_SEND, TIMER_SET and IDLE calls (see the module
     docstring)."""
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -269,9 +269,9 @@ class Monitor:
         """CLOCK calls answered natively, as the values they returned (``records_clock``)."""
 
     def calls_read(self, records: Sequence[tuple[int, int, bytes, bytes]]) -> None:
-        """NET_SEND or TIMER_SET calls answered natively (``records_calls``), each as (number,
-        the VM's clock at the call, the structure's 16 bytes before and after; zero past
-        the structure's size). Their result was OK."""
+        """NET_SEND, TIMER_SET or IDLE calls taken natively (``records_calls``), each as
+        (number, the VM's clock at the call (IDLE: when it returned), the structure's bytes
+        before and after, zero-padded past its size). Their result was OK."""
 
     async def fault(self, event: FaultEvent) -> FaultVerdict:
         return None

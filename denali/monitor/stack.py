@@ -52,8 +52,10 @@ log = logging.getLogger(__name__)
 
 _Held = tuple[HypercallEvent, tuple[Monitor, ...], int, "Delay | None"]
 _KNOWN: Final = tuple(sorted(abi.HYPERCALL_BY_NR))
-_LOGGED_CALLS: Final = (int(Hc.NET_SEND), int(Hc.TIMER_SET))
-"""The calls the CPU's native path can log for recording monitors (``_preempt.c``, 10.)."""
+_LOGGED_CALLS: Final = (int(Hc.NET_SEND), int(Hc.TIMER_SET), int(Hc.IDLE))
+"""The calls the native path can record for recording monitors: NET_SEND and TIMER_SET
+logged by the CPU's hook (``_preempt.c``, 10.), IDLE reported by the VM once it returns
+(``record_call``)."""
 
 
 class MonitorStack:
@@ -409,6 +411,14 @@ class MonitorStack:
                 m.calls_read(rec)
         if pos < len(values):
             self._clocks_read(values[pos:] if pos else values)
+
+    def record_call(self, nr: int, before: bytes, after: bytes) -> None:
+        """A call the native path took and the VM completed (IDLE, once it returns OK):
+        to the monitors on its chain, after what the CPU logged before it."""
+        self.flush_records()
+        rec = ((nr, self.vm.now_ns(), before, after),)
+        for m in self._hc[nr]:
+            m.calls_read(rec)
 
     def _clocks_read(self, values: list[int]) -> None:
         for m in self._hc[Hc.CLOCK]:
