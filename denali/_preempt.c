@@ -103,6 +103,8 @@
 #define NET_MAX_BATCH 64
 #define PROT_R 1
 #define PROT_W 2
+#define WORK_TX 1     /* frames in the transmit buffer, or a buffer wanted */
+#define WORK_TIMER 2  /* a timer armed */
 
 struct denali_stop_cell {
     volatile int32_t flag;      /* set by the watchdog: stop at the next block start;
@@ -161,8 +163,9 @@ struct denali_route {
     uint32_t eax_pending;       /* set between slices: EAX gets eax_value when the next starts */
     uint32_t eax_value;
     uint32_t eip;               /* EIP where the last slice stopped (denali_run) */
-    uint32_t work;              /* set here when the owner has work after the slice: frames
-                                   in the buffer, a buffer wanted, a timer armed */
+    uint32_t work;              /* WORK_* bits set here when the owner has work after the
+                                   slice: frames in the buffer or a buffer wanted (TX), a
+                                   timer armed (TIMER) */
     uint32_t timer_nr;          /* TIMER_SET's number; 0: every TIMER_SET goes to Python */
     uint32_t timer_armed;       /* set here: the guest armed timer_deadline in this slice */
     uint64_t timer_deadline;    /* on the VM's clock (ns; 0 disarms) */
@@ -258,7 +261,7 @@ static int native_send(void *uc, struct denali_route *r, uint32_t arg)
     uint32_t hdr[2], d[2], ok = 0, need = 0;
     if (!r->tx_buf) {
         r->tx_want = 1;
-        r->work = 1;
+        r->work |= WORK_TX;
         return 0;
     }
     if (!range_ok(r, arg, 16, PROT_R | PROT_W))
@@ -296,7 +299,7 @@ static int native_send(void *uc, struct denali_route *r, uint32_t arg)
     r->tx_credit -= count;
     r->tx_frames += count;
     r->sends++;
-    r->work = 1;
+    r->work |= WORK_TX;
     return 1;
 }
 
@@ -316,7 +319,7 @@ static int native_timer(void *uc, struct denali_route *r, uint32_t arg)
     r->timer_deadline = deadline;
     r->timer_armed = 1;
     r->timers++;
-    r->work = 1;
+    r->work |= WORK_TIMER;
     return 1;
 }
 

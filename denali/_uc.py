@@ -362,6 +362,10 @@ class RouteCell(ctypes.Structure):
     ]
 
 
+WORK_TX: Final = 1
+"""``RouteCell.work``: frames wait in the transmit buffer, or the hook wants one."""
+WORK_TIMER: Final = 2
+"""``RouteCell.work``: the hook armed a timer (``take_timer``)."""
 CALL_RECORD: Final = struct.Struct("<IIq16s16s")
 """``struct denali_call_record``: nr, clock_pos, t, before, after (``_preempt.c``, 10.)."""
 CallRecord = tuple[int, int, int, bytes, bytes]

@@ -36,7 +36,7 @@ class CpuArbiter:
         waits for the turn it took there instead (``idled`` and ``group`` are then unused)."""
         fut = self._requeued.pop(vm_id, None)
         if fut is None:
-            if self._free and not self.policy:
+            if self._free and not self.policy.queued:
                 return self._free.pop(), False
             fut = self._loop.create_future()
             self._waiters[vm_id] = fut

@@ -232,6 +232,7 @@ class VCpu:
         "native_send",
         "native_timer",
         "route",
+        "route_cell",
         "vm_id",
     )
 
@@ -302,6 +303,8 @@ class VCpu:
             self.engine.close()
             raise
         memory.on_lowered = self.engine.flush_tlb
+        self.route_cell = self.engine.route
+        """The structure the engine's C hook shares with this CPU (``_uc.RouteCell``)."""
         self.engine.set_page_map(memory.prot_map_address, len(memory.prot_map), _KERNEL_FIELDS)
         self.eip = _TRAMPOLINE
         self._entry_state = state
@@ -319,7 +322,7 @@ class VCpu:
             eng.hold_route(True)
             eng.stop()
             return
-        route = eng.route  # EAX and EBX, read by the C hook
+        route = self.route_cell  # EAX and EBX, read by the C hook
         nr = route.hc_nr
         arg = route.hc_arg
         self._hcalls += 1
@@ -447,12 +450,17 @@ class VCpu:
         """Hand over what the hook left during the slice: the frames it took (to the NIC,
         in order), the timer it armed (to the clock). After every slice, on the loop's
         thread, before anything else looks at the VM's devices."""
-        route = self.engine.route
-        if route.work:
+        route = self.route_cell
+        work = route.work
+        if work:
             route.work = 0
-            self.drain_tx()
-            self._apply_timer()
-            self.refresh_tx_credit()  # the frames are in the port's queue now
+            if work & _uc.WORK_TIMER and route.timer_armed:
+                route.timer_armed = 0
+                if self._timer_sink is not None:
+                    self._timer_sink(route.timer_deadline)
+            if work & _uc.WORK_TX:
+                self.drain_tx()
+                self.refresh_tx_credit()  # the frames are in the port's queue now
 
     def _python_send(self) -> None:
         """A NET_SEND the hook left to Python: the frames it took go first, and a hook
@@ -534,7 +542,7 @@ class VCpu:
         count, self.count = self.count, 0
         # clears the stop flag and the route's hold; the lane's watchdog stops it at the deadline
         err = eng.run_slice(self.eip, count, lane.watchdog, lane.index, deadline_ns)
-        route = eng.route
+        route = self.route_cell
         self.eip = route.eip
         if route.idle_exit and self.exit is Exit.PREEMPTED:  # the hook ended it at an IDLE
             route.idle_exit = 0

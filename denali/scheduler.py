@@ -99,5 +99,10 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._queued)
 
+    @property
+    def queued(self) -> set[int]:
+        """The runnable VMs (read only; its truth is whether any VM waits)."""
+        return self._queued
+
     def __contains__(self, vm_id: object) -> bool:
         return vm_id in self._queued

@@ -867,20 +867,21 @@ class Vm:
                 self._waker = None
                 if rt.gate is not None:
                     rt.gate.vm_busy(self.id)
-                if timer is not None:
+                if timer is not None and not timer.cancelled:
                     timer.cancel()
             if self._pause is not None:  # woken while paused: run only once resumed
                 await self._hold(VmState.IDLE)
-            await self._ensure_resident()
             waited = True
         elif self._pause is not None:
             await self._hold(VmState.IDLE)
-        await self._ensure_resident()
+        if self._memory is None or self._evicting is not None or self._swapped is not None:
+            await self._ensure_resident()  # swapped out (or going) while it waited
         self._idle_arg = None
         ip = self._interposer
         if ip is not None and ip.gating:  # a monitor holds the VM before IDLE returns
             await ip.gate()
-        self._apply_posted()
+        if self._posted:
+            self._apply_posted()
         mem = self._memory
         cpu = self._cpu
         assert mem is not None and cpu is not None
