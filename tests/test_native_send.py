@@ -90,7 +90,7 @@ async def test_monitors_and_tracking_take_the_python_path() -> None:
             seen.append(frame)
             return frame
 
-    async with Kernel(slice_us=200_000) as k:
+    async with Kernel(native=True, slice_us=200_000) as k:
         rec = Recorder("peer")
         k.switch.attach(rec)
         vm = await k.spawn("test-netsend", cmdline="loop=100000000")
@@ -133,7 +133,7 @@ async def test_a_child_nic_and_an_impaired_link_stay_in_python() -> None:
     need_image("test-netsend")
     from denali.net.impair import LinkSpec
 
-    async with Kernel() as k:
+    async with Kernel(native=True) as k:
         vm = await k.spawn("test-netsend", cmdline="loop=100000000")
         await until(lambda: vm._cpu is not None and vm._cpu.engine.native_sends > 10)
         cpu = vm._cpu

@@ -45,7 +45,7 @@ async def test_the_armed_deadline_is_the_clock_devices_state() -> None:
         def hypercall(self, call: HypercallEvent) -> None:
             seen.append(call.nr)
 
-    async with Kernel() as k:
+    async with Kernel(native=True) as k:
         vm = await k.spawn("test-contract", cmdline="mode=timer n=1 ms=60000", memory="1M")
         await vm.until_idle()
         assert vm._cpu is not None and vm._cpu.engine.native_timers == 1
@@ -73,7 +73,7 @@ async def test_idle_exits_in_c_unless_a_monitor_interposes() -> None:
         def hypercall(self, call: HypercallEvent) -> None:
             seen.append(call.nr)
 
-    async with Kernel() as k:
+    async with Kernel(native=True) as k:
         vms = [await k.spawn("bench-yield", cmdline="n=3000", nic=False) for _ in range(2)]
         for vm in vms:
             assert await vm.wait() == 0
