@@ -51,6 +51,12 @@ class CpuArbiter:
                 self._waiters.pop(vm_id, None)
             raise
 
+    def take_free(self) -> Lane | None:
+        """A free lane when nobody waits for one (the caller ``release``s it), else None."""
+        if self._free and not self.policy.queued:
+            return self._free.pop()
+        return None
+
     def requeue(self, lane: Lane, vm_id: int, group: int | None = None) -> bool:
         """A preempted VM gives ``lane`` back and takes its next turn in one move: it goes
         to the back of the normal queue before the policy picks who runs (the caller

@@ -219,6 +219,7 @@ class Kernel:
             tcg_buffer=self.config.tcg_buffer,
             native=self.config.native,
         )
+        self._rt.timers.burst_ns = self._rt.slice_ns  # due timers may run VMs' slices inline
         self._preemptor.start()
         self._state = "running"
 

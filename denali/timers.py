@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,20 @@ class Timer:
 class Timers:
     """The kernel's timer heap on ``loop``, reading deadlines on ``clock`` (ns)."""
 
-    __slots__ = ("_armed", "_coarse", "_dead", "_handle", "_heap", "_loop", "_seq", "clock", "early", "fired")
+    __slots__ = (
+        "_armed",
+        "_coarse",
+        "_dead",
+        "_handle",
+        "_heap",
+        "_loop",
+        "_seq",
+        "burst_ns",
+        "clock",
+        "early",
+        "fast_until",
+        "fired",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self._loop = loop
@@ -63,6 +77,11 @@ class Timers:
         self._coarse = type(loop).__module__.startswith("uvloop")
         """The loop keeps timers in whole milliseconds: round delays up, not to nearest."""
         self.fired = 0
+        self.burst_ns = 0
+        """How long one firing of due timers may let their callbacks run work inline (0:
+        never): the callbacks see ``fast_until``, a ``time.monotonic_ns()`` deadline, set
+        only while they run."""
+        self.fast_until = 0
         self.early = 0
         """Loop timers that went off before their deadline (and were armed again)."""
 
@@ -91,6 +110,31 @@ class Timers:
         self._armed = 0
         now = self.clock()
         due = False
+        if self.burst_ns:  # the callbacks may run work inline, for one burst at most
+            self.fast_until = time.monotonic_ns() + self.burst_ns
+        try:
+            while True:
+                due = self._fire_due(now) or due
+                # timers that came due meanwhile fire in the same burst
+                if not self.fast_until or time.monotonic_ns() >= self.fast_until:
+                    break
+                now = self.clock()
+                if not self._heap or self._heap[0][0] > now:
+                    break
+        finally:
+            self.fast_until = 0
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+            self._dead -= 1
+        if self._heap:
+            if not due and self._heap[0][0] > now:
+                self.early += 1
+            if not self._armed:
+                self._arm(self._heap[0][0])
+
+    def _fire_due(self, now: int) -> bool:
+        """Fire every timer due at ``now``; True if any was."""
+        due = False
         # self._heap is read afresh each time: a callback may cancel timers, which can
         # rebuild the heap
         while self._heap and (self._heap[0][2].cancelled or self._heap[0][0] <= now):
@@ -102,14 +146,7 @@ class Timers:
             t.cancelled = True
             self.fired += 1
             t.callback(*t.args)
-        while self._heap and self._heap[0][2].cancelled:
-            heapq.heappop(self._heap)
-            self._dead -= 1
-        if self._heap:
-            if not due and self._heap[0][0] > now:
-                self.early += 1
-            if not self._armed:
-                self._arm(self._heap[0][0])
+        return due
 
     def _cancelled_one(self) -> None:
         self._dead += 1

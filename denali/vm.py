@@ -164,11 +164,13 @@ class Vm:
         "_done",
         "_evicting",
         "_exit_request",
+        "_fast_exit",
         "_final_request",
         "_hypercalls",
         "_idle_arg",
         "_idle_deadline",
         "_idle_recorded",
+        "_idle_timer",
         "_idle_waiters",
         "_in_slice",
         "_incoming",
@@ -278,6 +280,7 @@ class Vm:
             "cpu_ns": 0,
             "preemptions": 0,
             "idles": 0,
+            "fast_wakes": 0,
             "irqs_raised": 0,
             "irq_batches": 0,
             "irq_bits_delivered": 0,
@@ -293,6 +296,10 @@ class Vm:
         self._clock_zero = rt.epoch_ns
         """``time.monotonic_ns()`` when the VM's clock read 0 (epoch - offset)."""
         self._waker: asyncio.Future[None] | None = None
+        self._idle_timer: Timer | None = None
+        """The deadline of the IDLE the VM waits in (None: none)."""
+        self._fast_exit: Exit | None = None
+        """Set by ``_fast_wake`` when it ran a slice the coroutine must finish handling."""
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] = rt.loop.create_future()
@@ -392,8 +399,13 @@ class Vm:
         self._pending |= bits
         self.stats["irqs_raised"] += 1
         w = self._waker
-        if w is not None and not w.done():
+        if w is not None and not w.done() and not self._fast_wake(w):
             w.set_result(None)
+
+    def _deadline_reached(self, fut: asyncio.Future[None]) -> None:
+        """The deadline of the IDLE the VM waits in (on ``fut``) has come."""
+        if self._waker is fut and not fut.done() and not self._fast_wake(fut):
+            fut.set_result(None)
 
     def kill(self) -> None:
         """Stop the VM now (it ends in state KILLED); no-op once it has ended."""
@@ -858,7 +870,7 @@ class Vm:
                 self._idle_waiters.clear()
             fut: asyncio.Future[None] = rt.loop.create_future()
             self._waker = fut
-            timer = self.call_at(deadline, _wake, fut) if deadline else None
+            self._idle_timer = self.call_at(deadline, self._deadline_reached, fut) if deadline else None
             if rt.gate is not None and self._memory is not None:
                 rt.gate.vm_idle(self)
             try:
@@ -867,8 +879,12 @@ class Vm:
                 self._waker = None
                 if rt.gate is not None:
                     rt.gate.vm_busy(self.id)
+                timer = self._idle_timer
                 if timer is not None and not timer.cancelled:
                     timer.cancel()
+                self._idle_timer = None
+            if self._fast_exit is not None:  # woken, completed and run by _fast_wake
+                return True
             if self._pause is not None:  # woken while paused: run only once resumed
                 await self._hold(VmState.IDLE)
             waited = True
@@ -876,10 +892,18 @@ class Vm:
             await self._hold(VmState.IDLE)
         if self._memory is None or self._evicting is not None or self._swapped is not None:
             await self._ensure_resident()  # swapped out (or going) while it waited
+        if self._idle_arg is not None:  # the IDLE it waits in now (_fast_wake may have
+            arg = self._idle_arg  # run the VM on to a later one while this frame slept)
         self._idle_arg = None
         ip = self._interposer
         if ip is not None and ip.gating:  # a monitor holds the VM before IDLE returns
             await ip.gate()
+        self._idle_returns(arg, ip)
+        return waited
+
+    def _idle_returns(self, arg: int, ip: Interposer | None) -> None:
+        """IDLE at ``arg`` returns: the pending bits (the monitors may drop some) and the
+        clock go to its out fields, OK to EAX."""
         if self._posted:
             self._apply_posted()
         mem = self._memory
@@ -897,7 +921,84 @@ class Vm:
         if mem.dirty is not None:  # written long after the hypercall's check
             mem.mark(arg, abi.HYPERCALL_BY_NR[Hc.IDLE].args.size)
         cpu.set_result(Result.OK)
-        return waited
+
+    def _fast_wake(self, fut: asyncio.Future[None]) -> bool:
+        """Wake the VM waiting in IDLE on ``fut`` without a step of its coroutine: while the
+        kernel fires timers (within one slice length of the loop's turn), with a lane free
+        and nobody queued for it, and nothing special about the VM (no monitor, no pause,
+        resident, slices on the loop's thread), IDLE returns and the next slice runs right
+        here. A slice that ends in another IDLE that waits parks the VM again on the same
+        future; any other end wakes the coroutine with the slice's exit to handle
+        (``_fast_exit``). False: nothing was done (the caller wakes the coroutine)."""
+        rt = self._rt
+        timers = rt.timers
+        if (
+            not timers.fast_until
+            or rt.pool is not None
+            or self._interposer is not None
+            or self._pause is not None
+            or self._cpu is None
+            or self._memory is None
+            or self._evicting is not None
+            or self._swapped is not None
+            or self._idle_arg is None
+            or self.state is not VmState.IDLE
+            or time.monotonic_ns() >= timers.fast_until
+        ):
+            return False
+        arb = rt.arbiter
+        lane = arb.take_free()
+        if lane is None:
+            return False
+        cpu = self._cpu
+        stats = self.stats
+        arg = self._idle_arg
+        self._waker = None  # not waiting while it runs: interrupts now only set bits
+        timer = self._idle_timer
+        if timer is not None and not timer.cancelled:
+            timer.cancel()
+        self._idle_timer = None
+        if rt.gate is not None:
+            rt.gate.vm_busy(self.id)
+        self._idle_arg = None
+        stats["fast_wakes"] += 1
+        self._idle_returns(arg, None)
+        reason = Exit.INTERNAL
+        try:
+            self.state = VmState.RUNNING
+            if not self._before_slice():
+                reason = Exit.FAULT
+            else:
+                stats["slices"] += 1
+                began = time.monotonic_ns()
+                reason = cpu.run(lane, began + rt.slice_ns)
+                stats["cpu_ns"] += time.monotonic_ns() - began
+                cpu.after_slice()
+        finally:
+            arb.release(lane)
+        if reason is Exit.HYPERCALL and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
+            arg = cpu.hcall_arg
+            deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+            if not self._pending and (deadline == 0 or deadline > self.now_ns()):
+                self._idle_arg = arg  # waits again, on the same future
+                self._idle_deadline = deadline
+                self._waker = fut
+                self.state = VmState.IDLE
+                stats["idles"] += 1
+                if self._idle_waiters:
+                    for w in self._idle_waiters:
+                        if not w.done():
+                            w.set_result(None)
+                    self._idle_waiters.clear()
+                if deadline:
+                    self._idle_timer = self.call_at(deadline, self._deadline_reached, fut)
+                if rt.gate is not None:
+                    rt.gate.vm_idle(self)
+                return True
+        self.state = VmState.RUNNABLE
+        self._fast_exit = reason
+        fut.set_result(None)
+        return True
 
     async def _recorded_idle(self, cpu: VCpu) -> bool:
         """An IDLE the CPU took natively while every monitor on IDLE only records it: the
@@ -935,7 +1036,42 @@ class Vm:
                 await self._materialize()
             if self._idle_arg is not None:  # restored from a snapshot taken in IDLE
                 idled = await self._idle(self._idle_arg)
+            next_exit: Exit | None = None
             while True:
+                if next_exit is not None:  # _fast_wake ran a slice: handle how it ended
+                    reason, next_exit, handed, idled = next_exit, None, True, False
+                    cpu = self._cpu
+                    assert cpu is not None
+                    if reason is Exit.PREEMPTED:
+                        stats["preemptions"] += 1
+                        continue
+                    if reason is Exit.HYPERCALL:
+                        if self._interposer is not None and self._interposer.exited:
+                            ended = await self._complete_interposed(cpu)
+                            if ended is None:
+                                continue
+                            final = ended
+                            return
+                        if cpu.hcall_nr == Hc.TERMINATE:
+                            self.exit_status = self._exit_request
+                            final = VmState.EXITED
+                            return
+                        idled = await self._idle(cpu.hcall_arg)
+                        if self._fast_exit is not None:
+                            next_exit, self._fast_exit = self._fast_exit, None
+                        continue
+                    if reason is Exit.FAULT:
+                        ended = await self._interposed_fault(cpu)
+                        if ended is None:
+                            continue
+                        final = ended
+                        return
+                    self.error = cpu.error
+                    log.error(
+                        "VM %d: kernel error in a hypercall; this VM is stopped", self.id, exc_info=cpu.error
+                    )
+                    final = VmState.FAILED
+                    return
                 if self._pause is not None:  # a slice boundary: pause here if asked
                     arb.withdraw(self.id)
                     await self._hold(VmState.RUNNABLE)
@@ -993,6 +1129,9 @@ class Vm:
                         idled = await self._recorded_idle(cpu)
                     else:
                         idled = await self._idle(cpu.hcall_arg)
+                        if self._fast_exit is not None:  # woken by _fast_wake, which ran on
+                            next_exit, self._fast_exit = self._fast_exit, None
+                            continue
                     if not idled and not handed:  # a yield that kept the lane: let every
                         await asyncio.sleep(0)  # other runnable VM queue up first
                 elif reason is Exit.FAULT:
@@ -1407,8 +1546,3 @@ def page_runs(page_map: bytes | bytearray) -> array[int]:
 
 _RUN_OF_ONES: Final = re.compile(b"\x01+")
 _BIT0: Final = bytes(i & 1 for i in range(256))
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

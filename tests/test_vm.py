@@ -316,3 +316,47 @@ def test_syscall_entry_checks_and_routes() -> None:
     assert call(0, 0, 0, 0) == Result.OK
     assert vm.route is None and vm._route is None
     mem.close()
+
+
+@pytest.mark.parametrize("mode", ["timer", "idle"])
+async def test_timer_wake_ups_run_inline_as_the_coroutine_would(mode: str) -> None:
+    """Due timers run their idle VMs' next slices inline (``Vm._fast_wake``): one-shot
+    timers (TIMER_SET, then IDLE until TIMER) and IDLE deadlines wake no VM early, and
+    the VMs take the same interrupts and idles as with the inline path turned off."""
+    need_image("test-contract")
+    seen = []
+    for inline in (True, False):
+        async with Kernel() as k:
+            if not inline:
+                k._rt.timers.burst_ns = 0  # type: ignore[union-attr]
+            vms = [
+                await k.spawn("test-contract", cmdline=f"mode={mode} n=100 ms=2", memory="1M")
+                for _ in range(20)
+            ]
+            for vm in vms:  # an IDLE answered in the wrong structure leaves its guest waiting
+                assert await asyncio.wait_for(vm.wait(), 60) == 0, vm.console.text()
+                assert "early=0 of 100" in vm.console.text()
+            seen.append(
+                (
+                    sum(vm.stats["fast_wakes"] for vm in vms),
+                    [vm.stats["idles"] for vm in vms],
+                    [vm.stats["irqs_raised"] for vm in vms],
+                )
+            )
+    (fast_on, idles_on, irqs_on), (fast_off, idles_off, irqs_off) = seen
+    assert fast_on > 20 * 50 and fast_off == 0
+    assert irqs_on == irqs_off  # every timer fired once: 100 per VM (0 for IDLE deadlines)
+    assert all(i >= 100 for i in idles_on + idles_off)
+
+
+async def test_inline_wake_ups_survive_swap_outs() -> None:
+    """Idle VMs swapped out between inline wake-ups come back where they waited: the IDLE
+    a VM waits in is the last one it made, not the one its coroutine first slept in."""
+    need_image("test-contract")
+    async with Kernel(memory_budget=8 << 20) as k:  # about 6 of these VMs resident
+        vms = [await k.spawn("test-contract", cmdline="mode=timer n=200 ms=2", memory="1M") for _ in range(9)]
+        for vm in vms:  # an IDLE answered in the wrong structure leaves its guest waiting
+            assert await asyncio.wait_for(vm.wait(), 60) == 0, vm.console.text()
+            assert "early=0 of 200" in vm.console.text()
+        assert k.stats()["swap"]["swap_outs"] > 50
+        assert sum(vm.stats["fast_wakes"] for vm in vms) > 100

@@ -58,6 +58,9 @@ static void vregs(void)
 static void timers(unsigned n, uint64_t ms, int idle)
 {
     unsigned early = 0;
+    unsigned turn = 0;
+    struct denali_hc_idle ids[2]; /* mode=timer: two structures in turn, so each IDLE must be
+                                     answered in the one it names */
     for (unsigned i = 0; i < n; i++) {
         uint64_t deadline = clock_ns() + ms * 1000000ull;
         if (idle) {
@@ -74,9 +77,10 @@ static void timers(unsigned n, uint64_t ms, int idle)
             denali_hc_timer_set(&t);
             uint32_t got = 0;
             while (!(got & DENALI_IRQ_TIMER)) {
-                struct denali_hc_idle id = {0, 0, 0, 0};
-                denali_hc_idle(&id);
-                got |= id.pending;
+                struct denali_hc_idle *id = &ids[turn++ & 1];
+                *id = (struct denali_hc_idle){0, 0, 0, 0};
+                denali_hc_idle(id);
+                got |= id->pending;
             }
             if (clock_ns() < deadline)
                 early++;
