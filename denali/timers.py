@@ -8,6 +8,12 @@ Contract: a timer's callback never runs before the kernel clock has reached its
 deadline. Event loops round timers (uvloop to whole milliseconds, against a loop time
 cached at the start of an iteration), so a loop timer can go off early; when it does,
 nothing is fired and the loop timer is armed again for what remains.
+
+Bursts: with ``burst_ns`` set (the kernel sets one slice length), one firing keeps
+firing what comes due while it runs, for at most ``burst_ns``, and its callbacks see
+``fast_until``, the end of that budget: a VM woken by one may run its next slice inline
+(``Vm._fast_wake``) until then, so the loop still gets control at least once per slice
+length.
 """
 
 from __future__ import annotations
@@ -92,9 +98,13 @@ class Timers:
         """Run ``callback(*args)`` on the loop once the clock reads ``deadline_ns`` or later."""
         seq = next(self._seq)
         t = Timer(self, deadline_ns, seq, callback, args)
-        heapq.heappush(self._heap, (deadline_ns, seq, t))
-        if not self._armed or deadline_ns < self._armed:
-            self._arm(deadline_ns)
+        heap = self._heap
+        heapq.heappush(heap, (deadline_ns, seq, t))
+        # the earliest deadline, not this one: a callback of _run adds timers while
+        # nothing is armed, and the heap may hold earlier ones
+        first = heap[0][0]
+        if not self._armed or first < self._armed:
+            self._arm(first)
         return t
 
     def _arm(self, deadline: int) -> None:

@@ -962,9 +962,9 @@ class Vm:
             rt.gate.vm_busy(self.id)
         self._idle_arg = None
         stats["fast_wakes"] += 1
-        self._idle_returns(arg, None)
         reason = Exit.INTERNAL
         try:
+            self._idle_returns(arg, None)
             self.state = VmState.RUNNING
             if not self._before_slice():
                 reason = Exit.FAULT
@@ -974,6 +974,9 @@ class Vm:
                 reason = cpu.run(lane, began + rt.slice_ns)
                 stats["cpu_ns"] += time.monotonic_ns() - began
                 cpu.after_slice()
+        except Exception as exc:  # a kernel bug: this VM fails (its coroutine says so),
+            cpu.error = exc  # not the timer callback that woke it
+            reason = Exit.INTERNAL
         finally:
             arb.release(lane)
         if reason is Exit.HYPERCALL and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
