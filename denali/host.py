@@ -329,6 +329,7 @@ class Host:
         )
         if ports[-1] > 65535:
             raise HostError(f"the host's LAN ports {base}..{ports[-1]} go past 65535")
+        pending: dict[asyncio.Future[None], Member] = {}
         try:
             for j in range(cfg.kernels):
                 await self._start_member(j, ports)
@@ -340,9 +341,11 @@ class Host:
                         pending.pop(fut)
                         fut.result()  # HostError when that member ended first
         except TimeoutError:
+            self._forget_ready(pending)
             await self.close()
             raise HostError(f"a kernel did not start within {READY_S:g} s") from None
         except BaseException:
+            self._forget_ready(pending)
             await self.close()
             raise
         self.started.set()
@@ -499,6 +502,18 @@ class Host:
                 hv.code = int(code) if isinstance(code, int) else None
                 hv.final_state = str(info.get("state", ""))
         self._changed.set()
+
+    def _forget_ready(self, pending: dict[asyncio.Future[None], Member]) -> None:
+        """The start failed with one member's error: the others' (several members often
+        fail alike, e.g. on the same bad argument) are not reported again, nor left for
+        asyncio to log as never retrieved."""
+        for fut in [*pending, *(m.ready for m in self.members)]:
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()
+        for m in self.members:  # one failing later, while the host closes, is not reported
+            m.ready.add_done_callback(_retrieve)
 
     async def _watch_exit(self, m: Member) -> None:
         status = await m.proc.wait()
@@ -789,3 +804,8 @@ class MemberLink:
         if self._writer is not None:
             with contextlib.suppress(OSError, RuntimeError):
                 self._writer.close()
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
