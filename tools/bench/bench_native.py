@@ -1,6 +1,6 @@
 """The native path against the pure-Python one (``KernelConfig.native``), side by side.
 
-Usage: python tools/bench/bench_native.py [--rounds 5] [--quick] [--workers N] [--only NAMES]
+Usage: python tools/bench/bench_native.py [--rounds 5] [--quick] [--workers N] [--only NAMES] [--uvloop]
 
 Each round runs every point twice in this one process, native then pure Python, each in
 a fresh kernel (contenders alternate A, B, A, B, ...); the figure of a point is the
@@ -135,7 +135,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--only", default="", help="points whose names contain one of these (comma-separated)")
+    ap.add_argument("--uvloop", action="store_true", help="run every kernel on uvloop (as the CLI does)")
     args = ap.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     WORKERS[0] = args.workers
     q = args.quick
     points: dict[str, Point] = {
@@ -164,7 +169,8 @@ def main() -> None:
             py = statistics.median(b[key] for _, b in pairs)
             ratio = statistics.median(a[key] / b[key] for a, b in pairs)
             rows.append((name, key, f"{nat:,.3f}", f"{py:,.3f}", f"{ratio:.3f}"))
-    table(f"native vs pure Python, {args.rounds} rounds, {args.workers} worker threads", rows)
+    loop = "uvloop" if args.uvloop else "asyncio's default loop"
+    table(f"native vs pure Python, {args.rounds} rounds, {args.workers} worker threads, {loop}", rows)
 
 
 if __name__ == "__main__":
