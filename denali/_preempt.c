@@ -189,11 +189,23 @@ struct denali_call_record {
     uint8_t after[16];          /* and after it */
 };
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The VM's clock (ns): CLOCK_MONOTONIC minus its zero. */
+static int64_t vm_clock(const struct denali_route *r)
+{
+    return mono_ns() - r->clock_zero;
+}
+
 /* CLOCK at `arg` answered without Python (see 3. above); 0 when it must go to Python. */
 static int native_clock(void *uc, struct denali_route *r, uint32_t arg)
 {
     uint32_t ok = 0;
-    struct timespec ts;
     if ((arg & 0xFFF) > 0x1000 - 8 || (uint64_t)arg + 8 > r->mem_size)
         return 0;
     uint32_t page = (arg >> 12) + 1, i = 0;
@@ -203,9 +215,7 @@ static int native_clock(void *uc, struct denali_route *r, uint32_t arg)
         return 0;
     if (r->log && r->log_len >= r->log_cap)
         return 0;
-    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-        return 0;
-    int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - r->clock_zero;
+    int64_t now = vm_clock(r);
     memcpy(r->mem + arg, &now, 8);
     if (r->reg_write(uc, r->eax_reg, &ok) != 0)
         return 0;
@@ -230,13 +240,6 @@ static int range_ok(const struct denali_route *r, uint32_t addr, uint32_t len, u
         if (p >= r->pages || (r->prot[p] & need) != need)
             return 0;
     return 1;
-}
-
-static int64_t vm_clock(const struct denali_route *r)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - r->clock_zero;
 }
 
 /* The record of a call being answered (10.), its `before` filled from `arg`; NULL when
@@ -396,13 +399,6 @@ struct denali_watchdog {
     uint32_t lanes_used;
     struct denali_lane lanes[MAX_LANES];
 };
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void sleep_until(int64_t t)
 {

@@ -847,28 +847,11 @@ class Engine:
         r.timer_armed = 0
         return int(r.timer_deadline)
 
-    def take_work(self) -> bool:
-        """Whether the hook left work since the last call (frames, a buffer wanted, a
-        timer armed): one read per slice decides whether to look further."""
-        r = self._route
-        if not r.work:
-            return False
-        r.work = 0
-        return True
-
     # ---- the native IDLE exit (_preempt.c, 8.) ----
     def set_native_idle(self, nr: int) -> None:
         """Let the interrupt hook end the slice at hypercall ``nr`` (IDLE; 0: never) itself;
-        ``take_idle_exit`` says when it did."""
+        it then sets the route's ``idle_exit`` with the call in ``hc_nr``/``hc_arg``."""
         self._route.idle_nr = nr
-
-    def take_idle_exit(self) -> tuple[int, int] | None:
-        """(number, structure address) of the IDLE the hook ended the last slice at, or None."""
-        r = self._route
-        if not r.idle_exit:
-            return None
-        r.idle_exit = 0
-        return int(r.hc_nr), int(r.hc_arg)
 
     @property
     def native_idles(self) -> int:
@@ -883,10 +866,6 @@ class Engine:
     def request_stop(self) -> None:
         """Ask a running ``start()`` to return at the next block start (any thread)."""
         self._cell.flag = 1
-
-    def clear_stop(self) -> None:
-        """Forget a stop request (before a slice starts)."""
-        self._cell.flag = 0
 
     def set_route(self, entry: int, save: int, code_lo: int, code_hi: int) -> None:
         """Route an ``int $0x80`` outside [code_lo, code_hi) to ``entry``, its resume EIP
@@ -922,17 +901,12 @@ class Engine:
         return int(_emu_start(self._h, begin, 0, 0, count))
 
     def run_slice(self, begin: int, count: int, watchdog: int, lane: int, deadline_ns: int) -> int:
-        """One slice, as ``start`` after ``clear_stop`` and ``hold_route(False)``, in one
+        """One slice, as ``start`` with the stop flag cleared and ``hold_route(False)``, in one
         call (``_preempt.c``, denali_run), on lane ``lane`` of the watchdog at
         ``watchdog``, which stops it at ``deadline_ns`` (``time.monotonic_ns()``): EAX gets
-        a result ``set_eax_later`` left, and ``last_eip`` says where the engine stopped.
-        Returns the uc_err code."""
+        a result ``set_eax_later`` left, and the route's ``eip`` says where the engine
+        stopped. Returns the uc_err code."""
         return int(_run(self._h, begin, count, self._route_addr, self.stop_cell, watchdog, lane, deadline_ns))
-
-    @property
-    def last_eip(self) -> int:
-        """EIP when the last ``run_slice`` returned."""
-        return int(self._route.eip)
 
     def set_eax_later(self, value: int) -> None:
         """EAX = ``value`` (a hypercall's result, between slices), written when the next

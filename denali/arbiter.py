@@ -36,8 +36,9 @@ class CpuArbiter:
         waits for the turn it took there instead (``idled`` and ``group`` are then unused)."""
         fut = self._requeued.pop(vm_id, None)
         if fut is None:
-            if self._free and not self.policy.queued:
-                return self._free.pop(), False
+            lane = self.take_free()
+            if lane is not None:
+                return lane, False
             fut = self._loop.create_future()
             self._waiters[vm_id] = fut
             self.policy.enqueue(vm_id, idled, group)

@@ -87,9 +87,9 @@ _NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {
 """The layout ``_preempt.c`` reads (checked once, so an ABI change turns it off, not wrong)."""
 _KERNEL_FIELDS: Final = (int(abi.Layout.VREGS), int(abi.Layout.VREGS) + abi.VREGS.size)
 CLOCK_LOG: Final = 1024
+"""Native CLOCKs logged before the next one goes to Python (which empties the log)."""
 CALL_LOG: Final = 256
 """Records of NET_SEND and TIMER_SET the call log holds (``set_call_log``)."""
-"""Native CLOCKs logged before the next one goes to Python (which empties the log)."""
 USER_EFLAGS: Final = 0x0CD5 | 0x0100 | 0x40000 | 0x200000
 """EFLAGS bits a CPL-3 program may change: CF PF AF ZF SF DF OF, TF, AC, ID."""
 EXIT: Final = -1
@@ -265,6 +265,7 @@ class VCpu:
         self._forbidden: tuple[str, dict[str, int]] | None = None
         self._hcalls = 0
         self.native_clock = False
+        """CLOCK may be answered by the engine's C hook (``set_native_clock``)."""
         self.native_send = False
         """The hook answers NET_SEND now (allowed and no pages tracked)."""
         self._send_allowed = False
@@ -272,7 +273,6 @@ class VCpu:
         self._tx_room: Callable[[], int] | None = None
         self.native_timer = False
         self._timer_sink: Callable[[int], None] | None = None
-        """CLOCK may be answered by the engine's C hook (``set_native_clock``)."""
         self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
@@ -334,7 +334,7 @@ class VCpu:
             eng.stop()
             return
         if nr == _NET_SEND and self.native_send:
-            self._python_send()
+            self.drain_tx()  # the frames the hook took go first
         elif nr == _TIMER_SET and self.native_timer:
             self._apply_timer()  # the hook's earlier TIMER_SET first: this one replaces it
         try:
@@ -361,8 +361,7 @@ class VCpu:
     @property
     def hypercalls(self) -> int:
         """Hypercalls this CPU took, those the C hook answered included."""
-        eng = self.engine
-        return self._hcalls + eng.native_clocks + eng.native_sends + eng.native_timers + eng.native_idles
+        return self._hcalls + self.native_hypercalls
 
     @property
     def native_hypercalls(self) -> int:
@@ -371,16 +370,11 @@ class VCpu:
         eng = self.engine
         return eng.native_clocks + eng.native_sends + eng.native_timers + eng.native_idles
 
-    @property
-    def native_clocks(self) -> int:
-        """CLOCKs the C hook answered."""
-        return self.engine.native_clocks
-
     def set_native_clock(self, allowed: bool, clock_zero: int, log: bool = False) -> None:
         """Let the engine's hook answer CLOCK itself (``allowed``), the VM's clock reading
         ``time.monotonic_ns() - clock_zero``; False sends every CLOCK to ``dispatch``
         (a monitor interposes on it). ``log``: keep each value answered for
-        ``take_clock_log`` (monitors record them); turning the log off drops what it
+        ``take_logs`` (monitors record them); turning the log off drops what it
         held, so take it first. Between slices."""
         self.native_clock = allowed and _NATIVE_CLOCK
         self.engine.set_native_clock(_VECTOR, _CLOCK if self.native_clock else 0, clock_zero)
@@ -421,7 +415,7 @@ class VCpu:
             sink = self._tx_sink
             if sink is not None:
                 sink(frames)
-        elif self.native_send and eng.tx_wanted():  # a deferred NET_SEND found no buffer
+        if eng.tx_wanted():  # a NET_SEND found no buffer: the next one has one
             eng.give_tx_buffer()
 
     # ---- the native timer, and what the hook leaves after a slice ----
@@ -454,20 +448,11 @@ class VCpu:
         work = route.work
         if work:
             route.work = 0
-            if work & _uc.WORK_TIMER and route.timer_armed:
-                route.timer_armed = 0
-                if self._timer_sink is not None:
-                    self._timer_sink(route.timer_deadline)
+            if work & _uc.WORK_TIMER:
+                self._apply_timer()
             if work & _uc.WORK_TX:
                 self.drain_tx()
                 self.refresh_tx_credit()  # the frames are in the port's queue now
-
-    def _python_send(self) -> None:
-        """A NET_SEND the hook left to Python: the frames it took go first, and a hook
-        that had no buffer gets one for the next."""
-        self.drain_tx()
-        if self.engine.tx_wanted():
-            self.engine.give_tx_buffer()
 
     def set_call_log(self, on: bool) -> None:
         """Keep a record of each NET_SEND and TIMER_SET the hook answers (a monitor that
@@ -479,11 +464,6 @@ class VCpu:
         """The clock log's values and the call log's records, emptied together (a record's
         clock position says how many of the values came before it)."""
         return self.engine.take_logs()
-
-    def take_clock_log(self) -> list[int]:
-        """The values CLOCK returned on the native path since the last call (with a log,
-        ``set_native_clock``), oldest first. Not during a slice on another thread."""
-        return self.engine.take_clock_log()
 
     def answered(self, nr: int, arg: int, res: int) -> None:
         """``dispatch`` answered hypercall ``nr`` with ``res`` outside a hook (a deferred

@@ -71,16 +71,11 @@ class Interposer(Protocol):
         a hypercall no monitor sees: the native clock)."""
         ...
 
-    @property
-    def records_clock(self) -> bool:
-        """Every monitor interposing on CLOCK only records it: the CPU may answer CLOCK
-        natively if it logs the values for ``flush_records``."""
-        ...
-
     def records(self, nr: int) -> bool:
         """Every monitor interposing on hypercall ``nr`` only records it (CLOCK:
-        ``records_clock``; NET_SEND, TIMER_SET: ``records_calls``): the CPU may answer it
-        natively if it logs what it did for ``flush_records``."""
+        ``Monitor.records_clock``; NET_SEND, TIMER_SET, IDLE: ``records_calls``): the CPU
+        may take it natively if what it did reaches the monitors (``flush_records``,
+        ``record_call``)."""
         ...
 
     def record_call(self, nr: int, before: bytes, after: bytes) -> None:

@@ -32,14 +32,13 @@ Clock = Callable[[], int]
 class Timer:
     """One deadline; ``cancel()`` it to forget it (idempotent, also after it fired)."""
 
-    __slots__ = ("_owner", "args", "callback", "cancelled", "deadline", "seq")
+    __slots__ = ("_owner", "args", "callback", "cancelled", "deadline")
 
     def __init__(
-        self, owner: Timers, deadline: int, seq: int, callback: Callable[..., Any], args: tuple[Any, ...]
+        self, owner: Timers, deadline: int, callback: Callable[..., Any], args: tuple[Any, ...]
     ) -> None:
         self._owner = owner
         self.deadline = deadline
-        self.seq = seq
         self.callback = callback
         self.args = args
         self.cancelled = False
@@ -97,7 +96,7 @@ class Timers:
     def add(self, deadline_ns: int, callback: Callable[..., Any], *args: Any) -> Timer:
         """Run ``callback(*args)`` on the loop once the clock reads ``deadline_ns`` or later."""
         seq = next(self._seq)
-        t = Timer(self, deadline_ns, seq, callback, args)
+        t = Timer(self, deadline_ns, callback, args)
         heap = self._heap
         heapq.heappush(heap, (deadline_ns, seq, t))
         # the earliest deadline, not this one: a callback of _run adds timers while

@@ -335,9 +335,9 @@ class Vm:
         self._migrating = False
         """True while the VM is being migrated out: it is not swapped out meanwhile."""
         self._migration_busy = False
+        """True while ``denali.migration.migrate`` works on this VM (one at a time)."""
         self._idle_recorded = False
         """The CPU takes IDLE natively while monitors record it (``_recorded_idle``)."""
-        """True while ``denali.migration.migrate`` works on this VM (one at a time)."""
         self._incoming: GuestMemory | None = None
         """A migrated-in VM's memory, filled by the migration, taken at its admission."""
         self.image_data: bytes | None = None
@@ -628,45 +628,38 @@ class Vm:
             self._wire_native()
 
     def _wire_native(self) -> None:
-        """Let a resident CPU answer CLOCK, NET_SEND and TIMER_SET in C
-        (``VCpu.set_native_clock``, ``set_native_send``, ``set_native_timer``) unless the
-        kernel keeps to pure Python or a monitor interposes on them (on NET_SEND: or on
-        the frames sent, ``Nic.native_sender``); monitors that only record CLOCK get the
-        values from the CPU's log (not with worker threads: the log is read on the loop's
-        thread)."""
+        """Let a resident CPU take CLOCK, NET_SEND, TIMER_SET and IDLE natively (``VCpu``'s
+        ``set_native_*``) unless the kernel keeps to pure Python or a monitor interposes
+        on the call (on NET_SEND: or on the frames sent, ``Nic.native_sender``); when every
+        monitor on a call only records it, it stays native and they get records of it
+        (CLOCK, NET_SEND, TIMER_SET: logged by the CPU, read on the loop's thread, so not
+        with worker threads; IDLE: reported by this VM once it returns)."""
         cpu = self._cpu
         if cpu is None:
             return
         ip = self._interposer
-        allowed, log = self._rt.native, False
-        if ip is not None and "hypercall" in self.interposed and ip.interposes_on(Hc.CLOCK):
-            log = ip.records_clock and self._rt.pool is None
-            allowed = allowed and log
-        cpu.set_native_clock(allowed, self._clock_zero, log)
-        # NET_SEND and TIMER_SET: native unless a monitor interposes; if every one on
-        # the call only records it, native with each call logged (not with workers)
         hc = ip is not None and "hypercall" in self.interposed
-        loggable = self._rt.pool is None
-        calls_logged = False
+
+        def path(nr: int, logged_by_cpu: bool = True) -> tuple[bool, bool]:
+            """(native, recorded) for hypercall ``nr``."""
+            if not self._rt.native:
+                return False, False
+            if ip is None or not hc or not ip.interposes_on(nr):
+                return True, False
+            ok = ip.records(nr) and (self._rt.pool is None or not logged_by_cpu)
+            return ok, ok
+
+        clock, clock_log = path(Hc.CLOCK)
+        cpu.set_native_clock(clock, self._clock_zero, clock_log)
         nic = self.nic_device
-        sender = nic.native_sender() if nic is not None and self._rt.native else None
-        if sender is not None and hc and ip is not None and ip.interposes_on(Hc.NET_SEND):
-            if loggable and ip.records(Hc.NET_SEND):
-                calls_logged = True
-            else:
-                sender = None
-        timer = self._rt.native
-        if timer and hc and ip is not None and ip.interposes_on(Hc.TIMER_SET):
-            timer = loggable and ip.records(Hc.TIMER_SET)
-            calls_logged = calls_logged or timer
+        sender = nic.native_sender() if nic is not None else None
+        send, send_log = path(Hc.NET_SEND) if sender is not None else (False, False)
+        timer, timer_log = path(Hc.TIMER_SET)
         cpu.drain_tx()  # what it held goes out before the path changes
-        cpu.set_native_send(sender is not None, *(sender or (None, None)))
+        cpu.set_native_send(send, *(sender or (None, None)))
         cpu.set_native_timer(timer, self.clock.arm)
-        cpu.set_call_log(calls_logged)
-        idle = self._rt.native
-        self._idle_recorded = False
-        if idle and hc and ip is not None and ip.interposes_on(Hc.IDLE):
-            idle = self._idle_recorded = ip.records(Hc.IDLE)  # reported once it returns
+        cpu.set_call_log(send_log or timer_log)
+        idle, self._idle_recorded = path(Hc.IDLE, logged_by_cpu=False)
         cpu.set_native_idle(idle)
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
@@ -1041,74 +1034,45 @@ class Vm:
                 idled = await self._idle(self._idle_arg)
             next_exit: Exit | None = None
             while True:
-                if next_exit is not None:  # _fast_wake ran a slice: handle how it ended
-                    reason, next_exit, handed, idled = next_exit, None, True, False
+                if next_exit is not None:  # _fast_wake ran a slice and released the lane
+                    reason, handed, next_exit = next_exit, True, None
                     cpu = self._cpu
                     assert cpu is not None
-                    if reason is Exit.PREEMPTED:
-                        stats["preemptions"] += 1
-                        continue
-                    if reason is Exit.HYPERCALL:
-                        if self._interposer is not None and self._interposer.exited:
-                            ended = await self._complete_interposed(cpu)
-                            if ended is None:
-                                continue
-                            final = ended
-                            return
-                        if cpu.hcall_nr == Hc.TERMINATE:
-                            self.exit_status = self._exit_request
-                            final = VmState.EXITED
-                            return
-                        idled = await self._idle(cpu.hcall_arg)
-                        if self._fast_exit is not None:
-                            next_exit, self._fast_exit = self._fast_exit, None
-                        continue
-                    if reason is Exit.FAULT:
-                        ended = await self._interposed_fault(cpu)
-                        if ended is None:
-                            continue
-                        final = ended
-                        return
-                    self.error = cpu.error
-                    log.error(
-                        "VM %d: kernel error in a hypercall; this VM is stopped", self.id, exc_info=cpu.error
-                    )
-                    final = VmState.FAILED
-                    return
-                if self._pause is not None:  # a slice boundary: pause here if asked
-                    arb.withdraw(self.id)
-                    await self._hold(VmState.RUNNABLE)
-                self.state = VmState.RUNNABLE
-                ip = self._interposer
-                if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
-                    arb.withdraw(self.id)
-                    await ip.gate()
-                lane, _ = await arb.acquire(self.id, idled, self.group)
-                reason = Exit.INTERNAL  # until the slice says otherwise (an exception: not PREEMPTED)
-                handed = False
-                try:
-                    self.state = VmState.RUNNING
-                    cpu = self._cpu
-                    assert cpu is not None
-                    if not self._before_slice():  # the interrupt frame did not fit: a fault
-                        reason = Exit.FAULT
-                    else:
-                        if self.first_slice_ns is None:
-                            self.first_slice_ns = rt.now_ns()
-                        stats["slices"] += 1
-                        began = time.monotonic_ns()
-                        deadline = began + slice_ns
-                        if pool is None:
-                            reason = cpu.run(lane, deadline)
+                else:
+                    if self._pause is not None:  # a slice boundary: pause here if asked
+                        arb.withdraw(self.id)
+                        await self._hold(VmState.RUNNABLE)
+                    self.state = VmState.RUNNABLE
+                    ip = self._interposer
+                    if ip is not None and ip.gating:  # a monitor holds the VM (denali.interpose)
+                        arb.withdraw(self.id)
+                        await ip.gate()
+                    lane, _ = await arb.acquire(self.id, idled, self.group)
+                    reason = Exit.INTERNAL  # until the slice says otherwise (an exception: not PREEMPTED)
+                    handed = False
+                    try:
+                        self.state = VmState.RUNNING
+                        cpu = self._cpu
+                        assert cpu is not None
+                        if not self._before_slice():  # the interrupt frame did not fit: a fault
+                            reason = Exit.FAULT
                         else:
-                            reason = await self._run_on_worker(pool, cpu, lane, deadline)
-                        cpu.after_slice()  # the frames and timer the C hook kept, to the devices
-                        stats["cpu_ns"] += time.monotonic_ns() - began
-                finally:
-                    if reason is Exit.PREEMPTED:  # to the back of the queue, in the same move
-                        handed = arb.requeue(lane, self.id, self.group)
-                    else:
-                        handed = arb.release(lane)
+                            if self.first_slice_ns is None:
+                                self.first_slice_ns = rt.now_ns()
+                            stats["slices"] += 1
+                            began = time.monotonic_ns()
+                            deadline = began + slice_ns
+                            if pool is None:
+                                reason = cpu.run(lane, deadline)
+                            else:
+                                reason = await self._run_on_worker(pool, cpu, lane, deadline)
+                            stats["cpu_ns"] += time.monotonic_ns() - began
+                            cpu.after_slice()  # the frames and timer the C hook kept, to the devices
+                    finally:
+                        if reason is Exit.PREEMPTED:  # to the back of the queue, in the same move
+                            handed = arb.requeue(lane, self.id, self.group)
+                        else:
+                            handed = arb.release(lane)
                 idled = False
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1

@@ -16,6 +16,18 @@ from tests.conftest import need_image
 from tests.test_native_clock import until
 
 
+def watching(nr: int, seen: list[int]) -> type[Monitor]:
+    """A monitor class that interposes on hypercall ``nr`` only and notes each call."""
+
+    class Watch(Monitor):
+        hypercalls = frozenset({int(nr)})
+
+        def hypercall(self, call: HypercallEvent) -> None:
+            seen.append(call.nr)
+
+    return Watch
+
+
 async def test_timers_armed_in_c_fire_on_time() -> None:
     """test-contract's one-shot timers (each armed 2 ms ahead, then IDLE until it fires)
     never wake the VM early; the same calls as the pure-Python path, most in C."""
@@ -38,12 +50,7 @@ async def test_the_armed_deadline_is_the_clock_devices_state() -> None:
     a snapshot saves), and a monitor on TIMER_SET sees every one instead."""
     need_image("test-contract")
     seen: list[int] = []
-
-    class Timers(Monitor):
-        hypercalls = frozenset({int(abi.Hc.TIMER_SET)})
-
-        def hypercall(self, call: HypercallEvent) -> None:
-            seen.append(call.nr)
+    Timers = watching(abi.Hc.TIMER_SET, seen)
 
     async with Kernel(native=True) as k:
         vm = await k.spawn("test-contract", cmdline="mode=timer n=1 ms=60000", memory="1M")
@@ -66,12 +73,7 @@ async def test_idle_exits_in_c_unless_a_monitor_interposes() -> None:
     Python: test-hostile's checks)."""
     need_image("bench-yield")
     seen: list[int] = []
-
-    class Idles(Monitor):
-        hypercalls = frozenset({int(abi.Hc.IDLE)})
-
-        def hypercall(self, call: HypercallEvent) -> None:
-            seen.append(call.nr)
+    Idles = watching(abi.Hc.IDLE, seen)
 
     async with Kernel(native=True) as k:
         vms = [await k.spawn("bench-yield", cmdline="n=3000", nic=False) for _ in range(2)]

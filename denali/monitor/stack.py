@@ -89,7 +89,7 @@ class MonitorStack:
         """Every monitor on CLOCK's chain only records it: the CPU may answer it natively
         and log the values (``records_clock``, ``flush_records``)."""
         self._call_log: frozenset[int] = frozenset()
-        """Of NET_SEND and TIMER_SET, those whose chain only records them (``records_calls``)."""
+        """Of NET_SEND, TIMER_SET and IDLE, those whose chain only records them (``records_calls``)."""
         self._logging = False
         # holding
         self._holders: set[object] = set()
@@ -383,10 +383,6 @@ class MonitorStack:
 
     def interposes_on(self, nr: int) -> bool:
         return bool(self._hc.get(nr, self._hc_other))
-
-    @property
-    def records_clock(self) -> bool:
-        return self._clock_log
 
     def records(self, nr: int) -> bool:
         return self._clock_log if nr == Hc.CLOCK else nr in self._call_log
