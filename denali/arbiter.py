@@ -6,11 +6,23 @@ never lapses while someone waits. With one lane the slices run on the event loop
 thread; with several, each slice runs on a worker thread of its own lane (Unicorn
 releases the GIL while guest code runs), and every change to kernel state still happens
 on the event loop.
+
+Inline turns: with ``inline`` set (the kernel sets it for the native path on the loop's
+thread), ``release`` may run the turns of the VMs it picks right there, one after the
+other, instead of waking each VM's coroutine for a loop turn of its own: for as long as
+``inline_until`` (a ``time.monotonic_ns()`` deadline one slice length after the loop last
+ran something) allows. The policy still picks every turn, so fairness and the idle
+priority are the policy's. A turn run inline ends in one of three ways: the VM is
+runnable again (``wait_again``: it waits on the same future, in the normal queue), its
+coroutine is woken to handle the exit (the future's result is None instead of a lane),
+or it is handed the lane after all (``inline`` said False).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from denali.preempt import Lane
 from denali.scheduler import Scheduler
@@ -19,21 +31,29 @@ from denali.scheduler import Scheduler
 class CpuArbiter:
     """The run queue in front of a fixed set of lanes."""
 
-    __slots__ = ("_free", "_loop", "_requeued", "_waiters", "policy", "switches")
+    __slots__ = ("_free", "_loop", "_requeued", "_waiters", "inline", "inline_until", "policy", "switches")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, policy: Scheduler, lanes: list[Lane]) -> None:
         self._loop = loop
         self.policy = policy
         self._free = list(lanes)
-        self._waiters: dict[int, asyncio.Future[Lane]] = {}
-        self._requeued: dict[int, asyncio.Future[Lane]] = {}
+        self._waiters: dict[int, asyncio.Future[Lane | None]] = {}
+        self._requeued: dict[int, asyncio.Future[Lane | None]] = {}
         """Turns taken by ``requeue``, until ``acquire`` or ``withdraw`` collects them."""
         self.switches = 0
+        self.inline: Callable[[int, Lane, asyncio.Future[Lane | None]], bool] | None = None
+        """Runs the turn of a waiting VM (its id, the lane, the future it waits on) inline:
+        True if it did (the VM waits again or its future is done), False to hand it the
+        lane instead. None: every turn wakes a coroutine."""
+        self.inline_until = 0
+        """Until when (``time.monotonic_ns()``) ``release`` may run turns inline; an inline
+        slice never runs past it."""
 
-    async def acquire(self, vm_id: int, idled: bool, group: int | None = None) -> tuple[Lane, bool]:
+    async def acquire(self, vm_id: int, idled: bool, group: int | None = None) -> tuple[Lane | None, bool]:
         """Wait for a lane; returns it and whether the caller had to wait (was suspended).
         ``group``: the VM's CPU group (``Scheduler.enqueue``). A VM that ``requeue``-d
-        waits for the turn it took there instead (``idled`` and ``group`` are then unused)."""
+        waits for the turn it took there instead (``idled`` and ``group`` are then unused).
+        The lane is None when the turn ran inline and the VM has its exit to handle."""
         fut = self._requeued.pop(vm_id, None)
         if fut is None:
             lane = self.take_free()
@@ -46,7 +66,9 @@ class CpuArbiter:
             return await fut, True
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release(fut.result())  # it was handed to us: pass it on
+                lane = fut.result()
+                if lane is not None:
+                    self.release(lane)  # it was handed to us: pass it on
             else:
                 self.policy.remove(vm_id)
                 self._waiters.pop(vm_id, None)
@@ -66,7 +88,7 @@ class CpuArbiter:
         every VM would run in the event loop's order, CPU groups ignored. The caller
         then ``acquire``s (the turn) or ``withdraw``s. True when the lane went to another
         VM: the caller's ``acquire`` then suspends."""
-        fut: asyncio.Future[Lane] = self._loop.create_future()
+        fut: asyncio.Future[Lane | None] = self._loop.create_future()
         self._waiters[vm_id] = fut
         self._requeued[vm_id] = fut
         self.policy.enqueue(vm_id, False, group)
@@ -80,7 +102,9 @@ class CpuArbiter:
         if fut is None:
             return
         if fut.done():
-            self.release(fut.result())
+            lane = fut.result()
+            if lane is not None:
+                self.release(lane)
         else:
             self.policy.remove(vm_id)
             self._waiters.pop(vm_id, None)
@@ -96,5 +120,14 @@ class CpuArbiter:
             fut = self._waiters.pop(nxt, None)
             if fut is not None and not fut.done():
                 self.switches += 1
+                run = self.inline
+                if run is not None and time.monotonic_ns() < self.inline_until and run(nxt, lane, fut):
+                    continue  # its turn ran here: the next one
                 fut.set_result(lane)
                 return True
+
+    def wait_again(self, vm_id: int, fut: asyncio.Future[Lane | None], group: int | None) -> None:
+        """A turn run inline ended with the VM runnable: it waits for its next turn on the
+        same future, at the back of the normal queue (as a VM that yielded does)."""
+        self._waiters[vm_id] = fut
+        self.policy.enqueue(vm_id, False, group)

@@ -63,7 +63,7 @@ from denali.nesting import ChildSpawner
 from denali.net.ethernet import as_mac, mac_for_vm
 from denali.net.impair import LinkSpec
 from denali.net.switch import Switch, SwitchConfig
-from denali.preempt import Preemptor
+from denali.preempt import Lane, Preemptor
 from denali.runtime import Runtime
 from denali.scheduler import Scheduler
 from denali.snapshot import Progress as SnapshotProgress
@@ -220,6 +220,8 @@ class Kernel:
             native=self.config.native,
         )
         self._rt.timers.burst_ns = self._rt.slice_ns  # due timers may run VMs' slices inline
+        if self._rt.native and self._pool is None:  # and so may the arbiter, VMs' turns
+            self._rt.arbiter.inline = self._inline_turn
         self._preemptor.start()
         self._state = "running"
 
@@ -427,6 +429,10 @@ class Kernel:
     def monitors_of(self, vm: Vm) -> MonitorStack:
         """The monitor stack of ``vm`` (made empty if it has none): push and pop on it."""
         return MonitorStack.of(vm, self._monitor_totals)
+
+    def _inline_turn(self, vm_id: int, lane: Lane, fut: asyncio.Future[Lane | None]) -> bool:
+        vm = self._vms.get(vm_id)
+        return vm is not None and vm.inline_turn(lane, fut)
 
     def _publish_child(self, vm: Vm) -> None:
         self._publish(vm)

@@ -193,6 +193,7 @@ class Vm:
         "_swapping_in",
         "_syscalls",
         "_task",
+        "_turn_rest",
         "_vregs_head",
         "_vregs_tail",
         "_waker",
@@ -281,6 +282,7 @@ class Vm:
             "preemptions": 0,
             "idles": 0,
             "fast_wakes": 0,
+            "inline_turns": 0,
             "irqs_raised": 0,
             "irq_batches": 0,
             "irq_bits_delivered": 0,
@@ -299,6 +301,9 @@ class Vm:
         self._idle_timer: Timer | None = None
         """The deadline of the IDLE the VM waits in (None: none)."""
         self._fast_exit: Exit | None = None
+        self._turn_rest = 0
+        """What is left of a slice an inline turn began and the inline time cut (ns): the
+        VM's own next slice runs only that long (0: a whole slice)."""
         """Set by ``_fast_wake`` when it ran a slice the coroutine must finish handling."""
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -955,22 +960,15 @@ class Vm:
             rt.gate.vm_busy(self.id)
         self._idle_arg = None
         stats["fast_wakes"] += 1
-        reason = Exit.INTERNAL
         try:
             self._idle_returns(arg, None)
             self.state = VmState.RUNNING
-            if not self._before_slice():
-                reason = Exit.FAULT
-            else:
-                stats["slices"] += 1
-                began = time.monotonic_ns()
-                reason = cpu.run(lane, began + rt.slice_ns)
-                stats["cpu_ns"] += time.monotonic_ns() - began
-                cpu.after_slice()
+            reason = self._slice(lane, time.monotonic_ns() + rt.slice_ns)
         except Exception as exc:  # a kernel bug: this VM fails (its coroutine says so),
             cpu.error = exc  # not the timer callback that woke it
             reason = Exit.INTERNAL
         finally:
+            arb.inline_until = timers.fast_until  # queued VMs' turns may run inline too
             arb.release(lane)
         if reason is Exit.HYPERCALL and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
             arg = cpu.hcall_arg
@@ -994,6 +992,91 @@ class Vm:
         self.state = VmState.RUNNABLE
         self._fast_exit = reason
         fut.set_result(None)
+        return True
+
+    def _slice(self, lane: Lane, deadline: int) -> Exit:
+        """Deliver what is pending and run one slice on ``lane`` (the caller holds it) on
+        the loop's thread until ``deadline`` at the latest; its exit."""
+        cpu = self._cpu
+        assert cpu is not None
+        if not self._before_slice():  # the interrupt frame did not fit: a fault
+            return Exit.FAULT
+        stats = self.stats
+        if self.first_slice_ns is None:
+            self.first_slice_ns = self._rt.now_ns()
+        stats["slices"] += 1
+        began = time.monotonic_ns()
+        reason = cpu.run(lane, deadline)
+        stats["cpu_ns"] += time.monotonic_ns() - began
+        cpu.after_slice()  # the frames and timer the C hook kept, to the devices
+        return reason
+
+    def _completes_yield(self, reason: Exit, cpu: VCpu) -> bool:
+        """If the slice ended in an IDLE that does not wait (a yield: interrupts pending or
+        its deadline passed) with nothing else to it (no monitor, no pause, a hypercall
+        answered in the slice), complete it now: True, and the VM is runnable again."""
+        if (
+            reason is not Exit.HYPERCALL
+            or cpu.hcall_nr != Hc.IDLE
+            or cpu.deferred
+            or self._interposer is not None
+            or self._pause is not None
+            or self._memory is None
+        ):
+            return False
+        arg = cpu.hcall_arg
+        deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
+        if not self._pending and (deadline == 0 or deadline > self.now_ns()):
+            return False
+        self._idle_deadline = deadline
+        self._idle_returns(arg, None)
+        return True
+
+    def inline_turn(self, lane: Lane, fut: asyncio.Future[Lane | None]) -> bool:
+        """The arbiter gave this VM its turn while its coroutine waits for it on ``fut``
+        (``CpuArbiter.inline``): run the slice here, up to ``inline_until``, if nothing
+        is special about the VM (no monitor, no pause, resident). A yield makes it
+        wait again on ``fut``; a slice the end of the inline time cut hands it the lane
+        for what is left of its slice (``_turn_rest``; False), unless little is; any
+        other end wakes the coroutine with the exit to handle (``_fast_exit``, ``fut``
+        done with None). False: its coroutine takes the lane (nothing ran, or the rest)."""
+        cpu = self._cpu
+        if (
+            cpu is None
+            or self._interposer is not None
+            or self._pause is not None
+            or self._memory is None
+            or self._evicting is not None
+            or self._swapped is not None
+            or self._fast_exit is not None
+        ):
+            return False
+        rt = self._rt
+        arb = rt.arbiter
+        self.state = VmState.RUNNING
+        self.stats["inline_turns"] += 1
+        began = time.monotonic_ns()
+        try:
+            reason = self._slice(lane, arb.inline_until)
+            again = self._completes_yield(reason, cpu)
+        except Exception as exc:  # a kernel bug: the VM's coroutine reports it
+            cpu.error = exc
+            reason, again = Exit.INTERNAL, False
+        self.state = VmState.RUNNABLE
+        if fut.done():  # killed meanwhile: its coroutine only ends
+            return True
+        if again:
+            arb.wait_again(self.id, fut, self.group)
+        elif reason is Exit.PREEMPTED:  # the inline time ran out before its slice did
+            rest = rt.slice_ns - (time.monotonic_ns() - began)
+            if rest > rt.slice_ns // 8:
+                self._turn_rest = rest
+                return False  # the rest of its slice, in a turn of its own
+            self.stats["preemptions"] += 1  # (about) its whole slice: as preempted
+            arb.wait_again(self.id, fut, self.group)
+        else:
+            self._fast_exit = reason
+            fut.set_result(None)
         return True
 
     async def _recorded_idle(self, cpu: VCpu) -> bool:
@@ -1034,8 +1117,8 @@ class Vm:
                 idled = await self._idle(self._idle_arg)
             next_exit: Exit | None = None
             while True:
-                if next_exit is not None:  # _fast_wake ran a slice and released the lane
-                    reason, handed, next_exit = next_exit, True, None
+                if next_exit is not None:  # _fast_wake or an inline turn ran a slice and
+                    reason, handed, again, next_exit = next_exit, True, False, None  # released the lane
                     cpu = self._cpu
                     assert cpu is not None
                 else:
@@ -1048,36 +1131,52 @@ class Vm:
                         arb.withdraw(self.id)
                         await ip.gate()
                     lane, _ = await arb.acquire(self.id, idled, self.group)
+                    if lane is None:  # the arbiter ran the turn inline: its exit to handle
+                        next_exit, self._fast_exit = self._fast_exit, None
+                        continue
                     reason = Exit.INTERNAL  # until the slice says otherwise (an exception: not PREEMPTED)
-                    handed = False
+                    handed = again = False
                     try:
                         self.state = VmState.RUNNING
                         cpu = self._cpu
                         assert cpu is not None
-                        if not self._before_slice():  # the interrupt frame did not fit: a fault
+                        if pool is None:
+                            began = time.monotonic_ns()
+                            arb.inline_until = began + slice_ns  # the loop ran just now
+                            rest, self._turn_rest = self._turn_rest, 0
+                            reason = self._slice(lane, began + (rest or slice_ns))
+                        elif not self._before_slice():
                             reason = Exit.FAULT
                         else:
                             if self.first_slice_ns is None:
                                 self.first_slice_ns = rt.now_ns()
                             stats["slices"] += 1
                             began = time.monotonic_ns()
-                            deadline = began + slice_ns
-                            if pool is None:
-                                reason = cpu.run(lane, deadline)
-                            else:
-                                reason = await self._run_on_worker(pool, cpu, lane, deadline)
+                            reason = await self._run_on_worker(pool, cpu, lane, began + slice_ns)
                             stats["cpu_ns"] += time.monotonic_ns() - began
-                            cpu.after_slice()  # the frames and timer the C hook kept, to the devices
+                            cpu.after_slice()
+                        again = reason is Exit.PREEMPTED or self._completes_yield(reason, cpu)
                     finally:
-                        if reason is Exit.PREEMPTED:  # to the back of the queue, in the same move
+                        # runnable again (preempted, or a yield): to the back of the queue,
+                        # in the same move as the lane goes to whoever runs next
+                        if again:
                             handed = arb.requeue(lane, self.id, self.group)
                         else:
                             handed = arb.release(lane)
+                    if again and self._fast_exit is not None:  # its own next turn ran inline
+                        arb.withdraw(self.id)  # (during requeue): collect that turn
+                        next_exit, self._fast_exit = self._fast_exit, None
+                        if reason is Exit.PREEMPTED:
+                            stats["preemptions"] += 1
+                        continue
                 idled = False
                 if reason is Exit.PREEMPTED:
                     stats["preemptions"] += 1
                     if not handed:  # else acquire waits for the turn: the loop runs then
                         await asyncio.sleep(0)  # the loop runs at least once per slice
+                elif again:  # a yield, completed: as a preemption
+                    if not handed:
+                        await asyncio.sleep(0)
                 elif reason is Exit.HYPERCALL:
                     if cpu.deferred and not self._dispatch_deferred(cpu):
                         continue

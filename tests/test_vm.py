@@ -346,7 +346,7 @@ async def test_timer_wake_ups_run_inline_as_the_coroutine_would(mode: str) -> No
     (fast_on, idles_on, irqs_on), (fast_off, idles_off, irqs_off) = seen
     assert fast_on > 20 * 50 and fast_off == 0
     assert irqs_on == irqs_off  # every timer fired once: 100 per VM (0 for IDLE deadlines)
-    assert all(i >= 100 for i in idles_on + idles_off)
+    assert all(i >= 100 for i in idles_on + idles_off), (idles_on, idles_off)
 
 
 async def test_inline_wake_ups_survive_swap_outs() -> None:
@@ -360,3 +360,84 @@ async def test_inline_wake_ups_survive_swap_outs() -> None:
             assert "early=0 of 200" in vm.console.text()
         assert k.stats()["swap"]["swap_outs"] > 50
         assert sum(vm.stats["fast_wakes"] for vm in vms) > 100
+
+
+async def _tick(gaps: list[float], done: asyncio.Event) -> None:
+    """Step through the loop until ``done``, keeping how long each turn took."""
+    last = time.monotonic()
+    while not done.is_set():
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+
+
+async def test_yields_hand_the_cpu_over_inline_and_the_loop_still_runs() -> None:
+    """Two VMs yielding to each other: on the native path the arbiter runs their turns
+    inline, one after the other, instead of a loop turn per switch, and still gives the
+    loop control at least once per slice length (a task ticking in it never waits for
+    the whole run); the pure-Python path wakes a coroutine for every turn."""
+    need_image("bench-yield")
+    for native in (True, False):
+        async with Kernel(native=native, slice_us=5000) as k:
+            gaps: list[float] = []
+            done = asyncio.Event()
+            ticker = asyncio.create_task(_tick(gaps, done))
+            began = time.monotonic()
+            vms = [await k.spawn("bench-yield", cmdline="n=50000") for _ in range(2)]
+            for vm in vms:
+                assert await asyncio.wait_for(vm.wait(), 60) == 0
+            took = time.monotonic() - began
+            done.set()
+            await ticker
+            inline = [vm.stats["inline_turns"] for vm in vms]
+            if native:
+                assert min(inline) > 10_000  # most of the 100,000 turns ran inline
+                # many slice lengths shorter than the run: an unbounded run of inline
+                # turns would hold the loop until both VMs ended
+                assert max(gaps) < min(0.1, took / 3), (max(gaps), took)
+            else:
+                assert inline == [0, 0]
+
+
+async def test_a_turn_cut_short_inline_gets_the_rest_of_its_slice() -> None:
+    """A spinner whose turn ran inline after a yielder's and was cut by the end of the
+    inline time runs only what is left of its slice in its own turn, not a whole slice
+    more: the yielder waits about one slice length per turn, as without inline turns."""
+    need_image("bench-yield")
+    need_image("test-spin")
+    waits = []
+    for native in (True, False):
+        async with Kernel(native=native, slice_us=10_000) as k:
+            spinner = await k.spawn("test-spin")
+            yielder = await k.spawn("bench-yield", cmdline="n=40")
+            began = time.monotonic()
+            assert await asyncio.wait_for(yielder.wait(), 60) == 0
+            waits.append((time.monotonic() - began) / 40)
+            assert spinner.stats["preemptions"] >= 10
+            spinner.kill()
+    with_inline, without = waits
+    # one spinner slice (10 ms) per yield either way; a whole extra slice would be 2x
+    assert with_inline < 1.5 * without, waits
+
+
+async def test_yielding_vms_pause_and_die_between_inline_turns() -> None:
+    """VMs whose turns run inline can be paused, resumed and killed like any other: a
+    paused one runs no slice until resumed, a killed one ends KILLED, the rest finish."""
+    need_image("bench-yield")
+    async with Kernel(native=True) as k:
+        vms = [await k.spawn("bench-yield", cmdline="n=200000") for _ in range(3)]
+        await asyncio.sleep(0.2)
+        paused, killed, other = vms
+        await paused.pause()
+        slices = paused.stats["slices"]
+        killed.kill()
+        with pytest.raises(VmKilledError):
+            await asyncio.wait_for(killed.wait(), 10)
+        await asyncio.sleep(0.2)
+        assert paused.stats["slices"] == slices  # paused: not run inline either
+        paused.resume()
+        for vm in (paused, other):
+            assert await asyncio.wait_for(vm.wait(), 60) == 0
+        assert killed.state is VmState.KILLED
+        assert sum(vm.stats["inline_turns"] for vm in vms) > 1000
