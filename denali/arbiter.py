@@ -8,14 +8,20 @@ releases the GIL while guest code runs), and every change to kernel state still 
 on the event loop.
 
 Inline turns: with ``inline`` set (the kernel sets it for the native path on the loop's
-thread), ``release`` may run the turns of the VMs it picks right there, one after the
-other, instead of waking each VM's coroutine for a loop turn of its own: for as long as
-``inline_until`` (a ``time.monotonic_ns()`` deadline one slice length after the loop last
-ran something) allows. The policy still picks every turn, so fairness and the idle
-priority are the policy's. A turn run inline ends in one of three ways: the VM is
-runnable again (``wait_again``: it waits on the same future, in the normal queue), its
-coroutine is woken to handle the exit (the future's result is None instead of a lane),
-or it is handed the lane after all (``inline`` said False).
+thread), ``requeue`` (a VM that stays runnable: preempted, or a yield) may run right
+there, one after the other, the turns the policy picks next, instead of waking each VM's
+coroutine for a loop turn of its own: for as long as ``inline_until`` (a
+``time.monotonic_ns()`` deadline one slice length after the loop last ran something)
+allows, and only the turns of VMs that took them by staying runnable too (``_again``).
+``release`` never runs a turn inline, and a VM that waits for its turn after waiting in
+IDLE (or a fresh one) never has it run inline: a VM going to wait has that to do first
+(arming its timer), and a woken VM's slice most likely ends in a wait its coroutine
+handles anyway; woken a loop turn later, more of its input has arrived. The policy still
+picks every turn, so fairness and the idle priority are the policy's. A turn run inline
+ends in one of three ways: the VM is runnable again (``wait_again``: it waits on the same
+future, in the normal queue), its coroutine is woken to handle the exit (the future's
+result is None instead of a lane), or it is handed the lane after all (``inline`` said
+False).
 """
 
 from __future__ import annotations
@@ -31,7 +37,17 @@ from denali.scheduler import Scheduler
 class CpuArbiter:
     """The run queue in front of a fixed set of lanes."""
 
-    __slots__ = ("_free", "_loop", "_requeued", "_waiters", "inline", "inline_until", "policy", "switches")
+    __slots__ = (
+        "_again",
+        "_free",
+        "_loop",
+        "_requeued",
+        "_waiters",
+        "inline",
+        "inline_until",
+        "policy",
+        "switches",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, policy: Scheduler, lanes: list[Lane]) -> None:
         self._loop = loop
@@ -46,6 +62,9 @@ class CpuArbiter:
         True if it did (the VM waits again or its future is done), False to hand it the
         lane instead. None: every turn wakes a coroutine."""
         self.inline_until = 0
+        self._again: set[int] = set()
+        """VMs waiting for a turn they took by staying runnable (``requeue``, ``wait_again``):
+        the only turns run inline."""
         """Until when (``time.monotonic_ns()``) ``release`` may run turns inline; an inline
         slice never runs past it."""
 
@@ -71,6 +90,7 @@ class CpuArbiter:
                     self.release(lane)  # it was handed to us: pass it on
             else:
                 self.policy.remove(vm_id)
+                self._again.discard(vm_id)
                 self._waiters.pop(vm_id, None)
             raise
 
@@ -91,8 +111,9 @@ class CpuArbiter:
         fut: asyncio.Future[Lane | None] = self._loop.create_future()
         self._waiters[vm_id] = fut
         self._requeued[vm_id] = fut
+        self._again.add(vm_id)
         self.policy.enqueue(vm_id, False, group)
-        self.release(lane)
+        self._hand(lane, True)
         return not fut.done()
 
     def withdraw(self, vm_id: int) -> None:
@@ -107,21 +128,34 @@ class CpuArbiter:
                 self.release(lane)
         else:
             self.policy.remove(vm_id)
+            self._again.discard(vm_id)
             self._waiters.pop(vm_id, None)
 
     def release(self, lane: Lane) -> bool:
         """Give ``lane`` back: to the next VM the policy picks, or to the free list. True
         when a VM took it (so a VM that ``acquire``s next, with every lane taken, waits)."""
+        return self._hand(lane, False)
+
+    def _hand(self, lane: Lane, inline: bool) -> bool:
         while True:
             nxt = self.policy.pick()
             if nxt is None:
                 self._free.append(lane)
                 return False
             fut = self._waiters.pop(nxt, None)
+            again = nxt in self._again
+            if again:
+                self._again.discard(nxt)
             if fut is not None and not fut.done():
                 self.switches += 1
                 run = self.inline
-                if run is not None and time.monotonic_ns() < self.inline_until and run(nxt, lane, fut):
+                if (
+                    inline
+                    and again
+                    and run is not None
+                    and time.monotonic_ns() < self.inline_until
+                    and run(nxt, lane, fut)
+                ):
                     continue  # its turn ran here: the next one
                 fut.set_result(lane)
                 return True
@@ -130,4 +164,5 @@ class CpuArbiter:
         """A turn run inline ended with the VM runnable: it waits for its next turn on the
         same future, at the back of the normal queue (as a VM that yielded does)."""
         self._waiters[vm_id] = fut
+        self._again.add(vm_id)
         self.policy.enqueue(vm_id, False, group)

@@ -968,7 +968,6 @@ class Vm:
             cpu.error = exc  # not the timer callback that woke it
             reason = Exit.INTERNAL
         finally:
-            arb.inline_until = timers.fast_until  # queued VMs' turns may run inline too
             arb.release(lane)
         if reason is Exit.HYPERCALL and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
             arg = cpu.hcall_arg

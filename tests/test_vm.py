@@ -385,9 +385,12 @@ async def test_yields_hand_the_cpu_over_inline_and_the_loop_still_runs() -> None
             ticker = asyncio.create_task(_tick(gaps, done))
             began = time.monotonic()
             vms = [await k.spawn("bench-yield", cmdline="n=50000") for _ in range(2)]
-            for vm in vms:
+            idler = await k.spawn("test-contract", cmdline="mode=idle n=100 ms=2", memory="1M")
+            for vm in [*vms, idler]:
                 assert await asyncio.wait_for(vm.wait(), 60) == 0
             took = time.monotonic() - began
+            # a VM woken from IDLE takes its turn in its coroutine (its input piles up)
+            assert idler.stats["inline_turns"] == 0 and idler.stats["idles"] >= 50
             done.set()
             await ticker
             inline = [vm.stats["inline_turns"] for vm in vms]
