@@ -86,6 +86,13 @@
  * writable, clear of the kernel fields): it stops the engine and leaves the call in
  * hc_nr/hc_arg with idle_exit set, which the CPU reads when the slice returns.
  *
+ * 11. CONSOLE_WRITE, while the CPU allows it (no monitor interposes on it), is answered
+ * here when its structure and the bytes are readable and the bytes fit the console
+ * buffer (given at a VM's first CONSOLE_WRITE; a write longer than what is left goes to
+ * Python, and so does one past CONSOLE_MAX_WRITE, which the buffer is smaller than):
+ * they are copied there, and the owner hands them to the console after the slice and
+ * before any console write that takes the Python path.
+ *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
 #include <errno.h>
@@ -105,6 +112,7 @@
 #define PROT_W 2
 #define WORK_TX 1     /* frames in the transmit buffer, or a buffer wanted */
 #define WORK_TIMER 2  /* a timer armed */
+#define WORK_CONSOLE 4  /* bytes in the console buffer, or a buffer wanted */
 
 struct denali_stop_cell {
     volatile int32_t flag;      /* set by the watchdog: stop at the next block start;
@@ -178,6 +186,11 @@ struct denali_route {
                                    appends a record (a monitor records them); full: they
                                    go to Python */
     uint32_t calls_cap, calls_len;
+    uint32_t console_nr;        /* CONSOLE_WRITE's number; 0: every one goes to Python */
+    uint32_t con_want;          /* set here when a CONSOLE_WRITE found no buffer */
+    uint8_t *con_buf;           /* the console buffer: the bytes written, in order */
+    uint32_t con_cap, con_len;  /* its size and the bytes it holds */
+    uint64_t consoles;          /* CONSOLE_WRITE hypercalls answered here */
 };
 
 /* A NET_SEND or TIMER_SET the hook answered, for a monitor that records them (10.). */
@@ -340,6 +353,30 @@ static int native_idle(void *uc, struct denali_route *r, uint32_t nr, uint32_t a
     return 1;
 }
 
+/* CONSOLE_WRITE at `arg` answered without Python (see 11. above); 0 when it must go to
+ * Python (which empties the buffer first, so the bytes keep their order). */
+static int native_console(void *uc, struct denali_route *r, uint32_t arg)
+{
+    uint32_t w[2], ok = 0;
+    if (!r->con_buf) {
+        r->con_want = 1;
+        r->work |= WORK_CONSOLE;
+        return 0;
+    }
+    if (!range_ok(r, arg, 8, PROT_R))
+        return 0;
+    memcpy(w, r->mem + arg, 8);
+    if (w[1] > r->con_cap - r->con_len || !range_ok(r, w[0], w[1], PROT_R))
+        return 0;
+    if (r->reg_write(uc, r->eax_reg, &ok) != 0)
+        return 0;
+    memcpy(r->con_buf + r->con_len, r->mem + w[0], w[1]);
+    r->con_len += w[1];
+    r->consoles++;
+    r->work |= WORK_CONSOLE;
+    return 1;
+}
+
 void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
 {
     struct denali_route *r = user_data;
@@ -367,6 +404,8 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
             if (nr == r->timer_nr && nr && native_timer(uc, r, arg))
                 return;
             if (nr == r->idle_nr && nr && native_idle(uc, r, nr, arg))
+                return;
+            if (nr == r->console_nr && nr && native_console(uc, r, arg))
                 return;
         }
         r->hc_nr = nr;

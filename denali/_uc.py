@@ -295,6 +295,9 @@ class StopCell(ctypes.Structure):
 CLOCK_PAGES: Final = 16
 """Pages the native clock remembers (``_preempt.c``, CLOCK_PAGES)."""
 TX_BUFFER: Final = 32 << 10
+CONSOLE_BUFFER: Final = 4 << 10
+"""The native console's buffer (a longer write, or one that does not fit what is left,
+takes the Python path)."""
 """Bytes of the native send's transmit buffer (``_preempt.c``, 4.): 21 full-size frames,
 given to an engine at its first NET_SEND (most VMs never send)."""
 
@@ -359,6 +362,12 @@ class RouteCell(ctypes.Structure):
         ("calls", ctypes.c_void_p),
         ("calls_cap", ctypes.c_uint32),
         ("calls_len", ctypes.c_uint32),
+        ("console_nr", ctypes.c_uint32),
+        ("con_want", ctypes.c_uint32),
+        ("con_buf", ctypes.c_void_p),
+        ("con_cap", ctypes.c_uint32),
+        ("con_len", ctypes.c_uint32),
+        ("consoles", ctypes.c_uint64),
     ]
 
 
@@ -366,6 +375,8 @@ WORK_TX: Final = 1
 """``RouteCell.work``: frames wait in the transmit buffer, or the hook wants one."""
 WORK_TIMER: Final = 2
 """``RouteCell.work``: the hook armed a timer (``take_timer``)."""
+WORK_CONSOLE: Final = 4
+"""``RouteCell.work``: bytes wait in the console buffer, or the hook wants one."""
 CALL_RECORD: Final = struct.Struct("<IIq16s16s")
 """``struct denali_call_record``: nr, clock_pos, t, before, after (``_preempt.c``, 10.)."""
 CallRecord = tuple[int, int, int, bytes, bytes]
@@ -517,6 +528,7 @@ class Engine:
         "_calls",
         "_cell",
         "_clock_next",
+        "_con",
         "_h",
         "_hooks",
         "_key",
@@ -548,6 +560,7 @@ class Engine:
         self._log: ctypes.Array[ctypes.c_int64] | None = None
         self._calls: ctypes.Array[ctypes.c_char] | None = None
         self._tx: ctypes.Array[ctypes.c_char] | None = None
+        self._con: ctypes.Array[ctypes.c_char] | None = None
         self.stop_cell = ctypes.addressof(self._cell)
         """Address of this engine's ``StopCell`` (the watchdog sets its flag)."""
         self._route = RouteCell(
@@ -805,6 +818,35 @@ class Engine:
         if self._tx is None:
             self._tx = ctypes.create_string_buffer(TX_BUFFER)
             r.tx_buf, r.tx_cap, r.tx_len, r.tx_frames = ctypes.addressof(self._tx), TX_BUFFER, 0, 0
+
+    # ---- the native console (_preempt.c, 11.) ----
+    def set_native_console(self, nr: int) -> None:
+        """Let the interrupt hook answer hypercall ``nr`` (CONSOLE_WRITE; 0: never) itself
+        (the page map set); the bytes wait in the console buffer for ``take_console``:
+        take them before turning this off. Between slices."""
+        self._route.console_nr = nr
+
+    def give_console_buffer(self) -> None:
+        """Give the native console its buffer if a write asked for one (idempotent)."""
+        r = self._route
+        if r.con_want and self._con is None:
+            self._con = ctypes.create_string_buffer(CONSOLE_BUFFER)
+            r.con_buf, r.con_cap, r.con_len = ctypes.addressof(self._con), CONSOLE_BUFFER, 0
+        r.con_want = 0
+
+    def take_console(self) -> bytes:
+        """The bytes the native console took since the last call, in order (emptied)."""
+        r = self._route
+        n = r.con_len
+        if not n:
+            return b""
+        r.con_len = 0
+        return ctypes.string_at(r.con_buf, n)
+
+    @property
+    def native_consoles(self) -> int:
+        """CONSOLE_WRITE hypercalls the interrupt hook answered so far."""
+        return int(self._route.consoles)
 
     def tx_pending(self) -> int:
         """Frames the native send holds in its buffer."""

@@ -113,7 +113,7 @@ class CpuArbiter:
         self._requeued[vm_id] = fut
         self._again.add(vm_id)
         self.policy.enqueue(vm_id, False, group)
-        self._hand(lane, True)
+        self.release(lane, True)
         return not fut.done()
 
     def withdraw(self, vm_id: int) -> None:
@@ -131,12 +131,10 @@ class CpuArbiter:
             self._again.discard(vm_id)
             self._waiters.pop(vm_id, None)
 
-    def release(self, lane: Lane) -> bool:
+    def release(self, lane: Lane, inline: bool = False) -> bool:
         """Give ``lane`` back: to the next VM the policy picks, or to the free list. True
-        when a VM took it (so a VM that ``acquire``s next, with every lane taken, waits)."""
-        return self._hand(lane, False)
-
-    def _hand(self, lane: Lane, inline: bool) -> bool:
+        when a VM took it (so a VM that ``acquire``s next, with every lane taken, waits).
+        ``inline``: it may run turns inline first (``requeue`` only)."""
         while True:
             nxt = self.policy.pick()
             if nxt is None:

@@ -33,6 +33,11 @@ every hypercall leaves it; nothing here knows of VMs, devices or the kernel
   Python path would have refused as FULL); the frames wait in the engine's buffer until the owner
   calls ``drain_tx`` after the slice, and a NET_SEND that takes the Python path drains
   them first, so the port sees every frame in the guest's order;
+- the native console (``set_native_console``): while no monitor interposes on
+  CONSOLE_WRITE, the hook copies what the guest writes into a small buffer when the
+  structure and the bytes are readable (``prot_map``) and fit; the owner hands the bytes
+  to the console after the slice (``drain_console``), and a console write that takes
+  the Python path drains them first, so the console sees them in the guest's order;
 - any other vector is a guest fault (divide error, #GP from a privileged instruction at
   CPL 3, int3, ...) and stops the slice;
 - the TLB-fill hook answers page permissions from the ``GuestMemory`` map, so faults on
@@ -76,6 +81,12 @@ _NATIVE_CLOCK: Final = _CLOCK_ARGS.size == 8 and _CLOCK_ARGS.offsets()["now_ns"]
 _NET_SEND: Final = int(abi.Hc.NET_SEND)
 _TIMER_SET: Final = int(abi.Hc.TIMER_SET)
 _IDLE: Final = int(abi.Hc.IDLE)
+_CONSOLE_WRITE: Final = int(abi.Hc.CONSOLE_WRITE)
+_CONSOLE_WRITE_ERR: Final = int(abi.Hc.CONSOLE_WRITE_ERR)
+_NATIVE_CONSOLE: Final = (
+    abi.HYPERCALL_BY_NR[_CONSOLE_WRITE].args.offsets() == {"buf": 0, "len": 4}
+    and _uc.CONSOLE_BUFFER <= abi.CONSOLE_MAX_WRITE
+)
 _NATIVE_IDLE: Final = abi.HYPERCALL_BY_NR[_IDLE].args.size == 24
 _NATIVE_TIMER: Final = abi.HYPERCALL_BY_NR[_TIMER_SET].args.offsets() == {"deadline_ns": 0}
 _NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {
@@ -204,6 +215,7 @@ class VCpu:
     """The CPU of one VM. Not thread-safe: one slice at a time (see the module docstring)."""
 
     __slots__ = (
+        "_console_sink",
         "_entry_state",
         "_epoch",
         "_forbidden",
@@ -229,6 +241,7 @@ class VCpu:
         "image_name",
         "memory",
         "native_clock",
+        "native_console",
         "native_send",
         "native_timer",
         "route",
@@ -273,6 +286,9 @@ class VCpu:
         self._tx_room: Callable[[], int] | None = None
         self.native_timer = False
         self._timer_sink: Callable[[int], None] | None = None
+        self.native_console = False
+        """The hook answers CONSOLE_WRITE (``set_native_console``)."""
+        self._console_sink: Callable[[bytes], None] | None = None
         self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
         """Set when slices run on worker threads: every hypercall exits emulation."""
@@ -335,6 +351,8 @@ class VCpu:
             return
         if nr == _NET_SEND and self.native_send:
             self.drain_tx()  # the frames the hook took go first
+        elif (nr == _CONSOLE_WRITE or nr == _CONSOLE_WRITE_ERR) and self.native_console:
+            self.drain_console()  # the bytes the hook took go first
         elif nr == _TIMER_SET and self.native_timer:
             self._apply_timer()  # the hook's earlier TIMER_SET first: this one replaces it
         try:
@@ -365,10 +383,12 @@ class VCpu:
 
     @property
     def native_hypercalls(self) -> int:
-        """Hypercalls the C hook answered (CLOCK, NET_SEND, TIMER_SET) or took the exit of
-        (IDLE)."""
+        """Hypercalls the C hook answered (CLOCK, NET_SEND, TIMER_SET, CONSOLE_WRITE) or took
+        the exit of (IDLE)."""
         eng = self.engine
-        return eng.native_clocks + eng.native_sends + eng.native_timers + eng.native_idles
+        return (
+            eng.native_clocks + eng.native_sends + eng.native_timers + eng.native_idles + eng.native_consoles
+        )
 
     def set_native_clock(self, allowed: bool, clock_zero: int, log: bool = False) -> None:
         """Let the engine's hook answer CLOCK itself (``allowed``), the VM's clock reading
@@ -418,6 +438,24 @@ class VCpu:
         if eng.tx_wanted():  # a NET_SEND found no buffer: the next one has one
             eng.give_tx_buffer()
 
+    # ---- the native console ----
+    def set_native_console(self, allowed: bool, sink: Callable[[bytes], None] | None) -> None:
+        """Let the engine's hook answer CONSOLE_WRITE itself (``allowed``), ``sink`` taking
+        the bytes it kept, in order, after the slice or before a console write that takes
+        the Python path. Between slices; bytes already kept go to the old sink first."""
+        self.drain_console()
+        self.native_console = allowed and _NATIVE_CONSOLE and sink is not None
+        self._console_sink = sink
+        self.engine.set_native_console(_CONSOLE_WRITE if self.native_console else 0)
+
+    def drain_console(self) -> None:
+        """Hand the bytes the hook kept to the sink (on the loop's thread)."""
+        eng = self.engine
+        data = eng.take_console()
+        if data and self._console_sink is not None:
+            self._console_sink(data)
+        eng.give_console_buffer()  # a write found none: the next one has one
+
     # ---- the native timer, and what the hook leaves after a slice ----
     def set_native_timer(self, allowed: bool, sink: Callable[[int], None] | None) -> None:
         """Let the engine's hook answer TIMER_SET itself (``allowed``), ``sink`` arming the
@@ -442,8 +480,9 @@ class VCpu:
 
     def after_slice(self) -> None:
         """Hand over what the hook left during the slice: the frames it took (to the NIC,
-        in order), the timer it armed (to the clock). After every slice, on the loop's
-        thread, before anything else looks at the VM's devices."""
+        in order), the timer it armed (to the clock), the bytes written (to the console).
+        After every slice, on the loop's thread, before anything else looks at the VM's
+        devices."""
         route = self.route_cell
         work = route.work
         if work:
@@ -453,6 +492,8 @@ class VCpu:
             if work & _uc.WORK_TX:
                 self.drain_tx()
                 self.refresh_tx_credit()  # the frames are in the port's queue now
+            if work & _uc.WORK_CONSOLE:
+                self.drain_console()
 
     def set_call_log(self, on: bool) -> None:
         """Keep a record of each NET_SEND and TIMER_SET the hook answers (a monitor that

@@ -633,12 +633,13 @@ class Vm:
             self._wire_native()
 
     def _wire_native(self) -> None:
-        """Let a resident CPU take CLOCK, NET_SEND, TIMER_SET and IDLE natively (``VCpu``'s
-        ``set_native_*``) unless the kernel keeps to pure Python or a monitor interposes
-        on the call (on NET_SEND: or on the frames sent, ``Nic.native_sender``); when every
-        monitor on a call only records it, it stays native and they get records of it
-        (CLOCK, NET_SEND, TIMER_SET: logged by the CPU, read on the loop's thread, so not
-        with worker threads; IDLE: reported by this VM once it returns)."""
+        """Let a resident CPU take CLOCK, NET_SEND, TIMER_SET, IDLE and CONSOLE_WRITE
+        natively (``VCpu``'s ``set_native_*``) unless the kernel keeps to pure Python or
+        a monitor interposes on the call (on NET_SEND: or on the frames sent,
+        ``Nic.native_sender``); when every monitor on a call only records it, it stays
+        native and they get records of it (CLOCK, NET_SEND, TIMER_SET: logged by the
+        CPU, read on the loop's thread, so not with worker threads; IDLE: reported by
+        this VM once it returns; CONSOLE_WRITE: not logged, so Python's then)."""
         cpu = self._cpu
         if cpu is None:
             return
@@ -666,6 +667,8 @@ class Vm:
         cpu.set_call_log(send_log or timer_log)
         idle, self._idle_recorded = path(Hc.IDLE, logged_by_cpu=False)
         cpu.set_native_idle(idle)
+        console, console_log = path(Hc.CONSOLE_WRITE)  # (not in the call log: Python's then)
+        cpu.set_native_console(console and not console_log, self.console.feed)
 
     async def _interposed_fault(self, cpu: VCpu) -> VmState | None:
         """The monitors' verdict on a fault: None to resume, else the final state."""
@@ -963,7 +966,7 @@ class Vm:
         try:
             self._idle_returns(arg, None)
             self.state = VmState.RUNNING
-            reason = self._slice(lane, time.monotonic_ns() + rt.slice_ns)
+            reason = self._slice(lane, rt.slice_ns)
         except Exception as exc:  # a kernel bug: this VM fails (its coroutine says so),
             cpu.error = exc  # not the timer callback that woke it
             reason = Exit.INTERNAL
@@ -993,9 +996,10 @@ class Vm:
         fut.set_result(None)
         return True
 
-    def _slice(self, lane: Lane, deadline: int) -> Exit:
+    def _slice(self, lane: Lane, length_ns: int, until: int = 0) -> Exit:
         """Deliver what is pending and run one slice on ``lane`` (the caller holds it) on
-        the loop's thread until ``deadline`` at the latest; its exit."""
+        the loop's thread, for ``length_ns`` at most and not past ``until``
+        (``time.monotonic_ns()``; 0: no bound); its exit."""
         cpu = self._cpu
         assert cpu is not None
         if not self._before_slice():  # the interrupt frame did not fit: a fault
@@ -1005,7 +1009,8 @@ class Vm:
             self.first_slice_ns = self._rt.now_ns()
         stats["slices"] += 1
         began = time.monotonic_ns()
-        reason = cpu.run(lane, deadline)
+        deadline = began + length_ns
+        reason = cpu.run(lane, until if until and until < deadline else deadline)
         stats["cpu_ns"] += time.monotonic_ns() - began
         cpu.after_slice()  # the frames and timer the C hook kept, to the devices
         return reason
@@ -1056,7 +1061,7 @@ class Vm:
         self.stats["inline_turns"] += 1
         began = time.monotonic_ns()
         try:
-            reason = self._slice(lane, arb.inline_until)
+            reason = self._slice(lane, rt.slice_ns, arb.inline_until)
             again = self._completes_yield(reason, cpu)
         except Exception as exc:  # a kernel bug: the VM's coroutine reports it
             cpu.error = exc
@@ -1140,10 +1145,9 @@ class Vm:
                         cpu = self._cpu
                         assert cpu is not None
                         if pool is None:
-                            began = time.monotonic_ns()
-                            arb.inline_until = began + slice_ns  # the loop ran just now
+                            arb.inline_until = time.monotonic_ns() + slice_ns  # the loop ran just now
                             rest, self._turn_rest = self._turn_rest, 0
-                            reason = self._slice(lane, began + (rest or slice_ns))
+                            reason = self._slice(lane, rest or slice_ns)
                         elif not self._before_slice():
                             reason = Exit.FAULT
                         else:
