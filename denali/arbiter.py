@@ -62,11 +62,11 @@ class CpuArbiter:
         True if it did (the VM waits again or its future is done), False to hand it the
         lane instead. None: every turn wakes a coroutine."""
         self.inline_until = 0
+        """Until when (``time.monotonic_ns()``) ``requeue`` may run turns inline; an inline
+        slice never runs past it."""
         self._again: set[int] = set()
         """VMs waiting for a turn they took by staying runnable (``requeue``, ``wait_again``):
         the only turns run inline."""
-        """Until when (``time.monotonic_ns()``) ``release`` may run turns inline; an inline
-        slice never runs past it."""
 
     async def acquire(self, vm_id: int, idled: bool, group: int | None = None) -> tuple[Lane | None, bool]:
         """Wait for a lane; returns it and whether the caller had to wait (was suspended).

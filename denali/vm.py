@@ -301,10 +301,11 @@ class Vm:
         self._idle_timer: Timer | None = None
         """The deadline of the IDLE the VM waits in (None: none)."""
         self._fast_exit: Exit | None = None
+        """Set by ``_fast_wake`` or an inline turn when it ran a slice whose exit the
+        coroutine must handle."""
         self._turn_rest = 0
         """What is left of a slice an inline turn began and the inline time cut (ns): the
         VM's own next slice runs only that long (0: a whole slice)."""
-        """Set by ``_fast_wake`` when it ran a slice the coroutine must finish handling."""
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] = rt.loop.create_future()
