@@ -1159,7 +1159,11 @@ class Vm:
                             reason = await self._run_on_worker(pool, cpu, lane, began + slice_ns)
                             stats["cpu_ns"] += time.monotonic_ns() - began
                             cpu.after_slice()
-                        again = reason is Exit.PREEMPTED or self._completes_yield(reason, cpu)
+                        # a yield goes back in the queue first where turns may run inline
+                        # (else it releases, then completes: the pure-Python path's cheaper way)
+                        again = reason is Exit.PREEMPTED or (
+                            arb.inline is not None and self._completes_yield(reason, cpu)
+                        )
                     finally:
                         # runnable again (preempted, or a yield): to the back of the queue,
                         # in the same move as the lane goes to whoever runs next
