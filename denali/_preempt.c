@@ -84,7 +84,11 @@
  * coroutine's, after it. While no monitor interposes on IDLE, the hook takes that exit
  * itself when the structure passes the check the Python path makes (readable and
  * writable, clear of the kernel fields): it stops the engine and leaves the call in
- * hc_nr/hc_arg with idle_exit set, which the CPU reads when the slice returns.
+ * hc_nr/hc_arg with idle_exit set, which the CPU reads when the slice returns. While
+ * the CPU asks for it (idle_answers: no monitor records IDLE), an IDLE whose deadline
+ * has passed (a yield) also gets its out fields here, the clock and no bits pending
+ * (idle_exit 2): the owner then only writes EAX, unless interrupts are pending after
+ * all, when it answers the call as the Python path does (overwriting both fields).
  *
  * 11. CONSOLE_WRITE, while the CPU allows it (no monitor interposes on it), is answered
  * here when its structure and the bytes are readable and the bytes fit the console
@@ -191,6 +195,9 @@ struct denali_route {
     uint8_t *con_buf;           /* the console buffer: the bytes written, in order */
     uint32_t con_cap, con_len;  /* its size and the bytes it holds */
     uint64_t consoles;          /* CONSOLE_WRITE hypercalls answered here */
+    uint32_t idle_answers;      /* set: an IDLE whose deadline passed gets its out fields
+                                   here (idle_exit 2), see 8. */
+    uint32_t reserved2;
 };
 
 /* A NET_SEND or TIMER_SET the hook answered, for a monitor that records them (10.). */
@@ -348,6 +355,17 @@ static int native_idle(void *uc, struct denali_route *r, uint32_t nr, uint32_t a
     r->hc_nr = nr;
     r->hc_arg = arg;
     r->idle_exit = 1;
+    if (r->idle_answers) {  /* a yield: its out fields now, as if nothing were pending */
+        uint64_t deadline;
+        int64_t now = vm_clock(r);
+        memcpy(&deadline, r->mem + arg, 8);
+        if (deadline != 0 && (int64_t)deadline <= now) {
+            uint32_t none = 0;
+            memcpy(r->mem + arg + 8, &now, 8);
+            memcpy(r->mem + arg + 16, &none, 4);
+            r->idle_exit = 2;
+        }
+    }
     r->idles++;
     r->emu_stop(uc);
     return 1;

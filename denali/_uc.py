@@ -368,6 +368,8 @@ class RouteCell(ctypes.Structure):
         ("con_cap", ctypes.c_uint32),
         ("con_len", ctypes.c_uint32),
         ("consoles", ctypes.c_uint64),
+        ("idle_answers", ctypes.c_uint32),
+        ("reserved2", ctypes.c_uint32),
     ]
 
 
@@ -890,10 +892,14 @@ class Engine:
         return int(r.timer_deadline)
 
     # ---- the native IDLE exit (_preempt.c, 8.) ----
-    def set_native_idle(self, nr: int) -> None:
+    def set_native_idle(self, nr: int, answers: bool = False) -> None:
         """Let the interrupt hook end the slice at hypercall ``nr`` (IDLE; 0: never) itself;
-        it then sets the route's ``idle_exit`` with the call in ``hc_nr``/``hc_arg``."""
-        self._route.idle_nr = nr
+        it then sets the route's ``idle_exit`` with the call in ``hc_nr``/``hc_arg``
+        (``answers``: 2 for an IDLE whose deadline passed, its out fields written as if
+        no interrupt were pending)."""
+        r = self._route
+        r.idle_nr = nr
+        r.idle_answers = 1 if nr and answers else 0
 
     @property
     def native_idles(self) -> int:

@@ -87,7 +87,12 @@ _NATIVE_CONSOLE: Final = (
     abi.HYPERCALL_BY_NR[_CONSOLE_WRITE].args.offsets() == {"buf": 0, "len": 4}
     and _uc.CONSOLE_BUFFER <= abi.CONSOLE_MAX_WRITE
 )
-_NATIVE_IDLE: Final = abi.HYPERCALL_BY_NR[_IDLE].args.size == 24
+_NATIVE_IDLE: Final = abi.HYPERCALL_BY_NR[_IDLE].args.offsets() == {
+    "deadline_ns": 0,
+    "now_ns": 8,
+    "pending": 16,
+    "_pad": 20,
+}
 _NATIVE_TIMER: Final = abi.HYPERCALL_BY_NR[_TIMER_SET].args.offsets() == {"deadline_ns": 0}
 _NATIVE_SEND: Final = abi.HYPERCALL_BY_NR[_NET_SEND].args.offsets() == {
     "frames": 0,
@@ -247,6 +252,7 @@ class VCpu:
         "route",
         "route_cell",
         "vm_id",
+        "yielded",
     )
 
     def __init__(
@@ -288,6 +294,10 @@ class VCpu:
         self._timer_sink: Callable[[int], None] | None = None
         self.native_console = False
         """The hook answers CONSOLE_WRITE (``set_native_console``)."""
+        self.yielded = False
+        """The slice ended at an IDLE whose deadline had passed and the hook wrote its out
+        fields as if no interrupt were pending (``set_native_idle``'s ``answers``): only
+        EAX is left to write."""
         self._console_sink: Callable[[bytes], None] | None = None
         self.route: SyscallRoute | None = None
         self.defer_hypercalls = False
@@ -467,11 +477,12 @@ class VCpu:
         self._timer_sink = sink
         self.engine.set_native_timer(_TIMER_SET if self.native_timer else 0)
 
-    def set_native_idle(self, allowed: bool) -> None:
+    def set_native_idle(self, allowed: bool, answers: bool = False) -> None:
         """Let the engine's hook end the slice at IDLE itself (``allowed``: no monitor
         interposes on it); the slice then returns ``Exit.HYPERCALL`` as if ``dispatch``
-        had said EXIT. Between slices."""
-        self.engine.set_native_idle(_IDLE if allowed and _NATIVE_IDLE else 0)
+        had said EXIT. ``answers``: an IDLE whose deadline passed also gets its out
+        fields there (``yielded``; no monitor records IDLE). Between slices."""
+        self.engine.set_native_idle(_IDLE if allowed and _NATIVE_IDLE else 0, answers and _NATIVE_IDLE)
 
     def _apply_timer(self) -> None:
         deadline = self.engine.take_timer()
@@ -565,7 +576,9 @@ class VCpu:
         err = eng.run_slice(self.eip, count, lane.watchdog, lane.index, deadline_ns)
         route = self.route_cell
         self.eip = route.eip
+        self.yielded = False
         if route.idle_exit and self.exit is Exit.PREEMPTED:  # the hook ended it at an IDLE
+            self.yielded = route.idle_exit == 2
             route.idle_exit = 0
             self.hcall_nr, self.hcall_arg = route.hc_nr, route.hc_arg
             self.exit = Exit.HYPERCALL

@@ -667,7 +667,7 @@ class Vm:
         cpu.set_native_timer(timer, self.clock.arm)
         cpu.set_call_log(send_log or timer_log)
         idle, self._idle_recorded = path(Hc.IDLE, logged_by_cpu=False)
-        cpu.set_native_idle(idle)
+        cpu.set_native_idle(idle, answers=not self._idle_recorded)
         console, console_log = path(Hc.CONSOLE_WRITE)  # (not in the call log: Python's then)
         cpu.set_native_console(console and not console_log, self.console.feed)
 
@@ -1029,6 +1029,9 @@ class Vm:
             or self._memory is None
         ):
             return False
+        if cpu.yielded and not self._pending and not self._posted and self._memory.dirty is None:
+            cpu.set_result(Result.OK)  # the hook wrote the out fields: nothing was pending
+            return True
         arg = cpu.hcall_arg
         deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
         if not self._pending and (deadline == 0 or deadline > self.now_ns()):

@@ -5,13 +5,16 @@ there (``VCpu.set_native_idle``) unless a monitor interposes on it."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
 
 from denali import abi
+from denali.abi import Irq
 from denali.kernel import Kernel
 from denali.monitor import HypercallEvent, Monitor
+from denali.vm import VmState
 from tests.conftest import need_image
 from tests.test_native_clock import until
 
@@ -87,3 +90,21 @@ async def test_idle_exits_in_c_unless_a_monitor_interposes() -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+async def test_a_yield_gets_its_out_fields_in_c() -> None:
+    """An IDLE whose deadline has passed (a yield) gets its out fields from the hook (the
+    clock, nothing pending) and only its result from Python, unless an interrupt is
+    pending, when Python answers it whole: test-idle's 100,000 yields each read a clock
+    between the ones before and after the call, and the host bit raised meanwhile comes
+    back from exactly one of them, on both paths."""
+    need_image("test-idle")
+    for native in (True, False):
+        async with Kernel(native=native) as k:
+            vm = await k.spawn("test-idle", cmdline="yields=100000", memory="1M")
+            await asyncio.sleep(0.05)
+            assert vm.state is not VmState.EXITED
+            vm.interrupt(Irq.HOST)
+            assert await asyncio.wait_for(vm.wait(), 60) == 0
+            assert "yields=100000 bad=0 host=1" in vm.console.text(), vm.console.text()
+            assert vm.stats["idles"] == 0  # not one of them waited
