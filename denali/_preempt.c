@@ -177,7 +177,8 @@ struct denali_route {
     uint32_t eip;               /* EIP where the last slice stopped (denali_run) */
     uint32_t work;              /* WORK_* bits set here when the owner has work after the
                                    slice: frames in the buffer or a buffer wanted (TX), a
-                                   timer armed (TIMER) */
+                                   timer armed (TIMER), bytes written or a buffer wanted
+                                   (CONSOLE) */
     uint32_t timer_nr;          /* TIMER_SET's number; 0: every TIMER_SET goes to Python */
     uint32_t timer_armed;       /* set here: the guest armed timer_deadline in this slice */
     uint64_t timer_deadline;    /* on the VM's clock (ns; 0 disarms) */

@@ -295,11 +295,12 @@ class StopCell(ctypes.Structure):
 CLOCK_PAGES: Final = 16
 """Pages the native clock remembers (``_preempt.c``, CLOCK_PAGES)."""
 TX_BUFFER: Final = 32 << 10
-CONSOLE_BUFFER: Final = 4 << 10
-"""The native console's buffer (a longer write, or one that does not fit what is left,
-takes the Python path)."""
 """Bytes of the native send's transmit buffer (``_preempt.c``, 4.): 21 full-size frames,
 given to an engine at its first NET_SEND (most VMs never send)."""
+CONSOLE_BUFFER: Final = 4 << 10
+"""Bytes of the native console's buffer (``_preempt.c``, 11.), given at a VM's first
+CONSOLE_WRITE (a longer write, or one that does not fit what is left, takes the Python
+path)."""
 
 
 class RouteCell(ctypes.Structure):

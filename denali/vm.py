@@ -860,31 +860,15 @@ class Vm:
         waited = False
         self._idle_arg = arg
         self._idle_deadline = deadline
-        if not self._pending and (deadline == 0 or deadline > self.now_ns()):
-            self.state = VmState.IDLE
+        if self._waits(deadline):
+            fut: asyncio.Future[None] = rt.loop.create_future()
+            self._wait_on(fut, deadline)
             if self._pause is not None:
                 self._paused_now(VmState.IDLE)
-            self.stats["idles"] += 1
-            if self._idle_waiters:
-                for w in self._idle_waiters:
-                    if not w.done():
-                        w.set_result(None)
-                self._idle_waiters.clear()
-            fut: asyncio.Future[None] = rt.loop.create_future()
-            self._waker = fut
-            self._idle_timer = self.call_at(deadline, self._deadline_reached, fut) if deadline else None
-            if rt.gate is not None and self._memory is not None:
-                rt.gate.vm_idle(self)
             try:
                 await fut
             finally:
-                self._waker = None
-                if rt.gate is not None:
-                    rt.gate.vm_busy(self.id)
-                timer = self._idle_timer
-                if timer is not None and not timer.cancelled:
-                    timer.cancel()
-                self._idle_timer = None
+                self._stop_waiting()
             if self._fast_exit is not None:  # woken, completed and run by _fast_wake
                 return True
             if self._pause is not None:  # woken while paused: run only once resumed
@@ -902,6 +886,51 @@ class Vm:
             await ip.gate()
         self._idle_returns(arg, ip)
         return waited
+
+    def _waits(self, deadline: int) -> bool:
+        """An IDLE with ``deadline`` (0: none) waits now: no interrupt is pending and the
+        deadline has not come."""
+        return not self._pending and (deadline == 0 or deadline > self.now_ns())
+
+    def _wait_on(self, fut: asyncio.Future[None], deadline: int) -> None:
+        """The VM starts waiting in IDLE (``_idle_arg``) on ``fut``, which an interrupt,
+        the deadline's timer (``_deadline_reached``) or ``_fast_wake`` resolves; those
+        waiting for it to idle (``until_idle``) and the gatekeeper hear of it."""
+        self._waker = fut
+        self.state = VmState.IDLE
+        self.stats["idles"] += 1
+        if self._idle_waiters:
+            for w in self._idle_waiters:
+                if not w.done():
+                    w.set_result(None)
+            self._idle_waiters.clear()
+        self._idle_timer = self.call_at(deadline, self._deadline_reached, fut) if deadline else None
+        gate = self._rt.gate
+        if gate is not None and self._memory is not None:
+            gate.vm_idle(self)
+
+    def _stop_waiting(self) -> None:
+        """The VM no longer waits (``_wait_on``): interrupts only set bits again."""
+        self._waker = None
+        timer = self._idle_timer
+        if timer is not None and not timer.cancelled:
+            timer.cancel()
+        self._idle_timer = None
+        gate = self._rt.gate
+        if gate is not None:
+            gate.vm_busy(self.id)
+
+    def _plain(self) -> bool:
+        """Nothing about the VM needs its coroutine to run a slice: resident, no monitor,
+        no pause (``_fast_wake``, ``inline_turn``)."""
+        return not (
+            self._cpu is None
+            or self._memory is None
+            or self._interposer is not None
+            or self._pause is not None
+            or self._evicting is not None
+            or self._swapped is not None
+        )
 
     def _idle_returns(self, arg: int, ip: Interposer | None) -> None:
         """IDLE at ``arg`` returns: the pending bits (the monitors may drop some) and the
@@ -937,14 +966,9 @@ class Vm:
         if (
             not timers.fast_until
             or rt.pool is not None
-            or self._interposer is not None
-            or self._pause is not None
-            or self._cpu is None
-            or self._memory is None
-            or self._evicting is not None
-            or self._swapped is not None
             or self._idle_arg is None
             or self.state is not VmState.IDLE
+            or not self._plain()
             or time.monotonic_ns() >= timers.fast_until
         ):
             return False
@@ -953,17 +977,11 @@ class Vm:
         if lane is None:
             return False
         cpu = self._cpu
-        stats = self.stats
+        assert cpu is not None and self._memory is not None
         arg = self._idle_arg
-        self._waker = None  # not waiting while it runs: interrupts now only set bits
-        timer = self._idle_timer
-        if timer is not None and not timer.cancelled:
-            timer.cancel()
-        self._idle_timer = None
-        if rt.gate is not None:
-            rt.gate.vm_busy(self.id)
+        self._stop_waiting()  # not waiting while it runs
         self._idle_arg = None
-        stats["fast_wakes"] += 1
+        self.stats["fast_wakes"] += 1
         try:
             self._idle_returns(arg, None)
             self.state = VmState.RUNNING
@@ -976,21 +994,10 @@ class Vm:
         if reason is Exit.HYPERCALL and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
             arg = cpu.hcall_arg
             deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
-            if not self._pending and (deadline == 0 or deadline > self.now_ns()):
+            if self._waits(deadline):
                 self._idle_arg = arg  # waits again, on the same future
                 self._idle_deadline = deadline
-                self._waker = fut
-                self.state = VmState.IDLE
-                stats["idles"] += 1
-                if self._idle_waiters:
-                    for w in self._idle_waiters:
-                        if not w.done():
-                            w.set_result(None)
-                    self._idle_waiters.clear()
-                if deadline:
-                    self._idle_timer = self.call_at(deadline, self._deadline_reached, fut)
-                if rt.gate is not None:
-                    rt.gate.vm_idle(self)
+                self._wait_on(fut, deadline)
                 return True
         self.state = VmState.RUNNABLE
         self._fast_exit = reason
@@ -1034,7 +1041,7 @@ class Vm:
             return True
         arg = cpu.hcall_arg
         deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
-        if not self._pending and (deadline == 0 or deadline > self.now_ns()):
+        if self._waits(deadline):
             return False
         self._idle_deadline = deadline
         self._idle_returns(arg, None)
@@ -1048,17 +1055,10 @@ class Vm:
         for what is left of its slice (``_turn_rest``; False), unless little is; any
         other end wakes the coroutine with the exit to handle (``_fast_exit``, ``fut``
         done with None). False: its coroutine takes the lane (nothing ran, or the rest)."""
-        cpu = self._cpu
-        if (
-            cpu is None
-            or self._interposer is not None
-            or self._pause is not None
-            or self._memory is None
-            or self._evicting is not None
-            or self._swapped is not None
-            or self._fast_exit is not None
-        ):
+        if self._fast_exit is not None or not self._plain():
             return False
+        cpu = self._cpu
+        assert cpu is not None
         rt = self._rt
         arb = rt.arbiter
         self.state = VmState.RUNNING
