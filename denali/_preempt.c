@@ -97,6 +97,23 @@
  * they are copied there, and the owner hands them to the console after the slice and
  * before any console write that takes the Python path.
  *
+ * 12. The sleepers: VMs waiting in IDLE whose wake-ups the kernel hands to C (denali/vm.py,
+ * "native sleep"), one heap for all of them, keyed by when each is due (the earlier of
+ * its timer and its IDLE deadline, on CLOCK_MONOTONIC). denali_sleepers_fire takes the
+ * due ones off it; told to run them, it does for each what the Python path does for a
+ * VM woken by its timer: the TIMER bit (if the timer came) and the clock go to the
+ * IDLE's out fields, OK to EAX, the register page's kernel fields are rewritten, and one
+ * slice runs (denali_run). A slice that ends in another IDLE that waits (nothing
+ * pending, its deadline not come), having never entered Python, with no work for the
+ * owner but a timer it armed, goes back on the heap with that timer; every other
+ * sleeper is handed back (why: DUE, not run; SLICE, the slice's end is the owner's;
+ * WAIT, it waits with no deadline, which only an interrupt ends). The owner keeps
+ * everything else: a sleeper only exists while the VM is plain (no monitor, no pause,
+ * resident, no dirty tracking) and the owner takes it off the heap (unpark) before
+ * anything else looks at or changes the VM; asked while its slice runs (from a Python
+ * callback of that slice), unpark only marks it, and it is handed back when the slice
+ * ends.
+ *
  * Built by the install step into the package (setup.py); loaded by denali/_uc.py.
  */
 #include <errno.h>
@@ -198,7 +215,8 @@ struct denali_route {
     uint64_t consoles;          /* CONSOLE_WRITE hypercalls answered here */
     uint32_t idle_answers;      /* set: an IDLE whose deadline passed gets its out fields
                                    here (idle_exit 2), see 8. */
-    uint32_t reserved2;
+    uint32_t fallbacks;         /* calls of the Python callback so far (wrapping): a
+                                   sleeper's slice that made none never entered Python */
 };
 
 /* A NET_SEND or TIMER_SET the hook answered, for a monitor that records them (10.). */
@@ -431,6 +449,7 @@ void denali_intr_hook(void *uc, uint32_t intno, void *user_data)
         r->hc_arg = arg;
     }
     r->hc_answer = 0;
+    r->fallbacks++;
     r->fallback(uc, intno, r->fallback_data);
     if (r->hc_answer) {  /* answered in Python: its result, written here (one call less there) */
         r->hc_answer = 0;
@@ -611,4 +630,263 @@ int denali_run(void *uc, uint64_t begin, uint64_t count, struct denali_route *r,
     pthread_mutex_unlock(&w->lock);
     r->reg_read(uc, r->eip_reg, &r->eip);
     return err;
+}
+
+/* ---- 12. the sleepers ---- */
+#define SLEEP_OFF 0     /* not on the heap: the owner's */
+#define SLEEP_HEAP 1    /* on the heap, waiting */
+#define SLEEP_RUN 2     /* its slice runs (denali_sleepers_fire) */
+#define BACK_DUE 1
+#define BACK_SLICE 2
+#define BACK_WAIT 3
+
+struct denali_sleeper {
+    void *uc;
+    struct denali_route *route;
+    struct denali_stop_cell *cell;
+    uint32_t id;                /* the owner's name for it */
+    uint32_t state;             /* SLEEP_* */
+    uint32_t heap_pos;
+    uint32_t unpark;            /* asked to leave while its slice ran */
+    uint32_t idle_arg;          /* the IDLE structure it waits in */
+    uint32_t why;               /* BACK_*: why it was handed back */
+    uint64_t idle_deadline;     /* on the VM's clock (ns; 0: none) */
+    uint64_t timer_deadline;    /* the armed timer, on the VM's clock (ns; 0: none) */
+    int64_t wake_at;            /* CLOCK_MONOTONIC ns: the earlier of the two */
+    uint32_t vregs;             /* the register page's address in guest memory */
+    uint32_t irq_timer;         /* the TIMER bit */
+    uint32_t time_at;           /* offsets in the page: time_ns (u64, then cpu_khz, pending */
+    uint32_t tail_at;           /* as u32s), and the kernel fields after irq_enable */
+    uint32_t cpu_khz;
+    int32_t err;                /* uc_emu_start's code for the last slice */
+    uint8_t page[64];           /* the register page's kernel fields, as the owner wrote them */
+    uint64_t wakes, irqs, slices, cpu_ns, idles;  /* since the owner last took them */
+};
+
+struct denali_sleepers {
+    struct denali_sleeper **heap;
+    uint32_t len, cap;
+    struct denali_sleeper **back;  /* handed back by the last fire */
+    uint32_t nback;
+};
+
+struct denali_sleepers *denali_sleepers_new(void)
+{
+    return calloc(1, sizeof(struct denali_sleepers));
+}
+
+void denali_sleepers_free(struct denali_sleepers *S)
+{
+    for (uint32_t i = 0; i < S->len; i++)
+        S->heap[i]->state = SLEEP_OFF;
+    free(S->heap);
+    free(S->back);
+    free(S);
+}
+
+static void heap_set(struct denali_sleepers *S, uint32_t i, struct denali_sleeper *s)
+{
+    S->heap[i] = s;
+    s->heap_pos = i;
+}
+
+static void sift_up(struct denali_sleepers *S, uint32_t i)
+{
+    struct denali_sleeper *s = S->heap[i];
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (S->heap[p]->wake_at <= s->wake_at)
+            break;
+        heap_set(S, i, S->heap[p]);
+        i = p;
+    }
+    heap_set(S, i, s);
+}
+
+static void sift_down(struct denali_sleepers *S, uint32_t i)
+{
+    struct denali_sleeper *s = S->heap[i];
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= S->len)
+            break;
+        if (c + 1 < S->len && S->heap[c + 1]->wake_at < S->heap[c]->wake_at)
+            c++;
+        if (S->heap[c]->wake_at >= s->wake_at)
+            break;
+        heap_set(S, i, S->heap[c]);
+        i = c;
+    }
+    heap_set(S, i, s);
+}
+
+static void heap_remove(struct denali_sleepers *S, struct denali_sleeper *s)
+{
+    uint32_t i = s->heap_pos;
+    struct denali_sleeper *last = S->heap[--S->len];
+    if (i < S->len) {
+        heap_set(S, i, last);
+        sift_down(S, i);
+        sift_up(S, last->heap_pos);
+    }
+    s->state = SLEEP_OFF;
+}
+
+/* When `s` is due on CLOCK_MONOTONIC (a deadline past what it can say: never, INT64_MAX);
+ * 0 when it has no deadline. */
+static int64_t due_at(const struct denali_sleeper *s)
+{
+    uint64_t a = s->timer_deadline, b = s->idle_deadline, d = a && (!b || a < b) ? a : b;
+    int64_t zero = s->route->clock_zero;
+    if (!d)
+        return 0;
+    if (d > (uint64_t)INT64_MAX || (zero > 0 && (int64_t)d > INT64_MAX - zero))
+        return INT64_MAX;
+    return (int64_t)d + zero > 0 ? (int64_t)d + zero : 1;
+}
+
+static void heap_push(struct denali_sleepers *S, struct denali_sleeper *s)
+{
+    s->wake_at = due_at(s);
+    s->state = SLEEP_HEAP;
+    S->heap[S->len++] = s;
+    sift_up(S, S->len - 1);
+}
+
+/* Put `s` (off the heap, its fields filled) on the heap: 0; -1 when it has no deadline
+ * or no memory could be had (it stays the owner's). */
+int denali_sleep(struct denali_sleepers *S, struct denali_sleeper *s)
+{
+    if (s->state != SLEEP_OFF || !due_at(s))
+        return -1;
+    if (S->len == S->cap) {
+        uint32_t cap = S->cap ? 2 * S->cap : 64;
+        struct denali_sleeper **h = realloc(S->heap, cap * sizeof *h);
+        if (!h)
+            return -1;
+        S->heap = h;
+        struct denali_sleeper **b = realloc(S->back, cap * sizeof *b);
+        if (!b)
+            return -1;
+        S->back = b;
+        S->cap = cap;
+    }
+    s->unpark = 0;
+    s->why = 0;
+    heap_push(S, s);
+    return 0;
+}
+
+/* Take `s` off the heap: 0; 1 when its slice runs (it is handed back when it ends). */
+int denali_unpark(struct denali_sleepers *S, struct denali_sleeper *s)
+{
+    if (s->state == SLEEP_RUN) {
+        s->unpark = 1;
+        return 1;
+    }
+    if (s->state == SLEEP_HEAP)
+        heap_remove(S, s);
+    return 0;
+}
+
+/* When the earliest sleeper is due (CLOCK_MONOTONIC ns); 0 when none sleeps. */
+int64_t denali_sleepers_next(const struct denali_sleepers *S)
+{
+    return S->len ? S->heap[0]->wake_at : 0;
+}
+
+static void hand_back(struct denali_sleepers *S, struct denali_sleeper *s, uint32_t why)
+{
+    s->state = SLEEP_OFF;
+    s->why = why;
+    S->back[S->nback++] = s;
+}
+
+/* Wake `s` (off the heap, due) and run one slice on `lane`; back on the heap or handed back. */
+static void wake_one(struct denali_sleepers *S, struct denali_sleeper *s, struct denali_watchdog *w,
+                     uint32_t lane, int64_t slice_ns)
+{
+    struct denali_route *r = s->route;
+    uint8_t *page = r->mem + s->vregs;
+    if (!range_ok(r, s->idle_arg, 24, PROT_R | PROT_W) || (uint64_t)s->vregs + 64 > r->mem_size) {
+        hand_back(S, s, BACK_DUE);
+        return;
+    }
+    int64_t now = vm_clock(r);
+    uint32_t mask = 0, none = 0;
+    if (s->timer_deadline && (uint64_t)now >= s->timer_deadline) {
+        mask = s->irq_timer;
+        s->timer_deadline = 0;
+        s->irqs++;
+    }
+    memcpy(r->mem + s->idle_arg + 8, &now, 8);  /* IDLE returns */
+    memcpy(r->mem + s->idle_arg + 16, &mask, 4);
+    r->eax_value = 0;
+    r->eax_pending = 1;
+    memcpy(page, s->page, s->time_at);  /* the register page, as _write_vregs leaves it */
+    memcpy(page + s->tail_at, s->page + s->tail_at, 64 - s->tail_at);
+    now = vm_clock(r);
+    memcpy(page + s->time_at, &now, 8);
+    memcpy(page + s->time_at + 8, &s->cpu_khz, 4);
+    memcpy(page + s->time_at + 12, &none, 4);
+    s->state = SLEEP_RUN;
+    s->wakes++;
+    uint32_t calls = r->fallbacks;
+    int64_t began = mono_ns();
+    s->err = denali_run(s->uc, r->eip, 0, r, s->cell, w, lane, began + slice_ns);
+    s->cpu_ns += (uint64_t)(mono_ns() - began);
+    s->slices++;
+    if (s->unpark || s->err || r->faulted || r->idle_exit != 1 || r->fallbacks != calls ||
+        (r->work & ~(uint32_t)WORK_TIMER)) {
+        hand_back(S, s, BACK_SLICE);
+        return;
+    }
+    uint64_t deadline;
+    memcpy(&deadline, r->mem + r->hc_arg, 8);
+    now = vm_clock(r);
+    if (deadline != 0 && deadline <= (uint64_t)now) {  /* a yield: the owner completes it */
+        hand_back(S, s, BACK_SLICE);
+        return;
+    }
+    if (r->timer_armed) {  /* the timer this slice armed replaces the last */
+        r->timer_armed = 0;
+        s->timer_deadline = r->timer_deadline;
+    }
+    r->work = 0;
+    r->idle_exit = 0;
+    s->idle_arg = r->hc_arg;
+    s->idle_deadline = deadline;
+    s->idles++;
+    if (!due_at(s)) {
+        hand_back(S, s, BACK_WAIT);
+        return;
+    }
+    heap_push(S, s);
+}
+
+/* The sleepers due now: with `run`, each woken and run as above on `lane`, until
+ * CLOCK_MONOTONIC reads `until` (0: no bound; what is due then stays on the heap);
+ * without, all handed back. Returns how many were handed back (denali_sleepers_back). */
+int denali_sleepers_fire(struct denali_sleepers *S, struct denali_watchdog *w, uint32_t lane, int64_t slice_ns,
+                         int64_t until, int run)
+{
+    S->nback = 0;
+    while (S->len) {
+        struct denali_sleeper *s = S->heap[0];
+        int64_t now = mono_ns();
+        if (s->wake_at > now || (run && until && now >= until))
+            break;
+        heap_remove(S, s);
+        if (run)
+            wake_one(S, s, w, lane, slice_ns);
+        else
+            hand_back(S, s, BACK_DUE);
+    }
+    return (int)S->nback;
+}
+
+/* The i-th sleeper the last fire handed back (its id). */
+uint32_t denali_sleepers_back(const struct denali_sleepers *S, uint32_t i)
+{
+    return i < S->nback ? S->back[i]->id : 0;
 }

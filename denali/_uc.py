@@ -286,6 +286,120 @@ class Watchdog:
             _wd_free(w)
 
 
+_sl_new = _preempt_lib.denali_sleepers_new
+_sl_new.argtypes = []
+_sl_new.restype = ctypes.c_void_p
+_sl_free = _preempt_lib.denali_sleepers_free
+_sl_free.argtypes = [ctypes.c_void_p]
+_sl_free.restype = None
+_sl_sleep = _preempt_lib.denali_sleep
+_sl_sleep.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_sl_sleep.restype = ctypes.c_int
+_sl_unpark = _preempt_lib.denali_unpark
+_sl_unpark.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_sl_unpark.restype = ctypes.c_int
+_sl_next = _preempt_lib.denali_sleepers_next
+_sl_next.argtypes = [ctypes.c_void_p]
+_sl_next.restype = ctypes.c_int64
+_sl_fire = _preempt_lib.denali_sleepers_fire
+_sl_fire.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_uint32,
+    ctypes.c_int64,
+    ctypes.c_int64,
+    ctypes.c_int,
+]
+_sl_fire.restype = ctypes.c_int
+_sl_back = _preempt_lib.denali_sleepers_back
+_sl_back.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+_sl_back.restype = ctypes.c_uint32
+
+SLEEP_OFF: Final = 0
+"""``SleeperCell.state``: not on the heap (its owner's)."""
+BACK_DUE: Final = 1
+"""``SleeperCell.why``: handed back when due, not run (its owner wakes it)."""
+BACK_SLICE: Final = 2
+"""``SleeperCell.why``: woken and run one slice, whose end is its owner's to handle."""
+BACK_WAIT: Final = 3
+"""``SleeperCell.why``: woken and run, it waits again in an IDLE with no deadline."""
+
+
+class SleeperCell(ctypes.Structure):
+    """One VM waiting in IDLE whose wake-ups C may run (``_preempt.c``, 12., ``struct
+    denali_sleeper``). Its owner fills it before ``Sleepers.sleep`` and reads it back
+    once it is off the heap."""
+
+    _fields_ = [
+        ("uc", ctypes.c_void_p),
+        ("route", ctypes.c_void_p),
+        ("cell", ctypes.c_void_p),
+        ("id", ctypes.c_uint32),
+        ("state", ctypes.c_uint32),
+        ("heap_pos", ctypes.c_uint32),
+        ("unpark", ctypes.c_uint32),
+        ("idle_arg", ctypes.c_uint32),
+        ("why", ctypes.c_uint32),
+        ("idle_deadline", ctypes.c_uint64),
+        ("timer_deadline", ctypes.c_uint64),
+        ("wake_at", ctypes.c_int64),
+        ("vregs", ctypes.c_uint32),
+        ("irq_timer", ctypes.c_uint32),
+        ("time_at", ctypes.c_uint32),
+        ("tail_at", ctypes.c_uint32),
+        ("cpu_khz", ctypes.c_uint32),
+        ("err", ctypes.c_int32),
+        ("page", ctypes.c_uint8 * 64),
+        ("wakes", ctypes.c_uint64),
+        ("irqs", ctypes.c_uint64),
+        ("slices", ctypes.c_uint64),
+        ("cpu_ns", ctypes.c_uint64),
+        ("idles", ctypes.c_uint64),
+    ]
+
+
+class Sleepers:
+    """The kernel's heap of sleepers in C (``_preempt.c``, 12.), on the loop's thread
+    only. A cell stays valid while it is on the heap: take it off (``unpark``) before
+    its engine closes."""
+
+    __slots__ = ("_s",)
+
+    def __init__(self) -> None:
+        s = _sl_new()
+        if not s:
+            raise ResourceError("cannot create the sleepers' heap: out of memory")
+        self._s: int | None = s
+
+    def sleep(self, cell: SleeperCell) -> bool:
+        """Put ``cell`` on the heap; False when it has no deadline or no memory was had."""
+        return self._s is not None and _sl_sleep(self._s, ctypes.addressof(cell)) == 0
+
+    def unpark(self, cell: SleeperCell) -> bool:
+        """Take ``cell`` off the heap: True; False when its slice runs now (it is handed
+        back when the slice ends)."""
+        return self._s is None or _sl_unpark(self._s, ctypes.addressof(cell)) == 0
+
+    def next_ns(self) -> int:
+        """When the earliest sleeper is due (``time.monotonic_ns()``); 0: none sleeps."""
+        return int(_sl_next(self._s)) if self._s is not None else 0
+
+    def fire(self, watchdog: int, lane: int, slice_ns: int, until: int, run: bool) -> list[int]:
+        """The ids of the sleepers handed back by firing what is due (``run``: woken and
+        run on ``lane`` until ``until``, ``time.monotonic_ns()``)."""
+        s = self._s
+        if s is None:
+            return []
+        n = _sl_fire(s, watchdog, lane, slice_ns, until, 1 if run else 0)
+        return [_sl_back(s, i) for i in range(n)]
+
+    def close(self) -> None:
+        """Free the heap (what it held is off it); idempotent."""
+        s, self._s = self._s, None
+        if s is not None:
+            _sl_free(s)
+
+
 class StopCell(ctypes.Structure):
     """Shared with the block hook: ``flag`` set means stop at the next block start."""
 
@@ -370,7 +484,7 @@ class RouteCell(ctypes.Structure):
         ("con_len", ctypes.c_uint32),
         ("consoles", ctypes.c_uint64),
         ("idle_answers", ctypes.c_uint32),
-        ("reserved2", ctypes.c_uint32),
+        ("fallbacks", ctypes.c_uint32),
     ]
 
 
@@ -956,6 +1070,15 @@ class Engine:
         a result ``set_eax_later`` left, and the route's ``eip`` says where the engine
         stopped. Returns the uc_err code."""
         return int(_run(self._h, begin, count, self._route_addr, self.stop_cell, watchdog, lane, deadline_ns))
+
+    def sleeper(self, ident: int) -> SleeperCell:
+        """A sleeper cell for this engine (``_preempt.c``, 12.), named ``ident``."""
+        c = SleeperCell()
+        c.uc = self._h.value
+        c.route = self._route_addr
+        c.cell = self.stop_cell
+        c.id = ident
+        return c
 
     def set_eax_later(self, value: int) -> None:
         """EAX = ``value`` (a hypercall's result, between slices), written when the next

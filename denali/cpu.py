@@ -560,11 +560,7 @@ class VCpu:
     def run(self, lane: Lane, deadline_ns: int) -> Exit:
         """Run one slice until a hypercall exit, a fault, or ``deadline_ns``
         (``time.monotonic_ns()``), when the watchdog preempts it."""
-        self.exit = Exit.PREEMPTED
-        self.deferred = False
-        self._vector = None
-        self._forbidden = None  # a monitor may have resumed the VM after a fault
-        self._invalid = False
+        self._before_run()
         eng = self.engine
         if self._epoch != self.memory.epoch:  # dirty tracking began or a round ended
             eng.flush_tlb()
@@ -574,6 +570,36 @@ class VCpu:
         count, self.count = self.count, 0
         # clears the stop flag and the route's hold; the lane's watchdog stops it at the deadline
         err = eng.run_slice(self.eip, count, lane.watchdog, lane.index, deadline_ns)
+        return self._after_run(err)
+
+    def _before_run(self) -> None:
+        self.exit = Exit.PREEMPTED
+        self.deferred = False
+        self._vector = None
+        self._forbidden = None  # a monitor may have resumed the VM after a fault
+        self._invalid = False
+
+    def ready_for_c(self) -> bool:
+        """Ready the CPU for slices C runs without Python (``denali.sleep``): True when
+        none of what ``run`` does first is needed (no dirty-tracking change to apply, no
+        step count, nothing for the owner from the last slice); its EIP goes to the route.
+        Between slices."""
+        route = self.route_cell
+        if self._epoch != self.memory.epoch or self.count or route.work or route.idle_exit:
+            return False
+        self._before_run()
+        route.eip = self.eip
+        return True
+
+    def ran_in_c(self, err: int) -> Exit:
+        """The last slice C ran ended with uc_err ``err``: its exit, as ``run`` returns it."""
+        return self._after_run(err)
+
+    def left_c(self) -> None:
+        """C ran slices that ended as waits: the EIP they left."""
+        self.eip = self.route_cell.eip
+
+    def _after_run(self, err: int) -> Exit:
         route = self.route_cell
         self.eip = route.eip
         self.yielded = False

@@ -66,6 +66,7 @@ from denali.net.switch import Switch, SwitchConfig
 from denali.preempt import Lane, Preemptor
 from denali.runtime import Runtime
 from denali.scheduler import Scheduler
+from denali.sleep import NativeSleep
 from denali.snapshot import Progress as SnapshotProgress
 from denali.snapshot import SnapshotFile, SnapshotInfo, open_snapshot, write_snapshot
 from denali.swap import Gatekeeper, SwapStore
@@ -222,6 +223,8 @@ class Kernel:
         self._rt.timers.burst_ns = self._rt.slice_ns  # due timers may run VMs' slices inline
         if self._rt.native and self._pool is None:  # and so may the arbiter, VMs' turns
             self._rt.arbiter.inline = self._inline_turn
+            # and idle VMs' wake-ups run in C
+            self._rt.sleep = NativeSleep(self._rt.timers, self._rt.arbiter, epoch, self._rt.slice_ns)
         self._preemptor.start()
         self._state = "running"
 
@@ -244,6 +247,8 @@ class Kernel:
         if self._store is not None:
             self._store.close()
         if self._rt is not None:
+            if self._rt.sleep is not None:
+                self._rt.sleep.close()
             self._rt.timers.close()
         self._preemptor.close()
         if self._pool is not None:

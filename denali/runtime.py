@@ -11,12 +11,16 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from denali.arbiter import CpuArbiter
 from denali.hypercalls import HypercallTable
 from denali.swap import Gatekeeper, SwapStore
 from denali.tasks import TaskOwner
 from denali.timers import Timers
+
+if TYPE_CHECKING:
+    from denali.sleep import NativeSleep
 
 
 @dataclass(eq=False, slots=True)
@@ -40,6 +44,8 @@ class Runtime:
     tcg_buffer: int
     native: bool
     """``KernelConfig.native``: CLOCK may be answered in the CPU's C hook."""
+    sleep: NativeSleep | None = None
+    """VMs' IDLE waits and their wake-ups in C (native, slices on the loop's thread)."""
 
     def now_ns(self) -> int:
         """The kernel's monotonic clock: ns since the kernel started."""

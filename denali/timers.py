@@ -14,6 +14,11 @@ firing what comes due while it runs, for at most ``burst_ns``, and its callbacks
 ``fast_until``, the end of that budget: a VM woken by one may run its next slice inline
 (``Vm._fast_wake``) until then, so the loop still gets control at least once per slice
 length.
+
+Other deadlines: a second source of deadlines (``other``: the VMs whose wake-ups run
+in C, ``denali.sleep``) shares the loop timer. It says when its earliest is due
+(``next_ns``, on the kernel clock) and fires what is due (``fire``) in the same bursts;
+when it gains an earlier deadline it tells the timers (``expect``).
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 Clock = Callable[[], int]
+
+
+class Deadlines(Protocol):
+    """A second source of deadlines on the same loop timer (``Timers.other``)."""
+
+    def next_ns(self) -> int:
+        """Its earliest deadline on the kernel clock (ns); 0: none."""
+
+    def fire(self) -> bool:
+        """Fire what is due now (within ``Timers.fast_until`` if set); True if any was."""
 
 
 class Timer:
@@ -65,6 +80,7 @@ class Timers:
         "early",
         "fast_until",
         "fired",
+        "other",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
@@ -89,6 +105,7 @@ class Timers:
         self.fast_until = 0
         self.early = 0
         """Loop timers that went off before their deadline (and were armed again)."""
+        self.other: Deadlines | None = None
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -101,10 +118,28 @@ class Timers:
         heapq.heappush(heap, (deadline_ns, seq, t))
         # the earliest deadline, not this one: a callback of _run adds timers while
         # nothing is armed, and the heap may hold earlier ones
-        first = heap[0][0]
-        if not self._armed or first < self._armed:
-            self._arm(first)
+        if not self._armed:
+            self._arm(self._first())
+        elif deadline_ns < self._armed:
+            self._arm(deadline_ns)
         return t
+
+    def expect(self, deadline_ns: int) -> None:
+        """``other`` gained a deadline (kernel clock): the loop timer goes off by then."""
+        if not self._armed:
+            self._arm(self._first())
+        elif deadline_ns < self._armed:
+            self._arm(deadline_ns)
+
+    def _first(self) -> int:
+        """The earliest deadline of the heap and of ``other`` (0: none)."""
+        first = self._heap[0][0] if self._heap else 0
+        other = self.other
+        if other is not None:
+            o = other.next_ns()
+            if o and (not first or o < first):
+                first = o
+        return first
 
     def _arm(self, deadline: int) -> None:
         if self._handle is not None:
@@ -121,25 +156,30 @@ class Timers:
         due = False
         if self.burst_ns:  # the callbacks may run work inline, for one burst at most
             self.fast_until = time.monotonic_ns() + self.burst_ns
+        other = self.other
         try:
             while True:
                 due = self._fire_due(now) or due
+                if other is not None:
+                    due = other.fire() or due
                 # timers that came due meanwhile fire in the same burst
                 if not self.fast_until or time.monotonic_ns() >= self.fast_until:
                     break
                 now = self.clock()
-                if not self._heap or self._heap[0][0] > now:
+                first = self._first()
+                if not first or first > now:
                     break
         finally:
             self.fast_until = 0
         while self._heap and self._heap[0][2].cancelled:
             heapq.heappop(self._heap)
             self._dead -= 1
-        if self._heap:
-            if not due and self._heap[0][0] > now:
+        first = self._first()
+        if first:
+            if not due and first > now:
                 self.early += 1
             if not self._armed:
-                self._arm(self._heap[0][0])
+                self._arm(first)
 
     def _fire_due(self, now: int) -> bool:
         """Fire every timer due at ``now``; True if any was."""

@@ -45,6 +45,7 @@ a guest stores there is overwritten); only ``irq_enable`` is the guest's.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import mmap
 import re
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from denali import abi
+from denali import _uc, abi
 from denali.abi import Hc, Irq, Result
 from denali.cpu import EXIT, CpuState, Exit, SyscallRoute, VCpu, layout_regions
 from denali.devices.base import SLOT_VM, Completion, Device
@@ -155,6 +156,7 @@ class Vm:
 
     __slots__ = (
         "__weakref__",
+        "_asleep",
         "_clock_offset",
         "_clock_zero",
         "_cpu",
@@ -189,6 +191,8 @@ class Vm:
         "_posted",
         "_route",
         "_rt",
+        "_sleeper",
+        "_stats",
         "_swapped",
         "_swapping_in",
         "_syscalls",
@@ -218,7 +222,6 @@ class Vm:
         "mem_size",
         "nic_device",
         "state",
-        "stats",
         "stopped_by",
     )
 
@@ -276,7 +279,7 @@ class Vm:
         self.error: BaseException | None = None
         self.close_errors: list[DiskError] = []
         """Disk errors met while closing the VM's disks (``wait()`` raises them)."""
-        self.stats = {
+        self._stats = {
             "slices": 0,
             "cpu_ns": 0,
             "preemptions": 0,
@@ -287,9 +290,11 @@ class Vm:
             "irq_batches": 0,
             "irq_bits_delivered": 0,
         }
-        """Counters: slices run and the time they took (cpu_ns, guest code and the
-        hypercalls handled inside them), preemptions, idles, interrupts raised, batches
-        delivered and the bits they carried."""
+        """Counters (``stats``)."""
+        self._asleep = False
+        """The VM's IDLE wait is C's (``denali.sleep``): ``_leave_c`` before touching it."""
+        self._sleeper: tuple[VCpu, _uc.SleeperCell] | None = None
+        """The sleeper cell of the resident CPU (made at its first sleep in C)."""
         self.created_ns = rt.now_ns()
         self.first_slice_ns: int | None = None
         self.ended_ns: int | None = None
@@ -395,6 +400,16 @@ class Vm:
     def done(self) -> bool:
         return self._done.done()
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: slices run and the time they took (cpu_ns, guest code and the
+        hypercalls handled inside them), preemptions, idles, interrupts raised, batches
+        delivered and the bits they carried; also what ran while the VM slept in C."""
+        if self._asleep:
+            assert self._sleeper is not None
+            self._fold_c(self._sleeper[1])
+        return self._stats
+
     def interrupt(self, bits: int = Irq.HOST) -> None:
         """Raise virtual interrupt bits (batched; delivered when the VM next runs)."""
         if self.state in _FINAL:
@@ -403,7 +418,9 @@ class Vm:
         if not bits:
             return
         self._pending |= bits
-        self.stats["irqs_raised"] += 1
+        self._stats["irqs_raised"] += 1
+        if self._asleep and not self._leave_c():
+            return  # its slice runs in C now: handed back as it ends, it sees the bits
         w = self._waker
         if w is not None and not w.done() and not self._fast_wake(w):
             w.set_result(None)
@@ -415,6 +432,7 @@ class Vm:
 
     def kill(self) -> None:
         """Stop the VM now (it ends in state KILLED); no-op once it has ended."""
+        self._leave_c()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -480,6 +498,7 @@ class Vm:
         return self._rt.timers.add(deadline_ns - self._clock_offset, callback, *args)
 
     def post(self, completion: Completion) -> None:
+        self._leave_c()  # it may change the memory, or what the next slice needs
         if self._memory is not None and not self._in_slice:
             completion(self._memory)
         elif self.state.final:
@@ -622,12 +641,14 @@ class Vm:
     # ---- monitors (the seam of denali.interpose; denali.monitor is the only caller) ----
     def set_interposer(self, interposer: Interposer | None) -> None:
         """Install the monitor stack's interposer (None: no monitor) and rewire."""
+        self._leave_c()
         self._interposer = interposer
         self.rewire()
 
     def rewire(self) -> None:
         """Give a resident CPU the dispatch function for the current interposition (the
         monitor layer calls this whenever ``interposed`` changes)."""
+        self._leave_c()
         cpu, mem = self._cpu, self._memory
         if cpu is not None and mem is not None:
             cpu.dispatch = self._dispatch = self._dispatcher(mem)
@@ -766,7 +787,7 @@ class Vm:
         is not evictable (or ended meanwhile). ``SwapError`` if the swap file cannot be
         written: the VM then stays resident, unchanged."""
         rt = self._rt
-        if not self.evictable() or rt.store is None or rt.gate is None:
+        if not self.evictable() or rt.store is None or rt.gate is None or not self._leave_c():
             return False
         assert self._cpu is not None and self._memory is not None
         self._evicting = rt.loop.create_future()
@@ -843,8 +864,8 @@ class Vm:
                     if not pending:
                         return True
                 _U32.pack_into(buf, _OFF_IE, 0)
-                self.stats["irq_batches"] += 1
-                self.stats["irq_bits_delivered"] += pending.bit_count()
+                self._stats["irq_batches"] += 1
+                self._stats["irq_bits_delivered"] += pending.bit_count()
                 if not self._cpu.deliver_irq(self._irq_entry, pending):
                     return False
         return True
@@ -898,19 +919,23 @@ class Vm:
         waiting for it to idle (``until_idle``) and the gatekeeper hear of it."""
         self._waker = fut
         self.state = VmState.IDLE
-        self.stats["idles"] += 1
+        self._stats["idles"] += 1
         if self._idle_waiters:
             for w in self._idle_waiters:
                 if not w.done():
                     w.set_result(None)
             self._idle_waiters.clear()
-        self._idle_timer = self.call_at(deadline, self._deadline_reached, fut) if deadline else None
+        if self._sleep_in_c(deadline):
+            self._idle_timer = None
+        else:
+            self._idle_timer = self.call_at(deadline, self._deadline_reached, fut) if deadline else None
         gate = self._rt.gate
         if gate is not None and self._memory is not None:
             gate.vm_idle(self)
 
     def _stop_waiting(self) -> None:
         """The VM no longer waits (``_wait_on``): interrupts only set bits again."""
+        self._leave_c()
         self._waker = None
         timer = self._idle_timer
         if timer is not None and not timer.cancelled:
@@ -945,8 +970,8 @@ class Vm:
         if mask and ip is not None and "interrupt" in self.interposed:
             mask = ip.irq(mask)
         if mask:
-            self.stats["irq_batches"] += 1
-            self.stats["irq_bits_delivered"] += mask.bit_count()
+            self._stats["irq_batches"] += 1
+            self._stats["irq_bits_delivered"] += mask.bit_count()
         _U64.pack_into(mem.buf, arg + _IDLE["now_ns"], self.now_ns())
         _U32.pack_into(mem.buf, arg + _IDLE["pending"], mask)
         if mem.dirty is not None:  # written long after the hypercall's check
@@ -981,7 +1006,7 @@ class Vm:
         arg = self._idle_arg
         self._stop_waiting()  # not waiting while it runs
         self._idle_arg = None
-        self.stats["fast_wakes"] += 1
+        self._stats["fast_wakes"] += 1
         try:
             self._idle_returns(arg, None)
             self.state = VmState.RUNNING
@@ -991,18 +1016,120 @@ class Vm:
             reason = Exit.INTERNAL
         finally:
             arb.release(lane)
-        if reason is Exit.HYPERCALL and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
+        self._woken_slice_ended(fut, reason)
+        return True
+
+    def _woken_slice_ended(self, fut: asyncio.Future[None], reason: Exit) -> None:
+        """The slice run for the VM woken from its wait on ``fut`` ended with ``reason``
+        (``_fast_wake``, or C, ``_out_of_c``): an IDLE that waits parks it again on
+        ``fut``; any other end wakes its coroutine with the exit to handle."""
+        cpu = self._cpu
+        if reason is Exit.HYPERCALL and cpu is not None and cpu.hcall_nr == Hc.IDLE and not cpu.deferred:
+            assert self._memory is not None
             arg = cpu.hcall_arg
             deadline = _U64.unpack_from(self._memory.buf, arg + _IDLE["deadline_ns"])[0]
             if self._waits(deadline):
                 self._idle_arg = arg  # waits again, on the same future
                 self._idle_deadline = deadline
                 self._wait_on(fut, deadline)
-                return True
+                return
         self.state = VmState.RUNNABLE
         self._fast_exit = reason
         fut.set_result(None)
+
+    # ---- sleeping in C (denali.sleep) ----
+    def _sleep_in_c(self, deadline: int) -> bool:
+        """Hand the wait just begun (in the IDLE at ``_idle_arg``, until ``deadline`` or
+        the clock's timer) to C when nothing about the VM needs Python; True if it went."""
+        sleep = self._rt.sleep
+        if (
+            sleep is None
+            or self._posted
+            or self._pending
+            or self._fast_exit is not None
+            or self._idle_arg is None
+            or not self._plain()
+        ):
+            return False
+        cpu, mem = self._cpu, self._memory
+        assert cpu is not None and mem is not None
+        if mem.dirty is not None or not cpu.ready_for_c():
+            return False
+        if self._sleeper is None or self._sleeper[0] is not cpu:
+            self._sleeper = (cpu, cpu.engine.sleeper(self.id))
+        cell = self._sleeper[1]
+        cell.idle_arg = self._idle_arg
+        cell.idle_deadline = deadline
+        cell.timer_deadline = self.clock.deadline
+        cell.vregs = _VREGS
+        cell.irq_timer = Irq.TIMER
+        cell.time_at = _V["time_ns"]
+        cell.tail_at = _V["heap_start"]
+        cell.cpu_khz = self._rt.cpu_khz
+        page = ctypes.addressof(cell.page)
+        ctypes.memmove(page, self._vregs_head, len(self._vregs_head))
+        ctypes.memmove(page + _V["heap_start"], self._vregs_tail, len(self._vregs_tail))
+        if not sleep.sleep(self, cell):
+            return False
+        self.clock.hand_over(lambda: int(cell.timer_deadline))
+        self._asleep = True
         return True
+
+    def _leave_c(self) -> bool:
+        """Take the VM's wait out of C before anything looks at or changes more of it:
+        True once it is Python's (also when it never was C's); False while C runs its
+        slice (a callback of that slice asked: it is handed back when the slice ends)."""
+        if not self._asleep:
+            return True
+        sleep = self._rt.sleep
+        assert sleep is not None and self._sleeper is not None
+        if not sleep.unpark(self._sleeper[1]):
+            return False
+        self._out_of_c()
+        return True
+
+    def _fold_c(self, cell: _uc.SleeperCell) -> None:
+        """Add what C counted for the VM to its stats, and zero it there."""
+        if not cell.wakes and not cell.idles:
+            return
+        st = self._stats
+        irqs = cell.irqs
+        st["fast_wakes"] += cell.wakes
+        st["irqs_raised"] += irqs
+        st["irq_batches"] += irqs  # C only ever delivers the TIMER bit, alone
+        st["irq_bits_delivered"] += irqs
+        st["slices"] += cell.slices
+        st["cpu_ns"] += cell.cpu_ns
+        st["idles"] += cell.idles
+        cell.wakes = cell.irqs = cell.slices = cell.cpu_ns = cell.idles = 0
+
+    def _out_of_c(self) -> None:
+        """The VM's sleeper is off C's heap (taken out, or handed back): it is Python's
+        again, as the Python path would have left it. Still waiting (not run, or run
+        into an IDLE with no deadline): in the IDLE the cell names, with its deadline's
+        timer again; run into any other end (``BACK_SLICE``): that end is handled as
+        ``_fast_wake`` handles one."""
+        assert self._sleeper is not None
+        cpu, cell = self._sleeper
+        self._asleep = False
+        self._fold_c(cell)
+        why, cell.why = cell.why, 0
+        self.clock.arm(cell.timer_deadline)
+        fut = self._waker
+        if why != _uc.BACK_SLICE:
+            cpu.left_c()
+            self._idle_arg = cell.idle_arg
+            self._idle_deadline = cell.idle_deadline
+            if cell.idle_deadline and fut is not None and not fut.done():
+                self._idle_timer = self.call_at(cell.idle_deadline, self._deadline_reached, fut)
+            return
+        reason = cpu.ran_in_c(cell.err)
+        cpu.after_slice()
+        self._stop_waiting()
+        self._idle_arg = None
+        if fut is None or fut.done():  # killed meanwhile: its coroutine only ends
+            return
+        self._woken_slice_ended(fut, reason)
 
     def _slice(self, lane: Lane, length_ns: int, until: int = 0) -> Exit:
         """Deliver what is pending and run one slice on ``lane`` (the caller holds it) on
@@ -1012,7 +1139,7 @@ class Vm:
         assert cpu is not None
         if not self._before_slice():  # the interrupt frame did not fit: a fault
             return Exit.FAULT
-        stats = self.stats
+        stats = self._stats
         if self.first_slice_ns is None:
             self.first_slice_ns = self._rt.now_ns()
         stats["slices"] += 1
@@ -1062,7 +1189,7 @@ class Vm:
         rt = self._rt
         arb = rt.arbiter
         self.state = VmState.RUNNING
-        self.stats["inline_turns"] += 1
+        self._stats["inline_turns"] += 1
         began = time.monotonic_ns()
         try:
             reason = self._slice(lane, rt.slice_ns, arb.inline_until)
@@ -1080,7 +1207,7 @@ class Vm:
             if rest > rt.slice_ns // 8:
                 self._turn_rest = rest
                 return False  # the rest of its slice, in a turn of its own
-            self.stats["preemptions"] += 1  # (about) its whole slice: as preempted
+            self._stats["preemptions"] += 1  # (about) its whole slice: as preempted
             arb.wait_again(self.id, fut, self.group)
         else:
             self._fast_exit = reason
@@ -1107,7 +1234,7 @@ class Vm:
         arb = rt.arbiter
         pool = rt.pool
         slice_ns = rt.slice_ns
-        stats = self.stats
+        stats = self._stats
         idled = False
         final = VmState.KILLED
         # INVARIANT: every slice ends in a suspension (an idle VM waits; a preempted VM
@@ -1330,6 +1457,7 @@ class Vm:
             raise VmStateError(f"VM {self.id} is {self.state.value}: it cannot be paused")
         if self.state is VmState.PAUSED:
             return
+        self._leave_c()
         if self._pause is None:
             self._pause = _Pause(self._rt.loop)
         pause = self._pause
@@ -1494,7 +1622,7 @@ class Vm:
         if not clone:
             for key, value in dict(vm["stats"]).items():
                 if key in self.stats:
-                    self.stats[key] = int(value)
+                    self._stats[key] = int(value)
         saved = meta["devices"]
         for dev in self.devices():
             state = saved.get(type(dev).__name__.lower(), {})
@@ -1551,6 +1679,7 @@ class Vm:
     def untrack_dirty(self) -> None:
         """End tracking (a migration that ended either way); the VM may be swapped again."""
         self._migrating = False
+        self._leave_c()
         mem = self._memory
         if mem is not None:
             mem.stop_tracking()
@@ -1581,6 +1710,7 @@ class Vm:
 
     def devices(self) -> Sequence[Device]:
         """The VM's devices (clock, console, then NIC and disks when it has them)."""
+        self._leave_c()  # the clock's deadline is its own again
         return [d for d in self._devices[1:] if isinstance(d, Device)]
 
 

@@ -64,12 +64,13 @@ async def test_the_guest_computes_what_the_model_says() -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 async def test_preempted_guest_computes_the_same(workers: int) -> None:
-    """Two VMs sharing the CPU under 50 us slices, thousands of preemptions each, give
+    """Two VMs sharing the CPU under 50 us slices, hundreds of preemptions each, give
     the result of one uninterrupted run (one slice of a second)."""
     need_image("test-rmw")
     reps = 300
     [(want, none)] = await _run(reps, 1_000_000, 0, 1)
     assert none == 0 and want.startswith("hash ")
     for out, preemptions in await _run(reps, 50, workers, 2):
-        assert preemptions > 1000
+        # how many slices the watchdog cut depends on the machine's speed: seen 780 to 2,400
+        assert preemptions > 200, preemptions
         assert out == want, (out, want, preemptions)

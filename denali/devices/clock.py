@@ -11,6 +11,7 @@ State: the armed deadline (0: none), on the VM's clock.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from denali import abi
@@ -31,12 +32,19 @@ class Clock(Device):
 
     SLOT: ClassVar[int] = SLOT_CLOCK
     HYPERCALLS: ClassVar = {Hc.CLOCK: "hc_clock", Hc.TIMER_SET: "hc_timer_set"}
-    __slots__ = ("_now", "_timer", "deadline")
+    __slots__ = ("_deadline", "_held", "_now", "_timer")
 
     def __init__(self) -> None:
         self._timer: Timer | None = None
-        self.deadline = 0
+        self._deadline = 0
+        self._held: Callable[[], int] | None = None
+        """While another keeps the timer (``hand_over``): reads its deadline."""
+
+    @property
+    def deadline(self) -> int:
         """The armed deadline on the VM's clock, 0 when none is armed."""
+        held = self._held
+        return held() if held is not None else self._deadline
 
     def attach(self, host: DeviceHost) -> None:
         super().attach(host)
@@ -57,13 +65,23 @@ class Clock(Device):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.deadline = deadline_ns
+        self._held = None
+        self._deadline = deadline_ns
         if deadline_ns:
             self._timer = self._host.call_at(deadline_ns, self._fire)
 
+    def hand_over(self, deadline: Callable[[], int]) -> None:
+        """Another keeps the timer (the VM sleeps in C, ``denali.sleep``), and fires or
+        re-arms it: the loop timer goes, ``deadline()`` says what is armed meanwhile;
+        ``arm`` takes it back."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._held = deadline
+
     def _fire(self) -> None:
         self._timer = None
-        self.deadline = 0
+        self._deadline = 0
         self._host.raise_irq(Irq.TIMER)
 
     def save(self) -> State:
