@@ -48,3 +48,49 @@ async def test_a_burst_fires_what_comes_due_while_it_runs() -> None:
     assert all(until for _, _, until in seen) and len({until for _, _, until in seen}) < 5
     assert timers.fast_until == 0
     timers.close()
+
+
+class _Other:
+    """A second source of deadlines (``Timers.other``): each one fires once the clock
+    reaches it, and says when."""
+
+    def __init__(self, timers: Timers) -> None:
+        self.timers = timers
+        self.pending: list[int] = []
+        self.fired: list[tuple[int, int]] = []
+
+    def add(self, deadline: int) -> None:
+        self.pending.append(deadline)
+        self.timers.expect(deadline)
+
+    def next_ns(self) -> int:
+        return min(self.pending, default=0)
+
+    def fire(self) -> bool:
+        now = self.timers.clock()
+        due = sorted(d for d in self.pending if d <= now)
+        for d in due:
+            self.pending.remove(d)
+            self.fired.append((d, now))
+        return bool(due)
+
+
+async def test_other_deadlines_share_the_loop_timer_never_early() -> None:
+    """Deadlines of ``other`` fire on the same loop timer as the heap's, none early, the
+    earlier of the two sources first, also one added while a far heap timer is armed."""
+    loop = asyncio.get_running_loop()
+    zero = time.monotonic_ns()
+    timers = Timers(loop, lambda: time.monotonic_ns() - zero)
+    other = _Other(timers)
+    timers.other = other
+    fired: list[str] = []
+    now = timers.clock()
+    timers.add(now + 60_000_000_000, fired.append, "far")
+    other.add(now + 20_000_000)
+    timers.add(now + 40_000_000, fired.append, "heap")
+    other.add(now + 10_000_000)
+    await asyncio.sleep(0.1)
+    assert [d for d, _ in other.fired] == [now + 10_000_000, now + 20_000_000]
+    assert all(at >= d for d, at in other.fired)
+    assert fired == ["heap"] and not other.pending
+    timers.close()

@@ -5,6 +5,10 @@
 # and never committed) when they are missing. Idempotent and quiet; needs root (apt-get)
 # only when something is missing.
 set -euo pipefail
+# A mirror caught mid-sync makes `apt-get update` fail for one index while the rest is
+# fresh; go on with what it fetched (an install that truly needs the missing index still
+# fails, and says which package).
+refresh() { apt-get update -qq || echo "install-test-deps: apt-get update failed; using the package lists it fetched" >&2; }
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
@@ -20,7 +24,7 @@ command -v qemu-i386 >/dev/null 2>&1 || need+=(qemu-user)
 updated=0
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    refresh
     updated=1
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -33,7 +37,7 @@ if [ ! -x "$cache/busybox-i386/bin/busybox" ]; then
         dpkg --add-architecture i386
         updated=0
     fi
-    [ "$updated" = 1 ] || apt-get update -qq
+    [ "$updated" = 1 ] || refresh
     tmp="$(mktemp -d)"
     (cd "$tmp" && apt-get download -qq busybox-static:i386 >/dev/null 2>&1)
     mkdir -p "$cache/busybox-i386"
