@@ -83,7 +83,8 @@ async def test_httpd_moves_under_keepalive_load_and_ping(netns: str, tmp_path: P
     need_image("httpd")
     pid = os.getpid()
     a_sock, b_sock = str(tmp_path / "a.sock"), str(tmp_path / "b.sock")
-    pa, pb = 40000 + pid % 10000, 50000 + pid % 10000
+    # below the ephemeral range (32768..): a kernel's own free-port picks never take them
+    pa, pb = 10000 + pid % 10000, 20000 + pid % 10000
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = await _boot(
         netns,
